@@ -1,0 +1,1 @@
+//! The eBPF instruction set: one enum, its encoder and its disassembler.

@@ -1,0 +1,1 @@
+//! The ELF object writer: program sections, BTF-defined maps, relocations.

@@ -1,0 +1,220 @@
+//! The data layouts shared by the BPF programs skpc generates and the runtime that
+//! loads them. Both sides import these definitions; nothing else may restate them.
+//!
+//! All multi-byte fields are in the machine's (little-endian) byte order unless the
+//! field's comment says "network order".
+
+#![no_std]
+
+/// Name of the SOCKMAP whose slots `redirect to sock N` addresses.
+pub const SOCKMAP_NAME: &str = "skp_socks";
+/// Slots in the policy's sockmap: valid `redirect to sock N` targets are `0..SOCKMAP_SLOTS`.
+pub const SOCKMAP_SLOTS: u32 = 64;
+
+/// Name of the SOCKHASH that holds every socket of an enforced cgroup, keyed by
+/// [`SockKey`]; `redirect to peer` looks the other end of a local connection up here.
+pub const SOCKHASH_NAME: &str = "skp_peers";
+/// Capacity of the sockhash.
+pub const SOCKHASH_ENTRIES: u32 = 65_536;
+/// Value size of the sockhash: 8 so that user space can read entries (it gets the cookie).
+pub const SOCKHASH_VALUE_SIZE: u32 = 8;
+
+/// Name of the per-CPU array of [`Counter`]s, one per rule and per named `count`.
+pub const COUNTERS_NAME: &str = "skp_counters";
+
+/// Name of the ring buffer that carries [`LogRecord`]s for `log` rules.
+pub const EVENTS_NAME: &str = "skp_events";
+/// Ring buffer size in bytes (a power of two and a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// ELF section of the verdict program.
+pub const SK_MSG_SECTION: &str = "sk_msg";
+/// Symbol (program name) of the verdict program.
+pub const SK_MSG_PROGRAM: &str = "skp_verdict";
+/// ELF section of the SOCK_OPS program that fills the sockhash.
+pub const SOCK_OPS_SECTION: &str = "sockops";
+/// Symbol (program name) of the SOCK_OPS program.
+pub const SOCK_OPS_PROGRAM: &str = "skp_sockops";
+
+/// Address families as the kernel reports them in `sk_msg_md.family`.
+pub const AF_INET: u32 = 2;
+/// See [`AF_INET`].
+pub const AF_INET6: u32 = 10;
+
+/// Key of the sockhash: one established TCP socket, seen from its own side.
+///
+/// IPv4 sockets put their address in `[0]` and zero the rest. Addresses are in network
+/// order (as the kernel stores them); ports are host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub family: u32,
+    pub local_ip: [u32; 4],
+    pub remote_ip: [u32; 4],
+    pub local_port: u32,
+    pub remote_port: u32,
+}
+
+impl SockKey {
+    /// Size of the key in bytes.
+    pub const SIZE: usize = 44;
+    /// Byte offsets of the fields, for code generators that build the key on the stack.
+    pub const OFF_FAMILY: i16 = 0;
+    pub const OFF_LOCAL_IP: i16 = 4;
+    pub const OFF_REMOTE_IP: i16 = 20;
+    pub const OFF_LOCAL_PORT: i16 = 36;
+    pub const OFF_REMOTE_PORT: i16 = 40;
+
+    /// The key under which the other end of this (local) connection is stored.
+    pub fn peer(&self) -> SockKey {
+        SockKey {
+            family: self.family,
+            local_ip: self.remote_ip,
+            remote_ip: self.local_ip,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+        }
+    }
+
+    /// The key's bytes as the kernel sees them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        let words = [self.family]
+            .into_iter()
+            .chain(self.local_ip)
+            .chain(self.remote_ip)
+            .chain([self.local_port, self.remote_port]);
+        for (i, w) in words.enumerate() {
+            out[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        out
+    }
+}
+
+/// One slot of the counters map (per CPU; the runtime sums the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Messages (verdict runs) that matched.
+    pub messages: u64,
+    /// Bytes of those messages (`sk_msg_md.size`).
+    pub bytes: u64,
+}
+
+impl Counter {
+    pub const SIZE: usize = 16;
+    pub const OFF_MESSAGES: i16 = 0;
+    pub const OFF_BYTES: i16 = 8;
+}
+
+/// The record a `log` rule writes to the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Index of the rule that logged (its counter index).
+    pub rule: u32,
+    pub family: u32,
+    /// Network order; IPv4 in `[0]`.
+    pub local_ip: [u32; 4],
+    /// Network order; IPv4 in `[0]`.
+    pub remote_ip: [u32; 4],
+    /// Host order.
+    pub local_port: u32,
+    /// Host order.
+    pub remote_port: u32,
+    /// `sk_msg_md.size`.
+    pub size: u32,
+    /// Thread-group id (the user-visible pid) of the sender.
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The sender's `comm`, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+impl LogRecord {
+    pub const SIZE: usize = 80;
+    pub const OFF_RULE: i16 = 0;
+    pub const OFF_FAMILY: i16 = 4;
+    pub const OFF_LOCAL_IP: i16 = 8;
+    pub const OFF_REMOTE_IP: i16 = 24;
+    pub const OFF_LOCAL_PORT: i16 = 40;
+    pub const OFF_REMOTE_PORT: i16 = 44;
+    pub const OFF_SIZE: i16 = 48;
+    pub const OFF_PID: i16 = 52;
+    pub const OFF_UID: i16 = 56;
+    pub const OFF_GID: i16 = 60;
+    pub const OFF_COMM: i16 = 64;
+
+    /// Parses a record from ring-buffer bytes; `None` if too short.
+    pub fn from_bytes(b: &[u8]) -> Option<LogRecord> {
+        if b.len() < Self::SIZE {
+            return None;
+        }
+        let w = |off: i16| {
+            let o = off as usize;
+            u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+        };
+        let ip = |off: i16| [w(off), w(off + 4), w(off + 8), w(off + 12)];
+        let mut comm = [0u8; 16];
+        comm.copy_from_slice(&b[Self::OFF_COMM as usize..Self::OFF_COMM as usize + 16]);
+        Some(LogRecord {
+            rule: w(Self::OFF_RULE),
+            family: w(Self::OFF_FAMILY),
+            local_ip: ip(Self::OFF_LOCAL_IP),
+            remote_ip: ip(Self::OFF_REMOTE_IP),
+            local_port: w(Self::OFF_LOCAL_PORT),
+            remote_port: w(Self::OFF_REMOTE_PORT),
+            size: w(Self::OFF_SIZE),
+            pid: w(Self::OFF_PID),
+            uid: w(Self::OFF_UID),
+            gid: w(Self::OFF_GID),
+            comm,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn layouts_match_their_offsets() {
+        assert_eq!(size_of::<SockKey>(), SockKey::SIZE);
+        assert_eq!(offset_of!(SockKey, local_ip) as i16, SockKey::OFF_LOCAL_IP);
+        assert_eq!(offset_of!(SockKey, remote_ip) as i16, SockKey::OFF_REMOTE_IP);
+        assert_eq!(offset_of!(SockKey, local_port) as i16, SockKey::OFF_LOCAL_PORT);
+        assert_eq!(offset_of!(SockKey, remote_port) as i16, SockKey::OFF_REMOTE_PORT);
+        assert_eq!(size_of::<Counter>(), Counter::SIZE);
+        assert_eq!(size_of::<LogRecord>(), LogRecord::SIZE);
+        assert_eq!(offset_of!(LogRecord, size) as i16, LogRecord::OFF_SIZE);
+        assert_eq!(offset_of!(LogRecord, comm) as i16, LogRecord::OFF_COMM);
+        assert_eq!(offset_of!(LogRecord, gid) as i16, LogRecord::OFF_GID);
+    }
+
+    #[test]
+    fn peer_key_swaps_the_ends() {
+        let k = SockKey {
+            family: AF_INET,
+            local_ip: [1, 0, 0, 0],
+            remote_ip: [2, 0, 0, 0],
+            local_port: 10,
+            remote_port: 20,
+        };
+        let p = k.peer();
+        assert_eq!(p.local_ip, [2, 0, 0, 0]);
+        assert_eq!(p.remote_port, 10);
+        assert_eq!(p.peer(), k);
+        assert_eq!(&k.to_bytes()[36..40], &10u32.to_ne_bytes());
+    }
+
+    #[test]
+    fn log_record_round_trips_through_bytes() {
+        let r = LogRecord { rule: 3, size: 77, comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0", ..Default::default() };
+        // SAFETY: LogRecord is repr(C) plain old data without padding.
+        let bytes: [u8; LogRecord::SIZE] = unsafe { core::mem::transmute(r) };
+        assert_eq!(LogRecord::from_bytes(&bytes), Some(r));
+        assert_eq!(LogRecord::from_bytes(&bytes[..10]), None);
+    }
+}
