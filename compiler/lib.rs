@@ -7,3 +7,5 @@
 
 pub mod bpf;
 pub mod object;
+pub mod diag;
+pub mod syntax;

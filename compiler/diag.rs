@@ -1,0 +1,201 @@
+//! Diagnostics: every error and warning of every pass, rendered with codespan-reporting
+//! (file:line:col, the source line with the span underlined, a help line with the fix).
+
+use codespan_reporting::diagnostic::{Diagnostic, Label};
+use codespan_reporting::files::SimpleFile;
+use codespan_reporting::term::{self, termcolor};
+
+use crate::syntax::Span;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// One diagnostic. `code` is stable (documented in docs/language.md); `help` says how to
+/// fix it where that is knowable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diag {
+    pub severity: Severity,
+    pub code: &'static str,
+    pub message: String,
+    pub span: Span,
+    pub label: String,
+    pub secondary: Vec<(Span, String)>,
+    pub help: Option<String>,
+    pub notes: Vec<String>,
+}
+
+impl Diag {
+    pub fn error(code: &'static str, message: impl Into<String>, span: Span) -> Diag {
+        Diag {
+            severity: Severity::Error,
+            code,
+            message: message.into(),
+            span,
+            label: String::new(),
+            secondary: Vec::new(),
+            help: None,
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn warning(code: &'static str, message: impl Into<String>, span: Span) -> Diag {
+        Diag { severity: Severity::Warning, ..Diag::error(code, message, span) }
+    }
+
+    pub fn label(mut self, label: impl Into<String>) -> Diag {
+        self.label = label.into();
+        self
+    }
+
+    pub fn help(mut self, help: impl Into<String>) -> Diag {
+        self.help = Some(help.into());
+        self
+    }
+
+    pub fn note(mut self, note: impl Into<String>) -> Diag {
+        self.notes.push(note.into());
+        self
+    }
+
+    pub fn secondary(mut self, span: Span, label: impl Into<String>) -> Diag {
+        self.secondary.push((span, label.into()));
+        self
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
+    fn to_codespan(&self, source_len: usize) -> Diagnostic<()> {
+        // Clamp so that a span at end-of-file still renders.
+        let clamp = |s: Span| s.start.min(source_len)..s.end.min(source_len).max(s.start.min(source_len));
+        let base = match self.severity {
+            Severity::Error => Diagnostic::error(),
+            Severity::Warning => Diagnostic::warning(),
+        };
+        let mut labels = vec![Label::primary((), clamp(self.span)).with_message(&self.label)];
+        labels.extend(
+            self.secondary
+                .iter()
+                .map(|(s, m)| Label::secondary((), clamp(*s)).with_message(m)),
+        );
+        let mut notes: Vec<String> = self.notes.clone();
+        if let Some(h) = &self.help {
+            notes.push(format!("help: {h}"));
+        }
+        base.with_code(self.code)
+            .with_message(&self.message)
+            .with_labels(labels)
+            .with_notes(notes)
+    }
+}
+
+/// Whether to color rendered diagnostics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Renders diagnostics as plain text (for tests and snapshots).
+pub fn render_plain(file_name: &str, source: &str, diags: &[Diag]) -> String {
+    let file = SimpleFile::new(file_name, source);
+    let config = term::Config::default();
+    let mut out = String::new();
+    for d in diags {
+        match term::emit_into_string(&config, &file, &d.to_codespan(source.len())) {
+            Ok(s) => out.push_str(&s),
+            Err(e) => out.push_str(&format!("{}[{}]: {} (could not render: {e})\n", sev(d), d.code, d.message)),
+        }
+    }
+    out
+}
+
+fn sev(d: &Diag) -> &'static str {
+    match d.severity {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+    }
+}
+
+/// Writes diagnostics to stderr, colored as `color` says.
+pub fn emit_stderr(file_name: &str, source: &str, diags: &[Diag], color: ColorChoice) {
+    let choice = match color {
+        ColorChoice::Always => termcolor::ColorChoice::Always,
+        ColorChoice::Never => termcolor::ColorChoice::Never,
+        ColorChoice::Auto => {
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                termcolor::ColorChoice::Auto
+            } else {
+                termcolor::ColorChoice::Never
+            }
+        }
+    };
+    let mut stream = termcolor::StandardStream::stderr(choice);
+    let file = SimpleFile::new(file_name, source);
+    let config = term::Config::default();
+    for d in diags {
+        if term::emit_to_write_style(&mut stream, &config, &file, &d.to_codespan(source.len())).is_err() {
+            eprintln!("{}[{}]: {}", sev(d), d.code, d.message);
+        }
+    }
+}
+
+/// "did you mean" by edit distance: the closest candidate within a third of the length.
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (name.len() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (levenshtein(name, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, c)| c)
+}
+
+/// Optimal-string-alignment distance: edits plus adjacent transpositions (`prot` -> `port`).
+fn levenshtein(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_names_only() {
+        assert_eq!(did_you_mean("remot", ["remote", "local"]), Some("remote"));
+        assert_eq!(did_you_mean("prot", ["port", "pid"]), Some("port"));
+        assert_eq!(did_you_mean("zzzzzz", ["port", "pid"]), None);
+    }
+
+    #[test]
+    fn renders_file_line_and_column() {
+        let d = Diag::error("E0101", "unknown field `prot`", Span::new(8, 12)).help("write `port`");
+        let out = render_plain("p.skp", "drop if prot == 1;\n", &[d]);
+        assert!(out.contains("p.skp:1:9"), "{out}");
+        assert!(out.contains("help: write `port`"), "{out}");
+    }
+}
