@@ -9,3 +9,4 @@ pub mod bpf;
 pub mod object;
 pub mod diag;
 pub mod syntax;
+pub mod check;

@@ -1,1 +1,94 @@
-fn main(){}
+//! The `skpc` command line. Thin: parses arguments, reads the policy, calls the library,
+//! maps failures to one clear sentence and an exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use skpc::diag::{self, ColorChoice};
+
+#[derive(Parser)]
+#[command(name = "skpc", version, about = "Compile socket-layer policies to eBPF (SK_MSG) and enforce them")]
+struct Cli {
+    /// When to color diagnostics.
+    #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
+    color: Color,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Args)]
+struct Input {
+    /// The policy file (.skp).
+    #[arg(required_unless_present = "expr", conflicts_with = "expr")]
+    file: Option<PathBuf>,
+    /// Policy text given on the command line instead of a file.
+    #[arg(short = 'e', long = "expr", value_name = "POLICY")]
+    expr: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and type-check a policy; diagnostics on stderr; exit 1 on errors.
+    Check {
+        #[command(flatten)]
+        input: Input,
+    },
+}
+
+struct Source {
+    name: String,
+    text: String,
+}
+
+impl Input {
+    fn read(&self) -> anyhow::Result<Source> {
+        match (&self.expr, &self.file) {
+            (Some(text), _) => Ok(Source { name: "<-e>".into(), text: text.clone() }),
+            (None, Some(path)) => read_policy(path),
+            (None, None) => anyhow::bail!("no policy given: pass a FILE or -e 'POLICY'"),
+        }
+    }
+}
+
+fn read_policy(path: &Path) -> anyhow::Result<Source> {
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not UTF-8 text (first bad byte at offset {}); save it as UTF-8", path.display(), e.utf8_error().valid_up_to()))?;
+    Ok(Source { name: path.display().to_string(), text })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let color = match cli.color {
+        Color::Auto => ColorChoice::Auto,
+        Color::Always => ColorChoice::Always,
+        Color::Never => ColorChoice::Never,
+    };
+    match run(cli.command, color) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("skpc: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check { input } => {
+            let src = input.read()?;
+            let (policy, diags) = skpc::check::check(&src.text);
+            diag::emit_stderr(&src.name, &src.text, &diags, color);
+            Ok(if policy.is_some() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
+}
