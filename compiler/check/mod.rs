@@ -14,7 +14,10 @@ use crate::diag::{did_you_mean, Diag};
 use crate::syntax::ast::{self, ActionKind, CmpOp, CondKind, ExprKind};
 use crate::syntax::lexer::IpLit;
 use crate::syntax::{parse, Span};
-use hir::{Action, Cond, CounterInfo, CounterKind, Decision, End, IntField, Net, SockSlot, Target, Test, Verdict};
+use hir::{
+    Action, Cond, CounterInfo, CounterKind, Decision, End, IntField, Net, SockSlot, Target, Test,
+    Verdict,
+};
 
 pub use simplify::simplify;
 
@@ -32,7 +35,20 @@ pub fn check(source: &str) -> (Option<hir::Policy>, Vec<Diag>) {
     let (ast, mut diags) = parse(source);
     let syntax_ok = diags.iter().all(|d| !d.is_error());
     let (policy, check_diags) = check_ast(source, &ast);
-    diags.extend(check_diags);
+    // A malformed literal stands in the AST as a placeholder (see `syntax::lexer::lex`);
+    // whatever the checker says about it would only repeat the lexer's error.
+    let bad_literals: Vec<Span> = diags
+        .iter()
+        .filter(|d| matches!(d.code, "E0002" | "E0003" | "E0004"))
+        .map(|d| d.span)
+        .collect();
+    let overlaps =
+        |a: Span, b: Span| a.start < b.end.max(b.start + 1) && b.start < a.end.max(a.start + 1);
+    diags.extend(
+        check_diags
+            .into_iter()
+            .filter(|d| !bad_literals.iter().any(|s| overlaps(*s, d.span))),
+    );
     let ok = syntax_ok && diags.iter().all(|d| !d.is_error());
     (if ok { Some(policy) } else { None }, diags)
 }
@@ -82,23 +98,42 @@ enum FieldRef {
     Family,
     /// `local.ip`, `remote.ip` (`ends` has one end) or `ip` (both). `v4`/`v6` say which
     /// literal families the field takes; `mapped` whether v4 also matches v4-mapped v6.
-    Addr { local: bool, remote: bool, v4: bool, v6: bool, mapped: bool },
+    Addr {
+        local: bool,
+        remote: bool,
+        v4: bool,
+        v6: bool,
+        mapped: bool,
+    },
     /// `payload` without an index.
     Payload,
     /// `payload[i..j]`
-    PayloadSlice { offset: u32, len: u32 },
+    PayloadSlice {
+        offset: u32,
+        len: u32,
+    },
     Comm,
 }
 
 impl FieldRef {
     fn kind(&self) -> String {
         match self {
-            FieldRef::Int(IntField::LocalPort | IntField::RemotePort) | FieldRef::EitherPort => "a port (0..=65535)".into(),
+            FieldRef::Int(IntField::LocalPort | IntField::RemotePort) | FieldRef::EitherPort => {
+                "a port (0..=65535)".into()
+            }
             FieldRef::Int(IntField::PayloadByte(_)) => "a byte (0..=255)".into(),
             FieldRef::Int(f) => format!("an integer (0..={})", f.max_value()),
             FieldRef::Family => "an address family (`inet` or `inet6`)".into(),
-            FieldRef::Addr { v4: true, v6: false, .. } => "an IPv4 address".into(),
-            FieldRef::Addr { v4: false, v6: true, .. } => "an IPv6 address".into(),
+            FieldRef::Addr {
+                v4: true,
+                v6: false,
+                ..
+            } => "an IPv4 address".into(),
+            FieldRef::Addr {
+                v4: false,
+                v6: true,
+                ..
+            } => "an IPv6 address".into(),
             FieldRef::Addr { .. } => "an IP address".into(),
             FieldRef::Payload => "the payload".into(),
             FieldRef::PayloadSlice { len, .. } => format!("{len} payload bytes"),
@@ -120,8 +155,24 @@ struct Binding {
 }
 
 const FIELDS: &[&str] = &[
-    "len", "family", "port", "ip", "uid", "gid", "pid", "cgroup", "comm", "payload", "local.ip", "local.port",
-    "local.ip4", "local.ip6", "remote.ip", "remote.port", "remote.ip4", "remote.ip6",
+    "len",
+    "family",
+    "port",
+    "ip",
+    "uid",
+    "gid",
+    "pid",
+    "cgroup",
+    "comm",
+    "payload",
+    "local.ip",
+    "local.port",
+    "local.ip4",
+    "local.ip6",
+    "remote.ip",
+    "remote.port",
+    "remote.ip4",
+    "remote.ip6",
 ];
 
 struct Checker {
@@ -134,7 +185,9 @@ struct Checker {
 
 impl Checker {
     fn new(source: &str) -> Checker {
-        let line_starts = std::iter::once(0).chain(source.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        let line_starts = std::iter::once(0)
+            .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
         Checker {
             line_starts,
             diags: Vec::new(),
@@ -213,7 +266,11 @@ impl Checker {
 
         let mut counters: Vec<CounterInfo> = rules
             .iter()
-            .map(|r: &hir::Rule| CounterInfo { name: format!("rule{}", r.counter), kind: CounterKind::Rule, line: r.line })
+            .map(|r: &hir::Rule| CounterInfo {
+                name: format!("rule{}", r.counter),
+                kind: CounterKind::Rule,
+                line: r.line,
+            })
             .collect();
         // Named counters come after the rules: renumber the provisional slots.
         let base = counters.len();
@@ -223,12 +280,22 @@ impl Checker {
             }
         }
         for (name, line) in &self.named_order {
-            counters.push(CounterInfo { name: name.clone(), kind: CounterKind::Named, line: *line });
+            counters.push(CounterInfo {
+                name: name.clone(),
+                kind: CounterKind::Named,
+                line: *line,
+            });
         }
         let default_counter = counters.len();
         let (decision, span) = match default {
             Some((d, s)) => (d, Some(s)),
-            None => (Decision { verdict: Verdict::Pass, apply_bytes: None }, None),
+            None => (
+                Decision {
+                    verdict: Verdict::Pass,
+                    apply_bytes: None,
+                },
+                None,
+            ),
         };
         counters.push(CounterInfo {
             name: "default".into(),
@@ -236,7 +303,16 @@ impl Checker {
             line: span.map(|s| self.line(s)).unwrap_or(0),
         });
         let tests = self.tests(&tests_ast);
-        hir::Policy { rules, default: hir::DefaultRule { decision, span, counter: default_counter }, counters, tests }
+        hir::Policy {
+            rules,
+            default: hir::DefaultRule {
+                decision,
+                span,
+                counter: default_counter,
+            },
+            counters,
+            tests,
+        }
     }
 
     fn dead_rule_warnings(&mut self, rules: &[hir::Rule], default: Option<Span>) {
@@ -247,17 +323,20 @@ impl Checker {
                     Diag::warning("W0002", "this rule is never reached", r.span)
                         .label("unreachable")
                         .secondary(s.span, "every message is decided here first")
-                        .help("move this rule above the unconditional one, or give that one an `if`"),
+                        .help(
+                            "move this rule above the unconditional one, or give that one an `if`",
+                        ),
                 );
                 continue;
             }
-            if simplify(&r.cond) == Cond::Const(false) {
+            let cond = simplify(&r.cond);
+            if never_true(&cond) {
                 self.diags.push(
                     Diag::warning("W0001", "this rule can never match", r.span)
                         .label("its condition is always false")
                         .help("check the values against the fields' ranges, or remove the rule"),
                 );
-            } else if r.action.is_terminal() && simplify(&r.cond) == Cond::Const(true) {
+            } else if r.action.is_terminal() && cond == Cond::Const(true) {
                 shadow = Some(r);
             }
         }
@@ -272,21 +351,35 @@ impl Checker {
     }
 
     fn declare(&mut self, name: &ast::Ident, value: &ast::Expr, span: Span, is_set: bool) {
-        if FIELDS.contains(&name.node.as_str()) || ["local", "remote", "inet", "inet6"].contains(&name.node.as_str()) {
+        if FIELDS.contains(&name.node.as_str())
+            || ["local", "remote", "inet", "inet6"].contains(&name.node.as_str())
+        {
             self.err(
-                Diag::error("E0104", format!("`{}` is a field name and cannot be declared", name.node), name.span)
-                    .label("reserved")
-                    .help(format!("pick another name, e.g. `{}_{}`", name.node, if is_set { "set" } else { "value" })),
+                Diag::error(
+                    "E0104",
+                    format!("`{}` is a field name and cannot be declared", name.node),
+                    name.span,
+                )
+                .label("reserved")
+                .help(format!(
+                    "pick another name, e.g. `{}_{}`",
+                    name.node,
+                    if is_set { "set" } else { "value" }
+                )),
             );
             return;
         }
         if let Some(prev) = self.names.get(&name.node) {
             let prev = prev.span;
             self.err(
-                Diag::error("E0103", format!("`{}` is declared twice", name.node), name.span)
-                    .label("second declaration")
-                    .secondary(prev, "first declared here")
-                    .help("rename one of them; names are global to the policy"),
+                Diag::error(
+                    "E0103",
+                    format!("`{}` is declared twice", name.node),
+                    name.span,
+                )
+                .label("second declaration")
+                .secondary(prev, "first declared here")
+                .help("rename one of them; names are global to the policy"),
             );
             return;
         }
@@ -297,7 +390,9 @@ impl Checker {
                 self.err(
                     Diag::error("E0105", "a declaration needs a constant value", value.span)
                         .label(format!("this is a field ({})", f.kind()))
-                        .help("declarations name literals: numbers, addresses, strings, ranges, sets"),
+                        .help(
+                            "declarations name literals: numbers, addresses, strings, ranges, sets",
+                        ),
                 );
                 return;
             }
@@ -314,15 +409,29 @@ impl Checker {
             (v, true) if !matches!(v, Val::Set(_)) => {
                 let kind = v.kind();
                 self.err(
-                    Diag::error("E0214", "a `set` declaration needs a set `{...}`", value.span)
-                        .label(format!("this is {kind}"))
-                        .help(format!("write `const {} = ...;` for one value, or wrap it in braces", name.node)),
+                    Diag::error(
+                        "E0214",
+                        "a `set` declaration needs a set `{...}`",
+                        value.span,
+                    )
+                    .label(format!("this is {kind}"))
+                    .help(format!(
+                        "write `const {} = ...;` for one value, or wrap it in braces",
+                        name.node
+                    )),
                 );
                 return;
             }
             _ => {}
         }
-        self.names.insert(name.node.clone(), Binding { val, span: name.span, is_set });
+        self.names.insert(
+            name.node.clone(),
+            Binding {
+                val,
+                span: name.span,
+                is_set,
+            },
+        );
     }
 
     // ------------------------------------------------------------------ rules
@@ -333,18 +442,31 @@ impl Checker {
             None => Some(Cond::Const(true)),
             Some(c) => self.cond(c),
         };
-        Some(hir::Rule { counter: index, action: action?, cond: cond?, span: r.span, line: self.line(r.span) })
+        Some(hir::Rule {
+            counter: index,
+            action: action?,
+            cond: cond?,
+            span: r.span,
+            line: self.line(r.span),
+        })
     }
 
     fn action(&mut self, a: &ast::Action) -> Option<Action> {
         let apply_bytes = match &a.apply_bytes {
             None => None,
             Some(e) => {
-                if matches!(a.kind, ActionKind::Cork(_) | ActionKind::Count(_) | ActionKind::Log) {
+                if matches!(
+                    a.kind,
+                    ActionKind::Cork(_) | ActionKind::Count(_) | ActionKind::Log
+                ) {
                     self.err(
-                        Diag::error("E0211", "only `pass`, `drop` and `redirect` take `for N`", e.span)
-                            .label("not allowed here")
-                            .help("remove `for N`; it sets how many bytes a verdict covers"),
+                        Diag::error(
+                            "E0211",
+                            "only `pass`, `drop` and `redirect` take `for N`",
+                            e.span,
+                        )
+                        .label("not allowed here")
+                        .help("remove `for N`; it sets how many bytes a verdict covers"),
                     );
                     return None;
                 }
@@ -359,13 +481,19 @@ impl Checker {
                     ast::Target::Peer(_) => Target::Peer,
                     ast::Target::Sock(e) => Target::Sock(self.sock_slot(e)?),
                 };
-                Verdict::Redirect { ingress: *ingress, target }
+                Verdict::Redirect {
+                    ingress: *ingress,
+                    target,
+                }
             }
             ActionKind::Cork(e) => Verdict::Cork(self.byte_count(e, "cork")?),
             ActionKind::Count(name) => {
                 let next = self.named_counters.len();
                 let line = self.line(name.span);
-                let slot = *self.named_counters.entry(name.node.clone()).or_insert_with(|| next);
+                let slot = *self
+                    .named_counters
+                    .entry(name.node.clone())
+                    .or_insert_with(|| next);
                 if slot == next {
                     self.named_order.push((name.node.clone(), line));
                 }
@@ -373,7 +501,10 @@ impl Checker {
             }
             ActionKind::Log => return Some(Action::Log),
         };
-        Some(Action::Decide(Decision { verdict, apply_bytes }))
+        Some(Action::Decide(Decision {
+            verdict,
+            apply_bytes,
+        }))
     }
 
     fn byte_count(&mut self, e: &ast::Expr, what: &str) -> Option<u32> {
@@ -381,9 +512,13 @@ impl Checker {
             Operand::Const(Val::Int(n)) if n >= 1 && n <= u32::MAX as u64 => Some(n as u32),
             Operand::Const(Val::Int(n)) => {
                 self.err(
-                    Diag::error("E0210", format!("`{what}` needs 1 to 4294967295 bytes"), e.span)
-                        .label(format!("{n} is out of range"))
-                        .help("give a byte count between 1 and 4GiB - 1 (e.g. `1MiB`)"),
+                    Diag::error(
+                        "E0210",
+                        format!("`{what}` needs 1 to 4294967295 bytes"),
+                        e.span,
+                    )
+                    .label(format!("{n} is out of range"))
+                    .help("give a byte count between 1 and 4GiB - 1 (e.g. `1MiB`)"),
                 );
                 None
             }
@@ -401,16 +536,23 @@ impl Checker {
 
     fn sock_slot(&mut self, e: &ast::Expr) -> Option<SockSlot> {
         match self.expr(e)? {
-            Operand::Const(Val::Int(n)) if n < skpc_abi::SOCKMAP_SLOTS as u64 => Some(SockSlot::Const(n as u32)),
+            Operand::Const(Val::Int(n)) if n < skpc_abi::SOCKMAP_SLOTS as u64 => {
+                Some(SockSlot::Const(n as u32))
+            }
             Operand::Const(Val::Int(n)) => {
                 self.err(
                     Diag::error("E0209", format!("sockmap slot {n} does not exist"), e.span)
-                        .label(format!("the policy's sockmap has slots 0..{}", skpc_abi::SOCKMAP_SLOTS - 1))
+                        .label(format!(
+                            "the policy's sockmap has slots 0..{}",
+                            skpc_abi::SOCKMAP_SLOTS - 1
+                        ))
                         .help(format!("use a slot below {}", skpc_abi::SOCKMAP_SLOTS)),
                 );
                 None
             }
-            Operand::Field(FieldRef::Int(f)) if !matches!(f, IntField::PayloadByte(_)) => Some(SockSlot::Field(f)),
+            Operand::Field(FieldRef::Int(f)) if !matches!(f, IntField::PayloadByte(_)) => {
+                Some(SockSlot::Field(f))
+            }
             other => {
                 let kind = operand_kind(&other);
                 self.err(
@@ -470,7 +612,16 @@ impl Checker {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn compare(&mut self, l: Operand, ls: Span, op: CmpOp, ops: Span, r: Operand, rs: Span, whole: Span) -> Option<Cond> {
+    fn compare(
+        &mut self,
+        l: Operand,
+        ls: Span,
+        op: CmpOp,
+        ops: Span,
+        r: Operand,
+        rs: Span,
+        whole: Span,
+    ) -> Option<Cond> {
         let (field, fs, val, vs, op) = match (l, r) {
             (Operand::Field(f), Operand::Const(v)) => (f, ls, v, rs, op),
             (Operand::Const(v), Operand::Field(f)) => (f, rs, v, ls, mirror(op)),
@@ -487,25 +638,43 @@ impl Checker {
                     Some(x) => Some(Cond::Const(x)),
                     None => {
                         self.err(
-                            Diag::error("E0201", format!("cannot compare {} with {}", a.kind(), b.kind()), whole)
-                                .label("mismatched types")
-                                .help("compare values of the same kind"),
+                            Diag::error(
+                                "E0201",
+                                format!("cannot compare {} with {}", a.kind(), b.kind()),
+                                whole,
+                            )
+                            .label("mismatched types")
+                            .help("compare values of the same kind"),
                         );
                         None
                     }
                 };
             }
         };
-        if !matches!(op, CmpOp::Eq | CmpOp::Ne) && !matches!(field, FieldRef::Int(_) | FieldRef::EitherPort) {
+        if !matches!(op, CmpOp::Eq | CmpOp::Ne)
+            && !matches!(field, FieldRef::Int(_) | FieldRef::EitherPort)
+        {
             self.err(
-                Diag::error("E0204", format!("`{}` does not apply to {}", op.as_str(), field.kind()), ops)
-                    .label("only `==` and `!=` here")
-                    .help("use `==`, `!=`, or `in` with a set or prefix"),
+                Diag::error(
+                    "E0204",
+                    format!("`{}` does not apply to {}", op.as_str(), field.kind()),
+                    ops,
+                )
+                .label("only `==` and `!=` here")
+                .help("use `==`, `!=`, or `in` with a set or prefix"),
             );
             return None;
         }
         if op == CmpOp::Ne {
-            let eq = self.compare(Operand::Field(field), fs, CmpOp::Eq, ops, Operand::Const(val), vs, whole)?;
+            let eq = self.compare(
+                Operand::Field(field),
+                fs,
+                CmpOp::Eq,
+                ops,
+                Operand::Const(val),
+                vs,
+                whole,
+            )?;
             return Some(Cond::Not(Box::new(eq)));
         }
         match field {
@@ -516,11 +685,22 @@ impl Checker {
             }
             FieldRef::Int(f) => self.int_compare(f, fs, op, &val, vs),
             FieldRef::Family => match val {
-                Val::Family(fam) => Some(Cond::Test(Test::Int { field: IntField::Family, ranges: vec![(fam as u64, fam as u64)] })),
-                other => self.mismatch(&field, fs, &other, vs, "write `family == inet` or `family == inet6`"),
+                Val::Family(fam) => Some(Cond::Test(Test::Int {
+                    field: IntField::Family,
+                    ranges: vec![(fam as u64, fam as u64)],
+                })),
+                other => self.mismatch(
+                    &field,
+                    fs,
+                    &other,
+                    vs,
+                    "write `family == inet` or `family == inet6`",
+                ),
             },
             FieldRef::Addr { .. } => match val {
-                Val::Ip(ip @ (IpLit::V4(_, None) | IpLit::V6(_, None))) => self.addr_test(field, fs, &[(ip, vs)]),
+                Val::Ip(ip @ (IpLit::V4(_, None) | IpLit::V6(_, None))) => {
+                    self.addr_test(field, fs, &[(ip, vs)])
+                }
                 Val::Ip(_) => {
                     self.err(
                         Diag::error("E0204", "`==` compares with one address, not a prefix", ops)
@@ -529,15 +709,33 @@ impl Checker {
                     );
                     None
                 }
-                other => self.mismatch(&field, fs, &other, vs, "compare with an address such as `127.0.0.1` or `::1`"),
+                other => self.mismatch(
+                    &field,
+                    fs,
+                    &other,
+                    vs,
+                    "compare with an address such as `127.0.0.1` or `::1`",
+                ),
             },
             FieldRef::PayloadSlice { offset, len } => match val {
                 Val::Str(s) => self.payload_alts(offset, len, vec![(s, vs)]),
-                other => self.mismatch(&field, fs, &other, vs, "compare payload slices with a string, e.g. `payload[0..4] == \"GET \"`"),
+                other => self.mismatch(
+                    &field,
+                    fs,
+                    &other,
+                    vs,
+                    "compare payload slices with a string, e.g. `payload[0..4] == \"GET \"`",
+                ),
             },
             FieldRef::Comm => match val {
                 Val::Str(s) => self.comm_test(vec![(s, vs)], false),
-                other => self.mismatch(&field, fs, &other, vs, "compare with a string, e.g. `comm == \"curl\"`"),
+                other => self.mismatch(
+                    &field,
+                    fs,
+                    &other,
+                    vs,
+                    "compare with a string, e.g. `comm == \"curl\"`",
+                ),
             },
             FieldRef::Payload => {
                 self.err(
@@ -550,12 +748,31 @@ impl Checker {
         }
     }
 
-    fn mismatch(&mut self, field: &FieldRef, fs: Span, val: &Val, vs: Span, help: &str) -> Option<Cond> {
-        let mut d = Diag::error("E0201", format!("cannot compare {} with {}", field.kind(), val.kind()), vs)
-            .label(format!("this is {}", val.kind()))
-            .secondary(fs, format!("this is {}", field.kind()))
-            .help(help);
-        if let (FieldRef::Addr { v4: true, v6: false, .. }, Val::Ip(IpLit::V6(..))) = (field, val) {
+    fn mismatch(
+        &mut self,
+        field: &FieldRef,
+        fs: Span,
+        val: &Val,
+        vs: Span,
+        help: &str,
+    ) -> Option<Cond> {
+        let mut d = Diag::error(
+            "E0201",
+            format!("cannot compare {} with {}", field.kind(), val.kind()),
+            vs,
+        )
+        .label(format!("this is {}", val.kind()))
+        .secondary(fs, format!("this is {}", field.kind()))
+        .help(help);
+        if let (
+            FieldRef::Addr {
+                v4: true,
+                v6: false,
+                ..
+            },
+            Val::Ip(IpLit::V6(..)),
+        ) = (field, val)
+        {
             d.code = "E0203";
         }
         self.err(d);
@@ -571,22 +788,42 @@ impl Checker {
                     IntField::PayloadByte(_) => "a byte",
                     _ => "this field",
                 };
+                let holder = match field {
+                    IntField::LocalPort | IntField::RemotePort => "ports are".to_string(),
+                    f => format!("`{}` holds", f.name()),
+                };
                 self.err(
                     Diag::error("E0202", format!("{n} is out of range for {what}"), vs)
-                        .label(format!("{} holds 0..={}", field.name(), field.max_value()))
+                        .label(format!("{holder} 0..={}", field.max_value()))
                         .secondary(fs, "this field")
                         .help(format!("use a value from 0 to {}", field.max_value())),
                 );
                 None
             }
             other => {
-                self.mismatch(&FieldRef::Int(field), fs, &other.clone(), vs, "compare with a number");
+                let help = match (field, other) {
+                    (IntField::LocalPort | IntField::RemotePort, Val::Ip(_)) => {
+                        "a port is a number such as `80`; to test an address use `ip`, `local.ip` or `remote.ip`".to_string()
+                    }
+                    (IntField::PayloadByte(_), Val::Str(_)) => {
+                        "`payload[i]` is one byte: compare it with a number (`0x2a`), or compare a slice `payload[i..j]` with a string".to_string()
+                    }
+                    _ => "compare it with a number, a range `a..b` or a set of numbers".to_string(),
+                };
+                self.mismatch(&FieldRef::Int(field), fs, &other.clone(), vs, &help);
                 None
             }
         }
     }
 
-    fn int_compare(&mut self, field: IntField, fs: Span, op: CmpOp, v: &Val, vs: Span) -> Option<Cond> {
+    fn int_compare(
+        &mut self,
+        field: IntField,
+        fs: Span,
+        op: CmpOp,
+        v: &Val,
+        vs: Span,
+    ) -> Option<Cond> {
         let n = match (op, v) {
             // A bound beyond the field's range is legal for < and >: it folds.
             (CmpOp::Lt | CmpOp::Le | CmpOp::Gt | CmpOp::Ge, Val::Int(n)) => *n,
@@ -602,13 +839,27 @@ impl Checker {
             CmpOp::Gt => vec![(n + 1, max)],
             CmpOp::Ge if n > max => vec![],
             CmpOp::Ge => vec![(n, max)],
-            CmpOp::Ne => return Some(Cond::Not(Box::new(Cond::Test(Test::Int { field, ranges: vec![(n, n)] })))),
+            CmpOp::Ne => {
+                return Some(Cond::Not(Box::new(Cond::Test(Test::Int {
+                    field,
+                    ranges: vec![(n, n)],
+                }))))
+            }
         };
         Some(Cond::Test(Test::Int { field, ranges }))
     }
 
     fn addr_test(&mut self, field: FieldRef, fs: Span, ips: &[(IpLit, Span)]) -> Option<Cond> {
-        let FieldRef::Addr { local, remote, v4, v6, mapped } = field else { return None };
+        let FieldRef::Addr {
+            local,
+            remote,
+            v4,
+            v6,
+            mapped,
+        } = field
+        else {
+            return None;
+        };
         let mut nets = Vec::new();
         let mut ok = true;
         for (ip, span) in ips {
@@ -616,10 +867,14 @@ impl Checker {
                 IpLit::V4(a, p) => {
                     if !v4 {
                         self.err(
-                            Diag::error("E0203", "an IPv4 address against an IPv6-only field", *span)
-                                .label("IPv4")
-                                .secondary(fs, "this field holds IPv6 addresses")
-                                .help("use `local.ip`/`remote.ip` (both families) or an IPv6 address"),
+                            Diag::error(
+                                "E0203",
+                                "an IPv4 address against an IPv6-only field",
+                                *span,
+                            )
+                            .label("IPv4")
+                            .secondary(fs, "this field holds IPv6 addresses")
+                            .help("use `local.ip`/`remote.ip` (both families) or an IPv6 address"),
                         );
                         ok = false;
                         continue;
@@ -627,7 +882,11 @@ impl Checker {
                     let prefix = p.unwrap_or(32);
                     let addr = u32::from(a);
                     if addr & !hir::mask32(prefix) != 0 {
-                        self.host_bits_error(*span, &IpAddr::V4(Ipv4Addr::from(addr & hir::mask32(prefix))), prefix);
+                        self.host_bits_error(
+                            *span,
+                            &IpAddr::V4(Ipv4Addr::from(addr & hir::mask32(prefix))),
+                            prefix,
+                        );
                         ok = false;
                         continue;
                     }
@@ -647,7 +906,11 @@ impl Checker {
                     let prefix = p.unwrap_or(128);
                     let addr = u128::from(a);
                     if addr & !hir::mask128(prefix) != 0 {
-                        self.host_bits_error(*span, &IpAddr::V6(Ipv6Addr::from(addr & hir::mask128(prefix))), prefix);
+                        self.host_bits_error(
+                            *span,
+                            &IpAddr::V6(Ipv6Addr::from(addr & hir::mask128(prefix))),
+                            prefix,
+                        );
                         ok = false;
                         continue;
                     }
@@ -663,12 +926,24 @@ impl Checker {
         nets.dedup();
         let mut ends = Vec::new();
         if local {
-            ends.push(Cond::Test(Test::Addr { end: End::Local, nets: nets.clone(), mapped }));
+            ends.push(Cond::Test(Test::Addr {
+                end: End::Local,
+                nets: nets.clone(),
+                mapped,
+            }));
         }
         if remote {
-            ends.push(Cond::Test(Test::Addr { end: End::Remote, nets, mapped }));
+            ends.push(Cond::Test(Test::Addr {
+                end: End::Remote,
+                nets,
+                mapped,
+            }));
         }
-        Some(if ends.len() == 1 { ends.pop()? } else { Cond::Or(ends) })
+        Some(if ends.len() == 1 {
+            ends.pop()?
+        } else {
+            Cond::Or(ends)
+        })
     }
 
     fn host_bits_error(&mut self, span: Span, net: &IpAddr, prefix: u8) {
@@ -684,9 +959,19 @@ impl Checker {
         for (s, span) in alts {
             if s.len() as u32 != len {
                 self.err(
-                    Diag::error("E0207", format!("a {}-byte string against a {len}-byte payload slice", s.len()), span)
-                        .label(format!("{} bytes", s.len()))
-                        .help(format!("make the slice `payload[{offset}..{}]` or the string {len} bytes long", offset as u64 + s.len() as u64)),
+                    Diag::error(
+                        "E0207",
+                        format!(
+                            "a {}-byte string against a {len}-byte payload slice",
+                            s.len()
+                        ),
+                        span,
+                    )
+                    .label(format!("{} bytes", s.len()))
+                    .help(format!(
+                        "make the slice `payload[{offset}..{}]` or the string {len} bytes long",
+                        offset as u64 + s.len() as u64
+                    )),
                 );
                 return None;
             }
@@ -720,9 +1005,13 @@ impl Checker {
             Operand::Field(f) => f,
             Operand::Const(v) => {
                 self.err(
-                    Diag::error("E0201", format!("`in` needs a field on the left, not {}", v.kind()), ls)
-                        .label("a constant")
-                        .help("write `FIELD in SET`, e.g. `remote.port in {80, 443}`"),
+                    Diag::error(
+                        "E0201",
+                        format!("`in` needs a field on the left, not {}", v.kind()),
+                        ls,
+                    )
+                    .label("a constant")
+                    .help("write `FIELD in SET`, e.g. `remote.port in {80, 443}`"),
                 );
                 return None;
             }
@@ -759,17 +1048,36 @@ impl Checker {
                 for (v, s) in &elems {
                     match v {
                         Val::Family(f) => ranges.push((*f as u64, *f as u64)),
-                        other => return self.mismatch(&field, ls, &other.clone(), *s, "list families: `{inet, inet6}`"),
+                        other => {
+                            return self.mismatch(
+                                &field,
+                                ls,
+                                &other.clone(),
+                                *s,
+                                "list families: `{inet, inet6}`",
+                            )
+                        }
                     }
                 }
-                Some(Cond::Test(Test::Int { field: IntField::Family, ranges: normalize(ranges) }))
+                Some(Cond::Test(Test::Int {
+                    field: IntField::Family,
+                    ranges: normalize(ranges),
+                }))
             }
             FieldRef::Addr { .. } => {
                 let mut ips = Vec::new();
                 for (v, s) in &elems {
                     match v {
                         Val::Ip(ip) => ips.push((*ip, *s)),
-                        other => return self.mismatch(&field, ls, &other.clone(), *s, "list addresses or prefixes: `{10.0.0.0/8, ::1}`"),
+                        other => {
+                            return self.mismatch(
+                                &field,
+                                ls,
+                                &other.clone(),
+                                *s,
+                                "list addresses or prefixes: `{10.0.0.0/8, ::1}`",
+                            )
+                        }
                     }
                 }
                 if ips.is_empty() {
@@ -802,13 +1110,24 @@ impl Checker {
         }
     }
 
-    fn strings(&mut self, field: &FieldRef, fs: Span, elems: &[(Val, Span)]) -> Option<Vec<(Vec<u8>, Span)>> {
+    fn strings(
+        &mut self,
+        field: &FieldRef,
+        fs: Span,
+        elems: &[(Val, Span)],
+    ) -> Option<Vec<(Vec<u8>, Span)>> {
         let mut out = Vec::new();
         for (v, s) in elems {
             match v {
                 Val::Str(b) => out.push((b.clone(), *s)),
                 other => {
-                    self.mismatch(field, fs, &other.clone(), *s, "list strings: `{\"GET \", \"PUT \"}`");
+                    self.mismatch(
+                        field,
+                        fs,
+                        &other.clone(),
+                        *s,
+                        "list strings: `{\"GET \", \"PUT \"}`",
+                    );
                     return None;
                 }
             }
@@ -831,16 +1150,29 @@ impl Checker {
                 }
             }
         }
-        Some(Cond::Test(Test::Int { field, ranges: normalize(ranges) }))
+        Some(Cond::Test(Test::Int {
+            field,
+            ranges: normalize(ranges),
+        }))
     }
 
     fn starts_with(&mut self, l: Operand, ls: Span, r: Operand, rs: Span) -> Option<Cond> {
         let prefixes: Vec<(Vec<u8>, Span)> = match r {
             Operand::Const(Val::Str(s)) => vec![(s, rs)],
-            Operand::Const(Val::Set(items)) if items.iter().all(|(v, _)| matches!(v, Val::Str(_))) => items
-                .into_iter()
-                .filter_map(|(v, s)| if let Val::Str(b) = v { Some((b, s)) } else { None })
-                .collect(),
+            Operand::Const(Val::Set(items))
+                if items.iter().all(|(v, _)| matches!(v, Val::Str(_))) =>
+            {
+                items
+                    .into_iter()
+                    .filter_map(|(v, s)| {
+                        if let Val::Str(b) = v {
+                            Some((b, s))
+                        } else {
+                            None
+                        }
+                    })
+                    .collect()
+            }
             other => {
                 let kind = operand_kind(&other);
                 self.err(
@@ -863,17 +1195,28 @@ impl Checker {
                         );
                         return None;
                     }
-                    alts.push(Cond::Test(Test::Payload { offset: 0, alts: vec![p] }));
+                    alts.push(Cond::Test(Test::Payload {
+                        offset: 0,
+                        alts: vec![p],
+                    }));
                 }
-                Some(if alts.len() == 1 { alts.pop()? } else { Cond::Or(alts) })
+                Some(if alts.len() == 1 {
+                    alts.pop()?
+                } else {
+                    Cond::Or(alts)
+                })
             }
             Operand::Field(FieldRef::Comm) => self.comm_test(prefixes, true),
             other => {
                 let kind = operand_kind(&other);
                 self.err(
-                    Diag::error("E0219", format!("`starts with` does not apply to {kind}"), ls)
-                        .label("not a byte string")
-                        .help("`starts with` tests `payload` or `comm`"),
+                    Diag::error(
+                        "E0219",
+                        format!("`starts with` does not apply to {kind}"),
+                        ls,
+                    )
+                    .label("not a byte string")
+                    .help("`starts with` tests `payload` or `comm`"),
                 );
                 None
             }
@@ -917,11 +1260,20 @@ impl Checker {
             }
             ExprKind::Set(items) => {
                 let mut out = Vec::new();
+                let mut seen = std::collections::HashSet::new();
                 let mut ok = true;
                 for item in items {
                     match self.expr(item) {
-                        Some(Operand::Const(Val::Set(inner))) => out.extend(inner),
-                        Some(Operand::Const(v)) => out.push((v, item.span)),
+                        // An element's span names the literal it came from: dropping repeats
+                        // keeps `{s, s}` from doubling (sets of sets would grow exponentially).
+                        Some(Operand::Const(Val::Set(inner))) => {
+                            out.extend(inner.into_iter().filter(|(_, s)| seen.insert(*s)))
+                        }
+                        Some(Operand::Const(v)) => {
+                            if seen.insert(item.span) {
+                                out.push((v, item.span));
+                            }
+                        }
                         Some(Operand::Field(f)) => {
                             self.err(
                                 Diag::error("E0105", "set elements must be constants", item.span)
@@ -940,13 +1292,21 @@ impl Checker {
                 let i = self.const_int(index)?;
                 if i >= MAX_PAYLOAD_END as u64 {
                     self.err(
-                        Diag::error("E0206", format!("payload[{i}] is beyond the supported window"), e.span)
-                            .label(format!("rules may look at the first {MAX_PAYLOAD_END} bytes"))
-                            .help(format!("use an offset below {MAX_PAYLOAD_END}")),
+                        Diag::error(
+                            "E0206",
+                            format!("payload[{i}] is beyond the supported window"),
+                            e.span,
+                        )
+                        .label(format!(
+                            "rules may look at the first {MAX_PAYLOAD_END} bytes"
+                        ))
+                        .help(format!("use an offset below {MAX_PAYLOAD_END}")),
                     );
                     return None;
                 }
-                Some(Operand::Field(FieldRef::Int(IntField::PayloadByte(i as u32))))
+                Some(Operand::Field(FieldRef::Int(IntField::PayloadByte(
+                    i as u32,
+                ))))
             }
             ExprKind::Slice { base, start, end } => {
                 self.payload_base(base)?;
@@ -955,25 +1315,41 @@ impl Checker {
                 if s >= t {
                     let what = if s == t { "empty" } else { "reversed" };
                     self.err(
-                        Diag::error("E0205", format!("the payload slice [{s}..{t}] is {what}"), e.span)
-                            .label("slices are half-open: [start..end) with start < end")
-                            .help(if s == t {
-                                format!("a slice needs at least one byte: `payload[{s}..{}]`", s.saturating_add(1))
-                            } else {
-                                format!("write the smaller offset first: `payload[{t}..{s}]`")
-                            }),
+                        Diag::error(
+                            "E0205",
+                            format!("the payload slice [{s}..{t}] is {what}"),
+                            e.span,
+                        )
+                        .label("slices are half-open: [start..end) with start < end")
+                        .help(if s == t {
+                            format!(
+                                "a slice needs at least one byte: `payload[{s}..{}]`",
+                                s.saturating_add(1)
+                            )
+                        } else {
+                            format!("write the smaller offset first: `payload[{t}..{s}]`")
+                        }),
                     );
                     return None;
                 }
                 if t > MAX_PAYLOAD_END as u64 || t - s > MAX_SLICE_LEN as u64 {
                     self.err(
-                        Diag::error("E0206", format!("the payload slice [{s}..{t}] is too long or too far"), e.span)
-                            .label(format!("at most {MAX_SLICE_LEN} bytes, ending by byte {MAX_PAYLOAD_END}"))
-                            .help("split it into several slices joined with `and`"),
+                        Diag::error(
+                            "E0206",
+                            format!("the payload slice [{s}..{t}] is too long or too far"),
+                            e.span,
+                        )
+                        .label(format!(
+                            "at most {MAX_SLICE_LEN} bytes, ending by byte {MAX_PAYLOAD_END}"
+                        ))
+                        .help("split it into several slices joined with `and`"),
                     );
                     return None;
                 }
-                Some(Operand::Field(FieldRef::PayloadSlice { offset: s as u32, len: (t - s) as u32 }))
+                Some(Operand::Field(FieldRef::PayloadSlice {
+                    offset: s as u32,
+                    len: (t - s) as u32,
+                }))
             }
         }
     }
@@ -984,9 +1360,13 @@ impl Checker {
             other => {
                 let kind = operand_kind(&other);
                 self.err(
-                    Diag::error("E0201", format!("only `payload` can be indexed, not {kind}"), base.span)
-                        .label("not indexable")
-                        .help("write `payload[i]` or `payload[i..j]`"),
+                    Diag::error(
+                        "E0201",
+                        format!("only `payload` can be indexed, not {kind}"),
+                        base.span,
+                    )
+                    .label("not indexable")
+                    .help("write `payload[i]` or `payload[i..j]`"),
                 );
                 None
             }
@@ -999,9 +1379,13 @@ impl Checker {
             other => {
                 let kind = operand_kind(&other);
                 self.err(
-                    Diag::error("E0201", format!("expected a constant integer, found {kind}"), e.span)
-                        .label("not a constant integer")
-                        .help("write a number or the name of an integer `const`"),
+                    Diag::error(
+                        "E0201",
+                        format!("expected a constant integer, found {kind}"),
+                        e.span,
+                    )
+                    .label("not a constant integer")
+                    .help("write a number or the name of an integer `const`"),
                 );
                 None
             }
@@ -1010,7 +1394,13 @@ impl Checker {
 
     fn path(&mut self, path: &[ast::Ident], span: Span) -> Option<Operand> {
         let names: Vec<&str> = path.iter().map(|i| i.node.as_str()).collect();
-        let any = FieldRef::Addr { local: true, remote: true, v4: true, v6: true, mapped: true };
+        let any = FieldRef::Addr {
+            local: true,
+            remote: true,
+            v4: true,
+            v6: true,
+            mapped: true,
+        };
         let field = match names.as_slice() {
             ["len"] => FieldRef::Int(IntField::Len),
             ["family"] => FieldRef::Family,
@@ -1026,12 +1416,34 @@ impl Checker {
             ["inet6"] => return Some(Operand::Const(Val::Family(skpc_abi::AF_INET6))),
             [end @ ("local" | "remote"), what] => {
                 let local = *end == "local";
-                let ends = FieldRef::Addr { local, remote: !local, v4: true, v6: true, mapped: true };
+                let ends = FieldRef::Addr {
+                    local,
+                    remote: !local,
+                    v4: true,
+                    v6: true,
+                    mapped: true,
+                };
                 match *what {
                     "ip" => ends,
-                    "ip4" => FieldRef::Addr { local, remote: !local, v4: true, v6: false, mapped: false },
-                    "ip6" => FieldRef::Addr { local, remote: !local, v4: false, v6: true, mapped: false },
-                    "port" => FieldRef::Int(if local { IntField::LocalPort } else { IntField::RemotePort }),
+                    "ip4" => FieldRef::Addr {
+                        local,
+                        remote: !local,
+                        v4: true,
+                        v6: false,
+                        mapped: false,
+                    },
+                    "ip6" => FieldRef::Addr {
+                        local,
+                        remote: !local,
+                        v4: false,
+                        v6: true,
+                        mapped: false,
+                    },
+                    "port" => FieldRef::Int(if local {
+                        IntField::LocalPort
+                    } else {
+                        IntField::RemotePort
+                    }),
                     _ => return self.unknown_field(&names, span),
                 }
             }
@@ -1043,9 +1455,11 @@ impl Checker {
                         cands.extend(FIELDS.iter().copied());
                         cands.extend(["inet", "inet6"]);
                         cands.sort();
-                        let suggestion = did_you_mean(name, cands.iter().copied()).map(str::to_string);
+                        let suggestion =
+                            did_you_mean(name, cands.iter().copied()).map(str::to_string);
                         let is_set_like = self.names.values().any(|b| b.is_set);
-                        let mut d = Diag::error("E0102", format!("unknown name `{name}`"), span).label("not a field or a declared name");
+                        let mut d = Diag::error("E0102", format!("unknown name `{name}`"), span)
+                            .label("not a field or a declared name");
                         d = match suggestion {
                             Some(s) => d.help(format!("did you mean `{s}`?")),
                             None if is_set_like => d.help("declare it first with `const` or `set`; the fields are listed in docs/language.md"),
@@ -1063,7 +1477,8 @@ impl Checker {
 
     fn unknown_field(&mut self, names: &[&str], span: Span) -> Option<Operand> {
         let joined = names.join(".");
-        let mut d = Diag::error("E0101", format!("unknown field `{joined}`"), span).label("no such field");
+        let mut d =
+            Diag::error("E0101", format!("unknown field `{joined}`"), span).label("no such field");
         d = match did_you_mean(&joined, FIELDS.iter().copied()) {
             Some(s) => d.help(format!("did you mean `{s}`?")),
             None => d.help(format!("the fields are: {}", FIELDS.join(", "))),
@@ -1099,6 +1514,7 @@ impl Checker {
     fn test_case(&mut self, t: &ast::TestCase) -> Option<hir::TestCase> {
         let mut m = hir::Message::default();
         let mut expect: Option<(Decision, Span)> = None;
+        let mut expect_seen: Option<Span> = None;
         let mut assigned: HashMap<String, Span> = HashMap::new();
         let mut ok = true;
         let mut explicit_family: Option<u32> = None;
@@ -1107,8 +1523,7 @@ impl Checker {
         for s in &t.stmts {
             match s {
                 ast::TestStmt::Expect { action, span } => {
-                    if let Some((_, prev)) = &expect {
-                        let prev = *prev;
+                    if let Some(prev) = expect_seen {
                         self.err(
                             Diag::error("E0303", "a test case with two `expect`s", *span)
                                 .label("second")
@@ -1118,9 +1533,14 @@ impl Checker {
                         ok = false;
                         continue;
                     }
+                    expect_seen = Some(*span);
                     match self.action(action) {
                         Some(Action::Decide(d)) => {
-                            if let Verdict::Redirect { target: Target::Sock(SockSlot::Field(_)), .. } = d.verdict {
+                            if let Verdict::Redirect {
+                                target: Target::Sock(SockSlot::Field(_)),
+                                ..
+                            } = d.verdict
+                            {
                                 self.err(
                                     Diag::error("E0304", "a test expects a constant sockmap slot", action.span)
                                         .label("a field here")
@@ -1142,39 +1562,68 @@ impl Checker {
                     }
                 }
                 ast::TestStmt::Assign { field, value, span } => {
-                    let name = field.iter().map(|i| i.node.as_str()).collect::<Vec<_>>().join(".");
+                    let name = field
+                        .iter()
+                        .map(|i| i.node.as_str())
+                        .collect::<Vec<_>>()
+                        .join(".");
                     let fspan = field[0].span.to(field[field.len() - 1].span);
                     if let Some(prev) = assigned.get(&name) {
                         let prev = *prev;
                         self.err(
-                            Diag::error("E0303", format!("`{name}` is set twice in this test case"), *span)
-                                .label("second")
-                                .secondary(prev, "first")
-                                .help("set each field once"),
+                            Diag::error(
+                                "E0303",
+                                format!("`{name}` is set twice in this test case"),
+                                *span,
+                            )
+                            .label("second")
+                            .secondary(prev, "first")
+                            .help("set each field once"),
                         );
                         ok = false;
                         continue;
                     }
                     assigned.insert(name.clone(), *span);
                     let Some(Operand::Const(v)) = self.expr(value) else {
-                        if !self.diags.iter().any(|d| d.is_error() && d.span.start >= value.span.start && d.span.end <= value.span.end) {
+                        if !self.diags.iter().any(|d| {
+                            d.is_error()
+                                && d.span.start >= value.span.start
+                                && d.span.end <= value.span.end
+                        }) {
                             self.err(
-                                Diag::error("E0303", "a test case field needs a constant value", value.span)
-                                    .label("not a constant")
-                                    .help("write a literal such as `80`, `10.0.0.1` or `\"GET /\"`"),
+                                Diag::error(
+                                    "E0303",
+                                    "a test case field needs a constant value",
+                                    value.span,
+                                )
+                                .label("not a constant")
+                                .help("write a literal such as `80`, `10.0.0.1` or `\"GET /\"`"),
                             );
                         }
                         ok = false;
                         continue;
                     };
-                    if !self.test_assign(&mut m, &name, fspan, v, value.span, &mut explicit_family, &mut explicit_len, &mut addrs) {
+                    if !self.test_assign(
+                        &mut m,
+                        &name,
+                        fspan,
+                        v,
+                        value.span,
+                        &mut explicit_family,
+                        &mut explicit_len,
+                        &mut addrs,
+                    ) {
                         ok = false;
                     }
                 }
             }
         }
         // Resolve the family and the addresses.
-        let family = explicit_family.unwrap_or(if addrs.iter().any(|(_, a, _)| a.is_ipv6()) { skpc_abi::AF_INET6 } else { skpc_abi::AF_INET });
+        let family = explicit_family.unwrap_or(if addrs.iter().any(|(_, a, _)| a.is_ipv6()) {
+            skpc_abi::AF_INET6
+        } else {
+            skpc_abi::AF_INET
+        });
         m.family = family;
         if family == skpc_abi::AF_INET6 {
             m.local_ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
@@ -1214,6 +1663,10 @@ impl Checker {
             }
         }
         let Some((expect, _)) = expect else {
+            if expect_seen.is_some() {
+                // The `expect` is there but wrong; that has been reported.
+                return None;
+            }
             self.err(
                 Diag::error("E0303", "a test case without `expect`", t.span)
                     .label("what should happen to this message?")
@@ -1255,9 +1708,20 @@ impl Checker {
                 Val::Int(n) if n <= max => Some(n),
                 _ => {
                     c.err(
-                        Diag::error("E0303", format!("`{name}` takes an integer up to {max}"), vspan)
-                            .label(format!("this is {}", if matches!(v, Val::Int(_)) { "too large" } else { v.kind() }))
-                            .help(format!("write e.g. `{name} = {};`", example_for(name))),
+                        Diag::error(
+                            "E0303",
+                            format!("`{name}` takes an integer up to {max}"),
+                            vspan,
+                        )
+                        .label(format!(
+                            "this is {}",
+                            if matches!(v, Val::Int(_)) {
+                                "too large"
+                            } else {
+                                v.kind()
+                            }
+                        ))
+                        .help(format!("write e.g. `{name} = {};`", example_for(name))),
                     );
                     None
                 }
@@ -1269,8 +1733,12 @@ impl Checker {
                 _ => return bad(self, "`inet` or `inet6`"),
             },
             "local.ip" | "remote.ip" => match v {
-                Val::Ip(IpLit::V4(a, None)) => addrs.push((name == "local.ip", IpAddr::V4(a), vspan)),
-                Val::Ip(IpLit::V6(a, None)) => addrs.push((name == "local.ip", IpAddr::V6(a), vspan)),
+                Val::Ip(IpLit::V4(a, None)) => {
+                    addrs.push((name == "local.ip", IpAddr::V4(a), vspan))
+                }
+                Val::Ip(IpLit::V6(a, None)) => {
+                    addrs.push((name == "local.ip", IpAddr::V6(a), vspan))
+                }
                 _ => return bad(self, "one address"),
             },
             "local.port" => match int(self, 65535) {
@@ -1306,10 +1774,27 @@ impl Checker {
             },
             "comm" => match v {
                 Val::Str(s) if s.len() <= MAX_COMM_LEN && !s.contains(&0) => m.comm = s,
+                Val::Str(s) => {
+                    self.err(
+                        Diag::error(
+                            "E0303",
+                            "`comm` takes a string of at most 15 bytes and no NUL",
+                            vspan,
+                        )
+                        .label(format!(
+                            "{} bytes{}",
+                            s.len(),
+                            if s.contains(&0) { ", with a NUL" } else { "" }
+                        ))
+                        .help("the kernel keeps the first 15 bytes of a process name: shorten it"),
+                    );
+                    return false;
+                }
                 _ => return bad(self, "a string of at most 15 bytes"),
             },
             _ => {
-                let mut d = Diag::error("E0303", format!("a test case cannot set `{name}`"), fspan).label("not a message field");
+                let mut d = Diag::error("E0303", format!("a test case cannot set `{name}`"), fspan)
+                    .label("not a message field");
                 d = match did_you_mean(name, TEST_FIELDS.iter().copied()) {
                     Some(s) => d.help(format!("did you mean `{s}`?")),
                     None => d.help(format!("test cases set: {}", TEST_FIELDS.join(", "))),
@@ -1322,8 +1807,20 @@ impl Checker {
     }
 }
 
-const TEST_FIELDS: &[&str] =
-    &["family", "local.ip", "remote.ip", "local.port", "remote.port", "len", "payload", "uid", "gid", "pid", "cgroup", "comm"];
+const TEST_FIELDS: &[&str] = &[
+    "family",
+    "local.ip",
+    "remote.ip",
+    "local.port",
+    "remote.port",
+    "len",
+    "payload",
+    "uid",
+    "gid",
+    "pid",
+    "cgroup",
+    "comm",
+];
 
 fn example_for(name: &str) -> &'static str {
     match name {
@@ -1356,7 +1853,9 @@ fn const_compare(a: &Val, op: CmpOp, b: &Val) -> Option<bool> {
     use std::cmp::Ordering;
     let ord: Ordering = match (a, b) {
         (Val::Int(x), Val::Int(y)) => x.cmp(y),
-        _ if std::mem::discriminant(a) == std::mem::discriminant(b) && matches!(op, CmpOp::Eq | CmpOp::Ne) => {
+        _ if std::mem::discriminant(a) == std::mem::discriminant(b)
+            && matches!(op, CmpOp::Eq | CmpOp::Ne) =>
+        {
             return Some((a == b) == (op == CmpOp::Eq));
         }
         _ => return None,
@@ -1369,6 +1868,85 @@ fn const_compare(a: &Val, op: CmpOp, b: &Val) -> Option<bool> {
         CmpOp::Gt => ord.is_gt(),
         CmpOp::Ge => ord.is_ge(),
     })
+}
+
+/// Whether a simplified condition can never hold: constant false, or an `and` whose
+/// integer tests of one field leave no value (`len > 5000 and len < 10`). Only for the
+/// W0001 warning: it does not change the HIR.
+fn never_true(c: &Cond) -> bool {
+    match c {
+        Cond::Const(b) => !b,
+        Cond::Or(cs) => cs.iter().all(never_true),
+        Cond::And(cs) => {
+            if cs.iter().any(never_true) {
+                return true;
+            }
+            let mut per_field: HashMap<IntField, Vec<(u64, u64)>> = HashMap::new();
+            for c in cs {
+                let (field, ranges) = match c {
+                    Cond::Test(Test::Int { field, ranges }) => (*field, ranges.clone()),
+                    // `not payload[i] ...` also holds for a message too short to have byte
+                    // i, so only the other fields' negations are complements.
+                    Cond::Not(inner) => match &**inner {
+                        Cond::Test(Test::Int { field, ranges })
+                            if !matches!(field, IntField::PayloadByte(_)) =>
+                        {
+                            (*field, complement(ranges, field.max_value()))
+                        }
+                        _ => continue,
+                    },
+                    _ => continue,
+                };
+                let all = per_field
+                    .entry(field)
+                    .or_insert_with(|| vec![(0, field.max_value())]);
+                *all = intersect(all, &ranges);
+                if all.is_empty() {
+                    return true;
+                }
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
+/// The values of `0..=max` outside sorted, disjoint inclusive ranges.
+fn complement(ranges: &[(u64, u64)], max: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut next = Some(0u64);
+    for &(lo, hi) in ranges {
+        if let Some(n) = next {
+            if lo > n {
+                out.push((n, lo - 1));
+            }
+        }
+        next = hi.checked_add(1);
+    }
+    if let Some(n) = next {
+        if n <= max {
+            out.push((n, max));
+        }
+    }
+    out
+}
+
+/// The intersection of two sorted, disjoint lists of inclusive ranges.
+fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        let lo = a[i].0.max(b[j].0);
+        let hi = a[i].1.min(b[j].1);
+        if lo <= hi {
+            out.push((lo, hi));
+        }
+        if a[i].1 < b[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
 }
 
 /// Sorts and merges inclusive ranges (adjacent ones too).

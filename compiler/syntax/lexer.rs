@@ -16,7 +16,9 @@ pub enum LexError {
     UnexpectedChar,
     IntTooLarge,
     BadAddress(String),
-    BadPrefix { max: u8 },
+    BadPrefix {
+        max: u8,
+    },
     BadEscape(String),
     UnterminatedString,
 }
@@ -132,7 +134,10 @@ pub enum Tok {
     #[token("GiB", |_| 1u64 << 30)]
     Unit(u64),
     #[regex(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+(/[0-9]+)?", ipv4)]
-    #[regex(r"[0-9a-fA-F]*:[0-9a-fA-F:]*([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)?(/[0-9]+)?", ipv6)]
+    #[regex(
+        r"[0-9a-fA-F]*:[0-9a-fA-F:]*([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)?(/[0-9]+)?",
+        ipv6
+    )]
     Ip(IpLit),
     #[regex(r#""([^"\\\n]|\\.)*""#, string)]
     #[regex(r#""([^"\\\n]|\\.)*"#, |_| Err(LexError::UnterminatedString))]
@@ -173,13 +178,17 @@ fn split_prefix(text: &str, max: u8) -> Result<(&str, Option<u8>), LexError> {
 
 fn ipv4(lex: &mut logos::Lexer<Tok>) -> Result<IpLit, LexError> {
     let (addr, prefix) = split_prefix(lex.slice(), 32)?;
-    let a = addr.parse::<Ipv4Addr>().map_err(|_| LexError::BadAddress(addr.to_string()))?;
+    let a = addr
+        .parse::<Ipv4Addr>()
+        .map_err(|_| LexError::BadAddress(addr.to_string()))?;
     Ok(IpLit::V4(a, prefix))
 }
 
 fn ipv6(lex: &mut logos::Lexer<Tok>) -> Result<IpLit, LexError> {
     let (addr, prefix) = split_prefix(lex.slice(), 128)?;
-    let a = addr.parse::<Ipv6Addr>().map_err(|_| LexError::BadAddress(addr.to_string()))?;
+    let a = addr
+        .parse::<Ipv6Addr>()
+        .map_err(|_| LexError::BadAddress(addr.to_string()))?;
     Ok(IpLit::V6(a, prefix))
 }
 
@@ -214,7 +223,10 @@ pub fn unescape(body: &str) -> Result<Vec<u8>, LexError> {
                 }
             }
             Some(other) => {
-                return Err(LexError::BadEscape(format!("\\{}", String::from_utf8_lossy(&[other]))))
+                return Err(LexError::BadEscape(format!(
+                    "\\{}",
+                    String::from_utf8_lossy(&[other])
+                )))
             }
             None => return Err(LexError::BadEscape("\\".to_string())),
         }
@@ -231,7 +243,30 @@ pub fn lex(source: &str) -> (Vec<(usize, Tok, usize)>, Vec<(Span, LexError)>) {
         let r = lexer.span();
         match result {
             Ok(tok) => tokens.push((r.start, tok, r.end)),
-            Err(e) => errors.push((Span::new(r.start, r.end), e)),
+            Err(e) => {
+                // A malformed literal still stands where it was, as a placeholder of its
+                // kind, so that the parser does not report the gap as a second error.
+                let text = lexer.slice();
+                let placeholder = match &e {
+                    LexError::IntTooLarge => Some(Tok::Int(0)),
+                    LexError::BadAddress(_) | LexError::BadPrefix { .. } => {
+                        let prefix = text.contains('/').then_some(0);
+                        Some(Tok::Ip(if text.contains(':') {
+                            IpLit::V6(Ipv6Addr::UNSPECIFIED, prefix)
+                        } else {
+                            IpLit::V4(Ipv4Addr::UNSPECIFIED, prefix)
+                        }))
+                    }
+                    LexError::BadEscape(_) | LexError::UnterminatedString => {
+                        Some(Tok::Str(Vec::new()))
+                    }
+                    LexError::UnexpectedChar => None,
+                };
+                if let Some(tok) = placeholder {
+                    tokens.push((r.start, tok, r.end));
+                }
+                errors.push((Span::new(r.start, r.end), e));
+            }
         }
     }
     (tokens, errors)
@@ -314,14 +349,23 @@ mod tests {
 
     #[test]
     fn integers_with_separators_and_units() {
-        assert_eq!(toks("1_000 0x1F 64KiB"), vec![Tok::Int(1000), Tok::Int(31), Tok::Int(64), Tok::Unit(1024)]);
+        assert_eq!(
+            toks("1_000 0x1F 64KiB"),
+            vec![Tok::Int(1000), Tok::Int(31), Tok::Int(64), Tok::Unit(1024)]
+        );
         assert_eq!(lex("99999999999999999999").1[0].1, LexError::IntTooLarge);
     }
 
     #[test]
     fn addresses_and_prefixes() {
-        assert_eq!(toks("10.0.0.0/8"), vec![Tok::Ip(IpLit::V4(Ipv4Addr::new(10, 0, 0, 0), Some(8)))]);
-        assert_eq!(toks("::1"), vec![Tok::Ip(IpLit::V6(Ipv6Addr::LOCALHOST, None))]);
+        assert_eq!(
+            toks("10.0.0.0/8"),
+            vec![Tok::Ip(IpLit::V4(Ipv4Addr::new(10, 0, 0, 0), Some(8)))]
+        );
+        assert_eq!(
+            toks("::1"),
+            vec![Tok::Ip(IpLit::V6(Ipv6Addr::LOCALHOST, None))]
+        );
         assert_eq!(
             toks("fd00::/8"),
             vec![Tok::Ip(IpLit::V6("fd00::".parse().unwrap(), Some(8)))]
@@ -352,7 +396,10 @@ mod tests {
 
     #[test]
     fn strings_and_escapes() {
-        assert_eq!(toks(r#""a\r\n\t\\\"\x41""#), vec![Tok::Str(b"a\r\n\t\\\"A".to_vec())]);
+        assert_eq!(
+            toks(r#""a\r\n\t\\\"\x41""#),
+            vec![Tok::Str(b"a\r\n\t\\\"A".to_vec())]
+        );
         assert!(matches!(lex(r#""\q""#).1[0].1, LexError::BadEscape(_)));
         assert_eq!(lex("\"abc").1[0].1, LexError::UnterminatedString);
     }
@@ -360,6 +407,13 @@ mod tests {
     #[test]
     fn comments_and_keywords() {
         assert_eq!(toks("drop # x\n// y\nif"), vec![Tok::Drop, Tok::If]);
-        assert_eq!(toks("remote.port"), vec![Tok::Ident("remote".into()), Tok::Dot, Tok::Ident("port".into())]);
+        assert_eq!(
+            toks("remote.port"),
+            vec![
+                Tok::Ident("remote".into()),
+                Tok::Dot,
+                Tok::Ident("port".into())
+            ]
+        );
     }
 }

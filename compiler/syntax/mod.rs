@@ -14,7 +14,13 @@ use crate::diag::Diag;
 use lexer::{LexError, Tok};
 
 lalrpop_mod!(
-    #[allow(clippy::all, clippy::pedantic, unused_parens, unused_imports, dead_code)]
+    #[allow(
+        clippy::all,
+        clippy::pedantic,
+        unused_parens,
+        unused_imports,
+        dead_code
+    )]
     grammar,
     "/skp.rs"
 );
@@ -26,14 +32,21 @@ pub const MAX_NESTING: usize = 64;
 /// Parses a policy: the AST (of every item that parsed) and the diagnostics.
 pub fn parse(source: &str) -> (ast::Policy, Vec<Diag>) {
     let (tokens, lex_errors) = lexer::lex(source);
-    let mut diags: Vec<Diag> = lex_errors.iter().map(|(span, e)| lex_diag(source, *span, e)).collect();
+    let mut diags: Vec<Diag> = lex_errors
+        .iter()
+        .map(|(span, e)| lex_diag(source, *span, e))
+        .collect();
     if let Some(d) = nesting_error(&tokens) {
         diags.push(d);
         return (ast::Policy { items: Vec::new() }, diags);
     }
     let mut recovered = Vec::new();
-    let result = grammar::PolicyParser::new().parse(&mut recovered, tokens.into_iter().map(Ok::<_, LexError>));
-    let mut parse_diags: Vec<Diag> = recovered.into_iter().map(|r| parse_diag(source, r.error)).collect();
+    let result = grammar::PolicyParser::new()
+        .parse(&mut recovered, tokens.into_iter().map(Ok::<_, LexError>));
+    let mut parse_diags: Vec<Diag> = recovered
+        .into_iter()
+        .map(|r| parse_diag(source, r.error))
+        .collect();
     let policy = match result {
         Ok(p) => p,
         Err(e) => {
@@ -58,9 +71,13 @@ fn nesting_error(tokens: &[(usize, Tok, usize)]) -> Option<Diag> {
         nots = if *tok == Tok::Not { nots + 1 } else { 0 };
         if depth + nots > MAX_NESTING {
             return Some(
-                Diag::error("E0006", format!("nesting deeper than {MAX_NESTING} levels"), Span::new(*l, *r))
-                    .label("too deep here")
-                    .help("split the condition into several rules, or name parts of it with `set`"),
+                Diag::error(
+                    "E0006",
+                    format!("nesting deeper than {MAX_NESTING} levels"),
+                    Span::new(*l, *r),
+                )
+                .label("too deep here")
+                .help("split the condition into several rules, or name parts of it with `set`"),
             );
         }
         if *tok == Tok::Semi {
@@ -73,21 +90,40 @@ fn nesting_error(tokens: &[(usize, Tok, usize)]) -> Option<Diag> {
 fn lex_diag(source: &str, span: Span, e: &LexError) -> Diag {
     let text = source.get(span.range()).unwrap_or("");
     match e {
-        LexError::UnexpectedChar => Diag::error("E0001", format!("unexpected character `{}`", text.chars().next().unwrap_or(' ')), span)
-            .label("not part of the language")
-            .help("comments start with `#` or `//`; strings go in double quotes"),
-        LexError::IntTooLarge => Diag::error("E0002", "integer literal does not fit in 64 bits", span)
-            .label("too large")
-            .help(format!("the largest integer is {}", u64::MAX)),
-        LexError::BadAddress(a) => Diag::error("E0003", format!("`{a}` is not a valid IP address"), span)
-            .label("invalid address")
-            .help("IPv4 is four numbers 0-255 (`10.0.0.1`); IPv6 is hex groups with `::` (`fd00::1`)"),
-        LexError::BadPrefix { max } => Diag::error("E0003", "CIDR prefix length out of range", span)
-            .label(format!("prefix must be 0..={max}"))
-            .help(format!("write the prefix length as a number from 0 to {max}, e.g. `10.0.0.0/8`")),
-        LexError::BadEscape(esc) => Diag::error("E0004", format!("unknown escape `{esc}` in string"), span)
-            .label("bad escape")
-            .help("the escapes are \\r \\n \\t \\0 \\\\ \\\" and \\xNN (two hex digits)"),
+        LexError::UnexpectedChar => Diag::error(
+            "E0001",
+            format!(
+                "unexpected character `{}`",
+                text.chars().next().unwrap_or(' ')
+            ),
+            span,
+        )
+        .label("not part of the language")
+        .help("comments start with `#` or `//`; strings go in double quotes"),
+        LexError::IntTooLarge => {
+            Diag::error("E0002", "integer literal does not fit in 64 bits", span)
+                .label("too large")
+                .help(format!("the largest integer is {}", u64::MAX))
+        }
+        LexError::BadAddress(a) => Diag::error(
+            "E0003",
+            format!("`{a}` is not a valid IP address"),
+            span,
+        )
+        .label("invalid address")
+        .help("IPv4 is four numbers 0-255 (`10.0.0.1`); IPv6 is hex groups with `::` (`fd00::1`)"),
+        LexError::BadPrefix { max } => {
+            Diag::error("E0003", "CIDR prefix length out of range", span)
+                .label(format!("prefix must be 0..={max}"))
+                .help(format!(
+                    "write the prefix length as a number from 0 to {max}, e.g. `10.0.0.0/8`"
+                ))
+        }
+        LexError::BadEscape(esc) => {
+            Diag::error("E0004", format!("unknown escape `{esc}` in string"), span)
+                .label("bad escape")
+                .help("the escapes are \\r \\n \\t \\0 \\\\ \\\" and \\xNN (two hex digits)")
+        }
         LexError::UnterminatedString => Diag::error("E0004", "unterminated string", span)
             .label("string starts here")
             .help("close the string with `\"` on the same line"),
@@ -115,21 +151,35 @@ fn parse_diag(source: &str, e: ParseError<usize, Tok, LexError>) -> Diag {
                 .label(expected_list(&expected))
                 .help("every rule and declaration ends with `;`; blocks close with `}`")
         }
-        ParseError::UnrecognizedToken { token: (l, tok, r), expected } => {
-            let mut d = Diag::error("E0005", format!("unexpected {tok}"), Span::new(l, r)).label(expected_list(&expected));
+        ParseError::UnrecognizedToken {
+            token: (l, tok, r),
+            expected,
+        } => {
+            let mut d = Diag::error("E0005", format!("unexpected {tok}"), Span::new(l, r))
+                .label(expected_list(&expected));
             d = match &tok {
-                Tok::Ident(name) if ["KiB", "MiB", "GiB"].iter().any(|u| u.eq_ignore_ascii_case(name)) => {
+                Tok::Ident(name)
+                    if ["KiB", "MiB", "GiB"]
+                        .iter()
+                        .any(|u| u.eq_ignore_ascii_case(name)) =>
+                {
                     d.help("size units are written `KiB`, `MiB`, `GiB`, right after the number")
                 }
-                Tok::Ident(_) if expected.iter().any(|x| x == "\";\"") => d.help("did you forget `;` at the end of the previous rule?"),
+                Tok::Ident(_) if expected.iter().any(|x| x == "\";\"") => {
+                    d.help("did you forget `;` at the end of the previous rule?")
+                }
                 Tok::Assign => d.help("comparisons use `==`"),
+                Tok::Semi if expected.iter().any(|x| x == "\"default\"") => {
+                    d.help("remove the extra `;` (there are no empty statements)")
+                }
                 _ if expected.iter().any(|x| x == "\";\"") => d.help("end the rule with `;`"),
                 _ => d.help("see docs/language.md for the grammar"),
             };
             d
         }
         ParseError::ExtraToken { token: (l, tok, r) } => {
-            Diag::error("E0005", format!("unexpected {tok}"), Span::new(l, r)).label("nothing may follow here")
+            Diag::error("E0005", format!("unexpected {tok}"), Span::new(l, r))
+                .label("nothing may follow here")
         }
         ParseError::User { error } => Diag::error("E0001", format!("{error:?}"), Span::new(0, 0)),
     }
@@ -182,7 +232,11 @@ test "redis" { remote.port = 6379; len = 5000; expect drop; }
 
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
-        let src = format!("drop if {}len > 1{};", "(".repeat(10_000), ")".repeat(10_000));
+        let src = format!(
+            "drop if {}len > 1{};",
+            "(".repeat(10_000),
+            ")".repeat(10_000)
+        );
         let (_, d) = parse(&src);
         assert_eq!(d[0].code, "E0006");
         let src = format!("drop if {} len > 1;", "not ".repeat(10_000));
