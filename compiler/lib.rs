@@ -10,3 +10,5 @@ pub mod object;
 pub mod diag;
 pub mod syntax;
 pub mod check;
+pub mod lower;
+pub mod compile;

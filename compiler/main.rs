@@ -42,6 +42,23 @@ enum Command {
         #[command(flatten)]
         input: Input,
     },
+    /// Compile a policy to an eBPF ELF object (or print its assembly with --emit asm).
+    Build {
+        #[command(flatten)]
+        input: Input,
+        /// Output object (default: FILE with .o, or policy.o for -e).
+        #[arg(short = 'o', long = "output", value_name = "OUT")]
+        output: Option<PathBuf>,
+        /// What to write: the ELF object, or the assembly listing on stdout.
+        #[arg(long, value_enum, default_value_t = Emit::Obj)]
+        emit: Emit,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Emit {
+    Obj,
+    Asm,
 }
 
 struct Source {
@@ -89,6 +106,29 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
             let (policy, diags) = skpc::check::check(&src.text);
             diag::emit_stderr(&src.name, &src.text, &diags, color);
             Ok(if policy.is_some() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Build { input, output, emit } => {
+            let src = input.read()?;
+            let compiled = match skpc::compile::compile(&src.name, &src.text) {
+                Ok(c) => c,
+                Err(diags) => {
+                    diag::emit_stderr(&src.name, &src.text, &diags, color);
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            diag::emit_stderr(&src.name, &src.text, &compiled.warnings, color);
+            match emit {
+                Emit::Asm => print!("{}", skpc::compile::listing(&compiled, &src.name, &src.text)),
+                Emit::Obj => {
+                    let out = output.unwrap_or_else(|| match &input.file {
+                        Some(f) => f.with_extension("o"),
+                        None => PathBuf::from("policy.o"),
+                    });
+                    std::fs::write(&out, &compiled.object)
+                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -1,0 +1,160 @@
+//! The whole pipeline, source to object: parse, check, lower, assemble, write the ELF.
+//! Also the assembly listing (`skpc build --emit asm`).
+
+use skpc_abi::{SK_MSG_PROGRAM, SK_MSG_SECTION, SOCK_OPS_PROGRAM, SOCK_OPS_SECTION};
+
+use crate::bpf::{disassemble_at, encode_all, Insn};
+use crate::check::{self, hir};
+use crate::diag::Diag;
+use crate::lower::{self, lir::Assembled, Lowered};
+use crate::object::{self, LineInfo, MapDef, MapRef, ObjectSpec, ProgramSpec};
+
+/// A compiled policy: the checked policy, the generated code and the object bytes.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    pub policy: hir::Policy,
+    pub lowered: Lowered,
+    pub object: Vec<u8>,
+    /// Warnings (there are no errors in a compiled policy).
+    pub warnings: Vec<Diag>,
+}
+
+/// Compiles `source` (named `file_name` in line info). Errors: the diagnostics (which
+/// include every warning too).
+pub fn compile(file_name: &str, source: &str) -> Result<Compiled, Vec<Diag>> {
+    let (policy, diags) = check::check(source);
+    let Some(policy) = policy else { return Err(diags) };
+    let lowered = lower::lower(&policy);
+    let object = object::write_object(&object_spec(&lowered, file_name, source));
+    Ok(Compiled { policy, lowered, object, warnings: diags })
+}
+
+/// The ELF contents of a lowered policy.
+pub fn object_spec(lowered: &Lowered, file_name: &str, source: &str) -> ObjectSpec {
+    let maps = lowered
+        .maps
+        .iter()
+        .map(|m| MapDef {
+            name: m.kind.name().to_string(),
+            map_type: m.map_type,
+            key_size: m.key_size,
+            value_size: m.value_size,
+            max_entries: m.max_entries,
+            map_flags: 0,
+        })
+        .collect();
+    let lines: Vec<&str> = source.lines().collect();
+    let verdict_lines = line_info(&lowered.verdict, &lowered.mark_lines, file_name, &lines);
+    ObjectSpec {
+        license: "GPL".to_string(),
+        maps,
+        programs: vec![
+            ProgramSpec {
+                section: SK_MSG_SECTION.to_string(),
+                name: SK_MSG_PROGRAM.to_string(),
+                code: encode_all(&lowered.verdict.insns),
+                map_refs: map_refs(&lowered.verdict.insns),
+                lines: verdict_lines,
+            },
+            ProgramSpec {
+                section: SOCK_OPS_SECTION.to_string(),
+                name: SOCK_OPS_PROGRAM.to_string(),
+                code: encode_all(&lowered.sockops.insns),
+                map_refs: map_refs(&lowered.sockops.insns),
+                // libbpf drops all line info of an object when one program has none.
+                lines: vec![LineInfo {
+                    slot: 0,
+                    file: "<skpc>".to_string(),
+                    line: 1,
+                    col: 1,
+                    text: "sockops: insert every established TCP socket into skp_peers".to_string(),
+                }],
+            },
+        ],
+    }
+}
+
+fn map_refs(insns: &[Insn]) -> Vec<MapRef> {
+    let mut refs = Vec::new();
+    let mut slot = 0;
+    for insn in insns {
+        if let Insn::LdMap { map, .. } = insn {
+            refs.push(MapRef { slot, map: *map as usize });
+        }
+        slot += insn.slots();
+    }
+    refs
+}
+
+/// One line-info record wherever the source rule changes (and one at slot 0, which
+/// the kernel requires).
+fn line_info(code: &Assembled, mark_lines: &[u32], file: &str, lines: &[&str]) -> Vec<LineInfo> {
+    let mut out: Vec<LineInfo> = Vec::new();
+    let mut slot = 0usize;
+    let mut current: Option<u32> = None;
+    let first_line = code.marks.iter().flatten().next().and_then(|m| mark_lines.get(*m as usize)).copied().unwrap_or(1);
+    for (i, insn) in code.insns.iter().enumerate() {
+        let line = code.marks.get(slot).copied().flatten().and_then(|m| mark_lines.get(m as usize)).copied();
+        let line = if i == 0 { Some(line.unwrap_or(first_line)) } else { line };
+        if let Some(l) = line {
+            if current != Some(l) {
+                let l = l.max(1);
+                out.push(LineInfo {
+                    slot,
+                    file: file.to_string(),
+                    line: l,
+                    col: 1,
+                    text: lines.get(l as usize - 1).map(|s| s.trim_end().to_string()).unwrap_or_default(),
+                });
+                current = Some(l);
+            }
+        }
+        slot += insn.slots();
+    }
+    out
+}
+
+/// The assembly listing: both programs, numbered by slot, each rule's source line
+/// above its code.
+pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
+    let lines: Vec<&str> = source.lines().collect();
+    let mut out = String::new();
+    out.push_str(&format!(
+        "; {file_name}: section {SK_MSG_SECTION}, program {SK_MSG_PROGRAM}, {} instructions\n",
+        c.lowered.verdict.marks.len()
+    ));
+    let mut slot = 0usize;
+    let mut current: Option<u32> = None;
+    for insn in &c.lowered.verdict.insns {
+        let mark = c.lowered.verdict.marks.get(slot).copied().flatten();
+        if mark.is_some() && mark != current {
+            current = mark;
+            let m = mark.unwrap_or(0) as usize;
+            match c.lowered.mark_lines.get(m) {
+                Some(&l) if l > 0 => {
+                    out.push_str(&format!("; line {l}: {}\n", lines.get(l as usize - 1).map(|s| s.trim()).unwrap_or("")))
+                }
+                _ => out.push_str(&format!("; (implicit) default {}\n", describe_default(&c.policy))),
+            }
+        }
+        out.push_str(&format!("{slot:5}: {}\n", disassemble_at(insn, slot)));
+        slot += insn.slots();
+    }
+    out.push_str(&format!(
+        "\n; section {SOCK_OPS_SECTION}, program {SOCK_OPS_PROGRAM}, {} instructions\n",
+        c.lowered.sockops.marks.len()
+    ));
+    let mut slot = 0usize;
+    for insn in &c.lowered.sockops.insns {
+        out.push_str(&format!("{slot:5}: {}\n", disassemble_at(insn, slot)));
+        slot += insn.slots();
+    }
+    out
+}
+
+fn describe_default(p: &hir::Policy) -> &'static str {
+    match p.default.decision.verdict {
+        hir::Verdict::Drop => "drop",
+        _ => "pass",
+    }
+}

@@ -1,0 +1,763 @@
+//! Lowering: the typed policy (HIR) to BPF instructions, through LIR (instructions with
+//! symbolic labels, see `lir`). Also generates the SOCK_OPS program that fills the
+//! sockhash, with the same encoder and the same key layout (`skpc_abi::SockKey`).
+//!
+//! Code shape ("jumping code", as in libpcap): every condition is compiled to jumps to a
+//! true label and a false label; a matching terminal rule jumps straight to its verdict;
+//! rules after an unconditional terminal rule are not emitted; the LIR cleanup removes
+//! jumps to the next instruction and code no jump reaches (the verifier rejects it).
+
+pub mod lir;
+
+use skpc_abi::{Counter, LogRecord, SockKey};
+
+use crate::bpf::uapi::*;
+use crate::bpf::{AluOp, Endian, Insn, JmpOp, Reg, Size, Src};
+use crate::check::hir::{self, Action, Cond, Decision, End, IntField, Net, SockSlot, Target, Test, Verdict};
+use crate::check::simplify;
+use lir::{Assembled, Label, Lir};
+
+/// The maps of every skpc object, in object order (`Insn::LdMap { map }` indexes this).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Sockmap,
+    Sockhash,
+    Counters,
+    Events,
+}
+
+impl MapKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            MapKind::Sockmap => skpc_abi::SOCKMAP_NAME,
+            MapKind::Sockhash => skpc_abi::SOCKHASH_NAME,
+            MapKind::Counters => skpc_abi::COUNTERS_NAME,
+            MapKind::Events => skpc_abi::EVENTS_NAME,
+        }
+    }
+}
+
+/// A map the object defines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub kind: MapKind,
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+/// What lowering produces: the maps, the two programs, and for every mark in the
+/// verdict program the source line it stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lowered {
+    pub maps: Vec<MapSpec>,
+    pub verdict: Assembled,
+    pub sockops: Assembled,
+    /// Mark `i` of `verdict` is rule `i`; mark `rules.len()` is the default.
+    pub mark_lines: Vec<u32>,
+}
+
+const MAP_SOCKMAP: u32 = 0;
+const MAP_SOCKHASH: u32 = 1;
+const MAP_COUNTERS: u32 = 2;
+const MAP_EVENTS: u32 = 3;
+
+/// Context register, kept for the whole program (callee-saved).
+const CTX: Reg = Reg::R6;
+
+// Stack layout (offsets from r10).
+const STACK_COUNTER_KEY: i16 = -8;
+const STACK_SOCK_KEY: i16 = -56; // 44 bytes, 8-aligned
+const STACK_COMM: i16 = -80; // 16 bytes
+const STACK_LOG: i16 = -168; // 80 bytes
+
+/// Lowers a checked policy.
+pub fn lower(policy: &hir::Policy) -> Lowered {
+    let has_log = policy.rules.iter().any(|r| r.action == Action::Log);
+    let mut maps = vec![
+        MapSpec {
+            kind: MapKind::Sockmap,
+            map_type: BPF_MAP_TYPE_SOCKMAP,
+            key_size: 4,
+            value_size: 4,
+            max_entries: skpc_abi::SOCKMAP_SLOTS,
+        },
+        MapSpec {
+            kind: MapKind::Sockhash,
+            map_type: BPF_MAP_TYPE_SOCKHASH,
+            key_size: SockKey::SIZE as u32,
+            value_size: skpc_abi::SOCKHASH_VALUE_SIZE,
+            max_entries: skpc_abi::SOCKHASH_ENTRIES,
+        },
+        MapSpec {
+            kind: MapKind::Counters,
+            map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
+            key_size: 4,
+            value_size: Counter::SIZE as u32,
+            max_entries: policy.counters.len() as u32,
+        },
+    ];
+    if has_log {
+        maps.push(MapSpec {
+            kind: MapKind::Events,
+            map_type: BPF_MAP_TYPE_RINGBUF,
+            key_size: 0,
+            value_size: 0,
+            max_entries: skpc_abi::EVENTS_BYTES,
+        });
+    }
+    let mut g = Gen::default();
+    g.verdict_program(policy);
+    let verdict = lir::assemble(&lir::cleanup(g.code));
+    let mut mark_lines: Vec<u32> = policy.rules.iter().map(|r| r.line).collect();
+    mark_lines.push(policy.counters.get(policy.default.counter).map(|c| c.line).unwrap_or(0));
+    Lowered { maps, verdict, sockops: sockops_program(), mark_lines }
+}
+
+#[derive(Default)]
+struct Gen {
+    code: Vec<Lir>,
+    labels: u32,
+}
+
+/// Which context layout a key is built from.
+#[derive(Clone, Copy)]
+struct CtxLayout {
+    family: i16,
+    local_ip4: i16,
+    remote_ip4: i16,
+    local_ip6: i16,
+    remote_ip6: i16,
+    local_port: i16,
+    remote_port: i16,
+}
+
+const SK_MSG_LAYOUT: CtxLayout = CtxLayout {
+    family: SK_MSG_MD_FAMILY,
+    local_ip4: SK_MSG_MD_LOCAL_IP4,
+    remote_ip4: SK_MSG_MD_REMOTE_IP4,
+    local_ip6: SK_MSG_MD_LOCAL_IP6,
+    remote_ip6: SK_MSG_MD_REMOTE_IP6,
+    local_port: SK_MSG_MD_LOCAL_PORT,
+    remote_port: SK_MSG_MD_REMOTE_PORT,
+};
+
+const SOCK_OPS_LAYOUT: CtxLayout = CtxLayout {
+    family: BPF_SOCK_OPS_FAMILY,
+    local_ip4: BPF_SOCK_OPS_LOCAL_IP4,
+    remote_ip4: BPF_SOCK_OPS_REMOTE_IP4,
+    local_ip6: BPF_SOCK_OPS_LOCAL_IP6,
+    remote_ip6: BPF_SOCK_OPS_REMOTE_IP6,
+    local_port: BPF_SOCK_OPS_LOCAL_PORT,
+    remote_port: BPF_SOCK_OPS_REMOTE_PORT,
+};
+
+/// The IPv4-mapped prefix word 2 (`0000:ffff`) as a little-endian load sees it.
+const MAPPED_WORD2: u32 = u32::from_le_bytes([0, 0, 0xff, 0xff]);
+
+/// A network-order 4-byte group as a little-endian 32-bit load sees it.
+fn wire_word(bytes: [u8; 4]) -> i32 {
+    u32::from_le_bytes(bytes) as i32
+}
+
+impl Gen {
+    fn label(&mut self) -> Label {
+        self.labels += 1;
+        Label(self.labels)
+    }
+
+    fn emit(&mut self, insn: Insn) {
+        self.code.push(Lir::Insn(insn));
+    }
+
+    fn place(&mut self, l: Label) {
+        self.code.push(Lir::Label(l));
+    }
+
+    fn goto(&mut self, l: Label) {
+        self.code.push(Lir::Goto(l));
+    }
+
+    fn jmp32(&mut self, op: JmpOp, dst: Reg, imm: i32, target: Label) {
+        self.code.push(Lir::Jmp { op, wide: false, dst, src: Src::Imm(imm), target });
+    }
+
+    fn jmp64(&mut self, op: JmpOp, dst: Reg, src: Src, target: Label) {
+        self.code.push(Lir::Jmp { op, wide: true, dst, src, target });
+    }
+
+    fn mov64(&mut self, dst: Reg, src: Src) {
+        self.emit(Insn::Alu64 { op: AluOp::Mov, dst, src });
+    }
+
+    fn mov32(&mut self, dst: Reg, imm: u32) {
+        self.emit(Insn::Alu32 { op: AluOp::Mov, dst, src: Src::Imm(imm as i32) });
+    }
+
+    fn alu64(&mut self, op: AluOp, dst: Reg, src: Src) {
+        self.emit(Insn::Alu64 { op, dst, src });
+    }
+
+    fn ldx(&mut self, size: Size, dst: Reg, src: Reg, off: i16) {
+        self.emit(Insn::Ldx { size, dst, src, off });
+    }
+
+    fn stx(&mut self, size: Size, dst: Reg, off: i16, src: Reg) {
+        self.emit(Insn::Stx { size, dst, src, off });
+    }
+
+    fn st(&mut self, size: Size, dst: Reg, off: i16, imm: i32) {
+        self.emit(Insn::St { size, dst, off, imm });
+    }
+
+    fn call(&mut self, helper: i32) {
+        self.emit(Insn::Call { helper });
+    }
+
+    fn ret(&mut self, value: i32) {
+        self.mov64(Reg::R0, Src::Imm(value));
+        self.emit(Insn::Exit);
+    }
+
+    /// `dst = r10 + off`
+    fn stack_ptr(&mut self, dst: Reg, off: i16) {
+        self.mov64(dst, Src::Reg(Reg::R10));
+        self.alu64(AluOp::Add, dst, Src::Imm(off as i32));
+    }
+
+    // ------------------------------------------------------------------ program
+
+    fn verdict_program(&mut self, policy: &hir::Policy) {
+        self.mov64(CTX, Src::Reg(Reg::R1));
+        for (i, rule) in policy.rules.iter().enumerate() {
+            let cond = simplify(&rule.cond);
+            if cond == Cond::Const(false) {
+                continue;
+            }
+            self.code.push(Lir::Mark(i as u32));
+            let (act, next) = (self.label(), self.label());
+            self.cond(&cond, act, next);
+            self.place(act);
+            self.count(rule.counter as u32);
+            match &rule.action {
+                Action::Decide(d) => self.decision(d),
+                Action::Count { counter } => {
+                    self.count(*counter as u32);
+                    self.goto(next);
+                }
+                Action::Log => {
+                    self.log(rule.counter as u32);
+                    self.goto(next);
+                }
+            }
+            self.place(next);
+            if cond == Cond::Const(true) && rule.action.is_terminal() {
+                // Everything after an unconditional verdict is dead.
+                return;
+            }
+        }
+        self.code.push(Lir::Mark(policy.rules.len() as u32));
+        self.count(policy.default.counter as u32);
+        self.decision(&policy.default.decision);
+    }
+
+    /// Bumps counter `slot` by one message and `sk_msg_md.size` bytes.
+    fn count(&mut self, slot: u32) {
+        let skip = self.label();
+        self.emit(Insn::LdMap { dst: Reg::R1, map: MAP_COUNTERS });
+        self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, slot as i32);
+        self.stack_ptr(Reg::R2, STACK_COUNTER_KEY);
+        self.call(BPF_FUNC_map_lookup_elem);
+        self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
+        self.ldx(Size::DW, Reg::R1, Reg::R0, Counter::OFF_MESSAGES);
+        self.alu64(AluOp::Add, Reg::R1, Src::Imm(1));
+        self.stx(Size::DW, Reg::R0, Counter::OFF_MESSAGES, Reg::R1);
+        self.ldx(Size::W, Reg::R1, CTX, SK_MSG_MD_SIZE);
+        self.ldx(Size::DW, Reg::R2, Reg::R0, Counter::OFF_BYTES);
+        self.alu64(AluOp::Add, Reg::R2, Src::Reg(Reg::R1));
+        self.stx(Size::DW, Reg::R0, Counter::OFF_BYTES, Reg::R2);
+        self.place(skip);
+    }
+
+    fn decision(&mut self, d: &Decision) {
+        if let Some(n) = d.apply_bytes {
+            self.mov64(Reg::R1, Src::Reg(CTX));
+            self.mov32(Reg::R2, n);
+            self.call(BPF_FUNC_msg_apply_bytes);
+        }
+        match &d.verdict {
+            Verdict::Pass => self.ret(SK_PASS),
+            Verdict::Drop => self.ret(SK_DROP),
+            Verdict::Cork(n) => {
+                self.mov64(Reg::R1, Src::Reg(CTX));
+                self.mov32(Reg::R2, *n);
+                self.call(BPF_FUNC_msg_cork_bytes);
+                self.ret(SK_PASS);
+            }
+            Verdict::Redirect { ingress, target: Target::Sock(slot) } => {
+                match slot {
+                    SockSlot::Const(k) => self.mov32(Reg::R3, *k),
+                    SockSlot::Field(f) => {
+                        // Payload bytes are rejected by the checker as keys.
+                        let fail = self.label();
+                        self.load_int(*f, fail);
+                        self.mov64(Reg::R3, Src::Reg(Reg::R2));
+                        let go = self.label();
+                        self.goto(go);
+                        self.place(fail);
+                        self.ret(SK_DROP);
+                        self.place(go);
+                    }
+                }
+                self.mov64(Reg::R1, Src::Reg(CTX));
+                self.emit(Insn::LdMap { dst: Reg::R2, map: MAP_SOCKMAP });
+                self.mov64(Reg::R4, Src::Imm(if *ingress { BPF_F_INGRESS as i32 } else { 0 }));
+                self.call(BPF_FUNC_msg_redirect_map);
+                self.emit(Insn::Exit);
+            }
+            Verdict::Redirect { target: Target::Peer, .. } => {
+                // The peer of a local connection receives on its ingress side: an egress
+                // redirect would send the bytes back out of the peer, to the sender.
+                self.sock_key(SK_MSG_LAYOUT, true);
+                self.mov64(Reg::R1, Src::Reg(CTX));
+                self.emit(Insn::LdMap { dst: Reg::R2, map: MAP_SOCKHASH });
+                self.stack_ptr(Reg::R3, STACK_SOCK_KEY);
+                self.mov64(Reg::R4, Src::Imm(BPF_F_INGRESS as i32));
+                self.call(BPF_FUNC_msg_redirect_hash);
+                self.emit(Insn::Exit);
+            }
+        }
+    }
+
+    /// Builds a `SockKey` at `STACK_SOCK_KEY` from the context in `CTX`: this socket's
+    /// key, or (`swapped`) its peer's. A socket whose both addresses are IPv4-mapped is
+    /// keyed as AF_INET, so that a dual-stack server and an IPv4 client find each other.
+    fn sock_key(&mut self, ctx: CtxLayout, swapped: bool) {
+        let k = STACK_SOCK_KEY;
+        // Zero the whole key (44 bytes: 5 double words and a word).
+        for i in 0..5 {
+            self.st(Size::DW, Reg::R10, k + i * 8, 0);
+        }
+        self.st(Size::W, Reg::R10, k + 40, 0);
+        let (first_ip, second_ip) = if swapped { (SockKey::OFF_REMOTE_IP, SockKey::OFF_LOCAL_IP) } else { (SockKey::OFF_LOCAL_IP, SockKey::OFF_REMOTE_IP) };
+        let (v6, ports, plain6) = (self.label(), self.label(), self.label());
+        self.ldx(Size::W, Reg::R2, CTX, ctx.family);
+        self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET6, v6);
+        // IPv4
+        self.st(Size::W, Reg::R10, k + SockKey::OFF_FAMILY, AF_INET);
+        self.ldx(Size::W, Reg::R3, CTX, ctx.local_ip4);
+        self.stx(Size::W, Reg::R10, k + first_ip, Reg::R3);
+        self.ldx(Size::W, Reg::R3, CTX, ctx.remote_ip4);
+        self.stx(Size::W, Reg::R10, k + second_ip, Reg::R3);
+        self.goto(ports);
+        // IPv6: mapped?
+        self.place(v6);
+        for ip in [ctx.local_ip6, ctx.remote_ip6] {
+            self.ldx(Size::W, Reg::R3, CTX, ip);
+            self.jmp32(JmpOp::Jne, Reg::R3, 0, plain6);
+            self.ldx(Size::W, Reg::R3, CTX, ip + 4);
+            self.jmp32(JmpOp::Jne, Reg::R3, 0, plain6);
+            self.ldx(Size::W, Reg::R3, CTX, ip + 8);
+            self.jmp32(JmpOp::Jne, Reg::R3, MAPPED_WORD2 as i32, plain6);
+        }
+        self.st(Size::W, Reg::R10, k + SockKey::OFF_FAMILY, AF_INET);
+        self.ldx(Size::W, Reg::R3, CTX, ctx.local_ip6 + 12);
+        self.stx(Size::W, Reg::R10, k + first_ip, Reg::R3);
+        self.ldx(Size::W, Reg::R3, CTX, ctx.remote_ip6 + 12);
+        self.stx(Size::W, Reg::R10, k + second_ip, Reg::R3);
+        self.goto(ports);
+        self.place(plain6);
+        self.st(Size::W, Reg::R10, k + SockKey::OFF_FAMILY, AF_INET6);
+        for w in 0..4 {
+            self.ldx(Size::W, Reg::R3, CTX, ctx.local_ip6 + w * 4);
+            self.stx(Size::W, Reg::R10, k + first_ip + w * 4, Reg::R3);
+            self.ldx(Size::W, Reg::R3, CTX, ctx.remote_ip6 + w * 4);
+            self.stx(Size::W, Reg::R10, k + second_ip + w * 4, Reg::R3);
+        }
+        self.place(ports);
+        let (first_port, second_port) =
+            if swapped { (SockKey::OFF_REMOTE_PORT, SockKey::OFF_LOCAL_PORT) } else { (SockKey::OFF_LOCAL_PORT, SockKey::OFF_REMOTE_PORT) };
+        self.ldx(Size::W, Reg::R3, CTX, ctx.local_port);
+        self.stx(Size::W, Reg::R10, k + first_port, Reg::R3);
+        self.ldx(Size::W, Reg::R3, CTX, ctx.remote_port);
+        self.emit(Insn::End { dst: Reg::R3, endian: Endian::ToBe, bits: 32 });
+        self.stx(Size::W, Reg::R10, k + second_port, Reg::R3);
+    }
+
+    /// Sends a `LogRecord` for rule `rule` to the ring buffer.
+    fn log(&mut self, rule: u32) {
+        let b = STACK_LOG;
+        for i in 0..(LogRecord::SIZE as i16 / 8) {
+            self.st(Size::DW, Reg::R10, b + i * 8, 0);
+        }
+        self.st(Size::W, Reg::R10, b + LogRecord::OFF_RULE, rule as i32);
+        let (v6, done) = (self.label(), self.label());
+        self.ldx(Size::W, Reg::R2, CTX, SK_MSG_MD_FAMILY);
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_FAMILY, Reg::R2);
+        self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET6, v6);
+        self.ldx(Size::W, Reg::R3, CTX, SK_MSG_MD_LOCAL_IP4);
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_LOCAL_IP, Reg::R3);
+        self.ldx(Size::W, Reg::R3, CTX, SK_MSG_MD_REMOTE_IP4);
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_REMOTE_IP, Reg::R3);
+        self.goto(done);
+        self.place(v6);
+        for w in 0..4 {
+            self.ldx(Size::W, Reg::R3, CTX, SK_MSG_MD_LOCAL_IP6 + w * 4);
+            self.stx(Size::W, Reg::R10, b + LogRecord::OFF_LOCAL_IP + w * 4, Reg::R3);
+            self.ldx(Size::W, Reg::R3, CTX, SK_MSG_MD_REMOTE_IP6 + w * 4);
+            self.stx(Size::W, Reg::R10, b + LogRecord::OFF_REMOTE_IP + w * 4, Reg::R3);
+        }
+        self.place(done);
+        self.ldx(Size::W, Reg::R3, CTX, SK_MSG_MD_LOCAL_PORT);
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_LOCAL_PORT, Reg::R3);
+        self.ldx(Size::W, Reg::R3, CTX, SK_MSG_MD_REMOTE_PORT);
+        self.emit(Insn::End { dst: Reg::R3, endian: Endian::ToBe, bits: 32 });
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_REMOTE_PORT, Reg::R3);
+        self.ldx(Size::W, Reg::R3, CTX, SK_MSG_MD_SIZE);
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_SIZE, Reg::R3);
+        self.call(BPF_FUNC_get_current_pid_tgid);
+        self.alu64(AluOp::Rsh, Reg::R0, Src::Imm(32));
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_PID, Reg::R0);
+        self.call(BPF_FUNC_get_current_uid_gid);
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_UID, Reg::R0);
+        self.alu64(AluOp::Rsh, Reg::R0, Src::Imm(32));
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_GID, Reg::R0);
+        self.stack_ptr(Reg::R1, b + LogRecord::OFF_COMM);
+        self.mov64(Reg::R2, Src::Imm(16));
+        self.call(BPF_FUNC_get_current_comm);
+        self.emit(Insn::LdMap { dst: Reg::R1, map: MAP_EVENTS });
+        self.stack_ptr(Reg::R2, b);
+        self.mov64(Reg::R3, Src::Imm(LogRecord::SIZE as i32));
+        self.mov64(Reg::R4, Src::Imm(0));
+        self.call(BPF_FUNC_ringbuf_output);
+    }
+
+    // ------------------------------------------------------------------ conditions
+
+    /// Emits code that jumps to `t` when `c` holds and to `f` when it does not.
+    fn cond(&mut self, c: &Cond, t: Label, f: Label) {
+        match c {
+            Cond::Const(true) => self.goto(t),
+            Cond::Const(false) => self.goto(f),
+            Cond::Not(inner) => self.cond(inner, f, t),
+            Cond::And(cs) | Cond::Or(cs) => {
+                let is_and = matches!(c, Cond::And(_));
+                // Cheap tests first: a payload test may pull data, a helper test calls.
+                let mut order: Vec<&Cond> = cs.iter().collect();
+                order.sort_by_key(|c| cost(c));
+                let last = order.len().saturating_sub(1);
+                for (i, sub) in order.into_iter().enumerate() {
+                    if i == last {
+                        self.cond(sub, t, f);
+                    } else {
+                        let next = self.label();
+                        if is_and {
+                            self.cond(sub, next, f);
+                        } else {
+                            self.cond(sub, t, next);
+                        }
+                        self.place(next);
+                    }
+                }
+            }
+            Cond::Test(test) => self.test(test, t, f),
+        }
+    }
+
+    fn test(&mut self, test: &Test, t: Label, f: Label) {
+        match test {
+            Test::Int { field, ranges } => {
+                self.load_int(*field, f);
+                self.ranges(Reg::R2, ranges, field.max_value(), *field == IntField::Cgroup, t, f);
+            }
+            Test::Addr { end, nets, mapped } => self.addr(*end, nets, *mapped, t, f),
+            Test::Payload { offset, alts } => {
+                let len = alts.first().map(|a| a.len() as u32).unwrap_or(0);
+                self.ensure_payload(offset + len, f);
+                for alt in alts {
+                    let next = self.label();
+                    self.compare_bytes(Reg::R2, *offset as i16, alt, None, next);
+                    self.goto(t);
+                    self.place(next);
+                }
+                self.goto(f);
+            }
+            Test::Comm { alts, prefix } => {
+                self.stack_ptr(Reg::R1, STACK_COMM);
+                self.mov64(Reg::R2, Src::Imm(16));
+                self.call(BPF_FUNC_get_current_comm);
+                for alt in alts {
+                    let next = self.label();
+                    // Exact names also compare the NUL after them.
+                    let mut want = alt.clone();
+                    if !prefix {
+                        want.push(0);
+                    }
+                    self.compare_bytes(Reg::R10, STACK_COMM, &want, None, next);
+                    self.goto(t);
+                    self.place(next);
+                }
+                self.goto(f);
+            }
+        }
+    }
+
+    /// Loads an integer field into r2 (host order, zero-extended). Payload bytes jump
+    /// to `short` when the message is too short.
+    fn load_int(&mut self, field: IntField, short: Label) {
+        match field {
+            IntField::Len => self.ldx(Size::W, Reg::R2, CTX, SK_MSG_MD_SIZE),
+            IntField::Family => self.ldx(Size::W, Reg::R2, CTX, SK_MSG_MD_FAMILY),
+            IntField::LocalPort => self.ldx(Size::W, Reg::R2, CTX, SK_MSG_MD_LOCAL_PORT),
+            IntField::RemotePort => {
+                self.ldx(Size::W, Reg::R2, CTX, SK_MSG_MD_REMOTE_PORT);
+                self.emit(Insn::End { dst: Reg::R2, endian: Endian::ToBe, bits: 32 });
+            }
+            IntField::Uid => {
+                self.call(BPF_FUNC_get_current_uid_gid);
+                self.emit(Insn::Alu32 { op: AluOp::Mov, dst: Reg::R2, src: Src::Reg(Reg::R0) });
+            }
+            IntField::Gid => {
+                self.call(BPF_FUNC_get_current_uid_gid);
+                self.alu64(AluOp::Rsh, Reg::R0, Src::Imm(32));
+                self.mov64(Reg::R2, Src::Reg(Reg::R0));
+            }
+            IntField::Pid => {
+                self.call(BPF_FUNC_get_current_pid_tgid);
+                self.alu64(AluOp::Rsh, Reg::R0, Src::Imm(32));
+                self.mov64(Reg::R2, Src::Reg(Reg::R0));
+            }
+            IntField::Cgroup => {
+                self.call(BPF_FUNC_get_current_cgroup_id);
+                self.mov64(Reg::R2, Src::Reg(Reg::R0));
+            }
+            IntField::PayloadByte(i) => {
+                self.ensure_payload(i + 1, short);
+                self.ldx(Size::B, Reg::R2, Reg::R2, i as i16);
+            }
+        }
+    }
+
+    /// Makes the first `need` payload bytes readable: on return r2 = data with at least
+    /// `need` bytes before data_end (the verifier knows it). Jumps to `short` when the
+    /// message has fewer bytes. Pulls (`bpf_msg_pull_data(msg, 0, need, 0)`) only when
+    /// the current window is too small; the pull invalidates the old pointers, so both
+    /// are reloaded and checked again.
+    fn ensure_payload(&mut self, need: u32, short: Label) {
+        let ok = self.label();
+        self.window_check(need);
+        self.jmp64(JmpOp::Jle, Reg::R4, Src::Reg(Reg::R3), ok);
+        self.mov64(Reg::R1, Src::Reg(CTX));
+        self.mov64(Reg::R2, Src::Imm(0));
+        self.mov32(Reg::R3, need);
+        self.mov64(Reg::R4, Src::Imm(0));
+        self.call(BPF_FUNC_msg_pull_data);
+        self.jmp64(JmpOp::Jne, Reg::R0, Src::Imm(0), short);
+        self.window_check(need);
+        self.jmp64(JmpOp::Jgt, Reg::R4, Src::Reg(Reg::R3), short);
+        self.place(ok);
+    }
+
+    /// r2 = data, r3 = data_end, r4 = data + need.
+    fn window_check(&mut self, need: u32) {
+        self.ldx(Size::DW, Reg::R2, CTX, SK_MSG_MD_DATA);
+        self.ldx(Size::DW, Reg::R3, CTX, SK_MSG_MD_DATA_END);
+        self.mov64(Reg::R4, Src::Reg(Reg::R2));
+        self.alu64(AluOp::Add, Reg::R4, Src::Imm(need as i32));
+    }
+
+    /// Jumps to `ne` unless the bytes at `base + off` equal `want` (under `mask`, if
+    /// given). Uses 8-, 4-, 2- and 1-byte loads into r4 (r5 for 8-byte constants).
+    fn compare_bytes(&mut self, base: Reg, off: i16, want: &[u8], mask: Option<&[u8]>, ne: Label) {
+        let mut at = 0usize;
+        while at < want.len() {
+            let rest = want.len() - at;
+            let (size, n) = match rest {
+                8.. => (Size::DW, 8),
+                4..=7 => (Size::W, 4),
+                2..=3 => (Size::H, 2),
+                _ => (Size::B, 1),
+            };
+            let mut bytes = [0u8; 8];
+            bytes[..n].copy_from_slice(&want[at..at + n]);
+            let value = u64::from_le_bytes(bytes);
+            self.ldx(size, Reg::R4, base, off + at as i16);
+            if let Some(m) = mask {
+                let mut mb = [0u8; 8];
+                mb[..n].copy_from_slice(&m[at..at + n]);
+                let mv = u64::from_le_bytes(mb);
+                self.emit(Insn::LdImm64 { dst: Reg::R5, imm: mv });
+                self.alu64(AluOp::And, Reg::R4, Src::Reg(Reg::R5));
+            }
+            if size == Size::DW {
+                self.emit(Insn::LdImm64 { dst: Reg::R5, imm: value });
+                self.jmp64(JmpOp::Jne, Reg::R4, Src::Reg(Reg::R5), ne);
+            } else {
+                self.jmp32(JmpOp::Jne, Reg::R4, value as u32 as i32, ne);
+            }
+            at += n;
+        }
+    }
+
+    /// Jumps to `t` if `reg` lies in one of the sorted, disjoint `ranges`, else to `f`.
+    /// Few ranges: a linear scan that leaves early; many: binary search.
+    /// `max` is the largest value the register can hold (no test needed up to it).
+    fn ranges(&mut self, reg: Reg, ranges: &[(u64, u64)], max: u64, wide: bool, t: Label, f: Label) {
+        if ranges.len() > 4 {
+            let mid = ranges.len() / 2;
+            let right = self.label();
+            self.cmp_const(JmpOp::Jgt, reg, ranges[mid - 1].1, wide, right);
+            self.ranges(reg, &ranges[..mid], max, wide, t, f);
+            self.place(right);
+            self.ranges(reg, &ranges[mid..], max, wide, t, f);
+            return;
+        }
+        for &(lo, hi) in ranges {
+            if lo == hi {
+                self.cmp_const(JmpOp::Jeq, reg, lo, wide, t);
+                continue;
+            }
+            if lo > 0 {
+                self.cmp_const(JmpOp::Jlt, reg, lo, wide, f);
+            }
+            if hi >= max {
+                // Sorted ranges: nothing above this one, and the register cannot exceed max.
+                self.goto(t);
+                return;
+            }
+            self.cmp_const(JmpOp::Jle, reg, hi, wide, t);
+        }
+        self.goto(f);
+    }
+
+    /// `if reg OP value goto target`, unsigned; 32-bit compares for 32-bit fields.
+    fn cmp_const(&mut self, op: JmpOp, reg: Reg, value: u64, wide: bool, target: Label) {
+        if !wide {
+            self.jmp32(op, reg, value as u32 as i32, target);
+        } else if value <= i32::MAX as u64 {
+            self.jmp64(op, reg, Src::Imm(value as i32), target);
+        } else {
+            self.emit(Insn::LdImm64 { dst: Reg::R3, imm: value });
+            self.jmp64(op, reg, Src::Reg(Reg::R3), target);
+        }
+    }
+
+    fn addr(&mut self, end: End, nets: &[Net], mapped: bool, t: Label, f: Label) {
+        let v4: Vec<(u32, u8)> = nets.iter().filter_map(|n| if let Net::V4 { addr, prefix } = n { Some((*addr, *prefix)) } else { None }).collect();
+        let v6: Vec<(u128, u8)> = nets.iter().filter_map(|n| if let Net::V6 { addr, prefix } = n { Some((*addr, *prefix)) } else { None }).collect();
+        let (ip4, ip6) = match end {
+            End::Local => (SK_MSG_MD_LOCAL_IP4, SK_MSG_MD_LOCAL_IP6),
+            End::Remote => (SK_MSG_MD_REMOTE_IP4, SK_MSG_MD_REMOTE_IP6),
+        };
+        let (v4_path, v6_path) = (self.label(), self.label());
+        self.ldx(Size::W, Reg::R2, CTX, SK_MSG_MD_FAMILY);
+        if !v4.is_empty() {
+            self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET, v4_path);
+        }
+        let v4_mapped = mapped && !v4.is_empty();
+        if !v6.is_empty() || v4_mapped {
+            self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET6, v6_path);
+        }
+        self.goto(f);
+        if !v4.is_empty() {
+            self.place(v4_path);
+            self.ldx(Size::W, Reg::R2, CTX, ip4);
+            self.v4_nets(&v4, t, f);
+        }
+        if !v6.is_empty() || v4_mapped {
+            self.place(v6_path);
+            for (addr, prefix) in &v6 {
+                let next = self.label();
+                let bytes = addr.to_be_bytes();
+                let mask = hir::mask128(*prefix).to_be_bytes();
+                for w in 0..4usize {
+                    let m = wire_word(mask[w * 4..w * 4 + 4].try_into().unwrap_or([0; 4]));
+                    if m == 0 {
+                        continue;
+                    }
+                    let want = wire_word(bytes[w * 4..w * 4 + 4].try_into().unwrap_or([0; 4]));
+                    self.ldx(Size::W, Reg::R2, CTX, ip6 + (w as i16) * 4);
+                    if m != -1 {
+                        self.emit(Insn::Alu32 { op: AluOp::And, dst: Reg::R2, src: Src::Imm(m) });
+                    }
+                    self.jmp32(JmpOp::Jne, Reg::R2, want, next);
+                }
+                self.goto(t);
+                self.place(next);
+            }
+            if v4_mapped {
+                self.ldx(Size::W, Reg::R2, CTX, ip6);
+                self.jmp32(JmpOp::Jne, Reg::R2, 0, f);
+                self.ldx(Size::W, Reg::R2, CTX, ip6 + 4);
+                self.jmp32(JmpOp::Jne, Reg::R2, 0, f);
+                self.ldx(Size::W, Reg::R2, CTX, ip6 + 8);
+                self.jmp32(JmpOp::Jne, Reg::R2, MAPPED_WORD2 as i32, f);
+                self.ldx(Size::W, Reg::R2, CTX, ip6 + 12);
+                self.v4_nets(&v4, t, f);
+            } else {
+                self.goto(f);
+            }
+        }
+    }
+
+    /// r2 holds an IPv4 address as loaded (network order bytes).
+    fn v4_nets(&mut self, nets: &[(u32, u8)], t: Label, f: Label) {
+        for &(addr, prefix) in nets {
+            let want = wire_word(addr.to_be_bytes());
+            if prefix == 32 {
+                self.jmp32(JmpOp::Jeq, Reg::R2, want, t);
+            } else if prefix == 0 {
+                self.goto(t);
+                return;
+            } else {
+                let m = wire_word(hir::mask32(prefix).to_be_bytes());
+                self.emit(Insn::Alu32 { op: AluOp::Mov, dst: Reg::R3, src: Src::Reg(Reg::R2) });
+                self.emit(Insn::Alu32 { op: AluOp::And, dst: Reg::R3, src: Src::Imm(m) });
+                self.jmp32(JmpOp::Jeq, Reg::R3, want, t);
+            }
+        }
+        self.goto(f);
+    }
+}
+
+/// Relative cost of evaluating a condition, for ordering `and`/`or` operands.
+fn cost(c: &Cond) -> u32 {
+    match c {
+        Cond::Const(_) => 0,
+        Cond::Not(x) => cost(x),
+        Cond::And(cs) | Cond::Or(cs) => cs.iter().map(cost).max().unwrap_or(0),
+        Cond::Test(Test::Int { field: IntField::PayloadByte(_), .. } | Test::Payload { .. }) => 3,
+        Cond::Test(Test::Int { field: IntField::Uid | IntField::Gid | IntField::Pid | IntField::Cgroup, .. } | Test::Comm { .. }) => 2,
+        Cond::Test(_) => 1,
+    }
+}
+
+/// The SOCK_OPS program: on every established TCP connection (active and passive),
+/// put the socket in the sockhash under its own `SockKey`.
+fn sockops_program() -> Assembled {
+    let mut g = Gen::default();
+    let insert = g.label();
+    let done = g.label();
+    g.mov64(CTX, Src::Reg(Reg::R1));
+    g.ldx(Size::W, Reg::R2, CTX, BPF_SOCK_OPS_OP);
+    g.jmp32(JmpOp::Jeq, Reg::R2, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, insert);
+    g.jmp32(JmpOp::Jeq, Reg::R2, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, insert);
+    g.goto(done);
+    g.place(insert);
+    g.ldx(Size::W, Reg::R2, CTX, BPF_SOCK_OPS_FAMILY);
+    let known = g.label();
+    g.jmp32(JmpOp::Jeq, Reg::R2, AF_INET, known);
+    g.jmp32(JmpOp::Jeq, Reg::R2, AF_INET6, known);
+    g.goto(done);
+    g.place(known);
+    g.sock_key(SOCK_OPS_LAYOUT, false);
+    g.mov64(Reg::R1, Src::Reg(CTX));
+    g.emit(Insn::LdMap { dst: Reg::R2, map: MAP_SOCKHASH });
+    g.stack_ptr(Reg::R3, STACK_SOCK_KEY);
+    g.mov64(Reg::R4, Src::Imm(BPF_ANY as i32));
+    g.call(BPF_FUNC_sock_hash_update);
+    g.place(done);
+    g.ret(1);
+    lir::assemble(&lir::cleanup(g.code))
+}
