@@ -1,7 +1,7 @@
 //! The whole pipeline, source to object: parse, check, lower, assemble, write the ELF.
 //! Also the assembly listing (`skpc build --emit asm`).
 
-use skpc_abi::{SK_MSG_PROGRAM, SK_MSG_SECTION, SOCK_OPS_PROGRAM, SOCK_OPS_SECTION};
+use skpc_abi::{SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SK_MSG_SECTION, SOCK_OPS_PROGRAM, SOCK_OPS_SECTION};
 
 use crate::bpf::{disassemble_at, encode_all, Insn};
 use crate::check::{self, hir};
@@ -57,21 +57,28 @@ pub fn object_spec(lowered: &Lowered, file_name: &str, source: &str) -> ObjectSp
                 lines: verdict_lines,
             },
             ProgramSpec {
+                section: SK_MSG_SECTION.to_string(),
+                name: SK_MSG_ENTRY_PROGRAM.to_string(),
+                code: encode_all(&lowered.entry.insns),
+                map_refs: map_refs(&lowered.entry.insns),
+                lines: vec![generated_line("entry: tail-call the policy in skp_progs[0]; pass if empty")],
+            },
+            ProgramSpec {
                 section: SOCK_OPS_SECTION.to_string(),
                 name: SOCK_OPS_PROGRAM.to_string(),
                 code: encode_all(&lowered.sockops.insns),
                 map_refs: map_refs(&lowered.sockops.insns),
                 // libbpf drops all line info of an object when one program has none.
-                lines: vec![LineInfo {
-                    slot: 0,
-                    file: "<skpc>".to_string(),
-                    line: 1,
-                    col: 1,
-                    text: "sockops: insert every established TCP socket into skp_peers".to_string(),
-                }],
+                lines: vec![generated_line("sockops: insert every established TCP socket into skp_peers")],
             },
         ],
     }
+}
+
+/// Line info for generated programs: libbpf drops all line info of an object when one
+/// program has none.
+fn generated_line(text: &str) -> LineInfo {
+    LineInfo { slot: 0, file: "<skpc>".to_string(), line: 1, col: 1, text: text.to_string() }
 }
 
 fn map_refs(insns: &[Insn]) -> Vec<MapRef> {
@@ -137,6 +144,12 @@ pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
                 _ => out.push_str(&format!("; (implicit) default {}\n", describe_default(&c.policy))),
             }
         }
+        out.push_str(&format!("{slot:5}: {}\n", disassemble_at(insn, slot)));
+        slot += insn.slots();
+    }
+    out.push_str(&format!("\n; section {SK_MSG_SECTION}, program {SK_MSG_ENTRY_PROGRAM}\n"));
+    let mut slot = 0usize;
+    for insn in &c.lowered.entry.insns {
         out.push_str(&format!("{slot:5}: {}\n", disassemble_at(insn, slot)));
         slot += insn.slots();
     }

@@ -8,6 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use skpc::diag::{self, ColorChoice};
 
+mod cli;
+
 #[derive(Parser)]
 #[command(name = "skpc", version, about = "Compile socket-layer policies to eBPF (SK_MSG) and enforce them")]
 struct Cli {
@@ -26,7 +28,7 @@ enum Color {
 }
 
 #[derive(Args)]
-struct Input {
+pub(crate) struct Input {
     /// The policy file (.skp).
     #[arg(required_unless_present = "expr", conflicts_with = "expr")]
     file: Option<PathBuf>,
@@ -53,6 +55,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Emit::Obj)]
         emit: Emit,
     },
+
+    /// Run the policy's test cases on the compiled bytecode in a user-space eBPF VM.
+    Test(cli::test::TestArgs),
+    /// Run CMD with the policy enforced on every TCP socket it (and its children) opens.
+    Exec(cli::exec::ExecArgs),
+    /// Enforce the policy on a cgroup until SIGINT/SIGTERM, showing live counters.
+    Run(cli::run::RunArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -61,13 +70,13 @@ enum Emit {
     Asm,
 }
 
-struct Source {
-    name: String,
-    text: String,
+pub(crate) struct Source {
+    pub(crate) name: String,
+    pub(crate) text: String,
 }
 
 impl Input {
-    fn read(&self) -> anyhow::Result<Source> {
+    pub(crate) fn read(&self) -> anyhow::Result<Source> {
         match (&self.expr, &self.file) {
             (Some(text), _) => Ok(Source { name: "<-e>".into(), text: text.clone() }),
             (None, Some(path)) => read_policy(path),
@@ -130,5 +139,8 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Test(args) => cli::test::run(args, color),
+        Command::Exec(args) => cli::exec::run(args, color),
+        Command::Run(args) => cli::run::run(args, color),
     }
 }

@@ -24,6 +24,7 @@ pub enum MapKind {
     Sockhash,
     Counters,
     Events,
+    Progs,
 }
 
 impl MapKind {
@@ -33,6 +34,7 @@ impl MapKind {
             MapKind::Sockhash => skpc_abi::SOCKHASH_NAME,
             MapKind::Counters => skpc_abi::COUNTERS_NAME,
             MapKind::Events => skpc_abi::EVENTS_NAME,
+            MapKind::Progs => skpc_abi::PROGS_NAME,
         }
     }
 }
@@ -53,6 +55,8 @@ pub struct MapSpec {
 pub struct Lowered {
     pub maps: Vec<MapSpec>,
     pub verdict: Assembled,
+    /// The stable entry program: tail-calls `verdict` through the PROG_ARRAY.
+    pub entry: Assembled,
     pub sockops: Assembled,
     /// Mark `i` of `verdict` is rule `i`; mark `rules.len()` is the default.
     pub mark_lines: Vec<u32>,
@@ -61,7 +65,8 @@ pub struct Lowered {
 const MAP_SOCKMAP: u32 = 0;
 const MAP_SOCKHASH: u32 = 1;
 const MAP_COUNTERS: u32 = 2;
-const MAP_EVENTS: u32 = 3;
+const MAP_PROGS: u32 = 3;
+const MAP_EVENTS: u32 = 4;
 
 /// Context register, kept for the whole program (callee-saved).
 const CTX: Reg = Reg::R6;
@@ -97,6 +102,13 @@ pub fn lower(policy: &hir::Policy) -> Lowered {
             value_size: Counter::SIZE as u32,
             max_entries: policy.counters.len() as u32,
         },
+        MapSpec {
+            kind: MapKind::Progs,
+            map_type: BPF_MAP_TYPE_PROG_ARRAY,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
+        },
     ];
     if has_log {
         maps.push(MapSpec {
@@ -112,7 +124,7 @@ pub fn lower(policy: &hir::Policy) -> Lowered {
     let verdict = lir::assemble(&lir::cleanup(g.code));
     let mut mark_lines: Vec<u32> = policy.rules.iter().map(|r| r.line).collect();
     mark_lines.push(policy.counters.get(policy.default.counter).map(|c| c.line).unwrap_or(0));
-    Lowered { maps, verdict, sockops: sockops_program(), mark_lines }
+    Lowered { maps, verdict, entry: entry_program(), sockops: sockops_program(), mark_lines }
 }
 
 #[derive(Default)]
@@ -731,6 +743,17 @@ fn cost(c: &Cond) -> u32 {
         Cond::Test(Test::Int { field: IntField::Uid | IntField::Gid | IntField::Pid | IntField::Cgroup, .. } | Test::Comm { .. }) => 2,
         Cond::Test(_) => 1,
     }
+}
+
+/// The entry program: `tail_call(msg, skp_progs, 0)`; if the slot is empty (no policy
+/// installed yet), pass: a drop would stick to the socket for good.
+fn entry_program() -> Assembled {
+    let mut g = Gen::default();
+    g.emit(Insn::LdMap { dst: Reg::R2, map: MAP_PROGS });
+    g.mov32(Reg::R3, skpc_abi::PROGS_POLICY_SLOT);
+    g.call(BPF_FUNC_tail_call);
+    g.ret(SK_PASS);
+    lir::assemble(&g.code)
 }
 
 /// The SOCK_OPS program: on every established TCP connection (active and passive),

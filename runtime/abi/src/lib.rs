@@ -27,10 +27,19 @@ pub const EVENTS_NAME: &str = "skp_events";
 /// Ring buffer size in bytes (a power of two and a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
-/// ELF section of the verdict program.
+/// Name of the one-slot PROG_ARRAY through which the entry program tail-calls the
+/// policy: swapping slot 0 swaps the policy for every socket at once (hot reload).
+pub const PROGS_NAME: &str = "skp_progs";
+/// Slot of the policy program in [`PROGS_NAME`].
+pub const PROGS_POLICY_SLOT: u32 = 0;
+
+/// ELF section of the verdict programs.
 pub const SK_MSG_SECTION: &str = "sk_msg";
-/// Symbol (program name) of the verdict program.
+/// Symbol (program name) of the verdict program: the policy itself.
 pub const SK_MSG_PROGRAM: &str = "skp_verdict";
+/// Symbol of the stable entry program that is attached to the maps; it tail-calls
+/// whatever policy sits in [`PROGS_NAME`] slot 0, and passes if the slot is empty.
+pub const SK_MSG_ENTRY_PROGRAM: &str = "skp_entry";
 /// ELF section of the SOCK_OPS program that fills the sockhash.
 pub const SOCK_OPS_SECTION: &str = "sockops";
 /// Symbol (program name) of the SOCK_OPS program.
