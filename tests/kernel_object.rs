@@ -1,0 +1,359 @@
+//! Kernel tests of the ELF object writer: objects from `skpc::object::write_object`
+//! load through aya and through libbpf (`bpftool prog loadall`), and the kernel
+//! keeps the `.BTF.ext` line info.
+
+mod common;
+
+use std::process::Command;
+
+use aya::programs::{SkMsg, SockOps};
+use skpc::object::{write_object, LineInfo, MapDef, MapRef, ObjectSpec, ProgramSpec};
+
+// ------------------------------------------------------------- raw encoding
+// A tiny local encoder so this test does not depend on the instruction module.
+
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[0] = code;
+    b[1] = (src << 4) | (dst & 0xf);
+    b[2..4].copy_from_slice(&off.to_le_bytes());
+    b[4..8].copy_from_slice(&imm.to_le_bytes());
+    b
+}
+
+const R0: u8 = 0;
+const R1: u8 = 1;
+const R2: u8 = 2;
+const R3: u8 = 3;
+const R4: u8 = 4;
+const R6: u8 = 6;
+const R10: u8 = 10;
+
+/// Builds a program slot by slot, with one LineInfo per instruction.
+struct Prog {
+    code: Vec<u8>,
+    map_refs: Vec<MapRef>,
+    lines: Vec<LineInfo>,
+    line: u32,
+}
+
+impl Prog {
+    fn new() -> Prog {
+        Prog {
+            code: Vec::new(),
+            map_refs: Vec::new(),
+            lines: Vec::new(),
+            line: 0,
+        }
+    }
+    fn slot(&self) -> usize {
+        self.code.len() / 8
+    }
+    fn emit(&mut self, i: [u8; 8], text: &str) -> &mut Self {
+        self.line += 1;
+        self.lines.push(LineInfo {
+            slot: self.slot(),
+            file: "test.skp".into(),
+            line: self.line,
+            col: 1,
+            text: text.into(),
+        });
+        self.code.extend_from_slice(&i);
+        self
+    }
+    fn mov_imm(&mut self, dst: u8, imm: i32) -> &mut Self {
+        self.emit(insn(0xb7, dst, 0, 0, imm), &format!("r{dst} = {imm}"))
+    }
+    fn mov_reg(&mut self, dst: u8, src: u8) -> &mut Self {
+        self.emit(insn(0xbf, dst, src, 0, 0), &format!("r{dst} = r{src}"))
+    }
+    fn add_imm(&mut self, dst: u8, imm: i32) -> &mut Self {
+        self.emit(insn(0x07, dst, 0, 0, imm), &format!("r{dst} += {imm}"))
+    }
+    /// *(u64 *)(r10 + off) = 0
+    fn st_dw0(&mut self, off: i16) -> &mut Self {
+        self.emit(
+            insn(0x7a, R10, 0, off, 0),
+            &format!("*(u64 *)(r10 {off}) = 0"),
+        )
+    }
+    /// *(u32 *)(r10 + off) = 0
+    fn st_w0(&mut self, off: i16) -> &mut Self {
+        self.emit(
+            insn(0x62, R10, 0, off, 0),
+            &format!("*(u32 *)(r10 {off}) = 0"),
+        )
+    }
+    fn ld_map(&mut self, dst: u8, map: usize, name: &str) -> &mut Self {
+        self.map_refs.push(MapRef {
+            slot: self.slot(),
+            map,
+        });
+        self.emit(insn(0x18, dst, 1, 0, 0), &format!("r{dst} = map {name}"));
+        self.code.extend_from_slice(&[0u8; 8]);
+        self
+    }
+    fn call(&mut self, helper: i32) -> &mut Self {
+        self.emit(
+            insn(0x85, 0, 0, 0, helper),
+            &format!("call helper {helper}"),
+        )
+    }
+    fn exit(&mut self) -> &mut Self {
+        self.emit(insn(0x95, 0, 0, 0, 0), "exit")
+    }
+    fn build(&mut self, section: &str, name: &str, with_lines: bool) -> ProgramSpec {
+        ProgramSpec {
+            section: section.into(),
+            name: name.into(),
+            code: self.code.clone(),
+            map_refs: self.map_refs.clone(),
+            lines: if with_lines {
+                self.lines.clone()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+const SOCKS: usize = 0;
+const HASH: usize = 1;
+const COUNTERS: usize = 2;
+const EVENTS: usize = 3;
+const PROGS: usize = 4;
+
+fn maps() -> Vec<MapDef> {
+    let m = |name: &str, map_type, key_size, value_size, max_entries| MapDef {
+        name: name.into(),
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        map_flags: 0,
+    };
+    vec![
+        m("skp_socks", 15, 4, 4, 64),      // SOCKMAP
+        m("skp_hash", 18, 44, 8, 64),      // SOCKHASH
+        m("skp_counters", 6, 4, 16, 8),    // PERCPU_ARRAY
+        m("skp_events", 27, 0, 0, 262144), // RINGBUF
+        m("skp_progs", 3, 4, 4, 4),        // PROG_ARRAY
+    ]
+}
+
+/// return bpf_msg_redirect_map(msg, &skp_socks, 0, 0);
+fn verdict(lines: bool) -> ProgramSpec {
+    Prog::new()
+        .ld_map(R2, SOCKS, "skp_socks")
+        .mov_imm(R3, 0)
+        .mov_imm(R4, 0)
+        .call(60)
+        .exit()
+        .build("sk_msg", "skp_verdict", lines)
+}
+
+/// v = map_lookup_elem(&skp_counters, &(u32){0}); if (v) read *v; return 1;
+fn lookup(lines: bool) -> ProgramSpec {
+    let mut p = Prog::new();
+    p.st_w0(-4)
+        .mov_reg(R2, R10)
+        .add_imm(R2, -4)
+        .ld_map(R1, COUNTERS, "skp_counters")
+        .call(1);
+    p.emit(insn(0x15, R0, 0, 1, 0), "if r0 == 0 goto +1");
+    p.emit(insn(0x79, R1, R0, 0, 0), "r1 = *(u64 *)(r0 + 0)");
+    p.mov_imm(R0, 1).exit().build("sk_msg", "skp_lookup", lines)
+}
+
+/// tail_call(msg, &skp_progs, 0); ringbuf_output(&skp_events, &(u64){0}, 8, 0);
+/// return msg_redirect_hash(msg, &skp_hash, &(key[44]){0}, 0);
+fn all_maps(lines: bool) -> ProgramSpec {
+    let mut p = Prog::new();
+    p.mov_reg(R6, R1)
+        .ld_map(R2, PROGS, "skp_progs")
+        .mov_imm(R3, 0)
+        .call(12)
+        .st_dw0(-8)
+        .ld_map(R1, EVENTS, "skp_events")
+        .mov_reg(R2, R10)
+        .add_imm(R2, -8)
+        .mov_imm(R3, 8)
+        .mov_imm(R4, 0)
+        .call(130);
+    for off in [-56, -48, -40, -32, -24] {
+        p.st_dw0(off);
+    }
+    p.st_w0(-16)
+        .mov_reg(R1, R6)
+        .ld_map(R2, HASH, "skp_hash")
+        .mov_reg(R3, R10)
+        .add_imm(R3, -56)
+        .mov_imm(R4, 0)
+        .call(71)
+        .exit()
+        .build("sk_msg", "skp_all", lines)
+}
+
+fn sockops(lines: bool) -> ProgramSpec {
+    Prog::new()
+        .mov_imm(R0, 1)
+        .exit()
+        .build("sockops", "skp_sockops", lines)
+}
+
+fn spec(lines: bool) -> ObjectSpec {
+    ObjectSpec {
+        license: "GPL".into(),
+        maps: maps(),
+        programs: vec![
+            verdict(lines),
+            lookup(lines),
+            all_maps(lines),
+            sockops(lines),
+        ],
+    }
+}
+
+const SK_MSG_PROGS: [&str; 3] = ["skp_verdict", "skp_lookup", "skp_all"];
+
+fn load_with_aya(bytes: &[u8]) -> aya::Ebpf {
+    let mut ebpf = aya::EbpfLoader::new()
+        .load(bytes)
+        .unwrap_or_else(|e| panic!("aya rejected the object: {e:?}"));
+    for name in SK_MSG_PROGS {
+        let p: &mut SkMsg = ebpf
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("aya found no program {name}"))
+            .try_into()
+            .unwrap();
+        p.load()
+            .unwrap_or_else(|e| panic!("loading {name} with aya: {e:?}"));
+    }
+    let p: &mut SockOps = ebpf
+        .program_mut("skp_sockops")
+        .expect("aya found no program skp_sockops")
+        .try_into()
+        .unwrap();
+    p.load()
+        .unwrap_or_else(|e| panic!("loading skp_sockops with aya: {e:?}"));
+    for m in maps() {
+        assert!(ebpf.map(&m.name).is_some(), "aya created no map {}", m.name);
+    }
+    ebpf
+}
+
+#[test]
+fn aya_loads_objects() {
+    if !common::kernel_or_skip("aya_loads_objects") {
+        return;
+    }
+    for lines in [false, true] {
+        load_with_aya(&write_object(&spec(lines)));
+    }
+}
+
+fn bpftool_loadall(bpftool: &std::path::Path, bytes: &[u8]) -> common::PinDir {
+    let obj = common::TempFile::with_contents("skpc_obj", "o", bytes);
+    let pins = common::PinDir::new("skpc_test");
+    common::run_ok(
+        Command::new(bpftool)
+            .args(["prog", "loadall"])
+            .arg(&obj.path)
+            .arg(&pins.path),
+    );
+    for name in SK_MSG_PROGS.iter().chain(&["skp_sockops"]) {
+        assert!(
+            pins.join(name).exists(),
+            "bpftool pinned no program {name} in {}",
+            pins.path.display()
+        );
+    }
+    pins
+}
+
+#[test]
+fn bpftool_loads_objects() {
+    let Some(bpftool) = common::bpftool_or_skip("bpftool_loads_objects") else {
+        return;
+    };
+    for lines in [false, true] {
+        let pins = bpftool_loadall(&bpftool, &write_object(&spec(lines)));
+        let show = common::run_ok(
+            Command::new(&bpftool)
+                .args(["prog", "show", "pinned"])
+                .arg(pins.join("skp_verdict")),
+        );
+        assert!(show.contains("sk_msg"), "{show}");
+        assert!(show.contains("skp_verdict"), "{show}");
+        let show = common::run_ok(
+            Command::new(&bpftool)
+                .args(["prog", "show", "pinned"])
+                .arg(pins.join("skp_sockops")),
+        );
+        assert!(show.contains("sock_ops"), "{show}");
+    }
+}
+
+/// Every source line of `prog` shows up in `dump` (bpftool's `linum` dump,
+/// lines like `; r3 = 0 [file:test.skp line_num:3 line_col:1]`).
+fn assert_lines_in_dump(prog: &ProgramSpec, dump: &str) {
+    assert!(!prog.lines.is_empty());
+    for l in &prog.lines {
+        let text = format!("; {}", l.text);
+        let line = format!("line_num:{}", l.line);
+        let file = format!("file:{}", l.file);
+        assert!(
+            dump.lines()
+                .any(|d| d.starts_with(&text) && d.contains(&line) && d.contains(&file)),
+            "line {} {:?} missing from the dump of {}:\n{dump}",
+            l.line,
+            l.text,
+            prog.name
+        );
+    }
+}
+
+#[test]
+fn line_info_reaches_the_kernel_via_bpftool() {
+    let Some(bpftool) = common::bpftool_or_skip("line_info_reaches_the_kernel_via_bpftool") else {
+        return;
+    };
+    let spec = spec(true);
+    let pins = bpftool_loadall(&bpftool, &write_object(&spec));
+    for prog in &spec.programs {
+        let dump = common::run_ok(
+            Command::new(&bpftool)
+                .args(["prog", "dump", "xlated", "pinned"])
+                .arg(pins.join(&prog.name))
+                .arg("linum"),
+        );
+        assert_lines_in_dump(prog, &dump);
+    }
+}
+
+#[test]
+fn line_info_reaches_the_kernel_via_aya() {
+    let Some(bpftool) = common::bpftool_or_skip("line_info_reaches_the_kernel_via_aya") else {
+        return;
+    };
+    let spec = spec(true);
+    let mut ebpf = load_with_aya(&write_object(&spec));
+    let prog = &spec.programs[0];
+    let p: &mut SkMsg = ebpf.program_mut(&prog.name).unwrap().try_into().unwrap();
+    let id = p.info().expect("program info").id();
+    let dump = common::run_ok(
+        Command::new(&bpftool)
+            .args(["prog", "dump", "xlated", "id"])
+            .arg(id.to_string())
+            .arg("linum"),
+    );
+    assert_lines_in_dump(prog, &dump);
+}
+
+#[test]
+fn helpers_unique_names_differ() {
+    let a = common::unique_name("x");
+    let b = common::unique_name("x");
+    assert_ne!(a, b);
+    assert!(a.starts_with(&format!("x_{}_", std::process::id())));
+}
