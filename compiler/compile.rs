@@ -22,9 +22,14 @@ pub struct Compiled {
 /// Compiles `source` (named `file_name` in line info). Errors: the diagnostics (which
 /// include every warning too).
 pub fn compile(file_name: &str, source: &str) -> Result<Compiled, Vec<Diag>> {
+    compile_with(file_name, source, lower::Options::default())
+}
+
+/// [`compile`] with explicit code generation options.
+pub fn compile_with(file_name: &str, source: &str, options: lower::Options) -> Result<Compiled, Vec<Diag>> {
     let (policy, diags) = check::check(source);
     let Some(policy) = policy else { return Err(diags) };
-    let lowered = lower::lower(&policy);
+    let lowered = lower::lower_with(&policy, options);
     let object = object::write_object(&object_spec(&lowered, file_name, source));
     Ok(Compiled { policy, lowered, object, warnings: diags })
 }
@@ -141,7 +146,10 @@ pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
                 Some(&l) if l > 0 => {
                     out.push_str(&format!("; line {l}: {}\n", lines.get(l as usize - 1).map(|s| s.trim()).unwrap_or("")))
                 }
-                _ => out.push_str(&format!("; (implicit) default {}\n", describe_default(&c.policy))),
+                _ if m == c.policy.rules.len() => {
+                    out.push_str(&format!("; (implicit) default {}\n", describe_default(&c.policy)))
+                }
+                _ => out.push_str("; verdicts: count the deciding rule (slot in r7), then decide\n"),
             }
         }
         out.push_str(&format!("{slot:5}: {}\n", disassemble_at(insn, slot)));

@@ -54,6 +54,9 @@ enum Command {
         /// What to write: the ELF object, or the assembly listing on stdout.
         #[arg(long, value_enum, default_value_t = Emit::Obj)]
         emit: Emit,
+        /// Leave out the per-rule counters (smallest program; `exec`/`run` then show none).
+        #[arg(long)]
+        no_counters: bool,
     },
 
     /// Run the policy's test cases on the compiled bytecode in a user-space eBPF VM.
@@ -116,9 +119,10 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
             diag::emit_stderr(&src.name, &src.text, &diags, color);
             Ok(if policy.is_some() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        Command::Build { input, output, emit } => {
+        Command::Build { input, output, emit, no_counters } => {
             let src = input.read()?;
-            let compiled = match skpc::compile::compile(&src.name, &src.text) {
+            let options = skpc::lower::Options { counters: !no_counters };
+            let compiled = match skpc::compile::compile_with(&src.name, &src.text, options) {
                 Ok(c) => c,
                 Err(diags) => {
                     diag::emit_stderr(&src.name, &src.text, &diags, color);

@@ -871,6 +871,9 @@ fn fmt_jmp(
 ) -> fmt::Result {
     write!(f, "if {p}{} {} ", dst.num(), op.symbol())?;
     match src {
+        // A 32-bit compare sees the immediate as 32 bits: show it unsigned unless the
+        // operator is signed.
+        Src::Imm(imm) if p == 'w' && !op.symbol().starts_with('s') => write!(f, "{:#x}", imm as u32)?,
         Src::Imm(imm) => write!(f, "{}", CmpImm(imm))?,
         Src::Reg(s) => write!(f, "{p}{}", s.num())?,
     }
@@ -1044,7 +1047,7 @@ mod tests {
             ("47 01 00 00 00 01 00 00", Insn::Alu64 { op: Or, dst: R1, src: imm(256) }, "r1 |= 256"),
             ("26 01 02 00 05 00 00 00", Insn::Jmp32 { op: Jgt, dst: R1, src: imm(5), off: 2 }, "if w1 > 0x5 goto +2"),
             ("ce 32 fc ff 00 00 00 00", Insn::Jmp32 { op: Jslt, dst: R2, src: reg(R3), off: -4 }, "if w2 s< w3 goto -4"),
-            ("16 01 01 00 ff ff ff ff", Insn::Jmp32 { op: Jeq, dst: R1, src: imm(-1), off: 1 }, "if w1 == -0x1 goto +1"),
+            ("16 01 01 00 ff ff ff ff", Insn::Jmp32 { op: Jeq, dst: R1, src: imm(-1), off: 1 }, "if w1 == 0xffffffff goto +1"),
             ("d5 01 01 00 fc ff ff ff", Insn::Jmp { op: Jsle, dst: R1, src: imm(-4), off: 1 }, "if r1 s<= -0x4 goto +1"),
             ("35 01 07 00 00 01 00 00", Insn::Jmp { op: Jge, dst: R1, src: imm(256), off: 7 }, "if r1 >= 0x100 goto +7"),
             ("ad 21 07 00 00 00 00 00", Insn::Jmp { op: Jlt, dst: R1, src: reg(R2), off: 7 }, "if r1 < r2 goto +7"),

@@ -58,7 +58,8 @@ pub struct Lowered {
     /// The stable entry program: tail-calls `verdict` through the PROG_ARRAY.
     pub entry: Assembled,
     pub sockops: Assembled,
-    /// Mark `i` of `verdict` is rule `i`; mark `rules.len()` is the default.
+    /// Mark `i` of `verdict` is rule `i`; mark `rules.len()` is the default, and
+    /// `rules.len() + 1` the verdict tails the rules jump to (line 0: no source line).
     pub mark_lines: Vec<u32>,
 }
 
@@ -70,6 +71,10 @@ const MAP_EVENTS: u32 = 4;
 
 /// Context register, kept for the whole program (callee-saved).
 const CTX: Reg = Reg::R6;
+/// Counter slot of the deciding rule, on the way to a shared verdict tail.
+const SLOT: Reg = Reg::R7;
+/// Callee-saved registers for context fields loaded once.
+const CACHE_REGS: [Reg; 2] = [Reg::R8, Reg::R9];
 
 // Stack layout (offsets from r10).
 const STACK_COUNTER_KEY: i16 = -8;
@@ -77,8 +82,22 @@ const STACK_SOCK_KEY: i16 = -56; // 44 bytes, 8-aligned
 const STACK_COMM: i16 = -80; // 16 bytes
 const STACK_LOG: i16 = -168; // 80 bytes
 
-/// Lowers a checked policy.
+/// Code generation choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Per-rule counters (messages and bytes). Off gives the smallest program, for
+    /// comparing with hand-written C that counts nothing.
+    pub counters: bool,
+}
+
+
+/// Lowers a checked policy with the default options.
 pub fn lower(policy: &hir::Policy) -> Lowered {
+    lower_with(policy, Options::default())
+}
+
+/// Lowers a checked policy.
+pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
     let has_log = policy.rules.iter().any(|r| r.action == Action::Log);
     let mut maps = vec![
         MapSpec {
@@ -119,11 +138,13 @@ pub fn lower(policy: &hir::Policy) -> Lowered {
             max_entries: skpc_abi::EVENTS_BYTES,
         });
     }
-    let mut g = Gen::default();
+    let mut g = Gen { options, ..Gen::default() };
     g.verdict_program(policy);
     let verdict = lir::assemble(&lir::cleanup(g.code));
     let mut mark_lines: Vec<u32> = policy.rules.iter().map(|r| r.line).collect();
     mark_lines.push(policy.counters.get(policy.default.counter).map(|c| c.line).unwrap_or(0));
+    // The shared verdict tails belong to no line.
+    mark_lines.push(0);
     Lowered { maps, verdict, entry: entry_program(), sockops: sockops_program(), mark_lines }
 }
 
@@ -131,6 +152,22 @@ pub fn lower(policy: &hir::Policy) -> Lowered {
 struct Gen {
     code: Vec<Lir>,
     labels: u32,
+    options: Options,
+    /// One shared tail per distinct decision: rules jump there with the counter slot in
+    /// `SLOT` (the tail counts, then decides).
+    tails: Vec<(Decision, Label)>,
+    /// Context fields loaded once in the prologue, and the register holding each.
+    cached: Vec<(IntField, Reg)>,
+    /// The program calls no helper before deciding: the context can stay in r1.
+    ctx_in_r1: bool,
+    /// The mark of the shared verdict tails (after the rules' and the default's).
+    tails_mark: u32,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { counters: true }
+    }
 }
 
 /// Which context layout a key is built from.
@@ -174,6 +211,15 @@ fn wire_word(bytes: [u8; 4]) -> i32 {
 }
 
 impl Gen {
+    /// The register holding the context.
+    fn ctx(&self) -> Reg {
+        if self.ctx_in_r1 {
+            Reg::R1
+        } else {
+            CTX
+        }
+    }
+
     fn label(&mut self) -> Label {
         self.labels += 1;
         Label(self.labels)
@@ -200,6 +246,9 @@ impl Gen {
     }
 
     fn mov64(&mut self, dst: Reg, src: Src) {
+        if src == Src::Reg(dst) {
+            return;
+        }
         self.emit(Insn::Alu64 { op: AluOp::Mov, dst, src });
     }
 
@@ -241,7 +290,12 @@ impl Gen {
     // ------------------------------------------------------------------ program
 
     fn verdict_program(&mut self, policy: &hir::Policy) {
-        self.mov64(CTX, Src::Reg(Reg::R1));
+        self.tails_mark = policy.rules.len() as u32 + 1;
+        self.ctx_in_r1 = !needs_helper_before_verdict(policy, self.options);
+        if !self.ctx_in_r1 {
+            self.mov64(CTX, Src::Reg(Reg::R1));
+        }
+        self.cache_fields(policy);
         for (i, rule) in policy.rules.iter().enumerate() {
             let cond = simplify(&rule.cond);
             if cond == Cond::Const(false) {
@@ -251,14 +305,15 @@ impl Gen {
             let (act, next) = (self.label(), self.label());
             self.cond(&cond, act, next);
             self.place(act);
-            self.count(rule.counter as u32);
             match &rule.action {
-                Action::Decide(d) => self.decision(d),
+                Action::Decide(d) => self.decide_via_tail(d, rule.counter as u32),
                 Action::Count { counter } => {
-                    self.count(*counter as u32);
+                    self.count_const(rule.counter as u32);
+                    self.count_const(*counter as u32);
                     self.goto(next);
                 }
                 Action::Log => {
+                    self.count_const(rule.counter as u32);
                     self.log(rule.counter as u32);
                     self.goto(next);
                 }
@@ -266,26 +321,83 @@ impl Gen {
             self.place(next);
             if cond == Cond::Const(true) && rule.action.is_terminal() {
                 // Everything after an unconditional verdict is dead.
+                self.emit_tails();
                 return;
             }
         }
         self.code.push(Lir::Mark(policy.rules.len() as u32));
-        self.count(policy.default.counter as u32);
-        self.decision(&policy.default.decision);
+        self.decide_via_tail(&policy.default.decision, policy.default.counter as u32);
+        self.emit_tails();
+    }
+
+    /// Loads the cheap context fields that several tests read into callee-saved
+    /// registers, once, so that each test is a single compare.
+    fn cache_fields(&mut self, policy: &hir::Policy) {
+        let mut uses: Vec<(IntField, usize)> = Vec::new();
+        for r in &policy.rules {
+            count_field_uses(&r.cond, &mut uses);
+        }
+        let mut words: Vec<(IntField, usize, i16, bool)> =
+            uses.into_iter().filter_map(|(f, n)| ctx_word(f).filter(|_| n >= 2).map(|(off, swap)| (f, n, off, swap))).collect();
+        words.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        for ((field, _, off, swap), reg) in words.into_iter().zip(CACHE_REGS) {
+            self.load_ctx_field(off, swap, reg);
+            self.cached.push((field, reg));
+        }
+    }
+
+    /// Jumps to the shared tail of decision `d`, with the rule's counter slot in SLOT.
+    fn decide_via_tail(&mut self, d: &Decision, slot: u32) {
+        let tail = match self.tails.iter().find(|(x, _)| x == d) {
+            Some((_, l)) => *l,
+            None => {
+                let l = self.label();
+                self.tails.push((d.clone(), l));
+                l
+            }
+        };
+        if self.options.counters {
+            self.mov32(SLOT, slot);
+        }
+        self.goto(tail);
+    }
+
+    fn emit_tails(&mut self) {
+        let tails = std::mem::take(&mut self.tails);
+        self.code.push(Lir::Mark(self.tails_mark));
+        for (d, l) in tails {
+            self.place(l);
+            self.count_reg();
+            self.decision(&d);
+        }
     }
 
     /// Bumps counter `slot` by one message and `sk_msg_md.size` bytes.
-    fn count(&mut self, slot: u32) {
+    fn count_const(&mut self, slot: u32) {
+        if self.options.counters {
+            self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, slot as i32);
+            self.count_key_on_stack();
+        }
+    }
+
+    /// Bumps the counter whose slot is in SLOT.
+    fn count_reg(&mut self) {
+        if self.options.counters {
+            self.stx(Size::W, Reg::R10, STACK_COUNTER_KEY, SLOT);
+            self.count_key_on_stack();
+        }
+    }
+
+    fn count_key_on_stack(&mut self) {
         let skip = self.label();
         self.emit(Insn::LdMap { dst: Reg::R1, map: MAP_COUNTERS });
-        self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, slot as i32);
         self.stack_ptr(Reg::R2, STACK_COUNTER_KEY);
         self.call(BPF_FUNC_map_lookup_elem);
         self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
         self.ldx(Size::DW, Reg::R1, Reg::R0, Counter::OFF_MESSAGES);
         self.alu64(AluOp::Add, Reg::R1, Src::Imm(1));
         self.stx(Size::DW, Reg::R0, Counter::OFF_MESSAGES, Reg::R1);
-        self.ldx(Size::W, Reg::R1, CTX, SK_MSG_MD_SIZE);
+        self.ldx(Size::W, Reg::R1, self.ctx(), SK_MSG_MD_SIZE);
         self.ldx(Size::DW, Reg::R2, Reg::R0, Counter::OFF_BYTES);
         self.alu64(AluOp::Add, Reg::R2, Src::Reg(Reg::R1));
         self.stx(Size::DW, Reg::R0, Counter::OFF_BYTES, Reg::R2);
@@ -294,7 +406,7 @@ impl Gen {
 
     fn decision(&mut self, d: &Decision) {
         if let Some(n) = d.apply_bytes {
-            self.mov64(Reg::R1, Src::Reg(CTX));
+            self.mov64(Reg::R1, Src::Reg(self.ctx()));
             self.mov32(Reg::R2, n);
             self.call(BPF_FUNC_msg_apply_bytes);
         }
@@ -302,7 +414,7 @@ impl Gen {
             Verdict::Pass => self.ret(SK_PASS),
             Verdict::Drop => self.ret(SK_DROP),
             Verdict::Cork(n) => {
-                self.mov64(Reg::R1, Src::Reg(CTX));
+                self.mov64(Reg::R1, Src::Reg(self.ctx()));
                 self.mov32(Reg::R2, *n);
                 self.call(BPF_FUNC_msg_cork_bytes);
                 self.ret(SK_PASS);
@@ -322,7 +434,7 @@ impl Gen {
                         self.place(go);
                     }
                 }
-                self.mov64(Reg::R1, Src::Reg(CTX));
+                self.mov64(Reg::R1, Src::Reg(self.ctx()));
                 self.emit(Insn::LdMap { dst: Reg::R2, map: MAP_SOCKMAP });
                 self.mov64(Reg::R4, Src::Imm(if *ingress { BPF_F_INGRESS as i32 } else { 0 }));
                 self.call(BPF_FUNC_msg_redirect_map);
@@ -332,7 +444,7 @@ impl Gen {
                 // The peer of a local connection receives on its ingress side: an egress
                 // redirect would send the bytes back out of the peer, to the sender.
                 self.sock_key(SK_MSG_LAYOUT, true);
-                self.mov64(Reg::R1, Src::Reg(CTX));
+                self.mov64(Reg::R1, Src::Reg(self.ctx()));
                 self.emit(Insn::LdMap { dst: Reg::R2, map: MAP_SOCKHASH });
                 self.stack_ptr(Reg::R3, STACK_SOCK_KEY);
                 self.mov64(Reg::R4, Src::Imm(BPF_F_INGRESS as i32));
@@ -342,7 +454,7 @@ impl Gen {
         }
     }
 
-    /// Builds a `SockKey` at `STACK_SOCK_KEY` from the context in `CTX`: this socket's
+    /// Builds a `SockKey` at `STACK_SOCK_KEY` from the context in `self.ctx()`: this socket's
     /// key, or (`swapped`) its peer's. A socket whose both addresses are IPv4-mapped is
     /// keyed as AF_INET, so that a dual-stack server and an IPv4 client find each other.
     fn sock_key(&mut self, ctx: CtxLayout, swapped: bool) {
@@ -354,45 +466,45 @@ impl Gen {
         self.st(Size::W, Reg::R10, k + 40, 0);
         let (first_ip, second_ip) = if swapped { (SockKey::OFF_REMOTE_IP, SockKey::OFF_LOCAL_IP) } else { (SockKey::OFF_LOCAL_IP, SockKey::OFF_REMOTE_IP) };
         let (v6, ports, plain6) = (self.label(), self.label(), self.label());
-        self.ldx(Size::W, Reg::R2, CTX, ctx.family);
+        self.ldx(Size::W, Reg::R2, self.ctx(), ctx.family);
         self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET6, v6);
         // IPv4
         self.st(Size::W, Reg::R10, k + SockKey::OFF_FAMILY, AF_INET);
-        self.ldx(Size::W, Reg::R3, CTX, ctx.local_ip4);
+        self.ldx(Size::W, Reg::R3, self.ctx(), ctx.local_ip4);
         self.stx(Size::W, Reg::R10, k + first_ip, Reg::R3);
-        self.ldx(Size::W, Reg::R3, CTX, ctx.remote_ip4);
+        self.ldx(Size::W, Reg::R3, self.ctx(), ctx.remote_ip4);
         self.stx(Size::W, Reg::R10, k + second_ip, Reg::R3);
         self.goto(ports);
         // IPv6: mapped?
         self.place(v6);
         for ip in [ctx.local_ip6, ctx.remote_ip6] {
-            self.ldx(Size::W, Reg::R3, CTX, ip);
+            self.ldx(Size::W, Reg::R3, self.ctx(), ip);
             self.jmp32(JmpOp::Jne, Reg::R3, 0, plain6);
-            self.ldx(Size::W, Reg::R3, CTX, ip + 4);
+            self.ldx(Size::W, Reg::R3, self.ctx(), ip + 4);
             self.jmp32(JmpOp::Jne, Reg::R3, 0, plain6);
-            self.ldx(Size::W, Reg::R3, CTX, ip + 8);
+            self.ldx(Size::W, Reg::R3, self.ctx(), ip + 8);
             self.jmp32(JmpOp::Jne, Reg::R3, MAPPED_WORD2 as i32, plain6);
         }
         self.st(Size::W, Reg::R10, k + SockKey::OFF_FAMILY, AF_INET);
-        self.ldx(Size::W, Reg::R3, CTX, ctx.local_ip6 + 12);
+        self.ldx(Size::W, Reg::R3, self.ctx(), ctx.local_ip6 + 12);
         self.stx(Size::W, Reg::R10, k + first_ip, Reg::R3);
-        self.ldx(Size::W, Reg::R3, CTX, ctx.remote_ip6 + 12);
+        self.ldx(Size::W, Reg::R3, self.ctx(), ctx.remote_ip6 + 12);
         self.stx(Size::W, Reg::R10, k + second_ip, Reg::R3);
         self.goto(ports);
         self.place(plain6);
         self.st(Size::W, Reg::R10, k + SockKey::OFF_FAMILY, AF_INET6);
         for w in 0..4 {
-            self.ldx(Size::W, Reg::R3, CTX, ctx.local_ip6 + w * 4);
+            self.ldx(Size::W, Reg::R3, self.ctx(), ctx.local_ip6 + w * 4);
             self.stx(Size::W, Reg::R10, k + first_ip + w * 4, Reg::R3);
-            self.ldx(Size::W, Reg::R3, CTX, ctx.remote_ip6 + w * 4);
+            self.ldx(Size::W, Reg::R3, self.ctx(), ctx.remote_ip6 + w * 4);
             self.stx(Size::W, Reg::R10, k + second_ip + w * 4, Reg::R3);
         }
         self.place(ports);
         let (first_port, second_port) =
             if swapped { (SockKey::OFF_REMOTE_PORT, SockKey::OFF_LOCAL_PORT) } else { (SockKey::OFF_LOCAL_PORT, SockKey::OFF_REMOTE_PORT) };
-        self.ldx(Size::W, Reg::R3, CTX, ctx.local_port);
+        self.ldx(Size::W, Reg::R3, self.ctx(), ctx.local_port);
         self.stx(Size::W, Reg::R10, k + first_port, Reg::R3);
-        self.ldx(Size::W, Reg::R3, CTX, ctx.remote_port);
+        self.ldx(Size::W, Reg::R3, self.ctx(), ctx.remote_port);
         self.emit(Insn::End { dst: Reg::R3, endian: Endian::ToBe, bits: 32 });
         self.stx(Size::W, Reg::R10, k + second_port, Reg::R3);
     }
@@ -405,28 +517,28 @@ impl Gen {
         }
         self.st(Size::W, Reg::R10, b + LogRecord::OFF_RULE, rule as i32);
         let (v6, done) = (self.label(), self.label());
-        self.ldx(Size::W, Reg::R2, CTX, SK_MSG_MD_FAMILY);
+        self.ldx(Size::W, Reg::R2, self.ctx(), SK_MSG_MD_FAMILY);
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_FAMILY, Reg::R2);
         self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET6, v6);
-        self.ldx(Size::W, Reg::R3, CTX, SK_MSG_MD_LOCAL_IP4);
+        self.ldx(Size::W, Reg::R3, self.ctx(), SK_MSG_MD_LOCAL_IP4);
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_LOCAL_IP, Reg::R3);
-        self.ldx(Size::W, Reg::R3, CTX, SK_MSG_MD_REMOTE_IP4);
+        self.ldx(Size::W, Reg::R3, self.ctx(), SK_MSG_MD_REMOTE_IP4);
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_REMOTE_IP, Reg::R3);
         self.goto(done);
         self.place(v6);
         for w in 0..4 {
-            self.ldx(Size::W, Reg::R3, CTX, SK_MSG_MD_LOCAL_IP6 + w * 4);
+            self.ldx(Size::W, Reg::R3, self.ctx(), SK_MSG_MD_LOCAL_IP6 + w * 4);
             self.stx(Size::W, Reg::R10, b + LogRecord::OFF_LOCAL_IP + w * 4, Reg::R3);
-            self.ldx(Size::W, Reg::R3, CTX, SK_MSG_MD_REMOTE_IP6 + w * 4);
+            self.ldx(Size::W, Reg::R3, self.ctx(), SK_MSG_MD_REMOTE_IP6 + w * 4);
             self.stx(Size::W, Reg::R10, b + LogRecord::OFF_REMOTE_IP + w * 4, Reg::R3);
         }
         self.place(done);
-        self.ldx(Size::W, Reg::R3, CTX, SK_MSG_MD_LOCAL_PORT);
+        self.ldx(Size::W, Reg::R3, self.ctx(), SK_MSG_MD_LOCAL_PORT);
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_LOCAL_PORT, Reg::R3);
-        self.ldx(Size::W, Reg::R3, CTX, SK_MSG_MD_REMOTE_PORT);
+        self.ldx(Size::W, Reg::R3, self.ctx(), SK_MSG_MD_REMOTE_PORT);
         self.emit(Insn::End { dst: Reg::R3, endian: Endian::ToBe, bits: 32 });
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_REMOTE_PORT, Reg::R3);
-        self.ldx(Size::W, Reg::R3, CTX, SK_MSG_MD_SIZE);
+        self.ldx(Size::W, Reg::R3, self.ctx(), SK_MSG_MD_SIZE);
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_SIZE, Reg::R3);
         self.call(BPF_FUNC_get_current_pid_tgid);
         self.alu64(AluOp::Rsh, Reg::R0, Src::Imm(32));
@@ -480,8 +592,25 @@ impl Gen {
     fn test(&mut self, test: &Test, t: Label, f: Label) {
         match test {
             Test::Int { field, ranges } => {
-                self.load_int(*field, f);
-                self.ranges(Reg::R2, ranges, field.max_value(), *field == IntField::Cgroup, t, f);
+                let points = ranges.iter().all(|(lo, hi)| lo == hi) && ranges.len() <= 4;
+                if *field == IntField::RemotePort && points && !self.cached.iter().any(|(c, _)| c == field) {
+                    // Equality with a few ports: compare the raw network-order word with
+                    // byte-swapped constants instead of swapping the word (as clang does).
+                    self.ldx(Size::W, Reg::R2, self.ctx(), SK_MSG_MD_REMOTE_PORT);
+                    for (port, _) in ranges {
+                        self.jmp32(JmpOp::Jeq, Reg::R2, raw_remote_port(*port as u16), t);
+                    }
+                    self.goto(f);
+                    return;
+                }
+                let reg = match self.cached.iter().find(|(c, _)| c == field) {
+                    Some((_, r)) => *r,
+                    None => {
+                        self.load_int(*field, f);
+                        Reg::R2
+                    }
+                };
+                self.ranges(reg, ranges, field.max_value(), *field == IntField::Cgroup, t, f);
             }
             Test::Addr { end, nets, mapped } => self.addr(*end, nets, *mapped, t, f),
             Test::Payload { offset, alts } => {
@@ -519,12 +648,9 @@ impl Gen {
     /// to `short` when the message is too short.
     fn load_int(&mut self, field: IntField, short: Label) {
         match field {
-            IntField::Len => self.ldx(Size::W, Reg::R2, CTX, SK_MSG_MD_SIZE),
-            IntField::Family => self.ldx(Size::W, Reg::R2, CTX, SK_MSG_MD_FAMILY),
-            IntField::LocalPort => self.ldx(Size::W, Reg::R2, CTX, SK_MSG_MD_LOCAL_PORT),
-            IntField::RemotePort => {
-                self.ldx(Size::W, Reg::R2, CTX, SK_MSG_MD_REMOTE_PORT);
-                self.emit(Insn::End { dst: Reg::R2, endian: Endian::ToBe, bits: 32 });
+            IntField::Len | IntField::Family | IntField::LocalPort | IntField::RemotePort => {
+                let (off, swap) = ctx_word(field).unwrap_or((SK_MSG_MD_SIZE, false));
+                self.load_ctx_field(off, swap, Reg::R2);
             }
             IntField::Uid => {
                 self.call(BPF_FUNC_get_current_uid_gid);
@@ -551,6 +677,14 @@ impl Gen {
         }
     }
 
+    /// Loads a field that is a context word (`ctx_word`) into `dst`, in host order.
+    fn load_ctx_field(&mut self, off: i16, swap: bool, dst: Reg) {
+        self.ldx(Size::W, dst, self.ctx(), off);
+        if swap {
+            self.emit(Insn::End { dst, endian: Endian::ToBe, bits: 32 });
+        }
+    }
+
     /// Makes the first `need` payload bytes readable: on return r2 = data with at least
     /// `need` bytes before data_end (the verifier knows it). Jumps to `short` when the
     /// message has fewer bytes. Pulls (`bpf_msg_pull_data(msg, 0, need, 0)`) only when
@@ -560,7 +694,7 @@ impl Gen {
         let ok = self.label();
         self.window_check(need);
         self.jmp64(JmpOp::Jle, Reg::R4, Src::Reg(Reg::R3), ok);
-        self.mov64(Reg::R1, Src::Reg(CTX));
+        self.mov64(Reg::R1, Src::Reg(self.ctx()));
         self.mov64(Reg::R2, Src::Imm(0));
         self.mov32(Reg::R3, need);
         self.mov64(Reg::R4, Src::Imm(0));
@@ -573,8 +707,8 @@ impl Gen {
 
     /// r2 = data, r3 = data_end, r4 = data + need.
     fn window_check(&mut self, need: u32) {
-        self.ldx(Size::DW, Reg::R2, CTX, SK_MSG_MD_DATA);
-        self.ldx(Size::DW, Reg::R3, CTX, SK_MSG_MD_DATA_END);
+        self.ldx(Size::DW, Reg::R2, self.ctx(), SK_MSG_MD_DATA);
+        self.ldx(Size::DW, Reg::R3, self.ctx(), SK_MSG_MD_DATA_END);
         self.mov64(Reg::R4, Src::Reg(Reg::R2));
         self.alu64(AluOp::Add, Reg::R4, Src::Imm(need as i32));
     }
@@ -663,7 +797,7 @@ impl Gen {
             End::Remote => (SK_MSG_MD_REMOTE_IP4, SK_MSG_MD_REMOTE_IP6),
         };
         let (v4_path, v6_path) = (self.label(), self.label());
-        self.ldx(Size::W, Reg::R2, CTX, SK_MSG_MD_FAMILY);
+        self.ldx(Size::W, Reg::R2, self.ctx(), SK_MSG_MD_FAMILY);
         if !v4.is_empty() {
             self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET, v4_path);
         }
@@ -674,7 +808,7 @@ impl Gen {
         self.goto(f);
         if !v4.is_empty() {
             self.place(v4_path);
-            self.ldx(Size::W, Reg::R2, CTX, ip4);
+            self.ldx(Size::W, Reg::R2, self.ctx(), ip4);
             self.v4_nets(&v4, t, f);
         }
         if !v6.is_empty() || v4_mapped {
@@ -689,7 +823,7 @@ impl Gen {
                         continue;
                     }
                     let want = wire_word(bytes[w * 4..w * 4 + 4].try_into().unwrap_or([0; 4]));
-                    self.ldx(Size::W, Reg::R2, CTX, ip6 + (w as i16) * 4);
+                    self.ldx(Size::W, Reg::R2, self.ctx(), ip6 + (w as i16) * 4);
                     if m != -1 {
                         self.emit(Insn::Alu32 { op: AluOp::And, dst: Reg::R2, src: Src::Imm(m) });
                     }
@@ -699,13 +833,13 @@ impl Gen {
                 self.place(next);
             }
             if v4_mapped {
-                self.ldx(Size::W, Reg::R2, CTX, ip6);
+                self.ldx(Size::W, Reg::R2, self.ctx(), ip6);
                 self.jmp32(JmpOp::Jne, Reg::R2, 0, f);
-                self.ldx(Size::W, Reg::R2, CTX, ip6 + 4);
+                self.ldx(Size::W, Reg::R2, self.ctx(), ip6 + 4);
                 self.jmp32(JmpOp::Jne, Reg::R2, 0, f);
-                self.ldx(Size::W, Reg::R2, CTX, ip6 + 8);
+                self.ldx(Size::W, Reg::R2, self.ctx(), ip6 + 8);
                 self.jmp32(JmpOp::Jne, Reg::R2, MAPPED_WORD2 as i32, f);
-                self.ldx(Size::W, Reg::R2, CTX, ip6 + 12);
+                self.ldx(Size::W, Reg::R2, self.ctx(), ip6 + 12);
                 self.v4_nets(&v4, t, f);
             } else {
                 self.goto(f);
@@ -730,6 +864,62 @@ impl Gen {
             }
         }
         self.goto(f);
+    }
+}
+
+/// Whether any path calls a helper (which clobbers r1-r5) while it still needs the
+/// context afterwards; if not, the context stays in r1 and no copy is made.
+fn needs_helper_before_verdict(policy: &hir::Policy, options: Options) -> bool {
+    fn cond_calls(c: &Cond) -> bool {
+        match c {
+            Cond::Const(_) => false,
+            Cond::Not(x) => cond_calls(x),
+            Cond::And(cs) | Cond::Or(cs) => cs.iter().any(cond_calls),
+            Cond::Test(Test::Int { field, .. }) => ctx_word(*field).is_none(),
+            Cond::Test(Test::Addr { .. }) => false,
+            Cond::Test(Test::Payload { .. } | Test::Comm { .. }) => true,
+        }
+    }
+    let decision_calls = |d: &Decision| {
+        d.apply_bytes.is_some() || matches!(d.verdict, Verdict::Redirect { target: Target::Sock(SockSlot::Field(_)), .. })
+    };
+    options.counters
+        || decision_calls(&policy.default.decision)
+        || policy.rules.iter().any(|r| match &r.action {
+            Action::Decide(d) => decision_calls(d) || cond_calls(&r.cond),
+            Action::Count { .. } | Action::Log => true,
+        })
+}
+
+/// `sk_msg_md.remote_port` as a 32-bit load sees port `p`: the network-order port in
+/// the upper half.
+fn raw_remote_port(p: u16) -> i32 {
+    ((p.swap_bytes() as u32) << 16) as i32
+}
+
+/// The `sk_msg_md` word of a field that is read straight from the context, and whether
+/// it needs `bswap32` (remote_port is network order in the upper half of its word).
+fn ctx_word(field: IntField) -> Option<(i16, bool)> {
+    match field {
+        IntField::Len => Some((SK_MSG_MD_SIZE, false)),
+        IntField::Family => Some((SK_MSG_MD_FAMILY, false)),
+        IntField::LocalPort => Some((SK_MSG_MD_LOCAL_PORT, false)),
+        IntField::RemotePort => Some((SK_MSG_MD_REMOTE_PORT, true)),
+        _ => None,
+    }
+}
+
+/// Counts how many tests read each integer field.
+fn count_field_uses(c: &Cond, uses: &mut Vec<(IntField, usize)>) {
+    match c {
+        Cond::Const(_) => {}
+        Cond::Not(x) => count_field_uses(x, uses),
+        Cond::And(cs) | Cond::Or(cs) => cs.iter().for_each(|c| count_field_uses(c, uses)),
+        Cond::Test(Test::Int { field, .. }) => match uses.iter_mut().find(|(f, _)| f == field) {
+            Some((_, n)) => *n += 1,
+            None => uses.push((*field, 1)),
+        },
+        Cond::Test(_) => {}
     }
 }
 
@@ -762,20 +952,20 @@ fn sockops_program() -> Assembled {
     let mut g = Gen::default();
     let insert = g.label();
     let done = g.label();
-    g.mov64(CTX, Src::Reg(Reg::R1));
-    g.ldx(Size::W, Reg::R2, CTX, BPF_SOCK_OPS_OP);
+    g.mov64(g.ctx(), Src::Reg(Reg::R1));
+    g.ldx(Size::W, Reg::R2, g.ctx(), BPF_SOCK_OPS_OP);
     g.jmp32(JmpOp::Jeq, Reg::R2, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, insert);
     g.jmp32(JmpOp::Jeq, Reg::R2, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, insert);
     g.goto(done);
     g.place(insert);
-    g.ldx(Size::W, Reg::R2, CTX, BPF_SOCK_OPS_FAMILY);
+    g.ldx(Size::W, Reg::R2, g.ctx(), BPF_SOCK_OPS_FAMILY);
     let known = g.label();
     g.jmp32(JmpOp::Jeq, Reg::R2, AF_INET, known);
     g.jmp32(JmpOp::Jeq, Reg::R2, AF_INET6, known);
     g.goto(done);
     g.place(known);
     g.sock_key(SOCK_OPS_LAYOUT, false);
-    g.mov64(Reg::R1, Src::Reg(CTX));
+    g.mov64(Reg::R1, Src::Reg(g.ctx()));
     g.emit(Insn::LdMap { dst: Reg::R2, map: MAP_SOCKHASH });
     g.stack_ptr(Reg::R3, STACK_SOCK_KEY);
     g.mov64(Reg::R4, Src::Imm(BPF_ANY as i32));

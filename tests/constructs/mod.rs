@@ -1,0 +1,79 @@
+//! One small policy per language construct (SPEC section 2), shared by the assembly
+//! snapshots (tests/asm_snapshots.rs) and the kernel load tests (tests/kernel_load.rs).
+#![allow(dead_code)]
+
+pub const CONSTRUCTS: &[(&str, &str)] = &[
+    ("pass", "pass;"),
+    ("drop", "drop if len > 4096;"),
+    ("default_drop", "pass if remote.port == 443;\ndefault drop;"),
+    ("redirect_sock", "redirect to sock 3 if remote.port == 80;"),
+    ("redirect_ingress_sock", "redirect ingress to sock 0 if local.port == 9000;"),
+    ("redirect_sock_field", "redirect to sock uid if uid < 64;"),
+    ("redirect_peer", "redirect to peer if remote.ip == 127.0.0.1;"),
+    ("pass_for", "pass for 1MiB if remote.port == 443;"),
+    ("drop_for", "drop for 64KiB if len > 1000;"),
+    ("redirect_for", "redirect to sock 1 for 4KiB if port == 8080;"),
+    ("cork", "cork 16 if len < 16 and remote.port == 5432;"),
+    ("count", "count big if len > 64KiB;\ncount big if len > 1MiB;\ncount small if len < 100;"),
+    ("log", "log if uid != 0 and port == 22;"),
+    ("family", "drop if family == inet6;"),
+    ("family_set", "pass if family in {inet, inet6};\ndefault drop;"),
+    ("len_ranges", "drop if len in {1..10, 100..200, 4096};"),
+    ("local_ip", "drop if local.ip == 10.1.2.3;"),
+    ("remote_ip6", "drop if remote.ip == 2001:db8::1;"),
+    ("ip_either", "drop if ip == 192.168.1.1;"),
+    ("ip4_field", "drop if remote.ip4 in 10.0.0.0/8;"),
+    ("ip6_field", "drop if local.ip6 in fe80::/10;"),
+    ("cidr_set", "set lan = {10.0.0.0/8, 192.168.0.0/16, fd00::/8, ::1};\ndrop if remote.ip in lan;"),
+    ("port_either", "drop if port == 6379;"),
+    ("port_ne", "pass if port != 22;\ndefault drop;"),
+    ("port_compare", "drop if remote.port < 1024 and local.port >= 32768;"),
+    ("port_set_large", "drop if remote.port in {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 1000..2000};"),
+    ("payload_byte", "drop if payload[0] == 0x16;"),
+    ("payload_slice", "drop if payload[0..4] == \"SET \";"),
+    ("payload_slice_far", "drop if payload[100..116] == \"0123456789abcdef\";"),
+    ("payload_slice_set", "pass if payload[0..4] in {\"GET \", \"PUT \", \"HEAD\"};\ndefault drop;"),
+    ("starts_with", "drop if payload starts with \"DELETE /admin\";"),
+    ("uid_gid_pid", "drop if uid == 1000 or gid == 1000 or pid == 1;"),
+    ("cgroup", "drop if cgroup == 0x100000000;"),
+    ("comm", "drop if comm == \"curl\";"),
+    ("comm_prefix", "drop if comm starts with \"python\";"),
+    ("not_and_or", "drop if not (port == 80 or port == 443) and (len > 100 or payload[0] == 1);"),
+    ("const_and_set", "const REDIS = 6379;\nset web = {80, 443, 8000..8099};\ndrop if port == REDIS;\npass if remote.port in web;"),
+    ("literals", "drop if len == 1_000 or len == 0x10 or len == 2KiB or len == 1GiB;"),
+    ("strings_escapes", "drop if payload[0..6] == \"a\\r\\n\\t\\x00\\\"\";"),
+    ("test_cases", "drop if port == 6379 and len > 4096;\ntest \"big\" { remote.port = 6379; len = 5000; expect drop; }"),
+    (
+        "spec_example",
+        r#"const REDIS = 6379;
+set web = {80, 443, 8000..8099};
+set lan = {10.0.0.0/8, 192.168.0.0/16, fd00::/8};
+count big_writes if len > 64KiB;
+drop if port == REDIS and len > 4096;
+drop if remote.ip in lan and payload[0..4] == "SET ";
+redirect to sock 3 if remote.port in web and payload starts with "GET ";
+redirect ingress to sock 0 if local.port == 9000;
+redirect to peer if remote.ip == 127.0.0.1;
+pass for 1MiB if remote.port == 443;
+cork 16 if len < 16 and remote.port == 5432;
+log if uid != 0 and port == 22;
+default pass;
+"#,
+    ),
+];
+
+/// A generated policy of `n` rules mixing port, address, set and payload rules.
+pub fn generated_policy(n: usize) -> String {
+    let mut s = String::with_capacity(n * 48);
+    for i in 0..n {
+        let port = 1024 + (i * 7) % 60000;
+        match i % 4 {
+            0 => s.push_str(&format!("drop if port == {port};\n")),
+            1 => s.push_str(&format!("drop if remote.ip == 10.{}.{}.{};\n", (i >> 16) & 255, (i >> 8) & 255, i & 255)),
+            2 => s.push_str(&format!("drop if remote.ip in 172.{}.{}.0/24 and local.port == {port};\n", 16 + (i >> 16) % 16, (i >> 8) & 255)),
+            _ => s.push_str(&format!("drop if remote.port in {{{port}, {}}};\n", port + 1)),
+        }
+    }
+    s.push_str("default pass;\n");
+    s
+}
