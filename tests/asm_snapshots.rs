@@ -46,6 +46,6 @@ fn listing_puts_source_lines_above_their_code() {
     let text = listing("p.skp", "drop if port == 6379 and len > 4096;\n");
     let at = text.find("; line 1: drop if port == 6379 and len > 4096;").expect("source line in listing");
     let code = &text[at..];
-    assert!(code.contains("r2 = be32 r2"), "remote port byte swap under its rule:\n{text}");
-    assert!(code.contains("0x18eb"), "6379 as an immediate:\n{text}");
+    assert!(code.contains("0x18eb"), "local port 6379 as a host-order immediate:\n{text}");
+    assert!(code.contains("0xeb180000"), "remote port 6379 as the raw network-order word:\n{text}");
 }
