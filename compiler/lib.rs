@@ -12,3 +12,5 @@ pub mod syntax;
 pub mod check;
 pub mod lower;
 pub mod compile;
+pub mod vm;
+pub mod eval;

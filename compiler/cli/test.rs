@@ -1,10 +1,22 @@
-//! `skpc test`.
+//! `skpc test`: run a policy's test cases on the compiled bytecode in the user-space VM
+//! (`skpc::vm`), the way `cargo test` reports: one line per case, the failures in
+//! detail, then `N passed, N failed`. Exit 1 when a case fails.
+//!
+//! Every case runs twice: with the data window a plain `send` gives (the whole message
+//! up to 16 KiB) and with an empty one (`sendfile`: nothing readable until the program
+//! pulls). Both must give the expected verdict. Each run is also checked against the
+//! reference evaluator (`skpc::eval`); a disagreement is a bug in skpc, reported as such.
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use clap::Args;
 
-use skpc::diag::ColorChoice;
+use skpc::check::hir::{self, Action, CounterKind, Policy};
+use skpc::compile::Compiled;
+use skpc::diag::{self, ColorChoice};
+use skpc::eval::{self, describe, normalize};
+use skpc::vm::{RunConfig, Vm, VmOutcome, DEFAULT_WINDOW};
 
 use crate::Input;
 
@@ -12,9 +24,252 @@ use crate::Input;
 pub struct TestArgs {
     #[command(flatten)]
     pub input: Input,
+    /// Run only the test cases whose name contains this text.
+    #[arg(long, value_name = "TEXT")]
+    pub filter: Option<String>,
+    /// Bytes readable before the program pulls data (the first scatterlist element).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_WINDOW)]
+    pub window: u32,
 }
 
-pub fn run(args: TestArgs, _color: ColorChoice) -> anyhow::Result<ExitCode> {
-    let _ = args.input.read()?;
-    anyhow::bail!("`skpc test` is not built yet")
+pub fn run(args: TestArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
+    let src = args.input.read()?;
+    let compiled = match skpc::compile::compile(&src.name, &src.text) {
+        Ok(c) => c,
+        Err(diags) => {
+            diag::emit_stderr(&src.name, &src.text, &diags, color);
+            return Ok(ExitCode::from(1));
+        }
+    };
+    diag::emit_stderr(&src.name, &src.text, &compiled.warnings, color);
+    let vm = Vm::new(&compiled.lowered)
+        .map_err(|e| anyhow::anyhow!("cannot run {} in the VM: {e}", src.name))?;
+
+    let cases: Vec<&hir::TestCase> = compiled
+        .policy
+        .tests
+        .iter()
+        .filter(|t| args.filter.as_deref().map_or(true, |f| t.name.contains(f)))
+        .collect();
+    if compiled.policy.tests.is_empty() {
+        println!(
+            "{}: no test cases (add `test \"name\" {{ ...; expect pass; }}` blocks)",
+            src.name
+        );
+    }
+    println!(
+        "\nrunning {} test{}",
+        cases.len(),
+        if cases.len() == 1 { "" } else { "s" }
+    );
+    let windows = [args.window, 0];
+    let mut failures: Vec<(String, String)> = Vec::new();
+    for case in &cases {
+        let mut report = String::new();
+        for (i, &window) in windows.iter().enumerate() {
+            if i > 0 && window == args.window {
+                continue;
+            }
+            if let Some(r) = run_case(&compiled, &src.text, &vm, case, window, i > 0) {
+                report = r;
+                break;
+            }
+        }
+        if report.is_empty() {
+            println!("test {} ... ok", case.name);
+        } else {
+            println!("test {} ... FAILED", case.name);
+            failures.push((case.name.clone(), report));
+        }
+    }
+    if !failures.is_empty() {
+        println!("\nfailures:");
+        for (name, report) in &failures {
+            println!("\n---- {name} ----\n{report}");
+        }
+        println!("failures:");
+        for (name, _) in &failures {
+            println!("    {name}");
+        }
+    }
+    let failed = failures.len();
+    println!("\n{} passed, {} failed", cases.len() - failed, failed);
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Runs one case with one initial window; `Some(report)` if it fails.
+fn run_case(
+    c: &Compiled,
+    source: &str,
+    vm: &Vm,
+    case: &hir::TestCase,
+    window: u32,
+    sendfile: bool,
+) -> Option<String> {
+    let how = if sendfile {
+        " (sent with sendfile: no bytes readable before the program pulls them)".to_string()
+    } else if window != DEFAULT_WINDOW {
+        format!(" (initial data window {window} bytes)")
+    } else {
+        String::new()
+    };
+    let out = match vm.run(&case.message, &RunConfig { window }) {
+        Ok(o) => o,
+        Err(e) => {
+            let mut r = String::new();
+            let _ = writeln!(r, "  at line {}", case.line);
+            let _ = writeln!(r, "  the compiled program failed in the VM{how}: {e}");
+            let _ = writeln!(
+                r,
+                "  this is a bug in skpc: please report it with the policy"
+            );
+            return Some(r);
+        }
+    };
+    let expected = normalize(&case.expect);
+    let actual = normalize(&out.decision);
+    let reference = eval::eval(&c.policy, &case.message);
+    let agree = reference.decision == actual
+        && reference.counters == out.counters
+        && reference.events == out.events;
+    if expected == actual && agree {
+        return None;
+    }
+    let mut r = String::new();
+    let _ = writeln!(r, "  at line {}{how}", case.line);
+    let _ = writeln!(r, "  expected: {}", describe(&expected));
+    let _ = writeln!(r, "  actual:   {}", describe(&actual));
+    let _ = writeln!(r, "  decided by: {}", fired(&c.policy, source, &out));
+    let _ = writeln!(r, "  message: {}", message(&case.message));
+    let _ = write!(r, "{}", counters(&c.policy, source, &out));
+    for e in &out.events {
+        let _ = writeln!(
+            r,
+            "  logged by rule {} ({})",
+            e.rule,
+            rule_text(&c.policy, source, e.rule as usize)
+        );
+    }
+    if !agree {
+        let _ = writeln!(
+            r,
+            "  BUG in skpc: the compiled program and the reference evaluator disagree (evaluator: {}, counters {:?}); please report it with the policy",
+            describe(&reference.decision),
+            reference.counters
+        );
+    }
+    Some(r)
+}
+
+/// Which rule decided, from the counters: the terminal rule whose counter moved, or the
+/// default's.
+fn fired(p: &Policy, source: &str, out: &VmOutcome) -> String {
+    for (i, rule) in p.rules.iter().enumerate() {
+        if rule.action.is_terminal() && out.counters.get(rule.counter).is_some_and(|c| c.0 > 0) {
+            return format!("line {}: {}", rule.line, rule_text(p, source, i));
+        }
+    }
+    if out.counters.get(p.default.counter).is_some_and(|c| c.0 > 0) {
+        return match p.default.span {
+            Some(s) => format!(
+                "line {}: {}",
+                p.counters[p.default.counter].line,
+                one_line(&source[s.range()])
+            ),
+            None => "the implicit `default pass;` (no rule matched)".to_string(),
+        };
+    }
+    "no counter moved (the program decided without counting)".to_string()
+}
+
+fn rule_text(p: &Policy, source: &str, i: usize) -> String {
+    match p.rules.get(i) {
+        Some(r) => one_line(source.get(r.span.range()).unwrap_or("")),
+        None => format!("rule {i}"),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if s.chars().count() > 100 {
+        format!("{}...", s.chars().take(97).collect::<String>())
+    } else {
+        s
+    }
+}
+
+fn counters(p: &Policy, source: &str, out: &VmOutcome) -> String {
+    let mut s = String::from("  counters that moved (messages, bytes):\n");
+    let mut any = false;
+    for (slot, info) in p.counters.iter().enumerate() {
+        let Some(&(m, b)) = out.counters.get(slot) else {
+            continue;
+        };
+        if m == 0 && b == 0 {
+            continue;
+        }
+        any = true;
+        let what = match info.kind {
+            CounterKind::Rule => {
+                let i = p
+                    .rules
+                    .iter()
+                    .position(|r| r.counter == slot)
+                    .unwrap_or(slot);
+                let kind = match p.rules.get(i).map(|r| &r.action) {
+                    Some(Action::Count { .. }) => "count",
+                    Some(Action::Log) => "log",
+                    _ => "verdict",
+                };
+                format!("line {} ({kind}) {}", info.line, rule_text(p, source, i))
+            }
+            CounterKind::Named => format!("count {}", info.name),
+            CounterKind::Default => "default".to_string(),
+        };
+        let _ = writeln!(s, "    {m:>6} {b:>12}  {what}");
+    }
+    if !any {
+        s.push_str("    (none)\n");
+    }
+    s
+}
+
+fn message(m: &hir::Message) -> String {
+    let fam = if m.family == skpc_abi::AF_INET6 {
+        "inet6"
+    } else {
+        "inet"
+    };
+    let mut payload = String::new();
+    for &b in m.payload.iter().take(64) {
+        match b {
+            b'\r' => payload.push_str("\\r"),
+            b'\n' => payload.push_str("\\n"),
+            b'\t' => payload.push_str("\\t"),
+            b'"' => payload.push_str("\\\""),
+            b'\\' => payload.push_str("\\\\"),
+            0x20..=0x7e => payload.push(b as char),
+            _ => payload.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    if m.payload.len() > 64 {
+        payload.push_str("...");
+    }
+    format!(
+        "family {fam}, {}:{} -> {}:{}, len {}, payload \"{payload}\", uid {}, gid {}, pid {}, cgroup {}, comm \"{}\"",
+        m.local_ip,
+        m.local_port,
+        m.remote_ip,
+        m.remote_port,
+        m.len,
+        m.uid,
+        m.gid,
+        m.pid,
+        m.cgroup,
+        String::from_utf8_lossy(&m.comm)
+    )
 }
