@@ -1,7 +1,7 @@
 //! The whole pipeline, source to object: parse, check, lower, assemble, write the ELF.
 //! Also the assembly listing (`skpc build --emit asm`).
 
-use skpc_abi::{SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SK_MSG_SECTION, SOCK_OPS_PROGRAM, SOCK_OPS_SECTION};
+use skpc_abi::{PROGS_NAME, SOCKHASH_NAME, SOCKMAP_NAME, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SK_MSG_SECTION, SOCK_OPS_PROGRAM, SOCK_OPS_SECTION};
 
 use crate::bpf::{disassemble_at, encode_all, Insn};
 use crate::check::{self, hir};
@@ -46,6 +46,7 @@ pub fn object_spec(lowered: &Lowered, file_name: &str, source: &str) -> ObjectSp
             value_size: m.value_size,
             max_entries: m.max_entries,
             map_flags: 0,
+            pinning: 0,
         })
         .collect();
     let lines: Vec<&str> = source.lines().collect();
@@ -78,6 +79,22 @@ pub fn object_spec(lowered: &Lowered, file_name: &str, source: &str) -> ObjectSp
             },
         ],
     }
+}
+
+/// The object for the runtime (`skpc exec`/`run`, skpc_runtime::Policy): the same as
+/// [`Compiled::object`] except that the maps every policy version must share,
+/// skp_socks, skp_peers and skp_progs, carry `pinning = LIBBPF_PIN_BY_NAME`, so that a
+/// hot-reloaded object reuses the live ones from the runtime's private pin directory.
+/// `skpc build` keeps them unpinned: libbpf pins BY_NAME maps under /sys/fs/bpf by
+/// itself (`bpftool prog loadall` would leave /sys/fs/bpf/skp_* behind).
+pub fn runtime_object(c: &Compiled, file_name: &str, source: &str) -> Vec<u8> {
+    let mut spec = object_spec(&c.lowered, file_name, source);
+    for m in &mut spec.maps {
+        if [SOCKMAP_NAME, SOCKHASH_NAME, PROGS_NAME].contains(&m.name.as_str()) {
+            m.pinning = 1;
+        }
+    }
+    object::write_object(&spec)
 }
 
 /// Line info for generated programs: libbpf drops all line info of an object when one

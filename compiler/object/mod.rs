@@ -58,6 +58,10 @@ pub struct MapDef {
     pub max_entries: u32,
     /// Emitted only when non-zero (as clang does when the field is absent).
     pub map_flags: u32,
+    /// libbpf's `pinning` attribute: 1 = LIBBPF_PIN_BY_NAME (aya's `map_pin_path`
+    /// reuses a map pinned under its name: how a reloaded policy shares the live
+    /// socket maps). Emitted only when non-zero.
+    pub pinning: u32,
 }
 
 /// One program.
@@ -125,6 +129,9 @@ fn map_fields(m: &MapDef) -> Vec<(&'static str, u32)> {
     }
     if m.map_flags != 0 {
         f.push(("map_flags", m.map_flags));
+    }
+    if m.pinning != 0 {
+        f.push(("pinning", m.pinning));
     }
     f
 }

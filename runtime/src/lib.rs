@@ -1,1 +1,34 @@
+//! The skpc runtime: load a compiled policy (an skpc ELF object) with aya, attach it to
+//! the sockmap/sockhash, put sockets under it (by index, by 4-tuple, or every TCP
+//! socket of a cgroup v2 through SOCK_OPS), read its counters, stream its `log`
+//! records, swap it for a new version without touching the sockets (hot reload), and
+//! take everything out of the kernel again on drop.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), skpc_runtime::Error> {
+//! use skpc_runtime::{Enforcement, Policy};
+//! let object = std::fs::read("redis_guard.o").unwrap();
+//! let policy = Policy::new(object, vec!["line 17: drop".into(), "default pass".into()]);
+//! let mut enf = Enforcement::new(&policy)?;
+//! let cg = skpc_runtime::TempCgroup::create()?;
+//! enf.attach_cgroup(cg.path())?;
+//! // ... start processes in the cgroup ...
+//! for c in enf.counters()? {
+//!     println!("{}: {} messages, {} bytes", c.name, c.messages, c.bytes);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! How it works, and what the kernel does with each verdict: docs/runtime.md.
 
+mod enforce;
+mod error;
+mod fs;
+pub mod process;
+mod sys;
+
+pub use enforce::{sock_key, CounterValue, Enforcement, KernelIds, Policy, VersionCounters};
+pub use error::{Error, ErrorKind, Result};
+pub use fs::{bpffs_mount, cgroup2_mount, cleanup_stale, Stale, TempCgroup, NAME_PREFIX};
+pub use skpc_abi::{LogRecord, SockKey};
+pub use sys::{link_exists, map_exists, prog_exists};

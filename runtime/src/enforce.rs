@@ -1,0 +1,778 @@
+//! [`Policy`] (what to enforce) and [`Enforcement`] (a policy live in the kernel).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aya::maps::{Map, MapData, PerCpuArray, ProgramArray, RingBuf};
+use aya::programs::links::CgroupAttachMode;
+use aya::programs::sock_ops::SockOpsLinkId;
+use aya::programs::{SkMsg, SockOps};
+use aya::{Ebpf, EbpfLoader};
+use skpc_abi::{
+    LogRecord, SockKey, COUNTERS_NAME, EVENTS_NAME, PROGS_NAME, PROGS_POLICY_SLOT,
+    SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SOCKHASH_NAME, SOCKMAP_NAME, SOCKMAP_SLOTS,
+    SOCK_OPS_PROGRAM,
+};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::fs::PinDir;
+use crate::sys;
+
+/// A compiled policy as the runtime needs it: the object bytes (`skpc build` output)
+/// and the names of its counters, in slot order (the compiler's `policy.counters`).
+/// The runtime does not depend on the compiler; the caller passes both.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub object: Vec<u8>,
+    pub counter_names: Vec<String>,
+}
+
+impl Policy {
+    pub fn new(object: Vec<u8>, counter_names: Vec<String>) -> Policy {
+        Policy {
+            object,
+            counter_names,
+        }
+    }
+}
+
+/// One counter: a rule's, a named `count`'s, or the default's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CounterValue {
+    pub name: String,
+    /// Messages (verdict runs) that matched.
+    pub messages: u64,
+    /// Bytes of those messages.
+    pub bytes: u64,
+}
+
+/// The counters of one policy version (1 for the first, +1 per reload).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VersionCounters {
+    pub version: u32,
+    pub counters: Vec<CounterValue>,
+}
+
+/// Kernel ids of everything an [`Enforcement`] created, to prove after the drop that
+/// nothing is left.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelIds {
+    pub programs: Vec<u32>,
+    pub maps: Vec<u32>,
+}
+
+impl KernelIds {
+    /// The ids that still exist in the kernel.
+    pub fn still_alive(&self) -> KernelIds {
+        KernelIds {
+            programs: self
+                .programs
+                .iter()
+                .copied()
+                .filter(|&id| sys::prog_exists(id))
+                .collect(),
+            maps: self
+                .maps
+                .iter()
+                .copied()
+                .filter(|&id| sys::map_exists(id))
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.programs.is_empty() && self.maps.is_empty()
+    }
+}
+
+/// The parts that live as long as the enforcement: the shared maps (pinned in the
+/// private pin directory, so a reloaded object reuses them), the attached entry
+/// program and the SOCK_OPS program. The first version's verdict program lives here
+/// too until a reload unloads it.
+struct Base {
+    /// Detached first (fields drop in order); held for its Drop.
+    #[allow(dead_code)]
+    attachments: Vec<sys::SkMsgAttachment>,
+    ebpf: Ebpf,
+    shared_pinned: bool,
+    socks_id: u32,
+    peers_id: u32,
+    progs_id: u32,
+}
+
+/// One policy version: its verdict program (in its own `Ebpf`, except version 1),
+/// its counters and its ring buffer.
+struct Version {
+    number: u32,
+    /// `None` for version 1, whose programs live in [`Base`].
+    ebpf: Option<Ebpf>,
+    counters: Map,
+    events: Option<RingBuf<MapData>>,
+    names: Vec<String>,
+}
+
+/// A policy enforced in the kernel: maps created, programs loaded and verified, the
+/// entry program attached to `skp_socks` and `skp_peers`, the policy in
+/// `skp_progs[0]`. Sockets enter by index ([`Enforcement::insert_sock`]), by their
+/// 4-tuple ([`Enforcement::insert_peer`]) or automatically from a cgroup
+/// ([`Enforcement::attach_cgroup`]). Dropping it detaches and frees everything.
+pub struct Enforcement {
+    current: Version,
+    retired: Vec<VersionCounters>,
+    pending_events: VecDeque<LogRecord>,
+    cgroups: Vec<(PathBuf, SockOpsLinkId)>,
+    user_pins: Option<PathBuf>,
+    all_ids: KernelIds,
+    base: Base,
+    pins: PinDir,
+}
+
+fn map_data(map: &Map) -> Option<&MapData> {
+    match map {
+        Map::SockMap(d)
+        | Map::SockHash(d)
+        | Map::ProgramArray(d)
+        | Map::PerCpuArray(d)
+        | Map::RingBuf(d)
+        | Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LpmTrie(d) => Some(d),
+        _ => None,
+    }
+}
+
+fn map_id(ebpf: &Ebpf, name: &str) -> Result<u32> {
+    let map = ebpf.map(name).ok_or_else(|| {
+        Error::new(
+            ErrorKind::BadObject,
+            format!("the object has no map {name}; build it with skpc"),
+        )
+    })?;
+    let data = map_data(map).ok_or_else(|| {
+        Error::new(
+            ErrorKind::BadObject,
+            format!("map {name} has an unexpected type"),
+        )
+    })?;
+    data.info()
+        .map(|i| i.id())
+        .map_err(|e| Error::from_aya(&format!("reading the id of map {name}"), &e))
+}
+
+fn sk_msg<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SkMsg> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::BadObject,
+                format!("the object has no program {name}; build it with skpc"),
+            )
+        })?
+        .try_into()
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::BadObject,
+                format!("program {name} is not an sk_msg program"),
+            )
+        })
+}
+
+fn sock_ops<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SockOps> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::BadObject,
+                format!("the object has no program {name}; build it with skpc"),
+            )
+        })?
+        .try_into()
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::BadObject,
+                format!("program {name} is not a sockops program"),
+            )
+        })
+}
+
+fn prog_id_sk_msg(p: &SkMsg) -> u32 {
+    p.info().map(|i| i.id()).unwrap_or(0)
+}
+
+/// Loads an object against the pin directory: maps with `pinning` are reused from
+/// there if pinned (a reload), else created and pinned (the first load).
+fn load_object(object: &[u8], pins: &Path) -> Result<Ebpf> {
+    // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it (best effort).
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    EbpfLoader::new()
+        .map_pin_path(pins)
+        .load(object)
+        .map_err(|e| Error::from_aya("loading the policy object", &e))
+}
+
+/// Loads (verifies) the verdict program of a loaded object and collects its version.
+fn load_version(ebpf: &mut Ebpf) -> Result<(Map, Option<RingBuf<MapData>>, KernelIds)> {
+    let verdict = sk_msg(ebpf, SK_MSG_PROGRAM)?;
+    verdict
+        .load()
+        .map_err(|e| Error::from_aya("loading the policy program skp_verdict", &e))?;
+    let mut ids = KernelIds {
+        programs: vec![prog_id_sk_msg(verdict)],
+        maps: Vec::new(),
+    };
+    ids.maps.push(map_id(ebpf, COUNTERS_NAME)?);
+    if ebpf.map(EVENTS_NAME).is_some() {
+        ids.maps.push(map_id(ebpf, EVENTS_NAME)?);
+    }
+    let counters = ebpf.take_map(COUNTERS_NAME).expect("checked above");
+    let events = match ebpf.take_map(EVENTS_NAME) {
+        Some(m) => Some(
+            RingBuf::try_from(m)
+                .map_err(|e| Error::from_aya("opening the log ring buffer skp_events", &e))?,
+        ),
+        None => None,
+    };
+    Ok((counters, events, ids))
+}
+
+impl Enforcement {
+    /// Loads `policy` and makes it ready to filter sockets: creates its maps (the
+    /// shared ones pinned in a private directory `<bpffs>/skpc-<pid>-<n>`), loads the
+    /// programs, puts the policy into `skp_progs[0]`, and attaches the entry program
+    /// to `skp_socks` and `skp_peers`. No socket is filtered yet.
+    pub fn new(policy: &Policy) -> Result<Enforcement> {
+        let pins = PinDir::create()?;
+        let mut ebpf = load_object(&policy.object, &pins.path)?;
+        let shared_pinned = [SOCKMAP_NAME, SOCKHASH_NAME, PROGS_NAME]
+            .iter()
+            .all(|n| pins.path.join(n).exists());
+        let socks_id = map_id(&ebpf, SOCKMAP_NAME)?;
+        let peers_id = map_id(&ebpf, SOCKHASH_NAME)?;
+        let progs_id = map_id(&ebpf, PROGS_NAME)?;
+        let (counters, events, mut ids) = load_version(&mut ebpf)?;
+        ids.maps.extend([socks_id, peers_id, progs_id]);
+
+        let entry = sk_msg(&mut ebpf, SK_MSG_ENTRY_PROGRAM)?;
+        entry
+            .load()
+            .map_err(|e| Error::from_aya("loading the entry program skp_entry", &e))?;
+        ids.programs.push(prog_id_sk_msg(entry));
+        let ops = sock_ops(&mut ebpf, SOCK_OPS_PROGRAM)?;
+        ops.load()
+            .map_err(|e| Error::from_aya("loading the sockops program skp_sockops", &e))?;
+        ids.programs.push(ops.info().map(|i| i.id()).unwrap_or(0));
+
+        // The policy into skp_progs[0].
+        let verdict_fd = sk_msg(&mut ebpf, SK_MSG_PROGRAM)?
+            .fd()
+            .and_then(|fd| {
+                fd.try_clone()
+                    .map_err(|e| aya::programs::ProgramError::IOError(e))
+            })
+            .map_err(|e| Error::from_aya("reading the policy program", &e))?;
+        {
+            let mut progs: ProgramArray<&mut MapData> =
+                ProgramArray::try_from(ebpf.map_mut(PROGS_NAME).expect("checked"))
+                    .map_err(|e| Error::from_aya("opening skp_progs", &e))?;
+            progs
+                .set(PROGS_POLICY_SLOT, &verdict_fd, 0)
+                .map_err(|e| Error::from_aya("putting the policy into skp_progs", &e))?;
+        }
+        // The entry program onto both socket maps; before any socket enters them.
+        let entry_fd = sk_msg(&mut ebpf, SK_MSG_ENTRY_PROGRAM)?
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::IOError))
+            .map_err(|e| Error::from_aya("reading the entry program", &e))?;
+        let mut attachments = Vec::new();
+        for name in [SOCKMAP_NAME, SOCKHASH_NAME] {
+            let map = map_data(ebpf.map(name).expect("checked"))
+                .expect("socket map")
+                .fd()
+                .as_fd();
+            let a = sys::SkMsgAttachment::attach(entry_fd.as_fd(), map).map_err(|e| {
+                Error::from_aya(&format!("attaching the verdict program to {name}"), &e)
+            })?;
+            attachments.push(a);
+        }
+
+        let all_ids = ids.clone();
+        Ok(Enforcement {
+            current: Version {
+                number: 1,
+                ebpf: None,
+                counters,
+                events,
+                names: policy.counter_names.clone(),
+            },
+            retired: Vec::new(),
+            pending_events: VecDeque::new(),
+            cgroups: Vec::new(),
+            user_pins: None,
+            all_ids,
+            base: Base {
+                attachments,
+                ebpf,
+                shared_pinned,
+                socks_id,
+                peers_id,
+                progs_id,
+            },
+            pins,
+        })
+    }
+
+    /// The private pin directory of the shared maps (`<bpffs>/skpc-<pid>-<n>`).
+    pub fn pin_dir(&self) -> &Path {
+        &self.pins.path
+    }
+
+    /// The policy version now in `skp_progs[0]` (1, then +1 per reload).
+    pub fn version(&self) -> u32 {
+        self.current.number
+    }
+
+    /// Kernel ids of every program and map this enforcement created so far.
+    pub fn kernel_ids(&self) -> KernelIds {
+        self.all_ids.clone()
+    }
+
+    fn map(&self, name: &str) -> &MapData {
+        map_data(
+            self.base
+                .ebpf
+                .map(name)
+                .expect("shared maps stay in the base object"),
+        )
+        .expect("known map type")
+    }
+
+    /// Puts `sock` (an established TCP socket) into `skp_socks[index]`: a
+    /// `redirect to sock index` target, and filtered by the policy from now on.
+    /// Replaces a socket already at that index.
+    pub fn insert_sock(&mut self, index: u32, sock: BorrowedFd<'_>) -> Result<()> {
+        if index >= SOCKMAP_SLOTS {
+            return Err(Error::new(
+                ErrorKind::Socket,
+                format!(
+                    "socket index {index} is out of range; skp_socks has slots 0..{}",
+                    SOCKMAP_SLOTS - 1
+                ),
+            ));
+        }
+        sys::sockmap_update(
+            self.map(SOCKMAP_NAME).fd().as_fd(),
+            &index.to_ne_bytes(),
+            sock,
+            sys::BPF_ANY,
+        )
+        .map_err(|e| sock_error(&format!("putting the socket into skp_socks[{index}]"), e))
+    }
+
+    /// Takes the socket out of `skp_socks[index]` (no error if the slot is empty).
+    /// The socket is no longer filtered (a sticky drop is forgotten too).
+    pub fn remove_sock(&mut self, index: u32) -> Result<()> {
+        match sys::map_delete(self.map(SOCKMAP_NAME).fd().as_fd(), &index.to_ne_bytes()) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(sock_error(
+                &format!("removing the socket from skp_socks[{index}]"),
+                e,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Puts `sock` into `skp_peers` under its own 4-tuple, as the SOCK_OPS program
+    /// does for a cgroup's sockets: filtered from now on, and the `redirect to peer`
+    /// target of the other end of its connection. Returns the key used.
+    pub fn insert_peer(&mut self, sock: BorrowedFd<'_>) -> Result<SockKey> {
+        let key = sock_key(sock.as_raw_fd())
+            .map_err(|e| Error::io("reading the socket's addresses", e))?;
+        sys::sockmap_update(
+            self.map(SOCKHASH_NAME).fd().as_fd(),
+            &key.to_bytes(),
+            sock,
+            sys::BPF_ANY,
+        )
+        .map_err(|e| sock_error("putting the socket into skp_peers", e))?;
+        Ok(key)
+    }
+
+    /// Takes the socket with this key out of `skp_peers` (no error if absent).
+    pub fn remove_peer(&mut self, key: &SockKey) -> Result<()> {
+        match sys::map_delete(self.map(SOCKHASH_NAME).fd().as_fd(), &key.to_bytes()) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                Err(sock_error("removing the socket from skp_peers", e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `skp_peers` holds a socket under `key`.
+    pub fn has_peer(&self, key: &SockKey) -> bool {
+        sys::map_has(self.map(SOCKHASH_NAME).fd().as_fd(), &key.to_bytes())
+    }
+
+    /// Attaches the SOCK_OPS program to the cgroup v2 directory `cgroup` (a bpf_link,
+    /// in multi mode so other programs there keep working): from now on every TCP
+    /// socket of its processes that becomes established (connect or accept, IPv4 or
+    /// IPv6) enters `skp_peers` and is filtered. Sockets established before are not.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
+        let dir = File::open(cgroup).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::new(ErrorKind::Io, format!("the cgroup {} does not exist; create it with mkdir under the cgroup2 mount", cgroup.display()))
+            } else {
+                Error::io(format_args!("opening the cgroup {}", cgroup.display()), e)
+            }
+        })?;
+        if !is_cgroup2(&dir) {
+            return Err(Error::new(
+                ErrorKind::NoCgroup2,
+                format!(
+                    "{} is not a cgroup v2 directory; pass a directory under the cgroup2 mount ({})",
+                    cgroup.display(),
+                    crate::fs::cgroup2_mount().map(|p| p.display().to_string()).unwrap_or_else(|_| "none mounted".into())
+                ),
+            ));
+        }
+        let ops = sock_ops(&mut self.base.ebpf, SOCK_OPS_PROGRAM)?;
+        let id = ops
+            .attach(&dir, CgroupAttachMode::AllowMultiple)
+            .map_err(|e| {
+                Error::from_aya(
+                    &format!(
+                        "attaching the sockops program to the cgroup {}",
+                        cgroup.display()
+                    ),
+                    &e,
+                )
+            })?;
+        self.cgroups.push((cgroup.to_path_buf(), id));
+        Ok(())
+    }
+
+    /// Detaches the SOCK_OPS program from `cgroup` (sockets already in `skp_peers`
+    /// stay there and stay filtered).
+    pub fn detach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
+        let Some(i) = self.cgroups.iter().position(|(p, _)| p == cgroup) else {
+            return Ok(());
+        };
+        let (_, id) = self.cgroups.remove(i);
+        sock_ops(&mut self.base.ebpf, SOCK_OPS_PROGRAM)?
+            .detach(id)
+            .map_err(|e| {
+                Error::from_aya(
+                    &format!("detaching the sockops program from {}", cgroup.display()),
+                    &e,
+                )
+            })
+    }
+
+    /// The current version's counters, summed over CPUs, named by the policy's
+    /// counter names (extra slots are named `#N`).
+    pub fn counters(&self) -> Result<Vec<CounterValue>> {
+        read_counters(&self.current)
+    }
+
+    /// Counters of every version: the retired ones as they were when replaced, then
+    /// the current one.
+    pub fn all_counters(&self) -> Result<Vec<VersionCounters>> {
+        let mut out = self.retired.clone();
+        out.push(VersionCounters {
+            version: self.current.number,
+            counters: self.counters()?,
+        });
+        Ok(out)
+    }
+
+    /// Whether the current policy has a `log` rule (and so a ring buffer).
+    pub fn has_events(&self) -> bool {
+        self.current.events.is_some()
+    }
+
+    /// The ring buffer's descriptor, to poll (readable when records are waiting).
+    pub fn events_fd(&self) -> Option<RawFd> {
+        self.current.events.as_ref().map(|r| r.as_raw_fd())
+    }
+
+    /// Every `log` record waiting now (never blocks).
+    pub fn drain_events(&mut self) -> Vec<LogRecord> {
+        let mut out: Vec<LogRecord> = self.pending_events.drain(..).collect();
+        if let Some(rb) = self.current.events.as_mut() {
+            drain_ring(rb, &mut out);
+        }
+        out
+    }
+
+    /// Waits up to `timeout` for `log` records and returns what arrived.
+    pub fn wait_events(&mut self, timeout: Duration) -> Vec<LogRecord> {
+        if self.pending_events.is_empty() {
+            match self.events_fd() {
+                Some(fd) => {
+                    crate::process::poll_readable(&[fd], timeout);
+                }
+                None => std::thread::sleep(timeout),
+            }
+        }
+        self.drain_events()
+    }
+
+    /// Hot reload: loads `policy` against the same shared maps and swaps its verdict
+    /// into `skp_progs[0]` in one map update. Sockets already in the maps get the new
+    /// policy on their next message, without being re-inserted; sockops and cgroups
+    /// stay as they are. On any error the old policy stays in force.
+    pub fn reload(&mut self, policy: &Policy) -> Result<()> {
+        if !self.base.shared_pinned {
+            return Err(Error::new(
+                ErrorKind::BadObject,
+                "this policy object does not mark skp_socks/skp_peers/skp_progs as pinned by name, so a new object cannot share them; rebuild the object with this skpc",
+            ));
+        }
+        let mut ebpf = load_object(&policy.object, &self.pins.path)?;
+        for (name, want) in [
+            (SOCKMAP_NAME, self.base.socks_id),
+            (SOCKHASH_NAME, self.base.peers_id),
+            (PROGS_NAME, self.base.progs_id),
+        ] {
+            let got = map_id(&ebpf, name)?;
+            if got != want {
+                return Err(Error::new(
+                    ErrorKind::BadObject,
+                    format!("the new object did not reuse the live map {name} (its definition differs or it is not pinned by name); rebuild it with this skpc"),
+                ));
+            }
+        }
+        let number = self.current.number + 1;
+        let (counters, events, ids) = load_version(&mut ebpf)?;
+        let fd = sk_msg(&mut ebpf, SK_MSG_PROGRAM)?
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::IOError))
+            .map_err(|e| Error::from_aya("reading the new policy program", &e))?;
+        {
+            let map = self.base.ebpf.map_mut(PROGS_NAME).expect("shared");
+            let mut progs: ProgramArray<&mut MapData> = ProgramArray::try_from(map)
+                .map_err(|e| Error::from_aya("opening skp_progs", &e))?;
+            // The swap: one BPF_MAP_UPDATE_ELEM, atomic for every socket.
+            progs
+                .set(PROGS_POLICY_SLOT, &fd, 0)
+                .map_err(|e| Error::from_aya("swapping the policy in skp_progs", &e))?;
+        }
+        self.all_ids.programs.extend(&ids.programs);
+        self.all_ids.maps.extend(&ids.maps);
+        let new = Version {
+            number,
+            ebpf: Some(ebpf),
+            counters,
+            events,
+            names: policy.counter_names.clone(),
+        };
+        let mut old = std::mem::replace(&mut self.current, new);
+        // Keep the old version's final counters and its unread log records.
+        if let Ok(c) = read_counters(&old) {
+            self.retired.push(VersionCounters {
+                version: old.number,
+                counters: c,
+            });
+        }
+        if let Some(rb) = old.events.as_mut() {
+            let mut v = Vec::new();
+            drain_ring(rb, &mut v);
+            self.pending_events.extend(v);
+        }
+        if old.ebpf.is_none() {
+            // Version 1's verdict lives in the base object: unload it there.
+            let _ = sk_msg(&mut self.base.ebpf, SK_MSG_PROGRAM).map(|p| p.unload());
+        }
+        drop(old);
+        Ok(())
+    }
+
+    /// Pins the programs and maps under `dir` (created if missing) so bpftool and
+    /// other tools can inspect them while this enforcement runs. Pins keep objects
+    /// alive: [`Enforcement::unpin`] (or the drop) removes them.
+    pub fn pin(&mut self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format_args!("creating {}", dir.display()), e))?;
+        self.user_pins = Some(dir.to_path_buf());
+        let pin_err = |what: &str, e: aya::pin::PinError| {
+            Error::from_aya(&format!("pinning {what} under {}", dir.display()), &e)
+        };
+        for name in [SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM] {
+            let ebpf = match (&mut self.current.ebpf, name) {
+                (Some(e), SK_MSG_PROGRAM) => e,
+                _ => &mut self.base.ebpf,
+            };
+            sk_msg(ebpf, name)?
+                .pin(dir.join(name))
+                .map_err(|e| pin_err(name, e))?;
+        }
+        sock_ops(&mut self.base.ebpf, SOCK_OPS_PROGRAM)?
+            .pin(dir.join(SOCK_OPS_PROGRAM))
+            .map_err(|e| pin_err(SOCK_OPS_PROGRAM, e))?;
+        for name in [SOCKMAP_NAME, SOCKHASH_NAME, PROGS_NAME] {
+            self.base
+                .ebpf
+                .map(name)
+                .expect("shared")
+                .pin(dir.join(name))
+                .map_err(|e| pin_err(name, e))?;
+        }
+        self.current
+            .counters
+            .pin(dir.join(COUNTERS_NAME))
+            .map_err(|e| pin_err(COUNTERS_NAME, e))?;
+        Ok(())
+    }
+
+    /// Removes the pins made by [`Enforcement::pin`].
+    pub fn unpin(&mut self) {
+        if let Some(dir) = self.user_pins.take() {
+            crate::fs::remove_pins(&dir);
+        }
+    }
+}
+
+impl Drop for Enforcement {
+    fn drop(&mut self) {
+        // No new sockets: detach from the cgroups first.
+        let cgroups: Vec<PathBuf> = self.cgroups.iter().map(|(p, _)| p.clone()).collect();
+        for cg in cgroups {
+            let _ = self.detach_cgroup(&cg);
+        }
+        // Remove the pins; the fields' own drops then close every descriptor, which
+        // frees the maps (taking the sockets out) and the programs. skp_progs is not
+        // cleared here: the kernel empties a PROG_ARRAY itself when its last user
+        // reference goes, and an explicit delete of the slot before that was seen to
+        // leave the PROG_ARRAY behind in the kernel (6.18, with the entry program's
+        // tail call patched in by the JIT).
+        self.unpin();
+        crate::fs::remove_pins(&self.pins.path);
+    }
+}
+
+fn read_counters(v: &Version) -> Result<Vec<CounterValue>> {
+    let arr: PerCpuArray<&MapData, [u64; 2]> = PerCpuArray::try_from(&v.counters)
+        .map_err(|e| Error::from_aya("opening skp_counters", &e))?;
+    let mut out = Vec::with_capacity(arr.len() as usize);
+    for i in 0..arr.len() {
+        let per_cpu = arr
+            .get(&i, 0)
+            .map_err(|e| Error::from_aya("reading skp_counters", &e))?;
+        let (m, b) = per_cpu
+            .iter()
+            .fold((0u64, 0u64), |(m, b), c| (m + c[0], b + c[1]));
+        let name = v
+            .names
+            .get(i as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("#{i}"));
+        out.push(CounterValue {
+            name,
+            messages: m,
+            bytes: b,
+        });
+    }
+    Ok(out)
+}
+
+fn drain_ring(rb: &mut RingBuf<MapData>, out: &mut Vec<LogRecord>) {
+    while let Some(item) = rb.next() {
+        if let Some(r) = LogRecord::from_bytes(&item) {
+            out.push(r);
+        }
+    }
+}
+
+fn sock_error(what: &str, e: std::io::Error) -> Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => "only established TCP sockets can enter a socket map (not listening, UDP or unconnected ones)",
+        Some(libc::EBUSY) => "the socket is already in a socket map with other programs (another skpc?); take it out there first",
+        Some(libc::EBADF) => "the file descriptor is not open",
+        Some(libc::EINVAL) => "the descriptor is not a socket this kernel can put into a sockmap",
+        Some(libc::ENOSPC) | Some(libc::E2BIG) => "the map is full",
+        Some(libc::EPERM) => return Error::permission(what),
+        _ => "",
+    };
+    Error::new(
+        ErrorKind::Socket,
+        format!(
+            "{what} failed: {e}{}{hint}",
+            if hint.is_empty() { "" } else { "; " }
+        ),
+    )
+}
+
+/// Whether `dir` is on a cgroup2 file system.
+fn is_cgroup2(dir: &File) -> bool {
+    // SAFETY: fstatfs writes into the struct we pass.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: dir is an open descriptor; st is valid for writes.
+    let r = unsafe { libc::fstatfs(dir.as_raw_fd(), &mut st) };
+    r == 0 && st.f_type == libc::CGROUP2_SUPER_MAGIC
+}
+
+/// The [`SockKey`] of a connected TCP socket, as the SOCK_OPS program would build it
+/// (IPv4-mapped IPv6 addresses are stored as IPv4, like the kernel reports them).
+pub fn sock_key(fd: RawFd) -> std::io::Result<SockKey> {
+    let local = sockaddr(fd, false)?;
+    let remote = sockaddr(fd, true)?;
+    let (family, lip, lport) = local;
+    let (_, rip, rport) = remote;
+    Ok(SockKey {
+        family,
+        local_ip: lip,
+        remote_ip: rip,
+        local_port: lport,
+        remote_port: rport,
+    })
+}
+
+fn sockaddr(fd: RawFd, peer: bool) -> std::io::Result<(u32, [u32; 4], u32)> {
+    // SAFETY: sockaddr_storage is plain old data; zero is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let p = &mut ss as *mut _ as *mut libc::sockaddr;
+    // SAFETY: ss/len describe a writable buffer of the right size.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(fd, p, &mut len)
+        } else {
+            libc::getsockname(fd, p, &mut len)
+        }
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    match ss.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says this is a sockaddr_in.
+            let sin: &libc::sockaddr_in = unsafe { &*(p as *const libc::sockaddr_in) };
+            Ok((
+                skpc_abi::AF_INET,
+                [sin.sin_addr.s_addr, 0, 0, 0],
+                u16::from_be(sin.sin_port) as u32,
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this is a sockaddr_in6.
+            let sin6: &libc::sockaddr_in6 = unsafe { &*(p as *const libc::sockaddr_in6) };
+            let b = sin6.sin6_addr.s6_addr;
+            let w = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+            let words = [w(0), w(4), w(8), w(12)];
+            let port = u16::from_be(sin6.sin6_port) as u32;
+            if b[..10].iter().all(|&x| x == 0) && b[10] == 0xff && b[11] == 0xff {
+                Ok((skpc_abi::AF_INET, [words[3], 0, 0, 0], port))
+            } else {
+                Ok((skpc_abi::AF_INET6, words, port))
+            }
+        }
+        f => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("address family {f} is not IPv4 or IPv6"),
+        )),
+    }
+}

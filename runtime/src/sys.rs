@@ -1,0 +1,135 @@
+//! The few raw bpf(2) commands the runtime issues itself: socket map updates with a
+//! 64-bit value (aya passes a 4-byte fd, but the kernel reads `value_size` bytes, and
+//! skp_peers has 8), and the `*_GET_FD_BY_ID` probes that tests use to prove that
+//! nothing is left in the kernel.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+const BPF_MAP_LOOKUP_ELEM: i64 = 1;
+const BPF_MAP_UPDATE_ELEM: i64 = 2;
+const BPF_MAP_DELETE_ELEM: i64 = 3;
+const BPF_PROG_ATTACH: i64 = 8;
+const BPF_PROG_DETACH: i64 = 9;
+const BPF_PROG_GET_FD_BY_ID: i64 = 13;
+/// `BPF_SK_MSG_VERDICT`.
+const BPF_SK_MSG_VERDICT: u64 = 7;
+const BPF_MAP_GET_FD_BY_ID: i64 = 14;
+const BPF_LINK_GET_FD_BY_ID: i64 = 30;
+
+/// `BPF_NOEXIST`, `BPF_EXIST`, `BPF_ANY`.
+pub(crate) const BPF_ANY: u64 = 0;
+
+fn bpf(cmd: i64, attr: &mut [u64; 16]) -> io::Result<i64> {
+    // SAFETY: attr is a zero-padded union bpf_attr of the size we pass; the kernel
+    // reads (and for some commands writes) within it, and reads user pointers in it
+    // that point to live buffers of the sizes the map expects.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Puts socket `sock` into the socket map `map` under `key` (any key size).
+pub(crate) fn sockmap_update(
+    map: BorrowedFd<'_>,
+    key: &[u8],
+    sock: BorrowedFd<'_>,
+    flags: u64,
+) -> io::Result<()> {
+    let value: u64 = sock.as_raw_fd() as u64;
+    let mut attr = [0u64; 16];
+    attr[0] = map.as_raw_fd() as u32 as u64;
+    attr[1] = key.as_ptr() as u64;
+    attr[2] = &value as *const u64 as u64;
+    attr[3] = flags;
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
+/// Deletes `key` from `map`.
+pub(crate) fn map_delete(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<()> {
+    let mut attr = [0u64; 16];
+    attr[0] = map.as_raw_fd() as u32 as u64;
+    attr[1] = key.as_ptr() as u64;
+    bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(|_| ())
+}
+
+/// Whether `key` is in `map` (a socket map's user-space value is the 8-byte cookie).
+pub(crate) fn map_has(map: BorrowedFd<'_>, key: &[u8]) -> bool {
+    let mut value = [0u64; 1];
+    let mut attr = [0u64; 16];
+    attr[0] = map.as_raw_fd() as u32 as u64;
+    attr[1] = key.as_ptr() as u64;
+    attr[2] = value.as_mut_ptr() as u64;
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).is_ok()
+}
+
+/// An SK_MSG program attached to a socket map as its BPF_SK_MSG_VERDICT (PROG_ATTACH:
+/// aya's `SkMsg::attach` wants a typed `SockHash` whose value is a 4-byte fd, but
+/// skp_peers has 8-byte values). Detached on drop.
+pub(crate) struct SkMsgAttachment {
+    map: OwnedFd,
+    prog: OwnedFd,
+}
+
+impl SkMsgAttachment {
+    pub(crate) fn attach(prog: BorrowedFd<'_>, map: BorrowedFd<'_>) -> io::Result<SkMsgAttachment> {
+        let prog = prog.try_clone_to_owned()?;
+        let map = map.try_clone_to_owned()?;
+        let mut attr = [0u64; 16];
+        attr[0] = (map.as_raw_fd() as u32 as u64) | ((prog.as_raw_fd() as u32 as u64) << 32);
+        attr[1] = BPF_SK_MSG_VERDICT;
+        bpf(BPF_PROG_ATTACH, &mut attr)?;
+        Ok(SkMsgAttachment { map, prog })
+    }
+}
+
+impl Drop for SkMsgAttachment {
+    fn drop(&mut self) {
+        let mut attr = [0u64; 16];
+        attr[0] =
+            (self.map.as_raw_fd() as u32 as u64) | ((self.prog.as_raw_fd() as u32 as u64) << 32);
+        attr[1] = BPF_SK_MSG_VERDICT;
+        let _ = bpf(BPF_PROG_DETACH, &mut attr);
+    }
+}
+
+fn get_fd_by_id(cmd: i64, id: u32) -> io::Result<OwnedFd> {
+    let mut attr = [0u64; 16];
+    attr[0] = id as u64;
+    let fd = bpf(cmd, &mut attr)?;
+    // SAFETY: the kernel just returned this new descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether a BPF object with this id still exists (ENOENT = gone).
+fn exists(cmd: i64, id: u32) -> bool {
+    match get_fd_by_id(cmd, id) {
+        Ok(_) => true,
+        Err(e) => e.raw_os_error() != Some(libc::ENOENT),
+    }
+}
+
+/// Whether the program with this id is still in the kernel.
+pub fn prog_exists(id: u32) -> bool {
+    exists(BPF_PROG_GET_FD_BY_ID, id)
+}
+
+/// Whether the map with this id is still in the kernel.
+pub fn map_exists(id: u32) -> bool {
+    exists(BPF_MAP_GET_FD_BY_ID, id)
+}
+
+/// Whether the link with this id is still in the kernel.
+pub fn link_exists(id: u32) -> bool {
+    exists(BPF_LINK_GET_FD_BY_ID, id)
+}
