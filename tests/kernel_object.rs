@@ -131,6 +131,7 @@ fn maps() -> Vec<MapDef> {
         value_size,
         max_entries,
         map_flags: 0,
+        pinning: 0,
     };
     vec![
         m("skp_socks", 15, 4, 4, 64),      // SOCKMAP

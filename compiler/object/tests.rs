@@ -45,6 +45,7 @@ fn maps() -> Vec<MapDef> {
             value_size: 4,
             max_entries: 64,
             map_flags: 0,
+            pinning: 0,
         },
         MapDef {
             name: "skp_events".into(),
@@ -53,6 +54,7 @@ fn maps() -> Vec<MapDef> {
             value_size: 0,
             max_entries: 262144,
             map_flags: 0,
+            pinning: 0,
         },
         MapDef {
             name: "skp_hash".into(),
@@ -61,6 +63,7 @@ fn maps() -> Vec<MapDef> {
             value_size: 8,
             max_entries: 64,
             map_flags: 1,
+            pinning: 0,
         },
     ]
 }
