@@ -1,20 +1,173 @@
-//! `skpc run`.
+//! `skpc run FILE --cgroup PATH`: enforce the policy on every TCP socket that the
+//! processes of a cgroup v2 establish, until SIGINT/SIGTERM; live counters on a
+//! terminal (periodic plain lines otherwise); SIGHUP re-reads FILE and swaps the new
+//! policy in for the live sockets (a policy that fails keeps the old one in force).
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 
 use skpc::diag::ColorChoice;
+use skpc_runtime::process::{self, sig, Signals};
+use skpc_runtime::Enforcement;
 
+use super::exec::{cleanup_stale, counters_json, counters_table, load, log_line, Loaded};
 use crate::Input;
 
 #[derive(Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub input: Input,
+    /// The cgroup v2 directory to enforce on (absolute, or relative to the cgroup2 mount).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: PathBuf,
+    /// Print every `log` record on stderr as it happens.
+    #[arg(long)]
+    pub events: bool,
+    /// Seconds between counter updates (the live view on a terminal, lines otherwise).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub interval: f64,
+    /// At the end, print the counters as JSON on stdout (instead of a table on stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
-pub fn run(args: RunArgs, _color: ColorChoice) -> anyhow::Result<ExitCode> {
-    let _ = args.input.read()?;
-    anyhow::bail!("`skpc run` is not built yet")
+fn resolve_cgroup(p: &Path) -> anyhow::Result<PathBuf> {
+    if p.is_absolute() || p.exists() {
+        return Ok(p.to_path_buf());
+    }
+    Ok(skpc_runtime::cgroup2_mount()?.join(p))
+}
+
+pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
+    let Some(mut loaded) = load(&args.input, color)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let cgroup = resolve_cgroup(&args.cgroup)?;
+    let signals = Signals::install(&[sig::SIGINT, sig::SIGTERM, sig::SIGHUP])?;
+    cleanup_stale();
+    let mut enf = Enforcement::new(&loaded.policy)?;
+    enf.attach_cgroup(&cgroup)?;
+
+    let tty = process::is_tty(1);
+    let interval = Duration::from_secs_f64(args.interval.max(0.05));
+    let start = Instant::now();
+    let mut next = start + interval;
+    eprintln!(
+        "skpc: enforcing {} on {} (sockets established from now on); Ctrl-C or SIGTERM to stop, SIGHUP to reload",
+        loaded.name,
+        cgroup.display()
+    );
+    loop {
+        let mut fds = vec![signals.fd()];
+        if args.events {
+            fds.extend(enf.events_fd());
+        }
+        let wait = next
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(200));
+        process::poll_readable(&fds, wait);
+        let mut stop = false;
+        for caught in signals.pending() {
+            match caught.signal {
+                sig::SIGHUP => reload(&args, color, &mut enf, &mut loaded),
+                _ => stop = true,
+            }
+        }
+        if args.events {
+            for r in enf.drain_events() {
+                eprintln!("{}", log_line(&loaded, &r));
+            }
+        }
+        if stop {
+            break;
+        }
+        if Instant::now() >= next {
+            next += interval;
+            show(&enf, &loaded, tty, start.elapsed(), &cgroup);
+        }
+    }
+    if args.events {
+        for r in enf.drain_events() {
+            eprintln!("{}", log_line(&loaded, &r));
+        }
+    }
+    let values = enf.counters()?;
+    drop(enf);
+    drop(signals);
+    if args.json {
+        println!("{}", counters_json(&loaded, &values, None));
+    } else {
+        eprint!(
+            "skpc: stopped; counters of {}:\n{}",
+            loaded.name,
+            counters_table(&loaded, &values)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP: re-read and recompile the input, swap it in; keep the old one on failure.
+fn reload(args: &RunArgs, color: ColorChoice, enf: &mut Enforcement, loaded: &mut Loaded) {
+    let new = match load(&args.input, color) {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            eprintln!("skpc: reload failed: the policy does not compile (see above); still enforcing version {}", enf.version());
+            return;
+        }
+        Err(e) => {
+            eprintln!(
+                "skpc: reload failed: {e:#}; still enforcing version {}",
+                enf.version()
+            );
+            return;
+        }
+    };
+    match enf.reload(&new.policy) {
+        Ok(()) => {
+            eprintln!(
+                "skpc: reloaded {}: version {} now enforced on every socket",
+                new.name,
+                enf.version()
+            );
+            *loaded = new;
+        }
+        Err(e) => eprintln!(
+            "skpc: reload failed: {e}; still enforcing version {}",
+            enf.version()
+        ),
+    }
+}
+
+fn show(enf: &Enforcement, loaded: &Loaded, tty: bool, elapsed: Duration, cgroup: &Path) {
+    let Ok(values) = enf.counters() else { return };
+    let mut out = std::io::stdout().lock();
+    if tty {
+        // Redraw in place: home, clear screen.
+        let _ = write!(
+            out,
+            "\x1b[H\x1b[2J skpc run: {} on {} — version {}, {}s\n\n{}",
+            loaded.name,
+            cgroup.display(),
+            enf.version(),
+            elapsed.as_secs(),
+            counters_table(loaded, &values)
+        );
+    } else {
+        let parts: Vec<String> = values
+            .iter()
+            .map(|v| format!("{}={}/{}B", v.name, v.messages, v.bytes))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:.0}s v{} {}",
+            elapsed.as_secs_f64(),
+            enf.version(),
+            parts.join(" ")
+        );
+    }
+    let _ = out.flush();
 }

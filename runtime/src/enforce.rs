@@ -418,7 +418,7 @@ impl Enforcement {
     }
 
     /// Attaches the SOCK_OPS program to the cgroup v2 directory `cgroup` (a bpf_link,
-    /// in multi mode so other programs there keep working): from now on every TCP
+    /// which coexists with other programs attached there): from now on every TCP
     /// socket of its processes that becomes established (connect or accept, IPv4 or
     /// IPv6) enters `skp_peers` and is filtered. Sockets established before are not.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
@@ -440,17 +440,15 @@ impl Enforcement {
             ));
         }
         let ops = sock_ops(&mut self.base.ebpf, SOCK_OPS_PROGRAM)?;
-        let id = ops
-            .attach(&dir, CgroupAttachMode::AllowMultiple)
-            .map_err(|e| {
-                Error::from_aya(
-                    &format!(
-                        "attaching the sockops program to the cgroup {}",
-                        cgroup.display()
-                    ),
-                    &e,
-                )
-            })?;
+        let id = ops.attach(&dir, CgroupAttachMode::Single).map_err(|e| {
+            Error::from_aya(
+                &format!(
+                    "attaching the sockops program to the cgroup {}",
+                    cgroup.display()
+                ),
+                &e,
+            )
+        })?;
         self.cgroups.push((cgroup.to_path_buf(), id));
         Ok(())
     }

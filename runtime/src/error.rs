@@ -124,12 +124,16 @@ impl Error {
         }
         match errno {
             Some(libc::EPERM) => Error::permission(what),
-            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) if what.contains("skp_socks") || what.contains("skp_peers") || what.contains("attach") => Error::new(
-                ErrorKind::NoSockmap,
-                format!(
-                    "{what} failed: this kernel has no sockmap/SK_MSG support; use Linux 4.17 or later built with CONFIG_BPF_SYSCALL, CONFIG_NET_SOCK_MSG and CONFIG_BPF_STREAM_PARSER"
-                ),
-            ),
+            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+                if what.contains("skp_socks") || what.contains("skp_peers") || chain(e).contains("skp_socks") || chain(e).contains("skp_peers") =>
+            {
+                Error::new(
+                    ErrorKind::NoSockmap,
+                    format!(
+                        "{what} failed: this kernel has no sockmap/SK_MSG support; use Linux 4.17 or later built with CONFIG_BPF_SYSCALL, CONFIG_NET_SOCK_MSG and CONFIG_BPF_STREAM_PARSER"
+                    ),
+                )
+            }
             Some(libc::ENOSYS) => Error::new(
                 ErrorKind::NoSockmap,
                 format!("{what} failed: this kernel has no bpf() system call; use a kernel built with CONFIG_BPF_SYSCALL"),
