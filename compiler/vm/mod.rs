@@ -48,6 +48,10 @@ pub const MAP_HANDLE_BASE: u64 = 0x5b5c_0000_0000_0000;
 /// scatterlist element covers the whole message up to 16 KiB.
 pub const DEFAULT_WINDOW: u32 = 16 * 1024;
 
+/// The largest initial window the VM models (a kernel's first scatterlist element is
+/// smaller: 16 KiB, or 32 KiB of a large send); larger ones are clamped.
+pub const MAX_WINDOW: usize = 1 << 20;
+
 /// Bytes of the message the VM keeps in memory besides the payload and the initial
 /// window: enough for every pull a checked policy can make (`MAX_PAYLOAD_END`).
 const PULL_RESERVE: usize = 64 * 1024;
@@ -199,17 +203,13 @@ impl Vm {
             ));
         }
         let size = msg.len as usize;
-        let window = (cfg.window as usize).min(size);
+        let window = (cfg.window as usize).min(size).min(MAX_WINDOW);
         // The message bytes: the payload, then zeros (bytes a test case did not give).
         let keep = size.min(msg.payload.len().max(window).max(PULL_RESERVE));
-        let mut buf: Vec<u8> = Vec::with_capacity(keep.max(1));
-        buf.extend_from_slice(&msg.payload);
-        buf.resize(keep, 0);
-        let buf_ptr = if buf.is_empty() {
-            buf.as_ptr() as u64
-        } else {
-            buf.as_mut_ptr() as u64
-        };
+        let mut buf: Vec<u8> = vec![0u8; keep.max(1)];
+        buf[..msg.payload.len()].copy_from_slice(&msg.payload);
+        buf.truncate(keep);
+        let buf_ptr = buf.as_mut_ptr() as u64;
 
         let mut ctx = [0u64; 10];
         let ctx_bytes = context(msg, buf_ptr, window as u64)?;

@@ -1,0 +1,1255 @@
+//! Random well-typed policies (as .skp source, so the checker is exercised too) and
+//! random messages aimed at them, plus shrinking, for the differential tests
+//! (tests/differential.rs: evaluator vs VM; tests/differential_kernel.rs: the kernel).
+//! Deterministic for a seed: `SKP_SEED` overrides the tests' fixed seed.
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use skpc::check::hir::{Decision, Message};
+use skpc_abi::{AF_INET, AF_INET6};
+
+// ------------------------------------------------------------------ rng
+
+/// splitmix64: small, fast, good enough, and the same everywhere.
+#[derive(Clone, Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in 0..n (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+
+    /// Uniform in lo..=hi.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi == u64::MAX && lo == 0 {
+            return self.next();
+        }
+        lo + self.below(hi - lo + 1)
+    }
+
+    /// True with probability pct/100.
+    pub fn pct(&mut self, pct: u64) -> bool {
+        self.below(100) < pct
+    }
+
+    pub fn pick<T: Clone>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize].clone()
+    }
+}
+
+/// The seed of a test run: `SKP_SEED` (decimal or 0x hex) or `default`.
+pub fn seed(default: u64) -> u64 {
+    match std::env::var("SKP_SEED") {
+        Ok(s) => {
+            let s = s.trim();
+            let v = if let Some(h) = s.strip_prefix("0x") {
+                u64::from_str_radix(h, 16)
+            } else {
+                s.parse()
+            };
+            v.unwrap_or_else(|_| panic!("SKP_SEED={s} is not a number"))
+        }
+        Err(_) => default,
+    }
+}
+
+// ------------------------------------------------------------------ policies
+
+/// A condition tree; atoms are source text.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GCond {
+    Atom(String),
+    And(Vec<GCond>),
+    Or(Vec<GCond>),
+    Not(Box<GCond>),
+}
+
+impl GCond {
+    fn render(&self, out: &mut String, paren_or: bool) {
+        match self {
+            GCond::Atom(a) => out.push_str(a),
+            GCond::Not(c) => {
+                out.push_str("not ");
+                match **c {
+                    GCond::Atom(_) | GCond::Not(_) => c.render(out, true),
+                    _ => {
+                        out.push('(');
+                        c.render(out, false);
+                        out.push(')');
+                    }
+                }
+            }
+            GCond::And(cs) => {
+                for (i, c) in cs.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(" and ");
+                    }
+                    if matches!(c, GCond::Or(_) | GCond::And(_)) {
+                        out.push('(');
+                        c.render(out, false);
+                        out.push(')');
+                    } else {
+                        c.render(out, true);
+                    }
+                }
+            }
+            GCond::Or(cs) => {
+                if paren_or {
+                    out.push('(');
+                }
+                for (i, c) in cs.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(" or ");
+                    }
+                    if matches!(c, GCond::Or(_)) {
+                        out.push('(');
+                        c.render(out, false);
+                        out.push(')');
+                    } else {
+                        c.render(out, true);
+                    }
+                }
+                if paren_or {
+                    out.push(')');
+                }
+            }
+        }
+    }
+
+    /// Simpler conditions: each child in place of a junction or `not`, a junction
+    /// without one of its children, and so on recursively.
+    fn shrinks(&self) -> Vec<GCond> {
+        let mut out = Vec::new();
+        match self {
+            GCond::Atom(_) => {}
+            GCond::Not(c) => {
+                out.push((**c).clone());
+                for s in c.shrinks() {
+                    out.push(GCond::Not(Box::new(s)));
+                }
+            }
+            GCond::And(cs) | GCond::Or(cs) => {
+                let rebuild = |v: Vec<GCond>| -> GCond {
+                    if v.len() == 1 {
+                        v.into_iter().next().unwrap()
+                    } else if matches!(self, GCond::And(_)) {
+                        GCond::And(v)
+                    } else {
+                        GCond::Or(v)
+                    }
+                };
+                for c in cs {
+                    out.push(c.clone());
+                }
+                for i in 0..cs.len() {
+                    let mut v = cs.clone();
+                    v.remove(i);
+                    out.push(rebuild(v));
+                }
+                for i in 0..cs.len() {
+                    for s in cs[i].shrinks() {
+                        let mut v = cs.clone();
+                        v[i] = s;
+                        out.push(rebuild(v));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GRule {
+    pub action: String,
+    pub cond: Option<GCond>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenPolicy {
+    /// `const`/`set` lines, with the name each declares.
+    pub decls: Vec<(String, String)>,
+    pub rules: Vec<GRule>,
+    /// The action of `default`, if any.
+    pub default: Option<String>,
+}
+
+impl GenPolicy {
+    pub fn source(&self) -> String {
+        let mut s = String::new();
+        for (_, d) in &self.decls {
+            s.push_str(d);
+            s.push('\n');
+        }
+        for r in &self.rules {
+            s.push_str(&r.action);
+            if let Some(c) = &r.cond {
+                s.push_str(" if ");
+                c.render(&mut s, false);
+            }
+            s.push_str(";\n");
+        }
+        if let Some(d) = &self.default {
+            let _ = writeln!(s, "default {d};");
+        }
+        s
+    }
+
+    /// Smaller policies, roughly most promising first.
+    pub fn shrinks(&self) -> Vec<GenPolicy> {
+        let mut out = Vec::new();
+        for i in 0..self.rules.len() {
+            let mut p = self.clone();
+            p.rules.remove(i);
+            out.push(p);
+        }
+        if self.default.is_some() {
+            let mut p = self.clone();
+            p.default = None;
+            out.push(p);
+        }
+        for i in 0..self.rules.len() {
+            if let Some(c) = &self.rules[i].cond {
+                let mut p = self.clone();
+                p.rules[i].cond = None;
+                out.push(p);
+                for s in c.shrinks() {
+                    let mut p = self.clone();
+                    p.rules[i].cond = Some(s);
+                    out.push(p);
+                }
+            }
+            for simple in ["pass", "drop"] {
+                if self.rules[i].action != simple {
+                    let mut p = self.clone();
+                    p.rules[i].action = simple.to_string();
+                    out.push(p);
+                }
+            }
+        }
+        // Unused declarations.
+        let body: String = {
+            let mut p = self.clone();
+            p.decls.clear();
+            p.source()
+        };
+        for i in 0..self.decls.len() {
+            let name = &self.decls[i].0;
+            let used = body
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .any(|w| w == name)
+                || self
+                    .decls
+                    .iter()
+                    .any(|(n, d)| n != name && d.contains(name.as_str()));
+            if !used {
+                let mut p = self.clone();
+                p.decls.remove(i);
+                out.push(p);
+            }
+        }
+        out
+    }
+}
+
+/// Values a policy mentions, for aiming messages at it.
+#[derive(Clone, Debug, Default)]
+pub struct Pool {
+    pub ports: Vec<u64>,
+    pub lens: Vec<u64>,
+    pub ids: Vec<u64>,
+    pub cgroups: Vec<u64>,
+    pub nets: Vec<(IpAddr, u8)>,
+    /// (offset, bytes): payload slices, prefixes, bytes.
+    pub strings: Vec<(u32, Vec<u8>)>,
+    pub comms: Vec<Vec<u8>>,
+}
+
+const PORT_EDGES: &[u64] = &[
+    0, 1, 22, 80, 443, 1023, 1024, 5432, 6379, 8080, 32768, 65534, 65535,
+];
+const LEN_EDGES: &[u64] = &[
+    0,
+    1,
+    15,
+    16,
+    17,
+    64,
+    100,
+    1000,
+    4095,
+    4096,
+    4097,
+    16383,
+    16384,
+    16385,
+    65535,
+    65536,
+    1 << 20,
+    u32::MAX as u64,
+];
+const ID_EDGES: &[u64] = &[
+    0,
+    1,
+    2,
+    999,
+    1000,
+    1001,
+    65534,
+    65535,
+    65536,
+    0x7fff_ffff,
+    0x8000_0000,
+    u32::MAX as u64 - 1,
+    u32::MAX as u64,
+];
+const CGROUP_EDGES: &[u64] = &[
+    0,
+    1,
+    2,
+    4242,
+    0x7fff_ffff,
+    0x8000_0000,
+    0xffff_ffff,
+    0x1_0000_0000,
+    0x1_0000_0001,
+    1 << 63,
+    u64::MAX - 1,
+    u64::MAX,
+];
+const OFFSETS: &[u32] = &[
+    0, 0, 0, 1, 2, 3, 4, 7, 8, 15, 16, 31, 63, 64, 100, 1000, 4000,
+];
+const COMMS: &[&[u8]] = &[
+    b"client",
+    b"curl",
+    b"redis-server",
+    b"nginx",
+    b"python3",
+    b"a",
+    b"ssh",
+    b"sshd",
+    b"exactly15bytes!",
+    b"psql",
+];
+
+struct Gen<'r> {
+    rng: &'r mut Rng,
+    pool: Pool,
+    decls: Vec<(String, String)>,
+    counters: Vec<String>,
+}
+
+/// A random policy and the values it mentions.
+pub fn gen_policy(rng: &mut Rng) -> (GenPolicy, Pool) {
+    let mut g = Gen {
+        rng,
+        pool: Pool::default(),
+        decls: Vec::new(),
+        counters: Vec::new(),
+    };
+    let n = match g.rng.below(20) {
+        0 => g.rng.range(20, 60),
+        1..=4 => 1,
+        _ => g.rng.range(2, 12),
+    };
+    let mut rules = Vec::new();
+    for _ in 0..n {
+        let action = g.action();
+        let cond = if g.rng.pct(8) { None } else { Some(g.cond(0)) };
+        rules.push(GRule { action, cond });
+    }
+    let default = if g.rng.pct(45) {
+        None
+    } else {
+        Some(g.decision())
+    };
+    let p = GenPolicy {
+        decls: g.decls,
+        rules,
+        default,
+    };
+    (p, g.pool)
+}
+
+impl Gen<'_> {
+    fn action(&mut self) -> String {
+        match self.rng.below(100) {
+            0..=14 => self.counter(),
+            15..=24 => "log".into(),
+            _ => self.decision(),
+        }
+    }
+
+    fn counter(&mut self) -> String {
+        let name = if !self.counters.is_empty() && self.rng.pct(40) {
+            self.rng.pick(&self.counters)
+        } else {
+            let n = format!("n{}", self.counters.len());
+            self.counters.push(n.clone());
+            n
+        };
+        format!("count {name}")
+    }
+
+    fn bytes_count(&mut self) -> String {
+        match self.rng.below(8) {
+            0 => "1".into(),
+            1 => "16".into(),
+            2 => "4KiB".into(),
+            3 => "1MiB".into(),
+            4 => "4294967295".into(),
+            5 => "0xffff_ffff".into(),
+            _ => self.rng.range(1, 100_000).to_string(),
+        }
+    }
+
+    fn decision(&mut self) -> String {
+        let base = match self.rng.below(100) {
+            0..=24 => "pass".to_string(),
+            25..=54 => "drop".to_string(),
+            55..=69 => {
+                let ingress = if self.rng.pct(40) { "ingress " } else { "" };
+                let slot = match self.rng.below(10) {
+                    0..=5 => self
+                        .rng
+                        .pick(&["0", "1", "3", "63", "0x3f", "7"])
+                        .to_string(),
+                    6 => {
+                        let v = self.rng.range(0, 63);
+                        self.named_int(v)
+                    }
+                    _ => self
+                        .rng
+                        .pick(&[
+                            "uid",
+                            "gid",
+                            "pid",
+                            "cgroup",
+                            "len",
+                            "local.port",
+                            "remote.port",
+                        ])
+                        .to_string(),
+                };
+                format!("redirect {ingress}to sock {slot}")
+            }
+            70..=84 => {
+                let ingress = if self.rng.pct(50) { "ingress " } else { "" };
+                format!("redirect {ingress}to peer")
+            }
+            _ => {
+                let n = self.bytes_count();
+                return format!("cork {n}");
+            }
+        };
+        if self.rng.pct(15) {
+            let n = self.bytes_count();
+            format!("{base} for {n}")
+        } else {
+            base
+        }
+    }
+
+    /// Declares `const cN = text;` and returns the name.
+    fn declare(&mut self, is_set: bool, text: String) -> String {
+        let name = format!("{}{}", if is_set { "s" } else { "c" }, self.decls.len());
+        let kw = if is_set { "set" } else { "const" };
+        self.decls
+            .push((name.clone(), format!("{kw} {name} = {text};")));
+        name
+    }
+
+    fn named_int(&mut self, v: u64) -> String {
+        let t = int_text(self.rng, v);
+        self.declare(false, t)
+    }
+
+    fn cond(&mut self, depth: u32) -> GCond {
+        let leaf = depth >= 3 || self.rng.pct(if depth == 0 { 35 } else { 55 });
+        if leaf {
+            return GCond::Atom(self.atom());
+        }
+        match self.rng.below(10) {
+            0..=3 => GCond::And(
+                (0..self.rng.range(2, 4))
+                    .map(|_| self.cond(depth + 1))
+                    .collect(),
+            ),
+            4..=7 => GCond::Or(
+                (0..self.rng.range(2, 4))
+                    .map(|_| self.cond(depth + 1))
+                    .collect(),
+            ),
+            _ => GCond::Not(Box::new(self.cond(depth + 1))),
+        }
+    }
+
+    fn atom(&mut self) -> String {
+        match self.rng.below(100) {
+            0..=2 => self.rng.pick(&["true", "false"]).to_string(),
+            3..=12 => self.int_atom("len", LEN_EDGES, u32::MAX as u64, Kind::Len),
+            13..=27 => {
+                let f = self.rng.pick(&["port", "local.port", "remote.port"]);
+                self.int_atom(f, PORT_EDGES, 65535, Kind::Port)
+            }
+            28..=33 => {
+                let f = self.rng.pick(&["uid", "gid", "pid"]);
+                self.int_atom(f, ID_EDGES, u32::MAX as u64, Kind::Id)
+            }
+            34..=37 => self.int_atom("cgroup", CGROUP_EDGES, u64::MAX, Kind::Cgroup),
+            38..=41 => self.family_atom(),
+            42..=57 => self.addr_atom(),
+            58..=67 => self.byte_atom(),
+            68..=79 => self.slice_atom(),
+            80..=89 => self.starts_atom(),
+            _ => self.comm_atom(),
+        }
+    }
+
+    fn remember(&mut self, kind: Kind, v: u64) {
+        match kind {
+            Kind::Len => self.pool.lens.push(v),
+            Kind::Port => self.pool.ports.push(v),
+            Kind::Id => self.pool.ids.push(v),
+            Kind::Cgroup => self.pool.cgroups.push(v),
+            Kind::Byte(i) => self.pool.strings.push((i, vec![v as u8])),
+        }
+    }
+
+    fn value(&mut self, edges: &[u64], max: u64, kind: Kind) -> u64 {
+        let v = match self.rng.below(10) {
+            0..=5 => self.rng.pick(edges),
+            6 => self.rng.range(0, max.min(100)),
+            _ => self.rng.range(0, max),
+        };
+        let v = v.min(max);
+        self.remember(kind, v);
+        v
+    }
+
+    fn int_atom(&mut self, field: &str, edges: &[u64], max: u64, kind: Kind) -> String {
+        match self.rng.below(10) {
+            0..=5 => {
+                let op = self.rng.pick(&["==", "!=", "<", "<=", ">", ">="]);
+                let mut v = self.value(edges, max, kind);
+                if matches!(op, "<" | "<=" | ">" | ">=") && max < u64::MAX && self.rng.pct(5) {
+                    // A bound beyond the field's range folds.
+                    v = max + self.rng.range(1, 1000);
+                }
+                let t = if self.rng.pct(10) {
+                    self.named_int(v)
+                } else {
+                    int_text(self.rng, v)
+                };
+                if self.rng.pct(10) && matches!(op, "==" | "!=") {
+                    format!("{t} {op} {field}")
+                } else {
+                    format!("{field} {op} {t}")
+                }
+            }
+            6 => {
+                let (lo, hi) = self.range_of(edges, max, kind);
+                format!(
+                    "{field} in {}..{}",
+                    int_text(self.rng, lo),
+                    int_text(self.rng, hi)
+                )
+            }
+            _ => {
+                let n = if self.rng.pct(15) {
+                    self.rng.range(5, 40)
+                } else {
+                    self.rng.range(2, 5)
+                };
+                let mut elems = Vec::new();
+                for _ in 0..n {
+                    if self.rng.pct(30) {
+                        let (lo, hi) = self.range_of(edges, max, kind);
+                        elems.push(format!(
+                            "{}..{}",
+                            int_text(self.rng, lo),
+                            int_text(self.rng, hi)
+                        ));
+                    } else {
+                        let v = self.value(edges, max, kind);
+                        elems.push(int_text(self.rng, v));
+                    }
+                }
+                let set = format!("{{{}}}", elems.join(", "));
+                if self.rng.pct(30) {
+                    let name = self.declare(true, set);
+                    format!("{field} in {name}")
+                } else {
+                    format!("{field} in {set}")
+                }
+            }
+        }
+    }
+
+    fn range_of(&mut self, edges: &[u64], max: u64, kind: Kind) -> (u64, u64) {
+        let a = self.value(edges, max, kind);
+        let b = if self.rng.pct(50) {
+            a.saturating_add(self.rng.range(0, 10)).min(max)
+        } else {
+            self.value(edges, max, kind)
+        };
+        let (lo, hi) = (a.min(b), a.max(b));
+        self.remember(kind, hi.saturating_add(1).min(max));
+        self.remember(kind, lo.saturating_sub(1));
+        (lo, hi)
+    }
+
+    fn family_atom(&mut self) -> String {
+        match self.rng.below(4) {
+            0 => "family == inet".into(),
+            1 => "family == inet6".into(),
+            2 => "family != inet".into(),
+            _ => self
+                .rng
+                .pick(&[
+                    "family in {inet, inet6}",
+                    "family in {inet6}",
+                    "inet6 == family",
+                ])
+                .into(),
+        }
+    }
+
+    fn net(&mut self, v4: bool, host: bool) -> (IpAddr, u8) {
+        if v4 {
+            let base: Ipv4Addr = match self.rng.below(8) {
+                0 => Ipv4Addr::new(127, 0, 0, 1),
+                1 => Ipv4Addr::new(10, 1, 2, 3),
+                2 => Ipv4Addr::new(192, 168, 1, 77),
+                3 => Ipv4Addr::new(0, 0, 0, 0),
+                4 => Ipv4Addr::new(255, 255, 255, 255),
+                5 => Ipv4Addr::new(172, 16, 5, 4),
+                _ => Ipv4Addr::from(self.rng.next() as u32),
+            };
+            let any = self.rng.range(0, 32) as u8;
+            let prefix = if host {
+                32
+            } else {
+                self.rng.pick(&[0u8, 1, 7, 8, 12, 16, 24, 31, 32, any])
+            };
+            let addr = Ipv4Addr::from(u32::from(base) & skpc::check::hir::mask32(prefix));
+            (IpAddr::V4(addr), prefix)
+        } else {
+            let base: Ipv6Addr = match self.rng.below(9) {
+                0 => Ipv6Addr::LOCALHOST,
+                1 => Ipv6Addr::UNSPECIFIED,
+                2 => "fd00::1234".parse().unwrap(),
+                3 => "2001:db8::1".parse().unwrap(),
+                4 => "fe80::1".parse().unwrap(),
+                5 => Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped(),
+                6 => Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped(),
+                7 => Ipv6Addr::from(u128::MAX),
+                _ => Ipv6Addr::from(((self.rng.next() as u128) << 64) | self.rng.next() as u128),
+            };
+            let any = self.rng.range(0, 128) as u8;
+            let prefix = if host {
+                128
+            } else {
+                self.rng.pick(&[
+                    0u8, 1, 8, 10, 16, 32, 48, 64, 95, 96, 97, 120, 127, 128, any,
+                ])
+            };
+            let addr = Ipv6Addr::from(u128::from(base) & skpc::check::hir::mask128(prefix));
+            (IpAddr::V6(addr), prefix)
+        }
+    }
+
+    fn addr_atom(&mut self) -> String {
+        let field = self.rng.pick(&[
+            "ip",
+            "ip",
+            "local.ip",
+            "remote.ip",
+            "remote.ip",
+            "local.ip4",
+            "remote.ip4",
+            "local.ip6",
+            "remote.ip6",
+        ]);
+        let v4_ok = !field.ends_with("ip6");
+        let v6_ok = !field.ends_with("ip4");
+        let pick_v4 = |rng: &mut Rng| if v4_ok && v6_ok { rng.pct(60) } else { v4_ok };
+        match self.rng.below(10) {
+            0..=3 => {
+                let v4 = pick_v4(self.rng);
+                let (a, _) = self.net(v4, true);
+                self.pool.nets.push((a, if v4 { 32 } else { 128 }));
+                let op = self.rng.pick(&["==", "!="]);
+                format!("{field} {op} {a}")
+            }
+            4..=6 => {
+                let v4 = pick_v4(self.rng);
+                let (a, p) = self.net(v4, false);
+                self.pool.nets.push((a, p));
+                format!("{field} in {a}/{p}")
+            }
+            _ => {
+                let n = self.rng.range(2, 6);
+                let mut elems = Vec::new();
+                for _ in 0..n {
+                    let v4 = pick_v4(self.rng);
+                    let host = self.rng.pct(25);
+                    let (a, p) = self.net(v4, host);
+                    self.pool.nets.push((a, p));
+                    let full = if v4 { 32 } else { 128 };
+                    elems.push(if p == full && self.rng.pct(50) {
+                        a.to_string()
+                    } else {
+                        format!("{a}/{p}")
+                    });
+                }
+                let set = format!("{{{}}}", elems.join(", "));
+                if self.rng.pct(30) {
+                    let name = self.declare(true, set);
+                    format!("{field} in {name}")
+                } else {
+                    format!("{field} in {set}")
+                }
+            }
+        }
+    }
+
+    fn offset(&mut self, len: u32) -> u32 {
+        let max = 4096 - len;
+        match self.rng.below(10) {
+            0..=6 => self.rng.pick(OFFSETS).min(max),
+            7 => max,
+            _ => self.rng.range(0, max as u64) as u32,
+        }
+    }
+
+    fn byte_atom(&mut self) -> String {
+        let i = match self.rng.below(10) {
+            0..=7 => self.offset(1),
+            8 => 4095,
+            _ => self.rng.range(0, 4095) as u32,
+        };
+        let edges = [
+            0u64,
+            1,
+            0x20,
+            b'A' as u64,
+            b'G' as u64,
+            0x7f,
+            0x80,
+            0xfe,
+            0xff,
+        ];
+        let field = format!("payload[{i}]");
+        self.int_atom(&field, &edges, 255, Kind::Byte(i))
+    }
+
+    fn string(&mut self, len: usize) -> Vec<u8> {
+        let alphabet: &[u8] = match self.rng.below(4) {
+            0 => b"GET POST/ HTTP1.\r\n",
+            1 => b"ab",
+            2 => b"\x00\x01\x7f\x80\xff\"\\\t",
+            _ => b"SETPINGabcxyz0123456789 *$\r\n",
+        };
+        (0..len).map(|_| self.rng.pick(alphabet)).collect()
+    }
+
+    fn slice_atom(&mut self) -> String {
+        let len = match self.rng.below(10) {
+            0..=5 => self
+                .rng
+                .pick(&[1u32, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64]),
+            _ => self.rng.range(1, 64) as u32,
+        };
+        let off = self.offset(len);
+        let end = off + len;
+        let n = if self.rng.pct(30) {
+            self.rng.range(2, 4)
+        } else {
+            1
+        };
+        let strs: Vec<Vec<u8>> = (0..n).map(|_| self.string(len as usize)).collect();
+        for s in &strs {
+            self.pool.strings.push((off, s.clone()));
+        }
+        let field = format!(
+            "payload[{}..{}]",
+            int_text(self.rng, off as u64),
+            int_text(self.rng, end as u64)
+        );
+        if n == 1 {
+            let op = self.rng.pick(&["==", "!="]);
+            let s = quote(&strs[0]);
+            let s = if self.rng.pct(10) {
+                self.declare(false, s)
+            } else {
+                s
+            };
+            format!("{field} {op} {s}")
+        } else {
+            let set = format!(
+                "{{{}}}",
+                strs.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
+            );
+            format!("{field} in {set}")
+        }
+    }
+
+    fn starts_atom(&mut self) -> String {
+        let n = if self.rng.pct(25) {
+            self.rng.range(2, 4)
+        } else {
+            1
+        };
+        let mut strs = Vec::new();
+        for _ in 0..n {
+            let len = match self.rng.below(12) {
+                0 => 0,
+                1 => 64,
+                _ => self.rng.range(1, 12) as usize,
+            };
+            let s = self.string(len);
+            self.pool.strings.push((0, s.clone()));
+            strs.push(s);
+        }
+        if n == 1 {
+            format!("payload starts with {}", quote(&strs[0]))
+        } else {
+            let set = format!(
+                "{{{}}}",
+                strs.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
+            );
+            if self.rng.pct(30) {
+                let name = self.declare(true, set);
+                format!("payload starts with {name}")
+            } else {
+                format!("payload starts with {set}")
+            }
+        }
+    }
+
+    fn comm(&mut self) -> Vec<u8> {
+        let c = if self.rng.pct(80) {
+            self.rng.pick(COMMS).to_vec()
+        } else {
+            let len = self.rng.range(1, 15) as usize;
+            (0..len).map(|_| self.rng.pick(b"abcxyz-_.0189")).collect()
+        };
+        self.pool.comms.push(c.clone());
+        c
+    }
+
+    fn comm_atom(&mut self) -> String {
+        match self.rng.below(5) {
+            0 | 1 => {
+                let c = self.comm();
+                let op = self.rng.pick(&["==", "!="]);
+                format!("comm {op} {}", quote(&c))
+            }
+            2 => {
+                let n = self.rng.range(2, 4);
+                let cs: Vec<String> = (0..n).map(|_| quote(&self.comm())).collect();
+                format!("comm in {{{}}}", cs.join(", "))
+            }
+            _ => {
+                let c = self.comm();
+                let cut = self.rng.range(0, c.len() as u64) as usize;
+                format!(
+                    "comm starts with {}",
+                    quote(&c[..cut.max(if self.rng.pct(90) { 1 } else { 0 })])
+                )
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Len,
+    Port,
+    Id,
+    Cgroup,
+    Byte(u32),
+}
+
+/// An integer literal in one of the spellings the lexer takes.
+pub fn int_text(rng: &mut Rng, v: u64) -> String {
+    match rng.below(10) {
+        0 if v >= 1 << 10 && v % (1 << 10) == 0 => {
+            let (n, unit) = if v % (1 << 30) == 0 {
+                (v >> 30, "GiB")
+            } else if v % (1 << 20) == 0 {
+                (v >> 20, "MiB")
+            } else {
+                (v >> 10, "KiB")
+            };
+            format!("{n}{unit}")
+        }
+        1 => format!("{v:#x}"),
+        2 if v >= 10_000 => {
+            let s = v.to_string();
+            let mut out = String::new();
+            for (i, c) in s.chars().enumerate() {
+                if i > 0 && (s.len() - i) % 3 == 0 {
+                    out.push('_');
+                }
+                out.push(c);
+            }
+            out
+        }
+        _ => v.to_string(),
+    }
+}
+
+/// A string literal with escapes for everything but plain printable ASCII.
+pub fn quote(s: &[u8]) -> String {
+    let mut out = String::from("\"");
+    for &b in s {
+        match b {
+            b'\r' => out.push_str("\\r"),
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            b'\\' => out.push_str("\\\\"),
+            b'"' => out.push_str("\\\""),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
+// ------------------------------------------------------------------ messages
+
+/// A message with the initial data window it is sent with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sent {
+    pub msg: Message,
+    pub window: u32,
+}
+
+fn pool_or(rng: &mut Rng, pool: &[u64], edges: &[u64], max: u64) -> u64 {
+    let v = if !pool.is_empty() && rng.pct(60) {
+        let v = rng.pick(pool);
+        match rng.below(4) {
+            0 => v.saturating_sub(1),
+            1 => v.saturating_add(1),
+            _ => v,
+        }
+    } else if rng.pct(70) {
+        rng.pick(edges)
+    } else {
+        rng.range(0, max)
+    };
+    v.min(max)
+}
+
+fn addr_near(rng: &mut Rng, pool: &Pool, v6: bool) -> IpAddr {
+    let cands: Vec<(IpAddr, u8)> = pool
+        .nets
+        .iter()
+        .filter(|(a, _)| a.is_ipv6() == v6)
+        .cloned()
+        .collect();
+    if !cands.is_empty() && rng.pct(75) {
+        let (a, p) = rng.pick(&cands);
+        match a {
+            IpAddr::V4(a) => {
+                let base = u32::from(a);
+                let host = !skpc::check::hir::mask32(p);
+                let v = match rng.below(5) {
+                    0 => base,
+                    1 => base | host,
+                    2 => base | (rng.next() as u32 & host),
+                    3 => base.wrapping_sub(1),
+                    _ => (base | host).wrapping_add(1),
+                };
+                IpAddr::V4(Ipv4Addr::from(v))
+            }
+            IpAddr::V6(a) => {
+                let base = u128::from(a);
+                let host = !skpc::check::hir::mask128(p);
+                let r = ((rng.next() as u128) << 64) | rng.next() as u128;
+                let v = match rng.below(5) {
+                    0 => base,
+                    1 => base | host,
+                    2 => base | (r & host),
+                    3 => base.wrapping_sub(1),
+                    _ => (base | host).wrapping_add(1),
+                };
+                IpAddr::V6(Ipv6Addr::from(v))
+            }
+        }
+    } else if v6 {
+        let r = rng.next() as u128 * 0x1_0000_0001;
+        rng.pick(&[
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V6("fd00::1".parse().unwrap()),
+            IpAddr::V6(Ipv6Addr::from(r)),
+        ])
+    } else {
+        let r = rng.next() as u32;
+        rng.pick(&[
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::from(r)),
+        ])
+    }
+}
+
+/// A random message aimed at the values in `pool`.
+pub fn gen_message(rng: &mut Rng, pool: &Pool) -> Sent {
+    let mut m = Message::default();
+    let v6 = rng.pct(45);
+    if v6 {
+        m.family = AF_INET6;
+        let one = |rng: &mut Rng| {
+            if rng.pct(35) {
+                // IPv4-mapped: a dual-stack socket talking to an IPv4 peer.
+                match addr_near(rng, pool, false) {
+                    IpAddr::V4(a) => IpAddr::V6(a.to_ipv6_mapped()),
+                    other => other,
+                }
+            } else {
+                addr_near(rng, pool, true)
+            }
+        };
+        m.local_ip = one(rng);
+        m.remote_ip = one(rng);
+    } else {
+        m.family = AF_INET;
+        m.local_ip = addr_near(rng, pool, false);
+        m.remote_ip = addr_near(rng, pool, false);
+    }
+    m.local_port = pool_or(rng, &pool.ports, PORT_EDGES, 65535) as u16;
+    m.remote_port = pool_or(rng, &pool.ports, PORT_EDGES, 65535) as u16;
+    m.uid = pool_or(rng, &pool.ids, ID_EDGES, u32::MAX as u64) as u32;
+    m.gid = pool_or(rng, &pool.ids, ID_EDGES, u32::MAX as u64) as u32;
+    m.pid = pool_or(rng, &pool.ids, ID_EDGES, u32::MAX as u64) as u32;
+    m.cgroup = pool_or(rng, &pool.cgroups, CGROUP_EDGES, u64::MAX);
+    m.comm = if !pool.comms.is_empty() && rng.pct(70) {
+        let mut c = rng.pick(&pool.comms);
+        match rng.below(4) {
+            0 => {
+                c.truncate(rng.below(c.len() as u64 + 1) as usize);
+            }
+            1 => c.extend_from_slice(b"-x"),
+            _ => {}
+        }
+        c.truncate(15);
+        c
+    } else {
+        rng.pick(COMMS).to_vec()
+    };
+
+    // The payload: sized around what the policy looks at, filled with its strings.
+    let ends: Vec<u64> = pool
+        .strings
+        .iter()
+        .map(|(o, s)| *o as u64 + s.len() as u64)
+        .collect();
+    let size = match rng.below(12) {
+        0 => 0,
+        1 => rng.range(1, 8),
+        2..=5 if !ends.is_empty() => {
+            let e = rng.pick(&ends);
+            match rng.below(3) {
+                0 => e.saturating_sub(1),
+                1 => e,
+                _ => e + rng.range(0, 32),
+            }
+        }
+        6 => rng.pick(&[4095, 4096, 4097, 16383, 16384, 16385, 20000]),
+        7 if rng.pct(10) => 70_000,
+        _ => rng.range(0, 200),
+    } as usize;
+    let filler: &[u8] = rng.pick(&[
+        &b"\0"[..],
+        b"ab",
+        b"GET POST/ HTTP1.\r\n",
+        b"\x00\xff\x7f\x80 ",
+    ]);
+    let mut payload: Vec<u8> = (0..size).map(|_| rng.pick(filler)).collect();
+    for (off, s) in &pool.strings {
+        if !rng.pct(50) {
+            continue;
+        }
+        let off = *off as usize;
+        if off >= payload.len() {
+            continue;
+        }
+        let n = s.len().min(payload.len() - off);
+        payload[off..off + n].copy_from_slice(&s[..n]);
+        if n > 0 && rng.pct(25) {
+            let i = off + rng.below(n as u64) as usize;
+            payload[i] ^= 1 << rng.below(8);
+        }
+    }
+    m.len = payload.len() as u32;
+    if rng.pct(15) {
+        let extra = match rng.below(4) {
+            0 => 1,
+            1 => rng.range(1, 5000),
+            2 => pool
+                .lens
+                .first()
+                .copied()
+                .unwrap_or(100)
+                .saturating_sub(m.len as u64)
+                .max(1),
+            _ => u32::MAX as u64 - m.len as u64,
+        };
+        m.len = (m.len as u64 + extra).min(u32::MAX as u64) as u32;
+    } else if !pool.lens.is_empty() && rng.pct(20) {
+        // Only `len` matters to this policy: a length it mentions, with the bytes unseen.
+        let l = pool_or(rng, &pool.lens, LEN_EDGES, u32::MAX as u64) as u32;
+        if l as usize >= payload.len() {
+            m.len = l;
+        }
+    }
+    m.payload = payload;
+    let window = match rng.below(20) {
+        0..=9 => 16 * 1024,
+        10..=13 => 0,
+        14..=16 => rng.range(0, m.len.min(20_000) as u64) as u32,
+        _ => rng.pick(&[1, 3000, 12_216, 32_768, u32::MAX]),
+    };
+    Sent { msg: m, window }
+}
+
+/// Simpler versions of a message, for shrinking.
+pub fn shrink_message(s: &Sent) -> Vec<Sent> {
+    let mut out = Vec::new();
+    let d = Message::default();
+    let m = &s.msg;
+    let mut push = |f: &dyn Fn(&mut Sent)| {
+        let mut c = s.clone();
+        f(&mut c);
+        if c != *s {
+            out.push(c);
+        }
+    };
+    push(&|c| c.window = 16 * 1024);
+    push(&|c| c.msg.len = c.msg.payload.len() as u32);
+    for cut in [0, m.payload.len() / 2, m.payload.len().saturating_sub(1)] {
+        push(&|c| {
+            c.msg.payload.truncate(cut);
+            c.msg.len = c.msg.len.min(cut as u32).max(c.msg.payload.len() as u32);
+        });
+        push(&|c| c.msg.payload.truncate(cut));
+    }
+    // Trailing zero bytes are implicit (the message is `len` bytes, zero past the payload).
+    let nonzero = m.payload.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    push(&|c| c.msg.payload.truncate(nonzero));
+    push(&|c| c.msg.uid = d.uid);
+    push(&|c| c.msg.gid = d.gid);
+    push(&|c| c.msg.pid = d.pid);
+    push(&|c| c.msg.cgroup = d.cgroup);
+    push(&|c| c.msg.comm = d.comm.clone());
+    push(&|c| c.msg.local_port = d.local_port);
+    push(&|c| c.msg.remote_port = d.remote_port);
+    let lo = if m.family == AF_INET6 {
+        IpAddr::V6(Ipv6Addr::LOCALHOST)
+    } else {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    };
+    push(&|c| c.msg.local_ip = lo);
+    push(&|c| c.msg.remote_ip = lo);
+    // Payload bytes to a plain filler, from the end.
+    if let Some(i) = m.payload.iter().rposition(|&b| b != b'x') {
+        push(&|c| c.msg.payload[i] = b'x');
+    }
+    out
+}
+
+/// The message as a `test` block (the window is not expressible: it goes in a comment).
+pub fn test_case(name: &str, s: &Sent, expect: &Decision) -> String {
+    let m = &s.msg;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "# sent with an initial data window of {} bytes",
+        s.window
+    );
+    let _ = writeln!(t, "test \"{name}\" {{");
+    let _ = writeln!(
+        t,
+        "    family = {};",
+        if m.family == AF_INET6 {
+            "inet6"
+        } else {
+            "inet"
+        }
+    );
+    let _ = writeln!(t, "    local.ip = {};", m.local_ip);
+    let _ = writeln!(t, "    remote.ip = {};", m.remote_ip);
+    let _ = writeln!(t, "    local.port = {};", m.local_port);
+    let _ = writeln!(t, "    remote.port = {};", m.remote_port);
+    let _ = writeln!(t, "    payload = {};", quote(&m.payload));
+    let _ = writeln!(t, "    len = {};", m.len);
+    let _ = writeln!(t, "    uid = {};", m.uid);
+    let _ = writeln!(t, "    gid = {};", m.gid);
+    let _ = writeln!(t, "    pid = {};", m.pid);
+    let _ = writeln!(t, "    cgroup = {};", m.cgroup);
+    let _ = writeln!(t, "    comm = {};", quote(&m.comm));
+    let _ = writeln!(t, "    expect {};", skpc::eval::describe(expect));
+    t.push_str("}\n");
+    t
+}
+
+/// Greedy shrinking: keeps the first simpler (policy, message) for which `fails` still
+/// holds, until none does (or a step budget runs out).
+pub fn shrink(
+    p: &GenPolicy,
+    s: &Sent,
+    fails: &mut dyn FnMut(&GenPolicy, &Sent) -> bool,
+) -> (GenPolicy, Sent) {
+    let (mut p, mut s) = (p.clone(), s.clone());
+    let mut budget = 3000;
+    'outer: loop {
+        for cand in p.shrinks() {
+            budget -= 1;
+            if budget == 0 {
+                break 'outer;
+            }
+            if fails(&cand, &s) {
+                p = cand;
+                continue 'outer;
+            }
+        }
+        for cand in shrink_message(&s) {
+            budget -= 1;
+            if budget == 0 {
+                break 'outer;
+            }
+            if fails(&p, &cand) {
+                s = cand;
+                continue 'outer;
+            }
+        }
+        break;
+    }
+    (p, s)
+}

@@ -1,0 +1,165 @@
+//! `skpc test` on the shipped examples (every one must pass), and on policies whose
+//! expectations are wrong (must fail, saying why).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn skpc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_skpc"))
+        .args(args)
+        .output()
+        .expect("runs skpc")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The `N passed, N failed` line, parsed.
+fn summary(stdout: &str) -> (usize, usize) {
+    let line = stdout
+        .lines()
+        .find(|l| l.ends_with(" failed") && l.contains(" passed, "))
+        .unwrap_or_else(|| panic!("no summary line in:\n{stdout}"));
+    let nums: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(
+        line,
+        format!("{} passed, {} failed", nums[0], nums[1]),
+        "summary line is exactly `N passed, N failed`"
+    );
+    (nums[0], nums[1])
+}
+
+#[test]
+fn every_example_passes_its_tests() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples/")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "skp"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "examples/ has {} policies", files.len());
+    for f in files {
+        let o = skpc(&["test", f.to_str().unwrap()]);
+        let (out, err) = text(&o);
+        assert!(
+            o.status.success(),
+            "skpc test {} failed:\n{out}\n{err}",
+            f.display()
+        );
+        let (passed, failed) = summary(&out);
+        assert_eq!(failed, 0, "{}:\n{out}", f.display());
+        assert!(passed > 0, "{} has no test cases", f.display());
+        for line in out.lines().filter(|l| l.starts_with("test ")) {
+            assert!(line.ends_with(" ... ok"), "{}: {line}", f.display());
+        }
+    }
+}
+
+const WRONG: &str = r#"
+count big if len > 100;
+drop if port == 6379 and len > 4096;    # no big writes to redis
+pass if payload starts with "GET ";
+default drop;
+
+test "a small GET passes" {
+    remote.port = 80;
+    payload = "GET / HTTP/1.1\r\n";
+    expect pass;
+}
+
+test "big redis writes pass (wrong)" {
+    remote.port = 6379;
+    len = 5000;
+    expect pass;
+}
+
+test "other ports pass (wrong: the default drops)" {
+    remote.port = 22;
+    payload = "SSH-2.0";
+    expect redirect ingress to sock 3;
+}
+"#;
+
+#[test]
+fn a_wrong_expectation_fails_with_a_useful_report() {
+    let o = skpc(&["test", "-e", WRONG]);
+    let (out, err) = text(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "exit 1 on a failing case:\n{out}\n{err}"
+    );
+    assert_eq!(summary(&out), (1, 2), "{out}");
+    assert!(out.contains("test a small GET passes ... ok"), "{out}");
+    assert!(
+        out.contains("test big redis writes pass (wrong) ... FAILED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("test other ports pass (wrong: the default drops) ... FAILED"),
+        "{out}"
+    );
+    // Expected vs actual, the rule that decided (line and text), the counters.
+    assert!(out.contains("expected: pass\n"), "{out}");
+    assert!(out.contains("actual:   drop\n"), "{out}");
+    assert!(
+        out.contains("decided by: line 3: drop if port == 6379 and len > 4096;"),
+        "{out}"
+    );
+    assert!(out.contains("decided by: line 5: default drop;"), "{out}");
+    assert!(
+        out.contains("expected: redirect ingress to sock 3"),
+        "{out}"
+    );
+    assert!(out.contains("count big"), "{out}");
+    assert!(out.contains("5000"), "the counters show the bytes:\n{out}");
+    assert!(!out.contains("BUG"), "{out}");
+}
+
+#[test]
+fn passing_policy_exits_zero_and_prints_one_line_per_case() {
+    let o = skpc(&["test", "-e", "drop if len > 10;\ntest \"short\" { payload = \"abc\"; expect pass; }\ntest \"long\" { len = 11; expect drop; }"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        out.contains("test short ... ok\ntest long ... ok\n"),
+        "{out}"
+    );
+    assert_eq!(summary(&out), (2, 0));
+}
+
+#[test]
+fn payload_rules_see_sendfile_data() {
+    // With an empty initial window (sendfile) the program must pull the bytes.
+    let policy = format!("drop if payload[100..104] == \"EVIL\";\ntest \"far bytes\" {{ payload = \"{}EVIL\"; expect drop; }}", "\\x00".repeat(100));
+    let o = skpc(&["test", "--window", "0", "-e", &policy]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert_eq!(summary(&out), (1, 0));
+}
+
+#[test]
+fn a_policy_that_does_not_compile_fails_with_diagnostics() {
+    let o = skpc(&["test", "-e", "drop if port == 70000;"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("out of range"), "{err}");
+}
+
+#[test]
+fn no_test_cases_is_not_a_failure() {
+    let o = skpc(&["test", "-e", "pass;"]);
+    let (out, _) = text(&o);
+    assert!(o.status.success());
+    assert!(out.contains("no test cases"), "{out}");
+    assert_eq!(summary(&out), (0, 0));
+}
