@@ -34,6 +34,26 @@ pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> Vec<RawFd> {
 /// to `cgroup.procs` between fork and exec, so every socket it (and its children)
 /// opens is already under the cgroup's programs.
 pub fn spawn_in_cgroup(cmd: &mut Command, cgroup: &Path) -> Result<Child> {
+    join_cgroup_on_exec(cmd, cgroup)?;
+    cmd.spawn().map_err(|e| {
+        let prog = cmd.get_program().to_string_lossy().into_owned();
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::new(
+                crate::ErrorKind::Io,
+                format!("cannot run {prog}: command not found; check the name and PATH"),
+            )
+        } else {
+            Error::io(
+                format_args!("starting {prog} in the cgroup {}", cgroup.display()),
+                e,
+            )
+        }
+    })
+}
+
+/// Registers the `pre_exec` hook of [`spawn_in_cgroup`] without spawning: hooks
+/// registered after it (e.g. a setuid) run after the child joined the cgroup.
+pub fn join_cgroup_on_exec(cmd: &mut Command, cgroup: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())
         .map_err(|_| Error::new(crate::ErrorKind::Io, "the cgroup path contains a NUL byte"))?;
@@ -55,20 +75,7 @@ pub fn spawn_in_cgroup(cmd: &mut Command, cgroup: &Path) -> Result<Child> {
             Ok(())
         });
     }
-    cmd.spawn().map_err(|e| {
-        let prog = cmd.get_program().to_string_lossy().into_owned();
-        if e.kind() == io::ErrorKind::NotFound {
-            Error::new(
-                crate::ErrorKind::Io,
-                format!("cannot run {prog}: command not found; check the name and PATH"),
-            )
-        } else {
-            Error::io(
-                format_args!("starting {prog} in the cgroup {}", cgroup.display()),
-                e,
-            )
-        }
-    })
+    Ok(())
 }
 
 /// The exit status as a shell reports it: the code, or 128 + the signal.

@@ -1,21 +1,21 @@
 //! The few raw bpf(2) commands the runtime issues itself: socket map updates with a
 //! 64-bit value (aya passes a 4-byte fd, but the kernel reads `value_size` bytes, and
-//! skp_peers has 8), and the `*_GET_FD_BY_ID` probes that tests use to prove that
+//! skp_peers has 8), and the `*_GET_NEXT_ID` walks that tests use to prove that
 //! nothing is left in the kernel.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 const BPF_MAP_LOOKUP_ELEM: i64 = 1;
 const BPF_MAP_UPDATE_ELEM: i64 = 2;
 const BPF_MAP_DELETE_ELEM: i64 = 3;
 const BPF_PROG_ATTACH: i64 = 8;
 const BPF_PROG_DETACH: i64 = 9;
-const BPF_PROG_GET_FD_BY_ID: i64 = 13;
+const BPF_PROG_GET_NEXT_ID: i64 = 11;
+const BPF_MAP_GET_NEXT_ID: i64 = 12;
 /// `BPF_SK_MSG_VERDICT`.
 const BPF_SK_MSG_VERDICT: u64 = 7;
-const BPF_MAP_GET_FD_BY_ID: i64 = 14;
-const BPF_LINK_GET_FD_BY_ID: i64 = 30;
+const BPF_LINK_GET_NEXT_ID: i64 = 31;
 
 /// `BPF_NOEXIST`, `BPF_EXIST`, `BPF_ANY`.
 pub(crate) const BPF_ANY: u64 = 0;
@@ -103,33 +103,30 @@ impl Drop for SkMsgAttachment {
     }
 }
 
-fn get_fd_by_id(cmd: i64, id: u32) -> io::Result<OwnedFd> {
-    let mut attr = [0u64; 16];
-    attr[0] = id as u64;
-    let fd = bpf(cmd, &mut attr)?;
-    // SAFETY: the kernel just returned this new descriptor to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Whether a BPF object with this id still exists (ENOENT = gone).
+/// Whether a BPF object with this id still exists: walks the kernel's id list with
+/// `*_GET_NEXT_ID`. Deliberately not `*_GET_FD_BY_ID`: opening a PROG_ARRAY that is
+/// being torn down takes a new user reference, and dropping it a second time schedules
+/// the array's clear twice, which leaks the map in the kernel (seen on 6.18).
 fn exists(cmd: i64, id: u32) -> bool {
-    match get_fd_by_id(cmd, id) {
-        Ok(_) => true,
-        Err(e) => e.raw_os_error() != Some(libc::ENOENT),
+    let mut attr = [0u64; 16];
+    attr[0] = id.saturating_sub(1) as u64;
+    match bpf(cmd, &mut attr) {
+        Ok(_) => (attr[0] >> 32) as u32 == id,
+        Err(_) => false,
     }
 }
 
 /// Whether the program with this id is still in the kernel.
 pub fn prog_exists(id: u32) -> bool {
-    exists(BPF_PROG_GET_FD_BY_ID, id)
+    exists(BPF_PROG_GET_NEXT_ID, id)
 }
 
 /// Whether the map with this id is still in the kernel.
 pub fn map_exists(id: u32) -> bool {
-    exists(BPF_MAP_GET_FD_BY_ID, id)
+    exists(BPF_MAP_GET_NEXT_ID, id)
 }
 
 /// Whether the link with this id is still in the kernel.
 pub fn link_exists(id: u32) -> bool {
-    exists(BPF_LINK_GET_FD_BY_ID, id)
+    exists(BPF_LINK_GET_NEXT_ID, id)
 }

@@ -1,0 +1,262 @@
+//! Helpers of the end-to-end kernel tests (`mod e2e_support;`): compile a policy for the
+//! runtime, make loopback TCP connections, send and receive with raw syscalls, and
+//! prove that an enforcement left nothing in the kernel.
+#![allow(dead_code)]
+
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use skpc_runtime::{Enforcement, KernelIds, Policy};
+
+pub use std::os::fd::BorrowedFd;
+
+/// Compiles `src` for the runtime (shared maps pinned by name).
+pub fn policy(src: &str) -> Policy {
+    let c = skpc::compile::compile("test.skp", src)
+        .unwrap_or_else(|d| panic!("policy does not compile: {d:?}\n{src}"));
+    let object = skpc::compile::runtime_object(&c, "test.skp", src);
+    Policy::new(
+        object,
+        c.policy.counters.iter().map(|c| c.name.clone()).collect(),
+    )
+}
+
+/// An enforcement plus what is needed to prove its cleanup: call
+/// [`Guard::finish`] at the end of the test (a panic drops it anyway).
+pub struct Guard {
+    pub enf: Option<Enforcement>,
+    ids: KernelIds,
+    pin_dir: PathBuf,
+}
+
+impl Guard {
+    pub fn new(src: &str) -> Guard {
+        let enf =
+            Enforcement::new(&policy(src)).unwrap_or_else(|e| panic!("loading the policy: {e}"));
+        Guard {
+            ids: enf.kernel_ids(),
+            pin_dir: enf.pin_dir().to_path_buf(),
+            enf: Some(enf),
+        }
+    }
+
+    pub fn enf(&mut self) -> &mut Enforcement {
+        self.enf.as_mut().expect("live")
+    }
+
+    /// Drops the enforcement and asserts that its programs, maps and pins are gone.
+    pub fn finish(mut self) {
+        let enf = self.enf.take().expect("live");
+        let ids = enf.kernel_ids();
+        drop(enf);
+        assert_gone(&ids, &self.pin_dir);
+        let _ = &self.ids;
+    }
+}
+
+/// Waits (the kernel frees programs and maps after an RCU grace period) until none of
+/// `ids` exists, and asserts the pin directory is gone.
+pub fn assert_gone(ids: &KernelIds, pin_dir: &std::path::Path) {
+    assert!(
+        !pin_dir.exists(),
+        "pin directory {} is left",
+        pin_dir.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let alive = ids.still_alive();
+        if alive.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "still in the kernel after the drop: {alive:?} (of {ids:?}); map fds held: {:?}",
+                held_map_ids()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A listener on loopback (`v6` = ::1) on an ephemeral port.
+pub fn listener(v6: bool) -> TcpListener {
+    TcpListener::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" }).expect("bind loopback")
+}
+
+/// A connected pair: (client, accepted server side).
+pub fn connect(l: &TcpListener) -> (TcpStream, TcpStream) {
+    let c = TcpStream::connect(l.local_addr().unwrap()).expect("connect");
+    let (s, _) = l.accept().expect("accept");
+    for x in [&c, &s] {
+        x.set_nodelay(true).unwrap();
+        x.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+    }
+    (c, s)
+}
+
+/// A pair whose client is bound to `local` first (to choose the client's port).
+pub fn connect_from(l: &TcpListener, local: SocketAddr) -> (TcpStream, TcpStream) {
+    let domain = if local.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    // SAFETY: plain socket(2); the fd is handed to TcpStream below.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    let one: libc::c_int = 1;
+    // SAFETY: valid fd and option buffer.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const libc::c_void,
+            4,
+        )
+    };
+    let (sa, len) = sockaddr(local);
+    // SAFETY: sa is a valid sockaddr of len bytes.
+    let r = unsafe { libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) };
+    assert_eq!(r, 0, "bind {local}: {}", io::Error::last_os_error());
+    let (sa, len) = sockaddr(l.local_addr().unwrap());
+    // SAFETY: as above.
+    let r = unsafe { libc::connect(fd, &sa as *const _ as *const libc::sockaddr, len) };
+    assert_eq!(r, 0, "connect: {}", io::Error::last_os_error());
+    // SAFETY: we own fd.
+    let c = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let (s, _) = l.accept().expect("accept");
+    for x in [&c, &s] {
+        x.set_nodelay(true).unwrap();
+        x.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+    }
+    (c, s)
+}
+
+fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match a {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large enough for sockaddr_in.
+            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as u16;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+            (ss, std::mem::size_of::<libc::sockaddr_in>() as u32)
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: sockaddr_storage is large enough for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as u16;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_addr.s6_addr = v6.ip().octets();
+            (ss, std::mem::size_of::<libc::sockaddr_in6>() as u32)
+        }
+    }
+}
+
+/// One send(2) call; the errno on failure (EACCES for a drop).
+pub fn send(s: &impl AsRawFd, buf: &[u8]) -> Result<usize, i32> {
+    // SAFETY: buf is valid for reads of its length.
+    let n = unsafe {
+        libc::send(
+            s.as_raw_fd(),
+            buf.as_ptr() as *const libc::c_void,
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// One writev(2) call with `parts` as iovecs.
+pub fn writev(s: &impl AsRawFd, parts: &[&[u8]]) -> Result<usize, i32> {
+    let iov: Vec<libc::iovec> = parts
+        .iter()
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        })
+        .collect();
+    // SAFETY: every iovec points to a live buffer.
+    let n = unsafe { libc::writev(s.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };
+    if n < 0 {
+        Err(io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// sendfile(2) of `len` bytes of `file` from offset 0.
+pub fn sendfile(s: &impl AsRawFd, file: &std::fs::File, len: usize) -> Result<usize, i32> {
+    let mut off: libc::off_t = 0;
+    // SAFETY: valid descriptors; off is a valid offset pointer.
+    let n = unsafe { libc::sendfile(s.as_raw_fd(), file.as_raw_fd(), &mut off, len) };
+    if n < 0 {
+        Err(io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Reads until `want` bytes arrived or nothing came for `quiet`.
+pub fn recv_up_to(s: &mut TcpStream, want: usize, quiet: Duration) -> Vec<u8> {
+    s.set_read_timeout(Some(quiet)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while out.len() < want {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+    out
+}
+
+/// Whatever arrives within `quiet` (for "nothing arrives" checks).
+pub fn recv_any(s: &mut TcpStream, quiet: Duration) -> Vec<u8> {
+    recv_up_to(s, usize::MAX, quiet)
+}
+
+/// The fd of a stream as a BorrowedFd.
+pub fn fd(s: &TcpStream) -> BorrowedFd<'_> {
+    s.as_fd()
+}
+
+pub const EACCES: i32 = libc::EACCES;
+pub const SHORT: Duration = Duration::from_millis(200);
+pub const LONG: Duration = Duration::from_secs(2);
+
+/// Debug: map ids this process holds descriptors of.
+pub fn held_map_ids() -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+        if let Ok(t) = std::fs::read_to_string(e.path()) {
+            for l in t.lines() {
+                if let Some(v) = l.strip_prefix("map_id:") {
+                    out.push(v.trim().parse().unwrap());
+                }
+            }
+        }
+    }
+    out
+}
