@@ -1,0 +1,400 @@
+//! End-to-end tests of `skpc exec` and `skpc run` (the binary), around real programs:
+//! redis-cli against a redis-server on a unique loopback port (Debian packages
+//! redis-server and redis-tools), python3 clients, sh. Every test checks that the skpc
+//! process left no pin directory and no cgroup behind.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const SKPC: &str = env!("CARGO_BIN_EXE_skpc");
+
+fn tool_or_skip(test: &str, tool: &str, package: &str) -> Option<PathBuf> {
+    for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
+        let p = Path::new(dir).join(tool);
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    if std::env::var("SKP_REQUIRE_KERNEL").as_deref() == Ok("1") {
+        panic!("{test} needs {tool} (apt-get install {package})");
+    }
+    eprintln!("skipping {test}: {tool} is not installed (apt-get install {package})");
+    None
+}
+
+/// The cgroup and pin directories a skpc process with this pid would create.
+fn leftovers(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("skpc-{pid}-");
+    let roots = [
+        skpc_runtime::cgroup2_mount().ok(),
+        skpc_runtime::bpffs_mount().ok(),
+    ];
+    roots
+        .into_iter()
+        .flatten()
+        .flat_map(|r| std::fs::read_dir(r).into_iter().flatten().flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Runs skpc to completion; asserts it left nothing behind.
+fn skpc(args: &[&str]) -> Output {
+    let child = Command::new(SKPC)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        leftovers(pid),
+        Vec::<PathBuf>::new(),
+        "skpc {args:?} left these behind"
+    );
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A redis-server on a free loopback port, outside any skpc cgroup; killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+    cli: PathBuf,
+}
+
+impl Redis {
+    fn start(server: &Path, cli: PathBuf) -> Redis {
+        let port = free_port();
+        let child = Command::new(server)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--dir", "/tmp", "--logfile", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Redis { child, port, cli };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.cli(&["PING"]).0 != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    /// redis-cli outside skpc: (stdout trimmed, exit code).
+    fn cli(&self, args: &[&str]) -> (String, i32) {
+        let out = Command::new(&self.cli)
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            text(&out.stdout).trim().to_string(),
+            out.status.code().unwrap_or(-1),
+        )
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn exec_redis_cli_gets_permission_denied_for_big_writes() {
+    let name = "exec_redis_cli_gets_permission_denied_for_big_writes";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let (Some(server), Some(cli)) = (
+        tool_or_skip(name, "redis-server", "redis-server"),
+        tool_or_skip(name, "redis-cli", "redis-tools"),
+    ) else {
+        return;
+    };
+    let redis = Redis::start(&server, cli.clone());
+    let port = redis.port.to_string();
+    let policy = format!("drop if port == {port} and len > 4096;");
+    let big = "v".repeat(10240);
+    let cli_s = cli.to_str().unwrap();
+
+    let out = skpc(&[
+        "exec", "-e", &policy, "--", cli_s, "-p", &port, "SET", "big", &big,
+    ]);
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("Error: Permission denied"), "{all}");
+    // The counters table on stderr: the drop rule matched the one 10 KiB write.
+    let row = text(&out.stderr)
+        .lines()
+        .find(|l| l.contains("drop if port"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        row.split_whitespace().rev().nth(2) == Some("1"),
+        "counters row: {row}\n{all}"
+    );
+    assert_eq!(
+        redis.cli(&["STRLEN", "big"]),
+        ("0".into(), 0),
+        "the server never got the value"
+    );
+
+    let out = skpc(&[
+        "exec", "--json", "-e", &policy, "--", cli_s, "-p", &port, "SET", "small", "hello",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("OK\n"), "{stdout}");
+    assert!(
+        stdout.contains("\"exit_status\":0") && stdout.contains("\"kind\":\"rule\",\"line\":1"),
+        "{stdout}"
+    );
+    assert_eq!(redis.cli(&["GET", "small"]), ("hello".into(), 0));
+
+    // The same big SET outside skpc goes through: the policy is scoped to the cgroup.
+    assert_eq!(redis.cli(&["SET", "big", &big]), ("OK".into(), 0));
+
+    // --events: a log rule reports redis-cli's writes as they happen.
+    let out = skpc(&[
+        "exec",
+        "--events",
+        "-e",
+        &format!("log if remote.port == {port};"),
+        "--",
+        cli_s,
+        "-p",
+        &port,
+        "PING",
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let log = err
+        .lines()
+        .find(|l| l.starts_with("skpc: log line 1: redis-cli pid"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        log.contains(&format!("-> 127.0.0.1:{port} len 14")),
+        "{log}"
+    );
+}
+
+#[test]
+fn exec_returns_the_command_status_and_cleans_up_on_every_ending() {
+    if !common::kernel_or_skip("exec_returns_the_command_status_and_cleans_up_on_every_ending") {
+        return;
+    }
+    let out = skpc(&["exec", "-e", "pass;", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    let out = skpc(&["exec", "-e", "pass;", "--", "sh", "-c", "kill -SEGV $$"]);
+    assert_eq!(
+        out.status.code(),
+        Some(128 + 11),
+        "a crashing command: 128 + signal"
+    );
+    let out = skpc(&["exec", "-e", "pass;", "--", "/nonexistent/command"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("command not found"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = skpc(&["exec", "-e", "drop if;", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "a policy that does not compile");
+
+    // SIGTERM to skpc reaches the command; skpc still cleans up.
+    let child = Command::new(SKPC)
+        .args(["exec", "-e", "pass;", "--", "sleep", "30"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(500));
+    skpc_runtime::process::send_signal(pid, skpc_runtime::process::sig::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", text(&out.stderr));
+    assert_eq!(leftovers(pid), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_killed_skpc_is_cleaned_up_by_the_next_run() {
+    if !common::kernel_or_skip("a_killed_skpc_is_cleaned_up_by_the_next_run") {
+        return;
+    }
+    let mut child = Command::new(SKPC)
+        .args(["exec", "-e", "pass;", "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while leftovers(pid).len() < 2 {
+        assert!(Instant::now() < deadline, "skpc did not set up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    skpc_runtime::process::send_signal(pid, skpc_runtime::process::sig::SIGKILL);
+    child.wait().unwrap();
+    let left = leftovers(pid);
+    assert_eq!(
+        left.len(),
+        2,
+        "a SIGKILLed skpc leaves its cgroup and pins: {left:?}"
+    );
+    let cgroup = left
+        .iter()
+        .find(|p| p.join("cgroup.procs").exists())
+        .unwrap()
+        .clone();
+    let sleepers: Vec<i32> = std::fs::read_to_string(cgroup.join("cgroup.procs"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    let out = skpc(&["exec", "-e", "pass;", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        leftovers(pid),
+        Vec::<PathBuf>::new(),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("left behind by a skpc that was killed"),
+        "{}",
+        text(&out.stderr)
+    );
+    for p in sleepers {
+        skpc_runtime::process::send_signal(p as u32, skpc_runtime::process::sig::SIGKILL);
+    }
+}
+
+#[test]
+fn run_enforces_on_a_cgroup_reloads_on_sighup_and_stops_on_sigterm() {
+    let name = "run_enforces_on_a_cgroup_reloads_on_sighup_and_stops_on_sigterm";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let Some(python) = tool_or_skip(name, "python3", "python3") else {
+        return;
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let file = common::TempFile::with_contents(
+        "skpc_run",
+        "skp",
+        format!("drop if remote.port == {port} and payload starts with \"BAD\";").as_bytes(),
+    );
+    let cg = skpc_runtime::TempCgroup::create().unwrap();
+    let mut run = Command::new(SKPC)
+        .args([
+            "run",
+            file.path.to_str().unwrap(),
+            "--cgroup",
+            cg.path().to_str().unwrap(),
+            "--interval",
+            "0.2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = run.id();
+    let (tx, rx) = mpsc::channel::<String>();
+    let stderr = run.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = tx.send(line);
+        }
+        all
+    });
+    let stdout = run.stdout.take().unwrap();
+    let lines =
+        std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).count());
+    let expect = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains(what) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("skpc run never said {what:?}"),
+            }
+        }
+    };
+    expect("enforcing");
+    let acceptor = std::thread::spawn(move || {
+        for _ in 0..3 {
+            let _ = listener.accept();
+        }
+    });
+    let send_from_cgroup = |msg: &str| -> String {
+        let mut cmd = Command::new(&python);
+        cmd.args([
+            "-c",
+            "import socket,sys\nc=socket.create_connection(('127.0.0.1',int(sys.argv[1])))\ntry:\n c.send(sys.argv[2].encode()); print('ok')\nexcept PermissionError: print('EACCES')",
+            &port.to_string(),
+            msg,
+        ]);
+        skpc_runtime::process::join_cgroup_on_exec(&mut cmd, cg.path()).unwrap();
+        text(&cmd.output().unwrap().stdout).trim().to_string()
+    };
+    assert_eq!(send_from_cgroup("BAD one"), "EACCES");
+    // A broken policy: the old one stays.
+    std::fs::write(&file.path, "drop if remote.port == ;").unwrap();
+    skpc_runtime::process::send_signal(pid, skpc_runtime::process::sig::SIGHUP);
+    expect("reload failed");
+    // A new one: applies from now on.
+    std::fs::write(
+        &file.path,
+        format!("drop if remote.port == {port} and payload starts with \"NEW\";"),
+    )
+    .unwrap();
+    skpc_runtime::process::send_signal(pid, skpc_runtime::process::sig::SIGHUP);
+    expect("version 2 now enforced");
+    assert_eq!(send_from_cgroup("BAD two"), "ok");
+    assert_eq!(send_from_cgroup("NEW one"), "EACCES");
+    skpc_runtime::process::send_signal(pid, skpc_runtime::process::sig::SIGTERM);
+    let status = run.wait().unwrap();
+    let all = reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{all}");
+    assert!(all.contains("stopped; counters"), "{all}");
+    assert!(
+        lines.join().unwrap() >= 2,
+        "periodic counter lines on a non-terminal stdout"
+    );
+    assert_eq!(leftovers(pid), Vec::<PathBuf>::new());
+    acceptor.join().unwrap();
+    let _ = std::io::stdout().flush();
+}
