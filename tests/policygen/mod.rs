@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use skpc::check::hir::{Decision, Message};
+use skpc::check::hir::{Decision, IntField, Message, SockSlot, Target, Verdict};
 use skpc_abi::{AF_INET, AF_INET6};
 
 // ------------------------------------------------------------------ rng
@@ -74,10 +74,74 @@ pub fn seed(default: u64) -> u64 {
 
 // ------------------------------------------------------------------ policies
 
-/// A condition tree; atoms are source text.
+/// What an atom means, straight from the source (independent of the checker): the
+/// generator's own account of each condition, evaluated by [`source_eval`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Sem {
+    Const(bool),
+    /// `field` in ranges (the field read from the message; `None` = payload too short,
+    /// which makes the test false before `negate`).
+    Int { field: F, ranges: Vec<(u64, u64)>, negate: bool },
+    /// Either port in ranges.
+    EitherPort { ranges: Vec<(u64, u64)>, negate: bool },
+    Addr { local: bool, remote: bool, mapped: bool, nets: Vec<(IpAddr, u8)>, negate: bool },
+    /// The payload at `offset` starts with one of `alts` (lengths may differ).
+    Payload { offset: u32, alts: Vec<Vec<u8>>, negate: bool },
+    Comm { alts: Vec<Vec<u8>>, prefix: bool, negate: bool },
+}
+
+/// An integer field as the source names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum F {
+    Len,
+    Family,
+    LocalPort,
+    RemotePort,
+    Uid,
+    Gid,
+    Pid,
+    Cgroup,
+    Byte(u32),
+}
+
+impl F {
+    fn parse(name: &str) -> F {
+        match name {
+            "len" => F::Len,
+            "local.port" => F::LocalPort,
+            "remote.port" => F::RemotePort,
+            "uid" => F::Uid,
+            "gid" => F::Gid,
+            "pid" => F::Pid,
+            "cgroup" => F::Cgroup,
+            other => panic!("not an int field: {other}"),
+        }
+    }
+
+    fn value(self, m: &Message) -> Option<u64> {
+        Some(match self {
+            F::Len => m.len as u64,
+            F::Family => m.family as u64,
+            F::LocalPort => m.local_port as u64,
+            F::RemotePort => m.remote_port as u64,
+            F::Uid => m.uid as u64,
+            F::Gid => m.gid as u64,
+            F::Pid => m.pid as u64,
+            F::Cgroup => m.cgroup,
+            F::Byte(i) => {
+                if i as u64 >= m.len as u64 {
+                    return None;
+                }
+                m.payload.get(i as usize).copied().unwrap_or(0) as u64
+            }
+        })
+    }
+}
+
+/// A condition tree; atoms are source text with their meaning.
 #[derive(Clone, Debug, PartialEq)]
 pub enum GCond {
-    Atom(String),
+    Atom(String, Sem),
     And(Vec<GCond>),
     Or(Vec<GCond>),
     Not(Box<GCond>),
@@ -86,11 +150,11 @@ pub enum GCond {
 impl GCond {
     fn render(&self, out: &mut String, paren_or: bool) {
         match self {
-            GCond::Atom(a) => out.push_str(a),
+            GCond::Atom(a, _) => out.push_str(a),
             GCond::Not(c) => {
                 out.push_str("not ");
                 match **c {
-                    GCond::Atom(_) | GCond::Not(_) => c.render(out, true),
+                    GCond::Atom(..) | GCond::Not(_) => c.render(out, true),
                     _ => {
                         out.push('(');
                         c.render(out, false);
@@ -140,7 +204,7 @@ impl GCond {
     fn shrinks(&self) -> Vec<GCond> {
         let mut out = Vec::new();
         match self {
-            GCond::Atom(_) => {}
+            GCond::Atom(..) => {}
             GCond::Not(c) => {
                 out.push((**c).clone());
                 for s in c.shrinks() {
@@ -176,11 +240,80 @@ impl GCond {
         }
         out
     }
+
+    /// Does the condition hold, by the source-level meaning?
+    pub fn holds(&self, m: &Message) -> bool {
+        match self {
+            GCond::Atom(_, s) => sem_holds(s, m),
+            GCond::And(cs) => cs.iter().all(|c| c.holds(m)),
+            GCond::Or(cs) => cs.iter().any(|c| c.holds(m)),
+            GCond::Not(c) => !c.holds(m),
+        }
+    }
+}
+
+fn in_ranges(v: u64, ranges: &[(u64, u64)]) -> bool {
+    ranges.iter().any(|&(lo, hi)| lo <= v && v <= hi)
+}
+
+fn net_has(net: &(IpAddr, u8), ip: IpAddr, family: u32, mapped: bool) -> bool {
+    let (a, p) = *net;
+    match (a, ip) {
+        (IpAddr::V4(n), IpAddr::V4(x)) if family == AF_INET => {
+            p == 0 || (u32::from(n) >> (32 - p as u32)) == (u32::from(x) >> (32 - p as u32))
+        }
+        (IpAddr::V4(n), IpAddr::V6(x)) if family == AF_INET6 && mapped => match x.to_ipv4_mapped() {
+            Some(x) => net_has(&(IpAddr::V4(n), p), IpAddr::V4(x), AF_INET, false),
+            None => false,
+        },
+        (IpAddr::V6(n), IpAddr::V6(x)) if family == AF_INET6 => {
+            p == 0 || (u128::from(n) >> (128 - p as u32)) == (u128::from(x) >> (128 - p as u32))
+        }
+        _ => false,
+    }
+}
+
+fn sem_holds(s: &Sem, m: &Message) -> bool {
+    match s {
+        Sem::Const(b) => *b,
+        Sem::Int { field, ranges, negate } => field.value(m).is_some_and(|v| in_ranges(v, ranges)) != *negate,
+        Sem::EitherPort { ranges, negate } => {
+            (in_ranges(m.local_port as u64, ranges) || in_ranges(m.remote_port as u64, ranges)) != *negate
+        }
+        Sem::Addr { local, remote, mapped, nets, negate } => {
+            let mut hit = false;
+            for (on, ip) in [(*local, m.local_ip), (*remote, m.remote_ip)] {
+                hit |= on && nets.iter().any(|n| net_has(n, ip, m.family, *mapped));
+            }
+            hit != *negate
+        }
+        Sem::Payload { offset, alts, negate } => {
+            let hit = alts.iter().any(|a| {
+                let end = *offset as u64 + a.len() as u64;
+                end <= m.len as u64
+                    && a.iter().enumerate().all(|(i, b)| m.payload.get(*offset as usize + i).copied().unwrap_or(0) == *b)
+            });
+            hit != *negate
+        }
+        Sem::Comm { alts, prefix, negate } => {
+            let hit = alts.iter().any(|a| if *prefix { m.comm.starts_with(a) } else { m.comm == *a });
+            hit != *negate
+        }
+    }
+}
+
+/// What an action does, from the source.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ASem {
+    Decide(Decision),
+    Count,
+    Log,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct GRule {
     pub action: String,
+    pub sem: ASem,
     pub cond: Option<GCond>,
 }
 
@@ -190,7 +323,56 @@ pub struct GenPolicy {
     pub decls: Vec<(String, String)>,
     pub rules: Vec<GRule>,
     /// The action of `default`, if any.
-    pub default: Option<String>,
+    pub default: Option<(String, Decision)>,
+}
+
+fn simple(verdict: Verdict) -> ASem {
+    ASem::Decide(Decision { verdict, apply_bytes: None })
+}
+
+/// The verdict the kernel gives for a decision on `m` (slots resolved, peer normalized).
+fn resolve(d: &Decision, m: &Message) -> Decision {
+    let verdict = match &d.verdict {
+        Verdict::Redirect { ingress, target: Target::Sock(SockSlot::Field(f)) } => {
+            let v = match f {
+                IntField::Uid => m.uid as u64,
+                IntField::Gid => m.gid as u64,
+                IntField::Pid => m.pid as u64,
+                IntField::Cgroup => m.cgroup,
+                IntField::Len => m.len as u64,
+                IntField::LocalPort => m.local_port as u64,
+                IntField::RemotePort => m.remote_port as u64,
+                other => panic!("slot field {other:?}"),
+            } as u32;
+            if v < skpc_abi::SOCKMAP_SLOTS {
+                Verdict::Redirect { ingress: *ingress, target: Target::Sock(SockSlot::Const(v)) }
+            } else {
+                Verdict::Drop
+            }
+        }
+        Verdict::Redirect { target: Target::Peer, .. } => Verdict::Redirect { ingress: true, target: Target::Peer },
+        other => other.clone(),
+    };
+    Decision { verdict, apply_bytes: d.apply_bytes }
+}
+
+/// The source-level meaning of the policy on `m`: the decision (as
+/// `skpc::eval::eval` reports it) and the deciding rule (`None`: the default), and the
+/// rules that logged.
+pub fn source_eval(p: &GenPolicy, m: &Message) -> (Decision, Option<usize>, Vec<usize>) {
+    let mut logged = Vec::new();
+    for (i, r) in p.rules.iter().enumerate() {
+        if !r.cond.as_ref().map_or(true, |c| c.holds(m)) {
+            continue;
+        }
+        match &r.sem {
+            ASem::Decide(d) => return (resolve(d, m), Some(i), logged),
+            ASem::Log => logged.push(i),
+            ASem::Count => {}
+        }
+    }
+    let d = p.default.as_ref().map(|(_, d)| d.clone()).unwrap_or(Decision { verdict: Verdict::Pass, apply_bytes: None });
+    (resolve(&d, m), None, logged)
 }
 
 impl GenPolicy {
@@ -208,7 +390,7 @@ impl GenPolicy {
             }
             s.push_str(";\n");
         }
-        if let Some(d) = &self.default {
+        if let Some((d, _)) = &self.default {
             let _ = writeln!(s, "default {d};");
         }
         s
@@ -238,10 +420,11 @@ impl GenPolicy {
                     out.push(p);
                 }
             }
-            for simple in ["pass", "drop"] {
-                if self.rules[i].action != simple {
+            for (text, v) in [("pass", Verdict::Pass), ("drop", Verdict::Drop)] {
+                if self.rules[i].action != text {
                     let mut p = self.clone();
-                    p.rules[i].action = simple.to_string();
+                    p.rules[i].action = text.to_string();
+                    p.rules[i].sem = simple(v);
                     out.push(p);
                 }
             }
@@ -252,20 +435,13 @@ impl GenPolicy {
             p.decls.clear();
             p.source()
         };
-        for i in 0..self.decls.len() {
-            let name = &self.decls[i].0;
-            let used = body
-                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .any(|w| w == name)
-                || self
-                    .decls
-                    .iter()
-                    .any(|(n, d)| n != name && d.contains(name.as_str()));
-            if !used {
-                let mut p = self.clone();
-                p.decls.remove(i);
-                out.push(p);
-            }
+        let words: Vec<&str> = body.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).collect();
+        let used: Vec<(String, String)> = self.decls.iter().filter(|(n, _)| words.contains(&n.as_str())).cloned().collect();
+        if used.len() < self.decls.len() {
+            // Declarations only refer to literals, so the unused ones can all go at once.
+            let mut p = self.clone();
+            p.decls = used;
+            out.insert(0, p);
         }
         out
     }
@@ -284,73 +460,16 @@ pub struct Pool {
     pub comms: Vec<Vec<u8>>,
 }
 
-const PORT_EDGES: &[u64] = &[
-    0, 1, 22, 80, 443, 1023, 1024, 5432, 6379, 8080, 32768, 65534, 65535,
-];
-const LEN_EDGES: &[u64] = &[
-    0,
-    1,
-    15,
-    16,
-    17,
-    64,
-    100,
-    1000,
-    4095,
-    4096,
-    4097,
-    16383,
-    16384,
-    16385,
-    65535,
-    65536,
-    1 << 20,
-    u32::MAX as u64,
-];
-const ID_EDGES: &[u64] = &[
-    0,
-    1,
-    2,
-    999,
-    1000,
-    1001,
-    65534,
-    65535,
-    65536,
-    0x7fff_ffff,
-    0x8000_0000,
-    u32::MAX as u64 - 1,
-    u32::MAX as u64,
-];
-const CGROUP_EDGES: &[u64] = &[
-    0,
-    1,
-    2,
-    4242,
-    0x7fff_ffff,
-    0x8000_0000,
-    0xffff_ffff,
-    0x1_0000_0000,
-    0x1_0000_0001,
-    1 << 63,
-    u64::MAX - 1,
-    u64::MAX,
-];
-const OFFSETS: &[u32] = &[
-    0, 0, 0, 1, 2, 3, 4, 7, 8, 15, 16, 31, 63, 64, 100, 1000, 4000,
-];
-const COMMS: &[&[u8]] = &[
-    b"client",
-    b"curl",
-    b"redis-server",
-    b"nginx",
-    b"python3",
-    b"a",
-    b"ssh",
-    b"sshd",
-    b"exactly15bytes!",
-    b"psql",
-];
+const PORT_EDGES: &[u64] = &[0, 1, 22, 80, 443, 1023, 1024, 5432, 6379, 8080, 32768, 65534, 65535];
+const LEN_EDGES: &[u64] =
+    &[0, 1, 15, 16, 17, 64, 100, 1000, 4095, 4096, 4097, 16383, 16384, 16385, 65535, 65536, 1 << 20, u32::MAX as u64];
+const ID_EDGES: &[u64] =
+    &[0, 1, 2, 999, 1000, 1001, 65534, 65535, 65536, 0x7fff_ffff, 0x8000_0000, u32::MAX as u64 - 1, u32::MAX as u64];
+const CGROUP_EDGES: &[u64] =
+    &[0, 1, 2, 4242, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 0x1_0000_0000, 0x1_0000_0001, 1 << 63, u64::MAX - 1, u64::MAX];
+const OFFSETS: &[u32] = &[0, 0, 0, 1, 2, 3, 4, 7, 8, 15, 16, 31, 63, 64, 100, 1000, 4000];
+const COMMS: &[&[u8]] =
+    &[b"client", b"curl", b"redis-server", b"nginx", b"python3", b"a", b"ssh", b"sshd", b"exactly15bytes!", b"psql"];
 
 struct Gen<'r> {
     rng: &'r mut Rng,
@@ -361,12 +480,7 @@ struct Gen<'r> {
 
 /// A random policy and the values it mentions.
 pub fn gen_policy(rng: &mut Rng) -> (GenPolicy, Pool) {
-    let mut g = Gen {
-        rng,
-        pool: Pool::default(),
-        decls: Vec::new(),
-        counters: Vec::new(),
-    };
+    let mut g = Gen { rng, pool: Pool::default(), decls: Vec::new(), counters: Vec::new() };
     let n = match g.rng.below(20) {
         0 => g.rng.range(20, 60),
         1..=4 => 1,
@@ -374,29 +488,36 @@ pub fn gen_policy(rng: &mut Rng) -> (GenPolicy, Pool) {
     };
     let mut rules = Vec::new();
     for _ in 0..n {
-        let action = g.action();
+        let (action, sem) = g.action();
         let cond = if g.rng.pct(8) { None } else { Some(g.cond(0)) };
-        rules.push(GRule { action, cond });
+        rules.push(GRule { action, sem, cond });
     }
-    let default = if g.rng.pct(45) {
-        None
-    } else {
-        Some(g.decision())
-    };
-    let p = GenPolicy {
-        decls: g.decls,
-        rules,
-        default,
-    };
+    let default = if g.rng.pct(45) { None } else { Some(g.decision()) };
+    let p = GenPolicy { decls: g.decls, rules, default };
     (p, g.pool)
 }
 
+fn cmp_ranges(op: &str, v: u64, max: u64) -> (Vec<(u64, u64)>, bool) {
+    match op {
+        "==" => (vec![(v, v)], false),
+        "!=" => (vec![(v, v)], true),
+        "<" => (if v == 0 { vec![] } else { vec![(0, (v - 1).min(max))] }, false),
+        "<=" => (vec![(0, v.min(max))], false),
+        ">" => (if v >= max { vec![] } else { vec![(v + 1, max)] }, false),
+        ">=" => (if v > max { vec![] } else { vec![(v, max)] }, false),
+        _ => unreachable!(),
+    }
+}
+
 impl Gen<'_> {
-    fn action(&mut self) -> String {
+    fn action(&mut self) -> (String, ASem) {
         match self.rng.below(100) {
-            0..=14 => self.counter(),
-            15..=24 => "log".into(),
-            _ => self.decision(),
+            0..=14 => (self.counter(), ASem::Count),
+            15..=24 => ("log".into(), ASem::Log),
+            _ => {
+                let (t, d) = self.decision();
+                (t, ASem::Decide(d))
+            }
         }
     }
 
@@ -411,71 +532,79 @@ impl Gen<'_> {
         format!("count {name}")
     }
 
-    fn bytes_count(&mut self) -> String {
+    fn bytes_count(&mut self) -> (String, u32) {
         match self.rng.below(8) {
-            0 => "1".into(),
-            1 => "16".into(),
-            2 => "4KiB".into(),
-            3 => "1MiB".into(),
-            4 => "4294967295".into(),
-            5 => "0xffff_ffff".into(),
-            _ => self.rng.range(1, 100_000).to_string(),
+            0 => ("1".into(), 1),
+            1 => ("16".into(), 16),
+            2 => ("4KiB".into(), 4096),
+            3 => ("1MiB".into(), 1 << 20),
+            4 => ("4294967295".into(), u32::MAX),
+            5 => ("0xffff_ffff".into(), u32::MAX),
+            _ => {
+                let v = self.rng.range(1, 100_000);
+                (int_text(self.rng, v), v as u32)
+            }
         }
     }
 
-    fn decision(&mut self) -> String {
-        let base = match self.rng.below(100) {
-            0..=24 => "pass".to_string(),
-            25..=54 => "drop".to_string(),
+    fn decision(&mut self) -> (String, Decision) {
+        let (base, verdict) = match self.rng.below(100) {
+            0..=24 => ("pass".to_string(), Verdict::Pass),
+            25..=54 => ("drop".to_string(), Verdict::Drop),
             55..=69 => {
-                let ingress = if self.rng.pct(40) { "ingress " } else { "" };
-                let slot = match self.rng.below(10) {
-                    0..=5 => self
-                        .rng
-                        .pick(&["0", "1", "3", "63", "0x3f", "7"])
-                        .to_string(),
+                let ingress = self.rng.pct(40);
+                let (slot, s) = match self.rng.below(10) {
+                    0..=5 => {
+                        let v = self.rng.pick(&[0u64, 1, 3, 63, 7]);
+                        (int_text(self.rng, v), SockSlot::Const(v as u32))
+                    }
                     6 => {
                         let v = self.rng.range(0, 63);
-                        self.named_int(v)
+                        (self.named_int(v), SockSlot::Const(v as u32))
                     }
-                    _ => self
-                        .rng
-                        .pick(&[
-                            "uid",
-                            "gid",
-                            "pid",
-                            "cgroup",
-                            "len",
-                            "local.port",
-                            "remote.port",
-                        ])
-                        .to_string(),
+                    _ => {
+                        let (name, f) = self.rng.pick(&[
+                            ("uid", IntField::Uid),
+                            ("gid", IntField::Gid),
+                            ("pid", IntField::Pid),
+                            ("cgroup", IntField::Cgroup),
+                            ("len", IntField::Len),
+                            ("local.port", IntField::LocalPort),
+                            ("remote.port", IntField::RemotePort),
+                        ]);
+                        (name.to_string(), SockSlot::Field(f))
+                    }
                 };
-                format!("redirect {ingress}to sock {slot}")
+                (
+                    format!("redirect {}to sock {slot}", if ingress { "ingress " } else { "" }),
+                    Verdict::Redirect { ingress, target: Target::Sock(s) },
+                )
             }
             70..=84 => {
-                let ingress = if self.rng.pct(50) { "ingress " } else { "" };
-                format!("redirect {ingress}to peer")
+                let ingress = self.rng.pct(50);
+                (
+                    format!("redirect {}to peer", if ingress { "ingress " } else { "" }),
+                    Verdict::Redirect { ingress, target: Target::Peer },
+                )
             }
             _ => {
-                let n = self.bytes_count();
-                return format!("cork {n}");
+                let (t, n) = self.bytes_count();
+                return (format!("cork {t}"), Decision { verdict: Verdict::Cork(n), apply_bytes: None });
             }
         };
         if self.rng.pct(15) {
-            let n = self.bytes_count();
-            format!("{base} for {n}")
+            let (t, n) = self.bytes_count();
+            (format!("{base} for {t}"), Decision { verdict, apply_bytes: Some(n) })
         } else {
-            base
+            (base, Decision { verdict, apply_bytes: None })
         }
     }
 
-    /// Declares `const cN = text;` and returns the name.
+    /// Declares `const cN = text;` (or `set sN`) and returns the name.
     fn declare(&mut self, is_set: bool, text: String) -> String {
         let name = format!("{}{}", if is_set { "s" } else { "c" }, self.decls.len());
         let kw = if is_set { "set" } else { "const" };
-        self.decls
-            .push((name.clone(), format!("{kw} {name} = {text};")));
+        self.decls.push((name.clone(), format!("{kw} {name} = {text};")));
         name
     }
 
@@ -487,26 +616,22 @@ impl Gen<'_> {
     fn cond(&mut self, depth: u32) -> GCond {
         let leaf = depth >= 3 || self.rng.pct(if depth == 0 { 35 } else { 55 });
         if leaf {
-            return GCond::Atom(self.atom());
+            let (t, s) = self.atom();
+            return GCond::Atom(t, s);
         }
         match self.rng.below(10) {
-            0..=3 => GCond::And(
-                (0..self.rng.range(2, 4))
-                    .map(|_| self.cond(depth + 1))
-                    .collect(),
-            ),
-            4..=7 => GCond::Or(
-                (0..self.rng.range(2, 4))
-                    .map(|_| self.cond(depth + 1))
-                    .collect(),
-            ),
+            0..=3 => GCond::And((0..self.rng.range(2, 4)).map(|_| self.cond(depth + 1)).collect()),
+            4..=7 => GCond::Or((0..self.rng.range(2, 4)).map(|_| self.cond(depth + 1)).collect()),
             _ => GCond::Not(Box::new(self.cond(depth + 1))),
         }
     }
 
-    fn atom(&mut self) -> String {
+    fn atom(&mut self) -> (String, Sem) {
         match self.rng.below(100) {
-            0..=2 => self.rng.pick(&["true", "false"]).to_string(),
+            0..=2 => {
+                let b = self.rng.pct(50);
+                (b.to_string(), Sem::Const(b))
+            }
             3..=12 => self.int_atom("len", LEN_EDGES, u32::MAX as u64, Kind::Len),
             13..=27 => {
                 let f = self.rng.pick(&["port", "local.port", "remote.port"]);
@@ -547,7 +672,15 @@ impl Gen<'_> {
         v
     }
 
-    fn int_atom(&mut self, field: &str, edges: &[u64], max: u64, kind: Kind) -> String {
+    fn int_sem(field: &str, kind: Kind, ranges: Vec<(u64, u64)>, negate: bool) -> Sem {
+        match (field, kind) {
+            ("port", _) => Sem::EitherPort { ranges, negate },
+            (_, Kind::Byte(i)) => Sem::Int { field: F::Byte(i), ranges, negate },
+            (f, _) => Sem::Int { field: F::parse(f), ranges, negate },
+        }
+    }
+
+    fn int_atom(&mut self, field: &str, edges: &[u64], max: u64, kind: Kind) -> (String, Sem) {
         match self.rng.below(10) {
             0..=5 => {
                 let op = self.rng.pick(&["==", "!=", "<", "<=", ">", ">="]);
@@ -556,82 +689,66 @@ impl Gen<'_> {
                     // A bound beyond the field's range folds.
                     v = max + self.rng.range(1, 1000);
                 }
-                let t = if self.rng.pct(10) {
-                    self.named_int(v)
-                } else {
-                    int_text(self.rng, v)
-                };
-                if self.rng.pct(10) && matches!(op, "==" | "!=") {
+                let (ranges, negate) = cmp_ranges(op, v, max);
+                let t = if self.rng.pct(10) { self.named_int(v) } else { int_text(self.rng, v) };
+                let text = if self.rng.pct(10) && matches!(op, "==" | "!=") {
                     format!("{t} {op} {field}")
                 } else {
                     format!("{field} {op} {t}")
-                }
+                };
+                (text, Self::int_sem(field, kind, ranges, negate))
             }
             6 => {
                 let (lo, hi) = self.range_of(edges, max, kind);
-                format!(
-                    "{field} in {}..{}",
-                    int_text(self.rng, lo),
-                    int_text(self.rng, hi)
-                )
+                let text = format!("{field} in {}..{}", int_text(self.rng, lo), int_text(self.rng, hi));
+                (text, Self::int_sem(field, kind, vec![(lo, hi)], false))
             }
             _ => {
-                let n = if self.rng.pct(15) {
-                    self.rng.range(5, 40)
-                } else {
-                    self.rng.range(2, 5)
-                };
+                let n = if self.rng.pct(15) { self.rng.range(5, 40) } else { self.rng.range(2, 5) };
                 let mut elems = Vec::new();
+                let mut ranges = Vec::new();
                 for _ in 0..n {
                     if self.rng.pct(30) {
                         let (lo, hi) = self.range_of(edges, max, kind);
-                        elems.push(format!(
-                            "{}..{}",
-                            int_text(self.rng, lo),
-                            int_text(self.rng, hi)
-                        ));
+                        elems.push(format!("{}..{}", int_text(self.rng, lo), int_text(self.rng, hi)));
+                        ranges.push((lo, hi));
                     } else {
                         let v = self.value(edges, max, kind);
                         elems.push(int_text(self.rng, v));
+                        ranges.push((v, v));
                     }
                 }
                 let set = format!("{{{}}}", elems.join(", "));
-                if self.rng.pct(30) {
+                let text = if self.rng.pct(30) {
                     let name = self.declare(true, set);
                     format!("{field} in {name}")
                 } else {
                     format!("{field} in {set}")
-                }
+                };
+                (text, Self::int_sem(field, kind, ranges, false))
             }
         }
     }
 
     fn range_of(&mut self, edges: &[u64], max: u64, kind: Kind) -> (u64, u64) {
         let a = self.value(edges, max, kind);
-        let b = if self.rng.pct(50) {
-            a.saturating_add(self.rng.range(0, 10)).min(max)
-        } else {
-            self.value(edges, max, kind)
-        };
+        let b = if self.rng.pct(50) { a.saturating_add(self.rng.range(0, 10)).min(max) } else { self.value(edges, max, kind) };
         let (lo, hi) = (a.min(b), a.max(b));
         self.remember(kind, hi.saturating_add(1).min(max));
         self.remember(kind, lo.saturating_sub(1));
         (lo, hi)
     }
 
-    fn family_atom(&mut self) -> String {
-        match self.rng.below(4) {
-            0 => "family == inet".into(),
-            1 => "family == inet6".into(),
-            2 => "family != inet".into(),
-            _ => self
-                .rng
-                .pick(&[
-                    "family in {inet, inet6}",
-                    "family in {inet6}",
-                    "inet6 == family",
-                ])
-                .into(),
+    fn family_atom(&mut self) -> (String, Sem) {
+        let (i4, i6) = (AF_INET as u64, AF_INET6 as u64);
+        let fam = |ranges: Vec<(u64, u64)>, negate| Sem::Int { field: F::Family, ranges, negate };
+        match self.rng.below(6) {
+            0 => ("family == inet".into(), fam(vec![(i4, i4)], false)),
+            1 => ("family == inet6".into(), fam(vec![(i6, i6)], false)),
+            2 => ("family != inet".into(), fam(vec![(i4, i4)], true)),
+            3 => ("family in {inet, inet6}".into(), fam(vec![(i4, i4), (i6, i6)], false)),
+            4 => ("family in {inet6}".into(), fam(vec![(i6, i6)], false)),
+            _ => ("inet6 == family".into(), fam(vec![(i6, i6)], false)),
         }
     }
 
@@ -647,11 +764,7 @@ impl Gen<'_> {
                 _ => Ipv4Addr::from(self.rng.next() as u32),
             };
             let any = self.rng.range(0, 32) as u8;
-            let prefix = if host {
-                32
-            } else {
-                self.rng.pick(&[0u8, 1, 7, 8, 12, 16, 24, 31, 32, any])
-            };
+            let prefix = if host { 32 } else { self.rng.pick(&[0u8, 1, 7, 8, 12, 16, 24, 31, 32, any]) };
             let addr = Ipv4Addr::from(u32::from(base) & skpc::check::hir::mask32(prefix));
             (IpAddr::V4(addr), prefix)
         } else {
@@ -667,19 +780,13 @@ impl Gen<'_> {
                 _ => Ipv6Addr::from(((self.rng.next() as u128) << 64) | self.rng.next() as u128),
             };
             let any = self.rng.range(0, 128) as u8;
-            let prefix = if host {
-                128
-            } else {
-                self.rng.pick(&[
-                    0u8, 1, 8, 10, 16, 32, 48, 64, 95, 96, 97, 120, 127, 128, any,
-                ])
-            };
+            let prefix = if host { 128 } else { self.rng.pick(&[0u8, 1, 8, 10, 16, 32, 48, 64, 95, 96, 97, 120, 127, 128, any]) };
             let addr = Ipv6Addr::from(u128::from(base) & skpc::check::hir::mask128(prefix));
             (IpAddr::V6(addr), prefix)
         }
     }
 
-    fn addr_atom(&mut self) -> String {
+    fn addr_atom(&mut self) -> (String, Sem) {
         let field = self.rng.pick(&[
             "ip",
             "ip",
@@ -694,42 +801,46 @@ impl Gen<'_> {
         let v4_ok = !field.ends_with("ip6");
         let v6_ok = !field.ends_with("ip4");
         let pick_v4 = |rng: &mut Rng| if v4_ok && v6_ok { rng.pct(60) } else { v4_ok };
+        let local = field == "ip" || field.starts_with("local");
+        let remote = field == "ip" || field.starts_with("remote");
+        // `ip`, `local.ip`, `remote.ip` also match IPv4-mapped addresses of IPv6 sockets.
+        let mapped = v4_ok && v6_ok;
+        let sem = |nets: Vec<(IpAddr, u8)>, negate| Sem::Addr { local, remote, mapped, nets, negate };
         match self.rng.below(10) {
             0..=3 => {
                 let v4 = pick_v4(self.rng);
-                let (a, _) = self.net(v4, true);
-                self.pool.nets.push((a, if v4 { 32 } else { 128 }));
+                let (a, p) = self.net(v4, true);
+                self.pool.nets.push((a, p));
                 let op = self.rng.pick(&["==", "!="]);
-                format!("{field} {op} {a}")
+                (format!("{field} {op} {a}"), sem(vec![(a, p)], op == "!="))
             }
             4..=6 => {
                 let v4 = pick_v4(self.rng);
                 let (a, p) = self.net(v4, false);
                 self.pool.nets.push((a, p));
-                format!("{field} in {a}/{p}")
+                (format!("{field} in {a}/{p}"), sem(vec![(a, p)], false))
             }
             _ => {
                 let n = self.rng.range(2, 6);
                 let mut elems = Vec::new();
+                let mut nets = Vec::new();
                 for _ in 0..n {
                     let v4 = pick_v4(self.rng);
                     let host = self.rng.pct(25);
                     let (a, p) = self.net(v4, host);
                     self.pool.nets.push((a, p));
+                    nets.push((a, p));
                     let full = if v4 { 32 } else { 128 };
-                    elems.push(if p == full && self.rng.pct(50) {
-                        a.to_string()
-                    } else {
-                        format!("{a}/{p}")
-                    });
+                    elems.push(if p == full && self.rng.pct(50) { a.to_string() } else { format!("{a}/{p}") });
                 }
                 let set = format!("{{{}}}", elems.join(", "));
-                if self.rng.pct(30) {
+                let text = if self.rng.pct(30) {
                     let name = self.declare(true, set);
                     format!("{field} in {name}")
                 } else {
                     format!("{field} in {set}")
-                }
+                };
+                (text, sem(nets, false))
             }
         }
     }
@@ -743,23 +854,13 @@ impl Gen<'_> {
         }
     }
 
-    fn byte_atom(&mut self) -> String {
+    fn byte_atom(&mut self) -> (String, Sem) {
         let i = match self.rng.below(10) {
             0..=7 => self.offset(1),
             8 => 4095,
             _ => self.rng.range(0, 4095) as u32,
         };
-        let edges = [
-            0u64,
-            1,
-            0x20,
-            b'A' as u64,
-            b'G' as u64,
-            0x7f,
-            0x80,
-            0xfe,
-            0xff,
-        ];
+        let edges = [0u64, 1, 0x20, b'A' as u64, b'G' as u64, 0x7f, 0x80, 0xfe, 0xff];
         let field = format!("payload[{i}]");
         self.int_atom(&field, &edges, 255, Kind::Byte(i))
     }
@@ -774,53 +875,32 @@ impl Gen<'_> {
         (0..len).map(|_| self.rng.pick(alphabet)).collect()
     }
 
-    fn slice_atom(&mut self) -> String {
+    fn slice_atom(&mut self) -> (String, Sem) {
         let len = match self.rng.below(10) {
-            0..=5 => self
-                .rng
-                .pick(&[1u32, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64]),
+            0..=5 => self.rng.pick(&[1u32, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64]),
             _ => self.rng.range(1, 64) as u32,
         };
         let off = self.offset(len);
         let end = off + len;
-        let n = if self.rng.pct(30) {
-            self.rng.range(2, 4)
-        } else {
-            1
-        };
+        let n = if self.rng.pct(30) { self.rng.range(2, 4) } else { 1 };
         let strs: Vec<Vec<u8>> = (0..n).map(|_| self.string(len as usize)).collect();
         for s in &strs {
             self.pool.strings.push((off, s.clone()));
         }
-        let field = format!(
-            "payload[{}..{}]",
-            int_text(self.rng, off as u64),
-            int_text(self.rng, end as u64)
-        );
+        let field = format!("payload[{}..{}]", int_text(self.rng, off as u64), int_text(self.rng, end as u64));
         if n == 1 {
             let op = self.rng.pick(&["==", "!="]);
             let s = quote(&strs[0]);
-            let s = if self.rng.pct(10) {
-                self.declare(false, s)
-            } else {
-                s
-            };
-            format!("{field} {op} {s}")
+            let s = if self.rng.pct(10) { self.declare(false, s) } else { s };
+            (format!("{field} {op} {s}"), Sem::Payload { offset: off, alts: strs, negate: op == "!=" })
         } else {
-            let set = format!(
-                "{{{}}}",
-                strs.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
-            );
-            format!("{field} in {set}")
+            let set = format!("{{{}}}", strs.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", "));
+            (format!("{field} in {set}"), Sem::Payload { offset: off, alts: strs, negate: false })
         }
     }
 
-    fn starts_atom(&mut self) -> String {
-        let n = if self.rng.pct(25) {
-            self.rng.range(2, 4)
-        } else {
-            1
-        };
+    fn starts_atom(&mut self) -> (String, Sem) {
+        let n = if self.rng.pct(25) { self.rng.range(2, 4) } else { 1 };
         let mut strs = Vec::new();
         for _ in 0..n {
             let len = match self.rng.below(12) {
@@ -832,20 +912,18 @@ impl Gen<'_> {
             self.pool.strings.push((0, s.clone()));
             strs.push(s);
         }
-        if n == 1 {
+        let text = if n == 1 {
             format!("payload starts with {}", quote(&strs[0]))
         } else {
-            let set = format!(
-                "{{{}}}",
-                strs.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
-            );
+            let set = format!("{{{}}}", strs.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", "));
             if self.rng.pct(30) {
                 let name = self.declare(true, set);
                 format!("payload starts with {name}")
             } else {
                 format!("payload starts with {set}")
             }
-        }
+        };
+        (text, Sem::Payload { offset: 0, alts: strs, negate: false })
     }
 
     fn comm(&mut self) -> Vec<u8> {
@@ -859,25 +937,25 @@ impl Gen<'_> {
         c
     }
 
-    fn comm_atom(&mut self) -> String {
+    fn comm_atom(&mut self) -> (String, Sem) {
         match self.rng.below(5) {
             0 | 1 => {
                 let c = self.comm();
                 let op = self.rng.pick(&["==", "!="]);
-                format!("comm {op} {}", quote(&c))
+                (format!("comm {op} {}", quote(&c)), Sem::Comm { alts: vec![c], prefix: false, negate: op == "!=" })
             }
             2 => {
                 let n = self.rng.range(2, 4);
-                let cs: Vec<String> = (0..n).map(|_| quote(&self.comm())).collect();
-                format!("comm in {{{}}}", cs.join(", "))
+                let cs: Vec<Vec<u8>> = (0..n).map(|_| self.comm()).collect();
+                let text = format!("comm in {{{}}}", cs.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", "));
+                (text, Sem::Comm { alts: cs, prefix: false, negate: false })
             }
             _ => {
                 let c = self.comm();
                 let cut = self.rng.range(0, c.len() as u64) as usize;
-                format!(
-                    "comm starts with {}",
-                    quote(&c[..cut.max(if self.rng.pct(90) { 1 } else { 0 })])
-                )
+                let keep = cut.max(if self.rng.pct(90) { 1 } else { 0 });
+                let p = c[..keep].to_vec();
+                (format!("comm starts with {}", quote(&p)), Sem::Comm { alts: vec![p], prefix: true, negate: false })
             }
         }
     }
@@ -1227,7 +1305,7 @@ pub fn shrink(
     fails: &mut dyn FnMut(&GenPolicy, &Sent) -> bool,
 ) -> (GenPolicy, Sent) {
     let (mut p, mut s) = (p.clone(), s.clone());
-    let mut budget = 3000;
+    let mut budget = 20_000;
     'outer: loop {
         for cand in p.shrinks() {
             budget -= 1;
