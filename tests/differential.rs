@@ -70,18 +70,25 @@ fn check(p: &GenPolicy, c: &Compiled, vm: &Vm, s: &Sent, counters: bool) -> Resu
     // The source-level meaning (the generator's own account, independent of the checker).
     let (want, fired, logged) = source_eval(p, &s.msg);
     if want != ev.decision {
-        return Err(format!("decision: source {:?}, evaluator {:?}", want, ev.decision));
+        return Err(format!(
+            "decision: source {:?}, evaluator {:?}",
+            want, ev.decision
+        ));
     }
     let ev_fired = match ev.fired {
         Fired::Rule(i) => Some(i),
         Fired::Default => None,
     };
     if fired != ev_fired {
-        return Err(format!("deciding rule: source {fired:?}, evaluator {ev_fired:?}"));
+        return Err(format!(
+            "deciding rule: source {fired:?}, evaluator {ev_fired:?}"
+        ));
     }
     let ev_logged: Vec<usize> = ev.events.iter().map(|e| e.rule as usize).collect();
     if logged != ev_logged {
-        return Err(format!("logging rules: source {logged:?}, evaluator {ev_logged:?}"));
+        return Err(format!(
+            "logging rules: source {logged:?}, evaluator {ev_logged:?}"
+        ));
     }
     let actual = normalize(&out.decision);
     if actual != ev.decision {

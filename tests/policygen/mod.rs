@@ -81,13 +81,34 @@ pub enum Sem {
     Const(bool),
     /// `field` in ranges (the field read from the message; `None` = payload too short,
     /// which makes the test false before `negate`).
-    Int { field: F, ranges: Vec<(u64, u64)>, negate: bool },
+    Int {
+        field: F,
+        ranges: Vec<(u64, u64)>,
+        negate: bool,
+    },
     /// Either port in ranges.
-    EitherPort { ranges: Vec<(u64, u64)>, negate: bool },
-    Addr { local: bool, remote: bool, mapped: bool, nets: Vec<(IpAddr, u8)>, negate: bool },
+    EitherPort {
+        ranges: Vec<(u64, u64)>,
+        negate: bool,
+    },
+    Addr {
+        local: bool,
+        remote: bool,
+        mapped: bool,
+        nets: Vec<(IpAddr, u8)>,
+        negate: bool,
+    },
     /// The payload at `offset` starts with one of `alts` (lengths may differ).
-    Payload { offset: u32, alts: Vec<Vec<u8>>, negate: bool },
-    Comm { alts: Vec<Vec<u8>>, prefix: bool, negate: bool },
+    Payload {
+        offset: u32,
+        alts: Vec<Vec<u8>>,
+        negate: bool,
+    },
+    Comm {
+        alts: Vec<Vec<u8>>,
+        prefix: bool,
+        negate: bool,
+    },
 }
 
 /// An integer field as the source names it.
@@ -262,10 +283,12 @@ fn net_has(net: &(IpAddr, u8), ip: IpAddr, family: u32, mapped: bool) -> bool {
         (IpAddr::V4(n), IpAddr::V4(x)) if family == AF_INET => {
             p == 0 || (u32::from(n) >> (32 - p as u32)) == (u32::from(x) >> (32 - p as u32))
         }
-        (IpAddr::V4(n), IpAddr::V6(x)) if family == AF_INET6 && mapped => match x.to_ipv4_mapped() {
-            Some(x) => net_has(&(IpAddr::V4(n), p), IpAddr::V4(x), AF_INET, false),
-            None => false,
-        },
+        (IpAddr::V4(n), IpAddr::V6(x)) if family == AF_INET6 && mapped => {
+            match x.to_ipv4_mapped() {
+                Some(x) => net_has(&(IpAddr::V4(n), p), IpAddr::V4(x), AF_INET, false),
+                None => false,
+            }
+        }
         (IpAddr::V6(n), IpAddr::V6(x)) if family == AF_INET6 => {
             p == 0 || (u128::from(n) >> (128 - p as u32)) == (u128::from(x) >> (128 - p as u32))
         }
@@ -276,27 +299,54 @@ fn net_has(net: &(IpAddr, u8), ip: IpAddr, family: u32, mapped: bool) -> bool {
 fn sem_holds(s: &Sem, m: &Message) -> bool {
     match s {
         Sem::Const(b) => *b,
-        Sem::Int { field, ranges, negate } => field.value(m).is_some_and(|v| in_ranges(v, ranges)) != *negate,
+        Sem::Int {
+            field,
+            ranges,
+            negate,
+        } => field.value(m).is_some_and(|v| in_ranges(v, ranges)) != *negate,
         Sem::EitherPort { ranges, negate } => {
-            (in_ranges(m.local_port as u64, ranges) || in_ranges(m.remote_port as u64, ranges)) != *negate
+            (in_ranges(m.local_port as u64, ranges) || in_ranges(m.remote_port as u64, ranges))
+                != *negate
         }
-        Sem::Addr { local, remote, mapped, nets, negate } => {
+        Sem::Addr {
+            local,
+            remote,
+            mapped,
+            nets,
+            negate,
+        } => {
             let mut hit = false;
             for (on, ip) in [(*local, m.local_ip), (*remote, m.remote_ip)] {
                 hit |= on && nets.iter().any(|n| net_has(n, ip, m.family, *mapped));
             }
             hit != *negate
         }
-        Sem::Payload { offset, alts, negate } => {
+        Sem::Payload {
+            offset,
+            alts,
+            negate,
+        } => {
             let hit = alts.iter().any(|a| {
                 let end = *offset as u64 + a.len() as u64;
                 end <= m.len as u64
-                    && a.iter().enumerate().all(|(i, b)| m.payload.get(*offset as usize + i).copied().unwrap_or(0) == *b)
+                    && a.iter().enumerate().all(|(i, b)| {
+                        m.payload.get(*offset as usize + i).copied().unwrap_or(0) == *b
+                    })
             });
             hit != *negate
         }
-        Sem::Comm { alts, prefix, negate } => {
-            let hit = alts.iter().any(|a| if *prefix { m.comm.starts_with(a) } else { m.comm == *a });
+        Sem::Comm {
+            alts,
+            prefix,
+            negate,
+        } => {
+            let hit = alts.iter().any(|a| {
+                if *prefix {
+                    m.comm.starts_with(a)
+                } else {
+                    m.comm == *a
+                }
+            });
             hit != *negate
         }
     }
@@ -327,13 +377,19 @@ pub struct GenPolicy {
 }
 
 fn simple(verdict: Verdict) -> ASem {
-    ASem::Decide(Decision { verdict, apply_bytes: None })
+    ASem::Decide(Decision {
+        verdict,
+        apply_bytes: None,
+    })
 }
 
 /// The verdict the kernel gives for a decision on `m` (slots resolved, peer normalized).
 fn resolve(d: &Decision, m: &Message) -> Decision {
     let verdict = match &d.verdict {
-        Verdict::Redirect { ingress, target: Target::Sock(SockSlot::Field(f)) } => {
+        Verdict::Redirect {
+            ingress,
+            target: Target::Sock(SockSlot::Field(f)),
+        } => {
             let v = match f {
                 IntField::Uid => m.uid as u64,
                 IntField::Gid => m.gid as u64,
@@ -345,15 +401,27 @@ fn resolve(d: &Decision, m: &Message) -> Decision {
                 other => panic!("slot field {other:?}"),
             } as u32;
             if v < skpc_abi::SOCKMAP_SLOTS {
-                Verdict::Redirect { ingress: *ingress, target: Target::Sock(SockSlot::Const(v)) }
+                Verdict::Redirect {
+                    ingress: *ingress,
+                    target: Target::Sock(SockSlot::Const(v)),
+                }
             } else {
                 Verdict::Drop
             }
         }
-        Verdict::Redirect { target: Target::Peer, .. } => Verdict::Redirect { ingress: true, target: Target::Peer },
+        Verdict::Redirect {
+            target: Target::Peer,
+            ..
+        } => Verdict::Redirect {
+            ingress: true,
+            target: Target::Peer,
+        },
         other => other.clone(),
     };
-    Decision { verdict, apply_bytes: d.apply_bytes }
+    Decision {
+        verdict,
+        apply_bytes: d.apply_bytes,
+    }
 }
 
 /// The source-level meaning of the policy on `m`: the decision (as
@@ -371,7 +439,14 @@ pub fn source_eval(p: &GenPolicy, m: &Message) -> (Decision, Option<usize>, Vec<
             ASem::Count => {}
         }
     }
-    let d = p.default.as_ref().map(|(_, d)| d.clone()).unwrap_or(Decision { verdict: Verdict::Pass, apply_bytes: None });
+    let d = p
+        .default
+        .as_ref()
+        .map(|(_, d)| d.clone())
+        .unwrap_or(Decision {
+            verdict: Verdict::Pass,
+            apply_bytes: None,
+        });
     (resolve(&d, m), None, logged)
 }
 
@@ -435,8 +510,15 @@ impl GenPolicy {
             p.decls.clear();
             p.source()
         };
-        let words: Vec<&str> = body.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).collect();
-        let used: Vec<(String, String)> = self.decls.iter().filter(|(n, _)| words.contains(&n.as_str())).cloned().collect();
+        let words: Vec<&str> = body
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .collect();
+        let used: Vec<(String, String)> = self
+            .decls
+            .iter()
+            .filter(|(n, _)| words.contains(&n.as_str()))
+            .cloned()
+            .collect();
         if used.len() < self.decls.len() {
             // Declarations only refer to literals, so the unused ones can all go at once.
             let mut p = self.clone();
@@ -460,16 +542,73 @@ pub struct Pool {
     pub comms: Vec<Vec<u8>>,
 }
 
-const PORT_EDGES: &[u64] = &[0, 1, 22, 80, 443, 1023, 1024, 5432, 6379, 8080, 32768, 65534, 65535];
-const LEN_EDGES: &[u64] =
-    &[0, 1, 15, 16, 17, 64, 100, 1000, 4095, 4096, 4097, 16383, 16384, 16385, 65535, 65536, 1 << 20, u32::MAX as u64];
-const ID_EDGES: &[u64] =
-    &[0, 1, 2, 999, 1000, 1001, 65534, 65535, 65536, 0x7fff_ffff, 0x8000_0000, u32::MAX as u64 - 1, u32::MAX as u64];
-const CGROUP_EDGES: &[u64] =
-    &[0, 1, 2, 4242, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 0x1_0000_0000, 0x1_0000_0001, 1 << 63, u64::MAX - 1, u64::MAX];
-const OFFSETS: &[u32] = &[0, 0, 0, 1, 2, 3, 4, 7, 8, 15, 16, 31, 63, 64, 100, 1000, 4000];
-const COMMS: &[&[u8]] =
-    &[b"client", b"curl", b"redis-server", b"nginx", b"python3", b"a", b"ssh", b"sshd", b"exactly15bytes!", b"psql"];
+const PORT_EDGES: &[u64] = &[
+    0, 1, 22, 80, 443, 1023, 1024, 5432, 6379, 8080, 32768, 65534, 65535,
+];
+const LEN_EDGES: &[u64] = &[
+    0,
+    1,
+    15,
+    16,
+    17,
+    64,
+    100,
+    1000,
+    4095,
+    4096,
+    4097,
+    16383,
+    16384,
+    16385,
+    65535,
+    65536,
+    1 << 20,
+    u32::MAX as u64,
+];
+const ID_EDGES: &[u64] = &[
+    0,
+    1,
+    2,
+    999,
+    1000,
+    1001,
+    65534,
+    65535,
+    65536,
+    0x7fff_ffff,
+    0x8000_0000,
+    u32::MAX as u64 - 1,
+    u32::MAX as u64,
+];
+const CGROUP_EDGES: &[u64] = &[
+    0,
+    1,
+    2,
+    4242,
+    0x7fff_ffff,
+    0x8000_0000,
+    0xffff_ffff,
+    0x1_0000_0000,
+    0x1_0000_0001,
+    1 << 63,
+    u64::MAX - 1,
+    u64::MAX,
+];
+const OFFSETS: &[u32] = &[
+    0, 0, 0, 1, 2, 3, 4, 7, 8, 15, 16, 31, 63, 64, 100, 1000, 4000,
+];
+const COMMS: &[&[u8]] = &[
+    b"client",
+    b"curl",
+    b"redis-server",
+    b"nginx",
+    b"python3",
+    b"a",
+    b"ssh",
+    b"sshd",
+    b"exactly15bytes!",
+    b"psql",
+];
 
 struct Gen<'r> {
     rng: &'r mut Rng,
@@ -480,7 +619,12 @@ struct Gen<'r> {
 
 /// A random policy and the values it mentions.
 pub fn gen_policy(rng: &mut Rng) -> (GenPolicy, Pool) {
-    let mut g = Gen { rng, pool: Pool::default(), decls: Vec::new(), counters: Vec::new() };
+    let mut g = Gen {
+        rng,
+        pool: Pool::default(),
+        decls: Vec::new(),
+        counters: Vec::new(),
+    };
     let n = match g.rng.below(20) {
         0 => g.rng.range(20, 60),
         1..=4 => 1,
@@ -492,8 +636,16 @@ pub fn gen_policy(rng: &mut Rng) -> (GenPolicy, Pool) {
         let cond = if g.rng.pct(8) { None } else { Some(g.cond(0)) };
         rules.push(GRule { action, sem, cond });
     }
-    let default = if g.rng.pct(45) { None } else { Some(g.decision()) };
-    let p = GenPolicy { decls: g.decls, rules, default };
+    let default = if g.rng.pct(45) {
+        None
+    } else {
+        Some(g.decision())
+    };
+    let p = GenPolicy {
+        decls: g.decls,
+        rules,
+        default,
+    };
     (p, g.pool)
 }
 
@@ -501,7 +653,14 @@ fn cmp_ranges(op: &str, v: u64, max: u64) -> (Vec<(u64, u64)>, bool) {
     match op {
         "==" => (vec![(v, v)], false),
         "!=" => (vec![(v, v)], true),
-        "<" => (if v == 0 { vec![] } else { vec![(0, (v - 1).min(max))] }, false),
+        "<" => (
+            if v == 0 {
+                vec![]
+            } else {
+                vec![(0, (v - 1).min(max))]
+            },
+            false,
+        ),
         "<=" => (vec![(0, v.min(max))], false),
         ">" => (if v >= max { vec![] } else { vec![(v + 1, max)] }, false),
         ">=" => (if v > max { vec![] } else { vec![(v, max)] }, false),
@@ -576,27 +735,54 @@ impl Gen<'_> {
                     }
                 };
                 (
-                    format!("redirect {}to sock {slot}", if ingress { "ingress " } else { "" }),
-                    Verdict::Redirect { ingress, target: Target::Sock(s) },
+                    format!(
+                        "redirect {}to sock {slot}",
+                        if ingress { "ingress " } else { "" }
+                    ),
+                    Verdict::Redirect {
+                        ingress,
+                        target: Target::Sock(s),
+                    },
                 )
             }
             70..=84 => {
                 let ingress = self.rng.pct(50);
                 (
                     format!("redirect {}to peer", if ingress { "ingress " } else { "" }),
-                    Verdict::Redirect { ingress, target: Target::Peer },
+                    Verdict::Redirect {
+                        ingress,
+                        target: Target::Peer,
+                    },
                 )
             }
             _ => {
                 let (t, n) = self.bytes_count();
-                return (format!("cork {t}"), Decision { verdict: Verdict::Cork(n), apply_bytes: None });
+                return (
+                    format!("cork {t}"),
+                    Decision {
+                        verdict: Verdict::Cork(n),
+                        apply_bytes: None,
+                    },
+                );
             }
         };
         if self.rng.pct(15) {
             let (t, n) = self.bytes_count();
-            (format!("{base} for {t}"), Decision { verdict, apply_bytes: Some(n) })
+            (
+                format!("{base} for {t}"),
+                Decision {
+                    verdict,
+                    apply_bytes: Some(n),
+                },
+            )
         } else {
-            (base, Decision { verdict, apply_bytes: None })
+            (
+                base,
+                Decision {
+                    verdict,
+                    apply_bytes: None,
+                },
+            )
         }
     }
 
@@ -604,7 +790,8 @@ impl Gen<'_> {
     fn declare(&mut self, is_set: bool, text: String) -> String {
         let name = format!("{}{}", if is_set { "s" } else { "c" }, self.decls.len());
         let kw = if is_set { "set" } else { "const" };
-        self.decls.push((name.clone(), format!("{kw} {name} = {text};")));
+        self.decls
+            .push((name.clone(), format!("{kw} {name} = {text};")));
         name
     }
 
@@ -620,8 +807,16 @@ impl Gen<'_> {
             return GCond::Atom(t, s);
         }
         match self.rng.below(10) {
-            0..=3 => GCond::And((0..self.rng.range(2, 4)).map(|_| self.cond(depth + 1)).collect()),
-            4..=7 => GCond::Or((0..self.rng.range(2, 4)).map(|_| self.cond(depth + 1)).collect()),
+            0..=3 => GCond::And(
+                (0..self.rng.range(2, 4))
+                    .map(|_| self.cond(depth + 1))
+                    .collect(),
+            ),
+            4..=7 => GCond::Or(
+                (0..self.rng.range(2, 4))
+                    .map(|_| self.cond(depth + 1))
+                    .collect(),
+            ),
             _ => GCond::Not(Box::new(self.cond(depth + 1))),
         }
     }
@@ -675,8 +870,16 @@ impl Gen<'_> {
     fn int_sem(field: &str, kind: Kind, ranges: Vec<(u64, u64)>, negate: bool) -> Sem {
         match (field, kind) {
             ("port", _) => Sem::EitherPort { ranges, negate },
-            (_, Kind::Byte(i)) => Sem::Int { field: F::Byte(i), ranges, negate },
-            (f, _) => Sem::Int { field: F::parse(f), ranges, negate },
+            (_, Kind::Byte(i)) => Sem::Int {
+                field: F::Byte(i),
+                ranges,
+                negate,
+            },
+            (f, _) => Sem::Int {
+                field: F::parse(f),
+                ranges,
+                negate,
+            },
         }
     }
 
@@ -690,7 +893,11 @@ impl Gen<'_> {
                     v = max + self.rng.range(1, 1000);
                 }
                 let (ranges, negate) = cmp_ranges(op, v, max);
-                let t = if self.rng.pct(10) { self.named_int(v) } else { int_text(self.rng, v) };
+                let t = if self.rng.pct(10) {
+                    self.named_int(v)
+                } else {
+                    int_text(self.rng, v)
+                };
                 let text = if self.rng.pct(10) && matches!(op, "==" | "!=") {
                     format!("{t} {op} {field}")
                 } else {
@@ -700,17 +907,29 @@ impl Gen<'_> {
             }
             6 => {
                 let (lo, hi) = self.range_of(edges, max, kind);
-                let text = format!("{field} in {}..{}", int_text(self.rng, lo), int_text(self.rng, hi));
+                let text = format!(
+                    "{field} in {}..{}",
+                    int_text(self.rng, lo),
+                    int_text(self.rng, hi)
+                );
                 (text, Self::int_sem(field, kind, vec![(lo, hi)], false))
             }
             _ => {
-                let n = if self.rng.pct(15) { self.rng.range(5, 40) } else { self.rng.range(2, 5) };
+                let n = if self.rng.pct(15) {
+                    self.rng.range(5, 40)
+                } else {
+                    self.rng.range(2, 5)
+                };
                 let mut elems = Vec::new();
                 let mut ranges = Vec::new();
                 for _ in 0..n {
                     if self.rng.pct(30) {
                         let (lo, hi) = self.range_of(edges, max, kind);
-                        elems.push(format!("{}..{}", int_text(self.rng, lo), int_text(self.rng, hi)));
+                        elems.push(format!(
+                            "{}..{}",
+                            int_text(self.rng, lo),
+                            int_text(self.rng, hi)
+                        ));
                         ranges.push((lo, hi));
                     } else {
                         let v = self.value(edges, max, kind);
@@ -732,7 +951,11 @@ impl Gen<'_> {
 
     fn range_of(&mut self, edges: &[u64], max: u64, kind: Kind) -> (u64, u64) {
         let a = self.value(edges, max, kind);
-        let b = if self.rng.pct(50) { a.saturating_add(self.rng.range(0, 10)).min(max) } else { self.value(edges, max, kind) };
+        let b = if self.rng.pct(50) {
+            a.saturating_add(self.rng.range(0, 10)).min(max)
+        } else {
+            self.value(edges, max, kind)
+        };
         let (lo, hi) = (a.min(b), a.max(b));
         self.remember(kind, hi.saturating_add(1).min(max));
         self.remember(kind, lo.saturating_sub(1));
@@ -741,12 +964,19 @@ impl Gen<'_> {
 
     fn family_atom(&mut self) -> (String, Sem) {
         let (i4, i6) = (AF_INET as u64, AF_INET6 as u64);
-        let fam = |ranges: Vec<(u64, u64)>, negate| Sem::Int { field: F::Family, ranges, negate };
+        let fam = |ranges: Vec<(u64, u64)>, negate| Sem::Int {
+            field: F::Family,
+            ranges,
+            negate,
+        };
         match self.rng.below(6) {
             0 => ("family == inet".into(), fam(vec![(i4, i4)], false)),
             1 => ("family == inet6".into(), fam(vec![(i6, i6)], false)),
             2 => ("family != inet".into(), fam(vec![(i4, i4)], true)),
-            3 => ("family in {inet, inet6}".into(), fam(vec![(i4, i4), (i6, i6)], false)),
+            3 => (
+                "family in {inet, inet6}".into(),
+                fam(vec![(i4, i4), (i6, i6)], false),
+            ),
             4 => ("family in {inet6}".into(), fam(vec![(i6, i6)], false)),
             _ => ("inet6 == family".into(), fam(vec![(i6, i6)], false)),
         }
@@ -764,7 +994,11 @@ impl Gen<'_> {
                 _ => Ipv4Addr::from(self.rng.next() as u32),
             };
             let any = self.rng.range(0, 32) as u8;
-            let prefix = if host { 32 } else { self.rng.pick(&[0u8, 1, 7, 8, 12, 16, 24, 31, 32, any]) };
+            let prefix = if host {
+                32
+            } else {
+                self.rng.pick(&[0u8, 1, 7, 8, 12, 16, 24, 31, 32, any])
+            };
             let addr = Ipv4Addr::from(u32::from(base) & skpc::check::hir::mask32(prefix));
             (IpAddr::V4(addr), prefix)
         } else {
@@ -780,7 +1014,13 @@ impl Gen<'_> {
                 _ => Ipv6Addr::from(((self.rng.next() as u128) << 64) | self.rng.next() as u128),
             };
             let any = self.rng.range(0, 128) as u8;
-            let prefix = if host { 128 } else { self.rng.pick(&[0u8, 1, 8, 10, 16, 32, 48, 64, 95, 96, 97, 120, 127, 128, any]) };
+            let prefix = if host {
+                128
+            } else {
+                self.rng.pick(&[
+                    0u8, 1, 8, 10, 16, 32, 48, 64, 95, 96, 97, 120, 127, 128, any,
+                ])
+            };
             let addr = Ipv6Addr::from(u128::from(base) & skpc::check::hir::mask128(prefix));
             (IpAddr::V6(addr), prefix)
         }
@@ -805,7 +1045,13 @@ impl Gen<'_> {
         let remote = field == "ip" || field.starts_with("remote");
         // `ip`, `local.ip`, `remote.ip` also match IPv4-mapped addresses of IPv6 sockets.
         let mapped = v4_ok && v6_ok;
-        let sem = |nets: Vec<(IpAddr, u8)>, negate| Sem::Addr { local, remote, mapped, nets, negate };
+        let sem = |nets: Vec<(IpAddr, u8)>, negate| Sem::Addr {
+            local,
+            remote,
+            mapped,
+            nets,
+            negate,
+        };
         match self.rng.below(10) {
             0..=3 => {
                 let v4 = pick_v4(self.rng);
@@ -831,7 +1077,11 @@ impl Gen<'_> {
                     self.pool.nets.push((a, p));
                     nets.push((a, p));
                     let full = if v4 { 32 } else { 128 };
-                    elems.push(if p == full && self.rng.pct(50) { a.to_string() } else { format!("{a}/{p}") });
+                    elems.push(if p == full && self.rng.pct(50) {
+                        a.to_string()
+                    } else {
+                        format!("{a}/{p}")
+                    });
                 }
                 let set = format!("{{{}}}", elems.join(", "));
                 let text = if self.rng.pct(30) {
@@ -860,7 +1110,17 @@ impl Gen<'_> {
             8 => 4095,
             _ => self.rng.range(0, 4095) as u32,
         };
-        let edges = [0u64, 1, 0x20, b'A' as u64, b'G' as u64, 0x7f, 0x80, 0xfe, 0xff];
+        let edges = [
+            0u64,
+            1,
+            0x20,
+            b'A' as u64,
+            b'G' as u64,
+            0x7f,
+            0x80,
+            0xfe,
+            0xff,
+        ];
         let field = format!("payload[{i}]");
         self.int_atom(&field, &edges, 255, Kind::Byte(i))
     }
@@ -877,30 +1137,65 @@ impl Gen<'_> {
 
     fn slice_atom(&mut self) -> (String, Sem) {
         let len = match self.rng.below(10) {
-            0..=5 => self.rng.pick(&[1u32, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64]),
+            0..=5 => self
+                .rng
+                .pick(&[1u32, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64]),
             _ => self.rng.range(1, 64) as u32,
         };
         let off = self.offset(len);
         let end = off + len;
-        let n = if self.rng.pct(30) { self.rng.range(2, 4) } else { 1 };
+        let n = if self.rng.pct(30) {
+            self.rng.range(2, 4)
+        } else {
+            1
+        };
         let strs: Vec<Vec<u8>> = (0..n).map(|_| self.string(len as usize)).collect();
         for s in &strs {
             self.pool.strings.push((off, s.clone()));
         }
-        let field = format!("payload[{}..{}]", int_text(self.rng, off as u64), int_text(self.rng, end as u64));
+        let field = format!(
+            "payload[{}..{}]",
+            int_text(self.rng, off as u64),
+            int_text(self.rng, end as u64)
+        );
         if n == 1 {
             let op = self.rng.pick(&["==", "!="]);
             let s = quote(&strs[0]);
-            let s = if self.rng.pct(10) { self.declare(false, s) } else { s };
-            (format!("{field} {op} {s}"), Sem::Payload { offset: off, alts: strs, negate: op == "!=" })
+            let s = if self.rng.pct(10) {
+                self.declare(false, s)
+            } else {
+                s
+            };
+            (
+                format!("{field} {op} {s}"),
+                Sem::Payload {
+                    offset: off,
+                    alts: strs,
+                    negate: op == "!=",
+                },
+            )
         } else {
-            let set = format!("{{{}}}", strs.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", "));
-            (format!("{field} in {set}"), Sem::Payload { offset: off, alts: strs, negate: false })
+            let set = format!(
+                "{{{}}}",
+                strs.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
+            );
+            (
+                format!("{field} in {set}"),
+                Sem::Payload {
+                    offset: off,
+                    alts: strs,
+                    negate: false,
+                },
+            )
         }
     }
 
     fn starts_atom(&mut self) -> (String, Sem) {
-        let n = if self.rng.pct(25) { self.rng.range(2, 4) } else { 1 };
+        let n = if self.rng.pct(25) {
+            self.rng.range(2, 4)
+        } else {
+            1
+        };
         let mut strs = Vec::new();
         for _ in 0..n {
             let len = match self.rng.below(12) {
@@ -915,7 +1210,10 @@ impl Gen<'_> {
         let text = if n == 1 {
             format!("payload starts with {}", quote(&strs[0]))
         } else {
-            let set = format!("{{{}}}", strs.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", "));
+            let set = format!(
+                "{{{}}}",
+                strs.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
+            );
             if self.rng.pct(30) {
                 let name = self.declare(true, set);
                 format!("payload starts with {name}")
@@ -923,7 +1221,14 @@ impl Gen<'_> {
                 format!("payload starts with {set}")
             }
         };
-        (text, Sem::Payload { offset: 0, alts: strs, negate: false })
+        (
+            text,
+            Sem::Payload {
+                offset: 0,
+                alts: strs,
+                negate: false,
+            },
+        )
     }
 
     fn comm(&mut self) -> Vec<u8> {
@@ -942,20 +1247,44 @@ impl Gen<'_> {
             0 | 1 => {
                 let c = self.comm();
                 let op = self.rng.pick(&["==", "!="]);
-                (format!("comm {op} {}", quote(&c)), Sem::Comm { alts: vec![c], prefix: false, negate: op == "!=" })
+                (
+                    format!("comm {op} {}", quote(&c)),
+                    Sem::Comm {
+                        alts: vec![c],
+                        prefix: false,
+                        negate: op == "!=",
+                    },
+                )
             }
             2 => {
                 let n = self.rng.range(2, 4);
                 let cs: Vec<Vec<u8>> = (0..n).map(|_| self.comm()).collect();
-                let text = format!("comm in {{{}}}", cs.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", "));
-                (text, Sem::Comm { alts: cs, prefix: false, negate: false })
+                let text = format!(
+                    "comm in {{{}}}",
+                    cs.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")
+                );
+                (
+                    text,
+                    Sem::Comm {
+                        alts: cs,
+                        prefix: false,
+                        negate: false,
+                    },
+                )
             }
             _ => {
                 let c = self.comm();
                 let cut = self.rng.range(0, c.len() as u64) as usize;
                 let keep = cut.max(if self.rng.pct(90) { 1 } else { 0 });
                 let p = c[..keep].to_vec();
-                (format!("comm starts with {}", quote(&p)), Sem::Comm { alts: vec![p], prefix: true, negate: false })
+                (
+                    format!("comm starts with {}", quote(&p)),
+                    Sem::Comm {
+                        alts: vec![p],
+                        prefix: true,
+                        negate: false,
+                    },
+                )
             }
         }
     }

@@ -1,0 +1,366 @@
+//! The kernel leg of the differential tests (SPEC section 6): generated policies
+//! (tests/policygen, the same generator as tests/differential.rs) through the real
+//! verifier, and generated messages over real loopback TCP connections, checked against
+//! the reference evaluator: the send's result (EACCES for a drop), the bytes that
+//! arrive for a pass, the per-rule counters read back from the kernel, and the log
+//! records. Root only (skipped otherwise; SKP_REQUIRE_KERNEL=1 makes that a failure).
+//! `SKP_SEED` changes the seed; `SKP_KERNEL_POLICIES` / `SKP_KERNEL_MESSAGES` the sizes.
+
+mod common;
+mod e2e_support;
+mod policygen;
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::time::Instant;
+
+use aya::programs::{SkMsg, SockOps};
+use e2e_support::{connect, connect_from, fd, recv_up_to, send, sendfile, EACCES, SHORT};
+use policygen::{gen_message, gen_policy, source_eval, Rng};
+use skpc::check::hir::{Message, Target, Verdict};
+use skpc::eval::eval;
+use skpc::lower::Options;
+use skpc_runtime::Enforcement;
+
+const DEFAULT_SEED: u64 = 0x5eed_0002;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn generated_policies_pass_the_verifier() {
+    if !common::kernel_or_skip("generated_policies_pass_the_verifier") {
+        return;
+    }
+    let seed = policygen::seed(DEFAULT_SEED);
+    let n = env_usize("SKP_KERNEL_POLICIES", 500);
+    let mut rng = Rng::new(seed);
+    let start = Instant::now();
+    let mut max_insns = 0;
+    for i in 0..n {
+        let (p, _) = gen_policy(&mut rng);
+        let src = p.source();
+        let counters = i % 5 != 4;
+        let c = skpc::compile::compile_with("gen.skp", &src, Options { counters })
+            .unwrap_or_else(|d| panic!("does not compile: {d:?}\n{src}"));
+        max_insns = max_insns.max(c.lowered.verdict.marks.len());
+        let mut ebpf = aya::EbpfLoader::new()
+            .verifier_log_level(aya::VerifierLogLevel::STATS)
+            .load(&c.object)
+            .unwrap_or_else(|e| {
+                panic!("seed {seed:#x} policy {i}: aya rejected the object: {e}\n{src}")
+            });
+        for prog in ["skp_verdict", "skp_entry"] {
+            let p: &mut SkMsg = ebpf
+                .program_mut(prog)
+                .expect("program")
+                .try_into()
+                .expect("sk_msg");
+            p.load().unwrap_or_else(|e| {
+                panic!("seed {seed:#x} policy {i} (counters {counters}): the verifier rejected {prog}: {e:#?}\n{src}")
+            });
+        }
+        let s: &mut SockOps = ebpf
+            .program_mut("skp_sockops")
+            .expect("skp_sockops")
+            .try_into()
+            .expect("sock_ops");
+        s.load()
+            .unwrap_or_else(|e| panic!("the verifier rejected skp_sockops: {e:#?}"));
+    }
+    eprintln!(
+        "verifier (seed {seed:#x}): {n} generated policies accepted in {:.1?}, largest {max_insns} slots",
+        start.elapsed()
+    );
+}
+
+/// What the process helpers return for this thread (the sender).
+fn process_fields(m: &mut Message) {
+    // SAFETY: no preconditions.
+    unsafe {
+        m.uid = libc::getuid();
+        m.gid = libc::getgid();
+        m.pid = libc::getpid() as u32;
+    }
+    let comm = std::fs::read_to_string("/proc/thread-self/comm").expect("comm");
+    m.comm = comm.trim_end_matches('\n').as_bytes().to_vec();
+    let path = std::fs::read_to_string("/proc/self/cgroup")
+        .expect("/proc/self/cgroup")
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .expect("a cgroup v2 line");
+    let root = skpc_runtime::cgroup2_mount().expect("cgroup2 mounted");
+    let dir = root.join(path.trim_start_matches('/'));
+    m.cgroup = std::fs::metadata(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .ino();
+}
+
+/// A loopback connection of the given kind: 0 IPv4, 1 IPv6, 2 IPv4-mapped IPv6. The
+/// client binds to `port` when it can (else an ephemeral one).
+fn connection(kind: u64, port: u16, rng: &mut Rng) -> (TcpStream, TcpStream) {
+    let (listen, client_ip): (&str, IpAddr) = match kind {
+        0 => (
+            "127.0.0.1:0",
+            IpAddr::V4(std::net::Ipv4Addr::new(
+                127,
+                0,
+                rng.below(3) as u8,
+                1 + rng.below(3) as u8,
+            )),
+        ),
+        1 => ("[::1]:0", IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+        _ => (
+            "[::ffff:127.0.0.1]:0",
+            IpAddr::V6(std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped()),
+        ),
+    };
+    let l = TcpListener::bind(listen).expect("listen on loopback");
+    if port >= 1024 && port != l.local_addr().unwrap().port() {
+        let from = SocketAddr::new(client_ip, port);
+        // The port may be taken: then any port will do.
+        if TcpListener::bind(from).is_ok() {
+            return connect_from(&l, from);
+        }
+    }
+    if kind == 0 {
+        return connect_from(&l, SocketAddr::new(client_ip, 0));
+    }
+    connect(&l)
+}
+
+fn message_of(c: &TcpStream, payload: &[u8]) -> Message {
+    let (local, remote) = (c.local_addr().unwrap(), c.peer_addr().unwrap());
+    let mut m = Message {
+        family: if local.is_ipv6() {
+            skpc_abi::AF_INET6
+        } else {
+            skpc_abi::AF_INET
+        },
+        local_ip: local.ip(),
+        remote_ip: remote.ip(),
+        local_port: local.port(),
+        remote_port: remote.port(),
+        len: payload.len() as u32,
+        payload: payload.to_vec(),
+        ..Message::default()
+    };
+    process_fields(&mut m);
+    m
+}
+
+/// What one send call does in the kernel, by the evaluator: the program runs on the
+/// message; a verdict `for N` (apply_bytes) with N smaller than what is left covers N
+/// bytes only, and the program runs again on the rest of the same send (with `len` the
+/// bytes left and the payload starting N bytes later), until a verdict covers the rest
+/// or drops it. Measured: the N sticks for the rest of the send call (the kernel keeps
+/// it in the sk_msg, which lives for the whole call), so a later run without `for`
+/// again covers only N bytes. A drop ends the call: the dropped bytes (N, or all that
+/// is left) are freed and the call returns what it copied besides them, or EACCES if
+/// that is nothing (`drop for 16` on a 41-byte send returns 25; the socket is dead
+/// for later sends either way). Returns every run's outcome and the send's result.
+fn expected_runs(
+    policy: &skpc::check::hir::Policy,
+    m: &Message,
+) -> (Vec<skpc::eval::EvalOutcome>, Result<usize, i32>) {
+    let mut runs = Vec::new();
+    let mut off = 0usize;
+    let mut sticky: Option<u32> = None;
+    let total = m.payload.len();
+    loop {
+        let mut rest = m.clone();
+        rest.payload = m.payload[off..].to_vec();
+        rest.len = rest.payload.len() as u32;
+        let out = eval(policy, &rest);
+        let verdict = out.decision.verdict.clone();
+        let apply = out.decision.apply_bytes.or(sticky);
+        sticky = apply;
+        runs.push(out);
+        let left = total - off;
+        if verdict == Verdict::Drop {
+            let dropped = apply.map_or(left, |n| (n as usize).min(left));
+            let copied = total - dropped;
+            return (runs, if copied == 0 { Err(EACCES) } else { Ok(copied) });
+        }
+        match apply {
+            Some(n) if (n as usize) < left => off += n as usize,
+            _ => return (runs, Ok(total)),
+        }
+    }
+}
+
+#[test]
+fn kernel_agrees_with_the_evaluator_on_loopback_messages() {
+    if !common::kernel_or_skip("kernel_agrees_with_the_evaluator_on_loopback_messages") {
+        return;
+    }
+    let seed = policygen::seed(DEFAULT_SEED);
+    let total = env_usize("SKP_KERNEL_MESSAGES", 2000);
+    let per_policy = 20;
+    let mut rng = Rng::new(seed ^ 0xdead);
+    let start = Instant::now();
+    let file_dir = common::unique_name("/tmp/skp_diffk");
+    std::fs::create_dir_all(&file_dir).unwrap();
+    let (mut sent, mut policies, mut sendfiles, mut resent) = (0usize, 0usize, 0usize, 0usize);
+    let mut failures: Vec<String> = Vec::new();
+    while sent < total && failures.len() < 5 {
+        let (p, pool) = gen_policy(&mut rng);
+        let src = p.source();
+        let compiled =
+            skpc::compile::compile("gen.skp", &src).unwrap_or_else(|d| panic!("{d:?}\n{src}"));
+        let object = skpc::compile::runtime_object(&compiled, "gen.skp", &src);
+        let names = compiled
+            .policy
+            .counters
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        let mut enf = Enforcement::new(&skpc_runtime::Policy::new(object, names))
+            .unwrap_or_else(|e| panic!("loading policy {policies}: {e}\n{src}"));
+        policies += 1;
+        let mut before: Vec<(u64, u64)> = vec![(0, 0); compiled.policy.counters.len()];
+        for _ in 0..per_policy {
+            let g = gen_message(&mut rng, &pool);
+            // Real sends: at least one byte, at most 16 KiB (one program run per send).
+            let mut payload = g.msg.payload.clone();
+            payload.truncate(16 * 1024);
+            if payload.is_empty() {
+                payload.push(b'x');
+            }
+            let kind = rng.below(3);
+            let (client, mut server) = connection(kind, g.msg.local_port, &mut rng);
+            let m = message_of(&client, &payload);
+            let (runs, want_send) = expected_runs(&compiled.policy, &m);
+            let (src_decision, _, _) = source_eval(&p, &m);
+            assert_eq!(
+                src_decision, runs[0].decision,
+                "source-level meaning vs evaluator\n{src}\n{m:?}"
+            );
+            // The last run decides what the send returns; counters and records add up.
+            let mut want = runs.last().cloned().expect("one run");
+            if runs.len() > 1 {
+                resent += 1;
+            }
+            want.counters = vec![(0, 0); compiled.policy.counters.len()];
+            want.events.clear();
+            for r in &runs {
+                for (w, c) in want.counters.iter_mut().zip(&r.counters) {
+                    w.0 += c.0;
+                    w.1 += c.1;
+                }
+                want.events.extend(r.events.iter().cloned());
+            }
+            let all_pass = runs.iter().all(|r| r.decision.verdict == Verdict::Pass);
+
+            enf.insert_sock(0, fd(&client))
+                .expect("client into skp_socks[0]");
+            // Targets the verdict needs: another socket in the slot, the peer in the hash.
+            let mut spare = None;
+            match &want.decision.verdict {
+                Verdict::Redirect {
+                    target: Target::Sock(skpc::check::hir::SockSlot::Const(k)),
+                    ..
+                } if *k != 0 => {
+                    let pair = connection(0, 0, &mut rng);
+                    enf.insert_sock(*k, fd(&pair.0))
+                        .expect("spare socket into its slot");
+                    spare = Some((*k, pair));
+                }
+                Verdict::Redirect {
+                    target: Target::Peer,
+                    ..
+                } => {
+                    enf.insert_peer(fd(&server)).expect("server into skp_peers");
+                }
+                _ => {}
+            }
+            let use_sendfile = rng.pct(25);
+            let r = if use_sendfile {
+                sendfiles += 1;
+                let path = format!("{file_dir}/msg");
+                std::fs::File::create(&path)
+                    .unwrap()
+                    .write_all(&payload)
+                    .unwrap();
+                let f = std::fs::File::open(&path).unwrap();
+                sendfile(&client, &f, payload.len())
+            } else {
+                send(&client, &payload)
+            };
+            sent += 1;
+            let mut problems = Vec::new();
+            if r != want_send {
+                problems.push(format!(
+                    "the send returned {r:?}, the evaluator says {want_send:?} ({:?} after {} run(s))",
+                    want.decision,
+                    runs.len()
+                ));
+            }
+            if all_pass && problems.is_empty() {
+                let got = recv_up_to(&mut server, payload.len(), SHORT);
+                if got != payload {
+                    problems.push(format!(
+                        "pass, but {} of {} bytes arrived",
+                        got.len(),
+                        payload.len()
+                    ));
+                }
+            }
+            let now: Vec<(u64, u64)> = enf
+                .counters()
+                .expect("counters")
+                .iter()
+                .map(|c| (c.messages, c.bytes))
+                .collect();
+            let delta: Vec<(u64, u64)> = now
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| (a.0 - b.0, a.1 - b.1))
+                .collect();
+            before = now;
+            if delta != want.counters {
+                problems.push(format!(
+                    "counters: kernel {delta:?}, evaluator {:?}",
+                    want.counters
+                ));
+            }
+            let events = enf.drain_events();
+            if events != want.events {
+                problems.push(format!(
+                    "log records: kernel {events:?}, evaluator {:?}",
+                    want.events
+                ));
+            }
+            if !problems.is_empty() {
+                failures.push(format!(
+                    "seed {seed:#x}, policy {policies}, {} via {}:\n{src}\nmessage {m:?}\n{}",
+                    ["IPv4", "IPv6", "IPv4-mapped"][kind as usize],
+                    if use_sendfile { "sendfile" } else { "send" },
+                    problems.join("\n")
+                ));
+            }
+            // Leave the maps as they were: the next message uses fresh sockets.
+            let _ = enf.remove_sock(0);
+            if let Some((k, _)) = &spare {
+                let _ = enf.remove_sock(*k);
+            }
+            drop((client, server, spare));
+        }
+        drop(enf);
+    }
+    let _ = std::fs::remove_dir_all(&file_dir);
+    eprintln!(
+        "kernel differential (seed {seed:#x}): {sent} messages ({sendfiles} by sendfile, {resent} re-run after a short `for N`) on {policies} policies in {:.1?}",
+        start.elapsed()
+    );
+    assert!(
+        failures.is_empty(),
+        "the kernel and the evaluator disagree:\n\n{}",
+        failures.join("\n\n")
+    );
+}
