@@ -42,7 +42,10 @@ impl Diag {
     }
 
     pub fn warning(code: &'static str, message: impl Into<String>, span: Span) -> Diag {
-        Diag { severity: Severity::Warning, ..Diag::error(code, message, span) }
+        Diag {
+            severity: Severity::Warning,
+            ..Diag::error(code, message, span)
+        }
     }
 
     pub fn label(mut self, label: impl Into<String>) -> Diag {
@@ -71,7 +74,8 @@ impl Diag {
 
     fn to_codespan(&self, source_len: usize) -> Diagnostic<()> {
         // Clamp so that a span at end-of-file still renders.
-        let clamp = |s: Span| s.start.min(source_len)..s.end.min(source_len).max(s.start.min(source_len));
+        let clamp =
+            |s: Span| s.start.min(source_len)..s.end.min(source_len).max(s.start.min(source_len));
         let base = match self.severity {
             Severity::Error => Diagnostic::error(),
             Severity::Warning => Diagnostic::warning(),
@@ -109,7 +113,12 @@ pub fn render_plain(file_name: &str, source: &str, diags: &[Diag]) -> String {
     for d in diags {
         match term::emit_into_string(&config, &file, &d.to_codespan(source.len())) {
             Ok(s) => out.push_str(&s),
-            Err(e) => out.push_str(&format!("{}[{}]: {} (could not render: {e})\n", sev(d), d.code, d.message)),
+            Err(e) => out.push_str(&format!(
+                "{}[{}]: {} (could not render: {e})\n",
+                sev(d),
+                d.code,
+                d.message
+            )),
         }
     }
     out
@@ -139,17 +148,29 @@ pub fn emit_stderr(file_name: &str, source: &str, diags: &[Diag], color: ColorCh
     let file = SimpleFile::new(file_name, source);
     let config = term::Config::default();
     for d in diags {
-        if term::emit_to_write_style(&mut stream, &config, &file, &d.to_codespan(source.len())).is_err() {
+        if term::emit_to_write_style(&mut stream, &config, &file, &d.to_codespan(source.len()))
+            .is_err()
+        {
             eprintln!("{}[{}]: {}", sev(d), d.code, d.message);
         }
     }
 }
 
 /// "did you mean" by edit distance: the closest candidate within a third of the length.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    // Nobody mistypes a 100-character name; and a long name against many candidates
+    // would cost time for nothing.
+    if name.len() > 64 {
+        return None;
+    }
     let limit = (name.len() / 3).max(1);
     candidates
         .into_iter()
+        // The distance is at least the difference in length: skip hopeless candidates.
+        .filter(|c| c.len().abs_diff(name.len()) <= limit)
         .map(|c| (levenshtein(name, c), c))
         .filter(|(d, _)| *d <= limit)
         .min()
@@ -170,7 +191,9 @@ fn levenshtein(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 v = v.min(d[i - 2][j - 2] + 1);
             }

@@ -42,13 +42,14 @@ pub fn check(source: &str) -> (Option<hir::Policy>, Vec<Diag>) {
         .filter(|d| matches!(d.code, "E0002" | "E0003" | "E0004"))
         .map(|d| d.span)
         .collect();
-    let overlaps =
-        |a: Span, b: Span| a.start < b.end.max(b.start + 1) && b.start < a.end.max(a.start + 1);
-    diags.extend(
-        check_diags
-            .into_iter()
-            .filter(|d| !bad_literals.iter().any(|s| overlaps(*s, d.span))),
-    );
+    // The lexer's spans are disjoint and in source order: binary search for the first
+    // one ending after the diagnostic's start, and see whether it starts before its end.
+    let hides = |d: &Diag| {
+        let (start, end) = (d.span.start, d.span.end.max(d.span.start + 1));
+        let i = bad_literals.partition_point(|s| s.end.max(s.start + 1) <= start);
+        bad_literals.get(i).is_some_and(|s| s.start < end)
+    };
+    diags.extend(check_diags.into_iter().filter(|d| !hides(d)));
     let ok = syntax_ok && diags.iter().all(|d| !d.is_error());
     (if ok { Some(policy) } else { None }, diags)
 }
@@ -228,9 +229,7 @@ impl Checker {
                     }
                 }
                 ast::Item::Default { action, span } => {
-                    last_rule_or_default = i;
-                    if let Some((_, first)) = &default {
-                        let first = *first;
+                    if let Some((_, first)) = default_index {
                         self.err(
                             Diag::error("E0302", "a second `default`", *span)
                                 .label("second default here")
@@ -239,6 +238,7 @@ impl Checker {
                         );
                         continue;
                     }
+                    last_rule_or_default = i;
                     default_index = Some((i, *span));
                     match self.action(action) {
                         Some(Action::Decide(d)) => default = Some((d, *span)),
@@ -389,7 +389,7 @@ impl Checker {
             Operand::Field(f) => {
                 self.err(
                     Diag::error("E0105", "a declaration needs a constant value", value.span)
-                        .label(format!("this is a field ({})", f.kind()))
+                        .label(format!("this is a field of the message: {}", f.kind()))
                         .help(
                             "declarations name literals: numbers, addresses, strings, ranges, sets",
                         ),
@@ -738,10 +738,17 @@ impl Checker {
                 ),
             },
             FieldRef::Payload => {
+                let help = match &val {
+                    Val::Str(s) if !s.is_empty() && s.len() <= MAX_SLICE_LEN as usize => format!(
+                        "compare a slice of the string's length (`payload[0..{}] == ...`) or test a prefix (`payload starts with ...`)",
+                        s.len()
+                    ),
+                    _ => "compare a slice (`payload[0..4] == \"GET \"`) or test a prefix (`payload starts with \"GET \"`)".to_string(),
+                };
                 self.err(
                     Diag::error("E0220", "the whole payload cannot be compared", fs)
                         .label("unbounded")
-                        .help("compare a slice (`payload[0..4] == \"GET \"`) or test a prefix (`payload starts with \"GET \"`)"),
+                        .help(help),
                 );
                 None
             }
@@ -786,7 +793,7 @@ impl Checker {
                 let what = match field {
                     IntField::LocalPort | IntField::RemotePort => "a port",
                     IntField::PayloadByte(_) => "a byte",
-                    _ => "this field",
+                    f => return self.out_of_range(f, fs, *n, vs),
                 };
                 let holder = match field {
                     IntField::LocalPort | IntField::RemotePort => "ports are".to_string(),
@@ -814,6 +821,24 @@ impl Checker {
                 None
             }
         }
+    }
+
+    fn out_of_range(&mut self, field: IntField, fs: Span, n: u64, vs: Span) -> Option<u64> {
+        self.err(
+            Diag::error(
+                "E0202",
+                format!("{n} is out of range for `{}`", field.name()),
+                vs,
+            )
+            .label(format!(
+                "`{}` holds 0..={}",
+                field.name(),
+                field.max_value()
+            ))
+            .secondary(fs, "this field")
+            .help(format!("use a value from 0 to {}", field.max_value())),
+        );
+        None
     }
 
     fn int_compare(
@@ -1277,7 +1302,7 @@ impl Checker {
                         Some(Operand::Field(f)) => {
                             self.err(
                                 Diag::error("E0105", "set elements must be constants", item.span)
-                                    .label(format!("this is a field ({})", f.kind()))
+                                    .label(format!("this is a field of the message: {}", f.kind()))
                                     .help("list literal values or declared names"),
                             );
                             ok = false;
@@ -1377,7 +1402,10 @@ impl Checker {
         match self.expr(e)? {
             Operand::Const(Val::Int(n)) => Some(n),
             other => {
-                let kind = operand_kind(&other);
+                let kind = match &other {
+                    Operand::Field(f) => format!("a field of the message ({})", f.kind()),
+                    Operand::Const(v) => v.kind().to_string(),
+                };
                 self.err(
                     Diag::error(
                         "E0201",
@@ -1584,12 +1612,9 @@ impl Checker {
                         continue;
                     }
                     assigned.insert(name.clone(), *span);
+                    let reported = self.diags.len();
                     let Some(Operand::Const(v)) = self.expr(value) else {
-                        if !self.diags.iter().any(|d| {
-                            d.is_error()
-                                && d.span.start >= value.span.start
-                                && d.span.end <= value.span.end
-                        }) {
+                        if !self.diags[reported..].iter().any(|d| d.is_error()) {
                             self.err(
                                 Diag::error(
                                     "E0303",
@@ -1796,6 +1821,9 @@ impl Checker {
                 let mut d = Diag::error("E0303", format!("a test case cannot set `{name}`"), fspan)
                     .label("not a message field");
                 d = match did_you_mean(name, TEST_FIELDS.iter().copied()) {
+                    _ if name == "port" || name == "ip" => d.help(format!(
+                        "a message has two ends: set `remote.{name}` or `local.{name}` (or both)"
+                    )),
                     Some(s) => d.help(format!("did you mean `{s}`?")),
                     None => d.help(format!("test cases set: {}", TEST_FIELDS.join(", "))),
                 };

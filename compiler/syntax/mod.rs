@@ -40,6 +40,23 @@ pub fn parse(source: &str) -> (ast::Policy, Vec<Diag>) {
         diags.push(d);
         return (ast::Policy { items: Vec::new() }, diags);
     }
+    // A syntax error between a lexer error and the end of its statement (the next `;`)
+    // is most likely that error's consequence (a dropped `@`, a string that swallowed the
+    // `;`): report the lexer error alone.
+    // Both lists are in source order, so each lookup is a binary search (no quadratic
+    // time on inputs with many errors).
+    let semis: Vec<usize> = tokens
+        .iter()
+        .filter(|(_, t, _)| *t == Tok::Semi)
+        .map(|(l, _, _)| *l)
+        .collect();
+    let muted: Vec<(usize, usize)> = lex_errors
+        .iter()
+        .map(|(span, _)| {
+            let i = semis.partition_point(|&l| l < span.end);
+            (span.start, semis.get(i).copied().unwrap_or(usize::MAX))
+        })
+        .collect();
     let mut recovered = Vec::new();
     let result = grammar::PolicyParser::new()
         .parse(&mut recovered, tokens.into_iter().map(Ok::<_, LexError>));
@@ -54,6 +71,12 @@ pub fn parse(source: &str) -> (ast::Policy, Vec<Diag>) {
             ast::Policy { items: Vec::new() }
         }
     };
+    // `muted` is sorted by start and its ends never decrease: the last range starting at
+    // or before a diagnostic is the only one that can contain it.
+    parse_diags.retain(|d| {
+        let i = muted.partition_point(|&(lo, _)| lo <= d.span.start);
+        i == 0 || muted[i - 1].1 < d.span.start
+    });
     diags.extend(parse_diags);
     (policy, diags)
 }
@@ -168,7 +191,9 @@ fn parse_diag(source: &str, e: ParseError<usize, Tok, LexError>) -> Diag {
                 Tok::Ident(_) if expected.iter().any(|x| x == "\";\"") => {
                     d.help("did you forget `;` at the end of the previous rule?")
                 }
-                Tok::Assign => d.help("comparisons use `==`"),
+                Tok::Assign if expected.iter().any(|x| x == "\"==\"") => {
+                    d.help("comparisons use `==`")
+                }
                 Tok::Semi if expected.iter().any(|x| x == "\"default\"") => {
                     d.help("remove the extra `;` (there are no empty statements)")
                 }
