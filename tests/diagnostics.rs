@@ -41,6 +41,7 @@ cases! {
     // ------------------------------------------------------------- lexer (E0001-E0004)
     lex_unexpected_character => "drop if len > 1 @ 2;\n";
     lex_unexpected_characters_each_reported => "drop if len > 1;\n$pass;\ndrop if uid == 0 ^ 1;\n";
+    lex_run_of_unexpected_characters => "drop if len > 1 @@@;\n";
     lex_huge_decimal_literal => "drop if len > 99999999999999999999999999;\n";
     lex_huge_hex_literal => "drop if cgroup == 0x1_0000_0000_0000_0000;\n";
     lex_bad_ipv4_address => "drop if remote.ip == 10.0.0.256;\n";

@@ -237,7 +237,7 @@ pub fn unescape(body: &str) -> Result<Vec<u8>, LexError> {
 /// Lexes the whole source: the tokens, and every error with its span.
 pub fn lex(source: &str) -> (Vec<(usize, Tok, usize)>, Vec<(Span, LexError)>) {
     let mut tokens = Vec::new();
-    let mut errors = Vec::new();
+    let mut errors: Vec<(Span, LexError)> = Vec::new();
     let mut lexer = Tok::lexer(source);
     while let Some(result) = lexer.next() {
         let r = lexer.span();
@@ -264,6 +264,15 @@ pub fn lex(source: &str) -> (Vec<(usize, Tok, usize)>, Vec<(Span, LexError)>) {
                 };
                 if let Some(tok) = placeholder {
                     tokens.push((r.start, tok, r.end));
+                }
+                // A run of unexpected characters (binary junk) is one error, not one per byte.
+                if let (LexError::UnexpectedChar, Some((last, LexError::UnexpectedChar))) =
+                    (&e, errors.last_mut())
+                {
+                    if last.end == r.start {
+                        last.end = r.end;
+                        continue;
+                    }
                 }
                 errors.push((Span::new(r.start, r.end), e));
             }

@@ -115,10 +115,13 @@ fn lex_diag(source: &str, span: Span, e: &LexError) -> Diag {
     match e {
         LexError::UnexpectedChar => Diag::error(
             "E0001",
-            format!(
-                "unexpected character `{}`",
-                text.chars().next().unwrap_or(' ')
-            ),
+            {
+                let first = text.chars().next().unwrap_or(' ').escape_debug();
+                match text.chars().count() {
+                    0 | 1 => format!("unexpected character `{first}`"),
+                    n => format!("{n} unexpected characters, starting with `{first}`"),
+                }
+            },
             span,
         )
         .label("not part of the language")
