@@ -95,6 +95,15 @@ fn read_policy(path: &Path) -> anyhow::Result<Source> {
     Ok(Source { name: path.display().to_string(), text })
 }
 
+/// Writes to stdout; a closed pipe (`skpc build --emit asm | head`) is not an error.
+pub(crate) fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::anyhow!("cannot write to stdout: {e}")),
+        _ => Ok(()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let color = match cli.color {
@@ -131,7 +140,7 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
             };
             diag::emit_stderr(&src.name, &src.text, &compiled.warnings, color);
             match emit {
-                Emit::Asm => print!("{}", skpc::compile::listing(&compiled, &src.name, &src.text)),
+                Emit::Asm => write_stdout(&skpc::compile::listing(&compiled, &src.name, &src.text))?,
                 Emit::Obj => {
                     let out = output.unwrap_or_else(|| match &input.file {
                         Some(f) => f.with_extension("o"),

@@ -157,9 +157,16 @@ fn invert_jumps_over_gotos(code: Vec<Lir>) -> Vec<Lir> {
     out
 }
 
-/// Resolves labels to offsets. Jumps start short; any that does not fit in 16 bits is
-/// made long and the layout recomputed until nothing changes (lengths only grow, so this
-/// ends).
+/// The farthest a jump may reach in its 16-bit form. The kernel rewrites many
+/// instructions into several after verification (context accesses, inlined map
+/// lookups) and re-targets jumps; a jump near the 16-bit limit before that rewrite
+/// overflows after it and the load fails (EFAULT, seen at ~32k instructions). A quarter
+/// of the range leaves room for four-fold growth.
+pub const MAX_SHORT_JUMP: i64 = i16::MAX as i64 / 4;
+
+/// Resolves labels to offsets. Jumps start short; any that reaches beyond
+/// [`MAX_SHORT_JUMP`] is made long (`gotol`) and the layout recomputed until nothing
+/// changes (lengths only grow, so this ends).
 pub fn assemble(code: &[Lir]) -> Assembled {
     let mut long: HashSet<usize> = HashSet::new();
     loop {
@@ -184,7 +191,7 @@ pub fn assemble(code: &[Lir]) -> Assembled {
         let mut grew = false;
         for (i, item) in code.iter().enumerate() {
             let from = pos[i] as i64 + 1;
-            let fits = |off: i64| off >= i16::MIN as i64 && off <= i16::MAX as i64;
+            let fits = |off: i64| off.abs() <= MAX_SHORT_JUMP;
             match item {
                 Lir::Jmp { target: t, .. } if !long.contains(&i) && !fits(target(t) - from) => {
                     long.insert(i);

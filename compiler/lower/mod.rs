@@ -7,6 +7,7 @@
 //! rules after an unconditional terminal rule are not emitted; the LIR cleanup removes
 //! jumps to the next instruction and code no jump reaches (the verifier rejects it).
 
+mod flat;
 pub mod lir;
 
 use skpc_abi::{Counter, LogRecord, SockKey};
@@ -71,6 +72,11 @@ const MAP_EVENTS: u32 = 4;
 
 /// Context register, kept for the whole program (callee-saved).
 const CTX: Reg = Reg::R6;
+/// Policies with more rules than this compile their context-only rules branch-free
+/// (`flat`), so that the verifier's pending-branch stack stays bounded; smaller ones
+/// use compare-and-jump code, which is shorter.
+const FLAT_ABOVE_RULES: usize = 1000;
+
 /// Counter slot of the deciding rule, on the way to a shared verdict tail.
 const SLOT: Reg = Reg::R7;
 /// Callee-saved registers for context fields loaded once.
@@ -81,6 +87,10 @@ const STACK_COUNTER_KEY: i16 = -8;
 const STACK_SOCK_KEY: i16 = -56; // 44 bytes, 8-aligned
 const STACK_COMM: i16 = -80; // 16 bytes
 const STACK_LOG: i16 = -168; // 80 bytes
+const STACK_SNAPSHOT: i16 = -232; // 56 bytes: sk_msg_md words family..size
+/// The context words a snapshot holds: `family` (16) up to and including `size` (68).
+const SNAPSHOT_FIRST: i16 = SK_MSG_MD_FAMILY;
+const SNAPSHOT_END: i16 = SK_MSG_MD_SIZE + 4;
 
 /// Code generation choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +172,10 @@ struct Gen {
     ctx_in_r1: bool,
     /// The mark of the shared verdict tails (after the rules' and the default's).
     tails_mark: u32,
+    /// Compile context-only rules branch-free (see `flat`).
+    flat: bool,
+    /// The context words are copied to the stack (`take_snapshot`).
+    snapshot: bool,
 }
 
 impl Default for Options {
@@ -211,6 +225,30 @@ fn wire_word(bytes: [u8; 4]) -> i32 {
 }
 
 impl Gen {
+    /// `dst = ` the 32-bit context word at `off`: from the stack snapshot when the
+    /// prologue took one (stack loads are not rewritten by the kernel, context loads
+    /// are, each rewrite costing time linear in the program size), else from the context.
+    fn ctx_ld(&mut self, dst: Reg, off: i16) {
+        match self.snapshot_slot(off) {
+            Some(slot) => self.ldx(Size::W, dst, Reg::R10, slot),
+            None => self.ldx(Size::W, dst, self.ctx(), off),
+        }
+    }
+
+    fn snapshot_slot(&self, off: i16) -> Option<i16> {
+        (self.snapshot && (SNAPSHOT_FIRST..SNAPSHOT_END).contains(&off)).then_some(STACK_SNAPSHOT + off - SNAPSHOT_FIRST)
+    }
+
+    /// Copies the context words `SNAPSHOT_FIRST..SNAPSHOT_END` to the stack.
+    fn take_snapshot(&mut self) {
+        let ctx = self.ctx();
+        for off in (SNAPSHOT_FIRST..SNAPSHOT_END).step_by(4) {
+            self.ldx(Size::W, Reg::R2, ctx, off);
+            self.stx(Size::W, Reg::R10, STACK_SNAPSHOT + off - SNAPSHOT_FIRST, Reg::R2);
+        }
+        self.snapshot = true;
+    }
+
     /// The register holding the context.
     fn ctx(&self) -> Reg {
         if self.ctx_in_r1 {
@@ -291,9 +329,14 @@ impl Gen {
 
     fn verdict_program(&mut self, policy: &hir::Policy) {
         self.tails_mark = policy.rules.len() as u32 + 1;
-        self.ctx_in_r1 = !needs_helper_before_verdict(policy, self.options);
+        self.flat = policy.rules.len() > FLAT_ABOVE_RULES;
+        // Branch-free rules use r0-r5 as scratch: the context must live in r6.
+        self.ctx_in_r1 = !self.flat && !needs_helper_before_verdict(policy, self.options);
         if !self.ctx_in_r1 {
             self.mov64(CTX, Src::Reg(Reg::R1));
+        }
+        if self.flat {
+            self.take_snapshot();
         }
         self.cache_fields(policy);
         for (i, rule) in policy.rules.iter().enumerate() {
@@ -303,7 +346,11 @@ impl Gen {
             }
             self.code.push(Lir::Mark(i as u32));
             let (act, next) = (self.label(), self.label());
-            self.cond(&cond, act, next);
+            if self.flat && flat::flat_ok(&cond) {
+                self.flat_cond(&cond, next);
+            } else {
+                self.cond(&cond, act, next);
+            }
             self.place(act);
             match &rule.action {
                 Action::Decide(d) => self.decide_via_tail(d, rule.counter as u32),
@@ -397,7 +444,7 @@ impl Gen {
         self.ldx(Size::DW, Reg::R1, Reg::R0, Counter::OFF_MESSAGES);
         self.alu64(AluOp::Add, Reg::R1, Src::Imm(1));
         self.stx(Size::DW, Reg::R0, Counter::OFF_MESSAGES, Reg::R1);
-        self.ldx(Size::W, Reg::R1, self.ctx(), SK_MSG_MD_SIZE);
+        self.ctx_ld(Reg::R1, SK_MSG_MD_SIZE);
         self.ldx(Size::DW, Reg::R2, Reg::R0, Counter::OFF_BYTES);
         self.alu64(AluOp::Add, Reg::R2, Src::Reg(Reg::R1));
         self.stx(Size::DW, Reg::R0, Counter::OFF_BYTES, Reg::R2);
@@ -466,45 +513,45 @@ impl Gen {
         self.st(Size::W, Reg::R10, k + 40, 0);
         let (first_ip, second_ip) = if swapped { (SockKey::OFF_REMOTE_IP, SockKey::OFF_LOCAL_IP) } else { (SockKey::OFF_LOCAL_IP, SockKey::OFF_REMOTE_IP) };
         let (v6, ports, plain6) = (self.label(), self.label(), self.label());
-        self.ldx(Size::W, Reg::R2, self.ctx(), ctx.family);
+        self.ctx_ld(Reg::R2, ctx.family);
         self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET6, v6);
         // IPv4
         self.st(Size::W, Reg::R10, k + SockKey::OFF_FAMILY, AF_INET);
-        self.ldx(Size::W, Reg::R3, self.ctx(), ctx.local_ip4);
+        self.ctx_ld(Reg::R3, ctx.local_ip4);
         self.stx(Size::W, Reg::R10, k + first_ip, Reg::R3);
-        self.ldx(Size::W, Reg::R3, self.ctx(), ctx.remote_ip4);
+        self.ctx_ld(Reg::R3, ctx.remote_ip4);
         self.stx(Size::W, Reg::R10, k + second_ip, Reg::R3);
         self.goto(ports);
         // IPv6: mapped?
         self.place(v6);
         for ip in [ctx.local_ip6, ctx.remote_ip6] {
-            self.ldx(Size::W, Reg::R3, self.ctx(), ip);
+            self.ctx_ld(Reg::R3, ip);
             self.jmp32(JmpOp::Jne, Reg::R3, 0, plain6);
-            self.ldx(Size::W, Reg::R3, self.ctx(), ip + 4);
+            self.ctx_ld(Reg::R3, ip + 4);
             self.jmp32(JmpOp::Jne, Reg::R3, 0, plain6);
-            self.ldx(Size::W, Reg::R3, self.ctx(), ip + 8);
+            self.ctx_ld(Reg::R3, ip + 8);
             self.jmp32(JmpOp::Jne, Reg::R3, MAPPED_WORD2 as i32, plain6);
         }
         self.st(Size::W, Reg::R10, k + SockKey::OFF_FAMILY, AF_INET);
-        self.ldx(Size::W, Reg::R3, self.ctx(), ctx.local_ip6 + 12);
+        self.ctx_ld(Reg::R3, ctx.local_ip6 + 12);
         self.stx(Size::W, Reg::R10, k + first_ip, Reg::R3);
-        self.ldx(Size::W, Reg::R3, self.ctx(), ctx.remote_ip6 + 12);
+        self.ctx_ld(Reg::R3, ctx.remote_ip6 + 12);
         self.stx(Size::W, Reg::R10, k + second_ip, Reg::R3);
         self.goto(ports);
         self.place(plain6);
         self.st(Size::W, Reg::R10, k + SockKey::OFF_FAMILY, AF_INET6);
         for w in 0..4 {
-            self.ldx(Size::W, Reg::R3, self.ctx(), ctx.local_ip6 + w * 4);
+            self.ctx_ld(Reg::R3, ctx.local_ip6 + w * 4);
             self.stx(Size::W, Reg::R10, k + first_ip + w * 4, Reg::R3);
-            self.ldx(Size::W, Reg::R3, self.ctx(), ctx.remote_ip6 + w * 4);
+            self.ctx_ld(Reg::R3, ctx.remote_ip6 + w * 4);
             self.stx(Size::W, Reg::R10, k + second_ip + w * 4, Reg::R3);
         }
         self.place(ports);
         let (first_port, second_port) =
             if swapped { (SockKey::OFF_REMOTE_PORT, SockKey::OFF_LOCAL_PORT) } else { (SockKey::OFF_LOCAL_PORT, SockKey::OFF_REMOTE_PORT) };
-        self.ldx(Size::W, Reg::R3, self.ctx(), ctx.local_port);
+        self.ctx_ld(Reg::R3, ctx.local_port);
         self.stx(Size::W, Reg::R10, k + first_port, Reg::R3);
-        self.ldx(Size::W, Reg::R3, self.ctx(), ctx.remote_port);
+        self.ctx_ld(Reg::R3, ctx.remote_port);
         self.emit(Insn::End { dst: Reg::R3, endian: Endian::ToBe, bits: 32 });
         self.stx(Size::W, Reg::R10, k + second_port, Reg::R3);
     }
@@ -517,28 +564,28 @@ impl Gen {
         }
         self.st(Size::W, Reg::R10, b + LogRecord::OFF_RULE, rule as i32);
         let (v6, done) = (self.label(), self.label());
-        self.ldx(Size::W, Reg::R2, self.ctx(), SK_MSG_MD_FAMILY);
+        self.ctx_ld(Reg::R2, SK_MSG_MD_FAMILY);
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_FAMILY, Reg::R2);
         self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET6, v6);
-        self.ldx(Size::W, Reg::R3, self.ctx(), SK_MSG_MD_LOCAL_IP4);
+        self.ctx_ld(Reg::R3, SK_MSG_MD_LOCAL_IP4);
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_LOCAL_IP, Reg::R3);
-        self.ldx(Size::W, Reg::R3, self.ctx(), SK_MSG_MD_REMOTE_IP4);
+        self.ctx_ld(Reg::R3, SK_MSG_MD_REMOTE_IP4);
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_REMOTE_IP, Reg::R3);
         self.goto(done);
         self.place(v6);
         for w in 0..4 {
-            self.ldx(Size::W, Reg::R3, self.ctx(), SK_MSG_MD_LOCAL_IP6 + w * 4);
+            self.ctx_ld(Reg::R3, SK_MSG_MD_LOCAL_IP6 + w * 4);
             self.stx(Size::W, Reg::R10, b + LogRecord::OFF_LOCAL_IP + w * 4, Reg::R3);
-            self.ldx(Size::W, Reg::R3, self.ctx(), SK_MSG_MD_REMOTE_IP6 + w * 4);
+            self.ctx_ld(Reg::R3, SK_MSG_MD_REMOTE_IP6 + w * 4);
             self.stx(Size::W, Reg::R10, b + LogRecord::OFF_REMOTE_IP + w * 4, Reg::R3);
         }
         self.place(done);
-        self.ldx(Size::W, Reg::R3, self.ctx(), SK_MSG_MD_LOCAL_PORT);
+        self.ctx_ld(Reg::R3, SK_MSG_MD_LOCAL_PORT);
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_LOCAL_PORT, Reg::R3);
-        self.ldx(Size::W, Reg::R3, self.ctx(), SK_MSG_MD_REMOTE_PORT);
+        self.ctx_ld(Reg::R3, SK_MSG_MD_REMOTE_PORT);
         self.emit(Insn::End { dst: Reg::R3, endian: Endian::ToBe, bits: 32 });
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_REMOTE_PORT, Reg::R3);
-        self.ldx(Size::W, Reg::R3, self.ctx(), SK_MSG_MD_SIZE);
+        self.ctx_ld(Reg::R3, SK_MSG_MD_SIZE);
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_SIZE, Reg::R3);
         self.call(BPF_FUNC_get_current_pid_tgid);
         self.alu64(AluOp::Rsh, Reg::R0, Src::Imm(32));
@@ -596,7 +643,7 @@ impl Gen {
                 if *field == IntField::RemotePort && points && !self.cached.iter().any(|(c, _)| c == field) {
                     // Equality with a few ports: compare the raw network-order word with
                     // byte-swapped constants instead of swapping the word (as clang does).
-                    self.ldx(Size::W, Reg::R2, self.ctx(), SK_MSG_MD_REMOTE_PORT);
+                    self.ctx_ld(Reg::R2, SK_MSG_MD_REMOTE_PORT);
                     for (port, _) in ranges {
                         self.jmp32(JmpOp::Jeq, Reg::R2, raw_remote_port(*port as u16), t);
                     }
@@ -679,7 +726,7 @@ impl Gen {
 
     /// Loads a field that is a context word (`ctx_word`) into `dst`, in host order.
     fn load_ctx_field(&mut self, off: i16, swap: bool, dst: Reg) {
-        self.ldx(Size::W, dst, self.ctx(), off);
+        self.ctx_ld(dst, off);
         if swap {
             self.emit(Insn::End { dst, endian: Endian::ToBe, bits: 32 });
         }
@@ -797,7 +844,7 @@ impl Gen {
             End::Remote => (SK_MSG_MD_REMOTE_IP4, SK_MSG_MD_REMOTE_IP6),
         };
         let (v4_path, v6_path) = (self.label(), self.label());
-        self.ldx(Size::W, Reg::R2, self.ctx(), SK_MSG_MD_FAMILY);
+        self.ctx_ld(Reg::R2, SK_MSG_MD_FAMILY);
         if !v4.is_empty() {
             self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET, v4_path);
         }
@@ -808,7 +855,7 @@ impl Gen {
         self.goto(f);
         if !v4.is_empty() {
             self.place(v4_path);
-            self.ldx(Size::W, Reg::R2, self.ctx(), ip4);
+            self.ctx_ld(Reg::R2, ip4);
             self.v4_nets(&v4, t, f);
         }
         if !v6.is_empty() || v4_mapped {
@@ -823,7 +870,7 @@ impl Gen {
                         continue;
                     }
                     let want = wire_word(bytes[w * 4..w * 4 + 4].try_into().unwrap_or([0; 4]));
-                    self.ldx(Size::W, Reg::R2, self.ctx(), ip6 + (w as i16) * 4);
+                    self.ctx_ld(Reg::R2, ip6 + (w as i16) * 4);
                     if m != -1 {
                         self.emit(Insn::Alu32 { op: AluOp::And, dst: Reg::R2, src: Src::Imm(m) });
                     }
@@ -833,13 +880,13 @@ impl Gen {
                 self.place(next);
             }
             if v4_mapped {
-                self.ldx(Size::W, Reg::R2, self.ctx(), ip6);
+                self.ctx_ld(Reg::R2, ip6);
                 self.jmp32(JmpOp::Jne, Reg::R2, 0, f);
-                self.ldx(Size::W, Reg::R2, self.ctx(), ip6 + 4);
+                self.ctx_ld(Reg::R2, ip6 + 4);
                 self.jmp32(JmpOp::Jne, Reg::R2, 0, f);
-                self.ldx(Size::W, Reg::R2, self.ctx(), ip6 + 8);
+                self.ctx_ld(Reg::R2, ip6 + 8);
                 self.jmp32(JmpOp::Jne, Reg::R2, MAPPED_WORD2 as i32, f);
-                self.ldx(Size::W, Reg::R2, self.ctx(), ip6 + 12);
+                self.ctx_ld(Reg::R2, ip6 + 12);
                 self.v4_nets(&v4, t, f);
             } else {
                 self.goto(f);

@@ -211,6 +211,9 @@ fn load_object(object: &[u8], pins: &Path) -> Result<Ebpf> {
     // SAFETY: setrlimit reads the struct we pass.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
     EbpfLoader::new()
+        // STATS: the verifier still reports why it rejects a program, but does not log
+        // every instruction (aya's default), which takes minutes for 10k-rule policies.
+        .verifier_log_level(aya::VerifierLogLevel::STATS)
         .map_pin_path(pins)
         .load(object)
         .map_err(|e| Error::from_aya("loading the policy object", &e))
