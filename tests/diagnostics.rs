@@ -175,6 +175,7 @@ cases! {
     shadowed_rule => "drop;\npass if port == 80;\n";
     shadowed_by_always_true_condition => "pass if len >= 0;\ndrop if port == 22;\ndefault drop;\n";
     default_not_last => "default drop;\npass if port == 80;\n";
+    egress_redirect_to_peer => "redirect to peer if remote.ip == 127.0.0.1;\n";
 
     // ----------------------------------------------------------------------- mixed
     errors_and_warnings_together =>

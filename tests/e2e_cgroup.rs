@@ -125,7 +125,6 @@ fn cgroup_sockets_enter_skp_peers_and_redirect_to_peer_works() {
 }
 
 #[test]
-#[ignore = "compiler bug: lower/mod.rs emits BPF_F_INGRESS for `redirect to peer` without `ingress`"]
 fn egress_redirect_to_peer_sends_out_of_the_peer_back_to_the_sender() {
     let name = "egress_redirect_to_peer_sends_out_of_the_peer_back_to_the_sender";
     if !common::kernel_or_skip(name) || !python_or_skip(name) {

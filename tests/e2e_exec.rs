@@ -385,6 +385,8 @@ fn run_enforces_on_a_cgroup_reloads_on_sighup_and_stops_on_sigterm() {
     expect("version 2 now enforced");
     assert_eq!(send_from_cgroup("BAD two"), "ok");
     assert_eq!(send_from_cgroup("NEW one"), "EACCES");
+    // Let at least three 0.2 s intervals pass so the periodic view has printed.
+    std::thread::sleep(Duration::from_millis(800));
     skpc_runtime::process::send_signal(pid, skpc_runtime::process::sig::SIGTERM);
     let status = run.wait().unwrap();
     let all = reader.join().unwrap();

@@ -487,14 +487,14 @@ impl Gen {
                 self.call(BPF_FUNC_msg_redirect_map);
                 self.emit(Insn::Exit);
             }
-            Verdict::Redirect { target: Target::Peer, .. } => {
-                // The peer of a local connection receives on its ingress side: an egress
-                // redirect would send the bytes back out of the peer, to the sender.
+            Verdict::Redirect { ingress, target: Target::Peer } => {
+                // Egress (no `ingress`) sends the bytes out of the peer socket, i.e. back to
+                // this one; the checker warns (W0004), the kernel does what it is told.
                 self.sock_key(SK_MSG_LAYOUT, true);
                 self.mov64(Reg::R1, Src::Reg(self.ctx()));
                 self.emit(Insn::LdMap { dst: Reg::R2, map: MAP_SOCKHASH });
                 self.stack_ptr(Reg::R3, STACK_SOCK_KEY);
-                self.mov64(Reg::R4, Src::Imm(BPF_F_INGRESS as i32));
+                self.mov64(Reg::R4, Src::Imm(if *ingress { BPF_F_INGRESS as i32 } else { 0 }));
                 self.call(BPF_FUNC_msg_redirect_hash);
                 self.emit(Insn::Exit);
             }
