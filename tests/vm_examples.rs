@@ -123,6 +123,7 @@ fn a_wrong_expectation_fails_with_a_useful_report() {
     assert!(out.contains("count big"), "{out}");
     assert!(out.contains("5000"), "the counters show the bytes:\n{out}");
     assert!(!out.contains("BUG"), "{out}");
+    insta::assert_snapshot!("skpc_test_failure_report", out);
 }
 
 #[test]
