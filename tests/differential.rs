@@ -18,7 +18,7 @@ use std::time::Instant;
 use policygen::{gen_message, gen_policy, shrink, source_eval, GenPolicy, Rng, Sent};
 use skpc::check::hir::{Target, Verdict};
 use skpc::compile::{compile, compile_with, Compiled};
-use skpc::eval::{eval, normalize, Fired};
+use skpc::eval::{eval, Fired};
 use skpc::lower::Options;
 use skpc::vm::{Redirect, RunConfig, Vm};
 
@@ -90,7 +90,7 @@ fn check(p: &GenPolicy, c: &Compiled, vm: &Vm, s: &Sent, counters: bool) -> Resu
             "logging rules: source {logged:?}, evaluator {ev_logged:?}"
         ));
     }
-    let actual = normalize(&out.decision);
+    let actual = out.decision.clone();
     if actual != ev.decision {
         return Err(format!(
             "decision: evaluator {:?}, VM {:?}",

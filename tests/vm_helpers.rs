@@ -218,13 +218,17 @@ fn the_initial_window_is_the_first_chunk() {
     assert_eq!(run_with(&window_is(0), &m(3000), 0).unwrap().ret, 1);
     assert_eq!(run_with(&window_is(3000), &m(3000), 3000).unwrap().ret, 1);
     assert_eq!(run_with(&window_is(10), &m(3000), 10).unwrap().ret, 1);
-    // `len` beyond the payload: the window still covers the (zero) bytes.
+    // `len` beyond the payload: bytes the rules cannot see. The window ends with the
+    // payload, a pull past it fails as one past the message's end does.
     let big = Message {
         len: 5000,
         payload: b"GET".to_vec(),
         ..Message::default()
     };
-    assert_eq!(run(&window_is(5000), &big).unwrap().ret, 1);
+    assert_eq!(run(&window_is(3), &big).unwrap().ret, 1);
+    let out = run_with(&pull(0, 4, 0, -22, 0), &big, 0).unwrap();
+    assert_eq!((out.ret, out.pulls[0].result), (1, -22));
+    assert_eq!(run_with(&pull(0, 3, 0, 0, 3), &big, 0).unwrap().ret, 1);
 }
 
 /// pull(start, end, flags); then r0 = 1 if the helper returned `ret` and the window is

@@ -15,7 +15,7 @@ use clap::Args;
 use skpc::check::hir::{self, Action, CounterKind, Policy};
 use skpc::compile::Compiled;
 use skpc::diag::{self, ColorChoice};
-use skpc::eval::{self, describe, normalize};
+use skpc::eval::{self, describe};
 use skpc::vm::{RunConfig, Vm, VmOutcome, DEFAULT_WINDOW};
 
 use crate::Input;
@@ -130,8 +130,8 @@ fn run_case(
             return Some(r);
         }
     };
-    let expected = normalize(&case.expect);
-    let actual = normalize(&out.decision);
+    let expected = case.expect.clone();
+    let actual = out.decision.clone();
     let reference = eval::eval(&c.policy, &case.message);
     let agree = reference.decision == actual
         && reference.counters == out.counters

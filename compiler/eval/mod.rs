@@ -9,19 +9,18 @@
 //!   terminal rule whose condition holds decides; else `default` (pass if absent).
 //! - Every matching rule counts one message and `len` bytes in its own counter; a
 //!   `count NAME` rule also in NAME's; the default counts when it decides.
-//! - The message is `len` bytes: the payload the message gives, then zero bytes (a test
-//!   case that sets `len` beyond its payload leaves the rest zero). A payload test that
-//!   reaches beyond `len` is false (so its `not` is true).
+//! - The rules see the payload the message gives; `len` may be larger (a test case's
+//!   `len = 5000` with a short payload: bytes the rules cannot see). A payload test that
+//!   reaches beyond the given bytes is false (so its `not` is true), as is one beyond
+//!   `len` in the kernel.
 //! - Addresses: an IPv4 prefix matches an IPv4 socket's address and, where the field
 //!   allows it (`mapped`), the IPv4-mapped address (`::ffff:a.b.c.d`) of an IPv6 socket;
 //!   an IPv6 prefix matches IPv6 sockets only.
 //! - `redirect to sock FIELD` goes to the slot the field's value names (truncated to 32
 //!   bits, as the helper takes a u32); a slot past the sockmap's end holds no socket, and
 //!   the kernel drops the message.
-//! - `redirect [ingress] to peer` delivers to the receive queue of the other end of a
-//!   local connection: the program always redirects with BPF_F_INGRESS (an egress
-//!   redirect would send the bytes back to the sender), so `ingress` changes nothing.
-//!   [`normalize`] writes both forms the same way.
+//! - `redirect [ingress] to peer` redirects to the other end of a local connection (found
+//!   by the swapped 4-tuple), to its receive queue with `ingress`, else out of it.
 
 use std::net::IpAddr;
 
@@ -42,7 +41,7 @@ pub enum Fired {
 /// What a policy does with one message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EvalOutcome {
-    /// Normalized (see [`normalize`]); a field redirect resolved to its slot.
+    /// A field redirect resolved to its slot (or a drop, past the sockmap's end).
     pub decision: Decision,
     pub fired: Fired,
     /// Per counter slot: (messages, bytes).
@@ -94,20 +93,7 @@ pub fn eval(policy: &Policy, msg: &Message) -> EvalOutcome {
     }
 }
 
-/// The canonical form of a decision: peer redirects are ingress redirects.
-pub fn normalize(d: &Decision) -> Decision {
-    let mut d = d.clone();
-    if let Verdict::Redirect {
-        ingress,
-        target: Target::Peer,
-    } = &mut d.verdict
-    {
-        *ingress = true;
-    }
-    d
-}
-
-/// What the kernel does for `d` on `msg`: slots resolved, peer redirects normalized.
+/// What the kernel does for `d` on `msg`: field slots resolved (a slot past the end drops).
 fn resolve(d: &Decision, msg: &Message) -> (Decision, Option<SockKey>) {
     match &d.verdict {
         Verdict::Redirect {
@@ -137,7 +123,7 @@ fn resolve(d: &Decision, msg: &Message) -> (Decision, Option<SockKey>) {
         Verdict::Redirect {
             target: Target::Peer,
             ..
-        } => (normalize(d), Some(peer_key(msg))),
+        } => (d.clone(), Some(peer_key(msg))),
         _ => (d.clone(), None),
     }
 }
@@ -228,18 +214,14 @@ pub fn field_value(f: IntField, msg: &Message) -> Option<u64> {
     })
 }
 
-/// `n` bytes of the message at `offset`, or `None` if the message is shorter than
-/// `offset + n`. Bytes past the given payload (but within `len`) are zero.
+/// `n` bytes of the message at `offset`, or `None` if the rules cannot see that far:
+/// the message is shorter than `offset + n`, or those bytes are past the given payload.
 pub fn payload(msg: &Message, offset: u32, n: usize) -> Option<Vec<u8>> {
     let end = offset as u64 + n as u64;
-    if end > msg.len as u64 {
+    if end > msg.len as u64 || end > msg.payload.len() as u64 {
         return None;
     }
-    Some(
-        (offset as usize..end as usize)
-            .map(|i| msg.payload.get(i).copied().unwrap_or(0))
-            .collect(),
-    )
+    Some(msg.payload[offset as usize..end as usize].to_vec())
 }
 
 /// Addresses as the kernel stores them: network-order words; IPv4 in word 0.

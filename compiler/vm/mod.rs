@@ -52,15 +52,12 @@ pub const DEFAULT_WINDOW: u32 = 16 * 1024;
 /// smaller: 16 KiB, or 32 KiB of a large send); larger ones are clamped.
 pub const MAX_WINDOW: usize = 1 << 20;
 
-/// Bytes of the message the VM keeps in memory besides the payload and the initial
-/// window: enough for every pull a checked policy can make (`MAX_PAYLOAD_END`).
-const PULL_RESERVE: usize = 64 * 1024;
-
 /// How a message is presented to the program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunConfig {
     /// Bytes readable before any `msg_pull_data` (the first scatterlist element);
-    /// clamped to the message size. 0 models `sendfile`/`splice` on older kernels.
+    /// clamped to the message's (given) bytes. 0 models `sendfile`/`splice` on older
+    /// kernels.
     pub window: u32,
 }
 
@@ -202,13 +199,12 @@ impl Vm {
                 msg.len
             ));
         }
-        let size = msg.len as usize;
-        let window = (cfg.window as usize).min(size).min(MAX_WINDOW);
-        // The message bytes: the payload, then zeros (bytes a test case did not give).
-        let keep = size.min(msg.payload.len().max(window).max(PULL_RESERVE));
-        let mut buf: Vec<u8> = vec![0u8; keep.max(1)];
-        buf[..msg.payload.len()].copy_from_slice(&msg.payload);
-        buf.truncate(keep);
+        // The bytes the program can see: the payload. A larger `len` (a test case's
+        // `len = 5000` with a short payload) stands for bytes the rules cannot see: the
+        // window ends with the payload and a pull past it fails like one past the end.
+        let window = (cfg.window as usize).min(msg.payload.len()).min(MAX_WINDOW);
+        let mut buf: Vec<u8> = Vec::with_capacity(msg.payload.len().max(1));
+        buf.extend_from_slice(&msg.payload);
         let buf_ptr = buf.as_mut_ptr() as u64;
 
         let mut ctx = [0u64; 10];
@@ -490,10 +486,8 @@ fn h_msg_pull_data(msg: u64, start: u64, end: u64, flags: u64, _: u64) -> u64 {
         let result = if flags != 0 || end <= start || start >= st.size || end > st.size {
             -EINVAL
         } else if end as usize > st.buf_len {
-            return Err(format!(
-                "pull to {end}: the VM keeps only the first {} bytes of the message",
-                st.buf_len
-            ));
+            // Bytes the message does not give (its `len` is larger than its payload).
+            -EINVAL
         } else {
             let data = st.buf + start as u64;
             // SAFETY: ctx is the 80-byte context of this run.

@@ -150,10 +150,11 @@ impl F {
             F::Pid => m.pid as u64,
             F::Cgroup => m.cgroup,
             F::Byte(i) => {
+                // Bytes past the given payload cannot be seen (docs/language.md).
                 if i as u64 >= m.len as u64 {
                     return None;
                 }
-                m.payload.get(i as usize).copied().unwrap_or(0) as u64
+                *m.payload.get(i as usize)? as u64
             }
         })
     }
@@ -329,9 +330,8 @@ fn sem_holds(s: &Sem, m: &Message) -> bool {
             let hit = alts.iter().any(|a| {
                 let end = *offset as u64 + a.len() as u64;
                 end <= m.len as u64
-                    && a.iter().enumerate().all(|(i, b)| {
-                        m.payload.get(*offset as usize + i).copied().unwrap_or(0) == *b
-                    })
+                    && end <= m.payload.len() as u64
+                    && m.payload[*offset as usize..end as usize] == a[..]
             });
             hit != *negate
         }
@@ -383,7 +383,7 @@ fn simple(verdict: Verdict) -> ASem {
     })
 }
 
-/// The verdict the kernel gives for a decision on `m` (slots resolved, peer normalized).
+/// The verdict the kernel gives for a decision on `m` (field slots resolved).
 fn resolve(d: &Decision, m: &Message) -> Decision {
     let verdict = match &d.verdict {
         Verdict::Redirect {
@@ -409,13 +409,6 @@ fn resolve(d: &Decision, m: &Message) -> Decision {
                 Verdict::Drop
             }
         }
-        Verdict::Redirect {
-            target: Target::Peer,
-            ..
-        } => Verdict::Redirect {
-            ingress: true,
-            target: Target::Peer,
-        },
         other => other.clone(),
     };
     Decision {
