@@ -39,7 +39,33 @@ pub(super) fn flat_ok(c: &Cond) -> bool {
             Cond::Test(_) => false,
         }
     }
-    depth_ok(c, 0)
+    depth_ok(c, 0) && regs_needed(c) <= POOL.len()
+}
+
+/// The most pool registers `Gen::miss` holds at once while evaluating `c` (cached
+/// fields counted as loaded). Past the pool's size `Regs::take` would hand out a
+/// register that is still live (its R0 fallback), so `flat_ok` refuses such conditions.
+fn regs_needed(c: &Cond) -> usize {
+    match c {
+        Cond::Const(_) => 1,
+        Cond::Not(x) => regs_needed(x),
+        // The first part's miss bit is held while each later part is computed.
+        Cond::And(cs) | Cond::Or(cs) => {
+            cs.iter().enumerate().map(|(i, c)| regs_needed(c) + usize::from(i > 0)).max().unwrap_or(1)
+        }
+        Cond::Test(Test::Int { field, ranges }) => {
+            // The loaded value, the accumulated miss bit, the range's bit and its width.
+            let max = field.max_value();
+            let width = |lo: u64, hi: u64| usize::from(lo != hi && !(lo == 0 && hi >= max));
+            ranges.iter().enumerate().map(|(i, &(lo, hi))| 2 + usize::from(i > 0) + width(lo, hi)).max().unwrap_or(1)
+        }
+        // family, result, address, per-prefix accumulator, scratch (IPv4 prefixes);
+        // family, result, accumulator, scratch (IPv6 only).
+        Cond::Test(Test::Addr { nets, .. }) if nets.iter().any(|n| matches!(n, Net::V4 { .. })) => 5,
+        Cond::Test(Test::Addr { nets, .. }) if nets.is_empty() => 2,
+        Cond::Test(Test::Addr { .. }) => 4,
+        Cond::Test(_) => 1,
+    }
 }
 
 /// A tiny register allocator over [`POOL`].

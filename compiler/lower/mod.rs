@@ -9,6 +9,7 @@
 
 mod flat;
 pub mod lir;
+mod runs;
 
 use skpc_abi::{Counter, LogRecord, SockKey};
 
@@ -339,27 +340,32 @@ impl Gen {
             self.take_snapshot();
         }
         self.cache_fields(policy);
-        for (i, rule) in policy.rules.iter().enumerate() {
-            let cond = simplify(&rule.cond);
+        for step in runs::plan(policy) {
+            let (i, run) = match step {
+                runs::Step::Rule(i) => (i, None),
+                runs::Step::Run { first, last, cond } => (first, Some((last, cond))),
+            };
+            let rule = &policy.rules[i];
+            let cond = match &run {
+                Some((_, merged)) => merged.clone(),
+                None => simplify(&rule.cond),
+            };
             if cond == Cond::Const(false) {
                 continue;
             }
             self.code.push(Lir::Mark(i as u32));
             let (act, next) = (self.label(), self.label());
-            if self.flat && flat::flat_ok(&cond) {
-                self.flat_cond(&cond, next);
-            } else {
-                self.cond(&cond, act, next);
-            }
+            self.rule_test(&cond, act, next);
             self.place(act);
-            match &rule.action {
-                Action::Decide(d) => self.decide_via_tail(d, rule.counter as u32),
-                Action::Count { counter } => {
+            match (&rule.action, run) {
+                (Action::Decide(d), Some((last, _))) => self.run_matched(policy, i, last, d),
+                (Action::Decide(d), None) => self.decide_via_tail(d, rule.counter as u32),
+                (Action::Count { counter }, _) => {
                     self.count_const(rule.counter as u32);
                     self.count_const(*counter as u32);
                     self.goto(next);
                 }
-                Action::Log => {
+                (Action::Log, _) => {
                     self.count_const(rule.counter as u32);
                     self.log(rule.counter as u32);
                     self.goto(next);
@@ -375,6 +381,41 @@ impl Gen {
         self.code.push(Lir::Mark(policy.rules.len() as u32));
         self.decide_via_tail(&policy.default.decision, policy.default.counter as u32);
         self.emit_tails();
+    }
+
+    /// The test of one rule (or merged run): branch-free in large policies where it can be.
+    fn rule_test(&mut self, cond: &Cond, t: Label, f: Label) {
+        if self.flat && flat::flat_ok(cond) {
+            self.flat_cond(cond, f);
+        } else {
+            self.cond(cond, t, f);
+        }
+    }
+
+    /// A run `first..=last` (one decision `d`) matched: decide. With counters, find the
+    /// first rule of the run that matches (only on this, the matching, path) for its
+    /// counter slot.
+    fn run_matched(&mut self, policy: &hir::Policy, first: usize, last: usize, d: &Decision) {
+        if !self.options.counters {
+            self.decide_via_tail(d, first as u32);
+            return;
+        }
+        // Read the fields afresh here, not from the cached registers: the search left
+        // them narrowed to the matched value, a different state for every value, and the
+        // verifier would walk this chain once per value. Unread, they do not count.
+        let cached = std::mem::take(&mut self.cached);
+        for i in first..=last {
+            let rule = &policy.rules[i];
+            let (hit, miss) = (self.label(), self.label());
+            self.code.push(Lir::Mark(i as u32));
+            self.rule_test(&simplify(&rule.cond), hit, miss);
+            self.place(hit);
+            self.decide_via_tail(d, rule.counter as u32);
+            self.place(miss);
+        }
+        // The run's search matched, so one of its rules does; the verifier cannot know.
+        self.decide_via_tail(d, policy.rules[last].counter as u32);
+        self.cached = cached;
     }
 
     /// Loads the cheap context fields that several tests read into callee-saved
@@ -797,7 +838,10 @@ impl Gen {
     /// Few ranges: a linear scan that leaves early; many: binary search.
     /// `max` is the largest value the register can hold (no test needed up to it).
     fn ranges(&mut self, reg: Reg, ranges: &[(u64, u64)], max: u64, wide: bool, t: Label, f: Label) {
-        if ranges.len() > 4 {
+        // A leaf scans up to 8 compares: fewer internal nodes and leaf exits keep both
+        // the code and the verifier's work below a compare chain's (clang's rules_1000).
+        let compares: usize = ranges.iter().map(|(lo, hi)| if lo == hi { 1 } else { 2 }).sum();
+        if compares > 8 && ranges.len() > 1 {
             let mid = ranges.len() / 2;
             let right = self.label();
             self.cmp_const(JmpOp::Jgt, reg, ranges[mid - 1].1, wide, right);
@@ -896,6 +940,13 @@ impl Gen {
 
     /// r2 holds an IPv4 address as loaded (network order bytes).
     fn v4_nets(&mut self, nets: &[(u32, u8)], t: Label, f: Label) {
+        if nets.len() > 4 {
+            // Many prefixes: in host order each is a range; binary search over them.
+            let ranges = crate::check::normalize(nets.iter().map(|&(a, p)| (a as u64, (a | !hir::mask32(p)) as u64)).collect());
+            self.emit(Insn::End { dst: Reg::R2, endian: Endian::ToBe, bits: 32 });
+            self.ranges(Reg::R2, &ranges, u32::MAX as u64, false, t, f);
+            return;
+        }
         for &(addr, prefix) in nets {
             let want = wire_word(addr.to_be_bytes());
             if prefix == 32 {
