@@ -15,9 +15,10 @@
 //!   immediate, so before running we do what libbpf's relocation does and patch the
 //!   immediate of every map load with a handle (`MAP_HANDLE_BASE + map index`) that the
 //!   helper models recognise; a helper given anything else fails the run.
-//! - rbpf has no instruction limit and no `gotol` (`BPF_JMP32 | BPF_JA`); we reject
-//!   programs with a backward jump (the generated code has none, so every run ends) or
-//!   a `gotol` up front, with an error rather than a hang or a wrong answer.
+//! - rbpf has no instruction limit and no `gotol` (`BPF_JMP32 | BPF_JA`): we reject
+//!   programs with a backward jump (the generated code has none, so every run ends), and
+//!   rewrite each `gotol` into the equivalent one-slot `ja` when its offset fits 16 bits
+//!   (a program up to 32K slots; beyond that, an error rather than a wrong answer).
 //! - rbpf zero-extends the immediate of 64-bit conditional jumps (the kernel
 //!   sign-extends it); a negative immediate there is rejected up front.
 //! - The data window: rbpf checks loads against the whole message buffer, not against
@@ -150,7 +151,21 @@ impl Vm {
                     code[at + 4..at + 8].copy_from_slice(&(handle as u32).to_le_bytes());
                     code[at + 12..at + 16].copy_from_slice(&((handle >> 32) as u32).to_le_bytes());
                 }
-                Insn::Gotol { .. } => return err(format!("instruction {slot} is a `gotol`, which the VM (rbpf 0.4) cannot run")),
+                Insn::Gotol { imm } => {
+                    // rbpf 0.4 has no `gotol` (BPF_JMP32 | BPF_JA, 32-bit offset). One whose
+                    // target is within reach of a 16-bit offset is the same jump as a `ja`
+                    // (one slot either way): rewrite it; a longer one cannot run here.
+                    let Ok(off) = i16::try_from(imm) else {
+                        return err(format!(
+                            "instruction {slot} is a `gotol` over {imm} slots, which the VM (rbpf 0.4, 16-bit jumps) cannot run"
+                        ));
+                    };
+                    let at = slot * 8;
+                    code[at] = BPF_JMP | BPF_JA;
+                    code[at + 1] = 0;
+                    code[at + 2..at + 4].copy_from_slice(&off.to_le_bytes());
+                    code[at + 4..at + 8].copy_from_slice(&0i32.to_le_bytes());
+                }
                 Insn::Jmp { op, src: Src::Imm(imm), .. } if imm < 0 && op != JmpOp::Jset => {
                     return err(format!(
                         "instruction {slot} compares a 64-bit register with a negative immediate, which rbpf 0.4 zero-extends"

@@ -612,21 +612,32 @@ struct Gen<'r> {
 
 /// A random policy and the values it mentions.
 pub fn gen_policy(rng: &mut Rng) -> (GenPolicy, Pool) {
+    let n = match rng.below(20) {
+        0 => rng.range(20, 60),
+        1..=4 => 1,
+        _ => rng.range(2, 12),
+    };
+    gen_policy_with(rng, n as usize)
+}
+
+/// A random policy of `n` rules (large ones take the backend's other code shape).
+/// Unconditional rules are rare in long policies (they would end it early).
+pub fn gen_policy_with(rng: &mut Rng, n: usize) -> (GenPolicy, Pool) {
     let mut g = Gen {
         rng,
         pool: Pool::default(),
         decls: Vec::new(),
         counters: Vec::new(),
     };
-    let n = match g.rng.below(20) {
-        0 => g.rng.range(20, 60),
-        1..=4 => 1,
-        _ => g.rng.range(2, 12),
-    };
+    let always = if n > 100 { 0 } else { 8 };
     let mut rules = Vec::new();
     for _ in 0..n {
         let (action, sem) = g.action();
-        let cond = if g.rng.pct(8) { None } else { Some(g.cond(0)) };
+        let cond = if g.rng.pct(always) {
+            None
+        } else {
+            Some(g.cond(0))
+        };
         rules.push(GRule { action, sem, cond });
     }
     let default = if g.rng.pct(45) {
