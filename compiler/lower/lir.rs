@@ -168,40 +168,45 @@ pub const MAX_SHORT_JUMP: i64 = i16::MAX as i64 / 4;
 /// [`MAX_SHORT_JUMP`] is made long (`gotol`) and the layout recomputed until nothing
 /// changes (lengths only grow, so this ends).
 pub fn assemble(code: &[Lir]) -> Assembled {
-    let mut long: HashSet<usize> = HashSet::new();
+    // Dense tables (labels are small integers): this runs a few times over programs of
+    // up to a million instructions.
+    let max_label = code
+        .iter()
+        .filter_map(|x| match x {
+            Lir::Label(l) | Lir::Goto(l) | Lir::Jmp { target: l, .. } => Some(l.0 as usize),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let mut long = vec![false; code.len()];
+    let mut pos = vec![0usize; code.len()];
+    let mut labels = vec![0usize; max_label + 1];
     loop {
         // Slot position of every item and label.
-        let mut pos = Vec::with_capacity(code.len());
-        let mut labels: HashMap<Label, usize> = HashMap::new();
         let mut slot = 0usize;
         for (i, item) in code.iter().enumerate() {
-            pos.push(slot);
+            pos[i] = slot;
             slot += match item {
                 Lir::Insn(insn) => insn.slots(),
-                Lir::Jmp { .. } if long.contains(&i) => 2,
+                Lir::Jmp { .. } if long[i] => 2,
                 Lir::Jmp { .. } | Lir::Goto(_) => 1,
                 Lir::Label(l) => {
-                    labels.insert(*l, slot);
+                    labels[l.0 as usize] = slot;
                     0
                 }
                 Lir::Mark(_) => 0,
             };
         }
-        let target = |l: &Label| labels.get(l).copied().unwrap_or(0) as i64;
+        let target = |l: &Label| labels[l.0 as usize] as i64;
         let mut grew = false;
         for (i, item) in code.iter().enumerate() {
             let from = pos[i] as i64 + 1;
             let fits = |off: i64| off.abs() <= MAX_SHORT_JUMP;
-            match item {
-                Lir::Jmp { target: t, .. } if !long.contains(&i) && !fits(target(t) - from) => {
-                    long.insert(i);
+            if let Lir::Jmp { target: t, .. } | Lir::Goto(t) = item {
+                if !long[i] && !fits(target(t) - from) {
+                    long[i] = true;
                     grew = true;
                 }
-                Lir::Goto(t) if !long.contains(&i) && !fits(target(t) - from) => {
-                    long.insert(i);
-                    grew = true;
-                }
-                _ => {}
             }
         }
         if grew {
@@ -221,9 +226,9 @@ pub fn assemble(code: &[Lir]) -> Assembled {
                 Lir::Insn(insn) => push(&mut out, *insn, mark),
                 Lir::Mark(m) => mark = Some(*m),
                 Lir::Label(_) => {}
-                Lir::Goto(t) if long.contains(&i) => push(&mut out, Insn::Gotol { imm: (target(t) - from) as i32 }, mark),
+                Lir::Goto(t) if long[i] => push(&mut out, Insn::Gotol { imm: (target(t) - from) as i32 }, mark),
                 Lir::Goto(t) => push(&mut out, Insn::Ja { off: (target(t) - from) as i16 }, mark),
-                Lir::Jmp { op, wide, dst, src, target: t } if long.contains(&i) => {
+                Lir::Jmp { op, wide, dst, src, target: t } if long[i] => {
                     // if !cond goto +1; gotol target
                     let inverse = op.negate().unwrap_or(*op);
                     let skip = Insn::Jmp { op: inverse, dst: *dst, src: *src, off: 1 };

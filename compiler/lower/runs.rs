@@ -22,8 +22,31 @@ pub(super) enum Step {
     /// Rule `index`, compiled on its own.
     Rule(usize),
     /// Rules `first..=last` (all terminal, one decision), tested together by `cond`.
-    Run { first: usize, last: usize, cond: Cond },
+    /// `keyed`, when the run's tests allow it: the same search with every interval
+    /// labelled by the first rule that matches it, which also finds the rule.
+    Run { first: usize, last: usize, cond: Cond, keyed: Option<Vec<Keyed>> },
 }
+
+/// What a keyed search reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Key {
+    /// A context word field (len, family, ports).
+    Int(IntField),
+    /// The IPv4 address of one end, in host order (and, with `mapped`, the IPv4-mapped
+    /// address of an IPv6 socket).
+    Addr4 { end: End, mapped: bool },
+}
+
+/// One keyed search: disjoint, sorted intervals, each with the index of the first rule
+/// of the run that matches values in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Keyed {
+    pub key: Key,
+    pub intervals: Vec<(u64, u64, usize)>,
+}
+
+/// Keyed searches per run at most (each keeps an index and a flag in a stack word).
+pub(super) const MAX_KEYS: usize = 8;
 
 /// Splits the rules into steps.
 pub(super) fn plan(policy: &hir::Policy) -> Vec<Step> {
@@ -42,7 +65,8 @@ pub(super) fn plan(policy: &hir::Policy) -> Vec<Step> {
         }
         if j - i >= MIN_RUN {
             let tests: Vec<Test> = rules[i..j].iter().filter_map(value_rule).flat_map(|(_, t)| t).collect();
-            steps.push(Step::Run { first: i, last: j - 1, cond: group(tests) });
+            let keyed = keyed(&rules[i..j], i);
+            steps.push(Step::Run { first: i, last: j - 1, cond: group(tests), keyed });
         } else {
             steps.extend((i..j).map(Step::Rule));
         }
@@ -72,6 +96,79 @@ fn collect(c: &Cond, out: &mut Vec<Test>) -> bool {
         }
         _ => false,
     }
+}
+
+/// The keyed searches of a run (rules `rules`, the first of which has index `base`), if
+/// every test reads a context word or an IPv4 address and there are few keys.
+fn keyed(rules: &[hir::Rule], base: usize) -> Option<Vec<Keyed>> {
+    let mut keys: Vec<(Key, Vec<(u64, u64, usize)>)> = Vec::new();
+    for (k, r) in rules.iter().enumerate() {
+        let (_, tests) = value_rule(r)?;
+        for t in tests {
+            let (key, ranges): (Key, Vec<(u64, u64)>) = match t {
+                Test::Int { field, ranges } if super::ctx_word(field).is_some() => (Key::Int(field), ranges),
+                Test::Addr { end, nets, mapped } => {
+                    let mut ranges = Vec::new();
+                    for n in nets {
+                        match n {
+                            Net::V4 { addr, prefix } => ranges.push((addr as u64, (addr | !hir::mask32(prefix)) as u64)),
+                            Net::V6 { .. } => return None,
+                        }
+                    }
+                    (Key::Addr4 { end, mapped }, ranges)
+                }
+                _ => return None,
+            };
+            let slot = match keys.iter().position(|(k, _)| *k == key) {
+                Some(p) => p,
+                None => {
+                    keys.push((key, Vec::new()));
+                    keys.len() - 1
+                }
+            };
+            keys[slot].1.extend(ranges.into_iter().map(|(lo, hi)| (lo, hi, base + k)));
+        }
+    }
+    if keys.len() > MAX_KEYS {
+        return None;
+    }
+    Some(keys.into_iter().map(|(key, labeled)| Keyed { key, intervals: envelope(labeled) }).collect())
+}
+
+/// Disjoint sorted intervals labelled with the smallest label covering them, from
+/// intervals given in ascending label order (the first rule wins).
+fn envelope(labeled: Vec<(u64, u64, usize)>) -> Vec<(u64, u64, usize)> {
+    use std::collections::BTreeMap;
+    let mut covered: BTreeMap<u64, (u64, usize)> = BTreeMap::new();
+    for (lo, hi, label) in labeled {
+        // Existing intervals that overlap [lo, hi], in ascending order.
+        let mut overlaps: Vec<(u64, u64)> =
+            covered.range(..=hi).rev().map(|(s, (e, _))| (*s, *e)).take_while(|(_, e)| *e >= lo).collect();
+        overlaps.reverse();
+        let mut at = lo;
+        let mut done = false;
+        for (s, e) in overlaps {
+            if s > at {
+                covered.insert(at, (s - 1, label));
+            }
+            if e >= hi {
+                done = true;
+                break;
+            }
+            at = e + 1;
+        }
+        if !done && at <= hi {
+            covered.insert(at, (hi, label));
+        }
+    }
+    let mut out: Vec<(u64, u64, usize)> = Vec::with_capacity(covered.len());
+    for (s, (e, label)) in covered {
+        match out.last_mut() {
+            Some(last) if last.2 == label && last.1.checked_add(1) == Some(s) => last.1 = e,
+            _ => out.push((s, e, label)),
+        }
+    }
+    out
 }
 
 /// Merges tests of the same field (and addresses of the same end and mapping) into one.
@@ -113,12 +210,23 @@ mod tests {
         let p = check(&src).0.expect("checks");
         let steps = plan(&p);
         assert_eq!(steps.len(), 1);
-        let Step::Run { first: 0, last: 9, cond: Cond::Or(parts) } = &steps[0] else { panic!("{steps:?}") };
+        let Step::Run { first: 0, last: 9, cond: Cond::Or(parts), keyed: Some(keys) } = &steps[0] else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].intervals[3], (400, 400, 3));
         assert_eq!(parts.len(), 2);
         for part in parts {
             let Cond::Test(Test::Int { ranges, .. }) = part else { panic!("{part:?}") };
             assert_eq!(ranges.len(), 10);
         }
+    }
+
+    #[test]
+    fn the_envelope_gives_each_value_its_first_rule() {
+        let e = envelope(vec![(10, 20, 0), (5, 30, 1), (15, 15, 2), (40, 40, 3), (31, 39, 4)]);
+        assert_eq!(e, vec![(5, 9, 1), (10, 20, 0), (21, 30, 1), (31, 39, 4), (40, 40, 3)]);
+        assert_eq!(envelope(vec![(0, u64::MAX, 7), (3, 3, 8)]), vec![(0, u64::MAX, 7)]);
     }
 
     #[test]
