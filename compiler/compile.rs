@@ -1,7 +1,10 @@
 //! The whole pipeline, source to object: parse, check, lower, assemble, write the ELF.
 //! Also the assembly listing (`skpc build --emit asm`).
 
-use skpc_abi::{PROGS_NAME, SOCKHASH_NAME, SOCKMAP_NAME, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SK_MSG_SECTION, SOCK_OPS_PROGRAM, SOCK_OPS_SECTION};
+use skpc_abi::{
+    PROGS_NAME, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SK_MSG_SECTION, SOCKHASH_NAME, SOCKMAP_NAME,
+    SOCK_OPS_PROGRAM, SOCK_OPS_SECTION,
+};
 
 use crate::bpf::{disassemble_at, encode_all, Insn};
 use crate::check::{self, hir};
@@ -26,12 +29,23 @@ pub fn compile(file_name: &str, source: &str) -> Result<Compiled, Vec<Diag>> {
 }
 
 /// [`compile`] with explicit code generation options.
-pub fn compile_with(file_name: &str, source: &str, options: lower::Options) -> Result<Compiled, Vec<Diag>> {
+pub fn compile_with(
+    file_name: &str,
+    source: &str,
+    options: lower::Options,
+) -> Result<Compiled, Vec<Diag>> {
     let (policy, diags) = check::check(source);
-    let Some(policy) = policy else { return Err(diags) };
+    let Some(policy) = policy else {
+        return Err(diags);
+    };
     let lowered = lower::lower_with(&policy, options);
     let object = object::write_object(&object_spec(&lowered, file_name, source));
-    Ok(Compiled { policy, lowered, object, warnings: diags })
+    Ok(Compiled {
+        policy,
+        lowered,
+        object,
+        warnings: diags,
+    })
 }
 
 /// The ELF contents of a lowered policy.
@@ -67,7 +81,9 @@ pub fn object_spec(lowered: &Lowered, file_name: &str, source: &str) -> ObjectSp
                 name: SK_MSG_ENTRY_PROGRAM.to_string(),
                 code: encode_all(&lowered.entry.insns),
                 map_refs: map_refs(&lowered.entry.insns),
-                lines: vec![generated_line("entry: tail-call the policy in skp_progs[0]; pass if empty")],
+                lines: vec![generated_line(
+                    "entry: tail-call the policy in skp_progs[0]; pass if empty",
+                )],
             },
             ProgramSpec {
                 section: SOCK_OPS_SECTION.to_string(),
@@ -75,7 +91,9 @@ pub fn object_spec(lowered: &Lowered, file_name: &str, source: &str) -> ObjectSp
                 code: encode_all(&lowered.sockops.insns),
                 map_refs: map_refs(&lowered.sockops.insns),
                 // libbpf drops all line info of an object when one program has none.
-                lines: vec![generated_line("sockops: insert every established TCP socket into skp_peers")],
+                lines: vec![generated_line(
+                    "sockops: insert every established TCP socket into skp_peers",
+                )],
             },
         ],
     }
@@ -100,7 +118,13 @@ pub fn runtime_object(c: &Compiled, file_name: &str, source: &str) -> Vec<u8> {
 /// Line info for generated programs: libbpf drops all line info of an object when one
 /// program has none.
 fn generated_line(text: &str) -> LineInfo {
-    LineInfo { slot: 0, file: "<skpc>".to_string(), line: 1, col: 1, text: text.to_string() }
+    LineInfo {
+        slot: 0,
+        file: "<skpc>".to_string(),
+        line: 1,
+        col: 1,
+        text: text.to_string(),
+    }
 }
 
 fn map_refs(insns: &[Insn]) -> Vec<MapRef> {
@@ -108,7 +132,10 @@ fn map_refs(insns: &[Insn]) -> Vec<MapRef> {
     let mut slot = 0;
     for insn in insns {
         if let Insn::LdMap { map, .. } = insn {
-            refs.push(MapRef { slot, map: *map as usize });
+            refs.push(MapRef {
+                slot,
+                map: *map as usize,
+            });
         }
         slot += insn.slots();
     }
@@ -121,10 +148,27 @@ fn line_info(code: &Assembled, mark_lines: &[u32], file: &str, lines: &[&str]) -
     let mut out: Vec<LineInfo> = Vec::new();
     let mut slot = 0usize;
     let mut current: Option<u32> = None;
-    let first_line = code.marks.iter().flatten().next().and_then(|m| mark_lines.get(*m as usize)).copied().unwrap_or(1);
+    let first_line = code
+        .marks
+        .iter()
+        .flatten()
+        .next()
+        .and_then(|m| mark_lines.get(*m as usize))
+        .copied()
+        .unwrap_or(1);
     for (i, insn) in code.insns.iter().enumerate() {
-        let line = code.marks.get(slot).copied().flatten().and_then(|m| mark_lines.get(m as usize)).copied();
-        let line = if i == 0 { Some(line.unwrap_or(first_line)) } else { line };
+        let line = code
+            .marks
+            .get(slot)
+            .copied()
+            .flatten()
+            .and_then(|m| mark_lines.get(m as usize))
+            .copied();
+        let line = if i == 0 {
+            Some(line.unwrap_or(first_line))
+        } else {
+            line
+        };
         if let Some(l) = line {
             if current != Some(l) {
                 let l = l.max(1);
@@ -133,7 +177,10 @@ fn line_info(code: &Assembled, mark_lines: &[u32], file: &str, lines: &[&str]) -
                     file: file.to_string(),
                     line: l,
                     col: 1,
-                    text: lines.get(l as usize - 1).map(|s| s.trim_end().to_string()).unwrap_or_default(),
+                    text: lines
+                        .get(l as usize - 1)
+                        .map(|s| s.trim_end().to_string())
+                        .unwrap_or_default(),
                 });
                 current = Some(l);
             }
@@ -160,19 +207,25 @@ pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
             current = mark;
             let m = mark.unwrap_or(0) as usize;
             match c.lowered.mark_lines.get(m) {
-                Some(&l) if l > 0 => {
-                    out.push_str(&format!("; line {l}: {}\n", lines.get(l as usize - 1).map(|s| s.trim()).unwrap_or("")))
+                Some(&l) if l > 0 => out.push_str(&format!(
+                    "; line {l}: {}\n",
+                    lines.get(l as usize - 1).map(|s| s.trim()).unwrap_or("")
+                )),
+                _ if m == c.policy.rules.len() => out.push_str(&format!(
+                    "; (implicit) default {}\n",
+                    describe_default(&c.policy)
+                )),
+                _ => {
+                    out.push_str("; verdicts: count the deciding rule (slot in r7), then decide\n")
                 }
-                _ if m == c.policy.rules.len() => {
-                    out.push_str(&format!("; (implicit) default {}\n", describe_default(&c.policy)))
-                }
-                _ => out.push_str("; verdicts: count the deciding rule (slot in r7), then decide\n"),
             }
         }
         out.push_str(&format!("{slot:5}: {}\n", disassemble_at(insn, slot)));
         slot += insn.slots();
     }
-    out.push_str(&format!("\n; section {SK_MSG_SECTION}, program {SK_MSG_ENTRY_PROGRAM}\n"));
+    out.push_str(&format!(
+        "\n; section {SK_MSG_SECTION}, program {SK_MSG_ENTRY_PROGRAM}\n"
+    ));
     let mut slot = 0usize;
     for insn in &c.lowered.entry.insns {
         out.push_str(&format!("{slot:5}: {}\n", disassemble_at(insn, slot)));

@@ -6,11 +6,11 @@
 //! `bpf` is the instruction set itself: one enum, `encode`, `disassemble`.
 
 pub mod bpf;
-pub mod object;
-pub mod diag;
-pub mod syntax;
 pub mod check;
-pub mod lower;
 pub mod compile;
-pub mod vm;
+pub mod diag;
 pub mod eval;
+pub mod lower;
+pub mod object;
+pub mod syntax;
+pub mod vm;

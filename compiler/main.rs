@@ -11,7 +11,11 @@ use skpc::diag::{self, ColorChoice};
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "skpc", version, about = "Compile socket-layer policies to eBPF (SK_MSG) and enforce them")]
+#[command(
+    name = "skpc",
+    version,
+    about = "Compile socket-layer policies to eBPF (SK_MSG) and enforce them"
+)]
 struct Cli {
     /// When to color diagnostics.
     #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
@@ -81,7 +85,10 @@ pub(crate) struct Source {
 impl Input {
     pub(crate) fn read(&self) -> anyhow::Result<Source> {
         match (&self.expr, &self.file) {
-            (Some(text), _) => Ok(Source { name: "<-e>".into(), text: text.clone() }),
+            (Some(text), _) => Ok(Source {
+                name: "<-e>".into(),
+                text: text.clone(),
+            }),
             (None, Some(path)) => read_policy(path),
             (None, None) => anyhow::bail!("no policy given: pass a FILE or -e 'POLICY'"),
         }
@@ -89,17 +96,28 @@ impl Input {
 }
 
 fn read_policy(path: &Path) -> anyhow::Result<Source> {
-    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| anyhow::anyhow!("{} is not UTF-8 text (first bad byte at offset {}); save it as UTF-8", path.display(), e.utf8_error().valid_up_to()))?;
-    Ok(Source { name: path.display().to_string(), text })
+    let bytes =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not UTF-8 text (first bad byte at offset {}); save it as UTF-8",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    Ok(Source {
+        name: path.display().to_string(),
+        text,
+    })
 }
 
 /// Writes to stdout; a closed pipe (`skpc build --emit asm | head`) is not an error.
 pub(crate) fn write_stdout(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::anyhow!("cannot write to stdout: {e}")),
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("cannot write to stdout: {e}"))
+        }
         _ => Ok(()),
     }
 }
@@ -126,11 +144,22 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
             let src = input.read()?;
             let (policy, diags) = skpc::check::check(&src.text);
             diag::emit_stderr(&src.name, &src.text, &diags, color);
-            Ok(if policy.is_some() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if policy.is_some() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
-        Command::Build { input, output, emit, no_counters } => {
+        Command::Build {
+            input,
+            output,
+            emit,
+            no_counters,
+        } => {
             let src = input.read()?;
-            let options = skpc::lower::Options { counters: !no_counters };
+            let options = skpc::lower::Options {
+                counters: !no_counters,
+            };
             let compiled = match skpc::compile::compile_with(&src.name, &src.text, options) {
                 Ok(c) => c,
                 Err(diags) => {
@@ -140,7 +169,9 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
             };
             diag::emit_stderr(&src.name, &src.text, &compiled.warnings, color);
             match emit {
-                Emit::Asm => write_stdout(&skpc::compile::listing(&compiled, &src.name, &src.text))?,
+                Emit::Asm => {
+                    write_stdout(&skpc::compile::listing(&compiled, &src.name, &src.text))?
+                }
                 Emit::Obj => {
                     let out = output.unwrap_or_else(|| match &input.file {
                         Some(f) => f.with_extension("o"),

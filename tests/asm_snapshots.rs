@@ -6,7 +6,8 @@ mod constructs;
 use std::path::Path;
 
 fn listing(name: &str, src: &str) -> String {
-    let compiled = skpc::compile::compile(name, src).unwrap_or_else(|d| panic!("{name} does not compile: {d:?}"));
+    let compiled = skpc::compile::compile(name, src)
+        .unwrap_or_else(|d| panic!("{name} does not compile: {d:?}"));
     skpc::compile::listing(&compiled, name, src)
 }
 
@@ -21,12 +22,22 @@ fn construct_listings() {
 #[test]
 fn example_listings() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("examples/").flatten().map(|e| e.path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples/")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     files.sort();
     assert!(files.len() >= 8);
-    for path in files.iter().filter(|p| p.extension().is_some_and(|e| e == "skp")) {
+    for path in files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "skp"))
+    {
         let src = std::fs::read_to_string(path).expect("reading an example");
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("example");
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("example");
         let text = listing(&format!("examples/{stem}.skp"), &src);
         insta::assert_snapshot!(format!("asm_example_{stem}"), text);
     }
@@ -44,8 +55,16 @@ fn same_source_gives_the_same_object() {
 #[test]
 fn listing_puts_source_lines_above_their_code() {
     let text = listing("p.skp", "drop if port == 6379 and len > 4096;\n");
-    let at = text.find("; line 1: drop if port == 6379 and len > 4096;").expect("source line in listing");
+    let at = text
+        .find("; line 1: drop if port == 6379 and len > 4096;")
+        .expect("source line in listing");
     let code = &text[at..];
-    assert!(code.contains("0x18eb"), "local port 6379 as a host-order immediate:\n{text}");
-    assert!(code.contains("0xeb180000"), "remote port 6379 as the raw network-order word:\n{text}");
+    assert!(
+        code.contains("0x18eb"),
+        "local port 6379 as a host-order immediate:\n{text}"
+    );
+    assert!(
+        code.contains("0xeb180000"),
+        "remote port 6379 as the raw network-order word:\n{text}"
+    );
 }

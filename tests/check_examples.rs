@@ -272,7 +272,10 @@ fn action_redirect_to_sock() {
 fn action_redirect_to_peer() {
     // Egress to the peer is legal but sends the bytes back to the sender: a warning.
     let (p, diags) = check("redirect to peer;");
-    assert_eq!(diags.iter().map(|d| d.code).collect::<Vec<_>>(), vec!["W0004"]);
+    assert_eq!(
+        diags.iter().map(|d| d.code).collect::<Vec<_>>(),
+        vec!["W0004"]
+    );
     let Action::Decide(d) = &p.expect("warnings only").rules[0].action else {
         panic!("not a verdict")
     };

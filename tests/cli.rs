@@ -36,9 +36,15 @@ fn check_rejects_a_bad_policy_with_the_diagnostic_on_stderr() {
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("error[E0101]: unknown field `remtoe.port`"), "{err}");
+    assert!(
+        err.contains("error[E0101]: unknown field `remtoe.port`"),
+        "{err}"
+    );
     assert!(err.contains("bad.skp:2:9"), "file, line and column: {err}");
-    assert!(err.contains("drop if remtoe.port == 6379;"), "the source line: {err}");
+    assert!(
+        err.contains("drop if remtoe.port == 6379;"),
+        "the source line: {err}"
+    );
     assert!(err.contains("^^^^^^^^^^^"), "the span underlined: {err}");
     assert!(err.contains("did you mean `remote.port`?"), "{err}");
     assert_eq!(text(&out.stdout), "");
@@ -46,9 +52,19 @@ fn check_rejects_a_bad_policy_with_the_diagnostic_on_stderr() {
 
 #[test]
 fn check_with_warnings_only_exits_zero() {
-    let out = skpc(&["check", "--color", "never", "-e", "drop;\npass if port == 80;"]);
+    let out = skpc(&[
+        "check",
+        "--color",
+        "never",
+        "-e",
+        "drop;\npass if port == 80;",
+    ]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(text(&out.stderr).contains("warning[W0002]"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("warning[W0002]"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -67,9 +83,17 @@ fn check_dash_e_takes_policy_text() {
 fn color_never_and_always() {
     let bad = "drop if prot == 1;";
     let never = skpc(&["check", "--color", "never", "-e", bad]);
-    assert!(!never.stderr.contains(&0x1b), "no escapes: {}", text(&never.stderr));
+    assert!(
+        !never.stderr.contains(&0x1b),
+        "no escapes: {}",
+        text(&never.stderr)
+    );
     let always = skpc(&["check", "--color", "always", "-e", bad]);
-    assert!(always.stderr.contains(&0x1b), "ANSI escapes: {}", text(&always.stderr));
+    assert!(
+        always.stderr.contains(&0x1b),
+        "ANSI escapes: {}",
+        text(&always.stderr)
+    );
     assert_eq!(always.status.code(), Some(1));
     // Not a terminal: auto means no color.
     let auto = skpc(&["check", "-e", bad]);
@@ -85,9 +109,15 @@ fn missing_file_is_one_clear_sentence() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.starts_with("skpc: "), "{err}");
-    assert!(err.contains("/nonexistent/dir/policy.skp"), "names the file: {err}");
+    assert!(
+        err.contains("/nonexistent/dir/policy.skp"),
+        "names the file: {err}"
+    );
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
 }
 
 #[test]

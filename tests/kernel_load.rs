@@ -19,19 +19,33 @@ fn load_with_aya(name: &str, object: &[u8]) -> u32 {
     // takes minutes for the 10k-rule policy.
     let mut ebpf = aya::EbpfLoader::new()
         .verifier_log_level(aya::VerifierLogLevel::STATS)
-        .load(object).unwrap_or_else(|e| panic!("{name}: aya rejected the object: {e}"));
+        .load(object)
+        .unwrap_or_else(|e| panic!("{name}: aya rejected the object: {e}"));
     for prog in ["skp_verdict", "skp_entry"] {
         let p: &mut SkMsg = ebpf
             .program_mut(prog)
             .unwrap_or_else(|| panic!("{name}: no program {prog}"))
             .try_into()
             .unwrap_or_else(|e| panic!("{name}: {prog} is not sk_msg: {e}"));
-        p.load().unwrap_or_else(|e| panic!("{name}: the verifier rejected {prog}: {e:#?}"));
+        p.load()
+            .unwrap_or_else(|e| panic!("{name}: the verifier rejected {prog}: {e:#?}"));
     }
-    let s: &mut SockOps = ebpf.program_mut("skp_sockops").expect("skp_sockops").try_into().expect("sock_ops");
-    s.load().unwrap_or_else(|e| panic!("{name}: the verifier rejected skp_sockops: {e:#?}"));
-    let p: &SkMsg = ebpf.program("skp_verdict").expect("skp_verdict").try_into().expect("sk_msg");
-    p.info().expect("prog info").verified_instruction_count().unwrap_or(0)
+    let s: &mut SockOps = ebpf
+        .program_mut("skp_sockops")
+        .expect("skp_sockops")
+        .try_into()
+        .expect("sock_ops");
+    s.load()
+        .unwrap_or_else(|e| panic!("{name}: the verifier rejected skp_sockops: {e:#?}"));
+    let p: &SkMsg = ebpf
+        .program("skp_verdict")
+        .expect("skp_verdict")
+        .try_into()
+        .expect("sk_msg");
+    p.info()
+        .expect("prog info")
+        .verified_instruction_count()
+        .unwrap_or(0)
 }
 
 fn load_with_bpftool(bpftool: &Path, name: &str, object: &[u8]) {
@@ -49,18 +63,33 @@ fn load_with_bpftool(bpftool: &Path, name: &str, object: &[u8]) {
         String::from_utf8_lossy(&out.stderr)
     );
     for prog in ["skp_verdict", "skp_entry", "skp_sockops"] {
-        assert!(pins.join(prog).exists(), "{name}: bpftool did not pin {prog}");
+        assert!(
+            pins.join(prog).exists(),
+            "{name}: bpftool did not pin {prog}"
+        );
     }
 }
 
 fn all_policies() -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> =
-        constructs::CONSTRUCTS.iter().map(|(n, s)| (format!("construct {n}"), s.to_string())).collect();
+    let mut out: Vec<(String, String)> = constructs::CONSTRUCTS
+        .iter()
+        .map(|(n, s)| (format!("construct {n}"), s.to_string()))
+        .collect();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let mut files: Vec<_> = std::fs::read_dir(dir).expect("examples/").flatten().map(|e| e.path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("examples/")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     files.sort();
-    for f in files.iter().filter(|p| p.extension().is_some_and(|e| e == "skp")) {
-        out.push((f.display().to_string(), std::fs::read_to_string(f).expect("example")));
+    for f in files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "skp"))
+    {
+        out.push((
+            f.display().to_string(),
+            std::fs::read_to_string(f).expect("example"),
+        ));
     }
     out
 }
@@ -72,7 +101,8 @@ fn every_example_and_construct_loads_with_aya() {
     }
     for (name, src) in all_policies() {
         for counters in [true, false] {
-            let c = skpc::compile::compile_with(&name, &src, Options { counters }).expect("compiles");
+            let c =
+                skpc::compile::compile_with(&name, &src, Options { counters }).expect("compiles");
             let processed = load_with_aya(&name, &c.object);
             assert!(processed > 0, "{name}: no verifier statistics");
         }
@@ -81,7 +111,8 @@ fn every_example_and_construct_loads_with_aya() {
 
 #[test]
 fn every_example_and_construct_loads_with_bpftool() {
-    let Some(bpftool) = common::bpftool_or_skip("every_example_and_construct_loads_with_bpftool") else {
+    let Some(bpftool) = common::bpftool_or_skip("every_example_and_construct_loads_with_bpftool")
+    else {
         return;
     };
     for (name, src) in all_policies() {
@@ -101,5 +132,8 @@ fn ten_thousand_rules_build_and_load() {
     let c = skpc::compile::compile("rules_10k.skp", &src).expect("compiles");
     assert!(c.lowered.verdict.insns.len() > 10_000);
     let processed = load_with_aya("rules_10k", &c.object);
-    assert!(processed < 1_000_000, "10k rules: {processed} processed instructions");
+    assert!(
+        processed < 1_000_000,
+        "10k rules: {processed} processed instructions"
+    );
 }

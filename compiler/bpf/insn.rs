@@ -873,7 +873,9 @@ fn fmt_jmp(
     match src {
         // A 32-bit compare sees the immediate as 32 bits: show it unsigned unless the
         // operator is signed.
-        Src::Imm(imm) if p == 'w' && !op.symbol().starts_with('s') => write!(f, "{:#x}", imm as u32)?,
+        Src::Imm(imm) if p == 'w' && !op.symbol().starts_with('s') => {
+            write!(f, "{:#x}", imm as u32)?
+        }
         Src::Imm(imm) => write!(f, "{}", CmpImm(imm))?,
         Src::Reg(s) => write!(f, "{p}{}", s.num())?,
     }

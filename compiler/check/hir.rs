@@ -81,7 +81,10 @@ pub struct Decision {
 pub enum Verdict {
     Pass,
     Drop,
-    Redirect { ingress: bool, target: Target },
+    Redirect {
+        ingress: bool,
+        target: Target,
+    },
     /// `bpf_msg_cork_bytes(N)` then SK_PASS: hold the data until N bytes are there.
     Cork(u32),
 }
@@ -113,9 +116,16 @@ pub enum Cond {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Test {
     /// `field ∈ ranges`; the ranges are inclusive, sorted, disjoint and not adjacent.
-    Int { field: IntField, ranges: Vec<(u64, u64)> },
+    Int {
+        field: IntField,
+        ranges: Vec<(u64, u64)>,
+    },
     /// The address of `end` lies in one of the prefixes.
-    Addr { end: End, nets: Vec<Net>, mapped: bool },
+    Addr {
+        end: End,
+        nets: Vec<Net>,
+        mapped: bool,
+    },
     /// Bytes of the payload at `offset` equal one of `alts` (all of the same length).
     /// A message shorter than `offset + len` does not match.
     Payload { offset: u32, alts: Vec<Vec<u8>> },

@@ -438,7 +438,15 @@ impl Checker {
 
     fn rule(&mut self, r: &ast::Rule, index: usize) -> Option<hir::Rule> {
         let action = self.action(&r.action);
-        if let Some(Action::Decide(Decision { verdict: Verdict::Redirect { ingress: false, target: Target::Peer }, .. })) = &action {
+        if let Some(Action::Decide(Decision {
+            verdict:
+                Verdict::Redirect {
+                    ingress: false,
+                    target: Target::Peer,
+                },
+            ..
+        })) = &action
+        {
             self.diags.push(
                 Diag::warning("W0004", "an egress redirect to the peer sends the bytes back to the sender", r.action.span)
                     .label("egress: out of the peer socket, to its own peer (this socket)")

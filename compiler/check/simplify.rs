@@ -68,7 +68,10 @@ mod tests {
     use crate::check::hir::IntField;
 
     fn t(ranges: Vec<(u64, u64)>) -> Cond {
-        Cond::Test(Test::Int { field: IntField::Len, ranges })
+        Cond::Test(Test::Int {
+            field: IntField::Len,
+            ranges,
+        })
     }
 
     #[test]
@@ -81,9 +84,18 @@ mod tests {
     #[test]
     fn flattens_and_short_circuits() {
         let a = t(vec![(1, 2)]);
-        let c = Cond::And(vec![Cond::Const(true), Cond::And(vec![a.clone(), a.clone()])]);
+        let c = Cond::And(vec![
+            Cond::Const(true),
+            Cond::And(vec![a.clone(), a.clone()]),
+        ]);
         assert_eq!(simplify(&c), Cond::And(vec![a.clone(), a.clone()]));
-        assert_eq!(simplify(&Cond::Or(vec![a.clone(), Cond::Const(true)])), Cond::Const(true));
-        assert_eq!(simplify(&Cond::Not(Box::new(Cond::Not(Box::new(a.clone()))))), a);
+        assert_eq!(
+            simplify(&Cond::Or(vec![a.clone(), Cond::Const(true)])),
+            Cond::Const(true)
+        );
+        assert_eq!(
+            simplify(&Cond::Not(Box::new(Cond::Not(Box::new(a.clone()))))),
+            a
+        );
     }
 }

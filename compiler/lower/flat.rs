@@ -34,7 +34,9 @@ pub(super) fn flat_ok(c: &Cond) -> bool {
             Cond::Const(_) => true,
             Cond::Not(x) => depth_ok(x, depth),
             Cond::And(cs) | Cond::Or(cs) => cs.iter().all(|c| depth_ok(c, depth + 1)),
-            Cond::Test(Test::Int { field, ranges }) => ctx_word(*field).is_some() && ranges.len() <= MAX_ALTS,
+            Cond::Test(Test::Int { field, ranges }) => {
+                ctx_word(*field).is_some() && ranges.len() <= MAX_ALTS
+            }
             Cond::Test(Test::Addr { nets, .. }) => nets.len() <= MAX_ALTS,
             Cond::Test(_) => false,
         }
@@ -50,18 +52,28 @@ fn regs_needed(c: &Cond) -> usize {
         Cond::Const(_) => 1,
         Cond::Not(x) => regs_needed(x),
         // The first part's miss bit is held while each later part is computed.
-        Cond::And(cs) | Cond::Or(cs) => {
-            cs.iter().enumerate().map(|(i, c)| regs_needed(c) + usize::from(i > 0)).max().unwrap_or(1)
-        }
+        Cond::And(cs) | Cond::Or(cs) => cs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| regs_needed(c) + usize::from(i > 0))
+            .max()
+            .unwrap_or(1),
         Cond::Test(Test::Int { field, ranges }) => {
             // The loaded value, the accumulated miss bit, the range's bit and its width.
             let max = field.max_value();
             let width = |lo: u64, hi: u64| usize::from(lo != hi && !(lo == 0 && hi >= max));
-            ranges.iter().enumerate().map(|(i, &(lo, hi))| 2 + usize::from(i > 0) + width(lo, hi)).max().unwrap_or(1)
+            ranges
+                .iter()
+                .enumerate()
+                .map(|(i, &(lo, hi))| 2 + usize::from(i > 0) + width(lo, hi))
+                .max()
+                .unwrap_or(1)
         }
         // family, result, address, per-prefix accumulator, scratch (IPv4 prefixes);
         // family, result, accumulator, scratch (IPv6 only).
-        Cond::Test(Test::Addr { nets, .. }) if nets.iter().any(|n| matches!(n, Net::V4 { .. })) => 5,
+        Cond::Test(Test::Addr { nets, .. }) if nets.iter().any(|n| matches!(n, Net::V4 { .. })) => {
+            5
+        }
         Cond::Test(Test::Addr { nets, .. }) if nets.is_empty() => 2,
         Cond::Test(Test::Addr { .. }) => 4,
         Cond::Test(_) => 1,
@@ -75,7 +87,9 @@ struct Regs {
 
 impl Regs {
     fn new() -> Regs {
-        Regs { free: POOL.iter().rev().copied().collect() }
+        Regs {
+            free: POOL.iter().rev().copied().collect(),
+        }
     }
 
     /// `flat_ok` bounds the depth so that the pool never runs dry; R0 is the fallback.
@@ -113,7 +127,11 @@ impl Gen {
             }
             Cond::And(cs) | Cond::Or(cs) => {
                 // and: missed if any part missed (OR of misses); or: if all did (AND).
-                let op = if matches!(c, Cond::And(_)) { AluOp::Or } else { AluOp::And };
+                let op = if matches!(c, Cond::And(_)) {
+                    AluOp::Or
+                } else {
+                    AluOp::And
+                };
                 let mut acc: Option<Reg> = None;
                 for sub in cs {
                     let r = self.miss(sub, regs);
@@ -132,7 +150,9 @@ impl Gen {
                 })
             }
             Cond::Test(Test::Int { field, ranges }) => self.int_miss(*field, ranges, regs),
-            Cond::Test(Test::Addr { end, nets, mapped }) => self.addr_miss(*end, nets, *mapped, regs),
+            Cond::Test(Test::Addr { end, nets, mapped }) => {
+                self.addr_miss(*end, nets, *mapped, regs)
+            }
             // flat_ok admits no other test.
             Cond::Test(_) => {
                 let r = regs.take();
@@ -144,7 +164,11 @@ impl Gen {
 
     /// `r = (-r) >> 63`: 1 if the zero-extended 32-bit value in r is non-zero.
     fn nonzero(&mut self, r: Reg) {
-        self.emit(Insn::Alu64 { op: AluOp::Neg, dst: r, src: Src::Imm(0) });
+        self.emit(Insn::Alu64 {
+            op: AluOp::Neg,
+            dst: r,
+            src: Src::Imm(0),
+        });
         self.alu64(AluOp::Rsh, r, Src::Imm(63));
     }
 
@@ -162,22 +186,37 @@ impl Gen {
         let mut acc: Option<Reg> = None;
         for &(lo, hi) in ranges {
             let m = regs.take();
-            self.emit(Insn::Alu32 { op: AluOp::Mov, dst: m, src: Src::Reg(v) });
+            self.emit(Insn::Alu32 {
+                op: AluOp::Mov,
+                dst: m,
+                src: Src::Reg(v),
+            });
             if lo == hi {
-                self.emit(Insn::Alu32 { op: AluOp::Xor, dst: m, src: Src::Imm(lo as u32 as i32) });
+                self.emit(Insn::Alu32 {
+                    op: AluOp::Xor,
+                    dst: m,
+                    src: Src::Imm(lo as u32 as i32),
+                });
                 self.nonzero(m);
             } else if lo == 0 && hi >= max {
                 self.mov64(m, Src::Imm(0));
             } else {
                 if lo > 0 {
-                    self.emit(Insn::Alu32 { op: AluOp::Sub, dst: m, src: Src::Imm(lo as u32 as i32) });
+                    self.emit(Insn::Alu32 {
+                        op: AluOp::Sub,
+                        dst: m,
+                        src: Src::Imm(lo as u32 as i32),
+                    });
                 }
                 let width = regs.take();
                 let span = hi.min(max) - lo;
                 if span <= i32::MAX as u64 {
                     self.mov64(width, Src::Imm(span as i32));
                 } else {
-                    self.emit(Insn::LdImm64 { dst: width, imm: span });
+                    self.emit(Insn::LdImm64 {
+                        dst: width,
+                        imm: span,
+                    });
                 }
                 self.alu64(AluOp::Sub, width, Src::Reg(m));
                 self.alu64(AluOp::Rsh, width, Src::Imm(63));
@@ -208,11 +247,23 @@ impl Gen {
         self.mov64(acc, Src::Imm(1));
         for &(addr, prefix) in nets {
             let m = regs.take();
-            self.emit(Insn::Alu32 { op: AluOp::Mov, dst: m, src: Src::Reg(a) });
+            self.emit(Insn::Alu32 {
+                op: AluOp::Mov,
+                dst: m,
+                src: Src::Reg(a),
+            });
             if prefix < 32 {
-                self.emit(Insn::Alu32 { op: AluOp::And, dst: m, src: Src::Imm(wire_word(hir::mask32(prefix).to_be_bytes())) });
+                self.emit(Insn::Alu32 {
+                    op: AluOp::And,
+                    dst: m,
+                    src: Src::Imm(wire_word(hir::mask32(prefix).to_be_bytes())),
+                });
             }
-            self.emit(Insn::Alu32 { op: AluOp::Xor, dst: m, src: Src::Imm(wire_word(addr.to_be_bytes())) });
+            self.emit(Insn::Alu32 {
+                op: AluOp::Xor,
+                dst: m,
+                src: Src::Imm(wire_word(addr.to_be_bytes())),
+            });
             self.nonzero(m);
             self.alu64(AluOp::And, acc, Src::Reg(m));
             regs.give(m);
@@ -223,16 +274,42 @@ impl Gen {
     /// `r |= (family != want)`, using a scratch register.
     fn or_family_miss(&mut self, r: Reg, family: Reg, want: i32, regs: &mut Regs) {
         let t = regs.take();
-        self.emit(Insn::Alu32 { op: AluOp::Mov, dst: t, src: Src::Reg(family) });
-        self.emit(Insn::Alu32 { op: AluOp::Xor, dst: t, src: Src::Imm(want) });
+        self.emit(Insn::Alu32 {
+            op: AluOp::Mov,
+            dst: t,
+            src: Src::Reg(family),
+        });
+        self.emit(Insn::Alu32 {
+            op: AluOp::Xor,
+            dst: t,
+            src: Src::Imm(want),
+        });
         self.nonzero(t);
         self.alu64(AluOp::Or, r, Src::Reg(t));
         regs.give(t);
     }
 
     fn addr_miss(&mut self, end: End, nets: &[Net], mapped: bool, regs: &mut Regs) -> Reg {
-        let v4: Vec<(u32, u8)> = nets.iter().filter_map(|n| if let Net::V4 { addr, prefix } = n { Some((*addr, *prefix)) } else { None }).collect();
-        let v6: Vec<(u128, u8)> = nets.iter().filter_map(|n| if let Net::V6 { addr, prefix } = n { Some((*addr, *prefix)) } else { None }).collect();
+        let v4: Vec<(u32, u8)> = nets
+            .iter()
+            .filter_map(|n| {
+                if let Net::V4 { addr, prefix } = n {
+                    Some((*addr, *prefix))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let v6: Vec<(u128, u8)> = nets
+            .iter()
+            .filter_map(|n| {
+                if let Net::V6 { addr, prefix } = n {
+                    Some((*addr, *prefix))
+                } else {
+                    None
+                }
+            })
+            .collect();
         let (ip4, ip6) = match end {
             End::Local => (SK_MSG_MD_LOCAL_IP4, SK_MSG_MD_LOCAL_IP6),
             End::Remote => (SK_MSG_MD_REMOTE_IP4, SK_MSG_MD_REMOTE_IP6),
@@ -256,7 +333,11 @@ impl Gen {
                 for (w, want) in [(0i16, 0u32), (4, 0), (8, MAPPED_WORD2)] {
                     self.ctx_ld(t, ip6 + w);
                     if want != 0 {
-                        self.emit(Insn::Alu32 { op: AluOp::Xor, dst: t, src: Src::Imm(want as i32) });
+                        self.emit(Insn::Alu32 {
+                            op: AluOp::Xor,
+                            dst: t,
+                            src: Src::Imm(want as i32),
+                        });
                     }
                     self.nonzero(t);
                     self.alu64(AluOp::Or, m, Src::Reg(t));
@@ -275,16 +356,34 @@ impl Gen {
             let bytes = addr.to_be_bytes();
             let mask = hir::mask128(*prefix).to_be_bytes();
             for w in 0..4usize {
-                let mw = wire_word([mask[w * 4], mask[w * 4 + 1], mask[w * 4 + 2], mask[w * 4 + 3]]);
+                let mw = wire_word([
+                    mask[w * 4],
+                    mask[w * 4 + 1],
+                    mask[w * 4 + 2],
+                    mask[w * 4 + 3],
+                ]);
                 if mw == 0 {
                     continue;
                 }
-                let want = wire_word([bytes[w * 4], bytes[w * 4 + 1], bytes[w * 4 + 2], bytes[w * 4 + 3]]);
+                let want = wire_word([
+                    bytes[w * 4],
+                    bytes[w * 4 + 1],
+                    bytes[w * 4 + 2],
+                    bytes[w * 4 + 3],
+                ]);
                 self.ctx_ld(t, ip6 + (w as i16) * 4);
                 if mw != -1 {
-                    self.emit(Insn::Alu32 { op: AluOp::And, dst: t, src: Src::Imm(mw) });
+                    self.emit(Insn::Alu32 {
+                        op: AluOp::And,
+                        dst: t,
+                        src: Src::Imm(mw),
+                    });
                 }
-                self.emit(Insn::Alu32 { op: AluOp::Xor, dst: t, src: Src::Imm(want) });
+                self.emit(Insn::Alu32 {
+                    op: AluOp::Xor,
+                    dst: t,
+                    src: Src::Imm(want),
+                });
                 self.nonzero(t);
                 self.alu64(AluOp::Or, m, Src::Reg(t));
             }

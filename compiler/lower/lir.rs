@@ -17,7 +17,13 @@ pub enum Lir {
     /// A straight-line instruction (never a jump).
     Insn(Insn),
     /// Conditional jump; `wide` compares 64 bits, else the low 32 (BPF_JMP32).
-    Jmp { op: JmpOp, wide: bool, dst: Reg, src: Src, target: Label },
+    Jmp {
+        op: JmpOp,
+        wide: bool,
+        dst: Reg,
+        src: Src,
+        target: Label,
+    },
     Goto(Label),
     Label(Label),
     /// The following code belongs to source rule `rule` (index into the listing's notes).
@@ -58,7 +64,9 @@ fn thread_jumps(code: Vec<Lir>) -> Vec<Lir> {
     let mut forward: HashMap<Label, Label> = HashMap::new();
     for (i, item) in code.iter().enumerate() {
         if let Lir::Label(l) = item {
-            let next = code[i + 1..].iter().find(|x| !matches!(x, Lir::Label(_) | Lir::Mark(_)));
+            let next = code[i + 1..]
+                .iter()
+                .find(|x| !matches!(x, Lir::Label(_) | Lir::Mark(_)));
             if let Some(Lir::Goto(t)) = next {
                 forward.insert(*l, *t);
             }
@@ -77,7 +85,19 @@ fn thread_jumps(code: Vec<Lir>) -> Vec<Lir> {
     code.into_iter()
         .map(|item| match item {
             Lir::Goto(t) => Lir::Goto(resolve(t)),
-            Lir::Jmp { op, wide, dst, src, target } => Lir::Jmp { op, wide, dst, src, target: resolve(target) },
+            Lir::Jmp {
+                op,
+                wide,
+                dst,
+                src,
+                target,
+            } => Lir::Jmp {
+                op,
+                wide,
+                dst,
+                src,
+                target: resolve(target),
+            },
             other => other,
         })
         .collect()
@@ -95,12 +115,11 @@ fn drop_unreachable(code: Vec<Lir>) -> Vec<Lir> {
     let mut live = true;
     for item in code {
         match &item {
-            Lir::Label(l) => {
-                if used.contains(l) {
-                    live = true;
-                    out.push(item);
-                }
+            Lir::Label(l) if used.contains(l) => {
+                live = true;
+                out.push(item);
             }
+            Lir::Label(_) => {}
             Lir::Mark(_) => out.push(item),
             _ if live => {
                 live = !item.ends_block();
@@ -142,11 +161,26 @@ fn invert_jumps_over_gotos(code: Vec<Lir>) -> Vec<Lir> {
     let mut out: Vec<Lir> = Vec::with_capacity(code.len());
     let mut i = 0;
     while i < code.len() {
-        if let (Lir::Jmp { op, wide, dst, src, target }, Some(Lir::Goto(x)), Some(Lir::Label(l))) =
-            (&code[i], code.get(i + 1), code.get(i + 2))
+        if let (
+            Lir::Jmp {
+                op,
+                wide,
+                dst,
+                src,
+                target,
+            },
+            Some(Lir::Goto(x)),
+            Some(Lir::Label(l)),
+        ) = (&code[i], code.get(i + 1), code.get(i + 2))
         {
             if let (true, Some(inverse)) = (target == l, op.negate()) {
-                out.push(Lir::Jmp { op: inverse, wide: *wide, dst: *dst, src: *src, target: *x });
+                out.push(Lir::Jmp {
+                    op: inverse,
+                    wide: *wide,
+                    dst: *dst,
+                    src: *src,
+                    target: *x,
+                });
                 i += 2;
                 continue;
             }
@@ -226,22 +260,86 @@ pub fn assemble(code: &[Lir]) -> Assembled {
                 Lir::Insn(insn) => push(&mut out, *insn, mark),
                 Lir::Mark(m) => mark = Some(*m),
                 Lir::Label(_) => {}
-                Lir::Goto(t) if long[i] => push(&mut out, Insn::Gotol { imm: (target(t) - from) as i32 }, mark),
-                Lir::Goto(t) => push(&mut out, Insn::Ja { off: (target(t) - from) as i16 }, mark),
-                Lir::Jmp { op, wide, dst, src, target: t } if long[i] => {
+                Lir::Goto(t) if long[i] => push(
+                    &mut out,
+                    Insn::Gotol {
+                        imm: (target(t) - from) as i32,
+                    },
+                    mark,
+                ),
+                Lir::Goto(t) => push(
+                    &mut out,
+                    Insn::Ja {
+                        off: (target(t) - from) as i16,
+                    },
+                    mark,
+                ),
+                Lir::Jmp {
+                    op,
+                    wide,
+                    dst,
+                    src,
+                    target: t,
+                } if long[i] => {
                     // if !cond goto +1; gotol target
                     let inverse = op.negate().unwrap_or(*op);
-                    let skip = Insn::Jmp { op: inverse, dst: *dst, src: *src, off: 1 };
-                    let skip = if *wide { skip } else { Insn::Jmp32 { op: inverse, dst: *dst, src: *src, off: 1 } };
+                    let skip = Insn::Jmp {
+                        op: inverse,
+                        dst: *dst,
+                        src: *src,
+                        off: 1,
+                    };
+                    let skip = if *wide {
+                        skip
+                    } else {
+                        Insn::Jmp32 {
+                            op: inverse,
+                            dst: *dst,
+                            src: *src,
+                            off: 1,
+                        }
+                    };
                     push(&mut out, skip, mark);
-                    push(&mut out, Insn::Gotol { imm: (target(t) - (from + 1)) as i32 }, mark);
+                    push(
+                        &mut out,
+                        Insn::Gotol {
+                            imm: (target(t) - (from + 1)) as i32,
+                        },
+                        mark,
+                    );
                 }
-                Lir::Jmp { op, wide: true, dst, src, target: t } => {
-                    push(&mut out, Insn::Jmp { op: *op, dst: *dst, src: *src, off: (target(t) - from) as i16 }, mark)
-                }
-                Lir::Jmp { op, wide: false, dst, src, target: t } => {
-                    push(&mut out, Insn::Jmp32 { op: *op, dst: *dst, src: *src, off: (target(t) - from) as i16 }, mark)
-                }
+                Lir::Jmp {
+                    op,
+                    wide: true,
+                    dst,
+                    src,
+                    target: t,
+                } => push(
+                    &mut out,
+                    Insn::Jmp {
+                        op: *op,
+                        dst: *dst,
+                        src: *src,
+                        off: (target(t) - from) as i16,
+                    },
+                    mark,
+                ),
+                Lir::Jmp {
+                    op,
+                    wide: false,
+                    dst,
+                    src,
+                    target: t,
+                } => push(
+                    &mut out,
+                    Insn::Jmp32 {
+                        op: *op,
+                        dst: *dst,
+                        src: *src,
+                        off: (target(t) - from) as i16,
+                    },
+                    mark,
+                ),
             }
         }
         return out;
@@ -254,31 +352,63 @@ mod tests {
     use crate::bpf::AluOp;
 
     fn mov(imm: i32) -> Lir {
-        Lir::Insn(Insn::Alu64 { op: AluOp::Mov, dst: Reg::R0, src: Src::Imm(imm) })
+        Lir::Insn(Insn::Alu64 {
+            op: AluOp::Mov,
+            dst: Reg::R0,
+            src: Src::Imm(imm),
+        })
     }
 
     #[test]
     fn short_jumps_get_offsets() {
         let l = Label(1);
         let code = vec![
-            Lir::Jmp { op: JmpOp::Jeq, wide: true, dst: Reg::R1, src: Src::Imm(0), target: l },
+            Lir::Jmp {
+                op: JmpOp::Jeq,
+                wide: true,
+                dst: Reg::R1,
+                src: Src::Imm(0),
+                target: l,
+            },
             mov(1),
             Lir::Label(l),
             Lir::Insn(Insn::Exit),
         ];
         let a = assemble(&code);
-        assert_eq!(a.insns[0], Insn::Jmp { op: JmpOp::Jeq, dst: Reg::R1, src: Src::Imm(0), off: 1 });
+        assert_eq!(
+            a.insns[0],
+            Insn::Jmp {
+                op: JmpOp::Jeq,
+                dst: Reg::R1,
+                src: Src::Imm(0),
+                off: 1
+            }
+        );
     }
 
     #[test]
     fn far_conditional_jumps_become_gotol() {
         let l = Label(1);
-        let mut code = vec![Lir::Jmp { op: JmpOp::Jeq, wide: false, dst: Reg::R1, src: Src::Imm(0), target: l }];
+        let mut code = vec![Lir::Jmp {
+            op: JmpOp::Jeq,
+            wide: false,
+            dst: Reg::R1,
+            src: Src::Imm(0),
+            target: l,
+        }];
         code.extend(std::iter::repeat_n(mov(1), 40_000));
         code.push(Lir::Label(l));
         code.push(Lir::Insn(Insn::Exit));
         let a = assemble(&code);
-        assert_eq!(a.insns[0], Insn::Jmp32 { op: JmpOp::Jne, dst: Reg::R1, src: Src::Imm(0), off: 1 });
+        assert_eq!(
+            a.insns[0],
+            Insn::Jmp32 {
+                op: JmpOp::Jne,
+                dst: Reg::R1,
+                src: Src::Imm(0),
+                off: 1
+            }
+        );
         assert_eq!(a.insns[1], Insn::Gotol { imm: 40_000 });
     }
 
@@ -286,7 +416,13 @@ mod tests {
     fn cleanup_threads_and_removes_dead_code() {
         let (a, b) = (Label(1), Label(2));
         let code = vec![
-            Lir::Jmp { op: JmpOp::Jeq, wide: true, dst: Reg::R1, src: Src::Imm(0), target: a },
+            Lir::Jmp {
+                op: JmpOp::Jeq,
+                wide: true,
+                dst: Reg::R1,
+                src: Src::Imm(0),
+                target: a,
+            },
             mov(0),
             Lir::Insn(Insn::Exit),
             mov(7), // unreachable
@@ -298,7 +434,13 @@ mod tests {
         ];
         let out = cleanup(code);
         assert!(!out.contains(&mov(7)));
-        assert!(out.contains(&Lir::Jmp { op: JmpOp::Jeq, wide: true, dst: Reg::R1, src: Src::Imm(0), target: b }));
+        assert!(out.contains(&Lir::Jmp {
+            op: JmpOp::Jeq,
+            wide: true,
+            dst: Reg::R1,
+            src: Src::Imm(0),
+            target: b
+        }));
         assert!(!out.iter().any(|x| matches!(x, Lir::Goto(_))));
     }
 }

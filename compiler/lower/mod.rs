@@ -15,7 +15,9 @@ use skpc_abi::{Counter, LogRecord, SockKey};
 
 use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, Endian, Insn, JmpOp, Reg, Size, Src};
-use crate::check::hir::{self, Action, Cond, Decision, End, IntField, Net, SockSlot, Target, Test, Verdict};
+use crate::check::hir::{
+    self, Action, Cond, Decision, End, IntField, Net, SockSlot, Target, Test, Verdict,
+};
 use crate::check::simplify;
 use lir::{Assembled, Label, Lir};
 
@@ -102,7 +104,6 @@ pub struct Options {
     pub counters: bool,
 }
 
-
 /// Lowers a checked policy with the default options.
 pub fn lower(policy: &hir::Policy) -> Lowered {
     lower_with(policy, Options::default())
@@ -150,14 +151,29 @@ pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
             max_entries: skpc_abi::EVENTS_BYTES,
         });
     }
-    let mut g = Gen { options, ..Gen::default() };
+    let mut g = Gen {
+        options,
+        ..Gen::default()
+    };
     g.verdict_program(policy);
     let verdict = lir::assemble(&lir::cleanup(g.code));
     let mut mark_lines: Vec<u32> = policy.rules.iter().map(|r| r.line).collect();
-    mark_lines.push(policy.counters.get(policy.default.counter).map(|c| c.line).unwrap_or(0));
+    mark_lines.push(
+        policy
+            .counters
+            .get(policy.default.counter)
+            .map(|c| c.line)
+            .unwrap_or(0),
+    );
     // The shared verdict tails belong to no line.
     mark_lines.push(0);
-    Lowered { maps, verdict, entry: entry_program(), sockops: sockops_program(), mark_lines }
+    Lowered {
+        maps,
+        verdict,
+        entry: entry_program(),
+        sockops: sockops_program(),
+        mark_lines,
+    }
 }
 
 #[derive(Default)]
@@ -238,7 +254,8 @@ impl Gen {
     }
 
     fn snapshot_slot(&self, off: i16) -> Option<i16> {
-        (self.snapshot && (SNAPSHOT_FIRST..SNAPSHOT_END).contains(&off)).then_some(STACK_SNAPSHOT + off - SNAPSHOT_FIRST)
+        (self.snapshot && (SNAPSHOT_FIRST..SNAPSHOT_END).contains(&off))
+            .then_some(STACK_SNAPSHOT + off - SNAPSHOT_FIRST)
     }
 
     /// Copies the context words `SNAPSHOT_FIRST..SNAPSHOT_END` to the stack.
@@ -246,7 +263,12 @@ impl Gen {
         let ctx = self.ctx();
         for off in (SNAPSHOT_FIRST..SNAPSHOT_END).step_by(4) {
             self.ldx(Size::W, Reg::R2, ctx, off);
-            self.stx(Size::W, Reg::R10, STACK_SNAPSHOT + off - SNAPSHOT_FIRST, Reg::R2);
+            self.stx(
+                Size::W,
+                Reg::R10,
+                STACK_SNAPSHOT + off - SNAPSHOT_FIRST,
+                Reg::R2,
+            );
         }
         self.snapshot = true;
     }
@@ -278,22 +300,42 @@ impl Gen {
     }
 
     fn jmp32(&mut self, op: JmpOp, dst: Reg, imm: i32, target: Label) {
-        self.code.push(Lir::Jmp { op, wide: false, dst, src: Src::Imm(imm), target });
+        self.code.push(Lir::Jmp {
+            op,
+            wide: false,
+            dst,
+            src: Src::Imm(imm),
+            target,
+        });
     }
 
     fn jmp64(&mut self, op: JmpOp, dst: Reg, src: Src, target: Label) {
-        self.code.push(Lir::Jmp { op, wide: true, dst, src, target });
+        self.code.push(Lir::Jmp {
+            op,
+            wide: true,
+            dst,
+            src,
+            target,
+        });
     }
 
     fn mov64(&mut self, dst: Reg, src: Src) {
         if src == Src::Reg(dst) {
             return;
         }
-        self.emit(Insn::Alu64 { op: AluOp::Mov, dst, src });
+        self.emit(Insn::Alu64 {
+            op: AluOp::Mov,
+            dst,
+            src,
+        });
     }
 
     fn mov32(&mut self, dst: Reg, imm: u32) {
-        self.emit(Insn::Alu32 { op: AluOp::Mov, dst, src: Src::Imm(imm as i32) });
+        self.emit(Insn::Alu32 {
+            op: AluOp::Mov,
+            dst,
+            src: Src::Imm(imm as i32),
+        });
     }
 
     fn alu64(&mut self, op: AluOp, dst: Reg, src: Src) {
@@ -301,15 +343,30 @@ impl Gen {
     }
 
     fn ldx(&mut self, size: Size, dst: Reg, src: Reg, off: i16) {
-        self.emit(Insn::Ldx { size, dst, src, off });
+        self.emit(Insn::Ldx {
+            size,
+            dst,
+            src,
+            off,
+        });
     }
 
     fn stx(&mut self, size: Size, dst: Reg, off: i16, src: Reg) {
-        self.emit(Insn::Stx { size, dst, src, off });
+        self.emit(Insn::Stx {
+            size,
+            dst,
+            src,
+            off,
+        });
     }
 
     fn st(&mut self, size: Size, dst: Reg, off: i16, imm: i32) {
-        self.emit(Insn::St { size, dst, off, imm });
+        self.emit(Insn::St {
+            size,
+            dst,
+            off,
+            imm,
+        });
     }
 
     fn call(&mut self, helper: i32) {
@@ -344,8 +401,15 @@ impl Gen {
         for step in runs::plan(policy) {
             let (i, run) = match step {
                 runs::Step::Rule(i) => (i, None),
-                runs::Step::Run { first, last, cond, keyed } => {
-                    if let (true, Some(keys), Action::Decide(d)) = (self.options.counters, &keyed, &policy.rules[first].action) {
+                runs::Step::Run {
+                    first,
+                    last,
+                    cond,
+                    keyed,
+                } => {
+                    if let (true, Some(keys), Action::Decide(d)) =
+                        (self.options.counters, &keyed, &policy.rules[first].action)
+                    {
                         // One keyed search finds both whether and which rule matched.
                         self.code.push(Lir::Mark(first as u32));
                         self.keyed_run(keys, d);
@@ -434,8 +498,14 @@ impl Gen {
         for r in &policy.rules {
             count_field_uses(&r.cond, &mut uses);
         }
-        let mut words: Vec<(IntField, usize, i16, bool)> =
-            uses.into_iter().filter_map(|(f, n)| ctx_word(f).filter(|_| n >= 2).map(|(off, swap)| (f, n, off, swap))).collect();
+        let mut words: Vec<(IntField, usize, i16, bool)> = uses
+            .into_iter()
+            .filter_map(|(f, n)| {
+                ctx_word(f)
+                    .filter(|_| n >= 2)
+                    .map(|(off, swap)| (f, n, off, swap))
+            })
+            .collect();
         words.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         for ((field, _, off, swap), reg) in words.into_iter().zip(CACHE_REGS) {
             self.load_ctx_field(off, swap, reg);
@@ -481,7 +551,8 @@ impl Gen {
             let done = self.label();
             // One label per rule (a rule may own several intervals), in first-use order.
             let mut rule_labels: Vec<(usize, Label)> = Vec::new();
-            let mut label_of: std::collections::HashMap<usize, Label> = std::collections::HashMap::new();
+            let mut label_of: std::collections::HashMap<usize, Label> =
+                std::collections::HashMap::new();
             let mut items = Vec::with_capacity(keyed.intervals.len());
             for &(lo, hi, rule) in &keyed.intervals {
                 let l = match label_of.get(&rule) {
@@ -521,7 +592,11 @@ impl Gen {
                     self.goto(done);
                     self.place(v4);
                     self.ctx_ld(Reg::R2, ip4);
-                    self.emit(Insn::End { dst: Reg::R2, endian: Endian::ToBe, bits: 32 });
+                    self.emit(Insn::End {
+                        dst: Reg::R2,
+                        endian: Endian::ToBe,
+                        bits: 32,
+                    });
                     self.ranges_to(Reg::R2, &items, u32::MAX as u64, false, done);
                     if mapped {
                         self.place(v6);
@@ -530,7 +605,11 @@ impl Gen {
                             self.jmp32(JmpOp::Jne, Reg::R2, want as i32, done);
                         }
                         self.ctx_ld(Reg::R2, ip6 + 12);
-                        self.emit(Insn::End { dst: Reg::R2, endian: Endian::ToBe, bits: 32 });
+                        self.emit(Insn::End {
+                            dst: Reg::R2,
+                            endian: Endian::ToBe,
+                            bits: 32,
+                        });
                         self.ranges_to(Reg::R2, &items, u32::MAX as u64, false, done);
                     }
                 }
@@ -560,7 +639,11 @@ impl Gen {
             self.alu64(AluOp::Add, Reg::R4, Src::Reg(Reg::R1));
         }
         self.jmp64(JmpOp::Jeq, Reg::R5, Src::Imm(0), miss);
-        self.emit(Insn::Alu32 { op: AluOp::Mov, dst: SLOT, src: Src::Reg(Reg::R4) });
+        self.emit(Insn::Alu32 {
+            op: AluOp::Mov,
+            dst: SLOT,
+            src: Src::Reg(Reg::R4),
+        });
         let tail = self.tail(d);
         self.goto(tail);
         self.place(miss);
@@ -601,7 +684,10 @@ impl Gen {
 
     fn count_key_on_stack(&mut self) {
         let skip = self.label();
-        self.emit(Insn::LdMap { dst: Reg::R1, map: MAP_COUNTERS });
+        self.emit(Insn::LdMap {
+            dst: Reg::R1,
+            map: MAP_COUNTERS,
+        });
         self.stack_ptr(Reg::R2, STACK_COUNTER_KEY);
         self.call(BPF_FUNC_map_lookup_elem);
         self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
@@ -630,7 +716,10 @@ impl Gen {
                 self.call(BPF_FUNC_msg_cork_bytes);
                 self.ret(SK_PASS);
             }
-            Verdict::Redirect { ingress, target: Target::Sock(slot) } => {
+            Verdict::Redirect {
+                ingress,
+                target: Target::Sock(slot),
+            } => {
                 match slot {
                     SockSlot::Const(k) => self.mov32(Reg::R3, *k),
                     SockSlot::Field(f) => {
@@ -646,19 +735,34 @@ impl Gen {
                     }
                 }
                 self.mov64(Reg::R1, Src::Reg(self.ctx()));
-                self.emit(Insn::LdMap { dst: Reg::R2, map: MAP_SOCKMAP });
-                self.mov64(Reg::R4, Src::Imm(if *ingress { BPF_F_INGRESS as i32 } else { 0 }));
+                self.emit(Insn::LdMap {
+                    dst: Reg::R2,
+                    map: MAP_SOCKMAP,
+                });
+                self.mov64(
+                    Reg::R4,
+                    Src::Imm(if *ingress { BPF_F_INGRESS as i32 } else { 0 }),
+                );
                 self.call(BPF_FUNC_msg_redirect_map);
                 self.emit(Insn::Exit);
             }
-            Verdict::Redirect { ingress, target: Target::Peer } => {
+            Verdict::Redirect {
+                ingress,
+                target: Target::Peer,
+            } => {
                 // Egress (no `ingress`) sends the bytes out of the peer socket, i.e. back to
                 // this one; the checker warns (W0004), the kernel does what it is told.
                 self.sock_key(SK_MSG_LAYOUT, true);
                 self.mov64(Reg::R1, Src::Reg(self.ctx()));
-                self.emit(Insn::LdMap { dst: Reg::R2, map: MAP_SOCKHASH });
+                self.emit(Insn::LdMap {
+                    dst: Reg::R2,
+                    map: MAP_SOCKHASH,
+                });
                 self.stack_ptr(Reg::R3, STACK_SOCK_KEY);
-                self.mov64(Reg::R4, Src::Imm(if *ingress { BPF_F_INGRESS as i32 } else { 0 }));
+                self.mov64(
+                    Reg::R4,
+                    Src::Imm(if *ingress { BPF_F_INGRESS as i32 } else { 0 }),
+                );
                 self.call(BPF_FUNC_msg_redirect_hash);
                 self.emit(Insn::Exit);
             }
@@ -675,7 +779,11 @@ impl Gen {
             self.st(Size::DW, Reg::R10, k + i * 8, 0);
         }
         self.st(Size::W, Reg::R10, k + 40, 0);
-        let (first_ip, second_ip) = if swapped { (SockKey::OFF_REMOTE_IP, SockKey::OFF_LOCAL_IP) } else { (SockKey::OFF_LOCAL_IP, SockKey::OFF_REMOTE_IP) };
+        let (first_ip, second_ip) = if swapped {
+            (SockKey::OFF_REMOTE_IP, SockKey::OFF_LOCAL_IP)
+        } else {
+            (SockKey::OFF_LOCAL_IP, SockKey::OFF_REMOTE_IP)
+        };
         let (v6, ports, plain6) = (self.label(), self.label(), self.label());
         self.ctx_ld(Reg::R2, ctx.family);
         self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET6, v6);
@@ -711,12 +819,19 @@ impl Gen {
             self.stx(Size::W, Reg::R10, k + second_ip + w * 4, Reg::R3);
         }
         self.place(ports);
-        let (first_port, second_port) =
-            if swapped { (SockKey::OFF_REMOTE_PORT, SockKey::OFF_LOCAL_PORT) } else { (SockKey::OFF_LOCAL_PORT, SockKey::OFF_REMOTE_PORT) };
+        let (first_port, second_port) = if swapped {
+            (SockKey::OFF_REMOTE_PORT, SockKey::OFF_LOCAL_PORT)
+        } else {
+            (SockKey::OFF_LOCAL_PORT, SockKey::OFF_REMOTE_PORT)
+        };
         self.ctx_ld(Reg::R3, ctx.local_port);
         self.stx(Size::W, Reg::R10, k + first_port, Reg::R3);
         self.ctx_ld(Reg::R3, ctx.remote_port);
-        self.emit(Insn::End { dst: Reg::R3, endian: Endian::ToBe, bits: 32 });
+        self.emit(Insn::End {
+            dst: Reg::R3,
+            endian: Endian::ToBe,
+            bits: 32,
+        });
         self.stx(Size::W, Reg::R10, k + second_port, Reg::R3);
     }
 
@@ -739,15 +854,29 @@ impl Gen {
         self.place(v6);
         for w in 0..4 {
             self.ctx_ld(Reg::R3, SK_MSG_MD_LOCAL_IP6 + w * 4);
-            self.stx(Size::W, Reg::R10, b + LogRecord::OFF_LOCAL_IP + w * 4, Reg::R3);
+            self.stx(
+                Size::W,
+                Reg::R10,
+                b + LogRecord::OFF_LOCAL_IP + w * 4,
+                Reg::R3,
+            );
             self.ctx_ld(Reg::R3, SK_MSG_MD_REMOTE_IP6 + w * 4);
-            self.stx(Size::W, Reg::R10, b + LogRecord::OFF_REMOTE_IP + w * 4, Reg::R3);
+            self.stx(
+                Size::W,
+                Reg::R10,
+                b + LogRecord::OFF_REMOTE_IP + w * 4,
+                Reg::R3,
+            );
         }
         self.place(done);
         self.ctx_ld(Reg::R3, SK_MSG_MD_LOCAL_PORT);
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_LOCAL_PORT, Reg::R3);
         self.ctx_ld(Reg::R3, SK_MSG_MD_REMOTE_PORT);
-        self.emit(Insn::End { dst: Reg::R3, endian: Endian::ToBe, bits: 32 });
+        self.emit(Insn::End {
+            dst: Reg::R3,
+            endian: Endian::ToBe,
+            bits: 32,
+        });
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_REMOTE_PORT, Reg::R3);
         self.ctx_ld(Reg::R3, SK_MSG_MD_SIZE);
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_SIZE, Reg::R3);
@@ -761,7 +890,10 @@ impl Gen {
         self.stack_ptr(Reg::R1, b + LogRecord::OFF_COMM);
         self.mov64(Reg::R2, Src::Imm(16));
         self.call(BPF_FUNC_get_current_comm);
-        self.emit(Insn::LdMap { dst: Reg::R1, map: MAP_EVENTS });
+        self.emit(Insn::LdMap {
+            dst: Reg::R1,
+            map: MAP_EVENTS,
+        });
         self.stack_ptr(Reg::R2, b);
         self.mov64(Reg::R3, Src::Imm(LogRecord::SIZE as i32));
         self.mov64(Reg::R4, Src::Imm(0));
@@ -804,7 +936,10 @@ impl Gen {
         match test {
             Test::Int { field, ranges } => {
                 let points = ranges.iter().all(|(lo, hi)| lo == hi) && ranges.len() <= 4;
-                if *field == IntField::RemotePort && points && !self.cached.iter().any(|(c, _)| c == field) {
+                if *field == IntField::RemotePort
+                    && points
+                    && !self.cached.iter().any(|(c, _)| c == field)
+                {
                     // Equality with a few ports: compare the raw network-order word with
                     // byte-swapped constants instead of swapping the word (as clang does).
                     self.ctx_ld(Reg::R2, SK_MSG_MD_REMOTE_PORT);
@@ -821,7 +956,14 @@ impl Gen {
                         Reg::R2
                     }
                 };
-                self.ranges(reg, ranges, field.max_value(), *field == IntField::Cgroup, t, f);
+                self.ranges(
+                    reg,
+                    ranges,
+                    field.max_value(),
+                    *field == IntField::Cgroup,
+                    t,
+                    f,
+                );
             }
             Test::Addr { end, nets, mapped } => self.addr(*end, nets, *mapped, t, f),
             Test::Payload { offset, alts } => {
@@ -865,7 +1007,11 @@ impl Gen {
             }
             IntField::Uid => {
                 self.call(BPF_FUNC_get_current_uid_gid);
-                self.emit(Insn::Alu32 { op: AluOp::Mov, dst: Reg::R2, src: Src::Reg(Reg::R0) });
+                self.emit(Insn::Alu32 {
+                    op: AluOp::Mov,
+                    dst: Reg::R2,
+                    src: Src::Reg(Reg::R0),
+                });
             }
             IntField::Gid => {
                 self.call(BPF_FUNC_get_current_uid_gid);
@@ -892,7 +1038,11 @@ impl Gen {
     fn load_ctx_field(&mut self, off: i16, swap: bool, dst: Reg) {
         self.ctx_ld(dst, off);
         if swap {
-            self.emit(Insn::End { dst, endian: Endian::ToBe, bits: 32 });
+            self.emit(Insn::End {
+                dst,
+                endian: Endian::ToBe,
+                bits: 32,
+            });
         }
     }
 
@@ -944,11 +1094,17 @@ impl Gen {
                 let mut mb = [0u8; 8];
                 mb[..n].copy_from_slice(&m[at..at + n]);
                 let mv = u64::from_le_bytes(mb);
-                self.emit(Insn::LdImm64 { dst: Reg::R5, imm: mv });
+                self.emit(Insn::LdImm64 {
+                    dst: Reg::R5,
+                    imm: mv,
+                });
                 self.alu64(AluOp::And, Reg::R4, Src::Reg(Reg::R5));
             }
             if size == Size::DW {
-                self.emit(Insn::LdImm64 { dst: Reg::R5, imm: value });
+                self.emit(Insn::LdImm64 {
+                    dst: Reg::R5,
+                    imm: value,
+                });
                 self.jmp64(JmpOp::Jne, Reg::R4, Src::Reg(Reg::R5), ne);
             } else {
                 self.jmp32(JmpOp::Jne, Reg::R4, value as u32 as i32, ne);
@@ -959,17 +1115,35 @@ impl Gen {
 
     /// Jumps to `t` if `reg` lies in one of the sorted, disjoint `ranges`, else to `f`.
     /// `max` is the largest value the register can hold (no test needed up to it).
-    fn ranges(&mut self, reg: Reg, ranges: &[(u64, u64)], max: u64, wide: bool, t: Label, f: Label) {
+    fn ranges(
+        &mut self,
+        reg: Reg,
+        ranges: &[(u64, u64)],
+        max: u64,
+        wide: bool,
+        t: Label,
+        f: Label,
+    ) {
         let labeled: Vec<(u64, u64, Label)> = ranges.iter().map(|&(lo, hi)| (lo, hi, t)).collect();
         self.ranges_to(reg, &labeled, max, wide, f);
     }
 
     /// Jumps to the label of the sorted, disjoint range that holds `reg`, else to `f`.
     /// Few ranges: a linear scan that leaves early; many: binary search.
-    fn ranges_to(&mut self, reg: Reg, ranges: &[(u64, u64, Label)], max: u64, wide: bool, f: Label) {
+    fn ranges_to(
+        &mut self,
+        reg: Reg,
+        ranges: &[(u64, u64, Label)],
+        max: u64,
+        wide: bool,
+        f: Label,
+    ) {
         // A leaf scans up to 8 compares: fewer internal nodes and leaf exits keep both
         // the code and the verifier's work below a compare chain's (clang's rules_1000).
-        let compares: usize = ranges.iter().map(|(lo, hi, _)| if lo == hi { 1 } else { 2 }).sum();
+        let compares: usize = ranges
+            .iter()
+            .map(|(lo, hi, _)| if lo == hi { 1 } else { 2 })
+            .sum();
         if compares > 8 && ranges.len() > 1 {
             let mid = ranges.len() / 2;
             let right = self.label();
@@ -1004,14 +1178,35 @@ impl Gen {
         } else if value <= i32::MAX as u64 {
             self.jmp64(op, reg, Src::Imm(value as i32), target);
         } else {
-            self.emit(Insn::LdImm64 { dst: Reg::R3, imm: value });
+            self.emit(Insn::LdImm64 {
+                dst: Reg::R3,
+                imm: value,
+            });
             self.jmp64(op, reg, Src::Reg(Reg::R3), target);
         }
     }
 
     fn addr(&mut self, end: End, nets: &[Net], mapped: bool, t: Label, f: Label) {
-        let v4: Vec<(u32, u8)> = nets.iter().filter_map(|n| if let Net::V4 { addr, prefix } = n { Some((*addr, *prefix)) } else { None }).collect();
-        let v6: Vec<(u128, u8)> = nets.iter().filter_map(|n| if let Net::V6 { addr, prefix } = n { Some((*addr, *prefix)) } else { None }).collect();
+        let v4: Vec<(u32, u8)> = nets
+            .iter()
+            .filter_map(|n| {
+                if let Net::V4 { addr, prefix } = n {
+                    Some((*addr, *prefix))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let v6: Vec<(u128, u8)> = nets
+            .iter()
+            .filter_map(|n| {
+                if let Net::V6 { addr, prefix } = n {
+                    Some((*addr, *prefix))
+                } else {
+                    None
+                }
+            })
+            .collect();
         let (ip4, ip6) = match end {
             End::Local => (SK_MSG_MD_LOCAL_IP4, SK_MSG_MD_LOCAL_IP6),
             End::Remote => (SK_MSG_MD_REMOTE_IP4, SK_MSG_MD_REMOTE_IP6),
@@ -1045,7 +1240,11 @@ impl Gen {
                     let want = wire_word(bytes[w * 4..w * 4 + 4].try_into().unwrap_or([0; 4]));
                     self.ctx_ld(Reg::R2, ip6 + (w as i16) * 4);
                     if m != -1 {
-                        self.emit(Insn::Alu32 { op: AluOp::And, dst: Reg::R2, src: Src::Imm(m) });
+                        self.emit(Insn::Alu32 {
+                            op: AluOp::And,
+                            dst: Reg::R2,
+                            src: Src::Imm(m),
+                        });
                     }
                     self.jmp32(JmpOp::Jne, Reg::R2, want, next);
                 }
@@ -1071,8 +1270,16 @@ impl Gen {
     fn v4_nets(&mut self, nets: &[(u32, u8)], t: Label, f: Label) {
         if nets.len() > 4 {
             // Many prefixes: in host order each is a range; binary search over them.
-            let ranges = crate::check::normalize(nets.iter().map(|&(a, p)| (a as u64, (a | !hir::mask32(p)) as u64)).collect());
-            self.emit(Insn::End { dst: Reg::R2, endian: Endian::ToBe, bits: 32 });
+            let ranges = crate::check::normalize(
+                nets.iter()
+                    .map(|&(a, p)| (a as u64, (a | !hir::mask32(p)) as u64))
+                    .collect(),
+            );
+            self.emit(Insn::End {
+                dst: Reg::R2,
+                endian: Endian::ToBe,
+                bits: 32,
+            });
             self.ranges(Reg::R2, &ranges, u32::MAX as u64, false, t, f);
             return;
         }
@@ -1085,8 +1292,16 @@ impl Gen {
                 return;
             } else {
                 let m = wire_word(hir::mask32(prefix).to_be_bytes());
-                self.emit(Insn::Alu32 { op: AluOp::Mov, dst: Reg::R3, src: Src::Reg(Reg::R2) });
-                self.emit(Insn::Alu32 { op: AluOp::And, dst: Reg::R3, src: Src::Imm(m) });
+                self.emit(Insn::Alu32 {
+                    op: AluOp::Mov,
+                    dst: Reg::R3,
+                    src: Src::Reg(Reg::R2),
+                });
+                self.emit(Insn::Alu32 {
+                    op: AluOp::And,
+                    dst: Reg::R3,
+                    src: Src::Imm(m),
+                });
                 self.jmp32(JmpOp::Jeq, Reg::R3, want, t);
             }
         }
@@ -1108,7 +1323,14 @@ fn needs_helper_before_verdict(policy: &hir::Policy, options: Options) -> bool {
         }
     }
     let decision_calls = |d: &Decision| {
-        d.apply_bytes.is_some() || matches!(d.verdict, Verdict::Redirect { target: Target::Sock(SockSlot::Field(_)), .. })
+        d.apply_bytes.is_some()
+            || matches!(
+                d.verdict,
+                Verdict::Redirect {
+                    target: Target::Sock(SockSlot::Field(_)),
+                    ..
+                }
+            )
     };
     options.counters
         || decision_calls(&policy.default.decision)
@@ -1156,8 +1378,20 @@ fn cost(c: &Cond) -> u32 {
         Cond::Const(_) => 0,
         Cond::Not(x) => cost(x),
         Cond::And(cs) | Cond::Or(cs) => cs.iter().map(cost).max().unwrap_or(0),
-        Cond::Test(Test::Int { field: IntField::PayloadByte(_), .. } | Test::Payload { .. }) => 3,
-        Cond::Test(Test::Int { field: IntField::Uid | IntField::Gid | IntField::Pid | IntField::Cgroup, .. } | Test::Comm { .. }) => 2,
+        Cond::Test(
+            Test::Int {
+                field: IntField::PayloadByte(_),
+                ..
+            }
+            | Test::Payload { .. },
+        ) => 3,
+        Cond::Test(
+            Test::Int {
+                field: IntField::Uid | IntField::Gid | IntField::Pid | IntField::Cgroup,
+                ..
+            }
+            | Test::Comm { .. },
+        ) => 2,
         Cond::Test(_) => 1,
     }
 }
@@ -1166,7 +1400,10 @@ fn cost(c: &Cond) -> u32 {
 /// installed yet), pass: a drop would stick to the socket for good.
 fn entry_program() -> Assembled {
     let mut g = Gen::default();
-    g.emit(Insn::LdMap { dst: Reg::R2, map: MAP_PROGS });
+    g.emit(Insn::LdMap {
+        dst: Reg::R2,
+        map: MAP_PROGS,
+    });
     g.mov32(Reg::R3, skpc_abi::PROGS_POLICY_SLOT);
     g.call(BPF_FUNC_tail_call);
     g.ret(SK_PASS);
@@ -1181,8 +1418,18 @@ fn sockops_program() -> Assembled {
     let done = g.label();
     g.mov64(g.ctx(), Src::Reg(Reg::R1));
     g.ldx(Size::W, Reg::R2, g.ctx(), BPF_SOCK_OPS_OP);
-    g.jmp32(JmpOp::Jeq, Reg::R2, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, insert);
-    g.jmp32(JmpOp::Jeq, Reg::R2, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, insert);
+    g.jmp32(
+        JmpOp::Jeq,
+        Reg::R2,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        insert,
+    );
+    g.jmp32(
+        JmpOp::Jeq,
+        Reg::R2,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        insert,
+    );
     g.goto(done);
     g.place(insert);
     g.ldx(Size::W, Reg::R2, g.ctx(), BPF_SOCK_OPS_FAMILY);
@@ -1193,7 +1440,10 @@ fn sockops_program() -> Assembled {
     g.place(known);
     g.sock_key(SOCK_OPS_LAYOUT, false);
     g.mov64(Reg::R1, Src::Reg(g.ctx()));
-    g.emit(Insn::LdMap { dst: Reg::R2, map: MAP_SOCKHASH });
+    g.emit(Insn::LdMap {
+        dst: Reg::R2,
+        map: MAP_SOCKHASH,
+    });
     g.stack_ptr(Reg::R3, STACK_SOCK_KEY);
     g.mov64(Reg::R4, Src::Imm(BPF_ANY as i32));
     g.call(BPF_FUNC_sock_hash_update);

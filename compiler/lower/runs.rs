@@ -24,7 +24,12 @@ pub(super) enum Step {
     /// Rules `first..=last` (all terminal, one decision), tested together by `cond`.
     /// `keyed`, when the run's tests allow it: the same search with every interval
     /// labelled by the first rule that matches it, which also finds the rule.
-    Run { first: usize, last: usize, cond: Cond, keyed: Option<Vec<Keyed>> },
+    Run {
+        first: usize,
+        last: usize,
+        cond: Cond,
+        keyed: Option<Vec<Keyed>>,
+    },
 }
 
 /// What a keyed search reads.
@@ -45,6 +50,9 @@ pub(super) struct Keyed {
     pub intervals: Vec<(u64, u64, usize)>,
 }
 
+/// Intervals `(lo, hi)` labelled with a rule index.
+type Labeled = Vec<(u64, u64, usize)>;
+
 /// Keyed searches per run at most (each keeps an index and a flag in a stack word).
 pub(super) const MAX_KEYS: usize = 8;
 
@@ -64,9 +72,18 @@ pub(super) fn plan(policy: &hir::Policy) -> Vec<Step> {
             j += 1;
         }
         if j - i >= MIN_RUN {
-            let tests: Vec<Test> = rules[i..j].iter().filter_map(value_rule).flat_map(|(_, t)| t).collect();
+            let tests: Vec<Test> = rules[i..j]
+                .iter()
+                .filter_map(value_rule)
+                .flat_map(|(_, t)| t)
+                .collect();
             let keyed = keyed(&rules[i..j], i);
-            steps.push(Step::Run { first: i, last: j - 1, cond: group(tests), keyed });
+            steps.push(Step::Run {
+                first: i,
+                last: j - 1,
+                cond: group(tests),
+                keyed,
+            });
         } else {
             steps.extend((i..j).map(Step::Rule));
         }
@@ -78,7 +95,9 @@ pub(super) fn plan(policy: &hir::Policy) -> Vec<Step> {
 /// A terminal rule whose condition is an `or` of integer and address tests: its decision
 /// and those tests.
 fn value_rule(r: &hir::Rule) -> Option<(&Decision, Vec<Test>)> {
-    let Action::Decide(d) = &r.action else { return None };
+    let Action::Decide(d) = &r.action else {
+        return None;
+    };
     let mut tests = Vec::new();
     collect(&simplify(&r.cond), &mut tests).then_some((d, tests))
 }
@@ -101,17 +120,21 @@ fn collect(c: &Cond, out: &mut Vec<Test>) -> bool {
 /// The keyed searches of a run (rules `rules`, the first of which has index `base`), if
 /// every test reads a context word or an IPv4 address and there are few keys.
 fn keyed(rules: &[hir::Rule], base: usize) -> Option<Vec<Keyed>> {
-    let mut keys: Vec<(Key, Vec<(u64, u64, usize)>)> = Vec::new();
+    let mut keys: Vec<(Key, Labeled)> = Vec::new();
     for (k, r) in rules.iter().enumerate() {
         let (_, tests) = value_rule(r)?;
         for t in tests {
             let (key, ranges): (Key, Vec<(u64, u64)>) = match t {
-                Test::Int { field, ranges } if super::ctx_word(field).is_some() => (Key::Int(field), ranges),
+                Test::Int { field, ranges } if super::ctx_word(field).is_some() => {
+                    (Key::Int(field), ranges)
+                }
                 Test::Addr { end, nets, mapped } => {
                     let mut ranges = Vec::new();
                     for n in nets {
                         match n {
-                            Net::V4 { addr, prefix } => ranges.push((addr as u64, (addr | !hir::mask32(prefix)) as u64)),
+                            Net::V4 { addr, prefix } => {
+                                ranges.push((addr as u64, (addr | !hir::mask32(prefix)) as u64))
+                            }
                             Net::V6 { .. } => return None,
                         }
                     }
@@ -126,13 +149,22 @@ fn keyed(rules: &[hir::Rule], base: usize) -> Option<Vec<Keyed>> {
                     keys.len() - 1
                 }
             };
-            keys[slot].1.extend(ranges.into_iter().map(|(lo, hi)| (lo, hi, base + k)));
+            keys[slot]
+                .1
+                .extend(ranges.into_iter().map(|(lo, hi)| (lo, hi, base + k)));
         }
     }
     if keys.len() > MAX_KEYS {
         return None;
     }
-    Some(keys.into_iter().map(|(key, labeled)| Keyed { key, intervals: envelope(labeled) }).collect())
+    Some(
+        keys.into_iter()
+            .map(|(key, labeled)| Keyed {
+                key,
+                intervals: envelope(labeled),
+            })
+            .collect(),
+    )
 }
 
 /// Disjoint sorted intervals labelled with the smallest label covering them, from
@@ -142,8 +174,12 @@ fn envelope(labeled: Vec<(u64, u64, usize)>) -> Vec<(u64, u64, usize)> {
     let mut covered: BTreeMap<u64, (u64, usize)> = BTreeMap::new();
     for (lo, hi, label) in labeled {
         // Existing intervals that overlap [lo, hi], in ascending order.
-        let mut overlaps: Vec<(u64, u64)> =
-            covered.range(..=hi).rev().map(|(s, (e, _))| (*s, *e)).take_while(|(_, e)| *e >= lo).collect();
+        let mut overlaps: Vec<(u64, u64)> = covered
+            .range(..=hi)
+            .rev()
+            .map(|(s, (e, _))| (*s, *e))
+            .take_while(|(_, e)| *e >= lo)
+            .collect();
         overlaps.reverse();
         let mut at = lo;
         let mut done = false;
@@ -181,16 +217,25 @@ fn group(tests: Vec<Test>) -> Cond {
                 Some((_, all)) => all.extend(ranges),
                 None => ints.push((field, ranges)),
             },
-            Test::Addr { end, nets, mapped } => match addrs.iter_mut().find(|(k, _)| *k == (end, mapped)) {
-                Some((_, all)) => all.extend(nets),
-                None => addrs.push(((end, mapped), nets)),
-            },
+            Test::Addr { end, nets, mapped } => {
+                match addrs.iter_mut().find(|(k, _)| *k == (end, mapped)) {
+                    Some((_, all)) => all.extend(nets),
+                    None => addrs.push(((end, mapped), nets)),
+                }
+            }
             // `collect` admits nothing else.
             other => return Cond::Test(other),
         }
     }
-    let mut parts: Vec<Cond> =
-        ints.into_iter().map(|(field, ranges)| Cond::Test(Test::Int { field, ranges: normalize(ranges) })).collect();
+    let mut parts: Vec<Cond> = ints
+        .into_iter()
+        .map(|(field, ranges)| {
+            Cond::Test(Test::Int {
+                field,
+                ranges: normalize(ranges),
+            })
+        })
+        .collect();
     for ((end, mapped), mut nets) in addrs {
         nets.sort();
         nets.dedup();
@@ -206,36 +251,72 @@ mod tests {
 
     #[test]
     fn a_port_chain_becomes_one_run_with_two_searches() {
-        let src: String = (1..=10).map(|p| format!("drop if port == {};\n", p * 100)).collect();
+        let src: String = (1..=10)
+            .map(|p| format!("drop if port == {};\n", p * 100))
+            .collect();
         let p = check(&src).0.expect("checks");
         let steps = plan(&p);
         assert_eq!(steps.len(), 1);
-        let Step::Run { first: 0, last: 9, cond: Cond::Or(parts), keyed: Some(keys) } = &steps[0] else {
+        let Step::Run {
+            first: 0,
+            last: 9,
+            cond: Cond::Or(parts),
+            keyed: Some(keys),
+        } = &steps[0]
+        else {
             panic!("{steps:?}")
         };
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[0].intervals[3], (400, 400, 3));
         assert_eq!(parts.len(), 2);
         for part in parts {
-            let Cond::Test(Test::Int { ranges, .. }) = part else { panic!("{part:?}") };
+            let Cond::Test(Test::Int { ranges, .. }) = part else {
+                panic!("{part:?}")
+            };
             assert_eq!(ranges.len(), 10);
         }
     }
 
     #[test]
     fn the_envelope_gives_each_value_its_first_rule() {
-        let e = envelope(vec![(10, 20, 0), (5, 30, 1), (15, 15, 2), (40, 40, 3), (31, 39, 4)]);
-        assert_eq!(e, vec![(5, 9, 1), (10, 20, 0), (21, 30, 1), (31, 39, 4), (40, 40, 3)]);
-        assert_eq!(envelope(vec![(0, u64::MAX, 7), (3, 3, 8)]), vec![(0, u64::MAX, 7)]);
+        let e = envelope(vec![
+            (10, 20, 0),
+            (5, 30, 1),
+            (15, 15, 2),
+            (40, 40, 3),
+            (31, 39, 4),
+        ]);
+        assert_eq!(
+            e,
+            vec![
+                (5, 9, 1),
+                (10, 20, 0),
+                (21, 30, 1),
+                (31, 39, 4),
+                (40, 40, 3)
+            ]
+        );
+        assert_eq!(
+            envelope(vec![(0, u64::MAX, 7), (3, 3, 8)]),
+            vec![(0, u64::MAX, 7)]
+        );
     }
 
     #[test]
     fn runs_stop_at_other_decisions_and_other_shapes() {
-        let src = "drop if port == 1;\ndrop if port == 2;\ndrop if port == 3;\ndrop if port == 4;\n\
+        let src =
+            "drop if port == 1;\ndrop if port == 2;\ndrop if port == 3;\ndrop if port == 4;\n\
                    pass if port == 5;\ndrop if port == 6 and len > 3;\n";
         let p = check(src).0.expect("checks");
         let steps = plan(&p);
-        assert!(matches!(steps[0], Step::Run { first: 0, last: 3, .. }));
+        assert!(matches!(
+            steps[0],
+            Step::Run {
+                first: 0,
+                last: 3,
+                ..
+            }
+        ));
         assert!(matches!(steps[1], Step::Rule(4)));
         assert!(matches!(steps[2], Step::Rule(5)));
     }

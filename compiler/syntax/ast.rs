@@ -13,10 +13,21 @@ pub struct Policy {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Item {
-    Const { name: Ident, value: Expr, span: Span },
-    Set { name: Ident, value: Expr, span: Span },
+    Const {
+        name: Ident,
+        value: Expr,
+        span: Span,
+    },
+    Set {
+        name: Ident,
+        value: Expr,
+        span: Span,
+    },
     Rule(Rule),
-    Default { action: Action, span: Span },
+    Default {
+        action: Action,
+        span: Span,
+    },
     Test(TestCase),
 }
 
@@ -81,9 +92,19 @@ pub enum CondKind {
     Or(Vec<Cond>),
     And(Vec<Cond>),
     Not(Box<Cond>),
-    Cmp { lhs: Expr, op: Spanned<CmpOp>, rhs: Expr },
-    In { lhs: Expr, rhs: Expr },
-    StartsWith { lhs: Expr, rhs: Expr },
+    Cmp {
+        lhs: Expr,
+        op: Spanned<CmpOp>,
+        rhs: Expr,
+    },
+    In {
+        lhs: Expr,
+        rhs: Expr,
+    },
+    StartsWith {
+        lhs: Expr,
+        rhs: Expr,
+    },
     /// A bare value used as a condition: `true`, `false`, or a mistake the checker reports.
     Value(Expr),
 }
@@ -98,18 +119,31 @@ pub struct Cond {
 pub enum ExprKind {
     /// An integer; `unit` is the `KiB`/`MiB`/`GiB` multiplier (applied by the checker,
     /// which reports overflow at this span).
-    Int { value: u64, unit: Option<u64> },
+    Int {
+        value: u64,
+        unit: Option<u64>,
+    },
     Bool(bool),
     Ip(IpLit),
     Str(Vec<u8>),
     /// `a`, `local.port`, `remote.ip`: a field or a declared name.
     Path(Vec<Ident>),
     /// `payload[i]`
-    Index { base: Box<Expr>, index: Box<Expr> },
+    Index {
+        base: Box<Expr>,
+        index: Box<Expr>,
+    },
     /// `payload[i..j]` (half-open)
-    Slice { base: Box<Expr>, start: Box<Expr>, end: Box<Expr> },
+    Slice {
+        base: Box<Expr>,
+        start: Box<Expr>,
+        end: Box<Expr>,
+    },
     /// `a..b` (inclusive, in sets and after `in`)
-    Range { lo: Box<Expr>, hi: Box<Expr> },
+    Range {
+        lo: Box<Expr>,
+        hi: Box<Expr>,
+    },
     /// `{a, b, c}`
     Set(Vec<Expr>),
 }
@@ -130,8 +164,15 @@ pub struct TestCase {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TestStmt {
-    Assign { field: Vec<Ident>, value: Expr, span: Span },
-    Expect { action: Action, span: Span },
+    Assign {
+        field: Vec<Ident>,
+        value: Expr,
+        span: Span,
+    },
+    Expect {
+        action: Action,
+        span: Span,
+    },
 }
 
 impl Expr {

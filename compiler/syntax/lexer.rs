@@ -33,8 +33,7 @@ pub enum IpLit {
 #[derive(Logos, Clone, Debug, PartialEq, Eq)]
 #[logos(error = LexError)]
 #[logos(skip r"[ \t\r\n\f]+")]
-#[logos(skip(r"#[^\n]*", allow_greedy = true))]
-#[logos(skip(r"//[^\n]*", allow_greedy = true))]
+#[logos(skip(r"(#|//)[^\n]*", allow_greedy = true))]
 pub enum Tok {
     // Keywords.
     #[token("const")]
@@ -234,8 +233,13 @@ pub fn unescape(body: &str) -> Result<Vec<u8>, LexError> {
     Ok(out)
 }
 
+/// Tokens with their start and end byte offsets, as the parser takes them.
+pub type Tokens = Vec<(usize, Tok, usize)>;
+/// Lexer errors with their spans.
+pub type LexErrors = Vec<(Span, LexError)>;
+
 /// Lexes the whole source: the tokens, and every error with its span.
-pub fn lex(source: &str) -> (Vec<(usize, Tok, usize)>, Vec<(Span, LexError)>) {
+pub fn lex(source: &str) -> (Tokens, LexErrors) {
     let mut tokens = Vec::new();
     let mut errors: Vec<(Span, LexError)> = Vec::new();
     let mut lexer = Tok::lexer(source);

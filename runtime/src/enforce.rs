@@ -274,10 +274,7 @@ impl Enforcement {
         // The policy into skp_progs[0].
         let verdict_fd = sk_msg(&mut ebpf, SK_MSG_PROGRAM)?
             .fd()
-            .and_then(|fd| {
-                fd.try_clone()
-                    .map_err(|e| aya::programs::ProgramError::IOError(e))
-            })
+            .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::IOError))
             .map_err(|e| Error::from_aya("reading the policy program", &e))?;
         {
             let mut progs: ProgramArray<&mut MapData> =

@@ -70,9 +70,21 @@ pub fn generated_policy(n: usize) -> String {
         let port = 1024 + (i * 7) % 60000;
         match i % 4 {
             0 => s.push_str(&format!("drop if port == {port};\n")),
-            1 => s.push_str(&format!("drop if remote.ip == 10.{}.{}.{};\n", (i >> 16) & 255, (i >> 8) & 255, i & 255)),
-            2 => s.push_str(&format!("drop if remote.ip in 172.{}.{}.0/24 and local.port == {port};\n", 16 + (i >> 16) % 16, (i >> 8) & 255)),
-            _ => s.push_str(&format!("drop if remote.port in {{{port}, {}}};\n", port + 1)),
+            1 => s.push_str(&format!(
+                "drop if remote.ip == 10.{}.{}.{};\n",
+                (i >> 16) & 255,
+                (i >> 8) & 255,
+                i & 255
+            )),
+            2 => s.push_str(&format!(
+                "drop if remote.ip in 172.{}.{}.0/24 and local.port == {port};\n",
+                16 + (i >> 16) % 16,
+                (i >> 8) & 255
+            )),
+            _ => s.push_str(&format!(
+                "drop if remote.port in {{{port}, {}}};\n",
+                port + 1
+            )),
         }
     }
     s.push_str("default pass;\n");

@@ -192,9 +192,18 @@ mod tests {
     fn layouts_match_their_offsets() {
         assert_eq!(size_of::<SockKey>(), SockKey::SIZE);
         assert_eq!(offset_of!(SockKey, local_ip) as i16, SockKey::OFF_LOCAL_IP);
-        assert_eq!(offset_of!(SockKey, remote_ip) as i16, SockKey::OFF_REMOTE_IP);
-        assert_eq!(offset_of!(SockKey, local_port) as i16, SockKey::OFF_LOCAL_PORT);
-        assert_eq!(offset_of!(SockKey, remote_port) as i16, SockKey::OFF_REMOTE_PORT);
+        assert_eq!(
+            offset_of!(SockKey, remote_ip) as i16,
+            SockKey::OFF_REMOTE_IP
+        );
+        assert_eq!(
+            offset_of!(SockKey, local_port) as i16,
+            SockKey::OFF_LOCAL_PORT
+        );
+        assert_eq!(
+            offset_of!(SockKey, remote_port) as i16,
+            SockKey::OFF_REMOTE_PORT
+        );
         assert_eq!(size_of::<Counter>(), Counter::SIZE);
         assert_eq!(size_of::<LogRecord>(), LogRecord::SIZE);
         assert_eq!(offset_of!(LogRecord, size) as i16, LogRecord::OFF_SIZE);
@@ -220,7 +229,12 @@ mod tests {
 
     #[test]
     fn log_record_round_trips_through_bytes() {
-        let r = LogRecord { rule: 3, size: 77, comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0", ..Default::default() };
+        let r = LogRecord {
+            rule: 3,
+            size: 77,
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            ..Default::default()
+        };
         // SAFETY: LogRecord is repr(C) plain old data without padding.
         let bytes: [u8; LogRecord::SIZE] = unsafe { core::mem::transmute(r) };
         assert_eq!(LogRecord::from_bytes(&bytes), Some(r));
