@@ -1138,13 +1138,13 @@ impl Gen {
         wide: bool,
         f: Label,
     ) {
-        // A leaf scans up to 8 compares: fewer internal nodes and leaf exits keep both
+        // A leaf scans up to 16 compares: fewer internal nodes and leaf exits keep both
         // the code and the verifier's work below a compare chain's (clang's rules_1000).
         let compares: usize = ranges
             .iter()
             .map(|(lo, hi, _)| if lo == hi { 1 } else { 2 })
             .sum();
-        if compares > 8 && ranges.len() > 1 {
+        if compares > 16 && ranges.len() > 1 {
             let mid = ranges.len() / 2;
             let right = self.label();
             self.cmp_const(JmpOp::Jgt, reg, ranges[mid - 1].1, wide, right);
