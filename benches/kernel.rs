@@ -75,17 +75,23 @@ fn reason(msg: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect();
     let key = lines.iter().find(|l| {
-        l.contains("too large")
+        l.contains("os error")
+            || l.contains("too large")
             || l.contains("too complex")
             || l.contains("processed")
             || l.contains("E2BIG")
             || l.contains("limit")
     });
-    let mut s = lines
-        .first()
-        .copied()
-        .unwrap_or("unknown error")
-        .to_string();
+    let first = lines.first().copied().unwrap_or("unknown error");
+    // aya: "... failed. Verifier output:" and the runtime's "... report it with the
+    // policy and this log:" introduce a log that is not here.
+    let first = first
+        .trim_end_matches(':')
+        .trim_end_matches(" Verifier output")
+        .trim_end_matches(
+            "; this is a compiler bug, please report it with the policy and this log",
+        );
+    let mut s = first.to_string();
     if let Some(k) = key {
         if *k != s {
             s = format!("{s}: {k}");
@@ -211,12 +217,25 @@ fn slots(c: &skpc::compile::Compiled) -> usize {
     c.lowered.verdict.insns.iter().map(|i| i.slots()).sum()
 }
 
+/// The kernel's limit on a program's instructions (BPF_COMPLEXITY_LIMIT_INSNS).
+const MAX_INSNS: usize = 1_000_000;
+
+/// Why `c` did not load: the verifier's reason, or the size limit when it is over it.
+fn load_failure(c: &skpc::compile::Compiled, e: &str) -> String {
+    let n = slots(c);
+    if n > MAX_INSNS {
+        format!("does not load: {n} instructions, over the kernel's limit of {MAX_INSNS} (E2BIG)")
+    } else {
+        format!("does not load: {e}")
+    }
+}
+
 /// Loads skpc's skp_verdict (of `skpc build`'s object) for its sizes.
 fn skpc_sizes(p: &Skp, counters: bool) -> Result<Sizes, String> {
     let c = compile(p, counters)?;
     load_program(&c.object, "skp_verdict", slots(&c))
         .map(|l| l.info)
-        .map_err(|e| format!("does not load: {e}"))
+        .map_err(|e| load_failure(&c, &e))
 }
 
 // ---------------------------------------------------------------- part a
@@ -423,7 +442,7 @@ fn runtime_attach(p: &Skp) -> Result<Attach, String> {
     let object = skpc::compile::runtime_object(&c, &p.name, &p.src);
     let names = c.policy.counters.iter().map(|c| c.name.clone()).collect();
     let enf = Enforcement::new(&Policy::new(object, names))
-        .map_err(|e| format!("does not load: {}", reason(&e.to_string())))?;
+        .map_err(|e| load_failure(&c, &reason(&e.to_string())))?;
     let entry_id = *enf
         .kernel_ids()
         .programs
@@ -437,8 +456,8 @@ fn runtime_attach(p: &Skp) -> Result<Attach, String> {
 
 fn direct_attach(p: &Skp) -> Result<Attach, String> {
     let c = compile(p, false)?;
-    let loaded = load_program(&c.object, "skp_verdict", slots(&c))
-        .map_err(|e| format!("does not load: {e}"))?;
+    let loaded =
+        load_program(&c.object, "skp_verdict", slots(&c)).map_err(|e| load_failure(&c, &e))?;
     attach_direct(loaded, "skp_socks")
 }
 
