@@ -15,7 +15,7 @@ use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, Insn, Reg, Src};
 use crate::check::hir::{self, Cond, End, IntField, Net, Test};
 
-use super::{ctx_word, wire_word, Gen, MAPPED_WORD2};
+use super::{addr_words, ctx_word, split_nets, wire_word, Gen, MAPPED_WORD2};
 
 /// Registers free for miss-bit evaluation (the context is in r6, r7 holds the counter
 /// slot, r8/r9 cached fields).
@@ -290,30 +290,8 @@ impl Gen {
     }
 
     fn addr_miss(&mut self, end: End, nets: &[Net], mapped: bool, regs: &mut Regs) -> Reg {
-        let v4: Vec<(u32, u8)> = nets
-            .iter()
-            .filter_map(|n| {
-                if let Net::V4 { addr, prefix } = n {
-                    Some((*addr, *prefix))
-                } else {
-                    None
-                }
-            })
-            .collect();
-        let v6: Vec<(u128, u8)> = nets
-            .iter()
-            .filter_map(|n| {
-                if let Net::V6 { addr, prefix } = n {
-                    Some((*addr, *prefix))
-                } else {
-                    None
-                }
-            })
-            .collect();
-        let (ip4, ip6) = match end {
-            End::Local => (SK_MSG_MD_LOCAL_IP4, SK_MSG_MD_LOCAL_IP6),
-            End::Remote => (SK_MSG_MD_REMOTE_IP4, SK_MSG_MD_REMOTE_IP6),
-        };
+        let (v4, v6) = split_nets(nets);
+        let (ip4, ip6) = addr_words(end);
         let family = regs.take();
         self.ctx_ld(family, SK_MSG_MD_FAMILY);
         let acc = regs.take();

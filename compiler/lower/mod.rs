@@ -579,10 +579,7 @@ impl Gen {
                     self.ranges_to(reg, &items, field.max_value(), false, done);
                 }
                 runs::Key::Addr4 { end, mapped } => {
-                    let (ip4, ip6) = match end {
-                        End::Local => (SK_MSG_MD_LOCAL_IP4, SK_MSG_MD_LOCAL_IP6),
-                        End::Remote => (SK_MSG_MD_REMOTE_IP4, SK_MSG_MD_REMOTE_IP6),
-                    };
+                    let (ip4, ip6) = addr_words(end);
                     let (v4, v6) = (self.label(), self.label());
                     self.ctx_ld(Reg::R2, SK_MSG_MD_FAMILY);
                     self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET, v4);
@@ -1187,30 +1184,8 @@ impl Gen {
     }
 
     fn addr(&mut self, end: End, nets: &[Net], mapped: bool, t: Label, f: Label) {
-        let v4: Vec<(u32, u8)> = nets
-            .iter()
-            .filter_map(|n| {
-                if let Net::V4 { addr, prefix } = n {
-                    Some((*addr, *prefix))
-                } else {
-                    None
-                }
-            })
-            .collect();
-        let v6: Vec<(u128, u8)> = nets
-            .iter()
-            .filter_map(|n| {
-                if let Net::V6 { addr, prefix } = n {
-                    Some((*addr, *prefix))
-                } else {
-                    None
-                }
-            })
-            .collect();
-        let (ip4, ip6) = match end {
-            End::Local => (SK_MSG_MD_LOCAL_IP4, SK_MSG_MD_LOCAL_IP6),
-            End::Remote => (SK_MSG_MD_REMOTE_IP4, SK_MSG_MD_REMOTE_IP6),
-        };
+        let (v4, v6) = split_nets(nets);
+        let (ip4, ip6) = addr_words(end);
         let (v4_path, v6_path) = (self.label(), self.label());
         self.ctx_ld(Reg::R2, SK_MSG_MD_FAMILY);
         if !v4.is_empty() {
@@ -1344,6 +1319,32 @@ fn needs_helper_before_verdict(policy: &hir::Policy, options: Options) -> bool {
 /// the upper half.
 fn raw_remote_port(p: u16) -> i32 {
     ((p.swap_bytes() as u32) << 16) as i32
+}
+
+/// IPv4 prefixes as (host-order address, length).
+type Nets4 = Vec<(u32, u8)>;
+/// IPv6 prefixes as (host-order address, length).
+type Nets6 = Vec<(u128, u8)>;
+
+/// The IPv4 and IPv6 prefixes of an address test, apart.
+fn split_nets(nets: &[Net]) -> (Nets4, Nets6) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for n in nets {
+        match *n {
+            Net::V4 { addr, prefix } => v4.push((addr, prefix)),
+            Net::V6 { addr, prefix } => v6.push((addr, prefix)),
+        }
+    }
+    (v4, v6)
+}
+
+/// The `sk_msg_md` offsets of one end's IPv4 address and IPv6 address.
+fn addr_words(end: End) -> (i16, i16) {
+    match end {
+        End::Local => (SK_MSG_MD_LOCAL_IP4, SK_MSG_MD_LOCAL_IP6),
+        End::Remote => (SK_MSG_MD_REMOTE_IP4, SK_MSG_MD_REMOTE_IP6),
+    }
 }
 
 /// The `sk_msg_md` word of a field that is read straight from the context, and whether
