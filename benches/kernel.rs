@@ -861,13 +861,20 @@ fn main() {
             .position(|a| p.name == format!("{a}.skp"))
             .unwrap_or(usize::MAX)
     });
-    let generated: Vec<Skp> = env_list("SKPC_BENCH_RULES", &[10, 1000, 10_000, 100_000])
-        .into_iter()
-        .map(|n| Skp {
+    let rule_counts = env_list("SKPC_BENCH_RULES", &[10, 1000, 10_000, 100_000]);
+    let mut generated: Vec<Skp> = Vec::new();
+    for &n in &rule_counts {
+        generated.push(Skp {
             name: format!("port_addr_{n}"),
             src: gen::port_addr(n),
-        })
-        .collect();
+        });
+    }
+    for &n in &rule_counts {
+        generated.push(Skp {
+            name: format!("grouped_{n}"),
+            src: gen::port_addr_grouped(n),
+        });
+    }
 
     let a = part_a(anchor_obj.as_deref(), &examples, &anchors, &generated);
     println!("\n{a}");
@@ -883,7 +890,8 @@ fn main() {
         "\nGenerated policies `port_addr_N`: N rules, in turn `drop if port == P;`, \
          `drop if remote.ip == 10.a.b.c;`, `drop if remote.ip in 192.168.x.y/28 and local.port == P;`, \
          `drop if remote.port == P;` (benches/gen/mod.rs; P from the anchor's permutation, \
-         below the ephemeral ports).\n\n\
+         below the ephemeral ports). `grouped_N`: the same N rules grouped by kind (all \
+         `port ==` rules first, then all `remote.ip ==`, ...).\n\n\
          Command: `{}cargo bench --bench kernel` ({:.0} s). {} Anchor object: {}.\n",
         settings(),
         started.elapsed().as_secs_f64(),

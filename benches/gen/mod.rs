@@ -102,6 +102,17 @@ pub fn port_addr(n: usize) -> String {
     s
 }
 
+/// The rules of [`port_addr`], grouped by kind (all `port ==` rules, then all
+/// `remote.ip ==`, ...): the same policy, but as long runs of one kind of rule.
+pub fn port_addr_grouped(n: usize) -> String {
+    let mut kinds: [String; 4] = Default::default();
+    for (i, line) in port_addr(n).lines().enumerate() {
+        kinds[i % 4].push_str(line);
+        kinds[i % 4].push('\n');
+    }
+    kinds.concat()
+}
+
 /// Port, address, set and payload rules, in turn (the compile-time bench): two declared
 /// sets, then rules that use ports, addresses, prefixes, sets (declared and inline),
 /// payload prefixes, payload slices and lengths.
