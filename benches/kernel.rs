@@ -74,14 +74,17 @@ fn reason(msg: &str) -> String {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    let key = lines.iter().find(|l| {
-        l.contains("os error")
-            || l.contains("too large")
-            || l.contains("too complex")
-            || l.contains("processed")
-            || l.contains("E2BIG")
-            || l.contains("limit")
-    });
+    // The most telling line of a verifier log, in this order of preference.
+    let key = [
+        "too large",
+        "too complex",
+        "processed",
+        "E2BIG",
+        "os error",
+        "limit",
+    ]
+    .iter()
+    .find_map(|k| lines.iter().find(|l| l.contains(k)));
     let first = lines.first().copied().unwrap_or("unknown error");
     // aya: "... failed. Verifier output:" and the runtime's "... report it with the
     // policy and this log:" introduce a log that is not here.
@@ -93,7 +96,7 @@ fn reason(msg: &str) -> String {
         );
     let mut s = first.to_string();
     if let Some(k) = key {
-        if *k != s {
+        if !s.contains(*k) && !k.contains(s.as_str()) {
             s = format!("{s}: {k}");
         }
     }
