@@ -137,3 +137,21 @@ fn ten_thousand_rules_build_and_load() {
         "10k rules: {processed} processed instructions"
     );
 }
+
+#[test]
+fn runs_followed_by_rules_on_the_same_fields_load() {
+    if !common::kernel_or_skip("runs_followed_by_rules_on_the_same_fields_load") {
+        return;
+    }
+    // 1000 rules in four runs: once over the verifier's 1M limit.
+    let src = constructs::grouped_policy(1000);
+    for counters in [true, false] {
+        let c = skpc::compile::compile_with("grouped.skp", &src, Options { counters })
+            .expect("compiles");
+        let processed = load_with_aya("grouped_1000", &c.object);
+        assert!(
+            processed < 100_000,
+            "grouped 1000 rules: {processed} processed instructions"
+        );
+    }
+}

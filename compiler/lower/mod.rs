@@ -413,6 +413,7 @@ impl Gen {
                         // One keyed search finds both whether and which rule matched.
                         self.code.push(Lir::Mark(first as u32));
                         self.keyed_run(keys, d);
+                        self.forget_search_bounds(&cond);
                         continue;
                     }
                     (first, Some((last, cond)))
@@ -445,6 +446,7 @@ impl Gen {
                 }
             }
             self.place(next);
+            self.forget_search_bounds(&cond);
             if cond == Cond::Const(true) && rule.action.is_terminal() {
                 // Everything after an unconditional verdict is dead.
                 self.emit_tails();
@@ -510,6 +512,21 @@ impl Gen {
         for ((field, _, off, swap), reg) in words.into_iter().zip(CACHE_REGS) {
             self.load_ctx_field(off, swap, reg);
             self.cached.push((field, reg));
+        }
+    }
+
+    /// After a binary search over a cached field, every leaf that missed knows the field
+    /// within a different range; later rules that read the field would then be verified
+    /// once per leaf (a 1000-rule policy hit the verifier's 1M limit that way). Loading
+    /// the field again makes the old bounds dead, so those paths merge.
+    fn forget_search_bounds(&mut self, cond: &Cond) {
+        let cached = self.cached.clone();
+        for (field, reg) in cached {
+            if searches(cond, field) {
+                if let Some((off, swap)) = ctx_word(field) {
+                    self.load_ctx_field(off, swap, reg);
+                }
+            }
         }
     }
 
@@ -1356,6 +1373,24 @@ fn ctx_word(field: IntField) -> Option<(i16, bool)> {
         IntField::LocalPort => Some((SK_MSG_MD_LOCAL_PORT, false)),
         IntField::RemotePort => Some((SK_MSG_MD_REMOTE_PORT, true)),
         _ => None,
+    }
+}
+
+/// Whether `c` tests `field` against enough values to be a binary search (see `ranges_to`).
+fn searches(c: &Cond, field: IntField) -> bool {
+    match c {
+        Cond::Const(_) => false,
+        Cond::Not(x) => searches(x, field),
+        Cond::And(cs) | Cond::Or(cs) => cs.iter().any(|c| searches(c, field)),
+        Cond::Test(Test::Int { field: f, ranges }) => {
+            *f == field
+                && ranges
+                    .iter()
+                    .map(|(lo, hi)| if lo == hi { 1 } else { 2 })
+                    .sum::<usize>()
+                    > 16
+        }
+        Cond::Test(_) => false,
     }
 }
 
