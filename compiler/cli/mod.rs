@@ -3,3 +3,4 @@
 pub mod exec;
 pub mod run;
 pub mod test;
+pub mod test_kernel;

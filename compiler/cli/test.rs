@@ -30,6 +30,10 @@ pub struct TestArgs {
     /// Bytes readable before the program pulls data (the first scatterlist element).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_WINDOW)]
     pub window: u32,
+    /// Also run the cases on the real kernel over loopback TCP (needs root): a pass must
+    /// deliver the bytes, a drop must fail the send with EACCES.
+    #[arg(long)]
+    pub kernel: bool,
 }
 
 pub fn run(args: TestArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
@@ -92,8 +96,38 @@ pub fn run(args: TestArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
             println!("    {name}");
         }
     }
-    let failed = failures.len();
-    println!("\n{} passed, {} failed", cases.len() - failed, failed);
+    let mut failed = failures.len();
+    let mut passed = cases.len() - failed;
+    let mut skipped = 0;
+    if args.kernel {
+        println!(
+            "\nrunning {} test{} on the kernel (loopback TCP)",
+            cases.len(),
+            if cases.len() == 1 { "" } else { "s" }
+        );
+        let outcomes = crate::cli::test_kernel::run(&compiled, &src.name, &src.text, &cases)?;
+        for (case, outcome) in cases.iter().zip(outcomes) {
+            match outcome {
+                crate::cli::test_kernel::Outcome::Ok => {
+                    println!("test {} (kernel) ... ok", case.name);
+                    passed += 1;
+                }
+                crate::cli::test_kernel::Outcome::Failed(why) => {
+                    println!("test {} (kernel) ... FAILED: {why}", case.name);
+                    failed += 1;
+                }
+                crate::cli::test_kernel::Outcome::Skipped(why) => {
+                    println!("test {} (kernel) ... skipped: {why}", case.name);
+                    skipped += 1;
+                }
+            }
+        }
+    }
+    if args.kernel {
+        println!("\n{passed} passed, {failed} failed, {skipped} skipped");
+    } else {
+        println!("\n{passed} passed, {failed} failed");
+    }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

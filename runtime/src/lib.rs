@@ -24,6 +24,7 @@
 mod enforce;
 mod error;
 mod fs;
+pub mod net;
 pub mod process;
 mod sys;
 

@@ -1,0 +1,155 @@
+//! `skpc test --kernel`: the same test cases on the real kernel, over loopback TCP.
+//!
+//! Each case becomes a real connection: a listener on the case's remote address and
+//! port, a client bound to its local address and port, the client put under the policy
+//! (a sockmap slot), one `send` of the case's payload. A pass must deliver the bytes, a
+//! drop must fail the send with EACCES. Cases a loopback run cannot reproduce are
+//! skipped, each with the reason: addresses off the loopback, a policy that reads the
+//! sender's uid/gid/pid/cgroup/comm (the run's own process has other values), and
+//! verdicts one send cannot show (redirects, cork, `for N`).
+
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::time::Duration;
+
+use skpc::check::hir::{self, Cond, Decision, IntField, Test, Verdict};
+use skpc::compile::Compiled;
+use skpc_runtime::{Enforcement, Policy};
+
+/// The sockmap slot the test client is put in (the last one: the least likely to be a
+/// redirect target of the policy).
+const CLIENT_SLOT: u32 = skpc_abi::SOCKMAP_SLOTS - 1;
+
+/// What the kernel did with one case.
+pub enum Outcome {
+    Ok,
+    Failed(String),
+    Skipped(String),
+}
+
+/// Enforces the policy and runs every case; the outcome per case.
+pub fn run(
+    c: &Compiled,
+    file: &str,
+    source: &str,
+    cases: &[&hir::TestCase],
+) -> anyhow::Result<Vec<Outcome>> {
+    let object = skpc::compile::runtime_object(c, file, source);
+    let policy = Policy::new(
+        object,
+        c.policy.counters.iter().map(|x| x.name.clone()).collect(),
+    );
+    let mut enforcement = Enforcement::new(&policy).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let process_fields = reads_process_fields(&c.policy);
+    Ok(cases
+        .iter()
+        .map(|case| run_case(&mut enforcement, case, process_fields))
+        .collect())
+}
+
+fn run_case(enf: &mut Enforcement, case: &hir::TestCase, process_fields: bool) -> Outcome {
+    let m = &case.message;
+    let expect_drop = match case.expect {
+        Decision {
+            verdict: Verdict::Pass,
+            apply_bytes: None,
+        } => false,
+        Decision {
+            verdict: Verdict::Drop,
+            apply_bytes: None,
+        } => true,
+        _ => {
+            return Outcome::Skipped(
+                "one send shows only pass or drop (not redirect, cork, `for N`)".into(),
+            )
+        }
+    };
+    if process_fields {
+        return Outcome::Skipped("the policy reads uid/gid/pid/cgroup/comm, which this run's process cannot take from the case".into());
+    }
+    if !m.local_ip.is_loopback() && !is_mapped_loopback(&m.local_ip)
+        || !m.remote_ip.is_loopback() && !is_mapped_loopback(&m.remote_ip)
+    {
+        return Outcome::Skipped(format!(
+            "{} -> {} is not a loopback connection",
+            m.local_ip, m.remote_ip
+        ));
+    }
+    if m.local_port == 0 || m.remote_port == 0 {
+        return Outcome::Skipped("port 0 cannot be bound to".into());
+    }
+    let remote = SocketAddr::new(m.remote_ip, m.remote_port);
+    let local = SocketAddr::new(m.local_ip, m.local_port);
+    let listener = match TcpListener::bind(remote) {
+        Ok(l) => l,
+        Err(e) => return Outcome::Skipped(format!("cannot listen on {remote}: {e}")),
+    };
+    let client = match skpc_runtime::net::connect_from(local, remote) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Skipped(format!("cannot connect from {local} to {remote}: {e}")),
+    };
+    let Ok((mut server, _)) = listener.accept() else {
+        return Outcome::Skipped(format!("no connection arrived on {remote}"));
+    };
+    if let Err(e) = enf.insert_sock(CLIENT_SLOT, std::os::fd::AsFd::as_fd(&client)) {
+        return Outcome::Failed(format!("cannot put the client under the policy: {e}"));
+    }
+    // The case's bytes; a longer `len` is filled with 'x' (bytes the case leaves unseen).
+    let mut bytes = m.payload.clone();
+    bytes.resize(m.len as usize, b'x');
+    let sent = skpc_runtime::net::send_once(&client, &bytes);
+    let outcome = match (sent, expect_drop) {
+        (Err(e), true) if e.raw_os_error() == Some(libc_eacces()) => Outcome::Ok,
+        (Ok(n), false) => {
+            let _ = server.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut got = vec![0u8; n];
+            match server.read_exact(&mut got) {
+                Ok(()) if got == bytes[..n] && n == bytes.len() => Outcome::Ok,
+                Ok(()) => Outcome::Failed(format!(
+                    "the peer received other bytes than the {} sent",
+                    bytes.len()
+                )),
+                Err(e) => Outcome::Failed(format!(
+                    "the send passed but the peer did not receive the bytes: {e}"
+                )),
+            }
+        }
+        (Ok(n), true) => Outcome::Failed(format!(
+            "expected a drop (EACCES), the kernel passed {n} bytes"
+        )),
+        (Err(e), false) => Outcome::Failed(format!("expected a pass, the send failed: {e}")),
+        (Err(e), true) => Outcome::Failed(format!(
+            "expected a drop (EACCES), the send failed otherwise: {e}"
+        )),
+    };
+    let _ = enf.remove_sock(CLIENT_SLOT);
+    outcome
+}
+
+const fn libc_eacces() -> i32 {
+    13 // EACCES, as the kernel returns it for SK_DROP
+}
+
+fn is_mapped_loopback(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()))
+}
+
+/// Whether any rule reads a field of the sending process.
+fn reads_process_fields(p: &hir::Policy) -> bool {
+    fn cond(c: &Cond) -> bool {
+        match c {
+            Cond::Const(_) => false,
+            Cond::Not(x) => cond(x),
+            Cond::And(cs) | Cond::Or(cs) => cs.iter().any(cond),
+            Cond::Test(Test::Int { field, .. }) => {
+                matches!(
+                    field,
+                    IntField::Uid | IntField::Gid | IntField::Pid | IntField::Cgroup
+                )
+            }
+            Cond::Test(Test::Comm { .. }) => true,
+            Cond::Test(_) => false,
+        }
+    }
+    p.rules.iter().any(|r| cond(&r.cond))
+}
