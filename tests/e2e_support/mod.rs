@@ -100,35 +100,9 @@ pub fn connect(l: &TcpListener) -> (TcpStream, TcpStream) {
 
 /// A pair whose client is bound to `local` first (to choose the client's port).
 pub fn connect_from(l: &TcpListener, local: SocketAddr) -> (TcpStream, TcpStream) {
-    let domain = if local.is_ipv6() {
-        libc::AF_INET6
-    } else {
-        libc::AF_INET
-    };
-    // SAFETY: plain socket(2); the fd is handed to TcpStream below.
-    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0);
-    let one: libc::c_int = 1;
-    // SAFETY: valid fd and option buffer.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            &one as *const _ as *const libc::c_void,
-            4,
-        )
-    };
-    let (sa, len) = sockaddr(local);
-    // SAFETY: sa is a valid sockaddr of len bytes.
-    let r = unsafe { libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) };
-    assert_eq!(r, 0, "bind {local}: {}", io::Error::last_os_error());
-    let (sa, len) = sockaddr(l.local_addr().unwrap());
-    // SAFETY: as above.
-    let r = unsafe { libc::connect(fd, &sa as *const _ as *const libc::sockaddr, len) };
-    assert_eq!(r, 0, "connect: {}", io::Error::last_os_error());
-    // SAFETY: we own fd.
-    let c = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let remote = l.local_addr().unwrap();
+    let c = skpc_runtime::net::connect_from(local, remote)
+        .unwrap_or_else(|e| panic!("connect from {local} to {remote}: {e}"));
     let (s, _) = l.accept().expect("accept");
     for x in [&c, &s] {
         x.set_nodelay(true).unwrap();
@@ -138,45 +112,9 @@ pub fn connect_from(l: &TcpListener, local: SocketAddr) -> (TcpStream, TcpStream
     (c, s)
 }
 
-fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: zero is a valid sockaddr_storage.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    match a {
-        SocketAddr::V4(v4) => {
-            // SAFETY: sockaddr_storage is large enough for sockaddr_in.
-            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as u16;
-            sin.sin_port = v4.port().to_be();
-            sin.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
-            (ss, std::mem::size_of::<libc::sockaddr_in>() as u32)
-        }
-        SocketAddr::V6(v6) => {
-            // SAFETY: sockaddr_storage is large enough for sockaddr_in6.
-            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
-            sin6.sin6_family = libc::AF_INET6 as u16;
-            sin6.sin6_port = v6.port().to_be();
-            sin6.sin6_addr.s6_addr = v6.ip().octets();
-            (ss, std::mem::size_of::<libc::sockaddr_in6>() as u32)
-        }
-    }
-}
-
 /// One send(2) call; the errno on failure (EACCES for a drop).
 pub fn send(s: &impl AsRawFd, buf: &[u8]) -> Result<usize, i32> {
-    // SAFETY: buf is valid for reads of its length.
-    let n = unsafe {
-        libc::send(
-            s.as_raw_fd(),
-            buf.as_ptr() as *const libc::c_void,
-            buf.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error().raw_os_error().unwrap_or(0))
-    } else {
-        Ok(n as usize)
-    }
+    skpc_runtime::net::send_once(s, buf).map_err(|e| e.raw_os_error().unwrap_or(0))
 }
 
 /// One writev(2) call with `parts` as iovecs.
