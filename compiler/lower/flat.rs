@@ -15,7 +15,7 @@ use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, Insn, Reg, Src};
 use crate::check::hir::{self, Cond, End, IntField, Net, Test};
 
-use super::{addr_words, ctx_word, split_nets, wire_word, Gen, MAPPED_WORD2};
+use super::{addr_words, ctx_word, split_nets, wire_word, word_of, Gen, MAPPED_WORD2};
 
 /// Registers free for miss-bit evaluation (the context is in r6, r7 holds the counter
 /// slot, r8/r9 cached fields).
@@ -186,27 +186,15 @@ impl Gen {
         let mut acc: Option<Reg> = None;
         for &(lo, hi) in ranges {
             let m = regs.take();
-            self.emit(Insn::Alu32 {
-                op: AluOp::Mov,
-                dst: m,
-                src: Src::Reg(v),
-            });
+            self.alu32(AluOp::Mov, m, Src::Reg(v));
             if lo == hi {
-                self.emit(Insn::Alu32 {
-                    op: AluOp::Xor,
-                    dst: m,
-                    src: Src::Imm(lo as u32 as i32),
-                });
+                self.alu32(AluOp::Xor, m, Src::Imm(lo as u32 as i32));
                 self.nonzero(m);
             } else if lo == 0 && hi >= max {
                 self.mov64(m, Src::Imm(0));
             } else {
                 if lo > 0 {
-                    self.emit(Insn::Alu32 {
-                        op: AluOp::Sub,
-                        dst: m,
-                        src: Src::Imm(lo as u32 as i32),
-                    });
+                    self.alu32(AluOp::Sub, m, Src::Imm(lo as u32 as i32));
                 }
                 let width = regs.take();
                 let span = hi.min(max) - lo;
@@ -247,23 +235,15 @@ impl Gen {
         self.mov64(acc, Src::Imm(1));
         for &(addr, prefix) in nets {
             let m = regs.take();
-            self.emit(Insn::Alu32 {
-                op: AluOp::Mov,
-                dst: m,
-                src: Src::Reg(a),
-            });
+            self.alu32(AluOp::Mov, m, Src::Reg(a));
             if prefix < 32 {
-                self.emit(Insn::Alu32 {
-                    op: AluOp::And,
-                    dst: m,
-                    src: Src::Imm(wire_word(hir::mask32(prefix).to_be_bytes())),
-                });
+                self.alu32(
+                    AluOp::And,
+                    m,
+                    Src::Imm(wire_word(hir::mask32(prefix).to_be_bytes())),
+                );
             }
-            self.emit(Insn::Alu32 {
-                op: AluOp::Xor,
-                dst: m,
-                src: Src::Imm(wire_word(addr.to_be_bytes())),
-            });
+            self.alu32(AluOp::Xor, m, Src::Imm(wire_word(addr.to_be_bytes())));
             self.nonzero(m);
             self.alu64(AluOp::And, acc, Src::Reg(m));
             regs.give(m);
@@ -274,16 +254,8 @@ impl Gen {
     /// `r |= (family != want)`, using a scratch register.
     fn or_family_miss(&mut self, r: Reg, family: Reg, want: i32, regs: &mut Regs) {
         let t = regs.take();
-        self.emit(Insn::Alu32 {
-            op: AluOp::Mov,
-            dst: t,
-            src: Src::Reg(family),
-        });
-        self.emit(Insn::Alu32 {
-            op: AluOp::Xor,
-            dst: t,
-            src: Src::Imm(want),
-        });
+        self.alu32(AluOp::Mov, t, Src::Reg(family));
+        self.alu32(AluOp::Xor, t, Src::Imm(want));
         self.nonzero(t);
         self.alu64(AluOp::Or, r, Src::Reg(t));
         regs.give(t);
@@ -311,11 +283,7 @@ impl Gen {
                 for (w, want) in [(0i16, 0u32), (4, 0), (8, MAPPED_WORD2)] {
                     self.ctx_ld(t, ip6 + w);
                     if want != 0 {
-                        self.emit(Insn::Alu32 {
-                            op: AluOp::Xor,
-                            dst: t,
-                            src: Src::Imm(want as i32),
-                        });
+                        self.alu32(AluOp::Xor, t, Src::Imm(want as i32));
                     }
                     self.nonzero(t);
                     self.alu64(AluOp::Or, m, Src::Reg(t));
@@ -334,34 +302,16 @@ impl Gen {
             let bytes = addr.to_be_bytes();
             let mask = hir::mask128(*prefix).to_be_bytes();
             for w in 0..4usize {
-                let mw = wire_word([
-                    mask[w * 4],
-                    mask[w * 4 + 1],
-                    mask[w * 4 + 2],
-                    mask[w * 4 + 3],
-                ]);
+                let mw = word_of(&mask, w);
                 if mw == 0 {
                     continue;
                 }
-                let want = wire_word([
-                    bytes[w * 4],
-                    bytes[w * 4 + 1],
-                    bytes[w * 4 + 2],
-                    bytes[w * 4 + 3],
-                ]);
+                let want = word_of(&bytes, w);
                 self.ctx_ld(t, ip6 + (w as i16) * 4);
                 if mw != -1 {
-                    self.emit(Insn::Alu32 {
-                        op: AluOp::And,
-                        dst: t,
-                        src: Src::Imm(mw),
-                    });
+                    self.alu32(AluOp::And, t, Src::Imm(mw));
                 }
-                self.emit(Insn::Alu32 {
-                    op: AluOp::Xor,
-                    dst: t,
-                    src: Src::Imm(want),
-                });
+                self.alu32(AluOp::Xor, t, Src::Imm(want));
                 self.nonzero(t);
                 self.alu64(AluOp::Or, m, Src::Reg(t));
             }

@@ -234,6 +234,16 @@ const SOCK_OPS_LAYOUT: CtxLayout = CtxLayout {
     remote_port: BPF_SOCK_OPS_REMOTE_PORT,
 };
 
+/// Word `w` (0..4) of a 16-byte IPv6 address or mask, as a 32-bit load of it sees it.
+fn word_of(bytes: &[u8; 16], w: usize) -> i32 {
+    wire_word([
+        bytes[w * 4],
+        bytes[w * 4 + 1],
+        bytes[w * 4 + 2],
+        bytes[w * 4 + 3],
+    ])
+}
+
 /// The IPv4-mapped prefix word 2 (`0000:ffff`) as a little-endian load sees it.
 const MAPPED_WORD2: u32 = u32::from_le_bytes([0, 0, 0xff, 0xff]);
 
@@ -336,6 +346,10 @@ impl Gen {
             dst,
             src: Src::Imm(imm as i32),
         });
+    }
+
+    fn alu32(&mut self, op: AluOp, dst: Reg, src: Src) {
+        self.emit(Insn::Alu32 { op, dst, src });
     }
 
     fn alu64(&mut self, op: AluOp, dst: Reg, src: Src) {
@@ -653,11 +667,7 @@ impl Gen {
             self.alu64(AluOp::Add, Reg::R4, Src::Reg(Reg::R1));
         }
         self.jmp64(JmpOp::Jeq, Reg::R5, Src::Imm(0), miss);
-        self.emit(Insn::Alu32 {
-            op: AluOp::Mov,
-            dst: SLOT,
-            src: Src::Reg(Reg::R4),
-        });
+        self.alu32(AluOp::Mov, SLOT, Src::Reg(Reg::R4));
         let tail = self.tail(d);
         self.goto(tail);
         self.place(miss);
@@ -1021,11 +1031,7 @@ impl Gen {
             }
             IntField::Uid => {
                 self.call(BPF_FUNC_get_current_uid_gid);
-                self.emit(Insn::Alu32 {
-                    op: AluOp::Mov,
-                    dst: Reg::R2,
-                    src: Src::Reg(Reg::R0),
-                });
+                self.alu32(AluOp::Mov, Reg::R2, Src::Reg(Reg::R0));
             }
             IntField::Gid => {
                 self.call(BPF_FUNC_get_current_uid_gid);
@@ -1225,18 +1231,14 @@ impl Gen {
                 let bytes = addr.to_be_bytes();
                 let mask = hir::mask128(*prefix).to_be_bytes();
                 for w in 0..4usize {
-                    let m = wire_word(mask[w * 4..w * 4 + 4].try_into().unwrap_or([0; 4]));
+                    let m = word_of(&mask, w);
                     if m == 0 {
                         continue;
                     }
-                    let want = wire_word(bytes[w * 4..w * 4 + 4].try_into().unwrap_or([0; 4]));
+                    let want = word_of(&bytes, w);
                     self.ctx_ld(Reg::R2, ip6 + (w as i16) * 4);
                     if m != -1 {
-                        self.emit(Insn::Alu32 {
-                            op: AluOp::And,
-                            dst: Reg::R2,
-                            src: Src::Imm(m),
-                        });
+                        self.alu32(AluOp::And, Reg::R2, Src::Imm(m));
                     }
                     self.jmp32(JmpOp::Jne, Reg::R2, want, next);
                 }
@@ -1284,16 +1286,8 @@ impl Gen {
                 return;
             } else {
                 let m = wire_word(hir::mask32(prefix).to_be_bytes());
-                self.emit(Insn::Alu32 {
-                    op: AluOp::Mov,
-                    dst: Reg::R3,
-                    src: Src::Reg(Reg::R2),
-                });
-                self.emit(Insn::Alu32 {
-                    op: AluOp::And,
-                    dst: Reg::R3,
-                    src: Src::Imm(m),
-                });
+                self.alu32(AluOp::Mov, Reg::R3, Src::Reg(Reg::R2));
+                self.alu32(AluOp::And, Reg::R3, Src::Imm(m));
                 self.jmp32(JmpOp::Jeq, Reg::R3, want, t);
             }
         }
