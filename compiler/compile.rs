@@ -2,8 +2,8 @@
 //! Also the assembly listing (`skpc build --emit asm`).
 
 use skpc_abi::{
-    PROGS_NAME, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SK_MSG_SECTION, SOCKHASH_NAME, SOCKMAP_NAME,
-    SOCK_OPS_PROGRAM, SOCK_OPS_SECTION,
+    IndexEntry, INDEX_SECTION, PROGS_NAME, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SK_MSG_SECTION,
+    SOCKHASH_NAME, SOCKMAP_NAME, SOCK_OPS_PROGRAM, SOCK_OPS_SECTION,
 };
 
 use crate::bpf::{disassemble_at, encode_all, Insn};
@@ -65,9 +65,19 @@ pub fn object_spec(lowered: &Lowered, file_name: &str, source: &str) -> ObjectSp
         .collect();
     let lines: Vec<&str> = source.lines().collect();
     let verdict_lines = line_info(&lowered.verdict, &lowered.mark_lines, file_name, &lines);
+    let data_sections = if lowered.index.is_empty() {
+        Vec::new()
+    } else {
+        let mut bytes = Vec::with_capacity(lowered.index.len() * IndexEntry::SIZE);
+        for e in &lowered.index {
+            bytes.extend_from_slice(&e.to_bytes());
+        }
+        vec![(INDEX_SECTION.to_string(), bytes)]
+    };
     ObjectSpec {
         license: "GPL".to_string(),
         maps,
+        data_sections,
         programs: vec![
             ProgramSpec {
                 section: SK_MSG_SECTION.to_string(),

@@ -206,6 +206,7 @@ fn spec(lines: bool) -> ObjectSpec {
     ObjectSpec {
         license: "GPL".into(),
         maps: maps(),
+        data_sections: vec![],
         programs: vec![
             verdict(lines),
             lookup(lines),

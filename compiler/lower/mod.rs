@@ -8,10 +8,11 @@
 //! jumps to the next instruction and code no jump reaches (the verifier rejects it).
 
 mod flat;
+mod index;
 pub mod lir;
 mod runs;
 
-use skpc_abi::{Counter, LogRecord, SockKey};
+use skpc_abi::{Counter, IndexEntry, LogRecord, SockKey};
 
 use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, Endian, Insn, JmpOp, Reg, Size, Src};
@@ -29,6 +30,10 @@ pub enum MapKind {
     Counters,
     Events,
     Progs,
+    /// The rule index (see `index`).
+    Index,
+    /// Whether the runtime filled the index.
+    IndexReady,
 }
 
 impl MapKind {
@@ -39,6 +44,8 @@ impl MapKind {
             MapKind::Counters => skpc_abi::COUNTERS_NAME,
             MapKind::Events => skpc_abi::EVENTS_NAME,
             MapKind::Progs => skpc_abi::PROGS_NAME,
+            MapKind::Index => skpc_abi::INDEX_NAME,
+            MapKind::IndexReady => skpc_abi::INDEX_READY_NAME,
         }
     }
 }
@@ -65,6 +72,8 @@ pub struct Lowered {
     /// Mark `i` of `verdict` is rule `i`; mark `rules.len()` is the default, and
     /// `rules.len() + 1` the verdict tails the rules jump to (line 0: no source line).
     pub mark_lines: Vec<u32>,
+    /// The entries of the rule index map (empty when no block is indexed), sorted by key.
+    pub index: Vec<IndexEntry>,
 }
 
 const MAP_SOCKMAP: u32 = 0;
@@ -92,6 +101,10 @@ const STACK_COMM: i16 = -80; // 16 bytes
 const STACK_LOG: i16 = -168; // 80 bytes
 const STACK_SNAPSHOT: i16 = -232; // 56 bytes: sk_msg_md words family..size
 const STACK_KEYED: i16 = -304; // runs::MAX_KEYS x (index u32, flag u32)
+const STACK_INDEX_KEY: i16 = -328; // IndexEntry::KEY_SIZE (20) bytes
+const STACK_INDEX_BEST: i16 = -336; // u32: the smallest indexed rule found
+/// "No rule" in STACK_INDEX_BEST and the keyed searches' index words.
+const NO_RULE: u32 = u32::MAX;
 /// The context words a snapshot holds: `family` (16) up to and including `size` (68).
 const SNAPSHOT_FIRST: i16 = SK_MSG_MD_FAMILY;
 const SNAPSHOT_END: i16 = SK_MSG_MD_SIZE + 4;
@@ -151,11 +164,30 @@ pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
             max_entries: skpc_abi::EVENTS_BYTES,
         });
     }
+    let index = index::plan(policy);
     let mut g = Gen {
         options,
         ..Gen::default()
     };
-    g.verdict_program(policy);
+    if !index.blocks.is_empty() {
+        g.index_map = maps.len() as u32;
+        maps.push(MapSpec {
+            kind: MapKind::Index,
+            map_type: BPF_MAP_TYPE_HASH,
+            key_size: IndexEntry::KEY_SIZE as u32,
+            value_size: IndexEntry::VALUE_SIZE as u32,
+            max_entries: index.entries.len().max(1) as u32,
+        });
+        g.ready_map = maps.len() as u32;
+        maps.push(MapSpec {
+            kind: MapKind::IndexReady,
+            map_type: BPF_MAP_TYPE_ARRAY,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
+        });
+    }
+    g.verdict_program(policy, &index.blocks);
     let verdict = lir::assemble(&lir::cleanup(g.code));
     let mut mark_lines: Vec<u32> = policy.rules.iter().map(|r| r.line).collect();
     mark_lines.push(
@@ -173,6 +205,7 @@ pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
         entry: entry_program(),
         sockops: sockops_program(),
         mark_lines,
+        index: index.entries,
     }
 }
 
@@ -194,6 +227,11 @@ struct Gen {
     flat: bool,
     /// The context words are copied to the stack (`take_snapshot`).
     snapshot: bool,
+    /// Map numbers of the rule index and its ready flag (when a block is indexed).
+    index_map: u32,
+    ready_map: u32,
+    /// Where the program goes when the index is not filled (set by the first block).
+    index_not_ready: Option<Label>,
 }
 
 impl Default for Options {
@@ -400,20 +438,31 @@ impl Gen {
 
     // ------------------------------------------------------------------ program
 
-    fn verdict_program(&mut self, policy: &hir::Policy) {
+    fn verdict_program(&mut self, policy: &hir::Policy, blocks: &[index::Block]) {
         self.tails_mark = policy.rules.len() as u32 + 1;
-        self.flat = policy.rules.len() > FLAT_ABOVE_RULES;
-        // Branch-free rules use r0-r5 as scratch: the context must live in r6.
-        self.ctx_in_r1 = !self.flat && !needs_helper_before_verdict(policy, self.options);
+        let indexed: usize = blocks.iter().map(|b| b.indexed).sum();
+        self.flat = policy.rules.len() - indexed > FLAT_ABOVE_RULES;
+        // Branch-free rules use r0-r5 as scratch, and index lookups call a helper: the
+        // context must live in r6.
+        self.ctx_in_r1 =
+            !self.flat && blocks.is_empty() && !needs_helper_before_verdict(policy, self.options);
         if !self.ctx_in_r1 {
             self.mov64(CTX, Src::Reg(Reg::R1));
         }
         if self.flat {
             self.take_snapshot();
         }
-        self.cache_fields(policy);
-        for step in runs::plan(policy) {
+        self.cache_fields(policy, blocks);
+        for step in runs::plan(policy, blocks) {
             let (i, run) = match step {
+                runs::Step::Indexed(k) => {
+                    if self.indexed_block(policy, &blocks[k]) {
+                        // An unconditional rule of the block decided: the rest is dead.
+                        self.emit_tails();
+                        return;
+                    }
+                    continue;
+                }
                 runs::Step::Rule(i) => (i, None),
                 runs::Step::Run {
                     first,
@@ -509,9 +558,16 @@ impl Gen {
 
     /// Loads the cheap context fields that several tests read into callee-saved
     /// registers, once, so that each test is a single compare.
-    fn cache_fields(&mut self, policy: &hir::Policy) {
+    fn cache_fields(&mut self, policy: &hir::Policy, blocks: &[index::Block]) {
         let mut uses: Vec<(IntField, usize)> = Vec::new();
-        for r in &policy.rules {
+        let mut in_index = vec![false; policy.rules.len()];
+        for b in blocks {
+            in_index[b.first..=b.last].fill(true);
+            for &r in &b.rest {
+                in_index[r] = false;
+            }
+        }
+        for (r, _) in policy.rules.iter().zip(&in_index).filter(|(_, i)| !**i) {
             count_field_uses(&r.cond, &mut uses);
         }
         let mut words: Vec<(IntField, usize, i16, bool)> = uses
@@ -565,13 +621,206 @@ impl Gen {
         }
     }
 
+    /// An indexed block (see `index`): one map lookup per tuple, then the block's other
+    /// rules as code; the smallest matching rule index decides (and is counted). Returns
+    /// whether an unconditional rule of the block makes everything after it dead.
+    fn indexed_block(&mut self, policy: &hir::Policy, block: &index::Block) -> bool {
+        use index::Component;
+        self.code.push(Lir::Mark(block.first as u32));
+        if self.index_not_ready.is_none() {
+            // Every path to a later block passes this one: one check is enough.
+            let not_ready = self.label();
+            self.index_not_ready = Some(not_ready);
+            self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, 0);
+            self.emit(Insn::LdMap {
+                dst: Reg::R1,
+                map: self.ready_map,
+            });
+            self.stack_ptr(Reg::R2, STACK_COUNTER_KEY);
+            self.call(BPF_FUNC_map_lookup_elem);
+            self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), not_ready);
+            self.ldx(Size::W, Reg::R1, Reg::R0, 0);
+            self.jmp32(JmpOp::Jne, Reg::R1, skpc_abi::INDEX_READY as i32, not_ready);
+        }
+        let counters = self.options.counters;
+        if counters {
+            self.st(Size::W, Reg::R10, STACK_INDEX_BEST, NO_RULE as i32);
+        }
+        let has = |t: &index::Tuple, f: fn(&Component) -> bool| t.components.iter().any(f);
+        let is_ip4 = |c: &Component| matches!(c, Component::Ip4 { .. });
+        let is_ip6 = |c: &Component| matches!(c, Component::Ip6 { .. });
+        let unmapped = |c: &Component| matches!(c, Component::Ip4 { mapped: false, .. });
+        // Key words past the tuple's own that may not be zero (all, at first).
+        let mut dirty = IndexEntry::KEY_WORDS - 1;
+        // Ports only: any socket.
+        for t in block
+            .tuples
+            .iter()
+            .filter(|t| !has(t, is_ip4) && !has(t, is_ip6))
+        {
+            self.index_lookup(t, false, &block.decision, &mut dirty);
+        }
+        let v4: Vec<&index::Tuple> = block
+            .tuples
+            .iter()
+            .filter(|t| has(t, is_ip4) && !has(t, is_ip6))
+            .collect();
+        let v6: Vec<&index::Tuple> = block
+            .tuples
+            .iter()
+            .filter(|t| (has(t, is_ip4) || has(t, is_ip6)) && !has(t, unmapped))
+            .collect();
+        if !v4.is_empty() || !v6.is_empty() {
+            let (l4, l6, done) = (self.label(), self.label(), self.label());
+            self.ctx_ld(Reg::R2, SK_MSG_MD_FAMILY);
+            if !v4.is_empty() {
+                self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET, l4);
+            }
+            if !v6.is_empty() {
+                self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET6, l6);
+            }
+            self.goto(done);
+            // Both families start from the key the port-only lookups left.
+            let after_ports = dirty;
+            if !v4.is_empty() {
+                self.place(l4);
+                for t in v4 {
+                    self.index_lookup(t, false, &block.decision, &mut dirty);
+                }
+                self.goto(done);
+            }
+            if !v6.is_empty() {
+                self.place(l6);
+                dirty = after_ports;
+                for t in v6 {
+                    self.index_lookup(t, true, &block.decision, &mut dirty);
+                }
+            }
+            self.place(done);
+        }
+        // The block's other rules, in order: a match decides with the smaller of its
+        // index and the best indexed one.
+        let found_best = self.label();
+        let mut ends = false;
+        for &r in &block.rest {
+            let rule = &policy.rules[r];
+            let cond = simplify(&rule.cond);
+            if cond == Cond::Const(false) {
+                continue;
+            }
+            self.code.push(Lir::Mark(r as u32));
+            let (act, next) = (self.label(), self.label());
+            self.rule_test(&cond, act, next);
+            self.place(act);
+            if counters {
+                self.ldx(Size::W, Reg::R1, Reg::R10, STACK_INDEX_BEST);
+                self.jmp32(JmpOp::Jlt, Reg::R1, r as i32, found_best);
+            }
+            self.decide_via_tail(&block.decision, rule.counter as u32);
+            self.place(next);
+            self.forget_search_bounds(&cond);
+            if cond == Cond::Const(true) {
+                ends = true;
+                break;
+            }
+        }
+        if counters {
+            let miss = self.label();
+            self.code.push(Lir::Mark(block.first as u32));
+            self.ldx(Size::W, Reg::R1, Reg::R10, STACK_INDEX_BEST);
+            self.jmp32(JmpOp::Jeq, Reg::R1, NO_RULE as i32, miss);
+            self.place(found_best);
+            self.alu32(AluOp::Mov, SLOT, Src::Reg(Reg::R1));
+            let tail = self.tail(&block.decision);
+            self.goto(tail);
+            self.place(miss);
+        }
+        ends
+    }
+
+    /// Looks tuple `t` up in the index: builds the key at STACK_INDEX_KEY from the
+    /// context (on an IPv6 socket, `v6`: IPv4 components from the IPv4-mapped address,
+    /// skipping the lookup if it is not one) and keeps the smaller rule index in
+    /// STACK_INDEX_BEST; without counters a hit decides at once. `dirty`: how many key
+    /// words after the tuple id may hold something other than zero.
+    fn index_lookup(&mut self, t: &index::Tuple, v6: bool, d: &Decision, dirty: &mut usize) {
+        use index::Component;
+        let skip = self.label();
+        self.st(Size::W, Reg::R10, STACK_INDEX_KEY, t.id as i32);
+        let mut at = STACK_INDEX_KEY + 4;
+        for &c in &t.components {
+            let words: Vec<i16> = match c {
+                Component::LocalPort => vec![SK_MSG_MD_LOCAL_PORT],
+                Component::RemotePort => vec![SK_MSG_MD_REMOTE_PORT],
+                Component::Ip4 { end, .. } => {
+                    let (ip4, ip6) = addr_words(end);
+                    if v6 {
+                        for (w, want) in [(0i16, 0u32), (4, 0), (8, MAPPED_WORD2)] {
+                            self.ctx_ld(Reg::R2, ip6 + w);
+                            self.jmp32(JmpOp::Jne, Reg::R2, want as i32, skip);
+                        }
+                        vec![ip6 + 12]
+                    } else {
+                        vec![ip4]
+                    }
+                }
+                Component::Ip6 { end, .. } => {
+                    let (_, ip6) = addr_words(end);
+                    (0..4).map(|w| ip6 + 4 * w).collect()
+                }
+            };
+            for (w, off) in words.into_iter().enumerate() {
+                let mask = index::mask_word(c, w);
+                if mask == 0 {
+                    self.st(Size::W, Reg::R10, at, 0);
+                } else {
+                    self.ctx_ld(Reg::R2, off);
+                    if mask != u32::MAX {
+                        self.alu32(AluOp::And, Reg::R2, Src::Imm(mask as i32));
+                    }
+                    self.stx(Size::W, Reg::R10, at, Reg::R2);
+                }
+                at += 4;
+            }
+        }
+        // Words past this tuple's must be zero; only those an earlier key set need it.
+        let used = ((at - STACK_INDEX_KEY) / 4 - 1) as usize;
+        for w in used..*dirty {
+            self.st(Size::W, Reg::R10, STACK_INDEX_KEY + 4 * (w as i16 + 1), 0);
+        }
+        *dirty = used;
+        self.emit(Insn::LdMap {
+            dst: Reg::R1,
+            map: self.index_map,
+        });
+        self.stack_ptr(Reg::R2, STACK_INDEX_KEY);
+        self.call(BPF_FUNC_map_lookup_elem);
+        self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
+        if self.options.counters {
+            self.ldx(Size::W, Reg::R1, Reg::R0, 0);
+            self.ldx(Size::W, Reg::R2, Reg::R10, STACK_INDEX_BEST);
+            self.code.push(Lir::Jmp {
+                op: JmpOp::Jge,
+                wide: false,
+                dst: Reg::R1,
+                src: Src::Reg(Reg::R2),
+                target: skip,
+            });
+            self.stx(Size::W, Reg::R10, STACK_INDEX_BEST, Reg::R1);
+        } else {
+            let tail = self.tail(d);
+            self.goto(tail);
+        }
+        self.place(skip);
+    }
+
     /// A run as keyed searches (see `runs::Keyed`): each search leaves the index of the
     /// first matching rule in its stack word (NONE if none) and 1 in its flag word; the
     /// smallest index wins. The verifier only branches on the flags, never on an index,
     /// so it keeps the indices imprecise and verifies the rest of the program once, not
     /// once per value.
     fn keyed_run(&mut self, keys: &[runs::Keyed], d: &Decision) {
-        const NONE: u32 = u32::MAX;
+        const NONE: u32 = NO_RULE;
         let index_at = |k: usize| STACK_KEYED + 8 * k as i16;
         let flag_at = |k: usize| STACK_KEYED + 8 * k as i16 + 4;
         for k in 0..keys.len() {
@@ -680,6 +929,11 @@ impl Gen {
             self.place(l);
             self.count_reg();
             self.decision(&d);
+        }
+        if let Some(not_ready) = self.index_not_ready {
+            // Fail closed: the index is empty, so the rules in it cannot be enforced.
+            self.place(not_ready);
+            self.ret(SK_DROP);
         }
     }
 

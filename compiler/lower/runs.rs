@@ -30,6 +30,8 @@ pub(super) enum Step {
         cond: Cond,
         keyed: Option<Vec<Keyed>>,
     },
+    /// Indexed block `blocks[k]` (see `index`): its rules from `first` to `last`.
+    Indexed(usize),
 }
 
 /// What a keyed search reads.
@@ -56,19 +58,26 @@ type Labeled = Vec<(u64, u64, usize)>;
 /// Keyed searches per run at most (each keeps an index and a flag in a stack word).
 pub(super) const MAX_KEYS: usize = 8;
 
-/// Splits the rules into steps.
-pub(super) fn plan(policy: &hir::Policy) -> Vec<Step> {
+/// Splits the rules into steps; the rules of indexed `blocks` are one step per block.
+pub(super) fn plan(policy: &hir::Policy, blocks: &[super::index::Block]) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut i = 0;
     let rules = &policy.rules;
+    let mut blocks = blocks.iter().enumerate().peekable();
     while i < rules.len() {
+        if let Some((k, b)) = blocks.next_if(|(_, b)| b.first == i) {
+            steps.push(Step::Indexed(k));
+            i = b.last + 1;
+            continue;
+        }
+        let end = blocks.peek().map_or(rules.len(), |(_, b)| b.first);
         let Some((decision, _)) = value_rule(&rules[i]) else {
             steps.push(Step::Rule(i));
             i += 1;
             continue;
         };
         let mut j = i + 1;
-        while j < rules.len() && value_rule(&rules[j]).is_some_and(|(d, _)| d == decision) {
+        while j < end && value_rule(&rules[j]).is_some_and(|(d, _)| d == decision) {
             j += 1;
         }
         if j - i >= MIN_RUN {
@@ -255,7 +264,7 @@ mod tests {
             .map(|p| format!("drop if port == {};\n", p * 100))
             .collect();
         let p = check(&src).0.expect("checks");
-        let steps = plan(&p);
+        let steps = plan(&p, &[]);
         assert_eq!(steps.len(), 1);
         let Step::Run {
             first: 0,
@@ -308,7 +317,7 @@ mod tests {
             "drop if port == 1;\ndrop if port == 2;\ndrop if port == 3;\ndrop if port == 4;\n\
                    pass if port == 5;\ndrop if port == 6 and len > 3;\n";
         let p = check(src).0.expect("checks");
-        let steps = plan(&p);
+        let steps = plan(&p, &[]);
         assert!(matches!(
             steps[0],
             Step::Run {

@@ -12,7 +12,8 @@
 //! - `.maps` with one zeroed slot and one global `STT_OBJECT` per map;
 //! - `.BTF` with the libbpf BTF-defined map convention, a VAR per map, the
 //!   `.maps` and `license` DATASECs, and FUNC_PROTO + FUNC per program;
-//! - `.BTF.ext` with func_info (one per program) and line_info.
+//! - `.BTF.ext` with func_info (one per program) and line_info;
+//! - any extra data sections for the loader (the rule index), not allocated.
 //!
 //! The output is a pure function of the [`ObjectSpec`].
 
@@ -43,6 +44,10 @@ pub struct ObjectSpec {
     pub license: String,
     pub maps: Vec<MapDef>,
     pub programs: Vec<ProgramSpec>,
+    /// Extra non-allocated data sections (name, bytes), written as given: data for the
+    /// loader, such as the rule index (`skpc_abi::INDEX_SECTION`). Loaders that do not
+    /// know a section skip it.
+    pub data_sections: Vec<(String, Vec<u8>)>,
 }
 
 /// A BTF-defined map in `.maps`.
@@ -412,6 +417,12 @@ pub fn write_object(spec: &ObjectSpec) -> Vec<u8> {
     let ext_sec = obj.add_section(Vec::new(), b".BTF.ext".to_vec(), SectionKind::Other);
     obj.section_mut(ext_sec).flags = elf_flags(0);
     obj.append_section_data(ext_sec, &ext.to_bytes(), 4);
+
+    for (name, bytes) in &spec.data_sections {
+        let sec = obj.add_section(Vec::new(), name.as_bytes().to_vec(), SectionKind::Other);
+        obj.section_mut(sec).flags = elf_flags(0);
+        obj.append_section_data(sec, bytes, 4);
+    }
 
     obj.write().expect("writing the ELF object")
 }

@@ -82,6 +82,7 @@ fn spec() -> ObjectSpec {
     ObjectSpec {
         license: "GPL".into(),
         maps: maps(),
+        data_sections: vec![],
         programs: vec![
             ProgramSpec {
                 section: "sk_msg".into(),
@@ -468,6 +469,7 @@ fn no_maps_no_lines() {
     let spec = ObjectSpec {
         license: "GPL".into(),
         maps: vec![],
+        data_sections: vec![],
         programs: vec![ProgramSpec {
             section: "sk_msg".into(),
             name: "pass".into(),

@@ -33,6 +33,77 @@ pub const PROGS_NAME: &str = "skp_progs";
 /// Slot of the policy program in [`PROGS_NAME`].
 pub const PROGS_POLICY_SLOT: u32 = 0;
 
+/// Name of the HASH map of indexed rules (see [`IndexEntry`]): large blocks of port and
+/// address rules are looked up here instead of being compiled to code. The runtime fills
+/// it from the object's [`INDEX_SECTION`] before the program can run.
+pub const INDEX_NAME: &str = "skp_index";
+/// Name of the one-slot ARRAY (u32 value) that says the index is filled: the runtime
+/// writes [`INDEX_READY`] after the last entry. A program with an index drops every
+/// message while it reads anything else, so that an object loaded by a tool that does
+/// not fill the index fails closed instead of silently letting everything through.
+pub const INDEX_READY_NAME: &str = "skp_index_ready";
+/// The value of slot 0 of [`INDEX_READY_NAME`] once the index is filled.
+pub const INDEX_READY: u32 = 1;
+/// Non-allocated ELF section holding the entries of [`INDEX_NAME`], as consecutive
+/// [`IndexEntry::SIZE`]-byte records (see [`IndexEntry::to_bytes`]).
+pub const INDEX_SECTION: &str = ".skp.index";
+
+/// One entry of the rule index: a key the program builds from the message (a tuple id,
+/// then the tuple's field values, unused words zero) and the first rule it selects.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IndexEntry {
+    pub key: [u32; IndexEntry::KEY_WORDS],
+    /// Index of the first rule (its counter slot) that matches messages with this key.
+    pub rule: u32,
+}
+
+impl IndexEntry {
+    /// 32-bit words in a key: the tuple id and up to four value words.
+    pub const KEY_WORDS: usize = 5;
+    /// Key size of the index map in bytes.
+    pub const KEY_SIZE: usize = 4 * Self::KEY_WORDS;
+    /// Value size of the index map in bytes (the rule index, u32).
+    pub const VALUE_SIZE: usize = 4;
+    /// One record of [`INDEX_SECTION`]: the key, then the value.
+    pub const SIZE: usize = Self::KEY_SIZE + Self::VALUE_SIZE;
+
+    /// The record as stored in [`INDEX_SECTION`]: every word little-endian.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        for (i, w) in self
+            .key
+            .iter()
+            .chain(core::iter::once(&self.rule))
+            .enumerate()
+        {
+            out[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        out
+    }
+
+    /// Reads a record written by [`IndexEntry::to_bytes`].
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> IndexEntry {
+        let word =
+            |i: usize| u32::from_le_bytes([b[i * 4], b[i * 4 + 1], b[i * 4 + 2], b[i * 4 + 3]]);
+        let mut key = [0u32; Self::KEY_WORDS];
+        for (i, k) in key.iter_mut().enumerate() {
+            *k = word(i);
+        }
+        IndexEntry {
+            key,
+            rule: word(Self::KEY_WORDS),
+        }
+    }
+
+    /// The map key bytes (what the program hands to `bpf_map_lookup_elem`).
+    pub fn key_bytes(&self) -> [u8; Self::KEY_SIZE] {
+        let mut out = [0u8; Self::KEY_SIZE];
+        out.copy_from_slice(&self.to_bytes()[..Self::KEY_SIZE]);
+        out
+    }
+}
+
 /// ELF section of the verdict programs.
 pub const SK_MSG_SECTION: &str = "sk_msg";
 /// Symbol (program name) of the verdict program: the policy itself.

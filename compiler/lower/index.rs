@@ -1,0 +1,433 @@
+//! Indexed rule blocks: many port and address rules with one decision become entries of
+//! a kernel HASH map (`skpc_abi::INDEX_NAME`), looked up once per *tuple*, so that a
+//! message costs the same whether the block has 100 rules or 100,000.
+//!
+//! This is tuple space search (Srinivasan et al., 1999), the classifier of Open vSwitch:
+//! every `and` of port and address tests (one DNF term of a rule) is an exact key over a
+//! fixed set of fields with fixed prefix lengths, its *tuple*. A message is looked up
+//! once per tuple of the block, with its own field values masked to the tuple's prefix
+//! lengths. Each entry holds the first rule that has the key, and the smallest rule
+//! index found over all tuples is the rule that decides: that keeps first-match order
+//! and per-rule counters exact. A HASH lookup is inlined by the verifier; an LPM trie
+//! lookup is a call that walks the trie, and cannot key a port and a prefix together.
+//!
+//! The rules of a block need not be consecutive: within a run of terminal rules with one
+//! decision (a *segment*) the verdict is the same whichever rule matches first, so the
+//! rules that can be indexed are indexed, and the others (`rest`) are compiled to code in
+//! their order; the smallest matching index over both decides and counts.
+//!
+//! Key words are the context words as a 32-bit load sees them (addresses network order,
+//! `remote_port` in the upper half), masked to the prefix: the program only loads, masks
+//! and stores, and the entries are computed here, once.
+
+use std::collections::BTreeMap;
+
+use skpc_abi::IndexEntry;
+
+use crate::check::hir::{self, Action, Cond, Decision, End, IntField, Net, Test};
+use crate::check::simplify;
+
+/// A segment is indexed when it has at least this many indexable rules. Below it, code
+/// (a binary search, see `runs`) is as fast as the lookups and needs no map.
+pub(super) const MIN_INDEXED_RULES: usize = 64;
+/// Tuples per block at most: each costs one map lookup per message.
+pub(super) const MAX_TUPLES: usize = 16;
+/// Entries one rule may add (a port set is one entry per port): more and it stays code.
+const MAX_RULE_ENTRIES: usize = 256;
+/// DNF terms one rule may have.
+const MAX_TERMS: usize = 32;
+
+/// One field of a tuple, and how much of it the key keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) enum Component {
+    /// `local_port`, one word, exact.
+    LocalPort,
+    /// `remote_port`, one word as loaded (network order, upper half), exact.
+    RemotePort,
+    /// The IPv4 address of `end`, one word, its first `prefix` bits. With `mapped`, IPv6
+    /// sockets whose address is IPv4-mapped take part with the mapped address.
+    Ip4 { end: End, mapped: bool, prefix: u8 },
+    /// The IPv6 address of `end` (IPv6 sockets only), four words, first `prefix` bits.
+    Ip6 { end: End, prefix: u8 },
+}
+
+impl Component {
+    /// The order of components in a key (prefix lengths do not matter for it).
+    fn slot(self) -> (u8, End) {
+        match self {
+            Component::LocalPort => (0, End::Local),
+            Component::RemotePort => (1, End::Remote),
+            Component::Ip4 { end, .. } => (2, end),
+            Component::Ip6 { end, .. } => (3, end),
+        }
+    }
+}
+
+/// One lookup: the tuple id (the first key word) and the fields that fill the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Tuple {
+    pub id: u32,
+    pub components: Vec<Component>,
+}
+
+/// A segment whose indexable rules are looked up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Block {
+    pub first: usize,
+    pub last: usize,
+    pub decision: Decision,
+    pub tuples: Vec<Tuple>,
+    /// The rules of `first..=last` that are not in the index, in order.
+    pub rest: Vec<usize>,
+    /// How many rules of the segment are in the index.
+    pub indexed: usize,
+}
+
+/// What indexing a policy gives: the blocks, and every entry of the map.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Index {
+    pub blocks: Vec<Block>,
+    pub entries: Vec<IndexEntry>,
+}
+
+/// One key of a rule: its tuple (components in key order) and value words.
+type RuleKey = (Vec<Component>, Vec<u32>);
+
+/// Finds the indexed blocks of a policy. Segments are maximal runs of terminal rules with
+/// one decision; those with at least `MIN_INDEXED_RULES` indexable rules become blocks.
+pub(super) fn plan(policy: &hir::Policy) -> Index {
+    let rules = &policy.rules;
+    let mut index = Index::default();
+    // Entries of all blocks, keyed by the key words: the smallest rule wins.
+    let mut entries: BTreeMap<[u32; IndexEntry::KEY_WORDS], u32> = BTreeMap::new();
+    let mut next_id = 1u32;
+    let mut i = 0;
+    while i < rules.len() {
+        let Action::Decide(d) = &rules[i].action else {
+            i += 1;
+            continue;
+        };
+        let mut j = i + 1;
+        while j < rules.len() && rules[j].action == rules[i].action {
+            j += 1;
+        }
+        // A cheap count first: most segments of most policies are short.
+        if j - i >= MIN_INDEXED_RULES {
+            if let Some(block) = block(policy, i, j, d, &mut next_id, &mut entries) {
+                index.blocks.push(block);
+            }
+        }
+        i = j;
+    }
+    index.entries = entries
+        .into_iter()
+        .map(|(key, rule)| IndexEntry { key, rule })
+        .collect();
+    index
+}
+
+/// The block of segment `first..end`, if enough of its rules can be indexed.
+fn block(
+    policy: &hir::Policy,
+    first: usize,
+    end: usize,
+    d: &Decision,
+    next_id: &mut u32,
+    entries: &mut BTreeMap<[u32; IndexEntry::KEY_WORDS], u32>,
+) -> Option<Block> {
+    let mut keyed: Vec<(usize, Vec<RuleKey>)> = Vec::new();
+    let mut rest = Vec::new();
+    let mut tuples: Vec<Vec<Component>> = Vec::new();
+    for r in first..end {
+        match rule_keys(&policy.rules[r].cond) {
+            Some(keys) => {
+                let new: Vec<&Vec<Component>> = {
+                    let mut new: Vec<&Vec<Component>> = Vec::new();
+                    for (t, _) in &keys {
+                        if !tuples.contains(t) && !new.contains(&t) {
+                            new.push(t);
+                        }
+                    }
+                    new
+                };
+                if tuples.len() + new.len() > MAX_TUPLES {
+                    rest.push(r);
+                    continue;
+                }
+                tuples.extend(new.into_iter().cloned());
+                keyed.push((r, keys));
+            }
+            None => rest.push(r),
+        }
+    }
+    if keyed.len() < MIN_INDEXED_RULES {
+        return None;
+    }
+    let tuples: Vec<Tuple> = tuples
+        .into_iter()
+        .map(|components| {
+            let id = *next_id;
+            *next_id += 1;
+            Tuple { id, components }
+        })
+        .collect();
+    for (r, keys) in &keyed {
+        for (components, words) in keys {
+            let tuple = tuples
+                .iter()
+                .find(|t| &t.components == components)
+                .map(|t| t.id)
+                .unwrap_or(0);
+            let mut key = [0u32; IndexEntry::KEY_WORDS];
+            key[0] = tuple;
+            key[1..1 + words.len()].copy_from_slice(words);
+            let rule = policy.rules[*r].counter as u32;
+            entries
+                .entry(key)
+                .and_modify(|e| *e = (*e).min(rule))
+                .or_insert(rule);
+        }
+    }
+    Some(Block {
+        first,
+        last: end - 1,
+        decision: d.clone(),
+        tuples,
+        rest,
+        indexed: keyed.len(),
+    })
+}
+
+/// The keys of a rule's condition, if it is an `or` of `and`s of port and address tests
+/// that gives a bounded number of keys. Terms that can never hold give no key.
+fn rule_keys(cond: &Cond) -> Option<Vec<RuleKey>> {
+    let cond = simplify(cond);
+    let terms = dnf(&cond)?;
+    let mut keys = Vec::new();
+    for term in terms {
+        // Per test: the alternatives, each a (component, words) pair.
+        let mut per_test: Vec<Vec<(Component, Vec<u32>)>> = Vec::new();
+        for t in &term {
+            per_test.push(alternatives(t)?);
+        }
+        if per_test.is_empty() {
+            // `true`: an unconditional rule is code (everything after it is dead).
+            return None;
+        }
+        let mut combos: Vec<Vec<(Component, Vec<u32>)>> = vec![Vec::new()];
+        for alts in per_test {
+            let mut next = Vec::with_capacity(combos.len() * alts.len());
+            for c in &combos {
+                for a in &alts {
+                    let mut c = c.clone();
+                    c.push(a.clone());
+                    next.push(c);
+                }
+            }
+            if next.len() + keys.len() > MAX_RULE_ENTRIES {
+                return None;
+            }
+            combos = next;
+        }
+        for mut combo in combos {
+            combo.sort_by_key(|(c, _)| c.slot());
+            if combo.windows(2).any(|w| w[0].0.slot() == w[1].0.slot()) {
+                // Two tests of one field in one term: rare, and code handles it.
+                return None;
+            }
+            let v6_only = combo
+                .iter()
+                .any(|(c, _)| matches!(c, Component::Ip6 { .. }));
+            let v4_only = combo
+                .iter()
+                .any(|(c, _)| matches!(c, Component::Ip4 { mapped: false, .. }));
+            if v6_only && v4_only {
+                continue; // needs an IPv4 and an IPv6 socket at once: never holds
+            }
+            let words: Vec<u32> = combo.iter().flat_map(|(_, w)| w.clone()).collect();
+            if words.len() > IndexEntry::KEY_WORDS - 1 {
+                return None;
+            }
+            keys.push((combo.into_iter().map(|(c, _)| c).collect(), words));
+        }
+    }
+    Some(keys)
+}
+
+/// `c` as an `or` of `and`s of tests, if it has no `not` and few terms.
+fn dnf(c: &Cond) -> Option<Vec<Vec<&Test>>> {
+    match c {
+        Cond::Const(false) => Some(Vec::new()),
+        Cond::Const(true) => Some(vec![Vec::new()]),
+        Cond::Test(t) => Some(vec![vec![t]]),
+        Cond::Or(cs) => {
+            let mut out = Vec::new();
+            for c in cs {
+                out.extend(dnf(c)?);
+                if out.len() > MAX_TERMS {
+                    return None;
+                }
+            }
+            Some(out)
+        }
+        Cond::And(cs) => {
+            let mut out: Vec<Vec<&Test>> = vec![Vec::new()];
+            for c in cs {
+                let terms = dnf(c)?;
+                let mut next = Vec::new();
+                for a in &out {
+                    for b in &terms {
+                        next.push(a.iter().chain(b.iter()).copied().collect());
+                    }
+                }
+                if next.len() > MAX_TERMS {
+                    return None;
+                }
+                out = next;
+            }
+            Some(out)
+        }
+        Cond::Not(_) => None,
+    }
+}
+
+/// The ways one test can hold, as key components and words.
+fn alternatives(t: &Test) -> Option<Vec<(Component, Vec<u32>)>> {
+    match t {
+        Test::Int { field, ranges } => {
+            let (component, word): (Component, fn(u16) -> u32) = match field {
+                IntField::LocalPort => (Component::LocalPort, |p| p as u32),
+                IntField::RemotePort => {
+                    (Component::RemotePort, |p| super::raw_remote_port(p) as u32)
+                }
+                _ => return None,
+            };
+            let count: u64 = ranges.iter().map(|(lo, hi)| hi - lo + 1).sum();
+            if count > MAX_RULE_ENTRIES as u64 {
+                return None;
+            }
+            Some(
+                ranges
+                    .iter()
+                    .flat_map(|&(lo, hi)| lo..=hi)
+                    .map(|p| (component, vec![word(p as u16)]))
+                    .collect(),
+            )
+        }
+        Test::Addr { end, nets, mapped } => Some(
+            nets.iter()
+                .map(|n| match *n {
+                    Net::V4 { addr, prefix } => (
+                        Component::Ip4 {
+                            end: *end,
+                            mapped: *mapped,
+                            prefix,
+                        },
+                        vec![super::wire_word(addr.to_be_bytes()) as u32],
+                    ),
+                    Net::V6 { addr, prefix } => {
+                        let bytes = addr.to_be_bytes();
+                        (
+                            Component::Ip6 { end: *end, prefix },
+                            (0..4).map(|w| super::word_of(&bytes, w) as u32).collect(),
+                        )
+                    }
+                })
+                .collect(),
+        ),
+        Test::Payload { .. } | Test::Comm { .. } => None,
+    }
+}
+
+/// The 32-bit mask of word `w` of a component's key words.
+pub(super) fn mask_word(c: Component, w: usize) -> u32 {
+    match c {
+        Component::LocalPort | Component::RemotePort => u32::MAX,
+        Component::Ip4 { prefix, .. } => super::wire_word(hir::mask32(prefix).to_be_bytes()) as u32,
+        Component::Ip6 { prefix, .. } => {
+            super::word_of(&hir::mask128(prefix).to_be_bytes(), w) as u32
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::check;
+
+    fn port_addr(n: usize) -> String {
+        (0..n)
+            .map(|i| match i % 4 {
+                0 => format!("drop if port == {};\n", 1000 + i),
+                1 => format!("drop if remote.ip == 10.0.{}.{};\n", i / 256, i % 256),
+                2 => format!(
+                    "drop if remote.ip in 192.168.{}.{}/28 and local.port == {};\n",
+                    i / 16 % 256,
+                    (i % 16) * 16,
+                    1000 + i
+                ),
+                _ => format!("drop if remote.port == {};\n", 1000 + i),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn alternating_port_and_address_rules_are_one_block_of_four_tuples() {
+        let p = check(&port_addr(400)).0.expect("checks");
+        let index = plan(&p);
+        assert_eq!(index.blocks.len(), 1);
+        let b = &index.blocks[0];
+        assert_eq!((b.first, b.last, b.indexed), (0, 399, 400));
+        assert!(b.rest.is_empty());
+        // local.port, remote.port, remote ip /32, and local.port with a remote /28.
+        assert_eq!(b.tuples.len(), 4);
+        // `port ==` is two entries (either end); the others one each.
+        assert_eq!(index.entries.len(), 500);
+        let words = |e: &IndexEntry| e.key;
+        let port_rule = index
+            .entries
+            .iter()
+            .find(|e| e.key[1] == 1004 && e.key[2] == 0 && e.rule == 4)
+            .map(words);
+        assert!(port_rule.is_some(), "local.port 1004 -> rule 4");
+    }
+
+    #[test]
+    fn the_first_rule_of_a_key_wins_and_other_rules_stay_code() {
+        let mut src = port_addr(100);
+        src.push_str("drop if port == 1000;\n"); // the same key as rule 0
+        src.push_str("drop if payload starts with \"X\";\n");
+        let p = check(&src).0.expect("checks");
+        let index = plan(&p);
+        let b = &index.blocks[0];
+        assert_eq!(b.rest, vec![101]);
+        assert_eq!(b.indexed, 101);
+        assert!(index
+            .entries
+            .iter()
+            .filter(|e| e.key[1] == 1000)
+            .all(|e| e.rule == 0));
+    }
+
+    #[test]
+    fn short_segments_and_other_decisions_are_not_indexed() {
+        let p = check(&port_addr(MIN_INDEXED_RULES - 1)).0.expect("checks");
+        assert!(plan(&p).blocks.is_empty());
+        let mut src = port_addr(100);
+        src.push_str("pass if port == 1;\n");
+        src.push_str(&port_addr(10));
+        let p = check(&src).0.expect("checks");
+        let index = plan(&p);
+        assert_eq!(index.blocks.len(), 1);
+        assert_eq!(index.blocks[0].last, 99);
+    }
+
+    #[test]
+    fn negations_and_payload_tests_are_not_keys() {
+        let p = check("drop if not port == 1;\ndrop if port == 2 and payload[0] == 1;\n")
+            .0
+            .expect("checks");
+        assert!(rule_keys(&p.rules[0].cond).is_none());
+        assert!(rule_keys(&p.rules[1].cond).is_none());
+    }
+}
