@@ -12,9 +12,9 @@ use aya::programs::sock_ops::SockOpsLinkId;
 use aya::programs::{SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use skpc_abi::{
-    LogRecord, SockKey, COUNTERS_NAME, EVENTS_NAME, PROGS_NAME, PROGS_POLICY_SLOT,
-    SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SOCKHASH_NAME, SOCKMAP_NAME, SOCKMAP_SLOTS,
-    SOCK_OPS_PROGRAM,
+    LogRecord, SockKey, COUNTERS_NAME, EVENTS_NAME, INDEX_NAME, INDEX_READY_NAME, PROGS_NAME,
+    PROGS_POLICY_SLOT, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SOCKHASH_NAME, SOCKMAP_NAME,
+    SOCKMAP_SLOTS, SOCK_OPS_PROGRAM,
 };
 
 use crate::error::{Error, ErrorKind, Result};
@@ -104,14 +104,29 @@ struct Base {
 }
 
 /// One policy version: its verdict program (in its own `Ebpf`, except version 1),
-/// its counters and its ring buffer.
+/// its counters, its ring buffer and its rule index.
 struct Version {
     number: u32,
     /// `None` for version 1, whose programs live in [`Base`].
     ebpf: Option<Ebpf>,
     counters: Map,
     events: Option<RingBuf<MapData>>,
+    /// `skp_index` and `skp_index_ready`, filled (empty without an index); held so
+    /// that they go when the version goes, also version 1's.
+    #[allow(dead_code)]
+    index: Vec<Map>,
+    /// Entries in `skp_index`.
+    index_entries: usize,
     names: Vec<String>,
+}
+
+/// What [`load_version`] hands over.
+struct Loaded {
+    counters: Map,
+    events: Option<RingBuf<MapData>>,
+    index: Vec<Map>,
+    index_entries: usize,
+    ids: KernelIds,
 }
 
 /// A policy enforced in the kernel: maps created, programs loaded and verified, the
@@ -219,8 +234,10 @@ fn load_object(object: &[u8], pins: &Path) -> Result<Ebpf> {
         .map_err(|e| Error::from_aya("loading the policy object", &e))
 }
 
-/// Loads (verifies) the verdict program of a loaded object and collects its version.
-fn load_version(ebpf: &mut Ebpf) -> Result<(Map, Option<RingBuf<MapData>>, KernelIds)> {
+/// Loads (verifies) the verdict program of a loaded object, fills its rule index (if it
+/// has one) and collects its version. Nothing runs the program yet: the caller puts it
+/// into `skp_progs` afterwards, so it never sees a message with the index unfilled.
+fn load_version(ebpf: &mut Ebpf, object: &[u8]) -> Result<Loaded> {
     let verdict = sk_msg(ebpf, SK_MSG_PROGRAM)?;
     verdict
         .load()
@@ -233,6 +250,14 @@ fn load_version(ebpf: &mut Ebpf) -> Result<(Map, Option<RingBuf<MapData>>, Kerne
     if ebpf.map(EVENTS_NAME).is_some() {
         ids.maps.push(map_id(ebpf, EVENTS_NAME)?);
     }
+    let index_entries = crate::index::fill_index(ebpf, object)?;
+    let mut index = Vec::new();
+    for name in [INDEX_NAME, INDEX_READY_NAME] {
+        if ebpf.map(name).is_some() {
+            ids.maps.push(map_id(ebpf, name)?);
+            index.extend(ebpf.take_map(name));
+        }
+    }
     let counters = ebpf.take_map(COUNTERS_NAME).expect("checked above");
     let events = match ebpf.take_map(EVENTS_NAME) {
         Some(m) => Some(
@@ -241,7 +266,13 @@ fn load_version(ebpf: &mut Ebpf) -> Result<(Map, Option<RingBuf<MapData>>, Kerne
         ),
         None => None,
     };
-    Ok((counters, events, ids))
+    Ok(Loaded {
+        counters,
+        events,
+        index,
+        index_entries,
+        ids,
+    })
 }
 
 impl Enforcement {
@@ -258,7 +289,13 @@ impl Enforcement {
         let socks_id = map_id(&ebpf, SOCKMAP_NAME)?;
         let peers_id = map_id(&ebpf, SOCKHASH_NAME)?;
         let progs_id = map_id(&ebpf, PROGS_NAME)?;
-        let (counters, events, mut ids) = load_version(&mut ebpf)?;
+        let Loaded {
+            counters,
+            events,
+            index,
+            index_entries,
+            mut ids,
+        } = load_version(&mut ebpf, &policy.object)?;
         ids.maps.extend([socks_id, peers_id, progs_id]);
 
         let entry = sk_msg(&mut ebpf, SK_MSG_ENTRY_PROGRAM)?;
@@ -308,6 +345,8 @@ impl Enforcement {
                 ebpf: None,
                 counters,
                 events,
+                index,
+                index_entries,
                 names: policy.counter_names.clone(),
             },
             retired: Vec::new(),
@@ -335,6 +374,12 @@ impl Enforcement {
     /// The policy version now in `skp_progs[0]` (1, then +1 per reload).
     pub fn version(&self) -> u32 {
         self.current.number
+    }
+
+    /// Entries of the current version's rule index (`skp_index`), all in the kernel
+    /// before the version took its first message; 0 for a policy without one.
+    pub fn index_entries(&self) -> usize {
+        self.current.index_entries
     }
 
     /// Kernel ids of every program and map this enforcement created so far.
@@ -545,7 +590,13 @@ impl Enforcement {
             }
         }
         let number = self.current.number + 1;
-        let (counters, events, ids) = load_version(&mut ebpf)?;
+        let Loaded {
+            counters,
+            events,
+            index,
+            index_entries,
+            ids,
+        } = load_version(&mut ebpf, &policy.object)?;
         let fd = sk_msg(&mut ebpf, SK_MSG_PROGRAM)?
             .fd()
             .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::IOError))
@@ -566,6 +617,8 @@ impl Enforcement {
             ebpf: Some(ebpf),
             counters,
             events,
+            index,
+            index_entries,
             names: policy.counter_names.clone(),
         };
         let mut old = std::mem::replace(&mut self.current, new);
@@ -623,6 +676,14 @@ impl Enforcement {
             .counters
             .pin(dir.join(COUNTERS_NAME))
             .map_err(|e| pin_err(COUNTERS_NAME, e))?;
+        for (map, name) in self
+            .current
+            .index
+            .iter()
+            .zip([INDEX_NAME, INDEX_READY_NAME])
+        {
+            map.pin(dir.join(name)).map_err(|e| pin_err(name, e))?;
+        }
         Ok(())
     }
 

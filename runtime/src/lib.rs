@@ -24,6 +24,7 @@
 mod enforce;
 mod error;
 mod fs;
+mod index;
 pub mod net;
 pub mod process;
 mod sys;
@@ -31,5 +32,6 @@ mod sys;
 pub use enforce::{sock_key, CounterValue, Enforcement, KernelIds, Policy, VersionCounters};
 pub use error::{Error, ErrorKind, Result};
 pub use fs::{bpffs_mount, cgroup2_mount, cleanup_stale, Stale, TempCgroup, NAME_PREFIX};
-pub use skpc_abi::{LogRecord, SockKey};
+pub use index::{fill_index, index_entries};
+pub use skpc_abi::{IndexEntry, LogRecord, SockKey};
 pub use sys::{link_exists, map_exists, prog_exists};

@@ -1,7 +1,8 @@
 //! The few raw bpf(2) commands the runtime issues itself: socket map updates with a
 //! 64-bit value (aya passes a 4-byte fd, but the kernel reads `value_size` bytes, and
-//! skp_peers has 8), and the `*_GET_NEXT_ID` walks that tests use to prove that
-//! nothing is left in the kernel.
+//! skp_peers has 8), batch updates that fill the rule index (aya 0.13 has no batch
+//! operations), and the `*_GET_NEXT_ID` walks that tests use to prove that nothing is
+//! left in the kernel.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
@@ -15,10 +16,14 @@ const BPF_PROG_GET_NEXT_ID: i64 = 11;
 const BPF_MAP_GET_NEXT_ID: i64 = 12;
 /// `BPF_SK_MSG_VERDICT`.
 const BPF_SK_MSG_VERDICT: u64 = 7;
+const BPF_MAP_UPDATE_BATCH: i64 = 26;
 const BPF_LINK_GET_NEXT_ID: i64 = 31;
 
-/// `BPF_NOEXIST`, `BPF_EXIST`, `BPF_ANY`.
+/// `BPF_ANY`: create or replace.
 pub(crate) const BPF_ANY: u64 = 0;
+/// The kernel's internal `ENOTSUPP` (524), which leaks to user space from map
+/// operations a map type does not implement.
+pub(crate) const ENOTSUPP: i32 = 524;
 
 fn bpf(cmd: i64, attr: &mut [u64; 16]) -> io::Result<i64> {
     // SAFETY: attr is a zero-padded union bpf_attr of the size we pass; the kernel
@@ -53,6 +58,55 @@ pub(crate) fn sockmap_update(
     attr[2] = &value as *const u64 as u64;
     attr[3] = flags;
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
+/// Sets `key` to `value` in `map` (sizes as the map was created with).
+pub(crate) fn map_update(
+    map: BorrowedFd<'_>,
+    key: &[u8],
+    value: &[u8],
+    flags: u64,
+) -> io::Result<()> {
+    let mut attr = [0u64; 16];
+    attr[0] = map.as_raw_fd() as u32 as u64;
+    attr[1] = key.as_ptr() as u64;
+    attr[2] = value.as_ptr() as u64;
+    attr[3] = flags;
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
+/// BPF_MAP_UPDATE_BATCH (Linux 5.6+): sets every entry in one call; `keys` and `values`
+/// hold them back to back, `key_size` and `value_size` bytes each (the map's sizes:
+/// the kernel reads that many per entry). On error, also how many entries went in
+/// before it (the kernel stops at the first failure).
+pub(crate) fn map_update_batch(
+    map: BorrowedFd<'_>,
+    keys: &[u8],
+    key_size: usize,
+    values: &[u8],
+    value_size: usize,
+    elem_flags: u64,
+) -> Result<(), (u32, io::Error)> {
+    let count = keys.len().checked_div(key_size).unwrap_or(0);
+    if key_size == 0
+        || keys.len() != count * key_size
+        || values.len() != count * value_size
+        || u32::try_from(count).is_err()
+    {
+        return Err((0, io::Error::from_raw_os_error(libc::EINVAL)));
+    }
+    // union bpf_attr, batch: in_batch, out_batch, keys, values, count (u32) and
+    // map_fd (u32), elem_flags, flags.
+    let mut attr = [0u64; 16];
+    attr[2] = keys.as_ptr() as u64;
+    attr[3] = values.as_ptr() as u64;
+    attr[4] = count as u64 | ((map.as_raw_fd() as u32 as u64) << 32);
+    attr[5] = elem_flags;
+    match bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
+        Ok(_) => Ok(()),
+        // The kernel writes back how many it processed.
+        Err(e) => Err((attr[4] as u32, e)),
+    }
 }
 
 /// Deletes `key` from `map`.

@@ -1,0 +1,268 @@
+//! The rule index: large blocks of port and address rules are not code but entries of
+//! the HASH map `skp_index`, listed in the object's `.skp.index` section. The kernel
+//! creates the map empty; this module inserts the entries and then writes
+//! [`INDEX_READY`] into `skp_index_ready[0]`. Until then the program drops every
+//! message (it fails closed), so this must run before the program sees a socket.
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use aya::maps::{Map, MapData};
+use aya::Ebpf;
+use object::{Object, ObjectSection};
+use skpc_abi::{
+    IndexEntry, COUNTERS_NAME, INDEX_NAME, INDEX_READY, INDEX_READY_NAME, INDEX_SECTION,
+};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::sys;
+
+/// The entries of the object's `.skp.index` section, in the section's order; `None`
+/// if the object has no such section. An error if the object is not an ELF file or
+/// the section's length is not a whole number of [`IndexEntry::SIZE`]-byte records.
+pub fn index_entries(object: &[u8]) -> Result<Option<Vec<IndexEntry>>> {
+    let file = object::File::parse(object).map_err(|e| {
+        Error::new(
+            ErrorKind::BadObject,
+            format!("the policy object is not a readable ELF file ({e}); build it with skpc"),
+        )
+    })?;
+    let Some(section) = file.section_by_name(INDEX_SECTION) else {
+        return Ok(None);
+    };
+    let data = section.data().map_err(|e| {
+        Error::new(
+            ErrorKind::BadObject,
+            format!("the section {INDEX_SECTION} of the policy object cannot be read ({e}); rebuild the object with skpc"),
+        )
+    })?;
+    if data.len() % IndexEntry::SIZE != 0 {
+        return Err(Error::new(
+            ErrorKind::BadObject,
+            format!(
+                "the section {INDEX_SECTION} of the policy object is {} bytes, not a whole number of {}-byte index entries (truncated or damaged); rebuild the object with skpc",
+                data.len(),
+                IndexEntry::SIZE
+            ),
+        ));
+    }
+    Ok(Some(
+        data.chunks_exact(IndexEntry::SIZE)
+            .map(|c| {
+                let mut record = [0u8; IndexEntry::SIZE];
+                record.copy_from_slice(c);
+                IndexEntry::from_bytes(&record)
+            })
+            .collect(),
+    ))
+}
+
+/// Fills the rule index of an object that aya loaded: inserts every entry of the
+/// object's `.skp.index` section into its `skp_index` map, then marks the index
+/// ready. Returns the number of entries (0 for an object without an index, which
+/// needs nothing). [`crate::Enforcement`] does this itself; call it when you load an
+/// skpc object with aya yourself, before the verdict program can run on a socket.
+///
+/// `object` must be the bytes `ebpf` was loaded from. On an error the ready flag is
+/// not set, so the program keeps dropping every message.
+pub fn fill_index(ebpf: &Ebpf, object: &[u8]) -> Result<usize> {
+    let entries = index_entries(object)?;
+    let index = ebpf.map(INDEX_NAME);
+    let ready = ebpf.map(INDEX_READY_NAME);
+    let (entries, index, ready) = match (entries, index, ready) {
+        (None, None, None) => return Ok(0),
+        (Some(e), Some(i), Some(r)) => (e, i, r),
+        (None, _, _) => {
+            return Err(Error::new(
+                ErrorKind::BadObject,
+                format!("the policy object has the rule index maps {INDEX_NAME}/{INDEX_READY_NAME} but no {INDEX_SECTION} section with their entries, so it would drop every message; rebuild it with skpc (and do not strip that section)"),
+            ))
+        }
+        (Some(_), _, _) => {
+            return Err(Error::new(
+                ErrorKind::BadObject,
+                format!("the policy object has a {INDEX_SECTION} section but not both maps {INDEX_NAME} and {INDEX_READY_NAME}; rebuild it with skpc"),
+            ))
+        }
+    };
+    let index = hash_map(index)?;
+    let ready = array_map(ready)?;
+    check_shape(index, &entries, ebpf.map(COUNTERS_NAME))?;
+    insert_all(index.fd().as_fd(), &entries)?;
+    sys::map_update(
+        ready.fd().as_fd(),
+        &0u32.to_ne_bytes(),
+        &INDEX_READY.to_ne_bytes(),
+        sys::BPF_ANY,
+    )
+    .map_err(|e| {
+        Error::io(
+            format_args!("marking the rule index ready in {INDEX_READY_NAME}"),
+            e,
+        )
+    })?;
+    Ok(entries.len())
+}
+
+fn hash_map(map: &Map) -> Result<&MapData> {
+    match map {
+        Map::HashMap(d) => Ok(d),
+        _ => Err(Error::new(
+            ErrorKind::BadObject,
+            format!("the map {INDEX_NAME} is not a HASH map; rebuild the object with skpc"),
+        )),
+    }
+}
+
+fn array_map(map: &Map) -> Result<&MapData> {
+    match map {
+        Map::Array(d) => Ok(d),
+        _ => Err(Error::new(
+            ErrorKind::BadObject,
+            format!("the map {INDEX_READY_NAME} is not an ARRAY map; rebuild the object with skpc"),
+        )),
+    }
+}
+
+/// The map's key and value sizes are the ABI's, it has room for every entry, every
+/// entry names a rule that has a counter slot, and no key comes twice (the kernel
+/// would keep the last, which need not be the first matching rule).
+fn check_shape(index: &MapData, entries: &[IndexEntry], counters: Option<&Map>) -> Result<()> {
+    let info = index
+        .info()
+        .map_err(|e| Error::from_aya(&format!("reading the definition of {INDEX_NAME}"), &e))?;
+    if info.key_size() as usize != IndexEntry::KEY_SIZE
+        || info.value_size() as usize != IndexEntry::VALUE_SIZE
+    {
+        return Err(Error::new(
+            ErrorKind::BadObject,
+            format!(
+                "the map {INDEX_NAME} has {}-byte keys and {}-byte values, this runtime writes {} and {}; build the object with the skpc of this runtime",
+                info.key_size(),
+                info.value_size(),
+                IndexEntry::KEY_SIZE,
+                IndexEntry::VALUE_SIZE
+            ),
+        ));
+    }
+    if entries.len() > info.max_entries() as usize {
+        return Err(Error::new(
+            ErrorKind::BadObject,
+            format!(
+                "the section {INDEX_SECTION} has {} entries but the map {INDEX_NAME} holds at most {}; rebuild the object with skpc",
+                entries.len(),
+                info.max_entries()
+            ),
+        ));
+    }
+    let slots = match counters {
+        Some(Map::PerCpuArray(d)) => d.info().map(|i| i.max_entries()).map_err(|e| {
+            Error::from_aya(&format!("reading the definition of {COUNTERS_NAME}"), &e)
+        })?,
+        _ => u32::MAX,
+    };
+    if let Some((i, e)) = entries.iter().enumerate().find(|(_, e)| e.rule >= slots) {
+        return Err(Error::new(
+            ErrorKind::BadObject,
+            format!(
+                "entry {i} of the section {INDEX_SECTION} names rule {}, but the policy has {slots} counter slots; rebuild the object with skpc",
+                e.rule
+            ),
+        ));
+    }
+    if let Some(key) = repeated_key(entries) {
+        return Err(Error::new(
+            ErrorKind::BadObject,
+            format!("the section {INDEX_SECTION} has the key {key:?} twice (which rule matches first would be ambiguous); rebuild the object with skpc"),
+        ));
+    }
+    Ok(())
+}
+
+/// A key that more than one entry has. skpc writes the entries sorted by key, so
+/// one pass usually proves there is none.
+fn repeated_key(entries: &[IndexEntry]) -> Option<[u32; IndexEntry::KEY_WORDS]> {
+    if entries.windows(2).all(|w| w[0].key < w[1].key) {
+        return None;
+    }
+    let mut keys: Vec<[u32; IndexEntry::KEY_WORDS]> = entries.iter().map(|e| e.key).collect();
+    keys.sort_unstable();
+    keys.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+}
+
+/// Inserts the entries: one BPF_MAP_UPDATE_BATCH (the kernel takes ~0.15 s for
+/// 100,000), or one update per entry where the kernel has no batch operations (before
+/// 5.6; ~3x slower). The keys are distinct ([`repeated_key`]) and the map is new, so
+/// BPF_ANY (batch updates refuse BPF_NOEXIST with EINVAL) overwrites nothing.
+fn insert_all(map: BorrowedFd<'_>, entries: &[IndexEntry]) -> Result<()> {
+    let mut keys = Vec::with_capacity(entries.len() * IndexEntry::KEY_SIZE);
+    let mut values = Vec::with_capacity(entries.len() * IndexEntry::VALUE_SIZE);
+    for e in entries {
+        keys.extend_from_slice(&e.key_bytes());
+        values.extend_from_slice(&e.rule.to_ne_bytes());
+    }
+    let failed_at = match sys::map_update_batch(
+        map,
+        &keys,
+        IndexEntry::KEY_SIZE,
+        &values,
+        IndexEntry::VALUE_SIZE,
+        sys::BPF_ANY,
+    ) {
+        Ok(()) => return Ok(()),
+        // Refused before it started (the kernel wrote no count back).
+        Err((n, e)) if no_batch(&e) && (n == 0 || n as usize == entries.len()) => {
+            let pairs = keys
+                .chunks_exact(IndexEntry::KEY_SIZE)
+                .zip(values.chunks_exact(IndexEntry::VALUE_SIZE));
+            let mut failed = None;
+            for (i, (k, v)) in pairs.enumerate() {
+                if let Err(e) = sys::map_update(map, k, v, sys::BPF_ANY) {
+                    failed = Some((i, e));
+                    break;
+                }
+            }
+            match failed {
+                None => return Ok(()),
+                Some(f) => f,
+            }
+        }
+        Err((n, e)) => (n as usize, e),
+    };
+    let (i, e) = failed_at;
+    if matches!(e.raw_os_error(), Some(libc::ENOMEM) | Some(libc::E2BIG)) {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "inserting entry {i} of {} into the rule index {INDEX_NAME} failed: {e}; the kernel has no memory left for BPF maps: free memory or enforce a policy with fewer port and address rules",
+                entries.len()
+            ),
+        ));
+    }
+    Err(Error::io(
+        format_args!(
+            "inserting entry {i} of {} into the rule index {INDEX_NAME}",
+            entries.len()
+        ),
+        e,
+    ))
+}
+
+/// Whether a batch update failed because the kernel or map type has none.
+fn no_batch(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(sys::ENOTSUPP)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_elf_object_is_an_error_not_a_panic() {
+        let e = index_entries(b"not an object").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BadObject);
+        assert!(e.message().contains("build it with skpc"), "{e}");
+    }
+}

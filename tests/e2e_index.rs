@@ -1,0 +1,863 @@
+//! End-to-end: policies whose port and address rules the compiler puts into the kernel
+//! HASH map `skp_index` (compiler/lower/index.rs) instead of code. The runtime fills the
+//! map from the object's `.skp.index` section before the program sees a message; these
+//! tests send over real loopback TCP (IPv4, IPv6, IPv4-mapped) and check what a user
+//! sees: a message that hits an indexed rule fails with EACCES, one that hits nothing
+//! arrives, the first matching rule is the one counted, hot reload swaps indexes, and an
+//! object whose index nobody filled drops everything (fails closed).
+//!
+//! Rule values are ports that no other socket can take while the test runs (listener
+//! ports, or ports held by a listener on 127.0.0.200) and addresses on the loopback;
+//! the filler rules use ports below 1024 and addresses off the loopback, which no test
+//! socket has.
+
+mod common;
+mod e2e_support;
+
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, HashMap, MapData, SockMap};
+use aya::programs::SkMsg;
+use e2e_support::*;
+use skpc::check::hir::Message;
+use skpc_abi::{IndexEntry, INDEX_NAME, INDEX_READY, INDEX_READY_NAME};
+
+/// Filler rule `i`: indexable, `drop`, and never true for a socket of these tests (ports
+/// 1..1000, addresses in 10/8, 192.168/16, fd00::/8). Five kinds, so five tuples.
+fn filler(i: usize) -> String {
+    let port = 1 + i % 1000;
+    match i % 5 {
+        0 => format!("drop if port == {port};"),
+        1 => format!(
+            "drop if remote.ip == 10.{}.{}.{};",
+            i / 65536 % 256,
+            i / 256 % 256,
+            i % 256
+        ),
+        2 => format!(
+            "drop if remote.ip in 192.168.{}.{}/28 and local.port == {port};",
+            i / 16 % 256,
+            i % 16 * 16
+        ),
+        3 => format!("drop if remote.port == {port};"),
+        _ => format!("drop if remote.ip == fd00::{:x};", i + 1),
+    }
+}
+
+fn fillers(rules: &mut Vec<String>, n: usize) {
+    let start = rules.len();
+    rules.extend((start..start + n).map(filler));
+}
+
+/// A port no other socket gets while the listener lives: it holds the port on
+/// 127.0.0.200, and connect(2) never picks a bound port as an ephemeral one.
+fn reserve_port() -> (TcpListener, u16) {
+    let l = TcpListener::bind("127.0.0.200:0").expect("bind 127.0.0.200");
+    let p = l.local_addr().unwrap().port();
+    (l, p)
+}
+
+fn listen(addr: &str) -> (TcpListener, u16) {
+    let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("listen on {addr}: {e}"));
+    let p = l.local_addr().unwrap().port();
+    (l, p)
+}
+
+fn from(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse::<IpAddr>().unwrap(), port)
+}
+
+/// A connection from an IPv4 socket to a listener on an IPv4-mapped IPv6 address.
+fn connect_v4(l: &TcpListener) -> (TcpStream, TcpStream) {
+    let a = l.local_addr().unwrap();
+    let ip = match a.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().expect("an IPv4-mapped address"),
+        IpAddr::V4(v4) => v4,
+    };
+    let c = TcpStream::connect((ip, a.port())).expect("connect over IPv4");
+    let (s, _) = l.accept().expect("accept");
+    for x in [&c, &s] {
+        x.set_nodelay(true).unwrap();
+    }
+    (c, s)
+}
+
+/// What the reference evaluator says the policy does with one send of `payload` on `c`.
+fn evaluate(
+    policy: &skpc::check::hir::Policy,
+    c: &TcpStream,
+    payload: &[u8],
+) -> skpc::eval::EvalOutcome {
+    let (local, remote) = (c.local_addr().unwrap(), c.peer_addr().unwrap());
+    let m = Message {
+        family: if local.is_ipv6() {
+            skpc_abi::AF_INET6
+        } else {
+            skpc_abi::AF_INET
+        },
+        local_ip: local.ip(),
+        remote_ip: remote.ip(),
+        local_port: local.port(),
+        remote_port: remote.port(),
+        len: payload.len() as u32,
+        payload: payload.to_vec(),
+        ..Message::default()
+    };
+    skpc::eval::eval(policy, &m)
+}
+
+/// One message on its own connection (a drop sticks to the socket) and the counter
+/// slot it must bump: a rule (dropped) or the default (passed).
+struct Case {
+    name: &'static str,
+    conn: (TcpStream, TcpStream),
+    payload: &'static [u8],
+    slot: usize,
+    dropped: bool,
+}
+
+/// Sends every case under `g` and checks the send's result, the bytes that arrive, and
+/// that exactly the expected counter moved (by one message and its bytes), in the
+/// kernel and in the reference evaluator alike.
+fn run_cases(g: &mut Guard, policy: &skpc::check::hir::Policy, cases: &mut [Case]) {
+    for (i, case) in cases.iter_mut().enumerate() {
+        let (c, s) = &mut case.conn;
+        let mut want = vec![(0u64, 0u64); policy.counters.len()];
+        want[case.slot] = (1, case.payload.len() as u64);
+        let eval = evaluate(policy, c, case.payload);
+        assert_eq!(
+            eval.counters,
+            want,
+            "{}: the test's expectation differs from the reference evaluator ({:?}, {} -> {})",
+            case.name,
+            eval.decision,
+            c.local_addr().unwrap(),
+            c.peer_addr().unwrap()
+        );
+        let before = g.enf().counters().unwrap();
+        g.enf().insert_sock(i as u32, fd(c)).unwrap();
+        let r = send(c, case.payload);
+        if case.dropped {
+            assert_eq!(
+                r,
+                Err(EACCES),
+                "{}: dropped by rule {}",
+                case.name,
+                case.slot
+            );
+            assert!(
+                recv_any(s, SHORT).is_empty(),
+                "{}: nothing arrives",
+                case.name
+            );
+        } else {
+            assert_eq!(r, Ok(case.payload.len()), "{}: passes", case.name);
+            assert_eq!(
+                recv_up_to(s, case.payload.len(), LONG),
+                case.payload,
+                "{}",
+                case.name
+            );
+        }
+        let after = g.enf().counters().unwrap();
+        let delta: Vec<(u64, u64)> = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| (a.messages - b.messages, a.bytes - b.bytes))
+            .collect();
+        let moved: Vec<(usize, &str)> = delta
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.0 > 0)
+            .map(|(k, _)| (k, after[k].name.as_str()))
+            .collect();
+        assert_eq!(delta, want, "{}: counters that moved: {moved:?}", case.name);
+        g.enf().remove_sock(i as u32).unwrap();
+    }
+}
+
+/// The rule indices of the policy that are in the index (entries name them).
+fn indexed_rules(c: &skpc::compile::Compiled) -> std::collections::BTreeSet<usize> {
+    c.lowered.index.iter().map(|e| e.rule as usize).collect()
+}
+
+#[test]
+fn indexed_rules_drop_on_loopback_and_the_first_matching_rule_counts() {
+    if !common::kernel_or_skip("indexed_rules_drop_on_loopback_and_the_first_matching_rule_counts")
+    {
+        return;
+    }
+    // Sockets first: the rules name their ports.
+    let (_hold_g, g_port) = reserve_port();
+    let (_hold_f, f_port) = reserve_port();
+    let (_hold_lc, lc_port) = reserve_port();
+    let (l1, p1) = listen("127.0.0.1:0"); // `port == p1`
+    let (l55, h2) = listen("127.0.0.55:0"); // remote.ip 127.0.0.55 (early), remote.port h2 (late)
+    let (l56, h3) = listen("127.0.0.56:0"); // remote.port h3 (early), remote.ip 127.0.0.56 (late)
+    let (l77, _) = listen("127.0.0.77:0"); // remote.ip == 127.0.0.77
+    let (l5, _) = listen("127.0.5.3:0"); // remote.ip in 127.0.5.0/28 and local.port == lc
+    let (ld, d_port) = listen("127.0.0.1:0"); // remote.port == d
+    let (l6e, e_port) = listen("[::1]:0"); // remote.port == e, an IPv6 socket
+    let (l6, _) = listen("[::1]:0"); // local.ip == ::1 and local.port == f; and passes
+    let (l98, _) = listen("[::ffff:127.0.0.98]:0"); // remote.ip == ::ffff:127.0.0.98
+    let (lm, _) = listen("[::ffff:127.0.0.99]:0"); // remote.ip == 127.0.0.99, mapped too
+    let (l4, _) = listen("127.0.0.1:0"); // passes
+
+    let mut rules: Vec<String> = Vec::new();
+    let at = |rules: &mut Vec<String>, r: String| {
+        rules.push(r);
+        rules.len() - 1
+    };
+    fillers(&mut rules, 30);
+    let r_port_g = at(&mut rules, format!("drop if port == {g_port};"));
+    let r_ip55 = at(&mut rules, "drop if remote.ip == 127.0.0.55;".into());
+    let r_h3 = at(&mut rules, format!("drop if remote.port == {h3};"));
+    fillers(&mut rules, 20);
+    // Stays code, inside the block.
+    let r_payload = at(&mut rules, "drop if payload starts with \"ZAP\";".into());
+    fillers(&mut rules, 20);
+    let r_local_g = at(&mut rules, format!("drop if local.port == {g_port};"));
+    let r_h2 = at(&mut rules, format!("drop if remote.port == {h2};"));
+    let r_ip56 = at(&mut rules, "drop if remote.ip == 127.0.0.56;".into());
+    let r_p1 = at(&mut rules, format!("drop if port == {p1};"));
+    let r_ip77 = at(&mut rules, "drop if remote.ip == 127.0.0.77;".into());
+    let r_cidr = at(
+        &mut rules,
+        format!("drop if remote.ip in 127.0.5.0/28 and local.port == {lc_port};"),
+    );
+    let r_d = at(&mut rules, format!("drop if remote.port == {d_port};"));
+    let r_v6_remote = at(&mut rules, format!("drop if remote.port == {e_port};"));
+    // An IPv6 address and a port are more key words than an entry has: code.
+    let r_v6_local = at(
+        &mut rules,
+        format!("drop if local.ip == ::1 and local.port == {f_port};"),
+    );
+    let r_v6_literal = at(&mut rules, "drop if remote.ip == ::ffff:127.0.0.98;".into());
+    let r_mapped = at(&mut rules, "drop if remote.ip == 127.0.0.99;".into());
+    fillers(&mut rules, 30);
+    let src = rules.join("\n") + "\ndefault pass;\n";
+
+    let compiled = skpc::compile::compile("index.skp", &src).expect("compiles");
+    let indexed = indexed_rules(&compiled);
+    for r in [
+        r_port_g,
+        r_ip55,
+        r_h3,
+        r_h2,
+        r_ip56,
+        r_p1,
+        r_ip77,
+        r_cidr,
+        r_d,
+        r_v6_remote,
+        r_v6_literal,
+        r_mapped,
+    ] {
+        assert!(
+            indexed.contains(&r),
+            "rule {r} `{}` is not in the index",
+            rules[r]
+        );
+    }
+    // `local.port == g` has the same key as `port == g` before it: only that one is listed.
+    assert!(!indexed.contains(&r_local_g));
+    assert!(!indexed.contains(&r_payload), "the payload rule stays code");
+    assert!(
+        !indexed.contains(&r_v6_local),
+        "an IPv6 address and a port stay code"
+    );
+    let policy = &compiled.policy;
+    let default = policy.default.counter;
+
+    let mut g = Guard::new(&src);
+    assert_eq!(g.enf().index_entries(), compiled.lowered.index.len());
+    assert!(g.enf().index_entries() > 100);
+
+    let mut cases = vec![
+        Case {
+            name: "port == (remote end)",
+            conn: connect(&l1),
+            payload: b"hello",
+            slot: r_p1,
+            dropped: true,
+        },
+        Case {
+            name: "port == and a later local.port ==: the first counts",
+            conn: connect_from(&l4, from("127.0.0.1", g_port)),
+            payload: b"hello",
+            slot: r_port_g,
+            dropped: true,
+        },
+        Case {
+            name: "remote.ip before a remote.port rule (another tuple)",
+            conn: connect(&l55),
+            payload: b"hi",
+            slot: r_ip55,
+            dropped: true,
+        },
+        Case {
+            name: "remote.port before a remote.ip rule (another tuple)",
+            conn: connect(&l56),
+            payload: b"hi",
+            slot: r_h3,
+            dropped: true,
+        },
+        Case {
+            name: "remote.ip ==",
+            conn: connect(&l77),
+            payload: b"abc",
+            slot: r_ip77,
+            dropped: true,
+        },
+        Case {
+            name: "remote.ip in CIDR and local.port ==",
+            conn: connect_from(&l5, from("127.0.0.1", lc_port)),
+            payload: b"abcd",
+            slot: r_cidr,
+            dropped: true,
+        },
+        Case {
+            name: "remote.ip in CIDR from another local port",
+            conn: connect(&l5),
+            payload: b"abcd",
+            slot: default,
+            dropped: false,
+        },
+        Case {
+            name: "remote.port ==",
+            conn: connect(&ld),
+            payload: b"x",
+            slot: r_d,
+            dropped: true,
+        },
+        Case {
+            name: "IPv6 remote.port ==",
+            conn: connect(&l6e),
+            payload: b"six",
+            slot: r_v6_remote,
+            dropped: true,
+        },
+        Case {
+            name: "IPv6 local.ip == ::1 and local.port == (code)",
+            conn: connect_from(&l6, from("::1", f_port)),
+            payload: b"six",
+            slot: r_v6_local,
+            dropped: true,
+        },
+        Case {
+            name: "IPv4-mapped remote.ip (IPv6 socket)",
+            conn: connect(&lm),
+            payload: b"mapped",
+            slot: r_mapped,
+            dropped: true,
+        },
+        Case {
+            name: "the same address from an IPv4 socket",
+            conn: connect_v4(&lm),
+            payload: b"plain",
+            slot: r_mapped,
+            dropped: true,
+        },
+        Case {
+            name: "IPv6 literal of a mapped address, IPv6 socket",
+            conn: connect(&l98),
+            payload: b"literal",
+            slot: r_v6_literal,
+            dropped: true,
+        },
+        Case {
+            name: "IPv6 literal of a mapped address, IPv4 socket",
+            conn: connect_v4(&l98),
+            payload: b"literal",
+            slot: default,
+            dropped: false,
+        },
+        Case {
+            name: "payload rule, nothing indexed matches",
+            conn: connect(&l4),
+            payload: b"ZAP!",
+            slot: r_payload,
+            dropped: true,
+        },
+        Case {
+            name: "payload rule after a matching indexed rule",
+            conn: connect(&l55),
+            payload: b"ZAP!",
+            slot: r_ip55,
+            dropped: true,
+        },
+        Case {
+            name: "payload rule before a matching indexed rule",
+            conn: connect(&l1),
+            payload: b"ZAP!",
+            slot: r_payload,
+            dropped: true,
+        },
+        Case {
+            name: "IPv4, nothing matches",
+            conn: connect(&l4),
+            payload: b"let me through",
+            slot: default,
+            dropped: false,
+        },
+        Case {
+            name: "IPv6, nothing matches",
+            conn: connect(&l6),
+            payload: b"let me through",
+            slot: default,
+            dropped: false,
+        },
+    ];
+    run_cases(&mut g, policy, &mut cases);
+    drop(cases);
+    g.finish();
+}
+
+#[test]
+fn indexed_ipv6_loopback_rules_drop_ipv6_and_leave_ipv4_and_mapped_alone() {
+    if !common::kernel_or_skip(
+        "indexed_ipv6_loopback_rules_drop_ipv6_and_leave_ipv4_and_mapped_alone",
+    ) {
+        return;
+    }
+    let (l6, _) = listen("[::1]:0");
+    let (l4, _) = listen("127.0.0.1:0");
+    let (l66, _) = listen("[::ffff:127.0.0.66]:0");
+    let mut rules: Vec<String> = Vec::new();
+    fillers(&mut rules, 40);
+    let r_remote6 = rules.len();
+    rules.push("drop if remote.ip == ::1;".into());
+    fillers(&mut rules, 10);
+    let r_local6 = rules.len();
+    rules.push("drop if local.ip in ::1/128;".into());
+    fillers(&mut rules, 30);
+    let r_ip66 = rules.len();
+    rules.push("drop if ip == 127.0.0.66;".into());
+    let src = rules.join("\n") + "\n";
+    let compiled = skpc::compile::compile("v6.skp", &src).expect("compiles");
+    let indexed = indexed_rules(&compiled);
+    for r in [r_remote6, r_local6, r_ip66] {
+        assert!(
+            indexed.contains(&r),
+            "rule {r} `{}` is not in the index",
+            rules[r]
+        );
+    }
+    let default = compiled.policy.default.counter;
+    let mut g = Guard::new(&src);
+    let mut cases = vec![
+        Case {
+            name: "IPv6 to ::1: remote.ip == ::1 before local.ip in ::1/128",
+            conn: connect(&l6),
+            payload: b"six",
+            slot: r_remote6,
+            dropped: true,
+        },
+        Case {
+            name: "IPv4 to 127.0.0.1",
+            conn: connect(&l4),
+            payload: b"four",
+            slot: default,
+            dropped: false,
+        },
+        Case {
+            name: "IPv6 socket, IPv4-mapped 127.0.0.1: not ::1",
+            conn: connect_from(&l66, from("::ffff:127.0.0.1", 0)),
+            payload: b"mapped",
+            slot: r_ip66,
+            dropped: true,
+        },
+        Case {
+            name: "IPv4 to 127.0.0.66 (ip: either end)",
+            conn: connect_v4(&l66),
+            payload: b"four",
+            slot: r_ip66,
+            dropped: true,
+        },
+    ];
+    run_cases(&mut g, &compiled.policy, &mut cases);
+    // A mapped connection that no IPv4 rule names passes: ::1 is not ::ffff:127.0.0.1.
+    let l4m = TcpListener::bind("[::ffff:127.0.0.1]:0").expect("listen on mapped loopback");
+    let mut cases = vec![Case {
+        name: "IPv6 socket to ::ffff:127.0.0.1",
+        conn: connect(&l4m),
+        payload: b"mapped",
+        slot: default,
+        dropped: false,
+    }];
+    run_cases(&mut g, &compiled.policy, &mut cases);
+    drop(cases);
+    g.finish();
+}
+
+#[test]
+fn hot_reload_swaps_one_filled_index_for_another() {
+    if !common::kernel_or_skip("hot_reload_swaps_one_filled_index_for_another") {
+        return;
+    }
+    let (la, pa) = listen("127.0.0.1:0");
+    let (lb, pb) = listen("[::1]:0");
+    let block = |drop_port: u16| {
+        let mut rules = Vec::new();
+        fillers(&mut rules, 40);
+        rules.push(format!("drop if remote.port == {drop_port};"));
+        fillers(&mut rules, 40);
+        rules.join("\n") + "\n"
+    };
+    let mut g = Guard::new("count all;\ndefault pass;");
+    let v1_ids = g.enf().kernel_ids();
+    // v1 (no index) -> v2 (drops port pa) -> v3 (drops port pb) -> v4 (no index).
+    let (a1, mut a1_srv) = connect(&la);
+    let (b1, mut b1_srv) = connect(&lb);
+    g.enf().insert_sock(0, fd(&a1)).unwrap();
+    g.enf().insert_sock(1, fd(&b1)).unwrap();
+    assert_eq!(send(&a1, b"v1"), Ok(2));
+    assert_eq!(recv_up_to(&mut a1_srv, 2, LONG), b"v1");
+
+    g.enf().reload(&policy(&block(pa))).unwrap();
+    let entries = g.enf().index_entries();
+    assert!(entries >= 80, "v2 has an index: {entries}");
+    let v2_ids = g.enf().kernel_ids();
+    // The live socket under v1 gets v2, index and all: port pa is dropped now.
+    assert_eq!(send(&a1, b"v2"), Err(EACCES));
+    assert_eq!(send(&b1, b"v2"), Ok(2));
+    assert_eq!(recv_up_to(&mut b1_srv, 2, LONG), b"v2");
+
+    g.enf().reload(&policy(&block(pb))).unwrap();
+    assert_eq!(g.enf().index_entries(), entries);
+    assert_eq!(send(&b1, b"v3"), Err(EACCES), "v3's index holds port {pb}");
+    let (a2, mut a2_srv) = connect(&la);
+    g.enf().insert_sock(2, fd(&a2)).unwrap();
+    assert_eq!(send(&a2, b"v3"), Ok(2), "v3 no longer drops port {pa}");
+    assert_eq!(recv_up_to(&mut a2_srv, 2, LONG), b"v3");
+
+    // v2's index maps went with v2 (each version has its own, unpinned).
+    let v2_only: Vec<u32> = v2_ids
+        .maps
+        .iter()
+        .copied()
+        .filter(|id| !v1_ids.maps.contains(id))
+        .collect();
+    let gone = skpc_runtime::KernelIds {
+        programs: Vec::new(),
+        maps: v2_only.clone(),
+    };
+    wait_gone(&gone, "v2's maps after v3 replaced it");
+    assert!(
+        v2_only.len() >= 3,
+        "v2 had counters, skp_index, skp_index_ready: {v2_only:?}"
+    );
+
+    g.enf().reload(&policy("default pass;")).unwrap();
+    assert_eq!(g.enf().index_entries(), 0);
+    let (b2, mut b2_srv) = connect(&lb);
+    g.enf().insert_sock(3, fd(&b2)).unwrap();
+    assert_eq!(send(&b2, b"v4"), Ok(2));
+    assert_eq!(recv_up_to(&mut b2_srv, 2, LONG), b"v4");
+    let all = g.enf().all_counters().unwrap();
+    let dropped = |v: usize| all[v].counters[..81].iter().position(|c| c.messages > 0);
+    assert_eq!(dropped(1), Some(40), "v2 counted its port rule: {all:?}");
+    assert_eq!(dropped(2), Some(40), "v3 counted its port rule: {all:?}");
+    drop((a1, b1, a2, b2));
+    g.finish();
+}
+
+/// Waits until none of `ids` is in the kernel (freed after an RCU grace period).
+fn wait_gone(ids: &skpc_runtime::KernelIds, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let alive = ids.still_alive();
+        if alive.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still in the kernel: {alive:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An indexed policy: 80 filler rules and `drop if remote.port == PORT` among them.
+fn small_indexed(port: u16) -> String {
+    let mut rules = Vec::new();
+    fillers(&mut rules, 40);
+    rules.push(format!("drop if remote.port == {port};"));
+    fillers(&mut rules, 40);
+    rules.join("\n") + "\n"
+}
+
+#[test]
+fn an_unfilled_index_drops_everything_until_it_is_filled_and_marked_ready() {
+    if !common::kernel_or_skip(
+        "an_unfilled_index_drops_everything_until_it_is_filled_and_marked_ready",
+    ) {
+        return;
+    }
+    let (l, port) = listen("127.0.0.1:0");
+    let (l_other, _) = listen("127.0.0.1:0");
+    let src = small_indexed(port);
+    let c = skpc::compile::compile("unfilled.skp", &src).expect("compiles");
+    let object = c.object.clone();
+    let entries = skpc_runtime::index_entries(&object)
+        .expect("readable")
+        .expect("the object has an index");
+    assert_eq!(entries, c.lowered.index);
+
+    // Loaded the way any aya program would load it, without the runtime.
+    let mut ebpf = aya::EbpfLoader::new()
+        .verifier_log_level(aya::VerifierLogLevel::STATS)
+        .load(&object)
+        .expect("aya loads the object");
+    let mut ids = skpc_runtime::KernelIds::default();
+    for (_, m) in ebpf.maps() {
+        if let aya::maps::Map::HashMap(d)
+        | aya::maps::Map::Array(d)
+        | aya::maps::Map::SockMap(d)
+        | aya::maps::Map::PerCpuArray(d) = m
+        {
+            ids.maps.push(d.info().unwrap().id());
+        }
+    }
+    let socks: SockMap<MapData> = SockMap::try_from(ebpf.take_map("skp_socks").unwrap()).unwrap();
+    {
+        let prog: &mut SkMsg = ebpf.program_mut("skp_verdict").unwrap().try_into().unwrap();
+        prog.load().expect("the verifier accepts it");
+        ids.programs.push(prog.info().unwrap().id());
+        prog.attach(socks.fd()).expect("attach to skp_socks");
+    }
+    let mut socks = socks;
+    let ready = |ebpf: &aya::Ebpf| -> u32 {
+        let a: Array<&MapData, u32> = Array::try_from(ebpf.map(INDEX_READY_NAME).unwrap()).unwrap();
+        a.get(&0, 0).unwrap()
+    };
+    let index_len = |ebpf: &aya::Ebpf| -> usize {
+        let h: HashMap<&MapData, [u8; IndexEntry::KEY_SIZE], u32> =
+            HashMap::try_from(ebpf.map(INDEX_NAME).unwrap()).unwrap();
+        h.keys().count()
+    };
+    assert_eq!(
+        ready(&ebpf),
+        0,
+        "nothing marks the index ready before it is filled"
+    );
+    assert_eq!(index_len(&ebpf), 0);
+
+    // Fail closed: a message that no rule matches is dropped too.
+    let (c0, mut s0) = connect(&l_other);
+    socks.set(0, &c0, 0).unwrap();
+    assert_eq!(send(&c0, b"no rule matches me"), Err(EACCES));
+    assert!(recv_any(&mut s0, SHORT).is_empty());
+
+    // Filled: every entry in the kernel, then the flag; the rules work.
+    let n = skpc_runtime::fill_index(&ebpf, &object).expect("fills");
+    assert_eq!(n, entries.len());
+    assert_eq!(index_len(&ebpf), entries.len());
+    assert_eq!(ready(&ebpf), INDEX_READY);
+    let (c1, mut s1) = connect(&l_other);
+    socks.set(1, &c1, 0).unwrap();
+    assert_eq!(send(&c1, b"no rule matches me"), Ok(18));
+    assert_eq!(recv_up_to(&mut s1, 18, LONG), b"no rule matches me");
+    let (c2, mut s2) = connect(&l);
+    socks.set(2, &c2, 0).unwrap();
+    assert_eq!(send(&c2, b"port rule"), Err(EACCES));
+    assert!(recv_any(&mut s2, SHORT).is_empty());
+
+    drop((c0, c1, c2, socks));
+    drop(ebpf);
+    wait_gone(&ids, "the aya-loaded object after its drop");
+}
+
+#[test]
+fn bpftool_loads_an_indexed_object_with_the_index_empty_and_not_ready() {
+    let Some(bpftool) = common::bpftool_or_skip(
+        "bpftool_loads_an_indexed_object_with_the_index_empty_and_not_ready",
+    ) else {
+        return;
+    };
+    let c = skpc::compile::compile("bpftool.skp", &small_indexed(4242)).expect("compiles");
+    let file = common::TempFile::with_contents("skpc_index", "o", &c.object);
+    let pins = common::PinDir::new("skpc_index");
+    let maps = pins.join("maps");
+    std::fs::create_dir_all(&pins.path).expect("a directory under /sys/fs/bpf");
+    common::run_ok(
+        std::process::Command::new(&bpftool)
+            .args(["prog", "loadall"])
+            .arg(&file.path)
+            .arg(pins.join("progs"))
+            .arg("pinmaps")
+            .arg(&maps),
+    );
+    let ready = common::run_ok(
+        std::process::Command::new(&bpftool)
+            .args(["-j", "map", "lookup", "pinned"])
+            .arg(maps.join(INDEX_READY_NAME))
+            .args(["key", "0", "0", "0", "0"]),
+    );
+    assert!(
+        ready.contains(r#""value":["0x00","0x00","0x00","0x00"]"#),
+        "a libbpf loader leaves the ready flag 0, so the program drops everything: {ready}"
+    );
+    let dump = common::run_ok(
+        std::process::Command::new(&bpftool)
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(maps.join(INDEX_NAME)),
+    );
+    assert_eq!(dump.trim(), "[]", "libbpf does not fill skp_index");
+    // The pins are the only references: removing them frees everything.
+    drop(pins);
+}
+
+#[test]
+fn a_hundred_thousand_entries_fill_in_one_batch() {
+    if !common::kernel_or_skip("a_hundred_thousand_entries_fill_in_one_batch") {
+        return;
+    }
+    let (l, _) = listen("127.0.0.123:0");
+    let (l_pass, _) = listen("127.0.0.1:0");
+    // 100,000 distinct addresses, then one rule for this test's listener.
+    let mut src: String = (0..100_000u32)
+        .map(|i| {
+            format!(
+                "drop if remote.ip == 10.{}.{}.{};\n",
+                i >> 16,
+                (i >> 8) & 255,
+                i & 255
+            )
+        })
+        .collect();
+    src.push_str("drop if remote.ip == 127.0.0.123;\n");
+    let c = skpc::compile::compile("big.skp", &src).expect("compiles");
+    assert_eq!(c.lowered.index.len(), 100_001);
+
+    let ebpf = aya::EbpfLoader::new()
+        .verifier_log_level(aya::VerifierLogLevel::STATS)
+        .load(&c.object)
+        .expect("aya loads the object");
+    let start = Instant::now();
+    let n = skpc_runtime::fill_index(&ebpf, &c.object).expect("fills");
+    let took = start.elapsed();
+    assert_eq!(n, 100_001);
+    let h: HashMap<&MapData, [u8; IndexEntry::KEY_SIZE], u32> =
+        HashMap::try_from(ebpf.map(INDEX_NAME).unwrap()).unwrap();
+    assert_eq!(h.keys().count(), 100_001, "every entry is in the kernel");
+    eprintln!("filled {n} index entries in {took:.1?}");
+    drop(ebpf);
+
+    let mut g = Guard::new(&src);
+    assert_eq!(g.enf().index_entries(), 100_001);
+    let (hit, _hit_srv) = connect(&l);
+    let (miss, mut miss_srv) = connect(&l_pass);
+    g.enf().insert_sock(0, fd(&hit)).unwrap();
+    g.enf().insert_sock(1, fd(&miss)).unwrap();
+    assert_eq!(send(&hit, b"x"), Err(EACCES));
+    assert_eq!(send(&miss, b"y"), Ok(1));
+    assert_eq!(recv_up_to(&mut miss_srv, 1, LONG), b"y");
+    let counters = g.enf().counters().unwrap();
+    assert_eq!(
+        counters[100_000].messages, 1,
+        "the last rule counted the drop"
+    );
+    assert_eq!(counters.iter().map(|c| c.messages).sum::<u64>(), 2);
+    drop((hit, miss));
+    g.finish();
+}
+
+/// The object of `src` with its `.skp.index` section changed by `edit` (`None`: no
+/// such section).
+fn edited_object(src: &str, edit: impl FnOnce(&mut Option<Vec<u8>>)) -> Vec<u8> {
+    let c = skpc::compile::compile("edited.skp", src).expect("compiles");
+    let mut spec = skpc::compile::object_spec(&c.lowered, "edited.skp", src);
+    let at = spec
+        .data_sections
+        .iter()
+        .position(|(n, _)| n == skpc_abi::INDEX_SECTION);
+    let mut section = at.map(|i| spec.data_sections.remove(i).1);
+    edit(&mut section);
+    if let Some(bytes) = section {
+        spec.data_sections
+            .push((skpc_abi::INDEX_SECTION.to_string(), bytes));
+    }
+    skpc::object::write_object(&spec)
+}
+
+/// Enforcing `object` fails with a BadObject error whose message has `says`.
+fn refused(object: Vec<u8>, says: &str) {
+    let before = skpc_runtime::index_entries(&object);
+    match skpc_runtime::Enforcement::new(&skpc_runtime::Policy::new(object, Vec::new())) {
+        Ok(_) => panic!("an object with a broken index was enforced ({says})"),
+        Err(e) => {
+            assert_eq!(e.kind(), skpc_runtime::ErrorKind::BadObject, "{e}");
+            assert!(e.message().contains(says), "{e}");
+            assert!(e.message().contains("rebuild"), "the fix is named: {e}");
+            assert!(!e.message().contains('\n'), "one sentence: {e}");
+        }
+    }
+    drop(before);
+}
+
+#[test]
+fn a_broken_index_section_is_a_clear_error() {
+    if !common::kernel_or_skip("a_broken_index_section_is_a_clear_error") {
+        return;
+    }
+    let src = small_indexed(4243);
+    // Cut short: not a whole number of records.
+    let truncated = edited_object(&src, |s| {
+        s.as_mut().expect("indexed").pop();
+    });
+    let e = skpc_runtime::index_entries(&truncated).unwrap_err();
+    assert!(
+        e.message()
+            .contains("not a whole number of 24-byte index entries"),
+        "{e}"
+    );
+    refused(truncated, "not a whole number of 24-byte index entries");
+    // Gone (stripped), while the maps are there.
+    refused(
+        edited_object(&src, |s| *s = None),
+        "but no .skp.index section",
+    );
+    // A key twice.
+    refused(
+        edited_object(&src, |s| {
+            let b = s.as_mut().expect("indexed");
+            let first: Vec<u8> = b[..IndexEntry::SIZE].to_vec();
+            let n = b.len();
+            b[n - IndexEntry::SIZE..].copy_from_slice(&first);
+        }),
+        "twice",
+    );
+    // More entries than the map holds.
+    refused(
+        edited_object(&src, |s| {
+            let b = s.as_mut().expect("indexed");
+            let mut extra = IndexEntry::from_bytes(b[..IndexEntry::SIZE].try_into().unwrap());
+            extra.key[4] = 0xdead;
+            b.extend_from_slice(&extra.to_bytes());
+        }),
+        "holds at most",
+    );
+    // A rule past the counters.
+    refused(
+        edited_object(&src, |s| {
+            let b = s.as_mut().expect("indexed");
+            b[IndexEntry::KEY_SIZE..IndexEntry::SIZE].copy_from_slice(&999_999u32.to_le_bytes());
+        }),
+        "names rule 999999",
+    );
+    // A section without the maps.
+    refused(
+        edited_object("drop if port == 1;", |s| {
+            *s = Some(IndexEntry::default().to_bytes().to_vec())
+        }),
+        "but not both maps",
+    );
+    // Without the section and the maps, nothing changes: the policy enforces.
+    let plain = edited_object("drop if port == 1;", |_| {});
+    assert!(skpc_runtime::index_entries(&plain).unwrap().is_none());
+    let enf = skpc_runtime::Enforcement::new(&skpc_runtime::Policy::new(plain, Vec::new()))
+        .expect("an object without an index enforces as before");
+    assert_eq!(enf.index_entries(), 0);
+}
