@@ -2,8 +2,8 @@
 //! Also the assembly listing (`skpc build --emit asm`).
 
 use skpc_abi::{
-    IndexEntry, INDEX_SECTION, PROGS_NAME, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SK_MSG_SECTION,
-    SOCKHASH_NAME, SOCKMAP_NAME, SOCK_OPS_PROGRAM, SOCK_OPS_SECTION,
+    IndexEntry, INDEX_NAME, INDEX_SECTION, PROGS_NAME, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM,
+    SK_MSG_SECTION, SOCKHASH_NAME, SOCKMAP_NAME, SOCK_OPS_PROGRAM, SOCK_OPS_SECTION,
 };
 
 use crate::bpf::{disassemble_at, encode_all, Insn};
@@ -209,6 +209,15 @@ pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
         "; {file_name}: section {SK_MSG_SECTION}, program {SK_MSG_PROGRAM}, {} instructions\n",
         c.lowered.verdict.marks.len()
     ));
+    if !c.lowered.index_summary.is_empty() {
+        out.push_str(&format!(
+            "; rule index {INDEX_NAME}: {} entries, filled by the runtime before the program runs\n",
+            c.lowered.index.len()
+        ));
+        for b in &c.lowered.index_summary {
+            out.push_str(&format!(";   {b}\n"));
+        }
+    }
     let mut slot = 0usize;
     let mut current: Option<u32> = None;
     for insn in &c.lowered.verdict.insns {

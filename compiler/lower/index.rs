@@ -52,6 +52,23 @@ pub(super) enum Component {
 }
 
 impl Component {
+    fn describe(self) -> String {
+        let end = |e: End| match e {
+            End::Local => "local",
+            End::Remote => "remote",
+        };
+        match self {
+            Component::LocalPort => "local.port".into(),
+            Component::RemotePort => "remote.port".into(),
+            Component::Ip4 {
+                end: e,
+                mapped,
+                prefix,
+            } => format!("{}.{}/{prefix}", end(e), if mapped { "ip" } else { "ip4" }),
+            Component::Ip6 { end: e, prefix } => format!("{}.ip6/{prefix}", end(e)),
+        }
+    }
+
     /// The order of components in a key (prefix lengths do not matter for it).
     fn slot(self) -> (u8, End) {
         match self {
@@ -81,6 +98,30 @@ pub(super) struct Block {
     pub rest: Vec<usize>,
     /// How many rules of the segment are in the index.
     pub indexed: usize,
+}
+
+impl Block {
+    /// One line for listings, e.g. `lines 1-1000: 1000 rules in the index, 0 as code;
+    /// lookups: local.port | remote.ip/32 | local.port+remote.ip/28`.
+    pub(super) fn describe(&self, policy: &hir::Policy) -> String {
+        let line = |r: usize| policy.rules.get(r).map_or(0, |r| r.line);
+        let tuples: Vec<String> = self
+            .tuples
+            .iter()
+            .map(|t| {
+                let parts: Vec<String> = t.components.iter().map(|c| c.describe()).collect();
+                format!("#{} {}", t.id, parts.join("+"))
+            })
+            .collect();
+        format!(
+            "lines {}-{}: {} rules in the index, {} as code; lookups: {}",
+            line(self.first),
+            line(self.last),
+            self.indexed,
+            self.rest.len(),
+            tuples.join(" | ")
+        )
+    }
 }
 
 /// What indexing a policy gives: the blocks, and every entry of the map.

@@ -74,6 +74,8 @@ pub struct Lowered {
     pub mark_lines: Vec<u32>,
     /// The entries of the rule index map (empty when no block is indexed), sorted by key.
     pub index: Vec<IndexEntry>,
+    /// One line per indexed block, for listings: its rules, tuples and code rules.
+    pub index_summary: Vec<String>,
 }
 
 const MAP_SOCKMAP: u32 = 0;
@@ -205,6 +207,7 @@ pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
         entry: entry_program(),
         sockops: sockops_program(),
         mark_lines,
+        index_summary: index.blocks.iter().map(|b| b.describe(policy)).collect(),
         index: index.entries,
     }
 }
@@ -644,7 +647,15 @@ impl Gen {
         }
         let counters = self.options.counters;
         if counters {
-            self.st(Size::W, Reg::R10, STACK_INDEX_BEST, NO_RULE as i32);
+            // NO_RULE, but unknown to the verifier (`+ size - size`, as in `count_reg`):
+            // a known constant would make the compares below decided on the paths that
+            // found nothing, marking the word precise, and the verifier would walk the
+            // rest of the program once for "nothing found" and once for "found".
+            self.ctx_ld(Reg::R1, SK_MSG_MD_SIZE);
+            self.mov32(Reg::R2, NO_RULE);
+            self.alu64(AluOp::Add, Reg::R2, Src::Reg(Reg::R1));
+            self.alu64(AluOp::Sub, Reg::R2, Src::Reg(Reg::R1));
+            self.stx(Size::W, Reg::R10, STACK_INDEX_BEST, Reg::R2);
         }
         let has = |t: &index::Tuple, f: fn(&Component) -> bool| t.components.iter().any(f);
         let is_ip4 = |c: &Component| matches!(c, Component::Ip4 { .. });
@@ -788,7 +799,17 @@ impl Gen {
         for w in used..*dirty {
             self.st(Size::W, Reg::R10, STACK_INDEX_KEY + 4 * (w as i16 + 1), 0);
         }
-        *dirty = used;
+        // On an IPv6 socket, an address that is not IPv4-mapped skips an IPv4 component's
+        // lookup before the stores above: the words an earlier key left stay there.
+        let skips_early = v6
+            && t.components
+                .iter()
+                .any(|c| matches!(c, Component::Ip4 { .. }));
+        *dirty = if skips_early {
+            (*dirty).max(used)
+        } else {
+            used
+        };
         self.emit(Insn::LdMap {
             dst: Reg::R1,
             map: self.index_map,
@@ -797,16 +818,18 @@ impl Gen {
         self.call(BPF_FUNC_map_lookup_elem);
         self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
         if self.options.counters {
+            // best = min(best, found) without a branch: r2 += (r1 - r2) & ((r1 - r2) >> 63).
+            // A compare would narrow `best` on each side, the final `== NO_RULE` test would
+            // then be decided on some paths, and the verifier would have to keep apart
+            // states that differ only in which rule was found.
             self.ldx(Size::W, Reg::R1, Reg::R0, 0);
             self.ldx(Size::W, Reg::R2, Reg::R10, STACK_INDEX_BEST);
-            self.code.push(Lir::Jmp {
-                op: JmpOp::Jge,
-                wide: false,
-                dst: Reg::R1,
-                src: Src::Reg(Reg::R2),
-                target: skip,
-            });
-            self.stx(Size::W, Reg::R10, STACK_INDEX_BEST, Reg::R1);
+            self.alu64(AluOp::Sub, Reg::R1, Src::Reg(Reg::R2));
+            self.mov64(Reg::R3, Src::Reg(Reg::R1));
+            self.alu64(AluOp::Arsh, Reg::R3, Src::Imm(63));
+            self.alu64(AluOp::And, Reg::R1, Src::Reg(Reg::R3));
+            self.alu64(AluOp::Add, Reg::R2, Src::Reg(Reg::R1));
+            self.stx(Size::W, Reg::R10, STACK_INDEX_BEST, Reg::R2);
         } else {
             let tail = self.tail(d);
             self.goto(tail);
