@@ -68,3 +68,29 @@ fn listing_puts_source_lines_above_their_code() {
         "remote port 6379 as the raw network-order word:\n{text}"
     );
 }
+
+/// An indexed block: 64 same-decision port and address rules (four tuples, one of them
+/// a port and a prefix together, one IPv6), a payload rule in the same segment that stays
+/// code, and a rule with another decision before it. The listing shows the index summary,
+/// the ready check, one lookup per tuple and the payload rule's compare against the best
+/// indexed rule.
+#[test]
+fn indexed_block_listing() {
+    let mut src = String::from("pass if local.port == 22;\n");
+    for i in 0..16 {
+        src.push_str(&format!("drop if port == {};\n", 1000 + i));
+        src.push_str(&format!("drop if remote.ip == 10.0.0.{i};\n"));
+        src.push_str(&format!(
+            "drop if remote.ip in 192.168.{i}.0/28 and local.port == {};\n",
+            2000 + i
+        ));
+        src.push_str(&format!("drop if remote.ip6 == fd00::{i:x};\n"));
+    }
+    src.push_str("drop if payload starts with \"EVIL\";\n");
+    let text = listing("indexed.skp", &src);
+    assert!(
+        text.contains("lines 2-66: 64 rules in the index, 1 as code"),
+        "{text}"
+    );
+    insta::assert_snapshot!("asm_indexed_block", text);
+}
