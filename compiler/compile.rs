@@ -2,8 +2,9 @@
 //! Also the assembly listing (`skpc build --emit asm`).
 
 use skpc_abi::{
-    IndexEntry, INDEX_NAME, INDEX_SECTION, PROGS_NAME, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM,
-    SK_MSG_SECTION, SOCKHASH_NAME, SOCKMAP_NAME, SOCK_OPS_PROGRAM, SOCK_OPS_SECTION,
+    IndexEntry, PortEntry, INDEX_NAME, INDEX_PORTS_NAME, INDEX_PORTS_SECTION, INDEX_SECTION,
+    PROGS_NAME, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SK_MSG_SECTION, SOCKHASH_NAME, SOCKMAP_NAME,
+    SOCK_OPS_PROGRAM, SOCK_OPS_SECTION,
 };
 
 use crate::bpf::{disassemble_at, encode_all, Insn};
@@ -65,15 +66,22 @@ pub fn object_spec(lowered: &Lowered, file_name: &str, source: &str) -> ObjectSp
         .collect();
     let lines: Vec<&str> = source.lines().collect();
     let verdict_lines = line_info(&lowered.verdict, &lowered.mark_lines, file_name, &lines);
-    let data_sections = if lowered.index.is_empty() {
-        Vec::new()
-    } else {
+    // The rule index's entries, for the runtime to fill the maps with (both sections
+    // whenever the policy has an indexed block, so that a loader can tell an empty
+    // index from a stripped one).
+    let mut data_sections = Vec::new();
+    if !lowered.index_summary.is_empty() {
         let mut bytes = Vec::with_capacity(lowered.index.len() * IndexEntry::SIZE);
         for e in &lowered.index {
             bytes.extend_from_slice(&e.to_bytes());
         }
-        vec![(INDEX_SECTION.to_string(), bytes)]
-    };
+        data_sections.push((INDEX_SECTION.to_string(), bytes));
+        let mut bytes = Vec::with_capacity(lowered.port_index.len() * PortEntry::SIZE);
+        for e in &lowered.port_index {
+            bytes.extend_from_slice(&e.to_bytes());
+        }
+        data_sections.push((INDEX_PORTS_SECTION.to_string(), bytes));
+    }
     ObjectSpec {
         license: "GPL".to_string(),
         maps,
@@ -211,8 +219,9 @@ pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
     ));
     if !c.lowered.index_summary.is_empty() {
         out.push_str(&format!(
-            "; rule index {INDEX_NAME}: {} entries, filled by the runtime before the program runs\n",
-            c.lowered.index.len()
+            "; rule index {INDEX_NAME}: {} entries, {INDEX_PORTS_NAME}: {} ports; filled by the runtime before the program runs\n",
+            c.lowered.index.len(),
+            c.lowered.port_index.len()
         ));
         for b in &c.lowered.index_summary {
             out.push_str(&format!(";   {b}\n"));

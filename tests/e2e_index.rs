@@ -179,7 +179,9 @@ fn run_cases(g: &mut Guard, policy: &skpc::check::hir::Policy, cases: &mut [Case
 
 /// The rule indices of the policy that are in the index (entries name them).
 fn indexed_rules(c: &skpc::compile::Compiled) -> std::collections::BTreeSet<usize> {
-    c.lowered.index.iter().map(|e| e.rule as usize).collect()
+    let hashed = c.lowered.index.iter().map(|e| e.rule as usize);
+    let ports = c.lowered.port_index.iter().map(|e| e.value as usize - 1);
+    hashed.chain(ports).collect()
 }
 
 #[test]
@@ -271,7 +273,10 @@ fn indexed_rules_drop_on_loopback_and_the_first_matching_rule_counts() {
     let default = policy.default.counter;
 
     let mut g = Guard::new(&src);
-    assert_eq!(g.enf().index_entries(), compiled.lowered.index.len());
+    assert_eq!(
+        g.enf().index_entries(),
+        compiled.lowered.index.len() + compiled.lowered.port_index.len()
+    );
     assert!(g.enf().index_entries() > 100);
 
     let mut cases = vec![
@@ -652,7 +657,8 @@ fn an_unfilled_index_drops_everything_until_it_is_filled_and_marked_ready() {
 
     // Filled: every entry in the kernel, then the flag; the rules work.
     let n = skpc_runtime::fill_index(&ebpf, &object).expect("fills");
-    assert_eq!(n, entries.len());
+    let ports = skpc_runtime::port_entries(&object).expect("port entries");
+    assert_eq!(n, entries.len() + ports.len());
     assert_eq!(index_len(&ebpf), entries.len());
     assert_eq!(ready(&ebpf), INDEX_READY);
     let (c1, mut s1) = connect(&l_other);

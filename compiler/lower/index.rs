@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 
-use skpc_abi::IndexEntry;
+use skpc_abi::{IndexEntry, PortEntry, PORTS_PER_TUPLE};
 
 use crate::check::hir::{self, Action, Cond, Decision, End, IntField, Net, Test};
 use crate::check::simplify;
@@ -85,6 +85,9 @@ impl Component {
 pub(super) struct Tuple {
     pub id: u32,
     pub components: Vec<Component>,
+    /// A tuple of one port is looked up in the port array (`skpc_abi::INDEX_PORTS_NAME`)
+    /// at `slot * PORTS_PER_TUPLE + port`, not in the hash map.
+    pub port_slot: Option<u32>,
 }
 
 /// A segment whose indexable rules are looked up.
@@ -110,7 +113,12 @@ impl Block {
             .iter()
             .map(|t| {
                 let parts: Vec<String> = t.components.iter().map(|c| c.describe()).collect();
-                format!("#{} {}", t.id, parts.join("+"))
+                let place = if t.port_slot.is_some() {
+                    " (array)"
+                } else {
+                    ""
+                };
+                format!("#{} {}{place}", t.id, parts.join("+"))
             })
             .collect();
         format!(
@@ -128,7 +136,12 @@ impl Block {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Index {
     pub blocks: Vec<Block>,
+    /// The hash map's entries, sorted by key.
     pub entries: Vec<IndexEntry>,
+    /// The port array's non-zero slots, sorted by slot.
+    pub port_entries: Vec<PortEntry>,
+    /// Port tuples over all blocks (the port array has this many times 65536 slots).
+    pub port_tuples: u32,
 }
 
 /// One key of a rule: its tuple (components in key order) and value words.
@@ -141,7 +154,11 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
     let mut index = Index::default();
     // Entries of all blocks, keyed by the key words: the smallest rule wins.
     let mut entries: BTreeMap<[u32; IndexEntry::KEY_WORDS], u32> = BTreeMap::new();
-    let mut next_id = 1u32;
+    let mut ports: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut ids = Ids {
+        next_tuple: 1,
+        next_port_slot: 0,
+    };
     let mut i = 0;
     while i < rules.len() {
         let Action::Decide(d) = &rules[i].action else {
@@ -154,7 +171,7 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
         }
         // A cheap count first: most segments of most policies are short.
         if j - i >= MIN_INDEXED_RULES {
-            if let Some(block) = block(policy, i, j, d, &mut next_id, &mut entries) {
+            if let Some(block) = block(policy, i, j, d, &mut ids, &mut entries, &mut ports) {
                 index.blocks.push(block);
             }
         }
@@ -164,7 +181,21 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
         .into_iter()
         .map(|(key, rule)| IndexEntry { key, rule })
         .collect();
+    index.port_entries = ports
+        .into_iter()
+        .map(|(slot, rule)| PortEntry {
+            slot,
+            value: rule + 1,
+        })
+        .collect();
+    index.port_tuples = ids.next_port_slot;
     index
+}
+
+/// Tuple ids and port-array slots handed out so far (both unique over the policy).
+struct Ids {
+    next_tuple: u32,
+    next_port_slot: u32,
 }
 
 /// The block of segment `first..end`, if enough of its rules can be indexed.
@@ -173,8 +204,9 @@ fn block(
     first: usize,
     end: usize,
     d: &Decision,
-    next_id: &mut u32,
+    ids: &mut Ids,
     entries: &mut BTreeMap<[u32; IndexEntry::KEY_WORDS], u32>,
+    ports: &mut BTreeMap<u32, u32>,
 ) -> Option<Block> {
     let mut keyed: Vec<(usize, Vec<RuleKey>)> = Vec::new();
     let mut rest = Vec::new();
@@ -207,22 +239,43 @@ fn block(
     let tuples: Vec<Tuple> = tuples
         .into_iter()
         .map(|components| {
-            let id = *next_id;
-            *next_id += 1;
-            Tuple { id, components }
+            let id = ids.next_tuple;
+            ids.next_tuple += 1;
+            let port_slot = matches!(
+                components.as_slice(),
+                [Component::LocalPort] | [Component::RemotePort]
+            )
+            .then(|| {
+                ids.next_port_slot += 1;
+                ids.next_port_slot - 1
+            });
+            Tuple {
+                id,
+                components,
+                port_slot,
+            }
         })
         .collect();
     for (r, keys) in &keyed {
         for (components, words) in keys {
-            let tuple = tuples
-                .iter()
-                .find(|t| &t.components == components)
-                .map(|t| t.id)
-                .unwrap_or(0);
-            let mut key = [0u32; IndexEntry::KEY_WORDS];
-            key[0] = tuple;
-            key[1..1 + words.len()].copy_from_slice(words);
+            let Some(tuple) = tuples.iter().find(|t| &t.components == components) else {
+                continue; // every key's tuple was added above
+            };
             let rule = policy.rules[*r].counter as u32;
+            if let Some(slot) = tuple.port_slot {
+                let port = match components.as_slice() {
+                    [Component::RemotePort] => ((words[0] >> 16) as u16).swap_bytes() as u32,
+                    _ => words[0],
+                };
+                ports
+                    .entry(slot * PORTS_PER_TUPLE + port)
+                    .and_modify(|e| *e = (*e).min(rule))
+                    .or_insert(rule);
+                continue;
+            }
+            let mut key = [0u32; IndexEntry::KEY_WORDS];
+            key[0] = tuple.id;
+            key[1..1 + words.len()].copy_from_slice(words);
             entries
                 .entry(key)
                 .and_modify(|e| *e = (*e).min(rule))

@@ -12,7 +12,7 @@ mod index;
 pub mod lir;
 mod runs;
 
-use skpc_abi::{Counter, IndexEntry, LogRecord, SockKey};
+use skpc_abi::{Counter, IndexEntry, LogRecord, PortEntry, SockKey, PORTS_PER_TUPLE};
 
 use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, Endian, Insn, JmpOp, Reg, Size, Src};
@@ -34,6 +34,8 @@ pub enum MapKind {
     Index,
     /// Whether the runtime filled the index.
     IndexReady,
+    /// The rule index of single-port tuples (see `index`).
+    IndexPorts,
 }
 
 impl MapKind {
@@ -46,6 +48,7 @@ impl MapKind {
             MapKind::Progs => skpc_abi::PROGS_NAME,
             MapKind::Index => skpc_abi::INDEX_NAME,
             MapKind::IndexReady => skpc_abi::INDEX_READY_NAME,
+            MapKind::IndexPorts => skpc_abi::INDEX_PORTS_NAME,
         }
     }
 }
@@ -74,6 +77,8 @@ pub struct Lowered {
     pub mark_lines: Vec<u32>,
     /// The entries of the rule index map (empty when no block is indexed), sorted by key.
     pub index: Vec<IndexEntry>,
+    /// The non-zero slots of the port array (empty when no block has a port tuple).
+    pub port_index: Vec<PortEntry>,
     /// One line per indexed block, for listings: its rules, tuples and code rules.
     pub index_summary: Vec<String>,
 }
@@ -188,6 +193,16 @@ pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
             value_size: 4,
             max_entries: 1,
         });
+        if index.port_tuples > 0 {
+            g.ports_map = maps.len() as u32;
+            maps.push(MapSpec {
+                kind: MapKind::IndexPorts,
+                map_type: BPF_MAP_TYPE_ARRAY,
+                key_size: 4,
+                value_size: 4,
+                max_entries: index.port_tuples * PORTS_PER_TUPLE,
+            });
+        }
     }
     g.verdict_program(policy, &index.blocks);
     let verdict = lir::assemble(&lir::cleanup(g.code));
@@ -209,6 +224,7 @@ pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
         mark_lines,
         index_summary: index.blocks.iter().map(|b| b.describe(policy)).collect(),
         index: index.entries,
+        port_index: index.port_entries,
     }
 }
 
@@ -233,6 +249,7 @@ struct Gen {
     /// Map numbers of the rule index and its ready flag (when a block is indexed).
     index_map: u32,
     ready_map: u32,
+    ports_map: u32,
     /// Where the program goes when the index is not filled (set by the first block).
     index_not_ready: Option<Label>,
 }
@@ -757,6 +774,44 @@ impl Gen {
     fn index_lookup(&mut self, t: &index::Tuple, v6: bool, d: &Decision, dirty: &mut usize) {
         use index::Component;
         let skip = self.label();
+        if let Some(slot) = t.port_slot {
+            // One port: the array slot `slot * 65536 + port` holds the rule plus one.
+            let remote = t.components.first() == Some(&Component::RemotePort);
+            let (off, swap) = if remote {
+                (SK_MSG_MD_REMOTE_PORT, true)
+            } else {
+                (SK_MSG_MD_LOCAL_PORT, false)
+            };
+            self.load_ctx_field(off, swap, Reg::R2);
+            if slot > 0 {
+                self.alu32(
+                    AluOp::Add,
+                    Reg::R2,
+                    Src::Imm((slot * PORTS_PER_TUPLE) as i32),
+                );
+            }
+            // Word 0 is the tuple id of hash keys, which every hash lookup writes anew.
+            self.stx(Size::W, Reg::R10, STACK_INDEX_KEY, Reg::R2);
+            self.emit(Insn::LdMap {
+                dst: Reg::R1,
+                map: self.ports_map,
+            });
+            self.stack_ptr(Reg::R2, STACK_INDEX_KEY);
+            self.call(BPF_FUNC_map_lookup_elem);
+            self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
+            self.ldx(Size::W, Reg::R1, Reg::R0, 0);
+            if self.options.counters {
+                // 0 (no rule) becomes NO_RULE.
+                self.alu32(AluOp::Sub, Reg::R1, Src::Imm(1));
+                self.keep_smaller_rule();
+            } else {
+                self.jmp32(JmpOp::Jeq, Reg::R1, 0, skip);
+                let tail = self.tail(d);
+                self.goto(tail);
+            }
+            self.place(skip);
+            return;
+        }
         self.st(Size::W, Reg::R10, STACK_INDEX_KEY, t.id as i32);
         let mut at = STACK_INDEX_KEY + 4;
         for &c in &t.components {
@@ -818,23 +873,27 @@ impl Gen {
         self.call(BPF_FUNC_map_lookup_elem);
         self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
         if self.options.counters {
-            // best = min(best, found) without a branch: r2 += (r1 - r2) & ((r1 - r2) >> 63).
-            // A compare would narrow `best` on each side, the final `== NO_RULE` test would
-            // then be decided on some paths, and the verifier would have to keep apart
-            // states that differ only in which rule was found.
             self.ldx(Size::W, Reg::R1, Reg::R0, 0);
-            self.ldx(Size::W, Reg::R2, Reg::R10, STACK_INDEX_BEST);
-            self.alu64(AluOp::Sub, Reg::R1, Src::Reg(Reg::R2));
-            self.mov64(Reg::R3, Src::Reg(Reg::R1));
-            self.alu64(AluOp::Arsh, Reg::R3, Src::Imm(63));
-            self.alu64(AluOp::And, Reg::R1, Src::Reg(Reg::R3));
-            self.alu64(AluOp::Add, Reg::R2, Src::Reg(Reg::R1));
-            self.stx(Size::W, Reg::R10, STACK_INDEX_BEST, Reg::R2);
+            self.keep_smaller_rule();
         } else {
             let tail = self.tail(d);
             self.goto(tail);
         }
         self.place(skip);
+    }
+
+    /// STACK_INDEX_BEST = min(STACK_INDEX_BEST, w1), without a branch:
+    /// r2 += (r1 - r2) & ((r1 - r2) >> 63). A compare would narrow the best rule on each
+    /// side, the final `== NO_RULE` test would then be decided on some paths, and the
+    /// verifier would have to keep apart states that differ only in which rule was found.
+    fn keep_smaller_rule(&mut self) {
+        self.ldx(Size::W, Reg::R2, Reg::R10, STACK_INDEX_BEST);
+        self.alu64(AluOp::Sub, Reg::R1, Src::Reg(Reg::R2));
+        self.mov64(Reg::R3, Src::Reg(Reg::R1));
+        self.alu64(AluOp::Arsh, Reg::R3, Src::Imm(63));
+        self.alu64(AluOp::And, Reg::R1, Src::Reg(Reg::R3));
+        self.alu64(AluOp::Add, Reg::R2, Src::Reg(Reg::R1));
+        self.stx(Size::W, Reg::R10, STACK_INDEX_BEST, Reg::R2);
     }
 
     /// A run as keyed searches (see `runs::Keyed`): each search leaves the index of the

@@ -10,7 +10,8 @@ use aya::maps::{Map, MapData};
 use aya::Ebpf;
 use object::{Object, ObjectSection};
 use skpc_abi::{
-    IndexEntry, COUNTERS_NAME, INDEX_NAME, INDEX_READY, INDEX_READY_NAME, INDEX_SECTION,
+    IndexEntry, PortEntry, COUNTERS_NAME, INDEX_NAME, INDEX_PORTS_NAME, INDEX_PORTS_SECTION,
+    INDEX_READY, INDEX_READY_NAME, INDEX_SECTION,
 };
 
 use crate::error::{Error, ErrorKind, Result};
@@ -56,10 +57,48 @@ pub fn index_entries(object: &[u8]) -> Result<Option<Vec<IndexEntry>>> {
     ))
 }
 
+/// The non-zero slots of the port array in the object's `.skp.index_ports` section;
+/// empty if the object has none. Errors as for [`index_entries`].
+pub fn port_entries(object: &[u8]) -> Result<Vec<PortEntry>> {
+    let file = object::File::parse(object).map_err(|e| {
+        Error::new(
+            ErrorKind::BadObject,
+            format!("the policy object is not a readable ELF file ({e}); build it with skpc"),
+        )
+    })?;
+    let Some(section) = file.section_by_name(INDEX_PORTS_SECTION) else {
+        return Ok(Vec::new());
+    };
+    let data = section.data().map_err(|e| {
+        Error::new(
+            ErrorKind::BadObject,
+            format!("the section {INDEX_PORTS_SECTION} of the policy object cannot be read ({e}); rebuild the object with skpc"),
+        )
+    })?;
+    if data.len() % PortEntry::SIZE != 0 {
+        return Err(Error::new(
+            ErrorKind::BadObject,
+            format!(
+                "the section {INDEX_PORTS_SECTION} of the policy object is {} bytes, not a whole number of {}-byte entries (truncated or damaged); rebuild the object with skpc",
+                data.len(),
+                PortEntry::SIZE
+            ),
+        ));
+    }
+    Ok(data
+        .chunks_exact(PortEntry::SIZE)
+        .map(|c| {
+            let mut record = [0u8; PortEntry::SIZE];
+            record.copy_from_slice(c);
+            PortEntry::from_bytes(&record)
+        })
+        .collect())
+}
+
 /// Fills the rule index of an object that aya loaded: inserts every entry of the
 /// object's `.skp.index` section into its `skp_index` map, then marks the index
-/// ready. Returns the number of entries (0 for an object without an index, which
-/// needs nothing). [`crate::Enforcement`] does this itself; call it when you load an
+/// ready. Returns the number of entries, hash map and port array together (0 for an
+/// object without an index, which needs nothing). [`crate::Enforcement`] does this itself; call it when you load an
 /// skpc object with aya yourself, before the verdict program can run on a socket.
 ///
 /// `object` must be the bytes `ebpf` was loaded from. On an error the ready flag is
@@ -87,7 +126,54 @@ pub fn fill_index(ebpf: &Ebpf, object: &[u8]) -> Result<usize> {
     let index = hash_map(index)?;
     let ready = array_map(ready)?;
     check_shape(index, &entries, ebpf.map(COUNTERS_NAME))?;
-    insert_all(index.fd().as_fd(), &entries)?;
+    let mut keys = Vec::with_capacity(entries.len() * IndexEntry::KEY_SIZE);
+    let mut values = Vec::with_capacity(entries.len() * IndexEntry::VALUE_SIZE);
+    for e in &entries {
+        keys.extend_from_slice(&e.key_bytes());
+        values.extend_from_slice(&e.rule.to_ne_bytes());
+    }
+    insert_all(
+        index.fd().as_fd(),
+        INDEX_NAME,
+        &keys,
+        IndexEntry::KEY_SIZE,
+        &values,
+        IndexEntry::VALUE_SIZE,
+    )?;
+    let ports = port_entries(object)?;
+    if !ports.is_empty() {
+        let map = match ebpf.map(INDEX_PORTS_NAME) {
+            Some(Map::Array(d)) => d,
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::BadObject,
+                    format!("the policy object has a {INDEX_PORTS_SECTION} section but no ARRAY map {INDEX_PORTS_NAME}; rebuild it with skpc"),
+                ))
+            }
+        };
+        let slots = map
+            .info()
+            .map_err(|e| {
+                Error::from_aya(&format!("reading the definition of {INDEX_PORTS_NAME}"), &e)
+            })?
+            .max_entries();
+        if let Some(e) = ports.iter().find(|e| e.slot >= slots || e.value == 0) {
+            return Err(Error::new(
+                ErrorKind::BadObject,
+                format!(
+                    "the section {INDEX_PORTS_SECTION} names slot {} (value {}), but the map {INDEX_PORTS_NAME} has {slots} slots; rebuild the object with skpc",
+                    e.slot, e.value
+                ),
+            ));
+        }
+        let mut keys = Vec::with_capacity(ports.len() * 4);
+        let mut values = Vec::with_capacity(ports.len() * 4);
+        for e in &ports {
+            keys.extend_from_slice(&e.slot.to_ne_bytes());
+            values.extend_from_slice(&e.value.to_ne_bytes());
+        }
+        insert_all(map.fd().as_fd(), INDEX_PORTS_NAME, &keys, 4, &values, 4)?;
+    }
     sys::map_update(
         ready.fd().as_fd(),
         &0u32.to_ne_bytes(),
@@ -100,7 +186,7 @@ pub fn fill_index(ebpf: &Ebpf, object: &[u8]) -> Result<usize> {
             e,
         )
     })?;
-    Ok(entries.len())
+    Ok(entries.len() + ports.len())
 }
 
 fn hash_map(map: &Map) -> Result<&MapData> {
@@ -193,56 +279,51 @@ fn repeated_key(entries: &[IndexEntry]) -> Option<[u32; IndexEntry::KEY_WORDS]> 
 /// 100,000), or one update per entry where the kernel has no batch operations (before
 /// 5.6; ~3x slower). The keys are distinct ([`repeated_key`]) and the map is new, so
 /// BPF_ANY (batch updates refuse BPF_NOEXIST with EINVAL) overwrites nothing.
-fn insert_all(map: BorrowedFd<'_>, entries: &[IndexEntry]) -> Result<()> {
-    let mut keys = Vec::with_capacity(entries.len() * IndexEntry::KEY_SIZE);
-    let mut values = Vec::with_capacity(entries.len() * IndexEntry::VALUE_SIZE);
-    for e in entries {
-        keys.extend_from_slice(&e.key_bytes());
-        values.extend_from_slice(&e.rule.to_ne_bytes());
+fn insert_all(
+    map: BorrowedFd<'_>,
+    name: &str,
+    keys: &[u8],
+    key_size: usize,
+    values: &[u8],
+    value_size: usize,
+) -> Result<()> {
+    let count = keys.len() / key_size.max(1);
+    if count == 0 {
+        return Ok(());
     }
-    let failed_at = match sys::map_update_batch(
-        map,
-        &keys,
-        IndexEntry::KEY_SIZE,
-        &values,
-        IndexEntry::VALUE_SIZE,
-        sys::BPF_ANY,
-    ) {
-        Ok(()) => return Ok(()),
-        // Refused before it started (the kernel wrote no count back).
-        Err((n, e)) if no_batch(&e) && (n == 0 || n as usize == entries.len()) => {
-            let pairs = keys
-                .chunks_exact(IndexEntry::KEY_SIZE)
-                .zip(values.chunks_exact(IndexEntry::VALUE_SIZE));
-            let mut failed = None;
-            for (i, (k, v)) in pairs.enumerate() {
-                if let Err(e) = sys::map_update(map, k, v, sys::BPF_ANY) {
-                    failed = Some((i, e));
-                    break;
+    let failed_at =
+        match sys::map_update_batch(map, keys, key_size, values, value_size, sys::BPF_ANY) {
+            Ok(()) => return Ok(()),
+            // Refused before it started (the kernel wrote no count back).
+            Err((n, e)) if no_batch(&e) && (n == 0 || n as usize == count) => {
+                let pairs = keys
+                    .chunks_exact(key_size)
+                    .zip(values.chunks_exact(value_size));
+                let mut failed = None;
+                for (i, (k, v)) in pairs.enumerate() {
+                    if let Err(e) = sys::map_update(map, k, v, sys::BPF_ANY) {
+                        failed = Some((i, e));
+                        break;
+                    }
+                }
+                match failed {
+                    None => return Ok(()),
+                    Some(f) => f,
                 }
             }
-            match failed {
-                None => return Ok(()),
-                Some(f) => f,
-            }
-        }
-        Err((n, e)) => (n as usize, e),
-    };
+            Err((n, e)) => (n as usize, e),
+        };
     let (i, e) = failed_at;
     if matches!(e.raw_os_error(), Some(libc::ENOMEM) | Some(libc::E2BIG)) {
         return Err(Error::new(
             ErrorKind::Io,
             format!(
-                "inserting entry {i} of {} into the rule index {INDEX_NAME} failed: {e}; the kernel has no memory left for BPF maps: free memory or enforce a policy with fewer port and address rules",
-                entries.len()
+                "inserting entry {i} of {count} into the rule index {name} failed: {e}; the kernel has no memory left for BPF maps: free memory or enforce a policy with fewer port and address rules"
             ),
         ));
     }
     Err(Error::io(
-        format_args!(
-            "inserting entry {i} of {} into the rule index {INDEX_NAME}",
-            entries.len()
-        ),
+        format_args!("inserting entry {i} of {count} into the rule index {name}"),
         e,
     ))
 }

@@ -48,6 +48,47 @@ pub const INDEX_READY: u32 = 1;
 /// [`IndexEntry::SIZE`]-byte records (see [`IndexEntry::to_bytes`]).
 pub const INDEX_SECTION: &str = ".skp.index";
 
+/// Name of the ARRAY of u32 that indexes rules by a single port (`drop if port == P;`
+/// and friends): slot `tuple * PORTS_PER_TUPLE + port` (host-order port) holds the first
+/// matching rule plus one, 0 for none (the kernel zero-fills arrays, so only the ports
+/// of rules need writing). An inlined array load is several times cheaper than a hash
+/// lookup, and most messages match no rule.
+pub const INDEX_PORTS_NAME: &str = "skp_index_ports";
+/// Slots per port tuple in [`INDEX_PORTS_NAME`].
+pub const PORTS_PER_TUPLE: u32 = 65_536;
+/// Non-allocated ELF section holding the non-zero slots of [`INDEX_PORTS_NAME`], as
+/// consecutive [`PortEntry::SIZE`]-byte records (see [`PortEntry::to_bytes`]).
+pub const INDEX_PORTS_SECTION: &str = ".skp.index_ports";
+
+/// One non-zero slot of [`INDEX_PORTS_NAME`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortEntry {
+    /// `tuple * PORTS_PER_TUPLE + port`.
+    pub slot: u32,
+    /// The first matching rule's index plus one.
+    pub value: u32,
+}
+
+impl PortEntry {
+    /// One record of [`INDEX_PORTS_SECTION`]: slot, then value, little-endian.
+    pub const SIZE: usize = 8;
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        out[..4].copy_from_slice(&self.slot.to_le_bytes());
+        out[4..].copy_from_slice(&self.value.to_le_bytes());
+        out
+    }
+
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> PortEntry {
+        PortEntry {
+            slot: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            value: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+        }
+    }
+}
+
 /// One entry of the rule index: a key the program builds from the message (a tuple id,
 /// then the tuple's field values, unused words zero) and the first rule it selects.
 #[repr(C)]
