@@ -475,15 +475,48 @@ mod tests {
         assert!(b.rest.is_empty());
         // local.port, remote.port, remote ip /32, and local.port with a remote /28.
         assert_eq!(b.tuples.len(), 4);
-        // `port ==` is two entries (either end); the others one each.
-        assert_eq!(index.entries.len(), 500);
-        let words = |e: &IndexEntry| e.key;
-        let port_rule = index
-            .entries
+        // The two single-port tuples are in the port array: `port ==` is a slot in
+        // each (either end), `remote.port ==` one; the 200 address rules are hashed.
+        assert_eq!(index.port_tuples, 2);
+        assert_eq!(index.port_entries.len(), 300);
+        assert_eq!(index.entries.len(), 200);
+        let local = b
+            .tuples
             .iter()
-            .find(|e| e.key[1] == 1004 && e.key[2] == 0 && e.rule == 4)
-            .map(words);
-        assert!(port_rule.is_some(), "local.port 1004 -> rule 4");
+            .find(|t| t.components == [Component::LocalPort]);
+        let remote = b
+            .tuples
+            .iter()
+            .find(|t| t.components == [Component::RemotePort]);
+        let (Some(local), Some(remote)) = (local, remote) else {
+            panic!("{:?}", b.tuples)
+        };
+        let slot = |t: &Tuple, port: u32| t.port_slot.map(|s| s * PORTS_PER_TUPLE + port);
+        let value = |slot: Option<u32>| {
+            index
+                .port_entries
+                .iter()
+                .find(|e| Some(e.slot) == slot)
+                .map(|e| e.value)
+        };
+        // Rule 4 is `drop if port == 1004`: both ends, value = rule + 1.
+        assert_eq!(value(slot(local, 1004)), Some(5));
+        assert_eq!(value(slot(remote, 1004)), Some(5));
+        // Rule 7 is `drop if remote.port == 1007`: the remote end only.
+        assert_eq!(value(slot(remote, 1007)), Some(8));
+        assert_eq!(value(slot(local, 1007)), None);
+        // Rule 6's key: local.port 1006 and remote.ip 192.168.0.96/28, as loaded.
+        let want = [
+            local.id + 3,
+            1006,
+            u32::from_le_bytes([192, 168, 0, 96]),
+            0,
+            0,
+        ];
+        assert!(
+            index.entries.iter().any(|e| e.key == want && e.rule == 6),
+            "{want:?}"
+        );
     }
 
     #[test]
@@ -497,10 +530,10 @@ mod tests {
         assert_eq!(b.rest, vec![101]);
         assert_eq!(b.indexed, 101);
         assert!(index
-            .entries
+            .port_entries
             .iter()
-            .filter(|e| e.key[1] == 1000)
-            .all(|e| e.rule == 0));
+            .filter(|e| e.slot % PORTS_PER_TUPLE == 1000)
+            .all(|e| e.value == 1));
     }
 
     #[test]
