@@ -21,7 +21,7 @@ use aya::maps::{Array, HashMap, MapData, SockMap};
 use aya::programs::SkMsg;
 use e2e_support::*;
 use skpc::check::hir::Message;
-use skpc_abi::{IndexEntry, INDEX_NAME, INDEX_READY, INDEX_READY_NAME};
+use skpc_abi::{IndexEntry, PortEntry, INDEX_NAME, INDEX_READY, INDEX_READY_NAME};
 
 /// Filler rule `i`: indexable, `drop`, and never true for a socket of these tests (ports
 /// 1..1000, addresses in 10/8, 192.168/16, fd00::/8). Five kinds, so five tuples.
@@ -773,17 +773,18 @@ fn a_hundred_thousand_entries_fill_in_one_batch() {
 /// The object of `src` with its `.skp.index` section changed by `edit` (`None`: no
 /// such section).
 fn edited_object(src: &str, edit: impl FnOnce(&mut Option<Vec<u8>>)) -> Vec<u8> {
+    edited_section(src, skpc_abi::INDEX_SECTION, edit)
+}
+
+/// The object of `src` with its section `name` changed by `edit`.
+fn edited_section(src: &str, name: &str, edit: impl FnOnce(&mut Option<Vec<u8>>)) -> Vec<u8> {
     let c = skpc::compile::compile("edited.skp", src).expect("compiles");
     let mut spec = skpc::compile::object_spec(&c.lowered, "edited.skp", src);
-    let at = spec
-        .data_sections
-        .iter()
-        .position(|(n, _)| n == skpc_abi::INDEX_SECTION);
+    let at = spec.data_sections.iter().position(|(n, _)| n == name);
     let mut section = at.map(|i| spec.data_sections.remove(i).1);
     edit(&mut section);
     if let Some(bytes) = section {
-        spec.data_sections
-            .push((skpc_abi::INDEX_SECTION.to_string(), bytes));
+        spec.data_sections.push((name.to_string(), bytes));
     }
     skpc::object::write_object(&spec)
 }
@@ -859,6 +860,53 @@ fn a_broken_index_section_is_a_clear_error() {
             *s = Some(IndexEntry::default().to_bytes().to_vec())
         }),
         "but not both maps",
+    );
+    // The port array's section (single-port rules: `drop if remote.port == P;`).
+    let ports = |edit: &dyn Fn(&mut Vec<u8>)| {
+        edited_section(&src, skpc_abi::INDEX_PORTS_SECTION, |s| {
+            edit(s.as_mut().expect("port rules are indexed"))
+        })
+    };
+    let entry = |b: &Vec<u8>, i: usize| {
+        PortEntry::from_bytes(
+            b[i * PortEntry::SIZE..][..PortEntry::SIZE]
+                .try_into()
+                .unwrap(),
+        )
+    };
+    refused(
+        edited_section(&src, skpc_abi::INDEX_PORTS_SECTION, |s| *s = None),
+        "but no .skp.index_ports section",
+    );
+    refused(
+        ports(&|b| {
+            b.pop();
+        }),
+        "not a whole number of 8-byte index entries",
+    );
+    refused(
+        ports(&|b| {
+            let mut e = entry(b, 0);
+            e.slot = u32::MAX;
+            b[..PortEntry::SIZE].copy_from_slice(&e.to_bytes());
+        }),
+        "names slot 4294967295",
+    );
+    refused(
+        ports(&|b| {
+            let mut e = entry(b, 0);
+            e.value = 0;
+            b[..PortEntry::SIZE].copy_from_slice(&e.to_bytes());
+        }),
+        "counter slots",
+    );
+    refused(
+        ports(&|b| {
+            let first = entry(b, 0);
+            let n = b.len();
+            b[n - PortEntry::SIZE..].copy_from_slice(&first.to_bytes());
+        }),
+        "twice",
     );
     // Without the section and the maps, nothing changes: the policy enforces.
     let plain = edited_object("drop if port == 1;", |_| {});

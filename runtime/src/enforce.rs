@@ -12,9 +12,9 @@ use aya::programs::sock_ops::SockOpsLinkId;
 use aya::programs::{SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use skpc_abi::{
-    LogRecord, SockKey, COUNTERS_NAME, EVENTS_NAME, INDEX_NAME, INDEX_READY_NAME, PROGS_NAME,
-    PROGS_POLICY_SLOT, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SOCKHASH_NAME, SOCKMAP_NAME,
-    SOCKMAP_SLOTS, SOCK_OPS_PROGRAM,
+    LogRecord, SockKey, COUNTERS_NAME, EVENTS_NAME, INDEX_NAME, INDEX_PORTS_NAME, INDEX_READY_NAME,
+    PROGS_NAME, PROGS_POLICY_SLOT, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SOCKHASH_NAME,
+    SOCKMAP_NAME, SOCKMAP_SLOTS, SOCK_OPS_PROGRAM,
 };
 
 use crate::error::{Error, ErrorKind, Result};
@@ -111,10 +111,9 @@ struct Version {
     ebpf: Option<Ebpf>,
     counters: Map,
     events: Option<RingBuf<MapData>>,
-    /// `skp_index` and `skp_index_ready`, filled (empty without an index); held so
-    /// that they go when the version goes, also version 1's.
-    #[allow(dead_code)]
-    index: Vec<Map>,
+    /// `skp_index`, `skp_index_ready` and `skp_index_ports`, filled (none without an
+    /// index); held so that they go when the version goes, also version 1's.
+    index: Vec<(&'static str, Map)>,
     /// Entries in `skp_index`.
     index_entries: usize,
     names: Vec<String>,
@@ -124,7 +123,7 @@ struct Version {
 struct Loaded {
     counters: Map,
     events: Option<RingBuf<MapData>>,
-    index: Vec<Map>,
+    index: Vec<(&'static str, Map)>,
     index_entries: usize,
     ids: KernelIds,
 }
@@ -252,10 +251,10 @@ fn load_version(ebpf: &mut Ebpf, object: &[u8]) -> Result<Loaded> {
     }
     let index_entries = crate::index::fill_index(ebpf, object)?;
     let mut index = Vec::new();
-    for name in [INDEX_NAME, INDEX_READY_NAME] {
+    for name in [INDEX_NAME, INDEX_READY_NAME, INDEX_PORTS_NAME] {
         if ebpf.map(name).is_some() {
             ids.maps.push(map_id(ebpf, name)?);
-            index.extend(ebpf.take_map(name));
+            index.extend(ebpf.take_map(name).map(|m| (name, m)));
         }
     }
     let counters = ebpf.take_map(COUNTERS_NAME).expect("checked above");
@@ -676,12 +675,7 @@ impl Enforcement {
             .counters
             .pin(dir.join(COUNTERS_NAME))
             .map_err(|e| pin_err(COUNTERS_NAME, e))?;
-        for (map, name) in self
-            .current
-            .index
-            .iter()
-            .zip([INDEX_NAME, INDEX_READY_NAME])
-        {
+        for (name, map) in &self.current.index {
             map.pin(dir.join(name)).map_err(|e| pin_err(name, e))?;
         }
         Ok(())

@@ -17,89 +17,81 @@ use skpc_abi::{
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
 
-/// The entries of the object's `.skp.index` section, in the section's order; `None`
-/// if the object has no such section. An error if the object is not an ELF file or
-/// the section's length is not a whole number of [`IndexEntry::SIZE`]-byte records.
-pub fn index_entries(object: &[u8]) -> Result<Option<Vec<IndexEntry>>> {
+/// The bytes of section `name` of the object, `None` without it; an error if the
+/// object is not an ELF file or the length is not a whole number of `record`-byte
+/// records.
+fn records<'a>(object: &'a [u8], name: &str, record: usize) -> Result<Option<&'a [u8]>> {
     let file = object::File::parse(object).map_err(|e| {
         Error::new(
             ErrorKind::BadObject,
             format!("the policy object is not a readable ELF file ({e}); build it with skpc"),
         )
     })?;
-    let Some(section) = file.section_by_name(INDEX_SECTION) else {
+    let Some(section) = file.section_by_name(name) else {
         return Ok(None);
     };
     let data = section.data().map_err(|e| {
         Error::new(
             ErrorKind::BadObject,
-            format!("the section {INDEX_SECTION} of the policy object cannot be read ({e}); rebuild the object with skpc"),
+            format!("the section {name} of the policy object cannot be read ({e}); rebuild the object with skpc"),
         )
     })?;
-    if data.len() % IndexEntry::SIZE != 0 {
+    if data.len() % record != 0 {
         return Err(Error::new(
             ErrorKind::BadObject,
             format!(
-                "the section {INDEX_SECTION} of the policy object is {} bytes, not a whole number of {}-byte index entries (truncated or damaged); rebuild the object with skpc",
+                "the section {name} of the policy object is {} bytes, not a whole number of {record}-byte index entries (truncated or damaged); rebuild the object with skpc",
                 data.len(),
-                IndexEntry::SIZE
             ),
         ));
     }
-    Ok(Some(
-        data.chunks_exact(IndexEntry::SIZE)
-            .map(|c| {
-                let mut record = [0u8; IndexEntry::SIZE];
-                record.copy_from_slice(c);
-                IndexEntry::from_bytes(&record)
-            })
-            .collect(),
-    ))
+    Ok(Some(data))
+}
+
+/// The entries of the object's `.skp.index` section, in the section's order; `None` if
+/// the object has no such section. An error if the object is not an ELF file or the
+/// section's length is not a whole number of [`IndexEntry::SIZE`]-byte records.
+pub fn index_entries(object: &[u8]) -> Result<Option<Vec<IndexEntry>>> {
+    Ok(
+        records(object, INDEX_SECTION, IndexEntry::SIZE)?.map(|data| {
+            data.chunks_exact(IndexEntry::SIZE)
+                .map(|c| {
+                    let mut record = [0u8; IndexEntry::SIZE];
+                    record.copy_from_slice(c);
+                    IndexEntry::from_bytes(&record)
+                })
+                .collect()
+        }),
+    )
 }
 
 /// The non-zero slots of the port array in the object's `.skp.index_ports` section;
 /// empty if the object has none. Errors as for [`index_entries`].
 pub fn port_entries(object: &[u8]) -> Result<Vec<PortEntry>> {
-    let file = object::File::parse(object).map_err(|e| {
-        Error::new(
-            ErrorKind::BadObject,
-            format!("the policy object is not a readable ELF file ({e}); build it with skpc"),
-        )
-    })?;
-    let Some(section) = file.section_by_name(INDEX_PORTS_SECTION) else {
-        return Ok(Vec::new());
-    };
-    let data = section.data().map_err(|e| {
-        Error::new(
-            ErrorKind::BadObject,
-            format!("the section {INDEX_PORTS_SECTION} of the policy object cannot be read ({e}); rebuild the object with skpc"),
-        )
-    })?;
-    if data.len() % PortEntry::SIZE != 0 {
-        return Err(Error::new(
-            ErrorKind::BadObject,
-            format!(
-                "the section {INDEX_PORTS_SECTION} of the policy object is {} bytes, not a whole number of {}-byte entries (truncated or damaged); rebuild the object with skpc",
-                data.len(),
-                PortEntry::SIZE
-            ),
-        ));
-    }
-    Ok(data
-        .chunks_exact(PortEntry::SIZE)
-        .map(|c| {
-            let mut record = [0u8; PortEntry::SIZE];
-            record.copy_from_slice(c);
-            PortEntry::from_bytes(&record)
-        })
-        .collect())
+    Ok(port_section(object)?.unwrap_or_default())
+}
+
+fn port_section(object: &[u8]) -> Result<Option<Vec<PortEntry>>> {
+    Ok(
+        records(object, INDEX_PORTS_SECTION, PortEntry::SIZE)?.map(|data| {
+            data.chunks_exact(PortEntry::SIZE)
+                .map(|c| {
+                    let mut record = [0u8; PortEntry::SIZE];
+                    record.copy_from_slice(c);
+                    PortEntry::from_bytes(&record)
+                })
+                .collect()
+        }),
+    )
 }
 
 /// Fills the rule index of an object that aya loaded: inserts every entry of the
-/// object's `.skp.index` section into its `skp_index` map, then marks the index
+/// object's `.skp.index` section into its `skp_index` map and every slot of its
+/// `.skp.index_ports` section into its `skp_index_ports` array, then marks the index
 /// ready. Returns the number of entries, hash map and port array together (0 for an
-/// object without an index, which needs nothing). [`crate::Enforcement`] does this itself; call it when you load an
-/// skpc object with aya yourself, before the verdict program can run on a socket.
+/// object without an index, which needs nothing). [`crate::Enforcement`] does this
+/// itself; call it when you load an skpc object with aya yourself, before the verdict
+/// program can run on a socket.
 ///
 /// `object` must be the bytes `ebpf` was loaded from. On an error the ready flag is
 /// not set, so the program keeps dropping every message.
@@ -108,7 +100,15 @@ pub fn fill_index(ebpf: &Ebpf, object: &[u8]) -> Result<usize> {
     let index = ebpf.map(INDEX_NAME);
     let ready = ebpf.map(INDEX_READY_NAME);
     let (entries, index, ready) = match (entries, index, ready) {
-        (None, None, None) => return Ok(0),
+        (None, None, None) => {
+            if ebpf.map(INDEX_PORTS_NAME).is_some() {
+                return Err(Error::new(
+                    ErrorKind::BadObject,
+                    format!("the policy object has the port index {INDEX_PORTS_NAME} without {INDEX_NAME} and {INDEX_READY_NAME}; rebuild it with skpc"),
+                ));
+            }
+            return Ok(0);
+        }
         (Some(e), Some(i), Some(r)) => (e, i, r),
         (None, _, _) => {
             return Err(Error::new(
@@ -124,8 +124,11 @@ pub fn fill_index(ebpf: &Ebpf, object: &[u8]) -> Result<usize> {
         }
     };
     let index = hash_map(index)?;
-    let ready = array_map(ready)?;
-    check_shape(index, &entries, ebpf.map(COUNTERS_NAME))?;
+    let ready = array_map(ready, INDEX_READY_NAME)?;
+    let slots = counter_slots(ebpf.map(COUNTERS_NAME))?;
+    check_shape(index, &entries, slots)?;
+    // Both checked before anything is written.
+    let ports = checked_ports(ebpf, object, slots)?;
     let mut keys = Vec::with_capacity(entries.len() * IndexEntry::KEY_SIZE);
     let mut values = Vec::with_capacity(entries.len() * IndexEntry::VALUE_SIZE);
     for e in &entries {
@@ -140,32 +143,9 @@ pub fn fill_index(ebpf: &Ebpf, object: &[u8]) -> Result<usize> {
         &values,
         IndexEntry::VALUE_SIZE,
     )?;
-    let ports = port_entries(object)?;
-    if !ports.is_empty() {
-        let map = match ebpf.map(INDEX_PORTS_NAME) {
-            Some(Map::Array(d)) => d,
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::BadObject,
-                    format!("the policy object has a {INDEX_PORTS_SECTION} section but no ARRAY map {INDEX_PORTS_NAME}; rebuild it with skpc"),
-                ))
-            }
-        };
-        let slots = map
-            .info()
-            .map_err(|e| {
-                Error::from_aya(&format!("reading the definition of {INDEX_PORTS_NAME}"), &e)
-            })?
-            .max_entries();
-        if let Some(e) = ports.iter().find(|e| e.slot >= slots || e.value == 0) {
-            return Err(Error::new(
-                ErrorKind::BadObject,
-                format!(
-                    "the section {INDEX_PORTS_SECTION} names slot {} (value {}), but the map {INDEX_PORTS_NAME} has {slots} slots; rebuild the object with skpc",
-                    e.slot, e.value
-                ),
-            ));
-        }
+    let mut n_ports = 0;
+    if let Some((map, ports)) = ports {
+        n_ports = ports.len();
         let mut keys = Vec::with_capacity(ports.len() * 4);
         let mut values = Vec::with_capacity(ports.len() * 4);
         for e in &ports {
@@ -186,7 +166,90 @@ pub fn fill_index(ebpf: &Ebpf, object: &[u8]) -> Result<usize> {
             e,
         )
     })?;
-    Ok(entries.len() + ports.len())
+    Ok(entries.len() + n_ports)
+}
+
+/// The port array and its slots from `.skp.index_ports`, checked: the map and the
+/// section come together (an array without its section would never match its rules,
+/// silently), every slot is inside the array and names a rule that has a counter slot,
+/// and no slot comes twice. `None` when the object has neither.
+fn checked_ports<'a>(
+    ebpf: &'a Ebpf,
+    object: &[u8],
+    counter_slots: u32,
+) -> Result<Option<(&'a MapData, Vec<PortEntry>)>> {
+    let (map, ports) = match (ebpf.map(INDEX_PORTS_NAME), port_section(object)?) {
+        (None, None) => return Ok(None),
+        (None, Some(p)) if p.is_empty() => return Ok(None),
+        (Some(m), Some(p)) => (array_map(m, INDEX_PORTS_NAME)?, p),
+        (Some(_), None) => {
+            return Err(Error::new(
+                ErrorKind::BadObject,
+                format!("the policy object has the port index {INDEX_PORTS_NAME} but no {INDEX_PORTS_SECTION} section with its slots, so its port rules would never match; rebuild it with skpc (and do not strip that section)"),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(Error::new(
+                ErrorKind::BadObject,
+                format!("the policy object has a {INDEX_PORTS_SECTION} section but no ARRAY map {INDEX_PORTS_NAME}; rebuild it with skpc"),
+            ))
+        }
+    };
+    let info = map.info().map_err(|e| {
+        Error::from_aya(&format!("reading the definition of {INDEX_PORTS_NAME}"), &e)
+    })?;
+    if info.key_size() != 4 || info.value_size() != 4 {
+        return Err(Error::new(
+            ErrorKind::BadObject,
+            format!(
+                "the map {INDEX_PORTS_NAME} has {}-byte keys and {}-byte values, this runtime writes 4 and 4; build the object with the skpc of this runtime",
+                info.key_size(),
+                info.value_size()
+            ),
+        ));
+    }
+    let slots = info.max_entries();
+    for (i, e) in ports.iter().enumerate() {
+        let problem = if e.slot >= slots {
+            format!(
+                "slot {}, but the map {INDEX_PORTS_NAME} has {slots} slots",
+                e.slot
+            )
+        } else if e.value == 0 || e.value > counter_slots {
+            format!(
+                "rule {} (value {}), but the policy has {counter_slots} counter slots",
+                e.value as i64 - 1,
+                e.value
+            )
+        } else {
+            continue;
+        };
+        return Err(Error::new(
+            ErrorKind::BadObject,
+            format!("entry {i} of the section {INDEX_PORTS_SECTION} names {problem}; rebuild the object with skpc"),
+        ));
+    }
+    if !ports.windows(2).all(|w| w[0].slot < w[1].slot) {
+        let mut sorted: Vec<u32> = ports.iter().map(|e| e.slot).collect();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::new(
+                ErrorKind::BadObject,
+                format!("the section {INDEX_PORTS_SECTION} has slot {} twice (which rule matches first would be ambiguous); rebuild the object with skpc", w[0]),
+            ));
+        }
+    }
+    Ok(Some((map, ports)))
+}
+
+/// The number of counter slots (every rule has one); no limit without the map.
+fn counter_slots(counters: Option<&Map>) -> Result<u32> {
+    match counters {
+        Some(Map::PerCpuArray(d)) => d.info().map(|i| i.max_entries()).map_err(|e| {
+            Error::from_aya(&format!("reading the definition of {COUNTERS_NAME}"), &e)
+        }),
+        _ => Ok(u32::MAX),
+    }
 }
 
 fn hash_map(map: &Map) -> Result<&MapData> {
@@ -199,12 +262,12 @@ fn hash_map(map: &Map) -> Result<&MapData> {
     }
 }
 
-fn array_map(map: &Map) -> Result<&MapData> {
+fn array_map<'a>(map: &'a Map, name: &str) -> Result<&'a MapData> {
     match map {
         Map::Array(d) => Ok(d),
         _ => Err(Error::new(
             ErrorKind::BadObject,
-            format!("the map {INDEX_READY_NAME} is not an ARRAY map; rebuild the object with skpc"),
+            format!("the map {name} is not an ARRAY map; rebuild the object with skpc"),
         )),
     }
 }
@@ -212,7 +275,7 @@ fn array_map(map: &Map) -> Result<&MapData> {
 /// The map's key and value sizes are the ABI's, it has room for every entry, every
 /// entry names a rule that has a counter slot, and no key comes twice (the kernel
 /// would keep the last, which need not be the first matching rule).
-fn check_shape(index: &MapData, entries: &[IndexEntry], counters: Option<&Map>) -> Result<()> {
+fn check_shape(index: &MapData, entries: &[IndexEntry], slots: u32) -> Result<()> {
     let info = index
         .info()
         .map_err(|e| Error::from_aya(&format!("reading the definition of {INDEX_NAME}"), &e))?;
@@ -240,12 +303,6 @@ fn check_shape(index: &MapData, entries: &[IndexEntry], counters: Option<&Map>) 
             ),
         ));
     }
-    let slots = match counters {
-        Some(Map::PerCpuArray(d)) => d.info().map(|i| i.max_entries()).map_err(|e| {
-            Error::from_aya(&format!("reading the definition of {COUNTERS_NAME}"), &e)
-        })?,
-        _ => u32::MAX,
-    };
     if let Some((i, e)) = entries.iter().enumerate().find(|(_, e)| e.rule >= slots) {
         return Err(Error::new(
             ErrorKind::BadObject,
