@@ -582,7 +582,12 @@ struct PartB {
     runtime: String,
 }
 
-fn part_b(anchor_obj: Option<&[u8]>, anchors: &[Skp], generated: &[Skp]) -> PartB {
+fn part_b(
+    anchor_obj: Option<&[u8]>,
+    anchors: &[Skp],
+    examples: &[Skp],
+    generated: &[Skp],
+) -> PartB {
     let rounds: usize = env_or("SKPC_BENCH_ROUNDS", 5);
     let secs: f64 = env_or("SKPC_BENCH_SECS", 1.0);
     let sizes = env_list("SKPC_BENCH_SIZES", &[64, 1024, 16384]);
@@ -614,7 +619,9 @@ fn part_b(anchor_obj: Option<&[u8]>, anchors: &[Skp], generated: &[Skp]) -> Part
             attach: clang_attach(anchor_obj, name),
         });
     }
-    for p in generated {
+    // The examples as `skpc exec` runs them (their rules do not match the bench's
+    // traffic: ephemeral loopback ports, `x` bytes; a case that drops says so).
+    for p in examples.iter().chain(generated) {
         eprintln!("b. loading {}", p.name);
         let t = Instant::now();
         let attach = runtime_attach(p);
@@ -883,7 +890,7 @@ fn main() {
 
     let a = part_a(anchor_obj.as_deref(), &examples, &anchors, &generated);
     println!("\n{a}");
-    let b = part_b(anchor_obj.as_deref(), &anchors, &generated);
+    let b = part_b(anchor_obj.as_deref(), &anchors, &examples, &generated);
 
     let mut body = String::new();
     body.push_str(&a);
