@@ -4,8 +4,6 @@
 //! jumps of any length (a conditional jump beyond 16 bits becomes an inverted short jump
 //! over a `gotol`).
 
-use std::collections::{HashMap, HashSet};
-
 use crate::bpf::{Insn, JmpOp, Reg, Src};
 
 /// A jump target.
@@ -44,123 +42,164 @@ pub struct Assembled {
 }
 
 /// Removes code no jump reaches, jumps to the next instruction, and jumps to jumps.
+///
+/// Every pass works in place on the one vector, with dense tables indexed by label
+/// number (labels are small integers): a policy of 100k rules has millions of items and
+/// the passes run a few times, so a fresh vector and hash set per pass showed up as most
+/// of the compile time (page faults and hashing).
 pub fn cleanup(code: Vec<Lir>) -> Vec<Lir> {
     let mut code = code;
+    let labels = code
+        .iter()
+        .filter_map(|x| match x {
+            Lir::Label(l) | Lir::Goto(l) | Lir::Jmp { target: l, .. } => Some(l.0 as usize + 1),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let mut tables = Tables {
+        forward: vec![NO_LABEL; labels],
+        seen: vec![0; labels],
+        used: vec![false; labels],
+    };
     loop {
         let before = code.len();
-        code = thread_jumps(code);
-        code = drop_unreachable(code);
-        code = drop_jumps_to_next(code);
-        code = invert_jumps_over_gotos(code);
+        thread_jumps(&mut code, &mut tables);
+        drop_unreachable(&mut code, &mut tables);
+        drop_jumps_to_next(&mut code);
+        invert_jumps_over_gotos(&mut code);
         if code.len() == before {
             return code;
         }
     }
 }
 
+/// No label (an empty slot of [`Tables::forward`]).
+const NO_LABEL: u32 = u32::MAX;
+
+/// Scratch tables of the cleanup passes, one slot per label number.
+struct Tables {
+    /// label -> the `goto` target right after it, or [`NO_LABEL`].
+    forward: Vec<u32>,
+    /// Stamp of the last resolution that passed the label (cycle protection).
+    seen: Vec<u32>,
+    /// Whether some jump targets the label.
+    used: Vec<bool>,
+}
+
 /// Where a label really leads: follow labels and `goto`s (with cycle protection).
-fn thread_jumps(code: Vec<Lir>) -> Vec<Lir> {
-    // label -> the first real item after it
-    let mut forward: HashMap<Label, Label> = HashMap::new();
-    for (i, item) in code.iter().enumerate() {
-        if let Lir::Label(l) = item {
-            let next = code[i + 1..]
-                .iter()
-                .find(|x| !matches!(x, Lir::Label(_) | Lir::Mark(_)));
-            if let Some(Lir::Goto(t)) = next {
-                forward.insert(*l, *t);
+fn thread_jumps(code: &mut [Lir], t: &mut Tables) {
+    // label -> the first real item after it; scanned backwards, so `next` is the first
+    // item after `i` that is neither a label nor a mark.
+    t.forward.fill(NO_LABEL);
+    let mut next: Option<Label> = None;
+    let mut any = false;
+    for item in code.iter().rev() {
+        match item {
+            Lir::Label(l) => {
+                if let Some(target) = next {
+                    // In source order the last definition of a label wins; scanning
+                    // backwards that is the first one seen.
+                    if t.forward[l.0 as usize] == NO_LABEL {
+                        t.forward[l.0 as usize] = target.0;
+                        any = true;
+                    }
+                }
             }
+            Lir::Mark(_) => {}
+            Lir::Goto(target) => next = Some(*target),
+            _ => next = None,
         }
     }
-    let resolve = |mut l: Label| {
-        let mut seen = HashSet::new();
-        while let Some(t) = forward.get(&l) {
-            if !seen.insert(l) {
+    if !any {
+        return;
+    }
+    t.seen.fill(0);
+    let mut stamp = 0u32;
+    let Tables { forward, seen, .. } = t;
+    let mut resolve = |l: Label| {
+        if forward[l.0 as usize] == NO_LABEL {
+            return l;
+        }
+        stamp += 1;
+        let mut l = l.0 as usize;
+        while forward[l] != NO_LABEL {
+            if seen[l] == stamp {
                 break;
             }
-            l = *t;
+            seen[l] = stamp;
+            l = forward[l] as usize;
         }
-        l
+        Label(l as u32)
     };
-    code.into_iter()
-        .map(|item| match item {
-            Lir::Goto(t) => Lir::Goto(resolve(t)),
-            Lir::Jmp {
-                op,
-                wide,
-                dst,
-                src,
-                target,
-            } => Lir::Jmp {
-                op,
-                wide,
-                dst,
-                src,
-                target: resolve(target),
-            },
-            other => other,
-        })
-        .collect()
+    for item in code.iter_mut() {
+        if let Lir::Goto(target) | Lir::Jmp { target, .. } = item {
+            *target = resolve(*target);
+        }
+    }
 }
 
-fn drop_unreachable(code: Vec<Lir>) -> Vec<Lir> {
-    let used: HashSet<Label> = code
-        .iter()
-        .filter_map(|x| match x {
-            Lir::Goto(t) | Lir::Jmp { target: t, .. } => Some(*t),
-            _ => None,
-        })
-        .collect();
-    let mut out = Vec::with_capacity(code.len());
+fn drop_unreachable(code: &mut Vec<Lir>, t: &mut Tables) {
+    t.used.fill(false);
+    for x in code.iter() {
+        if let Lir::Goto(l) | Lir::Jmp { target: l, .. } = x {
+            t.used[l.0 as usize] = true;
+        }
+    }
     let mut live = true;
-    for item in code {
-        match &item {
-            Lir::Label(l) if used.contains(l) => {
+    let mut w = 0;
+    for i in 0..code.len() {
+        let keep = match &code[i] {
+            Lir::Label(l) if t.used[l.0 as usize] => {
                 live = true;
-                out.push(item);
+                true
             }
-            Lir::Label(_) => {}
-            Lir::Mark(_) => out.push(item),
-            _ if live => {
+            Lir::Label(_) => false,
+            Lir::Mark(_) => true,
+            item if live => {
                 live = !item.ends_block();
-                out.push(item);
+                true
             }
-            _ => {}
+            _ => false,
+        };
+        if !keep {
+            continue;
         }
-    }
-    // Marks with no code after them are noise.
-    let mut cleaned: Vec<Lir> = Vec::with_capacity(out.len());
-    for item in out {
-        if let (Some(Lir::Mark(_)), Lir::Mark(_)) = (cleaned.last(), &item) {
-            cleaned.pop();
+        // Marks with no code after them are noise.
+        if w > 0 && matches!((&code[w - 1], &code[i]), (Lir::Mark(_), Lir::Mark(_))) {
+            w -= 1;
         }
-        cleaned.push(item);
+        code.swap(w, i);
+        w += 1;
     }
-    cleaned
+    code.truncate(w);
 }
 
-fn drop_jumps_to_next(code: Vec<Lir>) -> Vec<Lir> {
-    let mut out = Vec::with_capacity(code.len());
-    for (i, item) in code.iter().enumerate() {
-        if let Lir::Goto(t) | Lir::Jmp { target: t, .. } = item {
+fn drop_jumps_to_next(code: &mut Vec<Lir>) {
+    let mut w = 0;
+    for i in 0..code.len() {
+        // Items after `i` are still in place (`w <= i`).
+        if let Lir::Goto(t) | Lir::Jmp { target: t, .. } = code[i] {
             let falls_to = code[i + 1..]
                 .iter()
                 .take_while(|x| matches!(x, Lir::Label(_) | Lir::Mark(_)))
-                .any(|x| *x == Lir::Label(*t));
+                .any(|x| *x == Lir::Label(t));
             if falls_to {
                 continue;
             }
         }
-        out.push(item.clone());
+        code.swap(w, i);
+        w += 1;
     }
-    out
+    code.truncate(w);
 }
 
 /// `if c goto L; goto X; L:` becomes `if !c goto X; L:`.
-fn invert_jumps_over_gotos(code: Vec<Lir>) -> Vec<Lir> {
-    let mut out: Vec<Lir> = Vec::with_capacity(code.len());
+fn invert_jumps_over_gotos(code: &mut Vec<Lir>) {
+    let mut w = 0;
     let mut i = 0;
     while i < code.len() {
+        // Items from `i` on are still in place (`w <= i`).
         if let (
             Lir::Jmp {
                 op,
@@ -174,21 +213,24 @@ fn invert_jumps_over_gotos(code: Vec<Lir>) -> Vec<Lir> {
         ) = (&code[i], code.get(i + 1), code.get(i + 2))
         {
             if let (true, Some(inverse)) = (target == l, op.negate()) {
-                out.push(Lir::Jmp {
+                let inverted = Lir::Jmp {
                     op: inverse,
                     wide: *wide,
                     dst: *dst,
                     src: *src,
                     target: *x,
-                });
+                };
+                code[w] = inverted;
+                w += 1;
                 i += 2;
                 continue;
             }
         }
-        out.push(code[i].clone());
+        code.swap(w, i);
+        w += 1;
         i += 1;
     }
-    out
+    code.truncate(w);
 }
 
 /// The farthest a jump may reach in its 16-bit form. The kernel rewrites many
@@ -246,7 +288,10 @@ pub fn assemble(code: &[Lir]) -> Assembled {
         if grew {
             continue;
         }
-        let mut out = Assembled::default();
+        let mut out = Assembled {
+            insns: Vec::with_capacity(code.len()),
+            marks: Vec::with_capacity(slot),
+        };
         let mut mark = None;
         let push = |out: &mut Assembled, insn: Insn, mark: Option<u32>| {
             for _ in 0..insn.slots() {
