@@ -213,7 +213,7 @@ impl Checker {
     // ------------------------------------------------------------------ items
 
     fn policy(&mut self, p: &ast::Policy) -> hir::Policy {
-        let mut rules = Vec::new();
+        let mut rules = Vec::with_capacity(p.items.len());
         let mut default: Option<(Decision, Span)> = None;
         let mut tests_ast = Vec::new();
         let mut last_rule_or_default = 0usize;
@@ -264,14 +264,13 @@ impl Checker {
         }
         self.dead_rule_warnings(&rules, default.as_ref().map(|d| d.1));
 
-        let mut counters: Vec<CounterInfo> = rules
-            .iter()
-            .map(|r: &hir::Rule| CounterInfo {
-                name: format!("rule{}", r.counter),
-                kind: CounterKind::Rule,
-                line: r.line,
-            })
-            .collect();
+        let mut counters: Vec<CounterInfo> =
+            Vec::with_capacity(rules.len() + self.named_order.len() + 1);
+        counters.extend(rules.iter().map(|r: &hir::Rule| CounterInfo {
+            name: rule_counter_name(r.counter),
+            kind: CounterKind::Rule,
+            line: r.line,
+        }));
         // Named counters come after the rules: renumber the provisional slots.
         let base = counters.len();
         for r in &mut rules {
@@ -329,14 +328,14 @@ impl Checker {
                 );
                 continue;
             }
-            let cond = simplify(&r.cond);
+            let cond = simplify::simplified(&r.cond);
             if never_true(&cond) {
                 self.diags.push(
                     Diag::warning("W0001", "this rule can never match", r.span)
                         .label("its condition is always false")
                         .help("check the values against the fields' ranges, or remove the rule"),
                 );
-            } else if r.action.is_terminal() && cond == Cond::Const(true) {
+            } else if r.action.is_terminal() && *cond == Cond::Const(true) {
                 shadow = Some(r);
             }
         }
@@ -351,8 +350,8 @@ impl Checker {
     }
 
     fn declare(&mut self, name: &ast::Ident, value: &ast::Expr, span: Span, is_set: bool) {
-        if FIELDS.contains(&name.node.as_str())
-            || ["local", "remote", "inet", "inet6"].contains(&name.node.as_str())
+        if FIELDS.contains(&&*name.node)
+            || ["local", "remote", "inet", "inet6"].contains(&&*name.node)
         {
             self.err(
                 Diag::error(
@@ -369,7 +368,7 @@ impl Checker {
             );
             return;
         }
-        if let Some(prev) = self.names.get(&name.node) {
+        if let Some(prev) = self.names.get(&*name.node) {
             let prev = prev.span;
             self.err(
                 Diag::error(
@@ -425,7 +424,7 @@ impl Checker {
             _ => {}
         }
         self.names.insert(
-            name.node.clone(),
+            name.node.to_string(),
             Binding {
                 val,
                 span: name.span,
@@ -503,15 +502,16 @@ impl Checker {
             }
             ActionKind::Cork(e) => Verdict::Cork(self.byte_count(e, "cork")?),
             ActionKind::Count(name) => {
-                let next = self.named_counters.len();
-                let line = self.line(name.span);
-                let slot = *self
-                    .named_counters
-                    .entry(name.node.clone())
-                    .or_insert_with(|| next);
-                if slot == next {
-                    self.named_order.push((name.node.clone(), line));
-                }
+                let slot = match self.named_counters.get(&*name.node) {
+                    Some(&slot) => slot,
+                    None => {
+                        let slot = self.named_counters.len();
+                        let line = self.line(name.span);
+                        self.named_counters.insert(name.node.to_string(), slot);
+                        self.named_order.push((name.node.to_string(), line));
+                        slot
+                    }
+                };
                 return Some(Action::Count { counter: slot });
             }
             ActionKind::Log => return Some(Action::Log),
@@ -584,14 +584,8 @@ impl Checker {
 
     fn cond(&mut self, c: &ast::Cond) -> Option<Cond> {
         match &c.kind {
-            CondKind::Or(cs) => {
-                let parts: Vec<Option<Cond>> = cs.iter().map(|c| self.cond(c)).collect();
-                Some(Cond::Or(parts.into_iter().collect::<Option<Vec<_>>>()?))
-            }
-            CondKind::And(cs) => {
-                let parts: Vec<Option<Cond>> = cs.iter().map(|c| self.cond(c)).collect();
-                Some(Cond::And(parts.into_iter().collect::<Option<Vec<_>>>()?))
-            }
+            CondKind::Or(cs) => Some(Cond::Or(self.conds(cs)?)),
+            CondKind::And(cs) => Some(Cond::And(self.conds(cs)?)),
             CondKind::Not(c) => Some(Cond::Not(Box::new(self.cond(c)?))),
             CondKind::Value(e) => match self.expr(e)? {
                 Operand::Const(Val::Bool(b)) => Some(Cond::Const(b)),
@@ -624,6 +618,21 @@ impl Checker {
                 self.starts_with(l, lhs.span, r, rhs.span)
             }
         }
+    }
+
+    /// The operands of an `and`/`or`: all of them are checked (every error reported),
+    /// `None` if any failed.
+    fn conds(&mut self, cs: &[ast::Cond]) -> Option<Vec<Cond>> {
+        let mut out = Vec::with_capacity(cs.len());
+        let mut ok = true;
+        for c in cs {
+            match self.cond(c) {
+                Some(c) if ok => out.push(c),
+                Some(_) => {}
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1436,7 +1445,18 @@ impl Checker {
     }
 
     fn path(&mut self, path: &[ast::Ident], span: Span) -> Option<Operand> {
-        let names: Vec<&str> = path.iter().map(|i| i.node.as_str()).collect();
+        // Paths are one or two names: look at them without building a list.
+        let mut short = [""; 2];
+        let long: Vec<&str>;
+        let names: &[&str] = if path.len() <= short.len() {
+            for (n, i) in short.iter_mut().zip(path) {
+                *n = &i.node;
+            }
+            &short[..path.len()]
+        } else {
+            long = path.iter().map(|i| &*i.node).collect();
+            &long
+        };
         let any = FieldRef::Addr {
             local: true,
             remote: true,
@@ -1444,7 +1464,7 @@ impl Checker {
             v6: true,
             mapped: true,
         };
-        let field = match names.as_slice() {
+        let field = match names {
             ["len"] => FieldRef::Int(IntField::Len),
             ["family"] => FieldRef::Family,
             ["port"] => FieldRef::EitherPort,
@@ -1487,7 +1507,7 @@ impl Checker {
                     } else {
                         IntField::RemotePort
                     }),
-                    _ => return self.unknown_field(&names, span),
+                    _ => return self.unknown_field(names, span),
                 }
             }
             [name] => {
@@ -1513,7 +1533,7 @@ impl Checker {
                     }
                 };
             }
-            _ => return self.unknown_field(&names, span),
+            _ => return self.unknown_field(names, span),
         };
         Some(Operand::Field(field))
     }
@@ -1605,11 +1625,7 @@ impl Checker {
                     }
                 }
                 ast::TestStmt::Assign { field, value, span } => {
-                    let name = field
-                        .iter()
-                        .map(|i| i.node.as_str())
-                        .collect::<Vec<_>>()
-                        .join(".");
+                    let name = field.iter().map(|i| &*i.node).collect::<Vec<_>>().join(".");
                     let fspan = field[0].span.to(field[field.len() - 1].span);
                     if let Some(prev) = assigned.get(&name) {
                         let prev = *prev;
@@ -1911,6 +1927,15 @@ fn const_compare(a: &Val, op: CmpOp, b: &Val) -> Option<bool> {
         CmpOp::Gt => ord.is_gt(),
         CmpOp::Ge => ord.is_ge(),
     })
+}
+
+/// `rule{index}`, the name of a rule's counter.
+fn rule_counter_name(index: usize) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(24);
+    s.push_str("rule");
+    let _ = write!(s, "{index}");
+    s
 }
 
 /// Whether a simplified condition can never hold: constant false, or an `and` whose

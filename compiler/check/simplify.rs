@@ -1,6 +1,8 @@
 //! Constant folding of conditions: what every later pass relies on to see that a
 //! condition is always true or always false (dead-rule warnings, code generation).
 
+use std::borrow::Cow;
+
 use super::hir::{Cond, Test};
 
 /// Folds constants, flattens nested `and`/`or`, removes double negation.
@@ -18,6 +20,39 @@ pub fn simplify(c: &Cond) -> Cond {
         },
         Cond::And(cs) => junction(cs, true),
         Cond::Or(cs) => junction(cs, false),
+    }
+}
+
+/// [`simplify`] without the copy when the condition is already simplified (as most
+/// are: the checker builds flat conditions).
+pub fn simplified(c: &Cond) -> Cow<'_, Cond> {
+    if is_simplified(c) {
+        Cow::Borrowed(c)
+    } else {
+        Cow::Owned(simplify(c))
+    }
+}
+
+/// Whether [`simplify`] would return the condition unchanged.
+fn is_simplified(c: &Cond) -> bool {
+    match c {
+        Cond::Const(_) => true,
+        Cond::Test(t) => fold_test(t).is_none(),
+        Cond::Not(inner) => {
+            !matches!(**inner, Cond::Const(_) | Cond::Not(_)) && is_simplified(inner)
+        }
+        Cond::And(cs) => {
+            cs.len() >= 2
+                && cs
+                    .iter()
+                    .all(|c| !matches!(c, Cond::Const(_) | Cond::And(_)) && is_simplified(c))
+        }
+        Cond::Or(cs) => {
+            cs.len() >= 2
+                && cs
+                    .iter()
+                    .all(|c| !matches!(c, Cond::Const(_) | Cond::Or(_)) && is_simplified(c))
+        }
     }
 }
 
@@ -79,6 +114,32 @@ mod tests {
         assert_eq!(simplify(&t(vec![])), Cond::Const(false));
         assert_eq!(simplify(&t(vec![(0, u32::MAX as u64)])), Cond::Const(true));
         assert_eq!(simplify(&Cond::Not(Box::new(t(vec![])))), Cond::Const(true));
+    }
+
+    #[test]
+    fn simplified_borrows_only_what_simplify_keeps() {
+        let a = t(vec![(1, 2)]);
+        let conds = [
+            Cond::Const(true),
+            a.clone(),
+            t(vec![]),
+            Cond::Not(Box::new(a.clone())),
+            Cond::Not(Box::new(Cond::Not(Box::new(a.clone())))),
+            Cond::Not(Box::new(Cond::Const(false))),
+            Cond::And(vec![a.clone(), a.clone()]),
+            Cond::And(vec![a.clone()]),
+            Cond::And(vec![a.clone(), Cond::Const(true)]),
+            Cond::And(vec![a.clone(), Cond::And(vec![a.clone(), a.clone()])]),
+            Cond::And(vec![a.clone(), Cond::Or(vec![a.clone(), a.clone()])]),
+            Cond::Or(vec![a.clone(), Cond::Or(vec![a.clone(), a.clone()])]),
+            Cond::Or(vec![a.clone(), Cond::Not(Box::new(t(vec![])))]),
+            Cond::Or(vec![]),
+        ];
+        for c in &conds {
+            let s = simplified(c);
+            assert_eq!(*s, simplify(c), "{c:?}");
+            assert_eq!(matches!(s, Cow::Borrowed(_)), simplify(c) == *c, "{c:?}");
+        }
     }
 
     #[test]
