@@ -4,7 +4,12 @@
 use super::lexer::IpLit;
 use super::span::{Span, Spanned};
 
-pub type Ident = Spanned<String>;
+pub type Ident = Spanned<Name>;
+
+/// The text of a name. The field names (`remote`, `port`, ...) are the lexer's static
+/// strings: a policy names fields in every rule, and a string per use was a good part
+/// of the parse time.
+pub type Name = std::borrow::Cow<'static, str>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -51,8 +56,9 @@ pub enum ActionKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Action {
     pub kind: ActionKind,
-    /// `for N`: apply_bytes.
-    pub apply_bytes: Option<Expr>,
+    /// `for N`: apply_bytes. Boxed: rare, and an `Action` is a parser stack symbol
+    /// (grammar/skp.lalrpop says why those stay small).
+    pub apply_bytes: Option<Box<Expr>>,
     pub span: Span,
 }
 

@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use logos::Logos;
 
+use super::ast::Name;
 use super::span::Span;
 
 /// Why a piece of the source is not a token.
@@ -141,8 +142,22 @@ pub enum Tok {
     #[regex(r#""([^"\\\n]|\\.)*""#, string)]
     #[regex(r#""([^"\\\n]|\\.)*"#, |_| Err(LexError::UnterminatedString))]
     Str(Vec<u8>),
-    #[regex(r"[A-Za-z_][A-Za-z0-9_]*", |lex| lex.slice().to_string())]
-    Ident(String),
+    #[regex(r"[A-Za-z_][A-Za-z0-9_]*", ident)]
+    Ident(Name),
+}
+
+/// Names that policies use all the time (the fields and their parts), as static strings.
+const COMMON_NAMES: &[&str] = &[
+    "len", "family", "port", "ip", "uid", "gid", "pid", "cgroup", "comm", "payload", "local",
+    "remote", "ip4", "ip6", "inet", "inet6",
+];
+
+fn ident(lex: &mut logos::Lexer<Tok>) -> Name {
+    let text = lex.slice();
+    match COMMON_NAMES.iter().find(|n| **n == text) {
+        Some(n) => Name::Borrowed(n),
+        None => Name::Owned(text.to_string()),
+    }
 }
 
 fn decimal(lex: &mut logos::Lexer<Tok>) -> Result<u64, LexError> {
@@ -240,49 +255,74 @@ pub type LexErrors = Vec<(Span, LexError)>;
 
 /// Lexes the whole source: the tokens, and every error with its span.
 pub fn lex(source: &str) -> (Tokens, LexErrors) {
-    let mut tokens = Vec::new();
-    let mut errors: Vec<(Span, LexError)> = Vec::new();
-    let mut lexer = Tok::lexer(source);
-    while let Some(result) = lexer.next() {
-        let r = lexer.span();
-        match result {
-            Ok(tok) => tokens.push((r.start, tok, r.end)),
-            Err(e) => {
-                // A malformed literal still stands where it was, as a placeholder of its
-                // kind, so that the parser does not report the gap as a second error.
-                let text = lexer.slice();
-                let placeholder = match &e {
-                    LexError::IntTooLarge => Some(Tok::Int(0)),
-                    LexError::BadAddress(_) | LexError::BadPrefix { .. } => {
-                        let prefix = text.contains('/').then_some(0);
-                        Some(Tok::Ip(if text.contains(':') {
-                            IpLit::V6(Ipv6Addr::UNSPECIFIED, prefix)
-                        } else {
-                            IpLit::V4(Ipv4Addr::UNSPECIFIED, prefix)
-                        }))
-                    }
-                    LexError::BadEscape(_) | LexError::UnterminatedString => {
-                        Some(Tok::Str(Vec::new()))
-                    }
-                    LexError::UnexpectedChar => None,
-                };
-                if let Some(tok) = placeholder {
-                    tokens.push((r.start, tok, r.end));
+    let mut stream = TokenStream::new(source);
+    let tokens = stream.by_ref().collect();
+    (tokens, stream.errors)
+}
+
+/// The tokens of a source one at a time, as the parser takes them (a policy of 100k
+/// rules has over a million tokens: no list of them is built); the errors are kept
+/// aside in [`TokenStream::errors`], in source order.
+pub struct TokenStream<'s> {
+    lexer: logos::Lexer<'s, Tok>,
+    /// Every error so far, with its span.
+    pub errors: LexErrors,
+}
+
+impl<'s> TokenStream<'s> {
+    pub fn new(source: &'s str) -> TokenStream<'s> {
+        TokenStream {
+            lexer: Tok::lexer(source),
+            errors: Vec::new(),
+        }
+    }
+}
+
+impl Iterator for TokenStream<'_> {
+    type Item = (usize, Tok, usize);
+
+    fn next(&mut self) -> Option<(usize, Tok, usize)> {
+        loop {
+            let result = self.lexer.next()?;
+            let r = self.lexer.span();
+            let e = match result {
+                Ok(tok) => return Some((r.start, tok, r.end)),
+                Err(e) => e,
+            };
+            // A malformed literal still stands where it was, as a placeholder of its
+            // kind, so that the parser does not report the gap as a second error.
+            let text = self.lexer.slice();
+            let placeholder = match &e {
+                LexError::IntTooLarge => Some(Tok::Int(0)),
+                LexError::BadAddress(_) | LexError::BadPrefix { .. } => {
+                    let prefix = text.contains('/').then_some(0);
+                    Some(Tok::Ip(if text.contains(':') {
+                        IpLit::V6(Ipv6Addr::UNSPECIFIED, prefix)
+                    } else {
+                        IpLit::V4(Ipv4Addr::UNSPECIFIED, prefix)
+                    }))
                 }
-                // A run of unexpected characters (binary junk) is one error, not one per byte.
-                if let (LexError::UnexpectedChar, Some((last, LexError::UnexpectedChar))) =
-                    (&e, errors.last_mut())
+                LexError::BadEscape(_) | LexError::UnterminatedString => Some(Tok::Str(Vec::new())),
+                LexError::UnexpectedChar => None,
+            };
+            // A run of unexpected characters (binary junk) is one error, not one per byte.
+            let merged = match (&e, self.errors.last_mut()) {
+                (LexError::UnexpectedChar, Some((last, LexError::UnexpectedChar)))
+                    if last.end == r.start =>
                 {
-                    if last.end == r.start {
-                        last.end = r.end;
-                        continue;
-                    }
+                    last.end = r.end;
+                    true
                 }
-                errors.push((Span::new(r.start, r.end), e));
+                _ => false,
+            };
+            if !merged {
+                self.errors.push((Span::new(r.start, r.end), e));
+            }
+            if let Some(tok) = placeholder {
+                return Some((r.start, tok, r.end));
             }
         }
     }
-    (tokens, errors)
 }
 
 impl std::fmt::Display for Tok {

@@ -25,18 +25,49 @@ lalrpop_mod!(
     "/skp.rs"
 );
 
+/// `first` and the boxed conditions after it, unboxed into one list (the parser's
+/// `and`/`or` chains; grammar/skp.lalrpop says why conditions travel boxed there).
+#[allow(clippy::boxed_local, clippy::vec_box)]
+fn chain(first: Box<ast::Cond>, rest: Vec<Box<ast::Cond>>) -> Vec<ast::Cond> {
+    let mut all = Vec::with_capacity(1 + rest.len());
+    all.push(*first);
+    all.extend(rest.into_iter().map(|c| *c));
+    all
+}
+
 /// Deepest nesting of parentheses, `not`s and braces a policy may use. The limit keeps
 /// every later pass (which may recurse over conditions) far from the stack's end.
 pub const MAX_NESTING: usize = 64;
 
 /// Parses a policy: the AST (of every item that parsed) and the diagnostics.
 pub fn parse(source: &str) -> (ast::Policy, Vec<Diag>) {
-    let (tokens, lex_errors) = lexer::lex(source);
-    let mut diags: Vec<Diag> = lex_errors
-        .iter()
-        .map(|(span, e)| lex_diag(source, *span, e))
-        .collect();
-    if let Some(d) = nesting_error(&tokens) {
+    // The parser takes the tokens straight from the lexer; the stream watches the nesting
+    // on the way and ends early (an end of file for the parser) at the first token that
+    // nests too deep.
+    let mut stream = Guarded::new(source);
+    let mut recovered = Vec::new();
+    let result = grammar::PolicyParser::new().parse(&mut recovered, &mut stream);
+    // The parser may stop before the end (an error it cannot recover from): the rest of
+    // the source still counts for the lexer's errors and the nesting limit.
+    while stream.next().is_some() {}
+    let mut diags: Vec<Diag> = Vec::new();
+    if stream.nesting.is_some() {
+        // Too deep: the nesting error alone (after the lexer's), no parse.
+        stream.tokens.by_ref().for_each(drop);
+    }
+    let Guarded {
+        tokens,
+        semis,
+        nesting,
+        ..
+    } = stream;
+    let lex_errors = tokens.errors;
+    diags.extend(
+        lex_errors
+            .iter()
+            .map(|(span, e)| lex_diag(source, *span, e)),
+    );
+    if let Some(d) = nesting {
         diags.push(d);
         return (ast::Policy { items: Vec::new() }, diags);
     }
@@ -45,11 +76,6 @@ pub fn parse(source: &str) -> (ast::Policy, Vec<Diag>) {
     // `;`): report the lexer error alone.
     // Both lists are in source order, so each lookup is a binary search (no quadratic
     // time on inputs with many errors).
-    let semis: Vec<usize> = tokens
-        .iter()
-        .filter(|(_, t, _)| *t == Tok::Semi)
-        .map(|(l, _, _)| *l)
-        .collect();
     let muted: Vec<(usize, usize)> = lex_errors
         .iter()
         .map(|(span, _)| {
@@ -57,9 +83,6 @@ pub fn parse(source: &str) -> (ast::Policy, Vec<Diag>) {
             (span.start, semis.get(i).copied().unwrap_or(usize::MAX))
         })
         .collect();
-    let mut recovered = Vec::new();
-    let result = grammar::PolicyParser::new()
-        .parse(&mut recovered, tokens.into_iter().map(Ok::<_, LexError>));
     let mut parse_diags: Vec<Diag> = recovered
         .into_iter()
         .map(|r| parse_diag(source, r.error))
@@ -81,33 +104,70 @@ pub fn parse(source: &str) -> (ast::Policy, Vec<Diag>) {
     (policy, diags)
 }
 
-/// Rejects nesting deeper than [`MAX_NESTING`] before the parser builds a deep tree.
-fn nesting_error(tokens: &[(usize, Tok, usize)]) -> Option<Diag> {
-    let mut depth: usize = 0;
-    let mut nots: usize = 0;
-    for (l, tok, r) in tokens {
-        match tok {
-            Tok::LParen | Tok::LBrace | Tok::LBracket => depth += 1,
-            Tok::RParen | Tok::RBrace | Tok::RBracket => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        nots = if *tok == Tok::Not { nots + 1 } else { 0 };
-        if depth + nots > MAX_NESTING {
-            return Some(
-                Diag::error(
-                    "E0006",
-                    format!("nesting deeper than {MAX_NESTING} levels"),
-                    Span::new(*l, *r),
-                )
-                .label("too deep here")
-                .help("split the condition into several rules, or name parts of it with `set`"),
-            );
-        }
-        if *tok == Tok::Semi {
-            depth = 0;
+/// The lexer's tokens as the parser takes them, with what `parse` needs to know about
+/// them afterwards: where the `;`s are, and the first token nested deeper than
+/// [`MAX_NESTING`] (at which the stream ends, before the parser builds a deep tree).
+struct Guarded<'s> {
+    tokens: lexer::TokenStream<'s>,
+    /// Start offsets of the `;` tokens so far.
+    semis: Vec<usize>,
+    depth: usize,
+    nots: usize,
+    /// The nesting error, once found: the stream has ended.
+    nesting: Option<Diag>,
+}
+
+impl<'s> Guarded<'s> {
+    fn new(source: &'s str) -> Guarded<'s> {
+        Guarded {
+            tokens: lexer::TokenStream::new(source),
+            semis: Vec::new(),
+            depth: 0,
+            nots: 0,
+            nesting: None,
         }
     }
-    None
+}
+
+impl Iterator for Guarded<'_> {
+    type Item = Result<(usize, Tok, usize), LexError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.nesting.is_some() {
+            return None;
+        }
+        let (l, tok, r) = self.tokens.next()?;
+        match tok {
+            Tok::LParen | Tok::LBrace | Tok::LBracket => self.depth += 1,
+            Tok::RParen | Tok::RBrace | Tok::RBracket => self.depth = self.depth.saturating_sub(1),
+            _ => {}
+        }
+        self.nots = if matches!(tok, Tok::Not) {
+            self.nots + 1
+        } else {
+            0
+        };
+        if self.depth + self.nots > MAX_NESTING {
+            self.nesting = Some(nesting_error(l, r));
+            return None;
+        }
+        if matches!(tok, Tok::Semi) {
+            self.depth = 0;
+            self.semis.push(l);
+        }
+        Some(Ok((l, tok, r)))
+    }
+}
+
+/// Nesting deeper than [`MAX_NESTING`] at the token `l..r`.
+fn nesting_error(l: usize, r: usize) -> Diag {
+    Diag::error(
+        "E0006",
+        format!("nesting deeper than {MAX_NESTING} levels"),
+        Span::new(l, r),
+    )
+    .label("too deep here")
+    .help("split the condition into several rules, or name parts of it with `set`")
 }
 
 fn lex_diag(source: &str, span: Span, e: &LexError) -> Diag {
