@@ -759,7 +759,7 @@ fn part_b(
     let policies: Vec<String> = SEND_ANCHORS
         .iter()
         .map(|s| s.to_string())
-        .chain(generated.iter().map(|p| p.name.clone()))
+        .chain(examples.iter().chain(generated).map(|p| p.name.clone()))
         .collect();
     for policy in &policies {
         for &size in &sizes {
