@@ -145,3 +145,34 @@ fn large_runs_agree_with_the_evaluator() {
         check_policy(&src, &mut rng, 150);
     }
 }
+
+/// Indexed blocks (compiler/lower/index.rs): 100 and more same-decision rules of the
+/// kind above go into the `skp_index` map. Their keys overlap heavily (a few ports and
+/// addresses), so most messages match several rules and the first must count; `count`
+/// rules, another decision and rules that stay code (`len`, `or len`) sit around them.
+#[test]
+fn indexed_runs_agree_with_the_evaluator() {
+    let mut rng = Rng(0x1de7_0b10);
+    for _ in 0..8 {
+        let mut src = String::new();
+        for _ in 0..rng.below(3) {
+            src.push_str(&format!("count c if {};\n", rule(&mut rng)));
+        }
+        for block in 0..1 + rng.below(2) {
+            if block > 0 {
+                src.push_str(&format!("pass if {};\n", rule(&mut rng)));
+            }
+            for _ in 0..100 + rng.below(60) {
+                src.push_str(&format!("drop if {};\n", rule(&mut rng)));
+            }
+        }
+        src.push_str(if rng.below(2) == 0 {
+            "default pass;\n"
+        } else {
+            "default drop;\n"
+        });
+        let c = skpc::compile::compile("runs.skp", &src).expect("compiles");
+        assert!(!c.lowered.index.is_empty(), "no indexed block in\n{src}");
+        check_policy(&src, &mut rng, 60);
+    }
+}

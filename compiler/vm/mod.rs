@@ -27,15 +27,33 @@
 //!   window exactly as the kernel sets them, so bounds checks in the program take the
 //!   same branches as in the kernel.
 //! - The context is read-only in the kernel: a store into it is detected after the run.
+//! - Maps: `bpf_map_lookup_elem` is modelled for the counters (a zeroed PERCPU_ARRAY per
+//!   run, the deltas of one run) and the rule index as the runtime fills it: `skp_index`
+//!   (a HASH holding exactly the entries of `Lowered::index`: a hit returns a pointer to
+//!   the entry's u32 value, a miss NULL), `skp_index_ports` (an ARRAY of u32: the slots
+//!   of `Lowered::port_index` hold their values, every other slot below `max_entries`
+//!   holds 0, past it NULL) and `skp_index_ready` (an ARRAY whose slot 0 holds
+//!   `INDEX_READY`). With [`IndexState::Empty`] they are as the kernel creates them, as
+//!   after a load by a tool that does not fill the index: no entry, every slot 0. Map
+//!   values live in memory rbpf lets the program read and write (the port array
+//!   sparsely: its entries, and a zero cell per other slot looked up, at most one per
+//!   call instruction since the program has no loop); a store into the index would
+//!   persist across messages in the kernel, which one run cannot model: it fails the
+//!   run. rbpf checks only that an access starts inside such a region, not that it stays
+//!   within one value: that bound is the verifier's (the kernel leg of the differential
+//!   tests). Any other map, or a map whose type or sizes the object does not define as
+//!   skpc does, is refused rather than approximated.
 //!
 //! Helpers are plain `fn`s in rbpf, so the state of the current run lives in a
 //! thread-local (one run at a time per thread).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use skpc_abi::{Counter, LogRecord, SockKey};
+use skpc_abi::{Counter, IndexEntry, LogRecord, PortEntry, SockKey, INDEX_READY};
 
 use crate::bpf::uapi::*;
 use crate::bpf::{encode_all, Insn, JmpOp, Src};
@@ -122,21 +140,87 @@ fn err<T>(msg: impl Into<String>) -> Result<T, VmError> {
     Err(VmError(msg.into()))
 }
 
+/// What the runtime has put into the rule index maps (`skp_index`, `skp_index_ports`)
+/// and the ready flag (`skp_index_ready`) before the program runs. Only programs with an
+/// indexed block look at them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IndexState {
+    /// As the runtime leaves them: every entry of `Lowered::index` in the HASH map,
+    /// every slot of `Lowered::port_index` in the port array, then `INDEX_READY` in slot
+    /// 0 of the flag.
+    #[default]
+    Filled,
+    /// As the kernel creates them, which is how a loader that does not know the index
+    /// (`bpftool prog loadall`) leaves them: no entry, every array slot 0, flag 0. The
+    /// program must fail closed (drop every message).
+    Empty,
+}
+
+/// What the runtime writes into the rule index maps (`Lowered::index` and
+/// `Lowered::port_index`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IndexData<'a> {
+    pub entries: &'a [IndexEntry],
+    pub ports: &'a [PortEntry],
+}
+
+/// The rule index maps of one program, filled.
+#[derive(Debug, Default)]
+struct IndexModel {
+    /// HASH key bytes to the position of the entry's value in `values`.
+    slots: HashMap<[u8; IndexEntry::KEY_SIZE], usize>,
+    /// The u32 value (rule index) of every HASH entry.
+    values: Vec<u32>,
+    /// Port array slot to the position of its value in `port_values`.
+    port_slots: HashMap<u32, usize>,
+    /// The values of the port array's non-zero slots.
+    port_values: Vec<u32>,
+    /// `max_entries` of the port array (0: the object has none).
+    port_array_slots: u32,
+    /// Zero cells a run may hand out for other slots of the port array: one per call
+    /// instruction (no loops, so no more lookups than that).
+    zero_cells: usize,
+    /// `max_entries` of the ready flag ARRAY (0: the object has none).
+    ready_slots: u32,
+}
+
 /// A verdict program ready to run: the encoded bytes with map loads relocated.
 #[derive(Clone, Debug)]
 pub struct Vm {
     code: Vec<u8>,
     maps: Vec<MapSpec>,
     counters: usize,
+    index: Arc<IndexModel>,
+    index_state: IndexState,
 }
 
 impl Vm {
-    /// Prepares `lowered.verdict` (encoded with `encode_all`, exactly as in the object).
+    /// Prepares `lowered.verdict` (encoded with `encode_all`, exactly as in the object),
+    /// with its rule index filled as the runtime fills it.
     pub fn new(lowered: &Lowered) -> Result<Vm, VmError> {
-        Vm::from_insns(&lowered.verdict.insns, &lowered.maps)
+        let index = IndexData {
+            entries: &lowered.index,
+            ports: &lowered.port_index,
+        };
+        Vm::from_parts(&lowered.verdict.insns, &lowered.maps, index)
     }
 
+    /// A program and its maps, without a rule index (no entries to fill in).
     pub fn from_insns(insns: &[Insn], maps: &[MapSpec]) -> Result<Vm, VmError> {
+        Vm::from_parts(insns, maps, IndexData::default())
+    }
+
+    /// A program, its maps and what the runtime writes into the rule index maps.
+    pub fn from_parts(
+        insns: &[Insn],
+        maps: &[MapSpec],
+        index: IndexData<'_>,
+    ) -> Result<Vm, VmError> {
+        let calls = insns
+            .iter()
+            .filter(|i| matches!(i, Insn::Call { .. }))
+            .count();
+        let index = Arc::new(index_model(maps, index, calls)?);
         let mut code = encode_all(insns);
         let mut slot = 0usize;
         for (i, insn) in insns.iter().enumerate() {
@@ -197,7 +281,20 @@ impl Vm {
             code,
             maps: maps.to_vec(),
             counters,
+            index,
+            index_state: IndexState::Filled,
         })
+    }
+
+    /// The same program with the rule index in `state` (see [`IndexState`]).
+    pub fn with_index_state(mut self, state: IndexState) -> Vm {
+        self.index_state = state;
+        self
+    }
+
+    /// What the rule index holds when this VM runs the program.
+    pub fn index_state(&self) -> IndexState {
+        self.index_state
     }
 
     /// The relocated bytecode the VM runs.
@@ -238,6 +335,39 @@ impl Vm {
             start..start + (counters.len() * Counter::SIZE) as u64
         };
 
+        // The rule index and its flag, as the runtime filled them (or not). Fresh for
+        // every run, so that a store into them (which the kernel would keep) shows.
+        let filled = self.index_state == IndexState::Filled;
+        let mut index_values: Vec<u32> = if filled {
+            self.index.values.clone()
+        } else {
+            Vec::new()
+        };
+        let mut ready = vec![0u32; self.index.ready_slots as usize];
+        if filled {
+            if let Some(slot) = ready.first_mut() {
+                *slot = INDEX_READY;
+            }
+        }
+        let ready_before = ready.clone();
+        // The port array: its non-zero slots, then zero cells for the others.
+        let mut port_values: Vec<u32> = if filled {
+            self.index.port_values.clone()
+        } else {
+            Vec::new()
+        };
+        let port_entries = port_values.len();
+        if self.index.port_array_slots > 0 {
+            port_values.resize(port_entries + self.index.zero_cells, 0);
+        }
+        let region = |v: &mut Vec<u32>| {
+            let start = v.as_mut_ptr() as u64;
+            start..start + 4 * v.len() as u64
+        };
+        let index_range = region(&mut index_values);
+        let ready_range = region(&mut ready);
+        let ports_range = region(&mut port_values);
+
         let state = RunState {
             ctx: ctx_ptr as u64,
             buf: buf_ptr,
@@ -246,6 +376,14 @@ impl Vm {
             maps: self.maps.iter().map(|m| m.kind).collect(),
             counters: counters.as_mut_ptr() as u64,
             counter_slots: counters.len(),
+            index: Arc::clone(&self.index),
+            index_values: index_range.start,
+            index_filled: filled,
+            ready: ready_range.start,
+            ready_slots: ready.len(),
+            port_values: ports_range.start,
+            port_entries,
+            zero_cells: HashMap::new(),
             uid: msg.uid,
             gid: msg.gid,
             pid: msg.pid,
@@ -274,8 +412,10 @@ impl Vm {
             vm.register_helper(*id as u32, *f)
                 .map_err(|e| VmError(e.to_string()))?;
         }
-        if !counters_range.is_empty() {
-            vm.register_allowed_memory(counters_range);
+        for range in [counters_range, index_range, ready_range, ports_range] {
+            if !range.is_empty() {
+                vm.register_allowed_memory(range);
+            }
         }
         // SAFETY: the slices stay alive for the whole run; rbpf and the helpers write
         // through raw pointers derived from them, as the kernel does with its buffers.
@@ -285,14 +425,26 @@ impl Vm {
                 std::slice::from_raw_parts(ctx_ptr as *const u8, 80),
             )
         };
-        let ret = vm
-            .execute_program(mem, mbuff)
-            .map_err(|e| VmError(format!("the program faulted: {e}")))?;
+        let result = vm.execute_program(mem, mbuff);
         let state = STATE
             .with(|s| s.borrow_mut().take())
             .ok_or_else(|| VmError("VM state lost".into()))?;
+        // A helper the model refused comes first: the fault after it (the program using
+        // the -EFAULT it got as a pointer, say) is only its consequence.
         if let Some(e) = state.error {
             return Err(VmError(e));
+        }
+        let ret = result.map_err(|e| VmError(format!("the program faulted: {e}")))?;
+        // (Unfilled, `port_entries` is 0.)
+        let ports_kept = port_values[..port_entries] == self.index.port_values[..port_entries]
+            && port_values[port_entries..].iter().all(|&v| v == 0);
+        if (filled && index_values != self.index.values) || ready != ready_before || !ports_kept {
+            return err(format!(
+                "the program wrote into {}, {} or {}, which the kernel would keep for later messages: the VM cannot model it",
+                skpc_abi::INDEX_NAME,
+                skpc_abi::INDEX_PORTS_NAME,
+                skpc_abi::INDEX_READY_NAME
+            ));
         }
         // The context is read-only: only the helpers may move data/data_end.
         let mut after = [0u8; 80];
@@ -338,6 +490,124 @@ impl Vm {
 /// Compiles nothing: runs an already lowered policy on one message (convenience).
 pub fn run(lowered: &Lowered, msg: &Message, cfg: &RunConfig) -> Result<VmOutcome, VmError> {
     Vm::new(lowered)?.run(msg, cfg)
+}
+
+/// The rule index of an object: checks that its maps are what the model implements.
+fn index_model(maps: &[MapSpec], data: IndexData<'_>, calls: usize) -> Result<IndexModel, VmError> {
+    let entries = data.entries;
+    let one = |kind: MapKind| -> Result<Option<&MapSpec>, VmError> {
+        let mut found = maps.iter().filter(|m| m.kind == kind);
+        let first = found.next();
+        if found.next().is_some() {
+            return err(format!("the object defines {} twice", kind.name()));
+        }
+        Ok(first)
+    };
+    let index = one(MapKind::Index)?;
+    let ready = one(MapKind::IndexReady)?;
+    let ports = one(MapKind::IndexPorts)?;
+    let mut model = IndexModel::default();
+    if let Some(m) = ports {
+        if m.map_type != BPF_MAP_TYPE_ARRAY || m.key_size != 4 || m.value_size != 4 {
+            return err(format!(
+                "{} is map type {} with {}-byte keys and {}-byte values; the VM models an ARRAY of u32",
+                m.kind.name(),
+                m.map_type,
+                m.key_size,
+                m.value_size
+            ));
+        }
+        model.port_array_slots = m.max_entries;
+        model.zero_cells = calls;
+    } else if !data.ports.is_empty() {
+        return err(format!(
+            "{} port entries but no {} map",
+            data.ports.len(),
+            skpc_abi::INDEX_PORTS_NAME
+        ));
+    }
+    for e in data.ports {
+        if e.slot >= model.port_array_slots {
+            return err(format!(
+                "port entry slot {} is past the end of {} ({} slots)",
+                e.slot,
+                skpc_abi::INDEX_PORTS_NAME,
+                model.port_array_slots
+            ));
+        }
+        let at = model.port_values.len();
+        if model.port_slots.insert(e.slot, at).is_some() {
+            return err(format!(
+                "two entries for slot {} of {}: an array slot holds one value",
+                e.slot,
+                skpc_abi::INDEX_PORTS_NAME
+            ));
+        }
+        model.port_values.push(e.value);
+    }
+    if let Some(m) = index {
+        if m.map_type != BPF_MAP_TYPE_HASH
+            || m.key_size as usize != IndexEntry::KEY_SIZE
+            || m.value_size as usize != IndexEntry::VALUE_SIZE
+        {
+            return err(format!(
+                "{} is map type {} with {}-byte keys and {}-byte values; the VM models a HASH with {}-byte keys and {}-byte values",
+                m.kind.name(),
+                m.map_type,
+                m.key_size,
+                m.value_size,
+                IndexEntry::KEY_SIZE,
+                IndexEntry::VALUE_SIZE
+            ));
+        }
+        if entries.len() > m.max_entries as usize {
+            return err(format!(
+                "{} entries for {}, which holds {}: the runtime could not fill it",
+                entries.len(),
+                m.kind.name(),
+                m.max_entries
+            ));
+        }
+    } else if !entries.is_empty() {
+        return err(format!(
+            "{} index entries but no {} map",
+            entries.len(),
+            skpc_abi::INDEX_NAME
+        ));
+    }
+    if let Some(m) = ready {
+        if m.map_type != BPF_MAP_TYPE_ARRAY || m.key_size != 4 || m.value_size != 4 {
+            return err(format!(
+                "{} is map type {} with {}-byte keys and {}-byte values; the VM models an ARRAY of u32",
+                m.kind.name(),
+                m.map_type,
+                m.key_size,
+                m.value_size
+            ));
+        }
+        if m.max_entries == 0 {
+            return err(format!("{} has no slot for the flag", m.kind.name()));
+        }
+        model.ready_slots = m.max_entries;
+    } else if index.is_some() || ports.is_some() {
+        return err(format!(
+            "a rule index without {}: nothing says when it is filled",
+            skpc_abi::INDEX_READY_NAME
+        ));
+    }
+    model.values.reserve(entries.len());
+    for e in entries {
+        let at = model.values.len();
+        if model.slots.insert(e.key_bytes(), at).is_some() {
+            return err(format!(
+                "two entries of {} have the key {:?}: a HASH map keeps one value per key",
+                skpc_abi::INDEX_NAME,
+                e.key
+            ));
+        }
+        model.values.push(e.rule);
+    }
+    Ok(model)
 }
 
 /// The 80-byte `struct sk_msg_md` of `msg` as the kernel presents it.
@@ -402,6 +672,18 @@ struct RunState {
     maps: Vec<MapKind>,
     counters: u64,
     counter_slots: usize,
+    index: Arc<IndexModel>,
+    /// Where the index values of this run start (one u32 per entry).
+    index_values: u64,
+    index_filled: bool,
+    /// The ready flag ARRAY of this run.
+    ready: u64,
+    ready_slots: usize,
+    /// The port array of this run: its entries (none unless filled), then zero cells.
+    port_values: u64,
+    port_entries: usize,
+    /// Port array slots without an entry looked up so far, and their zero cells.
+    zero_cells: HashMap<u32, usize>,
     uid: u32,
     gid: u32,
     pid: u32,
@@ -449,17 +731,24 @@ fn helper_name(id: i32) -> String {
 }
 
 impl RunState {
-    fn map(&self, handle: u64, want: MapKind) -> Result<(), String> {
+    /// The kind of the map `handle` stands for.
+    fn map_kind(&self, handle: u64) -> Result<MapKind, String> {
         let idx = handle.wrapping_sub(MAP_HANDLE_BASE);
         match self.maps.get(idx as usize) {
-            Some(k) if handle >= MAP_HANDLE_BASE && *k == want => Ok(()),
-            Some(k) if handle >= MAP_HANDLE_BASE => Err(format!(
+            Some(k) if handle >= MAP_HANDLE_BASE => Ok(*k),
+            _ => Err(format!("given {handle:#x}, which is not a map")),
+        }
+    }
+
+    fn map(&self, handle: u64, want: MapKind) -> Result<(), String> {
+        match self.map_kind(handle)? {
+            k if k == want => Ok(()),
+            k => Err(format!(
                 "given map {} ({}), expected {}",
-                idx,
+                handle.wrapping_sub(MAP_HANDLE_BASE),
                 k.name(),
                 want.name()
             )),
-            _ => Err(format!("given {handle:#x}, which is not a map")),
         }
     }
 
@@ -482,14 +771,66 @@ fn readable(ptr: u64, len: usize) -> Result<(), String> {
 
 fn h_map_lookup_elem(map: u64, key: u64, _: u64, _: u64, _: u64) -> u64 {
     with_state(BPF_FUNC_map_lookup_elem, |st| {
-        st.map(map, MapKind::Counters)?;
-        readable(key, 4)?;
-        // SAFETY: checked non-null; the key lives in the program's stack.
-        let k = unsafe { (key as *const u32).read_unaligned() } as usize;
-        if k >= st.counter_slots {
-            return Ok(0);
+        // ARRAY-like maps: a u32 key, NULL past the end.
+        let slot = |key: u64, slots: usize| -> Result<Option<usize>, String> {
+            readable(key, 4)?;
+            // SAFETY: checked non-null; the key lives in the program's stack.
+            let k = unsafe { (key as *const u32).read_unaligned() } as usize;
+            Ok((k < slots).then_some(k))
+        };
+        match st.map_kind(map)? {
+            MapKind::Counters => Ok(slot(key, st.counter_slots)?
+                .map_or(0, |k| st.counters + (k * Counter::SIZE) as u64)),
+            MapKind::IndexReady => {
+                Ok(slot(key, st.ready_slots)?.map_or(0, |k| st.ready + 4 * k as u64))
+            }
+            MapKind::IndexPorts => {
+                let Some(k) = slot(key, st.index.port_array_slots as usize)? else {
+                    return Ok(0);
+                };
+                let k = k as u32;
+                let entry = st.index.port_slots.get(&k).copied();
+                let cell = match entry {
+                    Some(at) if at < st.port_entries => at,
+                    _ => {
+                        let next = st.port_entries + st.zero_cells.len();
+                        let cell = *st.zero_cells.entry(k).or_insert(next);
+                        if cell >= st.port_entries + st.index.zero_cells {
+                            return Err(format!(
+                                "more port array lookups than the program has calls ({})",
+                                st.index.zero_cells
+                            ));
+                        }
+                        cell
+                    }
+                };
+                Ok(st.port_values + 4 * cell as u64)
+            }
+            MapKind::Index => {
+                readable(key, IndexEntry::KEY_SIZE)?;
+                let mut k = [0u8; IndexEntry::KEY_SIZE];
+                // SAFETY: checked non-null; the key lives in the program's stack.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        key as *const u8,
+                        k.as_mut_ptr(),
+                        IndexEntry::KEY_SIZE,
+                    )
+                };
+                if !st.index_filled {
+                    return Ok(0);
+                }
+                Ok(st
+                    .index
+                    .slots
+                    .get(&k)
+                    .map_or(0, |&at| st.index_values + 4 * at as u64))
+            }
+            other => Err(format!(
+                "a lookup in {} is not modelled by the VM",
+                other.name()
+            )),
         }
-        Ok(st.counters + (k * Counter::SIZE) as u64)
     })
 }
 
@@ -650,3 +991,6 @@ const HELPERS: &[(i32, Helper)] = &[
     (BPF_FUNC_get_current_comm, h_get_current_comm),
     (BPF_FUNC_ringbuf_output, h_ringbuf_output),
 ];
+
+#[cfg(test)]
+mod tests;

@@ -467,10 +467,39 @@ impl GenPolicy {
     /// Smaller policies, roughly most promising first.
     pub fn shrinks(&self) -> Vec<GenPolicy> {
         let mut out = Vec::new();
+        // Long policies: whole chunks of rules first (halves, quarters, ...), so that a
+        // few hundred rules shrink in a logarithmic number of steps, not one at a time.
+        let n = self.rules.len();
+        let mut chunk = n / 2;
+        while n > 8 && chunk >= 2 {
+            for start in (0..n).step_by(chunk) {
+                let mut p = self.clone();
+                p.rules.drain(start..(start + chunk).min(n));
+                out.push(p);
+            }
+            chunk /= 2;
+        }
         for i in 0..self.rules.len() {
             let mut p = self.clone();
             p.rules.remove(i);
             out.push(p);
+        }
+        // A rule replaced by a plain one-port rule: the policy keeps its length (an
+        // indexed block needs 64 rules) while the rules that matter stand out.
+        let filler = GCond::Atom(
+            "remote.port == 1".into(),
+            Sem::Int {
+                field: F::RemotePort,
+                ranges: vec![(1, 1)],
+                negate: false,
+            },
+        );
+        for i in 0..self.rules.len() {
+            if self.rules[i].cond.as_ref() != Some(&filler) {
+                let mut p = self.clone();
+                p.rules[i].cond = Some(filler.clone());
+                out.push(p);
+            }
         }
         if self.default.is_some() {
             let mut p = self.clone();
@@ -533,6 +562,9 @@ pub struct Pool {
     /// (offset, bytes): payload slices, prefixes, bytes.
     pub strings: Vec<(u32, Vec<u8>)>,
     pub comms: Vec<Vec<u8>>,
+    /// Per port/address rule of [`gen_indexed_policy`]: the ways to match it (see
+    /// [`gen_indexed_message`]).
+    pub targets: Vec<Vec<Hit>>,
 }
 
 const PORT_EDGES: &[u64] = &[
@@ -1663,4 +1695,692 @@ pub fn shrink(
         break;
     }
     (p, s)
+}
+
+// ------------------------------------------------------------------ indexed blocks
+
+/// One end's address inside a network, to aim a message at a rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Aim {
+    pub local: bool,
+    pub net: (IpAddr, u8),
+}
+
+/// Field values that make one term of a port/address rule hold.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Hit {
+    pub local_port: Option<u16>,
+    pub remote_port: Option<u16>,
+    pub addrs: Vec<Aim>,
+}
+
+impl Hit {
+    /// Both at once (an `and` of two tests); `None` if they set one field twice.
+    fn and(&self, o: &Hit) -> Option<Hit> {
+        let port = |a: Option<u16>, b: Option<u16>| match (a, b) {
+            (Some(_), Some(_)) => Err(()),
+            (a, b) => Ok(a.or(b)),
+        };
+        let local_port = port(self.local_port, o.local_port).ok()?;
+        let remote_port = port(self.remote_port, o.remote_port).ok()?;
+        if self
+            .addrs
+            .iter()
+            .any(|a| o.addrs.iter().any(|b| a.local == b.local))
+        {
+            return None;
+        }
+        let mut addrs = self.addrs.clone();
+        addrs.extend(o.addrs.iter().cloned());
+        Some(Hit {
+            local_port,
+            remote_port,
+            addrs,
+        })
+    }
+}
+
+/// The fields and prefix lengths the port/address rules of one segment use: few of
+/// them, so that the segment fits the backend's tuple limit; sometimes many (`wild`),
+/// so that rules past it stay code.
+struct Shape {
+    addr_fields: Vec<&'static str>,
+    port_fields: Vec<&'static str>,
+    v4_prefixes: Vec<u8>,
+    v6_prefixes: Vec<u8>,
+}
+
+const IX_ADDR_FIELDS: &[&str] = &[
+    "ip",
+    "local.ip",
+    "remote.ip",
+    "local.ip4",
+    "remote.ip4",
+    "local.ip6",
+    "remote.ip6",
+];
+const IX_PORT_FIELDS: &[&str] = &["port", "local.port", "remote.port"];
+
+/// A random policy with long runs of same-decision port and address rules (segments of
+/// 63 to 160 rules, most of them indexable, some that stay code: payload, `len`, `not`,
+/// `uid`, ...), count/log rules and other decisions between them, for the indexed blocks
+/// of the backend (compiler/lower/index.rs). `Pool::targets` says how to match each
+/// port/address rule.
+pub fn gen_indexed_policy(rng: &mut Rng) -> (GenPolicy, Pool) {
+    let mut g = Gen {
+        rng,
+        pool: Pool::default(),
+        decls: Vec::new(),
+        counters: Vec::new(),
+    };
+    let mut rules = Vec::new();
+    for _ in 0..g.rng.below(4) {
+        rules.push(g.between_rule());
+    }
+    let segments = match g.rng.below(10) {
+        0..=4 => 1,
+        5..=8 => 2,
+        _ => 3,
+    };
+    for s in 0..segments {
+        if s > 0 {
+            // At least one rule that is not the segment's decision between two segments.
+            let count = g.counter();
+            let shape = Shape::any(g.rng);
+            let (c, _) = g.ix_cond(&shape);
+            rules.push(GRule {
+                action: count,
+                sem: ASem::Count,
+                cond: Some(c),
+            });
+            for _ in 0..g.rng.below(3) {
+                rules.push(g.between_rule());
+            }
+        }
+        g.segment(&mut rules);
+    }
+    for _ in 0..g.rng.below(4) {
+        rules.push(g.between_rule());
+    }
+    let default = if g.rng.pct(40) {
+        None
+    } else {
+        Some(g.decision())
+    };
+    let p = GenPolicy {
+        decls: g.decls,
+        rules,
+        default,
+    };
+    (p, g.pool)
+}
+
+impl Shape {
+    fn any(rng: &mut Rng) -> Shape {
+        Shape {
+            addr_fields: IX_ADDR_FIELDS.to_vec(),
+            port_fields: IX_PORT_FIELDS.to_vec(),
+            v4_prefixes: vec![32, rng.pick(&[0u8, 1, 8, 16, 24, 28, 31])],
+            v6_prefixes: vec![128, rng.pick(&[0u8, 1, 48, 64, 96, 120, 127])],
+        }
+    }
+
+    fn new(rng: &mut Rng) -> Shape {
+        if rng.pct(15) {
+            // Many fields and prefix lengths: more tuples than one block may have.
+            return Shape {
+                addr_fields: IX_ADDR_FIELDS.to_vec(),
+                port_fields: IX_PORT_FIELDS.to_vec(),
+                v4_prefixes: vec![32, 31, 28, 24, 16, 8, 1, 0],
+                v6_prefixes: vec![128, 127, 120, 96, 64, 48, 1],
+            };
+        }
+        let mut pick_some = |from: &[&'static str], n: u64| -> Vec<&'static str> {
+            let mut out: Vec<&'static str> = Vec::new();
+            for _ in 0..n {
+                let f = rng.pick(from);
+                if !out.contains(&f) {
+                    out.push(f);
+                }
+            }
+            out
+        };
+        let addr_fields = pick_some(IX_ADDR_FIELDS, 2);
+        let port_fields = pick_some(IX_PORT_FIELDS, 2);
+        let mut prefixes = |full: u8, other: &[u8]| {
+            let p = rng.pick(other);
+            match rng.below(10) {
+                0..=3 => vec![full],
+                4..=6 => vec![p],
+                _ => vec![full, p],
+            }
+        };
+        let v4_prefixes = prefixes(32, &[0, 1, 8, 16, 24, 28, 28, 31]);
+        let v6_prefixes = prefixes(128, &[0, 1, 48, 64, 64, 96, 120, 127]);
+        Shape {
+            addr_fields,
+            port_fields,
+            v4_prefixes,
+            v6_prefixes,
+        }
+    }
+
+    /// The fields an `and` of a port and an address test uses (the first of each). A
+    /// port and an IPv6 address are five key words, one more than a key has: such rules
+    /// stay code, so with `v4` the address is an IPv4 one.
+    fn and_shape(&self, v4: bool) -> Shape {
+        let addr = match self.addr_fields[0] {
+            "local.ip6" if v4 => "local.ip4",
+            "remote.ip6" if v4 => "remote.ip4",
+            f => f,
+        };
+        Shape {
+            addr_fields: vec![addr],
+            port_fields: self.port_fields[..1].to_vec(),
+            v4_prefixes: self.v4_prefixes.clone(),
+            v6_prefixes: if v4 {
+                Vec::new()
+            } else {
+                self.v6_prefixes.clone()
+            },
+        }
+    }
+}
+
+impl Gen<'_> {
+    /// One segment: a decision and its rules.
+    fn segment(&mut self, rules: &mut Vec<GRule>) {
+        let shape = Shape::new(self.rng);
+        let (action, d) = self.decision();
+        // Port/address rules: just under the threshold sometimes, at it, or well over.
+        let n = match self.rng.below(12) {
+            0 => 63,
+            1 => 64,
+            2 => self.rng.range(100, 160),
+            _ => self.rng.range(65, 100),
+        };
+        let mut seg: Vec<GRule> = Vec::new();
+        let mut keyed: Vec<(GCond, Vec<Hit>)> = Vec::new();
+        while keyed.len() < n as usize {
+            if self.rng.pct(12) {
+                // A rule the index cannot hold: it stays code, in its place.
+                let c = self.code_cond(&shape);
+                seg.push(GRule {
+                    action: action.clone(),
+                    sem: ASem::Decide(d.clone()),
+                    cond: Some(c),
+                });
+                continue;
+            }
+            let (c, t) = if !keyed.is_empty() && self.rng.pct(8) {
+                // The same keys as an earlier rule: the first of the two decides.
+                self.rng.pick(&keyed)
+            } else {
+                self.ix_cond(&shape)
+            };
+            self.pool.targets.push(t.clone());
+            keyed.push((c.clone(), t));
+            seg.push(GRule {
+                action: action.clone(),
+                sem: ASem::Decide(d.clone()),
+                cond: Some(c),
+            });
+        }
+        if self.rng.pct(4) {
+            // An unconditional rule inside the block: the rest of the policy is dead.
+            let at = self.rng.below(seg.len() as u64 + 1) as usize;
+            seg.insert(
+                at,
+                GRule {
+                    action: action.clone(),
+                    sem: ASem::Decide(d.clone()),
+                    cond: None,
+                },
+            );
+        }
+        rules.extend(seg);
+    }
+
+    /// A rule between segments: counts and logs of port/address conditions, other
+    /// decisions, anything.
+    fn between_rule(&mut self) -> GRule {
+        let shape = Shape::any(self.rng);
+        match self.rng.below(10) {
+            0..=3 => {
+                let (c, t) = self.ix_cond(&shape);
+                self.pool.targets.push(t);
+                GRule {
+                    action: self.counter(),
+                    sem: ASem::Count,
+                    cond: Some(c),
+                }
+            }
+            4 | 5 => {
+                let (c, t) = self.ix_cond(&shape);
+                self.pool.targets.push(t);
+                GRule {
+                    action: "log".into(),
+                    sem: ASem::Log,
+                    cond: Some(c),
+                }
+            }
+            6..=8 => {
+                let (c, t) = self.ix_cond(&shape);
+                self.pool.targets.push(t);
+                let (action, d) = self.decision();
+                GRule {
+                    action,
+                    sem: ASem::Decide(d),
+                    cond: Some(c),
+                }
+            }
+            _ => {
+                let (action, sem) = self.action();
+                GRule {
+                    action,
+                    sem,
+                    cond: Some(self.cond(0)),
+                }
+            }
+        }
+    }
+
+    /// A condition the index can hold: a port or address test, an `and` of a port test
+    /// and an address test (or of both ports), an `or` of two such.
+    fn ix_cond(&mut self, shape: &Shape) -> (GCond, Vec<Hit>) {
+        match self.rng.below(20) {
+            0..=6 => self.ix_port(shape),
+            7..=13 => self.ix_addr(shape),
+            14..=17 => {
+                let narrow = shape.and_shape(self.rng.pct(85));
+                let ((a, ta), (b, tb)) = if self.rng.pct(85) {
+                    (self.ix_port(&narrow), self.ix_addr(&narrow))
+                } else {
+                    // Both ports (one key word each).
+                    let one = |f: &'static str| Shape {
+                        port_fields: vec![f],
+                        ..shape.and_shape(true)
+                    };
+                    (
+                        self.ix_port(&one("local.port")),
+                        self.ix_port(&one("remote.port")),
+                    )
+                };
+                let mut ts = Vec::new();
+                for x in &ta {
+                    for y in &tb {
+                        ts.extend(x.and(y));
+                    }
+                }
+                let both = if self.rng.pct(50) {
+                    vec![a, b]
+                } else {
+                    vec![b, a]
+                };
+                (GCond::And(both), ts)
+            }
+            _ => {
+                let (a, mut ta) = self.ix_port(shape);
+                let (b, tb) = if self.rng.pct(50) {
+                    self.ix_addr(shape)
+                } else {
+                    self.ix_port(shape)
+                };
+                ta.extend(tb);
+                (GCond::Or(vec![a, b]), ta)
+            }
+        }
+    }
+
+    fn ix_port_value(&mut self) -> u16 {
+        let v = match self.rng.below(20) {
+            0 => self.rng.pick(&[0u16, 1, 80, 443, 65535]),
+            _ => 1000 + self.rng.below(150) as u16,
+        };
+        self.pool.ports.push(v as u64);
+        v
+    }
+
+    fn ix_port(&mut self, shape: &Shape) -> (GCond, Vec<Hit>) {
+        let field = self.rng.pick(&shape.port_fields);
+        let (text, ranges) = match self.rng.below(10) {
+            0..=6 => {
+                let v = self.ix_port_value();
+                let t = int_text(self.rng, v as u64);
+                let text = if self.rng.pct(10) {
+                    format!("{t} == {field}")
+                } else {
+                    format!("{field} == {t}")
+                };
+                (text, vec![(v as u64, v as u64)])
+            }
+            7 | 8 => {
+                let n = self.rng.range(2, 4);
+                let vs: Vec<u16> = (0..n).map(|_| self.ix_port_value()).collect();
+                let set = format!(
+                    "{{{}}}",
+                    vs.iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let set = if self.rng.pct(25) {
+                    self.declare(true, set)
+                } else {
+                    set
+                };
+                (
+                    format!("{field} in {set}"),
+                    vs.iter().map(|&v| (v as u64, v as u64)).collect(),
+                )
+            }
+            _ => {
+                let lo = self.ix_port_value();
+                let hi = lo.saturating_add(self.rng.range(1, 4) as u16);
+                self.pool.ports.push(hi as u64);
+                (
+                    format!("{field} in {lo}..{hi}"),
+                    vec![(lo as u64, hi as u64)],
+                )
+            }
+        };
+        let mut targets = Vec::new();
+        for &(lo, hi) in &ranges {
+            for v in lo..=hi {
+                let v = v as u16;
+                if field != "remote.port" {
+                    targets.push(Hit {
+                        local_port: Some(v),
+                        ..Hit::default()
+                    });
+                }
+                if field != "local.port" {
+                    targets.push(Hit {
+                        remote_port: Some(v),
+                        ..Hit::default()
+                    });
+                }
+            }
+        }
+        let sem = if field == "port" {
+            Sem::EitherPort {
+                ranges,
+                negate: false,
+            }
+        } else {
+            Sem::Int {
+                field: F::parse(field),
+                ranges,
+                negate: false,
+            }
+        };
+        (GCond::Atom(text, sem), targets)
+    }
+
+    /// An address near the others of the policy, masked to `prefix`.
+    fn ix_net(&mut self, v4: bool, prefix: u8) -> (IpAddr, u8) {
+        let net = if v4 {
+            let base = match self.rng.below(10) {
+                0..=4 => Ipv4Addr::new(10, 0, self.rng.below(3) as u8, self.rng.below(40) as u8),
+                5..=7 => Ipv4Addr::new(
+                    192,
+                    168,
+                    self.rng.below(3) as u8,
+                    16 * self.rng.below(16) as u8 + self.rng.below(3) as u8,
+                ),
+                8 => Ipv4Addr::new(127, 0, 0, 1),
+                _ => self
+                    .rng
+                    .pick(&[Ipv4Addr::new(0, 0, 0, 0), Ipv4Addr::BROADCAST]),
+            };
+            let a = Ipv4Addr::from(u32::from(base) & skpc::check::hir::mask32(prefix));
+            (IpAddr::V4(a), prefix)
+        } else {
+            let base: Ipv6Addr = match self.rng.below(10) {
+                0..=4 => Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, self.rng.below(40) as u16),
+                5 | 6 => Ipv6Addr::new(
+                    0x2001,
+                    0xdb8,
+                    self.rng.below(3) as u16,
+                    0,
+                    0,
+                    0,
+                    0,
+                    self.rng.below(8) as u16,
+                ),
+                // IPv4-mapped, written as IPv6: matches a mapped IPv6 socket address.
+                7 | 8 => Ipv4Addr::new(10, 0, 0, self.rng.below(40) as u8).to_ipv6_mapped(),
+                _ => self
+                    .rng
+                    .pick(&[Ipv6Addr::LOCALHOST, "fe80::1".parse().unwrap()]),
+            };
+            let a = Ipv6Addr::from(u128::from(base) & skpc::check::hir::mask128(prefix));
+            (IpAddr::V6(a), prefix)
+        };
+        self.pool.nets.push(net);
+        net
+    }
+
+    fn ix_addr(&mut self, shape: &Shape) -> (GCond, Vec<Hit>) {
+        let field = self.rng.pick(&shape.addr_fields);
+        let v4_ok = !field.ends_with("ip6");
+        let v6_ok = !field.ends_with("ip4");
+        let local = field == "ip" || field.starts_with("local");
+        let remote = field == "ip" || field.starts_with("remote");
+        let mapped = v4_ok && v6_ok;
+        let pick_net = |g: &mut Self, full: bool| {
+            let v4 = if v4_ok && v6_ok && !shape.v6_prefixes.is_empty() {
+                g.rng.pct(65)
+            } else {
+                v4_ok
+            };
+            let prefix = match (full, v4) {
+                (true, true) => 32,
+                (true, false) => 128,
+                (false, true) => g.rng.pick(&shape.v4_prefixes),
+                (false, false) => g.rng.pick(&shape.v6_prefixes),
+            };
+            g.ix_net(v4, prefix)
+        };
+        let (text, nets) = match self.rng.below(20) {
+            0..=9 => {
+                let (a, p) = pick_net(self, true);
+                (format!("{field} == {a}"), vec![(a, p)])
+            }
+            10..=16 => {
+                let (a, p) = pick_net(self, false);
+                (format!("{field} in {a}/{p}"), vec![(a, p)])
+            }
+            _ => {
+                let n = self.rng.range(2, 3);
+                let mut elems = Vec::new();
+                let mut nets = Vec::new();
+                for _ in 0..n {
+                    let full = self.rng.pct(50);
+                    let (a, p) = pick_net(self, full);
+                    nets.push((a, p));
+                    elems.push(if full {
+                        a.to_string()
+                    } else {
+                        format!("{a}/{p}")
+                    });
+                }
+                let set = format!("{{{}}}", elems.join(", "));
+                let set = if self.rng.pct(25) {
+                    self.declare(true, set)
+                } else {
+                    set
+                };
+                (format!("{field} in {set}"), nets)
+            }
+        };
+        let mut targets = Vec::new();
+        for net in &nets {
+            for (on, is_local) in [(local, true), (remote, false)] {
+                if on {
+                    targets.push(Hit {
+                        addrs: vec![Aim {
+                            local: is_local,
+                            net: *net,
+                        }],
+                        ..Hit::default()
+                    });
+                }
+            }
+        }
+        let sem = Sem::Addr {
+            local,
+            remote,
+            mapped,
+            nets,
+            negate: false,
+        };
+        (GCond::Atom(text, sem), targets)
+    }
+
+    /// A condition the index cannot hold (the rule stays code), often next to port and
+    /// address tests.
+    fn code_cond(&mut self, shape: &Shape) -> GCond {
+        let (t, s) = match self.rng.below(6) {
+            0 => self.starts_atom(),
+            1 => self.int_atom("len", LEN_EDGES, u32::MAX as u64, Kind::Len),
+            2 => {
+                let f = self.rng.pick(&["uid", "gid", "pid"]);
+                self.int_atom(f, ID_EDGES, u32::MAX as u64, Kind::Id)
+            }
+            3 => self.comm_atom(),
+            4 => self.slice_atom(),
+            _ => self.byte_atom(),
+        };
+        let other = GCond::Atom(t, s);
+        match self.rng.below(10) {
+            0..=2 => other,
+            3..=5 => {
+                let (c, _) = self.ix_cond(shape);
+                GCond::And(vec![c, other])
+            }
+            6 | 7 => {
+                // `not` of a port or address test, with a port or address test.
+                let (a, _) = self.ix_cond(shape);
+                let (b, _) = self.ix_cond(shape);
+                GCond::And(vec![a, GCond::Not(Box::new(b))])
+            }
+            8 => {
+                // Two tests of one field in one term.
+                let (a, _) = self.ix_port(shape);
+                let (b, _) = self.ix_port(shape);
+                GCond::And(vec![a, b])
+            }
+            _ => self.cond(1),
+        }
+    }
+}
+
+/// A message aimed at the port/address rules of a [`gen_indexed_policy`] policy: mostly
+/// one rule's keys (some through an IPv4-mapped address of an IPv6 socket), often two
+/// rules' at once (the first must decide), sometimes just near them.
+pub fn gen_indexed_message(rng: &mut Rng, pool: &Pool) -> Sent {
+    let mut s = gen_message(rng, pool);
+    let alts: Vec<&Vec<Hit>> = pool.targets.iter().filter(|t| !t.is_empty()).collect();
+    if alts.is_empty() || rng.pct(20) {
+        return s;
+    }
+    let mut chosen = Vec::new();
+    for _ in 0..if rng.pct(35) { 2 } else { 1 } {
+        let rule = rng.pick(&alts);
+        chosen.push(rng.pick(rule));
+    }
+    aim(rng, pool, &mut s.msg, &chosen);
+    s
+}
+
+/// Sets the fields of `m` so that the targets hold (a later one that needs another
+/// family is left out), then makes the other address fit the family.
+fn aim(rng: &mut Rng, pool: &Pool, m: &mut Message, targets: &[Hit]) {
+    let family = targets
+        .iter()
+        .flat_map(|t| t.addrs.first())
+        .next()
+        .map(|a| {
+            if a.net.0.is_ipv6() || rng.pct(35) {
+                AF_INET6
+            } else {
+                AF_INET
+            }
+        });
+    if let Some(f) = family {
+        m.family = f;
+    }
+    let mut set = [false, false];
+    for t in targets {
+        if t.addrs
+            .iter()
+            .any(|a| a.net.0.is_ipv6() && m.family != AF_INET6)
+        {
+            continue;
+        }
+        if let Some(p) = t.local_port {
+            m.local_port = p;
+        }
+        if let Some(p) = t.remote_port {
+            m.remote_port = p;
+        }
+        for a in &t.addrs {
+            let ip = host_in(rng, a.net);
+            let ip = match (ip, m.family) {
+                (IpAddr::V4(v4), f) if f == AF_INET6 => IpAddr::V6(v4.to_ipv6_mapped()),
+                (ip, _) => ip,
+            };
+            if a.local {
+                m.local_ip = ip;
+                set[0] = true;
+            } else {
+                m.remote_ip = ip;
+                set[1] = true;
+            }
+        }
+    }
+    for (i, ip) in [&mut m.local_ip, &mut m.remote_ip].into_iter().enumerate() {
+        if set[i] {
+            continue;
+        }
+        *ip = match (*ip, m.family == AF_INET6) {
+            (IpAddr::V4(a), true) if rng.pct(50) => IpAddr::V6(a.to_ipv6_mapped()),
+            (IpAddr::V6(a), false) if a.to_ipv4_mapped().is_some() => {
+                IpAddr::V4(a.to_ipv4_mapped().unwrap_or(Ipv4Addr::LOCALHOST))
+            }
+            (IpAddr::V4(_), true) | (IpAddr::V6(_), false) => {
+                let v6 = m.family == AF_INET6;
+                addr_near(rng, pool, v6)
+            }
+            (ip, _) => ip,
+        };
+    }
+}
+
+/// An address inside `net`: its first, its last, or a random one.
+fn host_in(rng: &mut Rng, (a, p): (IpAddr, u8)) -> IpAddr {
+    match a {
+        IpAddr::V4(a) => {
+            let host = !skpc::check::hir::mask32(p);
+            let base = u32::from(a);
+            let v = match rng.below(3) {
+                0 => base,
+                1 => base | host,
+                _ => base | (rng.next() as u32 & host),
+            };
+            IpAddr::V4(Ipv4Addr::from(v))
+        }
+        IpAddr::V6(a) => {
+            let host = !skpc::check::hir::mask128(p);
+            let base = u128::from(a);
+            let r = ((rng.next() as u128) << 64) | rng.next() as u128;
+            let v = match rng.below(3) {
+                0 => base,
+                1 => base | host,
+                _ => base | (r & host),
+            };
+            IpAddr::V6(Ipv6Addr::from(v))
+        }
+    }
 }
