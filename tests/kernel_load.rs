@@ -126,15 +126,38 @@ fn ten_thousand_rules_build_and_load() {
     if !common::kernel_or_skip("ten_thousand_rules_build_and_load") {
         return;
     }
-    // One load (with counters): the kernel takes ~30 s for a program this size, most
-    // of it in its stack-liveness analysis.
+    // Port and address rules: all in the rule index, the program stays small.
     let src = constructs::generated_policy(10_000);
     let c = skpc::compile::compile("rules_10k.skp", &src).expect("compiles");
-    assert!(c.lowered.verdict.insns.len() > 10_000);
+    assert!(
+        c.lowered.verdict.insns.len() < 1_000,
+        "10k indexed rules: {} instructions",
+        c.lowered.verdict.insns.len()
+    );
+    assert!(c.lowered.index.len() + c.lowered.port_index.len() >= 10_000);
     let processed = load_with_aya("rules_10k", &c.object);
     assert!(
+        processed < 10_000,
+        "10k indexed rules: {processed} processed"
+    );
+
+    // The same rules with a test the index cannot hold (`len`): 10k rules of code,
+    // branch-free above 1000. One load (with counters): the kernel takes ~30 s for a
+    // program this size, most of it in its stack-liveness analysis.
+    let src: String = src
+        .lines()
+        .map(|l| match l.strip_suffix(';') {
+            Some(rule) if rule.starts_with("drop") => format!("{rule} and len > 7;\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    let c = skpc::compile::compile("rules_10k_code.skp", &src).expect("compiles");
+    assert!(c.lowered.index.is_empty() && c.lowered.port_index.is_empty());
+    assert!(c.lowered.verdict.insns.len() > 10_000);
+    let processed = load_with_aya("rules_10k_code", &c.object);
+    assert!(
         processed < 1_000_000,
-        "10k rules: {processed} processed instructions"
+        "10k rules of code: {processed} processed instructions"
     );
 }
 
