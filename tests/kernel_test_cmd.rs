@@ -57,3 +57,47 @@ test "wrong" { local.port = 47322; remote.port = 47321; payload = "0123456789abc
     );
     assert!(out.contains("0 passed, 2 failed, 0 skipped"), "{out}");
 }
+
+#[test]
+fn an_indexed_policy_runs_its_cases_on_the_kernel() {
+    if !common::kernel_or_skip("an_indexed_policy_runs_its_cases_on_the_kernel") {
+        return;
+    }
+    // 121 port and address rules with one decision: the compiler puts them into the
+    // skp_index maps, which the runtime fills before the cases run. Ports 47400..47499.
+    let mut policy = String::new();
+    for i in 0..120u16 {
+        policy.push_str(&match i % 3 {
+            0 => format!("drop if remote.port == {};\n", 47400 + i / 3),
+            1 => format!("drop if local.port == {};\n", 47440 + i / 3),
+            _ => format!("drop if remote.ip == 10.0.0.{};\n", i),
+        });
+    }
+    policy.push_str("drop if remote.ip == ::1;\n");
+    policy.push_str(
+        r#"
+test "indexed remote.port" { local.port = 47480; remote.port = 47405; payload = "x"; expect drop; }
+test "indexed local.port" { local.port = 47450; remote.port = 47481; payload = "x"; expect drop; }
+test "indexed IPv6 address" { family = inet6; local.port = 47482; remote.port = 47483; payload = "x"; expect drop; }
+test "nothing indexed matches" { local.port = 47484; remote.port = 47485; payload = "hello"; expect pass; }
+"#,
+    );
+    let c = skpc::compile::compile("indexed.skp", &policy).expect("compiles");
+    // Port rules go to the port array, address rules to the hash map.
+    assert_eq!(c.lowered.port_index.len(), 80, "port rules are indexed");
+    assert_eq!(c.lowered.index.len(), 41, "address rules are indexed");
+    let (ok, out) = skpc_test_kernel(&policy);
+    assert!(ok, "{out}");
+    for name in [
+        "indexed remote.port",
+        "indexed local.port",
+        "indexed IPv6 address",
+        "nothing indexed matches",
+    ] {
+        assert!(
+            out.contains(&format!("test {name} (kernel) ... ok")),
+            "{out}"
+        );
+    }
+    assert!(out.contains("8 passed, 0 failed, 0 skipped"), "{out}");
+}
