@@ -40,7 +40,7 @@ pub fn compile_with(
         return Err(diags);
     };
     let lowered = lower::lower_with(&policy, options);
-    let object = object::write_object(&object_spec(&lowered, file_name, source));
+    let object = object::write_object_owned(object_spec(&lowered, file_name, source));
     Ok(Compiled {
         policy,
         lowered,
@@ -130,7 +130,7 @@ pub fn runtime_object(c: &Compiled, file_name: &str, source: &str) -> Vec<u8> {
             m.pinning = 1;
         }
     }
-    object::write_object(&spec)
+    object::write_object_owned(spec)
 }
 
 /// Line info for generated programs: libbpf drops all line info of an object when one

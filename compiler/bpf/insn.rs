@@ -407,10 +407,9 @@ impl From<i32> for Src {
 // ---------------------------------------------------------------------------
 
 fn put(out: &mut Vec<u8>, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
-    out.push(code);
-    out.push((src << 4) | (dst & 0x0f));
-    out.extend_from_slice(&off.to_le_bytes());
-    out.extend_from_slice(&imm.to_le_bytes());
+    let [o0, o1] = off.to_le_bytes();
+    let [i0, i1, i2, i3] = imm.to_le_bytes();
+    out.extend_from_slice(&[code, (src << 4) | (dst & 0x0f), o0, o1, i0, i1, i2, i3]);
 }
 
 /// (BPF_K/BPF_X bit, src_reg, imm) of a second operand.

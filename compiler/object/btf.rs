@@ -85,7 +85,11 @@ impl Btf {
             return off;
         }
         let off = self.strings.len() as u32;
-        self.strings.extend(s.bytes().filter(|&b| b != 0));
+        if s.as_bytes().contains(&0) {
+            self.strings.extend(s.bytes().filter(|&b| b != 0));
+        } else {
+            self.strings.extend_from_slice(s.as_bytes());
+        }
         self.strings.push(0);
         self.string_offsets.insert(s.to_string(), off);
         off
