@@ -238,6 +238,8 @@ struct Gen {
     tails: Vec<(Decision, Label)>,
     /// Context fields loaded once in the prologue, and the register holding each.
     cached: Vec<(IntField, Reg)>,
+    /// The last rule (compiled as code) that reads each integer field.
+    last_use: Vec<(IntField, usize)>,
     /// The program calls no helper before deciding: the context can stay in r1.
     ctx_in_r1: bool,
     /// The mark of the shared verdict tails (after the rules' and the default's).
@@ -496,7 +498,7 @@ impl Gen {
                         // One keyed search finds both whether and which rule matched.
                         self.code.push(Lir::Mark(first as u32));
                         self.keyed_run(keys, d);
-                        self.forget_search_bounds(&cond);
+                        self.forget_search_bounds(&cond, last);
                         continue;
                     }
                     (first, Some((last, cond)))
@@ -511,6 +513,7 @@ impl Gen {
                 continue;
             }
             self.code.push(Lir::Mark(i as u32));
+            let last = run.as_ref().map_or(i, |(last, _)| *last);
             let (act, next) = (self.label(), self.label());
             self.rule_test(&cond, act, next);
             self.place(act);
@@ -529,7 +532,7 @@ impl Gen {
                 }
             }
             self.place(next);
-            self.forget_search_bounds(&cond);
+            self.forget_search_bounds(&cond, last);
             if cond == Cond::Const(true) && rule.action.is_terminal() {
                 // Everything after an unconditional verdict is dead.
                 self.emit_tails();
@@ -587,8 +590,23 @@ impl Gen {
                 in_index[r] = false;
             }
         }
-        for (r, _) in policy.rules.iter().zip(&in_index).filter(|(_, i)| !**i) {
+        for (i, (r, _)) in policy
+            .rules
+            .iter()
+            .zip(&in_index)
+            .enumerate()
+            .filter(|(_, (_, x))| !**x)
+        {
+            let before = uses.clone();
             count_field_uses(&r.cond, &mut uses);
+            for (f, n) in &uses {
+                if before.iter().all(|(g, m)| g != f || m != n) {
+                    match self.last_use.iter_mut().find(|(g, _)| g == f) {
+                        Some(at) => at.1 = i,
+                        None => self.last_use.push((*f, i)),
+                    }
+                }
+            }
         }
         let mut words: Vec<(IntField, usize, i16, bool)> = uses
             .into_iter()
@@ -606,13 +624,20 @@ impl Gen {
     }
 
     /// After a binary search over a cached field, every leaf that missed knows the field
-    /// within a different range; later rules that read the field would then be verified
-    /// once per leaf (a 1000-rule policy hit the verifier's 1M limit that way). Loading
-    /// the field again makes the old bounds dead, so those paths merge.
-    fn forget_search_bounds(&mut self, cond: &Cond) {
+    /// within a different range; after `port == 80 and ...` failed in its second half,
+    /// the field is known to be 80 on that path and not on the others. Later rules that
+    /// read the field would then be verified once per range (a 1000-rule policy hit the
+    /// verifier's 1M limit that way, and a 170-rule one of such `and`s). Loading the
+    /// field again makes the old bounds dead, so those paths merge. Only where a rule
+    /// after `last` still reads the field.
+    fn forget_search_bounds(&mut self, cond: &Cond, last: usize) {
         let cached = self.cached.clone();
         for (field, reg) in cached {
-            if searches(cond, field) {
+            let read_later = self
+                .last_use
+                .iter()
+                .any(|(f, at)| *f == field && *at > last);
+            if read_later && narrows(cond, field) {
                 if let Some((off, swap)) = ctx_word(field) {
                     self.load_ctx_field(off, swap, reg);
                 }
@@ -746,7 +771,7 @@ impl Gen {
             }
             self.decide_via_tail(&block.decision, rule.counter as u32);
             self.place(next);
-            self.forget_search_bounds(&cond);
+            self.forget_search_bounds(&cond, block.last);
             if cond == Cond::Const(true) {
                 ends = true;
                 break;
@@ -1703,6 +1728,33 @@ fn ctx_word(field: IntField) -> Option<(i16, bool)> {
         IntField::LocalPort => Some((SK_MSG_MD_LOCAL_PORT, false)),
         IntField::RemotePort => Some((SK_MSG_MD_REMOTE_PORT, true)),
         _ => None,
+    }
+}
+
+/// Whether some path on which `c` is false knows more about `field` than the others:
+/// a binary search or a range test over it, or a test of it inside an `and` or `not`
+/// (its true side can lead to a false result). A plain `==` (or an `or` of them) leaves
+/// nothing behind: where it is false, the field is just not that value.
+fn narrows(c: &Cond, field: IntField) -> bool {
+    match c {
+        Cond::Const(_) => false,
+        Cond::Test(Test::Int { field: f, ranges }) => {
+            *f == field && (ranges.iter().any(|(lo, hi)| lo != hi) || searches(c, field))
+        }
+        Cond::Test(_) => false,
+        Cond::Or(cs) => cs.iter().any(|c| narrows(c, field)),
+        Cond::And(_) | Cond::Not(_) => reads(c, field),
+    }
+}
+
+/// Whether `c` tests `field` at all.
+fn reads(c: &Cond, field: IntField) -> bool {
+    match c {
+        Cond::Const(_) => false,
+        Cond::Not(x) => reads(x, field),
+        Cond::And(cs) | Cond::Or(cs) => cs.iter().any(|c| reads(c, field)),
+        Cond::Test(Test::Int { field: f, .. }) => *f == field,
+        Cond::Test(_) => false,
     }
 }
 
