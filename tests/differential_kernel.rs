@@ -4,22 +4,28 @@
 //! the reference evaluator: the send's result (EACCES for a drop), the bytes that
 //! arrive for a pass, the per-rule counters read back from the kernel, and the log
 //! records. Root only (skipped otherwise; SKP_REQUIRE_KERNEL=1 makes that a failure).
-//! `SKP_SEED` changes the seed; `SKP_KERNEL_POLICIES` / `SKP_KERNEL_MESSAGES` the sizes.
+//! Every third policy has long runs of port and address rules that the compiler puts
+//! into the `skp_index` map (`gen_indexed_policy`), which the runtime fills; their
+//! messages are aimed at the indexed keys, as far as loopback addresses and free ports
+//! allow. `SKP_SEED` changes the seed; `SKP_KERNEL_POLICIES` / `SKP_KERNEL_MESSAGES` the
+//! sizes.
 
 mod common;
 mod e2e_support;
 mod policygen;
 
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::time::Instant;
 
 use aya::programs::{SkMsg, SockOps};
-use e2e_support::{connect, connect_from, fd, recv_up_to, send, sendfile, EACCES, SHORT};
-use policygen::{gen_message, gen_policy, source_eval, Rng};
+use e2e_support::{connect, fd, recv_up_to, send, sendfile, EACCES, SHORT};
+use policygen::{
+    gen_indexed_message, gen_indexed_policy, gen_message, gen_policy, source_eval, Rng,
+};
 use skpc::check::hir::{Message, Target, Verdict};
-use skpc::eval::eval;
+use skpc::eval::{eval, Fired};
 use skpc::lower::Options;
 use skpc_runtime::Enforcement;
 
@@ -41,14 +47,19 @@ fn generated_policies_pass_the_verifier() {
     let n = env_usize("SKP_KERNEL_POLICIES", 500);
     let mut rng = Rng::new(seed);
     let start = Instant::now();
-    let mut max_insns = 0;
+    let (mut max_insns, mut indexed) = (0, 0);
     for i in 0..n {
-        let (p, _) = gen_policy(&mut rng);
+        let (p, _) = if i % 4 == 3 {
+            gen_indexed_policy(&mut rng)
+        } else {
+            gen_policy(&mut rng)
+        };
         let src = p.source();
         let counters = i % 5 != 4;
         let c = skpc::compile::compile_with("gen.skp", &src, Options { counters })
             .unwrap_or_else(|d| panic!("does not compile: {d:?}\n{src}"));
         max_insns = max_insns.max(c.lowered.verdict.marks.len());
+        indexed += usize::from(!in_index(&c.lowered).is_empty());
         let mut ebpf = aya::EbpfLoader::new()
             .verifier_log_level(aya::VerifierLogLevel::STATS)
             .load(&c.object)
@@ -74,9 +85,20 @@ fn generated_policies_pass_the_verifier() {
             .unwrap_or_else(|e| panic!("the verifier rejected skp_sockops: {e:#?}"));
     }
     eprintln!(
-        "verifier (seed {seed:#x}): {n} generated policies accepted in {:.1?}, largest {max_insns} slots",
+        "verifier (seed {seed:#x}): {n} generated policies ({indexed} with an index) accepted in {:.1?}, largest {max_insns} slots",
         start.elapsed()
     );
+    if n >= 20 {
+        assert!(indexed > 0, "no generated policy had an indexed block");
+    }
+}
+
+/// The rules in the policy's index (the hash map's entries and the port array's slots).
+fn in_index(l: &skpc::lower::Lowered) -> std::collections::BTreeSet<usize> {
+    let hashed = l.index.iter().map(|e| e.rule as usize);
+    hashed
+        .chain(l.port_index.iter().map(|e| e.value as usize - 1))
+        .collect()
 }
 
 /// What the process helpers return for this thread (the sender).
@@ -101,35 +123,61 @@ fn process_fields(m: &mut Message) {
         .ino();
 }
 
-/// A loopback connection of the given kind: 0 IPv4, 1 IPv6, 2 IPv4-mapped IPv6. The
-/// client binds to `port` when it can (else an ephemeral one).
-fn connection(kind: u64, port: u16, rng: &mut Rng) -> (TcpStream, TcpStream) {
-    let (listen, client_ip): (&str, IpAddr) = match kind {
-        0 => (
-            "127.0.0.1:0",
-            IpAddr::V4(std::net::Ipv4Addr::new(
-                127,
-                0,
-                rng.below(3) as u8,
-                1 + rng.below(3) as u8,
-            )),
-        ),
-        1 => ("[::1]:0", IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+/// The IPv4 loopback address `ip` stands for (itself or its IPv4-mapped form), if any.
+fn loopback_v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    let v4 = match ip {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(v6) => v6.to_ipv4_mapped()?,
+    };
+    // Not the network and broadcast addresses of 127/8.
+    let last = v4.octets()[3];
+    (v4.is_loopback() && last != 0 && last != 255).then_some(v4)
+}
+
+/// The kind of loopback connection that can carry `m`: 0 IPv4, 1 IPv6, 2 IPv4-mapped
+/// IPv6 (an IPv6 message with a mapped address, or now and then any IPv6 one).
+fn kind_of(m: &Message, rng: &mut Rng) -> u64 {
+    let mapped = |ip: IpAddr| matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+    if m.family != skpc_abi::AF_INET6 {
+        0
+    } else if mapped(m.local_ip) || mapped(m.remote_ip) || rng.pct(25) {
+        2
+    } else {
+        1
+    }
+}
+
+/// A loopback connection of the given kind (0 IPv4, 1 IPv6, 2 IPv4-mapped IPv6), shaped
+/// like `m` where loopback allows it: its IPv4 loopback addresses, its local port and
+/// its remote port (1024 and up, when free); else addresses and ports chosen here.
+fn connection(kind: u64, m: &Message, rng: &mut Rng) -> (TcpStream, TcpStream) {
+    let server_v4 = loopback_v4(m.remote_ip).unwrap_or(Ipv4Addr::LOCALHOST);
+    let client_v4 = loopback_v4(m.local_ip)
+        .unwrap_or_else(|| Ipv4Addr::new(127, 0, rng.below(3) as u8, 1 + rng.below(3) as u8));
+    let (server_ip, client_ip): (IpAddr, IpAddr) = match kind {
+        0 => (server_v4.into(), client_v4.into()),
+        1 => (Ipv6Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()),
         _ => (
-            "[::ffff:127.0.0.1]:0",
-            IpAddr::V6(std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped()),
+            server_v4.to_ipv6_mapped().into(),
+            client_v4.to_ipv6_mapped().into(),
         ),
     };
-    let l = TcpListener::bind(listen).expect("listen on loopback");
-    if port >= 1024 && port != l.local_addr().unwrap().port() {
-        let from = SocketAddr::new(client_ip, port);
+    let fixed = |p: u16| (p >= 1024).then_some(p);
+    let l = fixed(m.remote_port)
+        .and_then(|p| TcpListener::bind(SocketAddr::new(server_ip, p)).ok())
+        .or_else(|| TcpListener::bind(SocketAddr::new(server_ip, 0)).ok())
+        .unwrap_or_else(|| {
+            let any = if kind == 1 { "[::1]:0" } else { "127.0.0.1:0" };
+            TcpListener::bind(any).expect("listen on loopback")
+        });
+    if let Some(p) = fixed(m.local_port).filter(|&p| p != l.local_addr().unwrap().port()) {
         // The port may be taken: then any port will do.
-        if let Some(pair) = try_connect_from(&l, from) {
+        if let Some(pair) = try_connect_from(&l, SocketAddr::new(client_ip, p)) {
             return pair;
         }
     }
-    if kind == 0 {
-        return connect_from(&l, SocketAddr::new(client_ip, 0));
+    if let Some(pair) = try_connect_from(&l, SocketAddr::new(client_ip, 0)) {
+        return pair;
     }
     connect(&l)
 }
@@ -277,12 +325,21 @@ fn kernel_agrees_with_the_evaluator_on_loopback_messages() {
     let file_dir = common::unique_name("/tmp/skp_diffk");
     std::fs::create_dir_all(&file_dir).unwrap();
     let (mut sent, mut policies, mut sendfiles, mut resent) = (0usize, 0usize, 0usize, 0usize);
+    // Policies with an index, messages sent under them, those an indexed rule decided.
+    let (mut indexed, mut indexed_sent, mut indexed_hits) = (0usize, 0usize, 0usize);
     let mut failures: Vec<String> = Vec::new();
     while sent < total && failures.len() < 5 {
-        let (p, pool) = gen_policy(&mut rng);
+        let with_index = policies % 3 == 2;
+        let (p, pool) = if with_index {
+            gen_indexed_policy(&mut rng)
+        } else {
+            gen_policy(&mut rng)
+        };
         let src = p.source();
         let compiled =
             skpc::compile::compile("gen.skp", &src).unwrap_or_else(|d| panic!("{d:?}\n{src}"));
+        let in_index = in_index(&compiled.lowered);
+        indexed += usize::from(!in_index.is_empty());
         let object = skpc::compile::runtime_object(&compiled, "gen.skp", &src);
         let names = compiled
             .policy
@@ -295,17 +352,27 @@ fn kernel_agrees_with_the_evaluator_on_loopback_messages() {
         policies += 1;
         let mut before: Vec<(u64, u64)> = vec![(0, 0); compiled.policy.counters.len()];
         for _ in 0..per_policy {
-            let g = gen_message(&mut rng, &pool);
+            let g = if with_index {
+                gen_indexed_message(&mut rng, &pool)
+            } else {
+                gen_message(&mut rng, &pool)
+            };
             // Real sends: at least one byte, at most 16 KiB (one program run per send).
             let mut payload = g.msg.payload.clone();
             payload.truncate(16 * 1024);
             if payload.is_empty() {
                 payload.push(b'x');
             }
-            let kind = rng.below(3);
-            let (client, mut server) = connection(kind, g.msg.local_port, &mut rng);
+            let kind = kind_of(&g.msg, &mut rng);
+            let (client, mut server) = connection(kind, &g.msg, &mut rng);
             let m = message_of(&client, &payload);
             let (runs, want_send) = expected_runs(&compiled.policy, &m);
+            if !in_index.is_empty() {
+                indexed_sent += 1;
+                if let Fired::Rule(r) = runs[0].fired {
+                    indexed_hits += usize::from(in_index.contains(&r));
+                }
+            }
             let (src_decision, _, _) = source_eval(&p, &m);
             assert_eq!(
                 src_decision, runs[0].decision,
@@ -336,7 +403,7 @@ fn kernel_agrees_with_the_evaluator_on_loopback_messages() {
                     target: Target::Sock(skpc::check::hir::SockSlot::Const(k)),
                     ..
                 } if *k != 0 => {
-                    let pair = connection(0, 0, &mut rng);
+                    let pair = connection(0, &Message::default(), &mut rng);
                     enf.insert_sock(*k, fd(&pair.0))
                         .expect("spare socket into its slot");
                     spare = Some((*k, pair));
@@ -432,9 +499,15 @@ fn kernel_agrees_with_the_evaluator_on_loopback_messages() {
     }
     let _ = std::fs::remove_dir_all(&file_dir);
     eprintln!(
-        "kernel differential (seed {seed:#x}): {sent} messages ({sendfiles} by sendfile, {resent} not compared: re-run after a short `for N`) on {policies} policies in {:.1?}",
+        "kernel differential (seed {seed:#x}): {sent} messages ({sendfiles} by sendfile, {resent} not compared: re-run after a short `for N`) on {policies} policies in {:.1?}; {indexed} policies with an index, {indexed_sent} messages under them, {indexed_hits} decided by an indexed rule",
         start.elapsed()
     );
+    if total >= 500 && failures.is_empty() {
+        assert!(
+            indexed_hits > 0,
+            "no message was decided by an indexed rule ({indexed} indexed policies)"
+        );
+    }
     assert!(
         failures.is_empty(),
         "the kernel and the evaluator disagree:\n\n{}",
