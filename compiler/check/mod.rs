@@ -7,6 +7,7 @@
 pub mod hir;
 mod simplify;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -973,25 +974,15 @@ impl Checker {
         }
         nets.sort();
         nets.dedup();
-        let mut ends = Vec::new();
-        if local {
-            ends.push(Cond::Test(Test::Addr {
-                end: End::Local,
-                nets: nets.clone(),
-                mapped,
-            }));
-        }
-        if remote {
-            ends.push(Cond::Test(Test::Addr {
-                end: End::Remote,
-                nets,
-                mapped,
-            }));
-        }
-        Some(if ends.len() == 1 {
-            ends.pop()?
-        } else {
-            Cond::Or(ends)
+        let test = |end, nets| Cond::Test(Test::Addr { end, nets, mapped });
+        Some(match (local, remote) {
+            (true, false) => test(End::Local, nets),
+            (false, true) => test(End::Remote, nets),
+            (true, true) => Cond::Or(vec![
+                test(End::Local, nets.clone()),
+                test(End::Remote, nets),
+            ]),
+            (false, false) => Cond::Or(Vec::new()),
         })
     }
 
@@ -1308,8 +1299,8 @@ impl Checker {
                 Some(Operand::Const(Val::Range(l, h)))
             }
             ExprKind::Set(items) => {
-                let mut out = Vec::new();
-                let mut seen = std::collections::HashSet::new();
+                let mut out = Vec::with_capacity(items.len());
+                let mut seen = SeenSpans::default();
                 let mut ok = true;
                 for item in items {
                     match self.expr(item) {
@@ -1929,13 +1920,49 @@ fn const_compare(a: &Val, op: CmpOp, b: &Val) -> Option<bool> {
     })
 }
 
-/// `rule{index}`, the name of a rule's counter.
+/// `rule{index}`, the name of a rule's counter (one per rule: without the formatting
+/// machinery).
 fn rule_counter_name(index: usize) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(24);
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut n = index;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut s = String::with_capacity(4 + digits.len() - start);
     s.push_str("rule");
-    let _ = write!(s, "{index}");
+    s.extend(digits[start..].iter().map(|&d| char::from(d)));
     s
+}
+
+/// The spans of a set literal's elements so far, to drop repeats: a list while short
+/// (most sets have a few elements), hashed beyond.
+#[derive(Default)]
+struct SeenSpans {
+    list: Vec<Span>,
+    hashed: Option<std::collections::HashSet<Span>>,
+}
+
+impl SeenSpans {
+    /// Adds `span`; false if it was there already.
+    fn insert(&mut self, span: Span) -> bool {
+        if let Some(h) = &mut self.hashed {
+            return h.insert(span);
+        }
+        if self.list.contains(&span) {
+            return false;
+        }
+        self.list.push(span);
+        if self.list.len() > 16 {
+            self.hashed = Some(std::mem::take(&mut self.list).into_iter().collect());
+        }
+        true
+    }
 }
 
 /// Whether a simplified condition can never hold: constant false, or an `and` whose
@@ -1949,26 +1976,42 @@ fn never_true(c: &Cond) -> bool {
             if cs.iter().any(never_true) {
                 return true;
             }
-            let mut per_field: HashMap<IntField, Vec<(u64, u64)>> = HashMap::new();
+            // The values each field may still take; an `and` tests a few fields, so a
+            // list, and a field's first test's own ranges where they are the answer.
+            let mut per_field: Vec<(IntField, Ranges)> = Vec::new();
             for c in cs {
-                let (field, ranges) = match c {
-                    Cond::Test(Test::Int { field, ranges }) => (*field, ranges.clone()),
+                let (field, ranges): (IntField, Ranges) = match c {
+                    Cond::Test(Test::Int { field, ranges }) => (*field, Cow::Borrowed(ranges)),
                     // `not payload[i] ...` also holds for a message too short to have byte
                     // i, so only the other fields' negations are complements.
                     Cond::Not(inner) => match &**inner {
                         Cond::Test(Test::Int { field, ranges })
                             if !matches!(field, IntField::PayloadByte(_)) =>
                         {
-                            (*field, complement(ranges, field.max_value()))
+                            (*field, Cow::Owned(complement(ranges, field.max_value())))
                         }
                         _ => continue,
                     },
                     _ => continue,
                 };
-                let all = per_field
-                    .entry(field)
-                    .or_insert_with(|| vec![(0, field.max_value())]);
-                *all = intersect(all, &ranges);
+                let all = match per_field.iter_mut().find(|(f, _)| *f == field) {
+                    Some((_, all)) => {
+                        *all = Cow::Owned(intersect(all, &ranges));
+                        &**all
+                    }
+                    None => {
+                        // Sorted, disjoint ranges within 0..=max are their own
+                        // intersection with 0..=max.
+                        let max = field.max_value();
+                        let all = if ranges.last().map_or(true, |r| r.1 <= max) {
+                            ranges
+                        } else {
+                            Cow::Owned(intersect(&[(0, max)], &ranges))
+                        };
+                        per_field.push((field, all));
+                        &*per_field[per_field.len() - 1].1
+                    }
+                };
                 if all.is_empty() {
                     return true;
                 }
@@ -1978,6 +2021,9 @@ fn never_true(c: &Cond) -> bool {
         _ => false,
     }
 }
+
+/// Sorted, disjoint inclusive ranges, borrowed from a test or computed.
+type Ranges<'a> = Cow<'a, [(u64, u64)]>;
 
 /// The values of `0..=max` outside sorted, disjoint inclusive ranges.
 fn complement(ranges: &[(u64, u64)], max: u64) -> Vec<(u64, u64)> {
