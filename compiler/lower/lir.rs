@@ -65,7 +65,7 @@ pub fn cleanup(code: Vec<Lir>) -> Vec<Lir> {
     loop {
         let before = code.len();
         thread_jumps(&mut code, &mut tables);
-        drop_unreachable(&mut code, &mut tables);
+        drop_unreachable(&mut code, &tables.used);
         drop_jumps_to_next(&mut code);
         invert_jumps_over_gotos(&mut code);
         if code.len() == before {
@@ -88,6 +88,7 @@ struct Tables {
 }
 
 /// Where a label really leads: follow labels and `goto`s (with cycle protection).
+/// Also fills `t.used` with the labels that jumps target afterwards (the same pass).
 fn thread_jumps(code: &mut [Lir], t: &mut Tables) {
     // label -> the first real item after it; scanned backwards, so `next` is the first
     // item after `i` that is neither a label nor a mark.
@@ -111,12 +112,16 @@ fn thread_jumps(code: &mut [Lir], t: &mut Tables) {
             _ => next = None,
         }
     }
-    if !any {
-        return;
+    t.used.fill(false);
+    if any {
+        t.seen.fill(0);
     }
-    t.seen.fill(0);
     let mut stamp = 0u32;
-    let Tables { forward, seen, .. } = t;
+    let Tables {
+        forward,
+        seen,
+        used,
+    } = t;
     let mut resolve = |l: Label| {
         if forward[l.0 as usize] == NO_LABEL {
             return l;
@@ -134,23 +139,22 @@ fn thread_jumps(code: &mut [Lir], t: &mut Tables) {
     };
     for item in code.iter_mut() {
         if let Lir::Goto(target) | Lir::Jmp { target, .. } = item {
-            *target = resolve(*target);
+            if any {
+                *target = resolve(*target);
+            }
+            used[target.0 as usize] = true;
         }
     }
 }
 
-fn drop_unreachable(code: &mut Vec<Lir>, t: &mut Tables) {
-    t.used.fill(false);
-    for x in code.iter() {
-        if let Lir::Goto(l) | Lir::Jmp { target: l, .. } = x {
-            t.used[l.0 as usize] = true;
-        }
-    }
+/// Drops code after a `goto`/`exit` up to the next label that a jump targets (`used`, as
+/// [`thread_jumps`] leaves it), unused labels, and marks with no code after them.
+fn drop_unreachable(code: &mut Vec<Lir>, used: &[bool]) {
     let mut live = true;
     let mut w = 0;
     for i in 0..code.len() {
         let keep = match &code[i] {
-            Lir::Label(l) if t.used[l.0 as usize] => {
+            Lir::Label(l) if used[l.0 as usize] => {
                 live = true;
                 true
             }
@@ -169,7 +173,9 @@ fn drop_unreachable(code: &mut Vec<Lir>, t: &mut Tables) {
         if w > 0 && matches!((&code[w - 1], &code[i]), (Lir::Mark(_), Lir::Mark(_))) {
             w -= 1;
         }
-        code.swap(w, i);
+        if w != i {
+            code[w] = code[i].clone();
+        }
         w += 1;
     }
     code.truncate(w);
@@ -188,7 +194,9 @@ fn drop_jumps_to_next(code: &mut Vec<Lir>) {
                 continue;
             }
         }
-        code.swap(w, i);
+        if w != i {
+            code[w] = code[i].clone();
+        }
         w += 1;
     }
     code.truncate(w);
@@ -226,7 +234,9 @@ fn invert_jumps_over_gotos(code: &mut Vec<Lir>) {
                 continue;
             }
         }
-        code.swap(w, i);
+        if w != i {
+            code[w] = code[i].clone();
+        }
         w += 1;
         i += 1;
     }
