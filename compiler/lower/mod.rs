@@ -597,14 +597,16 @@ impl Gen {
             .enumerate()
             .filter(|(_, (_, x))| !**x)
         {
-            let before = uses.clone();
-            count_field_uses(&r.cond, &mut uses);
-            for (f, n) in &uses {
-                if before.iter().all(|(g, m)| g != f || m != n) {
-                    match self.last_use.iter_mut().find(|(g, _)| g == f) {
-                        Some(at) => at.1 = i,
-                        None => self.last_use.push((*f, i)),
-                    }
+            let mut here = Vec::new();
+            count_field_uses(&r.cond, &mut here);
+            for (f, n) in here {
+                match uses.iter_mut().find(|(g, _)| *g == f) {
+                    Some(u) => u.1 += n,
+                    None => uses.push((f, n)),
+                }
+                match self.last_use.iter_mut().find(|(g, _)| *g == f) {
+                    Some(at) => at.1 = i,
+                    None => self.last_use.push((f, i)),
                 }
             }
         }
