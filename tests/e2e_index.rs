@@ -616,13 +616,16 @@ fn an_unfilled_index_drops_everything_until_it_is_filled_and_marked_ready() {
         .load(&object)
         .expect("aya loads the object");
     let mut ids = skpc_runtime::KernelIds::default();
-    for (_, m) in ebpf.maps() {
-        if let aya::maps::Map::HashMap(d)
-        | aya::maps::Map::Array(d)
-        | aya::maps::Map::SockMap(d)
-        | aya::maps::Map::PerCpuArray(d) = m
-        {
-            ids.maps.push(d.info().unwrap().id());
+    for (name, m) in ebpf.maps() {
+        use aya::maps::Map;
+        match m {
+            Map::HashMap(d)
+            | Map::Array(d)
+            | Map::SockMap(d)
+            | Map::SockHash(d)
+            | Map::ProgramArray(d)
+            | Map::PerCpuArray(d) => ids.maps.push(d.info().unwrap().id()),
+            _ => panic!("map {name} of an unexpected type"),
         }
     }
     let socks: SockMap<MapData> = SockMap::try_from(ebpf.take_map("skp_socks").unwrap()).unwrap();
