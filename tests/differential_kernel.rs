@@ -182,68 +182,9 @@ fn connection(kind: u64, m: &Message, rng: &mut Rng) -> (TcpStream, TcpStream) {
     connect(&l)
 }
 
-/// A `sockaddr_in`/`sockaddr_in6` as bytes.
-fn sockaddr_bytes(a: SocketAddr) -> Vec<u8> {
-    fn bytes<T>(v: &T) -> Vec<u8> {
-        // SAFETY: plain old data viewed as bytes.
-        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
-            .to_vec()
-    }
-    match a {
-        SocketAddr::V4(v4) => {
-            // SAFETY: zero is a valid sockaddr_in.
-            let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            sin.sin_family = libc::AF_INET as u16;
-            sin.sin_port = v4.port().to_be();
-            sin.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
-            bytes(&sin)
-        }
-        SocketAddr::V6(v6) => {
-            // SAFETY: zero is a valid sockaddr_in6.
-            let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-            sin6.sin6_family = libc::AF_INET6 as u16;
-            sin6.sin6_port = v6.port().to_be();
-            sin6.sin6_addr.s6_addr = v6.ip().octets();
-            bytes(&sin6)
-        }
-    }
-}
-
 /// Like `connect_from`, but `None` if the client cannot bind to `local` (port taken).
 fn try_connect_from(l: &TcpListener, local: SocketAddr) -> Option<(TcpStream, TcpStream)> {
-    let domain = if local.is_ipv6() {
-        libc::AF_INET6
-    } else {
-        libc::AF_INET
-    };
-    // SAFETY: plain socket(2); the fd goes into a TcpStream right away.
-    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: we own fd; the stream closes it on every path.
-    let c = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    let (me, peer) = (sockaddr_bytes(local), sockaddr_bytes(l.local_addr().ok()?));
-    // SAFETY: valid fd, option and address buffers.
-    let ok = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            &one as *const _ as *const libc::c_void,
-            4,
-        );
-        libc::bind(fd, me.as_ptr() as *const libc::sockaddr, me.len() as u32) == 0
-            && libc::connect(
-                fd,
-                peer.as_ptr() as *const libc::sockaddr,
-                peer.len() as u32,
-            ) == 0
-    };
-    if !ok {
-        return None;
-    }
+    let c = skpc_runtime::net::connect_from(local, l.local_addr().ok()?).ok()?;
     let (s, _) = l.accept().ok()?;
     for x in [&c, &s] {
         x.set_nodelay(true).ok()?;
