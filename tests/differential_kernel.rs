@@ -20,7 +20,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Instant;
 
 use aya::programs::{SkMsg, SockOps};
-use e2e_support::{connect, fd, recv_up_to, send, sendfile, EACCES, SHORT};
+use e2e_support::{connect, fd, loopback_message, recv_up_to, send, sendfile, EACCES, SHORT};
 use policygen::{
     gen_indexed_message, gen_indexed_policy, gen_message, gen_policy, source_eval, Rng,
 };
@@ -193,21 +193,7 @@ fn try_connect_from(l: &TcpListener, local: SocketAddr) -> Option<(TcpStream, Tc
 }
 
 fn message_of(c: &TcpStream, payload: &[u8]) -> Message {
-    let (local, remote) = (c.local_addr().unwrap(), c.peer_addr().unwrap());
-    let mut m = Message {
-        family: if local.is_ipv6() {
-            skpc_abi::AF_INET6
-        } else {
-            skpc_abi::AF_INET
-        },
-        local_ip: local.ip(),
-        remote_ip: remote.ip(),
-        local_port: local.port(),
-        remote_port: remote.port(),
-        len: payload.len() as u32,
-        payload: payload.to_vec(),
-        ..Message::default()
-    };
+    let mut m = loopback_message(c, payload);
     process_fields(&mut m);
     m
 }

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use aya::maps::{Array, HashMap, MapData, SockMap};
 use aya::programs::SkMsg;
 use e2e_support::*;
-use skpc::check::hir::Message;
 use skpc_abi::{IndexEntry, PortEntry, INDEX_NAME, INDEX_READY, INDEX_READY_NAME};
 
 /// Filler rule `i`: indexable, `drop`, and never true for a socket of these tests (ports
@@ -89,21 +88,7 @@ fn evaluate(
     c: &TcpStream,
     payload: &[u8],
 ) -> skpc::eval::EvalOutcome {
-    let (local, remote) = (c.local_addr().unwrap(), c.peer_addr().unwrap());
-    let m = Message {
-        family: if local.is_ipv6() {
-            skpc_abi::AF_INET6
-        } else {
-            skpc_abi::AF_INET
-        },
-        local_ip: local.ip(),
-        remote_ip: remote.ip(),
-        local_port: local.port(),
-        remote_port: remote.port(),
-        len: payload.len() as u32,
-        payload: payload.to_vec(),
-        ..Message::default()
-    };
+    let m = loopback_message(c, payload);
     skpc::eval::eval(policy, &m)
 }
 

@@ -198,3 +198,24 @@ pub fn held_map_ids() -> Vec<u32> {
     }
     out
 }
+
+/// The message one send of `payload` on the connected socket `c` is, as the evaluator
+/// takes it: the socket's family, addresses and ports, the payload as `len`; every
+/// other field at its test-case default.
+pub fn loopback_message(c: &TcpStream, payload: &[u8]) -> skpc::check::hir::Message {
+    let (local, remote) = (c.local_addr().unwrap(), c.peer_addr().unwrap());
+    skpc::check::hir::Message {
+        family: if local.is_ipv6() {
+            skpc_abi::AF_INET6
+        } else {
+            skpc_abi::AF_INET
+        },
+        local_ip: local.ip(),
+        remote_ip: remote.ip(),
+        local_port: local.port(),
+        remote_port: remote.port(),
+        len: payload.len() as u32,
+        payload: payload.to_vec(),
+        ..Default::default()
+    }
+}
