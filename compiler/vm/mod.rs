@@ -492,6 +492,21 @@ pub fn run(lowered: &Lowered, msg: &Message, cfg: &RunConfig) -> Result<VmOutcom
     Vm::new(lowered)?.run(msg, cfg)
 }
 
+/// Refuses a map that is not an ARRAY with u32 keys and values (the port array and the
+/// ready flag).
+fn u32_array(m: &MapSpec) -> Result<(), VmError> {
+    if m.map_type != BPF_MAP_TYPE_ARRAY || m.key_size != 4 || m.value_size != 4 {
+        return err(format!(
+            "{} is map type {} with {}-byte keys and {}-byte values; the VM models an ARRAY of u32",
+            m.kind.name(),
+            m.map_type,
+            m.key_size,
+            m.value_size
+        ));
+    }
+    Ok(())
+}
+
 /// The rule index of an object: checks that its maps are what the model implements.
 fn index_model(maps: &[MapSpec], data: IndexData<'_>, calls: usize) -> Result<IndexModel, VmError> {
     let entries = data.entries;
@@ -508,15 +523,7 @@ fn index_model(maps: &[MapSpec], data: IndexData<'_>, calls: usize) -> Result<In
     let ports = one(MapKind::IndexPorts)?;
     let mut model = IndexModel::default();
     if let Some(m) = ports {
-        if m.map_type != BPF_MAP_TYPE_ARRAY || m.key_size != 4 || m.value_size != 4 {
-            return err(format!(
-                "{} is map type {} with {}-byte keys and {}-byte values; the VM models an ARRAY of u32",
-                m.kind.name(),
-                m.map_type,
-                m.key_size,
-                m.value_size
-            ));
-        }
+        u32_array(m)?;
         model.port_array_slots = m.max_entries;
         model.zero_cells = calls;
     } else if !data.ports.is_empty() {
@@ -576,15 +583,7 @@ fn index_model(maps: &[MapSpec], data: IndexData<'_>, calls: usize) -> Result<In
         ));
     }
     if let Some(m) = ready {
-        if m.map_type != BPF_MAP_TYPE_ARRAY || m.key_size != 4 || m.value_size != 4 {
-            return err(format!(
-                "{} is map type {} with {}-byte keys and {}-byte values; the VM models an ARRAY of u32",
-                m.kind.name(),
-                m.map_type,
-                m.key_size,
-                m.value_size
-            ));
-        }
+        u32_array(m)?;
         if m.max_entries == 0 {
             return err(format!("{} has no slot for the flag", m.kind.name()));
         }
