@@ -452,6 +452,13 @@ impl Gen {
         self.emit(Insn::Exit);
     }
 
+    /// `r0 = bpf_map_lookup_elem(map, r10 + key)`.
+    fn map_lookup(&mut self, map: u32, key: i16) {
+        self.emit(Insn::LdMap { dst: Reg::R1, map });
+        self.stack_ptr(Reg::R2, key);
+        self.call(BPF_FUNC_map_lookup_elem);
+    }
+
     /// `dst = r10 + off`
     fn stack_ptr(&mut self, dst: Reg, off: i16) {
         self.mov64(dst, Src::Reg(Reg::R10));
@@ -679,12 +686,7 @@ impl Gen {
             let not_ready = self.label();
             self.index_not_ready = Some(not_ready);
             self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, 0);
-            self.emit(Insn::LdMap {
-                dst: Reg::R1,
-                map: self.ready_map,
-            });
-            self.stack_ptr(Reg::R2, STACK_COUNTER_KEY);
-            self.call(BPF_FUNC_map_lookup_elem);
+            self.map_lookup(self.ready_map, STACK_COUNTER_KEY);
             self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), not_ready);
             self.ldx(Size::W, Reg::R1, Reg::R0, 0);
             self.jmp32(JmpOp::Jne, Reg::R1, skpc_abi::INDEX_READY as i32, not_ready);
@@ -819,12 +821,7 @@ impl Gen {
             }
             // Word 0 is the tuple id of hash keys, which every hash lookup writes anew.
             self.stx(Size::W, Reg::R10, STACK_INDEX_KEY, Reg::R2);
-            self.emit(Insn::LdMap {
-                dst: Reg::R1,
-                map: self.ports_map,
-            });
-            self.stack_ptr(Reg::R2, STACK_INDEX_KEY);
-            self.call(BPF_FUNC_map_lookup_elem);
+            self.map_lookup(self.ports_map, STACK_INDEX_KEY);
             self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
             self.ldx(Size::W, Reg::R1, Reg::R0, 0);
             if self.options.counters {
@@ -892,12 +889,7 @@ impl Gen {
         } else {
             used
         };
-        self.emit(Insn::LdMap {
-            dst: Reg::R1,
-            map: self.index_map,
-        });
-        self.stack_ptr(Reg::R2, STACK_INDEX_KEY);
-        self.call(BPF_FUNC_map_lookup_elem);
+        self.map_lookup(self.index_map, STACK_INDEX_KEY);
         self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
         if self.options.counters {
             self.ldx(Size::W, Reg::R1, Reg::R0, 0);
@@ -1071,12 +1063,7 @@ impl Gen {
 
     fn count_key_on_stack(&mut self) {
         let skip = self.label();
-        self.emit(Insn::LdMap {
-            dst: Reg::R1,
-            map: MAP_COUNTERS,
-        });
-        self.stack_ptr(Reg::R2, STACK_COUNTER_KEY);
-        self.call(BPF_FUNC_map_lookup_elem);
+        self.map_lookup(MAP_COUNTERS, STACK_COUNTER_KEY);
         self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
         self.ldx(Size::DW, Reg::R1, Reg::R0, Counter::OFF_MESSAGES);
         self.alu64(AluOp::Add, Reg::R1, Src::Imm(1));
