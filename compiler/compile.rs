@@ -8,8 +8,9 @@ use skpc_abi::{
 };
 
 use crate::bpf::{disassemble_at, encode_all, Insn};
-use crate::check::{self, hir};
+use crate::check;
 use crate::diag::Diag;
+use crate::hir;
 use crate::lower::{self, lir::Assembled, Lowered};
 use crate::object::{self, LineInfo, MapDef, MapRef, ObjectSpec, ProgramSpec};
 

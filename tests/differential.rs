@@ -19,9 +19,9 @@ use policygen::{
     gen_indexed_message, gen_indexed_policy, gen_message, gen_policy, gen_policy_with, shrink,
     source_eval, GenPolicy, Rng, Sent,
 };
-use skpc::check::hir::{Target, Verdict};
 use skpc::compile::{compile, compile_with, Compiled};
 use skpc::eval::{eval, Fired};
+use skpc::hir::{Target, Verdict};
 use skpc::lower::Options;
 use skpc::vm::{Redirect, RunConfig, Vm};
 
@@ -372,7 +372,7 @@ fn branch_free_rules_do_not_reuse_live_registers() {
         (skpc_abi::AF_INET, "10.0.0.1", "127.0.0.1"),
         (skpc_abi::AF_INET, "10.0.0.1", "10.0.0.2"),
     ] {
-        let m = skpc::check::hir::Message {
+        let m = skpc::hir::Message {
             family,
             local_ip: local.parse().unwrap(),
             remote_ip: remote.parse().unwrap(),
@@ -495,7 +495,7 @@ fn a_skipped_ipv4_lookup_leaves_no_stale_words_in_the_next_key() {
         for i in 0..61 {
             src.push_str(&format!("drop if remote.port == {};\n", 2001 + i));
         }
-        let m = skpc::check::hir::Message {
+        let m = skpc::hir::Message {
             family: skpc_abi::AF_INET6,
             local_ip,
             remote_ip,

@@ -24,8 +24,8 @@ use e2e_support::{connect, fd, loopback_message, recv_up_to, send, sendfile, EAC
 use policygen::{
     gen_indexed_message, gen_indexed_policy, gen_message, gen_policy, source_eval, Rng,
 };
-use skpc::check::hir::{Message, Target, Verdict};
 use skpc::eval::{eval, Fired};
+use skpc::hir::{Message, Target, Verdict};
 use skpc::lower::Options;
 use skpc_runtime::Enforcement;
 
@@ -210,7 +210,7 @@ fn message_of(c: &TcpStream, payload: &[u8]) -> Message {
 /// that is nothing (`drop for 16` on a 41-byte send returns 25; the socket is dead
 /// for later sends either way). Returns every run's outcome and the send's result.
 fn expected_runs(
-    policy: &skpc::check::hir::Policy,
+    policy: &skpc::hir::Policy,
     m: &Message,
 ) -> (Vec<skpc::eval::EvalOutcome>, Result<usize, i32>) {
     let mut runs = Vec::new();
@@ -327,7 +327,7 @@ fn kernel_agrees_with_the_evaluator_on_loopback_messages() {
             let mut spare = None;
             match &want.decision.verdict {
                 Verdict::Redirect {
-                    target: Target::Sock(skpc::check::hir::SockSlot::Const(k)),
+                    target: Target::Sock(skpc::hir::SockSlot::Const(k)),
                     ..
                 } if *k != 0 => {
                     let pair = connection(0, &Message::default(), &mut rng);

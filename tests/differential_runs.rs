@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use skpc::check::hir::Message;
+use skpc::hir::Message;
 use skpc::lower::Options;
 use skpc::vm::{RunConfig, Vm};
 

@@ -83,11 +83,7 @@ fn connect_v4(l: &TcpListener) -> (TcpStream, TcpStream) {
 }
 
 /// What the reference evaluator says the policy does with one send of `payload` on `c`.
-fn evaluate(
-    policy: &skpc::check::hir::Policy,
-    c: &TcpStream,
-    payload: &[u8],
-) -> skpc::eval::EvalOutcome {
+fn evaluate(policy: &skpc::hir::Policy, c: &TcpStream, payload: &[u8]) -> skpc::eval::EvalOutcome {
     let m = loopback_message(c, payload);
     skpc::eval::eval(policy, &m)
 }
@@ -105,7 +101,7 @@ struct Case {
 /// Sends every case under `g` and checks the send's result, the bytes that arrive, and
 /// that exactly the expected counter moved (by one message and its bytes), in the
 /// kernel and in the reference evaluator alike.
-fn run_cases(g: &mut Guard, policy: &skpc::check::hir::Policy, cases: &mut [Case]) {
+fn run_cases(g: &mut Guard, policy: &skpc::hir::Policy, cases: &mut [Case]) {
     for (i, case) in cases.iter_mut().enumerate() {
         let (c, s) = &mut case.conn;
         let mut want = vec![(0u64, 0u64); policy.counters.len()];

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use skpc::bpf::uapi::*;
 use skpc::bpf::{AluOp, Endian, Insn, JmpOp, Reg, Size, Src};
-use skpc::check::hir::{Message, SockSlot, Target, Verdict};
+use skpc::hir::{Message, SockSlot, Target, Verdict};
 use skpc::lower::MapSpec;
 use skpc::vm::{Redirect, RunConfig, Vm, VmOutcome};
 

@@ -4,23 +4,20 @@
 //! The checker never panics and never stops at the first error: it reports every
 //! problem it can find, then returns the HIR only if there was no error.
 
-pub mod hir;
-mod simplify;
-
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::diag::{did_you_mean, Diag};
+use crate::hir::fold::fold;
+use crate::hir::ranges::{complement, intersect, normalize};
+use crate::hir::{
+    self, Action, Cond, CounterInfo, CounterKind, Decision, End, IntField, Net, SockSlot, Target,
+    Test, Verdict,
+};
 use crate::syntax::ast::{self, ActionKind, CmpOp, CondKind, ExprKind};
 use crate::syntax::lexer::IpLit;
 use crate::syntax::{parse, Span};
-use hir::{
-    Action, Cond, CounterInfo, CounterKind, Decision, End, IntField, Net, SockSlot, Target, Test,
-    Verdict,
-};
-
-pub use simplify::simplify;
 
 /// The farthest payload byte a rule may look at (`payload[i..j]` needs `j <= MAX_PAYLOAD_END`).
 /// The program pulls at most this many bytes into the data window.
@@ -329,8 +326,8 @@ impl Checker {
                 );
                 continue;
             }
-            let cond = simplify::simplified(&r.cond);
-            if never_true(&cond) {
+            let cond = &r.cond;
+            if never_true(cond) {
                 self.diags.push(
                     Diag::warning("W0001", "this rule can never match", r.span)
                         .label("its condition is always false")
@@ -457,10 +454,12 @@ impl Checker {
             None => Some(Cond::Const(true)),
             Some(c) => self.cond(c),
         };
+        // The HIR promises folded conditions (see `hir::fold`): later passes never fold.
+        let cond = fold(cond?);
         Some(hir::Rule {
             counter: index,
             action: action?,
-            cond: cond?,
+            cond,
             span: r.span,
             line: self.line(r.span),
         })
@@ -2024,54 +2023,3 @@ fn never_true(c: &Cond) -> bool {
 
 /// Sorted, disjoint inclusive ranges, borrowed from a test or computed.
 type Ranges<'a> = Cow<'a, [(u64, u64)]>;
-
-/// The values of `0..=max` outside sorted, disjoint inclusive ranges.
-fn complement(ranges: &[(u64, u64)], max: u64) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    let mut next = Some(0u64);
-    for &(lo, hi) in ranges {
-        if let Some(n) = next {
-            if lo > n {
-                out.push((n, lo - 1));
-            }
-        }
-        next = hi.checked_add(1);
-    }
-    if let Some(n) = next {
-        if n <= max {
-            out.push((n, max));
-        }
-    }
-    out
-}
-
-/// The intersection of two sorted, disjoint lists of inclusive ranges.
-fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let (mut i, mut j, mut out) = (0, 0, Vec::new());
-    while i < a.len() && j < b.len() {
-        let lo = a[i].0.max(b[j].0);
-        let hi = a[i].1.min(b[j].1);
-        if lo <= hi {
-            out.push((lo, hi));
-        }
-        if a[i].1 < b[j].1 {
-            i += 1;
-        } else {
-            j += 1;
-        }
-    }
-    out
-}
-
-/// Sorts and merges inclusive ranges (adjacent ones too).
-pub fn normalize(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    ranges.sort();
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-    for (lo, hi) in ranges {
-        match out.last_mut() {
-            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
-            _ => out.push((lo, hi)),
-        }
-    }
-    out
-}

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use skpc::check::hir::{CounterInfo, CounterKind};
 use skpc::diag::{self, ColorChoice};
+use skpc::hir::{CounterInfo, CounterKind};
 use skpc_runtime::process::{self, sig, Signals};
 use skpc_runtime::{CounterValue, Enforcement, LogRecord, Policy, TempCgroup};
 

@@ -12,10 +12,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use skpc::check::hir::{self, Action, CounterKind, Policy};
 use skpc::compile::Compiled;
 use skpc::diag::{self, ColorChoice};
 use skpc::eval::{self, describe};
+use skpc::hir::{self, Action, CounterKind, Policy};
 use skpc::vm::{RunConfig, Vm, VmOutcome, DEFAULT_WINDOW};
 
 use crate::Input;

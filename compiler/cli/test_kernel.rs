@@ -12,8 +12,8 @@ use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::time::Duration;
 
-use skpc::check::hir::{self, Cond, Decision, IntField, Test, Verdict};
 use skpc::compile::Compiled;
+use skpc::hir::{self, Cond, Decision, IntField, Test, Verdict};
 use skpc_runtime::{Enforcement, Policy};
 
 /// The sockmap slot the test client is put in (the last one: the least likely to be a

@@ -26,7 +26,7 @@ use std::net::IpAddr;
 
 use skpc_abi::{LogRecord, SockKey, AF_INET, AF_INET6, SOCKMAP_SLOTS};
 
-use crate::check::hir::{
+use crate::hir::{
     Action, Cond, Decision, End, IntField, Message, Net, Policy, SockSlot, Target, Test, Verdict,
 };
 

@@ -13,7 +13,7 @@
 
 use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, Insn, Reg, Src};
-use crate::check::hir::{self, Cond, End, IntField, Net, Test};
+use crate::hir::{self, Cond, End, IntField, Net, Test};
 
 use super::{addr_words, ctx_word, split_nets, wire_word, word_of, Gen, MAPPED_WORD2};
 

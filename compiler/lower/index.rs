@@ -24,8 +24,7 @@ use std::collections::BTreeMap;
 
 use skpc_abi::{IndexEntry, PortEntry, PORTS_PER_TUPLE};
 
-use crate::check::hir::{self, Action, Cond, Decision, End, IntField, Net, Test};
-use crate::check::simplify;
+use crate::hir::{self, Action, Cond, Decision, End, IntField, Net, Test};
 
 /// A segment is indexed when it has at least this many indexable rules. Below it, code
 /// (a binary search, see `runs`) is as fast as the lookups and needs no map.
@@ -295,8 +294,7 @@ fn block(
 /// The keys of a rule's condition, if it is an `or` of `and`s of port and address tests
 /// that gives a bounded number of keys. Terms that can never hold give no key.
 fn rule_keys(cond: &Cond) -> Option<Vec<RuleKey>> {
-    let cond = simplify(cond);
-    let terms = dnf(&cond)?;
+    let terms = dnf(cond)?;
     let mut keys = Vec::new();
     for term in terms {
         // Per test: the alternatives, each a (component, words) pair.

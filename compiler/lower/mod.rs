@@ -16,10 +16,9 @@ use skpc_abi::{Counter, IndexEntry, LogRecord, PortEntry, SockKey, PORTS_PER_TUP
 
 use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, Endian, Insn, JmpOp, Reg, Size, Src};
-use crate::check::hir::{
+use crate::hir::{
     self, Action, Cond, Decision, End, IntField, Net, SockSlot, Target, Test, Verdict,
 };
-use crate::check::simplify;
 use lir::{Assembled, Label, Lir};
 
 /// The maps of every skpc object, in object order (`Insn::LdMap { map }` indexes this).
@@ -514,7 +513,7 @@ impl Gen {
             let rule = &policy.rules[i];
             let cond = match &run {
                 Some((_, merged)) => merged.clone(),
-                None => simplify(&rule.cond),
+                None => rule.cond.clone(),
             };
             if cond == Cond::Const(false) {
                 continue;
@@ -576,7 +575,7 @@ impl Gen {
             let rule = &policy.rules[i];
             let (hit, miss) = (self.label(), self.label());
             self.code.push(Lir::Mark(i as u32));
-            self.rule_test(&simplify(&rule.cond), hit, miss);
+            self.rule_test(&rule.cond, hit, miss);
             self.place(hit);
             self.decide_via_tail(d, rule.counter as u32);
             self.place(miss);
@@ -761,13 +760,13 @@ impl Gen {
         let mut ends = false;
         for &r in &block.rest {
             let rule = &policy.rules[r];
-            let cond = simplify(&rule.cond);
-            if cond == Cond::Const(false) {
+            let cond = &rule.cond;
+            if *cond == Cond::Const(false) {
                 continue;
             }
             self.code.push(Lir::Mark(r as u32));
             let (act, next) = (self.label(), self.label());
-            self.rule_test(&cond, act, next);
+            self.rule_test(cond, act, next);
             self.place(act);
             if counters {
                 self.ldx(Size::W, Reg::R1, Reg::R10, STACK_INDEX_BEST);
@@ -775,8 +774,8 @@ impl Gen {
             }
             self.decide_via_tail(&block.decision, rule.counter as u32);
             self.place(next);
-            self.forget_search_bounds(&cond, block.last);
-            if cond == Cond::Const(true) {
+            self.forget_search_bounds(cond, block.last);
+            if *cond == Cond::Const(true) {
                 ends = true;
                 break;
             }
@@ -1614,7 +1613,7 @@ impl Gen {
     fn v4_nets(&mut self, nets: &[(u32, u8)], t: Label, f: Label) {
         if nets.len() > 4 {
             // Many prefixes: in host order each is a range; binary search over them.
-            let ranges = crate::check::normalize(
+            let ranges = crate::hir::ranges::normalize(
                 nets.iter()
                     .map(|&(a, p)| (a as u64, (a | !hir::mask32(p)) as u64))
                     .collect(),

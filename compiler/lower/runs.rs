@@ -9,8 +9,8 @@
 //! Which rule matched matters only for its counter; that is found, on the matching
 //! path only, by testing the run's rules in order.
 
-use crate::check::hir::{self, Action, Cond, Decision, End, IntField, Net, Test};
-use crate::check::{normalize, simplify};
+use crate::hir::{self, Action, Cond, Decision, End, IntField, Net, Test};
+use crate::hir::{fold::simplify, ranges::normalize};
 
 /// Runs shorter than this stay separate rules (a run's search only pays off when there
 /// are several values to search).
@@ -108,7 +108,7 @@ fn value_rule(r: &hir::Rule) -> Option<(&Decision, Vec<Test>)> {
         return None;
     };
     let mut tests = Vec::new();
-    collect(&simplify(&r.cond), &mut tests).then_some((d, tests))
+    collect(&r.cond, &mut tests).then_some((d, tests))
 }
 
 fn collect(c: &Cond, out: &mut Vec<Test>) -> bool {

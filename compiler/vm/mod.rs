@@ -57,7 +57,7 @@ use skpc_abi::{Counter, IndexEntry, LogRecord, PortEntry, SockKey, INDEX_READY};
 
 use crate::bpf::uapi::*;
 use crate::bpf::{encode_all, Insn, JmpOp, Src};
-use crate::check::hir::{Decision, Message, SockSlot, Target, Verdict};
+use crate::hir::{Decision, Message, SockSlot, Target, Verdict};
 use crate::lower::{Lowered, MapKind, MapSpec};
 
 /// Map handles the patched `ld_imm64`s load: `MAP_HANDLE_BASE + index in Lowered::maps`.

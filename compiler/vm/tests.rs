@@ -9,8 +9,8 @@ use skpc_abi::{IndexEntry, PortEntry, AF_INET, AF_INET6};
 
 use super::*;
 use crate::bpf::{AluOp, Insn, JmpOp, Reg, Size, Src};
-use crate::check::hir::{Message, Verdict};
 use crate::compile::{compile, compile_with, Compiled};
+use crate::hir::{Message, Verdict};
 use crate::lower::Options;
 
 /// One indexed block: 50 `drop if port == 1000+i` (rules 0..50: the port array, a

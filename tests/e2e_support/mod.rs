@@ -202,9 +202,9 @@ pub fn held_map_ids() -> Vec<u32> {
 /// The message one send of `payload` on the connected socket `c` is, as the evaluator
 /// takes it: the socket's family, addresses and ports, the payload as `len`; every
 /// other field at its test-case default.
-pub fn loopback_message(c: &TcpStream, payload: &[u8]) -> skpc::check::hir::Message {
+pub fn loopback_message(c: &TcpStream, payload: &[u8]) -> skpc::hir::Message {
     let (local, remote) = (c.local_addr().unwrap(), c.peer_addr().unwrap());
-    skpc::check::hir::Message {
+    skpc::hir::Message {
         family: if local.is_ipv6() {
             skpc_abi::AF_INET6
         } else {

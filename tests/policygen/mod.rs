@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use skpc::check::hir::{Decision, IntField, Message, SockSlot, Target, Verdict};
+use skpc::hir::{Decision, IntField, Message, SockSlot, Target, Verdict};
 use skpc_abi::{AF_INET, AF_INET6};
 
 // ------------------------------------------------------------------ rng
@@ -1035,7 +1035,7 @@ impl Gen<'_> {
             } else {
                 self.rng.pick(&[0u8, 1, 7, 8, 12, 16, 24, 31, 32, any])
             };
-            let addr = Ipv4Addr::from(u32::from(base) & skpc::check::hir::mask32(prefix));
+            let addr = Ipv4Addr::from(u32::from(base) & skpc::hir::mask32(prefix));
             (IpAddr::V4(addr), prefix)
         } else {
             let base: Ipv6Addr = match self.rng.below(9) {
@@ -1057,7 +1057,7 @@ impl Gen<'_> {
                     0u8, 1, 8, 10, 16, 32, 48, 64, 95, 96, 97, 120, 127, 128, any,
                 ])
             };
-            let addr = Ipv6Addr::from(u128::from(base) & skpc::check::hir::mask128(prefix));
+            let addr = Ipv6Addr::from(u128::from(base) & skpc::hir::mask128(prefix));
             (IpAddr::V6(addr), prefix)
         }
     }
@@ -1421,7 +1421,7 @@ fn addr_near(rng: &mut Rng, pool: &Pool, v6: bool) -> IpAddr {
         match a {
             IpAddr::V4(a) => {
                 let base = u32::from(a);
-                let host = !skpc::check::hir::mask32(p);
+                let host = !skpc::hir::mask32(p);
                 let v = match rng.below(5) {
                     0 => base,
                     1 => base | host,
@@ -1433,7 +1433,7 @@ fn addr_near(rng: &mut Rng, pool: &Pool, v6: bool) -> IpAddr {
             }
             IpAddr::V6(a) => {
                 let base = u128::from(a);
-                let host = !skpc::check::hir::mask128(p);
+                let host = !skpc::hir::mask128(p);
                 let r = ((rng.next() as u128) << 64) | rng.next() as u128;
                 let v = match rng.below(5) {
                     0 => base,
@@ -2133,7 +2133,7 @@ impl Gen<'_> {
                     .rng
                     .pick(&[Ipv4Addr::new(0, 0, 0, 0), Ipv4Addr::BROADCAST]),
             };
-            let a = Ipv4Addr::from(u32::from(base) & skpc::check::hir::mask32(prefix));
+            let a = Ipv4Addr::from(u32::from(base) & skpc::hir::mask32(prefix));
             (IpAddr::V4(a), prefix)
         } else {
             let base: Ipv6Addr = match self.rng.below(10) {
@@ -2154,7 +2154,7 @@ impl Gen<'_> {
                     .rng
                     .pick(&[Ipv6Addr::LOCALHOST, "fe80::1".parse().unwrap()]),
             };
-            let a = Ipv6Addr::from(u128::from(base) & skpc::check::hir::mask128(prefix));
+            let a = Ipv6Addr::from(u128::from(base) & skpc::hir::mask128(prefix));
             (IpAddr::V6(a), prefix)
         };
         self.pool.nets.push(net);
@@ -2362,7 +2362,7 @@ fn aim(rng: &mut Rng, pool: &Pool, m: &mut Message, targets: &[Hit]) {
 fn host_in(rng: &mut Rng, (a, p): (IpAddr, u8)) -> IpAddr {
     match a {
         IpAddr::V4(a) => {
-            let host = !skpc::check::hir::mask32(p);
+            let host = !skpc::hir::mask32(p);
             let base = u32::from(a);
             let v = match rng.below(3) {
                 0 => base,
@@ -2372,7 +2372,7 @@ fn host_in(rng: &mut Rng, (a, p): (IpAddr, u8)) -> IpAddr {
             IpAddr::V4(Ipv4Addr::from(v))
         }
         IpAddr::V6(a) => {
-            let host = !skpc::check::hir::mask128(p);
+            let host = !skpc::hir::mask128(p);
             let base = u128::from(a);
             let r = ((rng.next() as u128) << 64) | rng.next() as u128;
             let v = match rng.below(3) {

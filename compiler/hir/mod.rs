@@ -2,6 +2,15 @@
 //! test runner consume. Names are gone, `port`/`ip` are expanded to both ends, every
 //! integer comparison is a membership test in a set of inclusive ranges, every address
 //! test a list of prefixes. Spans stay on rules and tests for listings and reports.
+//!
+//! What every HIR the checker returns promises, so that no later pass reaches back into
+//! the checker: names are resolved and every value has its field's type; each rule's
+//! condition is folded (`fold::simplify` leaves it unchanged: no constant inside an
+//! `and`/`or`, no nested `and` in an `and`, no double `not`); integer ranges are sorted,
+//! disjoint and not adjacent (`ranges::normalize`); address prefixes have no host bits.
+
+pub mod fold;
+pub mod ranges;
 
 use std::net::IpAddr;
 

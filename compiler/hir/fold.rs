@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use super::hir::{Cond, Test};
+use super::{Cond, Test};
 
 /// Folds constants, flattens nested `and`/`or`, removes double negation.
 pub fn simplify(c: &Cond) -> Cond {
@@ -30,6 +30,15 @@ pub fn simplified(c: &Cond) -> Cow<'_, Cond> {
         Cow::Borrowed(c)
     } else {
         Cow::Owned(simplify(c))
+    }
+}
+
+/// [`simplify`] by value: the condition itself when it is already simplified.
+pub fn fold(c: Cond) -> Cond {
+    if is_simplified(&c) {
+        c
+    } else {
+        simplify(&c)
     }
 }
 
@@ -82,7 +91,7 @@ fn fold_test(t: &Test) -> Option<bool> {
         Test::Int { ranges, .. } if ranges.is_empty() => Some(false),
         Test::Int { field, ranges } if ranges.len() == 1 && ranges[0] == (0, field.max_value()) => {
             // payload bytes still need the message to be long enough.
-            if matches!(field, super::hir::IntField::PayloadByte(_)) {
+            if matches!(field, super::IntField::PayloadByte(_)) {
                 None
             } else {
                 Some(true)
@@ -100,7 +109,7 @@ fn fold_test(t: &Test) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::hir::IntField;
+    use crate::hir::IntField;
 
     fn t(ranges: Vec<(u64, u64)>) -> Cond {
         Cond::Test(Test::Int {
