@@ -15,7 +15,8 @@ use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, Insn, Reg, Src};
 use crate::hir::{self, Cond, End, IntField, Net, Test};
 
-use super::{addr_words, ctx_word, split_nets, wire_word, word_of, Gen, MAPPED_WORD2};
+use super::addr::{addr_words, split_nets, wire_word, word_of, MAPPED_WORD2};
+use super::{ctx_word, Gen};
 
 /// Registers free for miss-bit evaluation (the context is in r6, r7 holds the counter
 /// slot, r8/r9 cached fields).

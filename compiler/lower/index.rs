@@ -389,9 +389,9 @@ fn alternatives(t: &Test) -> Option<Vec<(Component, Vec<u32>)>> {
         Test::Int { field, ranges } => {
             let (component, word): (Component, fn(u16) -> u32) = match field {
                 IntField::LocalPort => (Component::LocalPort, |p| p as u32),
-                IntField::RemotePort => {
-                    (Component::RemotePort, |p| super::raw_remote_port(p) as u32)
-                }
+                IntField::RemotePort => (Component::RemotePort, |p| {
+                    super::cond::raw_remote_port(p) as u32
+                }),
                 _ => return None,
             };
             let count: u64 = ranges.iter().map(|(lo, hi)| hi - lo + 1).sum();
@@ -415,13 +415,15 @@ fn alternatives(t: &Test) -> Option<Vec<(Component, Vec<u32>)>> {
                             mapped: *mapped,
                             prefix,
                         },
-                        vec![super::wire_word(addr.to_be_bytes()) as u32],
+                        vec![super::addr::wire_word(addr.to_be_bytes()) as u32],
                     ),
                     Net::V6 { addr, prefix } => {
                         let bytes = addr.to_be_bytes();
                         (
                             Component::Ip6 { end: *end, prefix },
-                            (0..4).map(|w| super::word_of(&bytes, w) as u32).collect(),
+                            (0..4)
+                                .map(|w| super::addr::word_of(&bytes, w) as u32)
+                                .collect(),
                         )
                     }
                 })
@@ -435,9 +437,11 @@ fn alternatives(t: &Test) -> Option<Vec<(Component, Vec<u32>)>> {
 pub(super) fn mask_word(c: Component, w: usize) -> u32 {
     match c {
         Component::LocalPort | Component::RemotePort => u32::MAX,
-        Component::Ip4 { prefix, .. } => super::wire_word(hir::mask32(prefix).to_be_bytes()) as u32,
+        Component::Ip4 { prefix, .. } => {
+            super::addr::wire_word(hir::mask32(prefix).to_be_bytes()) as u32
+        }
         Component::Ip6 { prefix, .. } => {
-            super::word_of(&hir::mask128(prefix).to_be_bytes(), w) as u32
+            super::addr::word_of(&hir::mask128(prefix).to_be_bytes(), w) as u32
         }
     }
 }

@@ -1,0 +1,262 @@
+//! The code of an indexed block (planned in `index`): the ready check, one map lookup per
+//! tuple (hash keys built from the context, or a port-array slot), the block's other
+//! rules as code, and the smallest matching rule index deciding.
+
+use skpc_abi::{IndexEntry, PORTS_PER_TUPLE};
+
+use crate::bpf::uapi::*;
+use crate::bpf::{AluOp, JmpOp, Reg, Size, Src};
+use crate::hir::{self, Cond, Decision};
+
+use super::addr::{addr_words, MAPPED_WORD2};
+use super::index;
+use super::lir::Lir;
+use super::{Gen, NO_RULE, SLOT, STACK_COUNTER_KEY, STACK_INDEX_BEST, STACK_INDEX_KEY};
+
+impl Gen {
+    /// An indexed block (see `index`): one map lookup per tuple, then the block's other
+    /// rules as code; the smallest matching rule index decides (and is counted). Returns
+    /// whether an unconditional rule of the block makes everything after it dead.
+    pub(super) fn indexed_block(&mut self, policy: &hir::Policy, block: &index::Block) -> bool {
+        use index::Component;
+        self.code.push(Lir::Mark(block.first as u32));
+        if self.index_not_ready.is_none() {
+            // Every path to a later block passes this one: one check is enough.
+            let not_ready = self.label();
+            self.index_not_ready = Some(not_ready);
+            self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, 0);
+            self.map_lookup(self.ready_map, STACK_COUNTER_KEY);
+            self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), not_ready);
+            self.ldx(Size::W, Reg::R1, Reg::R0, 0);
+            self.jmp32(JmpOp::Jne, Reg::R1, skpc_abi::INDEX_READY as i32, not_ready);
+        }
+        let counters = self.options.counters;
+        if counters {
+            // NO_RULE, but unknown to the verifier (`+ size - size`, as in `count_reg`):
+            // a known constant would make the compares below decided on the paths that
+            // found nothing, marking the word precise, and the verifier would walk the
+            // rest of the program once for "nothing found" and once for "found".
+            self.ctx_ld(Reg::R1, SK_MSG_MD_SIZE);
+            self.mov32(Reg::R2, NO_RULE);
+            self.alu64(AluOp::Add, Reg::R2, Src::Reg(Reg::R1));
+            self.alu64(AluOp::Sub, Reg::R2, Src::Reg(Reg::R1));
+            self.stx(Size::W, Reg::R10, STACK_INDEX_BEST, Reg::R2);
+        }
+        let has = |t: &index::Tuple, f: fn(&Component) -> bool| t.components.iter().any(f);
+        let is_ip4 = |c: &Component| matches!(c, Component::Ip4 { .. });
+        let is_ip6 = |c: &Component| matches!(c, Component::Ip6 { .. });
+        let unmapped = |c: &Component| matches!(c, Component::Ip4 { mapped: false, .. });
+        // Key words past the tuple's own that may not be zero (all, at first).
+        let mut dirty = IndexEntry::KEY_WORDS - 1;
+        // Ports only: any socket.
+        for t in block
+            .tuples
+            .iter()
+            .filter(|t| !has(t, is_ip4) && !has(t, is_ip6))
+        {
+            self.index_lookup(t, false, &block.decision, &mut dirty);
+        }
+        let v4: Vec<&index::Tuple> = block
+            .tuples
+            .iter()
+            .filter(|t| has(t, is_ip4) && !has(t, is_ip6))
+            .collect();
+        let v6: Vec<&index::Tuple> = block
+            .tuples
+            .iter()
+            .filter(|t| (has(t, is_ip4) || has(t, is_ip6)) && !has(t, unmapped))
+            .collect();
+        if !v4.is_empty() || !v6.is_empty() {
+            let (l4, l6, done) = (self.label(), self.label(), self.label());
+            self.ctx_ld(Reg::R2, SK_MSG_MD_FAMILY);
+            if !v4.is_empty() {
+                self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET, l4);
+            }
+            if !v6.is_empty() {
+                self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET6, l6);
+            }
+            self.goto(done);
+            // Both families start from the key the port-only lookups left.
+            let after_ports = dirty;
+            if !v4.is_empty() {
+                self.place(l4);
+                for t in v4 {
+                    self.index_lookup(t, false, &block.decision, &mut dirty);
+                }
+                self.goto(done);
+            }
+            if !v6.is_empty() {
+                self.place(l6);
+                dirty = after_ports;
+                for t in v6 {
+                    self.index_lookup(t, true, &block.decision, &mut dirty);
+                }
+            }
+            self.place(done);
+        }
+        // The block's other rules, in order: a match decides with the smaller of its
+        // index and the best indexed one.
+        let found_best = self.label();
+        let mut ends = false;
+        for &r in &block.rest {
+            let rule = &policy.rules[r];
+            let cond = &rule.cond;
+            if *cond == Cond::Const(false) {
+                continue;
+            }
+            self.code.push(Lir::Mark(r as u32));
+            let (act, next) = (self.label(), self.label());
+            self.rule_test(cond, act, next);
+            self.place(act);
+            if counters {
+                self.ldx(Size::W, Reg::R1, Reg::R10, STACK_INDEX_BEST);
+                self.jmp32(JmpOp::Jlt, Reg::R1, r as i32, found_best);
+            }
+            self.decide_via_tail(&block.decision, rule.counter as u32);
+            self.place(next);
+            self.forget_search_bounds(cond, block.last);
+            if *cond == Cond::Const(true) {
+                ends = true;
+                break;
+            }
+        }
+        if counters {
+            let miss = self.label();
+            self.code.push(Lir::Mark(block.first as u32));
+            self.ldx(Size::W, Reg::R1, Reg::R10, STACK_INDEX_BEST);
+            self.jmp32(JmpOp::Jeq, Reg::R1, NO_RULE as i32, miss);
+            self.place(found_best);
+            self.alu32(AluOp::Mov, SLOT, Src::Reg(Reg::R1));
+            let tail = self.tail(&block.decision);
+            self.goto(tail);
+            self.place(miss);
+        }
+        ends
+    }
+
+    /// Looks tuple `t` up in the index: builds the key at STACK_INDEX_KEY from the
+    /// context (on an IPv6 socket, `v6`: IPv4 components from the IPv4-mapped address,
+    /// skipping the lookup if it is not one) and keeps the smaller rule index in
+    /// STACK_INDEX_BEST; without counters a hit decides at once. `dirty`: how many key
+    /// words after the tuple id may hold something other than zero.
+    pub(super) fn index_lookup(
+        &mut self,
+        t: &index::Tuple,
+        v6: bool,
+        d: &Decision,
+        dirty: &mut usize,
+    ) {
+        use index::Component;
+        let skip = self.label();
+        if let Some(slot) = t.port_slot {
+            // One port: the array slot `slot * 65536 + port` holds the rule plus one.
+            let remote = t.components.first() == Some(&Component::RemotePort);
+            let (off, swap) = if remote {
+                (SK_MSG_MD_REMOTE_PORT, true)
+            } else {
+                (SK_MSG_MD_LOCAL_PORT, false)
+            };
+            self.load_ctx_field(off, swap, Reg::R2);
+            if slot > 0 {
+                self.alu32(
+                    AluOp::Add,
+                    Reg::R2,
+                    Src::Imm((slot * PORTS_PER_TUPLE) as i32),
+                );
+            }
+            // Word 0 is the tuple id of hash keys, which every hash lookup writes anew.
+            self.stx(Size::W, Reg::R10, STACK_INDEX_KEY, Reg::R2);
+            self.map_lookup(self.ports_map, STACK_INDEX_KEY);
+            self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
+            self.ldx(Size::W, Reg::R1, Reg::R0, 0);
+            if self.options.counters {
+                // 0 (no rule) becomes NO_RULE.
+                self.alu32(AluOp::Sub, Reg::R1, Src::Imm(1));
+                self.keep_smaller_rule();
+            } else {
+                self.jmp32(JmpOp::Jeq, Reg::R1, 0, skip);
+                let tail = self.tail(d);
+                self.goto(tail);
+            }
+            self.place(skip);
+            return;
+        }
+        self.st(Size::W, Reg::R10, STACK_INDEX_KEY, t.id as i32);
+        let mut at = STACK_INDEX_KEY + 4;
+        for &c in &t.components {
+            let words: Vec<i16> = match c {
+                Component::LocalPort => vec![SK_MSG_MD_LOCAL_PORT],
+                Component::RemotePort => vec![SK_MSG_MD_REMOTE_PORT],
+                Component::Ip4 { end, .. } => {
+                    let (ip4, ip6) = addr_words(end);
+                    if v6 {
+                        for (w, want) in [(0i16, 0u32), (4, 0), (8, MAPPED_WORD2)] {
+                            self.ctx_ld(Reg::R2, ip6 + w);
+                            self.jmp32(JmpOp::Jne, Reg::R2, want as i32, skip);
+                        }
+                        vec![ip6 + 12]
+                    } else {
+                        vec![ip4]
+                    }
+                }
+                Component::Ip6 { end, .. } => {
+                    let (_, ip6) = addr_words(end);
+                    (0..4).map(|w| ip6 + 4 * w).collect()
+                }
+            };
+            for (w, off) in words.into_iter().enumerate() {
+                let mask = index::mask_word(c, w);
+                if mask == 0 {
+                    self.st(Size::W, Reg::R10, at, 0);
+                } else {
+                    self.ctx_ld(Reg::R2, off);
+                    if mask != u32::MAX {
+                        self.alu32(AluOp::And, Reg::R2, Src::Imm(mask as i32));
+                    }
+                    self.stx(Size::W, Reg::R10, at, Reg::R2);
+                }
+                at += 4;
+            }
+        }
+        // Words past this tuple's must be zero; only those an earlier key set need it.
+        let used = ((at - STACK_INDEX_KEY) / 4 - 1) as usize;
+        for w in used..*dirty {
+            self.st(Size::W, Reg::R10, STACK_INDEX_KEY + 4 * (w as i16 + 1), 0);
+        }
+        // On an IPv6 socket, an address that is not IPv4-mapped skips an IPv4 component's
+        // lookup before the stores above: the words an earlier key left stay there.
+        let skips_early = v6
+            && t.components
+                .iter()
+                .any(|c| matches!(c, Component::Ip4 { .. }));
+        *dirty = if skips_early {
+            (*dirty).max(used)
+        } else {
+            used
+        };
+        self.map_lookup(self.index_map, STACK_INDEX_KEY);
+        self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
+        if self.options.counters {
+            self.ldx(Size::W, Reg::R1, Reg::R0, 0);
+            self.keep_smaller_rule();
+        } else {
+            let tail = self.tail(d);
+            self.goto(tail);
+        }
+        self.place(skip);
+    }
+
+    /// STACK_INDEX_BEST = min(STACK_INDEX_BEST, w1), without a branch:
+    /// r2 += (r1 - r2) & ((r1 - r2) >> 63). A compare would narrow the best rule on each
+    /// side, the final `== NO_RULE` test would then be decided on some paths, and the
+    /// verifier would have to keep apart states that differ only in which rule was found.
+    pub(super) fn keep_smaller_rule(&mut self) {
+        self.ldx(Size::W, Reg::R2, Reg::R10, STACK_INDEX_BEST);
+        self.alu64(AluOp::Sub, Reg::R1, Src::Reg(Reg::R2));
+        self.mov64(Reg::R3, Src::Reg(Reg::R1));
+        self.alu64(AluOp::Arsh, Reg::R3, Src::Imm(63));
+        self.alu64(AluOp::And, Reg::R1, Src::Reg(Reg::R3));
+        self.alu64(AluOp::Add, Reg::R2, Src::Reg(Reg::R1));
+        self.stx(Size::W, Reg::R10, STACK_INDEX_BEST, Reg::R2);
+    }
+}

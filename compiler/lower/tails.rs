@@ -1,0 +1,222 @@
+//! What happens once a rule decides: the shared verdict tails (one per distinct decision,
+//! reached with the rule's counter slot in `SLOT`), the counters, the decisions
+//! themselves (verdicts, redirects, `for N`, `cork N`) and `log` records.
+
+use skpc_abi::{Counter, LogRecord};
+
+use crate::bpf::uapi::*;
+use crate::bpf::{AluOp, Endian, Insn, JmpOp, Reg, Size, Src};
+use crate::hir::{Decision, SockSlot, Target, Verdict};
+
+use super::lir::{Label, Lir};
+use super::programs::SK_MSG_LAYOUT;
+use super::{Gen, MAP_COUNTERS, MAP_EVENTS, MAP_SOCKHASH, MAP_SOCKMAP};
+use super::{SLOT, STACK_COUNTER_KEY, STACK_LOG, STACK_SOCK_KEY};
+
+impl Gen {
+    /// Jumps to the shared tail of decision `d`, with the rule's counter slot in SLOT.
+    pub(super) fn decide_via_tail(&mut self, d: &Decision, slot: u32) {
+        if self.options.counters {
+            self.mov32(SLOT, slot);
+        }
+        let tail = self.tail(d);
+        self.goto(tail);
+    }
+
+    /// The label of the shared tail of decision `d`.
+    pub(super) fn tail(&mut self, d: &Decision) -> Label {
+        match self.tails.iter().find(|(x, _)| x == d) {
+            Some((_, l)) => *l,
+            None => {
+                let l = self.label();
+                self.tails.push((d.clone(), l));
+                l
+            }
+        }
+    }
+
+    pub(super) fn emit_tails(&mut self) {
+        let tails = std::mem::take(&mut self.tails);
+        self.code.push(Lir::Mark(self.tails_mark));
+        for (d, l) in tails {
+            self.place(l);
+            self.count_reg();
+            self.decision(&d);
+        }
+        if let Some(not_ready) = self.index_not_ready {
+            // Fail closed: the index is empty, so the rules in it cannot be enforced.
+            self.place(not_ready);
+            self.ret(SK_DROP);
+        }
+    }
+
+    /// Bumps counter `slot` by one message and `sk_msg_md.size` bytes.
+    pub(super) fn count_const(&mut self, slot: u32) {
+        if self.options.counters {
+            self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, slot as i32);
+            self.count_key_on_stack();
+        }
+    }
+
+    /// Bumps the counter whose slot is in SLOT.
+    pub(super) fn count_reg(&mut self) {
+        if self.options.counters {
+            // SLOT holds a constant on every path, a different one per rule. Stored as a
+            // map key, the verifier would track it exactly and walk this tail once per
+            // rule. `+ size - size` leaves the value alone but makes it unknown to the
+            // verifier, so the tail is verified once.
+            self.ctx_ld(Reg::R2, SK_MSG_MD_SIZE);
+            self.alu64(AluOp::Add, SLOT, Src::Reg(Reg::R2));
+            self.alu64(AluOp::Sub, SLOT, Src::Reg(Reg::R2));
+            self.stx(Size::W, Reg::R10, STACK_COUNTER_KEY, SLOT);
+            self.count_key_on_stack();
+        }
+    }
+
+    pub(super) fn count_key_on_stack(&mut self) {
+        let skip = self.label();
+        self.map_lookup(MAP_COUNTERS, STACK_COUNTER_KEY);
+        self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
+        self.ldx(Size::DW, Reg::R1, Reg::R0, Counter::OFF_MESSAGES);
+        self.alu64(AluOp::Add, Reg::R1, Src::Imm(1));
+        self.stx(Size::DW, Reg::R0, Counter::OFF_MESSAGES, Reg::R1);
+        self.ctx_ld(Reg::R1, SK_MSG_MD_SIZE);
+        self.ldx(Size::DW, Reg::R2, Reg::R0, Counter::OFF_BYTES);
+        self.alu64(AluOp::Add, Reg::R2, Src::Reg(Reg::R1));
+        self.stx(Size::DW, Reg::R0, Counter::OFF_BYTES, Reg::R2);
+        self.place(skip);
+    }
+
+    pub(super) fn decision(&mut self, d: &Decision) {
+        if let Some(n) = d.apply_bytes {
+            self.mov64(Reg::R1, Src::Reg(self.ctx()));
+            self.mov32(Reg::R2, n);
+            self.call(BPF_FUNC_msg_apply_bytes);
+        }
+        match &d.verdict {
+            Verdict::Pass => self.ret(SK_PASS),
+            Verdict::Drop => self.ret(SK_DROP),
+            Verdict::Cork(n) => {
+                self.mov64(Reg::R1, Src::Reg(self.ctx()));
+                self.mov32(Reg::R2, *n);
+                self.call(BPF_FUNC_msg_cork_bytes);
+                self.ret(SK_PASS);
+            }
+            Verdict::Redirect {
+                ingress,
+                target: Target::Sock(slot),
+            } => {
+                match slot {
+                    SockSlot::Const(k) => self.mov32(Reg::R3, *k),
+                    SockSlot::Field(f) => {
+                        // Payload bytes are rejected by the checker as keys.
+                        let fail = self.label();
+                        self.load_int(*f, fail);
+                        self.mov64(Reg::R3, Src::Reg(Reg::R2));
+                        let go = self.label();
+                        self.goto(go);
+                        self.place(fail);
+                        self.ret(SK_DROP);
+                        self.place(go);
+                    }
+                }
+                self.mov64(Reg::R1, Src::Reg(self.ctx()));
+                self.emit(Insn::LdMap {
+                    dst: Reg::R2,
+                    map: MAP_SOCKMAP,
+                });
+                self.mov64(
+                    Reg::R4,
+                    Src::Imm(if *ingress { BPF_F_INGRESS as i32 } else { 0 }),
+                );
+                self.call(BPF_FUNC_msg_redirect_map);
+                self.emit(Insn::Exit);
+            }
+            Verdict::Redirect {
+                ingress,
+                target: Target::Peer,
+            } => {
+                // Egress (no `ingress`) sends the bytes out of the peer socket, i.e. back to
+                // this one; the checker warns (W0004), the kernel does what it is told.
+                self.sock_key(SK_MSG_LAYOUT, true);
+                self.mov64(Reg::R1, Src::Reg(self.ctx()));
+                self.emit(Insn::LdMap {
+                    dst: Reg::R2,
+                    map: MAP_SOCKHASH,
+                });
+                self.stack_ptr(Reg::R3, STACK_SOCK_KEY);
+                self.mov64(
+                    Reg::R4,
+                    Src::Imm(if *ingress { BPF_F_INGRESS as i32 } else { 0 }),
+                );
+                self.call(BPF_FUNC_msg_redirect_hash);
+                self.emit(Insn::Exit);
+            }
+        }
+    }
+
+    /// Sends a `LogRecord` for rule `rule` to the ring buffer.
+    pub(super) fn log(&mut self, rule: u32) {
+        let b = STACK_LOG;
+        for i in 0..(LogRecord::SIZE as i16 / 8) {
+            self.st(Size::DW, Reg::R10, b + i * 8, 0);
+        }
+        self.st(Size::W, Reg::R10, b + LogRecord::OFF_RULE, rule as i32);
+        let (v6, done) = (self.label(), self.label());
+        self.ctx_ld(Reg::R2, SK_MSG_MD_FAMILY);
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_FAMILY, Reg::R2);
+        self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET6, v6);
+        self.ctx_ld(Reg::R3, SK_MSG_MD_LOCAL_IP4);
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_LOCAL_IP, Reg::R3);
+        self.ctx_ld(Reg::R3, SK_MSG_MD_REMOTE_IP4);
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_REMOTE_IP, Reg::R3);
+        self.goto(done);
+        self.place(v6);
+        for w in 0..4 {
+            self.ctx_ld(Reg::R3, SK_MSG_MD_LOCAL_IP6 + w * 4);
+            self.stx(
+                Size::W,
+                Reg::R10,
+                b + LogRecord::OFF_LOCAL_IP + w * 4,
+                Reg::R3,
+            );
+            self.ctx_ld(Reg::R3, SK_MSG_MD_REMOTE_IP6 + w * 4);
+            self.stx(
+                Size::W,
+                Reg::R10,
+                b + LogRecord::OFF_REMOTE_IP + w * 4,
+                Reg::R3,
+            );
+        }
+        self.place(done);
+        self.ctx_ld(Reg::R3, SK_MSG_MD_LOCAL_PORT);
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_LOCAL_PORT, Reg::R3);
+        self.ctx_ld(Reg::R3, SK_MSG_MD_REMOTE_PORT);
+        self.emit(Insn::End {
+            dst: Reg::R3,
+            endian: Endian::ToBe,
+            bits: 32,
+        });
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_REMOTE_PORT, Reg::R3);
+        self.ctx_ld(Reg::R3, SK_MSG_MD_SIZE);
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_SIZE, Reg::R3);
+        self.call(BPF_FUNC_get_current_pid_tgid);
+        self.alu64(AluOp::Rsh, Reg::R0, Src::Imm(32));
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_PID, Reg::R0);
+        self.call(BPF_FUNC_get_current_uid_gid);
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_UID, Reg::R0);
+        self.alu64(AluOp::Rsh, Reg::R0, Src::Imm(32));
+        self.stx(Size::W, Reg::R10, b + LogRecord::OFF_GID, Reg::R0);
+        self.stack_ptr(Reg::R1, b + LogRecord::OFF_COMM);
+        self.mov64(Reg::R2, Src::Imm(16));
+        self.call(BPF_FUNC_get_current_comm);
+        self.emit(Insn::LdMap {
+            dst: Reg::R1,
+            map: MAP_EVENTS,
+        });
+        self.stack_ptr(Reg::R2, b);
+        self.mov64(Reg::R3, Src::Imm(LogRecord::SIZE as i32));
+        self.mov64(Reg::R4, Src::Imm(0));
+        self.call(BPF_FUNC_ringbuf_output);
+    }
+}

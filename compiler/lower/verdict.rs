@@ -1,0 +1,295 @@
+//! The verdict program driver: the rule loop (single rules, runs, indexed blocks), the
+//! choice of where the context lives, and the context fields cached in callee-saved
+//! registers.
+
+use crate::bpf::{Reg, Src};
+use crate::hir::{self, Action, Cond, Decision, IntField, SockSlot, Target, Test, Verdict};
+
+use super::lir::{Label, Lir};
+use super::{ctx_word, flat, index, runs};
+use super::{Gen, Options, CACHE_REGS, CTX, FLAT_ABOVE_RULES};
+
+impl Gen {
+    pub(super) fn verdict_program(&mut self, policy: &hir::Policy, blocks: &[index::Block]) {
+        self.tails_mark = policy.rules.len() as u32 + 1;
+        let indexed: usize = blocks.iter().map(|b| b.indexed).sum();
+        self.flat = policy.rules.len() - indexed > FLAT_ABOVE_RULES;
+        // Branch-free rules use r0-r5 as scratch, and index lookups call a helper: the
+        // context must live in r6.
+        self.ctx_in_r1 =
+            !self.flat && blocks.is_empty() && !needs_helper_before_verdict(policy, self.options);
+        if !self.ctx_in_r1 {
+            self.mov64(CTX, Src::Reg(Reg::R1));
+        }
+        if self.flat {
+            self.take_snapshot();
+        }
+        self.cache_fields(policy, blocks);
+        for step in runs::plan(policy, blocks) {
+            let (i, run) = match step {
+                runs::Step::Indexed(k) => {
+                    if self.indexed_block(policy, &blocks[k]) {
+                        // An unconditional rule of the block decided: the rest is dead.
+                        self.emit_tails();
+                        return;
+                    }
+                    continue;
+                }
+                runs::Step::Rule(i) => (i, None),
+                runs::Step::Run {
+                    first,
+                    last,
+                    cond,
+                    keyed,
+                } => {
+                    if let (true, Some(keys), Action::Decide(d)) =
+                        (self.options.counters, &keyed, &policy.rules[first].action)
+                    {
+                        // One keyed search finds both whether and which rule matched.
+                        self.code.push(Lir::Mark(first as u32));
+                        self.keyed_run(keys, d);
+                        self.forget_search_bounds(&cond, last);
+                        continue;
+                    }
+                    (first, Some((last, cond)))
+                }
+            };
+            let rule = &policy.rules[i];
+            let cond = match &run {
+                Some((_, merged)) => merged.clone(),
+                None => rule.cond.clone(),
+            };
+            if cond == Cond::Const(false) {
+                continue;
+            }
+            self.code.push(Lir::Mark(i as u32));
+            let last = run.as_ref().map_or(i, |(last, _)| *last);
+            let (act, next) = (self.label(), self.label());
+            self.rule_test(&cond, act, next);
+            self.place(act);
+            match (&rule.action, run) {
+                (Action::Decide(d), Some((last, _))) => self.run_matched(policy, i, last, d),
+                (Action::Decide(d), None) => self.decide_via_tail(d, rule.counter as u32),
+                (Action::Count { counter }, _) => {
+                    self.count_const(rule.counter as u32);
+                    self.count_const(*counter as u32);
+                    self.goto(next);
+                }
+                (Action::Log, _) => {
+                    self.count_const(rule.counter as u32);
+                    self.log(rule.counter as u32);
+                    self.goto(next);
+                }
+            }
+            self.place(next);
+            self.forget_search_bounds(&cond, last);
+            if cond == Cond::Const(true) && rule.action.is_terminal() {
+                // Everything after an unconditional verdict is dead.
+                self.emit_tails();
+                return;
+            }
+        }
+        self.code.push(Lir::Mark(policy.rules.len() as u32));
+        self.decide_via_tail(&policy.default.decision, policy.default.counter as u32);
+        self.emit_tails();
+    }
+
+    /// The test of one rule (or merged run): branch-free in large policies where it can be.
+    pub(super) fn rule_test(&mut self, cond: &Cond, t: Label, f: Label) {
+        if self.flat && flat::flat_ok(cond) {
+            self.flat_cond(cond, f);
+        } else {
+            self.cond(cond, t, f);
+        }
+    }
+
+    /// A run `first..=last` (one decision `d`) matched: decide. With counters, find the
+    /// first rule of the run that matches (only on this, the matching, path) for its
+    /// counter slot.
+    pub(super) fn run_matched(
+        &mut self,
+        policy: &hir::Policy,
+        first: usize,
+        last: usize,
+        d: &Decision,
+    ) {
+        if !self.options.counters {
+            self.decide_via_tail(d, first as u32);
+            return;
+        }
+        // Read the fields afresh here, not from the cached registers: the search left
+        // them narrowed to the matched value, a different state for every value, and the
+        // verifier would walk this chain once per value. Unread, they do not count.
+        let cached = std::mem::take(&mut self.cached);
+        for i in first..=last {
+            let rule = &policy.rules[i];
+            let (hit, miss) = (self.label(), self.label());
+            self.code.push(Lir::Mark(i as u32));
+            self.rule_test(&rule.cond, hit, miss);
+            self.place(hit);
+            self.decide_via_tail(d, rule.counter as u32);
+            self.place(miss);
+        }
+        // The run's search matched, so one of its rules does; the verifier cannot know.
+        self.decide_via_tail(d, policy.rules[last].counter as u32);
+        self.cached = cached;
+    }
+
+    /// Loads the cheap context fields that several tests read into callee-saved
+    /// registers, once, so that each test is a single compare.
+    pub(super) fn cache_fields(&mut self, policy: &hir::Policy, blocks: &[index::Block]) {
+        let mut uses: Vec<(IntField, usize)> = Vec::new();
+        let mut in_index = vec![false; policy.rules.len()];
+        for b in blocks {
+            in_index[b.first..=b.last].fill(true);
+            for &r in &b.rest {
+                in_index[r] = false;
+            }
+        }
+        for (i, (r, _)) in policy
+            .rules
+            .iter()
+            .zip(&in_index)
+            .enumerate()
+            .filter(|(_, (_, x))| !**x)
+        {
+            let mut here = Vec::new();
+            count_field_uses(&r.cond, &mut here);
+            for (f, n) in here {
+                match uses.iter_mut().find(|(g, _)| *g == f) {
+                    Some(u) => u.1 += n,
+                    None => uses.push((f, n)),
+                }
+                match self.last_use.iter_mut().find(|(g, _)| *g == f) {
+                    Some(at) => at.1 = i,
+                    None => self.last_use.push((f, i)),
+                }
+            }
+        }
+        let mut words: Vec<(IntField, usize, i16, bool)> = uses
+            .into_iter()
+            .filter_map(|(f, n)| {
+                ctx_word(f)
+                    .filter(|_| n >= 2)
+                    .map(|(off, swap)| (f, n, off, swap))
+            })
+            .collect();
+        words.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        for ((field, _, off, swap), reg) in words.into_iter().zip(CACHE_REGS) {
+            self.load_ctx_field(off, swap, reg);
+            self.cached.push((field, reg));
+        }
+    }
+
+    /// After a binary search over a cached field, every leaf that missed knows the field
+    /// within a different range; after `port == 80 and ...` failed in its second half,
+    /// the field is known to be 80 on that path and not on the others. Later rules that
+    /// read the field would then be verified once per range (a 1000-rule policy hit the
+    /// verifier's 1M limit that way, and a 170-rule one of such `and`s). Loading the
+    /// field again makes the old bounds dead, so those paths merge. Only where a rule
+    /// after `last` still reads the field.
+    pub(super) fn forget_search_bounds(&mut self, cond: &Cond, last: usize) {
+        let cached = self.cached.clone();
+        for (field, reg) in cached {
+            let read_later = self
+                .last_use
+                .iter()
+                .any(|(f, at)| *f == field && *at > last);
+            if read_later && narrows(cond, field) {
+                if let Some((off, swap)) = ctx_word(field) {
+                    self.load_ctx_field(off, swap, reg);
+                }
+            }
+        }
+    }
+}
+
+/// Whether any path calls a helper (which clobbers r1-r5) while it still needs the
+/// context afterwards; if not, the context stays in r1 and no copy is made.
+pub(super) fn needs_helper_before_verdict(policy: &hir::Policy, options: Options) -> bool {
+    pub(super) fn cond_calls(c: &Cond) -> bool {
+        match c {
+            Cond::Const(_) => false,
+            Cond::Not(x) => cond_calls(x),
+            Cond::And(cs) | Cond::Or(cs) => cs.iter().any(cond_calls),
+            Cond::Test(Test::Int { field, .. }) => ctx_word(*field).is_none(),
+            Cond::Test(Test::Addr { .. }) => false,
+            Cond::Test(Test::Payload { .. } | Test::Comm { .. }) => true,
+        }
+    }
+    let decision_calls = |d: &Decision| {
+        d.apply_bytes.is_some()
+            || matches!(
+                d.verdict,
+                Verdict::Redirect {
+                    target: Target::Sock(SockSlot::Field(_)),
+                    ..
+                }
+            )
+    };
+    options.counters
+        || decision_calls(&policy.default.decision)
+        || policy.rules.iter().any(|r| match &r.action {
+            Action::Decide(d) => decision_calls(d) || cond_calls(&r.cond),
+            Action::Count { .. } | Action::Log => true,
+        })
+}
+
+/// Whether some path on which `c` is false knows more about `field` than the others:
+/// a binary search or a range test over it, or a test of it inside an `and` or `not`
+/// (its true side can lead to a false result). A plain `==` (or an `or` of them) leaves
+/// nothing behind: where it is false, the field is just not that value.
+pub(super) fn narrows(c: &Cond, field: IntField) -> bool {
+    match c {
+        Cond::Const(_) => false,
+        Cond::Test(Test::Int { field: f, ranges }) => {
+            *f == field && (ranges.iter().any(|(lo, hi)| lo != hi) || searches(c, field))
+        }
+        Cond::Test(_) => false,
+        Cond::Or(cs) => cs.iter().any(|c| narrows(c, field)),
+        Cond::And(_) | Cond::Not(_) => reads(c, field),
+    }
+}
+
+/// Whether `c` tests `field` at all.
+pub(super) fn reads(c: &Cond, field: IntField) -> bool {
+    match c {
+        Cond::Const(_) => false,
+        Cond::Not(x) => reads(x, field),
+        Cond::And(cs) | Cond::Or(cs) => cs.iter().any(|c| reads(c, field)),
+        Cond::Test(Test::Int { field: f, .. }) => *f == field,
+        Cond::Test(_) => false,
+    }
+}
+
+/// Whether `c` tests `field` against enough values to be a binary search (see `ranges_to`).
+pub(super) fn searches(c: &Cond, field: IntField) -> bool {
+    match c {
+        Cond::Const(_) => false,
+        Cond::Not(x) => searches(x, field),
+        Cond::And(cs) | Cond::Or(cs) => cs.iter().any(|c| searches(c, field)),
+        Cond::Test(Test::Int { field: f, ranges }) => {
+            *f == field
+                && ranges
+                    .iter()
+                    .map(|(lo, hi)| if lo == hi { 1 } else { 2 })
+                    .sum::<usize>()
+                    > 16
+        }
+        Cond::Test(_) => false,
+    }
+}
+
+/// Counts how many tests read each integer field.
+pub(super) fn count_field_uses(c: &Cond, uses: &mut Vec<(IntField, usize)>) {
+    match c {
+        Cond::Const(_) => {}
+        Cond::Not(x) => count_field_uses(x, uses),
+        Cond::And(cs) | Cond::Or(cs) => cs.iter().for_each(|c| count_field_uses(c, uses)),
+        Cond::Test(Test::Int { field, .. }) => match uses.iter_mut().find(|(f, _)| f == field) {
+            Some((_, n)) => *n += 1,
+            None => uses.push((*field, 1)),
+        },
+        Cond::Test(_) => {}
+    }
+}
