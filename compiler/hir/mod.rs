@@ -11,6 +11,7 @@
 
 pub mod fold;
 pub mod ranges;
+pub mod visit;
 
 use std::net::IpAddr;
 

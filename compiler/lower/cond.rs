@@ -163,13 +163,9 @@ impl Gen {
         wide: bool,
         f: Label,
     ) {
-        // A leaf scans up to 16 compares: fewer internal nodes and leaf exits keep both
-        // the code and the verifier's work below a compare chain's (clang's rules_1000).
-        let compares: usize = ranges
-            .iter()
-            .map(|(lo, hi, _)| if lo == hi { 1 } else { 2 })
-            .sum();
-        if compares > 16 && ranges.len() > 1 {
+        // A leaf scans up to LEAF_COMPARES compares.
+        let compares = compares(ranges.iter().map(|&(lo, hi, _)| (lo, hi)));
+        if compares > LEAF_COMPARES && ranges.len() > 1 {
             let mid = ranges.len() / 2;
             let right = self.label();
             self.cmp_const(JmpOp::Jgt, reg, ranges[mid - 1].1, wide, right);
@@ -218,26 +214,39 @@ pub(super) fn raw_remote_port(p: u16) -> i32 {
     ((p.swap_bytes() as u32) << 16) as i32
 }
 
-/// Relative cost of evaluating a condition, for ordering `and`/`or` operands.
+/// Relative cost of evaluating a condition, for ordering `and`/`or` operands: that of
+/// its most expensive test.
 pub(super) fn cost(c: &Cond) -> u32 {
-    match c {
-        Cond::Const(_) => 0,
-        Cond::Not(x) => cost(x),
-        Cond::And(cs) | Cond::Or(cs) => cs.iter().map(cost).max().unwrap_or(0),
-        Cond::Test(
-            Test::Int {
-                field: IntField::PayloadByte(_),
-                ..
-            }
-            | Test::Payload { .. },
-        ) => 3,
-        Cond::Test(
-            Test::Int {
-                field: IntField::Uid | IntField::Gid | IntField::Pid | IntField::Cgroup,
-                ..
-            }
-            | Test::Comm { .. },
-        ) => 2,
-        Cond::Test(_) => 1,
+    c.tests().map(test_cost).max().unwrap_or(0)
+}
+
+/// Payload tests may pull data; helper fields and comm call a helper; the rest loads.
+fn test_cost(t: &Test) -> u32 {
+    match t {
+        Test::Int {
+            field: IntField::PayloadByte(_),
+            ..
+        }
+        | Test::Payload { .. } => 3,
+        Test::Int {
+            field: IntField::Uid | IntField::Gid | IntField::Pid | IntField::Cgroup,
+            ..
+        }
+        | Test::Comm { .. } => 2,
+        Test::Int { .. } | Test::Addr { .. } => 1,
     }
+}
+
+/// Compares a leaf of `Gen::ranges_to` makes at most: fewer internal nodes and leaf exits
+/// keep both the code and the verifier's work below a compare chain's (clang's rules_1000).
+const LEAF_COMPARES: usize = 16;
+
+/// Compares a linear scan over ranges makes: one per point, two per interval.
+fn compares(ranges: impl Iterator<Item = (u64, u64)>) -> usize {
+    ranges.map(|(lo, hi)| if lo == hi { 1 } else { 2 }).sum()
+}
+
+/// Whether a test of `ranges` is a binary search (see `Gen::ranges_to`).
+pub(super) fn is_search(ranges: &[(u64, u64)]) -> bool {
+    compares(ranges.iter().copied()) > LEAF_COMPARES
 }

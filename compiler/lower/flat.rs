@@ -27,22 +27,23 @@ const MAX_ALTS: usize = 8;
 
 /// Whether `c` can be evaluated branch-free within the register pool.
 pub(super) fn flat_ok(c: &Cond) -> bool {
-    fn depth_ok(c: &Cond, depth: usize) -> bool {
+    /// Whether `and`/`or` nest at most two deep in `c` (a `not` adds no level).
+    fn shallow(c: &Cond, depth: usize) -> bool {
         if depth > 2 {
             return false;
         }
         match c {
-            Cond::Const(_) => true,
-            Cond::Not(x) => depth_ok(x, depth),
-            Cond::And(cs) | Cond::Or(cs) => cs.iter().all(|c| depth_ok(c, depth + 1)),
-            Cond::Test(Test::Int { field, ranges }) => {
-                ctx_word(*field).is_some() && ranges.len() <= MAX_ALTS
-            }
-            Cond::Test(Test::Addr { nets, .. }) => nets.len() <= MAX_ALTS,
-            Cond::Test(_) => false,
+            Cond::Const(_) | Cond::Test(_) => true,
+            Cond::Not(x) => shallow(x, depth),
+            Cond::And(cs) | Cond::Or(cs) => cs.iter().all(|c| shallow(c, depth + 1)),
         }
     }
-    depth_ok(c, 0) && regs_needed(c) <= POOL.len()
+    let test_ok = |t: &Test| match t {
+        Test::Int { field, ranges } => ctx_word(*field).is_some() && ranges.len() <= MAX_ALTS,
+        Test::Addr { nets, .. } => nets.len() <= MAX_ALTS,
+        Test::Payload { .. } | Test::Comm { .. } => false,
+    };
+    shallow(c, 0) && c.tests().all(test_ok) && regs_needed(c) <= POOL.len()
 }
 
 /// The most pool registers `Gen::miss` holds at once while evaluating `c` (cached

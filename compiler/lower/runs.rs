@@ -107,23 +107,20 @@ fn value_rule(r: &hir::Rule) -> Option<(&Decision, Vec<Test>)> {
     let Action::Decide(d) = &r.action else {
         return None;
     };
-    let mut tests = Vec::new();
-    collect(&r.cond, &mut tests).then_some((d, tests))
-}
-
-fn collect(c: &Cond, out: &mut Vec<Test>) -> bool {
-    match c {
-        Cond::Or(cs) => cs.iter().all(|c| collect(c, out)),
-        Cond::Test(t @ Test::Int { field, .. }) if !matches!(field, IntField::PayloadByte(_)) => {
-            out.push(t.clone());
-            true
-        }
-        Cond::Test(t @ Test::Addr { .. }) => {
-            out.push(t.clone());
-            true
-        }
-        _ => false,
-    }
+    let tests = r
+        .cond
+        .disjuncts()
+        .map(|c| match c {
+            Cond::Test(t @ Test::Int { field, .. })
+                if !matches!(field, IntField::PayloadByte(_)) =>
+            {
+                Some(t.clone())
+            }
+            Cond::Test(t @ Test::Addr { .. }) => Some(t.clone()),
+            _ => None,
+        })
+        .collect::<Option<Vec<Test>>>()?;
+    Some((d, tests))
 }
 
 /// The keyed searches of a run (rules `rules`, the first of which has index `base`), if

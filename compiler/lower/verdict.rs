@@ -5,6 +5,7 @@
 use crate::bpf::{Reg, Src};
 use crate::hir::{self, Action, Cond, Decision, IntField, SockSlot, Target, Test, Verdict};
 
+use super::cond::is_search;
 use super::lir::{Label, Lir};
 use super::{ctx_word, flat, index, runs};
 use super::{Gen, Options, CACHE_REGS, CTX, FLAT_ABOVE_RULES};
@@ -153,12 +154,10 @@ impl Gen {
             .enumerate()
             .filter(|(_, (_, x))| !**x)
         {
-            let mut here = Vec::new();
-            count_field_uses(&r.cond, &mut here);
-            for (f, n) in here {
+            for f in r.cond.tests().filter_map(int_field) {
                 match uses.iter_mut().find(|(g, _)| *g == f) {
-                    Some(u) => u.1 += n,
-                    None => uses.push((f, n)),
+                    Some(u) => u.1 += 1,
+                    None => uses.push((f, 1)),
                 }
                 match self.last_use.iter_mut().find(|(g, _)| *g == f) {
                     Some(at) => at.1 = i,
@@ -207,16 +206,11 @@ impl Gen {
 /// Whether any path calls a helper (which clobbers r1-r5) while it still needs the
 /// context afterwards; if not, the context stays in r1 and no copy is made.
 pub(super) fn needs_helper_before_verdict(policy: &hir::Policy, options: Options) -> bool {
-    pub(super) fn cond_calls(c: &Cond) -> bool {
-        match c {
-            Cond::Const(_) => false,
-            Cond::Not(x) => cond_calls(x),
-            Cond::And(cs) | Cond::Or(cs) => cs.iter().any(cond_calls),
-            Cond::Test(Test::Int { field, .. }) => ctx_word(*field).is_none(),
-            Cond::Test(Test::Addr { .. }) => false,
-            Cond::Test(Test::Payload { .. } | Test::Comm { .. }) => true,
-        }
-    }
+    let test_calls = |t: &Test| match t {
+        Test::Int { field, .. } => ctx_word(*field).is_none(),
+        Test::Addr { .. } => false,
+        Test::Payload { .. } | Test::Comm { .. } => true,
+    };
     let decision_calls = |d: &Decision| {
         d.apply_bytes.is_some()
             || matches!(
@@ -230,9 +224,17 @@ pub(super) fn needs_helper_before_verdict(policy: &hir::Policy, options: Options
     options.counters
         || decision_calls(&policy.default.decision)
         || policy.rules.iter().any(|r| match &r.action {
-            Action::Decide(d) => decision_calls(d) || cond_calls(&r.cond),
+            Action::Decide(d) => decision_calls(d) || r.cond.any_test(test_calls),
             Action::Count { .. } | Action::Log => true,
         })
+}
+
+/// The field an integer test reads.
+fn int_field(t: &Test) -> Option<IntField> {
+    match t {
+        Test::Int { field, .. } => Some(*field),
+        _ => None,
+    }
 }
 
 /// Whether some path on which `c` is false knows more about `field` than the others:
@@ -240,56 +242,11 @@ pub(super) fn needs_helper_before_verdict(policy: &hir::Policy, options: Options
 /// (its true side can lead to a false result). A plain `==` (or an `or` of them) leaves
 /// nothing behind: where it is false, the field is just not that value.
 pub(super) fn narrows(c: &Cond, field: IntField) -> bool {
-    match c {
-        Cond::Const(_) => false,
+    c.disjuncts().any(|d| match d {
         Cond::Test(Test::Int { field: f, ranges }) => {
-            *f == field && (ranges.iter().any(|(lo, hi)| lo != hi) || searches(c, field))
+            *f == field && (ranges.iter().any(|(lo, hi)| lo != hi) || is_search(ranges))
         }
-        Cond::Test(_) => false,
-        Cond::Or(cs) => cs.iter().any(|c| narrows(c, field)),
-        Cond::And(_) | Cond::Not(_) => reads(c, field),
-    }
-}
-
-/// Whether `c` tests `field` at all.
-pub(super) fn reads(c: &Cond, field: IntField) -> bool {
-    match c {
-        Cond::Const(_) => false,
-        Cond::Not(x) => reads(x, field),
-        Cond::And(cs) | Cond::Or(cs) => cs.iter().any(|c| reads(c, field)),
-        Cond::Test(Test::Int { field: f, .. }) => *f == field,
-        Cond::Test(_) => false,
-    }
-}
-
-/// Whether `c` tests `field` against enough values to be a binary search (see `ranges_to`).
-pub(super) fn searches(c: &Cond, field: IntField) -> bool {
-    match c {
-        Cond::Const(_) => false,
-        Cond::Not(x) => searches(x, field),
-        Cond::And(cs) | Cond::Or(cs) => cs.iter().any(|c| searches(c, field)),
-        Cond::Test(Test::Int { field: f, ranges }) => {
-            *f == field
-                && ranges
-                    .iter()
-                    .map(|(lo, hi)| if lo == hi { 1 } else { 2 })
-                    .sum::<usize>()
-                    > 16
-        }
-        Cond::Test(_) => false,
-    }
-}
-
-/// Counts how many tests read each integer field.
-pub(super) fn count_field_uses(c: &Cond, uses: &mut Vec<(IntField, usize)>) {
-    match c {
-        Cond::Const(_) => {}
-        Cond::Not(x) => count_field_uses(x, uses),
-        Cond::And(cs) | Cond::Or(cs) => cs.iter().for_each(|c| count_field_uses(c, uses)),
-        Cond::Test(Test::Int { field, .. }) => match uses.iter_mut().find(|(f, _)| f == field) {
-            Some((_, n)) => *n += 1,
-            None => uses.push((*field, 1)),
-        },
-        Cond::Test(_) => {}
-    }
+        Cond::And(_) | Cond::Not(_) => d.any_test(|t| int_field(t) == Some(field)),
+        Cond::Const(_) | Cond::Test(_) | Cond::Or(_) => false,
+    })
 }
