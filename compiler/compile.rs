@@ -11,7 +11,7 @@ use crate::bpf::{disassemble_at, encode_all, Insn};
 use crate::check;
 use crate::diag::Diag;
 use crate::hir;
-use crate::lower::{self, lir::Assembled, Lowered};
+use crate::lower::{self, lir::Mark, Lowered};
 use crate::object::{self, LineInfo, MapDef, MapRef, ObjectSpec, ProgramSpec};
 
 /// A compiled policy: the checked policy, the generated code and the object bytes.
@@ -66,7 +66,7 @@ pub fn object_spec(lowered: &Lowered, file_name: &str, source: &str) -> ObjectSp
         })
         .collect();
     let lines: Vec<&str> = source.lines().collect();
-    let verdict_lines = line_info(&lowered.verdict, &lowered.mark_lines, file_name, &lines);
+    let verdict_lines = line_info(lowered, file_name, &lines);
     // The rule index's entries, for the runtime to fill the maps with (both sections
     // whenever the policy has an indexed block, so that a loader can tell an empty
     // index from a stripped one).
@@ -163,7 +163,8 @@ fn map_refs(insns: &[Insn]) -> Vec<MapRef> {
 
 /// One line-info record wherever the source rule changes (and one at slot 0, which
 /// the kernel requires).
-fn line_info(code: &Assembled, mark_lines: &[u32], file: &str, lines: &[&str]) -> Vec<LineInfo> {
+fn line_info(lowered: &Lowered, file: &str, lines: &[&str]) -> Vec<LineInfo> {
+    let code = &lowered.verdict;
     let mut out: Vec<LineInfo> = Vec::new();
     let mut slot = 0usize;
     let mut current: Option<u32> = None;
@@ -172,17 +173,14 @@ fn line_info(code: &Assembled, mark_lines: &[u32], file: &str, lines: &[&str]) -
         .iter()
         .flatten()
         .next()
-        .and_then(|m| mark_lines.get(*m as usize))
-        .copied()
-        .unwrap_or(1);
+        .map_or(1, |m| lowered.line_of(*m));
     for (i, insn) in code.insns.iter().enumerate() {
         let line = code
             .marks
             .get(slot)
             .copied()
             .flatten()
-            .and_then(|m| mark_lines.get(m as usize))
-            .copied();
+            .map(|m| lowered.line_of(m));
         let line = if i == 0 {
             Some(line.unwrap_or(first_line))
         } else {
@@ -229,18 +227,17 @@ pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
         }
     }
     let mut slot = 0usize;
-    let mut current: Option<u32> = None;
+    let mut current: Option<Mark> = None;
     for insn in &c.lowered.verdict.insns {
         let mark = c.lowered.verdict.marks.get(slot).copied().flatten();
-        if mark.is_some() && mark != current {
+        if let Some(m) = mark.filter(|_| mark != current) {
             current = mark;
-            let m = mark.unwrap_or(0) as usize;
-            match c.lowered.mark_lines.get(m) {
-                Some(&l) if l > 0 => out.push_str(&format!(
+            match (m, c.lowered.line_of(m)) {
+                (_, l) if l > 0 => out.push_str(&format!(
                     "; line {l}: {}\n",
                     lines.get(l as usize - 1).map(|s| s.trim()).unwrap_or("")
                 )),
-                _ if m == c.policy.rules.len() => out.push_str(&format!(
+                (Mark::Default, _) => out.push_str(&format!(
                     "; (implicit) default {}\n",
                     describe_default(&c.policy)
                 )),

@@ -24,8 +24,21 @@ pub enum Lir {
     },
     Goto(Label),
     Label(Label),
-    /// The following code belongs to source rule `rule` (index into the listing's notes).
-    Mark(u32),
+    /// What the following code is for (for line info and listings).
+    Mark(Mark),
+}
+
+/// What a stretch of the verdict program is for: a rule (also the first rule of a run or
+/// an indexed block compiled together), the default, or the shared verdict tails. It
+/// stands for a source line (`Lowered::line_of`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mark {
+    /// Rule `i` of the policy.
+    Rule(usize),
+    /// The default decision.
+    Default,
+    /// The verdict tails the rules jump to (counting and deciding): no source line.
+    Tails,
 }
 
 impl Lir {
@@ -38,7 +51,7 @@ impl Lir {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Assembled {
     pub insns: Vec<Insn>,
-    pub marks: Vec<Option<u32>>,
+    pub marks: Vec<Option<Mark>>,
 }
 
 /// Removes code no jump reaches, jumps to the next instruction, and jumps to jumps.
@@ -303,7 +316,7 @@ pub fn assemble(code: &[Lir]) -> Assembled {
             marks: Vec::with_capacity(slot),
         };
         let mut mark = None;
-        let push = |out: &mut Assembled, insn: Insn, mark: Option<u32>| {
+        let push = |out: &mut Assembled, insn: Insn, mark: Option<Mark>| {
             for _ in 0..insn.slots() {
                 out.marks.push(mark);
             }

@@ -10,7 +10,7 @@ use crate::hir::{self, Cond, Decision};
 
 use super::addr::{addr_words, MAPPED_WORD2};
 use super::index;
-use super::lir::Lir;
+use super::lir::{Lir, Mark};
 use super::{Gen, NO_RULE, SLOT, STACK_COUNTER_KEY, STACK_INDEX_BEST, STACK_INDEX_KEY};
 
 impl Gen {
@@ -19,7 +19,7 @@ impl Gen {
     /// whether an unconditional rule of the block makes everything after it dead.
     pub(super) fn indexed_block(&mut self, policy: &hir::Policy, block: &index::Block) -> bool {
         use index::Component;
-        self.code.push(Lir::Mark(block.first as u32));
+        self.code.push(Lir::Mark(Mark::Rule(block.first)));
         if self.index_not_ready.is_none() {
             // Every path to a later block passes this one: one check is enough.
             let not_ready = self.label();
@@ -104,7 +104,7 @@ impl Gen {
             if *cond == Cond::Const(false) {
                 continue;
             }
-            self.code.push(Lir::Mark(r as u32));
+            self.code.push(Lir::Mark(Mark::Rule(r)));
             let (act, next) = (self.label(), self.label());
             self.rule_test(cond, act, next);
             self.place(act);
@@ -122,7 +122,7 @@ impl Gen {
         }
         if counters {
             let miss = self.label();
-            self.code.push(Lir::Mark(block.first as u32));
+            self.code.push(Lir::Mark(Mark::Rule(block.first)));
             self.ldx(Size::W, Reg::R1, Reg::R10, STACK_INDEX_BEST);
             self.jmp32(JmpOp::Jeq, Reg::R1, NO_RULE as i32, miss);
             self.place(found_best);

@@ -29,7 +29,7 @@ use skpc_abi::{Counter, IndexEntry, PortEntry, SockKey, PORTS_PER_TUPLE};
 use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, Endian, Insn, JmpOp, Reg, Size, Src};
 use crate::hir::{self, Action, Decision, IntField};
-use lir::{Assembled, Label, Lir};
+use lir::{Assembled, Label, Lir, Mark};
 
 /// What lowering produces: the maps, the two programs, and for every mark in the
 /// verdict program the source line it stands for.
@@ -40,9 +40,10 @@ pub struct Lowered {
     /// The stable entry program: tail-calls `verdict` through the PROG_ARRAY.
     pub entry: Assembled,
     pub sockops: Assembled,
-    /// Mark `i` of `verdict` is rule `i`; mark `rules.len()` is the default, and
-    /// `rules.len() + 1` the verdict tails the rules jump to (line 0: no source line).
-    pub mark_lines: Vec<u32>,
+    /// The source line of each rule, by rule index, and of the default (0 when implicit):
+    /// what the marks of `verdict` stand for (`line_of`).
+    rule_lines: Vec<u32>,
+    default_line: u32,
     /// The entries of the rule index map (empty when no block is indexed), sorted by key.
     pub index: Vec<IndexEntry>,
     /// The non-zero slots of the port array (empty when no block has a port tuple).
@@ -83,6 +84,18 @@ const NO_RULE: u32 = u32::MAX;
 /// The context words a snapshot holds: `family` (16) up to and including `size` (68).
 const SNAPSHOT_FIRST: i16 = SK_MSG_MD_FAMILY;
 const SNAPSHOT_END: i16 = SK_MSG_MD_SIZE + 4;
+
+impl Lowered {
+    /// The 1-based source line a mark of `verdict` stands for; 0 for none (the verdict
+    /// tails, an implicit default).
+    pub fn line_of(&self, mark: Mark) -> u32 {
+        match mark {
+            Mark::Rule(i) => self.rule_lines.get(i).copied().unwrap_or(0),
+            Mark::Default => self.default_line,
+            Mark::Tails => 0,
+        }
+    }
+}
 
 /// Code generation choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,22 +187,16 @@ pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
     }
     g.verdict_program(policy, &index.blocks);
     let verdict = lir::assemble(&lir::cleanup(g.code));
-    let mut mark_lines: Vec<u32> = policy.rules.iter().map(|r| r.line).collect();
-    mark_lines.push(
-        policy
-            .counters
-            .get(policy.default.counter)
-            .map(|c| c.line)
-            .unwrap_or(0),
-    );
-    // The shared verdict tails belong to no line.
-    mark_lines.push(0);
     Lowered {
         maps,
         verdict,
         entry: entry_program(),
         sockops: sockops_program(),
-        mark_lines,
+        rule_lines: policy.rules.iter().map(|r| r.line).collect(),
+        default_line: policy
+            .counters
+            .get(policy.default.counter)
+            .map_or(0, |c| c.line),
         index_summary: index.blocks.iter().map(|b| b.describe(policy)).collect(),
         index: index.entries,
         port_index: index.port_entries,
@@ -210,8 +217,6 @@ struct Gen {
     last_use: Vec<(IntField, usize)>,
     /// The program calls no helper before deciding: the context can stay in r1.
     ctx_in_r1: bool,
-    /// The mark of the shared verdict tails (after the rules' and the default's).
-    tails_mark: u32,
     /// Compile context-only rules branch-free (see `flat`).
     flat: bool,
     /// The context words are copied to the stack (`take_snapshot`).

@@ -8,7 +8,7 @@ use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, Endian, Insn, JmpOp, Reg, Size, Src};
 use crate::hir::{Decision, SockSlot, Target, Verdict};
 
-use super::lir::{Label, Lir};
+use super::lir::{Label, Lir, Mark};
 use super::programs::SK_MSG_LAYOUT;
 use super::{Gen, MAP_COUNTERS, MAP_EVENTS, MAP_SOCKHASH, MAP_SOCKMAP};
 use super::{SLOT, STACK_COUNTER_KEY, STACK_LOG, STACK_SOCK_KEY};
@@ -37,7 +37,7 @@ impl Gen {
 
     pub(super) fn emit_tails(&mut self) {
         let tails = std::mem::take(&mut self.tails);
-        self.code.push(Lir::Mark(self.tails_mark));
+        self.code.push(Lir::Mark(Mark::Tails));
         for (d, l) in tails {
             self.place(l);
             self.count_reg();

@@ -6,13 +6,12 @@ use crate::bpf::{Reg, Src};
 use crate::hir::{self, Action, Cond, Decision, IntField, SockSlot, Target, Test, Verdict};
 
 use super::cond::is_search;
-use super::lir::{Label, Lir};
+use super::lir::{Label, Lir, Mark};
 use super::{ctx_word, flat, index, runs};
 use super::{Gen, Options, CACHE_REGS, CTX, FLAT_ABOVE_RULES};
 
 impl Gen {
     pub(super) fn verdict_program(&mut self, policy: &hir::Policy, blocks: &[index::Block]) {
-        self.tails_mark = policy.rules.len() as u32 + 1;
         let indexed: usize = blocks.iter().map(|b| b.indexed).sum();
         self.flat = policy.rules.len() - indexed > FLAT_ABOVE_RULES;
         // Branch-free rules use r0-r5 as scratch, and index lookups call a helper: the
@@ -47,7 +46,7 @@ impl Gen {
                         (self.options.counters, &keyed, &policy.rules[first].action)
                     {
                         // One keyed search finds both whether and which rule matched.
-                        self.code.push(Lir::Mark(first as u32));
+                        self.code.push(Lir::Mark(Mark::Rule(first)));
                         self.keyed_run(keys, d);
                         self.forget_search_bounds(&cond, last);
                         continue;
@@ -63,7 +62,7 @@ impl Gen {
             if cond == Cond::Const(false) {
                 continue;
             }
-            self.code.push(Lir::Mark(i as u32));
+            self.code.push(Lir::Mark(Mark::Rule(i)));
             let last = run.as_ref().map_or(i, |(last, _)| *last);
             let (act, next) = (self.label(), self.label());
             self.rule_test(&cond, act, next);
@@ -90,7 +89,7 @@ impl Gen {
                 return;
             }
         }
-        self.code.push(Lir::Mark(policy.rules.len() as u32));
+        self.code.push(Lir::Mark(Mark::Default));
         self.decide_via_tail(&policy.default.decision, policy.default.counter as u32);
         self.emit_tails();
     }
@@ -125,7 +124,7 @@ impl Gen {
         for i in first..=last {
             let rule = &policy.rules[i];
             let (hit, miss) = (self.label(), self.label());
-            self.code.push(Lir::Mark(i as u32));
+            self.code.push(Lir::Mark(Mark::Rule(i)));
             self.rule_test(&rule.cond, hit, miss);
             self.place(hit);
             self.decide_via_tail(d, rule.counter as u32);
