@@ -11,6 +11,7 @@ use crate::hir::{self, Cond, Decision};
 use super::addr::{addr_words, MAPPED_WORD2};
 use super::index;
 use super::lir::{Lir, Mark};
+use super::maps::IndexMaps;
 use super::{Gen, NO_RULE, SLOT, STACK_COUNTER_KEY, STACK_INDEX_BEST, STACK_INDEX_KEY};
 
 impl Gen {
@@ -20,12 +21,16 @@ impl Gen {
     pub(super) fn indexed_block(&mut self, policy: &hir::Policy, block: &index::Block) -> bool {
         use index::Component;
         self.code.push(Lir::Mark(Mark::Rule(block.first)));
+        let maps = self
+            .maps
+            .index
+            .expect("maps::define defines the index maps when a block is indexed");
         if self.index_not_ready.is_none() {
             // Every path to a later block passes this one: one check is enough.
             let not_ready = self.label();
             self.index_not_ready = Some(not_ready);
             self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, 0);
-            self.map_lookup(self.ready_map, STACK_COUNTER_KEY);
+            self.map_lookup(maps.ready, STACK_COUNTER_KEY);
             self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), not_ready);
             self.ldx(Size::W, Reg::R1, Reg::R0, 0);
             self.jmp32(JmpOp::Jne, Reg::R1, skpc_abi::INDEX_READY as i32, not_ready);
@@ -54,7 +59,7 @@ impl Gen {
             .iter()
             .filter(|t| !has(t, is_ip4) && !has(t, is_ip6))
         {
-            self.index_lookup(t, false, &block.decision, &mut dirty);
+            self.index_lookup(maps, t, false, &block.decision, &mut dirty);
         }
         let v4: Vec<&index::Tuple> = block
             .tuples
@@ -81,7 +86,7 @@ impl Gen {
             if !v4.is_empty() {
                 self.place(l4);
                 for t in v4 {
-                    self.index_lookup(t, false, &block.decision, &mut dirty);
+                    self.index_lookup(maps, t, false, &block.decision, &mut dirty);
                 }
                 self.goto(done);
             }
@@ -89,7 +94,7 @@ impl Gen {
                 self.place(l6);
                 dirty = after_ports;
                 for t in v6 {
-                    self.index_lookup(t, true, &block.decision, &mut dirty);
+                    self.index_lookup(maps, t, true, &block.decision, &mut dirty);
                 }
             }
             self.place(done);
@@ -134,13 +139,14 @@ impl Gen {
         ends
     }
 
-    /// Looks tuple `t` up in the index: builds the key at STACK_INDEX_KEY from the
+    /// Looks tuple `t` up in the index `maps`: builds the key at STACK_INDEX_KEY from the
     /// context (on an IPv6 socket, `v6`: IPv4 components from the IPv4-mapped address,
     /// skipping the lookup if it is not one) and keeps the smaller rule index in
     /// STACK_INDEX_BEST; without counters a hit decides at once. `dirty`: how many key
     /// words after the tuple id may hold something other than zero.
     pub(super) fn index_lookup(
         &mut self,
+        maps: IndexMaps,
         t: &index::Tuple,
         v6: bool,
         d: &Decision,
@@ -166,7 +172,10 @@ impl Gen {
             }
             // Word 0 is the tuple id of hash keys, which every hash lookup writes anew.
             self.stx(Size::W, Reg::R10, STACK_INDEX_KEY, Reg::R2);
-            self.map_lookup(self.ports_map, STACK_INDEX_KEY);
+            let ports = maps
+                .ports
+                .expect("maps::define defines the port array when a block has a port tuple");
+            self.map_lookup(ports, STACK_INDEX_KEY);
             self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
             self.ldx(Size::W, Reg::R1, Reg::R0, 0);
             if self.options.counters {
@@ -234,7 +243,7 @@ impl Gen {
         } else {
             used
         };
-        self.map_lookup(self.index_map, STACK_INDEX_KEY);
+        self.map_lookup(maps.hash, STACK_INDEX_KEY);
         self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
         if self.options.counters {
             self.ldx(Size::W, Reg::R1, Reg::R0, 0);

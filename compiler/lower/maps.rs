@@ -1,6 +1,13 @@
-//! The maps every object defines, and in which order.
+//! The maps an object defines, in which order, and the ids the code refers to them by.
 
-/// The maps of every skpc object, in object order (`Insn::LdMap { map }` indexes this).
+use skpc_abi::{Counter, IndexEntry, SockKey, PORTS_PER_TUPLE};
+
+use crate::bpf::uapi::*;
+use crate::hir::{self, Action};
+
+use super::index::Index;
+
+/// What a map of an skpc object is for (its name follows from it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapKind {
     Sockmap,
@@ -39,4 +46,139 @@ pub struct MapSpec {
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
+}
+
+/// A map's number in the object: its index in `Lowered::maps`, the number
+/// `Insn::LdMap { map }` carries. Only [`MapList::define`] makes one, as it appends the
+/// map, so a number cannot disagree with the order of the maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapId(u32);
+
+impl MapId {
+    /// The number `Insn::LdMap` carries.
+    pub fn number(self) -> u32 {
+        self.0
+    }
+}
+
+/// The maps of an object, in object order.
+#[derive(Default)]
+struct MapList {
+    specs: Vec<MapSpec>,
+}
+
+impl MapList {
+    /// Appends a map; its id is its position.
+    fn define(
+        &mut self,
+        kind: MapKind,
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+    ) -> MapId {
+        let id = MapId(self.specs.len() as u32);
+        self.specs.push(MapSpec {
+            kind,
+            map_type,
+            key_size,
+            value_size,
+            max_entries,
+        });
+        id
+    }
+}
+
+/// The maps the programs of a policy use.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Maps {
+    pub sockmap: MapId,
+    pub sockhash: MapId,
+    pub counters: MapId,
+    pub progs: MapId,
+    /// The ring buffer of `log` records (when a rule logs).
+    pub events: Option<MapId>,
+    /// The rule index (when a block is indexed, see `index`).
+    pub index: Option<IndexMaps>,
+}
+
+/// The maps of the rule index.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct IndexMaps {
+    /// The hash map of tuple keys.
+    pub hash: MapId,
+    /// Whether the runtime filled the index.
+    pub ready: MapId,
+    /// The port array (when a block has a single-port tuple).
+    pub ports: Option<MapId>,
+}
+
+/// The maps of a policy's object, in object order, and their ids. The order is part of
+/// the object format the runtime and `bpftool` see: the four every policy has, the ring
+/// buffer, then the rule index.
+pub(super) fn define(policy: &hir::Policy, index: &Index) -> (Vec<MapSpec>, Maps) {
+    let mut list = MapList::default();
+    let sockmap = list.define(
+        MapKind::Sockmap,
+        BPF_MAP_TYPE_SOCKMAP,
+        4,
+        4,
+        skpc_abi::SOCKMAP_SLOTS,
+    );
+    let sockhash = list.define(
+        MapKind::Sockhash,
+        BPF_MAP_TYPE_SOCKHASH,
+        SockKey::SIZE as u32,
+        skpc_abi::SOCKHASH_VALUE_SIZE,
+        skpc_abi::SOCKHASH_ENTRIES,
+    );
+    let counters = list.define(
+        MapKind::Counters,
+        BPF_MAP_TYPE_PERCPU_ARRAY,
+        4,
+        Counter::SIZE as u32,
+        policy.counters.len() as u32,
+    );
+    let progs = list.define(MapKind::Progs, BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 1);
+    let events = policy
+        .rules
+        .iter()
+        .any(|r| r.action == Action::Log)
+        .then(|| {
+            list.define(
+                MapKind::Events,
+                BPF_MAP_TYPE_RINGBUF,
+                0,
+                0,
+                skpc_abi::EVENTS_BYTES,
+            )
+        });
+    let index = (!index.blocks.is_empty()).then(|| IndexMaps {
+        hash: list.define(
+            MapKind::Index,
+            BPF_MAP_TYPE_HASH,
+            IndexEntry::KEY_SIZE as u32,
+            IndexEntry::VALUE_SIZE as u32,
+            index.entries.len().max(1) as u32,
+        ),
+        ready: list.define(MapKind::IndexReady, BPF_MAP_TYPE_ARRAY, 4, 4, 1),
+        ports: (index.port_tuples > 0).then(|| {
+            list.define(
+                MapKind::IndexPorts,
+                BPF_MAP_TYPE_ARRAY,
+                4,
+                4,
+                index.port_tuples * PORTS_PER_TUPLE,
+            )
+        }),
+    });
+    let maps = Maps {
+        sockmap,
+        sockhash,
+        counters,
+        progs,
+        events,
+        index,
+    };
+    (list.specs, maps)
 }

@@ -21,14 +21,15 @@ mod runs;
 mod tails;
 mod verdict;
 
-pub use maps::{MapKind, MapSpec};
+use maps::Maps;
+pub use maps::{MapId, MapKind, MapSpec};
 use programs::{entry_program, sockops_program};
 
-use skpc_abi::{Counter, IndexEntry, PortEntry, SockKey, PORTS_PER_TUPLE};
+use skpc_abi::{IndexEntry, PortEntry};
 
 use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, Endian, Insn, JmpOp, Reg, Size, Src};
-use crate::hir::{self, Action, Decision, IntField};
+use crate::hir::{self, Decision, IntField};
 use lir::{Assembled, Label, Lir, Mark};
 
 /// What lowering produces: the maps, the two programs, and for every mark in the
@@ -51,12 +52,6 @@ pub struct Lowered {
     /// One line per indexed block, for listings: its rules, tuples and code rules.
     pub index_summary: Vec<String>,
 }
-
-const MAP_SOCKMAP: u32 = 0;
-const MAP_SOCKHASH: u32 = 1;
-const MAP_COUNTERS: u32 = 2;
-const MAP_PROGS: u32 = 3;
-const MAP_EVENTS: u32 = 4;
 
 /// Context register, kept for the whole program (callee-saved).
 const CTX: Reg = Reg::R6;
@@ -112,86 +107,16 @@ pub fn lower(policy: &hir::Policy) -> Lowered {
 
 /// Lowers a checked policy.
 pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
-    let has_log = policy.rules.iter().any(|r| r.action == Action::Log);
-    let mut maps = vec![
-        MapSpec {
-            kind: MapKind::Sockmap,
-            map_type: BPF_MAP_TYPE_SOCKMAP,
-            key_size: 4,
-            value_size: 4,
-            max_entries: skpc_abi::SOCKMAP_SLOTS,
-        },
-        MapSpec {
-            kind: MapKind::Sockhash,
-            map_type: BPF_MAP_TYPE_SOCKHASH,
-            key_size: SockKey::SIZE as u32,
-            value_size: skpc_abi::SOCKHASH_VALUE_SIZE,
-            max_entries: skpc_abi::SOCKHASH_ENTRIES,
-        },
-        MapSpec {
-            kind: MapKind::Counters,
-            map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
-            key_size: 4,
-            value_size: Counter::SIZE as u32,
-            max_entries: policy.counters.len() as u32,
-        },
-        MapSpec {
-            kind: MapKind::Progs,
-            map_type: BPF_MAP_TYPE_PROG_ARRAY,
-            key_size: 4,
-            value_size: 4,
-            max_entries: 1,
-        },
-    ];
-    if has_log {
-        maps.push(MapSpec {
-            kind: MapKind::Events,
-            map_type: BPF_MAP_TYPE_RINGBUF,
-            key_size: 0,
-            value_size: 0,
-            max_entries: skpc_abi::EVENTS_BYTES,
-        });
-    }
     let index = index::plan(policy);
-    let mut g = Gen {
-        options,
-        ..Gen::default()
-    };
-    if !index.blocks.is_empty() {
-        g.index_map = maps.len() as u32;
-        maps.push(MapSpec {
-            kind: MapKind::Index,
-            map_type: BPF_MAP_TYPE_HASH,
-            key_size: IndexEntry::KEY_SIZE as u32,
-            value_size: IndexEntry::VALUE_SIZE as u32,
-            max_entries: index.entries.len().max(1) as u32,
-        });
-        g.ready_map = maps.len() as u32;
-        maps.push(MapSpec {
-            kind: MapKind::IndexReady,
-            map_type: BPF_MAP_TYPE_ARRAY,
-            key_size: 4,
-            value_size: 4,
-            max_entries: 1,
-        });
-        if index.port_tuples > 0 {
-            g.ports_map = maps.len() as u32;
-            maps.push(MapSpec {
-                kind: MapKind::IndexPorts,
-                map_type: BPF_MAP_TYPE_ARRAY,
-                key_size: 4,
-                value_size: 4,
-                max_entries: index.port_tuples * PORTS_PER_TUPLE,
-            });
-        }
-    }
+    let (specs, maps) = maps::define(policy, &index);
+    let mut g = Gen::new(options, maps);
     g.verdict_program(policy, &index.blocks);
     let verdict = lir::assemble(&lir::cleanup(g.code));
     Lowered {
-        maps,
+        maps: specs,
         verdict,
-        entry: entry_program(),
-        sockops: sockops_program(),
+        entry: entry_program(maps),
+        sockops: sockops_program(maps),
         rule_lines: policy.rules.iter().map(|r| r.line).collect(),
         default_line: policy
             .counters
@@ -203,11 +128,12 @@ pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
     }
 }
 
-#[derive(Default)]
 struct Gen {
     code: Vec<Lir>,
     labels: u32,
     options: Options,
+    /// The maps the code refers to.
+    maps: Maps,
     /// One shared tail per distinct decision: rules jump there with the counter slot in
     /// `SLOT` (the tail counts, then decides).
     tails: Vec<(Decision, Label)>,
@@ -221,10 +147,6 @@ struct Gen {
     flat: bool,
     /// The context words are copied to the stack (`take_snapshot`).
     snapshot: bool,
-    /// Map numbers of the rule index and its ready flag (when a block is indexed).
-    index_map: u32,
-    ready_map: u32,
-    ports_map: u32,
     /// Where the program goes when the index is not filled (set by the first block).
     index_not_ready: Option<Label>,
 }
@@ -236,6 +158,22 @@ impl Default for Options {
 }
 
 impl Gen {
+    fn new(options: Options, maps: Maps) -> Gen {
+        Gen {
+            code: Vec::new(),
+            labels: 0,
+            options,
+            maps,
+            tails: Vec::new(),
+            cached: Vec::new(),
+            last_use: Vec::new(),
+            ctx_in_r1: false,
+            flat: false,
+            snapshot: false,
+            index_not_ready: None,
+        }
+    }
+
     /// `dst = ` the 32-bit context word at `off`: from the stack snapshot when the
     /// prologue took one (stack loads are not rewritten by the kernel, context loads
     /// are, each rewrite costing time linear in the program size), else from the context.
@@ -375,9 +313,17 @@ impl Gen {
         self.emit(Insn::Exit);
     }
 
+    /// `dst = ` the address of `map`.
+    fn ld_map(&mut self, dst: Reg, map: MapId) {
+        self.emit(Insn::LdMap {
+            dst,
+            map: map.number(),
+        });
+    }
+
     /// `r0 = bpf_map_lookup_elem(map, r10 + key)`.
-    fn map_lookup(&mut self, map: u32, key: i16) {
-        self.emit(Insn::LdMap { dst: Reg::R1, map });
+    fn map_lookup(&mut self, map: MapId, key: i16) {
+        self.ld_map(Reg::R1, map);
         self.stack_ptr(Reg::R2, key);
         self.call(BPF_FUNC_map_lookup_elem);
     }

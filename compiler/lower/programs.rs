@@ -9,7 +9,8 @@ use crate::bpf::{Endian, Insn, JmpOp, Reg, Size, Src};
 
 use super::addr::MAPPED_WORD2;
 use super::lir::{self, Assembled};
-use super::{Gen, MAP_PROGS, MAP_SOCKHASH, STACK_SOCK_KEY};
+use super::maps::Maps;
+use super::{Gen, Options, STACK_SOCK_KEY};
 
 /// Which context layout a key is built from.
 #[derive(Clone, Copy)]
@@ -113,12 +114,9 @@ impl Gen {
 
 /// The entry program: `tail_call(msg, skp_progs, 0)`; if the slot is empty (no policy
 /// installed yet), pass: a drop would stick to the socket for good.
-pub(super) fn entry_program() -> Assembled {
-    let mut g = Gen::default();
-    g.emit(Insn::LdMap {
-        dst: Reg::R2,
-        map: MAP_PROGS,
-    });
+pub(super) fn entry_program(maps: Maps) -> Assembled {
+    let mut g = Gen::new(Options::default(), maps);
+    g.ld_map(Reg::R2, maps.progs);
     g.mov32(Reg::R3, skpc_abi::PROGS_POLICY_SLOT);
     g.call(BPF_FUNC_tail_call);
     g.ret(SK_PASS);
@@ -127,8 +125,8 @@ pub(super) fn entry_program() -> Assembled {
 
 /// The SOCK_OPS program: on every established TCP connection (active and passive),
 /// put the socket in the sockhash under its own `SockKey`.
-pub(super) fn sockops_program() -> Assembled {
-    let mut g = Gen::default();
+pub(super) fn sockops_program(maps: Maps) -> Assembled {
+    let mut g = Gen::new(Options::default(), maps);
     let insert = g.label();
     let done = g.label();
     g.mov64(g.ctx(), Src::Reg(Reg::R1));
@@ -155,10 +153,7 @@ pub(super) fn sockops_program() -> Assembled {
     g.place(known);
     g.sock_key(SOCK_OPS_LAYOUT, false);
     g.mov64(Reg::R1, Src::Reg(g.ctx()));
-    g.emit(Insn::LdMap {
-        dst: Reg::R2,
-        map: MAP_SOCKHASH,
-    });
+    g.ld_map(Reg::R2, maps.sockhash);
     g.stack_ptr(Reg::R3, STACK_SOCK_KEY);
     g.mov64(Reg::R4, Src::Imm(BPF_ANY as i32));
     g.call(BPF_FUNC_sock_hash_update);

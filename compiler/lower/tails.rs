@@ -10,7 +10,7 @@ use crate::hir::{Decision, SockSlot, Target, Verdict};
 
 use super::lir::{Label, Lir, Mark};
 use super::programs::SK_MSG_LAYOUT;
-use super::{Gen, MAP_COUNTERS, MAP_EVENTS, MAP_SOCKHASH, MAP_SOCKMAP};
+use super::Gen;
 use super::{SLOT, STACK_COUNTER_KEY, STACK_LOG, STACK_SOCK_KEY};
 
 impl Gen {
@@ -75,7 +75,7 @@ impl Gen {
 
     pub(super) fn count_key_on_stack(&mut self) {
         let skip = self.label();
-        self.map_lookup(MAP_COUNTERS, STACK_COUNTER_KEY);
+        self.map_lookup(self.maps.counters, STACK_COUNTER_KEY);
         self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
         self.ldx(Size::DW, Reg::R1, Reg::R0, Counter::OFF_MESSAGES);
         self.alu64(AluOp::Add, Reg::R1, Src::Imm(1));
@@ -121,10 +121,7 @@ impl Gen {
                     }
                 }
                 self.mov64(Reg::R1, Src::Reg(self.ctx()));
-                self.emit(Insn::LdMap {
-                    dst: Reg::R2,
-                    map: MAP_SOCKMAP,
-                });
+                self.ld_map(Reg::R2, self.maps.sockmap);
                 self.mov64(
                     Reg::R4,
                     Src::Imm(if *ingress { BPF_F_INGRESS as i32 } else { 0 }),
@@ -140,10 +137,7 @@ impl Gen {
                 // this one; the checker warns (W0004), the kernel does what it is told.
                 self.sock_key(SK_MSG_LAYOUT, true);
                 self.mov64(Reg::R1, Src::Reg(self.ctx()));
-                self.emit(Insn::LdMap {
-                    dst: Reg::R2,
-                    map: MAP_SOCKHASH,
-                });
+                self.ld_map(Reg::R2, self.maps.sockhash);
                 self.stack_ptr(Reg::R3, STACK_SOCK_KEY);
                 self.mov64(
                     Reg::R4,
@@ -210,10 +204,11 @@ impl Gen {
         self.stack_ptr(Reg::R1, b + LogRecord::OFF_COMM);
         self.mov64(Reg::R2, Src::Imm(16));
         self.call(BPF_FUNC_get_current_comm);
-        self.emit(Insn::LdMap {
-            dst: Reg::R1,
-            map: MAP_EVENTS,
-        });
+        let events = self
+            .maps
+            .events
+            .expect("maps::define defines the events map when a rule logs");
+        self.ld_map(Reg::R1, events);
         self.stack_ptr(Reg::R2, b);
         self.mov64(Reg::R3, Src::Imm(LogRecord::SIZE as i32));
         self.mov64(Reg::R4, Src::Imm(0));
