@@ -7,6 +7,7 @@ use skpc_abi::{
     SOCK_OPS_PROGRAM, SOCK_OPS_SECTION,
 };
 
+use crate::bpf::uapi::LIBBPF_PIN_BY_NAME;
 use crate::bpf::{disassemble_at, encode_all, Insn};
 use crate::check;
 use crate::diag::Diag;
@@ -128,7 +129,7 @@ pub fn runtime_object(c: &Compiled, file_name: &str, source: &str) -> Vec<u8> {
     let mut spec = object_spec(&c.lowered, file_name, source);
     for m in &mut spec.maps {
         if [SOCKMAP_NAME, SOCKHASH_NAME, PROGS_NAME].contains(&m.name.as_str()) {
-            m.pinning = 1;
+            m.pinning = LIBBPF_PIN_BY_NAME;
         }
     }
     object::write_object_owned(spec)

@@ -7,6 +7,11 @@ mod common;
 use std::process::Command;
 
 use aya::programs::{SkMsg, SockOps};
+use skpc::bpf::uapi::{
+    BPF_FUNC_map_lookup_elem, BPF_FUNC_msg_redirect_hash, BPF_FUNC_msg_redirect_map,
+    BPF_FUNC_ringbuf_output, BPF_FUNC_tail_call, BPF_MAP_TYPE_PERCPU_ARRAY,
+    BPF_MAP_TYPE_PROG_ARRAY, BPF_MAP_TYPE_RINGBUF, BPF_MAP_TYPE_SOCKHASH, BPF_MAP_TYPE_SOCKMAP,
+};
 use skpc::object::{write_object, LineInfo, MapDef, MapRef, ObjectSpec, ProgramSpec};
 
 // ------------------------------------------------------------- raw encoding
@@ -134,11 +139,11 @@ fn maps() -> Vec<MapDef> {
         pinning: 0,
     };
     vec![
-        m("skp_socks", 15, 4, 4, 64),      // SOCKMAP
-        m("skp_hash", 18, 44, 8, 64),      // SOCKHASH
-        m("skp_counters", 6, 4, 16, 8),    // PERCPU_ARRAY
-        m("skp_events", 27, 0, 0, 262144), // RINGBUF
-        m("skp_progs", 3, 4, 4, 4),        // PROG_ARRAY
+        m("skp_socks", BPF_MAP_TYPE_SOCKMAP, 4, 4, 64),
+        m("skp_hash", BPF_MAP_TYPE_SOCKHASH, 44, 8, 64),
+        m("skp_counters", BPF_MAP_TYPE_PERCPU_ARRAY, 4, 16, 8),
+        m("skp_events", BPF_MAP_TYPE_RINGBUF, 0, 0, 262144),
+        m("skp_progs", BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 4),
     ]
 }
 
@@ -148,7 +153,7 @@ fn verdict(lines: bool) -> ProgramSpec {
         .ld_map(R2, SOCKS, "skp_socks")
         .mov_imm(R3, 0)
         .mov_imm(R4, 0)
-        .call(60)
+        .call(BPF_FUNC_msg_redirect_map)
         .exit()
         .build("sk_msg", "skp_verdict", lines)
 }
@@ -160,7 +165,7 @@ fn lookup(lines: bool) -> ProgramSpec {
         .mov_reg(R2, R10)
         .add_imm(R2, -4)
         .ld_map(R1, COUNTERS, "skp_counters")
-        .call(1);
+        .call(BPF_FUNC_map_lookup_elem);
     p.emit(insn(0x15, R0, 0, 1, 0), "if r0 == 0 goto +1");
     p.emit(insn(0x79, R1, R0, 0, 0), "r1 = *(u64 *)(r0 + 0)");
     p.mov_imm(R0, 1).exit().build("sk_msg", "skp_lookup", lines)
@@ -173,14 +178,14 @@ fn all_maps(lines: bool) -> ProgramSpec {
     p.mov_reg(R6, R1)
         .ld_map(R2, PROGS, "skp_progs")
         .mov_imm(R3, 0)
-        .call(12)
+        .call(BPF_FUNC_tail_call)
         .st_dw0(-8)
         .ld_map(R1, EVENTS, "skp_events")
         .mov_reg(R2, R10)
         .add_imm(R2, -8)
         .mov_imm(R3, 8)
         .mov_imm(R4, 0)
-        .call(130);
+        .call(BPF_FUNC_ringbuf_output);
     for off in [-56, -48, -40, -32, -24] {
         p.st_dw0(off);
     }
@@ -190,7 +195,7 @@ fn all_maps(lines: bool) -> ProgramSpec {
         .mov_reg(R3, R10)
         .add_imm(R3, -56)
         .mov_imm(R4, 0)
-        .call(71)
+        .call(BPF_FUNC_msg_redirect_hash)
         .exit()
         .build("sk_msg", "skp_all", lines)
 }

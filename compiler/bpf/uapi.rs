@@ -124,10 +124,8 @@ pub const SK_PASS: i32 = 1;
 // ---- flags ----
 /// `bpf_msg_redirect_{map,hash}` flag: deliver to the ingress queue of the target.
 pub const BPF_F_INGRESS: u64 = 1;
-/// `bpf_map_update_elem` flags.
-pub const BPF_ANY: u64 = 0;
-pub const BPF_NOEXIST: u64 = 1;
-pub const BPF_EXIST: u64 = 2;
+/// `bpf_map_update_elem` flags, shared with the runtime.
+pub use skpc_abi::{BPF_ANY, BPF_EXIST, BPF_NOEXIST};
 
 // ---- struct sk_msg_md field offsets (the SK_MSG program's ctx, r1) ----
 //
@@ -170,8 +168,10 @@ pub const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: i32 = 4;
 pub const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: i32 = 5;
 
 // ---- address families ----
-pub const AF_INET: i32 = 2;
-pub const AF_INET6: i32 = 10;
+// Defined once in skpc_abi (the runtime and the evaluator compare `sk_msg_md.family`
+// with them); here typed as the immediates the generated code compares and stores.
+pub const AF_INET: i32 = skpc_abi::AF_INET as i32;
+pub const AF_INET6: i32 = skpc_abi::AF_INET6 as i32;
 
 // ---- map types (enum bpf_map_type) ----
 pub const BPF_MAP_TYPE_HASH: u32 = 1;
@@ -182,6 +182,11 @@ pub const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
 pub const BPF_MAP_TYPE_SOCKMAP: u32 = 15;
 pub const BPF_MAP_TYPE_SOCKHASH: u32 = 18;
 pub const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+
+// ---- libbpf map definitions (enum libbpf_pin_type, `libbpf.h`) ----
+/// The `pinning` attribute of a BTF map definition: libbpf (and aya) pin the map under
+/// its name, and reuse a map already pinned there.
+pub const LIBBPF_PIN_BY_NAME: u32 = 1;
 
 // ---- program types (enum bpf_prog_type) ----
 pub const BPF_PROG_TYPE_SOCK_OPS: u32 = 13;

@@ -64,7 +64,7 @@ pub struct MapDef {
     pub max_entries: u32,
     /// Emitted only when non-zero (as clang does when the field is absent).
     pub map_flags: u32,
-    /// libbpf's `pinning` attribute: 1 = LIBBPF_PIN_BY_NAME (aya's `map_pin_path`
+    /// libbpf's `pinning` attribute: `bpf::uapi::LIBBPF_PIN_BY_NAME` (aya's `map_pin_path`
     /// reuses a map pinned under its name: how a reloaded policy shares the live
     /// socket maps). Emitted only when non-zero.
     pub pinning: u32,

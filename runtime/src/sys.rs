@@ -19,8 +19,7 @@ const BPF_SK_MSG_VERDICT: u64 = 7;
 const BPF_MAP_UPDATE_BATCH: i64 = 26;
 const BPF_LINK_GET_NEXT_ID: i64 = 31;
 
-/// `BPF_ANY`: create or replace.
-pub(crate) const BPF_ANY: u64 = 0;
+pub(crate) use skpc_abi::BPF_ANY;
 /// The kernel's internal `ENOTSUPP` (524), which leaks to user space from map
 /// operations a map type does not implement.
 pub(crate) const ENOTSUPP: i32 = 524;

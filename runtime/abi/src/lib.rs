@@ -162,6 +162,15 @@ pub const AF_INET: u32 = 2;
 /// See [`AF_INET`].
 pub const AF_INET6: u32 = 10;
 
+/// `bpf_map_update_elem` flags (`BPF_ANY` and friends in `include/uapi/linux/bpf.h`):
+/// create or replace, the runtime's `bpf(2)` map updates and the SOCK_OPS program's
+/// sockhash insert alike.
+pub const BPF_ANY: u64 = 0;
+/// Create only: fail if the key exists.
+pub const BPF_NOEXIST: u64 = 1;
+/// Replace only: fail if the key does not exist.
+pub const BPF_EXIST: u64 = 2;
+
 /// Key of the sockhash: one established TCP socket, seen from its own side.
 ///
 /// IPv4 sockets put their address in `[0]` and zero the rest. Addresses are in network
