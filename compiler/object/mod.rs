@@ -2,7 +2,7 @@
 //! relocatable `EM_BPF` object that aya and libbpf (`bpftool prog loadall`)
 //! load, shaped like what clang emits for a C source with BTF-defined maps.
 //!
-//! Layout of the object (see SPEC.md section 4):
+//! Layout of the object:
 //! - one `SHF_ALLOC|SHF_EXECINSTR` section per distinct program section name
 //!   (`sk_msg`, `sockops`, ...); programs that share a section name are laid
 //!   out one after the other in that section, like clang does, each covered
@@ -28,6 +28,7 @@ use object::{
     SymbolFlags, SymbolKind, SymbolScope,
 };
 
+use crate::bpf::uapi::{BPF_DW, BPF_IMM, BPF_LD, BPF_MAP_TYPE_RINGBUF};
 use btf::{
     Btf, BtfExt, ExtSection, FuncInfoRec, LineInfoRec, FUNC_GLOBAL, INT_SIGNED,
     VAR_GLOBAL_ALLOCATED,
@@ -35,8 +36,8 @@ use btf::{
 
 /// Size of one instruction slot.
 pub const INSN_SIZE: usize = 8;
-/// `BPF_MAP_TYPE_RINGBUF`: has neither key nor value size.
-pub const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+/// The opcode of `ld_imm64` (two slots; the first of a map load carries the relocation).
+const LD_IMM64: u8 = BPF_LD | BPF_IMM | BPF_DW;
 
 /// Everything that goes into one object file.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -151,11 +152,11 @@ pub fn map_slot_size(m: &MapDef) -> u32 {
 /// [`LineInfo`]).
 fn normalized_lines<'s>(p: &'s ProgramSpec, code: &[u8]) -> Vec<&'s LineInfo> {
     let slots = code.len() / INSN_SIZE;
-    // Slots that are the second half of an ld_imm64 (opcode 0x18).
+    // Slots that are the second half of an ld_imm64.
     let mut second_half = vec![false; slots];
     let mut i = 0;
     while i < slots {
-        if code[i * INSN_SIZE] == 0x18 {
+        if code[i * INSN_SIZE] == LD_IMM64 {
             if i + 1 < slots {
                 second_half[i + 1] = true;
             }
@@ -222,7 +223,7 @@ fn write<'a>(spec: &'a ObjectSpec, mut code: Vec<Cow<'a, [u8]>>) -> Vec<u8> {
                 r.map
             );
             assert!(
-                (r.slot + 2) * INSN_SIZE <= code.len() && code[r.slot * INSN_SIZE] == 0x18,
+                (r.slot + 2) * INSN_SIZE <= code.len() && code[r.slot * INSN_SIZE] == LD_IMM64,
                 "program {}: map reference at slot {} is not an ld_imm64",
                 p.name,
                 r.slot

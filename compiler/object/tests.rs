@@ -1,5 +1,6 @@
 use super::btf::{decode_btf, decode_btf_ext, BtfType, DecodedBtf};
 use super::*;
+use crate::bpf::uapi::{BPF_ALU64, BPF_CALL, BPF_EXIT, BPF_JMP, BPF_K, BPF_MOV};
 use object::read::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
 fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
@@ -15,10 +16,9 @@ fn code(insns: &[[u8; 8]]) -> Vec<u8> {
     insns.concat()
 }
 
-const MOV64_IMM: u8 = 0xb7;
-const EXIT: u8 = 0x95;
-const LD_IMM64: u8 = 0x18;
-const CALL: u8 = 0x85;
+const MOV64_IMM: u8 = BPF_ALU64 | BPF_MOV | BPF_K;
+const EXIT: u8 = BPF_JMP | BPF_EXIT;
+const CALL: u8 = BPF_JMP | BPF_CALL;
 
 fn ret1() -> Vec<u8> {
     code(&[insn(MOV64_IMM, 0, 0, 0, 1), insn(EXIT, 0, 0, 0, 0)])
