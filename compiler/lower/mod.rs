@@ -6,6 +6,15 @@
 //! true label and a false label; a matching terminal rule jumps straight to its verdict;
 //! rules after an unconditional terminal rule are not emitted; the LIR cleanup removes
 //! jumps to the next instruction and code no jump reaches (the verifier rejects it).
+//!
+//! The jobs, one module each: `maps` (the maps an object defines, and their ids),
+//! `verdict` (the rule loop, runs, cached context fields), `cond` (conditions as jumping
+//! code, integer ranges, binary search), `flat` (branch-free conditions of large
+//! policies), `addr` (address tests), `payload` (payload and comm bytes), `runs` and
+//! `keyed` (rule runs planned and searched), `index` and `lookup` (the rule index planned
+//! and looked up), `tails` (shared verdict tails, counters, decisions, log), `programs`
+//! (the entry and SOCK_OPS programs), `lir` (labels, cleanup, assembly). This module
+//! holds the generator's state and its instruction emitters.
 
 mod addr;
 mod cond;
@@ -128,6 +137,7 @@ pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
     }
 }
 
+/// The code generator: the LIR emitted so far and what it knows about it.
 struct Gen {
     code: Vec<Lir>,
     labels: u32,
