@@ -1,0 +1,353 @@
+//! In-file test cases: the message each one describes and the verdict it expects.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+
+use super::values::{Operand, Val};
+use super::Checker;
+use super::MAX_COMM_LEN;
+use crate::diag::{did_you_mean, Diag};
+use crate::hir::{self, Action, Decision, SockSlot, Target, Verdict};
+use crate::syntax::ast;
+use crate::syntax::lexer::IpLit;
+use crate::syntax::Span;
+
+impl Checker {
+    pub(super) fn tests(&mut self, tests: &[&ast::TestCase]) -> Vec<hir::TestCase> {
+        let mut out = Vec::new();
+        let mut seen: HashMap<Vec<u8>, Span> = HashMap::new();
+        for t in tests {
+            if let Some(prev) = seen.get(&t.name.node) {
+                let prev = *prev;
+                self.err(
+                    Diag::error("E0303", "two test cases have the same name", t.name.span)
+                        .label("second")
+                        .secondary(prev, "first")
+                        .help("give each test case its own name"),
+                );
+                continue;
+            }
+            seen.insert(t.name.node.clone(), t.name.span);
+            if let Some(tc) = self.test_case(t) {
+                out.push(tc);
+            }
+        }
+        out
+    }
+
+    pub(super) fn test_case(&mut self, t: &ast::TestCase) -> Option<hir::TestCase> {
+        let mut m = hir::Message::default();
+        let mut expect: Option<(Decision, Span)> = None;
+        let mut expect_seen: Option<Span> = None;
+        let mut assigned: HashMap<String, Span> = HashMap::new();
+        let mut ok = true;
+        let mut explicit_family: Option<u32> = None;
+        let mut explicit_len: Option<(u64, Span)> = None;
+        let mut addrs: Vec<(bool, IpAddr, Span)> = Vec::new();
+        for s in &t.stmts {
+            match s {
+                ast::TestStmt::Expect { action, span } => {
+                    if let Some(prev) = expect_seen {
+                        self.err(
+                            Diag::error("E0303", "a test case with two `expect`s", *span)
+                                .label("second")
+                                .secondary(prev, "first")
+                                .help("one test case checks one message; add another test case"),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    expect_seen = Some(*span);
+                    match self.action(action) {
+                        Some(Action::Decide(d)) => {
+                            if let Verdict::Redirect {
+                                target: Target::Sock(SockSlot::Field(_)),
+                                ..
+                            } = d.verdict
+                            {
+                                self.err(
+                                    Diag::error("E0304", "a test expects a constant sockmap slot", action.span)
+                                        .label("a field here")
+                                        .help("write the slot number the message should go to, e.g. `expect redirect to sock 3;`"),
+                                );
+                                ok = false;
+                            }
+                            expect = Some((d, *span));
+                        }
+                        Some(_) => {
+                            self.err(
+                                Diag::error("E0304", "a test expects a verdict", action.span)
+                                    .label("not a verdict")
+                                    .help("write `expect pass;`, `expect drop;`, `expect redirect to sock N;` or `expect cork N;`"),
+                            );
+                            ok = false;
+                        }
+                        None => ok = false,
+                    }
+                }
+                ast::TestStmt::Assign { field, value, span } => {
+                    let name = field.iter().map(|i| &*i.node).collect::<Vec<_>>().join(".");
+                    let fspan = field[0].span.to(field[field.len() - 1].span);
+                    if let Some(prev) = assigned.get(&name) {
+                        let prev = *prev;
+                        self.err(
+                            Diag::error(
+                                "E0303",
+                                format!("`{name}` is set twice in this test case"),
+                                *span,
+                            )
+                            .label("second")
+                            .secondary(prev, "first")
+                            .help("set each field once"),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    assigned.insert(name.clone(), *span);
+                    let reported = self.diags.len();
+                    let Some(Operand::Const(v)) = self.expr(value) else {
+                        if !self.diags[reported..].iter().any(|d| d.is_error()) {
+                            self.err(
+                                Diag::error(
+                                    "E0303",
+                                    "a test case field needs a constant value",
+                                    value.span,
+                                )
+                                .label("not a constant")
+                                .help("write a literal such as `80`, `10.0.0.1` or `\"GET /\"`"),
+                            );
+                        }
+                        ok = false;
+                        continue;
+                    };
+                    if !self.test_assign(
+                        &mut m,
+                        &name,
+                        fspan,
+                        v,
+                        value.span,
+                        &mut explicit_family,
+                        &mut explicit_len,
+                        &mut addrs,
+                    ) {
+                        ok = false;
+                    }
+                }
+            }
+        }
+        // Resolve the family and the addresses.
+        let family = explicit_family.unwrap_or(if addrs.iter().any(|(_, a, _)| a.is_ipv6()) {
+            skpc_abi::AF_INET6
+        } else {
+            skpc_abi::AF_INET
+        });
+        m.family = family;
+        if family == skpc_abi::AF_INET6 {
+            m.local_ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
+            m.remote_ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        }
+        for (local, a, span) in addrs {
+            let a = match (family, a) {
+                (skpc_abi::AF_INET6, IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+                (skpc_abi::AF_INET, IpAddr::V6(_)) => {
+                    self.err(
+                        Diag::error("E0303", "an IPv6 address in an IPv4 test case", span)
+                            .label("IPv6")
+                            .help("remove `family = inet;` or use an IPv4 address"),
+                    );
+                    ok = false;
+                    continue;
+                }
+                (_, a) => a,
+            };
+            if local {
+                m.local_ip = a;
+            } else {
+                m.remote_ip = a;
+            }
+        }
+        m.len = m.payload.len() as u32;
+        if let Some((len, span)) = explicit_len {
+            if len < m.payload.len() as u64 || len > u32::MAX as u64 {
+                self.err(
+                    Diag::error("E0303", "`len` is shorter than the payload", span)
+                        .label(format!("the payload has {} bytes", m.payload.len()))
+                        .help("leave `len` out (it defaults to the payload's length) or make it at least that"),
+                );
+                ok = false;
+            } else {
+                m.len = len as u32;
+            }
+        }
+        let Some((expect, _)) = expect else {
+            if expect_seen.is_some() {
+                // The `expect` is there but wrong; that has been reported.
+                return None;
+            }
+            self.err(
+                Diag::error("E0303", "a test case without `expect`", t.span)
+                    .label("what should happen to this message?")
+                    .help("add `expect pass;` (or drop, redirect ..., cork N) to the block"),
+            );
+            return None;
+        };
+        ok.then(|| hir::TestCase {
+            name: String::from_utf8_lossy(&t.name.node).into_owned(),
+            span: t.span,
+            line: self.line(t.span),
+            message: m,
+            expect,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn test_assign(
+        &mut self,
+        m: &mut hir::Message,
+        name: &str,
+        fspan: Span,
+        v: Val,
+        vspan: Span,
+        family: &mut Option<u32>,
+        len: &mut Option<(u64, Span)>,
+        addrs: &mut Vec<(bool, IpAddr, Span)>,
+    ) -> bool {
+        let bad = |c: &mut Self, what: &str| {
+            c.err(
+                Diag::error("E0303", format!("`{name}` takes {what}"), vspan)
+                    .label(format!("this is {}", v.kind()))
+                    .help(format!("write e.g. `{name} = {};`", example_for(name))),
+            );
+            false
+        };
+        let int = |c: &mut Self, max: u64| -> Option<u64> {
+            match v {
+                Val::Int(n) if n <= max => Some(n),
+                _ => {
+                    c.err(
+                        Diag::error(
+                            "E0303",
+                            format!("`{name}` takes an integer up to {max}"),
+                            vspan,
+                        )
+                        .label(format!(
+                            "this is {}",
+                            if matches!(v, Val::Int(_)) {
+                                "too large"
+                            } else {
+                                v.kind()
+                            }
+                        ))
+                        .help(format!("write e.g. `{name} = {};`", example_for(name))),
+                    );
+                    None
+                }
+            }
+        };
+        match name {
+            "family" => match v {
+                Val::Family(f) => *family = Some(f),
+                _ => return bad(self, "`inet` or `inet6`"),
+            },
+            "local.ip" | "remote.ip" => match v {
+                Val::Ip(IpLit::V4(a, None)) => {
+                    addrs.push((name == "local.ip", IpAddr::V4(a), vspan))
+                }
+                Val::Ip(IpLit::V6(a, None)) => {
+                    addrs.push((name == "local.ip", IpAddr::V6(a), vspan))
+                }
+                _ => return bad(self, "one address"),
+            },
+            "local.port" => match int(self, 65535) {
+                Some(n) => m.local_port = n as u16,
+                None => return false,
+            },
+            "remote.port" => match int(self, 65535) {
+                Some(n) => m.remote_port = n as u16,
+                None => return false,
+            },
+            "len" => match int(self, u32::MAX as u64) {
+                Some(n) => *len = Some((n, vspan)),
+                None => return false,
+            },
+            "uid" | "gid" | "pid" => match int(self, u32::MAX as u64) {
+                Some(n) => {
+                    let n = n as u32;
+                    match name {
+                        "uid" => m.uid = n,
+                        "gid" => m.gid = n,
+                        _ => m.pid = n,
+                    }
+                }
+                None => return false,
+            },
+            "cgroup" => match int(self, u64::MAX) {
+                Some(n) => m.cgroup = n,
+                None => return false,
+            },
+            "payload" => match v {
+                Val::Str(s) => m.payload = s,
+                _ => return bad(self, "a string"),
+            },
+            "comm" => match v {
+                Val::Str(s) if s.len() <= MAX_COMM_LEN && !s.contains(&0) => m.comm = s,
+                Val::Str(s) => {
+                    self.err(
+                        Diag::error(
+                            "E0303",
+                            "`comm` takes a string of at most 15 bytes and no NUL",
+                            vspan,
+                        )
+                        .label(format!(
+                            "{} bytes{}",
+                            s.len(),
+                            if s.contains(&0) { ", with a NUL" } else { "" }
+                        ))
+                        .help("the kernel keeps the first 15 bytes of a process name: shorten it"),
+                    );
+                    return false;
+                }
+                _ => return bad(self, "a string of at most 15 bytes"),
+            },
+            _ => {
+                let mut d = Diag::error("E0303", format!("a test case cannot set `{name}`"), fspan)
+                    .label("not a message field");
+                d = match did_you_mean(name, TEST_FIELDS.iter().copied()) {
+                    _ if name == "port" || name == "ip" => d.help(format!(
+                        "a message has two ends: set `remote.{name}` or `local.{name}` (or both)"
+                    )),
+                    Some(s) => d.help(format!("did you mean `{s}`?")),
+                    None => d.help(format!("test cases set: {}", TEST_FIELDS.join(", "))),
+                };
+                self.err(d);
+                return false;
+            }
+        }
+        true
+    }
+}
+
+pub(super) const TEST_FIELDS: &[&str] = &[
+    "family",
+    "local.ip",
+    "remote.ip",
+    "local.port",
+    "remote.port",
+    "len",
+    "payload",
+    "uid",
+    "gid",
+    "pid",
+    "cgroup",
+    "comm",
+];
+
+pub(super) fn example_for(name: &str) -> &'static str {
+    match name {
+        "family" => "inet6",
+        "local.ip" | "remote.ip" => "10.0.0.1",
+        "payload" => "\"GET / HTTP/1.1\\r\\n\"",
+        "comm" => "\"curl\"",
+        _ => "80",
+    }
+}
