@@ -8,7 +8,7 @@ use crate::diag::Diag;
 use crate::hir::{Cond, IntField, Test};
 use crate::syntax::ast::{self, CmpOp, CondKind};
 use crate::syntax::lexer::IpLit;
-use crate::syntax::Span;
+use crate::syntax::{Span, Spanned};
 
 impl Checker {
     pub(super) fn cond(&mut self, c: &ast::Cond) -> Option<Cond> {
@@ -32,7 +32,12 @@ impl Checker {
                 let l = self.expr(lhs);
                 let r = self.expr(rhs);
                 let (l, r) = (l?, r?);
-                self.compare(l, lhs.span, op.node, op.span, r, rhs.span, c.span)
+                self.compare(
+                    Spanned::new(l, lhs.span),
+                    op.clone(),
+                    Spanned::new(r, rhs.span),
+                    c.span,
+                )
             }
             CondKind::In { lhs, rhs } => {
                 let l = self.expr(lhs);
@@ -64,20 +69,23 @@ impl Checker {
         ok.then_some(out)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// `l op r`: one side a field, the other a constant (mirrored onto the right).
     pub(super) fn compare(
         &mut self,
-        l: Operand,
-        ls: Span,
-        op: CmpOp,
-        ops: Span,
-        r: Operand,
-        rs: Span,
+        l: Spanned<Operand>,
+        op: Spanned<CmpOp>,
+        r: Spanned<Operand>,
         whole: Span,
     ) -> Option<Cond> {
-        let (field, fs, val, vs, op) = match (l, r) {
-            (Operand::Field(f), Operand::Const(v)) => (f, ls, v, rs, op),
-            (Operand::Const(v), Operand::Field(f)) => (f, rs, v, ls, mirror(op)),
+        let (field, val, op) = match (l.node, r.node) {
+            (Operand::Field(f), Operand::Const(v)) => {
+                (Spanned::new(f, l.span), Spanned::new(v, r.span), op)
+            }
+            (Operand::Const(v), Operand::Field(f)) => (
+                Spanned::new(f, r.span),
+                Spanned::new(v, l.span),
+                Spanned::new(mirror(op.node), op.span),
+            ),
             (Operand::Field(_), Operand::Field(_)) => {
                 self.err(
                     Diag::error("E0217", "comparing two fields is not supported", whole)
@@ -87,7 +95,7 @@ impl Checker {
                 return None;
             }
             (Operand::Const(a), Operand::Const(b)) => {
-                return match const_compare(&a, op, &b) {
+                return match const_compare(&a, op.node, &b) {
                     Some(x) => Some(Cond::Const(x)),
                     None => {
                         self.err(
@@ -104,32 +112,40 @@ impl Checker {
                 };
             }
         };
-        if !matches!(op, CmpOp::Eq | CmpOp::Ne)
-            && !matches!(field, FieldRef::Int(_) | FieldRef::EitherPort)
+        if !matches!(op.node, CmpOp::Eq | CmpOp::Ne)
+            && !matches!(field.node, FieldRef::Int(_) | FieldRef::EitherPort)
         {
             self.err(
                 Diag::error(
                     "E0204",
-                    format!("`{}` does not apply to {}", op.as_str(), field.kind()),
-                    ops,
+                    format!(
+                        "`{}` does not apply to {}",
+                        op.node.as_str(),
+                        field.node.kind()
+                    ),
+                    op.span,
                 )
                 .label("only `==` and `!=` here")
                 .help("use `==`, `!=`, or `in` with a set or prefix"),
             );
             return None;
         }
-        if op == CmpOp::Ne {
-            let eq = self.compare(
-                Operand::Field(field),
-                fs,
-                CmpOp::Eq,
-                ops,
-                Operand::Const(val),
-                vs,
-                whole,
-            )?;
+        if op.node == CmpOp::Ne {
+            let eq = self.field_compare(field, Spanned::new(CmpOp::Eq, op.span), val)?;
             return Some(Cond::Not(Box::new(eq)));
         }
+        self.field_compare(field, op, val)
+    }
+
+    /// `field op val` for an operator that applies to the field (`!=` is `not ==`).
+    fn field_compare(
+        &mut self,
+        field: Spanned<FieldRef>,
+        op: Spanned<CmpOp>,
+        val: Spanned<Val>,
+    ) -> Option<Cond> {
+        let (fs, vs, ops) = (field.span, val.span, op.span);
+        let (field, val, op) = (field.node, val.node, op.node);
         match field {
             FieldRef::EitherPort => {
                 let a = self.int_compare(IntField::LocalPort, fs, op, &val, vs)?;

@@ -12,6 +12,20 @@ use crate::syntax::ast;
 use crate::syntax::lexer::IpLit;
 use crate::syntax::Span;
 
+/// A test case's message while its statements are read. The family decides how the
+/// addresses are stored and `len` defaults to the payload's length, so those are
+/// resolved once every statement has been seen.
+#[derive(Default)]
+pub(super) struct Draft {
+    message: hir::Message,
+    /// `family = ...`, if the case sets it.
+    family: Option<u32>,
+    /// `len = ...` and where it is written.
+    len: Option<(u64, Span)>,
+    /// `local.ip`/`remote.ip` settings: (local end?, address, where it is written).
+    addrs: Vec<(bool, IpAddr, Span)>,
+}
+
 impl Checker {
     pub(super) fn tests(&mut self, tests: &[&ast::TestCase]) -> Vec<hir::TestCase> {
         let mut out = Vec::new();
@@ -36,14 +50,11 @@ impl Checker {
     }
 
     pub(super) fn test_case(&mut self, t: &ast::TestCase) -> Option<hir::TestCase> {
-        let mut m = hir::Message::default();
+        let mut draft = Draft::default();
         let mut expect: Option<(Decision, Span)> = None;
         let mut expect_seen: Option<Span> = None;
         let mut assigned: HashMap<String, Span> = HashMap::new();
         let mut ok = true;
-        let mut explicit_family: Option<u32> = None;
-        let mut explicit_len: Option<(u64, Span)> = None;
-        let mut addrs: Vec<(bool, IpAddr, Span)> = Vec::new();
         for s in &t.stmts {
             match s {
                 ast::TestStmt::Expect { action, span } => {
@@ -120,21 +131,18 @@ impl Checker {
                         ok = false;
                         continue;
                     };
-                    if !self.test_assign(
-                        &mut m,
-                        &name,
-                        fspan,
-                        v,
-                        value.span,
-                        &mut explicit_family,
-                        &mut explicit_len,
-                        &mut addrs,
-                    ) {
+                    if !self.test_assign(&mut draft, &name, fspan, v, value.span) {
                         ok = false;
                     }
                 }
             }
         }
+        let Draft {
+            message: mut m,
+            family: explicit_family,
+            len: explicit_len,
+            addrs,
+        } = draft;
         // Resolve the family and the addresses.
         let family = explicit_family.unwrap_or(if addrs.iter().any(|(_, a, _)| a.is_ipv6()) {
             skpc_abi::AF_INET6
@@ -200,17 +208,13 @@ impl Checker {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn test_assign(
         &mut self,
-        m: &mut hir::Message,
+        draft: &mut Draft,
         name: &str,
         fspan: Span,
         v: Val,
         vspan: Span,
-        family: &mut Option<u32>,
-        len: &mut Option<(u64, Span)>,
-        addrs: &mut Vec<(bool, IpAddr, Span)>,
     ) -> bool {
         let bad = |c: &mut Self, what: &str| {
             c.err(
@@ -246,51 +250,51 @@ impl Checker {
         };
         match name {
             "family" => match v {
-                Val::Family(f) => *family = Some(f),
+                Val::Family(f) => draft.family = Some(f),
                 _ => return bad(self, "`inet` or `inet6`"),
             },
             "local.ip" | "remote.ip" => match v {
                 Val::Ip(IpLit::V4(a, None)) => {
-                    addrs.push((name == "local.ip", IpAddr::V4(a), vspan))
+                    draft.addrs.push((name == "local.ip", IpAddr::V4(a), vspan))
                 }
                 Val::Ip(IpLit::V6(a, None)) => {
-                    addrs.push((name == "local.ip", IpAddr::V6(a), vspan))
+                    draft.addrs.push((name == "local.ip", IpAddr::V6(a), vspan))
                 }
                 _ => return bad(self, "one address"),
             },
             "local.port" => match int(self, 65535) {
-                Some(n) => m.local_port = n as u16,
+                Some(n) => draft.message.local_port = n as u16,
                 None => return false,
             },
             "remote.port" => match int(self, 65535) {
-                Some(n) => m.remote_port = n as u16,
+                Some(n) => draft.message.remote_port = n as u16,
                 None => return false,
             },
             "len" => match int(self, u32::MAX as u64) {
-                Some(n) => *len = Some((n, vspan)),
+                Some(n) => draft.len = Some((n, vspan)),
                 None => return false,
             },
             "uid" | "gid" | "pid" => match int(self, u32::MAX as u64) {
                 Some(n) => {
                     let n = n as u32;
                     match name {
-                        "uid" => m.uid = n,
-                        "gid" => m.gid = n,
-                        _ => m.pid = n,
+                        "uid" => draft.message.uid = n,
+                        "gid" => draft.message.gid = n,
+                        _ => draft.message.pid = n,
                     }
                 }
                 None => return false,
             },
             "cgroup" => match int(self, u64::MAX) {
-                Some(n) => m.cgroup = n,
+                Some(n) => draft.message.cgroup = n,
                 None => return false,
             },
             "payload" => match v {
-                Val::Str(s) => m.payload = s,
+                Val::Str(s) => draft.message.payload = s,
                 _ => return bad(self, "a string"),
             },
             "comm" => match v {
-                Val::Str(s) if s.len() <= MAX_COMM_LEN && !s.contains(&0) => m.comm = s,
+                Val::Str(s) if s.len() <= MAX_COMM_LEN && !s.contains(&0) => draft.message.comm = s,
                 Val::Str(s) => {
                     self.err(
                         Diag::error(
