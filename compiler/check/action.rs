@@ -2,7 +2,7 @@
 
 use super::values::{operand_kind, FieldRef, Operand, Val};
 use super::Checker;
-use crate::diag::Diag;
+use crate::diag::{Code, Diag};
 use crate::hir::fold::fold;
 use crate::hir::{self, Action, Cond, Decision, IntField, SockSlot, Target, Verdict};
 use crate::syntax::ast::{self, ActionKind};
@@ -20,7 +20,7 @@ impl Checker {
         })) = &action
         {
             self.diags.push(
-                Diag::warning("W0004", "an egress redirect to the peer sends the bytes back to the sender", r.action.span)
+                Diag::new(Code::EgressToPeer, "an egress redirect to the peer sends the bytes back to the sender", r.action.span)
                     .label("egress: out of the peer socket, to its own peer (this socket)")
                     .help("write `redirect ingress to peer` to hand the bytes to the peer's receive queue (a local bypass)"),
             );
@@ -49,8 +49,8 @@ impl Checker {
                     ActionKind::Cork(_) | ActionKind::Count(_) | ActionKind::Log
                 ) {
                     self.err(
-                        Diag::error(
-                            "E0211",
+                        Diag::new(
+                            Code::ForOnNonVerdict,
                             "only `pass`, `drop` and `redirect` take `for N`",
                             e.span,
                         )
@@ -102,8 +102,8 @@ impl Checker {
             Operand::Const(Val::Int(n)) if n >= 1 && n <= u32::MAX as u64 => Some(n as u32),
             Operand::Const(Val::Int(n)) => {
                 self.err(
-                    Diag::error(
-                        "E0210",
+                    Diag::new(
+                        Code::ByteCountOutOfRange,
                         format!("`{what}` needs 1 to 4294967295 bytes"),
                         e.span,
                     )
@@ -115,9 +115,13 @@ impl Checker {
             other => {
                 let kind = operand_kind(&other);
                 self.err(
-                    Diag::error("E0201", format!("`{what}` needs a byte count"), e.span)
-                        .label(format!("this is {kind}"))
-                        .help("write a constant number of bytes, e.g. `16` or `1MiB`"),
+                    Diag::new(
+                        Code::TypeMismatch,
+                        format!("`{what}` needs a byte count"),
+                        e.span,
+                    )
+                    .label(format!("this is {kind}"))
+                    .help("write a constant number of bytes, e.g. `16` or `1MiB`"),
                 );
                 None
             }
@@ -131,12 +135,16 @@ impl Checker {
             }
             Operand::Const(Val::Int(n)) => {
                 self.err(
-                    Diag::error("E0209", format!("sockmap slot {n} does not exist"), e.span)
-                        .label(format!(
-                            "the policy's sockmap has slots 0..{}",
-                            skpc_abi::SOCKMAP_SLOTS - 1
-                        ))
-                        .help(format!("use a slot below {}", skpc_abi::SOCKMAP_SLOTS)),
+                    Diag::new(
+                        Code::NoSuchSlot,
+                        format!("sockmap slot {n} does not exist"),
+                        e.span,
+                    )
+                    .label(format!(
+                        "the policy's sockmap has slots 0..{}",
+                        skpc_abi::SOCKMAP_SLOTS - 1
+                    ))
+                    .help(format!("use a slot below {}", skpc_abi::SOCKMAP_SLOTS)),
                 );
                 None
             }
@@ -146,7 +154,7 @@ impl Checker {
             other => {
                 let kind = operand_kind(&other);
                 self.err(
-                    Diag::error("E0208", "the redirect key must be an integer", e.span)
+                    Diag::new(Code::RedirectKeyNotInteger, "the redirect key must be an integer", e.span)
                         .label(format!("this is {kind}"))
                         .help("write a sockmap slot number (`sock 3`), a `const`, or an integer field such as `uid`"),
                 );

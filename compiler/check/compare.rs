@@ -4,7 +4,7 @@
 use super::values::{operand_kind, FieldRef, Operand, Val};
 use super::Checker;
 use super::MAX_SLICE_LEN;
-use crate::diag::Diag;
+use crate::diag::{Code, Diag};
 use crate::hir::{Cond, IntField, Test};
 use crate::syntax::ast::{self, CmpOp, CondKind};
 use crate::syntax::lexer::IpLit;
@@ -21,7 +21,7 @@ impl Checker {
                 other => {
                     let kind = operand_kind(&other);
                     self.err(
-                        Diag::error("E0213", "this is not a condition", e.span)
+                        Diag::new(Code::NotACondition, "this is not a condition", e.span)
                             .label(format!("this is {kind}, not true or false"))
                             .help("compare it with something, e.g. `len > 100`, `port == 80`, `remote.ip in 10.0.0.0/8`"),
                     );
@@ -88,9 +88,13 @@ impl Checker {
             ),
             (Operand::Field(_), Operand::Field(_)) => {
                 self.err(
-                    Diag::error("E0217", "comparing two fields is not supported", whole)
-                        .label("both sides are fields of the message")
-                        .help("compare a field with a constant, e.g. `local.port == 80`"),
+                    Diag::new(
+                        Code::TwoFields,
+                        "comparing two fields is not supported",
+                        whole,
+                    )
+                    .label("both sides are fields of the message")
+                    .help("compare a field with a constant, e.g. `local.port == 80`"),
                 );
                 return None;
             }
@@ -99,8 +103,8 @@ impl Checker {
                     Some(x) => Some(Cond::Const(x)),
                     None => {
                         self.err(
-                            Diag::error(
-                                "E0201",
+                            Diag::new(
+                                Code::TypeMismatch,
                                 format!("cannot compare {} with {}", a.kind(), b.kind()),
                                 whole,
                             )
@@ -116,8 +120,8 @@ impl Checker {
             && !matches!(field.node, FieldRef::Int(_) | FieldRef::EitherPort)
         {
             self.err(
-                Diag::error(
-                    "E0204",
+                Diag::new(
+                    Code::OperatorNotApplicable,
                     format!(
                         "`{}` does not apply to {}",
                         op.node.as_str(),
@@ -172,9 +176,13 @@ impl Checker {
                 }
                 Val::Ip(_) => {
                     self.err(
-                        Diag::error("E0204", "`==` compares with one address, not a prefix", ops)
-                            .label("this is a prefix on the other side")
-                            .help("test membership with `in`, e.g. `remote.ip in 10.0.0.0/8`"),
+                        Diag::new(
+                            Code::OperatorNotApplicable,
+                            "`==` compares with one address, not a prefix",
+                            ops,
+                        )
+                        .label("this is a prefix on the other side")
+                        .help("test membership with `in`, e.g. `remote.ip in 10.0.0.0/8`"),
                     );
                     None
                 }
@@ -215,9 +223,13 @@ impl Checker {
                     _ => "compare a slice (`payload[0..4] == \"GET \"`) or test a prefix (`payload starts with \"GET \"`)".to_string(),
                 };
                 self.err(
-                    Diag::error("E0220", "the whole payload cannot be compared", fs)
-                        .label("unbounded")
-                        .help(help),
+                    Diag::new(
+                        Code::WholePayload,
+                        "the whole payload cannot be compared",
+                        fs,
+                    )
+                    .label("unbounded")
+                    .help(help),
                 );
                 None
             }
@@ -232,8 +244,8 @@ impl Checker {
         vs: Span,
         help: &str,
     ) -> Option<Cond> {
-        let mut d = Diag::error(
-            "E0201",
+        let mut d = Diag::new(
+            Code::TypeMismatch,
             format!("cannot compare {} with {}", field.kind(), val.kind()),
             vs,
         )
@@ -249,7 +261,7 @@ impl Checker {
             Val::Ip(IpLit::V6(..)),
         ) = (field, val)
         {
-            d.code = "E0203";
+            d.code = Code::WrongFamily;
         }
         self.err(d);
         None
@@ -275,10 +287,14 @@ impl Checker {
                     f => format!("`{}` holds", f.name()),
                 };
                 self.err(
-                    Diag::error("E0202", format!("{n} is out of range for {what}"), vs)
-                        .label(format!("{holder} 0..={}", field.max_value()))
-                        .secondary(fs, "this field")
-                        .help(format!("use a value from 0 to {}", field.max_value())),
+                    Diag::new(
+                        Code::OutOfRange,
+                        format!("{n} is out of range for {what}"),
+                        vs,
+                    )
+                    .label(format!("{holder} 0..={}", field.max_value()))
+                    .secondary(fs, "this field")
+                    .help(format!("use a value from 0 to {}", field.max_value())),
                 );
                 None
             }
@@ -306,8 +322,8 @@ impl Checker {
         vs: Span,
     ) -> Option<u64> {
         self.err(
-            Diag::error(
-                "E0202",
+            Diag::new(
+                Code::OutOfRange,
                 format!("{n} is out of range for `{}`", field.name()),
                 vs,
             )

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use super::Checker;
-use crate::diag::Diag;
+use crate::diag::{Code, Diag};
 use crate::hir::ranges::{complement, intersect};
 use crate::hir::{self, Cond, IntField, Test};
 use crate::syntax::Span;
@@ -14,7 +14,7 @@ impl Checker {
         for r in rules {
             if let Some(s) = shadow {
                 self.diags.push(
-                    Diag::warning("W0002", "this rule is never reached", r.span)
+                    Diag::new(Code::NeverReached, "this rule is never reached", r.span)
                         .label("unreachable")
                         .secondary(s.span, "every message is decided here first")
                         .help(
@@ -26,7 +26,7 @@ impl Checker {
             let cond = &r.cond;
             if never_true(cond) {
                 self.diags.push(
-                    Diag::warning("W0001", "this rule can never match", r.span)
+                    Diag::new(Code::NeverMatches, "this rule can never match", r.span)
                         .label("its condition is always false")
                         .help("check the values against the fields' ranges, or remove the rule"),
                 );
@@ -36,7 +36,7 @@ impl Checker {
         }
         if let (Some(s), Some(d)) = (shadow, default) {
             self.diags.push(
-                Diag::warning("W0002", "the `default` is never reached", d)
+                Diag::new(Code::NeverReached, "the `default` is never reached", d)
                     .label("unreachable")
                     .secondary(s.span, "every message is decided here first")
                     .help("give the unconditional rule an `if`, or remove the default"),

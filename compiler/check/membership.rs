@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::values::{operand_kind, FieldRef, Operand, Val};
 use super::Checker;
 use super::{MAX_COMM_LEN, MAX_SLICE_LEN};
-use crate::diag::Diag;
+use crate::diag::{Code, Diag};
 use crate::hir::ranges::normalize;
 use crate::hir::{self, Cond, End, IntField, Net, Test};
 use crate::syntax::lexer::IpLit;
@@ -36,8 +36,8 @@ impl Checker {
                 IpLit::V4(a, p) => {
                     if !v4 {
                         self.err(
-                            Diag::error(
-                                "E0203",
+                            Diag::new(
+                                Code::WrongFamily,
                                 "an IPv4 address against an IPv6-only field",
                                 *span,
                             )
@@ -64,7 +64,7 @@ impl Checker {
                 IpLit::V6(a, p) => {
                     if !v6 {
                         self.err(
-                            Diag::error("E0203", "an IPv6 address or prefix against an IPv4-only field", *span)
+                            Diag::new(Code::WrongFamily, "an IPv6 address or prefix against an IPv4-only field", *span)
                                 .label("IPv6")
                                 .secondary(fs, "this field holds IPv4 addresses")
                                 .help("use `local.ip`/`remote.ip` (both families), or an IPv4 address or prefix"),
@@ -107,7 +107,7 @@ impl Checker {
 
     pub(super) fn host_bits_error(&mut self, span: Span, net: &IpAddr, prefix: u8) {
         self.err(
-            Diag::error("E0215", "the prefix has host bits set", span)
+            Diag::new(Code::HostBitsSet, "the prefix has host bits set", span)
                 .label("bits beyond the prefix length are not zero")
                 .help(format!("did you mean `{net}/{prefix}`?")),
         );
@@ -123,8 +123,8 @@ impl Checker {
         for (s, span) in alts {
             if s.len() as u32 != len {
                 self.err(
-                    Diag::error(
-                        "E0207",
+                    Diag::new(
+                        Code::SliceLengthMismatch,
                         format!(
                             "a {}-byte string against a {len}-byte payload slice",
                             s.len()
@@ -151,7 +151,7 @@ impl Checker {
         for (s, span) in alts {
             if s.len() > MAX_COMM_LEN || s.contains(&0) {
                 self.err(
-                    Diag::error("E0216", "a process name has at most 15 bytes and no NUL", span)
+                    Diag::new(Code::BadComm, "a process name has at most 15 bytes and no NUL", span)
                         .label(format!("{} bytes", s.len()))
                         .help("the kernel keeps the first 15 bytes of the name: shorten it (use `starts with` for a prefix)"),
                 );
@@ -175,8 +175,8 @@ impl Checker {
             Operand::Field(f) => f,
             Operand::Const(v) => {
                 self.err(
-                    Diag::error(
-                        "E0201",
+                    Diag::new(
+                        Code::TypeMismatch,
                         format!("`in` needs a field on the left, not {}", v.kind()),
                         ls,
                     )
@@ -191,7 +191,7 @@ impl Checker {
             Operand::Const(v @ (Val::Range(..) | Val::Ip(_))) => vec![(v, rs)],
             Operand::Const(other) => {
                 self.err(
-                    Diag::error("E0201", format!("`in` needs a set, range or prefix, not {}", other.kind()), rs)
+                    Diag::new(Code::TypeMismatch, format!("`in` needs a set, range or prefix, not {}", other.kind()), rs)
                         .label(format!("this is {}", other.kind()))
                         .help("write a set `{80, 443}`, a range `8000..8099` or a prefix `10.0.0.0/8`; for one value use `==`"),
                 );
@@ -199,9 +199,13 @@ impl Checker {
             }
             Operand::Field(_) => {
                 self.err(
-                    Diag::error("E0217", "`in` needs a constant set on the right", rs)
-                        .label("this is a field")
-                        .help("write a set `{...}`, a range or a prefix"),
+                    Diag::new(
+                        Code::TwoFields,
+                        "`in` needs a constant set on the right",
+                        rs,
+                    )
+                    .label("this is a field")
+                    .help("write a set `{...}`, a range or a prefix"),
                 );
                 return None;
             }
@@ -271,9 +275,13 @@ impl Checker {
             }
             FieldRef::Payload => {
                 self.err(
-                    Diag::error("E0220", "the whole payload cannot be tested with `in`", ls)
-                        .label("unbounded")
-                        .help("take a slice first: `payload[0..4] in {\"GET \", \"PUT \"}`"),
+                    Diag::new(
+                        Code::WholePayload,
+                        "the whole payload cannot be tested with `in`",
+                        ls,
+                    )
+                    .label("unbounded")
+                    .help("take a slice first: `payload[0..4] in {\"GET \", \"PUT \"}`"),
                 );
                 None
             }
@@ -357,7 +365,7 @@ impl Checker {
             other => {
                 let kind = operand_kind(&other);
                 self.err(
-                    Diag::error("E0201", "`starts with` needs a string", rs)
+                    Diag::new(Code::TypeMismatch, "`starts with` needs a string", rs)
                         .label(format!("this is {kind}"))
                         .help("write `payload starts with \"GET \"`"),
                 );
@@ -370,7 +378,7 @@ impl Checker {
                 for (p, span) in prefixes {
                     if p.len() as u32 > MAX_SLICE_LEN {
                         self.err(
-                            Diag::error("E0206", format!("a {}-byte prefix is longer than the supported {MAX_SLICE_LEN}", p.len()), span)
+                            Diag::new(Code::PayloadTooFar, format!("a {}-byte prefix is longer than the supported {MAX_SLICE_LEN}", p.len()), span)
                                 .label("too long")
                                 .help(format!("test at most {MAX_SLICE_LEN} bytes at a time; split it into slices joined with `and`")),
                         );
@@ -391,8 +399,8 @@ impl Checker {
             other => {
                 let kind = operand_kind(&other);
                 self.err(
-                    Diag::error(
-                        "E0219",
+                    Diag::new(
+                        Code::StartsWithNotApplicable,
                         format!("`starts with` does not apply to {kind}"),
                         ls,
                     )

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::diag::Diag;
+use crate::diag::{Code, Diag};
 use crate::hir::{self, Action, CounterInfo, CounterKind, Decision, Verdict};
 use crate::syntax::ast;
 use crate::syntax::{parse, Span};
@@ -31,7 +31,12 @@ pub fn check(source: &str) -> (Option<hir::Policy>, Vec<Diag>) {
     // whatever the checker says about it would only repeat the lexer's error.
     let bad_literals: Vec<Span> = diags
         .iter()
-        .filter(|d| matches!(d.code, "E0002" | "E0003" | "E0004"))
+        .filter(|d| {
+            matches!(
+                d.code,
+                Code::IntTooLarge | Code::BadAddress | Code::BadString
+            )
+        })
         .map(|d| d.span)
         .collect();
     // The lexer's spans are disjoint and in source order: binary search for the first
@@ -116,7 +121,7 @@ impl Checker {
                 ast::Item::Default { action, span } => {
                     if let Some((_, first)) = default_index {
                         self.err(
-                            Diag::error("E0302", "a second `default`", *span)
+                            Diag::new(Code::SecondDefault, "a second `default`", *span)
                                 .label("second default here")
                                 .secondary(first, "first default here")
                                 .help("keep one `default` line"),
@@ -128,7 +133,7 @@ impl Checker {
                     match self.action(action) {
                         Some(Action::Decide(d)) => default = Some((d, *span)),
                         Some(_) => self.err(
-                            Diag::error("E0301", "`default` needs a verdict", action.span)
+                            Diag::new(Code::DefaultNotVerdict, "`default` needs a verdict", action.span)
                                 .label("not a verdict")
                                 .help("write `default pass;` or `default drop;` (count and log go in rules)"),
                         ),
@@ -141,7 +146,7 @@ impl Checker {
         if let Some((i, span)) = default_index {
             if i < last_rule_or_default {
                 self.diags.push(
-                    Diag::warning("W0003", "`default` is not the last rule", span)
+                    Diag::new(Code::DefaultNotLast, "`default` is not the last rule", span)
                         .label("rules after this line are still evaluated before the default")
                         .help("move `default` to the end of the policy, where it takes effect"),
                 );

@@ -3,7 +3,7 @@
 
 use super::values::{FieldRef, Operand, Val};
 use super::Checker;
-use crate::diag::{did_you_mean, Diag};
+use crate::diag::{did_you_mean, Code, Diag};
 use crate::hir::IntField;
 use crate::syntax::ast;
 use crate::syntax::Span;
@@ -47,8 +47,8 @@ impl Checker {
             || ["local", "remote", "inet", "inet6"].contains(&&*name.node)
         {
             self.err(
-                Diag::error(
-                    "E0104",
+                Diag::new(
+                    Code::FieldDeclared,
                     format!("`{}` is a field name and cannot be declared", name.node),
                     name.span,
                 )
@@ -64,8 +64,8 @@ impl Checker {
         if let Some(prev) = self.names.get(&*name.node) {
             let prev = prev.span;
             self.err(
-                Diag::error(
-                    "E0103",
+                Diag::new(
+                    Code::DuplicateName,
                     format!("`{}` is declared twice", name.node),
                     name.span,
                 )
@@ -80,11 +80,13 @@ impl Checker {
             Operand::Const(v) => v,
             Operand::Field(f) => {
                 self.err(
-                    Diag::error("E0105", "a declaration needs a constant value", value.span)
-                        .label(format!("this is a field of the message: {}", f.kind()))
-                        .help(
-                            "declarations name literals: numbers, addresses, strings, ranges, sets",
-                        ),
+                    Diag::new(
+                        Code::FieldNotConstant,
+                        "a declaration needs a constant value",
+                        value.span,
+                    )
+                    .label(format!("this is a field of the message: {}", f.kind()))
+                    .help("declarations name literals: numbers, addresses, strings, ranges, sets"),
                 );
                 return;
             }
@@ -92,17 +94,21 @@ impl Checker {
         match (&val, is_set) {
             (Val::Set(_), false) => {
                 self.err(
-                    Diag::error("E0214", "a set is declared with `set`, not `const`", span)
-                        .label("this is a set")
-                        .help(format!("write `set {} = {{...}};`", name.node)),
+                    Diag::new(
+                        Code::WrongDeclaration,
+                        "a set is declared with `set`, not `const`",
+                        span,
+                    )
+                    .label("this is a set")
+                    .help(format!("write `set {} = {{...}};`", name.node)),
                 );
                 return;
             }
             (v, true) if !matches!(v, Val::Set(_)) => {
                 let kind = v.kind();
                 self.err(
-                    Diag::error(
-                        "E0214",
+                    Diag::new(
+                        Code::WrongDeclaration,
                         "a `set` declaration needs a set `{...}`",
                         value.span,
                     )
@@ -205,8 +211,9 @@ impl Checker {
                         let suggestion =
                             did_you_mean(name, cands.iter().copied()).map(str::to_string);
                         let is_set_like = self.names.values().any(|b| b.is_set);
-                        let mut d = Diag::error("E0102", format!("unknown name `{name}`"), span)
-                            .label("not a field or a declared name");
+                        let mut d =
+                            Diag::new(Code::UnknownName, format!("unknown name `{name}`"), span)
+                                .label("not a field or a declared name");
                         d = match suggestion {
                             Some(s) => d.help(format!("did you mean `{s}`?")),
                             None if is_set_like => d.help("declare it first with `const` or `set`; the fields are listed in docs/language.md"),
@@ -224,8 +231,12 @@ impl Checker {
 
     pub(super) fn unknown_field(&mut self, names: &[&str], span: Span) -> Option<Operand> {
         let joined = names.join(".");
-        let mut d =
-            Diag::error("E0101", format!("unknown field `{joined}`"), span).label("no such field");
+        let mut d = Diag::new(
+            Code::UnknownField,
+            format!("unknown field `{joined}`"),
+            span,
+        )
+        .label("no such field");
         d = match did_you_mean(&joined, FIELDS.iter().copied()) {
             Some(s) => d.help(format!("did you mean `{s}`?")),
             None => d.help(format!("the fields are: {}", FIELDS.join(", "))),

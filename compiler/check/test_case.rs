@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use super::values::{Operand, Val};
 use super::Checker;
 use super::MAX_COMM_LEN;
-use crate::diag::{did_you_mean, Diag};
+use crate::diag::{did_you_mean, Code, Diag};
 use crate::hir::{self, Action, Decision, SockSlot, Target, Verdict};
 use crate::syntax::ast;
 use crate::syntax::lexer::IpLit;
@@ -34,10 +34,14 @@ impl Checker {
             if let Some(prev) = seen.get(&t.name.node) {
                 let prev = *prev;
                 self.err(
-                    Diag::error("E0303", "two test cases have the same name", t.name.span)
-                        .label("second")
-                        .secondary(prev, "first")
-                        .help("give each test case its own name"),
+                    Diag::new(
+                        Code::DuplicateTestName,
+                        "two test cases have the same name",
+                        t.name.span,
+                    )
+                    .label("second")
+                    .secondary(prev, "first")
+                    .help("give each test case its own name"),
                 );
                 continue;
             }
@@ -60,7 +64,7 @@ impl Checker {
                 ast::TestStmt::Expect { action, span } => {
                     if let Some(prev) = expect_seen {
                         self.err(
-                            Diag::error("E0303", "a test case with two `expect`s", *span)
+                            Diag::new(Code::TwoExpects, "a test case with two `expect`s", *span)
                                 .label("second")
                                 .secondary(prev, "first")
                                 .help("one test case checks one message; add another test case"),
@@ -77,7 +81,7 @@ impl Checker {
                             } = d.verdict
                             {
                                 self.err(
-                                    Diag::error("E0304", "a test expects a constant sockmap slot", action.span)
+                                    Diag::new(Code::ExpectNotVerdict, "a test expects a constant sockmap slot", action.span)
                                         .label("a field here")
                                         .help("write the slot number the message should go to, e.g. `expect redirect to sock 3;`"),
                                 );
@@ -87,7 +91,7 @@ impl Checker {
                         }
                         Some(_) => {
                             self.err(
-                                Diag::error("E0304", "a test expects a verdict", action.span)
+                                Diag::new(Code::ExpectNotVerdict, "a test expects a verdict", action.span)
                                     .label("not a verdict")
                                     .help("write `expect pass;`, `expect drop;`, `expect redirect to sock N;` or `expect cork N;`"),
                             );
@@ -102,8 +106,8 @@ impl Checker {
                     if let Some(prev) = assigned.get(&name) {
                         let prev = *prev;
                         self.err(
-                            Diag::error(
-                                "E0303",
+                            Diag::new(
+                                Code::TestFieldSetTwice,
                                 format!("`{name}` is set twice in this test case"),
                                 *span,
                             )
@@ -119,8 +123,8 @@ impl Checker {
                     let Some(Operand::Const(v)) = self.expr(value) else {
                         if !self.diags[reported..].iter().any(|d| d.is_error()) {
                             self.err(
-                                Diag::error(
-                                    "E0303",
+                                Diag::new(
+                                    Code::TestValueNotConstant,
                                     "a test case field needs a constant value",
                                     value.span,
                                 )
@@ -159,9 +163,13 @@ impl Checker {
                 (skpc_abi::AF_INET6, IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
                 (skpc_abi::AF_INET, IpAddr::V6(_)) => {
                     self.err(
-                        Diag::error("E0303", "an IPv6 address in an IPv4 test case", span)
-                            .label("IPv6")
-                            .help("remove `family = inet;` or use an IPv4 address"),
+                        Diag::new(
+                            Code::TestIpv6InInet,
+                            "an IPv6 address in an IPv4 test case",
+                            span,
+                        )
+                        .label("IPv6")
+                        .help("remove `family = inet;` or use an IPv4 address"),
                     );
                     ok = false;
                     continue;
@@ -178,7 +186,7 @@ impl Checker {
         if let Some((len, span)) = explicit_len {
             if len < m.payload.len() as u64 || len > u32::MAX as u64 {
                 self.err(
-                    Diag::error("E0303", "`len` is shorter than the payload", span)
+                    Diag::new(Code::TestLenBelowPayload, "`len` is shorter than the payload", span)
                         .label(format!("the payload has {} bytes", m.payload.len()))
                         .help("leave `len` out (it defaults to the payload's length) or make it at least that"),
                 );
@@ -193,7 +201,7 @@ impl Checker {
                 return None;
             }
             self.err(
-                Diag::error("E0303", "a test case without `expect`", t.span)
+                Diag::new(Code::NoExpect, "a test case without `expect`", t.span)
                     .label("what should happen to this message?")
                     .help("add `expect pass;` (or drop, redirect ..., cork N) to the block"),
             );
@@ -218,9 +226,13 @@ impl Checker {
     ) -> bool {
         let bad = |c: &mut Self, what: &str| {
             c.err(
-                Diag::error("E0303", format!("`{name}` takes {what}"), vspan)
-                    .label(format!("this is {}", v.kind()))
-                    .help(format!("write e.g. `{name} = {};`", example_for(name))),
+                Diag::new(
+                    Code::TestValueWrongKind,
+                    format!("`{name}` takes {what}"),
+                    vspan,
+                )
+                .label(format!("this is {}", v.kind()))
+                .help(format!("write e.g. `{name} = {};`", example_for(name))),
             );
             false
         };
@@ -228,9 +240,14 @@ impl Checker {
             match v {
                 Val::Int(n) if n <= max => Some(n),
                 _ => {
+                    // The same words for both: the field takes an integer up to `max`.
+                    let code = match v {
+                        Val::Int(_) => Code::TestIntTooLarge,
+                        _ => Code::TestValueWrongKind,
+                    };
                     c.err(
-                        Diag::error(
-                            "E0303",
+                        Diag::new(
+                            code,
                             format!("`{name}` takes an integer up to {max}"),
                             vspan,
                         )
@@ -297,8 +314,8 @@ impl Checker {
                 Val::Str(s) if s.len() <= MAX_COMM_LEN && !s.contains(&0) => draft.message.comm = s,
                 Val::Str(s) => {
                     self.err(
-                        Diag::error(
-                            "E0303",
+                        Diag::new(
+                            Code::TestCommTooLong,
                             "`comm` takes a string of at most 15 bytes and no NUL",
                             vspan,
                         )
@@ -314,8 +331,12 @@ impl Checker {
                 _ => return bad(self, "a string of at most 15 bytes"),
             },
             _ => {
-                let mut d = Diag::error("E0303", format!("a test case cannot set `{name}`"), fspan)
-                    .label("not a message field");
+                let mut d = Diag::new(
+                    Code::TestFieldUnknown,
+                    format!("a test case cannot set `{name}`"),
+                    fspan,
+                )
+                .label("not a message field");
                 d = match did_you_mean(name, TEST_FIELDS.iter().copied()) {
                     _ if name == "port" || name == "ip" => d.help(format!(
                         "a message has two ends: set `remote.{name}` or `local.{name}` (or both)"

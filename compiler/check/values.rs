@@ -3,7 +3,7 @@
 
 use super::Checker;
 use super::{MAX_PAYLOAD_END, MAX_SLICE_LEN};
-use crate::diag::Diag;
+use crate::diag::{Code, Diag};
 use crate::hir::IntField;
 use crate::syntax::ast::{self, ExprKind};
 use crate::syntax::lexer::IpLit;
@@ -138,9 +138,13 @@ impl Checker {
                     Some(v) => Some(Operand::Const(Val::Int(v))),
                     None => {
                         self.err(
-                            Diag::error("E0218", "the size does not fit in 64 bits", e.span)
-                                .label("overflows")
-                                .help("use a smaller number or unit"),
+                            Diag::new(
+                                Code::SizeOverflow,
+                                "the size does not fit in 64 bits",
+                                e.span,
+                            )
+                            .label("overflows")
+                            .help("use a smaller number or unit"),
                         );
                         None
                     }
@@ -155,9 +159,13 @@ impl Checker {
                 let (l, h) = (l?, h?);
                 if l > h {
                     self.err(
-                        Diag::error("E0212", format!("the range {l}..{h} is reversed"), e.span)
-                            .label("the start is above the end")
-                            .help(format!("write `{h}..{l}` (ranges include both ends)")),
+                        Diag::new(
+                            Code::ReversedRange,
+                            format!("the range {l}..{h} is reversed"),
+                            e.span,
+                        )
+                        .label("the start is above the end")
+                        .help(format!("write `{h}..{l}` (ranges include both ends)")),
                     );
                     return None;
                 }
@@ -181,9 +189,13 @@ impl Checker {
                         }
                         Some(Operand::Field(f)) => {
                             self.err(
-                                Diag::error("E0105", "set elements must be constants", item.span)
-                                    .label(format!("this is a field of the message: {}", f.kind()))
-                                    .help("list literal values or declared names"),
+                                Diag::new(
+                                    Code::FieldNotConstant,
+                                    "set elements must be constants",
+                                    item.span,
+                                )
+                                .label(format!("this is a field of the message: {}", f.kind()))
+                                .help("list literal values or declared names"),
                             );
                             ok = false;
                         }
@@ -197,8 +209,8 @@ impl Checker {
                 let i = self.const_int(index)?;
                 if i >= MAX_PAYLOAD_END as u64 {
                     self.err(
-                        Diag::error(
-                            "E0206",
+                        Diag::new(
+                            Code::PayloadTooFar,
                             format!("payload[{i}] is beyond the supported window"),
                             e.span,
                         )
@@ -220,8 +232,8 @@ impl Checker {
                 if s >= t {
                     let what = if s == t { "empty" } else { "reversed" };
                     self.err(
-                        Diag::error(
-                            "E0205",
+                        Diag::new(
+                            Code::EmptySlice,
                             format!("the payload slice [{s}..{t}] is {what}"),
                             e.span,
                         )
@@ -239,8 +251,8 @@ impl Checker {
                 }
                 if t > MAX_PAYLOAD_END as u64 || t - s > MAX_SLICE_LEN as u64 {
                     self.err(
-                        Diag::error(
-                            "E0206",
+                        Diag::new(
+                            Code::PayloadTooFar,
                             format!("the payload slice [{s}..{t}] is too long or too far"),
                             e.span,
                         )
@@ -265,8 +277,8 @@ impl Checker {
             other => {
                 let kind = operand_kind(&other);
                 self.err(
-                    Diag::error(
-                        "E0201",
+                    Diag::new(
+                        Code::TypeMismatch,
                         format!("only `payload` can be indexed, not {kind}"),
                         base.span,
                     )
@@ -287,8 +299,8 @@ impl Checker {
                     Operand::Const(v) => v.kind().to_string(),
                 };
                 self.err(
-                    Diag::error(
-                        "E0201",
+                    Diag::new(
+                        Code::TypeMismatch,
                         format!("expected a constant integer, found {kind}"),
                         e.span,
                     )
