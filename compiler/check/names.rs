@@ -4,6 +4,7 @@
 use super::values::{FieldRef, Operand, Val};
 use super::Checker;
 use crate::diag::{did_you_mean, Code, Diag};
+use crate::fields::{self, Field, Type};
 use crate::hir::IntField;
 use crate::syntax::ast;
 use crate::syntax::Span;
@@ -14,27 +15,6 @@ pub(super) struct Binding {
     is_set: bool,
 }
 
-pub(super) const FIELDS: &[&str] = &[
-    "len",
-    "family",
-    "port",
-    "ip",
-    "uid",
-    "gid",
-    "pid",
-    "cgroup",
-    "comm",
-    "payload",
-    "local.ip",
-    "local.port",
-    "local.ip4",
-    "local.ip6",
-    "remote.ip",
-    "remote.port",
-    "remote.ip4",
-    "remote.ip6",
-];
-
 impl Checker {
     pub(super) fn declare(
         &mut self,
@@ -43,9 +23,7 @@ impl Checker {
         span: Span,
         is_set: bool,
     ) {
-        if FIELDS.contains(&&*name.node)
-            || ["local", "remote", "inet", "inet6"].contains(&&*name.node)
-        {
+        if fields::is_reserved(&name.node) {
             self.err(
                 Diag::new(
                     Code::FieldDeclared,
@@ -147,66 +125,28 @@ impl Checker {
             long = path.iter().map(|i| &*i.node).collect();
             &long
         };
-        let any = FieldRef::Addr {
-            local: true,
-            remote: true,
-            v4: true,
-            v6: true,
-            mapped: true,
-        };
-        let field = match names {
-            ["len"] => FieldRef::Int(IntField::Len),
-            ["family"] => FieldRef::Family,
-            ["port"] => FieldRef::EitherPort,
-            ["ip"] => any,
-            ["uid"] => FieldRef::Int(IntField::Uid),
-            ["gid"] => FieldRef::Int(IntField::Gid),
-            ["pid"] => FieldRef::Int(IntField::Pid),
-            ["cgroup"] => FieldRef::Int(IntField::Cgroup),
-            ["comm"] => FieldRef::Comm,
-            ["payload"] => FieldRef::Payload,
-            ["inet"] => return Some(Operand::Const(Val::Family(skpc_abi::AF_INET))),
-            ["inet6"] => return Some(Operand::Const(Val::Family(skpc_abi::AF_INET6))),
-            [end @ ("local" | "remote"), what] => {
-                let local = *end == "local";
-                let ends = FieldRef::Addr {
-                    local,
-                    remote: !local,
-                    v4: true,
-                    v6: true,
-                    mapped: true,
-                };
-                match *what {
-                    "ip" => ends,
-                    "ip4" => FieldRef::Addr {
-                        local,
-                        remote: !local,
-                        v4: true,
-                        v6: false,
-                        mapped: false,
-                    },
-                    "ip6" => FieldRef::Addr {
-                        local,
-                        remote: !local,
-                        v4: false,
-                        v6: true,
-                        mapped: false,
-                    },
-                    "port" => FieldRef::Int(if local {
-                        IntField::LocalPort
-                    } else {
-                        IntField::RemotePort
-                    }),
-                    _ => return self.unknown_field(names, span),
-                }
-            }
+        if let Some(f) = fields::by_path(names) {
+            return match field_ref(f) {
+                Some(field) => Some(Operand::Field(field)),
+                None => self.unknown_field(names, span),
+            };
+        }
+        match names {
             [name] => {
-                return match self.names.get(*name) {
+                if let Some((_, family)) = fields::FAMILIES.iter().find(|(n, _)| n == name) {
+                    return Some(Operand::Const(Val::Family(*family)));
+                }
+                match self.names.get(*name) {
                     Some(b) => Some(Operand::Const(b.val.clone())),
                     None => {
                         let mut cands: Vec<&str> = self.names.keys().map(|s| s.as_str()).collect();
-                        cands.extend(FIELDS.iter().copied());
-                        cands.extend(["inet", "inet6"]);
+                        // Pushed one by one: `extend` would make the names' lifetime 'static.
+                        for f in fields::FIELDS {
+                            cands.push(f.name);
+                        }
+                        for (n, _) in fields::FAMILIES {
+                            cands.push(n);
+                        }
                         cands.sort();
                         let suggestion =
                             did_you_mean(name, cands.iter().copied()).map(str::to_string);
@@ -217,16 +157,15 @@ impl Checker {
                         d = match suggestion {
                             Some(s) => d.help(format!("did you mean `{s}`?")),
                             None if is_set_like => d.help("declare it first with `const` or `set`; the fields are listed in docs/language.md"),
-                            None => d.help(format!("declare it with `const {name} = ...;` before its first use, or use a field: {}", FIELDS.join(", "))),
+                            None => d.help(format!("declare it with `const {name} = ...;` before its first use, or use a field: {}", field_list())),
                         };
                         self.err(d);
                         None
                     }
-                };
+                }
             }
-            _ => return self.unknown_field(names, span),
-        };
-        Some(Operand::Field(field))
+            _ => self.unknown_field(names, span),
+        }
     }
 
     pub(super) fn unknown_field(&mut self, names: &[&str], span: Span) -> Option<Operand> {
@@ -237,11 +176,44 @@ impl Checker {
             span,
         )
         .label("no such field");
-        d = match did_you_mean(&joined, FIELDS.iter().copied()) {
+        d = match did_you_mean(&joined, fields::names()) {
             Some(s) => d.help(format!("did you mean `{s}`?")),
-            None => d.help(format!("the fields are: {}", FIELDS.join(", "))),
+            None => d.help(format!("the fields are: {}", field_list())),
         };
         self.err(d);
         None
     }
+}
+
+/// What a field of the registry denotes in a condition; none for a row the checker has
+/// no comparisons for.
+fn field_ref(f: &Field) -> Option<FieldRef> {
+    Some(match f.ty {
+        Type::Port {
+            ends: fields::Ends::Both,
+        } => FieldRef::EitherPort,
+        Type::Int { .. } | Type::Port { .. } | Type::Family => match IntField::of(f.id)? {
+            IntField::Family => FieldRef::Family,
+            int => FieldRef::Int(int),
+        },
+        Type::Addr {
+            ends,
+            v4,
+            v6,
+            mapped,
+        } => FieldRef::Addr {
+            local: ends.local(),
+            remote: ends.remote(),
+            v4,
+            v6,
+            mapped,
+        },
+        Type::Payload => FieldRef::Payload,
+        Type::Comm => FieldRef::Comm,
+    })
+}
+
+/// "len, family, port, ...": every field, for help texts.
+fn field_list() -> String {
+    fields::names().collect::<Vec<_>>().join(", ")
 }

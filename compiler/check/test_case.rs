@@ -7,6 +7,7 @@ use super::values::{Operand, Val};
 use super::Checker;
 use super::MAX_COMM_LEN;
 use crate::diag::{did_you_mean, Code, Diag};
+use crate::fields::{self, Member, TestValue};
 use crate::hir::{self, Action, Decision, SockSlot, Target, Verdict};
 use crate::syntax::ast;
 use crate::syntax::lexer::IpLit;
@@ -216,6 +217,8 @@ impl Checker {
         })
     }
 
+    /// `name = v;` in a test case: records the setting in `draft`, or reports why it
+    /// cannot be made. False on an error.
     pub(super) fn test_assign(
         &mut self,
         draft: &mut Draft,
@@ -224,155 +227,103 @@ impl Checker {
         v: Val,
         vspan: Span,
     ) -> bool {
-        let bad = |c: &mut Self, what: &str| {
+        let settable = fields::by_name(name).and_then(|f| Some((f.member?, f.test?)));
+        let Some((member, setting)) = settable else {
+            self.unknown_test_field(name, fspan);
+            return false;
+        };
+        let wrong = |c: &mut Self, code: Code, label: &str| {
             c.err(
                 Diag::new(
-                    Code::TestValueWrongKind,
-                    format!("`{name}` takes {what}"),
+                    code,
+                    format!("`{name}` takes {}", setting.value.takes()),
                     vspan,
                 )
-                .label(format!("this is {}", v.kind()))
-                .help(format!("write e.g. `{name} = {};`", example_for(name))),
+                .label(format!("this is {label}"))
+                .help(format!("write e.g. `{name} = {};`", setting.example)),
             );
             false
         };
-        let int = |c: &mut Self, max: u64| -> Option<u64> {
-            match v {
-                Val::Int(n) if n <= max => Some(n),
-                _ => {
-                    // The same words for both: the field takes an integer up to `max`.
-                    let code = match v {
-                        Val::Int(_) => Code::TestIntTooLarge,
-                        _ => Code::TestValueWrongKind,
-                    };
-                    c.err(
-                        Diag::new(
-                            code,
-                            format!("`{name}` takes an integer up to {max}"),
-                            vspan,
-                        )
-                        .label(format!(
-                            "this is {}",
-                            if matches!(v, Val::Int(_)) {
-                                "too large"
-                            } else {
-                                v.kind()
-                            }
-                        ))
-                        .help(format!("write e.g. `{name} = {};`", example_for(name))),
-                    );
-                    None
-                }
+        match (setting.value, v) {
+            (TestValue::Family, Val::Family(f)) => draft.family = Some(f),
+            (TestValue::Addr, Val::Ip(IpLit::V4(a, None))) => {
+                draft
+                    .addrs
+                    .push((member == Member::LocalIp, IpAddr::V4(a), vspan))
             }
-        };
-        match name {
-            "family" => match v {
-                Val::Family(f) => draft.family = Some(f),
-                _ => return bad(self, "`inet` or `inet6`"),
-            },
-            "local.ip" | "remote.ip" => match v {
-                Val::Ip(IpLit::V4(a, None)) => {
-                    draft.addrs.push((name == "local.ip", IpAddr::V4(a), vspan))
-                }
-                Val::Ip(IpLit::V6(a, None)) => {
-                    draft.addrs.push((name == "local.ip", IpAddr::V6(a), vspan))
-                }
-                _ => return bad(self, "one address"),
-            },
-            "local.port" => match int(self, 65535) {
-                Some(n) => draft.message.local_port = n as u16,
-                None => return false,
-            },
-            "remote.port" => match int(self, 65535) {
-                Some(n) => draft.message.remote_port = n as u16,
-                None => return false,
-            },
-            "len" => match int(self, u32::MAX as u64) {
-                Some(n) => draft.len = Some((n, vspan)),
-                None => return false,
-            },
-            "uid" | "gid" | "pid" => match int(self, u32::MAX as u64) {
-                Some(n) => {
-                    let n = n as u32;
-                    match name {
-                        "uid" => draft.message.uid = n,
-                        "gid" => draft.message.gid = n,
-                        _ => draft.message.pid = n,
-                    }
-                }
-                None => return false,
-            },
-            "cgroup" => match int(self, u64::MAX) {
-                Some(n) => draft.message.cgroup = n,
-                None => return false,
-            },
-            "payload" => match v {
-                Val::Str(s) => draft.message.payload = s,
-                _ => return bad(self, "a string"),
-            },
-            "comm" => match v {
-                Val::Str(s) if s.len() <= MAX_COMM_LEN && !s.contains(&0) => draft.message.comm = s,
-                Val::Str(s) => {
-                    self.err(
-                        Diag::new(
-                            Code::TestCommTooLong,
-                            "`comm` takes a string of at most 15 bytes and no NUL",
-                            vspan,
-                        )
-                        .label(format!(
-                            "{} bytes{}",
-                            s.len(),
-                            if s.contains(&0) { ", with a NUL" } else { "" }
-                        ))
-                        .help("the kernel keeps the first 15 bytes of a process name: shorten it"),
-                    );
-                    return false;
-                }
-                _ => return bad(self, "a string of at most 15 bytes"),
-            },
-            _ => {
-                let mut d = Diag::new(
-                    Code::TestFieldUnknown,
-                    format!("a test case cannot set `{name}`"),
-                    fspan,
-                )
-                .label("not a message field");
-                d = match did_you_mean(name, TEST_FIELDS.iter().copied()) {
-                    _ if name == "port" || name == "ip" => d.help(format!(
-                        "a message has two ends: set `remote.{name}` or `local.{name}` (or both)"
-                    )),
-                    Some(s) => d.help(format!("did you mean `{s}`?")),
-                    None => d.help(format!("test cases set: {}", TEST_FIELDS.join(", "))),
-                };
-                self.err(d);
+            (TestValue::Addr, Val::Ip(IpLit::V6(a, None))) => {
+                draft
+                    .addrs
+                    .push((member == Member::LocalIp, IpAddr::V6(a), vspan))
+            }
+            (TestValue::Int { max }, Val::Int(n)) if n <= max => draft.set_int(member, n, vspan),
+            (TestValue::Int { .. }, Val::Int(_)) => {
+                return wrong(self, Code::TestIntTooLarge, "too large")
+            }
+            (TestValue::Bytes, Val::Str(s)) => draft.message.payload = s,
+            (TestValue::Comm, Val::Str(s)) if s.len() <= MAX_COMM_LEN && !s.contains(&0) => {
+                draft.message.comm = s
+            }
+            (TestValue::Comm, Val::Str(s)) => {
+                self.err(
+                    Diag::new(
+                        Code::TestCommTooLong,
+                        "`comm` takes a string of at most 15 bytes and no NUL",
+                        vspan,
+                    )
+                    .label(format!(
+                        "{} bytes{}",
+                        s.len(),
+                        if s.contains(&0) { ", with a NUL" } else { "" }
+                    ))
+                    .help("the kernel keeps the first 15 bytes of a process name: shorten it"),
+                );
                 return false;
             }
+            (_, v) => return wrong(self, Code::TestValueWrongKind, v.kind()),
         }
         true
     }
+
+    fn unknown_test_field(&mut self, name: &str, fspan: Span) {
+        let settable = fields::settable();
+        let names = || settable.iter().map(|f| f.name);
+        let mut d = Diag::new(
+            Code::TestFieldUnknown,
+            format!("a test case cannot set `{name}`"),
+            fspan,
+        )
+        .label("not a message field");
+        d = match did_you_mean(name, names()) {
+            _ if name == "port" || name == "ip" => d.help(format!(
+                "a message has two ends: set `remote.{name}` or `local.{name}` (or both)"
+            )),
+            Some(s) => d.help(format!("did you mean `{s}`?")),
+            None => d.help(format!(
+                "test cases set: {}",
+                names().collect::<Vec<_>>().join(", ")
+            )),
+        };
+        self.err(d);
+    }
 }
 
-pub(super) const TEST_FIELDS: &[&str] = &[
-    "family",
-    "local.ip",
-    "remote.ip",
-    "local.port",
-    "remote.port",
-    "len",
-    "payload",
-    "uid",
-    "gid",
-    "pid",
-    "cgroup",
-    "comm",
-];
-
-pub(super) fn example_for(name: &str) -> &'static str {
-    match name {
-        "family" => "inet6",
-        "local.ip" | "remote.ip" => "10.0.0.1",
-        "payload" => "\"GET / HTTP/1.1\\r\\n\"",
-        "comm" => "\"curl\"",
-        _ => "80",
+impl Draft {
+    /// Sets an integer member (`len` is kept aside: it is checked against the payload
+    /// once every statement has been read).
+    fn set_int(&mut self, member: Member, n: u64, span: Span) {
+        let m = &mut self.message;
+        match member {
+            Member::Len => self.len = Some((n, span)),
+            // The registry's ranges keep these within their members' widths.
+            Member::LocalPort => m.local_port = n as u16,
+            Member::RemotePort => m.remote_port = n as u16,
+            Member::Uid => m.uid = n as u32,
+            Member::Gid => m.gid = n as u32,
+            Member::Pid => m.pid = n as u32,
+            Member::Cgroup => m.cgroup = n,
+            Member::Family => self.family = Some(n as u32),
+            Member::LocalIp | Member::RemoteIp | Member::Payload | Member::Comm => {}
+        }
     }
 }
