@@ -1,4 +1,5 @@
-//! Warnings about rules that do nothing: never matching (W0001) or never reached (W0002).
+//! Warnings about rules that do nothing: never matching (W0001), never reached (W0002),
+//! or evaluated before a `default` written above them (W0003).
 
 use std::borrow::Cow;
 
@@ -9,6 +10,17 @@ use crate::hir::{self, Cond, IntField, Test};
 use crate::syntax::Span;
 
 impl Checker {
+    /// W0003 for a `default` (at `span`) with rules after it.
+    pub(super) fn default_position_warning(&mut self, span: Span, rules_after: bool) {
+        if rules_after {
+            self.diags.push(
+                Diag::new(Code::DefaultNotLast, "`default` is not the last rule", span)
+                    .label("rules after this line are still evaluated before the default")
+                    .help("move `default` to the end of the policy, where it takes effect"),
+            );
+        }
+    }
+
     pub(super) fn dead_rule_warnings(&mut self, rules: &[hir::Rule], default: Option<Span>) {
         let mut shadow: Option<&hir::Rule> = None;
         for r in rules {

@@ -3,6 +3,15 @@
 //!
 //! The checker never panics and never stops at the first error: it reports every
 //! problem it can find, then returns the HIR only if there was no error.
+//!
+//! One `Checker` walks the policy; its methods live with their job:
+//! - this module: the items in order, the default, the counters;
+//! - `names`: declarations and what a name or path refers to (fields from `crate::fields`);
+//! - `values`: expressions as compile-time values (`Val`) or field references (`FieldRef`);
+//! - `compare`: conditions and comparisons; `membership`: `in`, `starts with` and the
+//!   address, payload and comm tests;
+//! - `action`: rules and their actions; `test_case`: in-file test cases;
+//! - `lints`: warnings about rules that never match or are never reached.
 
 use std::collections::HashMap;
 
@@ -144,13 +153,7 @@ impl Checker {
             }
         }
         if let Some((i, span)) = default_index {
-            if i < last_rule_or_default {
-                self.diags.push(
-                    Diag::new(Code::DefaultNotLast, "`default` is not the last rule", span)
-                        .label("rules after this line are still evaluated before the default")
-                        .help("move `default` to the end of the policy, where it takes effect"),
-                );
-            }
+            self.default_position_warning(span, i < last_rule_or_default);
         }
         self.dead_rule_warnings(&rules, default.as_ref().map(|d| d.1));
 
