@@ -700,4 +700,26 @@ mod tests {
         registry.sort();
         assert_eq!(documented, registry, "docs/language.md's field table");
     }
+
+    #[test]
+    fn the_docs_test_case_table_lists_exactly_the_settable_fields() {
+        let docs = include_str!("../docs/language.md");
+        let section = docs.split("\n## Test cases\n").nth(1).unwrap_or("");
+        let section = section.split("\n## ").next().unwrap_or("");
+        let mut documented: Vec<&str> = section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .flat_map(|l| {
+                let first = l.split(" | ").next().unwrap_or("");
+                first.split('`').skip(1).step_by(2)
+            })
+            .collect();
+        let mut settable: Vec<&str> = settable().iter().map(|f| f.name).collect();
+        documented.sort();
+        settable.sort();
+        assert_eq!(
+            documented, settable,
+            "docs/language.md's test-case settings"
+        );
+    }
 }

@@ -97,7 +97,7 @@ impl Checker {
         }))
     }
 
-    pub(super) fn byte_count(&mut self, e: &ast::Expr, what: &str) -> Option<u32> {
+    fn byte_count(&mut self, e: &ast::Expr, what: &str) -> Option<u32> {
         match self.expr(e)? {
             Operand::Const(Val::Int(n)) if n >= 1 && n <= u32::MAX as u64 => Some(n as u32),
             Operand::Const(Val::Int(n)) => {
@@ -128,7 +128,7 @@ impl Checker {
         }
     }
 
-    pub(super) fn sock_slot(&mut self, e: &ast::Expr) -> Option<SockSlot> {
+    fn sock_slot(&mut self, e: &ast::Expr) -> Option<SockSlot> {
         match self.expr(e)? {
             Operand::Const(Val::Int(n)) if n < skpc_abi::SOCKMAP_SLOTS as u64 => {
                 Some(SockSlot::Const(n as u32))

@@ -56,7 +56,7 @@ impl Checker {
 
     /// The operands of an `and`/`or`: all of them are checked (every error reported),
     /// `None` if any failed.
-    pub(super) fn conds(&mut self, cs: &[ast::Cond]) -> Option<Vec<Cond>> {
+    fn conds(&mut self, cs: &[ast::Cond]) -> Option<Vec<Cond>> {
         let mut out = Vec::with_capacity(cs.len());
         let mut ok = true;
         for c in cs {
@@ -314,13 +314,7 @@ impl Checker {
         }
     }
 
-    pub(super) fn out_of_range(
-        &mut self,
-        field: IntField,
-        fs: Span,
-        n: u64,
-        vs: Span,
-    ) -> Option<u64> {
+    fn out_of_range(&mut self, field: IntField, fs: Span, n: u64, vs: Span) -> Option<u64> {
         self.err(
             Diag::new(
                 Code::OutOfRange,
@@ -338,7 +332,7 @@ impl Checker {
         None
     }
 
-    pub(super) fn int_compare(
+    fn int_compare(
         &mut self,
         field: IntField,
         fs: Span,
@@ -372,7 +366,7 @@ impl Checker {
     }
 }
 
-pub(super) fn mirror(op: CmpOp) -> CmpOp {
+fn mirror(op: CmpOp) -> CmpOp {
     match op {
         CmpOp::Lt => CmpOp::Gt,
         CmpOp::Le => CmpOp::Ge,
@@ -382,7 +376,7 @@ pub(super) fn mirror(op: CmpOp) -> CmpOp {
     }
 }
 
-pub(super) fn const_compare(a: &Val, op: CmpOp, b: &Val) -> Option<bool> {
+fn const_compare(a: &Val, op: CmpOp, b: &Val) -> Option<bool> {
     use std::cmp::Ordering;
     let ord: Ordering = match (a, b) {
         (Val::Int(x), Val::Int(y)) => x.cmp(y),

@@ -60,7 +60,7 @@ impl Checker {
 /// Whether a simplified condition can never hold: constant false, or an `and` whose
 /// integer tests of one field leave no value (`len > 5000 and len < 10`). Only for the
 /// W0001 warning: it does not change the HIR.
-pub(super) fn never_true(c: &Cond) -> bool {
+fn never_true(c: &Cond) -> bool {
     match c {
         Cond::Const(b) => !b,
         Cond::Or(cs) => cs.iter().all(never_true),
@@ -115,4 +115,4 @@ pub(super) fn never_true(c: &Cond) -> bool {
 }
 
 /// Sorted, disjoint inclusive ranges, borrowed from a test or computed.
-pub(super) type Ranges<'a> = Cow<'a, [(u64, u64)]>;
+type Ranges<'a> = Cow<'a, [(u64, u64)]>;

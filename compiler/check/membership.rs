@@ -105,7 +105,7 @@ impl Checker {
         })
     }
 
-    pub(super) fn host_bits_error(&mut self, span: Span, net: &IpAddr, prefix: u8) {
+    fn host_bits_error(&mut self, span: Span, net: &IpAddr, prefix: u8) {
         self.err(
             Diag::new(Code::HostBitsSet, "the prefix has host bits set", span)
                 .label("bits beyond the prefix length are not zero")
@@ -313,12 +313,7 @@ impl Checker {
         Some(out)
     }
 
-    pub(super) fn int_membership(
-        &mut self,
-        field: IntField,
-        fs: Span,
-        elems: &[(Val, Span)],
-    ) -> Option<Cond> {
+    fn int_membership(&mut self, field: IntField, fs: Span, elems: &[(Val, Span)]) -> Option<Cond> {
         let mut ranges = Vec::new();
         for (v, s) in elems {
             match v {

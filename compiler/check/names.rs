@@ -168,7 +168,7 @@ impl Checker {
         }
     }
 
-    pub(super) fn unknown_field(&mut self, names: &[&str], span: Span) -> Option<Operand> {
+    fn unknown_field(&mut self, names: &[&str], span: Span) -> Option<Operand> {
         let joined = names.join(".");
         let mut d = Diag::new(
             Code::UnknownField,

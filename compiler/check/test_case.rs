@@ -17,7 +17,7 @@ use crate::syntax::Span;
 /// addresses are stored and `len` defaults to the payload's length, so those are
 /// resolved once every statement has been seen.
 #[derive(Default)]
-pub(super) struct Draft {
+struct Draft {
     message: hir::Message,
     /// `family = ...`, if the case sets it.
     family: Option<u32>,
@@ -219,7 +219,7 @@ impl Checker {
 
     /// `name = v;` in a test case: records the setting in `draft`, or reports why it
     /// cannot be made. False on an error.
-    pub(super) fn test_assign(
+    fn test_assign(
         &mut self,
         draft: &mut Draft,
         name: &str,

@@ -107,14 +107,14 @@ pub(super) fn operand_kind(o: &Operand) -> String {
 /// The spans of a set literal's elements so far, to drop repeats: a list while short
 /// (most sets have a few elements), hashed beyond.
 #[derive(Default)]
-pub(super) struct SeenSpans {
+struct SeenSpans {
     list: Vec<Span>,
     hashed: Option<std::collections::HashSet<Span>>,
 }
 
 impl SeenSpans {
     /// Adds `span`; false if it was there already.
-    pub(super) fn insert(&mut self, span: Span) -> bool {
+    fn insert(&mut self, span: Span) -> bool {
         if let Some(h) = &mut self.hashed {
             return h.insert(span);
         }
@@ -271,7 +271,7 @@ impl Checker {
         }
     }
 
-    pub(super) fn payload_base(&mut self, base: &ast::Expr) -> Option<()> {
+    fn payload_base(&mut self, base: &ast::Expr) -> Option<()> {
         match self.expr(base)? {
             Operand::Field(FieldRef::Payload) => Some(()),
             other => {
@@ -290,7 +290,7 @@ impl Checker {
         }
     }
 
-    pub(super) fn const_int(&mut self, e: &ast::Expr) -> Option<u64> {
+    fn const_int(&mut self, e: &ast::Expr) -> Option<u64> {
         match self.expr(e)? {
             Operand::Const(Val::Int(n)) => Some(n),
             other => {
