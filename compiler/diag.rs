@@ -7,18 +7,22 @@ use codespan_reporting::term::{self, termcolor};
 
 use crate::syntax::Span;
 
+mod code;
+
+pub use code::Code;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
     Warning,
     Error,
 }
 
-/// One diagnostic. `code` is stable (documented in docs/language.md); `help` says how to
-/// fix it where that is knowable.
+/// One diagnostic. `code` is stable (documented in docs/language.md) and decides the
+/// severity; `help` says how to fix it where that is knowable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diag {
     pub severity: Severity,
-    pub code: &'static str,
+    pub code: Code,
     pub message: String,
     pub span: Span,
     pub label: String,
@@ -28,9 +32,10 @@ pub struct Diag {
 }
 
 impl Diag {
-    pub fn error(code: &'static str, message: impl Into<String>, span: Span) -> Diag {
+    /// A diagnostic with `code`'s severity.
+    pub fn new(code: Code, message: impl Into<String>, span: Span) -> Diag {
         Diag {
-            severity: Severity::Error,
+            severity: code.severity(),
             code,
             message: message.into(),
             span,
@@ -38,13 +43,6 @@ impl Diag {
             secondary: Vec::new(),
             help: None,
             notes: Vec::new(),
-        }
-    }
-
-    pub fn warning(code: &'static str, message: impl Into<String>, span: Span) -> Diag {
-        Diag {
-            severity: Severity::Warning,
-            ..Diag::error(code, message, span)
         }
     }
 
@@ -90,7 +88,7 @@ impl Diag {
         if let Some(h) = &self.help {
             notes.push(format!("help: {h}"));
         }
-        base.with_code(self.code)
+        base.with_code(self.code.as_str())
             .with_message(&self.message)
             .with_labels(labels)
             .with_notes(notes)
@@ -216,7 +214,8 @@ mod tests {
 
     #[test]
     fn renders_file_line_and_column() {
-        let d = Diag::error("E0101", "unknown field `prot`", Span::new(8, 12)).help("write `port`");
+        let d = Diag::new(Code::UnknownField, "unknown field `prot`", Span::new(8, 12))
+            .help("write `port`");
         let out = render_plain("p.skp", "drop if prot == 1;\n", &[d]);
         assert!(out.contains("p.skp:1:9"), "{out}");
         assert!(out.contains("help: write `port`"), "{out}");

@@ -10,6 +10,7 @@ pub mod check;
 pub mod compile;
 pub mod diag;
 pub mod eval;
+pub mod fields;
 pub mod hir;
 pub mod lower;
 pub mod object;

@@ -1,12 +1,12 @@
 //! One insta snapshot per invalid (or suspicious) policy: the diagnostics exactly as
 //! `skpc check` prints them (file:line:col, the source line, the span underlined, the
-//! help). `every_code_is_covered` makes sure that every error and warning code the
-//! front end can emit appears in at least one case.
+//! help). `every_code_is_covered` makes sure that every code of `diag::Code` appears in
+//! at least one case, and the docs test that docs/language.md lists exactly those codes.
 
 use std::collections::BTreeSet;
 
 use skpc::check::check;
-use skpc::diag::render_plain;
+use skpc::diag::{render_plain, Code};
 
 fn snapshot(name: &str, src: &str) {
     let (policy, diags) = check(src);
@@ -182,44 +182,55 @@ cases! {
         "const REDIS = 6379;\ndrop if prot == REDIS;\ndrop if len > 5000 and len < 10;\nredirect to sock 99;\n";
 }
 
-/// The codes the front end can emit, read from its source.
-fn codes_in_source() -> BTreeSet<String> {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let mut codes = BTreeSet::new();
-    for file in [
-        "compiler/syntax/mod.rs",
-        "compiler/syntax/lexer.rs",
-        "compiler/check/mod.rs",
-    ] {
-        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
-        for (i, _) in text.match_indices('"') {
-            let code = &text[i + 1..];
-            let b = code.as_bytes();
-            if b.len() > 6
-                && (b[0] == b'E' || b[0] == b'W')
-                && b[1..5].iter().all(u8::is_ascii_digit)
-                && b[5] == b'"'
-            {
-                codes.insert(code[..5].to_string());
-            }
-        }
-    }
-    codes
-}
-
 #[test]
 fn every_code_is_covered() {
-    let expected = codes_in_source();
-    assert!(expected.len() > 30, "found codes: {expected:?}");
     let mut seen = BTreeSet::new();
     for (_, src) in CASES {
         for d in check(src).1 {
-            seen.insert(d.code.to_string());
+            seen.insert(d.code);
         }
     }
-    let missing: Vec<&String> = expected.difference(&seen).collect();
+    let missing: Vec<&str> = Code::ALL
+        .iter()
+        .filter(|c| !seen.contains(c))
+        .map(|c| c.as_str())
+        .collect();
     assert!(missing.is_empty(), "codes without a case: {missing:?}");
     assert!(CASES.len() >= 45);
+}
+
+/// The rows of docs/language.md's table of diagnostic codes: (code, meaning).
+fn documented_codes() -> Vec<(String, String)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/language.md");
+    let text = std::fs::read_to_string(path).expect("docs/language.md");
+    let section = text
+        .split("\n## Diagnostics\n")
+        .nth(1)
+        .expect("a Diagnostics section");
+    section
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split(" | ").map(str::trim).collect();
+            let code = cells.first()?.strip_prefix("| ")?;
+            let is_code = code.len() == 5
+                && (code.starts_with('E') || code.starts_with('W'))
+                && code[1..].bytes().all(|b| b.is_ascii_digit());
+            (is_code && cells.len() >= 2).then(|| (code.to_string(), cells[1].to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_docs_table_lists_every_code_with_its_summary() {
+    let documented = documented_codes();
+    let listed: Vec<(String, String)> = Code::ALL
+        .iter()
+        .map(|c| (c.as_str().to_string(), c.summary().to_string()))
+        .collect();
+    assert_eq!(
+        documented, listed,
+        "docs/language.md's table and diag::Code"
+    );
 }
 
 #[test]
@@ -230,7 +241,7 @@ fn every_diagnostic_names_file_line_and_column_and_most_say_how_to_fix() {
             let one = render_plain("policy.skp", src, std::slice::from_ref(d));
             assert!(one.contains("┌─ policy.skp:"), "{name}: {one}");
             assert!(
-                d.help.is_some() || d.code == "E0001" && d.message == "invalid token",
+                d.help.is_some() || d.code == Code::UnexpectedChar && d.message == "invalid token",
                 "{name}: {} has no help",
                 d.code
             );

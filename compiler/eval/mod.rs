@@ -26,6 +26,7 @@ use std::net::IpAddr;
 
 use skpc_abi::{LogRecord, SockKey, AF_INET, AF_INET6, SOCKMAP_SLOTS};
 
+use crate::fields;
 use crate::hir::{
     Action, Cond, Decision, End, IntField, Message, Net, Policy, SockSlot, Target, Test, Verdict,
 };
@@ -201,17 +202,10 @@ fn in_prefix(a: u128, net: u128, prefix: u8, bits: u32) -> bool {
 
 /// The value of an integer field; `None` for a payload byte past the message's end.
 pub fn field_value(f: IntField, msg: &Message) -> Option<u64> {
-    Some(match f {
-        IntField::Len => msg.len as u64,
-        IntField::Family => msg.family as u64,
-        IntField::LocalPort => msg.local_port as u64,
-        IntField::RemotePort => msg.remote_port as u64,
-        IntField::Uid => msg.uid as u64,
-        IntField::Gid => msg.gid as u64,
-        IntField::Pid => msg.pid as u64,
-        IntField::Cgroup => msg.cgroup,
-        IntField::PayloadByte(i) => payload(msg, i, 1)?[0] as u64,
-    })
+    match f {
+        IntField::PayloadByte(i) => Some(payload(msg, i, 1)?[0] as u64),
+        f => msg.int(fields::get(f.id()?).member?),
+    }
 }
 
 /// `n` bytes of the message at `offset`, or `None` if the rules cannot see that far:

@@ -15,6 +15,7 @@ pub mod visit;
 
 use std::net::IpAddr;
 
+use crate::fields;
 use crate::syntax::Span;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,29 +205,75 @@ pub enum IntField {
 }
 
 impl IntField {
+    /// The field's row in the registry; none for `payload[i]` (a view of `payload`).
+    pub fn id(self) -> Option<fields::Id> {
+        Some(match self {
+            IntField::Len => fields::Id::Len,
+            IntField::Family => fields::Id::Family,
+            IntField::LocalPort => fields::Id::LocalPort,
+            IntField::RemotePort => fields::Id::RemotePort,
+            IntField::Uid => fields::Id::Uid,
+            IntField::Gid => fields::Id::Gid,
+            IntField::Pid => fields::Id::Pid,
+            IntField::Cgroup => fields::Id::Cgroup,
+            IntField::PayloadByte(_) => return None,
+        })
+    }
+
+    /// The integer field a registry row is, if it is one.
+    pub fn of(id: fields::Id) -> Option<IntField> {
+        [
+            IntField::Len,
+            IntField::Family,
+            IntField::LocalPort,
+            IntField::RemotePort,
+            IntField::Uid,
+            IntField::Gid,
+            IntField::Pid,
+            IntField::Cgroup,
+        ]
+        .into_iter()
+        .find(|f| f.id() == Some(id))
+    }
+
     /// The largest value the field can hold.
     pub fn max_value(self) -> u64 {
-        match self {
-            IntField::Len | IntField::Uid | IntField::Gid | IntField::Pid => u32::MAX as u64,
-            IntField::Family => u16::MAX as u64,
-            IntField::LocalPort | IntField::RemotePort => u16::MAX as u64,
-            IntField::Cgroup => u64::MAX,
-            IntField::PayloadByte(_) => u8::MAX as u64,
+        match self.id() {
+            Some(id) => fields::get(id).max_value().unwrap_or(u64::MAX),
+            None => u8::MAX as u64,
         }
     }
 
     pub fn name(self) -> String {
-        match self {
-            IntField::Len => "len".into(),
-            IntField::Family => "family".into(),
-            IntField::LocalPort => "local.port".into(),
-            IntField::RemotePort => "remote.port".into(),
-            IntField::Uid => "uid".into(),
-            IntField::Gid => "gid".into(),
-            IntField::Pid => "pid".into(),
-            IntField::Cgroup => "cgroup".into(),
-            IntField::PayloadByte(i) => format!("payload[{i}]"),
+        match (self, self.id()) {
+            (IntField::PayloadByte(i), _) => format!("payload[{i}]"),
+            (_, Some(id)) => fields::get(id).name.into(),
+            (_, None) => String::new(),
         }
+    }
+
+    /// The `struct sk_msg_md` word the program loads the field from, and whether it
+    /// needs a `be32` byte swap; none for fields read through helpers or the data.
+    pub fn ctx_word(self) -> Option<(i16, bool)> {
+        self.id().and_then(fields::ctx_word)
+    }
+}
+
+impl Message {
+    /// The value of an integer member; none for the addresses, payload and comm.
+    pub fn int(&self, member: fields::Member) -> Option<u64> {
+        use fields::Member as M;
+        Some(match member {
+            M::Family => self.family as u64,
+            M::LocalPort => self.local_port as u64,
+            M::RemotePort => self.remote_port as u64,
+            M::Len => self.len as u64,
+            M::Uid => self.uid as u64,
+            M::Gid => self.gid as u64,
+            M::Pid => self.pid as u64,
+            M::Cgroup => self.cgroup,
+            M::LocalIp | M::RemoteIp | M::Payload | M::Comm => return None,
+        })
     }
 }
 

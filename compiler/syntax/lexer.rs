@@ -146,15 +146,11 @@ pub enum Tok {
     Ident(Name),
 }
 
-/// Names that policies use all the time (the fields and their parts), as static strings.
-const COMMON_NAMES: &[&str] = &[
-    "len", "family", "port", "ip", "uid", "gid", "pid", "cgroup", "comm", "payload", "local",
-    "remote", "ip4", "ip6", "inet", "inet6",
-];
-
+/// Names that policies use all the time (the parts of the fields' names and the family
+/// constants) are kept as static strings.
 fn ident(lex: &mut logos::Lexer<Tok>) -> Name {
     let text = lex.slice();
-    match COMMON_NAMES.iter().find(|n| **n == text) {
+    match crate::fields::interned(text) {
         Some(n) => Name::Borrowed(n),
         None => Name::Owned(text.to_string()),
     }

@@ -10,7 +10,7 @@ pub use span::{Span, Spanned};
 
 use lalrpop_util::{lalrpop_mod, ParseError};
 
-use crate::diag::Diag;
+use crate::diag::{Code, Diag};
 use lexer::{LexError, Tok};
 
 lalrpop_mod!(
@@ -161,8 +161,8 @@ impl Iterator for Guarded<'_> {
 
 /// Nesting deeper than [`MAX_NESTING`] at the token `l..r`.
 fn nesting_error(l: usize, r: usize) -> Diag {
-    Diag::error(
-        "E0006",
+    Diag::new(
+        Code::TooDeep,
         format!("nesting deeper than {MAX_NESTING} levels"),
         Span::new(l, r),
     )
@@ -173,8 +173,8 @@ fn nesting_error(l: usize, r: usize) -> Diag {
 fn lex_diag(source: &str, span: Span, e: &LexError) -> Diag {
     let text = source.get(span.range()).unwrap_or("");
     match e {
-        LexError::UnexpectedChar => Diag::error(
-            "E0001",
+        LexError::UnexpectedChar => Diag::new(
+            Code::UnexpectedChar,
             {
                 let first = text.chars().next().unwrap_or(' ').escape_debug();
                 match text.chars().count() {
@@ -186,31 +186,35 @@ fn lex_diag(source: &str, span: Span, e: &LexError) -> Diag {
         )
         .label("not part of the language")
         .help("comments start with `#` or `//`; strings go in double quotes"),
-        LexError::IntTooLarge => {
-            Diag::error("E0002", "integer literal does not fit in 64 bits", span)
-                .label("too large")
-                .help(format!("the largest integer is {}", u64::MAX))
-        }
-        LexError::BadAddress(a) => Diag::error(
-            "E0003",
+        LexError::IntTooLarge => Diag::new(
+            Code::IntTooLarge,
+            "integer literal does not fit in 64 bits",
+            span,
+        )
+        .label("too large")
+        .help(format!("the largest integer is {}", u64::MAX)),
+        LexError::BadAddress(a) => Diag::new(
+            Code::BadAddress,
             format!("`{a}` is not a valid IP address"),
             span,
         )
         .label("invalid address")
         .help("IPv4 is four numbers 0-255 (`10.0.0.1`); IPv6 is hex groups with `::` (`fd00::1`)"),
         LexError::BadPrefix { max } => {
-            Diag::error("E0003", "CIDR prefix length out of range", span)
+            Diag::new(Code::BadAddress, "CIDR prefix length out of range", span)
                 .label(format!("prefix must be 0..={max}"))
                 .help(format!(
                     "write the prefix length as a number from 0 to {max}, e.g. `10.0.0.0/8`"
                 ))
         }
-        LexError::BadEscape(esc) => {
-            Diag::error("E0004", format!("unknown escape `{esc}` in string"), span)
-                .label("bad escape")
-                .help("the escapes are \\r \\n \\t \\0 \\\\ \\\" and \\xNN (two hex digits)")
-        }
-        LexError::UnterminatedString => Diag::error("E0004", "unterminated string", span)
+        LexError::BadEscape(esc) => Diag::new(
+            Code::BadString,
+            format!("unknown escape `{esc}` in string"),
+            span,
+        )
+        .label("bad escape")
+        .help("the escapes are \\r \\n \\t \\0 \\\\ \\\" and \\xNN (two hex digits)"),
+        LexError::UnterminatedString => Diag::new(Code::BadString, "unterminated string", span)
             .label("string starts here")
             .help("close the string with `\"` on the same line"),
     }
@@ -228,12 +232,15 @@ fn parse_diag(source: &str, e: ParseError<usize, Tok, LexError>) -> Diag {
         }
     };
     match e {
-        ParseError::InvalidToken { location } => {
-            Diag::error("E0001", "invalid token", Span::new(location, location + 1)).label("here")
-        }
+        ParseError::InvalidToken { location } => Diag::new(
+            Code::UnexpectedChar,
+            "invalid token",
+            Span::new(location, location + 1),
+        )
+        .label("here"),
         ParseError::UnrecognizedEof { location, expected } => {
             let at = location.min(source.len());
-            Diag::error("E0005", "unexpected end of file", Span::new(at, at))
+            Diag::new(Code::Syntax, "unexpected end of file", Span::new(at, at))
                 .label(expected_list(&expected))
                 .help("every rule and declaration ends with `;`; blocks close with `}`")
         }
@@ -241,7 +248,7 @@ fn parse_diag(source: &str, e: ParseError<usize, Tok, LexError>) -> Diag {
             token: (l, tok, r),
             expected,
         } => {
-            let mut d = Diag::error("E0005", format!("unexpected {tok}"), Span::new(l, r))
+            let mut d = Diag::new(Code::Syntax, format!("unexpected {tok}"), Span::new(l, r))
                 .label(expected_list(&expected));
             d = match &tok {
                 Tok::Ident(name)
@@ -266,10 +273,12 @@ fn parse_diag(source: &str, e: ParseError<usize, Tok, LexError>) -> Diag {
             d
         }
         ParseError::ExtraToken { token: (l, tok, r) } => {
-            Diag::error("E0005", format!("unexpected {tok}"), Span::new(l, r))
+            Diag::new(Code::Syntax, format!("unexpected {tok}"), Span::new(l, r))
                 .label("nothing may follow here")
         }
-        ParseError::User { error } => Diag::error("E0001", format!("{error:?}"), Span::new(0, 0)),
+        ParseError::User { error } => {
+            Diag::new(Code::UnexpectedChar, format!("{error:?}"), Span::new(0, 0))
+        }
     }
 }
 
