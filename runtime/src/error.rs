@@ -229,8 +229,12 @@ impl Error {
             );
         }
         let text = chain(&e);
+        // Where the errno alone says what went wrong, it is the cause: aya's errors
+        // repeat their source in their own text ("map error: X" over X), which a chain
+        // printer would show twice after the fix.
+        let errno_cause = |n: i32| io::Error::from_raw_os_error(n);
         match errno {
-            Some(libc::EPERM) => Error::permission(what, e),
+            Some(libc::EPERM) => Error::permission(what, errno_cause(libc::EPERM)),
             Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
                 if what.contains("skp_socks") || what.contains("skp_peers") || text.contains("skp_socks") || text.contains("skp_peers") =>
             {
@@ -239,16 +243,37 @@ impl Error {
                     format!(
                         "{what} failed: this kernel has no sockmap/SK_MSG support; use Linux 4.17 or later built with CONFIG_BPF_SYSCALL, CONFIG_NET_SOCK_MSG and CONFIG_BPF_STREAM_PARSER"
                     ),
-                    e,
+                    errno_cause(errno.unwrap_or(libc::EINVAL)),
                 )
             }
             Some(libc::ENOSYS) => Error::caused(
                 ErrorKind::NoSockmap,
                 format!("{what} failed: this kernel has no bpf() system call; use a kernel built with CONFIG_BPF_SYSCALL"),
-                e,
+                errno_cause(libc::ENOSYS),
             ),
-            _ => Error::caused(ErrorKind::Io, format!("{what} failed"), e),
+            // Anything else: aya's error with its whole chain.
+            _ => Error::caused(ErrorKind::Io, format!("{what} failed"), unwrapped(e)),
         }
+    }
+}
+
+/// `e` as a cause, without the wrapper of aya's load errors that shows its source's text
+/// in its own ("map error: {0}") and returns it as source too, which a chain printer
+/// would print twice. (Before causes were kept, the message deduplicated the chain.)
+fn unwrapped<E>(e: E) -> Cause
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let cause: Cause = Box::new(e);
+    match cause.downcast::<aya::EbpfError>() {
+        Ok(ebpf) => match *ebpf {
+            aya::EbpfError::MapError(e) => Box::new(e),
+            aya::EbpfError::ProgramError(e) => Box::new(e),
+            aya::EbpfError::ParseError(e) => Box::new(e),
+            aya::EbpfError::BtfError(e) => Box::new(e),
+            other => Box::new(other),
+        },
+        Err(other) => other,
     }
 }
 
