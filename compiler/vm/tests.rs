@@ -418,4 +418,41 @@ fn a_lookup_in_a_map_the_model_does_not_implement_fails_the_run() {
     let vm = Vm::from_insns(&code, &c.lowered.maps).expect("loads");
     let e = vm.run(&msg(1, 2, b""), &RunConfig::default()).unwrap_err();
     assert!(e.to_string().contains("not modelled"), "{e}");
+    assert!(
+        matches!(
+            e,
+            VmError::Helper {
+                refusal: HelperError::LookupNotModelled { map: "skp_socks" },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_fault_keeps_rbpfs_error_as_its_source() {
+    // A load past the message's four bytes: rbpf refuses it at run time.
+    let code = [
+        Insn::Ldx {
+            size: Size::DW,
+            dst: Reg::R2,
+            src: Reg::R1,
+            off: SK_MSG_MD_DATA,
+        },
+        Insn::Ldx {
+            size: Size::W,
+            dst: Reg::R0,
+            src: Reg::R2,
+            off: 2,
+        },
+        Insn::Exit,
+    ];
+    let vm = Vm::from_insns(&code, &[]).expect("loads");
+    let e = vm
+        .run(&msg(1, 2, b"abcd"), &RunConfig::default())
+        .unwrap_err();
+    assert!(matches!(e, VmError::Fault(_)), "{e:?}");
+    let source = std::error::Error::source(&e).expect("rbpf's error is the source");
+    assert!(e.to_string().ends_with(&source.to_string()), "{e}");
 }
