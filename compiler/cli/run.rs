@@ -136,7 +136,8 @@ fn reload(args: &RunArgs, color: ColorChoice, enf: &mut Enforcement, loaded: &mu
             *loaded = new;
         }
         Err(e) => eprintln!(
-            "skpc: reload failed: {e}; still enforcing version {}",
+            "skpc: reload failed: {:#}; still enforcing version {}",
+            anyhow::Error::from(e),
             enf.version()
         ),
     }

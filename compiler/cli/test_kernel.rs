@@ -39,7 +39,7 @@ pub fn run(
         object,
         c.policy.counters.iter().map(|x| x.name.clone()).collect(),
     );
-    let mut enforcement = Enforcement::new(&policy).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut enforcement = Enforcement::new(&policy)?;
     let process_fields = reads_process_fields(&c.policy);
     Ok(cases
         .iter()
@@ -92,7 +92,10 @@ fn run_case(enf: &mut Enforcement, case: &hir::TestCase, process_fields: bool) -
         return Outcome::Skipped(format!("no connection arrived on {remote}"));
     };
     if let Err(e) = enf.insert_sock(CLIENT_SLOT, std::os::fd::AsFd::as_fd(&client)) {
-        return Outcome::Failed(format!("cannot put the client under the policy: {e}"));
+        return Outcome::Failed(format!(
+            "cannot put the client under the policy: {:#}",
+            anyhow::Error::from(e)
+        ));
     }
     // The case's bytes; a longer `len` is filled with 'x' (bytes the case leaves unseen).
     let mut bytes = m.payload.clone();

@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use skpc_abi::{IndexEntry, PortEntry, AF_INET, AF_INET6};
 
 use super::*;
+use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, Insn, JmpOp, Reg, Size, Src};
 use crate::compile::{compile, compile_with, Compiled};
 use crate::hir::{Message, Verdict};
@@ -257,15 +258,18 @@ fn store() -> Vec<Insn> {
     ]
 }
 
-fn ret(c: &Compiled, code: &[Insn], state: IndexState) -> Result<u64, VmError> {
+/// The return value, or the error's text (VmError holds rbpf's io::Error: no `==`).
+fn ret(c: &Compiled, code: &[Insn], state: IndexState) -> Result<u64, String> {
     let data = IndexData {
         entries: &c.lowered.index,
         ports: &c.lowered.port_index,
     };
-    Vm::from_parts(code, &c.lowered.maps, data)?
+    Vm::from_parts(code, &c.lowered.maps, data)
+        .map_err(|e| e.to_string())?
         .with_index_state(state)
         .run(&msg(1, 2, b""), &RunConfig::default())
         .map(|o| o.ret)
+        .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -290,7 +294,7 @@ fn a_hash_hit_points_at_the_entrys_value_and_a_store_there_is_refused() {
 
     // A store into the value would outlive the message in the kernel.
     let e = ret(&c, &lookup(index, &e.key, store()), IndexState::Filled).unwrap_err();
-    assert!(e.0.contains("wrote into skp_index"), "{e}");
+    assert!(e.to_string().contains("wrote into skp_index"), "{e}");
 }
 
 #[test]
@@ -326,7 +330,7 @@ fn the_port_array_holds_its_entries_and_zero_everywhere_else() {
     // Stores into the array, an entry or a zero slot, are refused.
     for slot in [e.slot, free] {
         let e = ret(&c, &lookup(ports, &[slot], store()), IndexState::Filled).unwrap_err();
-        assert!(e.0.contains("skp_index_ports"), "{e}");
+        assert!(e.to_string().contains("skp_index_ports"), "{e}");
     }
 }
 
@@ -340,7 +344,9 @@ fn index_maps_the_model_does_not_implement_are_refused() {
         Vm::from_parts(insns, maps, IndexData { entries, ports }).map(|_| ())
     };
     let (entries, ports) = (&c.lowered.index[..], &c.lowered.port_index[..]);
-    assert_eq!(load(maps, entries, ports), Ok(()));
+    if let Err(e) = load(maps, entries, ports) {
+        panic!("the compiled maps and index load: {e}");
+    }
 
     let changed = |kind: MapKind, f: &dyn Fn(&mut MapSpec)| {
         let mut m = maps.clone();
@@ -374,7 +380,7 @@ fn index_maps_the_model_does_not_implement_are_refused() {
         ),
     ] {
         let e = load(&maps, entries, ports).unwrap_err();
-        assert!(e.0.contains(what), "{e}");
+        assert!(e.to_string().contains(what), "{e}");
     }
     let mut no_flag = maps.clone();
     no_flag.remove(at(MapKind::IndexReady));
@@ -386,11 +392,11 @@ fn index_maps_the_model_does_not_implement_are_refused() {
         ..twice[0]
     };
     let e = load(maps, &twice, ports).unwrap_err();
-    assert!(e.0.contains("two entries"), "{e}");
+    assert!(e.to_string().contains("two entries"), "{e}");
     let mut twice = ports.to_vec();
     twice[1].slot = twice[0].slot;
     let e = load(maps, entries, &twice).unwrap_err();
-    assert!(e.0.contains("two entries for slot"), "{e}");
+    assert!(e.to_string().contains("two entries for slot"), "{e}");
 
     // Entries but no map to hold them.
     let plain = compile("p.skp", "drop if port == 1;").expect("compiles");
@@ -411,5 +417,42 @@ fn a_lookup_in_a_map_the_model_does_not_implement_fails_the_run() {
     );
     let vm = Vm::from_insns(&code, &c.lowered.maps).expect("loads");
     let e = vm.run(&msg(1, 2, b""), &RunConfig::default()).unwrap_err();
-    assert!(e.0.contains("not modelled"), "{e}");
+    assert!(e.to_string().contains("not modelled"), "{e}");
+    assert!(
+        matches!(
+            e,
+            VmError::Helper {
+                refusal: HelperError::LookupNotModelled { map: "skp_socks" },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_fault_keeps_rbpfs_error_as_its_source() {
+    // A load past the message's four bytes: rbpf refuses it at run time.
+    let code = [
+        Insn::Ldx {
+            size: Size::DW,
+            dst: Reg::R2,
+            src: Reg::R1,
+            off: SK_MSG_MD_DATA,
+        },
+        Insn::Ldx {
+            size: Size::W,
+            dst: Reg::R0,
+            src: Reg::R2,
+            off: 2,
+        },
+        Insn::Exit,
+    ];
+    let vm = Vm::from_insns(&code, &[]).expect("loads");
+    let e = vm
+        .run(&msg(1, 2, b"abcd"), &RunConfig::default())
+        .unwrap_err();
+    assert!(matches!(e, VmError::Fault(_)), "{e:?}");
+    let source = std::error::Error::source(&e).expect("rbpf's error is the source");
+    assert!(e.to_string().ends_with(&source.to_string()), "{e}");
 }

@@ -173,7 +173,7 @@ fn map_id(ebpf: &Ebpf, name: &str) -> Result<u32> {
     })?;
     data.info()
         .map(|i| i.id())
-        .map_err(|e| Error::from_aya(&format!("reading the id of map {name}"), &e))
+        .map_err(|e| Error::from_aya(&format!("reading the id of map {name}"), e))
 }
 
 fn sk_msg<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SkMsg> {
@@ -185,10 +185,11 @@ fn sk_msg<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SkMsg> {
             )
         })?
         .try_into()
-        .map_err(|_| {
-            Error::new(
+        .map_err(|e| {
+            Error::caused(
                 ErrorKind::BadObject,
                 format!("program {name} is not an sk_msg program"),
+                e,
             )
         })
 }
@@ -202,10 +203,11 @@ fn sock_ops<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SockOps> {
             )
         })?
         .try_into()
-        .map_err(|_| {
-            Error::new(
+        .map_err(|e| {
+            Error::caused(
                 ErrorKind::BadObject,
                 format!("program {name} is not a sockops program"),
+                e,
             )
         })
 }
@@ -230,7 +232,7 @@ fn load_object(object: &[u8], pins: &Path) -> Result<Ebpf> {
         .verifier_log_level(aya::VerifierLogLevel::STATS)
         .map_pin_path(pins)
         .load(object)
-        .map_err(|e| Error::from_aya("loading the policy object", &e))
+        .map_err(|e| Error::from_aya("loading the policy object", e))
 }
 
 /// Loads (verifies) the verdict program of a loaded object, fills its rule index (if it
@@ -240,7 +242,7 @@ fn load_version(ebpf: &mut Ebpf, object: &[u8]) -> Result<Loaded> {
     let verdict = sk_msg(ebpf, SK_MSG_PROGRAM)?;
     verdict
         .load()
-        .map_err(|e| Error::from_aya("loading the policy program skp_verdict", &e))?;
+        .map_err(|e| Error::from_aya("loading the policy program skp_verdict", e))?;
     let mut ids = KernelIds {
         programs: vec![prog_id_sk_msg(verdict)],
         maps: Vec::new(),
@@ -261,7 +263,7 @@ fn load_version(ebpf: &mut Ebpf, object: &[u8]) -> Result<Loaded> {
     let events = match ebpf.take_map(EVENTS_NAME) {
         Some(m) => Some(
             RingBuf::try_from(m)
-                .map_err(|e| Error::from_aya("opening the log ring buffer skp_events", &e))?,
+                .map_err(|e| Error::from_aya("opening the log ring buffer skp_events", e))?,
         ),
         None => None,
     };
@@ -300,31 +302,31 @@ impl Enforcement {
         let entry = sk_msg(&mut ebpf, SK_MSG_ENTRY_PROGRAM)?;
         entry
             .load()
-            .map_err(|e| Error::from_aya("loading the entry program skp_entry", &e))?;
+            .map_err(|e| Error::from_aya("loading the entry program skp_entry", e))?;
         ids.programs.push(prog_id_sk_msg(entry));
         let ops = sock_ops(&mut ebpf, SOCK_OPS_PROGRAM)?;
         ops.load()
-            .map_err(|e| Error::from_aya("loading the sockops program skp_sockops", &e))?;
+            .map_err(|e| Error::from_aya("loading the sockops program skp_sockops", e))?;
         ids.programs.push(ops.info().map(|i| i.id()).unwrap_or(0));
 
         // The policy into skp_progs[0].
         let verdict_fd = sk_msg(&mut ebpf, SK_MSG_PROGRAM)?
             .fd()
             .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::IOError))
-            .map_err(|e| Error::from_aya("reading the policy program", &e))?;
+            .map_err(|e| Error::from_aya("reading the policy program", e))?;
         {
             let mut progs: ProgramArray<&mut MapData> =
                 ProgramArray::try_from(ebpf.map_mut(PROGS_NAME).expect("checked"))
-                    .map_err(|e| Error::from_aya("opening skp_progs", &e))?;
+                    .map_err(|e| Error::from_aya("opening skp_progs", e))?;
             progs
                 .set(PROGS_POLICY_SLOT, &verdict_fd, 0)
-                .map_err(|e| Error::from_aya("putting the policy into skp_progs", &e))?;
+                .map_err(|e| Error::from_aya("putting the policy into skp_progs", e))?;
         }
         // The entry program onto both socket maps; before any socket enters them.
         let entry_fd = sk_msg(&mut ebpf, SK_MSG_ENTRY_PROGRAM)?
             .fd()
             .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::IOError))
-            .map_err(|e| Error::from_aya("reading the entry program", &e))?;
+            .map_err(|e| Error::from_aya("reading the entry program", e))?;
         let mut attachments = Vec::new();
         for name in [SOCKMAP_NAME, SOCKHASH_NAME] {
             let map = map_data(ebpf.map(name).expect("checked"))
@@ -332,7 +334,7 @@ impl Enforcement {
                 .fd()
                 .as_fd();
             let a = sys::SkMsgAttachment::attach(entry_fd.as_fd(), map).map_err(|e| {
-                Error::from_aya(&format!("attaching the verdict program to {name}"), &e)
+                Error::from_aya(&format!("attaching the verdict program to {name}"), e)
             })?;
             attachments.push(a);
         }
@@ -468,7 +470,7 @@ impl Enforcement {
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
         let dir = File::open(cgroup).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::new(ErrorKind::Io, format!("the cgroup {} does not exist; create it with mkdir under the cgroup2 mount", cgroup.display()))
+                Error::caused(ErrorKind::Io, format!("the cgroup {} does not exist; create it with mkdir under the cgroup2 mount", cgroup.display()), e)
             } else {
                 Error::io(format_args!("opening the cgroup {}", cgroup.display()), e)
             }
@@ -490,7 +492,7 @@ impl Enforcement {
                     "attaching the sockops program to the cgroup {}",
                     cgroup.display()
                 ),
-                &e,
+                e,
             )
         })?;
         self.cgroups.push((cgroup.to_path_buf(), id));
@@ -509,7 +511,7 @@ impl Enforcement {
             .map_err(|e| {
                 Error::from_aya(
                     &format!("detaching the sockops program from {}", cgroup.display()),
-                    &e,
+                    e,
                 )
             })
     }
@@ -599,15 +601,15 @@ impl Enforcement {
         let fd = sk_msg(&mut ebpf, SK_MSG_PROGRAM)?
             .fd()
             .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::IOError))
-            .map_err(|e| Error::from_aya("reading the new policy program", &e))?;
+            .map_err(|e| Error::from_aya("reading the new policy program", e))?;
         {
             let map = self.base.ebpf.map_mut(PROGS_NAME).expect("shared");
-            let mut progs: ProgramArray<&mut MapData> = ProgramArray::try_from(map)
-                .map_err(|e| Error::from_aya("opening skp_progs", &e))?;
+            let mut progs: ProgramArray<&mut MapData> =
+                ProgramArray::try_from(map).map_err(|e| Error::from_aya("opening skp_progs", e))?;
             // The swap: one BPF_MAP_UPDATE_ELEM, atomic for every socket.
             progs
                 .set(PROGS_POLICY_SLOT, &fd, 0)
-                .map_err(|e| Error::from_aya("swapping the policy in skp_progs", &e))?;
+                .map_err(|e| Error::from_aya("swapping the policy in skp_progs", e))?;
         }
         self.all_ids.programs.extend(&ids.programs);
         self.all_ids.maps.extend(&ids.maps);
@@ -649,7 +651,7 @@ impl Enforcement {
             .map_err(|e| Error::io(format_args!("creating {}", dir.display()), e))?;
         self.user_pins = Some(dir.to_path_buf());
         let pin_err = |what: &str, e: aya::pin::PinError| {
-            Error::from_aya(&format!("pinning {what} under {}", dir.display()), &e)
+            Error::from_aya(&format!("pinning {what} under {}", dir.display()), e)
         };
         for name in [SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM] {
             let ebpf = match (&mut self.current.ebpf, name) {
@@ -709,12 +711,12 @@ impl Drop for Enforcement {
 
 fn read_counters(v: &Version) -> Result<Vec<CounterValue>> {
     let arr: PerCpuArray<&MapData, [u64; 2]> = PerCpuArray::try_from(&v.counters)
-        .map_err(|e| Error::from_aya("opening skp_counters", &e))?;
+        .map_err(|e| Error::from_aya("opening skp_counters", e))?;
     let mut out = Vec::with_capacity(arr.len() as usize);
     for i in 0..arr.len() {
         let per_cpu = arr
             .get(&i, 0)
-            .map_err(|e| Error::from_aya("reading skp_counters", &e))?;
+            .map_err(|e| Error::from_aya("reading skp_counters", e))?;
         let (m, b) = per_cpu
             .iter()
             .fold((0u64, 0u64), |(m, b), c| (m + c[0], b + c[1]));
@@ -747,16 +749,16 @@ fn sock_error(what: &str, e: std::io::Error) -> Error {
         Some(libc::EBADF) => "the file descriptor is not open",
         Some(libc::EINVAL) => "the descriptor is not a socket this kernel can put into a sockmap",
         Some(libc::ENOSPC) | Some(libc::E2BIG) => "the map is full",
-        Some(libc::EPERM) => return Error::permission(what),
+        Some(libc::EPERM) => return Error::permission(what, e),
         _ => "",
     };
-    Error::new(
-        ErrorKind::Socket,
-        format!(
-            "{what} failed: {e}{}{hint}",
-            if hint.is_empty() { "" } else { "; " }
-        ),
-    )
+    // The errno's text is the source; the hint says what it means here.
+    let message = if hint.is_empty() {
+        format!("{what} failed")
+    } else {
+        format!("{what} failed: {hint}")
+    };
+    Error::caused(ErrorKind::Socket, message, e)
 }
 
 /// Whether `dir` is on a cgroup2 file system.

@@ -2,7 +2,8 @@
 //!
 //! The kernel answers most mistakes with a bare errno (EPERM, EINVAL, ...). [`Error`]
 //! turns those into the cause a user can act on: not root, a kernel without sockmap,
-//! cgroup v2 or bpffs not mounted, a helper this kernel does not allow.
+//! cgroup v2 or bpffs not mounted, a helper this kernel does not allow; the errno (or
+//! the aya or object error) it comes from stays its `source()`.
 
 use std::fmt;
 use std::io;
@@ -30,34 +31,133 @@ pub enum ErrorKind {
     Io,
 }
 
-/// A runtime error: [`ErrorKind`] plus a message that names the cause and the fix.
-#[derive(Debug)]
-pub struct Error {
-    kind: ErrorKind,
-    message: String,
+/// The cause of an [`Error`]: the io, aya or object-file error it comes from.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A runtime error: one variant per [`ErrorKind`], each a message that names what
+/// failed and the fix, and the cause it comes from ([`std::error::Error::source`]: the
+/// io error with its errno, the aya error with its own chain, the object parse error).
+///
+/// The message does not repeat the cause's text: an error either shows its cause or
+/// returns it as its source, never both, so a chain printer (anyhow's `{:#}`, which the
+/// skpc CLI uses) prints every cause once, as "message: cause: its cause".
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{message}")]
+    Permission {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    #[error("{message}")]
+    NoSockmap {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    #[error("{message}")]
+    NoCgroup2 {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    #[error("{message}")]
+    NoBpffs {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    /// The verifier log names the helper; it is the cause, in the message.
+    #[error("{message}")]
+    MissingHelper { message: String },
+    /// The last lines of the verifier log and the errno are the cause, in the message
+    /// (aya's error would repeat the whole log).
+    #[error("{message}")]
+    Verifier { message: String },
+    #[error("{message}")]
+    BadObject {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    #[error("{message}")]
+    Socket {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    #[error("{message}")]
+    Io {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
 }
 
 /// `Result` with the runtime's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// An error without an underlying cause (the runtime's own checks).
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error {
-            kind,
-            message: message.into(),
+        Error::build(kind, message.into(), None)
+    }
+
+    /// An error that `cause` (an io, aya or object error) led to.
+    pub(crate) fn caused(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        cause: impl Into<Cause>,
+    ) -> Error {
+        Error::build(kind, message.into(), Some(cause.into()))
+    }
+
+    fn build(kind: ErrorKind, message: String, source: Option<Cause>) -> Error {
+        match kind {
+            ErrorKind::Permission => Error::Permission { message, source },
+            ErrorKind::NoSockmap => Error::NoSockmap { message, source },
+            ErrorKind::NoCgroup2 => Error::NoCgroup2 { message, source },
+            ErrorKind::NoBpffs => Error::NoBpffs { message, source },
+            ErrorKind::MissingHelper => Error::MissingHelper { message },
+            ErrorKind::Verifier => Error::Verifier { message },
+            ErrorKind::BadObject => Error::BadObject { message, source },
+            ErrorKind::Socket => Error::Socket { message, source },
+            ErrorKind::Io => Error::Io { message, source },
         }
     }
 
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        match self {
+            Error::Permission { .. } => ErrorKind::Permission,
+            Error::NoSockmap { .. } => ErrorKind::NoSockmap,
+            Error::NoCgroup2 { .. } => ErrorKind::NoCgroup2,
+            Error::NoBpffs { .. } => ErrorKind::NoBpffs,
+            Error::MissingHelper { .. } => ErrorKind::MissingHelper,
+            Error::Verifier { .. } => ErrorKind::Verifier,
+            Error::BadObject { .. } => ErrorKind::BadObject,
+            Error::Socket { .. } => ErrorKind::Socket,
+            Error::Io { .. } => ErrorKind::Io,
+        }
     }
 
+    /// The sentence: what failed and the fix (without the cause's own text).
     pub fn message(&self) -> &str {
-        &self.message
+        match self {
+            Error::Permission { message, .. }
+            | Error::NoSockmap { message, .. }
+            | Error::NoCgroup2 { message, .. }
+            | Error::NoBpffs { message, .. }
+            | Error::MissingHelper { message }
+            | Error::Verifier { message }
+            | Error::BadObject { message, .. }
+            | Error::Socket { message, .. }
+            | Error::Io { message, .. } => message,
+        }
     }
 
-    /// "X needs root" with the fix, for `what` ("loading the policy", ...).
-    pub(crate) fn permission(what: &str) -> Error {
+    /// "X needs root" with the fix, for `what` ("loading the policy", ...), caused by
+    /// the kernel's EPERM/EACCES in `cause`.
+    pub(crate) fn permission(what: &str, cause: impl Into<Cause>) -> Error {
         // SAFETY: geteuid has no preconditions.
         let euid = unsafe { libc::geteuid() };
         let who = if euid == 0 {
@@ -65,27 +165,32 @@ impl Error {
         } else {
             format!("this process runs as uid {euid}, not root")
         };
-        Error::new(
+        Error::caused(
             ErrorKind::Permission,
             format!(
                 "{what} was refused by the kernel: {who}; run skpc as root (sudo), or grant it CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN"
             ),
+            cause,
         )
     }
 
+    /// "{what} failed", caused by `e` (a permission error for EPERM/EACCES).
     pub(crate) fn io(what: impl fmt::Display, e: io::Error) -> Error {
         if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
-            return Error::permission(&what.to_string());
+            return Error::permission(&what.to_string(), e);
         }
-        Error::new(ErrorKind::Io, format!("{what} failed: {e}"))
+        Error::caused(ErrorKind::Io, format!("{what} failed"), e)
     }
 
     /// Maps an aya error from `what` (e.g. "creating map skp_socks") to a cause.
-    pub(crate) fn from_aya(what: &str, e: &(dyn std::error::Error + 'static)) -> Error {
-        let errno = errno_of(e);
+    pub(crate) fn from_aya<E>(what: &str, e: E) -> Error
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let errno = errno_of(&e);
         // Verifier log, if this is a program load failure.
         let mut log = None;
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(err) = cur {
             if let Some(aya::programs::ProgramError::LoadError { verifier_log, .. }) =
                 err.downcast_ref::<aya::programs::ProgramError>()
@@ -103,7 +208,8 @@ impl Error {
         }
         if let Some(log) = log {
             if errno == Some(libc::EPERM) {
-                return Error::permission(what);
+                // The errno alone: aya's error would repeat the verifier log.
+                return Error::permission(what, io::Error::from_raw_os_error(libc::EPERM));
             }
             if let Some(helper) = unknown_helper(&log) {
                 return Error::new(
@@ -122,34 +228,54 @@ impl Error {
                 ),
             );
         }
+        let text = chain(&e);
+        // Where the errno alone says what went wrong, it is the cause: aya's errors
+        // repeat their source in their own text ("map error: X" over X), which a chain
+        // printer would show twice after the fix.
+        let errno_cause = |n: i32| io::Error::from_raw_os_error(n);
         match errno {
-            Some(libc::EPERM) => Error::permission(what),
+            Some(libc::EPERM) => Error::permission(what, errno_cause(libc::EPERM)),
             Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
-                if what.contains("skp_socks") || what.contains("skp_peers") || chain(e).contains("skp_socks") || chain(e).contains("skp_peers") =>
+                if what.contains("skp_socks") || what.contains("skp_peers") || text.contains("skp_socks") || text.contains("skp_peers") =>
             {
-                Error::new(
+                Error::caused(
                     ErrorKind::NoSockmap,
                     format!(
                         "{what} failed: this kernel has no sockmap/SK_MSG support; use Linux 4.17 or later built with CONFIG_BPF_SYSCALL, CONFIG_NET_SOCK_MSG and CONFIG_BPF_STREAM_PARSER"
                     ),
+                    errno_cause(errno.unwrap_or(libc::EINVAL)),
                 )
             }
-            Some(libc::ENOSYS) => Error::new(
+            Some(libc::ENOSYS) => Error::caused(
                 ErrorKind::NoSockmap,
                 format!("{what} failed: this kernel has no bpf() system call; use a kernel built with CONFIG_BPF_SYSCALL"),
+                errno_cause(libc::ENOSYS),
             ),
-            _ => Error::new(ErrorKind::Io, format!("{what} failed: {}", chain(e))),
+            // Anything else: aya's error with its whole chain.
+            _ => Error::caused(ErrorKind::Io, format!("{what} failed"), unwrapped(e)),
         }
     }
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+/// `e` as a cause, without the wrapper of aya's load errors that shows its source's text
+/// in its own ("map error: {0}") and returns it as source too, which a chain printer
+/// would print twice. (Before causes were kept, the message deduplicated the chain.)
+fn unwrapped<E>(e: E) -> Cause
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let cause: Cause = Box::new(e);
+    match cause.downcast::<aya::EbpfError>() {
+        Ok(ebpf) => match *ebpf {
+            aya::EbpfError::MapError(e) => Box::new(e),
+            aya::EbpfError::ProgramError(e) => Box::new(e),
+            aya::EbpfError::ParseError(e) => Box::new(e),
+            aya::EbpfError::BtfError(e) => Box::new(e),
+            other => Box::new(other),
+        },
+        Err(other) => other,
     }
 }
-
-impl std::error::Error for Error {}
 
 /// The errno of the first `io::Error` in the chain.
 fn errno_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
@@ -207,8 +333,22 @@ mod tests {
     }
 
     #[test]
+    fn io_errors_keep_their_cause_once() {
+        let e = Error::io("creating /x", io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert_eq!(e.to_string(), "creating /x failed");
+        let cause = std::error::Error::source(&e).expect("the io error is the source");
+        let io = cause.downcast_ref::<io::Error>().expect("an io::Error");
+        assert_eq!(io.raw_os_error(), Some(libc::ENOENT));
+        assert!(std::error::Error::source(&Error::new(ErrorKind::BadObject, "x")).is_none());
+    }
+
+    #[test]
     fn permission_message_names_the_fix() {
-        let e = Error::permission("loading the policy");
+        let e = Error::permission(
+            "loading the policy",
+            io::Error::from_raw_os_error(libc::EPERM),
+        );
         assert!(e.to_string().contains("root"));
         assert_eq!(e.kind(), ErrorKind::Permission);
     }

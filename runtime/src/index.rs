@@ -22,18 +22,20 @@ use crate::sys;
 /// records.
 fn records<'a>(object: &'a [u8], name: &str, record: usize) -> Result<Option<&'a [u8]>> {
     let file = object::File::parse(object).map_err(|e| {
-        Error::new(
+        Error::caused(
             ErrorKind::BadObject,
-            format!("the policy object is not a readable ELF file ({e}); build it with skpc"),
+            "the policy object is not a readable ELF file; build it with skpc",
+            e,
         )
     })?;
     let Some(section) = file.section_by_name(name) else {
         return Ok(None);
     };
     let data = section.data().map_err(|e| {
-        Error::new(
+        Error::caused(
             ErrorKind::BadObject,
-            format!("the section {name} of the policy object cannot be read ({e}); rebuild the object with skpc"),
+            format!("the section {name} of the policy object cannot be read; rebuild the object with skpc"),
+            e,
         )
     })?;
     if data.len() % record != 0 {
@@ -196,7 +198,7 @@ fn checked_ports<'a>(
         }
     };
     let info = map.info().map_err(|e| {
-        Error::from_aya(&format!("reading the definition of {INDEX_PORTS_NAME}"), &e)
+        Error::from_aya(&format!("reading the definition of {INDEX_PORTS_NAME}"), e)
     })?;
     if info.key_size() != 4 || info.value_size() != 4 {
         return Err(Error::new(
@@ -245,9 +247,10 @@ fn checked_ports<'a>(
 /// The number of counter slots (every rule has one); no limit without the map.
 fn counter_slots(counters: Option<&Map>) -> Result<u32> {
     match counters {
-        Some(Map::PerCpuArray(d)) => d.info().map(|i| i.max_entries()).map_err(|e| {
-            Error::from_aya(&format!("reading the definition of {COUNTERS_NAME}"), &e)
-        }),
+        Some(Map::PerCpuArray(d)) => d
+            .info()
+            .map(|i| i.max_entries())
+            .map_err(|e| Error::from_aya(&format!("reading the definition of {COUNTERS_NAME}"), e)),
         _ => Ok(u32::MAX),
     }
 }
@@ -278,7 +281,7 @@ fn array_map<'a>(map: &'a Map, name: &str) -> Result<&'a MapData> {
 fn check_shape(index: &MapData, entries: &[IndexEntry], slots: u32) -> Result<()> {
     let info = index
         .info()
-        .map_err(|e| Error::from_aya(&format!("reading the definition of {INDEX_NAME}"), &e))?;
+        .map_err(|e| Error::from_aya(&format!("reading the definition of {INDEX_NAME}"), e))?;
     if info.key_size() as usize != IndexEntry::KEY_SIZE
         || info.value_size() as usize != IndexEntry::VALUE_SIZE
     {
@@ -372,11 +375,12 @@ fn insert_all(
         };
     let (i, e) = failed_at;
     if matches!(e.raw_os_error(), Some(libc::ENOMEM) | Some(libc::E2BIG)) {
-        return Err(Error::new(
+        return Err(Error::caused(
             ErrorKind::Io,
             format!(
-                "inserting entry {i} of {count} into the rule index {name} failed: {e}; the kernel has no memory left for BPF maps: free memory or enforce a policy with fewer port and address rules"
+                "inserting entry {i} of {count} into the rule index {name} failed: the kernel has no memory left for BPF maps; free memory or enforce a policy with fewer port and address rules"
             ),
+            e,
         ));
     }
     Err(Error::io(

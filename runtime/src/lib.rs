@@ -30,7 +30,7 @@ pub mod process;
 mod sys;
 
 pub use enforce::{sock_key, CounterValue, Enforcement, KernelIds, Policy, VersionCounters};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Cause, Error, ErrorKind, Result};
 pub use fs::{bpffs_mount, cgroup2_mount, cleanup_stale, Stale, TempCgroup, NAME_PREFIX};
 pub use index::{fill_index, index_entries, port_entries};
 pub use skpc_abi::{IndexEntry, LogRecord, SockKey};

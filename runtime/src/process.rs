@@ -38,9 +38,10 @@ pub fn spawn_in_cgroup(cmd: &mut Command, cgroup: &Path) -> Result<Child> {
     cmd.spawn().map_err(|e| {
         let prog = cmd.get_program().to_string_lossy().into_owned();
         if e.kind() == io::ErrorKind::NotFound {
-            Error::new(
+            Error::caused(
                 crate::ErrorKind::Io,
                 format!("cannot run {prog}: command not found; check the name and PATH"),
+                e,
             )
         } else {
             Error::io(
