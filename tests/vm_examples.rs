@@ -39,7 +39,7 @@ fn summary(stdout: &str) -> (usize, usize) {
 
 #[test]
 fn every_example_passes_its_tests() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("examples/")
         .map(|e| e.expect("dir entry").path())

@@ -105,18 +105,18 @@ pub fn run(args: TestArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
             cases.len(),
             if cases.len() == 1 { "" } else { "s" }
         );
-        let outcomes = crate::cli::test_kernel::run(&compiled, &src.name, &src.text, &cases)?;
+        let outcomes = crate::test_kernel::run(&compiled, &src.name, &src.text, &cases)?;
         for (case, outcome) in cases.iter().zip(outcomes) {
             match outcome {
-                crate::cli::test_kernel::Outcome::Ok => {
+                crate::test_kernel::Outcome::Ok => {
                     println!("test {} (kernel) ... ok", case.name);
                     passed += 1;
                 }
-                crate::cli::test_kernel::Outcome::Failed(why) => {
+                crate::test_kernel::Outcome::Failed(why) => {
                     println!("test {} (kernel) ... FAILED: {why}", case.name);
                     failed += 1;
                 }
-                crate::cli::test_kernel::Outcome::Skipped(why) => {
+                crate::test_kernel::Outcome::Skipped(why) => {
                     println!("test {} (kernel) ... skipped: {why}", case.name);
                     skipped += 1;
                 }

@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use skpc::diag::{self, ColorChoice};
 
-mod cli;
+// The subcommands that do more than call one library function, one module each.
+mod exec;
+mod run;
+mod test;
+mod test_kernel;
 
 #[derive(Parser)]
 #[command(
@@ -64,11 +68,11 @@ enum Command {
     },
 
     /// Run the policy's test cases on the compiled bytecode in a user-space eBPF VM.
-    Test(cli::test::TestArgs),
+    Test(test::TestArgs),
     /// Run CMD with the policy enforced on every TCP socket it (and its children) opens.
-    Exec(cli::exec::ExecArgs),
+    Exec(exec::ExecArgs),
     /// Enforce the policy on a cgroup until SIGINT/SIGTERM, showing live counters.
-    Run(cli::run::RunArgs),
+    Run(run::RunArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -194,8 +198,8 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
             leave_for_exit(compiled);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Test(args) => cli::test::run(args, color),
-        Command::Exec(args) => cli::exec::run(args, color),
-        Command::Run(args) => cli::run::run(args, color),
+        Command::Test(args) => test::run(args, color),
+        Command::Exec(args) => exec::run(args, color),
+        Command::Run(args) => run::run(args, color),
     }
 }
