@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use skpc::diag::{self, ColorChoice};
+use skpc::diag::ColorChoice;
 
 // The subcommands that do more than call one library function, one module each.
 mod exec;
@@ -154,8 +154,7 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { input } => {
             let src = input.read()?;
-            let (policy, diags) = skpc::check::check(&src.text);
-            diag::emit_stderr(&src.name, &src.text, &diags, color);
+            let policy = skpc::report::check(&src.name, &src.text, color);
             let code = if policy.is_some() {
                 ExitCode::SUCCESS
             } else {
@@ -174,14 +173,9 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
             let options = skpc::lower::Options {
                 counters: !no_counters,
             };
-            let compiled = match skpc::compile::compile_with(&src.name, &src.text, options) {
-                Ok(c) => c,
-                Err(diags) => {
-                    diag::emit_stderr(&src.name, &src.text, &diags, color);
-                    return Ok(ExitCode::from(1));
-                }
+            let Some(compiled) = skpc::report::compile(&src.name, &src.text, options, color) else {
+                return Ok(ExitCode::from(1));
             };
-            diag::emit_stderr(&src.name, &src.text, &compiled.warnings, color);
             match emit {
                 Emit::Asm => {
                     write_stdout(&skpc::compile::listing(&compiled, &src.name, &src.text))?
