@@ -4,8 +4,11 @@
 //! `syntax` (tokens, AST with spans) -> `check` (names, types: the typed HIR)
 //! -> `lower` (HIR to BPF instructions) -> `object` (ELF writer).
 //! `bpf` is the instruction set itself: one enum, `encode`, `disassemble`.
+//! `cases` runs a policy's test cases on the VM and the evaluator; `report` is check or
+//! compile with the diagnostics on stderr, for the command line.
 
 pub mod bpf;
+pub mod cases;
 pub mod check;
 pub mod compile;
 pub mod diag;
@@ -14,5 +17,6 @@ pub mod fields;
 pub mod hir;
 pub mod lower;
 pub mod object;
+pub mod report;
 pub mod syntax;
 pub mod vm;

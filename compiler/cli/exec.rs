@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use skpc::diag::{self, ColorChoice};
+use skpc::diag::ColorChoice;
 use skpc::hir::{CounterInfo, CounterKind};
 use skpc_runtime::process::{self, sig, Signals};
 use skpc_runtime::{CounterValue, Enforcement, LogRecord, Policy, TempCgroup};
@@ -44,14 +44,10 @@ pub(crate) struct Loaded {
 /// compile (the diagnostics say why).
 pub(crate) fn load(input: &Input, color: ColorChoice) -> anyhow::Result<Option<Loaded>> {
     let src = input.read()?;
-    let compiled = match skpc::compile::compile(&src.name, &src.text) {
-        Ok(c) => c,
-        Err(diags) => {
-            diag::emit_stderr(&src.name, &src.text, &diags, color);
-            return Ok(None);
-        }
+    let options = skpc::lower::Options::default();
+    let Some(compiled) = skpc::report::compile(&src.name, &src.text, options, color) else {
+        return Ok(None);
     };
-    diag::emit_stderr(&src.name, &src.text, &compiled.warnings, color);
     let object = skpc::compile::runtime_object(&compiled, &src.name, &src.text);
     let counters = compiled.policy.counters.clone();
     let policy = Policy::new(object, counters.iter().map(|c| c.name.clone()).collect());

@@ -1,22 +1,18 @@
 //! `skpc test`: run a policy's test cases on the compiled bytecode in the user-space VM
-//! (`skpc::vm`), the way `cargo test` reports: one line per case, the failures in
-//! detail, then `N passed, N failed`. Exit 1 when a case fails.
-//!
-//! Every case runs twice: with the data window a plain `send` gives (the whole message
-//! up to 16 KiB) and with an empty one (`sendfile`: nothing readable until the program
-//! pulls). Both must give the expected verdict. Each run is also checked against the
-//! reference evaluator (`skpc::eval`); a disagreement is a bug in skpc, reported as such.
+//! and the reference evaluator (`skpc::cases`), and print the results the way
+//! `cargo test` reports: one line per case, the failures in detail, then
+//! `N passed, N failed`. Exit 1 when a case fails.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use clap::Args;
 
-use skpc::compile::Compiled;
-use skpc::diag::{self, ColorChoice};
-use skpc::eval::{self, describe};
+use skpc::cases::{self, CaseResult, Delivery, Outcome};
+use skpc::diag::ColorChoice;
+use skpc::eval::describe;
 use skpc::hir::{self, Action, CounterKind, Policy};
-use skpc::vm::{RunConfig, Vm, VmOutcome, DEFAULT_WINDOW};
+use skpc::vm::{VmOutcome, DEFAULT_WINDOW};
 
 use crate::Input;
 
@@ -38,23 +34,14 @@ pub struct TestArgs {
 
 pub fn run(args: TestArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
     let src = args.input.read()?;
-    let compiled = match skpc::compile::compile(&src.name, &src.text) {
-        Ok(c) => c,
-        Err(diags) => {
-            diag::emit_stderr(&src.name, &src.text, &diags, color);
-            return Ok(ExitCode::from(1));
-        }
+    let options = skpc::lower::Options::default();
+    let Some(compiled) = skpc::report::compile(&src.name, &src.text, options, color) else {
+        return Ok(ExitCode::from(1));
     };
-    diag::emit_stderr(&src.name, &src.text, &compiled.warnings, color);
-    let vm = Vm::new(&compiled.lowered)
+    let cases = cases::select(&compiled.policy, args.filter.as_deref());
+    let results = cases::run(&compiled, &cases, args.window)
         .map_err(|e| anyhow::anyhow!("cannot run {} in the VM: {e}", src.name))?;
 
-    let cases: Vec<&hir::TestCase> = compiled
-        .policy
-        .tests
-        .iter()
-        .filter(|t| args.filter.as_deref().map_or(true, |f| t.name.contains(f)))
-        .collect();
     if compiled.policy.tests.is_empty() {
         println!(
             "{}: no test cases (add `test \"name\" {{ ...; expect pass; }}` blocks)",
@@ -66,24 +53,16 @@ pub fn run(args: TestArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
         cases.len(),
         if cases.len() == 1 { "" } else { "s" }
     );
-    let windows = [args.window, 0];
-    let mut failures: Vec<(String, String)> = Vec::new();
-    for case in &cases {
-        let mut report = String::new();
-        for (i, &window) in windows.iter().enumerate() {
-            if i > 0 && window == args.window {
-                continue;
-            }
-            if let Some(r) = run_case(&compiled, &src.text, &vm, case, window, i > 0) {
-                report = r;
-                break;
-            }
-        }
-        if report.is_empty() {
-            println!("test {} ... ok", case.name);
+    let mut failures: Vec<(&str, String)> = Vec::new();
+    for result in &results {
+        if result.passed() {
+            println!("test {} ... ok", result.name());
         } else {
-            println!("test {} ... FAILED", case.name);
-            failures.push((case.name.clone(), report));
+            println!("test {} ... FAILED", result.name());
+            failures.push((
+                result.name(),
+                failure_report(&compiled.policy, &src.text, result),
+            ));
         }
     }
     if !failures.is_empty() {
@@ -105,18 +84,18 @@ pub fn run(args: TestArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
             cases.len(),
             if cases.len() == 1 { "" } else { "s" }
         );
-        let outcomes = crate::cli::test_kernel::run(&compiled, &src.name, &src.text, &cases)?;
+        let outcomes = crate::test_kernel::run(&compiled, &src.name, &src.text, &cases)?;
         for (case, outcome) in cases.iter().zip(outcomes) {
             match outcome {
-                crate::cli::test_kernel::Outcome::Ok => {
+                crate::test_kernel::Outcome::Ok => {
                     println!("test {} (kernel) ... ok", case.name);
                     passed += 1;
                 }
-                crate::cli::test_kernel::Outcome::Failed(why) => {
+                crate::test_kernel::Outcome::Failed(why) => {
                     println!("test {} (kernel) ... FAILED: {why}", case.name);
                     failed += 1;
                 }
-                crate::cli::test_kernel::Outcome::Skipped(why) => {
+                crate::test_kernel::Outcome::Skipped(why) => {
                     println!("test {} (kernel) ... skipped: {why}", case.name);
                     skipped += 1;
                 }
@@ -135,60 +114,46 @@ pub fn run(args: TestArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Runs one case with one initial window; `Some(report)` if it fails.
-fn run_case(
-    c: &Compiled,
-    source: &str,
-    vm: &Vm,
-    case: &hir::TestCase,
-    window: u32,
-    sendfile: bool,
-) -> Option<String> {
-    let how = if sendfile {
-        " (sent with sendfile: no bytes readable before the program pulls them)".to_string()
-    } else if window != DEFAULT_WINDOW {
-        format!(" (initial data window {window} bytes)")
-    } else {
-        String::new()
+/// The detail of a failed case: where, how it was sent, expected against actual, the
+/// rule that decided, the message, the counters and log records.
+fn failure_report(p: &Policy, source: &str, result: &CaseResult) -> String {
+    let how = match result.delivery {
+        Delivery::Sendfile => {
+            " (sent with sendfile: no bytes readable before the program pulls them)".to_string()
+        }
+        Delivery::Send { window } if window != DEFAULT_WINDOW => {
+            format!(" (initial data window {window} bytes)")
+        }
+        Delivery::Send { .. } => String::new(),
     };
-    let out = match vm.run(&case.message, &RunConfig { window }) {
-        Ok(o) => o,
-        Err(e) => {
-            let mut r = String::new();
-            let _ = writeln!(r, "  at line {}", case.line);
+    let mut r = String::new();
+    let (out, reference) = match &result.outcome {
+        Outcome::Ran { vm, reference } => (vm, reference),
+        Outcome::VmFailed(e) => {
+            let _ = writeln!(r, "  at line {}", result.line());
             let _ = writeln!(r, "  the compiled program failed in the VM{how}: {e}");
             let _ = writeln!(
                 r,
                 "  this is a bug in skpc: please report it with the policy"
             );
-            return Some(r);
+            return r;
         }
     };
-    let expected = case.expect.clone();
-    let actual = out.decision.clone();
-    let reference = eval::eval(&c.policy, &case.message);
-    let agree = reference.decision == actual
-        && reference.counters == out.counters
-        && reference.events == out.events;
-    if expected == actual && agree {
-        return None;
-    }
-    let mut r = String::new();
-    let _ = writeln!(r, "  at line {}{how}", case.line);
-    let _ = writeln!(r, "  expected: {}", describe(&expected));
-    let _ = writeln!(r, "  actual:   {}", describe(&actual));
-    let _ = writeln!(r, "  decided by: {}", fired(&c.policy, source, &out));
-    let _ = writeln!(r, "  message: {}", message(&case.message));
-    let _ = write!(r, "{}", counters(&c.policy, source, &out));
+    let _ = writeln!(r, "  at line {}{how}", result.line());
+    let _ = writeln!(r, "  expected: {}", describe(result.expected()));
+    let _ = writeln!(r, "  actual:   {}", describe(&out.decision));
+    let _ = writeln!(r, "  decided by: {}", fired(p, source, out));
+    let _ = writeln!(r, "  message: {}", message(&result.case.message));
+    let _ = write!(r, "{}", counters(p, source, out));
     for e in &out.events {
         let _ = writeln!(
             r,
             "  logged by rule {} ({})",
             e.rule,
-            rule_text(&c.policy, source, e.rule as usize)
+            rule_text(p, source, e.rule as usize)
         );
     }
-    if !agree {
+    if !result.agree() {
         let _ = writeln!(
             r,
             "  BUG in skpc: the compiled program and the reference evaluator disagree (evaluator: {}, counters {:?}); please report it with the policy",
@@ -196,7 +161,7 @@ fn run_case(
             reference.counters
         );
     }
-    Some(r)
+    r
 }
 
 /// Which rule decided, from the counters: the terminal rule whose counter moved, or the

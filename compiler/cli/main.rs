@@ -6,9 +6,13 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use skpc::diag::{self, ColorChoice};
+use skpc::diag::ColorChoice;
 
-mod cli;
+// The subcommands that do more than call one library function, one module each.
+mod exec;
+mod run;
+mod test;
+mod test_kernel;
 
 #[derive(Parser)]
 #[command(
@@ -64,11 +68,11 @@ enum Command {
     },
 
     /// Run the policy's test cases on the compiled bytecode in a user-space eBPF VM.
-    Test(cli::test::TestArgs),
+    Test(test::TestArgs),
     /// Run CMD with the policy enforced on every TCP socket it (and its children) opens.
-    Exec(cli::exec::ExecArgs),
+    Exec(exec::ExecArgs),
     /// Enforce the policy on a cgroup until SIGINT/SIGTERM, showing live counters.
-    Run(cli::run::RunArgs),
+    Run(run::RunArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -150,8 +154,7 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { input } => {
             let src = input.read()?;
-            let (policy, diags) = skpc::check::check(&src.text);
-            diag::emit_stderr(&src.name, &src.text, &diags, color);
+            let policy = skpc::report::check(&src.name, &src.text, color);
             let code = if policy.is_some() {
                 ExitCode::SUCCESS
             } else {
@@ -170,14 +173,9 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
             let options = skpc::lower::Options {
                 counters: !no_counters,
             };
-            let compiled = match skpc::compile::compile_with(&src.name, &src.text, options) {
-                Ok(c) => c,
-                Err(diags) => {
-                    diag::emit_stderr(&src.name, &src.text, &diags, color);
-                    return Ok(ExitCode::from(1));
-                }
+            let Some(compiled) = skpc::report::compile(&src.name, &src.text, options, color) else {
+                return Ok(ExitCode::from(1));
             };
-            diag::emit_stderr(&src.name, &src.text, &compiled.warnings, color);
             match emit {
                 Emit::Asm => {
                     write_stdout(&skpc::compile::listing(&compiled, &src.name, &src.text))?
@@ -194,8 +192,8 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
             leave_for_exit(compiled);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Test(args) => cli::test::run(args, color),
-        Command::Exec(args) => cli::exec::run(args, color),
-        Command::Run(args) => cli::run::run(args, color),
+        Command::Test(args) => test::run(args, color),
+        Command::Exec(args) => exec::run(args, color),
+        Command::Run(args) => run::run(args, color),
     }
 }

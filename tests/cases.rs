@@ -1,0 +1,150 @@
+//! The test-case runner (`skpc::cases`, what `skpc test` prints): every shipped example
+//! passes its own cases, and wrong expectations fail with the VM's and the evaluator's
+//! decisions. What the command prints is tested in vm_examples.rs.
+
+use std::path::Path;
+
+use skpc::cases::{self, Delivery};
+use skpc::compile::{compile, Compiled};
+use skpc::eval::describe;
+use skpc::vm::DEFAULT_WINDOW;
+
+fn compiled(name: &str, source: &str) -> Compiled {
+    compile(name, source).unwrap_or_else(|diags| {
+        panic!(
+            "{name} does not compile:\n{}",
+            skpc::diag::render_plain(name, source, &diags)
+        )
+    })
+}
+
+#[test]
+fn every_example_passes_its_tests() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples/")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "skp"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "examples/ has {} policies", files.len());
+    for f in files {
+        let name = f.display().to_string();
+        let source = std::fs::read_to_string(&f).expect("an example is UTF-8 text");
+        let c = compiled(&name, &source);
+        let selected = cases::select(&c.policy, None);
+        assert!(!selected.is_empty(), "{name} has no test cases");
+        let results = cases::run(&c, &selected, DEFAULT_WINDOW).expect("runs in the VM");
+        assert_eq!(results.len(), selected.len());
+        for r in &results {
+            assert!(
+                r.passed(),
+                "{name}: case {:?} (line {}) failed: {:?}",
+                r.name(),
+                r.line(),
+                r.outcome
+            );
+            // Both runs passed: the result is the last one, the sendfile.
+            assert_eq!(r.delivery, Delivery::Sendfile, "{name}: {}", r.name());
+        }
+    }
+}
+
+const WRONG: &str = r#"
+count big if len > 100;
+drop if port == 6379 and len > 4096;    # no big writes to redis
+pass if payload starts with "GET ";
+default drop;
+
+test "a small GET passes" {
+    remote.port = 80;
+    payload = "GET / HTTP/1.1\r\n";
+    expect pass;
+}
+
+test "big redis writes pass (wrong)" {
+    remote.port = 6379;
+    len = 5000;
+    expect pass;
+}
+
+test "other ports pass (wrong: the default drops)" {
+    remote.port = 22;
+    payload = "SSH-2.0";
+    expect redirect ingress to sock 3;
+}
+"#;
+
+#[test]
+fn a_wrong_expectation_fails_with_both_decisions() {
+    let c = compiled("wrong.skp", WRONG);
+    let selected = cases::select(&c.policy, None);
+    let results = cases::run(&c, &selected, DEFAULT_WINDOW).expect("runs in the VM");
+    let summary: Vec<(&str, u32, bool)> = results
+        .iter()
+        .map(|r| (r.name(), r.line(), r.passed()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("a small GET passes", 7, true),
+            ("big redis writes pass (wrong)", 13, false),
+            ("other ports pass (wrong: the default drops)", 19, false),
+        ]
+    );
+    for r in &results[1..] {
+        // The policy is wrong, not skpc: the VM and the evaluator agree on the drop,
+        // and the first run (a plain send) already shows it.
+        assert!(r.agree(), "{:?}", r.outcome);
+        assert_eq!(r.error(), None);
+        assert_eq!(r.vm_decision().map(describe).as_deref(), Some("drop"));
+        assert_eq!(r.reference_decision(), r.vm_decision());
+        assert_eq!(
+            r.delivery,
+            Delivery::Send {
+                window: DEFAULT_WINDOW
+            }
+        );
+    }
+    assert_eq!(describe(results[1].expected()), "pass");
+    assert_eq!(
+        describe(results[2].expected()),
+        "redirect ingress to sock 3"
+    );
+}
+
+#[test]
+fn payload_rules_see_sendfile_data() {
+    // With an empty initial window (sendfile) the program must pull the bytes.
+    let policy = format!(
+        "drop if payload[100..104] == \"EVIL\";\ntest \"far bytes\" {{ payload = \"{}EVIL\"; expect drop; }}",
+        "\\x00".repeat(100)
+    );
+    let c = compiled("<-e>", &policy);
+    let selected = cases::select(&c.policy, None);
+    let results = cases::run(&c, &selected, 0).expect("runs in the VM");
+    assert_eq!(results.len(), 1);
+    assert!(results[0].passed(), "{:?}", results[0].outcome);
+    // A window of 0 is a sendfile already: one run, no second.
+    assert_eq!(results[0].delivery, Delivery::Send { window: 0 });
+}
+
+#[test]
+fn the_filter_selects_cases_by_name() {
+    let c = compiled("wrong.skp", WRONG);
+    let names = |filter| -> Vec<String> {
+        cases::select(&c.policy, filter)
+            .iter()
+            .map(|t| t.name.clone())
+            .collect()
+    };
+    assert_eq!(names(None).len(), 3);
+    assert_eq!(
+        names(Some("(wrong")),
+        [
+            "big redis writes pass (wrong)",
+            "other ports pass (wrong: the default drops)"
+        ]
+    );
+    assert!(names(Some("nothing like it")).is_empty());
+}
