@@ -1,6 +1,6 @@
 //! The examples check cleanly (no errors, no warnings) and their in-file test cases hold
-//! under a small reference evaluation of the HIR; and one test per construct of SPEC
-//! section 2, asserting the HIR shape a user would expect.
+//! under a small reference evaluation of the HIR; and one test per construct of the
+//! language (docs/language.md), asserting the HIR shape a user would expect.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;

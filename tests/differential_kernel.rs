@@ -1,4 +1,4 @@
-//! The kernel leg of the differential tests (SPEC section 6): generated policies
+//! The kernel leg of the differential tests (docs/architecture.md, "Testing"): generated policies
 //! (tests/policygen, the same generator as tests/differential.rs) through the real
 //! verifier, and generated messages over real loopback TCP connections, checked against
 //! the reference evaluator: the send's result (EACCES for a drop), the bytes that

@@ -139,7 +139,7 @@ fn egress_redirect_to_peer_sends_out_of_the_peer_back_to_the_sender() {
         SELF_PAIR,
         &["4".to_string(), "ECHO me".to_string()],
     );
-    // Out of the server-side socket, to its peer: back to the sender (SPEC section 2,
+    // Out of the server-side socket, to its peer: back to the sender (docs/runtime.md,
     // examples/peer_bypass.skp).
     assert_eq!(out[1], "ECHO me ok client:ECHO me server:-", "{out:?}");
     drop(cg);

@@ -1,4 +1,4 @@
-//! Malformed input of any kind gives diagnostics, never a panic or a hang (SPEC 6):
+//! Malformed input of any kind gives diagnostics, never a panic or a hang:
 //! random token soup and random bytes (proptest), and large inputs.
 
 use std::time::{Duration, Instant};

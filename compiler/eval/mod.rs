@@ -1,5 +1,5 @@
 //! The reference evaluator: what a policy means, written straight from the language
-//! definition (SPEC section 2, docs/language.md) on the typed policy. It shares no code
+//! definition (docs/language.md) on the typed policy. It shares no code
 //! with the code generator (`lower`); the differential tests hold the two against each
 //! other, and `skpc test` uses it to tell a compiler bug from a wrong expectation.
 //!

@@ -7,7 +7,7 @@ use crate::bpf::{AluOp, Insn, JmpOp, Reg, Size, Src};
 use crate::hir::{Cond, IntField, Test};
 
 use super::lir::Label;
-use super::{ctx_word, Gen, STACK_COMM};
+use super::{Gen, STACK_COMM};
 
 impl Gen {
     /// Emits code that jumps to `t` when `c` holds and to `f` when it does not.
@@ -110,7 +110,7 @@ impl Gen {
     pub(super) fn load_int(&mut self, field: IntField, short: Label) {
         match field {
             IntField::Len | IntField::Family | IntField::LocalPort | IntField::RemotePort => {
-                let (off, swap) = ctx_word(field).unwrap_or((SK_MSG_MD_SIZE, false));
+                let (off, swap) = field.ctx_word().unwrap_or((SK_MSG_MD_SIZE, false));
                 self.load_ctx_field(off, swap, Reg::R2);
             }
             IntField::Uid => {

@@ -16,7 +16,7 @@ use crate::bpf::{AluOp, Insn, Reg, Src};
 use crate::hir::{self, Cond, End, IntField, Net, Test};
 
 use super::addr::{addr_words, split_nets, wire_word, word_of, MAPPED_WORD2};
-use super::{ctx_word, Gen};
+use super::Gen;
 
 /// Registers free for miss-bit evaluation (the context is in r6, r7 holds the counter
 /// slot, r8/r9 cached fields).
@@ -39,7 +39,7 @@ pub(super) fn flat_ok(c: &Cond) -> bool {
         }
     }
     let test_ok = |t: &Test| match t {
-        Test::Int { field, ranges } => ctx_word(*field).is_some() && ranges.len() <= MAX_ALTS,
+        Test::Int { field, ranges } => field.ctx_word().is_some() && ranges.len() <= MAX_ALTS,
         Test::Addr { nets, .. } => nets.len() <= MAX_ALTS,
         Test::Payload { .. } | Test::Comm { .. } => false,
     };
@@ -179,7 +179,7 @@ impl Gen {
             Some((_, r)) => (*r, false),
             None => {
                 let r = regs.take();
-                let (off, swap) = ctx_word(field).unwrap_or((SK_MSG_MD_SIZE, false));
+                let (off, swap) = field.ctx_word().unwrap_or((SK_MSG_MD_SIZE, false));
                 self.load_ctx_field(off, swap, r);
                 (r, true)
             }

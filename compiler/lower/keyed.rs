@@ -8,7 +8,7 @@ use crate::hir::Decision;
 use super::addr::{addr_words, MAPPED_WORD2};
 use super::lir::Label;
 use super::runs;
-use super::{ctx_word, Gen, NO_RULE, SLOT, STACK_KEYED};
+use super::{Gen, NO_RULE, SLOT, STACK_KEYED};
 
 impl Gen {
     /// A run as keyed searches (see `runs::Keyed`): each search leaves the index of the
@@ -48,7 +48,7 @@ impl Gen {
                     let reg = match self.cached.iter().find(|(c, _)| *c == field) {
                         Some((_, r)) => *r,
                         None => {
-                            let (off, swap) = ctx_word(field).unwrap_or((SK_MSG_MD_SIZE, false));
+                            let (off, swap) = field.ctx_word().unwrap_or((SK_MSG_MD_SIZE, false));
                             self.load_ctx_field(off, swap, Reg::R2);
                             Reg::R2
                         }

@@ -344,7 +344,8 @@ impl Gen {
         self.alu64(AluOp::Add, dst, Src::Imm(off as i32));
     }
 
-    /// Loads a field that is a context word (`ctx_word`) into `dst`, in host order.
+    /// Loads a field that is a context word (`IntField::ctx_word`, from the field
+    /// registry) into `dst`, in host order.
     fn load_ctx_field(&mut self, off: i16, swap: bool, dst: Reg) {
         self.ctx_ld(dst, off);
         if swap {
@@ -354,17 +355,5 @@ impl Gen {
                 bits: 32,
             });
         }
-    }
-}
-
-/// The `sk_msg_md` word of a field that is read straight from the context, and whether
-/// it needs `bswap32` (remote_port is network order in the upper half of its word).
-fn ctx_word(field: IntField) -> Option<(i16, bool)> {
-    match field {
-        IntField::Len => Some((SK_MSG_MD_SIZE, false)),
-        IntField::Family => Some((SK_MSG_MD_FAMILY, false)),
-        IntField::LocalPort => Some((SK_MSG_MD_LOCAL_PORT, false)),
-        IntField::RemotePort => Some((SK_MSG_MD_REMOTE_PORT, true)),
-        _ => None,
     }
 }

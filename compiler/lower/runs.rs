@@ -131,7 +131,7 @@ fn keyed(rules: &[hir::Rule], base: usize) -> Option<Vec<Keyed>> {
         let (_, tests) = value_rule(r)?;
         for t in tests {
             let (key, ranges): (Key, Vec<(u64, u64)>) = match t {
-                Test::Int { field, ranges } if super::ctx_word(field).is_some() => {
+                Test::Int { field, ranges } if field.ctx_word().is_some() => {
                     (Key::Int(field), ranges)
                 }
                 Test::Addr { end, nets, mapped } => {

@@ -7,7 +7,7 @@ use crate::hir::{self, Action, Cond, Decision, IntField, SockSlot, Target, Test,
 
 use super::cond::is_search;
 use super::lir::{Label, Lir, Mark};
-use super::{ctx_word, flat, index, runs};
+use super::{flat, index, runs};
 use super::{Gen, Options, CACHE_REGS, CTX, FLAT_ABOVE_RULES};
 
 impl Gen {
@@ -167,7 +167,7 @@ impl Gen {
         let mut words: Vec<(IntField, usize, i16, bool)> = uses
             .into_iter()
             .filter_map(|(f, n)| {
-                ctx_word(f)
+                f.ctx_word()
                     .filter(|_| n >= 2)
                     .map(|(off, swap)| (f, n, off, swap))
             })
@@ -194,7 +194,7 @@ impl Gen {
                 .iter()
                 .any(|(f, at)| *f == field && *at > last);
             if read_later && narrows(cond, field) {
-                if let Some((off, swap)) = ctx_word(field) {
+                if let Some((off, swap)) = field.ctx_word() {
                     self.load_ctx_field(off, swap, reg);
                 }
             }
@@ -206,7 +206,7 @@ impl Gen {
 /// context afterwards; if not, the context stays in r1 and no copy is made.
 pub(super) fn needs_helper_before_verdict(policy: &hir::Policy, options: Options) -> bool {
     let test_calls = |t: &Test| match t {
-        Test::Int { field, .. } => ctx_word(*field).is_none(),
+        Test::Int { field, .. } => field.ctx_word().is_none(),
         Test::Addr { .. } => false,
         Test::Payload { .. } | Test::Comm { .. } => true,
     };

@@ -1,4 +1,4 @@
-//! One small policy per language construct (SPEC section 2), shared by the assembly
+//! One small policy per language construct (docs/language.md), shared by the assembly
 //! snapshots (tests/asm_snapshots.rs) and the kernel load tests (tests/kernel_load.rs).
 #![allow(dead_code)]
 
