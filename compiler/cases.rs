@@ -10,7 +10,7 @@
 use crate::compile::Compiled;
 use crate::eval::{self, EvalOutcome};
 use crate::hir::{Decision, Policy, TestCase};
-use crate::vm::{RunConfig, Vm, VmOutcome};
+use crate::vm::{RunConfig, Vm, VmError, VmOutcome};
 
 /// How a run offered the message's bytes to the program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +32,7 @@ impl Delivery {
 }
 
 /// What one run of a case gave.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum Outcome {
     /// The program ran in the VM; `reference` is what the evaluator says it should do.
     /// Boxed: the two are large next to the failure's message.
@@ -40,13 +40,12 @@ pub enum Outcome {
         vm: Box<VmOutcome>,
         reference: Box<EvalOutcome>,
     },
-    /// The compiled program failed in the VM (a bug in skpc): the VM's reason. A string
-    /// rather than the VM's error type: callers only show it.
-    VmFailed(String),
+    /// The compiled program failed in the VM (a bug in skpc): the VM's reason.
+    VmFailed(VmError),
 }
 
 /// One case's result: the first run that failed, or the last run when all passed.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct CaseResult<'p> {
     /// The case as written: name, line, message, expected decision.
     pub case: &'p TestCase,
@@ -104,7 +103,7 @@ impl CaseResult<'_> {
     }
 
     /// Why the program could not be run in the VM, if it could not.
-    pub fn error(&self) -> Option<&str> {
+    pub fn error(&self) -> Option<&VmError> {
         match &self.outcome {
             Outcome::VmFailed(why) => Some(why),
             Outcome::Ran { .. } => None,
@@ -128,8 +127,8 @@ pub fn run<'p>(
     compiled: &Compiled,
     cases: &[&'p TestCase],
     window: u32,
-) -> Result<Vec<CaseResult<'p>>, String> {
-    let vm = Vm::new(&compiled.lowered).map_err(|e| e.to_string())?;
+) -> Result<Vec<CaseResult<'p>>, VmError> {
+    let vm = Vm::new(&compiled.lowered)?;
     Ok(cases
         .iter()
         .map(|&case| run_case(&compiled.policy, &vm, case, window))
@@ -161,7 +160,7 @@ fn run_once<'p>(
             vm: Box::new(vm),
             reference: Box::new(eval::eval(policy, &case.message)),
         },
-        Err(e) => Outcome::VmFailed(e.to_string()),
+        Err(e) => Outcome::VmFailed(e),
     };
     CaseResult {
         case,

@@ -229,3 +229,31 @@ fn the_compiler_library_does_not_depend_on_aya() {
         );
     }
 }
+
+#[test]
+fn every_test_file_is_listed_in_a_manifest() {
+    // Both packages set `autotests = false` (the binary's tests belong to compiler/cli),
+    // so a file in tests/ that no `[[test]]` names would silently never run.
+    let manifests = [
+        fs::read_to_string(root().join("Cargo.toml")).unwrap_or_default(),
+        fs::read_to_string(root().join("compiler/cli/Cargo.toml")).unwrap_or_default(),
+    ];
+    let entries = fs::read_dir(root().join("tests")).expect("tests/ is readable");
+    let mut missing = Vec::new();
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".rs") {
+            continue;
+        }
+        let listed = manifests
+            .iter()
+            .any(|m| m.contains(&format!("tests/{name}\"")));
+        if !listed {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "add a [[test]] for each to Cargo.toml (or compiler/cli/Cargo.toml if it runs the binary): {missing:?}"
+    );
+}

@@ -330,17 +330,31 @@ impl DecodedBtf {
     }
 }
 
-fn rd(b: &[u8], off: usize) -> Result<u32, String> {
+/// Why a `.BTF` or `.BTF.ext` section could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BtfDecodeError {
+    #[error("bad {section} magic")]
+    BadMagic { section: &'static str },
+    #[error("truncated at offset {offset}")]
+    Truncated { offset: usize },
+    #[error("unsupported BTF kind {0}")]
+    UnsupportedKind(u32),
+    /// A header or record points outside its section (which part, in the message).
+    #[error("{0}")]
+    Malformed(&'static str),
+}
+
+fn rd(b: &[u8], off: usize) -> Result<u32, BtfDecodeError> {
     b.get(off..off + 4)
         .map(|s| u32::from_le_bytes(s.try_into().unwrap()))
-        .ok_or_else(|| format!("truncated at offset {off}"))
+        .ok_or(BtfDecodeError::Truncated { offset: off })
 }
 
 /// Decode a `.BTF` section produced by [`Btf::to_bytes`] (or clang, for the
 /// kinds listed in [`BtfType`]).
-pub fn decode_btf(data: &[u8]) -> Result<DecodedBtf, String> {
+pub fn decode_btf(data: &[u8]) -> Result<DecodedBtf, BtfDecodeError> {
     if data.len() < BTF_HEADER_LEN as usize || u16::from_le_bytes([data[0], data[1]]) != BTF_MAGIC {
-        return Err("bad BTF magic".into());
+        return Err(BtfDecodeError::BadMagic { section: ".BTF" });
     }
     let hdr_len = rd(data, 4)? as usize;
     let type_off = hdr_len + rd(data, 8)? as usize;
@@ -349,14 +363,19 @@ pub fn decode_btf(data: &[u8]) -> Result<DecodedBtf, String> {
     let str_len = rd(data, 20)? as usize;
     let types_b = data
         .get(type_off..type_off + type_len)
-        .ok_or("type section out of bounds")?;
+        .ok_or(BtfDecodeError::Malformed("type section out of bounds"))?;
     let strings = data
         .get(str_off..str_off + str_len)
-        .ok_or("string section out of bounds")?
+        .ok_or(BtfDecodeError::Malformed("string section out of bounds"))?
         .to_vec();
-    let s = |off: u32| -> Result<String, String> {
-        let rest = strings.get(off as usize..).ok_or("bad string offset")?;
-        let end = rest.iter().position(|&b| b == 0).ok_or("unterminated")?;
+    let s = |off: u32| -> Result<String, BtfDecodeError> {
+        let rest = strings
+            .get(off as usize..)
+            .ok_or(BtfDecodeError::Malformed("bad string offset"))?;
+        let end = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(BtfDecodeError::Malformed("unterminated"))?;
         Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
     };
     let mut types = Vec::new();
@@ -441,7 +460,7 @@ pub fn decode_btf(data: &[u8]) -> Result<DecodedBtf, String> {
             }
             // Kinds with no trailing data (FWD, TYPEDEF, modifiers, FLOAT, TYPE_TAG).
             7..=11 | 16 | 18 => BtfType::Other { kind },
-            _ => return Err(format!("unsupported BTF kind {kind}")),
+            _ => return Err(BtfDecodeError::UnsupportedKind(kind)),
         };
         types.push(t);
     }
@@ -449,9 +468,11 @@ pub fn decode_btf(data: &[u8]) -> Result<DecodedBtf, String> {
 }
 
 /// Decode a `.BTF.ext` section (func_info and line_info only).
-pub fn decode_btf_ext(data: &[u8]) -> Result<BtfExt, String> {
+pub fn decode_btf_ext(data: &[u8]) -> Result<BtfExt, BtfDecodeError> {
     if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != BTF_MAGIC {
-        return Err("bad BTF.ext magic".into());
+        return Err(BtfDecodeError::BadMagic {
+            section: ".BTF.ext",
+        });
     }
     let hdr_len = rd(data, 4)? as usize;
     let mut ext = BtfExt::default();
@@ -461,7 +482,9 @@ pub fn decode_btf_ext(data: &[u8]) -> Result<BtfExt, String> {
         if len == 0 {
             continue;
         }
-        let b = data.get(off..off + len).ok_or("info out of bounds")?;
+        let b = data
+            .get(off..off + len)
+            .ok_or(BtfDecodeError::Malformed("info out of bounds"))?;
         let rec_size = rd(b, 0)? as usize;
         let mut p = 4;
         while p < b.len() {
