@@ -102,7 +102,7 @@ fn run_case(enf: &mut Enforcement, case: &hir::TestCase, process_fields: bool) -
     bytes.resize(m.len as usize, b'x');
     let sent = skpc_runtime::net::send_once(&client, &bytes);
     let outcome = match (sent, expect_drop) {
-        (Err(e), true) if e.raw_os_error() == Some(libc_eacces()) => Outcome::Ok,
+        (Err(e), true) if e.raw_os_error() == Some(libc::EACCES) => Outcome::Ok,
         (Ok(n), false) => {
             let _ = server.set_read_timeout(Some(Duration::from_secs(2)));
             let mut got = vec![0u8; n];
@@ -127,10 +127,6 @@ fn run_case(enf: &mut Enforcement, case: &hir::TestCase, process_fields: bool) -
     };
     let _ = enf.remove_sock(CLIENT_SLOT);
     outcome
-}
-
-const fn libc_eacces() -> i32 {
-    13 // EACCES, as the kernel returns it for SK_DROP
 }
 
 fn is_mapped_loopback(ip: &IpAddr) -> bool {

@@ -12,6 +12,10 @@ use super::lir::{self, Assembled};
 use super::maps::Maps;
 use super::{Gen, Options, STACK_SOCK_KEY};
 
+/// What the SOCK_OPS program returns: 1 is "allow" for every cgroup program (0 makes
+/// the cgroup hook report -EPERM); the established callbacks do not act on it.
+const SOCK_OPS_DONE: i32 = 1;
+
 /// Which context layout a key is built from.
 #[derive(Clone, Copy)]
 pub(super) struct CtxLayout {
@@ -158,6 +162,6 @@ pub(super) fn sockops_program(maps: Maps) -> Assembled {
     g.mov64(Reg::R4, Src::Imm(BPF_ANY as i32));
     g.call(BPF_FUNC_sock_hash_update);
     g.place(done);
-    g.ret(1);
+    g.ret(SOCK_OPS_DONE);
     lir::assemble(&lir::cleanup(g.code))
 }

@@ -26,7 +26,7 @@ pub(super) fn context(
     c[SK_MSG_MD_DATA_END as usize..SK_MSG_MD_DATA_END as usize + 8]
         .copy_from_slice(&(data + window).to_ne_bytes());
     put32(&mut c, SK_MSG_MD_FAMILY, msg.family);
-    let (v4, v6) = (AF_INET as u32, AF_INET6 as u32);
+    let (v4, v6) = (skpc_abi::AF_INET, skpc_abi::AF_INET6);
     for (ip, off4, off6) in [
         (msg.local_ip, SK_MSG_MD_LOCAL_IP4, SK_MSG_MD_LOCAL_IP6),
         (msg.remote_ip, SK_MSG_MD_REMOTE_IP4, SK_MSG_MD_REMOTE_IP6),
