@@ -37,30 +37,8 @@ fn summary(stdout: &str) -> (usize, usize) {
     (nums[0], nums[1])
 }
 
-const WRONG: &str = r#"
-count big if len > 100;
-drop if port == 6379 and len > 4096;    # no big writes to redis
-pass if payload starts with "GET ";
-default drop;
-
-test "a small GET passes" {
-    remote.port = 80;
-    payload = "GET / HTTP/1.1\r\n";
-    expect pass;
-}
-
-test "big redis writes pass (wrong)" {
-    remote.port = 6379;
-    len = 5000;
-    expect pass;
-}
-
-test "other ports pass (wrong: the default drops)" {
-    remote.port = 22;
-    payload = "SSH-2.0";
-    expect redirect ingress to sock 3;
-}
-"#;
+/// A policy whose test cases expect the wrong verdicts (two of three).
+const WRONG: &str = include_str!("fixtures/wrong_expectations.skp");
 
 #[test]
 fn a_wrong_expectation_fails_with_a_useful_report() {
