@@ -316,6 +316,38 @@ fn action_cork() {
 }
 
 #[test]
+fn action_discard() {
+    assert_eq!(decide("discard;"), decision(Verdict::Discard, None));
+    let p = policy("discard if payload starts with \"PING\";");
+    assert!(p.rules[0].action.is_terminal());
+    assert_ne!(p.rules[0].cond, Cond::Const(true));
+    let p = policy("pass if remote.port == 443;\ndefault discard;");
+    assert_eq!(p.default.decision, decision(Verdict::Discard, None));
+    let p = policy("discard;\ntest \"t\" { expect discard; }");
+    assert_eq!(p.tests[0].expect, decision(Verdict::Discard, None));
+}
+
+#[test]
+fn action_discard_refuses_for_n() {
+    // apply_bytes is not combined with a rewrite of the message: E0221, in a rule, the
+    // default and an expectation alike.
+    for src in [
+        "discard for 10;",
+        "discard for 1KiB if len > 5;",
+        "default discard for 10;",
+        "test \"t\" { expect discard for 10; }",
+    ] {
+        let (p, diags) = check(src);
+        assert!(p.is_none(), "{src}");
+        assert_eq!(
+            diags.iter().map(|d| d.code).collect::<Vec<_>>(),
+            vec!["E0221"],
+            "{src}"
+        );
+    }
+}
+
+#[test]
 fn action_count_is_a_named_non_terminal_counter() {
     let p = policy("count big if len > 100; count big if len > 1000; count small if len < 10;");
     // Three rules, then the two distinct names, then the default.

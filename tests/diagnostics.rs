@@ -132,6 +132,7 @@ cases! {
     cork_zero_bytes => "cork 0;\n";
     apply_bytes_over_4gib => "pass for 4GiB;\n";
     for_on_count => "count big for 10 if len > 1000;\n";
+    discard_for_n => "discard for 10;\n";
     reversed_range => "drop if remote.port in 8099..8000;\n";
     bare_field_as_condition => "drop if len;\n";
     bare_family_as_condition => "drop if inet6;\n";

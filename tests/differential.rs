@@ -58,6 +58,7 @@ fn check(p: &GenPolicy, c: &Compiled, vm: &Vm, s: &Sent, counters: bool) -> Resu
         let v = match ev.decision.verdict {
             Verdict::Pass => "pass",
             Verdict::Drop => "drop",
+            Verdict::Discard => "discard",
             Verdict::Cork(_) => "cork",
             Verdict::Redirect {
                 target: Target::Peer,
@@ -292,6 +293,7 @@ fn generated_sources_exercise_every_construct() {
         "count ",
         "log",
         "pass for",
+        "discard",
         "cork ",
         "redirect ingress to sock",
         "redirect to peer",

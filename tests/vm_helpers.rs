@@ -389,6 +389,43 @@ fn redirects_apply_and_cork_make_the_decision() {
 }
 
 #[test]
+fn pop_of_the_whole_message_is_a_discard_and_nothing_else_is_modelled() {
+    let m = Message {
+        payload: b"hello".to_vec(),
+        len: 5,
+        ..Message::default()
+    };
+    // What `discard` generates: r3 = size, then pop(ctx, 0, size, 0) and SK_PASS.
+    let pop = |start: i32, len: Option<i32>, flags: i32| {
+        let r3 = match len {
+            None => ldx(Size::W, R3, R1, SK_MSG_MD_SIZE),
+            Some(n) => mov(R3, n),
+        };
+        vec![
+            r3,
+            mov(R2, start),
+            mov(R4, flags),
+            call(BPF_FUNC_msg_pop_data),
+            mov(R0, 1),
+            Insn::Exit,
+        ]
+    };
+    let out = run(&pop(0, None, 0), &m).unwrap();
+    assert_eq!(out.decision.verdict, Verdict::Discard);
+    assert_eq!(out.decision.apply_bytes, None);
+    assert_eq!(out.calls, vec![BPF_FUNC_msg_pop_data]);
+    // A popped message that the program then drops is a drop.
+    let mut then_drop = pop(0, None, 0);
+    then_drop[4] = mov(R0, 0);
+    assert_eq!(run(&then_drop, &m).unwrap().decision.verdict, Verdict::Drop);
+    // A partial pop, an offset, a flag: refused, not guessed.
+    for code in [pop(0, Some(4), 0), pop(1, Some(4), 0), pop(0, None, 1)] {
+        let e = run(&code, &m).unwrap_err();
+        assert!(e.contains("msg_pop_data"), "{e}");
+    }
+}
+
+#[test]
 fn only_sk_pass_and_sk_drop_are_verdicts() {
     let m = Message::default();
     assert_eq!(

@@ -1,4 +1,4 @@
-//! Rules and their actions: verdicts, `for N`, `cork N`, redirect slots, named counters.
+//! Rules and their actions: verdicts, `for N` (refused on `discard`), `cork N`, redirect slots, named counters.
 
 use super::values::{operand_kind, FieldRef, Operand, Val};
 use super::Checker;
@@ -44,6 +44,20 @@ impl Checker {
         let apply_bytes = match &a.apply_bytes {
             None => None,
             Some(e) => {
+                if matches!(a.kind, ActionKind::Discard) {
+                    // The kernel's apply_bytes state is not meant to be combined with a
+                    // rewrite of the message (pop_data empties it), so the pair is refused.
+                    self.err(
+                        Diag::new(
+                            Code::DiscardFor,
+                            "`discard` does not take `for N`",
+                            e.span,
+                        )
+                        .label("not allowed on `discard`")
+                        .help("remove `for N`: each message (each chunk of a large write) is judged and discarded on its own"),
+                    );
+                    return None;
+                }
                 if matches!(
                     a.kind,
                     ActionKind::Cork(_) | ActionKind::Count(_) | ActionKind::Log
@@ -65,6 +79,7 @@ impl Checker {
         let verdict = match &a.kind {
             ActionKind::Pass => Verdict::Pass,
             ActionKind::Drop => Verdict::Drop,
+            ActionKind::Discard => Verdict::Discard,
             ActionKind::Redirect { ingress, target } => {
                 let target = match target {
                     ast::Target::Peer(_) => Target::Peer,

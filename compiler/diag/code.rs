@@ -72,6 +72,7 @@ codes! {
     SizeOverflow = "E0218", Error, "a size with unit that overflows 64 bits";
     StartsWithNotApplicable = "E0219", Error, "`starts with` on a field that is not `payload` or `comm`";
     WholePayload = "E0220", Error, "the whole payload compared (take a slice or use `starts with`)";
+    DiscardFor = "E0221", Error, "`discard for N`: a discard empties the message, which `for N` (apply_bytes) must not be combined with";
     DefaultNotVerdict = "E0301", Error, "`default` without a verdict";
     SecondDefault = "E0302", Error, "a second `default`";
     DuplicateTestName = "E0303", Error, "two test cases with the same name";

@@ -19,6 +19,8 @@
 //! - `redirect to sock FIELD` goes to the slot the field's value names (truncated to 32
 //!   bits, as the helper takes a u32); a slot past the sockmap's end holds no socket, and
 //!   the kernel drops the message.
+//! - `discard` is its own verdict: the kernel pops the whole message and passes nothing,
+//!   which user space sees as a send that succeeded and a peer that got nothing.
 //! - `redirect [ingress] to peer` redirects to the other end of a local connection (found
 //!   by the swapped 4-tuple), to its receive queue with `ingress`, else out of it.
 
@@ -281,6 +283,7 @@ pub fn describe(d: &Decision) -> String {
     let mut s = match &d.verdict {
         Verdict::Pass => "pass".to_string(),
         Verdict::Drop => "drop".to_string(),
+        Verdict::Discard => "discard".to_string(),
         Verdict::Cork(n) => format!("cork {n}"),
         Verdict::Redirect { ingress, target } => {
             let target = match target {

@@ -92,6 +92,9 @@ pub struct Decision {
 pub enum Verdict {
     Pass,
     Drop,
+    /// `bpf_msg_pop_data(msg, 0, size, 0)` then SK_PASS: the message is swallowed, the
+    /// send succeeds and the socket stays usable (unlike a drop, which sticks).
+    Discard,
     Redirect {
         ingress: bool,
         target: Target,

@@ -1,6 +1,6 @@
 //! What happens once a rule decides: the shared verdict tails (one per distinct decision,
 //! reached with the rule's counter slot in `SLOT`), the counters, the decisions
-//! themselves (verdicts, redirects, `for N`, `cork N`) and `log` records.
+//! themselves (verdicts, `discard`, redirects, `for N`, `cork N`) and `log` records.
 
 use skpc_abi::{Counter, LogRecord};
 
@@ -96,6 +96,18 @@ impl Gen {
         match &d.verdict {
             Verdict::Pass => self.ret(SK_PASS),
             Verdict::Drop => self.ret(SK_DROP),
+            Verdict::Discard => {
+                // Pop every byte of the message, then pass what is left (nothing): the
+                // send succeeds, the peer gets nothing, and unlike SK_DROP nothing sticks
+                // to the socket. The size is read before r1 is set: with the context in
+                // r1 the load needs it, and nothing after the call reads the context.
+                self.ctx_ld(Reg::R3, SK_MSG_MD_SIZE);
+                self.mov64(Reg::R1, Src::Reg(self.ctx()));
+                self.mov64(Reg::R2, Src::Imm(0));
+                self.mov64(Reg::R4, Src::Imm(0));
+                self.call(BPF_FUNC_msg_pop_data);
+                self.ret(SK_PASS);
+            }
             Verdict::Cork(n) => {
                 self.mov64(Reg::R1, Src::Reg(self.ctx()));
                 self.mov32(Reg::R2, *n);

@@ -210,6 +210,8 @@ pub(super) fn needs_helper_before_verdict(policy: &hir::Policy, options: Options
         Test::Addr { .. } => false,
         Test::Payload { .. } | Test::Comm { .. } => true,
     };
+    // `discard` and `cork` call their helper last, with nothing read from the context
+    // after it, so they do not count; `for N` and field slots read it after a call.
     let decision_calls = |d: &Decision| {
         d.apply_bytes.is_some()
             || matches!(

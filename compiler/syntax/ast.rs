@@ -47,6 +47,7 @@ pub struct Rule {
 pub enum ActionKind {
     Pass,
     Drop,
+    Discard,
     Redirect { ingress: bool, target: Target },
     Cork(Expr),
     Count(Ident),

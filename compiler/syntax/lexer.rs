@@ -49,6 +49,8 @@ pub enum Tok {
     Pass,
     #[token("drop")]
     Drop,
+    #[token("discard")]
+    Discard,
     #[token("redirect")]
     Redirect,
     #[token("ingress")]
@@ -345,6 +347,7 @@ impl Tok {
             Tok::Expect => "expect",
             Tok::Pass => "pass",
             Tok::Drop => "drop",
+            Tok::Discard => "discard",
             Tok::Redirect => "redirect",
             Tok::Ingress => "ingress",
             Tok::To => "to",

@@ -1,5 +1,5 @@
 //! The helper models: what `bpf_map_lookup_elem`, `bpf_msg_pull_data`, the redirects,
-//! `apply`/`cork`, the process helpers and `bpf_ringbuf_output` do to one run. rbpf
+//! `apply`/`cork`, `pop_data` (whole messages only), the process helpers and `bpf_ringbuf_output` do to one run. rbpf
 //! calls helpers as plain `fn`s, so the state of the current run lives in a
 //! thread-local (one run at a time per thread), which [`Vm::run`](super::Vm::run) sets
 //! before executing and takes back after.
@@ -40,6 +40,14 @@ pub enum HelperError {
     RecordSize { size: u64 },
     #[error("short record")]
     ShortRecord,
+    /// The VM models a pop of the whole message only (what `discard` generates).
+    #[error("a pop of bytes {start}..+{len} (flags {flags:#x}) of a {size}-byte message; only the whole message (0, size, 0) is modelled")]
+    PopNotModelled {
+        start: u64,
+        len: u64,
+        flags: u64,
+        size: u32,
+    },
 }
 
 pub(super) struct RunState {
@@ -72,6 +80,8 @@ pub(super) struct RunState {
     pub(super) redirect: Option<(Redirect, u64)>,
     pub(super) apply: Option<u32>,
     pub(super) cork: Option<u32>,
+    /// The whole message was popped (`discard`): nothing of it leaves.
+    pub(super) popped: bool,
     pub(super) calls: Vec<i32>,
     /// The first call a model refused: the helper and why.
     pub(super) error: Option<(i32, HelperError)>,
@@ -295,6 +305,30 @@ fn h_msg_cork_bytes(msg: u64, bytes: u64, _: u64, _: u64, _: u64) -> u64 {
     })
 }
 
+fn h_msg_pop_data(msg: u64, start: u64, len: u64, flags: u64, _: u64) -> u64 {
+    with_state(BPF_FUNC_msg_pop_data, |st| {
+        st.check_ctx(msg)?;
+        // Only what `discard` generates: every byte, no flags, once. A partial pop would
+        // need the kernel's scatterlist surgery, which the VM does not model.
+        if start != 0 || len != st.size as u64 || flags != 0 || st.popped {
+            return Err(HelperError::PopNotModelled {
+                start,
+                len,
+                flags,
+                size: st.size,
+            });
+        }
+        st.popped = true;
+        // The kernel empties the message; no pulled bytes remain readable.
+        // SAFETY: ctx is the 80-byte context of this run.
+        unsafe {
+            ((st.ctx + SK_MSG_MD_DATA as u64) as *mut u64).write_unaligned(st.buf);
+            ((st.ctx + SK_MSG_MD_DATA_END as u64) as *mut u64).write_unaligned(st.buf);
+        }
+        Ok(0)
+    })
+}
+
 fn h_get_current_uid_gid(_: u64, _: u64, _: u64, _: u64, _: u64) -> u64 {
     with_state(BPF_FUNC_get_current_uid_gid, |st| {
         Ok(((st.gid as u64) << 32) | st.uid as u64)
@@ -356,6 +390,7 @@ pub(super) const HELPERS: &[(i32, Helper)] = &[
     (BPF_FUNC_msg_redirect_hash, h_msg_redirect_hash),
     (BPF_FUNC_msg_apply_bytes, h_msg_apply_bytes),
     (BPF_FUNC_msg_cork_bytes, h_msg_cork_bytes),
+    (BPF_FUNC_msg_pop_data, h_msg_pop_data),
     (BPF_FUNC_get_current_uid_gid, h_get_current_uid_gid),
     (BPF_FUNC_get_current_pid_tgid, h_get_current_pid_tgid),
     (BPF_FUNC_get_current_cgroup_id, h_get_current_cgroup_id),

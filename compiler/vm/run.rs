@@ -111,6 +111,7 @@ impl Vm {
             redirect: None,
             apply: None,
             cork: None,
+            popped: false,
             calls: Vec::new(),
             error: None,
         };
@@ -179,6 +180,8 @@ impl Vm {
 
         let verdict = match ret {
             0 => Verdict::Drop,
+            // A popped message that passes is a discard: nothing of it is left to send.
+            1 if state.popped => Verdict::Discard,
             1 => match (&state.redirect, state.cork) {
                 (Some((r, ok)), _) if *ok == SK_PASS as u64 => match r {
                     Redirect::Map { key, flags } => Verdict::Redirect {

@@ -15,6 +15,8 @@ pub const CONSTRUCTS: &[(&str, &str)] = &[
     ("drop_for", "drop for 64KiB if len > 1000;"),
     ("redirect_for", "redirect to sock 1 for 4KiB if port == 8080;"),
     ("cork", "cork 16 if len < 16 and remote.port == 5432;"),
+    ("discard", "discard if payload starts with \"PING\";"),
+    ("default_discard", "pass if remote.port == 443;\ndefault discard;"),
     ("count", "count big if len > 64KiB;\ncount big if len > 1MiB;\ncount small if len < 100;"),
     ("log", "log if uid != 0 and port == 22;"),
     ("family", "drop if family == inet6;"),
