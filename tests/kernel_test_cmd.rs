@@ -101,3 +101,39 @@ test "nothing indexed matches" { local.port = 47484; remote.port = 47485; payloa
     }
     assert!(out.contains("8 passed, 0 failed, 0 skipped"), "{out}");
 }
+
+#[test]
+fn discard_cases_run_on_the_kernel() {
+    if !common::kernel_or_skip("discard_cases_run_on_the_kernel") {
+        return;
+    }
+    // A discard: the send succeeds and the peer gets nothing. The wrong expectations
+    // show that both halves are checked: a pass expected where the kernel discards (the
+    // peer waits in vain), a discard expected where the kernel passes (bytes arrive).
+    let policy = r#"
+discard if remote.port == 47331 and payload starts with "NOISE";
+test "noise is discarded" { local.port = 47332; remote.port = 47331; payload = "NOISE 1"; expect discard; }
+test "signal passes" { local.port = 47333; remote.port = 47331; payload = "SIGNAL"; expect pass; }
+test "wrong pass" { local.port = 47334; remote.port = 47331; payload = "NOISE 2"; expect pass; }
+test "wrong discard" { local.port = 47335; remote.port = 47331; payload = "SIGNAL"; expect discard; }
+"#;
+    let (ok, out) = skpc_test_kernel(policy);
+    assert!(!ok, "{out}");
+    for name in ["noise is discarded", "signal passes"] {
+        assert!(
+            out.contains(&format!("test {name} (kernel) ... ok")),
+            "{out}"
+        );
+    }
+    assert!(
+        out.contains("test wrong pass (kernel) ... FAILED: the send passed but the peer did not receive the bytes"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "test wrong discard (kernel) ... FAILED: expected a discard, the peer received 6 bytes"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("4 passed, 4 failed, 0 skipped"), "{out}");
+}

@@ -27,7 +27,8 @@ pub struct TestArgs {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_WINDOW)]
     pub window: u32,
     /// Also run the cases on the real kernel over loopback TCP (needs root): a pass must
-    /// deliver the bytes, a drop must fail the send with EACCES.
+    /// deliver the bytes, a drop must fail the send with EACCES, a discard must succeed
+    /// while the peer receives nothing.
     #[arg(long)]
     pub kernel: bool,
 }

@@ -3,7 +3,8 @@
 //! Each case becomes a real connection: a listener on the case's remote address and
 //! port, a client bound to its local address and port, the client put under the policy
 //! (a sockmap slot), one `send` of the case's payload. A pass must deliver the bytes, a
-//! drop must fail the send with EACCES. Cases a loopback run cannot reproduce are
+//! drop must fail the send with EACCES, a discard must send every byte while the peer
+//! receives none of them. Cases a loopback run cannot reproduce are
 //! skipped, each with the reason: addresses off the loopback, a policy that reads the
 //! sender's uid/gid/pid/cgroup/comm (the run's own process has other values), and
 //! verdicts one send cannot show (redirects, cork, `for N`).
@@ -19,6 +20,18 @@ use skpc_runtime::{Enforcement, Policy};
 /// The sockmap slot the test client is put in (the last one: the least likely to be a
 /// redirect target of the policy).
 const CLIENT_SLOT: u32 = skpc_abi::SOCKMAP_SLOTS - 1;
+
+/// How long the peer waits for bytes a discard must have swallowed: loopback delivers
+/// within microseconds, so nothing after this means nothing at all.
+const DISCARD_WAIT: Duration = Duration::from_millis(200);
+
+/// The verdicts one send can show.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Pass,
+    Drop,
+    Discard,
+}
 
 /// What the kernel did with one case.
 pub enum Outcome {
@@ -49,18 +62,22 @@ pub fn run(
 
 fn run_case(enf: &mut Enforcement, case: &hir::TestCase, process_fields: bool) -> Outcome {
     let m = &case.message;
-    let expect_drop = match case.expect {
+    let expect = match case.expect {
         Decision {
             verdict: Verdict::Pass,
             apply_bytes: None,
-        } => false,
+        } => Expect::Pass,
         Decision {
             verdict: Verdict::Drop,
             apply_bytes: None,
-        } => true,
+        } => Expect::Drop,
+        Decision {
+            verdict: Verdict::Discard,
+            apply_bytes: None,
+        } => Expect::Discard,
         _ => {
             return Outcome::Skipped(
-                "one send shows only pass or drop (not redirect, cork, `for N`)".into(),
+                "one send shows only pass, drop or discard (not redirect, cork, `for N`)".into(),
             )
         }
     };
@@ -101,9 +118,14 @@ fn run_case(enf: &mut Enforcement, case: &hir::TestCase, process_fields: bool) -
     let mut bytes = m.payload.clone();
     bytes.resize(m.len as usize, b'x');
     let sent = skpc_runtime::net::send_once(&client, &bytes);
-    let outcome = match (sent, expect_drop) {
-        (Err(e), true) if e.raw_os_error() == Some(libc::EACCES) => Outcome::Ok,
-        (Ok(n), false) => {
+    let outcome = match (sent, expect) {
+        (Err(e), Expect::Drop) if e.raw_os_error() == Some(libc::EACCES) => Outcome::Ok,
+        (Ok(n), Expect::Discard) if n == bytes.len() => received_nothing(&mut server),
+        (Ok(n), Expect::Discard) => Outcome::Failed(format!(
+            "expected a discard, the send took {n} of {} bytes",
+            bytes.len()
+        )),
+        (Ok(n), Expect::Pass) => {
             let _ = server.set_read_timeout(Some(Duration::from_secs(2)));
             let mut got = vec![0u8; n];
             match server.read_exact(&mut got) {
@@ -117,16 +139,40 @@ fn run_case(enf: &mut Enforcement, case: &hir::TestCase, process_fields: bool) -
                 )),
             }
         }
-        (Ok(n), true) => Outcome::Failed(format!(
+        (Ok(n), Expect::Drop) => Outcome::Failed(format!(
             "expected a drop (EACCES), the kernel passed {n} bytes"
         )),
-        (Err(e), false) => Outcome::Failed(format!("expected a pass, the send failed: {e}")),
-        (Err(e), true) => Outcome::Failed(format!(
+        (Err(e), Expect::Pass) => Outcome::Failed(format!("expected a pass, the send failed: {e}")),
+        (Err(e), Expect::Discard) => Outcome::Failed(format!(
+            "expected a discard (the send succeeds), the send failed: {e}"
+        )),
+        (Err(e), Expect::Drop) => Outcome::Failed(format!(
             "expected a drop (EACCES), the send failed otherwise: {e}"
         )),
     };
     let _ = enf.remove_sock(CLIENT_SLOT);
     outcome
+}
+
+/// A discard's check on the peer: no byte arrives within [`DISCARD_WAIT`].
+fn received_nothing(server: &mut std::net::TcpStream) -> Outcome {
+    if let Err(e) = server.set_read_timeout(Some(DISCARD_WAIT)) {
+        return Outcome::Failed(format!("cannot wait on the peer: {e}"));
+    }
+    let mut buf = [0u8; 4096];
+    match server.read(&mut buf) {
+        Ok(0) => Outcome::Failed("expected a discard, the connection was closed".into()),
+        Ok(n) => Outcome::Failed(format!("expected a discard, the peer received {n} bytes")),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Outcome::Ok
+        }
+        Err(e) => Outcome::Failed(format!("expected a discard, reading the peer failed: {e}")),
+    }
 }
 
 fn is_mapped_loopback(ip: &IpAddr) -> bool {
