@@ -249,3 +249,62 @@ fn log_records_carry_the_message_fields() {
         g.finish();
     }
 }
+
+#[test]
+fn discard_swallows_one_message_and_the_connection_stays_usable() {
+    if !common::kernel_or_skip("discard_swallows_one_message_and_the_connection_stays_usable") {
+        return;
+    }
+    for v6 in [false, true] {
+        // The listener's own ephemeral port, named in the policy: no other test's
+        // traffic can match these rules.
+        let l = listener(v6);
+        let port = l.local_addr().unwrap().port();
+        let mut g = Guard::new(&format!(
+            "count to_server if remote.port == {port};\n\
+             log if remote.port == {port} and payload starts with \"SECRET\";\n\
+             discard if remote.port == {port} and payload starts with \"SECRET\";\n\
+             default pass;"
+        ));
+        let (c, mut s) = connect(&l);
+        g.enf().insert_sock(0, fd(&c)).unwrap();
+        assert_eq!(send(&c, b"before"), Ok(6));
+        assert_eq!(recv_up_to(&mut s, 6, LONG), b"before");
+        // The discarded send reports every byte sent; the peer gets none of them.
+        assert_eq!(send(&c, b"SECRET password"), Ok(15));
+        assert!(recv_any(&mut s, SHORT).is_empty());
+        // A 64 KiB write is one program run (one chunk): discarded whole.
+        let mut big = b"SECRET".to_vec();
+        big.resize(64 * 1024, b'z');
+        assert_eq!(send(&c, &big), Ok(big.len()));
+        assert!(recv_any(&mut s, SHORT).is_empty());
+        // Unlike a drop nothing sticks: the next send that passes arrives intact.
+        assert_eq!(send(&c, b"after"), Ok(5));
+        assert_eq!(recv_up_to(&mut s, 5, LONG), b"after");
+        let cnt = g.enf().counters().unwrap();
+        let get = |name: &str| {
+            cnt.iter()
+                .find(|x| x.name == name)
+                .map(|x| (x.messages, x.bytes))
+                .unwrap_or_else(|| panic!("no counter {name}: {cnt:?}"))
+        };
+        let discarded = (2, 15 + big.len() as u64);
+        assert_eq!(get("rule2"), discarded, "{cnt:?}");
+        assert_eq!(get("rule1"), discarded, "{cnt:?}");
+        assert_eq!(
+            get("to_server"),
+            (4, 6 + 15 + big.len() as u64 + 5),
+            "{cnt:?}"
+        );
+        assert_eq!(get("default"), (2, 11), "{cnt:?}");
+        // `log` fires on the discarded messages like on any other.
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + LONG;
+        while got.len() < 2 && std::time::Instant::now() < deadline {
+            got.extend(g.enf().wait_events(std::time::Duration::from_millis(100)));
+        }
+        let sizes: Vec<u32> = got.iter().map(|r| r.size).collect();
+        assert_eq!(sizes, vec![15, big.len() as u32], "{got:?}");
+        g.finish();
+    }
+}

@@ -745,7 +745,17 @@ impl Gen<'_> {
     fn decision(&mut self) -> (String, Decision) {
         let (base, verdict) = match self.rng.below(100) {
             0..=24 => ("pass".to_string(), Verdict::Pass),
-            25..=54 => ("drop".to_string(), Verdict::Drop),
+            25..=48 => ("drop".to_string(), Verdict::Drop),
+            49..=54 => {
+                // `discard` takes no `for N` (E0221).
+                return (
+                    "discard".to_string(),
+                    Decision {
+                        verdict: Verdict::Discard,
+                        apply_bytes: None,
+                    },
+                );
+            }
             55..=69 => {
                 let ingress = self.rng.pct(40);
                 let (slot, s) = match self.rng.below(10) {
