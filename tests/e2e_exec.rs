@@ -169,16 +169,38 @@ fn exec_redis_cli_gets_permission_denied_for_big_writes() {
         "the server never got the value"
     );
 
-    let out = skpc(&[
-        "exec", "--json", "-e", &policy, "--", cli_s, "-p", &port, "SET", "small", "hello",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    assert!(stdout.starts_with("OK\n"), "{stdout}");
-    assert!(
-        stdout.contains("\"exit_status\":0") && stdout.contains("\"kind\":\"rule\",\"line\":1"),
-        "{stdout}"
-    );
+    // -j: the counters as one JSON line at the end of stdout (after the command's own
+    // output); --json is the same flag.
+    for flag in ["-j", "--json"] {
+        let out = skpc(&[
+            "exec", flag, "-e", &policy, "--", cli_s, "-p", &port, "SET", "small", "hello",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(stdout.starts_with("OK\n"), "{stdout}");
+        let last = stdout.lines().last().unwrap_or_default();
+        let doc: serde_json::Value =
+            serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        assert_eq!(doc["policy"], "<-e>");
+        assert_eq!(doc["exit_status"], 0);
+        let counters = doc["counters"].as_array().expect("counters");
+        let rule = counters
+            .iter()
+            .find(|c| c["kind"] == "rule")
+            .unwrap_or_else(|| panic!("a rule row: {doc}"));
+        assert_eq!(rule["line"], 1);
+        assert_eq!(rule["rule"], policy.as_str());
+        assert_eq!(rule["messages"], 0, "the small SET did not match: {doc}");
+        assert!(rule["name"].is_string() && rule["bytes"].is_u64());
+        let default = counters
+            .iter()
+            .find(|c| c["kind"] == "default")
+            .unwrap_or_else(|| panic!("the default row: {doc}"));
+        assert!(default["messages"].as_u64() >= Some(1), "{doc}");
+        assert_eq!(default["line"], 0);
+        // The JSON document is the last line: the compact form the first --json had.
+        assert!(last.contains("\"exit_status\":0"), "{last}");
+    }
     assert_eq!(redis.cli(&["GET", "small"]), ("hello".into(), 0));
 
     // The same big SET outside skpc goes through: the policy is scoped to the cgroup.
@@ -206,6 +228,37 @@ fn exec_redis_cli_gets_permission_denied_for_big_writes() {
         log.contains(&format!("-> 127.0.0.1:{port} len 14")),
         "{log}"
     );
+
+    // --events -j: the same record as a JSON line on stderr.
+    let out = skpc(&[
+        "exec",
+        "--events",
+        "-j",
+        "-e",
+        &format!("log if remote.port == {port};"),
+        "--",
+        cli_s,
+        "-p",
+        &port,
+        "PING",
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let record: serde_json::Value = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["event"] == "log")
+        .unwrap_or_else(|| panic!("a log record: {err}"));
+    assert_eq!(record["line"], 1);
+    assert_eq!(record["comm"], "redis-cli");
+    assert_eq!(record["family"], "ipv4");
+    assert_eq!(record["remote_ip"], "127.0.0.1");
+    assert_eq!(record["remote_port"], u64::from(redis.port));
+    assert_eq!(record["local_ip"], "127.0.0.1");
+    assert_eq!(record["len"], 14);
+    assert!(record["pid"].is_u64() && record["uid"].is_u64() && record["gid"].is_u64());
+    assert!(record["local_port"].is_u64());
+    assert!(!err.contains("skpc: log line"), "no text records: {err}");
 }
 
 #[test]
