@@ -453,3 +453,81 @@ fn run_enforces_on_a_cgroup_reloads_on_sighup_and_stops_on_sigterm() {
     acceptor.join().unwrap();
     let _ = std::io::stdout().flush();
 }
+
+#[test]
+fn run_json_prints_a_counters_document_per_interval_and_at_the_end() {
+    let name = "run_json_prints_a_counters_document_per_interval_and_at_the_end";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    // A warning (W0002) so that stderr carries a diagnostics document.
+    let file = common::TempFile::with_contents(
+        "skpc_run_json",
+        "skp",
+        b"pass if port == 1;\ncount probes if port == 2;\npass;\ndrop if port == 3;\n",
+    );
+    let cg = skpc_runtime::TempCgroup::create().unwrap();
+    let run = Command::new(SKPC)
+        .args([
+            "run",
+            "-j",
+            file.path.to_str().unwrap(),
+            "--cgroup",
+            cg.path().to_str().unwrap(),
+            "--interval",
+            "0.1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = run.id();
+    // Three 0.1 s intervals at least (the program loads first).
+    std::thread::sleep(Duration::from_millis(1000));
+    skpc_runtime::process::send_signal(pid, skpc_runtime::process::sig::SIGTERM);
+    let out = run.wait_with_output().unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(leftovers(pid), Vec::<PathBuf>::new());
+
+    let docs: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{stdout}")))
+        .collect();
+    assert!(docs.len() >= 2, "periodic documents and the last: {stdout}");
+    for doc in &docs {
+        assert_eq!(doc["policy"], file.path.to_str().unwrap());
+        assert_eq!(doc["version"], 1);
+        assert!(doc["elapsed_seconds"].is_f64(), "{doc}");
+        assert!(doc.get("exit_status").is_none(), "{doc}");
+        let rows = doc["counters"].as_array().expect("counters");
+        let lines: Vec<(&str, u64)> = rows
+            .iter()
+            .filter_map(|r| Some((r["kind"].as_str()?, r["line"].as_u64()?)))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("rule", 1),
+                ("rule", 2),
+                ("rule", 3),
+                ("rule", 4),
+                ("count", 2),
+                ("default", 0)
+            ],
+            "{doc}"
+        );
+    }
+    let warning = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|d| d["diagnostics"].is_array())
+        .unwrap_or_else(|| panic!("a diagnostics document on stderr: {stderr}"));
+    assert_eq!(warning["ok"], true);
+    assert_eq!(warning["diagnostics"][0]["code"], "W0002");
+    assert_eq!(warning["diagnostics"][0]["line"], 4);
+    assert!(
+        !stderr.contains("warning["),
+        "no human diagnostics: {stderr}"
+    );
+}
