@@ -249,7 +249,7 @@ fn check_json_of_a_clean_policy_and_of_warnings() {
     assert_eq!(w["severity"], "warning");
     assert_eq!(w["code"], "W0002");
     assert_eq!((&w["line"], &w["column"]), (&2.into(), &1.into()));
-    assert_eq!(w["help"].is_string(), true);
+    assert!(w["help"].is_string());
     let first = &w["secondary"][0];
     assert_eq!((&first["line"], &first["column"]), (&1.into(), &1.into()));
     assert!(first["label"].is_string());
@@ -334,4 +334,61 @@ fn build_asm_json_points_each_instruction_at_its_rule() {
         assert_eq!(j["text"], *insn);
         assert_eq!(j["rule_line"].as_u64(), *line, "{j}");
     }
+}
+
+/// The field names of the table under `### heading` (or `## heading`) of docs/json.md:
+/// the first cell of each row, split where one row documents several fields.
+fn documented_fields(heading: &str) -> std::collections::BTreeSet<String> {
+    let path = format!("{}/../../docs/json.md", env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(&path).expect("docs/json.md");
+    let mut in_section = false;
+    let mut fields = std::collections::BTreeSet::new();
+    for line in doc.lines() {
+        if line.starts_with('#') {
+            in_section = line.trim_start_matches('#').trim() == heading;
+            continue;
+        }
+        let Some(cell) = line.strip_prefix("| `").filter(|_| in_section) else {
+            continue;
+        };
+        let first = cell.split(" |").next().unwrap_or_default();
+        for name in first.split(", ") {
+            fields.insert(name.trim_matches('`').to_string());
+        }
+    }
+    assert!(!fields.is_empty(), "no table under {heading}");
+    fields
+}
+
+fn keys(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("an object: {v}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn docs_json_lists_exactly_the_fields_of_check_and_listing_documents() {
+    let check = json_doc(&skpc(&["check", "-j", "-e", "drop;\npass if port == 80;"]).stdout);
+    assert_eq!(keys(&check), documented_fields("Check document"));
+    let diag = &check["diagnostics"][0];
+    assert_eq!(keys(diag), documented_fields("Diagnostic"));
+    assert_eq!(
+        keys(&diag["secondary"][0]),
+        documented_fields("Secondary span")
+    );
+
+    let listing =
+        json_doc(&skpc(&["build", "-j", "--emit", "asm", &example("redis_guard.skp")]).stdout);
+    let mut listing_fields = documented_fields("Check document");
+    listing_fields.extend(documented_fields("Listing document"));
+    assert_eq!(keys(&listing), listing_fields);
+    let program = &listing["programs"][0];
+    assert_eq!(keys(program), documented_fields("Program"));
+    assert_eq!(
+        keys(&program["instructions"][0]),
+        documented_fields("Instruction")
+    );
+    assert_eq!(keys(&listing["maps"][0]), documented_fields("Map"));
 }

@@ -65,6 +65,38 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The field names of the table under the heading `heading` of docs/json.md (the first
+/// cell of each row, split where one row documents several fields).
+fn documented_fields(heading: &str) -> std::collections::BTreeSet<String> {
+    let path = format!("{}/../../docs/json.md", env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(&path).expect("docs/json.md");
+    let mut in_section = false;
+    let mut fields = std::collections::BTreeSet::new();
+    for line in doc.lines() {
+        if line.starts_with('#') {
+            in_section = line.trim_start_matches('#').trim() == heading;
+            continue;
+        }
+        let Some(cell) = line.strip_prefix("| `").filter(|_| in_section) else {
+            continue;
+        };
+        let first = cell.split(" |").next().unwrap_or_default();
+        for name in first.split(", ") {
+            fields.insert(name.trim_matches('`').to_string());
+        }
+    }
+    assert!(!fields.is_empty(), "no table under {heading}");
+    fields
+}
+
+fn keys(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("an object: {v}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -259,6 +291,7 @@ fn exec_redis_cli_gets_permission_denied_for_big_writes() {
     assert!(record["pid"].is_u64() && record["uid"].is_u64() && record["gid"].is_u64());
     assert!(record["local_port"].is_u64());
     assert!(!err.contains("skpc: log line"), "no text records: {err}");
+    assert_eq!(keys(&record), documented_fields("Log record"));
 }
 
 #[test]
@@ -500,6 +533,12 @@ fn run_json_prints_a_counters_document_per_interval_and_at_the_end() {
         assert_eq!(doc["version"], 1);
         assert!(doc["elapsed_seconds"].is_f64(), "{doc}");
         assert!(doc.get("exit_status").is_none(), "{doc}");
+        let mut fields = keys(doc);
+        fields.insert("exit_status".into()); // exec's
+        assert_eq!(fields, documented_fields("Counters document"));
+        for row in doc["counters"].as_array().into_iter().flatten() {
+            assert_eq!(keys(row), documented_fields("Counter"));
+        }
         let rows = doc["counters"].as_array().expect("counters");
         let lines: Vec<(&str, u64)> = rows
             .iter()

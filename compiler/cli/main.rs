@@ -48,7 +48,7 @@ pub(crate) struct Input {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Parse and type-check a policy; diagnostics on stderr; exit 1 on errors.
+    /// Parse and type-check a policy; diagnostics on stderr (-j: JSON on stdout); exit 1 on errors.
     Check {
         #[command(flatten)]
         input: Input,
