@@ -271,7 +271,8 @@ pub fn run(args: ExecArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
             exit_status: Some(code),
             ..json::counters_doc(&loaded, &values)
         };
-        println!("{}", json::line(&doc));
+        // Through write_stdout: a closed pipe (`| head`) is no panic.
+        crate::write_stdout(&(json::line(&doc) + "\n"))?;
     } else {
         eprint!(
             "skpc: counters of {}:\n{}",

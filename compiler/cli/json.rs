@@ -267,9 +267,8 @@ pub fn log_record(l: &Loaded, r: &LogRecord) -> LogJson {
     }
 }
 
-/// One document as one line. Serializing these structs cannot fail (string keys, no
-/// maps with other keys, no non-finite floats but `elapsed_seconds`, which serde_json
-/// writes as null); the error arm is there so that no path can panic.
+/// One document as one line. Serializing these structs cannot fail (string keys,
+/// finite numbers); the error arm is there so that no path can panic.
 pub fn line(doc: &impl Serialize) -> String {
     serde_json::to_string(doc).unwrap_or_else(|e| {
         format!(

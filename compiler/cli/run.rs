@@ -114,7 +114,8 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
             elapsed_seconds: Some(start.elapsed().as_secs_f64()),
             ..json::counters_doc(&loaded, &values)
         };
-        println!("{}", json::line(&doc));
+        // Through write_stdout: a closed pipe (`| head`) is no panic.
+        crate::write_stdout(&(json::line(&doc) + "\n"))?;
     } else {
         eprint!(
             "skpc: stopped; counters of {}:\n{}",
