@@ -1,5 +1,5 @@
 //! The whole pipeline, source to object: parse, check, lower, assemble, write the ELF.
-//! Also the assembly listing (`skpc build --emit asm`).
+//! Also the assembly listing (`skpc build --emit asm`), as text and as data.
 
 use skpc_abi::{
     IndexEntry, PortEntry, INDEX_NAME, INDEX_PORTS_NAME, INDEX_PORTS_SECTION, INDEX_SECTION,
@@ -268,6 +268,69 @@ pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
         slot += insn.slots();
     }
     out
+}
+
+/// One program of the listing as data (`skpc build --emit asm --json`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedProgram {
+    pub section: &'static str,
+    pub name: &'static str,
+    pub insns: Vec<ListedInsn>,
+}
+
+/// One instruction of a [`ListedProgram`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedInsn {
+    /// Its slot (a 16-byte `lddw` takes two), the number the jumps count in.
+    pub slot: usize,
+    /// The verifier-style text, as in the listing.
+    pub text: String,
+    /// The 1-based source line of the rule (or explicit default) it belongs to; None
+    /// for shared tails, an implicit default and the generated programs.
+    pub line: Option<u32>,
+}
+
+/// The three programs of the listing, in its order: the policy (each instruction with
+/// its rule's line, from the same marks as the listing's `; line N:` headers), the
+/// entry program and the SOCK_OPS program.
+pub fn listed_programs(c: &Compiled) -> Vec<ListedProgram> {
+    let listed = |insns: &[Insn], line_at: &dyn Fn(usize) -> Option<u32>| {
+        let mut slot = 0usize;
+        insns
+            .iter()
+            .map(|insn| {
+                let row = ListedInsn {
+                    slot,
+                    text: disassemble_at(insn, slot),
+                    line: line_at(slot),
+                };
+                slot += insn.slots();
+                row
+            })
+            .collect()
+    };
+    let verdict_line = |slot: usize| {
+        let mark = c.lowered.verdict.marks.get(slot).copied().flatten()?;
+        Some(c.lowered.line_of(mark)).filter(|&l| l > 0)
+    };
+    let no_line = |_: usize| None;
+    vec![
+        ListedProgram {
+            section: SK_MSG_SECTION,
+            name: SK_MSG_PROGRAM,
+            insns: listed(&c.lowered.verdict.insns, &verdict_line),
+        },
+        ListedProgram {
+            section: SK_MSG_SECTION,
+            name: SK_MSG_ENTRY_PROGRAM,
+            insns: listed(&c.lowered.entry.insns, &no_line),
+        },
+        ListedProgram {
+            section: SOCK_OPS_SECTION,
+            name: SOCK_OPS_PROGRAM,
+            insns: listed(&c.lowered.sockops.insns, &no_line),
+        },
+    ]
 }
 
 fn describe_default(p: &hir::Policy) -> &'static str {

@@ -95,6 +95,51 @@ impl Diag {
     }
 }
 
+/// A place in the source as a person counts it: 1-based line, 1-based column in
+/// characters (not bytes), the way the rendered diagnostics show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub line: u32,
+    pub column: u32,
+}
+
+/// The position of byte `offset` in `source`. An offset past the end is the end (a span
+/// at end-of-file); one inside a multi-byte character (no span ends there) counts as just past it.
+pub fn position(source: &str, offset: usize) -> Position {
+    let bytes = &source.as_bytes()[..offset.min(source.len())];
+    let line_start = bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |newline| newline + 1);
+    let line = bytes.iter().filter(|&&b| b == b'\n').count() + 1;
+    // Characters, not bytes: count every byte that starts a UTF-8 sequence (working on
+    // bytes keeps an offset that is not on a character boundary from panicking).
+    let column = bytes[line_start..]
+        .iter()
+        .filter(|&&b| b & 0xC0 != 0x80)
+        .count()
+        + 1;
+    Position {
+        line: u32::try_from(line).unwrap_or(u32::MAX),
+        column: u32::try_from(column).unwrap_or(u32::MAX),
+    }
+}
+
+impl Diag {
+    /// Where the primary span starts and ends (`end` is just past its last character).
+    pub fn range_in(&self, source: &str) -> (Position, Position) {
+        (
+            position(source, self.span.start),
+            position(source, self.span.end.max(self.span.start)),
+        )
+    }
+
+    /// The severity's name, as rendered and in JSON: `error` or `warning`.
+    pub fn severity_name(&self) -> &'static str {
+        sev(self)
+    }
+}
+
 /// Whether to color rendered diagnostics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ColorChoice {
@@ -210,6 +255,25 @@ mod tests {
         assert_eq!(did_you_mean("remot", ["remote", "local"]), Some("remote"));
         assert_eq!(did_you_mean("prot", ["port", "pid"]), Some("port"));
         assert_eq!(did_you_mean("zzzzzz", ["port", "pid"]), None);
+    }
+
+    #[test]
+    fn positions_count_lines_and_characters_from_one() {
+        let src = "pass;\n# é\ndrop if x;";
+        assert_eq!(position(src, 0), Position { line: 1, column: 1 });
+        assert_eq!(position(src, 5), Position { line: 1, column: 6 });
+        assert_eq!(position(src, 6), Position { line: 2, column: 1 });
+        // `é` is two bytes and one column.
+        assert_eq!(position(src, 10), Position { line: 2, column: 4 });
+        // Inside a character: just past it; past the end: the end.
+        assert_eq!(position(src, 9), Position { line: 2, column: 4 });
+        assert_eq!(
+            position(src, 999),
+            Position {
+                line: 3,
+                column: 11
+            }
+        );
     }
 
     #[test]

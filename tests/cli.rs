@@ -141,3 +141,254 @@ fn no_policy_at_all_is_a_usage_error() {
     assert_ne!(out.status.code(), Some(0));
     assert!(!text(&out.stderr).contains("panicked"));
 }
+
+// `-j/--json` (docs/json.md): documents a script can rely on.
+
+/// Parses `stdout` as one JSON document, with serde_json and with `python3 -m json.tool`
+/// (what a shell script would use), and returns it.
+fn json_doc(stdout: &[u8]) -> serde_json::Value {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut tool = Command::new("python3")
+        .args(["-m", "json.tool"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (.ci/setup installs it)");
+    tool.stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdout)
+        .expect("python3 reads the document");
+    let checked = tool.wait_with_output().expect("python3 finishes");
+    assert!(
+        checked.status.success(),
+        "python3 -m json.tool: {}\n{}",
+        text(&checked.stderr),
+        text(stdout)
+    );
+    assert_eq!(
+        text(stdout).trim_end().lines().count(),
+        1,
+        "one line: {}",
+        text(stdout)
+    );
+    serde_json::from_slice(stdout).unwrap_or_else(|e| panic!("{e}: {}", text(stdout)))
+}
+
+/// A policy file in a fresh directory; removed with the directory by the caller.
+fn policy_file(tag: &str, text: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("skpc-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("policy.skp");
+    std::fs::write(&file, text).unwrap();
+    let name = file.to_str().unwrap().to_string();
+    (dir, name)
+}
+
+#[test]
+fn check_json_reports_codes_lines_and_columns() {
+    // Errors on lines 2 and 4; `é` (two bytes, one column) before the second shows
+    // that columns count characters.
+    let (dir, file) = policy_file(
+        "json-bad",
+        "# a typo and a port out of range\ndrop if remtoe.port == 6379;\n\n/* é */ drop if port == 70000;\n",
+    );
+    let out = skpc(&["check", "-j", &file]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), "", "no human diagnostics in JSON mode");
+    let doc = json_doc(&out.stdout);
+    assert_eq!(doc["file"], file.as_str());
+    assert_eq!(doc["ok"], false);
+    let diags = doc["diagnostics"].as_array().expect("an array");
+    let find = |code: &str| {
+        diags
+            .iter()
+            .find(|d| d["code"] == code)
+            .unwrap_or_else(|| panic!("no {code}: {doc}"))
+    };
+    let unknown = find("E0101");
+    assert_eq!(unknown["severity"], "error");
+    assert_eq!(unknown["message"], "unknown field `remtoe.port`");
+    assert_eq!(unknown["file"], file.as_str());
+    assert_eq!(
+        (&unknown["line"], &unknown["column"]),
+        (&2.into(), &9.into())
+    );
+    assert_eq!(
+        (&unknown["end_line"], &unknown["end_column"]),
+        (&2.into(), &20.into()),
+        "end is just past `remtoe.port`"
+    );
+    assert_eq!(unknown["help"], "did you mean `remote.port`?");
+    assert!(unknown["label"].is_string() && unknown["notes"].is_array());
+    assert!(unknown["secondary"].is_array());
+    let range = find("E0202");
+    assert_eq!(range["severity"], "error");
+    assert_eq!((&range["line"], &range["column"]), (&4.into(), &25.into()));
+}
+
+#[test]
+fn check_json_of_a_clean_policy_and_of_warnings() {
+    let out = skpc(&["check", "--json", &example("redis_guard.skp")]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stderr), "");
+    let doc = json_doc(&out.stdout);
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["diagnostics"], serde_json::json!([]));
+
+    let out = skpc(&["check", "-j", "-e", "drop;\npass if port == 80;"]);
+    assert_eq!(out.status.code(), Some(0), "warnings only");
+    assert_eq!(text(&out.stderr), "");
+    let doc = json_doc(&out.stdout);
+    assert_eq!(doc["file"], "<-e>");
+    assert_eq!(doc["ok"], true);
+    let w = &doc["diagnostics"][0];
+    assert_eq!(w["severity"], "warning");
+    assert_eq!(w["code"], "W0002");
+    assert_eq!((&w["line"], &w["column"]), (&2.into(), &1.into()));
+    assert!(w["help"].is_string());
+    let first = &w["secondary"][0];
+    assert_eq!((&first["line"], &first["column"]), (&1.into(), &1.into()));
+    assert!(first["label"].is_string());
+}
+
+#[test]
+fn build_json_of_a_broken_policy_is_its_diagnostics() {
+    let out = skpc(&["build", "--emit", "asm", "-j", "-e", "drop if prot == 1;"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), "");
+    let doc = json_doc(&out.stdout);
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["diagnostics"][0]["code"], "E0102");
+    assert!(doc.get("programs").is_none());
+}
+
+#[test]
+fn build_asm_json_points_each_instruction_at_its_rule() {
+    let policy = "# two rules and an explicit default\npass if port == 22;\n\ndrop if len > 100;  # big\ndefault pass;\n";
+    let (dir, file) = policy_file("json-asm", policy);
+    let json = skpc(&["build", &file, "--emit", "asm", "-j"]);
+    let listing = skpc(&["build", &file, "--emit", "asm"]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(json.status.code(), Some(0), "{}", text(&json.stderr));
+    assert_eq!(text(&json.stderr), "");
+    let doc = json_doc(&json.stdout);
+    assert_eq!(doc["ok"], true);
+    let programs = doc["programs"].as_array().expect("programs");
+    let names: Vec<&str> = programs.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["skp_verdict", "skp_entry", "skp_sockops"]);
+    assert_eq!(programs[0]["section"], "sk_msg");
+    assert_eq!(programs[2]["section"], "sockops");
+    let maps = doc["maps"].as_array().expect("maps");
+    assert!(
+        maps.iter().any(|m| m["name"] == "skp_counters"
+            && m["type"].is_u64()
+            && m["key_size"].is_u64()
+            && m["value_size"].is_u64()
+            && m["max_entries"].is_u64()),
+        "{maps:?}"
+    );
+
+    let insns = programs[0]["instructions"]
+        .as_array()
+        .expect("instructions");
+    let source_lines: Vec<&str> = policy.lines().collect();
+    for i in insns {
+        match i["rule_line"].as_u64() {
+            Some(l) => {
+                assert!([2, 4, 5].contains(&l), "{i}");
+                assert_eq!(i["source"], source_lines[l as usize - 1].trim(), "{i}");
+            }
+            None => assert!(i["source"].is_null(), "{i}"),
+        }
+    }
+    for l in [2, 4] {
+        assert!(
+            insns.iter().any(|i| i["rule_line"] == l),
+            "rule on line {l}"
+        );
+    }
+    // The same numbers, texts and lines as the text listing: each instruction of the
+    // policy program sits under the `; line N:` header of its rule.
+    let text_listing = text(&listing.stdout);
+    let mut header: Option<u64> = None;
+    let mut rows = Vec::new();
+    for line in text_listing.lines() {
+        if line.starts_with("; section") && !rows.is_empty() {
+            break; // the next program
+        }
+        if let Some(rest) = line.strip_prefix("; line ") {
+            header = rest.split(':').next().and_then(|n| n.parse().ok());
+        } else if line.starts_with(';') {
+            header = None;
+        } else if let Some((slot, insn)) = line.split_once(": ") {
+            rows.push((slot.trim().parse::<u64>().expect("a slot"), insn, header));
+        }
+    }
+    assert_eq!(rows.len(), insns.len(), "{text_listing}");
+    for ((slot, insn, line), j) in rows.iter().zip(insns) {
+        assert_eq!(j["index"], *slot);
+        assert_eq!(j["text"], *insn);
+        assert_eq!(j["rule_line"].as_u64(), *line, "{j}");
+    }
+}
+
+/// The field names of the table under `### heading` (or `## heading`) of docs/json.md:
+/// the first cell of each row, split where one row documents several fields.
+fn documented_fields(heading: &str) -> std::collections::BTreeSet<String> {
+    let path = format!("{}/../../docs/json.md", env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(&path).expect("docs/json.md");
+    let mut in_section = false;
+    let mut fields = std::collections::BTreeSet::new();
+    for line in doc.lines() {
+        if line.starts_with('#') {
+            in_section = line.trim_start_matches('#').trim() == heading;
+            continue;
+        }
+        let Some(cell) = line.strip_prefix("| `").filter(|_| in_section) else {
+            continue;
+        };
+        let first = cell.split(" |").next().unwrap_or_default();
+        for name in first.split(", ") {
+            fields.insert(name.trim_matches('`').to_string());
+        }
+    }
+    assert!(!fields.is_empty(), "no table under {heading}");
+    fields
+}
+
+fn keys(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("an object: {v}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn docs_json_lists_exactly_the_fields_of_check_and_listing_documents() {
+    let check = json_doc(&skpc(&["check", "-j", "-e", "drop;\npass if port == 80;"]).stdout);
+    assert_eq!(keys(&check), documented_fields("Check document"));
+    let diag = &check["diagnostics"][0];
+    assert_eq!(keys(diag), documented_fields("Diagnostic"));
+    assert_eq!(
+        keys(&diag["secondary"][0]),
+        documented_fields("Secondary span")
+    );
+
+    let listing =
+        json_doc(&skpc(&["build", "-j", "--emit", "asm", &example("redis_guard.skp")]).stdout);
+    let mut listing_fields = documented_fields("Check document");
+    listing_fields.extend(documented_fields("Listing document"));
+    assert_eq!(keys(&listing), listing_fields);
+    let program = &listing["programs"][0];
+    assert_eq!(keys(program), documented_fields("Program"));
+    assert_eq!(
+        keys(&program["instructions"][0]),
+        documented_fields("Instruction")
+    );
+    assert_eq!(keys(&listing["maps"][0]), documented_fields("Map"));
+}

@@ -65,6 +65,38 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The field names of the table under the heading `heading` of docs/json.md (the first
+/// cell of each row, split where one row documents several fields).
+fn documented_fields(heading: &str) -> std::collections::BTreeSet<String> {
+    let path = format!("{}/../../docs/json.md", env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(&path).expect("docs/json.md");
+    let mut in_section = false;
+    let mut fields = std::collections::BTreeSet::new();
+    for line in doc.lines() {
+        if line.starts_with('#') {
+            in_section = line.trim_start_matches('#').trim() == heading;
+            continue;
+        }
+        let Some(cell) = line.strip_prefix("| `").filter(|_| in_section) else {
+            continue;
+        };
+        let first = cell.split(" |").next().unwrap_or_default();
+        for name in first.split(", ") {
+            fields.insert(name.trim_matches('`').to_string());
+        }
+    }
+    assert!(!fields.is_empty(), "no table under {heading}");
+    fields
+}
+
+fn keys(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("an object: {v}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -169,16 +201,38 @@ fn exec_redis_cli_gets_permission_denied_for_big_writes() {
         "the server never got the value"
     );
 
-    let out = skpc(&[
-        "exec", "--json", "-e", &policy, "--", cli_s, "-p", &port, "SET", "small", "hello",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    assert!(stdout.starts_with("OK\n"), "{stdout}");
-    assert!(
-        stdout.contains("\"exit_status\":0") && stdout.contains("\"kind\":\"rule\",\"line\":1"),
-        "{stdout}"
-    );
+    // -j: the counters as one JSON line at the end of stdout (after the command's own
+    // output); --json is the same flag.
+    for flag in ["-j", "--json"] {
+        let out = skpc(&[
+            "exec", flag, "-e", &policy, "--", cli_s, "-p", &port, "SET", "small", "hello",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(stdout.starts_with("OK\n"), "{stdout}");
+        let last = stdout.lines().last().unwrap_or_default();
+        let doc: serde_json::Value =
+            serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        assert_eq!(doc["policy"], "<-e>");
+        assert_eq!(doc["exit_status"], 0);
+        let counters = doc["counters"].as_array().expect("counters");
+        let rule = counters
+            .iter()
+            .find(|c| c["kind"] == "rule")
+            .unwrap_or_else(|| panic!("a rule row: {doc}"));
+        assert_eq!(rule["line"], 1);
+        assert_eq!(rule["rule"], policy.as_str());
+        assert_eq!(rule["messages"], 0, "the small SET did not match: {doc}");
+        assert!(rule["name"].is_string() && rule["bytes"].is_u64());
+        let default = counters
+            .iter()
+            .find(|c| c["kind"] == "default")
+            .unwrap_or_else(|| panic!("the default row: {doc}"));
+        assert!(default["messages"].as_u64() >= Some(1), "{doc}");
+        assert_eq!(default["line"], 0);
+        // The JSON document is the last line: the compact form the first --json had.
+        assert!(last.contains("\"exit_status\":0"), "{last}");
+    }
     assert_eq!(redis.cli(&["GET", "small"]), ("hello".into(), 0));
 
     // The same big SET outside skpc goes through: the policy is scoped to the cgroup.
@@ -206,6 +260,38 @@ fn exec_redis_cli_gets_permission_denied_for_big_writes() {
         log.contains(&format!("-> 127.0.0.1:{port} len 14")),
         "{log}"
     );
+
+    // --events -j: the same record as a JSON line on stderr.
+    let out = skpc(&[
+        "exec",
+        "--events",
+        "-j",
+        "-e",
+        &format!("log if remote.port == {port};"),
+        "--",
+        cli_s,
+        "-p",
+        &port,
+        "PING",
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let record: serde_json::Value = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["event"] == "log")
+        .unwrap_or_else(|| panic!("a log record: {err}"));
+    assert_eq!(record["line"], 1);
+    assert_eq!(record["comm"], "redis-cli");
+    assert_eq!(record["family"], "ipv4");
+    assert_eq!(record["remote_ip"], "127.0.0.1");
+    assert_eq!(record["remote_port"], u64::from(redis.port));
+    assert_eq!(record["local_ip"], "127.0.0.1");
+    assert_eq!(record["len"], 14);
+    assert!(record["pid"].is_u64() && record["uid"].is_u64() && record["gid"].is_u64());
+    assert!(record["local_port"].is_u64());
+    assert!(!err.contains("skpc: log line"), "no text records: {err}");
+    assert_eq!(keys(&record), documented_fields("Log record"));
 }
 
 #[test]
@@ -399,4 +485,88 @@ fn run_enforces_on_a_cgroup_reloads_on_sighup_and_stops_on_sigterm() {
     assert_eq!(leftovers(pid), Vec::<PathBuf>::new());
     acceptor.join().unwrap();
     let _ = std::io::stdout().flush();
+}
+
+#[test]
+fn run_json_prints_a_counters_document_per_interval_and_at_the_end() {
+    let name = "run_json_prints_a_counters_document_per_interval_and_at_the_end";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    // A warning (W0002) so that stderr carries a diagnostics document.
+    let file = common::TempFile::with_contents(
+        "skpc_run_json",
+        "skp",
+        b"pass if port == 1;\ncount probes if port == 2;\npass;\ndrop if port == 3;\n",
+    );
+    let cg = skpc_runtime::TempCgroup::create().unwrap();
+    let run = Command::new(SKPC)
+        .args([
+            "run",
+            "-j",
+            file.path.to_str().unwrap(),
+            "--cgroup",
+            cg.path().to_str().unwrap(),
+            "--interval",
+            "0.1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = run.id();
+    // Three 0.1 s intervals at least (the program loads first).
+    std::thread::sleep(Duration::from_millis(1000));
+    skpc_runtime::process::send_signal(pid, skpc_runtime::process::sig::SIGTERM);
+    let out = run.wait_with_output().unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(leftovers(pid), Vec::<PathBuf>::new());
+
+    let docs: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{stdout}")))
+        .collect();
+    assert!(docs.len() >= 2, "periodic documents and the last: {stdout}");
+    for doc in &docs {
+        assert_eq!(doc["policy"], file.path.to_str().unwrap());
+        assert_eq!(doc["version"], 1);
+        assert!(doc["elapsed_seconds"].is_f64(), "{doc}");
+        assert!(doc.get("exit_status").is_none(), "{doc}");
+        let mut fields = keys(doc);
+        fields.insert("exit_status".into()); // exec's
+        assert_eq!(fields, documented_fields("Counters document"));
+        for row in doc["counters"].as_array().into_iter().flatten() {
+            assert_eq!(keys(row), documented_fields("Counter"));
+        }
+        let rows = doc["counters"].as_array().expect("counters");
+        let lines: Vec<(&str, u64)> = rows
+            .iter()
+            .filter_map(|r| Some((r["kind"].as_str()?, r["line"].as_u64()?)))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("rule", 1),
+                ("rule", 2),
+                ("rule", 3),
+                ("rule", 4),
+                ("count", 2),
+                ("default", 0)
+            ],
+            "{doc}"
+        );
+    }
+    let warning = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|d| d["diagnostics"].is_array())
+        .unwrap_or_else(|| panic!("a diagnostics document on stderr: {stderr}"));
+    assert_eq!(warning["ok"], true);
+    assert_eq!(warning["diagnostics"][0]["code"], "W0002");
+    assert_eq!(warning["diagnostics"][0]["line"], 4);
+    assert!(
+        !stderr.contains("warning["),
+        "no human diagnostics: {stderr}"
+    );
 }

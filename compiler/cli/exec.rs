@@ -4,7 +4,7 @@
 //! for the runtime, the counters table, log lines).
 
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
@@ -15,14 +15,16 @@ use skpc::hir::{CounterInfo, CounterKind};
 use skpc_runtime::process::{self, sig, Signals};
 use skpc_runtime::{CounterValue, Enforcement, LogRecord, Policy, TempCgroup};
 
-use crate::Input;
+use crate::{json, Input};
 
 #[derive(Args)]
 pub struct ExecArgs {
     #[command(flatten)]
     pub input: Input,
-    /// Print the counters as JSON on stdout at the end (instead of a table on stderr).
-    #[arg(long)]
+    /// JSON output (docs/json.md): the counters as one JSON line on stdout at the end
+    /// (instead of a table on stderr); diagnostics and `log` records as JSON lines on
+    /// stderr.
+    #[arg(short = 'j', long)]
     pub json: bool,
     /// Print every `log` record on stderr as it happens.
     #[arg(long)]
@@ -40,12 +42,32 @@ pub(crate) struct Loaded {
     pub policy: Policy,
 }
 
-/// Reads and compiles the input; diagnostics go to stderr. `Ok(None)`: it did not
-/// compile (the diagnostics say why).
-pub(crate) fn load(input: &Input, color: ColorChoice) -> anyhow::Result<Option<Loaded>> {
+/// Reads and compiles the input; diagnostics go to stderr (as one JSON line when
+/// `json`). `Ok(None)`: it did not compile (the diagnostics say why).
+pub(crate) fn load(
+    input: &Input,
+    color: ColorChoice,
+    json: bool,
+) -> anyhow::Result<Option<Loaded>> {
     let src = input.read()?;
     let options = skpc::lower::Options::default();
-    let Some(compiled) = skpc::report::compile(&src.name, &src.text, options, color) else {
+    let compiled = if json {
+        let result = skpc::compile::compile_with(&src.name, &src.text, options);
+        let diags = match &result {
+            Ok(compiled) => &compiled.warnings,
+            Err(diags) => diags,
+        };
+        if !diags.is_empty() {
+            eprintln!(
+                "{}",
+                json::line(&json::check_doc(&src.name, &src.text, diags))
+            );
+        }
+        result.ok()
+    } else {
+        skpc::report::compile(&src.name, &src.text, options, color)
+    };
+    let Some(compiled) = compiled else {
         return Ok(None);
     };
     let object = skpc::compile::runtime_object(&compiled, &src.name, &src.text);
@@ -72,7 +94,7 @@ pub(crate) fn cleanup_stale() {
 
 /// What a counter row describes: the rule's source text, the named counter, or the
 /// default.
-fn describe(info: Option<&CounterInfo>, name: &str, source: &str) -> (String, String) {
+pub(crate) fn describe(info: Option<&CounterInfo>, name: &str, source: &str) -> (String, String) {
     let Some(info) = info else {
         return ("-".into(), name.to_string());
     };
@@ -156,73 +178,31 @@ pub(crate) fn counters_table(l: &Loaded, values: &[CounterValue]) -> String {
     out
 }
 
-fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// The counters as one JSON object.
-pub(crate) fn counters_json(
-    l: &Loaded,
-    values: &[CounterValue],
-    exit_status: Option<u8>,
-) -> String {
-    let items: Vec<String> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let info = l.counters.get(i);
-            let kind = match info.map(|c| c.kind) {
-                Some(CounterKind::Rule) => "rule",
-                Some(CounterKind::Named) => "count",
-                Some(CounterKind::Default) => "default",
-                None => "unknown",
-            };
-            let (_, text) = describe(info, &v.name, &l.source);
-            format!(
-                "{{\"name\":{},\"kind\":\"{kind}\",\"line\":{},\"rule\":{},\"messages\":{},\"bytes\":{}}}",
-                json_str(&v.name),
-                info.map(|c| c.line).unwrap_or(0),
-                json_str(&text),
-                v.messages,
-                v.bytes
-            )
-        })
-        .collect();
-    let status = exit_status
-        .map(|s| format!("\"exit_status\":{s},"))
-        .unwrap_or_default();
-    format!(
-        "{{\"policy\":{},{status}\"counters\":[{}]}}",
-        json_str(&l.name),
-        items.join(",")
-    )
-}
-
-fn addr(family: u32, ip: [u32; 4], port: u32) -> String {
+/// The address of a log record's words (network order, IPv4 in the first).
+pub(crate) fn ip_of(family: u32, ip: [u32; 4]) -> IpAddr {
     if family == skpc_abi::AF_INET6 {
         let mut b = [0u8; 16];
         for (i, w) in ip.iter().enumerate() {
             b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
         }
-        format!("[{}]:{port}", Ipv6Addr::from(b))
+        IpAddr::V6(Ipv6Addr::from(b))
     } else {
-        format!("{}:{port}", Ipv4Addr::from(ip[0].to_ne_bytes()))
+        IpAddr::V4(Ipv4Addr::from(ip[0].to_ne_bytes()))
     }
 }
 
-/// One `log` record as a line.
-pub(crate) fn log_line(l: &Loaded, r: &LogRecord) -> String {
+fn addr(family: u32, ip: [u32; 4], port: u32) -> String {
+    match ip_of(family, ip) {
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        v4 => format!("{v4}:{port}"),
+    }
+}
+
+/// One `log` record as a line: a JSON line when `json`.
+pub(crate) fn log_line(l: &Loaded, r: &LogRecord, json: bool) -> String {
+    if json {
+        return json::line(&json::log_record(l, r));
+    }
     let comm_len = r.comm.iter().position(|&c| c == 0).unwrap_or(16);
     let comm = String::from_utf8_lossy(&r.comm[..comm_len]);
     let line = l.counters.get(r.rule as usize).map(|c| c.line).unwrap_or(0);
@@ -238,7 +218,7 @@ pub(crate) fn log_line(l: &Loaded, r: &LogRecord) -> String {
 }
 
 pub fn run(args: ExecArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
-    let Some(loaded) = load(&args.input, color)? else {
+    let Some(loaded) = load(&args.input, color, args.json)? else {
         return Ok(ExitCode::from(1));
     };
     // Catch signals before anything enters the kernel, so every ending cleans up.
@@ -267,7 +247,7 @@ pub fn run(args: ExecArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
         }
         if args.events {
             for r in enf.drain_events() {
-                eprintln!("{}", log_line(&loaded, &r));
+                eprintln!("{}", log_line(&loaded, &r, args.json));
             }
         }
         match child.try_wait() {
@@ -279,7 +259,7 @@ pub fn run(args: ExecArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
     let code = process::exit_code(status);
     if args.events {
         for r in enf.drain_events() {
-            eprintln!("{}", log_line(&loaded, &r));
+            eprintln!("{}", log_line(&loaded, &r, args.json));
         }
     }
     let values = enf.counters()?;
@@ -287,7 +267,12 @@ pub fn run(args: ExecArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
     drop(cgroup);
     drop(signals);
     if args.json {
-        println!("{}", counters_json(&loaded, &values, Some(code)));
+        let doc = json::CountersDoc {
+            exit_status: Some(code),
+            ..json::counters_doc(&loaded, &values)
+        };
+        // Through write_stdout: a closed pipe (`| head`) is no panic.
+        crate::write_stdout(&(json::line(&doc) + "\n"))?;
     } else {
         eprint!(
             "skpc: counters of {}:\n{}",

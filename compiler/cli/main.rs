@@ -10,6 +10,7 @@ use skpc::diag::ColorChoice;
 
 // The subcommands that do more than call one library function, one module each.
 mod exec;
+mod json;
 mod run;
 mod test;
 mod test_kernel;
@@ -47,10 +48,13 @@ pub(crate) struct Input {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Parse and type-check a policy; diagnostics on stderr; exit 1 on errors.
+    /// Parse and type-check a policy; diagnostics on stderr (-j: JSON on stdout); exit 1 on errors.
     Check {
         #[command(flatten)]
         input: Input,
+        /// Print one JSON document on stdout instead (docs/json.md); nothing on stderr.
+        #[arg(short = 'j', long)]
+        json: bool,
     },
     /// Compile a policy to an eBPF ELF object (or print its assembly with --emit asm).
     Build {
@@ -65,6 +69,10 @@ enum Command {
         /// Leave out the per-rule counters (smallest program; `exec`/`run` then show none).
         #[arg(long)]
         no_counters: bool,
+        /// Diagnostics (and with --emit asm the listing) as one JSON document on stdout
+        /// (docs/json.md); nothing on stderr.
+        #[arg(short = 'j', long)]
+        json: bool,
     },
 
     /// Run the policy's test cases on the compiled bytecode in a user-space eBPF VM.
@@ -152,9 +160,16 @@ fn leave_for_exit<T>(value: T) {
 
 fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Check { input } => {
+        Command::Check { input, json } => {
             let src = input.read()?;
-            let policy = skpc::report::check(&src.name, &src.text, color);
+            let policy = if json {
+                let (policy, diags) = skpc::check::check(&src.text);
+                let doc = json::check_doc(&src.name, &src.text, &diags);
+                write_stdout(&(json::line(&doc) + "\n"))?;
+                policy
+            } else {
+                skpc::report::check(&src.name, &src.text, color)
+            };
             let code = if policy.is_some() {
                 ExitCode::SUCCESS
             } else {
@@ -168,15 +183,33 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
             output,
             emit,
             no_counters,
+            json,
         } => {
             let src = input.read()?;
             let options = skpc::lower::Options {
                 counters: !no_counters,
             };
-            let Some(compiled) = skpc::report::compile(&src.name, &src.text, options, color) else {
-                return Ok(ExitCode::from(1));
+            let compiled = if json {
+                match skpc::compile::compile_with(&src.name, &src.text, options) {
+                    Ok(compiled) => compiled,
+                    Err(diags) => {
+                        let doc = json::check_doc(&src.name, &src.text, &diags);
+                        write_stdout(&(json::line(&doc) + "\n"))?;
+                        return Ok(ExitCode::from(1));
+                    }
+                }
+            } else {
+                let Some(compiled) = skpc::report::compile(&src.name, &src.text, options, color)
+                else {
+                    return Ok(ExitCode::from(1));
+                };
+                compiled
             };
             match emit {
+                Emit::Asm if json => {
+                    let doc = json::listing_doc(&src.name, &src.text, &compiled);
+                    write_stdout(&(json::line(&doc) + "\n"))?
+                }
                 Emit::Asm => {
                     write_stdout(&skpc::compile::listing(&compiled, &src.name, &src.text))?
                 }
@@ -187,6 +220,11 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
                     });
                     std::fs::write(&out, &compiled.object)
                         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+                    if json {
+                        // The object is in the file; stdout says how it went.
+                        let doc = json::check_doc(&src.name, &src.text, &compiled.warnings);
+                        write_stdout(&(json::line(&doc) + "\n"))?;
+                    }
                 }
             }
             leave_for_exit(compiled);

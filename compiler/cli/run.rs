@@ -14,8 +14,8 @@ use skpc::diag::ColorChoice;
 use skpc_runtime::process::{self, sig, Signals};
 use skpc_runtime::Enforcement;
 
-use super::exec::{cleanup_stale, counters_json, counters_table, load, log_line, Loaded};
-use crate::Input;
+use super::exec::{cleanup_stale, counters_table, load, log_line, Loaded};
+use crate::{json, Input};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -30,8 +30,10 @@ pub struct RunArgs {
     /// Seconds between counter updates (the live view on a terminal, lines otherwise).
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     pub interval: f64,
-    /// At the end, print the counters as JSON on stdout (instead of a table on stderr).
-    #[arg(long)]
+    /// JSON output (docs/json.md): the counters as a JSON line on stdout every interval
+    /// and at the end (instead of the live view and a table on stderr); diagnostics and
+    /// `log` records as JSON lines on stderr.
+    #[arg(short = 'j', long)]
     pub json: bool,
 }
 
@@ -43,7 +45,7 @@ fn resolve_cgroup(p: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
-    let Some(mut loaded) = load(&args.input, color)? else {
+    let Some(mut loaded) = load(&args.input, color, args.json)? else {
         return Ok(ExitCode::from(1));
     };
     let cgroup = resolve_cgroup(&args.cgroup)?;
@@ -79,7 +81,7 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
         }
         if args.events {
             for r in enf.drain_events() {
-                eprintln!("{}", log_line(&loaded, &r));
+                eprintln!("{}", log_line(&loaded, &r, args.json));
             }
         }
         if stop {
@@ -87,19 +89,33 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
         }
         if Instant::now() >= next {
             next += interval;
-            show(&enf, &loaded, tty, start.elapsed(), &cgroup);
+            show(
+                &enf,
+                &loaded,
+                tty && !args.json,
+                args.json,
+                start.elapsed(),
+                &cgroup,
+            );
         }
     }
     if args.events {
         for r in enf.drain_events() {
-            eprintln!("{}", log_line(&loaded, &r));
+            eprintln!("{}", log_line(&loaded, &r, args.json));
         }
     }
     let values = enf.counters()?;
+    let version = enf.version();
     drop(enf);
     drop(signals);
     if args.json {
-        println!("{}", counters_json(&loaded, &values, None));
+        let doc = json::CountersDoc {
+            version: Some(version),
+            elapsed_seconds: Some(start.elapsed().as_secs_f64()),
+            ..json::counters_doc(&loaded, &values)
+        };
+        // Through write_stdout: a closed pipe (`| head`) is no panic.
+        crate::write_stdout(&(json::line(&doc) + "\n"))?;
     } else {
         eprint!(
             "skpc: stopped; counters of {}:\n{}",
@@ -112,7 +128,7 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
 
 /// SIGHUP: re-read and recompile the input, swap it in; keep the old one on failure.
 fn reload(args: &RunArgs, color: ColorChoice, enf: &mut Enforcement, loaded: &mut Loaded) {
-    let new = match load(&args.input, color) {
+    let new = match load(&args.input, color, args.json) {
         Ok(Some(l)) => l,
         Ok(None) => {
             eprintln!("skpc: reload failed: the policy does not compile (see above); still enforcing version {}", enf.version());
@@ -143,10 +159,26 @@ fn reload(args: &RunArgs, color: ColorChoice, enf: &mut Enforcement, loaded: &mu
     }
 }
 
-fn show(enf: &Enforcement, loaded: &Loaded, tty: bool, elapsed: Duration, cgroup: &Path) {
+/// One counters update: the live view on a terminal, a JSON line in JSON mode, a plain
+/// line otherwise.
+fn show(
+    enf: &Enforcement,
+    loaded: &Loaded,
+    tty: bool,
+    json: bool,
+    elapsed: Duration,
+    cgroup: &Path,
+) {
     let Ok(values) = enf.counters() else { return };
     let mut out = std::io::stdout().lock();
-    if tty {
+    if json {
+        let doc = json::CountersDoc {
+            version: Some(enf.version()),
+            elapsed_seconds: Some(elapsed.as_secs_f64()),
+            ..json::counters_doc(loaded, &values)
+        };
+        let _ = writeln!(out, "{}", json::line(&doc));
+    } else if tty {
         // Redraw in place: home, clear screen.
         let _ = write!(
             out,
