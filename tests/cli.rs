@@ -1,6 +1,9 @@
 //! The `skpc check` command line: exit codes, diagnostics on stderr, `-e`, `--color`,
 //! and one clear sentence (no panic, no backtrace) for a missing file.
 
+mod json_contract;
+use json_contract::{documented_fields, keys};
+
 use std::process::{Command, Output};
 
 fn skpc(args: &[&str]) -> Output {
@@ -334,38 +337,6 @@ fn build_asm_json_points_each_instruction_at_its_rule() {
         assert_eq!(j["text"], *insn);
         assert_eq!(j["rule_line"].as_u64(), *line, "{j}");
     }
-}
-
-/// The field names of the table under `### heading` (or `## heading`) of docs/json.md:
-/// the first cell of each row, split where one row documents several fields.
-fn documented_fields(heading: &str) -> std::collections::BTreeSet<String> {
-    let path = format!("{}/../../docs/json.md", env!("CARGO_MANIFEST_DIR"));
-    let doc = std::fs::read_to_string(&path).expect("docs/json.md");
-    let mut in_section = false;
-    let mut fields = std::collections::BTreeSet::new();
-    for line in doc.lines() {
-        if line.starts_with('#') {
-            in_section = line.trim_start_matches('#').trim() == heading;
-            continue;
-        }
-        let Some(cell) = line.strip_prefix("| `").filter(|_| in_section) else {
-            continue;
-        };
-        let first = cell.split(" |").next().unwrap_or_default();
-        for name in first.split(", ") {
-            fields.insert(name.trim_matches('`').to_string());
-        }
-    }
-    assert!(!fields.is_empty(), "no table under {heading}");
-    fields
-}
-
-fn keys(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
-    v.as_object()
-        .unwrap_or_else(|| panic!("an object: {v}"))
-        .keys()
-        .cloned()
-        .collect()
 }
 
 #[test]
