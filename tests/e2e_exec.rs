@@ -64,6 +64,21 @@ fn skpc(args: &[&str]) -> Output {
     out
 }
 
+/// `skpc run [FLAGS] POLICY --cgroup CGROUP --interval SECONDS`, stdout and stderr piped.
+fn spawn_run(flags: &[&str], policy: &Path, cgroup: &Path, interval: &str) -> Child {
+    Command::new(SKPC)
+        .arg("run")
+        .args(flags)
+        .arg(policy)
+        .arg("--cgroup")
+        .arg(cgroup)
+        .args(["--interval", interval])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("skpc run starts")
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -371,19 +386,7 @@ fn run_enforces_on_a_cgroup_reloads_on_sighup_and_stops_on_sigterm() {
         format!("drop if remote.port == {port} and payload starts with \"BAD\";").as_bytes(),
     );
     let cg = skpc_runtime::TempCgroup::create().unwrap();
-    let mut run = Command::new(SKPC)
-        .args([
-            "run",
-            file.path.to_str().unwrap(),
-            "--cgroup",
-            cg.path().to_str().unwrap(),
-            "--interval",
-            "0.2",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut run = spawn_run(&[], &file.path, cg.path(), "0.2");
     let pid = run.id();
     let (tx, rx) = mpsc::channel::<String>();
     let stderr = run.stderr.take().unwrap();
@@ -471,20 +474,7 @@ fn run_json_prints_a_counters_document_per_interval_and_at_the_end() {
         b"pass if port == 1;\ncount probes if port == 2;\npass;\ndrop if port == 3;\n",
     );
     let cg = skpc_runtime::TempCgroup::create().unwrap();
-    let run = Command::new(SKPC)
-        .args([
-            "run",
-            "-j",
-            file.path.to_str().unwrap(),
-            "--cgroup",
-            cg.path().to_str().unwrap(),
-            "--interval",
-            "0.1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let run = spawn_run(&["-j"], &file.path, cg.path(), "0.1");
     let pid = run.id();
     // Three 0.1 s intervals at least (the program loads first).
     std::thread::sleep(Duration::from_millis(1000));
