@@ -39,6 +39,167 @@ pub enum Id {
     RemotePort,
     RemoteIp4,
     RemoteIp6,
+    Http,
+    HttpMethod,
+    HttpPath,
+    HttpHost,
+    Redis,
+    RedisCommand,
+    RedisKey,
+    Pg,
+    PgUser,
+    PgDatabase,
+    Tls,
+    TlsSni,
+}
+
+/// An application protocol the program parses in the kernel, from the start of the
+/// message. Its fields are in [`Text`]; how far each parser reads is in [`bounds`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    /// An HTTP/1.x request line.
+    Http,
+    /// A RESP array of bulk strings, or an inline command.
+    Redis,
+    /// A PostgreSQL StartupMessage, protocol 3.0.
+    Pg,
+    /// A TLS record holding a ClientHello.
+    Tls,
+}
+
+impl Proto {
+    pub const ALL: [Proto; 4] = [Proto::Http, Proto::Redis, Proto::Pg, Proto::Tls];
+
+    /// The field name (`http`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Http => "http",
+            Proto::Redis => "redis",
+            Proto::Pg => "pg",
+            Proto::Tls => "tls",
+        }
+    }
+
+    /// How many bytes from the start of the message the parser reads at most.
+    pub fn window(self) -> u32 {
+        match self {
+            Proto::Http => bounds::HTTP_WINDOW,
+            Proto::Redis => bounds::REDIS_WINDOW,
+            Proto::Pg => bounds::PG_WINDOW,
+            Proto::Tls => bounds::TLS_WINDOW,
+        }
+    }
+}
+
+/// A string field of a protocol. A message that is not of the protocol, or whose field
+/// is empty or lies beyond the parser's bounds, has no value for it: every comparison
+/// with it is false.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Text {
+    HttpMethod,
+    HttpPath,
+    HttpHost,
+    RedisCommand,
+    RedisKey,
+    PgUser,
+    PgDatabase,
+    TlsSni,
+}
+
+/// How a protocol field's letters are compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Case {
+    /// Byte for byte.
+    Exact,
+    /// Upper-cased ASCII letters (`redis.command`: `flushall` is `FLUSHALL`).
+    Upper,
+    /// Lower-cased ASCII letters (host names).
+    Lower,
+}
+
+impl Text {
+    pub const ALL: [Text; 8] = [
+        Text::HttpMethod,
+        Text::HttpPath,
+        Text::HttpHost,
+        Text::RedisCommand,
+        Text::RedisKey,
+        Text::PgUser,
+        Text::PgDatabase,
+        Text::TlsSni,
+    ];
+
+    pub fn proto(self) -> Proto {
+        match self {
+            Text::HttpMethod | Text::HttpPath | Text::HttpHost => Proto::Http,
+            Text::RedisCommand | Text::RedisKey => Proto::Redis,
+            Text::PgUser | Text::PgDatabase => Proto::Pg,
+            Text::TlsSni => Proto::Tls,
+        }
+    }
+
+    /// The longest value the parser gives the field; a longer one is no value.
+    pub fn max_len(self) -> u32 {
+        match self {
+            Text::HttpMethod => bounds::HTTP_METHOD_MAX,
+            Text::HttpPath => bounds::HTTP_TARGET_MAX,
+            Text::HttpHost => bounds::HTTP_HOST_MAX,
+            Text::RedisCommand => bounds::REDIS_COMMAND_MAX,
+            Text::RedisKey => bounds::REDIS_KEY_MAX,
+            Text::PgUser | Text::PgDatabase => bounds::PG_NAME_MAX,
+            Text::TlsSni => bounds::TLS_SNI_MAX,
+        }
+    }
+
+    pub fn case(self) -> Case {
+        match self {
+            Text::RedisCommand => Case::Upper,
+            Text::HttpHost | Text::TlsSni => Case::Lower,
+            _ => Case::Exact,
+        }
+    }
+
+    /// The field's name (`http.method`).
+    pub fn name(self) -> &'static str {
+        FIELDS
+            .iter()
+            .find(|f| f.ty == Type::Text(self))
+            .map_or("", |f| f.name)
+    }
+}
+
+/// How far the protocol parsers read: the contract of docs/language.md's "Protocols"
+/// section, shared by the kernel parsers (`lower`) and the reference parsers (`eval`).
+/// Each parser sees the first `*_WINDOW` bytes of the message (fewer if the message is
+/// shorter); a field that does not end inside them has no value.
+pub mod bounds {
+    /// HTTP: the request line and the headers searched for `Host`.
+    pub const HTTP_WINDOW: u32 = 1024;
+    /// The method: 1 to 16 letters `A`-`Z`.
+    pub const HTTP_METHOD_MAX: u32 = 16;
+    /// The request target: 1 to 256 bytes (the path is the target up to `?`).
+    pub const HTTP_TARGET_MAX: u32 = 256;
+    /// The Host header's value, without the port.
+    pub const HTTP_HOST_MAX: u32 = 255;
+    /// Spaces and tabs skipped before a header value or an inline argument.
+    pub const SPACES_MAX: u32 = 8;
+    /// Redis: the first two elements of the command.
+    pub const REDIS_WINDOW: u32 = 512;
+    /// Digits of the array length in `*N\r\n`.
+    pub const REDIS_COUNT_DIGITS_MAX: u32 = 10;
+    pub const REDIS_COMMAND_MAX: u32 = 32;
+    pub const REDIS_KEY_MAX: u32 = 255;
+    /// PostgreSQL: the StartupMessage's parameters.
+    pub const PG_WINDOW: u32 = 512;
+    /// The largest StartupMessage length word the parser accepts.
+    pub const PG_LENGTH_MAX: u32 = 10000;
+    /// NAMEDATALEN - 1: the longest role or database name PostgreSQL keeps.
+    pub const PG_NAME_MAX: u32 = 63;
+    /// TLS: the ClientHello up to its server_name extension.
+    pub const TLS_WINDOW: u32 = 2048;
+    /// Extensions looked at before server_name; a later one is not found.
+    pub const TLS_EXTENSIONS_MAX: u32 = 32;
+    pub const TLS_SNI_MAX: u32 = 255;
 }
 
 /// Which end(s) of the connection a port or address field looks at.
@@ -81,6 +242,10 @@ pub enum Type {
     Payload,
     /// The sender's process name, at most 15 bytes.
     Comm,
+    /// Whether the message is of a protocol (`http`).
+    Proto(Proto),
+    /// A string field of a protocol (`http.host`).
+    Text(Text),
 }
 
 /// The `hir::Message` member that holds a field's value (in test cases, the
@@ -158,6 +323,8 @@ pub enum Read {
     Data,
     /// Both ends: the two fields' reads.
     Either(Id, Id),
+    /// A protocol parser run on the data window, once per message.
+    Parsed(Proto),
 }
 
 /// One field.
@@ -185,7 +352,7 @@ impl Field {
             Type::Port { .. } => Some(u16::MAX as u64),
             // `sa_family_t` is 16 bits wide.
             Type::Family => Some(u16::MAX as u64),
-            Type::Addr { .. } | Type::Payload | Type::Comm => None,
+            Type::Addr { .. } | Type::Payload | Type::Comm | Type::Proto(_) | Type::Text(_) => None,
         }
     }
 }
@@ -487,6 +654,114 @@ pub const FIELDS: &[Field] = &[
         },
         doc: "the peer's address, AF_INET6 sockets only",
     },
+    Field {
+        id: Id::Http,
+        name: "http",
+        ty: Type::Proto(Proto::Http),
+        member: None,
+        test: None,
+        read: Read::Parsed(Proto::Http),
+        doc: "the message starts an HTTP/1.x request",
+    },
+    Field {
+        id: Id::HttpMethod,
+        name: "http.method",
+        ty: Type::Text(Text::HttpMethod),
+        member: None,
+        test: None,
+        read: Read::Parsed(Proto::Http),
+        doc: "the request's method",
+    },
+    Field {
+        id: Id::HttpPath,
+        name: "http.path",
+        ty: Type::Text(Text::HttpPath),
+        member: None,
+        test: None,
+        read: Read::Parsed(Proto::Http),
+        doc: "the request target up to `?`",
+    },
+    Field {
+        id: Id::HttpHost,
+        name: "http.host",
+        ty: Type::Text(Text::HttpHost),
+        member: None,
+        test: None,
+        read: Read::Parsed(Proto::Http),
+        doc: "the Host header, lower-cased, without the port",
+    },
+    Field {
+        id: Id::Redis,
+        name: "redis",
+        ty: Type::Proto(Proto::Redis),
+        member: None,
+        test: None,
+        read: Read::Parsed(Proto::Redis),
+        doc: "the message is a Redis command (RESP or inline)",
+    },
+    Field {
+        id: Id::RedisCommand,
+        name: "redis.command",
+        ty: Type::Text(Text::RedisCommand),
+        member: None,
+        test: None,
+        read: Read::Parsed(Proto::Redis),
+        doc: "the command's name, upper-cased",
+    },
+    Field {
+        id: Id::RedisKey,
+        name: "redis.key",
+        ty: Type::Text(Text::RedisKey),
+        member: None,
+        test: None,
+        read: Read::Parsed(Proto::Redis),
+        doc: "the command's first argument",
+    },
+    Field {
+        id: Id::Pg,
+        name: "pg",
+        ty: Type::Proto(Proto::Pg),
+        member: None,
+        test: None,
+        read: Read::Parsed(Proto::Pg),
+        doc: "the message is a PostgreSQL StartupMessage (protocol 3.0)",
+    },
+    Field {
+        id: Id::PgUser,
+        name: "pg.user",
+        ty: Type::Text(Text::PgUser),
+        member: None,
+        test: None,
+        read: Read::Parsed(Proto::Pg),
+        doc: "the startup message's `user`",
+    },
+    Field {
+        id: Id::PgDatabase,
+        name: "pg.database",
+        ty: Type::Text(Text::PgDatabase),
+        member: None,
+        test: None,
+        read: Read::Parsed(Proto::Pg),
+        doc: "the startup message's `database`",
+    },
+    Field {
+        id: Id::Tls,
+        name: "tls",
+        ty: Type::Proto(Proto::Tls),
+        member: None,
+        test: None,
+        read: Read::Parsed(Proto::Tls),
+        doc: "the message is a TLS record holding a ClientHello",
+    },
+    Field {
+        id: Id::TlsSni,
+        name: "tls.sni",
+        ty: Type::Text(Text::TlsSni),
+        member: None,
+        test: None,
+        read: Read::Parsed(Proto::Tls),
+        doc: "the ClientHello's server_name, lower-cased",
+    },
 ];
 
 /// The predeclared constants of the family field.
@@ -628,7 +903,7 @@ mod tests {
                 .iter()
                 .all(|g| g.id != f.id && g.name != f.name));
         }
-        assert_eq!(FIELDS.len(), 18);
+        assert_eq!(FIELDS.len(), 30);
     }
 
     #[test]
@@ -661,7 +936,7 @@ mod tests {
         assert!(!is_reserved("ip4") && !is_reserved("web"));
         assert_eq!(interned("ip4"), Some("ip4"));
         assert_eq!(interned("web"), None);
-        assert_eq!(PART_LENGTHS, (2, 7));
+        assert_eq!(PART_LENGTHS, (2, 8));
         assert_eq!(interned("remote"), Some("remote"));
         assert_eq!(interned("inet6"), Some("inet6"));
         assert_eq!(interned("ote.port"), None);

@@ -31,7 +31,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
         &["syntax", "check", "hir", "lower", "bpf", "object", "diag"],
     ),
     // Consumers of the compiled policy. The evaluator shares no code with `lower`.
-    ("eval", &["hir", "fields"]),
+    ("eval", &["hir", "fields", "syntax"]),
     ("vm", &["bpf", "hir", "lower"]),
     ("cases", &["compile", "hir", "eval", "vm"]),
     // The glue the command line calls: compile and show the diagnostics.

@@ -80,6 +80,11 @@ impl Checker {
             ActionKind::Pass => Verdict::Pass,
             ActionKind::Drop => Verdict::Drop,
             ActionKind::Discard => Verdict::Discard,
+            // TODO(reply): checked properly (bounds, `for N`) by the reply work.
+            ActionKind::Reply(e) => match self.expr(e)? {
+                super::values::Operand::Const(super::values::Val::Str(s)) => Verdict::Reply(s),
+                _ => return None,
+            },
             ActionKind::Redirect { ingress, target } => {
                 let target = match target {
                     ast::Target::Peer(_) => Target::Peer,

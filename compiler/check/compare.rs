@@ -18,6 +18,7 @@ impl Checker {
             CondKind::Not(c) => Some(Cond::Not(Box::new(self.cond(c)?))),
             CondKind::Value(e) => match self.expr(e)? {
                 Operand::Const(Val::Bool(b)) => Some(Cond::Const(b)),
+                Operand::Field(FieldRef::Proto(p)) => Some(Cond::Test(Test::Proto(p))),
                 other => {
                     let kind = operand_kind(&other);
                     self.err(
@@ -50,6 +51,12 @@ impl Checker {
                 let r = self.expr(rhs);
                 let (l, r) = (l?, r?);
                 self.starts_with(l, lhs.span, r, rhs.span)
+            }
+            CondKind::EndsWith { lhs, rhs } => {
+                let l = self.expr(lhs);
+                let r = self.expr(rhs);
+                let (l, r) = (l?, r?);
+                self.ends_with(l, lhs.span, r, rhs.span)
             }
         }
     }
@@ -214,6 +221,7 @@ impl Checker {
                     "compare with a string, e.g. `comm == \"curl\"`",
                 ),
             },
+            FieldRef::Proto(_) | FieldRef::Text(_) => self.text_compare(field, fs, val, vs),
             FieldRef::Payload => {
                 let help = match &val {
                     Val::Str(s) if !s.is_empty() && s.len() <= MAX_SLICE_LEN as usize => format!(

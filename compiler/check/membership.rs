@@ -8,7 +8,7 @@ use super::Checker;
 use super::{MAX_COMM_LEN, MAX_SLICE_LEN};
 use crate::diag::{Code, Diag};
 use crate::hir::ranges::normalize;
-use crate::hir::{self, Cond, End, IntField, Net, Test};
+use crate::hir::{self, Cond, End, IntField, Net, Test, TextOp};
 use crate::syntax::lexer::IpLit;
 use crate::syntax::Span;
 
@@ -273,6 +273,25 @@ impl Checker {
                 }
                 self.comm_test(strs, false)
             }
+            FieldRef::Text(t) => {
+                let strs = self.strings(&field, ls, &elems)?;
+                self.text_test(t, ls, TextOp::Eq, strs)
+            }
+            FieldRef::Proto(p) => {
+                self.err(
+                    Diag::new(
+                        Code::TypeMismatch,
+                        format!("`{}` is true or false; `in` does not apply", p.name()),
+                        ls,
+                    )
+                    .label("a boolean")
+                    .help(format!(
+                        "use it as a condition on its own: `{} and ...`",
+                        p.name()
+                    )),
+                );
+                None
+            }
             FieldRef::Payload => {
                 self.err(
                     Diag::new(
@@ -341,32 +360,7 @@ impl Checker {
         r: Operand,
         rs: Span,
     ) -> Option<Cond> {
-        let prefixes: Vec<(Vec<u8>, Span)> = match r {
-            Operand::Const(Val::Str(s)) => vec![(s, rs)],
-            Operand::Const(Val::Set(items))
-                if items.iter().all(|(v, _)| matches!(v, Val::Str(_))) =>
-            {
-                items
-                    .into_iter()
-                    .filter_map(|(v, s)| {
-                        if let Val::Str(b) = v {
-                            Some((b, s))
-                        } else {
-                            None
-                        }
-                    })
-                    .collect()
-            }
-            other => {
-                let kind = operand_kind(&other);
-                self.err(
-                    Diag::new(Code::TypeMismatch, "`starts with` needs a string", rs)
-                        .label(format!("this is {kind}"))
-                        .help("write `payload starts with \"GET \"`"),
-                );
-                return None;
-            }
-        };
+        let prefixes = self.string_alts(r, rs, "starts with")?;
         match l {
             Operand::Field(FieldRef::Payload) => {
                 let mut alts = Vec::new();
@@ -391,6 +385,9 @@ impl Checker {
                 })
             }
             Operand::Field(FieldRef::Comm) => self.comm_test(prefixes, true),
+            Operand::Field(FieldRef::Text(t)) => {
+                self.text_test(t, ls, TextOp::StartsWith, prefixes)
+            }
             other => {
                 let kind = operand_kind(&other);
                 self.err(
@@ -400,7 +397,7 @@ impl Checker {
                         ls,
                     )
                     .label("not a byte string")
-                    .help("`starts with` tests `payload` or `comm`"),
+                    .help("`starts with` tests `payload`, `comm` or a protocol's string field"),
                 );
                 None
             }

@@ -73,6 +73,7 @@ mod lints;
 mod membership;
 mod names;
 mod test_case;
+mod text;
 mod values;
 
 struct Checker {

@@ -210,6 +210,8 @@ fn field_ref(f: &Field) -> Option<FieldRef> {
         },
         Type::Payload => FieldRef::Payload,
         Type::Comm => FieldRef::Comm,
+        Type::Proto(p) => FieldRef::Proto(p),
+        Type::Text(t) => FieldRef::Text(t),
     })
 }
 

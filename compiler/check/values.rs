@@ -62,6 +62,10 @@ pub(super) enum FieldRef {
         len: u32,
     },
     Comm,
+    /// `http`: whether the message is of the protocol.
+    Proto(crate::fields::Proto),
+    /// `http.host`: a protocol's string field.
+    Text(crate::fields::Text),
 }
 
 impl FieldRef {
@@ -87,6 +91,8 @@ impl FieldRef {
             FieldRef::Payload => "the payload".into(),
             FieldRef::PayloadSlice { len, .. } => format!("{len} payload bytes"),
             FieldRef::Comm => "a process name (string)".into(),
+            FieldRef::Proto(_) => "a boolean".into(),
+            FieldRef::Text(t) => format!("a {} field (string)", t.proto().name()),
         }
     }
 }

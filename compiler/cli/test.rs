@@ -244,18 +244,7 @@ fn message(m: &hir::Message) -> String {
     } else {
         "inet"
     };
-    let mut payload = String::new();
-    for &b in m.payload.iter().take(64) {
-        match b {
-            b'\r' => payload.push_str("\\r"),
-            b'\n' => payload.push_str("\\n"),
-            b'\t' => payload.push_str("\\t"),
-            b'"' => payload.push_str("\\\""),
-            b'\\' => payload.push_str("\\\\"),
-            0x20..=0x7e => payload.push(b as char),
-            _ => payload.push_str(&format!("\\x{b:02x}")),
-        }
-    }
+    let mut payload = skpc::syntax::lexer::escape(&m.payload[..m.payload.len().min(64)]);
     if m.payload.len() > 64 {
         payload.push_str("...");
     }

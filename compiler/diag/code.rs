@@ -73,6 +73,8 @@ codes! {
     StartsWithNotApplicable = "E0219", Error, "`starts with` on a field that is not `payload` or `comm`";
     WholePayload = "E0220", Error, "the whole payload compared (take a slice or use `starts with`)";
     DiscardFor = "E0221", Error, "`discard for N`: a discard empties the message, which `for N` (apply_bytes) must not be combined with";
+    EndsWithNotApplicable = "E0222", Error, "`ends with` on a field that is not a protocol string field";
+    EmptyText = "E0223", Error, "an empty string compared with a protocol field (a field with a value is never empty)";
     DefaultNotVerdict = "E0301", Error, "`default` without a verdict";
     SecondDefault = "E0302", Error, "a second `default`";
     DuplicateTestName = "E0303", Error, "two test cases with the same name";
@@ -91,6 +93,7 @@ codes! {
     NeverReached = "W0002", Warning, "a rule (or the `default`) that is never reached: an earlier terminal rule matches every message";
     DefaultNotLast = "W0003", Warning, "`default` not the last rule (rules after it still come first)";
     EgressToPeer = "W0004", Warning, "`redirect to peer` without `ingress`: the bytes leave through the peer socket, back to the sender";
+    TextNeverFits = "W0005", Warning, "a string a protocol field can never hold: longer than the parser's bound, or letters in the other case of a case-folded field";
 }
 
 impl std::fmt::Display for Code {

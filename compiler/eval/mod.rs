@@ -24,13 +24,16 @@
 //! - `redirect [ingress] to peer` redirects to the other end of a local connection (found
 //!   by the swapped 4-tuple), to its receive queue with `ingress`, else out of it.
 
+pub mod proto;
+
 use std::net::IpAddr;
 
 use skpc_abi::{LogRecord, SockKey, AF_INET, AF_INET6, SOCKMAP_SLOTS};
 
 use crate::fields;
 use crate::hir::{
-    Action, Cond, Decision, End, IntField, Message, Net, Policy, SockSlot, Target, Test, Verdict,
+    Action, Cond, Decision, End, IntField, Message, Net, Policy, SockSlot, Target, Test, TextOp,
+    Verdict,
 };
 
 /// Which rule decided.
@@ -162,6 +165,17 @@ fn test(t: &Test, msg: &Message) -> bool {
                     None => false,
                 })
         }
+        Test::Proto(p) => proto::parse(*p, &msg.payload).is_some(),
+        Test::Text { field, op, alts } => match proto::parse(field.proto(), &msg.payload)
+            .and_then(|parsed| parsed.text(*field).map(<[u8]>::to_vec))
+        {
+            Some(value) => alts.iter().any(|a| match op {
+                TextOp::Eq => value == a.as_slice(),
+                TextOp::StartsWith => value.starts_with(a),
+                TextOp::EndsWith => value.ends_with(a),
+            }),
+            None => false,
+        },
         Test::Comm { alts, prefix } => {
             // The kernel keeps at most 15 bytes of the name.
             let comm = &msg.comm[..msg.comm.len().min(15)];
@@ -284,6 +298,7 @@ pub fn describe(d: &Decision) -> String {
         Verdict::Pass => "pass".to_string(),
         Verdict::Drop => "drop".to_string(),
         Verdict::Discard => "discard".to_string(),
+        Verdict::Reply(bytes) => format!("reply \"{}\"", crate::syntax::lexer::escape(bytes)),
         Verdict::Cork(n) => format!("cork {n}"),
         Verdict::Redirect { ingress, target } => {
             let target = match target {

@@ -95,6 +95,10 @@ pub enum Verdict {
     /// `bpf_msg_pop_data(msg, 0, size, 0)` then SK_PASS: the message is swallowed, the
     /// send succeeds and the socket stays usable (unlike a drop, which sticks).
     Discard,
+    /// The message is replaced by these bytes and redirected to the sender's own receive
+    /// queue (`bpf_msg_redirect_hash` with its own 4-tuple and BPF_F_INGRESS): the sender
+    /// reads them as if the peer had answered; the peer gets nothing.
+    Reply(Vec<u8>),
     Redirect {
         ingress: bool,
         target: Target,
@@ -145,6 +149,24 @@ pub enum Test {
     Payload { offset: u32, alts: Vec<Vec<u8>> },
     /// The sender's comm equals (or, with `prefix`, starts with) one of `alts`.
     Comm { alts: Vec<Vec<u8>>, prefix: bool },
+    /// The message is of the protocol (its parser accepted the start of the message).
+    Proto(fields::Proto),
+    /// A protocol field has a value and it equals (starts with, ends with) one of `alts`.
+    /// The alternatives are sorted, distinct, non-empty, no longer than the field's
+    /// `max_len`, and in the field's case (`Case::Upper`: no lower-case letters).
+    Text {
+        field: fields::Text,
+        op: TextOp,
+        alts: Vec<Vec<u8>>,
+    },
+}
+
+/// How a protocol field is compared with a string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TextOp {
+    Eq,
+    StartsWith,
+    EndsWith,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -85,6 +85,8 @@ impl Gen {
                 }
                 self.goto(f);
             }
+            Test::Proto(p) => self.proto_test(*p, t, f),
+            Test::Text { field, op, alts } => self.text_test(*field, *op, alts, t, f),
             Test::Comm { alts, prefix } => {
                 self.stack_ptr(Reg::R1, STACK_COMM);
                 self.mov64(Reg::R2, Src::Imm(16));
@@ -227,7 +229,9 @@ fn test_cost(t: &Test) -> u32 {
             field: IntField::PayloadByte(_),
             ..
         }
-        | Test::Payload { .. } => 3,
+        | Test::Payload { .. }
+        | Test::Proto(_)
+        | Test::Text { .. } => 3,
         Test::Int {
             field: IntField::Uid | IntField::Gid | IntField::Pid | IntField::Cgroup,
             ..

@@ -429,7 +429,7 @@ fn alternatives(t: &Test) -> Option<Vec<(Component, Vec<u32>)>> {
                 })
                 .collect(),
         ),
-        Test::Payload { .. } | Test::Comm { .. } => None,
+        Test::Payload { .. } | Test::Comm { .. } | Test::Proto(_) | Test::Text { .. } => None,
     }
 }
 

@@ -26,6 +26,7 @@ mod lookup;
 mod maps;
 mod payload;
 mod programs;
+mod proto;
 mod runs;
 mod tails;
 mod verdict;

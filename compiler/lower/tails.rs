@@ -108,6 +108,8 @@ impl Gen {
                 self.call(BPF_FUNC_msg_pop_data);
                 self.ret(SK_PASS);
             }
+            // TODO(reply): rewrite and redirect to the sender (the reply work).
+            Verdict::Reply(_) => self.ret(SK_DROP),
             Verdict::Cork(n) => {
                 self.mov64(Reg::R1, Src::Reg(self.ctx()));
                 self.mov32(Reg::R2, *n);

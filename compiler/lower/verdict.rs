@@ -208,7 +208,7 @@ pub(super) fn needs_helper_before_verdict(policy: &hir::Policy, options: Options
     let test_calls = |t: &Test| match t {
         Test::Int { field, .. } => field.ctx_word().is_none(),
         Test::Addr { .. } => false,
-        Test::Payload { .. } | Test::Comm { .. } => true,
+        Test::Payload { .. } | Test::Comm { .. } | Test::Proto(_) | Test::Text { .. } => true,
     };
     // `discard` and `cork` call their helper last, with nothing read from the context
     // after it, so they do not count; `for N` and field slots read it after a call.

@@ -48,7 +48,12 @@ pub enum ActionKind {
     Pass,
     Drop,
     Discard,
-    Redirect { ingress: bool, target: Target },
+    /// `reply STRING`: the sender reads STRING back instead of the message leaving.
+    Reply(Expr),
+    Redirect {
+        ingress: bool,
+        target: Target,
+    },
     Cork(Expr),
     Count(Ident),
     Log,
@@ -109,6 +114,10 @@ pub enum CondKind {
         rhs: Expr,
     },
     StartsWith {
+        lhs: Expr,
+        rhs: Expr,
+    },
+    EndsWith {
         lhs: Expr,
         rhs: Expr,
     },

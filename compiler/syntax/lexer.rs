@@ -51,6 +51,8 @@ pub enum Tok {
     Drop,
     #[token("discard")]
     Discard,
+    #[token("reply")]
+    Reply,
     #[token("redirect")]
     Redirect,
     #[token("ingress")]
@@ -83,6 +85,8 @@ pub enum Tok {
     In,
     #[token("starts")]
     Starts,
+    #[token("ends")]
+    Ends,
     #[token("with")]
     With,
     #[token("true")]
@@ -207,6 +211,24 @@ fn ipv6(lex: &mut logos::Lexer<Tok>) -> Result<IpLit, LexError> {
 fn string(lex: &mut logos::Lexer<Tok>) -> Result<Vec<u8>, LexError> {
     let s = lex.slice();
     unescape(&s[1..s.len() - 1])
+}
+
+/// The inverse of [`unescape`]: `bytes` as the body of a string literal, with `\r \n \t
+/// \\ \"` and `\xNN` for every other byte outside printable ASCII.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b'\r' => out.push_str("\\r"),
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
 }
 
 /// Decodes `\r \n \t \0 \\ \" \xNN`; any other escape is an error naming it.
@@ -348,6 +370,7 @@ impl Tok {
             Tok::Pass => "pass",
             Tok::Drop => "drop",
             Tok::Discard => "discard",
+            Tok::Reply => "reply",
             Tok::Redirect => "redirect",
             Tok::Ingress => "ingress",
             Tok::To => "to",
@@ -364,6 +387,7 @@ impl Tok {
             Tok::Not => "not",
             Tok::In => "in",
             Tok::Starts => "starts",
+            Tok::Ends => "ends",
             Tok::With => "with",
             Tok::True => "true",
             Tok::False => "false",
