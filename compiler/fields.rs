@@ -174,7 +174,7 @@ impl Text {
 /// shorter); a field that does not end inside them has no value.
 pub mod bounds {
     /// HTTP: the request line and the headers searched for `Host`.
-    pub const HTTP_WINDOW: u32 = 1024;
+    pub const HTTP_WINDOW: u32 = 256;
     /// The method: 1 to 16 letters `A`-`Z`.
     pub const HTTP_METHOD_MAX: u32 = 16;
     /// The request target: 1 to 256 bytes (the path is the target up to `?`).
@@ -190,7 +190,7 @@ pub mod bounds {
     pub const REDIS_COMMAND_MAX: u32 = 32;
     pub const REDIS_KEY_MAX: u32 = 255;
     /// PostgreSQL: the StartupMessage's parameters.
-    pub const PG_WINDOW: u32 = 512;
+    pub const PG_WINDOW: u32 = 256;
     /// The largest StartupMessage length word the parser accepts.
     pub const PG_LENGTH_MAX: u32 = 10000;
     /// NAMEDATALEN - 1: the longest role or database name PostgreSQL keeps.

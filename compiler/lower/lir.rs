@@ -15,12 +15,15 @@ pub enum Lir {
     /// A straight-line instruction (never a jump).
     Insn(Insn),
     /// Conditional jump; `wide` compares 64 bits, else the low 32 (BPF_JMP32).
+    /// `keep`: the cleanup must not invert it over a following `goto` (see `Gen::exit_unless`:
+    /// the order of its two successors is the order the verifier explores them in).
     Jmp {
         op: JmpOp,
         wide: bool,
         dst: Reg,
         src: Src,
         target: Label,
+        keep: bool,
     },
     Goto(Label),
     Label(Label),
@@ -228,6 +231,7 @@ fn invert_jumps_over_gotos(code: &mut Vec<Lir>) {
                 dst,
                 src,
                 target,
+                keep: false,
             },
             Some(Lir::Goto(x)),
             Some(Lir::Label(l)),
@@ -240,6 +244,7 @@ fn invert_jumps_over_gotos(code: &mut Vec<Lir>) {
                     dst: *dst,
                     src: *src,
                     target: *x,
+                    keep: false,
                 };
                 code[w] = inverted;
                 w += 1;
@@ -348,6 +353,7 @@ pub fn assemble(code: &[Lir]) -> Assembled {
                     dst,
                     src,
                     target: t,
+                    ..
                 } if long[i] => {
                     // if !cond goto +1; gotol target
                     let inverse = op.negate().unwrap_or(*op);
@@ -382,6 +388,7 @@ pub fn assemble(code: &[Lir]) -> Assembled {
                     dst,
                     src,
                     target: t,
+                    ..
                 } => push(
                     &mut out,
                     Insn::Jmp {
@@ -398,6 +405,7 @@ pub fn assemble(code: &[Lir]) -> Assembled {
                     dst,
                     src,
                     target: t,
+                    ..
                 } => push(
                     &mut out,
                     Insn::Jmp32 {
@@ -437,6 +445,7 @@ mod tests {
                 dst: Reg::R1,
                 src: Src::Imm(0),
                 target: l,
+                keep: false,
             },
             mov(1),
             Lir::Label(l),
@@ -463,6 +472,7 @@ mod tests {
             dst: Reg::R1,
             src: Src::Imm(0),
             target: l,
+            keep: false,
         }];
         code.extend(std::iter::repeat_n(mov(1), 40_000));
         code.push(Lir::Label(l));
@@ -490,6 +500,7 @@ mod tests {
                 dst: Reg::R1,
                 src: Src::Imm(0),
                 target: a,
+                keep: false,
             },
             mov(0),
             Lir::Insn(Insn::Exit),

@@ -84,6 +84,7 @@ const STACK_SNAPSHOT: i16 = -232; // 56 bytes: sk_msg_md words family..size
 const STACK_KEYED: i16 = -304; // runs::MAX_KEYS x (index u32, flag u32)
 const STACK_INDEX_KEY: i16 = -328; // IndexEntry::KEY_SIZE (20) bytes
 const STACK_INDEX_BEST: i16 = -336; // u32: the smallest indexed rule found
+const STACK_PROTO: i16 = -440; // proto::PROTO_STACK_BYTES (104): parser results, scratch
 /// "No rule" in STACK_INDEX_BEST and the keyed searches' index words.
 const NO_RULE: u32 = u32::MAX;
 /// The context words a snapshot holds: `family` (16) up to and including `size` (68).
@@ -248,6 +249,7 @@ impl Gen {
             dst,
             src: Src::Imm(imm),
             target,
+            keep: false,
         });
     }
 
@@ -258,6 +260,7 @@ impl Gen {
             dst,
             src,
             target,
+            keep: false,
         });
     }
 

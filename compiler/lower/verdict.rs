@@ -7,7 +7,7 @@ use crate::hir::{self, Action, Cond, Decision, IntField, SockSlot, Target, Test,
 
 use super::cond::is_search;
 use super::lir::{Label, Lir, Mark};
-use super::{flat, index, runs};
+use super::{flat, index, proto, runs};
 use super::{Gen, Options, CACHE_REGS, CTX, FLAT_ABOVE_RULES};
 
 impl Gen {
@@ -24,6 +24,7 @@ impl Gen {
         if self.flat {
             self.take_snapshot();
         }
+        self.parse_protocols(&proto::used(policy));
         self.cache_fields(policy, blocks);
         for step in runs::plan(policy, blocks) {
             let (i, run) = match step {

@@ -228,12 +228,11 @@ impl Vm {
                 _ => {}
             }
             if let Some(off) = insn.jump_off() {
-                if off < 0 {
-                    return Err(VmError::BackwardJump { slot });
-                }
+                // Backward jumps are the protocol parsers' bounded loops (counters that
+                // the kernel's verifier proves finite); rbpf runs them as they are.
                 let target = slot as i64 + insn.slots() as i64 + off as i64;
                 let total: usize = insns.iter().map(|i| i.slots()).sum();
-                if target > total as i64 {
+                if target < 0 || target > total as i64 {
                     return Err(VmError::JumpOutOfProgram { slot });
                 }
             }
