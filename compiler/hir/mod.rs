@@ -88,6 +88,9 @@ pub struct Decision {
     pub apply_bytes: Option<u32>,
 }
 
+/// The longest `reply STRING` the checker accepts, in bytes.
+pub const MAX_REPLY: usize = 4096;
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Verdict {
     Pass,
