@@ -487,6 +487,33 @@ fn reply_rewrites_and_redirects_to_the_sender() {
         vm.run(&m, &RunConfig::default()).unwrap().decision.verdict,
         Verdict::Pass
     );
+    // A message exactly as long as the reply whose bytes are not all given: the pull
+    // of the whole message reaches unseen bytes, which the reply overwrites anyway.
+    let m = Message {
+        payload: b"FLUSH".to_vec(),
+        len: 13,
+        ..Message::default()
+    };
+    let out = vm.run(&m, &RunConfig::default()).unwrap();
+    assert_eq!(
+        out.decision.verdict,
+        Verdict::Reply(b"-ERR denied\r\n".to_vec())
+    );
+    // But a rule that tests unseen bytes is still false (and the default passes).
+    let lowered =
+        skpc::compile::compile("r.skp", "reply \"ab\" if payload[5] == 0;\ndefault drop;")
+            .expect("compiles")
+            .lowered;
+    let m = Message {
+        payload: b"xy".to_vec(),
+        len: 6,
+        ..Message::default()
+    };
+    let out = Vm::new(&lowered)
+        .unwrap()
+        .run(&m, &RunConfig::default())
+        .unwrap();
+    assert_eq!(out.decision.verdict, Verdict::Drop);
     // A longer message whose bytes are not all given: popped to the reply all the same.
     let m = Message {
         payload: b"FLUSHALL".to_vec(),

@@ -137,6 +137,9 @@ pub(super) struct RunState {
     /// The region a pull of a rewritten message copies bytes into.
     pub(super) scratch: u64,
     pub(super) scratch_len: usize,
+    /// A pull of bytes the message does not give succeeds (they read as zeros): the
+    /// second run of [`Vm::run`](super::Vm::run), for a reply to such a message.
+    pub(super) unseen_readable: bool,
     pub(super) apply: Option<u32>,
     pub(super) cork: Option<u32>,
     pub(super) calls: Vec<i32>,
@@ -312,7 +315,12 @@ fn h_msg_pull_data(msg: u64, start: u64, end: u64, flags: u64, _: u64) -> u64 {
         // u32 arguments, as the helper's prototype says.
         let (start, end) = (start as u32, end as u32);
         let size = st.rewrite.as_ref().map_or(st.size, |r| r.size);
-        if flags == 0 && start < end && end <= size && st.rewrite.is_some() {
+        let unseen = st.rewrite.is_none() && end as usize > st.buf_len;
+        if flags == 0
+            && start < end
+            && end <= size
+            && (st.rewrite.is_some() || (unseen && st.unseen_readable))
+        {
             // A rewritten message: its bytes start..end go to the scratch region.
             let (scratch, scratch_len) = (st.scratch, st.scratch_len);
             let r = st.rewrite();

@@ -26,7 +26,49 @@ fn region8(v: &mut [u8]) -> std::ops::Range<u64> {
 
 impl Vm {
     /// Runs the program once on `msg`.
+    ///
+    /// Bytes past the payload a message gives (`len` larger than its payload) are unseen:
+    /// a pull that reaches them fails, so a rule that tests them is false, as the
+    /// evaluator has it. A reply does not read them but must pull the whole message
+    /// when it is exactly as long as the reply (no pop or push before): when a run drops
+    /// because its last pull, and only that one, reached unseen bytes, the program runs
+    /// again with those bytes readable as zeros, and a reply of that run (whose pulls
+    /// before the last are the first run's) is the outcome.
     pub fn run(&self, msg: &Message, cfg: &RunConfig) -> Result<VmOutcome, VmError> {
+        let strict = self.run_once(msg, cfg, false)?;
+        let unseen = |p: &crate::vm::Pull| {
+            p.result != 0
+                && p.flags == 0
+                && p.start < p.end
+                && p.end <= msg.len
+                && p.end as usize > msg.payload.len()
+        };
+        let only_last_unseen = match strict.pulls.split_last() {
+            Some((last, before)) => unseen(last) && before.iter().all(|p| p.result == 0),
+            None => false,
+        };
+        if strict.decision.verdict != Verdict::Drop || !only_last_unseen {
+            return Ok(strict);
+        }
+        match self.run_once(msg, cfg, true) {
+            Ok(second)
+                if matches!(second.decision.verdict, Verdict::Reply(_))
+                    && second.pulls.len() == strict.pulls.len()
+                    && second.pulls[..second.pulls.len() - 1]
+                        == strict.pulls[..strict.pulls.len() - 1] =>
+            {
+                Ok(second)
+            }
+            _ => Ok(strict),
+        }
+    }
+
+    fn run_once(
+        &self,
+        msg: &Message,
+        cfg: &RunConfig,
+        unseen_readable: bool,
+    ) -> Result<VmOutcome, VmError> {
         if (msg.payload.len() as u64) > msg.len as u64 {
             return Err(VmError::PayloadLongerThanMessage {
                 payload: msg.payload.len(),
@@ -126,6 +168,7 @@ impl Vm {
             rewrite: None,
             scratch: scratch_range.start,
             scratch_len: SCRATCH,
+            unseen_readable,
             apply: None,
             cork: None,
             calls: Vec::new(),
