@@ -443,7 +443,10 @@ fn h_msg_pop_data(msg: u64, start: u64, len: u64, flags: u64, _: u64) -> u64 {
         // past the last byte and an end past the message.
         let (start, len) = (start as u32, len as u32);
         let size = st.rewrite.as_ref().map_or(st.size, |r| r.size);
-        if flags != 0 || start >= size || start as u64 + len as u64 > size as u64 {
+        // The whole message, what `discard` pops, always goes (even an empty one, which
+        // the kernel never hands the program).
+        let whole = start == 0 && len == size;
+        if flags != 0 || !whole && (start >= size || start as u64 + len as u64 > size as u64) {
             return Ok((-EINVAL) as u64);
         }
         let r = st.rewrite();

@@ -267,15 +267,20 @@ impl Vm {
                         target: Target::Sock(SockSlot::Const(*key)),
                     },
                     // To its own receive queue: the sender reads the (rewritten) message.
+                    // A connection to itself (its peer's key is its own) whose message the
+                    // program left as it was is a redirect to the peer.
                     Redirect::Hash { key, flags }
-                        if *key == state.own_key && flags & BPF_F_INGRESS != 0 =>
+                        if *key == state.own_key
+                            && (state.own_key != state.own_key.peer()
+                                || rewrite.is_some()
+                                || buf != msg.payload) =>
                     {
+                        if flags & BPF_F_INGRESS == 0 {
+                            return Err(VmError::Unmodelled(
+                                "an egress redirect to the sender's own socket",
+                            ));
+                        }
                         Verdict::Reply(message()?)
-                    }
-                    Redirect::Hash { key, .. } if *key == state.own_key => {
-                        return Err(VmError::Unmodelled(
-                            "an egress redirect to the sender's own socket",
-                        ))
                     }
                     Redirect::Hash { flags, .. } => Verdict::Redirect {
                         ingress: flags & BPF_F_INGRESS != 0,
