@@ -487,7 +487,7 @@ fn h_msg_push_data(msg: u64, start: u64, len: u64, flags: u64, _: u64) -> u64 {
         }
         let at = start as usize;
         r.known
-            .splice(at..at, std::iter::repeat_n(0u8, len as usize));
+            .splice(at..at, std::iter::repeat(0u8).take(len as usize));
         r.size += len;
         st.empty_window();
         Ok(0)
