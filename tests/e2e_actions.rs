@@ -349,6 +349,15 @@ fn reply_answers_the_sender_and_the_connection_stays_usable() {
             assert_eq!(send(&s, b"+PONG\r\n"), Ok(7));
             assert_eq!(recv_up_to(&mut c_read, 7, LONG), b"+PONG\r\n");
         }
+        // A 64 KiB write is one program run (one chunk): replaced whole.
+        let mut big = b"*1\r\n$8\r\nFLUSHALL".to_vec();
+        big.resize(64 * 1024, b'z');
+        assert_eq!(send(&c, &big), Ok(big.len()), "{v6}");
+        assert_eq!(recv_up_to(&mut c_read, 13, LONG), b"-ERR denied\r\n");
+        assert!(recv_any(&mut c_read, SHORT).is_empty(), "{v6}");
+        assert!(recv_any(&mut s, SHORT).is_empty(), "{v6}");
+        assert_eq!(send(&c, b"after"), Ok(5));
+        assert_eq!(recv_up_to(&mut s, 5, LONG), b"after");
         let cnt = g.enf().counters().unwrap();
         let get = |name: &str| {
             cnt.iter()
@@ -356,8 +365,8 @@ fn reply_answers_the_sender_and_the_connection_stays_usable() {
                 .map(|x| (x.messages, x.bytes))
                 .unwrap_or_else(|| panic!("no counter {name}: {cnt:?}"))
         };
-        assert_eq!(get("rule0"), (1, 18), "{cnt:?}");
-        assert_eq!(get("default"), (3, 3 * 14), "{cnt:?}");
+        assert_eq!(get("rule0"), (2, 18 + big.len() as u64), "{cnt:?}");
+        assert_eq!(get("default"), (4, 3 * 14 + 5), "{cnt:?}");
         assert_eq!(get("rule1"), (1, 4), "{cnt:?}");
         assert_eq!(get("rule2"), (1, 5), "{cnt:?}");
         drop((c, c_read, s));
