@@ -126,3 +126,32 @@ fn the_filter_selects_cases_by_name() {
     );
     assert!(names(Some("nothing like it")).is_empty());
 }
+
+/// `expect reply "..."` compares the bytes: the right ones pass (shorter, as long as and
+/// longer than the message, with unseen bytes past the payload), other bytes fail with
+/// both decisions shown, and VM and evaluator agree throughout.
+#[test]
+fn a_reply_expectation_compares_the_bytes() {
+    let src = r#"const DENIED = "-ERR denied\r\n";
+reply DENIED if payload starts with "FLUSH";
+test "shorter" { payload = "FLUSHALL and more than thirteen bytes"; expect reply DENIED; }
+test "as long" { payload = "FLUSH"; len = 13; expect reply "-ERR denied\r\n"; }
+test "longer" { payload = "FLUSH"; expect reply "-ERR denied\r\n"; }
+test "other bytes" { payload = "FLUSH"; expect reply "-ERR denied"; }
+test "not a reply" { payload = "FLUSH"; expect discard; }
+"#;
+    let c = compiled("reply.skp", src);
+    let selected = cases::select(&c.policy, None);
+    let results = cases::run(&c, &selected, DEFAULT_WINDOW).expect("runs in the VM");
+    let passed: Vec<bool> = results.iter().map(|r| r.passed()).collect();
+    assert_eq!(passed, [true, true, true, false, false]);
+    for r in &results {
+        assert!(r.agree(), "{}: {:?}", r.name(), r.outcome);
+        assert_eq!(
+            r.vm_decision().map(describe).as_deref(),
+            Some(r#"reply "-ERR denied\r\n""#),
+            "{}",
+            r.name()
+        );
+    }
+}

@@ -363,3 +363,39 @@ fn docs_json_lists_exactly_the_fields_of_check_and_listing_documents() {
     );
     assert_eq!(keys(&listing["maps"][0]), documented_fields("Map"));
 }
+
+#[test]
+fn build_notes_that_a_replying_policy_needs_the_senders_in_the_sockhash() {
+    let dir = std::env::temp_dir().join(format!("skpc-cli-reply-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let obj = dir.join("p.o");
+    let obj = obj.to_str().unwrap();
+    let out = skpc(&[
+        "build",
+        "-o",
+        obj,
+        "-e",
+        "reply \"-ERR no\\r\\n\" if len > 1;",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("note: ") && stderr.contains("skp_peers under its own 4-tuple"),
+        "{stderr}"
+    );
+    // A policy that does not reply builds silently; `-j` keeps stderr empty.
+    let out = skpc(&["build", "-o", obj, "-e", "drop if len > 1;"]);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = skpc(&["build", "-j", "-o", obj, "-e", "reply \"x\";"]);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -133,6 +133,10 @@ cases! {
     apply_bytes_over_4gib => "pass for 4GiB;\n";
     for_on_count => "count big for 10 if len > 1000;\n";
     discard_for_n => "discard for 10;\n";
+    reply_not_a_string => "reply 42 if len > 1;\n";
+    reply_empty => "const NOTHING = \"\";\nreply NOTHING;\n";
+    reply_too_long => include_str!("fixtures/reply_too_long.skp");
+    reply_for_n => "reply \"-ERR denied\\r\\n\" for 10;\n";
     reversed_range => "drop if remote.port in 8099..8000;\n";
     bare_field_as_condition => "drop if len;\n";
     bare_family_as_condition => "drop if inet6;\n";

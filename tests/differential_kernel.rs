@@ -2,7 +2,7 @@
 //! (tests/policygen, the same generator as tests/differential.rs) through the real
 //! verifier, and generated messages over real loopback TCP connections, checked against
 //! the reference evaluator: the send's result (EACCES for a drop), the bytes that
-//! arrive for a pass, the per-rule counters read back from the kernel, and the log
+//! arrive for a pass (none for a discard or a reply; the sender reads the reply), the per-rule counters read back from the kernel, and the log
 //! records. Root only (skipped otherwise; SKP_REQUIRE_KERNEL=1 makes that a failure).
 //! Every third policy has long runs of port and address rules that the compiler puts
 //! into the `skp_index` map (`gen_indexed_policy`), which the runtime fills; their
@@ -252,6 +252,7 @@ fn kernel_agrees_with_the_evaluator_on_loopback_messages() {
     let file_dir = common::unique_name("/tmp/skp_diffk");
     std::fs::create_dir_all(&file_dir).unwrap();
     let (mut sent, mut policies, mut sendfiles, mut resent) = (0usize, 0usize, 0usize, 0usize);
+    let mut replied = 0usize;
     // Policies with an index, messages sent under them, those an indexed rule decided.
     let (mut indexed, mut indexed_sent, mut indexed_hits) = (0usize, 0usize, 0usize);
     let mut failures: Vec<String> = Vec::new();
@@ -321,8 +322,16 @@ fn kernel_agrees_with_the_evaluator_on_loopback_messages() {
             }
             let all_pass = runs.iter().all(|r| r.decision.verdict == Verdict::Pass);
 
-            enf.insert_sock(0, fd(&client))
-                .expect("client into skp_socks[0]");
+            // A reply goes to the sender's own skp_peers entry: the client goes there
+            // (only there: a socket under the program in one map cannot join another).
+            let replies = matches!(want.decision.verdict, Verdict::Reply(_));
+            replied += usize::from(replies);
+            if replies {
+                enf.insert_peer(fd(&client)).expect("client into skp_peers");
+            } else {
+                enf.insert_sock(0, fd(&client))
+                    .expect("client into skp_socks[0]");
+            }
             // Targets the verdict needs: another socket in the slot, the peer in the hash.
             let mut spare = None;
             match &want.decision.verdict {
@@ -372,6 +381,34 @@ fn kernel_agrees_with_the_evaluator_on_loopback_messages() {
                     problems.push(format!(
                         "discard, but {} of {} bytes arrived",
                         got.len(),
+                        payload.len()
+                    ));
+                }
+            }
+            if let (Verdict::Reply(reply), 1, true) =
+                (&want.decision.verdict, runs.len(), problems.is_empty())
+            {
+                // The client reads exactly the reply; the server gets nothing.
+                let mut back = client.try_clone().unwrap();
+                let got = recv_up_to(&mut back, reply.len(), SHORT);
+                let more = recv_up_to(&mut back, 1, std::time::Duration::from_millis(20));
+                if got != *reply || !more.is_empty() {
+                    problems.push(format!(
+                        "reply of {} bytes, but the client read {} bytes ({} after them)",
+                        reply.len(),
+                        got.len(),
+                        more.len()
+                    ));
+                }
+                let at_server = recv_up_to(
+                    &mut server,
+                    payload.len(),
+                    std::time::Duration::from_millis(20),
+                );
+                if !at_server.is_empty() {
+                    problems.push(format!(
+                        "reply, but {} of {} bytes arrived at the server",
+                        at_server.len(),
                         payload.len()
                     ));
                 }
@@ -437,7 +474,7 @@ fn kernel_agrees_with_the_evaluator_on_loopback_messages() {
     }
     let _ = std::fs::remove_dir_all(&file_dir);
     eprintln!(
-        "kernel differential (seed {seed:#x}): {sent} messages ({sendfiles} by sendfile, {resent} not compared: re-run after a short `for N`) on {policies} policies in {:.1?}; {indexed} policies with an index, {indexed_sent} messages under them, {indexed_hits} decided by an indexed rule",
+        "kernel differential (seed {seed:#x}): {sent} messages ({sendfiles} by sendfile, {replied} replied to, {resent} not compared: re-run after a short `for N`) on {policies} policies in {:.1?}; {indexed} policies with an index, {indexed_sent} messages under them, {indexed_hits} decided by an indexed rule",
         start.elapsed()
     );
     if total >= 500 && failures.is_empty() {

@@ -308,3 +308,68 @@ fn discard_swallows_one_message_and_the_connection_stays_usable() {
         g.finish();
     }
 }
+
+#[test]
+fn reply_answers_the_sender_and_the_connection_stays_usable() {
+    if !common::kernel_or_skip("reply_answers_the_sender_and_the_connection_stays_usable") {
+        return;
+    }
+    let long_reply = format!("-ERR {}\r\n", "y".repeat(3000));
+    let long_text = long_reply.replace("\r\n", "\\r\\n");
+    for v6 in [false, true] {
+        let l = listener(v6);
+        let port = l.local_addr().unwrap().port();
+        // A reply shorter than the message (pop), longer (push) and as long (neither).
+        let mut g = Guard::new(&format!(
+            "const LONG = \"{long_text}\";\n\
+             reply \"-ERR denied\\r\\n\" if remote.port == {port} and payload starts with \"*1\\r\\n$8\\r\\nFLUSHALL\";\n\
+             reply LONG if remote.port == {port} and payload starts with \"GROW\";\n\
+             reply \"12345\" if remote.port == {port} and payload starts with \"SAME\";\n\
+             default pass;"
+        ));
+        let (c, mut s) = connect(&l);
+        // The sender must be in the sockhash under its own key: the reply's target.
+        g.enf().insert_peer(fd(&c)).unwrap();
+        let mut c_read = c.try_clone().unwrap();
+        let cases: [(&[u8], &[u8]); 3] = [
+            (b"*1\r\n$8\r\nFLUSHALL\r\n", b"-ERR denied\r\n"),
+            (b"GROW", long_reply.as_bytes()),
+            (b"SAME!", b"12345"),
+        ];
+        for (msg, reply) in cases {
+            // send() reports every byte; the sender reads exactly the reply; the
+            // server gets nothing.
+            assert_eq!(send(&c, msg), Ok(msg.len()), "{v6} {msg:?}");
+            assert_eq!(recv_up_to(&mut c_read, reply.len(), LONG), reply, "{v6}");
+            assert!(recv_any(&mut c_read, SHORT).is_empty(), "{v6}");
+            assert!(recv_any(&mut s, SHORT).is_empty(), "{v6}");
+            // The connection works both ways afterwards.
+            assert_eq!(send(&c, b"*1\r\n$4\r\nPING\r\n"), Ok(14));
+            assert_eq!(recv_up_to(&mut s, 14, LONG), b"*1\r\n$4\r\nPING\r\n");
+            assert_eq!(send(&s, b"+PONG\r\n"), Ok(7));
+            assert_eq!(recv_up_to(&mut c_read, 7, LONG), b"+PONG\r\n");
+        }
+        // A 64 KiB write is one program run (one chunk): replaced whole.
+        let mut big = b"*1\r\n$8\r\nFLUSHALL".to_vec();
+        big.resize(64 * 1024, b'z');
+        assert_eq!(send(&c, &big), Ok(big.len()), "{v6}");
+        assert_eq!(recv_up_to(&mut c_read, 13, LONG), b"-ERR denied\r\n");
+        assert!(recv_any(&mut c_read, SHORT).is_empty(), "{v6}");
+        assert!(recv_any(&mut s, SHORT).is_empty(), "{v6}");
+        assert_eq!(send(&c, b"after"), Ok(5));
+        assert_eq!(recv_up_to(&mut s, 5, LONG), b"after");
+        let cnt = g.enf().counters().unwrap();
+        let get = |name: &str| {
+            cnt.iter()
+                .find(|x| x.name == name)
+                .map(|x| (x.messages, x.bytes))
+                .unwrap_or_else(|| panic!("no counter {name}: {cnt:?}"))
+        };
+        assert_eq!(get("rule0"), (2, 18 + big.len() as u64), "{cnt:?}");
+        assert_eq!(get("default"), (4, 3 * 14 + 5), "{cnt:?}");
+        assert_eq!(get("rule1"), (1, 4), "{cnt:?}");
+        assert_eq!(get("rule2"), (1, 5), "{cnt:?}");
+        drop((c, c_read, s));
+        g.finish();
+    }
+}

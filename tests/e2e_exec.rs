@@ -280,6 +280,95 @@ fn exec_redis_cli_gets_permission_denied_for_big_writes() {
     assert_eq!(keys(&record), documented_fields("Log record"));
 }
 
+/// `reply` with a real client and server: in ONE redis-cli session (commands fed on
+/// stdin, one connection), FLUSHALL is answered with an error by the policy while the
+/// server never runs it, and the session goes on.
+#[test]
+fn exec_redis_cli_reads_a_reply_and_its_session_goes_on() {
+    let name = "exec_redis_cli_reads_a_reply_and_its_session_goes_on";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let (Some(server), Some(cli)) = (
+        tool_or_skip(name, "redis-server", "redis-server"),
+        tool_or_skip(name, "redis-cli", "redis-tools"),
+    ) else {
+        return;
+    };
+    let redis = Redis::start(&server, cli.clone());
+    let port = redis.port.to_string();
+    for (k, v) in [("k1", "v1"), ("k2", "v2"), ("k3", "v3")] {
+        assert_eq!(redis.cli(&["SET", k, v]), ("OK".into(), 0));
+    }
+    // redis-cli sends a command as typed: `flushall` is `*1\r\n$8\r\nflushall`.
+    let policy = format!(
+        "reply \"-ERR FLUSHALL is disabled here\\r\\n\" if remote.port == {port} and \
+         payload starts with {{\"*1\\r\\n$8\\r\\nFLUSHALL\", \"*1\\r\\n$8\\r\\nflushall\"}};"
+    );
+    let mut child = Command::new(SKPC)
+        .args([
+            "exec",
+            "-e",
+            &policy,
+            "--",
+            cli.to_str().unwrap(),
+            "-p",
+            &port,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"PING\nFLUSHALL\nPING\nflushall\nDBSIZE\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        leftovers(pid),
+        Vec::<PathBuf>::new(),
+        "skpc exec left these behind"
+    );
+    let stdout = text(&out.stdout);
+    let all = stdout.clone() + &text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    // Without a terminal redis-cli prints an error reply and then an empty line.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "PONG",
+            "ERR FLUSHALL is disabled here",
+            "",
+            "PONG",
+            "ERR FLUSHALL is disabled here",
+            "",
+            "3"
+        ],
+        "{all}"
+    );
+    // The counters table: the reply rule matched the two flushes.
+    let row = text(&out.stderr)
+        .lines()
+        .find(|l| l.contains("reply \"-ERR"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        row.split_whitespace().rev().nth(2) == Some("2"),
+        "counters row: {row}\n{all}"
+    );
+    // The server never ran a FLUSHALL, and the keys are all there.
+    let (stats, code) = redis.cli(&["INFO", "commandstats"]);
+    assert_eq!(code, 0);
+    assert!(!stats.contains("cmdstat_flushall"), "{stats}");
+    assert!(stats.contains("cmdstat_dbsize"), "{stats}");
+    assert_eq!(redis.cli(&["DBSIZE"]), ("3".into(), 0));
+}
+
 #[test]
 fn exec_returns_the_command_status_and_cleans_up_on_every_ending() {
     if !common::kernel_or_skip("exec_returns_the_command_status_and_cleans_up_on_every_ending") {

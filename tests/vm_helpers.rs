@@ -418,11 +418,191 @@ fn pop_of_the_whole_message_is_a_discard_and_nothing_else_is_modelled() {
     let mut then_drop = pop(0, None, 0);
     then_drop[4] = mov(R0, 0);
     assert_eq!(run(&then_drop, &m).unwrap().decision.verdict, Verdict::Drop);
-    // A partial pop, an offset, a flag: refused, not guessed.
-    for code in [pop(0, Some(4), 0), pop(1, Some(4), 0), pop(0, None, 1)] {
+    // A partial pop then SK_PASS sends a rewritten message on to the peer, which no
+    // verdict of the language does: refused, not guessed.
+    for code in [pop(0, Some(4), 0), pop(1, Some(4), 0)] {
         let e = run(&code, &m).unwrap_err();
-        assert!(e.contains("msg_pop_data"), "{e}");
+        assert!(e.contains("rewritten message passed"), "{e}");
     }
+    // A flag, a start past the end, an end past the message: -EINVAL, nothing popped.
+    for code in [pop(0, None, 1), pop(5, Some(0), 0), pop(2, Some(4), 0)] {
+        assert_eq!(run(&code, &m).unwrap().decision.verdict, Verdict::Pass);
+    }
+}
+
+/// What `reply` generates, on messages shorter, as long as and longer than the reply:
+/// pop or push, pull, write, redirect to the sender's own key with BPF_F_INGRESS.
+#[test]
+fn reply_rewrites_and_redirects_to_the_sender() {
+    let policy =
+        "const DENIED = \"-ERR denied\\r\\n\";\nreply DENIED if payload starts with \"FLUSH\";";
+    let lowered = skpc::compile::compile("r.skp", policy)
+        .expect("compiles")
+        .lowered;
+    let vm = Vm::new(&lowered).unwrap();
+    for (payload, window) in [
+        (&b"FLUSH"[..], 16 * 1024),
+        (b"FLUSHALL\r\n\r\n\r", 16 * 1024),
+        (
+            b"FLUSHALL and a good deal more than thirteen bytes",
+            16 * 1024,
+        ),
+        (b"FLUSHALL and a good deal more than thirteen bytes", 0),
+    ] {
+        for family in ["v4", "v6", "mapped"] {
+            let mut m = Message {
+                payload: payload.to_vec(),
+                len: payload.len() as u32,
+                ..Message::default()
+            };
+            match family {
+                "v6" => {
+                    m.family = skpc_abi::AF_INET6;
+                    m.local_ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
+                    m.remote_ip = IpAddr::V6("fd00::7".parse().unwrap());
+                }
+                "mapped" => {
+                    m.family = skpc_abi::AF_INET6;
+                    m.local_ip = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
+                    m.remote_ip = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped());
+                }
+                _ => {}
+            }
+            let out = vm.run(&m, &RunConfig { window }).unwrap();
+            assert_eq!(
+                out.decision.verdict,
+                Verdict::Reply(b"-ERR denied\r\n".to_vec()),
+                "{payload:?} {family}"
+            );
+            assert!(out.calls.contains(&BPF_FUNC_msg_redirect_hash));
+        }
+    }
+    // A message the rule does not match passes untouched.
+    let m = Message {
+        payload: b"PING".to_vec(),
+        len: 4,
+        ..Message::default()
+    };
+    assert_eq!(
+        vm.run(&m, &RunConfig::default()).unwrap().decision.verdict,
+        Verdict::Pass
+    );
+    // A message exactly as long as the reply whose bytes are not all given: the pull
+    // of the whole message reaches unseen bytes, which the reply overwrites anyway.
+    let m = Message {
+        payload: b"FLUSH".to_vec(),
+        len: 13,
+        ..Message::default()
+    };
+    let out = vm.run(&m, &RunConfig::default()).unwrap();
+    assert_eq!(
+        out.decision.verdict,
+        Verdict::Reply(b"-ERR denied\r\n".to_vec())
+    );
+    // But a rule that tests unseen bytes is still false (and the default passes).
+    let lowered =
+        skpc::compile::compile("r.skp", "reply \"ab\" if payload[5] == 0;\ndefault drop;")
+            .expect("compiles")
+            .lowered;
+    let m = Message {
+        payload: b"xy".to_vec(),
+        len: 6,
+        ..Message::default()
+    };
+    let out = Vm::new(&lowered)
+        .unwrap()
+        .run(&m, &RunConfig::default())
+        .unwrap();
+    assert_eq!(out.decision.verdict, Verdict::Drop);
+    // A longer message whose bytes are not all given: popped to the reply all the same.
+    let m = Message {
+        payload: b"FLUSHALL".to_vec(),
+        len: u32::MAX,
+        ..Message::default()
+    };
+    let out = vm.run(&m, &RunConfig::default()).unwrap();
+    assert_eq!(
+        out.decision.verdict,
+        Verdict::Reply(b"-ERR denied\r\n".to_vec())
+    );
+}
+
+/// pop/push/pull on the message model, and a redirect to a key that is neither the
+/// sender's nor its peer's: the kernel finds no socket and drops.
+#[test]
+fn push_pop_pull_and_a_foreign_key() {
+    let m = Message {
+        payload: b"abcdef".to_vec(),
+        len: 6,
+        ..Message::default()
+    };
+    // push(2, 3): "ab\0\0\0cdef"; pop(0, 1): "b\0\0\0cdef"; pull(0, 8); write 'X' at 1;
+    // then redirect ingress to the sender's own key, built by hand.
+    let own = skpc::eval::peer_key(&m).peer();
+    let mut code = vec![
+        movr(R6, R1),
+        mov(R2, 2),
+        mov(R3, 3),
+        mov(R4, 0),
+        call(BPF_FUNC_msg_push_data),
+        movr(R1, R6),
+        mov(R2, 0),
+        mov(R3, 1),
+        mov(R4, 0),
+        call(BPF_FUNC_msg_pop_data),
+        movr(R1, R6),
+        mov(R2, 0),
+        mov(R3, 8),
+        mov(R4, 0),
+        call(BPF_FUNC_msg_pull_data),
+        ldx(Size::DW, R2, R6, SK_MSG_MD_DATA),
+        Insn::St {
+            size: Size::B,
+            dst: R2,
+            off: 1,
+            imm: b'X' as i32,
+        },
+    ];
+    let key_words = own.to_bytes();
+    for (i, w) in key_words.chunks(4).enumerate() {
+        code.push(Insn::St {
+            size: Size::W,
+            dst: R10,
+            off: -48 + 4 * i as i16,
+            imm: i32::from_ne_bytes([w[0], w[1], w[2], w[3]]),
+        });
+    }
+    let redirect = |code: &mut Vec<Insn>| {
+        code.extend([
+            movr(R1, R6),
+            Insn::LdMap { dst: R2, map: 1 },
+            movr(R3, R10),
+            Insn::Alu64 {
+                op: AluOp::Add,
+                dst: R3,
+                src: Src::Imm(-48),
+            },
+            mov(R4, BPF_F_INGRESS as i32),
+            call(BPF_FUNC_msg_redirect_hash),
+            Insn::Exit,
+        ])
+    };
+    let mut good = code.clone();
+    redirect(&mut good);
+    let out = run(&good, &m).unwrap();
+    assert_eq!(out.decision.verdict, Verdict::Reply(b"bX\0\0cdef".to_vec()));
+    // The same with a key one port off: no socket, SK_DROP.
+    let mut bad = code.clone();
+    bad.push(Insn::St {
+        size: Size::W,
+        dst: R10,
+        off: -48 + 36,
+        imm: 4242,
+    });
+    redirect(&mut bad);
+    let out = run(&bad, &m).unwrap();
+    assert_eq!(out.decision.verdict, Verdict::Drop);
+    assert_eq!(out.ret, SK_DROP as u64);
 }
 
 #[test]

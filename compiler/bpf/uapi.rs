@@ -90,6 +90,7 @@ pub const BPF_FUNC_msg_pull_data: i32 = 63;
 pub const BPF_FUNC_sock_hash_update: i32 = 70;
 pub const BPF_FUNC_msg_redirect_hash: i32 = 71;
 pub const BPF_FUNC_get_current_cgroup_id: i32 = 80;
+pub const BPF_FUNC_msg_push_data: i32 = 90;
 pub const BPF_FUNC_msg_pop_data: i32 = 91;
 pub const BPF_FUNC_ringbuf_output: i32 = 130;
 
@@ -110,6 +111,7 @@ pub const HELPERS: &[(i32, &str)] = &[
     (BPF_FUNC_sock_hash_update, "sock_hash_update"),
     (BPF_FUNC_msg_redirect_hash, "msg_redirect_hash"),
     (BPF_FUNC_get_current_cgroup_id, "get_current_cgroup_id"),
+    (BPF_FUNC_msg_push_data, "msg_push_data"),
     (BPF_FUNC_msg_pop_data, "msg_pop_data"),
     (BPF_FUNC_ringbuf_output, "ringbuf_output"),
 ];

@@ -1,4 +1,5 @@
-//! Rules and their actions: verdicts, `for N` (refused on `discard`), `cork N`, redirect slots, named counters.
+//! Rules and their actions: verdicts, `reply STRING` (a string of 1 to 4096 bytes),
+//! `for N` (refused on `discard` and `reply`), `cork N`, redirect slots, named counters.
 
 use super::values::{operand_kind, FieldRef, Operand, Val};
 use super::Checker;
@@ -58,6 +59,15 @@ impl Checker {
                     );
                     return None;
                 }
+                if matches!(a.kind, ActionKind::Reply(_)) {
+                    // A reply rewrites the message like a discard does: no apply_bytes.
+                    self.err(
+                        Diag::new(Code::ReplyFor, "`reply` does not take `for N`", e.span)
+                            .label("not allowed on `reply`")
+                            .help("remove `for N`: each message (each chunk of a large write) is judged and answered on its own"),
+                    );
+                    return None;
+                }
                 if matches!(
                     a.kind,
                     ActionKind::Cork(_) | ActionKind::Count(_) | ActionKind::Log
@@ -80,11 +90,7 @@ impl Checker {
             ActionKind::Pass => Verdict::Pass,
             ActionKind::Drop => Verdict::Drop,
             ActionKind::Discard => Verdict::Discard,
-            // TODO(reply): checked properly (bounds, `for N`) by the reply work.
-            ActionKind::Reply(e) => match self.expr(e)? {
-                super::values::Operand::Const(super::values::Val::Str(s)) => Verdict::Reply(s),
-                _ => return None,
-            },
+            ActionKind::Reply(e) => Verdict::Reply(self.reply_bytes(e)?),
             ActionKind::Redirect { ingress, target } => {
                 let target = match target {
                     ast::Target::Peer(_) => Target::Peer,
@@ -115,6 +121,45 @@ impl Checker {
             verdict,
             apply_bytes,
         }))
+    }
+
+    /// The bytes of `reply STRING`: a string constant of 1 to [`hir::MAX_REPLY`] bytes.
+    fn reply_bytes(&mut self, e: &ast::Expr) -> Option<Vec<u8>> {
+        match self.expr(e)? {
+            Operand::Const(Val::Str(s)) if s.is_empty() => {
+                self.err(
+                    Diag::new(Code::EmptyReply, "`reply` needs at least one byte", e.span)
+                        .label("an empty string")
+                        .help("to swallow the message without answering, write `discard`"),
+                );
+                None
+            }
+            Operand::Const(Val::Str(s)) if s.len() > hir::MAX_REPLY => {
+                self.err(
+                    Diag::new(
+                        Code::ReplyTooLong,
+                        format!("a reply holds at most {} bytes", hir::MAX_REPLY),
+                        e.span,
+                    )
+                    .label(format!("{} bytes", s.len()))
+                    .help(format!(
+                        "shorten the reply to {} bytes or fewer",
+                        hir::MAX_REPLY
+                    )),
+                );
+                None
+            }
+            Operand::Const(Val::Str(s)) => Some(s),
+            other => {
+                let kind = operand_kind(&other);
+                self.err(
+                    Diag::new(Code::ReplyNotString, "`reply` needs a string", e.span)
+                        .label(format!("this is {kind}"))
+                        .help("write the bytes the sender should read, e.g. `reply \"-ERR denied\\r\\n\";`, or a `const` holding them"),
+                );
+                None
+            }
+        }
     }
 
     fn byte_count(&mut self, e: &ast::Expr, what: &str) -> Option<u32> {

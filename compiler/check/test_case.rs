@@ -94,7 +94,7 @@ impl Checker {
                             self.err(
                                 Diag::new(Code::ExpectNotVerdict, "a test expects a verdict", action.span)
                                     .label("not a verdict")
-                                    .help("write `expect pass;`, `expect drop;`, `expect discard;`, `expect redirect to sock N;` or `expect cork N;`"),
+                                    .help("write `expect pass;`, `expect drop;`, `expect discard;`, `expect reply \"...\";`, `expect redirect to sock N;` or `expect cork N;`"),
                             );
                             ok = false;
                         }

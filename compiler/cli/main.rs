@@ -220,6 +220,13 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
                     });
                     std::fs::write(&out, &compiled.object)
                         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+                    if compiled.policy.replies() && !json {
+                        eprintln!(
+                            "note: {} replies: a loader must put every socket it filters into {} under its own 4-tuple (as `skpc exec`/`skpc run` do), else the reply finds no socket and the message is dropped; see docs/runtime.md",
+                            out.display(),
+                            skpc_abi::SOCKHASH_NAME
+                        );
+                    }
                     if json {
                         // The object is in the file; stdout says how it went.
                         let doc = json::check_doc(&src.name, &src.text, &compiled.warnings);

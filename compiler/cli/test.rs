@@ -28,7 +28,8 @@ pub struct TestArgs {
     pub window: u32,
     /// Also run the cases on the real kernel over loopback TCP (needs root): a pass must
     /// deliver the bytes, a drop must fail the send with EACCES, a discard must succeed
-    /// while the peer receives nothing.
+    /// while the peer receives nothing, a reply must succeed while the peer receives
+    /// nothing and the client reads the reply.
     #[arg(long)]
     pub kernel: bool,
 }

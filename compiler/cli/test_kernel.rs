@@ -2,9 +2,12 @@
 //!
 //! Each case becomes a real connection: a listener on the case's remote address and
 //! port, a client bound to its local address and port, the client put under the policy
-//! (a sockmap slot), one `send` of the case's payload. A pass must deliver the bytes, a
-//! drop must fail the send with EACCES, a discard must send every byte while the peer
-//! receives none of them. Cases a loopback run cannot reproduce are
+//! (a sockmap slot; for a reply, the sockhash under its own key), one `send` of the
+//! case's payload. A pass must deliver the bytes, a drop must fail the send with EACCES,
+//! a discard must send every byte while the peer receives none of them, a reply must send
+//! every byte while the peer receives none and the client reads exactly the reply, and
+//! the connection must still work after it (the same send is answered again, bytes from
+//! the peer arrive). Cases a loopback run cannot reproduce are
 //! skipped, each with the reason: addresses off the loopback, a policy that reads the
 //! sender's uid/gid/pid/cgroup/comm (the run's own process has other values), and
 //! verdicts one send cannot show (redirects, cork, `for N`).
@@ -27,10 +30,11 @@ const DISCARD_WAIT: Duration = Duration::from_millis(200);
 
 /// The verdicts one send can show.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Expect {
+enum Expect<'a> {
     Pass,
     Drop,
     Discard,
+    Reply(&'a [u8]),
 }
 
 /// What the kernel did with one case.
@@ -62,25 +66,29 @@ pub fn run(
 
 fn run_case(enf: &mut Enforcement, case: &hir::TestCase, process_fields: bool) -> Outcome {
     let m = &case.message;
-    let expect = match case.expect {
-        Decision {
-            verdict: Verdict::Pass,
-            apply_bytes: None,
-        } => Expect::Pass,
-        Decision {
-            verdict: Verdict::Drop,
-            apply_bytes: None,
-        } => Expect::Drop,
-        Decision {
-            verdict: Verdict::Discard,
-            apply_bytes: None,
-        } => Expect::Discard,
-        _ => {
-            return Outcome::Skipped(
-                "one send shows only pass, drop or discard (not redirect, cork, `for N`)".into(),
-            )
-        }
-    };
+    let expect =
+        match case.expect {
+            Decision {
+                verdict: Verdict::Pass,
+                apply_bytes: None,
+            } => Expect::Pass,
+            Decision {
+                verdict: Verdict::Drop,
+                apply_bytes: None,
+            } => Expect::Drop,
+            Decision {
+                verdict: Verdict::Discard,
+                apply_bytes: None,
+            } => Expect::Discard,
+            Decision {
+                verdict: Verdict::Reply(ref bytes),
+                apply_bytes: None,
+            } => Expect::Reply(bytes),
+            _ => return Outcome::Skipped(
+                "one send shows only pass, drop, discard or reply (not redirect, cork, `for N`)"
+                    .into(),
+            ),
+        };
     if process_fields {
         return Outcome::Skipped("the policy reads uid/gid/pid/cgroup/comm, which this run's process cannot take from the case".into());
     }
@@ -108,12 +116,23 @@ fn run_case(enf: &mut Enforcement, case: &hir::TestCase, process_fields: bool) -
     let Ok((mut server, _)) = listener.accept() else {
         return Outcome::Skipped(format!("no connection arrived on {remote}"));
     };
-    if let Err(e) = enf.insert_sock(CLIENT_SLOT, std::os::fd::AsFd::as_fd(&client)) {
-        return Outcome::Failed(format!(
-            "cannot put the client under the policy: {:#}",
-            anyhow::Error::from(e)
-        ));
-    }
+    // A reply goes to the sender's own sockhash entry: the client is put there (only
+    // there: a socket under the program in one map cannot join another, EBUSY).
+    let inserted = match expect {
+        Expect::Reply(_) => enf.insert_peer(std::os::fd::AsFd::as_fd(&client)).map(Some),
+        _ => enf
+            .insert_sock(CLIENT_SLOT, std::os::fd::AsFd::as_fd(&client))
+            .map(|()| None),
+    };
+    let peer_key = match inserted {
+        Ok(k) => k,
+        Err(e) => {
+            return Outcome::Failed(format!(
+                "cannot put the client under the policy: {:#}",
+                anyhow::Error::from(e)
+            ))
+        }
+    };
     // The case's bytes; a longer `len` is filled with 'x' (bytes the case leaves unseen).
     let mut bytes = m.payload.clone();
     bytes.resize(m.len as usize, b'x');
@@ -121,6 +140,13 @@ fn run_case(enf: &mut Enforcement, case: &hir::TestCase, process_fields: bool) -
     let outcome = match (sent, expect) {
         (Err(e), Expect::Drop) if e.raw_os_error() == Some(libc::EACCES) => Outcome::Ok,
         (Ok(n), Expect::Discard) if n == bytes.len() => received_nothing(&mut server),
+        (Ok(n), Expect::Reply(reply)) if n == bytes.len() => {
+            replied(&client, &mut server, &bytes, reply)
+        }
+        (Ok(n), Expect::Reply(_)) => Outcome::Failed(format!(
+            "expected a reply, the send took {n} of {} bytes",
+            bytes.len()
+        )),
         (Ok(n), Expect::Discard) => Outcome::Failed(format!(
             "expected a discard, the send took {n} of {} bytes",
             bytes.len()
@@ -146,12 +172,78 @@ fn run_case(enf: &mut Enforcement, case: &hir::TestCase, process_fields: bool) -
         (Err(e), Expect::Discard) => Outcome::Failed(format!(
             "expected a discard (the send succeeds), the send failed: {e}"
         )),
+        (Err(e), Expect::Reply(_)) => Outcome::Failed(format!(
+            "expected a reply (the send succeeds), the send failed: {e}"
+        )),
         (Err(e), Expect::Drop) => Outcome::Failed(format!(
             "expected a drop (EACCES), the send failed otherwise: {e}"
         )),
     };
-    let _ = enf.remove_sock(CLIENT_SLOT);
+    match peer_key {
+        Some(k) => {
+            let _ = enf.remove_peer(&k);
+        }
+        None => {
+            let _ = enf.remove_sock(CLIENT_SLOT);
+        }
+    }
     outcome
+}
+
+/// A reply's checks: the client reads exactly `reply`, the peer nothing; the connection
+/// still works: the same send is answered the same way, and bytes from the peer arrive.
+fn replied(
+    client: &std::net::TcpStream,
+    server: &mut std::net::TcpStream,
+    sent: &[u8],
+    reply: &[u8],
+) -> Outcome {
+    let mut client = match client.try_clone() {
+        Ok(c) => c,
+        Err(e) => return Outcome::Failed(format!("cannot read the client: {e}")),
+    };
+    let read_reply = |client: &mut std::net::TcpStream| -> Result<(), String> {
+        let _ = client.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut got = vec![0u8; reply.len()];
+        client
+            .read_exact(&mut got)
+            .map_err(|e| format!("expected a reply, the client read no reply: {e}"))?;
+        if got != reply {
+            return Err(format!(
+                "expected a reply, the client read {:?}",
+                String::from_utf8_lossy(&got)
+            ));
+        }
+        match received_nothing(client) {
+            Outcome::Ok => Ok(()),
+            _ => Err("expected a reply, the client read more than the reply".into()),
+        }
+    };
+    if let Err(e) = read_reply(&mut client) {
+        return Outcome::Failed(e);
+    }
+    if let Outcome::Failed(e) = received_nothing(server) {
+        return Outcome::Failed(e.replace("discard", "reply"));
+    }
+    // Nothing stuck to the socket: the same send is answered again.
+    match skpc_runtime::net::send_once(&client, sent) {
+        Ok(n) if n == sent.len() => {}
+        Ok(n) => return Outcome::Failed(format!("after the reply, a send took {n} bytes")),
+        Err(e) => return Outcome::Failed(format!("after the reply, a send failed: {e}")),
+    }
+    if let Err(e) = read_reply(&mut client) {
+        return Outcome::Failed(format!("after the reply: {e}"));
+    }
+    // And the peer can still talk to the client.
+    if let Err(e) = std::io::Write::write_all(server, b"ok") {
+        return Outcome::Failed(format!("after the reply, the peer cannot write: {e}"));
+    }
+    let mut ok = [0u8; 2];
+    match client.read_exact(&mut ok) {
+        Ok(()) if &ok == b"ok" => Outcome::Ok,
+        Ok(()) => Outcome::Failed("after the reply, the client read other bytes".into()),
+        Err(e) => Outcome::Failed(format!("after the reply, the client read nothing: {e}")),
+    }
 }
 
 /// A discard's check on the peer: no byte arrives within [`DISCARD_WAIT`].

@@ -75,6 +75,10 @@ codes! {
     DiscardFor = "E0221", Error, "`discard for N`: a discard empties the message, which `for N` (apply_bytes) must not be combined with";
     EndsWithNotApplicable = "E0222", Error, "`ends with` on a field that is not a protocol string field";
     EmptyText = "E0223", Error, "an empty string compared with a protocol field (a field with a value is never empty)";
+    ReplyNotString = "E0230", Error, "`reply` with a value that is not a string";
+    EmptyReply = "E0231", Error, "`reply \"\"`: an empty reply (write `discard` to answer nothing)";
+    ReplyTooLong = "E0232", Error, "a reply longer than 4096 bytes";
+    ReplyFor = "E0233", Error, "`reply ... for N`: a reply rewrites the message, which `for N` (apply_bytes) must not be combined with";
     DefaultNotVerdict = "E0301", Error, "`default` without a verdict";
     SecondDefault = "E0302", Error, "a second `default`";
     DuplicateTestName = "E0303", Error, "two test cases with the same name";

@@ -21,6 +21,11 @@
 //!   the kernel drops the message.
 //! - `discard` is its own verdict: the kernel pops the whole message and passes nothing,
 //!   which user space sees as a send that succeeded and a peer that got nothing.
+//! - `reply STRING` is its own verdict too, carrying its bytes: the kernel rewrites the
+//!   message to exactly those bytes and redirects it to the sender's own receive queue,
+//!   which user space sees as a send that succeeded, a peer that got nothing and a sender
+//!   that reads STRING. It does not depend on the message's bytes (not even unseen ones,
+//!   past the payload a message gives: the reply overwrites them).
 //! - `redirect [ingress] to peer` redirects to the other end of a local connection (found
 //!   by the swapped 4-tuple), to its receive queue with `ingress`, else out of it.
 

@@ -29,6 +29,19 @@ pub struct Policy {
     pub tests: Vec<TestCase>,
 }
 
+impl Policy {
+    /// Whether a rule or the default replies: the program then redirects to the sender's
+    /// own sockhash entry, which whoever loads the object must fill.
+    pub fn replies(&self) -> bool {
+        let reply = |d: &Decision| matches!(d.verdict, Verdict::Reply(_));
+        reply(&self.default.decision)
+            || self.rules.iter().any(|r| match &r.action {
+                Action::Decide(d) => reply(d),
+                Action::Count { .. } | Action::Log => false,
+            })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DefaultRule {
     pub decision: Decision,
@@ -87,6 +100,9 @@ pub struct Decision {
     /// `for N`: `bpf_msg_apply_bytes(N)` before returning.
     pub apply_bytes: Option<u32>,
 }
+
+/// The longest `reply STRING` the checker accepts, in bytes.
+pub const MAX_REPLY: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Verdict {

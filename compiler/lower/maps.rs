@@ -125,6 +125,8 @@ pub(super) fn define(policy: &hir::Policy, index: &Index) -> (Vec<MapSpec>, Maps
         4,
         skpc_abi::SOCKMAP_SLOTS,
     );
+    // Every policy has the sockhash: the SOCK_OPS program fills it, `redirect to peer`
+    // looks up the swapped 4-tuple and `reply` the sender's own.
     let sockhash = list.define(
         MapKind::Sockhash,
         BPF_MAP_TYPE_SOCKHASH,

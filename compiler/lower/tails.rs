@@ -1,6 +1,6 @@
 //! What happens once a rule decides: the shared verdict tails (one per distinct decision,
 //! reached with the rule's counter slot in `SLOT`), the counters, the decisions
-//! themselves (verdicts, `discard`, redirects, `for N`, `cork N`) and `log` records.
+//! themselves (verdicts, `discard`, `reply`, redirects, `for N`, `cork N`) and `log` records.
 
 use skpc_abi::{Counter, LogRecord};
 
@@ -108,8 +108,7 @@ impl Gen {
                 self.call(BPF_FUNC_msg_pop_data);
                 self.ret(SK_PASS);
             }
-            // TODO(reply): rewrite and redirect to the sender (the reply work).
-            Verdict::Reply(_) => self.ret(SK_DROP),
+            Verdict::Reply(bytes) => self.reply(bytes),
             Verdict::Cork(n) => {
                 self.mov64(Reg::R1, Src::Reg(self.ctx()));
                 self.mov32(Reg::R2, *n);
@@ -160,6 +159,99 @@ impl Gen {
                 self.call(BPF_FUNC_msg_redirect_hash);
                 self.emit(Insn::Exit);
             }
+        }
+    }
+
+    /// `reply STRING`: rewrite the message to `bytes` and redirect it to the sender's own
+    /// receive queue. With N = size and M = bytes.len(): pop the N-M bytes past M (N > M)
+    /// or push M-N bytes at the end (N < M), pull 0..M, write the bytes through `data`,
+    /// then `bpf_msg_redirect_hash(msg, sockhash, &own_key, BPF_F_INGRESS)`, whose result
+    /// is the verdict. Every failure (a helper's error, a failed bounds check) drops: the
+    /// message must never reach the peer. The context lives in CTX (a reply reads it after
+    /// calls, see `needs_helper_before_verdict`); N is kept in r8, whose cached field no
+    /// one reads once a tail runs.
+    fn reply(&mut self, bytes: &[u8]) {
+        let m = bytes.len() as i32;
+        let n = Reg::R8;
+        let (grow, pull, fail) = (self.label(), self.label(), self.label());
+        self.ctx_ld(n, SK_MSG_MD_SIZE);
+        self.jmp32(JmpOp::Jlt, n, m, grow);
+        self.jmp32(JmpOp::Jeq, n, m, pull);
+        // N > M: pop the N - M bytes after the first M.
+        self.mov64(Reg::R1, Src::Reg(self.ctx()));
+        self.mov32(Reg::R2, m as u32);
+        self.mov64(Reg::R3, Src::Reg(n));
+        self.alu64(AluOp::Sub, Reg::R3, Src::Imm(m));
+        self.mov64(Reg::R4, Src::Imm(0));
+        self.call(BPF_FUNC_msg_pop_data);
+        self.jmp64(JmpOp::Jne, Reg::R0, Src::Imm(0), fail);
+        self.goto(pull);
+        // N < M: push M - N bytes at the end.
+        self.place(grow);
+        self.mov64(Reg::R1, Src::Reg(self.ctx()));
+        self.mov64(Reg::R2, Src::Reg(n));
+        self.mov32(Reg::R3, m as u32);
+        self.alu64(AluOp::Sub, Reg::R3, Src::Reg(n));
+        self.mov64(Reg::R4, Src::Imm(0));
+        self.call(BPF_FUNC_msg_push_data);
+        self.jmp64(JmpOp::Jne, Reg::R0, Src::Imm(0), fail);
+        // The message has M bytes now: make them readable (and writable) through data.
+        self.place(pull);
+        self.mov64(Reg::R1, Src::Reg(self.ctx()));
+        self.mov64(Reg::R2, Src::Imm(0));
+        self.mov32(Reg::R3, m as u32);
+        self.mov64(Reg::R4, Src::Imm(0));
+        self.call(BPF_FUNC_msg_pull_data);
+        self.jmp64(JmpOp::Jne, Reg::R0, Src::Imm(0), fail);
+        // Every data pointer is new after the calls: load both and check the bounds.
+        let ctx = self.ctx();
+        self.ldx(Size::DW, Reg::R2, ctx, SK_MSG_MD_DATA);
+        self.ldx(Size::DW, Reg::R3, ctx, SK_MSG_MD_DATA_END);
+        self.mov64(Reg::R4, Src::Reg(Reg::R2));
+        self.alu64(AluOp::Add, Reg::R4, Src::Imm(m));
+        self.jmp64(JmpOp::Jgt, Reg::R4, Src::Reg(Reg::R3), fail);
+        self.write_bytes(Reg::R2, bytes);
+        // The sender's own key (not swapped), ingress: the sender reads the bytes.
+        self.sock_key(SK_MSG_LAYOUT, false);
+        self.mov64(Reg::R1, Src::Reg(self.ctx()));
+        self.ld_map(Reg::R2, self.maps.sockhash);
+        self.stack_ptr(Reg::R3, STACK_SOCK_KEY);
+        self.mov64(Reg::R4, Src::Imm(BPF_F_INGRESS as i32));
+        self.call(BPF_FUNC_msg_redirect_hash);
+        self.emit(Insn::Exit);
+        self.place(fail);
+        self.ret(SK_DROP);
+    }
+
+    /// Stores `bytes` at `*(ptr + 0..)`: 8 bytes at a time (a store of an immediate when
+    /// the double word is a sign-extended 32-bit one, else ld_imm64 into r1 and a store),
+    /// then 4, 2 and 1. Clobbers r1.
+    fn write_bytes(&mut self, ptr: Reg, bytes: &[u8]) {
+        let mut off = 0usize;
+        while off < bytes.len() {
+            let rest = bytes.len() - off;
+            let (size, n) = match rest {
+                8.. => (Size::DW, 8),
+                4..=7 => (Size::W, 4),
+                2..=3 => (Size::H, 2),
+                _ => (Size::B, 1),
+            };
+            let mut le = [0u8; 8];
+            le[..n].copy_from_slice(&bytes[off..off + n]);
+            let v = u64::from_le_bytes(le);
+            let at = off as i16;
+            match size {
+                Size::DW if v as i64 != v as i32 as i64 => {
+                    self.emit(Insn::LdImm64 {
+                        dst: Reg::R1,
+                        imm: v,
+                    });
+                    self.stx(Size::DW, ptr, at, Reg::R1);
+                }
+                // The kernel stores the low `n` bytes of the (sign-extended) immediate.
+                _ => self.st(size, ptr, at, v as u32 as i32),
+            }
+            off += n;
         }
     }
 

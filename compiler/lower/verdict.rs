@@ -212,9 +212,11 @@ pub(super) fn needs_helper_before_verdict(policy: &hir::Policy, options: Options
         Test::Payload { .. } | Test::Comm { .. } | Test::Proto(_) | Test::Text { .. } => true,
     };
     // `discard` and `cork` call their helper last, with nothing read from the context
-    // after it, so they do not count; `for N` and field slots read it after a call.
+    // after it, so they do not count; `for N`, field slots and `reply` (data, data_end
+    // and the key after pop/push/pull) read it after a call.
     let decision_calls = |d: &Decision| {
         d.apply_bytes.is_some()
+            || matches!(d.verdict, Verdict::Reply(_))
             || matches!(
                 d.verdict,
                 Verdict::Redirect {

@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 
+use skpc_abi::SockKey;
+
 use crate::bpf::uapi::*;
 use crate::hir::Message;
 
@@ -62,4 +64,40 @@ pub(super) fn context(
     c[SK_MSG_MD_SK as usize..SK_MSG_MD_SK as usize + 8]
         .copy_from_slice(&0xdead_0000_0000_0000u64.to_ne_bytes());
     Ok(c)
+}
+
+/// The sender's own sockhash key, as the SOCK_OPS program stores it: the addresses as
+/// network-order words, the ports in host order; a socket whose two addresses are
+/// IPv4-mapped is keyed as AF_INET.
+pub(super) fn own_key(msg: &Message) -> SockKey {
+    let word = |o: &[u8]| u32::from_ne_bytes([o[0], o[1], o[2], o[3]]);
+    let words = |ip: IpAddr| -> [u32; 4] {
+        match ip {
+            IpAddr::V4(a) => [word(&a.octets()), 0, 0, 0],
+            IpAddr::V6(a) => {
+                let o = a.octets();
+                [
+                    word(&o[0..4]),
+                    word(&o[4..8]),
+                    word(&o[8..12]),
+                    word(&o[12..16]),
+                ]
+            }
+        }
+    };
+    let mapped = |ip: IpAddr| match ip {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map(IpAddr::V4),
+        IpAddr::V4(_) => None,
+    };
+    let (family, local, remote) = match (mapped(msg.local_ip), mapped(msg.remote_ip)) {
+        (Some(l), Some(r)) if msg.family == skpc_abi::AF_INET6 => (skpc_abi::AF_INET, l, r),
+        _ => (msg.family, msg.local_ip, msg.remote_ip),
+    };
+    SockKey {
+        family,
+        local_ip: words(local),
+        remote_ip: words(remote),
+        local_port: msg.local_port as u32,
+        remote_port: msg.remote_port as u32,
+    }
 }

@@ -57,6 +57,9 @@ pub enum VmError {
     IndexWritten,
     #[error("the program wrote into the read-only context at offset {offset}")]
     ContextWritten { offset: usize },
+    /// Something the program did that the VM's message model does not cover.
+    #[error("the VM does not model {0}")]
+    Unmodelled(&'static str),
     #[error("the program returned {0}; an SK_MSG program returns SK_PASS (1) or SK_DROP (0)")]
     BadReturn(u64),
 }

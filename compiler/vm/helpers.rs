@@ -1,5 +1,6 @@
 //! The helper models: what `bpf_map_lookup_elem`, `bpf_msg_pull_data`, the redirects,
-//! `apply`/`cork`, `pop_data` (whole messages only), the process helpers and `bpf_ringbuf_output` do to one run. rbpf
+//! `apply`/`cork`, `pop_data`/`push_data` (a model of the message's bytes, see
+//! [`Rewrite`]), the process helpers and `bpf_ringbuf_output` do to one run. rbpf
 //! calls helpers as plain `fn`s, so the state of the current run lives in a
 //! thread-local (one run at a time per thread), which [`Vm::run`](super::Vm::run) sets
 //! before executing and takes back after.
@@ -40,14 +41,65 @@ pub enum HelperError {
     RecordSize { size: u64 },
     #[error("short record")]
     ShortRecord,
-    /// The VM models a pop of the whole message only (what `discard` generates).
-    #[error("a pop of bytes {start}..+{len} (flags {flags:#x}) of a {size}-byte message; only the whole message (0, size, 0) is modelled")]
-    PopNotModelled {
-        start: u64,
-        len: u64,
-        flags: u64,
+    /// A pop/push/pull the message model cannot hold: more than [`REWRITE_LIMIT`] bytes
+    /// of a rewritten message, or a pull of a rewritten message wider than the VM's
+    /// scratch window.
+    #[error("{what} at {start}..+{len} of a {size}-byte message is beyond what the VM models")]
+    RewriteNotModelled {
+        what: &'static str,
+        start: u32,
+        len: u32,
         size: u32,
     },
+}
+
+/// The most bytes the model of a rewritten message holds (past them the message's bytes
+/// are not modelled; a message of `len = 4294967295` is still popped to its first bytes).
+pub(super) const REWRITE_LIMIT: usize = 1 << 20;
+
+/// A message after `bpf_msg_pop_data` or `bpf_msg_push_data` changed it: its first
+/// bytes (the given payload as the program left it, then what pushes inserted; bytes
+/// past the given payload read as zeros, as the test cases' convention has it) and its
+/// size. A pull of it copies bytes into the run's scratch region, where the program may
+/// write them; `sync` puts them back.
+#[derive(Clone, Debug)]
+pub(super) struct Rewrite {
+    pub(super) known: Vec<u8>,
+    pub(super) size: u32,
+    /// The bytes `start..end` of the message sit in the scratch region.
+    pub(super) window: Option<(u32, u32)>,
+}
+
+impl Rewrite {
+    /// Copies the scratch window (which the program may have written) back.
+    pub(super) fn sync(&mut self, scratch: u64) {
+        if let Some((start, end)) = self.window {
+            let (start, end) = (start as usize, end as usize);
+            if self.known.len() < end {
+                self.known.resize(end, 0);
+            }
+            // SAFETY: a window is at most the scratch region's length (checked by the
+            // pull that made it), and the region lives for the whole run.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    scratch as *const u8,
+                    self.known[start..end].as_mut_ptr(),
+                    end - start,
+                )
+            };
+        }
+    }
+
+    /// The message's bytes (zeros past the known ones), if the model holds them all.
+    pub(super) fn bytes(&self) -> Option<Vec<u8>> {
+        let size = self.size as usize;
+        if size > REWRITE_LIMIT {
+            return None;
+        }
+        let mut b = self.known.clone();
+        b.resize(size, 0);
+        Some(b)
+    }
 }
 
 pub(super) struct RunState {
@@ -78,10 +130,18 @@ pub(super) struct RunState {
     pub(super) events: Vec<LogRecord>,
     pub(super) pulls: Vec<Pull>,
     pub(super) redirect: Option<(Redirect, u64)>,
+    /// The sender's own sockhash key, and its peer's.
+    pub(super) own_key: SockKey,
+    /// The message after a pop or push (none before the first).
+    pub(super) rewrite: Option<Rewrite>,
+    /// The region a pull of a rewritten message copies bytes into.
+    pub(super) scratch: u64,
+    pub(super) scratch_len: usize,
+    /// A pull of bytes the message does not give succeeds (they read as zeros): the
+    /// second run of [`Vm::run`](super::Vm::run), for a reply to such a message.
+    pub(super) unseen_readable: bool,
     pub(super) apply: Option<u32>,
     pub(super) cork: Option<u32>,
-    /// The whole message was popped (`discard`): nothing of it leaves.
-    pub(super) popped: bool,
     pub(super) calls: Vec<i32>,
     /// The first call a model refused: the helper and why.
     pub(super) error: Option<(i32, HelperError)>,
@@ -137,6 +197,37 @@ impl RunState {
                 given: k.name(),
                 expected: want.name(),
             }),
+        }
+    }
+
+    /// The message as a [`Rewrite`], made from the given bytes (as the program may have
+    /// written them) on the first pop or push; the scratch window synced back.
+    fn rewrite(&mut self) -> &mut Rewrite {
+        let scratch = self.scratch;
+        let (buf, buf_len, size) = (self.buf, self.buf_len, self.size);
+        let r = self.rewrite.get_or_insert_with(|| {
+            let n = buf_len.min(size as usize);
+            let mut known = vec![0u8; n];
+            // SAFETY: buf holds buf_len bytes for the whole run.
+            unsafe { std::ptr::copy_nonoverlapping(buf as *const u8, known.as_mut_ptr(), n) };
+            Rewrite {
+                known,
+                size,
+                window: None,
+            }
+        });
+        r.sync(scratch);
+        r.window = None;
+        r
+    }
+
+    /// data = data_end: the kernel recomputes both after a pop or push; the program must
+    /// pull before it reads again.
+    fn empty_window(&self) {
+        // SAFETY: ctx is the 80-byte context of this run.
+        unsafe {
+            ((self.ctx + SK_MSG_MD_DATA as u64) as *mut u64).write_unaligned(self.scratch);
+            ((self.ctx + SK_MSG_MD_DATA_END as u64) as *mut u64).write_unaligned(self.scratch);
         }
     }
 
@@ -223,7 +314,45 @@ fn h_msg_pull_data(msg: u64, start: u64, end: u64, flags: u64, _: u64) -> u64 {
         st.check_ctx(msg)?;
         // u32 arguments, as the helper's prototype says.
         let (start, end) = (start as u32, end as u32);
-        let result = if flags != 0 || end <= start || start >= st.size || end > st.size {
+        let size = st.rewrite.as_ref().map_or(st.size, |r| r.size);
+        let unseen = st.rewrite.is_none() && end as usize > st.buf_len;
+        if flags == 0
+            && start < end
+            && end <= size
+            && (st.rewrite.is_some() || (unseen && st.unseen_readable))
+        {
+            // A rewritten message: its bytes start..end go to the scratch region.
+            let (scratch, scratch_len) = (st.scratch, st.scratch_len);
+            let r = st.rewrite();
+            if (end - start) as usize > scratch_len {
+                return Err(HelperError::RewriteNotModelled {
+                    what: "a pull",
+                    start,
+                    len: end - start,
+                    size,
+                });
+            }
+            let mut bytes = vec![0u8; (end - start) as usize];
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b = r.known.get(start as usize + i).copied().unwrap_or(0);
+            }
+            r.window = Some((start, end));
+            // SAFETY: the scratch region holds scratch_len bytes; ctx is 80 bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), scratch as *mut u8, bytes.len());
+                ((st.ctx + SK_MSG_MD_DATA as u64) as *mut u64).write_unaligned(scratch);
+                ((st.ctx + SK_MSG_MD_DATA_END as u64) as *mut u64)
+                    .write_unaligned(scratch + bytes.len() as u64);
+            }
+            st.pulls.push(Pull {
+                start,
+                end,
+                flags,
+                result: 0,
+            });
+            return Ok(0);
+        }
+        let result = if flags != 0 || end <= start || start >= size || end > size {
             -EINVAL
         } else if end as usize > st.buf_len {
             // Bytes the message does not give (its `len` is larger than its payload).
@@ -278,8 +407,10 @@ fn h_msg_redirect_hash(msg: u64, map: u64, key: u64, flags: u64, _: u64) -> u64 
             local_port: w(9),
             remote_port: w(10),
         };
-        // The peer is assumed to be in the sockhash (both ends enforced).
-        let ret = if flags & !BPF_F_INGRESS == 0 {
+        // The sender and its peer are in the sockhash (both ends enforced, every socket
+        // under its own key); any other key finds no socket.
+        let known = key == st.own_key || key == st.own_key.peer();
+        let ret = if known && flags & !BPF_F_INGRESS == 0 {
             SK_PASS
         } else {
             SK_DROP
@@ -308,23 +439,57 @@ fn h_msg_cork_bytes(msg: u64, bytes: u64, _: u64, _: u64, _: u64) -> u64 {
 fn h_msg_pop_data(msg: u64, start: u64, len: u64, flags: u64, _: u64) -> u64 {
     with_state(BPF_FUNC_msg_pop_data, |st| {
         st.check_ctx(msg)?;
-        // Only what `discard` generates: every byte, no flags, once. A partial pop would
-        // need the kernel's scatterlist surgery, which the VM does not model.
-        if start != 0 || len != st.size as u64 || flags != 0 || st.popped {
-            return Err(HelperError::PopNotModelled {
+        // u32 arguments, as the helper's prototype says. The kernel refuses flags, a start
+        // past the last byte and an end past the message.
+        let (start, len) = (start as u32, len as u32);
+        let size = st.rewrite.as_ref().map_or(st.size, |r| r.size);
+        // The whole message, what `discard` pops, always goes (even an empty one, which
+        // the kernel never hands the program).
+        let whole = start == 0 && len == size;
+        if flags != 0 || !whole && (start >= size || start as u64 + len as u64 > size as u64) {
+            return Ok((-EINVAL) as u64);
+        }
+        let r = st.rewrite();
+        let (s, e) = (start as usize, start as usize + len as usize);
+        if s < r.known.len() {
+            let e = e.min(r.known.len());
+            r.known.drain(s..e);
+        }
+        r.size -= len;
+        st.empty_window();
+        Ok(0)
+    })
+}
+
+fn h_msg_push_data(msg: u64, start: u64, len: u64, flags: u64, _: u64) -> u64 {
+    with_state(BPF_FUNC_msg_push_data, |st| {
+        st.check_ctx(msg)?;
+        let (start, len) = (start as u32, len as u32);
+        let size = st.rewrite.as_ref().map_or(st.size, |r| r.size);
+        if flags != 0 || start > size || size as u64 + len as u64 > u32::MAX as u64 {
+            return Ok((-EINVAL) as u64);
+        }
+        if len == 0 {
+            return Ok(0);
+        }
+        let r = st.rewrite();
+        if start as usize + len as usize > REWRITE_LIMIT {
+            return Err(HelperError::RewriteNotModelled {
+                what: "a push",
                 start,
                 len,
-                flags,
-                size: st.size,
+                size,
             });
         }
-        st.popped = true;
-        // The kernel empties the message; no pulled bytes remain readable.
-        // SAFETY: ctx is the 80-byte context of this run.
-        unsafe {
-            ((st.ctx + SK_MSG_MD_DATA as u64) as *mut u64).write_unaligned(st.buf);
-            ((st.ctx + SK_MSG_MD_DATA_END as u64) as *mut u64).write_unaligned(st.buf);
+        // The kernel's new bytes are whatever its fresh page holds; zeros here.
+        if r.known.len() < start as usize {
+            r.known.resize(start as usize, 0);
         }
+        let at = start as usize;
+        r.known
+            .splice(at..at, std::iter::repeat(0u8).take(len as usize));
+        r.size += len;
+        st.empty_window();
         Ok(0)
     })
 }
@@ -391,6 +556,7 @@ pub(super) const HELPERS: &[(i32, Helper)] = &[
     (BPF_FUNC_msg_apply_bytes, h_msg_apply_bytes),
     (BPF_FUNC_msg_cork_bytes, h_msg_cork_bytes),
     (BPF_FUNC_msg_pop_data, h_msg_pop_data),
+    (BPF_FUNC_msg_push_data, h_msg_push_data),
     (BPF_FUNC_get_current_uid_gid, h_get_current_uid_gid),
     (BPF_FUNC_get_current_pid_tgid, h_get_current_pid_tgid),
     (BPF_FUNC_get_current_cgroup_id, h_get_current_cgroup_id),

@@ -27,6 +27,12 @@
 //!   window exactly as the kernel sets them, so bounds checks in the program take the
 //!   same branches as in the kernel.
 //! - The context is read-only in the kernel: a store into it is detected after the run.
+//! - `bpf_msg_pop_data`/`bpf_msg_push_data` change a model of the message's bytes
+//!   (`helpers::Rewrite`); a pull of the changed message copies bytes into a scratch
+//!   region the program may write, and they are copied back. A message popped to nothing
+//!   that passes is a `discard`; one redirected with BPF_F_INGRESS to the sender's own
+//!   sockhash key is a `reply` of the bytes it holds then. The sockhash holds the sender
+//!   and its peer: a redirect to any other key finds no socket (SK_DROP).
 //! - Maps: `bpf_map_lookup_elem` is modelled for the counters (a zeroed PERCPU_ARRAY per
 //!   run, the deltas of one run) and the rule index as the runtime fills it: `skp_index`
 //!   (a HASH holding exactly the entries of `Lowered::index`: a hit returns a pointer to

@@ -11,13 +11,64 @@ use skpc_abi::{Counter, INDEX_READY};
 use crate::bpf::uapi::{BPF_F_INGRESS, SK_PASS};
 use crate::hir::{Decision, Message, SockSlot, Target, Verdict};
 
-use super::context::{context, CONTEXT_SIZE};
+use super::context::{context, own_key, CONTEXT_SIZE};
 use super::helpers::{helper_name, RunState, HELPERS, STATE};
 use super::{IndexState, Redirect, RunConfig, Vm, VmError, VmOutcome, MAX_WINDOW};
 
+/// The size of the region a pull of a rewritten message copies bytes into: a reply is at
+/// most `hir::MAX_REPLY` bytes; a wider pull is refused as not modelled.
+const SCRATCH: usize = 64 * 1024;
+
+fn region8(v: &mut [u8]) -> std::ops::Range<u64> {
+    let start = v.as_mut_ptr() as u64;
+    start..start + v.len() as u64
+}
+
 impl Vm {
     /// Runs the program once on `msg`.
+    ///
+    /// Bytes past the payload a message gives (`len` larger than its payload) are unseen:
+    /// a pull that reaches them fails, so a rule that tests them is false, as the
+    /// evaluator has it. A reply does not read them but must pull the whole message
+    /// when it is exactly as long as the reply (no pop or push before): when a run drops
+    /// because its last pull, and only that one, reached unseen bytes, the program runs
+    /// again with those bytes readable as zeros, and a reply of that run (whose pulls
+    /// before the last are the first run's) is the outcome.
     pub fn run(&self, msg: &Message, cfg: &RunConfig) -> Result<VmOutcome, VmError> {
+        let strict = self.run_once(msg, cfg, false)?;
+        let unseen = |p: &crate::vm::Pull| {
+            p.result != 0
+                && p.flags == 0
+                && p.start < p.end
+                && p.end <= msg.len
+                && p.end as usize > msg.payload.len()
+        };
+        let only_last_unseen = match strict.pulls.split_last() {
+            Some((last, before)) => unseen(last) && before.iter().all(|p| p.result == 0),
+            None => false,
+        };
+        if strict.decision.verdict != Verdict::Drop || !only_last_unseen {
+            return Ok(strict);
+        }
+        match self.run_once(msg, cfg, true) {
+            Ok(second)
+                if matches!(second.decision.verdict, Verdict::Reply(_))
+                    && second.pulls.len() == strict.pulls.len()
+                    && second.pulls[..second.pulls.len() - 1]
+                        == strict.pulls[..strict.pulls.len() - 1] =>
+            {
+                Ok(second)
+            }
+            _ => Ok(strict),
+        }
+    }
+
+    fn run_once(
+        &self,
+        msg: &Message,
+        cfg: &RunConfig,
+        unseen_readable: bool,
+    ) -> Result<VmOutcome, VmError> {
         if (msg.payload.len() as u64) > msg.len as u64 {
             return Err(VmError::PayloadLongerThanMessage {
                 payload: msg.payload.len(),
@@ -85,6 +136,10 @@ impl Vm {
         let ready_range = region(&mut ready);
         let ports_range = region(&mut port_values);
 
+        // Where a pull of a rewritten message (after a pop or push) puts its bytes.
+        let mut scratch = vec![0u8; SCRATCH];
+        let scratch_range = region8(&mut scratch);
+        let own = own_key(msg);
         let state = RunState {
             ctx: ctx_ptr as u64,
             buf: buf_ptr,
@@ -109,9 +164,13 @@ impl Vm {
             events: Vec::new(),
             pulls: Vec::new(),
             redirect: None,
+            own_key: own,
+            rewrite: None,
+            scratch: scratch_range.start,
+            scratch_len: SCRATCH,
+            unseen_readable,
             apply: None,
             cork: None,
-            popped: false,
             calls: Vec::new(),
             error: None,
         };
@@ -129,7 +188,13 @@ impl Vm {
             vm.register_helper(*id as u32, *f)
                 .map_err(VmError::HelperRegistration)?;
         }
-        for range in [counters_range, index_range, ready_range, ports_range] {
+        for range in [
+            counters_range,
+            index_range,
+            ready_range,
+            ports_range,
+            scratch_range.clone(),
+        ] {
             if !range.is_empty() {
                 vm.register_allowed_memory(range);
             }
@@ -178,21 +243,57 @@ impl Vm {
             return Err(VmError::ContextWritten { offset });
         }
 
+        // The message as it leaves: rewritten (its scratch window synced back), or the
+        // given bytes as the program may have written them.
+        let mut rewrite = state.rewrite.clone();
+        if let Some(r) = &mut rewrite {
+            r.sync(scratch_range.start);
+        }
+        let message = || match &rewrite {
+            Some(r) => r.bytes().ok_or(VmError::Unmodelled(
+                "a rewritten message of more than 1 MiB",
+            )),
+            None if msg.len as usize <= buf.len() => Ok(buf[..msg.len as usize].to_vec()),
+            None => Err(VmError::Unmodelled(
+                "a redirect to the sender of bytes the message does not give",
+            )),
+        };
         let verdict = match ret {
             0 => Verdict::Drop,
-            // A popped message that passes is a discard: nothing of it is left to send.
-            1 if state.popped => Verdict::Discard,
             1 => match (&state.redirect, state.cork) {
                 (Some((r, ok)), _) if *ok == SK_PASS as u64 => match r {
                     Redirect::Map { key, flags } => Verdict::Redirect {
                         ingress: flags & BPF_F_INGRESS != 0,
                         target: Target::Sock(SockSlot::Const(*key)),
                     },
+                    // To its own receive queue: the sender reads the (rewritten) message.
+                    // A connection to itself (its peer's key is its own) whose message the
+                    // program left as it was is a redirect to the peer.
+                    Redirect::Hash { key, flags }
+                        if *key == state.own_key
+                            && (state.own_key != state.own_key.peer()
+                                || rewrite.is_some()
+                                || buf != msg.payload) =>
+                    {
+                        if flags & BPF_F_INGRESS == 0 {
+                            return Err(VmError::Unmodelled(
+                                "an egress redirect to the sender's own socket",
+                            ));
+                        }
+                        Verdict::Reply(message()?)
+                    }
                     Redirect::Hash { flags, .. } => Verdict::Redirect {
                         ingress: flags & BPF_F_INGRESS != 0,
                         target: Target::Peer,
                     },
                 },
+                // A message popped to nothing that passes is a discard: nothing is sent.
+                _ if rewrite.as_ref().is_some_and(|r| r.size == 0) => Verdict::Discard,
+                _ if rewrite.is_some() => {
+                    return Err(VmError::Unmodelled(
+                        "a rewritten message passed to the peer",
+                    ))
+                }
                 (_, Some(n)) => Verdict::Cork(n),
                 _ => Verdict::Pass,
             },

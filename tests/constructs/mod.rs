@@ -17,6 +17,8 @@ pub const CONSTRUCTS: &[(&str, &str)] = &[
     ("cork", "cork 16 if len < 16 and remote.port == 5432;"),
     ("discard", "discard if payload starts with \"PING\";"),
     ("default_discard", "pass if remote.port == 443;\ndefault discard;"),
+    ("reply", "reply \"-ERR denied\\r\\n\" if payload starts with \"*1\\r\\n$8\\r\\nFLUSHALL\";"),
+    ("default_reply", "const DENIED = \"HTTP/1.1 403 Forbidden\\r\\ncontent-length: 0\\r\\n\\r\\n\";\npass if remote.port == 443;\ndefault reply DENIED;"),
     ("count", "count big if len > 64KiB;\ncount big if len > 1MiB;\ncount small if len < 100;"),
     ("log", "log if uid != 0 and port == 22;"),
     ("family", "drop if family == inet6;"),

@@ -746,7 +746,25 @@ impl Gen<'_> {
         let (base, verdict) = match self.rng.below(100) {
             0..=24 => ("pass".to_string(), Verdict::Pass),
             25..=48 => ("drop".to_string(), Verdict::Drop),
-            49..=54 => {
+            49..=51 => {
+                // `reply` takes no `for N` (E0233); 1 to 4096 bytes (a few past 8, so
+                // that the program writes double words, a few long).
+                let len = match self.rng.below(8) {
+                    0 => 1,
+                    1 => 4096,
+                    2 => self.rng.range(64, 4096) as usize,
+                    _ => self.rng.range(1, 40) as usize,
+                };
+                let bytes = self.string(len);
+                return (
+                    format!("reply {}", quote(&bytes)),
+                    Decision {
+                        verdict: Verdict::Reply(bytes),
+                        apply_bytes: None,
+                    },
+                );
+            }
+            52..=54 => {
                 // `discard` takes no `for N` (E0221).
                 return (
                     "discard".to_string(),
