@@ -86,3 +86,101 @@ fn the_windows_are_the_bounds() {
     assert_eq!(parse(Proto::Pg, b""), None);
     assert_eq!(parse(Proto::Tls, b""), None);
 }
+
+#[test]
+fn the_docs_bounds_table_lists_exactly_fields_bounds() {
+    use crate::fields::bounds::*;
+    let docs = include_str!("../../../docs/language.md");
+    let section = docs.split("\n### Bounds\n").nth(1).unwrap_or("");
+    let section = section.split("\n### ").next().unwrap_or("");
+    let mut documented: Vec<(String, u32)> = section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split(" | ").collect();
+            let name = cells.first()?.trim_start_matches("| ").trim_matches('`');
+            Some((name.to_string(), cells.get(1)?.parse().ok()?))
+        })
+        .collect();
+    let mut bounds: Vec<(String, u32)> = [
+        ("HTTP_WINDOW", HTTP_WINDOW),
+        ("HTTP_METHOD_MAX", HTTP_METHOD_MAX),
+        ("HTTP_TARGET_MAX", HTTP_TARGET_MAX),
+        ("HTTP_HOST_MAX", HTTP_HOST_MAX),
+        ("SPACES_MAX", SPACES_MAX),
+        ("REDIS_WINDOW", REDIS_WINDOW),
+        ("REDIS_COUNT_DIGITS_MAX", REDIS_COUNT_DIGITS_MAX),
+        ("REDIS_COMMAND_MAX", REDIS_COMMAND_MAX),
+        ("REDIS_KEY_MAX", REDIS_KEY_MAX),
+        ("PG_WINDOW", PG_WINDOW),
+        ("PG_LENGTH_MAX", PG_LENGTH_MAX),
+        ("PG_NAME_MAX", PG_NAME_MAX),
+        ("TLS_WINDOW", TLS_WINDOW),
+        ("TLS_EXTENSIONS_MAX", TLS_EXTENSIONS_MAX),
+        ("TLS_SNI_MAX", TLS_SNI_MAX),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), *v))
+    .collect();
+    documented.sort();
+    bounds.sort();
+    assert_eq!(documented, bounds, "docs/language.md's Protocols bounds");
+}
+
+/// The examples of docs/language.md's Protocols section check cleanly and mean what the
+/// section says, on real messages.
+#[test]
+fn the_docs_examples_mean_what_they_say() {
+    use crate::hir::Message;
+    let src = r#"
+        const r = 1;
+        drop if redis.command in {"FLUSHALL", "FLUSHDB", "CONFIG"};
+        drop if http.method == "DELETE" and http.path starts with "/admin";
+        pass if tls.sni ends with {".example.com", ".example.org"};
+        drop if pg and pg.user == "postgres" and not remote.ip in 10.0.0.0/8;
+        cork 1 if http and http.host != "a";
+        redirect to sock r if not tls.sni ends with ".internal";
+        default pass;
+    "#;
+    let (policy, diags) = crate::check::check(src);
+    assert!(diags.is_empty(), "{diags:?}");
+    let policy = policy.expect("checks");
+    let rule = |payload: &[u8]| {
+        let msg = Message {
+            len: payload.len() as u32,
+            payload: payload.to_vec(),
+            ..Message::default()
+        };
+        match crate::eval::eval(&policy, &msg).fired {
+            crate::eval::Fired::Rule(i) => Some(i),
+            crate::eval::Fired::Default => None,
+        }
+    };
+    assert_eq!(rule(b"*1\r\n$8\r\nflushall\r\n"), Some(0));
+    assert_eq!(rule(b"config get *\r\n"), Some(0));
+    assert_eq!(
+        rule(b"DELETE /admin/x HTTP/1.1\r\nHost: a\r\n\r\n"),
+        Some(1)
+    );
+    assert_eq!(rule(CLIENT_HELLO), Some(2));
+    assert_eq!(
+        rule(b"\x00\x00\x00\x22\x00\x03\x00\x00user\x00postgres\x00database\x00d\x00\x00"),
+        Some(3)
+    );
+    assert_eq!(rule(b"GET / HTTP/1.1\r\nHost: B\r\n\r\n"), Some(4));
+    // `!=` is `not ==`: a message that is not HTTP has no host, so `http.host != "a"`
+    // holds for it; `not ... ends with` holds for a message that is not TLS.
+    assert_eq!(rule(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Some(5));
+    assert_eq!(rule(b"hello"), Some(5));
+    let (policy, _) = crate::check::check("drop if http.host != \"a\";");
+    let policy = policy.expect("checks");
+    let hello = Message {
+        len: 5,
+        payload: b"hello".to_vec(),
+        ..Message::default()
+    };
+    assert_eq!(
+        crate::eval::eval(&policy, &hello).fired,
+        crate::eval::Fired::Rule(0)
+    );
+}
