@@ -306,11 +306,113 @@ fn generated_sources_exercise_every_construct() {
         "\\x",
         "true",
         "false",
+        "http",
+        "http.method",
+        "http.path",
+        "http.host",
+        "redis.command",
+        "redis.key",
+        "pg.user",
+        "pg.database",
+        "tls.sni",
+        "ends with",
+        "redis.command in {",
     ] {
         assert!(
             all.contains(needle),
             "no generated policy contains {needle:?}"
         );
+    }
+}
+
+/// The protocol conditions the generator writes are clean for the checker (no W0005: the
+/// literals are in the field's case and bound), and a good share of the messages it aims
+/// at a policy make one of its protocol field tests hold (and a good share none).
+#[test]
+fn generated_protocol_conditions_are_clean_and_often_match() {
+    use policygen::{GCond, Sem};
+    fn atoms<'a>(c: &'a GCond, out: &mut Vec<&'a Sem>) {
+        match c {
+            GCond::Atom(_, s) => out.push(s),
+            GCond::Not(c) => atoms(c, out),
+            GCond::And(cs) | GCond::Or(cs) => cs.iter().for_each(|c| atoms(c, out)),
+        }
+    }
+    let mut rng = Rng::new(policygen::seed(DEFAULT_SEED));
+    let (mut held, mut tried, mut policies) = (0usize, 0usize, 0usize);
+    for _ in 0..400 {
+        let (p, pool) = gen_policy(&mut rng);
+        let mut sems = Vec::new();
+        for r in &p.rules {
+            if let Some(c) = &r.cond {
+                atoms(c, &mut sems);
+            }
+        }
+        let texts: Vec<&Sem> = sems
+            .into_iter()
+            .filter(|s| matches!(s, Sem::Text { negate: false, .. }))
+            .collect();
+        if texts.is_empty() {
+            continue;
+        }
+        policies += 1;
+        let src = p.source();
+        let (policy, diags) = skpc::check::check(&src);
+        assert!(policy.is_some(), "rejected:\n{src}");
+        let w5: Vec<_> = diags
+            .iter()
+            .filter(|d| d.code == skpc::diag::Code::TextNeverFits)
+            .collect();
+        assert!(
+            w5.is_empty(),
+            "W0005 on a generated literal:\n{src}\n{w5:?}"
+        );
+        for _ in 0..20 {
+            let m = gen_message(&mut rng, &pool).msg;
+            tried += 1;
+            held += usize::from(texts.iter().any(|s| policygen::sem_holds(s, &m)));
+        }
+    }
+    eprintln!("protocol conditions: {policies} policies; on {held} of {tried} messages one held");
+    assert!(
+        policies >= 50,
+        "only {policies} policies with protocol field tests"
+    );
+    assert!(
+        held * 100 >= tried * 15 && held * 100 <= tried * 85,
+        "on {held} of {tried} messages a field test held"
+    );
+}
+
+/// The generated protocol messages reach every field's bound (a value exactly
+/// `max_len` long), and their mutations break some of them.
+#[test]
+fn generated_protocol_messages_reach_every_bound() {
+    use skpc::eval::proto::parse;
+    use skpc::fields::{Proto, Text};
+    let mut rng = Rng::new(policygen::seed(DEFAULT_SEED));
+    let mut at_bound: Vec<Text> = Vec::new();
+    for proto in Proto::ALL {
+        let (mut valid, mut broken) = (0, 0);
+        for _ in 0..3000 {
+            let mut m = policygen::proto::message(&mut rng, proto);
+            if let Some(parsed) = parse(proto, &m) {
+                valid += 1;
+                for (t, v) in &parsed.texts {
+                    if v.len() == t.max_len() as usize && !at_bound.contains(t) {
+                        at_bound.push(*t);
+                    }
+                }
+            }
+            policygen::proto::mutate(&mut rng, &mut m);
+            broken += usize::from(parse(proto, &m).is_none());
+        }
+        assert!(valid > 2000, "{proto:?}: only {valid} of 3000 parse");
+        // A TLS message is one from its first 6 bytes on: few mutations break it.
+        assert!(broken > 50, "{proto:?}: only {broken} mutations break it");
+    }
+    for t in Text::ALL {
+        assert!(at_bound.contains(&t), "no {} value at its bound", t.name());
     }
 }
 

@@ -4,10 +4,13 @@
 //! Deterministic for a seed: `SKP_SEED` overrides the tests' fixed seed.
 #![allow(dead_code)]
 
+pub mod proto;
+
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use skpc::hir::{Decision, IntField, Message, SockSlot, Target, Verdict};
+use skpc::fields::{Proto, Text};
+use skpc::hir::{Decision, IntField, Message, SockSlot, Target, TextOp, Verdict};
 use skpc_abi::{AF_INET, AF_INET6};
 
 // ------------------------------------------------------------------ rng
@@ -107,6 +110,18 @@ pub enum Sem {
     Comm {
         alts: Vec<Vec<u8>>,
         prefix: bool,
+        negate: bool,
+    },
+    /// The payload is of the protocol (by the reference parsers, `eval::proto`).
+    Proto {
+        proto: Proto,
+        negate: bool,
+    },
+    /// A protocol field has a value that `op` matches against one of `alts`.
+    Text {
+        field: Text,
+        op: TextOp,
+        alts: Vec<Vec<u8>>,
         negate: bool,
     },
 }
@@ -297,7 +312,7 @@ fn net_has(net: &(IpAddr, u8), ip: IpAddr, family: u32, mapped: bool) -> bool {
     }
 }
 
-fn sem_holds(s: &Sem, m: &Message) -> bool {
+pub fn sem_holds(s: &Sem, m: &Message) -> bool {
     match s {
         Sem::Const(b) => *b,
         Sem::Int {
@@ -349,6 +364,15 @@ fn sem_holds(s: &Sem, m: &Message) -> bool {
             });
             hit != *negate
         }
+        Sem::Proto { proto, negate } => {
+            skpc::eval::proto::parse(*proto, &m.payload).is_some() != *negate
+        }
+        Sem::Text {
+            field,
+            op,
+            alts,
+            negate,
+        } => proto::text_holds(*field, *op, alts, &m.payload) != *negate,
     }
 }
 
@@ -562,6 +586,8 @@ pub struct Pool {
     /// (offset, bytes): payload slices, prefixes, bytes.
     pub strings: Vec<(u32, Vec<u8>)>,
     pub comms: Vec<Vec<u8>>,
+    /// Protocol messages the policy's protocol conditions were aimed at.
+    pub protos: Vec<Vec<u8>>,
     /// Per port/address rule of [`gen_indexed_policy`]: the ways to match it (see
     /// [`gen_indexed_message`]).
     pub targets: Vec<Vec<Hit>>,
@@ -886,6 +912,9 @@ impl Gen<'_> {
     }
 
     fn atom(&mut self) -> (String, Sem) {
+        if self.rng.pct(15) {
+            return self.proto_atom();
+        }
         match self.rng.below(100) {
             0..=2 => {
                 let b = self.rng.pct(50);
@@ -1577,6 +1606,10 @@ pub fn gen_message(rng: &mut Rng, pool: &Pool) -> Sent {
             let i = off + rng.below(n as u64) as usize;
             payload[i] ^= 1 << rng.below(8);
         }
+    }
+    if (!pool.protos.is_empty() && rng.pct(75)) || rng.pct(5) {
+        // A protocol message: one the policy's protocol conditions were aimed at.
+        payload = proto::payload(rng, &pool.protos);
     }
     m.len = payload.len() as u32;
     if rng.pct(15) {
