@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use skpc::check::check;
 use skpc::diag::render_plain;
 use skpc::hir::{
-    Action, Cond, Decision, End, IntField, Message, Net, Policy, SockSlot, Target, Test, Verdict,
+    Action, Cond, Decision, End, IntField, Message, Net, Policy, SockSlot, Target, Test, TextOp,
+    Verdict,
 };
 
 // ------------------------------------------------------------------------- helpers
@@ -128,6 +129,19 @@ fn eval_test(t: &Test, m: &Message) -> bool {
                 m.comm == *a
             }
         }),
+        // The protocol parsers are the spec (docs/language.md, Protocols): use them.
+        Test::Proto(p) => skpc::eval::proto::parse(*p, &m.payload).is_some(),
+        Test::Text { field, op, alts } => {
+            let parsed = skpc::eval::proto::parse(field.proto(), &m.payload);
+            let Some(v) = parsed.as_ref().and_then(|p| p.text(*field)) else {
+                return false;
+            };
+            alts.iter().any(|a| match op {
+                TextOp::Eq => v == a.as_slice(),
+                TextOp::StartsWith => v.starts_with(a),
+                TextOp::EndsWith => v.ends_with(a),
+            })
+        }
     }
 }
 

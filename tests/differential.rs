@@ -59,6 +59,7 @@ fn check(p: &GenPolicy, c: &Compiled, vm: &Vm, s: &Sent, counters: bool) -> Resu
             Verdict::Pass => "pass",
             Verdict::Drop => "drop",
             Verdict::Discard => "discard",
+            Verdict::Reply(_) => "reply",
             Verdict::Cork(_) => "cork",
             Verdict::Redirect {
                 target: Target::Peer,
