@@ -16,7 +16,7 @@ mod common;
 use common::{tool_in_or_skip, tool_or_skip, TempDir, TempFile};
 
 mod e2e_support;
-use e2e_support::{free_port, skpc, skpc_with_stdin, text, wait_until, Redis};
+use e2e_support::{dies_with_the_test, free_port, skpc, skpc_with_stdin, text, wait_until, Redis};
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -131,7 +131,7 @@ struct HttpServer {
 impl HttpServer {
     fn start(python: &Path) -> HttpServer {
         let log = TempFile::with_contents("http_requests", "log", b"");
-        let mut child = Command::new(python)
+        let mut child = dies_with_the_test(&mut Command::new(python))
             .args(["-c", include_str!("fixtures/http_keepalive.py")])
             .arg(&log.path)
             .stdout(Stdio::piped())
@@ -286,7 +286,7 @@ impl Postgres {
         );
         let port = free_port();
         let log = File::create(dir.join("server.log")).unwrap();
-        let child = Command::new(bin.join("postgres"))
+        let child = dies_with_the_test(&mut Command::new(bin.join("postgres")))
             .uid(uid)
             .gid(gid)
             .arg("-D")
@@ -456,7 +456,7 @@ impl TlsServer {
                 .stderr(Stdio::null()),
         );
         let port = free_port();
-        let child = Command::new(openssl)
+        let child = dies_with_the_test(&mut Command::new(openssl))
             .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
             .arg("-cert")
             .arg(&cert)

@@ -294,6 +294,23 @@ pub fn wait_until(what: &str, secs: u64, mut ready: impl FnMut() -> bool) {
     }
 }
 
+/// Makes the process `cmd` starts get SIGKILL when the thread that started it ends: a
+/// server a test starts is stopped by its owner's Drop, and by this if the test process
+/// itself was killed (no Drop runs then).
+pub fn dies_with_the_test(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls prctl, which is async-signal-safe, and allocates
+    // nothing (it runs in the forked child before exec).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A redis-server on a free loopback port, outside any skpc cgroup; killed on drop.
 pub struct Redis {
     child: Child,
@@ -304,7 +321,7 @@ pub struct Redis {
 impl Redis {
     pub fn start(server: &Path, cli: PathBuf) -> Redis {
         let port = free_port();
-        let child = Command::new(server)
+        let child = dies_with_the_test(&mut Command::new(server))
             .args([
                 "--port",
                 &port.to_string(),
