@@ -249,6 +249,56 @@ const PG_POLICY: &str = r#"const PG_DENIED = "E\x00\x00\x00\x48SFATAL\x00VFATAL\
 reply PG_DENIED if pg.user == "postgres";
 "#;
 
+/// PG_DENIED, read back from the compiled policy, is a well-formed ErrorResponse: its
+/// length counts exactly the bytes after the type byte, and its fields are the four
+/// written, then the terminating NUL. (No kernel needed: this guards the literal.)
+#[test]
+fn pg_denied_is_a_well_formed_error_response() {
+    let c = skpc::compile::compile("pg.skp", PG_POLICY).unwrap_or_else(|d| panic!("{d:?}"));
+    let reply = c
+        .policy
+        .rules
+        .iter()
+        .find_map(|r| match &r.action {
+            skpc::hir::Action::Decide(d) => match &d.verdict {
+                skpc::hir::Verdict::Reply(bytes) => Some(bytes.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("a reply rule");
+    assert_eq!(reply[0], b'E');
+    let len = u32::from_be_bytes(reply[1..5].try_into().unwrap()) as usize;
+    assert_eq!(
+        len,
+        reply.len() - 1,
+        "the length counts itself and the fields"
+    );
+    let mut fields = Vec::new();
+    let mut rest = &reply[5..];
+    while rest[0] != 0 {
+        let end = rest
+            .iter()
+            .position(|&b| b == 0)
+            .expect("a NUL-ended field");
+        fields.push((rest[0] as char, text(&rest[1..end])));
+        rest = &rest[end + 1..];
+    }
+    assert_eq!(rest, [0], "one NUL ends the fields, and the message");
+    assert_eq!(
+        fields,
+        [
+            ('S', "FATAL".to_string()),
+            ('V', "FATAL".to_string()),
+            ('C', "28000".to_string()),
+            (
+                'M',
+                "connections as postgres are not allowed here".to_string()
+            ),
+        ]
+    );
+}
+
 /// A PostgreSQL server in a temp dir (initdb'd, trust authentication), listening on
 /// 127.0.0.1 and on a socket in that dir, run as the user postgres; shut down
 /// (immediate) on drop, and its dir removed.
