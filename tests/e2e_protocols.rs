@@ -441,9 +441,10 @@ fn psql_as_postgres_gets_the_policy_fatal_error_and_other_users_connect() {
         "exec", "-e", PG_POLICY, "--", psql, &alice, "-c", "select 1",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", all(&out));
+    // (The row count line after these is in the locale's language.)
     assert_eq!(
-        lines(&text(&out.stdout)),
-        ["?column?", "----------", "1", "(1 row)"],
+        lines(&text(&out.stdout)).get(..3),
+        Some(&["?column?", "----------", "1"][..]),
         "{}",
         all(&out)
     );
@@ -560,7 +561,7 @@ fn handshake_finished(out: &Output) -> bool {
     let stdout = text(&out.stdout);
     stdout.lines().any(|l| l.starts_with("New, TLS"))
         && !stdout.contains("Cipher is (NONE)")
-        && stdout.contains("Verify return code: 18 (self-signed certificate)")
+        && stdout.contains("Verify return code: 18 (self")
 }
 
 #[test]
