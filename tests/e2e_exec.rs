@@ -4,69 +4,23 @@
 //! process left no pin directory and no cgroup behind.
 
 mod common;
+use common::tool_or_skip;
+
+mod e2e_support;
+use e2e_support::{leftovers, skpc, skpc_bin, text, Redis};
 
 mod json_contract;
 use json_contract::{documented_fields, keys};
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const SKPC: &str = env!("CARGO_BIN_EXE_skpc");
-
-fn tool_or_skip(test: &str, tool: &str, package: &str) -> Option<PathBuf> {
-    for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
-        let p = Path::new(dir).join(tool);
-        if p.exists() {
-            return Some(p);
-        }
-    }
-    if std::env::var("SKP_REQUIRE_KERNEL").as_deref() == Ok("1") {
-        panic!("{test} needs {tool} (apt-get install {package})");
-    }
-    eprintln!("skipping {test}: {tool} is not installed (apt-get install {package})");
-    None
-}
-
-/// The cgroup and pin directories a skpc process with this pid would create.
-fn leftovers(pid: u32) -> Vec<PathBuf> {
-    let prefix = format!("skpc-{pid}-");
-    let roots = [
-        skpc_runtime::cgroup2_mount().ok(),
-        skpc_runtime::bpffs_mount().ok(),
-    ];
-    roots
-        .into_iter()
-        .flatten()
-        .flat_map(|r| std::fs::read_dir(r).into_iter().flatten().flatten())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| e.path())
-        .collect()
-}
-
-/// Runs skpc to completion; asserts it left nothing behind.
-fn skpc(args: &[&str]) -> Output {
-    let child = Command::new(SKPC)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        leftovers(pid),
-        Vec::<PathBuf>::new(),
-        "skpc {args:?} left these behind"
-    );
-    out
-}
-
 /// `skpc run [FLAGS] POLICY --cgroup CGROUP --interval SECONDS`, stdout and stderr piped.
 fn spawn_run(flags: &[&str], policy: &Path, cgroup: &Path, interval: &str) -> Child {
-    Command::new(SKPC)
+    Command::new(skpc_bin())
         .arg("run")
         .args(flags)
         .arg(policy)
@@ -77,74 +31,6 @@ fn spawn_run(flags: &[&str], policy: &Path, cgroup: &Path, interval: &str) -> Ch
         .stderr(Stdio::piped())
         .spawn()
         .expect("skpc run starts")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A redis-server on a free loopback port, outside any skpc cgroup; killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-    cli: PathBuf,
-}
-
-impl Redis {
-    fn start(server: &Path, cli: PathBuf) -> Redis {
-        let port = free_port();
-        let child = Command::new(server)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--dir", "/tmp", "--logfile", ""])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let r = Redis { child, port, cli };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while r.cli(&["PING"]).0 != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        r
-    }
-
-    /// redis-cli outside skpc: (stdout trimmed, exit code).
-    fn cli(&self, args: &[&str]) -> (String, i32) {
-        let out = Command::new(&self.cli)
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            text(&out.stdout).trim().to_string(),
-            out.status.code().unwrap_or(-1),
-        )
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -393,7 +279,7 @@ fn exec_returns_the_command_status_and_cleans_up_on_every_ending() {
     assert_eq!(out.status.code(), Some(1), "a policy that does not compile");
 
     // SIGTERM to skpc reaches the command; skpc still cleans up.
-    let child = Command::new(SKPC)
+    let child = Command::new(skpc_bin())
         .args(["exec", "-e", "pass;", "--", "sleep", "30"])
         .stderr(Stdio::piped())
         .spawn()
@@ -411,7 +297,7 @@ fn a_killed_skpc_is_cleaned_up_by_the_next_run() {
     if !common::kernel_or_skip("a_killed_skpc_is_cleaned_up_by_the_next_run") {
         return;
     }
-    let mut child = Command::new(SKPC)
+    let mut child = Command::new(skpc_bin())
         .args(["exec", "-e", "pass;", "--", "sleep", "30"])
         .spawn()
         .unwrap();

@@ -116,6 +116,49 @@ impl Drop for TempFile {
     }
 }
 
+/// A directory in the temp dir, removed with everything in it when dropped.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(unique_name(prefix));
+        std::fs::create_dir(&path).expect("creating a temp dir");
+        TempDir { path }
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A program a test runs (`tool`, from the Debian package `package`), if installed in
+/// /usr/bin, /usr/local/bin or /usr/sbin. Otherwise: panics if `SKP_REQUIRE_KERNEL=1`
+/// (CI installs it: .ci/setup), else prints "skipping TEST: ..." and returns None.
+pub fn tool_or_skip(test: &str, tool: &str, package: &str) -> Option<PathBuf> {
+    let dirs = ["/usr/bin", "/usr/local/bin", "/usr/sbin"].map(PathBuf::from);
+    tool_in_or_skip(test, &dirs, tool, package)
+}
+
+/// [`tool_or_skip`] looking in `dirs`, in order.
+pub fn tool_in_or_skip(test: &str, dirs: &[PathBuf], tool: &str, package: &str) -> Option<PathBuf> {
+    if let Some(p) = dirs.iter().map(|d| d.join(tool)).find(|p| p.exists()) {
+        return Some(p);
+    }
+    if std::env::var("SKP_REQUIRE_KERNEL").as_deref() == Ok("1") {
+        panic!("{test} needs {tool} (apt-get install {package})");
+    }
+    eprintln!("skipping {test}: {tool} is not installed (apt-get install {package})");
+    None
+}
+
 /// The bpftool binary, if installed (Debian package `bpftool`): `$BPFTOOL`,
 /// else `bpftool` on PATH or in /usr/sbin, /sbin.
 pub fn bpftool() -> Option<PathBuf> {

@@ -1,12 +1,15 @@
 //! Helpers of the end-to-end kernel tests (`mod e2e_support;`): compile a policy for the
 //! runtime, make loopback TCP connections, send and receive with raw syscalls, and
-//! prove that an enforcement left nothing in the kernel.
+//! prove that an enforcement left nothing in the kernel. For the tests of the `skpc`
+//! binary (compiler/cli's): run it and prove it left nothing behind, and a redis-server
+//! to run real clients against.
 #![allow(dead_code)]
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use skpc_runtime::{Enforcement, KernelIds, Policy};
@@ -217,5 +220,145 @@ pub fn loopback_message(c: &TcpStream, payload: &[u8]) -> skpc::hir::Message {
         len: payload.len() as u32,
         payload: payload.to_vec(),
         ..Default::default()
+    }
+}
+
+/// The `skpc` binary. Cargo names it only to the tests of the package that builds it
+/// (compiler/cli), so the other tests that share this module never call this.
+pub fn skpc_bin() -> &'static str {
+    match option_env!("CARGO_BIN_EXE_skpc") {
+        Some(path) => path,
+        None => panic!("only compiler/cli's tests run the skpc binary"),
+    }
+}
+
+/// The cgroup and pin directories a skpc process with this pid would create.
+pub fn leftovers(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("skpc-{pid}-");
+    let roots = [
+        skpc_runtime::cgroup2_mount().ok(),
+        skpc_runtime::bpffs_mount().ok(),
+    ];
+    roots
+        .into_iter()
+        .flatten()
+        .flat_map(|r| std::fs::read_dir(r).into_iter().flatten().flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Runs skpc to completion; asserts it left nothing behind.
+pub fn skpc(args: &[&str]) -> Output {
+    skpc_with_stdin(args, Stdio::null())
+}
+
+/// [`skpc`] with the command's standard input (`skpc exec` passes its own on).
+pub fn skpc_with_stdin(args: &[&str], stdin: impl Into<Stdio>) -> Output {
+    let child = Command::new(skpc_bin())
+        .args(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        leftovers(pid),
+        Vec::<PathBuf>::new(),
+        "skpc {args:?} left these behind"
+    );
+    out
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A loopback port nobody listens on right now (for servers that take a port number).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls until `ready` holds; panics naming `what` after `secs` seconds.
+pub fn wait_until(what: &str, secs: u64, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Makes the process `cmd` starts get SIGKILL when the thread that started it ends: a
+/// server a test starts is stopped by its owner's Drop, and by this if the test process
+/// itself was killed (no Drop runs then).
+pub fn dies_with_the_test(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls prctl, which is async-signal-safe, and allocates
+    // nothing (it runs in the forked child before exec).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A redis-server on a free loopback port, outside any skpc cgroup; killed on drop.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    cli: PathBuf,
+}
+
+impl Redis {
+    pub fn start(server: &Path, cli: PathBuf) -> Redis {
+        let port = free_port();
+        let child = dies_with_the_test(&mut Command::new(server))
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--dir", "/tmp", "--logfile", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Redis { child, port, cli };
+        wait_until("redis-server", 10, || r.cli(&["PING"]).0 == "PONG");
+        r
+    }
+
+    /// redis-cli outside skpc: (stdout trimmed, exit code).
+    pub fn cli(&self, args: &[&str]) -> (String, i32) {
+        let out = Command::new(&self.cli)
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            text(&out.stdout).trim().to_string(),
+            out.status.code().unwrap_or(-1),
+        )
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
