@@ -177,10 +177,10 @@ pub mod bounds {
     pub const HTTP_WINDOW: u32 = 256;
     /// The method: 1 to 16 letters `A`-`Z`.
     pub const HTTP_METHOD_MAX: u32 = 16;
-    /// The request target: 1 to 256 bytes (the path is the target up to `?`).
-    pub const HTTP_TARGET_MAX: u32 = 256;
+    /// The request target: 1 to 128 bytes (the path is the target up to `?`).
+    pub const HTTP_TARGET_MAX: u32 = 128;
     /// The Host header's value, without the port.
-    pub const HTTP_HOST_MAX: u32 = 255;
+    pub const HTTP_HOST_MAX: u32 = 128;
     /// Spaces and tabs skipped before a header value or an inline argument.
     pub const SPACES_MAX: u32 = 8;
     /// Redis: the first two elements of the command.

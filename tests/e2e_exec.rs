@@ -191,7 +191,7 @@ fn exec_redis_cli_reads_a_reply_and_its_session_goes_on() {
         "reply \"-ERR FLUSHALL is disabled here\\r\\n\" if remote.port == {port} and \
          payload starts with {{\"*1\\r\\n$8\\r\\nFLUSHALL\", \"*1\\r\\n$8\\r\\nflushall\"}};"
     );
-    let mut child = Command::new(SKPC)
+    let mut child = Command::new(skpc_bin())
         .args([
             "exec",
             "-e",

@@ -518,7 +518,8 @@ mod tests {
             wide: true,
             dst: Reg::R1,
             src: Src::Imm(0),
-            target: b
+            target: b,
+            keep: false,
         }));
         assert!(!out.iter().any(|x| matches!(x, Lir::Goto(_))));
     }

@@ -130,7 +130,8 @@ mod tests {
 
     #[test]
     fn target_bounds_and_query() {
-        for (len, ok) in [(1, true), (255, true), (256, true), (257, false)] {
+        let max = crate::fields::bounds::HTTP_TARGET_MAX as usize;
+        for (len, ok) in [(1, true), (max - 1, true), (max, true), (max + 1, false)] {
             let target = [b"/".as_slice(), &vec![b'a'; len - 1]].concat();
             let msg = [b"GET ".as_slice(), &target, b" HTTP/1.1\r\n\r\n"].concat();
             assert_eq!(http(&msg).is_some(), ok, "{len}");
@@ -228,8 +229,9 @@ mod tests {
             let v = [vec![b'\t'; n], b"x".to_vec()].concat();
             assert_eq!(h(&v).is_some(), n <= 8, "{n}");
         }
-        // The host: 255 bytes at most.
-        for (n, ok) in [(1, true), (254, true), (255, true), (256, false)] {
+        // The host: HTTP_HOST_MAX bytes at most.
+        let max = crate::fields::bounds::HTTP_HOST_MAX as usize;
+        for (n, ok) in [(1, true), (max - 1, true), (max, true), (max + 1, false)] {
             let v = [b" ".as_slice(), &vec![b'H'; n]].concat();
             assert_eq!(h(&v), ok.then(|| vec![b'h'; n]), "{n}");
         }
@@ -237,7 +239,8 @@ mod tests {
 
     #[test]
     fn window_bounds_the_host() {
-        // The host's end must be inside the 1024-byte window.
+        // The host's end must be inside the window.
+        let window = crate::fields::bounds::HTTP_WINDOW as usize;
         let head = b"GET / HTTP/1.1\r\nX: ";
         let line = |fill: usize, host: &[u8]| {
             [
@@ -250,7 +253,7 @@ mod tests {
             .concat()
         };
         let base = line(0, b"ab").len() - 4; // index of the `\r` after the host
-        let fill = 1024 - base - 1; // the `\r` at 1023, the last byte of the window
+        let fill = window - base - 1; // the `\r` at the last byte of the window
         assert_eq!(host_of(&line(fill, b"ab")), Some(b"ab".to_vec()));
         assert_eq!(host_of(&line(fill + 1, b"ab")), None);
         // Padding a request past the window changes nothing.

@@ -51,9 +51,9 @@
 //! 2. parameters, from `i = 8`, within `end = min(L, w.len())`: stop when `i >= end` or
 //!    `w[i] == 0`; the key is the NUL-terminated string at `i`, the value the one after
 //!    it (each NUL must lie before `end`, else stop); then `i` moves past the value's NUL.
-//!    The first key that is exactly `user` (byte for byte) gives `user`, the first
-//!    `database` key `database`; a value that is empty or longer than PG_NAME_MAX is
-//!    none (and a later key of the same name does not count).
+//!    The last key that is exactly `user` (byte for byte) gives `user`, the last
+//!    `database` key `database`, as in PostgreSQL; a value that is empty or longer than
+//!    PG_NAME_MAX is none (and an earlier key of the same name does not count).
 //!
 //! TLS (`TLS_WINDOW`):
 //! 1. `w[0] == 0x16` (handshake), `w[1] == 0x03`, `w.len() >= 6`, `w[5] == 0x01`

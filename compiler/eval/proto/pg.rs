@@ -27,8 +27,9 @@ pub(super) fn parse(w: &[u8]) -> Option<Parsed> {
         };
         let value = || text(params, key_end + 1, value_end - (key_end + 1), PG_NAME_MAX);
         match params.get(i..key_end) {
-            Some(b"user") if user.is_none() => user = Some(value()),
-            Some(b"database") if database.is_none() => database = Some(value()),
+            // The last key of a name counts, as in PostgreSQL's ProcessStartupPacket.
+            Some(b"user") => user = Some(value()),
+            Some(b"database") => database = Some(value()),
             _ => {}
         }
         i = value_end + 1;
@@ -130,13 +131,13 @@ mod tests {
     }
 
     #[test]
-    fn first_key_of_a_name_decides() {
+    fn last_key_of_a_name_decides() {
         let m = startup(&[(b"user", b"a"), (b"user", b"b")]);
-        assert_eq!(user(&m), Some(b"a".to_vec()));
-        let m = startup(&[(b"user", b""), (b"user", b"b")]);
+        assert_eq!(user(&m), Some(b"b".to_vec()));
+        let m = startup(&[(b"user", b"b"), (b"user", b"")]);
         assert_eq!(user(&m), None);
         let long = vec![b'x'; 64];
-        let m = startup(&[(b"user", &long), (b"user", b"b"), (b"database", b"d")]);
+        let m = startup(&[(b"user", b"b"), (b"user", &long), (b"database", b"d")]);
         assert_eq!(user(&m), None);
         assert_eq!(database(&m), Some(b"d".to_vec()));
     }

@@ -72,7 +72,7 @@ fn mutations_of_real_messages_never_panic() {
 
 #[test]
 fn the_windows_are_the_bounds() {
-    assert_eq!(Proto::Http.window(), 1024);
+    assert_eq!(Proto::Http.window(), crate::fields::bounds::HTTP_WINDOW);
     for proto in Proto::ALL {
         // Bytes past the window never change the result.
         let head = vec![b'A'; proto.window() as usize];
