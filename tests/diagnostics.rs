@@ -182,6 +182,10 @@ cases! {
     default_not_last => "default drop;\npass if port == 80;\n";
     egress_redirect_to_peer => "redirect to peer if remote.ip == 127.0.0.1;\n";
 
+    // ------------------------------------------------------------------- protocols
+    ends_with_on_comm => "drop if comm ends with \"d\";\n";
+    empty_protocol_string => "drop if http.host == \"\";\n";
+    protocol_string_never_fits => "drop if redis.command == \"flushall\";\ndrop if http.method == \"AVERYLONGMETHODNAMEXX\";\ndrop if tls.sni ends with \".Example.COM\";\n";
     // ----------------------------------------------------------------------- mixed
     errors_and_warnings_together =>
         "const REDIS = 6379;\ndrop if prot == REDIS;\ndrop if len > 5000 and len < 10;\nredirect to sock 99;\n";

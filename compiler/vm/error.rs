@@ -18,6 +18,8 @@ pub enum VmError {
     LongJump { slot: usize, offset: i32 },
     #[error("instruction {slot} compares a 64-bit register with a negative immediate, which rbpf 0.4 zero-extends")]
     NegativeImmediate { slot: usize },
+    #[error("instruction {slot} jumps backwards other than a counted loop (the VM has no instruction limit)")]
+    BackwardJump { slot: usize },
     #[error("instruction {slot} jumps out of the program")]
     JumpOutOfProgram { slot: usize },
     /// A map the VM cannot model (its kind, type or sizes), or index data that does not

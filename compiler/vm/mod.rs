@@ -234,8 +234,20 @@ impl Vm {
                 _ => {}
             }
             if let Some(off) = insn.jump_off() {
-                // Backward jumps are the protocol parsers' bounded loops (counters that
-                // the kernel's verifier proves finite); rbpf runs them as they are.
+                // rbpf has no instruction limit: the only backward jump it runs is the
+                // protocol parsers' counted loop (`if K < N goto top`); any other loop
+                // is refused.
+                let counted = matches!(
+                    insn,
+                    Insn::Jmp {
+                        op: JmpOp::Jlt,
+                        src: Src::Imm(_),
+                        ..
+                    }
+                );
+                if off < 0 && !counted {
+                    return Err(VmError::BackwardJump { slot });
+                }
                 let target = slot as i64 + insn.slots() as i64 + off as i64;
                 let total: usize = insns.iter().map(|i| i.slots()).sum();
                 if target < 0 || target > total as i64 {
