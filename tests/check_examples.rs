@@ -130,9 +130,9 @@ fn eval_test(t: &Test, m: &Message) -> bool {
             }
         }),
         // The protocol parsers are the spec (docs/language.md, Protocols): use them.
-        Test::Proto(p) => skpc::eval::proto::parse(*p, &m.payload).is_some(),
+        Test::Proto(p) => skpc::eval::proto::parse_message(*p, &m.payload, m.len).is_some(),
         Test::Text { field, op, alts } => {
-            let parsed = skpc::eval::proto::parse(field.proto(), &m.payload);
+            let parsed = skpc::eval::proto::parse_message(field.proto(), &m.payload, m.len);
             let Some(v) = parsed.as_ref().and_then(|p| p.text(*field)) else {
                 return false;
             };

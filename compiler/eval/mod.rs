@@ -170,17 +170,19 @@ fn test(t: &Test, msg: &Message) -> bool {
                     None => false,
                 })
         }
-        Test::Proto(p) => proto::parse(*p, &msg.payload).is_some(),
-        Test::Text { field, op, alts } => match proto::parse(field.proto(), &msg.payload)
-            .and_then(|parsed| parsed.text(*field).map(<[u8]>::to_vec))
-        {
-            Some(value) => alts.iter().any(|a| match op {
-                TextOp::Eq => value == a.as_slice(),
-                TextOp::StartsWith => value.starts_with(a),
-                TextOp::EndsWith => value.ends_with(a),
-            }),
-            None => false,
-        },
+        Test::Proto(p) => proto::parse_message(*p, &msg.payload, msg.len).is_some(),
+        Test::Text { field, op, alts } => {
+            match proto::parse_message(field.proto(), &msg.payload, msg.len)
+                .and_then(|parsed| parsed.text(*field).map(<[u8]>::to_vec))
+            {
+                Some(value) => alts.iter().any(|a| match op {
+                    TextOp::Eq => value == a.as_slice(),
+                    TextOp::StartsWith => value.starts_with(a),
+                    TextOp::EndsWith => value.ends_with(a),
+                }),
+                None => false,
+            }
+        }
         Test::Comm { alts, prefix } => {
             // The kernel keeps at most 15 bytes of the name.
             let comm = &msg.comm[..msg.comm.len().min(15)];

@@ -95,9 +95,9 @@ impl Gen {
     /// The prologue: pulls the window the parsers need and runs each used parser. Uses
     /// r0-r5 and r7-r9 (nothing is cached yet).
     pub(super) fn parse_protocols(&mut self, used: &[(Proto, Vec<Text>)]) {
-        let Some(window) = used.iter().map(|(p, _)| p.window()).max() else {
+        if used.is_empty() {
             return;
-        };
+        }
         self.ldx(Size::W, SIZE, self.ctx(), SK_MSG_MD_SIZE);
         for (p, _) in used {
             self.st(Size::W, Reg::R10, flag_slot(*p), 0);
@@ -105,25 +105,16 @@ impl Gen {
                 self.st(Size::DW, Reg::R10, text_slot(*t), 0);
             }
         }
-        // Pull min(size, window) bytes unless the window already holds them.
-        let (short, pulled) = (self.label(), self.label());
-        self.ldx(Size::W, Reg::R3, self.ctx(), SK_MSG_MD_SIZE);
-        self.jmp64(JmpOp::Jle, Reg::R3, Src::Imm(window as i32), short);
-        self.mov64(Reg::R3, Src::Imm(window as i32));
-        self.place(short);
-        self.ldx(Size::DW, Reg::R2, self.ctx(), SK_MSG_MD_DATA);
-        self.ldx(Size::DW, Reg::R5, self.ctx(), SK_MSG_MD_DATA_END);
-        self.mov64(Reg::R4, Src::Reg(Reg::R2));
-        self.alu64(AluOp::Add, Reg::R4, Src::Reg(Reg::R3));
-        self.jmp64(JmpOp::Jle, Reg::R4, Src::Reg(Reg::R5), pulled);
-        self.mov64(Reg::R1, Src::Reg(self.ctx()));
-        self.mov64(Reg::R2, Src::Imm(0));
-        self.mov64(Reg::R4, Src::Imm(0));
-        self.call(BPF_FUNC_msg_pull_data);
-        // A failed pull leaves a smaller window: the parsers then see fewer bytes.
-        self.place(pulled);
+        // Smallest window first: one pull of the whole message (the usual case, a
+        // message shorter than every window) serves every parser after it.
+        let mut used: Vec<&(Proto, Vec<Text>)> = used.iter().collect();
+        used.sort_by_key(|(p, _)| p.window());
         for (p, fields) in used {
-            let done = self.label();
+            let (done, normalized) = (self.label(), self.label());
+            // The window is all or nothing: without it (the kernel could not pull), the
+            // protocol has no value, as the reference parsers have it for a window
+            // whose bytes are not all given.
+            self.pull_window(p.window(), normalized);
             self.ldx(Size::DW, DATA, self.ctx(), SK_MSG_MD_DATA);
             self.ldx(Size::DW, END, self.ctx(), SK_MSG_MD_DATA_END);
             let fail = self.label();
@@ -146,7 +137,29 @@ impl Gen {
                 self.normalize(text_slot(*t), OFF_MASK);
                 self.normalize(text_slot(*t) + 4, LEN_MASK);
             }
+            self.place(normalized);
         }
+    }
+
+    /// Makes the first `min(size, window)` bytes readable (pulls them unless the data
+    /// window holds them already); jumps to `fail` if the pull fails.
+    fn pull_window(&mut self, window: u32, fail: Label) {
+        let (short, pulled) = (self.label(), self.label());
+        self.ldx(Size::W, Reg::R3, self.ctx(), SK_MSG_MD_SIZE);
+        self.jmp64(JmpOp::Jle, Reg::R3, Src::Imm(window as i32), short);
+        self.mov64(Reg::R3, Src::Imm(window as i32));
+        self.place(short);
+        self.ldx(Size::DW, Reg::R2, self.ctx(), SK_MSG_MD_DATA);
+        self.ldx(Size::DW, Reg::R5, self.ctx(), SK_MSG_MD_DATA_END);
+        self.mov64(Reg::R4, Src::Reg(Reg::R2));
+        self.alu64(AluOp::Add, Reg::R4, Src::Reg(Reg::R3));
+        self.jmp64(JmpOp::Jle, Reg::R4, Src::Reg(Reg::R5), pulled);
+        self.mov64(Reg::R1, Src::Reg(self.ctx()));
+        self.mov64(Reg::R2, Src::Imm(0));
+        self.mov64(Reg::R4, Src::Imm(0));
+        self.call(BPF_FUNC_msg_pull_data);
+        self.jmp64(JmpOp::Jne, Reg::R0, Src::Imm(0), fail);
+        self.place(pulled);
     }
 
     /// `reg` unchanged, but opaque to the verifier and bounded by `mask`: `+ size - size`,
@@ -643,21 +656,18 @@ impl Gen {
             g.place(other);
             g.st(Size::DW, Reg::R10, SCRATCH_B, OTHER);
             g.place(key_next);
-            g.mov64(POS, Src::Reg(K));
-            g.alu64(AluOp::Add, POS, Src::Imm(9));
-            g.opaque(POS, OFF_MASK);
-            g.goto(next);
+            g.pg_next_string(next);
             // A value: keep it if it is `user`'s or `database`'s (none if empty or too
             // long), then a key follows.
             g.place(value);
             g.st(Size::DW, Reg::R10, SCRATCH_B, KEY);
-            let (keep, store) = (g.label(), g.label());
+            let (keep, store, value_next) = (g.label(), g.label(), g.label());
             for (phase, field) in [(USER, Text::PgUser), (DATABASE, Text::PgDatabase)] {
                 if fields.contains(&field) {
                     g.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(phase), keep);
                 }
             }
-            g.goto(key_next);
+            g.goto(value_next);
             // r0 = USER or DATABASE; the length is IDX - POS.
             g.place(keep);
             g.mov64(Reg::R5, Src::Reg(IDX));
@@ -679,9 +689,20 @@ impl Gen {
                     g.place(skip);
                 }
             }
-            g.goto(key_next);
+            // The same step as after a key, emitted again: a jump back to it would be a
+            // backward jump that is no loop.
+            g.place(value_next);
+            g.pg_next_string(next);
         });
         self.goto(done);
+    }
+
+    /// The next PostgreSQL string starts after the NUL at IDX (= K + 8).
+    fn pg_next_string(&mut self, next: Label) {
+        self.mov64(POS, Src::Reg(K));
+        self.alu64(AluOp::Add, POS, Src::Imm(9));
+        self.opaque(POS, OFF_MASK);
+        self.goto(next);
     }
 
     /// TLS: a handshake record holding a ClientHello, then its server_name extension.

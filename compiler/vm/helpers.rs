@@ -137,9 +137,10 @@ pub(super) struct RunState {
     /// The region a pull of a rewritten message copies bytes into.
     pub(super) scratch: u64,
     pub(super) scratch_len: usize,
-    /// A pull of bytes the message does not give succeeds (they read as zeros): the
-    /// second run of [`Vm::run`](super::Vm::run), for a reply to such a message.
-    pub(super) unseen_readable: bool,
+    /// From this pull on (counting from 0), a pull of bytes the message does not give
+    /// succeeds (they read as zeros): the second run of [`Vm::run`](super::Vm::run), for
+    /// a reply to such a message; the pulls before it fail as in the first run.
+    pub(super) unseen_readable_from: Option<usize>,
     pub(super) apply: Option<u32>,
     pub(super) cork: Option<u32>,
     pub(super) calls: Vec<i32>,
@@ -319,7 +320,11 @@ fn h_msg_pull_data(msg: u64, start: u64, end: u64, flags: u64, _: u64) -> u64 {
         if flags == 0
             && start < end
             && end <= size
-            && (st.rewrite.is_some() || (unseen && st.unseen_readable))
+            && (st.rewrite.is_some()
+                || (unseen
+                    && st
+                        .unseen_readable_from
+                        .is_some_and(|from| st.pulls.len() >= from)))
         {
             // A rewritten message: its bytes start..end go to the scratch region.
             let (scratch, scratch_len) = (st.scratch, st.scratch_len);

@@ -31,11 +31,12 @@ impl Vm {
     /// a pull that reaches them fails, so a rule that tests them is false, as the
     /// evaluator has it. A reply does not read them but must pull the whole message
     /// when it is exactly as long as the reply (no pop or push before): when a run drops
-    /// because its last pull, and only that one, reached unseen bytes, the program runs
-    /// again with those bytes readable as zeros, and a reply of that run (whose pulls
-    /// before the last are the first run's) is the outcome.
+    /// because its last pull reached unseen bytes (whatever earlier pulls did: a protocol
+    /// parser's window, a payload test past the end), the program runs again with
+    /// unseen bytes readable as zeros from that last pull on, and a reply of that run
+    /// (whose pulls before the last are the first run's) is the outcome.
     pub fn run(&self, msg: &Message, cfg: &RunConfig) -> Result<VmOutcome, VmError> {
-        let strict = self.run_once(msg, cfg, false)?;
+        let strict = self.run_once(msg, cfg, None)?;
         let unseen = |p: &crate::vm::Pull| {
             p.result != 0
                 && p.flags == 0
@@ -44,13 +45,15 @@ impl Vm {
                 && p.end as usize > msg.payload.len()
         };
         let only_last_unseen = match strict.pulls.split_last() {
-            Some((last, before)) => unseen(last) && before.iter().all(|p| p.result == 0),
+            // Earlier pulls fail or succeed alike in both runs: only pulls from the
+            // last one on read unseen bytes in the second.
+            Some((last, _)) => unseen(last),
             None => false,
         };
         if strict.decision.verdict != Verdict::Drop || !only_last_unseen {
             return Ok(strict);
         }
-        match self.run_once(msg, cfg, true) {
+        match self.run_once(msg, cfg, Some(strict.pulls.len() - 1)) {
             Ok(second)
                 if matches!(second.decision.verdict, Verdict::Reply(_))
                     && second.pulls.len() == strict.pulls.len()
@@ -67,7 +70,7 @@ impl Vm {
         &self,
         msg: &Message,
         cfg: &RunConfig,
-        unseen_readable: bool,
+        unseen_readable_from: Option<usize>,
     ) -> Result<VmOutcome, VmError> {
         if (msg.payload.len() as u64) > msg.len as u64 {
             return Err(VmError::PayloadLongerThanMessage {
@@ -168,7 +171,7 @@ impl Vm {
             rewrite: None,
             scratch: scratch_range.start,
             scratch_len: SCRATCH,
-            unseen_readable,
+            unseen_readable_from,
             apply: None,
             cork: None,
             calls: Vec::new(),

@@ -365,14 +365,14 @@ pub fn sem_holds(s: &Sem, m: &Message) -> bool {
             hit != *negate
         }
         Sem::Proto { proto, negate } => {
-            skpc::eval::proto::parse(*proto, &m.payload).is_some() != *negate
+            skpc::eval::proto::parse_message(*proto, &m.payload, m.len).is_some() != *negate
         }
         Sem::Text {
             field,
             op,
             alts,
             negate,
-        } => proto::text_holds(*field, *op, alts, &m.payload) != *negate,
+        } => proto::text_holds(*field, *op, alts, &m.payload, m.len) != *negate,
     }
 }
 

@@ -529,9 +529,10 @@ impl Gen<'_> {
     }
 }
 
-/// Whether a protocol atom holds on `payload`, by the reference parsers.
-pub fn text_holds(field: Text, op: TextOp, alts: &[Vec<u8>], payload: &[u8]) -> bool {
-    let parsed = parse(field.proto(), payload);
+/// Whether a protocol atom holds on a message of `len` bytes starting with `payload`,
+/// by the reference parsers.
+pub fn text_holds(field: Text, op: TextOp, alts: &[Vec<u8>], payload: &[u8], len: u32) -> bool {
+    let parsed = skpc::eval::proto::parse_message(field.proto(), payload, len);
     let Some(v) = parsed.as_ref().and_then(|p| p.text(field)) else {
         return false;
     };

@@ -103,6 +103,17 @@ impl Parsed {
     }
 }
 
+/// Parses a message of `len` bytes of which `payload` are given (a test case's `len`
+/// may exceed its payload): none unless its whole window is given. The kernel parsers
+/// pull the window first; a window with bytes nobody gave has no defined parse.
+pub fn parse_message(proto: Proto, payload: &[u8], len: u32) -> Option<Parsed> {
+    let window = (len as usize).min(proto.window() as usize);
+    if payload.len() < window {
+        return None;
+    }
+    parse(proto, payload)
+}
+
 /// Parses the start of `payload` as `proto`; none if it is not of that protocol.
 pub fn parse(proto: Proto, payload: &[u8]) -> Option<Parsed> {
     let window = &payload[..payload.len().min(proto.window() as usize)];
