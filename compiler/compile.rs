@@ -234,6 +234,17 @@ pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
         if let Some(m) = mark.filter(|_| mark != current) {
             current = mark;
             match (m, c.lowered.line_of(m)) {
+                (Mark::Parser { proto, .. }, l) => out.push_str(&format!(
+                    "; the {} parser, for line {l}: {}\n",
+                    proto.name(),
+                    lines
+                        .get((l as usize).wrapping_sub(1))
+                        .map(|s| s.trim())
+                        .unwrap_or("")
+                )),
+                (Mark::Prologue, _) => {
+                    out.push_str("; prologue: context fields cached for the rules\n")
+                }
                 (_, l) if l > 0 => out.push_str(&format!(
                     "; line {l}: {}\n",
                     lines.get(l as usize - 1).map(|s| s.trim()).unwrap_or("")

@@ -42,6 +42,15 @@ pub enum Mark {
     Default,
     /// The verdict tails the rules jump to (counting and deciding): no source line.
     Tails,
+    /// The parser of a protocol, run in the prologue; it stands for the first rule that
+    /// reads the protocol.
+    Parser {
+        proto: crate::fields::Proto,
+        rule: usize,
+    },
+    /// The rest of the prologue after the parsers (context fields cached for the
+    /// rules): no source line.
+    Prologue,
 }
 
 impl Lir {

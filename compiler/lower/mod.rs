@@ -96,9 +96,11 @@ impl Lowered {
     /// tails, an implicit default).
     pub fn line_of(&self, mark: Mark) -> u32 {
         match mark {
-            Mark::Rule(i) => self.rule_lines.get(i).copied().unwrap_or(0),
+            Mark::Rule(i) | Mark::Parser { rule: i, .. } => {
+                self.rule_lines.get(i).copied().unwrap_or(0)
+            }
             Mark::Default => self.default_line,
-            Mark::Tails => 0,
+            Mark::Tails | Mark::Prologue => 0,
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::bpf::{AluOp, Endian, Insn, JmpOp, Reg, Size, Src};
 use crate::fields::{bounds, Case, Proto, Text};
 use crate::hir::{self, Test, TextOp};
 
-use super::lir::{Label, Lir};
+use super::lir::{Label, Lir, Mark};
 use super::{Gen, STACK_PROTO};
 
 /// Data window while parsing: start and end (r0-r5 and r7-r8 are the parsers'; nothing
@@ -61,14 +61,22 @@ fn text_slot(t: Text) -> i16 {
     STACK_PROTO + 16 + 8 * t as i16
 }
 
-/// The protocols a policy reads, and which of their string fields.
-pub(super) fn used(policy: &hir::Policy) -> Vec<(Proto, Vec<Text>)> {
-    let mut out: Vec<(Proto, Vec<Text>)> = Vec::new();
-    let mut add = |p: Proto, t: Option<Text>| {
-        let i = match out.iter().position(|(q, _)| *q == p) {
+/// A protocol a policy reads: which of its string fields, and the first rule that
+/// reads it (what the parser's listing stands under).
+pub(super) struct Used {
+    proto: Proto,
+    fields: Vec<Text>,
+    first_rule: usize,
+}
+
+/// The protocols a policy reads.
+pub(super) fn used(policy: &hir::Policy) -> Vec<Used> {
+    let mut out: Vec<(Proto, Vec<Text>, usize)> = Vec::new();
+    let mut add = |p: Proto, t: Option<Text>, rule: usize| {
+        let i = match out.iter().position(|(q, _, _)| *q == p) {
             Some(i) => i,
             None => {
-                out.push((p, Vec::new()));
+                out.push((p, Vec::new(), rule));
                 out.len() - 1
             }
         };
@@ -78,38 +86,51 @@ pub(super) fn used(policy: &hir::Policy) -> Vec<(Proto, Vec<Text>)> {
             }
         }
     };
-    for rule in &policy.rules {
+    for (i, rule) in policy.rules.iter().enumerate() {
         for test in rule.cond.tests() {
             match test {
-                Test::Proto(p) => add(*p, None),
-                Test::Text { field, .. } => add(field.proto(), Some(*field)),
+                Test::Proto(p) => add(*p, None, i),
+                Test::Text { field, .. } => add(field.proto(), Some(*field), i),
                 _ => {}
             }
         }
     }
-    out.sort();
-    out
+    // Smallest window first: one pull of the whole message (the usual case, a message
+    // shorter than every window) serves every parser after it.
+    out.sort_by_key(|(p, _, _)| (p.window(), *p));
+    out.into_iter()
+        .map(|(proto, fields, first_rule)| Used {
+            proto,
+            fields,
+            first_rule,
+        })
+        .collect()
 }
 
 impl Gen {
     /// The prologue: pulls the window the parsers need and runs each used parser. Uses
     /// r0-r5 and r7-r9 (nothing is cached yet).
-    pub(super) fn parse_protocols(&mut self, used: &[(Proto, Vec<Text>)]) {
+    pub(super) fn parse_protocols(&mut self, used: &[Used]) {
         if used.is_empty() {
             return;
         }
         self.ldx(Size::W, SIZE, self.ctx(), SK_MSG_MD_SIZE);
-        for (p, _) in used {
-            self.st(Size::W, Reg::R10, flag_slot(*p), 0);
-            for t in Text::ALL.iter().filter(|t| t.proto() == *p) {
+        for u in used {
+            self.st(Size::W, Reg::R10, flag_slot(u.proto), 0);
+            for t in Text::ALL.iter().filter(|t| t.proto() == u.proto) {
                 self.st(Size::DW, Reg::R10, text_slot(*t), 0);
             }
         }
-        // Smallest window first: one pull of the whole message (the usual case, a
-        // message shorter than every window) serves every parser after it.
-        let mut used: Vec<&(Proto, Vec<Text>)> = used.iter().collect();
-        used.sort_by_key(|(p, _)| p.window());
-        for (p, fields) in used {
+        for Used {
+            proto: p,
+            fields,
+            first_rule,
+        } in used
+        {
+            self.code.push(Lir::Mark(Mark::Parser {
+                proto: *p,
+                rule: *first_rule,
+            }));
             let (done, normalized) = (self.label(), self.label());
             // The window is all or nothing: without it (the kernel could not pull), the
             // protocol has no value, as the reference parsers have it for a window
@@ -139,6 +160,7 @@ impl Gen {
             }
             self.place(normalized);
         }
+        self.code.push(Lir::Mark(Mark::Prologue));
     }
 
     /// Makes the first `min(size, window)` bytes readable (pulls them unless the data
