@@ -361,7 +361,8 @@ fn run_enforces_on_a_cgroup_reloads_on_sighup_and_stops_on_sigterm() {
         format!("drop if remote.port == {port} and payload starts with \"BAD\";").as_bytes(),
     );
     let cg = skpc_runtime::TempCgroup::create().unwrap();
-    let mut run = spawn_run(&[], &file.path, cg.path(), "0.2");
+    // SIGHUP alone here; watching the file is the next test's.
+    let mut run = spawn_run(&["--no-watch"], &file.path, cg.path(), "0.2");
     let pid = run.id();
     let (tx, rx) = mpsc::channel::<String>();
     let stderr = run.stderr.take().unwrap();
@@ -434,6 +435,125 @@ fn run_enforces_on_a_cgroup_reloads_on_sighup_and_stops_on_sigterm() {
     assert_eq!(leftovers(pid), Vec::<PathBuf>::new());
     acceptor.join().unwrap();
     let _ = std::io::stdout().flush();
+}
+
+#[test]
+fn run_follows_edits_of_the_policy_file_configmap_swap_rename_and_in_place() {
+    let name = "run_follows_edits_of_the_policy_file_configmap_swap_rename_and_in_place";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let Some(python) = tool_or_skip(name, "python3", "python3") else {
+        return;
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let policy =
+        |word: &str| format!("drop if remote.port == {port} and payload starts with \"{word}\";");
+    // A ConfigMap volume as the kubelet lays it out: policy.skp -> ..data/policy.skp,
+    // ..data -> ..<timestamp>.
+    let dir = common::TempDir::new("skpc_watch");
+    let (v1, v2) = (dir.join("..2026_12_01_v1"), dir.join("..2026_12_01_v2"));
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::write(v1.join("policy.skp"), policy("ONE")).unwrap();
+    std::fs::write(v2.join("policy.skp"), policy("TWO")).unwrap();
+    std::os::unix::fs::symlink("..2026_12_01_v1", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/policy.skp", dir.join("policy.skp")).unwrap();
+    let cg = skpc_runtime::TempCgroup::create().unwrap();
+    let mut run = spawn_run(&["-j"], &dir.join("policy.skp"), cg.path(), "0.2");
+    let pid = run.id();
+    let (tx, rx) = mpsc::channel::<String>();
+    let stderr = run.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = tx.send(line);
+        }
+        all
+    });
+    let stdout = run.stdout.take().unwrap();
+    let last_doc = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .last()
+            .unwrap_or_default()
+    });
+    let expect = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains(what) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("skpc run never said {what:?}"),
+            }
+        }
+    };
+    expect("a change of the file or SIGHUP");
+    let acceptor = std::thread::spawn(move || {
+        for _ in 0..64 {
+            if listener.accept().is_err() {
+                break;
+            }
+        }
+    });
+    let send_from_cgroup = |msg: &str| -> String {
+        let mut cmd = Command::new(&python);
+        cmd.args([
+            "-c",
+            "import socket,sys\nc=socket.create_connection(('127.0.0.1',int(sys.argv[1])))\ntry:\n c.send(sys.argv[2].encode()); print('ok')\nexcept PermissionError: print('EACCES')",
+            &port.to_string(),
+            msg,
+        ]);
+        skpc_runtime::process::join_cgroup_on_exec(&mut cmd, cg.path()).unwrap();
+        text(&cmd.output().unwrap().stdout).trim().to_string()
+    };
+    // Enforcement follows the file: `word` is dropped (and `old`, no more) once the
+    // change is seen. Returns how long that took.
+    let follows = |word: &str, old: &str| -> Duration {
+        let t = Instant::now();
+        while send_from_cgroup(&format!("{word} x")) != "EACCES" {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{word} never enforced"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(send_from_cgroup(&format!("{old} x")), "ok");
+        t.elapsed()
+    };
+    assert_eq!(send_from_cgroup("ONE x"), "EACCES");
+    // The kubelet's update: a new ..data link renamed over the old one.
+    std::os::unix::fs::symlink("..2026_12_01_v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    let swap = follows("TWO", "ONE");
+    // An editor that writes a new file and renames it over the old one.
+    let target = v2.join("policy.skp");
+    std::fs::write(v2.join(".policy.skp.swp"), policy("THREE")).unwrap();
+    std::fs::rename(v2.join(".policy.skp.swp"), &target).unwrap();
+    let rename = follows("THREE", "TWO");
+    // In place.
+    std::fs::write(&target, policy("FOUR")).unwrap();
+    let in_place = follows("FOUR", "THREE");
+    // A broken edit: the running version stays.
+    std::fs::write(&target, "drop if remote.port == ;").unwrap();
+    expect("reload failed");
+    assert_eq!(send_from_cgroup("FOUR x"), "EACCES");
+    eprintln!("{name}: enforced after {swap:?} (ConfigMap swap), {rename:?} (rename), {in_place:?} (in place)");
+    skpc_runtime::process::send_signal(pid, skpc_runtime::process::sig::SIGTERM);
+    let status = run.wait().unwrap();
+    let all = reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{all}");
+    let doc: serde_json::Value = serde_json::from_str(&last_doc.join().unwrap()).unwrap();
+    assert_eq!(doc["version"], 4, "{doc}");
+    assert_eq!(doc["reloads"]["ok"], 3, "{doc}");
+    assert_eq!(doc["reloads"]["error"], 1, "{doc}");
+    assert_eq!(leftovers(pid), Vec::<PathBuf>::new());
+    drop(acceptor);
 }
 
 #[test]

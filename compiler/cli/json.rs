@@ -182,7 +182,18 @@ pub struct CountersDoc<'a> {
     /// run: seconds since enforcement started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub elapsed_seconds: Option<f64>,
+    /// run: reloads so far (by a change of the file or SIGHUP), by result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reloads: Option<ReloadsJson>,
     pub counters: Vec<CounterJson<'a>>,
+}
+
+#[derive(Serialize, Clone, Copy, Default)]
+pub struct ReloadsJson {
+    /// Reloads that swapped a new version in.
+    pub ok: u64,
+    /// Reloads refused (the policy did not compile or load): the old version stayed.
+    pub error: u64,
 }
 
 #[derive(Serialize)]
@@ -223,6 +234,7 @@ pub fn counters_doc<'a>(l: &'a Loaded, values: &'a [CounterValue]) -> CountersDo
         exit_status: None,
         version: None,
         elapsed_seconds: None,
+        reloads: None,
         counters,
     }
 }

@@ -14,6 +14,7 @@ mod json;
 mod run;
 mod test;
 mod test_kernel;
+mod watch;
 
 #[derive(Parser)]
 #[command(
@@ -40,7 +41,7 @@ enum Color {
 pub(crate) struct Input {
     /// The policy file (.skp).
     #[arg(required_unless_present = "expr", conflicts_with = "expr")]
-    file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
     /// Policy text given on the command line instead of a file.
     #[arg(short = 'e', long = "expr", value_name = "POLICY")]
     expr: Option<String>,

@@ -1,7 +1,8 @@
 //! `skpc run FILE --cgroup PATH`: enforce the policy on every TCP socket that the
 //! processes of a cgroup v2 establish, until SIGINT/SIGTERM; live counters on a
-//! terminal (periodic plain lines otherwise); SIGHUP re-reads FILE and swaps the new
-//! policy in for the live sockets (a policy that fails keeps the old one in force).
+//! terminal (periodic plain lines otherwise). A change of FILE (seen by `watch`) or
+//! SIGHUP re-reads it and swaps the new policy in for the live sockets; a policy that
+//! fails keeps the old one in force and counts as a failed reload.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use skpc_runtime::process::{self, sig, Signals};
 use skpc_runtime::Enforcement;
 
 use super::exec::{cleanup_stale, counters_table, load, log_line, Loaded};
+use super::watch::{Change, Watch};
 use crate::{json, Input};
 
 #[derive(Args)]
@@ -35,6 +37,9 @@ pub struct RunArgs {
     /// `log` records as JSON lines on stderr.
     #[arg(short = 'j', long)]
     pub json: bool,
+    /// Do not watch FILE for changes (reload on SIGHUP only).
+    #[arg(long)]
+    pub no_watch: bool,
 }
 
 fn resolve_cgroup(p: &Path) -> anyhow::Result<PathBuf> {
@@ -54,14 +59,24 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
     let mut enf = Enforcement::new(&loaded.policy)?;
     enf.attach_cgroup(&cgroup)?;
 
+    let mut watch = match (&args.input.file, args.no_watch) {
+        (Some(path), false) => Some(Watch::new(path.clone())),
+        _ => None,
+    };
+    let mut reloads = json::ReloadsJson::default();
     let tty = process::is_tty(1);
     let interval = Duration::from_secs_f64(args.interval.max(0.05));
     let start = Instant::now();
     let mut next = start + interval;
     eprintln!(
-        "skpc: enforcing {} on {} (sockets established from now on); Ctrl-C or SIGTERM to stop, SIGHUP to reload",
+        "skpc: enforcing {} on {} (sockets established from now on); Ctrl-C or SIGTERM to stop, {} to reload",
         loaded.name,
-        cgroup.display()
+        cgroup.display(),
+        if watch.is_some() {
+            "a change of the file or SIGHUP"
+        } else {
+            "SIGHUP"
+        }
     );
     loop {
         let mut fds = vec![signals.fd()];
@@ -75,8 +90,27 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
         let mut stop = false;
         for caught in signals.pending() {
             match caught.signal {
-                sig::SIGHUP => reload(&args, color, &mut enf, &mut loaded),
+                sig::SIGHUP => {
+                    count(&mut reloads, reload(&args, color, &mut enf, &mut loaded));
+                    if let Some(w) = &mut watch {
+                        w.acted_on_current();
+                    }
+                }
                 _ => stop = true,
+            }
+        }
+        if let Some(w) = &mut watch {
+            match w.poll() {
+                Change::Changed => {
+                    eprintln!("skpc: {} changed; reloading", loaded.name);
+                    count(&mut reloads, reload(&args, color, &mut enf, &mut loaded));
+                }
+                Change::Missing => eprintln!(
+                    "skpc: {} is missing; still enforcing version {}",
+                    loaded.name,
+                    enf.version()
+                ),
+                Change::None => {}
             }
         }
         if args.events {
@@ -92,10 +126,13 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
             show(
                 &enf,
                 &loaded,
-                tty && !args.json,
-                args.json,
-                start.elapsed(),
-                &cgroup,
+                View {
+                    tty: tty && !args.json,
+                    json: args.json,
+                    elapsed: start.elapsed(),
+                    cgroup: &cgroup,
+                    reloads,
+                },
             );
         }
     }
@@ -112,6 +149,7 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
         let doc = json::CountersDoc {
             version: Some(version),
             elapsed_seconds: Some(start.elapsed().as_secs_f64()),
+            reloads: Some(reloads),
             ..json::counters_doc(&loaded, &values)
         };
         // Through write_stdout: a closed pipe (`| head`) is no panic.
@@ -126,20 +164,29 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGHUP: re-read and recompile the input, swap it in; keep the old one on failure.
-fn reload(args: &RunArgs, color: ColorChoice, enf: &mut Enforcement, loaded: &mut Loaded) {
+fn count(reloads: &mut json::ReloadsJson, ok: bool) {
+    if ok {
+        reloads.ok += 1;
+    } else {
+        reloads.error += 1;
+    }
+}
+
+/// Re-reads and recompiles the input and swaps it in (the new version is loaded and
+/// verified beside the old one first); keeps the old one on failure. True if swapped.
+fn reload(args: &RunArgs, color: ColorChoice, enf: &mut Enforcement, loaded: &mut Loaded) -> bool {
     let new = match load(&args.input, color, args.json) {
         Ok(Some(l)) => l,
         Ok(None) => {
             eprintln!("skpc: reload failed: the policy does not compile (see above); still enforcing version {}", enf.version());
-            return;
+            return false;
         }
         Err(e) => {
             eprintln!(
                 "skpc: reload failed: {e:#}; still enforcing version {}",
                 enf.version()
             );
-            return;
+            return false;
         }
     };
     match enf.reload(&new.policy) {
@@ -150,31 +197,45 @@ fn reload(args: &RunArgs, color: ColorChoice, enf: &mut Enforcement, loaded: &mu
                 enf.version()
             );
             *loaded = new;
+            true
         }
-        Err(e) => eprintln!(
-            "skpc: reload failed: {:#}; still enforcing version {}",
-            anyhow::Error::from(e),
-            enf.version()
-        ),
+        Err(e) => {
+            eprintln!(
+                "skpc: reload failed: {:#}; still enforcing version {}",
+                anyhow::Error::from(e),
+                enf.version()
+            );
+            false
+        }
     }
+}
+
+/// How one counters update is shown.
+struct View<'a> {
+    tty: bool,
+    json: bool,
+    elapsed: Duration,
+    cgroup: &'a Path,
+    reloads: json::ReloadsJson,
 }
 
 /// One counters update: the live view on a terminal, a JSON line in JSON mode, a plain
 /// line otherwise.
-fn show(
-    enf: &Enforcement,
-    loaded: &Loaded,
-    tty: bool,
-    json: bool,
-    elapsed: Duration,
-    cgroup: &Path,
-) {
+fn show(enf: &Enforcement, loaded: &Loaded, view: View) {
+    let View {
+        tty,
+        json,
+        elapsed,
+        cgroup,
+        reloads,
+    } = view;
     let Ok(values) = enf.counters() else { return };
     let mut out = std::io::stdout().lock();
     if json {
         let doc = json::CountersDoc {
             version: Some(enf.version()),
             elapsed_seconds: Some(elapsed.as_secs_f64()),
+            reloads: Some(reloads),
             ..json::counters_doc(loaded, &values)
         };
         let _ = writeln!(out, "{}", json::line(&doc));
