@@ -11,6 +11,7 @@ use skpc::diag::ColorChoice;
 // The subcommands that do more than call one library function, one module each.
 mod exec;
 mod json;
+mod metrics;
 mod run;
 mod test;
 mod test_kernel;

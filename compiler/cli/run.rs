@@ -16,6 +16,7 @@ use skpc_runtime::process::{self, sig, Signals};
 use skpc_runtime::Enforcement;
 
 use super::exec::{cleanup_stale, counters_table, load, log_line, Loaded};
+use super::metrics::{self, Metrics};
 use super::watch::{Change, Watch};
 use crate::{json, Input};
 
@@ -40,6 +41,10 @@ pub struct RunArgs {
     /// Do not watch FILE for changes (reload on SIGHUP only).
     #[arg(long)]
     pub no_watch: bool,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9464; port 0
+    /// picks a free one). docs/operations.md lists them.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 fn resolve_cgroup(p: &Path) -> anyhow::Result<PathBuf> {
@@ -64,6 +69,14 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let mut reloads = json::ReloadsJson::default();
+    let metrics = match &args.metrics {
+        Some(addr) => {
+            let m = Metrics::start(addr)?;
+            eprintln!("skpc: metrics on http://{}/metrics", m.addr);
+            Some(m)
+        }
+        None => None,
+    };
     let tty = process::is_tty(1);
     let interval = Duration::from_secs_f64(args.interval.max(0.05));
     let start = Instant::now();
@@ -118,6 +131,9 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
                 eprintln!("{}", log_line(&loaded, &r, args.json));
             }
         }
+        if let Some(m) = &metrics {
+            m.update(snapshot(&enf, &loaded, reloads));
+        }
         if stop {
             break;
         }
@@ -143,6 +159,7 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
     }
     let values = enf.counters()?;
     let version = enf.version();
+    drop(metrics);
     drop(enf);
     drop(signals);
     if args.json {
@@ -162,6 +179,26 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the metrics report now.
+fn snapshot(enf: &Enforcement, loaded: &Loaded, reloads: json::ReloadsJson) -> metrics::Snapshot {
+    let values = enf.counters().unwrap_or_default();
+    let doc = json::counters_doc(loaded, &values);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&loaded.source, &mut hasher);
+    metrics::Snapshot {
+        policy: loaded.name.clone(),
+        version: enf.version(),
+        hash: format!("{:016x}", std::hash::Hasher::finish(&hasher)),
+        reloads,
+        sockets: enf.sockets(),
+        counters: doc
+            .counters
+            .iter()
+            .map(metrics::Counter::from_json)
+            .collect(),
+    }
 }
 
 fn count(reloads: &mut json::ReloadsJson, ok: bool) {

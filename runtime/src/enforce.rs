@@ -458,6 +458,11 @@ impl Enforcement {
         }
     }
 
+    /// How many sockets `skp_peers` holds: the sockets under the policy.
+    pub fn sockets(&self) -> usize {
+        sys::map_count(self.map(SOCKHASH_NAME).fd().as_fd(), SockKey::SIZE)
+    }
+
     /// Whether `skp_peers` holds a socket under `key`.
     pub fn has_peer(&self, key: &SockKey) -> bool {
         sys::map_has(self.map(SOCKHASH_NAME).fd().as_fd(), &key.to_bytes())

@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 const BPF_MAP_LOOKUP_ELEM: i64 = 1;
 const BPF_MAP_UPDATE_ELEM: i64 = 2;
 const BPF_MAP_DELETE_ELEM: i64 = 3;
+const BPF_MAP_GET_NEXT_KEY: i64 = 4;
 const BPF_PROG_ATTACH: i64 = 8;
 const BPF_PROG_DETACH: i64 = 9;
 const BPF_PROG_GET_NEXT_ID: i64 = 11;
@@ -114,6 +115,28 @@ pub(crate) fn map_delete(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<()> {
     attr[0] = map.as_raw_fd() as u32 as u64;
     attr[1] = key.as_ptr() as u64;
     bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(|_| ())
+}
+
+/// How many keys `map` (with keys of `key_size` bytes) holds, walked with
+/// `BPF_MAP_GET_NEXT_KEY` (entries may come and go during the walk: a snapshot-ish count).
+pub(crate) fn map_count(map: BorrowedFd<'_>, key_size: usize) -> usize {
+    let mut key = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut count = 0;
+    let mut first = true;
+    loop {
+        let mut attr = [0u64; 16];
+        attr[0] = map.as_raw_fd() as u32 as u64;
+        // A null key asks for the first one.
+        attr[1] = if first { 0 } else { key.as_ptr() as u64 };
+        attr[2] = next.as_mut_ptr() as u64;
+        if bpf(BPF_MAP_GET_NEXT_KEY, &mut attr).is_err() {
+            return count;
+        }
+        count += 1;
+        first = false;
+        std::mem::swap(&mut key, &mut next);
+    }
 }
 
 /// Whether `key` is in `map` (a socket map's user-space value is the 8-byte cookie).
