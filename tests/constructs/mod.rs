@@ -47,6 +47,36 @@ pub const CONSTRUCTS: &[(&str, &str)] = &[
     ("const_and_set", "const REDIS = 6379;\nset web = {80, 443, 8000..8099};\ndrop if port == REDIS;\npass if remote.port in web;"),
     ("literals", "drop if len == 1_000 or len == 0x10 or len == 2KiB or len == 1GiB;"),
     ("strings_escapes", "drop if payload[0..6] == \"a\\r\\n\\t\\x00\\\"\";"),
+    ("proto_presence", "count web if http;\ncount cache if redis == true;\ncount db if pg and remote.port == 5432;\ndrop if tls == false and remote.port == 443;"),
+    ("proto_eq", "drop if http.method == \"DELETE\";\ndrop if pg.user == \"postgres\";"),
+    ("proto_ne", "drop if http and http.host != \"api.example.com\";"),
+    ("proto_in", "drop if redis.command in {\"FLUSHALL\", \"FLUSHDB\", \"CONFIG\"};\ndrop if pg.database in {\"template0\", \"template1\"};"),
+    ("proto_starts_with", "drop if http.path starts with \"/admin\";\ndiscard if redis.key starts with {\"session:\", \"cache:\"};"),
+    ("proto_ends_with", "pass if tls.sni ends with \".example.com\";\ndrop if http.host ends with {\".internal\", \".local\"};\ndefault drop;"),
+    ("proto_case_folded", "drop if redis.command == \"FLUSHALL\" or http.host == \"api.example.com\" or tls.sni starts with \"admin.\";"),
+    (
+        "proto_all_fields",
+        r#"const FORBIDDEN = "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n";
+count web if http;
+count cache if redis;
+count db if pg;
+count tls_hello if tls;
+reply FORBIDDEN if http.method in {"DELETE", "PUT", "PATCH"} and http.path starts with "/admin";
+drop if http.method == "TRACE" or http.path ends with ".php";
+pass if http.host ends with {".example.com", ".example.org"} and http.path starts with "/static/";
+drop if http and http.host != "api.example.com" and remote.port == 8080;
+reply "-ERR denied\r\n" if redis.command in {"FLUSHALL", "FLUSHDB", "CONFIG", "DEBUG"};
+discard if redis.command == "DEL" and redis.key starts with "session:";
+drop if redis.key ends with ":lock" and redis.command != "GET";
+drop if pg.user == "postgres" and not remote.ip in 10.0.0.0/8;
+drop if pg.database in {"template0", "template1"};
+pass if pg.user starts with "app_" and pg.database ends with "_prod";
+reply "\x15\x03\x03\x00\x02\x02\x70" if tls and not tls.sni ends with {".example.com", ".example.org"};
+pass for 1MiB if tls.sni == "bulk.example.com";
+drop if tls.sni starts with "admin.";
+default pass;
+"#,
+    ),
     ("test_cases", "drop if port == 6379 and len > 4096;\ntest \"big\" { remote.port = 6379; len = 5000; expect drop; }"),
     (
         "spec_example",
