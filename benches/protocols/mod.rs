@@ -404,12 +404,12 @@ pub fn part_p() -> String {
     }
     s.push('\n');
     for (i, p) in POLICIES.iter().enumerate() {
-        s.push_str(&format!(
-            "| {} | {} | `{}` |",
-            p.group,
-            kind_label(p.kind),
-            p.src.replace('|', "\\|")
-        ));
+        let src = if p.kind == Kind::All {
+            "(below)".to_string()
+        } else {
+            format!("`{}`", p.src.replace('|', "\\|"))
+        };
+        s.push_str(&format!("| {} | {} | {src} |", p.group, kind_label(p.kind)));
         for m in 0..msgs.len() {
             let cell = match (results.get(&(i, m)), ns(i, m), ns(0, m)) {
                 (Some(Err(e)), _, _) => e.replace('|', "/"),
@@ -462,7 +462,8 @@ pub fn part_p() -> String {
     s.push_str(
         "\n### p. Protocol parsers: code size and verifier cost\n\n\
          The same programs (counters off): emitted slots, xlated_prog_len / 8, JIT bytes, \
-         the verifier's processed instructions (verified_insns) and the load's wall time; \
+         the verifier's processed instructions (verified_insns, and their share of the \
+         1,000,000 the verifier allows) and the load's wall time; \
          \"all fields\" reads all twelve protocol fields at once. These are the policies as \
          written, with `drop`.\n\n\
          | check | policy | slots | xlated | jited B | verified | load |\n\
@@ -471,13 +472,14 @@ pub fn part_p() -> String {
     for (p, q) in POLICIES.iter().zip(&prepared) {
         match &q.sizes {
             Ok(z) => s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {:.1} ms |\n",
+                "| {} | {} | {} | {} | {} | {} ({:.1} %) | {:.1} ms |\n",
                 p.group,
                 kind_label(p.kind),
                 z.slots,
                 z.xlated,
                 z.jited,
                 z.verified,
+                z.verified as f64 / super::MAX_INSNS as f64 * 100.0,
                 z.load_ms
             )),
             Err(e) => s.push_str(&format!(
