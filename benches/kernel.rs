@@ -15,13 +15,20 @@
 //!    10 .. 100k rules (skpc only).
 //! c. One markdown table per part: printed, written to target/skpc-bench/kernel.md and
 //!    into docs/performance.md.
+//! p. Protocol parsers (benches/protocols): per-message run time of policies reading
+//!    the protocol fields, of the same checks written as payload bytes, and of the
+//!    pass-only program, on real HTTP, Redis, PostgreSQL and TLS messages; code size and
+//!    verifier cost, with one policy reading all twelve fields. Written to
+//!    target/skpc-bench/kernel-protocols.md and its own section of docs/performance.md.
 //!
 //! Settings (environment): SKPC_BENCH_ROUNDS (5), SKPC_BENCH_SECS (1 s per case and
 //! round), SKPC_BENCH_SIZES (64,1024,16384), SKPC_BENCH_RULES (10,1000,10000,100000),
 //! SKPC_ANCHOR_DIR (../shared/anchors/sk_msg_c), SKPC_BENCH_NO_DOCS=1 (leave
-//! docs/performance.md alone).
+//! docs/performance.md alone), SKPC_BENCH_PROTO_SECS (0.15 s per case and round in part
+//! p), SKPC_BENCH_ONLY=protocols (part p alone, about a minute).
 
 mod gen;
+mod protocols;
 mod report;
 
 use std::collections::BTreeMap;
@@ -855,6 +862,19 @@ fn main() {
         );
         std::process::exit(1);
     }
+    let to_docs = std::env::var_os("SKPC_BENCH_NO_DOCS").is_none();
+    let only = std::env::var("SKPC_BENCH_ONLY").unwrap_or_default();
+    match only.trim() {
+        "" => {}
+        "protocols" => {
+            report::publish("kernel-protocols", &protocols::part_p(), to_docs);
+            return;
+        }
+        other => {
+            eprintln!("SKPC_BENCH_ONLY={other}: the one part that runs alone is `protocols`");
+            std::process::exit(1);
+        }
+    }
     let started = Instant::now();
     let repo = report::repo();
     let anchor_path = report::anchor_dir().join("policy.bpf.o");
@@ -914,8 +934,8 @@ fn main() {
             "not found"
         }
     ));
-    let to_docs = std::env::var_os("SKPC_BENCH_NO_DOCS").is_none();
     report::publish("kernel", &body, to_docs);
+    report::publish("kernel-protocols", &protocols::part_p(), to_docs);
 }
 
 /// The settings given in the environment, as they would be typed.
