@@ -9,15 +9,16 @@
 //! the connection must still work after it (the same send is answered again, bytes from
 //! the peer arrive). Cases a loopback run cannot reproduce are
 //! skipped, each with the reason: addresses off the loopback, a policy that reads the
-//! sender's uid/gid/pid/cgroup/comm (the run's own process has other values), and
-//! verdicts one send cannot show (redirects, cork, `for N`).
+//! sender's uid/gid/pid/cgroup/comm (the run's own process has other values), a `len`
+//! beyond the payload of a policy that reads bytes (the kernel would read bytes the case
+//! does not give), and verdicts one send cannot show (redirects, cork, `for N`).
 
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::time::Duration;
 
 use skpc::compile::Compiled;
-use skpc::hir::{self, Cond, Decision, IntField, Test, Verdict};
+use skpc::hir::{self, Decision, IntField, Test, Verdict};
 use skpc_runtime::{Enforcement, Policy};
 
 /// The sockmap slot the test client is put in (the last one: the least likely to be a
@@ -57,14 +58,14 @@ pub fn run(
         c.policy.counters.iter().map(|x| x.name.clone()).collect(),
     );
     let mut enforcement = Enforcement::new(&policy)?;
-    let process_fields = reads_process_fields(&c.policy);
+    let reads = reads(&c.policy);
     Ok(cases
         .iter()
-        .map(|case| run_case(&mut enforcement, case, process_fields))
+        .map(|case| run_case(&mut enforcement, case, reads))
         .collect())
 }
 
-fn run_case(enf: &mut Enforcement, case: &hir::TestCase, process_fields: bool) -> Outcome {
+fn run_case(enf: &mut Enforcement, case: &hir::TestCase, reads: Reads) -> Outcome {
     let m = &case.message;
     let expect =
         match case.expect {
@@ -89,8 +90,15 @@ fn run_case(enf: &mut Enforcement, case: &hir::TestCase, process_fields: bool) -
                     .into(),
             ),
         };
-    if process_fields {
+    if reads.process_fields {
         return Outcome::Skipped("the policy reads uid/gid/pid/cgroup/comm, which this run's process cannot take from the case".into());
+    }
+    if reads.bytes && m.len as usize > m.payload.len() {
+        return Outcome::Skipped(format!(
+            "len {} is larger than the {}-byte payload: the kernel would read bytes the case does not give",
+            m.len,
+            m.payload.len()
+        ));
     }
     if !m.local_ip.is_loopback() && !is_mapped_loopback(&m.local_ip)
         || !m.remote_ip.is_loopback() && !is_mapped_loopback(&m.remote_ip)
@@ -272,21 +280,38 @@ fn is_mapped_loopback(ip: &IpAddr) -> bool {
 }
 
 /// Whether any rule reads a field of the sending process.
-fn reads_process_fields(p: &hir::Policy) -> bool {
-    fn cond(c: &Cond) -> bool {
-        match c {
-            Cond::Const(_) => false,
-            Cond::Not(x) => cond(x),
-            Cond::And(cs) | Cond::Or(cs) => cs.iter().any(cond),
-            Cond::Test(Test::Int { field, .. }) => {
-                matches!(
-                    field,
-                    IntField::Uid | IntField::Gid | IntField::Pid | IntField::Cgroup
-                )
-            }
-            Cond::Test(Test::Comm { .. }) => true,
-            Cond::Test(_) => false,
-        }
+/// What of a message the policy reads that a loopback run cannot reproduce from a case.
+#[derive(Clone, Copy)]
+struct Reads {
+    /// uid/gid/pid/cgroup/comm: the run's own process has other values.
+    process_fields: bool,
+    /// Payload bytes or protocol fields: a case whose `len` is larger than its payload
+    /// leaves bytes the kernel would read unsaid (the run pads them with `x`).
+    bytes: bool,
+}
+
+fn reads(p: &hir::Policy) -> Reads {
+    let any = |f: fn(&Test) -> bool| p.rules.iter().any(|r| r.cond.any_test(f));
+    Reads {
+        process_fields: any(|t| {
+            matches!(
+                t,
+                Test::Int {
+                    field: IntField::Uid | IntField::Gid | IntField::Pid | IntField::Cgroup,
+                    ..
+                } | Test::Comm { .. }
+            )
+        }),
+        bytes: any(|t| {
+            matches!(
+                t,
+                Test::Int {
+                    field: IntField::PayloadByte(_),
+                    ..
+                } | Test::Payload { .. }
+                    | Test::Proto(_)
+                    | Test::Text { .. }
+            )
+        }),
     }
-    p.rules.iter().any(|r| cond(&r.cond))
 }
