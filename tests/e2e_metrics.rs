@@ -202,6 +202,8 @@ fn prometheus_scrapes_the_counters_of_skpc_run_and_promtool_finds_them_clean() {
         text(&out.stderr)
     );
     assert!(body.contains("skpc_sockets "), "{body}");
+    assert!(body.contains("skpc_program_runs_total "), "{body}");
+    assert!(body.contains("skpc_program_run_seconds_total "), "{body}");
     assert!(body.contains("skpc_policy_info{"), "{body}");
     assert!(
         body.contains("skpc_policy_reloads_total{result=\"ok\"} 0"),

@@ -8,13 +8,18 @@
 //!   per counter slot (rules, named counters, the default), of the version in force;
 //! - `skpc_policy_reloads_total` {result="ok"|"error"};
 //! - `skpc_policy_info` {policy, version, hash} = 1;
-//! - `skpc_sockets`: sockets under the policy (in `skp_peers`).
+//! - `skpc_sockets`: sockets under the policy (in `skp_peers`);
+//! - `skpc_program_run_seconds_total`, `skpc_program_runs_total`: the verdict program's
+//!   run time and runs from the kernel's BPF stats (0 unless they are enabled).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Counter as FloatCounter, Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
 use crate::json::{CounterJson, ReloadsJson};
 
@@ -27,6 +32,9 @@ pub(crate) struct Snapshot {
     pub hash: String,
     pub reloads: ReloadsJson,
     pub sockets: usize,
+    /// The verdict program's run time (seconds) and runs, from the kernel's BPF stats.
+    pub run_seconds: f64,
+    pub runs: u64,
     pub counters: Vec<Counter>,
 }
 
@@ -177,6 +185,18 @@ pub(crate) fn encode(s: &Snapshot) -> Result<Vec<u8>, prometheus::Error> {
         "skpc_sockets",
         "Sockets under the policy (in the skp_peers sockhash).",
     )?;
+    let run_seconds = FloatCounter::new(
+        "skpc_program_run_seconds_total",
+        "Time the verdict program in force ran, from the kernel's BPF stats (0 unless sysctl kernel.bpf_stats_enabled=1).",
+    )?;
+    let runs = IntCounter::new(
+        "skpc_program_runs_total",
+        "Runs of the verdict program in force, from the kernel's BPF stats (0 unless enabled).",
+    )?;
+    registry.register(Box::new(run_seconds.clone()))?;
+    registry.register(Box::new(runs.clone()))?;
+    run_seconds.inc_by(s.run_seconds);
+    runs.inc_by(s.runs);
     registry.register(Box::new(messages.clone()))?;
     registry.register(Box::new(bytes.clone()))?;
     registry.register(Box::new(reloads.clone()))?;
@@ -212,6 +232,8 @@ mod tests {
             hash: "0123abcd".into(),
             reloads: ReloadsJson { ok: 1, error: 3 },
             sockets: 5,
+            run_seconds: 0.5,
+            runs: 9,
             counters: vec![Counter {
                 line: 1,
                 rule: "drop if port == 6379 and payload starts with \"x\";".into(),
@@ -229,6 +251,8 @@ mod tests {
             "skpc_policy_reloads_total{result=\"ok\"} 1",
             "skpc_policy_info{hash=\"0123abcd\",policy=\"guard.skp\",version=\"2\"} 1",
             "skpc_sockets 5",
+            "skpc_program_run_seconds_total 0.5",
+            "skpc_program_runs_total 9",
         ] {
             assert!(text.contains(want), "{want} in\n{text}");
         }

@@ -185,6 +185,7 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
 fn snapshot(enf: &Enforcement, loaded: &Loaded, reloads: json::ReloadsJson) -> metrics::Snapshot {
     let values = enf.counters().unwrap_or_default();
     let doc = json::counters_doc(loaded, &values);
+    let stats = enf.program_stats().unwrap_or_default();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     std::hash::Hash::hash(&loaded.source, &mut hasher);
     metrics::Snapshot {
@@ -193,6 +194,8 @@ fn snapshot(enf: &Enforcement, loaded: &Loaded, reloads: json::ReloadsJson) -> m
         hash: format!("{:016x}", std::hash::Hasher::finish(&hasher)),
         reloads,
         sockets: enf.sockets(),
+        run_seconds: stats.0.as_secs_f64(),
+        runs: stats.1,
         counters: doc
             .counters
             .iter()

@@ -458,6 +458,16 @@ impl Enforcement {
         }
     }
 
+    /// The verdict program in force: its accumulated run time and run count from the
+    /// kernel's BPF stats. Both stay 0 unless the stats are on (`sysctl
+    /// kernel.bpf_stats_enabled=1`, or an fd from BPF_ENABLE_STATS held open).
+    pub fn program_stats(&self) -> Option<(Duration, u64)> {
+        let ebpf = self.current.ebpf.as_ref().unwrap_or(&self.base.ebpf);
+        let prog: &SkMsg = ebpf.program(SK_MSG_PROGRAM)?.try_into().ok()?;
+        let info = prog.info().ok()?;
+        Some((info.run_time(), info.run_count()))
+    }
+
     /// How many sockets `skp_peers` holds: the sockets under the policy.
     pub fn sockets(&self) -> usize {
         sys::map_count(self.map(SOCKHASH_NAME).fd().as_fd(), SockKey::SIZE)
