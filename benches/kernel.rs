@@ -500,6 +500,41 @@ fn thread_cpu_ns() -> u64 {
 
 /// One case: a fresh loopback connection, the client in the policy's sockmap, blocking
 /// sends of `size` bytes of 'x' for `secs`, a receiver thread reading until EOF.
+/// Runs every (case, key) once per round, keys outer, cases inner: interleaved, so that
+/// a noisy machine spreads its noise over all of them. (case index, key) -> one Run per
+/// round, or the first error (a case that failed to attach fails for every key).
+fn interleaved<C, A, K: Copy + Ord, R>(
+    part: &str,
+    rounds: usize,
+    keys: &[K],
+    cases: &mut [C],
+    attach_of: impl Fn(&mut C) -> &mut Result<A, String>,
+    run: impl Fn(&mut A, K) -> Result<R, String>,
+) -> BTreeMap<(usize, K), Result<Vec<R>, String>> {
+    let mut results: BTreeMap<(usize, K), Result<Vec<R>, String>> = BTreeMap::new();
+    for round in 0..rounds {
+        eprintln!("{part}. round {}/{rounds}", round + 1);
+        for &key in keys {
+            for (i, case) in cases.iter_mut().enumerate() {
+                let entry = results.entry((i, key)).or_insert(Ok(Vec::new()));
+                let Ok(runs) = entry else { continue };
+                let attach = match attach_of(case) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        *entry = Err(e.clone());
+                        continue;
+                    }
+                };
+                match run(attach, key) {
+                    Ok(r) => runs.push(r),
+                    Err(e) => *entry = Err(e),
+                }
+            }
+        }
+    }
+    results
+}
+
 fn run_case(attach: &mut Attach, size: usize, secs: f64) -> Result<Run, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let client = TcpStream::connect(l.local_addr().unwrap()).map_err(|e| e.to_string())?;
@@ -649,29 +684,15 @@ fn part_b(
     if let Err(e) = &stats_fd {
         eprintln!("BPF_ENABLE_STATS failed ({e}); run times will be missing");
     }
-    // (case index, size) -> one Run per round, or the error.
-    let mut results: BTreeMap<(usize, usize), Result<Vec<Run>, String>> = BTreeMap::new();
     let total = Instant::now();
-    for round in 0..rounds {
-        eprintln!("b. round {}/{rounds}", round + 1);
-        for &size in &sizes {
-            for (i, case) in cases.iter_mut().enumerate() {
-                let entry = results.entry((i, size)).or_insert(Ok(Vec::new()));
-                let Ok(runs) = entry else { continue };
-                let attach = match &mut case.attach {
-                    Ok(a) => a,
-                    Err(e) => {
-                        *entry = Err(e.clone());
-                        continue;
-                    }
-                };
-                match run_case(attach, size, secs) {
-                    Ok(r) => runs.push(r),
-                    Err(e) => *entry = Err(e),
-                }
-            }
-        }
-    }
+    let results = interleaved(
+        "b",
+        rounds,
+        &sizes,
+        &mut cases,
+        |c| &mut c.attach,
+        |a, size| run_case(a, size, secs),
+    );
     drop(stats_fd);
     let sysctl_after = bpf_stats_sysctl();
     eprintln!(

@@ -7,7 +7,7 @@ mod common;
 use common::tool_or_skip;
 
 mod e2e_support;
-use e2e_support::{leftovers, skpc, skpc_bin, text, Redis};
+use e2e_support::{leftovers, send_from_cgroup, skpc, skpc_bin, text, Lines, Redis};
 
 mod json_contract;
 use json_contract::{documented_fields, keys};
@@ -15,7 +15,6 @@ use json_contract::{documented_fields, keys};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// `skpc run [FLAGS] POLICY --cgroup CGROUP --interval SECONDS`, stdout and stderr piped.
@@ -39,13 +38,10 @@ fn exec_redis_cli_gets_permission_denied_for_big_writes() {
     if !common::kernel_or_skip(name) {
         return;
     }
-    let (Some(server), Some(cli)) = (
-        tool_or_skip(name, "redis-server", "redis-server"),
-        tool_or_skip(name, "redis-cli", "redis-tools"),
-    ) else {
+    let Some(redis) = Redis::start_or_skip(name) else {
         return;
     };
-    let redis = Redis::start(&server, cli.clone());
+    let cli = redis.cli.clone();
     let port = redis.port.to_string();
     let policy = format!("drop if port == {port} and len > 4096;");
     let big = "v".repeat(10240);
@@ -175,13 +171,10 @@ fn exec_redis_cli_reads_a_reply_and_its_session_goes_on() {
     if !common::kernel_or_skip(name) {
         return;
     }
-    let (Some(server), Some(cli)) = (
-        tool_or_skip(name, "redis-server", "redis-server"),
-        tool_or_skip(name, "redis-cli", "redis-tools"),
-    ) else {
+    let Some(redis) = Redis::start_or_skip(name) else {
         return;
     };
-    let redis = Redis::start(&server, cli.clone());
+    let cli = redis.cli.clone();
     let port = redis.port.to_string();
     for (k, v) in [("k1", "v1"), ("k2", "v2"), ("k3", "v3")] {
         assert_eq!(redis.cli(&["SET", k, v]), ("OK".into(), 0));
@@ -364,48 +357,18 @@ fn run_enforces_on_a_cgroup_reloads_on_sighup_and_stops_on_sigterm() {
     // SIGHUP alone here; watching the file is the next test's.
     let mut run = spawn_run(&["--no-watch"], &file.path, cg.path(), "0.2");
     let pid = run.id();
-    let (tx, rx) = mpsc::channel::<String>();
-    let stderr = run.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            all.push_str(&line);
-            all.push('\n');
-            let _ = tx.send(line);
-        }
-        all
-    });
+    let stderr = Lines::of(run.stderr.take().unwrap());
     let stdout = run.stdout.take().unwrap();
     let lines =
         std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).count());
-    let expect = |what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) if l.contains(what) => return l,
-                Ok(_) => {}
-                Err(_) => panic!("skpc run never said {what:?}"),
-            }
-        }
-    };
+    let expect = |what: &str| stderr.expect(what);
     expect("enforcing");
     let acceptor = std::thread::spawn(move || {
         for _ in 0..3 {
             let _ = listener.accept();
         }
     });
-    let send_from_cgroup = |msg: &str| -> String {
-        let mut cmd = Command::new(&python);
-        cmd.args([
-            "-c",
-            "import socket,sys\nc=socket.create_connection(('127.0.0.1',int(sys.argv[1])))\ntry:\n c.send(sys.argv[2].encode()); print('ok')\nexcept PermissionError: print('EACCES')",
-            &port.to_string(),
-            msg,
-        ]);
-        skpc_runtime::process::join_cgroup_on_exec(&mut cmd, cg.path()).unwrap();
-        text(&cmd.output().unwrap().stdout).trim().to_string()
-    };
+    let send_from_cgroup = |msg: &str| send_from_cgroup(&python, port, cg.path(), msg);
     assert_eq!(send_from_cgroup("BAD one"), "EACCES");
     // A broken policy: the old one stays.
     std::fs::write(&file.path, "drop if remote.port == ;").unwrap();
@@ -425,7 +388,7 @@ fn run_enforces_on_a_cgroup_reloads_on_sighup_and_stops_on_sigterm() {
     std::thread::sleep(Duration::from_millis(800));
     skpc_runtime::process::send_signal(pid, skpc_runtime::process::sig::SIGTERM);
     let status = run.wait().unwrap();
-    let all = reader.join().unwrap();
+    let all = stderr.all();
     assert_eq!(status.code(), Some(0), "{all}");
     assert!(all.contains("stopped; counters"), "{all}");
     assert!(
@@ -463,17 +426,7 @@ fn run_follows_edits_of_the_policy_file_configmap_swap_rename_and_in_place() {
     let cg = skpc_runtime::TempCgroup::create().unwrap();
     let mut run = spawn_run(&["-j"], &dir.join("policy.skp"), cg.path(), "0.2");
     let pid = run.id();
-    let (tx, rx) = mpsc::channel::<String>();
-    let stderr = run.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            all.push_str(&line);
-            all.push('\n');
-            let _ = tx.send(line);
-        }
-        all
-    });
+    let stderr = Lines::of(run.stderr.take().unwrap());
     let stdout = run.stdout.take().unwrap();
     let last_doc = std::thread::spawn(move || {
         BufReader::new(stdout)
@@ -482,17 +435,7 @@ fn run_follows_edits_of_the_policy_file_configmap_swap_rename_and_in_place() {
             .last()
             .unwrap_or_default()
     });
-    let expect = |what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) if l.contains(what) => return l,
-                Ok(_) => {}
-                Err(_) => panic!("skpc run never said {what:?}"),
-            }
-        }
-    };
+    let expect = |what: &str| stderr.expect(what);
     expect("a change of the file or SIGHUP");
     let acceptor = std::thread::spawn(move || {
         for _ in 0..64 {
@@ -501,17 +444,7 @@ fn run_follows_edits_of_the_policy_file_configmap_swap_rename_and_in_place() {
             }
         }
     });
-    let send_from_cgroup = |msg: &str| -> String {
-        let mut cmd = Command::new(&python);
-        cmd.args([
-            "-c",
-            "import socket,sys\nc=socket.create_connection(('127.0.0.1',int(sys.argv[1])))\ntry:\n c.send(sys.argv[2].encode()); print('ok')\nexcept PermissionError: print('EACCES')",
-            &port.to_string(),
-            msg,
-        ]);
-        skpc_runtime::process::join_cgroup_on_exec(&mut cmd, cg.path()).unwrap();
-        text(&cmd.output().unwrap().stdout).trim().to_string()
-    };
+    let send_from_cgroup = |msg: &str| send_from_cgroup(&python, port, cg.path(), msg);
     // Enforcement follows the file: `word` is dropped (and `old`, no more) once the
     // change is seen. Returns how long that took.
     let follows = |word: &str, old: &str| -> Duration {
@@ -546,7 +479,7 @@ fn run_follows_edits_of_the_policy_file_configmap_swap_rename_and_in_place() {
     eprintln!("{name}: enforced after {swap:?} (ConfigMap swap), {rename:?} (rename), {in_place:?} (in place)");
     skpc_runtime::process::send_signal(pid, skpc_runtime::process::sig::SIGTERM);
     let status = run.wait().unwrap();
-    let all = reader.join().unwrap();
+    let all = stderr.all();
     assert_eq!(status.code(), Some(0), "{all}");
     let doc: serde_json::Value = serde_json::from_str(&last_doc.join().unwrap()).unwrap();
     assert_eq!(doc["version"], 4, "{doc}");

@@ -7,14 +7,15 @@ mod common;
 use common::tool_or_skip;
 
 mod e2e_support;
-use e2e_support::{dies_with_the_test, free_port, leftovers, skpc_bin, text, wait_until};
+use e2e_support::{
+    dies_with_the_test, free_port, leftovers, send_from_cgroup, skpc_bin, text, wait_until, Lines,
+};
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `GET path` on `addr` (HTTP/1.0, so the server closes): (status line, body).
 fn http_get(addr: &str, path: &str) -> Option<(String, String)> {
@@ -123,28 +124,8 @@ fn prometheus_scrapes_the_counters_of_skpc_run_and_promtool_finds_them_clean() {
         .spawn()
         .expect("skpc run starts");
     let pid = run.id();
-    let (tx, rx) = mpsc::channel::<String>();
-    let stderr = run.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            all.push_str(&line);
-            all.push('\n');
-            let _ = tx.send(line);
-        }
-        all
-    });
-    let expect = |what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) if l.contains(what) => return l,
-                Ok(_) => {}
-                Err(_) => panic!("skpc run never said {what:?}"),
-            }
-        }
-    };
+    let stderr = Lines::of(run.stderr.take().unwrap());
+    let expect = |what: &str| stderr.expect(what);
     let line = expect("metrics on http://");
     let target = line
         .split("http://")
@@ -158,17 +139,7 @@ fn prometheus_scrapes_the_counters_of_skpc_run_and_promtool_finds_them_clean() {
             let _ = listener.accept();
         }
     });
-    let send_from_cgroup = |msg: &str| -> String {
-        let mut cmd = Command::new(&python);
-        cmd.args([
-            "-c",
-            "import socket,sys\nc=socket.create_connection(('127.0.0.1',int(sys.argv[1])))\ntry:\n c.send(sys.argv[2].encode()); print('ok')\nexcept PermissionError: print('EACCES')",
-            &port.to_string(),
-            msg,
-        ]);
-        skpc_runtime::process::join_cgroup_on_exec(&mut cmd, cg.path()).unwrap();
-        text(&cmd.output().unwrap().stdout).trim().to_string()
-    };
+    let send_from_cgroup = |msg: &str| send_from_cgroup(&python, port, cg.path(), msg);
     assert_eq!(send_from_cgroup("BAD x"), "EACCES");
     assert_eq!(send_from_cgroup("good 1"), "ok");
     assert_eq!(send_from_cgroup("good 2"), "ok");
@@ -241,7 +212,7 @@ fn prometheus_scrapes_the_counters_of_skpc_run_and_promtool_finds_them_clean() {
 
     skpc_runtime::process::send_signal(pid, skpc_runtime::process::sig::SIGTERM);
     let status = run.wait().unwrap();
-    let all = reader.join().unwrap();
+    let all = stderr.all();
     assert_eq!(status.code(), Some(0), "{all}");
     assert_eq!(leftovers(pid), Vec::<PathBuf>::new());
     acceptor.join().unwrap();

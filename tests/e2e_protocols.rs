@@ -66,13 +66,10 @@ fn redis_flushall_gets_the_policy_error_and_the_session_goes_on() {
     if !common::kernel_or_skip(name) {
         return;
     }
-    let (Some(server), Some(cli)) = (
-        tool_or_skip(name, "redis-server", "redis-server"),
-        tool_or_skip(name, "redis-cli", "redis-tools"),
-    ) else {
+    let Some(redis) = Redis::start_or_skip(name) else {
         return;
     };
-    let redis = Redis::start(&server, cli.clone());
+    let cli = redis.cli.clone();
     for (k, v) in [("a", "1"), ("b", "2"), ("c", "3")] {
         assert_eq!(redis.cli(&["SET", k, v]), ("OK".into(), 0));
     }

@@ -13,7 +13,6 @@
 //! Settings: SKPC_BENCH_ROUNDS (5), SKPC_BENCH_PROTO_SECS (0.15 s per case and round).
 //! `SKPC_BENCH_ONLY=protocols` runs this part alone.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -342,27 +341,15 @@ pub fn part_p() -> String {
         eprintln!("BPF_ENABLE_STATS failed ({e}); run times will be missing");
     }
     // (policy, message) -> one Run per round, or the error.
-    let mut results: BTreeMap<(usize, usize), Result<Vec<Run>, String>> = BTreeMap::new();
-    for round in 0..rounds {
-        eprintln!("p. round {}/{rounds}", round + 1);
-        for (m, (_, msg)) in msgs.iter().enumerate() {
-            for (i, p) in prepared.iter_mut().enumerate() {
-                let entry = results.entry((i, m)).or_insert(Ok(Vec::new()));
-                let Ok(runs) = entry else { continue };
-                let attach = match &mut p.attach {
-                    Ok(a) => a,
-                    Err(e) => {
-                        *entry = Err(e.clone());
-                        continue;
-                    }
-                };
-                match run_msg(attach, msg, secs) {
-                    Ok(r) => runs.push(r),
-                    Err(e) => *entry = Err(e),
-                }
-            }
-        }
-    }
+    let message_indices: Vec<usize> = (0..msgs.len()).collect();
+    let results = super::interleaved(
+        "p",
+        rounds,
+        &message_indices,
+        &mut prepared,
+        |p| &mut p.attach,
+        |a, m| run_msg(a, &msgs[m].1, secs),
+    );
     drop(stats_fd);
     let sysctl_after = bpf_stats_sysctl();
 

@@ -369,7 +369,7 @@ impl Gen {
         }
         // Host: the first header line starting `host:` (any case), before an empty line.
         self.alu64(AluOp::Add, POS, Src::Imm(9));
-        let (header, value, host_end) = (self.label(), self.label(), self.label());
+        let header = self.label();
         self.counted_loop(w, |g, next| {
             g.mov64(IDX, Src::Reg(POS));
             g.alu64(AluOp::Add, IDX, Src::Reg(K));
@@ -399,35 +399,51 @@ impl Gen {
         self.alu64(AluOp::Add, POS, Src::Imm(6));
         self.opaque(POS, OFF_MASK);
         // At most SPACES_MAX spaces or tabs before the value.
+        self.skip_blanks(w, b" \t", done);
+        self.take_text(Text::HttpHost, w, b": \t\r\n", done, |g, next| {
+            // An IPv6 literal (`[::1]:80`) has no host here.
+            g.jmp64(JmpOp::Jne, K, Src::Imm(0), next);
+            g.exit_unless(JmpOp::Jne, false, Reg::R0, Src::Imm(b'[' as i32), done);
+        });
+    }
+
+    /// From POS, skips at most SPACES_MAX of the `blanks` bytes: POS (opaque) is then the
+    /// first other byte. More blanks, or the window's end: jumps to `out`.
+    fn skip_blanks(&mut self, window: u32, blanks: &[u8], out: Label) {
+        let other = self.label();
         self.counted_loop(bounds::SPACES_MAX + 1, |g, next| {
             g.mov64(IDX, Src::Reg(POS));
             g.alu64(AluOp::Add, IDX, Src::Reg(K));
-            g.at(IDX, 1, w, done);
+            g.at(IDX, 1, window, out);
             g.ldx(Size::B, Reg::R0, BASE, 0);
-            g.jmp32(JmpOp::Jeq, Reg::R0, b' ' as i32, next);
-            g.jmp32(JmpOp::Jeq, Reg::R0, b'\t' as i32, next);
-            g.goto(value);
+            for &b in blanks {
+                g.jmp32(JmpOp::Jeq, Reg::R0, b as i32, next);
+            }
+            g.goto(other);
         });
-        self.goto(done);
-        self.place(value);
+        self.goto(out);
+        self.place(other);
         self.mov64(POS, Src::Reg(IDX));
         self.opaque(POS, OFF_MASK);
-        self.scan(
-            w,
-            bounds::HTTP_HOST_MAX + 1,
-            b": \t\r\n",
-            host_end,
-            done,
-            |g, next| {
-                // An IPv6 literal (`[::1]:80`) has no host here.
-                g.jmp64(JmpOp::Jne, K, Src::Imm(0), next);
-                g.exit_unless(JmpOp::Jne, false, Reg::R0, Src::Imm(b'[' as i32), done);
-            },
-        );
-        self.place(host_end);
+    }
+
+    /// The bytes from POS up to the first of `stops` are the value of `field` (1 to its
+    /// `max_len` bytes; `each` tests every other byte); then (or on no value) jumps to
+    /// `done`.
+    fn take_text(
+        &mut self,
+        field: Text,
+        window: u32,
+        stops: &[u8],
+        done: Label,
+        each: impl FnOnce(&mut Gen, Label),
+    ) {
+        let end = self.label();
+        self.scan(window, field.max_len() + 1, stops, end, done, each);
+        self.place(end);
         self.jmp64(JmpOp::Jeq, K, Src::Imm(0), done);
         self.opaque(K, LEN_MASK);
-        self.set_text(Text::HttpHost, POS, K);
+        self.set_text(field, POS, K);
         self.goto(done);
     }
 
@@ -443,7 +459,7 @@ impl Gen {
         self.alu32(AluOp::Or, Reg::R0, Src::Imm(0x20));
         self.alu32(AluOp::Sub, Reg::R0, Src::Imm(b'a' as i32));
         self.jmp32(JmpOp::Jgt, Reg::R0, 25, fail);
-        let (command, key_start, key_end) = (self.label(), self.label(), self.label());
+        let command = self.label();
         self.scan(
             w,
             bounds::REDIS_COMMAND_MAX + 1,
@@ -463,31 +479,8 @@ impl Gen {
             // The key: after one to SPACES_MAX spaces, up to a space, CR or LF.
             self.jmp32(JmpOp::Jne, Reg::R0, b' ' as i32, done);
             self.mov64(POS, Src::Reg(IDX));
-            self.counted_loop(bounds::SPACES_MAX + 1, |g, next| {
-                g.mov64(IDX, Src::Reg(POS));
-                g.alu64(AluOp::Add, IDX, Src::Reg(K));
-                g.at(IDX, 1, w, done);
-                g.ldx(Size::B, Reg::R0, BASE, 0);
-                g.jmp32(JmpOp::Jeq, Reg::R0, b' ' as i32, next);
-                g.goto(key_start);
-            });
-            self.goto(done);
-            self.place(key_start);
-            self.mov64(POS, Src::Reg(IDX));
-            self.opaque(POS, OFF_MASK);
-            self.scan(
-                w,
-                bounds::REDIS_KEY_MAX + 1,
-                b" \r\n",
-                key_end,
-                done,
-                |_, _| {},
-            );
-            self.place(key_end);
-            self.jmp64(JmpOp::Jeq, K, Src::Imm(0), done);
-            self.opaque(K, LEN_MASK);
-            self.set_text(Text::RedisKey, POS, K);
-            self.goto(done);
+            self.skip_blanks(w, b" ", done);
+            self.take_text(Text::RedisKey, w, b" \r\n", done, |_, _| {});
         }
         // RESP: `*`, 1-10 digits, CR LF, `$`.
         self.place(resp);

@@ -315,10 +315,19 @@ pub fn dies_with_the_test(cmd: &mut Command) -> &mut Command {
 pub struct Redis {
     child: Child,
     pub port: u16,
-    cli: PathBuf,
+    /// The redis-cli binary.
+    pub cli: PathBuf,
 }
 
 impl Redis {
+    /// A redis-server (with redis-cli) for test `test`; none when the Debian packages are
+    /// missing (skipped, or a failure with SKP_REQUIRE_KERNEL=1: `common::tool_or_skip`).
+    pub fn start_or_skip(test: &str) -> Option<Redis> {
+        let server = crate::common::tool_or_skip(test, "redis-server", "redis-server")?;
+        let cli = crate::common::tool_or_skip(test, "redis-cli", "redis-tools")?;
+        Some(Redis::start(&server, cli))
+    }
+
     pub fn start(server: &Path, cli: PathBuf) -> Redis {
         let port = free_port();
         let child = dies_with_the_test(&mut Command::new(server))
@@ -361,4 +370,61 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A child's output stream (a `skpc run`'s stderr), read line by line on a thread so
+/// that a test can wait for what it says.
+pub struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<String>,
+}
+
+impl Lines {
+    pub fn of(stream: impl Read + Send + 'static) -> Lines {
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in io::BufRead::lines(io::BufReader::new(stream)).map_while(Result::ok) {
+                all.push_str(&line);
+                all.push('\n');
+                let _ = tx.send(line);
+            }
+            all
+        });
+        Lines { rx, reader }
+    }
+
+    /// The next line that contains `what` (waiting 10 s at most; panics naming it).
+    pub fn expect(&self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(l) if l.contains(what) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("never said {what:?}"),
+            }
+        }
+    }
+
+    /// Everything the stream said, once it has ended.
+    pub fn all(self) -> String {
+        self.reader.join().unwrap_or_default()
+    }
+}
+
+/// Sends `msg` on a new connection to 127.0.0.1:`port` from a python3 process in
+/// `cgroup`: "ok", or "EACCES" when the send was refused (the policy dropped it).
+pub fn send_from_cgroup(python: &Path, port: u16, cgroup: &Path, msg: &str) -> String {
+    let mut cmd = Command::new(python);
+    cmd.args([
+        "-c",
+        "import socket,sys\nc=socket.create_connection(('127.0.0.1',int(sys.argv[1])))\ntry:\n c.send(sys.argv[2].encode()); print('ok')\nexcept PermissionError: print('EACCES')",
+        &port.to_string(),
+        msg,
+    ]);
+    skpc_runtime::process::join_cgroup_on_exec(&mut cmd, cgroup).expect("joining the cgroup");
+    text(&cmd.output().expect("python3 runs").stdout)
+        .trim()
+        .to_string()
 }
