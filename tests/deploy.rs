@@ -225,6 +225,26 @@ fn unit_command(unit: &Unit, caps: &[&str], policy: &Path, cgroup: &Path) -> Com
     cmd
 }
 
+/// A started skpc that gets SIGTERM (and so cleans up) if the test fails before it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            skpc_runtime::process::send_signal(self.0.id(), skpc_runtime::process::sig::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while let Ok(None) = self.0.try_wait() {
+                if Instant::now() > deadline {
+                    let _ = self.0.kill();
+                    let _ = self.0.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 /// Waits for `child` to end within `secs`; kills it and fails otherwise.
 fn wait_for(child: &mut Child, secs: u64, what: &str) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -253,12 +273,14 @@ fn systemd_unit_exec_start_runs_reloads_and_stops_under_its_capabilities() {
     // The unit's own bounding set, whatever it says (the parse test checks it is CAPS).
     let caps = unit.caps("CapabilityBoundingSet");
     let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
-    let mut run = unit_command(&unit, &caps, &policy, cg.path())
-        .spawn()
-        .expect("setpriv (util-linux) starts");
-    let pid = run.id();
+    let mut run = Running(
+        unit_command(&unit, &caps, &policy, cg.path())
+            .spawn()
+            .expect("setpriv (util-linux) starts"),
+    );
+    let pid = run.0.id();
     let (tx, rx) = mpsc::channel::<String>();
-    let stderr = run.stderr.take().unwrap();
+    let stderr = run.0.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut all = String::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -316,7 +338,7 @@ fn systemd_unit_exec_start_runs_reloads_and_stops_under_its_capabilities() {
 
     // `systemctl stop`: SIGTERM (the unit sets no other KillSignal).
     skpc_runtime::process::send_signal(pid, skpc_runtime::process::sig::SIGTERM);
-    let status = wait_for(&mut run, 10, "skpc after SIGTERM");
+    let status = wait_for(&mut run.0, 10, "skpc after SIGTERM");
     let all = reader.join().unwrap();
     assert_eq!(status.code(), Some(0), "{all}");
     assert!(all.contains("stopped; counters"), "{all}");
