@@ -263,7 +263,11 @@ pub(crate) fn scrape(addr: &str) -> anyhow::Result<Scrape> {
         })?;
     let timeout = Duration::from_secs(5);
     let mut stream = TcpStream::connect_timeout(&sockaddr, timeout).map_err(|e| {
-        anyhow::anyhow!("cannot connect to {addr} ({e}): is `skpc run --metrics {addr}` running?")
+        let what = match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => format!("nothing is listening on {addr}"),
+            _ => format!("cannot connect to {addr} ({e})"),
+        };
+        anyhow::anyhow!("{what}: is `skpc run --metrics {addr}` running?")
     })?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
