@@ -185,6 +185,43 @@ fn prometheus_scrapes_the_counters_of_skpc_run_and_promtool_finds_them_clean() {
         Some(true)
     );
 
+    // `skpc top` reads the same counters back: totals, and rates over its interval.
+    let top = Command::new(skpc_bin())
+        .args([
+            "top",
+            "--metrics",
+            &target,
+            "--once",
+            "--interval",
+            "0.2",
+            "-j",
+        ])
+        .output()
+        .unwrap();
+    assert!(top.status.success(), "{}", text(&top.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&top.stdout).unwrap();
+    assert_eq!(doc["version"], 1, "{doc}");
+    let rules = doc["rules"].as_array().unwrap();
+    let row = |line: u64| {
+        rules
+            .iter()
+            .find(|r| r["line"] == line)
+            .unwrap_or_else(|| panic!("line {line} in {doc}"))
+    };
+    assert_eq!(
+        (row(1)["action"].as_str(), row(1)["messages"].as_u64()),
+        (Some("drop"), Some(1))
+    );
+    assert_eq!(
+        (row(2)["action"].as_str(), row(2)["messages"].as_u64()),
+        (Some("count"), Some(2))
+    );
+    assert_eq!(
+        row(2)["messages_per_second"].as_f64(),
+        Some(0.0),
+        "no traffic now"
+    );
+
     // A real scrape.
     let prom = Prometheus::start(&prometheus, &target);
     let mut drop_rule = None;

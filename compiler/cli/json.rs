@@ -281,6 +281,32 @@ pub fn log_record(l: &Loaded, r: &LogRecord) -> LogJson {
 
 /// One document as one line. Serializing these structs cannot fail (string keys,
 /// finite numbers); the error arm is there so that no path can panic.
+/// `skpc top -j`: the policy a `skpc run --metrics` enforces and each rule's rates over
+/// the interval between two scrapes.
+#[derive(Serialize)]
+pub struct TopDoc<'a> {
+    pub metrics: &'a str,
+    pub policy: &'a str,
+    pub version: u32,
+    pub hash: &'a str,
+    pub sockets: u64,
+    pub reloads: ReloadsJson,
+    pub interval_seconds: f64,
+    pub reset: bool,
+    pub rules: Vec<TopRuleJson<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct TopRuleJson<'a> {
+    pub line: u32,
+    pub action: &'a str,
+    pub rule: &'a str,
+    pub messages: u64,
+    pub bytes: u64,
+    pub messages_per_second: Option<f64>,
+    pub bytes_per_second: Option<f64>,
+}
+
 pub fn line(doc: &impl Serialize) -> String {
     serde_json::to_string(doc).unwrap_or_else(|e| {
         format!(

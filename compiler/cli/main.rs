@@ -15,6 +15,7 @@ mod metrics;
 mod run;
 mod test;
 mod test_kernel;
+mod top;
 mod watch;
 
 #[derive(Parser)]
@@ -83,6 +84,8 @@ enum Command {
     Exec(exec::ExecArgs),
     /// Enforce the policy on a cgroup until SIGINT/SIGTERM, showing live counters.
     Run(run::RunArgs),
+    /// Live per-rule message and byte rates of a running `skpc run --metrics ADDR`.
+    Top(top::TopArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -242,5 +245,6 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
         Command::Test(args) => test::run(args, color),
         Command::Exec(args) => exec::run(args, color),
         Command::Run(args) => run::run(args, color),
+        Command::Top(args) => top::run(args),
     }
 }
