@@ -538,6 +538,8 @@ mod tests {
                 error: 2,
             },
             sockets: 3,
+            run_seconds: 0.0,
+            runs: 0,
             counters: vec![
                 Counter {
                     line: 0,

@@ -11,7 +11,7 @@ use std::io;
 /// What went wrong, for callers that want to react (tests skip on `Permission`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// Not root, or missing CAP_BPF / CAP_NET_ADMIN / CAP_SYS_ADMIN.
+    /// Not root, or missing CAP_BPF / CAP_NET_ADMIN / CAP_PERFMON.
     Permission,
     /// The kernel has no sockmap / SK_MSG support.
     NoSockmap,
@@ -168,7 +168,7 @@ impl Error {
         Error::caused(
             ErrorKind::Permission,
             format!(
-                "{what} was refused by the kernel: {who}; run skpc as root (sudo), or grant it CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN"
+                "{what} was refused by the kernel: {who}; run skpc as root (sudo), or grant it CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (docs/runtime.md, What needs root)"
             ),
             cause,
         )
