@@ -535,12 +535,16 @@ fn interleaved<C, A, K: Copy + Ord, R>(
     results
 }
 
-fn run_case(attach: &mut Attach, size: usize, secs: f64) -> Result<Run, String> {
+/// A loopback connection whose client is under `attach`, and a thread reading the
+/// server end until EOF: (bytes received, when the last arrived).
+fn connected(
+    attach: &mut Attach,
+) -> Result<(TcpStream, std::thread::JoinHandle<(u64, Instant)>), String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let client = TcpStream::connect(l.local_addr().unwrap()).map_err(|e| e.to_string())?;
+    let client = TcpStream::connect(l.local_addr().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
     let (mut server, _) = l.accept().map_err(|e| e.to_string())?;
     attach.insert(&client)?;
-    let (t0, c0) = attach.stats();
     let rx = std::thread::spawn(move || {
         let mut buf = vec![0u8; 256 << 10];
         let mut total = 0u64;
@@ -554,6 +558,12 @@ fn run_case(attach: &mut Attach, size: usize, secs: f64) -> Result<Run, String> 
         }
         (total, Instant::now())
     });
+    Ok((client, rx))
+}
+
+fn run_case(attach: &mut Attach, size: usize, secs: f64) -> Result<Run, String> {
+    let (client, rx) = connected(attach)?;
+    let (t0, c0) = attach.stats();
     let msg = vec![b'x'; size];
     let fd = client.as_raw_fd();
     let limit = Duration::from_secs_f64(secs);

@@ -13,8 +13,7 @@
 //! Settings: SKPC_BENCH_ROUNDS (5), SKPC_BENCH_PROTO_SECS (0.15 s per case and round).
 //! `SKPC_BENCH_ONLY=protocols` runs this part alone.
 
-use std::io::Read;
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -243,24 +242,8 @@ struct Run {
 /// one blocking send call at a time for `secs`. A receiver thread reads until EOF; a
 /// message that did not arrive was discarded (the policy matched).
 fn run_msg(attach: &mut Attach, msg: &[u8], secs: f64) -> Result<Run, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let client = TcpStream::connect(l.local_addr().unwrap()).map_err(|e| e.to_string())?;
-    let (mut server, _) = l.accept().map_err(|e| e.to_string())?;
-    attach.insert(&client)?;
+    let (client, rx) = super::connected(attach)?;
     let (t0, c0) = attach.stats();
-    let rx = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 256 << 10];
-        let mut total = 0u64;
-        loop {
-            match server.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => total += n as u64,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-        }
-        total
-    });
     let fd = client.as_raw_fd();
     let limit = Duration::from_secs_f64(secs);
     let start = Instant::now();
@@ -288,7 +271,7 @@ fn run_msg(attach: &mut Attach, msg: &[u8], secs: f64) -> Result<Run, String> {
         }
     }
     let _ = client.shutdown(Shutdown::Write);
-    let rx_bytes = rx.join().map_err(|_| "receiver panicked".to_string())?;
+    let (rx_bytes, _) = rx.join().map_err(|_| "receiver panicked".to_string())?;
     let (t1, c1) = attach.stats();
     attach.remove();
     drop(client);
