@@ -3,8 +3,10 @@
 //! registry's `fields::bounds`); the reference parsers in `eval::proto` implement the
 //! same text independently, and the differential tests hold the two together.
 //!
-//! Shape. The prologue pulls the first `min(size, window)` bytes into the data window
-//! and runs the parser of every protocol the policy reads, once per message. A parser
+//! Shape. The prologue runs the parser of every protocol the policy reads, once per
+//! message, smallest window first; each first makes the message's first
+//! `min(size, window)` bytes readable (a pull, unless the data window holds them), and a
+//! failed pull leaves its protocol without value (the window is all or nothing). A parser
 //! leaves its results on the stack (`STACK_PROTO`): a flag per protocol and an
 //! `(offset, length)` pair per string field, length 0 meaning "no value". A test is then
 //! a few compares against the slots and the bytes at the offset.
@@ -25,7 +27,7 @@ use crate::hir::{self, Test, TextOp};
 use super::lir::{Label, Lir, Mark};
 use super::{Gen, STACK_PROTO};
 
-/// Data window while parsing: start and end (r0-r5 and r7-r8 are the parsers'; nothing
+/// Data window while parsing: start and end (r0-r5 and r7-r9 are the parsers'; nothing
 /// is cached in registers yet).
 const DATA: Reg = Reg::R2;
 const END: Reg = Reg::R3;
@@ -49,8 +51,8 @@ const FLAG_MASK: i32 = 1;
 /// Scratch words of the parsers, after the flags and field slots.
 const SCRATCH_A: i16 = STACK_PROTO + 16 + 8 * Text::ALL.len() as i16;
 const SCRATCH_B: i16 = SCRATCH_A + 8;
-/// Bytes of `STACK_PROTO`.
-pub(super) const PROTO_STACK_BYTES: i16 = 16 + 8 * Text::ALL.len() as i16 + 24;
+/// Bytes of `STACK_PROTO` in use: the flags, the field slots and the two scratch words.
+pub(super) const PROTO_STACK_BYTES: i16 = 16 + 8 * Text::ALL.len() as i16 + 16;
 
 fn flag_slot(p: Proto) -> i16 {
     STACK_PROTO + 4 * p as i16
