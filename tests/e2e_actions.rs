@@ -64,12 +64,7 @@ fn counters_equal_the_traffic_sent() {
     let total: usize = sizes.iter().sum();
     assert_eq!(recv_up_to(&mut s, total, LONG).len(), total);
     let c = g.enf().counters().unwrap();
-    let get = |name: &str| {
-        c.iter()
-            .find(|x| x.name == name)
-            .map(|x| (x.messages, x.bytes))
-            .unwrap()
-    };
+    let get = |name: &str| counter(&c, name);
     let sum = |f: &dyn Fn(usize) -> bool| {
         let v: Vec<usize> = sizes.iter().copied().filter(|&n| f(n)).collect();
         (v.len() as u64, v.iter().sum::<usize>() as u64)
@@ -282,12 +277,7 @@ fn discard_swallows_one_message_and_the_connection_stays_usable() {
         assert_eq!(send(&c, b"after"), Ok(5));
         assert_eq!(recv_up_to(&mut s, 5, LONG), b"after");
         let cnt = g.enf().counters().unwrap();
-        let get = |name: &str| {
-            cnt.iter()
-                .find(|x| x.name == name)
-                .map(|x| (x.messages, x.bytes))
-                .unwrap_or_else(|| panic!("no counter {name}: {cnt:?}"))
-        };
+        let get = |name: &str| counter(&cnt, name);
         let discarded = (2, 15 + big.len() as u64);
         assert_eq!(get("rule2"), discarded, "{cnt:?}");
         assert_eq!(get("rule1"), discarded, "{cnt:?}");
@@ -359,12 +349,7 @@ fn reply_answers_the_sender_and_the_connection_stays_usable() {
         assert_eq!(send(&c, b"after"), Ok(5));
         assert_eq!(recv_up_to(&mut s, 5, LONG), b"after");
         let cnt = g.enf().counters().unwrap();
-        let get = |name: &str| {
-            cnt.iter()
-                .find(|x| x.name == name)
-                .map(|x| (x.messages, x.bytes))
-                .unwrap_or_else(|| panic!("no counter {name}: {cnt:?}"))
-        };
+        let get = |name: &str| counter(&cnt, name);
         assert_eq!(get("rule0"), (2, 18 + big.len() as u64), "{cnt:?}");
         assert_eq!(get("default"), (4, 3 * 14 + 5), "{cnt:?}");
         assert_eq!(get("rule1"), (1, 4), "{cnt:?}");

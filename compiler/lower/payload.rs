@@ -46,23 +46,11 @@ impl Gen {
         mask: Option<&[u8]>,
         ne: Label,
     ) {
-        let mut at = 0usize;
-        while at < want.len() {
-            let rest = want.len() - at;
-            let (size, n) = match rest {
-                8.. => (Size::DW, 8),
-                4..=7 => (Size::W, 4),
-                2..=3 => (Size::H, 2),
-                _ => (Size::B, 1),
-            };
-            let mut bytes = [0u8; 8];
-            bytes[..n].copy_from_slice(&want[at..at + n]);
-            let value = u64::from_le_bytes(bytes);
+        for (at, size, value) in words(want) {
+            let n = size.bytes();
             self.ldx(size, Reg::R4, base, off + at as i16);
             if let Some(m) = mask {
-                let mut mb = [0u8; 8];
-                mb[..n].copy_from_slice(&m[at..at + n]);
-                let mv = u64::from_le_bytes(mb);
+                let mv = le_word(&m[at..at + n]);
                 self.emit(Insn::LdImm64 {
                     dst: Reg::R5,
                     imm: mv,
@@ -78,7 +66,32 @@ impl Gen {
             } else {
                 self.jmp32(JmpOp::Jne, Reg::R4, value as u32 as i32, ne);
             }
-            at += n;
         }
     }
+}
+
+/// `bytes` as the loads or stores that cover it, widest first: (offset, size, the
+/// little-endian value of those bytes). 8 bytes at a time, then 4, 2 and 1.
+pub(super) fn words(bytes: &[u8]) -> impl Iterator<Item = (usize, Size, u64)> + '_ {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        let size = match bytes.len().checked_sub(at)? {
+            0 => return None,
+            8.. => Size::DW,
+            4..=7 => Size::W,
+            2..=3 => Size::H,
+            _ => Size::B,
+        };
+        let n = size.bytes();
+        let item = (at, size, le_word(&bytes[at..at + n]));
+        at += n;
+        Some(item)
+    })
+}
+
+/// Up to 8 bytes as a little-endian number.
+fn le_word(bytes: &[u8]) -> u64 {
+    let mut le = [0u8; 8];
+    le[..bytes.len()].copy_from_slice(bytes);
+    u64::from_le_bytes(le)
 }

@@ -227,18 +227,7 @@ impl Gen {
     /// the double word is a sign-extended 32-bit one, else ld_imm64 into r1 and a store),
     /// then 4, 2 and 1. Clobbers r1.
     fn write_bytes(&mut self, ptr: Reg, bytes: &[u8]) {
-        let mut off = 0usize;
-        while off < bytes.len() {
-            let rest = bytes.len() - off;
-            let (size, n) = match rest {
-                8.. => (Size::DW, 8),
-                4..=7 => (Size::W, 4),
-                2..=3 => (Size::H, 2),
-                _ => (Size::B, 1),
-            };
-            let mut le = [0u8; 8];
-            le[..n].copy_from_slice(&bytes[off..off + n]);
-            let v = u64::from_le_bytes(le);
+        for (off, size, v) in super::payload::words(bytes) {
             let at = off as i16;
             match size {
                 Size::DW if v as i64 != v as i32 as i64 => {
@@ -251,7 +240,6 @@ impl Gen {
                 // The kernel stores the low `n` bytes of the (sign-extended) immediate.
                 _ => self.st(size, ptr, at, v as u32 as i32),
             }
-            off += n;
         }
     }
 

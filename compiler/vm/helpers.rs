@@ -181,6 +181,11 @@ pub(super) fn helper_name(id: i32) -> String {
 }
 
 impl RunState {
+    /// The message's size now: after a pop or push, the rewritten message's.
+    fn msg_size(&self) -> u32 {
+        self.rewrite.as_ref().map_or(self.size, |r| r.size)
+    }
+
     /// The kind of the map `handle` stands for.
     fn map_kind(&self, handle: u64) -> Result<MapKind, HelperError> {
         let idx = handle.wrapping_sub(MAP_HANDLE_BASE);
@@ -315,7 +320,7 @@ fn h_msg_pull_data(msg: u64, start: u64, end: u64, flags: u64, _: u64) -> u64 {
         st.check_ctx(msg)?;
         // u32 arguments, as the helper's prototype says.
         let (start, end) = (start as u32, end as u32);
-        let size = st.rewrite.as_ref().map_or(st.size, |r| r.size);
+        let size = st.msg_size();
         let unseen = st.rewrite.is_none() && end as usize > st.buf_len;
         if flags == 0
             && start < end
@@ -447,7 +452,7 @@ fn h_msg_pop_data(msg: u64, start: u64, len: u64, flags: u64, _: u64) -> u64 {
         // u32 arguments, as the helper's prototype says. The kernel refuses flags, a start
         // past the last byte and an end past the message.
         let (start, len) = (start as u32, len as u32);
-        let size = st.rewrite.as_ref().map_or(st.size, |r| r.size);
+        let size = st.msg_size();
         // The whole message, what `discard` pops, always goes (even an empty one, which
         // the kernel never hands the program).
         let whole = start == 0 && len == size;
@@ -470,7 +475,7 @@ fn h_msg_push_data(msg: u64, start: u64, len: u64, flags: u64, _: u64) -> u64 {
     with_state(BPF_FUNC_msg_push_data, |st| {
         st.check_ctx(msg)?;
         let (start, len) = (start as u32, len as u32);
-        let size = st.rewrite.as_ref().map_or(st.size, |r| r.size);
+        let size = st.msg_size();
         if flags != 0 || start > size || size as u64 + len as u64 > u32::MAX as u64 {
             return Ok((-EINVAL) as u64);
         }

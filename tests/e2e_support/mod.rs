@@ -428,3 +428,12 @@ pub fn send_from_cgroup(python: &Path, port: u16, cgroup: &Path, msg: &str) -> S
         .trim()
         .to_string()
 }
+
+/// (messages, bytes) of the counter `name`; panics listing them all if there is none.
+pub fn counter(counters: &[skpc_runtime::CounterValue], name: &str) -> (u64, u64) {
+    counters
+        .iter()
+        .find(|x| x.name == name)
+        .map(|x| (x.messages, x.bytes))
+        .unwrap_or_else(|| panic!("no counter {name}: {counters:?}"))
+}
