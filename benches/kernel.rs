@@ -469,6 +469,7 @@ fn direct_attach(p: &Skp) -> Result<Attach, String> {
     let loaded =
         load_program(&c.object, "skp_verdict", slots(&c)).map_err(|e| load_failure(&c, &e))?;
     // An indexed policy drops everything until its index is filled (as the runtime does).
+    skpc_runtime::fill_sets(&loaded.ebpf, &c.object).map_err(|e| e.to_string())?;
     skpc_runtime::fill_index(&loaded.ebpf, &c.object).map_err(|e| e.to_string())?;
     attach_direct(loaded, "skp_socks")
 }

@@ -3,8 +3,8 @@
 
 use skpc_abi::{
     IndexEntry, PortEntry, INDEX_NAME, INDEX_PORTS_NAME, INDEX_PORTS_SECTION, INDEX_SECTION,
-    PROGS_NAME, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SK_MSG_SECTION, SOCKHASH_NAME, SOCKMAP_NAME,
-    SOCK_OPS_PROGRAM, SOCK_OPS_SECTION,
+    PROGS_NAME, SETS_NAME, SET_SECTION_PREFIX, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM,
+    SK_MSG_SECTION, SOCKHASH_NAME, SOCKMAP_NAME, SOCK_OPS_PROGRAM, SOCK_OPS_SECTION,
 };
 
 use crate::bpf::uapi::LIBBPF_PIN_BY_NAME;
@@ -57,12 +57,12 @@ pub fn object_spec(lowered: &Lowered, file_name: &str, source: &str) -> ObjectSp
         .maps
         .iter()
         .map(|m| MapDef {
-            name: m.kind.name().to_string(),
+            name: m.name(),
             map_type: m.map_type,
             key_size: m.key_size,
             value_size: m.value_size,
             max_entries: m.max_entries,
-            map_flags: 0,
+            map_flags: m.flags,
             pinning: 0,
         })
         .collect();
@@ -83,6 +83,15 @@ pub fn object_spec(lowered: &Lowered, file_name: &str, source: &str) -> ObjectSp
             bytes.extend_from_slice(&e.to_bytes());
         }
         data_sections.push((INDEX_PORTS_SECTION.to_string(), bytes));
+    }
+    // The keys of the set maps, one section per map.
+    for set in &lowered.sets {
+        if let Some(spec) = lowered.maps.get(set.map.number() as usize) {
+            data_sections.push((
+                format!("{SET_SECTION_PREFIX}{}", spec.name()),
+                set.keys.clone(),
+            ));
+        }
     }
     ObjectSpec {
         license: "GPL".to_string(),
@@ -225,6 +234,14 @@ pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
         ));
         for b in &c.lowered.index_summary {
             out.push_str(&format!(";   {b}\n"));
+        }
+    }
+    if !c.lowered.sets.is_empty() {
+        out.push_str(&format!(
+            "; set maps, filled by the runtime before the program runs ({SETS_NAME}[0] says so):\n"
+        ));
+        for s in &c.lowered.sets {
+            out.push_str(&format!(";   {}\n", s.describe));
         }
     }
     let mut slot = 0usize;

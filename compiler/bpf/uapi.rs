@@ -187,6 +187,10 @@ pub const BPF_MAP_TYPE_SOCKMAP: u32 = 15;
 pub const BPF_MAP_TYPE_SOCKHASH: u32 = 18;
 pub const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 
+// ---- map flags (`map_flags` of BPF_MAP_CREATE) ----
+/// Entries are allocated on update: required by LPM_TRIE maps.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+
 // ---- libbpf map definitions (enum libbpf_pin_type, `libbpf.h`) ----
 /// The `pinning` attribute of a BTF map definition: libbpf (and aya) pin the map under
 /// its name, and reuse a map already pinned there.

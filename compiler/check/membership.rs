@@ -363,7 +363,10 @@ impl Checker {
         let prefixes = self.string_alts(r, rs, "starts with")?;
         match l {
             Operand::Field(FieldRef::Payload) => {
-                let mut alts = Vec::new();
+                // One test per length, holding every prefix of that length: a large
+                // set of one length is then one lookup (`lower::sets`).
+                let mut by_len: std::collections::BTreeMap<usize, Vec<Vec<u8>>> =
+                    std::collections::BTreeMap::new();
                 for (p, span) in prefixes {
                     if p.len() as u32 > MAX_SLICE_LEN {
                         self.err(
@@ -373,11 +376,19 @@ impl Checker {
                         );
                         return None;
                     }
-                    alts.push(Cond::Test(Test::Payload {
-                        offset: 0,
-                        alts: vec![p],
-                    }));
+                    by_len.entry(p.len()).or_default().push(p);
                 }
+                let mut alts: Vec<Cond> = by_len
+                    .into_values()
+                    .map(|mut same| {
+                        same.sort_unstable();
+                        same.dedup();
+                        Cond::Test(Test::Payload {
+                            offset: 0,
+                            alts: same,
+                        })
+                    })
+                    .collect();
                 Some(if alts.len() == 1 {
                     alts.pop()?
                 } else {

@@ -120,7 +120,7 @@ pub struct InsnJson {
 
 #[derive(Serialize)]
 pub struct MapJson {
-    pub name: &'static str,
+    pub name: String,
     #[serde(rename = "type")]
     pub map_type: u32,
     pub key_size: u32,
@@ -155,7 +155,7 @@ pub fn listing_doc<'a>(file: &'a str, source: &str, compiled: &'a Compiled) -> L
         .maps
         .iter()
         .map(|m| MapJson {
-            name: m.kind.name(),
+            name: m.name(),
             map_type: m.map_type,
             key_size: m.key_size,
             value_size: m.value_size,

@@ -41,6 +41,11 @@ impl Gen {
     }
 
     pub(super) fn test(&mut self, test: &Test, t: Label, f: Label) {
+        if let Some(k) = self.set_of(test) {
+            // A large set: one map lookup (see `sets`).
+            self.set_test(k, t, f);
+            return;
+        }
         match test {
             Test::Int { field, ranges } => {
                 let points = ranges.iter().all(|(lo, hi)| lo == hi) && ranges.len() <= 4;

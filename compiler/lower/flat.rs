@@ -38,10 +38,17 @@ pub(super) fn flat_ok(c: &Cond) -> bool {
             Cond::And(cs) | Cond::Or(cs) => cs.iter().all(|c| shallow(c, depth + 1)),
         }
     }
-    let test_ok = |t: &Test| match t {
-        Test::Int { field, ranges } => field.ctx_word().is_some() && ranges.len() <= MAX_ALTS,
-        Test::Addr { nets, .. } => nets.len() <= MAX_ALTS,
-        Test::Payload { .. } | Test::Comm { .. } | Test::Proto(_) | Test::Text { .. } => false,
+    let test_ok = |t: &Test| {
+        super::sets::shape(t).is_none()
+            && match t {
+                Test::Int { field, ranges } => {
+                    field.ctx_word().is_some() && ranges.len() <= MAX_ALTS
+                }
+                Test::Addr { nets, .. } => nets.len() <= MAX_ALTS,
+                Test::Payload { .. } | Test::Comm { .. } | Test::Proto(_) | Test::Text { .. } => {
+                    false
+                }
+            }
     };
     shallow(c, 0) && c.tests().all(test_ok) && regs_needed(c) <= POOL.len()
 }

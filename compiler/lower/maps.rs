@@ -6,6 +6,7 @@ use crate::bpf::uapi::*;
 use crate::hir::{self, Action};
 
 use super::index::Index;
+use super::sets::{PlannedSet, SetIds};
 
 /// What a map of an skpc object is for (its name follows from it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +22,12 @@ pub enum MapKind {
     IndexReady,
     /// The rule index of single-port tuples (see `index`).
     IndexPorts,
+    /// The `map`-th set map (see `sets`; an address set has a trie per family).
+    Set {
+        map: u32,
+    },
+    /// Whether the runtime filled the set maps (see `sets`).
+    SetsReady,
 }
 
 impl MapKind {
@@ -34,6 +41,8 @@ impl MapKind {
             MapKind::Index => skpc_abi::INDEX_NAME,
             MapKind::IndexReady => skpc_abi::INDEX_READY_NAME,
             MapKind::IndexPorts => skpc_abi::INDEX_PORTS_NAME,
+            MapKind::Set { .. } => skpc_abi::SET_MAP_PREFIX,
+            MapKind::SetsReady => skpc_abi::SETS_NAME,
         }
     }
 }
@@ -46,6 +55,18 @@ pub struct MapSpec {
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
+    /// `map_flags` of BPF_MAP_CREATE (`BPF_F_NO_PREALLOC` for tries).
+    pub flags: u32,
+}
+
+impl MapSpec {
+    /// The map's name in the object (and the kernel): the kind's, numbered for sets.
+    pub fn name(&self) -> String {
+        match self.kind {
+            MapKind::Set { map } => skpc_abi::set_map_name(map, 0),
+            kind => kind.name().to_string(),
+        }
+    }
 }
 
 /// A map's number in the object: its index in `Lowered::maps`, the number
@@ -84,6 +105,7 @@ impl MapList {
             key_size,
             value_size,
             max_entries,
+            flags: 0,
         });
         id
     }
@@ -100,6 +122,8 @@ pub(super) struct Maps {
     pub events: Option<MapId>,
     /// The rule index (when a block is indexed, see `index`).
     pub index: Option<IndexMaps>,
+    /// The set maps' ready flag (when the policy has a large set, see `sets`).
+    pub sets: Option<MapId>,
 }
 
 /// The maps of the rule index.
@@ -115,8 +139,12 @@ pub(super) struct IndexMaps {
 
 /// The maps of a policy's object, in object order, and their ids. The order is part of
 /// the object format the runtime and `bpftool` see: the four every policy has, the ring
-/// buffer, then the rule index.
-pub(super) fn define(policy: &hir::Policy, index: &Index) -> (Vec<MapSpec>, Maps) {
+/// buffer, the rule index, then the set maps and their ready flag.
+pub(super) fn define(
+    policy: &hir::Policy,
+    index: &Index,
+    sets: &[PlannedSet],
+) -> (Vec<MapSpec>, Maps, Vec<SetIds>) {
     let mut list = MapList::default();
     let sockmap = list.define(
         MapKind::Sockmap,
@@ -174,6 +202,24 @@ pub(super) fn define(policy: &hir::Policy, index: &Index) -> (Vec<MapSpec>, Maps
             )
         }),
     });
+    let mut set_ids = Vec::with_capacity(sets.len());
+    let mut set_maps = 0;
+    for set in sets {
+        let mut ids = SetIds::default();
+        for (part, map) in set.maps.iter().enumerate() {
+            let Some(m) = map else { continue };
+            let kind = MapKind::Set { map: set_maps };
+            set_maps += 1;
+            let id = list.define(kind, m.map_type, m.key_size, 1, m.max_entries);
+            if let Some(spec) = list.specs.last_mut() {
+                spec.flags = m.flags;
+            }
+            ids.maps[part] = Some(id);
+        }
+        set_ids.push(ids);
+    }
+    let sets_ready =
+        (!sets.is_empty()).then(|| list.define(MapKind::SetsReady, BPF_MAP_TYPE_ARRAY, 4, 4, 1));
     let maps = Maps {
         sockmap,
         sockhash,
@@ -181,6 +227,7 @@ pub(super) fn define(policy: &hir::Policy, index: &Index) -> (Vec<MapSpec>, Maps
         progs,
         events,
         index,
+        sets: sets_ready,
     };
-    (list.specs, maps)
+    (list.specs, maps, set_ids)
 }

@@ -28,6 +28,7 @@ mod payload;
 mod programs;
 mod proto;
 mod runs;
+mod sets;
 mod tails;
 mod verdict;
 
@@ -61,6 +62,19 @@ pub struct Lowered {
     pub port_index: Vec<PortEntry>,
     /// One line per indexed block, for listings: its rules, tuples and code rules.
     pub index_summary: Vec<String>,
+    /// The keys of every set map (see `sets`), for the runtime to fill them with.
+    pub sets: Vec<SetKeys>,
+}
+
+/// The keys of one set map: `key_size` bytes each (the map's), every value
+/// `skpc_abi::SET_MEMBER`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetKeys {
+    /// The map's number in `Lowered::maps`.
+    pub map: MapId,
+    pub keys: Vec<u8>,
+    /// One line for listings: the test and the map.
+    pub describe: String,
 }
 
 /// Context register, kept for the whole program (callee-saved).
@@ -85,6 +99,7 @@ const STACK_KEYED: i16 = -304; // runs::MAX_KEYS x (index u32, flag u32)
 const STACK_INDEX_KEY: i16 = -328; // IndexEntry::KEY_SIZE (20) bytes
 const STACK_INDEX_BEST: i16 = -336; // u32: the smallest indexed rule found
 const STACK_PROTO: i16 = -440; // proto::PROTO_STACK_BYTES (96) and 8 spare: parser results, scratch
+const STACK_SET_KEY: i16 = -464; // 20 bytes: the key of a set map lookup (sets)
 /// "No rule" in STACK_INDEX_BEST and the keyed searches' index words.
 const NO_RULE: u32 = u32::MAX;
 /// The context words a snapshot holds: `family` (16) up to and including `size` (68).
@@ -121,8 +136,11 @@ pub fn lower(policy: &hir::Policy) -> Lowered {
 /// Lowers a checked policy.
 pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
     let index = index::plan(policy);
-    let (specs, maps) = maps::define(policy, &index);
+    let planned = sets::plan(policy);
+    let (specs, maps, set_ids) = maps::define(policy, &index, &planned);
+    let set_keys = sets::keys(&planned, &set_ids, &specs);
     let mut g = Gen::new(options, maps);
+    g.sets = planned.into_iter().zip(set_ids).collect();
     g.verdict_program(policy, &index.blocks);
     let verdict = lir::assemble(&lir::cleanup(g.code));
     Lowered {
@@ -138,6 +156,7 @@ pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
         index_summary: index.blocks.iter().map(|b| b.describe(policy)).collect(),
         index: index.entries,
         port_index: index.port_entries,
+        sets: set_keys,
     }
 }
 
@@ -163,6 +182,10 @@ struct Gen {
     snapshot: bool,
     /// Where the program goes when the index is not filled (set by the first block).
     index_not_ready: Option<Label>,
+    /// The large sets (see `sets`) and their maps.
+    sets: Vec<(sets::PlannedSet, sets::SetIds)>,
+    /// Where the program goes when the set maps are not filled.
+    sets_not_ready: Option<Label>,
 }
 
 impl Default for Options {
@@ -185,6 +208,8 @@ impl Gen {
             flat: false,
             snapshot: false,
             index_not_ready: None,
+            sets: Vec::new(),
+            sets_not_ready: None,
         }
     }
 

@@ -111,6 +111,8 @@ fn value_rule(r: &hir::Rule) -> Option<(&Decision, Vec<Test>)> {
         .cond
         .disjuncts()
         .map(|c| match c {
+            // A large set is a map lookup of its own (see `sets`), not part of a search.
+            Cond::Test(t) if super::sets::shape(t).is_some() => None,
             Cond::Test(t @ Test::Int { field, .. })
                 if !matches!(field, IntField::PayloadByte(_)) =>
             {

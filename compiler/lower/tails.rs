@@ -43,6 +43,12 @@ impl Gen {
             self.count_reg();
             self.decision(&d);
         }
+        if let Some(not_ready) = self.sets_not_ready {
+            // Fail closed: the sets are empty, so the rules that read them cannot be
+            // enforced.
+            self.place(not_ready);
+            self.ret(SK_DROP);
+        }
         if let Some(not_ready) = self.index_not_ready {
             // Fail closed: the index is empty, so the rules in it cannot be enforced.
             self.place(not_ready);

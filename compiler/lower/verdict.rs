@@ -7,7 +7,7 @@ use crate::hir::{self, Action, Cond, Decision, IntField, SockSlot, Target, Test,
 
 use super::cond::is_search;
 use super::lir::{Label, Lir, Mark};
-use super::{flat, index, proto, runs};
+use super::{flat, index, proto, runs, sets};
 use super::{Gen, Options, CACHE_REGS, CTX, FLAT_ABOVE_RULES};
 
 impl Gen {
@@ -24,6 +24,7 @@ impl Gen {
         if self.flat {
             self.take_snapshot();
         }
+        self.sets_ready_check();
         self.parse_protocols(&proto::used(policy));
         self.cache_fields(policy, blocks);
         for step in runs::plan(policy, blocks) {
@@ -206,10 +207,15 @@ impl Gen {
 /// Whether any path calls a helper (which clobbers r1-r5) while it still needs the
 /// context afterwards; if not, the context stays in r1 and no copy is made.
 pub(super) fn needs_helper_before_verdict(policy: &hir::Policy, options: Options) -> bool {
-    let test_calls = |t: &Test| match t {
-        Test::Int { field, .. } => field.ctx_word().is_none(),
-        Test::Addr { .. } => false,
-        Test::Payload { .. } | Test::Comm { .. } | Test::Proto(_) | Test::Text { .. } => true,
+    let test_calls = |t: &Test| {
+        sets::shape(t).is_some()
+            || match t {
+                Test::Int { field, .. } => field.ctx_word().is_none(),
+                Test::Addr { .. } => false,
+                Test::Payload { .. } | Test::Comm { .. } | Test::Proto(_) | Test::Text { .. } => {
+                    true
+                }
+            }
     };
     // `discard` and `cork` call their helper last, with nothing read from the context
     // after it, so they do not count; `for N`, field slots and `reply` (data, data_end

@@ -15,6 +15,7 @@ use crate::bpf::uapi::*;
 use crate::lower::MapKind;
 
 use super::maps::IndexModel;
+use super::sets::{SetHit, SetModel};
 use super::{Pull, Redirect, MAP_HANDLE_BASE};
 
 /// Why a helper model refused a call: the program did something the kernel's helper
@@ -117,6 +118,12 @@ pub(super) struct RunState {
     /// The ready flag ARRAY of this run.
     pub(super) ready: u64,
     pub(super) ready_slots: usize,
+    /// The set maps (see `sets`), the two value cells a lookup points at (0 and
+    /// `SET_MEMBER`) and the ready flag ARRAY of this run.
+    pub(super) sets: Arc<SetModel>,
+    pub(super) set_cells: u64,
+    pub(super) sets_ready: u64,
+    pub(super) sets_ready_slots: usize,
     /// The port array of this run: its entries (none unless filled), then zero cells.
     pub(super) port_values: u64,
     pub(super) port_entries: usize,
@@ -309,6 +316,23 @@ fn h_map_lookup_elem(map: u64, key: u64, _: u64, _: u64, _: u64) -> u64 {
                     .slots
                     .get(&k)
                     .map_or(0, |&at| st.index_values + 4 * at as u64))
+            }
+            MapKind::SetsReady => {
+                Ok(slot(key, st.sets_ready_slots)?.map_or(0, |k| st.sets_ready + 4 * k as u64))
+            }
+            MapKind::Set { .. } => {
+                let n = map.wrapping_sub(MAP_HANDLE_BASE) as u32;
+                let size = st.sets.key_size(n).unwrap_or(0);
+                readable(key, size)?;
+                let mut k = vec![0u8; size];
+                // SAFETY: checked non-null; the key lives in the program's stack or the
+                // message (a payload slice), `size` bytes the verifier would check.
+                unsafe { std::ptr::copy_nonoverlapping(key as *const u8, k.as_mut_ptr(), size) };
+                Ok(match st.sets.lookup(n, &k, st.index_filled) {
+                    SetHit::Miss => 0,
+                    SetHit::Zero => st.set_cells,
+                    SetHit::Member => st.set_cells + 1,
+                })
             }
             other => Err(HelperError::LookupNotModelled { map: other.name() }),
         }

@@ -53,6 +53,13 @@ pub enum MapModelError {
     NoFlagSlot { map: &'static str },
     #[error("a rule index without {INDEX_READY_NAME}: nothing says when it is filled")]
     NoReadyFlag,
+    #[error("{map} is map type {map_type} with {key_size}-byte keys and {value_size}-byte values; the VM models a set as an LPM_TRIE, HASH or ARRAY (u32 keys) of one-byte values")]
+    NotASet {
+        map: String,
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+    },
     #[error(
         "two entries of {INDEX_NAME} have the key {key:?}: a HASH map keeps one value per key"
     )]
@@ -65,6 +72,8 @@ pub enum MapModelError {
 pub struct IndexData<'a> {
     pub entries: &'a [IndexEntry],
     pub ports: &'a [PortEntry],
+    /// The keys of the set maps (`Lowered::sets`).
+    pub sets: &'a [crate::lower::SetKeys],
 }
 
 /// The rule index maps of one program, filled.

@@ -61,6 +61,7 @@ mod error;
 mod helpers;
 mod maps;
 mod run;
+mod sets;
 
 use std::sync::Arc;
 
@@ -75,6 +76,7 @@ pub use error::VmError;
 pub use helpers::HelperError;
 use maps::{index_model, IndexModel};
 pub use maps::{IndexData, MapModelError};
+use sets::{set_model, SetModel};
 
 /// Map handles the patched `ld_imm64`s load: `MAP_HANDLE_BASE + index in Lowered::maps`.
 pub const MAP_HANDLE_BASE: u64 = 0x5b5c_0000_0000_0000;
@@ -164,6 +166,7 @@ pub struct Vm {
     counters: usize,
     index: Arc<IndexModel>,
     index_state: IndexState,
+    sets: Arc<SetModel>,
 }
 
 impl Vm {
@@ -173,6 +176,7 @@ impl Vm {
         let index = IndexData {
             entries: &lowered.index,
             ports: &lowered.port_index,
+            sets: &lowered.sets,
         };
         Vm::from_parts(&lowered.verdict.insns, &lowered.maps, index)
     }
@@ -192,6 +196,7 @@ impl Vm {
             .iter()
             .filter(|i| matches!(i, Insn::Call { .. }))
             .count();
+        let sets = Arc::new(set_model(maps, index.sets)?);
         let index = Arc::new(index_model(maps, index, calls)?);
         let mut code = encode_all(insns);
         let mut slot = 0usize;
@@ -267,6 +272,7 @@ impl Vm {
             counters,
             index,
             index_state: IndexState::Filled,
+            sets,
         })
     }
 

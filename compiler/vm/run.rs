@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use skpc_abi::{Counter, INDEX_READY};
+use skpc_abi::{Counter, INDEX_READY, SETS_READY, SET_MEMBER};
 
 use crate::bpf::uapi::{BPF_F_INGRESS, SK_PASS};
 use crate::hir::{Decision, Message, SockSlot, Target, Verdict};
@@ -135,6 +135,18 @@ impl Vm {
             let start = v.as_mut_ptr() as u64;
             start..start + 4 * v.len() as u64
         };
+        // The set maps' values (0 and SET_MEMBER, the cells a lookup points at) and
+        // their ready flag, filled with the index or not at all.
+        let mut set_cells = vec![0u8, SET_MEMBER];
+        let set_cells_range = region8(&mut set_cells);
+        let mut sets_ready = vec![0u32; self.sets.ready_slots as usize];
+        if filled {
+            if let Some(slot) = sets_ready.first_mut() {
+                *slot = SETS_READY;
+            }
+        }
+        let sets_ready_before = sets_ready.clone();
+        let sets_ready_range = region(&mut sets_ready);
         let index_range = region(&mut index_values);
         let ready_range = region(&mut ready);
         let ports_range = region(&mut port_values);
@@ -158,6 +170,10 @@ impl Vm {
             ready_slots: ready.len(),
             port_values: ports_range.start,
             port_entries,
+            sets: Arc::clone(&self.sets),
+            set_cells: set_cells_range.start,
+            sets_ready: sets_ready_range.start,
+            sets_ready_slots: sets_ready.len(),
             zero_cells: HashMap::new(),
             uid: msg.uid,
             gid: msg.gid,
@@ -196,6 +212,8 @@ impl Vm {
             index_range,
             ready_range,
             ports_range,
+            set_cells_range,
+            sets_ready_range,
             scratch_range.clone(),
         ] {
             if !range.is_empty() {
@@ -226,7 +244,12 @@ impl Vm {
         // (Unfilled, `port_entries` is 0.)
         let ports_kept = port_values[..port_entries] == self.index.port_values[..port_entries]
             && port_values[port_entries..].iter().all(|&v| v == 0);
-        if (filled && index_values != self.index.values) || ready != ready_before || !ports_kept {
+        let sets_kept = set_cells == [0, SET_MEMBER] && sets_ready == sets_ready_before;
+        if (filled && index_values != self.index.values)
+            || ready != ready_before
+            || !ports_kept
+            || !sets_kept
+        {
             return Err(VmError::IndexWritten);
         }
         // The context is read-only: only the helpers may move data/data_end.

@@ -263,6 +263,7 @@ fn ret(c: &Compiled, code: &[Insn], state: IndexState) -> Result<u64, String> {
     let data = IndexData {
         entries: &c.lowered.index,
         ports: &c.lowered.port_index,
+        sets: &c.lowered.sets,
     };
     Vm::from_parts(code, &c.lowered.maps, data)
         .map_err(|e| e.to_string())?
@@ -341,7 +342,16 @@ fn index_maps_the_model_does_not_implement_are_refused() {
     let maps = &c.lowered.maps;
     let at = |k: MapKind| map_at(&c, k) as usize;
     let load = |maps: &[MapSpec], entries: &[IndexEntry], ports: &[PortEntry]| {
-        Vm::from_parts(insns, maps, IndexData { entries, ports }).map(|_| ())
+        Vm::from_parts(
+            insns,
+            maps,
+            IndexData {
+                entries,
+                ports,
+                sets: &[],
+            },
+        )
+        .map(|_| ())
     };
     let (entries, ports) = (&c.lowered.index[..], &c.lowered.port_index[..]);
     if let Err(e) = load(maps, entries, ports) {
@@ -401,7 +411,11 @@ fn index_maps_the_model_does_not_implement_are_refused() {
     // Entries but no map to hold them.
     let plain = compile("p.skp", "drop if port == 1;").expect("compiles");
     let (pi, pm) = (&plain.lowered.verdict.insns, &plain.lowered.maps);
-    let data = |entries, ports| IndexData { entries, ports };
+    let data = |entries, ports| IndexData {
+        entries,
+        ports,
+        sets: &[],
+    };
     assert!(Vm::from_parts(pi, pm, data(entries, &[])).is_err());
     assert!(Vm::from_parts(pi, pm, data(&[], ports)).is_err());
 }

@@ -13,8 +13,8 @@ use aya::programs::{SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use skpc_abi::{
     LogRecord, SockKey, COUNTERS_NAME, EVENTS_NAME, INDEX_NAME, INDEX_PORTS_NAME, INDEX_READY_NAME,
-    PROGS_NAME, PROGS_POLICY_SLOT, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SOCKHASH_NAME,
-    SOCKMAP_NAME, SOCKMAP_SLOTS, SOCK_OPS_PROGRAM,
+    PROGS_NAME, PROGS_POLICY_SLOT, SETS_NAME, SET_MAP_PREFIX, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM,
+    SOCKHASH_NAME, SOCKMAP_NAME, SOCKMAP_SLOTS, SOCK_OPS_PROGRAM,
 };
 
 use crate::error::{Error, ErrorKind, Result};
@@ -116,6 +116,8 @@ struct Version {
     index: Vec<(&'static str, Map)>,
     /// Entries in `skp_index`.
     index_entries: usize,
+    /// The set maps (`skp_set_<k>`, `skp_set_<k>_b`) and `skp_sets`, filled, by name.
+    sets: Vec<(String, Map)>,
     names: Vec<String>,
 }
 
@@ -125,6 +127,7 @@ struct Loaded {
     events: Option<RingBuf<MapData>>,
     index: Vec<(&'static str, Map)>,
     index_entries: usize,
+    sets: Vec<(String, Map)>,
     ids: KernelIds,
 }
 
@@ -251,12 +254,26 @@ fn load_version(ebpf: &mut Ebpf, object: &[u8]) -> Result<Loaded> {
     if ebpf.map(EVENTS_NAME).is_some() {
         ids.maps.push(map_id(ebpf, EVENTS_NAME)?);
     }
+    crate::sets::fill_sets(ebpf, object)?;
     let index_entries = crate::index::fill_index(ebpf, object)?;
     let mut index = Vec::new();
     for name in [INDEX_NAME, INDEX_READY_NAME, INDEX_PORTS_NAME] {
         if ebpf.map(name).is_some() {
             ids.maps.push(map_id(ebpf, name)?);
             index.extend(ebpf.take_map(name).map(|m| (name, m)));
+        }
+    }
+    let set_names: Vec<String> = ebpf
+        .maps()
+        .map(|(name, _)| name)
+        .filter(|n| n.starts_with(SET_MAP_PREFIX) || *n == SETS_NAME)
+        .map(str::to_string)
+        .collect();
+    let mut sets = Vec::with_capacity(set_names.len());
+    for name in set_names {
+        ids.maps.push(map_id(ebpf, &name)?);
+        if let Some(m) = ebpf.take_map(&name) {
+            sets.push((name, m));
         }
     }
     let counters = ebpf.take_map(COUNTERS_NAME).expect("checked above");
@@ -272,6 +289,7 @@ fn load_version(ebpf: &mut Ebpf, object: &[u8]) -> Result<Loaded> {
         events,
         index,
         index_entries,
+        sets,
         ids,
     })
 }
@@ -295,6 +313,7 @@ impl Enforcement {
             events,
             index,
             index_entries,
+            sets,
             mut ids,
         } = load_version(&mut ebpf, &policy.object)?;
         ids.maps.extend([socks_id, peers_id, progs_id]);
@@ -348,6 +367,7 @@ impl Enforcement {
                 events,
                 index,
                 index_entries,
+                sets,
                 names: policy.counter_names.clone(),
             },
             retired: Vec::new(),
@@ -611,6 +631,7 @@ impl Enforcement {
             events,
             index,
             index_entries,
+            sets,
             ids,
         } = load_version(&mut ebpf, &policy.object)?;
         let fd = sk_msg(&mut ebpf, SK_MSG_PROGRAM)?
@@ -635,6 +656,7 @@ impl Enforcement {
             events,
             index,
             index_entries,
+            sets,
             names: policy.counter_names.clone(),
         };
         let mut old = std::mem::replace(&mut self.current, new);
@@ -692,7 +714,9 @@ impl Enforcement {
             .counters
             .pin(dir.join(COUNTERS_NAME))
             .map_err(|e| pin_err(COUNTERS_NAME, e))?;
-        for (name, map) in &self.current.index {
+        let index = self.current.index.iter().map(|(n, m)| (*n, m));
+        let sets = self.current.sets.iter().map(|(n, m)| (n.as_str(), m));
+        for (name, map) in index.chain(sets) {
             map.pin(dir.join(name)).map_err(|e| pin_err(name, e))?;
         }
         Ok(())

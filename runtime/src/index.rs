@@ -139,7 +139,7 @@ pub fn fill_index(ebpf: &Ebpf, object: &[u8]) -> Result<usize> {
     }
     insert_all(
         index.fd().as_fd(),
-        INDEX_NAME,
+        &format!("the rule index {INDEX_NAME}"),
         &keys,
         IndexEntry::KEY_SIZE,
         &values,
@@ -154,7 +154,14 @@ pub fn fill_index(ebpf: &Ebpf, object: &[u8]) -> Result<usize> {
             keys.extend_from_slice(&e.slot.to_ne_bytes());
             values.extend_from_slice(&e.value.to_ne_bytes());
         }
-        insert_all(map.fd().as_fd(), INDEX_PORTS_NAME, &keys, 4, &values, 4)?;
+        insert_all(
+            map.fd().as_fd(),
+            &format!("the port index {INDEX_PORTS_NAME}"),
+            &keys,
+            4,
+            &values,
+            4,
+        )?;
     }
     sys::map_update(
         ready.fd().as_fd(),
@@ -338,10 +345,11 @@ fn repeated_key(entries: &[IndexEntry]) -> Option<[u32; IndexEntry::KEY_WORDS]> 
 /// Inserts the entries: one BPF_MAP_UPDATE_BATCH (the kernel takes ~0.15 s for
 /// 100,000), or one update per entry where the kernel has no batch operations (before
 /// 5.6; ~3x slower). The keys are distinct ([`repeated_key`]) and the map is new, so
-/// BPF_ANY (batch updates refuse BPF_NOEXIST with EINVAL) overwrites nothing.
-fn insert_all(
+/// BPF_ANY (batch updates refuse BPF_NOEXIST with EINVAL) overwrites nothing. `what`
+/// names the map in errors ("the rule index skp_index").
+pub(crate) fn insert_all(
     map: BorrowedFd<'_>,
-    name: &str,
+    what: &str,
     keys: &[u8],
     key_size: usize,
     values: &[u8],
@@ -378,13 +386,13 @@ fn insert_all(
         return Err(Error::caused(
             ErrorKind::Io,
             format!(
-                "inserting entry {i} of {count} into the rule index {name} failed: the kernel has no memory left for BPF maps; free memory or enforce a policy with fewer port and address rules"
+                "inserting entry {i} of {count} into {what} failed: the kernel has no memory left for BPF maps; free memory or enforce a smaller policy"
             ),
             e,
         ));
     }
     Err(Error::io(
-        format_args!("inserting entry {i} of {count} into the rule index {name}"),
+        format_args!("inserting entry {i} of {count} into {what}"),
         e,
     ))
 }

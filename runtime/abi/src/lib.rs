@@ -6,6 +6,11 @@
 
 #![no_std]
 
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+
 /// Name of the SOCKMAP whose slots `redirect to sock N` addresses.
 pub const SOCKMAP_NAME: &str = "skp_socks";
 /// Slots in the policy's sockmap: valid `redirect to sock N` targets are `0..SOCKMAP_SLOTS`.
@@ -59,6 +64,36 @@ pub const PORTS_PER_TUPLE: u32 = 65_536;
 /// Non-allocated ELF section holding the non-zero slots of [`INDEX_PORTS_NAME`], as
 /// consecutive [`PortEntry::SIZE`]-byte records (see [`PortEntry::to_bytes`]).
 pub const INDEX_PORTS_SECTION: &str = ".skp.index_ports";
+
+/// Name prefix of the maps that hold large sets (`remote.ip in blocklist` with thousands
+/// of prefixes, ports, integers, payload slices): the `k`-th set map of a policy is
+/// `skp_set_<k>` (LPM_TRIE, HASH or ARRAY, one-byte values; an address set has a trie
+/// per family), and a set read from a file (`set NAME = file "..."`) also has a second
+/// buffer `skp_set_<k>_b` so that new contents can be written while the old ones keep
+/// enforcing. See [`set_map_name`].
+pub const SET_MAP_PREFIX: &str = "skp_set_";
+/// Name of the ARRAY of u32 that guards the set maps: slot 0 holds [`SETS_READY`] once
+/// every set is filled (until then the program drops every message, as with the index),
+/// and slot `1 + k` says which buffer of set map `k` is live (0: `skp_set_<k>`, 1:
+/// `skp_set_<k>_b`; always 0 for a set written into the policy).
+pub const SETS_NAME: &str = "skp_sets";
+/// The value of slot 0 of [`SETS_NAME`] once every set map is filled.
+pub const SETS_READY: u32 = 1;
+/// Prefix of the non-allocated ELF sections that hold a set map's keys as built:
+/// `.skp.set.<map name>`, consecutive keys of the map's key size (every value is the one
+/// byte [`SET_MEMBER`]).
+pub const SET_SECTION_PREFIX: &str = ".skp.set.";
+/// The value of every key of a set map (array slots of non-members stay 0).
+pub const SET_MEMBER: u8 = 1;
+
+/// The name of buffer `buffer` (0 or 1) of the `map`-th set map.
+pub fn set_map_name(map: u32, buffer: u8) -> String {
+    if buffer == 0 {
+        format!("{SET_MAP_PREFIX}{map}")
+    } else {
+        format!("{SET_MAP_PREFIX}{map}_b")
+    }
+}
 
 /// One non-zero slot of [`INDEX_PORTS_NAME`].
 #[repr(C)]

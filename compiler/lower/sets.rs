@@ -1,0 +1,611 @@
+//! Large sets as maps. A membership test with more than [`MAP_ABOVE`] elements (address
+//! prefixes, integer ranges, payload strings) is one map lookup instead of a search in
+//! code, so that the program has the same size whatever the size of the set: a
+//! 1,000,000-prefix blocklist is a few dozen instructions for the verifier, and its
+//! elements are data the runtime writes into the map. The structure follows the kind of
+//! element:
+//! - address prefixes: an LPM_TRIE per family (key: prefix length, then the 4 or 16
+//!   address bytes), the kernel's longest-prefix match; an IPv4-mapped IPv6 address
+//!   (when the test takes them) looks up the IPv4 trie with its last word;
+//! - ports: an ARRAY of 65,536 one-byte flags, which the verifier inlines to a load;
+//! - other integers: a HASH of the values when every element is one value (also
+//!   inlined), else an LPM_TRIE over the big-endian value, each range cut into at most
+//!   two prefixes per bit of width;
+//! - payload slices (`payload[o..o+n] in {...}`, `payload starts with {...}` with
+//!   strings of one length): a HASH keyed by the `n` bytes, looked up with a pointer
+//!   into the message itself (no copy).
+//!
+//! Every value is the one byte `skpc_abi::SET_MEMBER`. The keys travel in the object's
+//! `.skp.set.<map>` sections; the runtime fills the maps, then writes `SETS_READY` into
+//! slot 0 of `skp_sets`, which the program checks before anything else: an object loaded
+//! by a tool that does not fill the sets drops every message (fails closed), as with the
+//! rule index.
+//!
+//! Why 256: below it the code (a binary search over ranges, `cond::ranges_to`, or
+//! compares of payload words) is as fast as a lookup and needs no map; above it the
+//! code grows with the set (about 3.5 instructions per element) and so do the load time
+//! and the JIT image, while a lookup stays 20–50 ns. docs/performance.md has the
+//! measurement.
+
+use skpc_abi::{SETS_READY, SET_MEMBER};
+
+use crate::bpf::uapi::*;
+use crate::bpf::{AluOp, Endian, Insn, JmpOp, Reg, Size, Src};
+use crate::hir::{self, End, IntField, Net, Test};
+
+use super::addr::{addr_words, MAPPED_WORD2};
+use super::lir::Label;
+use super::maps::MapId;
+use super::{Gen, STACK_COUNTER_KEY, STACK_SET_KEY};
+
+/// A test with more elements than this is a map lookup.
+pub(super) const MAP_ABOVE: usize = 256;
+/// The longest payload slice a set map keys (the hash key is the slice itself).
+const MAX_SLICE: u32 = 64;
+
+/// How a large test is looked up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Shape {
+    /// Address prefixes of one end: an LPM trie per family that has prefixes.
+    Addr {
+        end: End,
+        v4: bool,
+        v6: bool,
+        /// IPv6 sockets with an IPv4-mapped address look up the IPv4 trie.
+        mapped: bool,
+    },
+    /// A port: an ARRAY of one-byte flags indexed by the host-order port.
+    Port(IntField),
+    /// Values only: a HASH keyed by the value, `width` bytes as the register stores it.
+    Points { field: IntField, width: u8 },
+    /// Ranges: an LPM trie keyed by the big-endian value, `width` bytes.
+    Ranges { field: IntField, width: u8 },
+    /// `payload[offset..offset + len]`: a HASH keyed by the bytes.
+    Payload { offset: u32, len: u32 },
+}
+
+/// How `test` is looked up, if it is large enough to be a map.
+pub(super) fn shape(test: &Test) -> Option<Shape> {
+    match test {
+        Test::Addr { end, nets, mapped } if nets.len() > MAP_ABOVE => {
+            let v4 = nets.iter().any(|n| matches!(n, Net::V4 { .. }));
+            let v6 = nets.iter().any(|n| matches!(n, Net::V6 { .. }));
+            Some(Shape::Addr {
+                end: *end,
+                v4,
+                v6,
+                mapped: *mapped && v4,
+            })
+        }
+        Test::Int { field, ranges } if ranges.len() > MAP_ABOVE => match field {
+            IntField::LocalPort | IntField::RemotePort => Some(Shape::Port(*field)),
+            // A byte or the family never has that many ranges.
+            IntField::PayloadByte(_) | IntField::Family => None,
+            _ => {
+                let width = if field.max_value() > u32::MAX as u64 {
+                    8
+                } else {
+                    4
+                };
+                let field = *field;
+                Some(if ranges.iter().all(|(lo, hi)| lo == hi) {
+                    Shape::Points { field, width }
+                } else {
+                    Shape::Ranges { field, width }
+                })
+            }
+        },
+        Test::Payload { offset, alts } if alts.len() > MAP_ABOVE => {
+            let len = alts.first().map_or(0, |a| a.len() as u32);
+            (len > 0 && len <= MAX_SLICE).then_some(Shape::Payload {
+                offset: *offset,
+                len,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// One map of a set: its definition and its keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct SetMap {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+    /// The keys, `key_size` bytes each, sorted and distinct.
+    pub keys: Vec<u8>,
+}
+
+/// A large test of the policy and its maps (one, or an IPv4 and an IPv6 trie).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct PlannedSet {
+    pub test: Test,
+    pub shape: Shape,
+    /// `[IPv4, IPv6]` for addresses (either may be absent), `[the map, None]` otherwise.
+    pub maps: [Option<SetMap>; 2],
+}
+
+/// The large tests of a policy, each once (a test that several rules share, such as a
+/// declared set, is one set).
+pub(super) fn plan(policy: &hir::Policy) -> Vec<PlannedSet> {
+    let mut sets: Vec<PlannedSet> = Vec::new();
+    for rule in &policy.rules {
+        for test in rule.cond.tests() {
+            let Some(shape) = shape(test) else { continue };
+            if sets.iter().any(|s| s.shape == shape && &s.test == test) {
+                continue;
+            }
+            sets.push(PlannedSet {
+                test: test.clone(),
+                shape,
+                maps: maps_of(test, shape),
+            });
+        }
+    }
+    sets
+}
+
+fn maps_of(test: &Test, shape: Shape) -> [Option<SetMap>; 2] {
+    match (test, shape) {
+        (Test::Addr { nets, .. }, Shape::Addr { .. }) => {
+            let mut v4 = Vec::new();
+            let mut v6 = Vec::new();
+            for n in nets {
+                match *n {
+                    Net::V4 { addr, prefix } => v4.push(lpm_key(prefix, &addr.to_be_bytes())),
+                    Net::V6 { addr, prefix } => v6.push(lpm_key(prefix, &addr.to_be_bytes())),
+                }
+            }
+            [trie(v4, 4), trie(v6, 16)]
+        }
+        (Test::Int { ranges, .. }, Shape::Port(_)) => {
+            let mut keys = Vec::new();
+            for &(lo, hi) in ranges {
+                for p in lo..=hi.min(u16::MAX as u64) {
+                    keys.push((p as u32).to_ne_bytes().to_vec());
+                }
+            }
+            [
+                Some(SetMap {
+                    map_type: BPF_MAP_TYPE_ARRAY,
+                    key_size: 4,
+                    max_entries: u16::MAX as u32 + 1,
+                    flags: 0,
+                    keys: keys.concat(),
+                }),
+                None,
+            ]
+        }
+        (Test::Int { ranges, .. }, Shape::Points { width, .. }) => {
+            let keys: Vec<Vec<u8>> = ranges
+                .iter()
+                .map(|&(v, _)| v.to_ne_bytes()[..width as usize].to_vec())
+                .collect();
+            [hash(keys, width as u32), None]
+        }
+        (Test::Int { ranges, .. }, Shape::Ranges { width, .. }) => {
+            let bits = width as u32 * 8;
+            let mut keys = Vec::new();
+            for &(lo, hi) in ranges {
+                for (value, prefix) in range_prefixes(lo, hi, bits) {
+                    let be = value.to_be_bytes();
+                    keys.push(lpm_key(prefix, &be[8 - width as usize..]));
+                }
+            }
+            [trie(keys, width as u32), None]
+        }
+        (Test::Payload { alts, .. }, Shape::Payload { len, .. }) => [hash(alts.clone(), len), None],
+        _ => [None, None],
+    }
+}
+
+/// An LPM trie key: the prefix length (host order, as `struct bpf_lpm_trie_key_u8`
+/// has it), then the data bytes in network order.
+fn lpm_key(prefix: u8, data: &[u8]) -> Vec<u8> {
+    let mut k = (prefix as u32).to_ne_bytes().to_vec();
+    k.extend_from_slice(data);
+    k
+}
+
+fn trie(mut keys: Vec<Vec<u8>>, data_len: u32) -> Option<SetMap> {
+    if keys.is_empty() {
+        return None;
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    Some(SetMap {
+        map_type: BPF_MAP_TYPE_LPM_TRIE,
+        key_size: 4 + data_len,
+        max_entries: keys.len() as u32,
+        // The kernel refuses a trie that is not allocated on demand.
+        flags: BPF_F_NO_PREALLOC,
+        keys: keys.concat(),
+    })
+}
+
+fn hash(mut keys: Vec<Vec<u8>>, key_size: u32) -> Option<SetMap> {
+    keys.sort_unstable();
+    keys.dedup();
+    Some(SetMap {
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size,
+        max_entries: keys.len().max(1) as u32,
+        flags: 0,
+        keys: keys.concat(),
+    })
+}
+
+/// The prefixes `(value, length)` over `bits`-bit values whose union is `lo..=hi`: the
+/// largest aligned block at `lo` that stays within the range, again and again (at most
+/// `2 * bits` of them).
+fn range_prefixes(lo: u64, hi: u64, bits: u32) -> Vec<(u64, u8)> {
+    let mut out = Vec::new();
+    let mut at = lo as u128;
+    let end = hi as u128 + 1;
+    while at < end {
+        // The largest power of two that `at` is aligned to and that fits before `end`.
+        let mut size: u128 = if at == 0 {
+            1u128 << bits
+        } else {
+            1u128 << at.trailing_zeros().min(bits)
+        };
+        while at + size > end {
+            size >>= 1;
+        }
+        out.push((at as u64, (bits - size.trailing_zeros()) as u8));
+        at += size;
+    }
+    out
+}
+
+/// The keys of every set map, for `Lowered::sets`.
+pub(super) fn keys(
+    sets: &[PlannedSet],
+    ids: &[SetIds],
+    specs: &[super::MapSpec],
+) -> Vec<super::SetKeys> {
+    let mut out = Vec::new();
+    for (set, ids) in sets.iter().zip(ids) {
+        for (map, id) in set.maps.iter().zip(ids.maps) {
+            let (Some(map), Some(id)) = (map, id) else {
+                continue;
+            };
+            let name = specs
+                .get(id.number() as usize)
+                .map_or_else(String::new, |s| s.name());
+            out.push(super::SetKeys {
+                map: id,
+                keys: map.keys.clone(),
+                describe: format!(
+                    "{name}: {} {} keys of {} bytes for `{}`",
+                    map.keys.len() / map.key_size.max(1) as usize,
+                    map_type_name(map.map_type),
+                    map.key_size,
+                    describe(&set.test)
+                ),
+            });
+        }
+    }
+    out
+}
+
+fn map_type_name(t: u32) -> &'static str {
+    match t {
+        BPF_MAP_TYPE_LPM_TRIE => "LPM_TRIE",
+        BPF_MAP_TYPE_HASH => "HASH",
+        _ => "ARRAY",
+    }
+}
+
+/// What a large test reads, for listings.
+fn describe(test: &Test) -> String {
+    match test {
+        Test::Addr { end, nets, .. } => {
+            let end = if *end == End::Local {
+                "local"
+            } else {
+                "remote"
+            };
+            format!("{end}.ip in {} prefixes", nets.len())
+        }
+        Test::Int { field, ranges } => format!("{} in {} ranges", field.name(), ranges.len()),
+        Test::Payload { offset, alts } => {
+            let len = alts.first().map_or(0, Vec::len);
+            format!(
+                "payload[{offset}..{}] in {} strings",
+                *offset as usize + len,
+                alts.len()
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+/// The map ids of a planned set, in the order of `PlannedSet::maps`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct SetIds {
+    pub maps: [Option<MapId>; 2],
+}
+
+impl Gen {
+    /// The ready check of the set maps: unless the runtime has filled them (slot 0 of
+    /// `skp_sets` is `SETS_READY`), every message is dropped.
+    pub(super) fn sets_ready_check(&mut self) {
+        let Some(ready) = self.maps.sets else { return };
+        let not_ready = self.label();
+        self.sets_not_ready = Some(not_ready);
+        self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, 0);
+        self.map_lookup(ready, STACK_COUNTER_KEY);
+        self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), not_ready);
+        self.ldx(Size::W, Reg::R1, Reg::R0, 0);
+        self.jmp32(JmpOp::Jne, Reg::R1, SETS_READY as i32, not_ready);
+    }
+
+    /// The set map planned for `test`, if it is one.
+    pub(super) fn set_of(&self, test: &Test) -> Option<usize> {
+        let shape = shape(test)?;
+        self.sets
+            .iter()
+            .position(|(s, _)| s.shape == shape && &s.test == test)
+    }
+
+    /// Jumps to `t` when the value the test reads is in set `k`, else to `f`.
+    pub(super) fn set_test(&mut self, k: usize, t: Label, f: Label) {
+        let (shape, ids) = (self.sets[k].0.shape, self.sets[k].1);
+        let [first, second] = ids.maps;
+        match shape {
+            Shape::Addr { end, mapped, .. } => self.addr_set(end, first, second, mapped, t, f),
+            Shape::Port(field) => {
+                let Some(map) = first else {
+                    return self.goto(f);
+                };
+                let reg = self.int_value(field, f);
+                self.stx(Size::W, Reg::R10, STACK_SET_KEY, reg);
+                self.map_lookup(map, STACK_SET_KEY);
+                self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), f);
+                self.ldx(Size::B, Reg::R1, Reg::R0, 0);
+                self.jmp32(JmpOp::Jeq, Reg::R1, SET_MEMBER as i32, t);
+                self.goto(f);
+            }
+            Shape::Points { field, width } => {
+                let Some(map) = first else {
+                    return self.goto(f);
+                };
+                let reg = self.int_value(field, f);
+                let size = if width == 8 { Size::DW } else { Size::W };
+                self.stx(size, Reg::R10, STACK_SET_KEY, reg);
+                self.member(map, t, f);
+            }
+            Shape::Ranges { field, width } => {
+                let Some(map) = first else {
+                    return self.goto(f);
+                };
+                let reg = self.int_value(field, f);
+                self.st(Size::W, Reg::R10, STACK_SET_KEY, width as i32 * 8);
+                self.mov64(Reg::R3, Src::Reg(reg));
+                self.emit(Insn::End {
+                    dst: Reg::R3,
+                    endian: Endian::ToBe,
+                    bits: width * 8,
+                });
+                // Two word stores: the stack takes only aligned accesses, and the
+                // value starts 4 bytes into the key.
+                self.stx(Size::W, Reg::R10, STACK_SET_KEY + 4, Reg::R3);
+                if width == 8 {
+                    self.alu64(AluOp::Rsh, Reg::R3, Src::Imm(32));
+                    self.stx(Size::W, Reg::R10, STACK_SET_KEY + 8, Reg::R3);
+                }
+                self.member(map, t, f);
+            }
+            Shape::Payload { offset, len } => {
+                let Some(map) = first else {
+                    return self.goto(f);
+                };
+                self.ensure_payload(offset + len, f);
+                // The key is the slice itself: the verifier has checked `len` bytes.
+                if offset > 0 {
+                    self.alu64(AluOp::Add, Reg::R2, Src::Imm(offset as i32));
+                }
+                self.ld_map(Reg::R1, map);
+                self.call(BPF_FUNC_map_lookup_elem);
+                self.jmp64(JmpOp::Jne, Reg::R0, Src::Imm(0), t);
+                self.goto(f);
+            }
+        }
+    }
+
+    /// `r0 = lookup(map, STACK_SET_KEY)`, to `t` when found.
+    fn member(&mut self, map: MapId, t: Label, f: Label) {
+        self.map_lookup(map, STACK_SET_KEY);
+        self.jmp64(JmpOp::Jne, Reg::R0, Src::Imm(0), t);
+        self.goto(f);
+    }
+
+    /// The register holding an integer field: its cache register, or r2 after a load.
+    fn int_value(&mut self, field: IntField, short: Label) -> Reg {
+        match self.cached.iter().find(|(c, _)| *c == field) {
+            Some((_, r)) => *r,
+            None => {
+                self.load_int(field, short);
+                Reg::R2
+            }
+        }
+    }
+
+    /// An address in the IPv4 and/or IPv6 trie of a set.
+    fn addr_set(
+        &mut self,
+        end: End,
+        v4: Option<MapId>,
+        v6: Option<MapId>,
+        mapped: bool,
+        t: Label,
+        f: Label,
+    ) {
+        let (ip4, ip6) = addr_words(end);
+        let (l4, l6) = (self.label(), self.label());
+        self.ctx_ld(Reg::R2, SK_MSG_MD_FAMILY);
+        if v4.is_some() {
+            self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET, l4);
+        }
+        if v6.is_some() || mapped {
+            self.jmp32(JmpOp::Jeq, Reg::R2, AF_INET6, l6);
+        }
+        self.goto(f);
+        if let Some(map) = v4 {
+            self.place(l4);
+            self.st(Size::W, Reg::R10, STACK_SET_KEY, 32);
+            self.ctx_ld(Reg::R2, ip4);
+            self.stx(Size::W, Reg::R10, STACK_SET_KEY + 4, Reg::R2);
+            self.member(map, t, f);
+        }
+        if v6.is_none() && !mapped {
+            return;
+        }
+        self.place(l6);
+        if let Some(map) = v6 {
+            self.st(Size::W, Reg::R10, STACK_SET_KEY, 128);
+            for w in 0..4 {
+                self.ctx_ld(Reg::R2, ip6 + w * 4);
+                self.stx(Size::W, Reg::R10, STACK_SET_KEY + 4 + w * 4, Reg::R2);
+            }
+            // A miss goes on to the IPv4 trie for a mapped address.
+            self.map_lookup(map, STACK_SET_KEY);
+            self.jmp64(JmpOp::Jne, Reg::R0, Src::Imm(0), t);
+        }
+        match (mapped, v4) {
+            (true, Some(map)) => {
+                // `::ffff:a.b.c.d`: the IPv4 trie, with the last word.
+                self.ctx_ld(Reg::R2, ip6);
+                self.jmp32(JmpOp::Jne, Reg::R2, 0, f);
+                self.ctx_ld(Reg::R2, ip6 + 4);
+                self.jmp32(JmpOp::Jne, Reg::R2, 0, f);
+                self.ctx_ld(Reg::R2, ip6 + 8);
+                self.jmp32(JmpOp::Jne, Reg::R2, MAPPED_WORD2 as i32, f);
+                self.st(Size::W, Reg::R10, STACK_SET_KEY, 32);
+                self.ctx_ld(Reg::R2, ip6 + 12);
+                self.stx(Size::W, Reg::R10, STACK_SET_KEY + 4, Reg::R2);
+                self.member(map, t, f);
+            }
+            _ => self.goto(f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_become_the_fewest_aligned_prefixes() {
+        assert_eq!(range_prefixes(0, u32::MAX as u64, 32), vec![(0, 0)]);
+        assert_eq!(range_prefixes(5, 5, 32), vec![(5, 32)]);
+        // 1..=6: 1/32, 2/31 (2-3), 4/31 (4-5), 6/32.
+        assert_eq!(
+            range_prefixes(1, 6, 32),
+            vec![(1, 32), (2, 31), (4, 31), (6, 32)]
+        );
+        assert_eq!(range_prefixes(1024, 2047, 16), vec![(1024, 6)]);
+        assert_eq!(range_prefixes(0, u64::MAX, 64), vec![(0, 0)]);
+        // The worst case stays within two prefixes per bit.
+        let worst = range_prefixes(1, u32::MAX as u64 - 1, 32);
+        assert!(worst.len() <= 64, "{}", worst.len());
+        // Every value in the range is covered once, none outside.
+        for (lo, hi) in [(3u64, 100u64), (7, 7), (1000, 70000)] {
+            let p = range_prefixes(lo, hi, 32);
+            let covers = |v: u64| {
+                p.iter()
+                    .filter(|&&(a, l)| {
+                        let m = hir::mask32(l) as u64;
+                        v & m == a
+                    })
+                    .count()
+            };
+            for v in lo.saturating_sub(3)..=hi + 3 {
+                assert_eq!(covers(v), usize::from((lo..=hi).contains(&v)), "{v}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_tests_past_the_threshold_are_maps() {
+        let nets = |n: usize| -> Vec<Net> {
+            (0..n)
+                .map(|i| Net::V4 {
+                    addr: 0x0a00_0000 | ((i as u32) << 8),
+                    prefix: 24,
+                })
+                .collect()
+        };
+        let addr = |n| Test::Addr {
+            end: End::Remote,
+            nets: nets(n),
+            mapped: true,
+        };
+        assert_eq!(shape(&addr(MAP_ABOVE)), None);
+        assert_eq!(
+            shape(&addr(MAP_ABOVE + 1)),
+            Some(Shape::Addr {
+                end: End::Remote,
+                v4: true,
+                v6: false,
+                mapped: true
+            })
+        );
+        let ints = |field, step: u64, width: u64| Test::Int {
+            field,
+            ranges: (0..=MAP_ABOVE as u64)
+                .map(|i| (i * step, i * step + width))
+                .collect(),
+        };
+        assert_eq!(
+            shape(&ints(IntField::RemotePort, 3, 0)),
+            Some(Shape::Port(IntField::RemotePort))
+        );
+        assert_eq!(
+            shape(&ints(IntField::Uid, 3, 0)),
+            Some(Shape::Points {
+                field: IntField::Uid,
+                width: 4
+            })
+        );
+        assert_eq!(
+            shape(&ints(IntField::Cgroup, 3, 1)),
+            Some(Shape::Ranges {
+                field: IntField::Cgroup,
+                width: 8
+            })
+        );
+    }
+
+    #[test]
+    fn an_address_set_is_one_trie_key_per_prefix() {
+        let test = Test::Addr {
+            end: End::Remote,
+            nets: (0..300u32)
+                .map(|i| Net::V4 {
+                    addr: 0x0a00_0000 | (i << 8),
+                    prefix: 24,
+                })
+                .chain([Net::V6 {
+                    addr: 0xfd00u128 << 112,
+                    prefix: 8,
+                }])
+                .collect(),
+            mapped: false,
+        };
+        let s = shape(&test).expect("large");
+        let [Some(v4), Some(v6)] = maps_of(&test, s) else {
+            panic!("two tries")
+        };
+        assert_eq!((v4.key_size, v4.max_entries), (8, 300));
+        assert_eq!(v4.flags, BPF_F_NO_PREALLOC);
+        // 10.0.1.0/24: length 24, then the address in network order.
+        let mut want = 24u32.to_ne_bytes().to_vec();
+        want.extend([10, 0, 1, 0]);
+        assert!(v4.keys.chunks(8).any(|k| k == want.as_slice()));
+        assert_eq!((v6.key_size, v6.max_entries), (20, 1));
+        assert_eq!(&v6.keys[4..6], &[0xfd, 0]);
+    }
+}

@@ -1,0 +1,193 @@
+//! The set maps' model (`skp_set_<k>` and their flag `skp_sets`, see `lower::sets`), as
+//! the runtime fills them: an LPM_TRIE answers the longest prefix that holds the key, a
+//! HASH its keys, an ARRAY every slot below `max_entries` (members hold
+//! `SET_MEMBER`, the others 0). A hit is a pointer to a one-byte value.
+
+use std::collections::{HashMap, HashSet};
+
+use skpc_abi::SETS_NAME;
+
+use crate::bpf::uapi::{BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LPM_TRIE};
+use crate::lower::{MapKind, MapSpec, SetKeys};
+
+use super::maps::MapModelError;
+
+/// What a lookup in a set map finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SetHit {
+    /// NULL.
+    Miss,
+    /// A value that is 0 (an ARRAY slot of a non-member).
+    Zero,
+    /// A value that is `SET_MEMBER`.
+    Member,
+}
+
+#[derive(Debug)]
+enum Contents {
+    Hash(HashSet<Vec<u8>>),
+    /// Per prefix length, the data bytes (masked) of the keys of that length.
+    Trie {
+        data_len: usize,
+        by_len: HashMap<u32, HashSet<Vec<u8>>>,
+    },
+    Array {
+        slots: u32,
+        members: HashSet<u32>,
+    },
+}
+
+/// The set maps of one program, filled.
+#[derive(Debug, Default)]
+pub(super) struct SetModel {
+    /// By map number in `Lowered::maps`: key size and contents.
+    maps: HashMap<u32, (usize, Contents)>,
+    /// `max_entries` of `skp_sets` (0: the object has none).
+    pub(super) ready_slots: u32,
+}
+
+/// The set maps of an object and their keys.
+pub(super) fn set_model(maps: &[MapSpec], sets: &[SetKeys]) -> Result<SetModel, MapModelError> {
+    let mut model = SetModel::default();
+    for (n, m) in maps.iter().enumerate() {
+        match m.kind {
+            MapKind::SetsReady => {
+                if m.map_type != BPF_MAP_TYPE_ARRAY || m.key_size != 4 || m.value_size != 4 {
+                    return Err(MapModelError::NotU32Array {
+                        map: SETS_NAME,
+                        map_type: m.map_type,
+                        key_size: m.key_size,
+                        value_size: m.value_size,
+                    });
+                }
+                model.ready_slots = m.max_entries;
+            }
+            MapKind::Set { .. } => {
+                let keys = sets
+                    .iter()
+                    .find(|s| s.map.number() as usize == n)
+                    .map_or(&[][..], |s| &s.keys[..]);
+                let key_size = m.key_size as usize;
+                if key_size == 0 || keys.len() % key_size != 0 || m.value_size != 1 {
+                    return Err(MapModelError::NotASet {
+                        map: m.name(),
+                        map_type: m.map_type,
+                        key_size: m.key_size,
+                        value_size: m.value_size,
+                    });
+                }
+                let contents = match m.map_type {
+                    BPF_MAP_TYPE_HASH => {
+                        Contents::Hash(keys.chunks_exact(key_size).map(<[u8]>::to_vec).collect())
+                    }
+                    BPF_MAP_TYPE_ARRAY if key_size == 4 => Contents::Array {
+                        slots: m.max_entries,
+                        members: keys
+                            .chunks_exact(4)
+                            .map(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]))
+                            .collect(),
+                    },
+                    BPF_MAP_TYPE_LPM_TRIE if key_size > 4 => {
+                        let mut by_len: HashMap<u32, HashSet<Vec<u8>>> = HashMap::new();
+                        for k in keys.chunks_exact(key_size) {
+                            let len = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]);
+                            by_len.entry(len).or_default().insert(masked(&k[4..], len));
+                        }
+                        Contents::Trie {
+                            data_len: key_size - 4,
+                            by_len,
+                        }
+                    }
+                    _ => {
+                        return Err(MapModelError::NotASet {
+                            map: m.name(),
+                            map_type: m.map_type,
+                            key_size: m.key_size,
+                            value_size: m.value_size,
+                        })
+                    }
+                };
+                model.maps.insert(n as u32, (key_size, contents));
+            }
+            _ => {}
+        }
+    }
+    Ok(model)
+}
+
+/// `data` with every bit past the first `bits` cleared.
+fn masked(data: &[u8], bits: u32) -> Vec<u8> {
+    data.iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let from = i as u32 * 8;
+            if bits >= from + 8 {
+                *b
+            } else if bits <= from {
+                0
+            } else {
+                b & (0xffu8 << (8 - (bits - from)))
+            }
+        })
+        .collect()
+}
+
+impl SetModel {
+    /// The key size of set map `map`, if it is one.
+    pub(super) fn key_size(&self, map: u32) -> Option<usize> {
+        self.maps.get(&map).map(|(k, _)| *k)
+    }
+
+    /// A lookup of `key` (the map's key size) in set map `map`, filled or not.
+    pub(super) fn lookup(&self, map: u32, key: &[u8], filled: bool) -> SetHit {
+        let Some((_, contents)) = self.maps.get(&map) else {
+            return SetHit::Miss;
+        };
+        match contents {
+            Contents::Array { slots, members } => {
+                let slot = u32::from_ne_bytes([key[0], key[1], key[2], key[3]]);
+                if slot >= *slots {
+                    SetHit::Miss
+                } else if filled && members.contains(&slot) {
+                    SetHit::Member
+                } else {
+                    SetHit::Zero
+                }
+            }
+            _ if !filled => SetHit::Miss,
+            Contents::Hash(keys) => {
+                if keys.contains(key) {
+                    SetHit::Member
+                } else {
+                    SetHit::Miss
+                }
+            }
+            Contents::Trie { data_len, by_len } => {
+                let want =
+                    u32::from_ne_bytes([key[0], key[1], key[2], key[3]]).min(*data_len as u32 * 8);
+                let data = &key[4..];
+                let hit = by_len
+                    .iter()
+                    .any(|(&len, keys)| len <= want && keys.contains(&masked(data, len)));
+                if hit {
+                    SetHit::Member
+                } else {
+                    SetHit::Miss
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masking_keeps_the_prefix_bits_only() {
+        assert_eq!(masked(&[10, 1, 2, 3], 8), vec![10, 0, 0, 0]);
+        assert_eq!(masked(&[10, 0xff, 2, 3], 12), vec![10, 0xf0, 0, 0]);
+        assert_eq!(masked(&[1, 2], 0), vec![0, 0]);
+        assert_eq!(masked(&[1, 2], 16), vec![1, 2]);
+    }
+}
