@@ -37,7 +37,7 @@ pub fn compile_with(
     source: &str,
     options: lower::Options,
 ) -> Result<Compiled, Vec<Diag>> {
-    let (policy, diags) = check::check(source);
+    let (policy, diags) = check::check_in(source, base_dir(file_name));
     let Some(policy) = policy else {
         return Err(diags);
     };
@@ -49,6 +49,15 @@ pub fn compile_with(
         object,
         warnings: diags,
     })
+}
+
+/// Where the set files of the policy named `file_name` are: its directory (`None`, the
+/// working directory, for a policy given on the command line, named `<-e>`).
+pub fn base_dir(file_name: &str) -> Option<&std::path::Path> {
+    if file_name.starts_with('<') {
+        return None;
+    }
+    std::path::Path::new(file_name).parent()
 }
 
 /// The ELF contents of a lowered policy.

@@ -10,7 +10,7 @@ use crate::lower;
 /// Parses and type-checks `source` (named `file_name` in the diagnostics), writing every
 /// diagnostic to stderr. None: it has errors (the diagnostics say which).
 pub fn check(file_name: &str, source: &str, color: ColorChoice) -> Option<Policy> {
-    let (policy, diags) = check::check(source);
+    let (policy, diags) = check::check_in(source, crate::compile::base_dir(file_name));
     diag::emit_stderr(file_name, source, &diags, color);
     policy
 }

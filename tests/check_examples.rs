@@ -102,6 +102,7 @@ fn int_field(f: IntField, m: &Message) -> Option<u64> {
 
 fn eval_test(t: &Test, m: &Message) -> bool {
     match t {
+        Test::InFile { of, .. } => eval_test(of, m),
         Test::Int { field, ranges } => match int_field(*field, m) {
             Some(v) => ranges.iter().any(|&(lo, hi)| lo <= v && v <= hi),
             None => false,

@@ -182,6 +182,11 @@ cases! {
     default_not_last => "default drop;\npass if port == 80;\n";
     egress_redirect_to_peer => "redirect to peer if remote.ip == 127.0.0.1;\n";
 
+    // ------------------------------------------------------------ sets read from files
+    set_file_missing => "set feed = file \"tests/fixtures/no-such-feed.txt\";\ndrop if remote.ip in feed;\n";
+    set_file_bad_line => "set feed = file \"tests/fixtures/bad-feed.txt\";\ndrop if remote.ip in feed;\n";
+    set_file_misused => "set feed = file \"tests/fixtures/feed.txt\";\nset more = {feed, 10.1.0.0/16};\ndrop if comm in feed;\ndrop if remote.port in feed;\n";
+
     // ------------------------------------------------------------------- protocols
     ends_with_on_comm => "drop if comm ends with \"d\";\n";
     empty_protocol_string => "drop if http.host == \"\";\n";

@@ -1,16 +1,20 @@
 //! Large sets on real sockets: a blocklist of 100,000 prefixes is one LPM trie lookup,
 //! built, loaded and enforced by `skpc exec` (a listed address is dropped, an unlisted
-//! one passes, over IPv4 and IPv6).
+//! one passes, over IPv4 and IPv6); and a set read from a file of 100,000 lines is
+//! swapped under `skpc run` when the file changes, with no program loaded, no socket
+//! touched and no message judged by a half-written set.
 
 mod common;
 mod e2e_support;
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::thread;
+use std::time::{Duration, Instant};
 
-use e2e_support::{free_port, skpc, text};
+use e2e_support::{free_port, leftovers, skpc, skpc_bin, text, Lines};
 
 /// A dual-stack listener on `[::]:port` that reads every connection to its end.
 fn sink(port: u16) {
@@ -164,4 +168,160 @@ fn a_100k_prefix_blocklist_is_enforced_under_exec_over_ipv4_and_ipv6() {
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
+}
+
+/// Sends one message to `addr:port` on a new connection from a python3 process in
+/// `cgroup`: "ok", or "EACCES" when the policy dropped it.
+fn probe(python: &Path, cgroup: &Path, addr: &str, port: u16) -> String {
+    let mut cmd = Command::new(python);
+    cmd.args([
+        "-c",
+        "import socket,sys\nc=socket.create_connection((sys.argv[1],int(sys.argv[2])))\ntry:\n c.send(b'probe'); print('ok')\nexcept PermissionError: print('EACCES')",
+        addr,
+        &port.to_string(),
+    ]);
+    skpc_runtime::process::join_cgroup_on_exec(&mut cmd, cgroup).expect("joining the cgroup");
+    text(&cmd.output().expect("python3 runs").stdout)
+        .trim()
+        .to_string()
+}
+
+/// A feed file: `n` random /24 prefixes (seeded by `seed`) and the `extra` lines.
+fn feed(n: usize, seed: u64, extra: &[&str]) -> String {
+    let mut out = String::from("# generated feed\n");
+    let mut x = seed;
+    for _ in 0..n {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let a = (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as u32;
+        if a >> 16 == 127 {
+            continue;
+        }
+        out.push_str(&format!(
+            "{}.{}.{}.0/24 ; feed\n",
+            a >> 16,
+            (a >> 8) & 255,
+            a & 255
+        ));
+    }
+    for e in extra {
+        out.push_str(e);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn run_swaps_a_100k_line_set_file_without_a_reload_or_a_half_written_set() {
+    let name = "run_swaps_a_100k_line_set_file_without_a_reload_or_a_half_written_set";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let Some(python) = common::tool_or_skip(name, "python3", "python3") else {
+        return;
+    };
+    let (port, pump_port) = (free_port(), free_port());
+    sink(port);
+    sink(pump_port);
+    let dir = common::TempDir::new("skpc-setfile");
+    let list = dir.path.join("blocklist.txt");
+    // Version 1 lists 127.0.0.2, version 2 lists 127.0.0.3 instead; both list 127.0.0.4,
+    // which the pump below sends to all along.
+    std::fs::write(&list, feed(100_000, 1, &["127.0.0.2", "127.0.0.4"])).unwrap();
+    let policy = dir.path.join("policy.skp");
+    std::fs::write(
+        &policy,
+        format!(
+            "set blocklist = file \"blocklist.txt\";\n\
+             count listed if remote.ip in blocklist and remote.port == {pump_port};\n\
+             drop if remote.ip in blocklist and remote.port == {port};\n"
+        ),
+    )
+    .unwrap();
+    let cg = skpc_runtime::TempCgroup::create().unwrap();
+    let mut run = Command::new(skpc_bin())
+        .args(["run", "-j"])
+        .arg(&policy)
+        .arg("--cgroup")
+        .arg(cg.path())
+        .args(["--interval", "0.2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("skpc run starts");
+    let pid = run.id();
+    let stderr = Lines::of(run.stderr.take().unwrap());
+    let stdout = run.stdout.take().unwrap();
+    let last_doc = thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .last()
+            .unwrap_or_default()
+    });
+    stderr.expect("a change of the file or SIGHUP");
+    let probe = |addr: &str| probe(&python, cg.path(), addr, port);
+    assert_eq!(probe("127.0.0.2"), "EACCES");
+    assert_eq!(probe("127.0.0.3"), "ok");
+
+    // The pump: one connection to a listed address, one message after another for 4 s,
+    // across the swap; it prints how many it sent.
+    let mut pump = Command::new(&python);
+    pump.args([
+        "-c",
+        "import socket,sys,time\nc=socket.create_connection(('127.0.0.4',int(sys.argv[1])))\nn=0\nend=time.time()+4\nwhile time.time()<end:\n c.send(b'x'); n+=1\n time.sleep(0.0005)\nprint(n)",
+        &pump_port.to_string(),
+    ]);
+    pump.stdout(Stdio::piped());
+    skpc_runtime::process::join_cgroup_on_exec(&mut pump, cg.path()).unwrap();
+    let pump = pump.spawn().expect("the pump starts");
+    thread::sleep(Duration::from_millis(500));
+
+    // The new feed, written next to it and renamed over it (as feed updaters do).
+    let next = dir.path.join(".blocklist.txt.new");
+    std::fs::write(&next, feed(100_000, 2, &["127.0.0.3", "127.0.0.4"])).unwrap();
+    let t = Instant::now();
+    std::fs::rename(&next, &list).unwrap();
+    while probe("127.0.0.3") != "EACCES" {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the new set never enforced"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let swapped_after = t.elapsed();
+    assert_eq!(probe("127.0.0.2"), "ok", "the old contents are gone");
+    stderr.expect("no program loaded, no socket touched");
+    // A malformed feed: an error with file, line and column; the contents stay.
+    std::fs::write(&list, "10.0.0.0/8\n10.1.2.300\n127.0.0.3\n").unwrap();
+    let err = stderr.expect("blocklist.txt:2:1");
+    assert!(err.contains("blocklist.txt:2:1"), "{err}");
+    assert_eq!(probe("127.0.0.3"), "EACCES");
+
+    let sent: u64 = text(&pump.wait_with_output().unwrap().stdout)
+        .trim()
+        .parse()
+        .expect("the pump's count");
+    skpc_runtime::process::send_signal(pid, skpc_runtime::process::sig::SIGTERM);
+    let status = run.wait().unwrap();
+    let all = stderr.all();
+    assert_eq!(status.code(), Some(0), "{all}");
+    let doc: serde_json::Value = serde_json::from_str(&last_doc.join().unwrap()).unwrap();
+    // No new program: still version 1; one swap, one refused file.
+    assert_eq!(doc["version"], 1, "{doc}");
+    assert_eq!(doc["reloads"]["ok"], 1, "{doc}");
+    assert_eq!(doc["reloads"]["error"], 1, "{doc}");
+    // Every pumped message was judged with 127.0.0.4 in the set: none saw a set
+    // being written.
+    let listed = doc["counters"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "listed"))
+        .unwrap_or_else(|| panic!("the listed counter: {doc}"));
+    assert!(sent > 100, "the pump sent {sent}");
+    assert_eq!(listed["messages"], sent, "{doc}");
+    eprintln!(
+        "{name}: enforced {swapped_after:?} after the rename; {sent} messages across the swap"
+    );
+    assert_eq!(leftovers(pid), Vec::<PathBuf>::new());
 }

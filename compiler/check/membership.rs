@@ -171,6 +171,9 @@ impl Checker {
         r: Operand,
         rs: Span,
     ) -> Option<Cond> {
+        if let (Operand::Field(field), Operand::Const(Val::FileSet(id))) = (&l, &r) {
+            return self.file_membership(*field, ls, *id, rs);
+        }
         let field = match l {
             Operand::Field(f) => f,
             Operand::Const(v) => {
@@ -330,6 +333,63 @@ impl Checker {
             }
         }
         Some(out)
+    }
+
+    /// `FIELD in NAME` with a set read from a file: the test of its elements, each test
+    /// wrapped in `Test::InFile` (the contents may change while the program runs).
+    fn file_membership(&mut self, field: FieldRef, fs: Span, id: usize, rs: Span) -> Option<Cond> {
+        let elems = self.loaded_sets.get(id)?.elems.clone();
+        let cond = match field {
+            FieldRef::Int(IntField::Family | IntField::PayloadByte(_)) => None,
+            FieldRef::Int(_) | FieldRef::EitherPort | FieldRef::Addr { .. } => {
+                Some(if elems.is_empty() {
+                    // An empty file is an empty set now, not `false`: it may fill up.
+                    match field {
+                        FieldRef::Addr { .. } => self.addr_test(field, fs, &[])?,
+                        _ => self.membership(
+                            Operand::Field(field),
+                            fs,
+                            Operand::Const(Val::Set(elems)),
+                            rs,
+                        )?,
+                    }
+                } else {
+                    self.membership(
+                        Operand::Field(field),
+                        fs,
+                        Operand::Const(Val::Set(elems)),
+                        rs,
+                    )?
+                })
+            }
+            _ => None,
+        };
+        let Some(cond) = cond else {
+            self.err(
+                Diag::new(
+                    Code::FileSetMisuse,
+                    format!("a set read from a file holds addresses or integers, which {} is not", field.kind()),
+                    fs,
+                )
+                .label("tested against a set file")
+                .secondary(rs, "read from a file")
+                .help("test an address field (`remote.ip`), a port, `uid`, `gid`, `pid`, `cgroup` or `len`"),
+            );
+            return None;
+        };
+        fn wrap(c: Cond, set: usize) -> Cond {
+            match c {
+                Cond::Test(t) => Cond::Test(Test::InFile {
+                    set,
+                    of: Box::new(t),
+                }),
+                Cond::And(cs) => Cond::And(cs.into_iter().map(|c| wrap(c, set)).collect()),
+                Cond::Or(cs) => Cond::Or(cs.into_iter().map(|c| wrap(c, set)).collect()),
+                Cond::Not(c) => Cond::Not(Box::new(wrap(*c, set))),
+                Cond::Const(b) => Cond::Const(b),
+            }
+        }
+        Some(wrap(cond, id))
     }
 
     fn int_membership(&mut self, field: IntField, fs: Span, elems: &[(Val, Span)]) -> Option<Cond> {

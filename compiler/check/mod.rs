@@ -14,6 +14,7 @@
 //! - `lints`: warnings about rules that never match or are never reached.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use crate::diag::{Code, Diag};
 use crate::hir::{self, Action, CounterInfo, CounterKind, Decision, Verdict};
@@ -33,9 +34,18 @@ pub const MAX_COMM_LEN: usize = 15;
 /// Parses and checks a policy. `Some(policy)` when there is no error; the diagnostics
 /// (errors and warnings) either way.
 pub fn check(source: &str) -> (Option<hir::Policy>, Vec<Diag>) {
+    check_in(source, None)
+}
+
+/// [`check`] a policy whose set files (`set NAME = file "..."`) are relative to
+/// `base_dir` (the policy file's directory; `None`: the working directory).
+pub fn check_in(source: &str, base_dir: Option<&Path>) -> (Option<hir::Policy>, Vec<Diag>) {
     let (ast, mut diags) = parse(source);
     let syntax_ok = diags.iter().all(|d| !d.is_error());
-    let (policy, check_diags) = check_ast(source, &ast);
+    let mut c = Checker::new(source);
+    c.base_dir = base_dir.map(Path::to_path_buf);
+    let policy = c.policy(&ast);
+    let check_diags = c.diags;
     // A malformed literal stands in the AST as a placeholder (see `syntax::lexer::lex`);
     // whatever the checker says about it would only repeat the lexer's error.
     let bad_literals: Vec<Span> = diags
@@ -72,6 +82,7 @@ mod compare;
 mod lints;
 mod membership;
 mod names;
+mod set_file;
 mod test_case;
 mod text;
 mod values;
@@ -82,6 +93,12 @@ struct Checker {
     names: HashMap<String, Binding>,
     named_counters: HashMap<String, usize>,
     named_order: Vec<(String, u32)>,
+    /// Where relative set file paths start (`None`: the working directory).
+    base_dir: Option<PathBuf>,
+    /// The sets read from files, in declaration order (`hir::Policy::file_sets`).
+    file_sets: Vec<hir::FileSet>,
+    /// Their elements, by the same index.
+    loaded_sets: Vec<set_file::LoadedSet>,
 }
 
 impl Checker {
@@ -95,6 +112,9 @@ impl Checker {
             names: HashMap::new(),
             named_counters: HashMap::new(),
             named_order: Vec::new(),
+            base_dir: None,
+            file_sets: Vec::new(),
+            loaded_sets: Vec::new(),
         }
     }
 
@@ -205,6 +225,7 @@ impl Checker {
             },
             counters,
             tests,
+            file_sets: std::mem::take(&mut self.file_sets),
         }
     }
 }

@@ -53,7 +53,18 @@ impl Checker {
             );
             return;
         }
-        let Some(op) = self.expr(value) else { return };
+        let op = match (&value.kind, is_set) {
+            (ast::ExprKind::File(path), true) => {
+                let Some(v) = self.file_set(name, path, value.span) else {
+                    return;
+                };
+                Operand::Const(v)
+            }
+            _ => match self.expr(value) {
+                Some(op) => op,
+                None => return,
+            },
+        };
         let val = match op {
             Operand::Const(v) => v,
             Operand::Field(f) => {
@@ -82,7 +93,7 @@ impl Checker {
                 );
                 return;
             }
-            (v, true) if !matches!(v, Val::Set(_)) => {
+            (v, true) if !matches!(v, Val::Set(_) | Val::FileSet(_)) => {
                 let kind = v.kind();
                 self.err(
                     Diag::new(

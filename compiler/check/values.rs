@@ -19,6 +19,9 @@ pub(super) enum Val {
     Str(Vec<u8>),
     Range(u64, u64),
     Set(Vec<(Val, Span)>),
+    /// A set read from a file: index in `Checker::loaded_sets` (and the policy's
+    /// `file_sets`).
+    FileSet(usize),
 }
 
 impl Val {
@@ -34,6 +37,7 @@ impl Val {
             Val::Str(_) => "a string",
             Val::Range(..) => "a range",
             Val::Set(_) => "a set",
+            Val::FileSet(_) => "a set read from a file",
         }
     }
 }
@@ -188,6 +192,20 @@ impl Checker {
                         Some(Operand::Const(Val::Set(inner))) => {
                             out.extend(inner.into_iter().filter(|(_, s)| seen.insert(*s)))
                         }
+                        Some(Operand::Const(Val::FileSet(_))) => {
+                            self.err(
+                                Diag::new(
+                                    Code::FileSetMisuse,
+                                    "a set read from a file cannot be part of another set",
+                                    item.span,
+                                )
+                                .label("read from a file")
+                                .help(
+                                    "test it on its own: `remote.ip in NAME or remote.ip in {...}`",
+                                ),
+                            );
+                            ok = false;
+                        }
                         Some(Operand::Const(v)) => {
                             if seen.insert(item.span) {
                                 out.push((v, item.span));
@@ -209,6 +227,19 @@ impl Checker {
                     }
                 }
                 ok.then_some(Operand::Const(Val::Set(out)))
+            }
+            ExprKind::File(_) => {
+                // The grammar only has `file "..."` as a `set`'s value (`Checker::declare`).
+                self.err(
+                    Diag::new(
+                        Code::FileSetMisuse,
+                        "`file \"...\"` is the value of a `set` declaration",
+                        e.span,
+                    )
+                    .label("here")
+                    .help("write `set NAME = file \"...\";` and use `FIELD in NAME`"),
+                );
+                None
             }
             ExprKind::Index { base, index } => {
                 self.payload_base(base)?;

@@ -40,6 +40,9 @@ pub(crate) struct Loaded {
     pub source: String,
     pub counters: Vec<CounterInfo>,
     pub policy: Policy,
+    /// The sets read from files: their files, and their contents as the runtime takes
+    /// them (`skpc run` swaps them in when a file changes).
+    pub set_files: super::set_files::SetFiles,
 }
 
 /// Reads and compiles the input; diagnostics go to stderr (as one JSON line when
@@ -78,6 +81,7 @@ pub(crate) fn load(
         source: src.text,
         counters,
         policy,
+        set_files: super::set_files::SetFiles::of(&compiled),
     }))
 }
 

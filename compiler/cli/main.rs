@@ -13,6 +13,7 @@ mod exec;
 mod json;
 mod metrics;
 mod run;
+mod set_files;
 mod test;
 mod test_kernel;
 mod top;
@@ -168,7 +169,8 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
         Command::Check { input, json } => {
             let src = input.read()?;
             let policy = if json {
-                let (policy, diags) = skpc::check::check(&src.text);
+                let (policy, diags) =
+                    skpc::check::check_in(&src.text, skpc::compile::base_dir(&src.name));
                 let doc = json::check_doc(&src.name, &src.text, &diags);
                 write_stdout(&(json::line(&doc) + "\n"))?;
                 policy

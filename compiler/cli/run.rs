@@ -17,6 +17,7 @@ use skpc_runtime::Enforcement;
 
 use super::exec::{cleanup_stale, counters_table, load, log_line, Loaded};
 use super::metrics::{self, Metrics};
+use super::set_files;
 use super::watch::{Change, Watch};
 use crate::{json, Input};
 
@@ -68,6 +69,11 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
         (Some(path), false) => Some(Watch::new(path.clone())),
         _ => None,
     };
+    // The sets read from files are followed whenever the policy is.
+    let mut set_watches = match watch {
+        Some(_) => loaded.set_files.watches(),
+        None => Vec::new(),
+    };
     let mut reloads = json::ReloadsJson::default();
     let metrics = match &args.metrics {
         Some(addr) => {
@@ -107,6 +113,7 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
                     count(&mut reloads, reload(&args, color, &mut enf, &mut loaded));
                     if let Some(w) = &mut watch {
                         w.acted_on_current();
+                        set_watches = loaded.set_files.watches();
                     }
                 }
                 _ => stop = true,
@@ -117,6 +124,7 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
                 Change::Changed => {
                     eprintln!("skpc: {} changed; reloading", loaded.name);
                     count(&mut reloads, reload(&args, color, &mut enf, &mut loaded));
+                    set_watches = loaded.set_files.watches();
                 }
                 Change::Missing => eprintln!(
                     "skpc: {} is missing; still enforcing version {}",
@@ -125,6 +133,16 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
                 ),
                 Change::None => {}
             }
+        }
+        if set_files::poll(&mut set_watches) {
+            eprintln!(
+                "skpc: a set file of {} changed; swapping its contents",
+                loaded.name
+            );
+            count(
+                &mut reloads,
+                refresh_sets(&args, color, &mut enf, &mut loaded),
+            );
         }
         if args.events {
             for r in enf.drain_events() {
@@ -215,20 +233,73 @@ fn count(reloads: &mut json::ReloadsJson, ok: bool) {
 /// Re-reads and recompiles the input and swaps it in (the new version is loaded and
 /// verified beside the old one first); keeps the old one on failure. True if swapped.
 fn reload(args: &RunArgs, color: ColorChoice, enf: &mut Enforcement, loaded: &mut Loaded) -> bool {
-    let new = match load(&args.input, color, args.json) {
-        Ok(Some(l)) => l,
+    match rebuild(args, color, enf) {
+        Some(new) => swap_version(enf, loaded, new),
+        None => false,
+    }
+}
+
+/// Re-reads and recompiles the input (and its set files); none if that failed (said).
+fn rebuild(args: &RunArgs, color: ColorChoice, enf: &Enforcement) -> Option<Loaded> {
+    match load(&args.input, color, args.json) {
+        Ok(Some(l)) => Some(l),
         Ok(None) => {
             eprintln!("skpc: reload failed: the policy does not compile (see above); still enforcing version {}", enf.version());
-            return false;
+            None
         }
         Err(e) => {
             eprintln!(
                 "skpc: reload failed: {e:#}; still enforcing version {}",
                 enf.version()
             );
-            return false;
+            None
         }
+    }
+}
+
+/// A set file changed: its new contents go into the running program's set maps (no
+/// program loaded, no socket touched), or, if the new build's program differs (the
+/// policy file changed too), the whole policy is reloaded. True if swapped.
+fn refresh_sets(
+    args: &RunArgs,
+    color: ColorChoice,
+    enf: &mut Enforcement,
+    loaded: &mut Loaded,
+) -> bool {
+    let Some(new) = rebuild(args, color, enf) else {
+        return false;
     };
+    if new.source != loaded.source || !loaded.set_files.same_program(&new.set_files) {
+        return swap_version(enf, loaded, new);
+    }
+    match new.set_files.swap_into(enf) {
+        Ok(keys) => {
+            let names: Vec<&str> = new
+                .set_files
+                .files
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect();
+            eprintln!(
+                "skpc: sets {} swapped in: {keys} keys live in version {} (no program loaded, no socket touched)",
+                names.join(", "),
+                enf.version()
+            );
+            *loaded = new;
+            true
+        }
+        Err(e) => {
+            eprintln!(
+                "skpc: swapping the set contents failed: {e:#}; the sets in force are unchanged (version {})",
+                enf.version()
+            );
+            false
+        }
+    }
+}
+
+/// Swaps a new build in as a new version of the program.
+fn swap_version(enf: &mut Enforcement, loaded: &mut Loaded, new: Loaded) -> bool {
     match enf.reload(&new.policy) {
         Ok(()) => {
             eprintln!(

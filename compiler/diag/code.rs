@@ -52,6 +52,9 @@ codes! {
     DuplicateName = "E0103", Error, "a name declared twice";
     FieldDeclared = "E0104", Error, "declaring a field name";
     FieldNotConstant = "E0105", Error, "a field where a constant is needed: in a declaration or a set";
+    SetFileUnreadable = "E0106", Error, "a set file (`set NAME = file \"...\"`) that cannot be read: missing, not a regular file, over 256 MiB";
+    SetFileLine = "E0107", Error, "a malformed line in a set file, with its file, line and column";
+    FileSetMisuse = "E0108", Error, "a set read from a file used other than as `FIELD in NAME` with an address, port or integer field";
     TypeMismatch = "E0201", Error, "a type mismatch: operands of different kinds, `in`/`starts with`/index/byte count with the wrong kind";
     OutOfRange = "E0202", Error, "an integer outside the field's range";
     WrongFamily = "E0203", Error, "an address of the wrong family for an `ip4`/`ip6` field";

@@ -152,6 +152,8 @@ pub fn holds(c: &Cond, msg: &Message) -> bool {
 
 fn test(t: &Test, msg: &Message) -> bool {
     match t {
+        // The set's elements as checked: what the runtime fills the map with first.
+        Test::InFile { of, .. } => test(of, msg),
         Test::Int { field, ranges } => match field_value(*field, msg) {
             Some(v) => ranges.iter().any(|&(lo, hi)| lo <= v && v <= hi),
             None => false,

@@ -27,6 +27,22 @@ pub struct Policy {
     /// Every counter slot: one per rule, then one per distinct `count NAME`.
     pub counters: Vec<CounterInfo>,
     pub tests: Vec<TestCase>,
+    /// The sets read from files (`set NAME = file "...";`), which `Test::InFile` refers to
+    /// by index.
+    pub file_sets: Vec<FileSet>,
+}
+
+/// A set read from a file: its contents when the policy was checked are in the
+/// `Test::InFile`s that use it; the runtime may replace them while the program runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileSet {
+    pub name: String,
+    /// The file as read (relative paths resolved against the policy's directory).
+    pub path: std::path::PathBuf,
+    /// The `file "..."` of the declaration.
+    pub span: Span,
+    /// Elements in the file when checked.
+    pub elements: usize,
 }
 
 impl Policy {
@@ -167,6 +183,11 @@ pub enum Test {
     Comm { alts: Vec<Vec<u8>>, prefix: bool },
     /// The message is of the protocol (its parser accepted the start of the message).
     Proto(fields::Proto),
+    /// The value `of` tests is in the set read from file `set` (`Policy::file_sets`).
+    /// `of` is an `Int` or `Addr` test holding the file's elements when the policy was
+    /// checked; the runtime may replace them while the program runs, so no pass may
+    /// simplify by them (an empty set is not `false`): they only fill the set's map.
+    InFile { set: usize, of: Box<Test> },
     /// A protocol field has a value and it equals (starts with, ends with) one of `alts`.
     /// The alternatives are sorted, distinct, non-empty, no longer than the field's
     /// `max_len`, and in the field's case (`Case::Upper`: no lower-case letters).

@@ -91,6 +91,9 @@ impl Gen {
                 self.goto(f);
             }
             Test::Proto(p) => self.proto_test(*p, t, f),
+            // `sets::plan` made every set read from a file a map, which `set_of` found
+            // above; the elements as checked are the same test otherwise.
+            Test::InFile { of, .. } => self.test(of, t, f),
             Test::Text { field, op, alts } => self.text_test(*field, *op, alts, t, f),
             Test::Comm { alts, prefix } => {
                 self.stack_ptr(Reg::R1, STACK_COMM);
@@ -241,7 +244,8 @@ fn test_cost(t: &Test) -> u32 {
             field: IntField::Uid | IntField::Gid | IntField::Pid | IntField::Cgroup,
             ..
         }
-        | Test::Comm { .. } => 2,
+        | Test::Comm { .. }
+        | Test::InFile { .. } => 2,
         Test::Int { .. } | Test::Addr { .. } => 1,
     }
 }

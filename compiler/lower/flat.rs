@@ -45,9 +45,11 @@ pub(super) fn flat_ok(c: &Cond) -> bool {
                     field.ctx_word().is_some() && ranges.len() <= MAX_ALTS
                 }
                 Test::Addr { nets, .. } => nets.len() <= MAX_ALTS,
-                Test::Payload { .. } | Test::Comm { .. } | Test::Proto(_) | Test::Text { .. } => {
-                    false
-                }
+                Test::Payload { .. }
+                | Test::Comm { .. }
+                | Test::Proto(_)
+                | Test::Text { .. }
+                | Test::InFile { .. } => false,
             }
     };
     shallow(c, 0) && c.tests().all(test_ok) && regs_needed(c) <= POOL.len()

@@ -429,7 +429,11 @@ fn alternatives(t: &Test) -> Option<Vec<(Component, Vec<u32>)>> {
                 })
                 .collect(),
         ),
-        Test::Payload { .. } | Test::Comm { .. } | Test::Proto(_) | Test::Text { .. } => None,
+        Test::Payload { .. }
+        | Test::Comm { .. }
+        | Test::Proto(_)
+        | Test::Text { .. }
+        | Test::InFile { .. } => None,
     }
 }
 

@@ -22,9 +22,11 @@ pub enum MapKind {
     IndexReady,
     /// The rule index of single-port tuples (see `index`).
     IndexPorts,
-    /// The `map`-th set map (see `sets`; an address set has a trie per family).
+    /// Buffer `buffer` (0, or 1 for the second buffer of a set read from a file) of the
+    /// `map`-th set map (see `sets`; an address set has a trie per family).
     Set {
         map: u32,
+        buffer: u8,
     },
     /// Whether the runtime filled the set maps (see `sets`).
     SetsReady,
@@ -63,7 +65,7 @@ impl MapSpec {
     /// The map's name in the object (and the kernel): the kind's, numbered for sets.
     pub fn name(&self) -> String {
         match self.kind {
-            MapKind::Set { map } => skpc_abi::set_map_name(map, 0),
+            MapKind::Set { map, buffer } => skpc_abi::set_map_name(map, buffer),
             kind => kind.name().to_string(),
         }
     }
@@ -205,21 +207,33 @@ pub(super) fn define(
     let mut set_ids = Vec::with_capacity(sets.len());
     let mut set_maps = 0;
     for set in sets {
-        let mut ids = SetIds::default();
+        let mut ids = SetIds {
+            slot: set.file.map(|f| 1 + f as u32),
+            ..SetIds::default()
+        };
         for (part, map) in set.maps.iter().enumerate() {
             let Some(m) = map else { continue };
-            let kind = MapKind::Set { map: set_maps };
-            set_maps += 1;
-            let id = list.define(kind, m.map_type, m.key_size, 1, m.max_entries);
-            if let Some(spec) = list.specs.last_mut() {
-                spec.flags = m.flags;
+            let buffers: &[u8] = if set.file.is_some() { &[0, 1] } else { &[0] };
+            for &buffer in buffers {
+                let kind = MapKind::Set {
+                    map: set_maps,
+                    buffer,
+                };
+                let id = list.define(kind, m.map_type, m.key_size, 1, m.max_entries);
+                if let Some(spec) = list.specs.last_mut() {
+                    spec.flags = m.flags;
+                }
+                ids.buffers[buffer as usize][part] = Some(id);
             }
-            ids.maps[part] = Some(id);
+            set_maps += 1;
         }
         set_ids.push(ids);
     }
-    let sets_ready =
-        (!sets.is_empty()).then(|| list.define(MapKind::SetsReady, BPF_MAP_TYPE_ARRAY, 4, 4, 1));
+    // Slot 0: filled; slot 1 + f: the live buffer of file set f.
+    let sets_ready = (!sets.is_empty()).then(|| {
+        let slots = 1 + policy.file_sets.len() as u32;
+        list.define(MapKind::SetsReady, BPF_MAP_TYPE_ARRAY, 4, 4, slots)
+    });
     let maps = Maps {
         sockmap,
         sockhash,

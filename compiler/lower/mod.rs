@@ -72,6 +72,9 @@ pub struct Lowered {
 pub struct SetKeys {
     /// The map's number in `Lowered::maps`.
     pub map: MapId,
+    /// For a set read from a file: the slot of `skp_sets` that says which buffer is
+    /// live, and the second buffer's map (the runtime fills `map` first).
+    pub file: Option<(u32, MapId)>,
     pub keys: Vec<u8>,
     /// One line for listings: the test and the map.
     pub describe: String,

@@ -64,9 +64,15 @@ pub(super) enum Shape {
     Payload { offset: u32, len: u32 },
 }
 
-/// How `test` is looked up, if it is large enough to be a map.
+/// The most keys a map of a set read from a file holds: its contents may grow while
+/// the program runs, and tries and hashes allocate per key (`BPF_F_NO_PREALLOC`).
+pub const FILE_SET_MAX_KEYS: u32 = 1 << 24;
+
+/// How `test` is looked up, if it is large enough to be a map (a set read from a file
+/// always is).
 pub(super) fn shape(test: &Test) -> Option<Shape> {
     match test {
+        Test::InFile { of, .. } => file_shape(of),
         Test::Addr { end, nets, mapped } if nets.len() > MAP_ABOVE => {
             let v4 = nets.iter().any(|n| matches!(n, Net::V4 { .. }));
             let v6 = nets.iter().any(|n| matches!(n, Net::V6 { .. }));
@@ -106,6 +112,32 @@ pub(super) fn shape(test: &Test) -> Option<Shape> {
     }
 }
 
+/// The shape of a set read from a file: never from its current elements, which the
+/// runtime may replace (the program must fit any contents).
+fn file_shape(of: &Test) -> Option<Shape> {
+    match of {
+        Test::Addr { end, mapped, .. } => Some(Shape::Addr {
+            end: *end,
+            v4: true,
+            v6: true,
+            mapped: *mapped,
+        }),
+        Test::Int { field, .. } => match field {
+            IntField::LocalPort | IntField::RemotePort => Some(Shape::Port(*field)),
+            IntField::PayloadByte(_) | IntField::Family => None,
+            _ => Some(Shape::Ranges {
+                field: *field,
+                width: if field.max_value() > u32::MAX as u64 {
+                    8
+                } else {
+                    4
+                },
+            }),
+        },
+        _ => None,
+    }
+}
+
 /// One map of a set: its definition and its keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct SetMap {
@@ -122,6 +154,9 @@ pub(super) struct SetMap {
 pub(super) struct PlannedSet {
     pub test: Test,
     pub shape: Shape,
+    /// The set read from a file it is (`hir::Policy::file_sets`): its maps have a second
+    /// buffer, and slot `1 + file` of `skp_sets` says which one is live.
+    pub file: Option<usize>,
     /// `[IPv4, IPv6]` for addresses (either may be absent), `[the map, None]` otherwise.
     pub maps: [Option<SetMap>; 2],
 }
@@ -136,10 +171,24 @@ pub(super) fn plan(policy: &hir::Policy) -> Vec<PlannedSet> {
             if sets.iter().any(|s| s.shape == shape && &s.test == test) {
                 continue;
             }
+            let (file, elements) = match test {
+                Test::InFile { set, of } => (Some(*set), &**of),
+                _ => (None, test),
+            };
+            let mut maps = maps_of(elements, shape);
+            if file.is_some() {
+                for m in maps.iter_mut().flatten() {
+                    if m.map_type != BPF_MAP_TYPE_ARRAY {
+                        m.max_entries = FILE_SET_MAX_KEYS;
+                        m.flags = BPF_F_NO_PREALLOC;
+                    }
+                }
+            }
             sets.push(PlannedSet {
                 test: test.clone(),
                 shape,
-                maps: maps_of(test, shape),
+                file,
+                maps,
             });
         }
     }
@@ -157,7 +206,15 @@ fn maps_of(test: &Test, shape: Shape) -> [Option<SetMap>; 2] {
                     Net::V6 { addr, prefix } => v6.push(lpm_key(prefix, &addr.to_be_bytes())),
                 }
             }
-            [trie(v4, 4), trie(v6, 16)]
+            let Shape::Addr {
+                v4: want4,
+                v6: want6,
+                ..
+            } = shape
+            else {
+                return [None, None];
+            };
+            [trie(v4, 4, want4), trie(v6, 16, want6)]
         }
         (Test::Int { ranges, .. }, Shape::Port(_)) => {
             let mut keys = Vec::new();
@@ -193,7 +250,7 @@ fn maps_of(test: &Test, shape: Shape) -> [Option<SetMap>; 2] {
                     keys.push(lpm_key(prefix, &be[8 - width as usize..]));
                 }
             }
-            [trie(keys, width as u32), None]
+            [trie(keys, width as u32, true), None]
         }
         (Test::Payload { alts, .. }, Shape::Payload { len, .. }) => [hash(alts.clone(), len), None],
         _ => [None, None],
@@ -208,8 +265,10 @@ fn lpm_key(prefix: u8, data: &[u8]) -> Vec<u8> {
     k
 }
 
-fn trie(mut keys: Vec<Vec<u8>>, data_len: u32) -> Option<SetMap> {
-    if keys.is_empty() {
+/// An LPM trie of `keys`; none when empty unless `always` (a file set's trie exists
+/// for contents to come).
+fn trie(mut keys: Vec<Vec<u8>>, data_len: u32, always: bool) -> Option<SetMap> {
+    if keys.is_empty() && !always {
         return None;
     }
     keys.sort_unstable();
@@ -217,7 +276,7 @@ fn trie(mut keys: Vec<Vec<u8>>, data_len: u32) -> Option<SetMap> {
     Some(SetMap {
         map_type: BPF_MAP_TYPE_LPM_TRIE,
         key_size: 4 + data_len,
-        max_entries: keys.len() as u32,
+        max_entries: keys.len().max(1) as u32,
         // The kernel refuses a trie that is not allocated on demand.
         flags: BPF_F_NO_PREALLOC,
         keys: keys.concat(),
@@ -267,7 +326,7 @@ pub(super) fn keys(
 ) -> Vec<super::SetKeys> {
     let mut out = Vec::new();
     for (set, ids) in sets.iter().zip(ids) {
-        for (map, id) in set.maps.iter().zip(ids.maps) {
+        for (part, (map, id)) in set.maps.iter().zip(ids.buffers[0]).enumerate() {
             let (Some(map), Some(id)) = (map, id) else {
                 continue;
             };
@@ -276,6 +335,7 @@ pub(super) fn keys(
                 .map_or_else(String::new, |s| s.name());
             out.push(super::SetKeys {
                 map: id,
+                file: ids.slot.zip(ids.buffers[1][part]),
                 keys: map.keys.clone(),
                 describe: format!(
                     "{name}: {} {} keys of {} bytes for `{}`",
@@ -310,6 +370,7 @@ fn describe(test: &Test) -> String {
             format!("{end}.ip in {} prefixes", nets.len())
         }
         Test::Int { field, ranges } => format!("{} in {} ranges", field.name(), ranges.len()),
+        Test::InFile { of, .. } => format!("{} (read from a file)", describe(of)),
         Test::Payload { offset, alts } => {
             let len = alts.first().map_or(0, Vec::len);
             format!(
@@ -322,10 +383,13 @@ fn describe(test: &Test) -> String {
     }
 }
 
-/// The map ids of a planned set, in the order of `PlannedSet::maps`.
+/// The map ids of a planned set: per buffer, in the order of `PlannedSet::maps`.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct SetIds {
-    pub maps: [Option<MapId>; 2],
+    /// `[buffer 0, buffer 1]`; buffer 1 only for a set read from a file.
+    pub buffers: [[Option<MapId>; 2]; 2],
+    /// The slot of `skp_sets` that says which buffer is live (a set read from a file).
+    pub slot: Option<u32>,
 }
 
 impl Gen {
@@ -350,10 +414,28 @@ impl Gen {
             .position(|(s, _)| s.shape == shape && &s.test == test)
     }
 
-    /// Jumps to `t` when the value the test reads is in set `k`, else to `f`.
+    /// Jumps to `t` when the value the test reads is in set `k`, else to `f`. A set read
+    /// from a file reads which buffer is live first, once: the runtime fills the other
+    /// one and then flips the slot, so a message sees one whole version of the set.
     pub(super) fn set_test(&mut self, k: usize, t: Label, f: Label) {
         let (shape, ids) = (self.sets[k].0.shape, self.sets[k].1);
-        let [first, second] = ids.maps;
+        let (Some(slot), Some(ready)) = (ids.slot, self.maps.sets) else {
+            return self.set_lookup(shape, ids.buffers[0], t, f);
+        };
+        let second = self.label();
+        self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, slot as i32);
+        self.map_lookup(ready, STACK_COUNTER_KEY);
+        self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), f);
+        self.ldx(Size::W, Reg::R1, Reg::R0, 0);
+        self.jmp32(JmpOp::Jne, Reg::R1, 0, second);
+        self.set_lookup(shape, ids.buffers[0], t, f);
+        self.place(second);
+        self.set_lookup(shape, ids.buffers[1], t, f);
+    }
+
+    /// The lookup of `shape` in `maps` (one buffer).
+    fn set_lookup(&mut self, shape: Shape, maps: [Option<MapId>; 2], t: Label, f: Label) {
+        let [first, second] = maps;
         match shape {
             Shape::Addr { end, mapped, .. } => self.addr_set(end, first, second, mapped, t, f),
             Shape::Port(field) => {

@@ -212,9 +212,11 @@ pub(super) fn needs_helper_before_verdict(policy: &hir::Policy, options: Options
             || match t {
                 Test::Int { field, .. } => field.ctx_word().is_none(),
                 Test::Addr { .. } => false,
-                Test::Payload { .. } | Test::Comm { .. } | Test::Proto(_) | Test::Text { .. } => {
-                    true
-                }
+                Test::Payload { .. }
+                | Test::Comm { .. }
+                | Test::Proto(_)
+                | Test::Text { .. }
+                | Test::InFile { .. } => true,
             }
     };
     // `discard` and `cork` call their helper last, with nothing read from the context

@@ -162,6 +162,9 @@ pub enum ExprKind {
     },
     /// `{a, b, c}`
     Set(Vec<Expr>),
+    /// `file "path"`: a set read from a file, one element a line (only as the value of
+    /// a `set` declaration).
+    File(Vec<u8>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -41,6 +41,8 @@ pub enum Tok {
     Const,
     #[token("set")]
     Set,
+    #[token("file")]
+    File,
     #[token("test")]
     Test,
     #[token("expect")]
@@ -365,6 +367,7 @@ impl Tok {
         match self {
             Tok::Const => "const",
             Tok::Set => "set",
+            Tok::File => "file",
             Tok::Test => "test",
             Tok::Expect => "expect",
             Tok::Pass => "pass",

@@ -118,6 +118,8 @@ struct Version {
     index_entries: usize,
     /// The set maps (`skp_set_<k>`, `skp_set_<k>_b`) and `skp_sets`, filled, by name.
     sets: Vec<(String, Map)>,
+    /// What the buffers of the sets read from files hold.
+    set_state: crate::sets::SetState,
     names: Vec<String>,
 }
 
@@ -128,6 +130,7 @@ struct Loaded {
     index: Vec<(&'static str, Map)>,
     index_entries: usize,
     sets: Vec<(String, Map)>,
+    set_state: crate::sets::SetState,
     ids: KernelIds,
 }
 
@@ -276,6 +279,7 @@ fn load_version(ebpf: &mut Ebpf, object: &[u8]) -> Result<Loaded> {
             sets.push((name, m));
         }
     }
+    let set_state = crate::sets::SetState::filled(&sets, object)?;
     let counters = ebpf.take_map(COUNTERS_NAME).expect("checked above");
     let events = match ebpf.take_map(EVENTS_NAME) {
         Some(m) => Some(
@@ -290,6 +294,7 @@ fn load_version(ebpf: &mut Ebpf, object: &[u8]) -> Result<Loaded> {
         index,
         index_entries,
         sets,
+        set_state,
         ids,
     })
 }
@@ -314,6 +319,7 @@ impl Enforcement {
             index,
             index_entries,
             sets,
+            set_state,
             mut ids,
         } = load_version(&mut ebpf, &policy.object)?;
         ids.maps.extend([socks_id, peers_id, progs_id]);
@@ -368,6 +374,7 @@ impl Enforcement {
                 index,
                 index_entries,
                 sets,
+                set_state,
                 names: policy.counter_names.clone(),
             },
             retired: Vec::new(),
@@ -632,6 +639,7 @@ impl Enforcement {
             index,
             index_entries,
             sets,
+            set_state,
             ids,
         } = load_version(&mut ebpf, &policy.object)?;
         let fd = sk_msg(&mut ebpf, SK_MSG_PROGRAM)?
@@ -657,6 +665,7 @@ impl Enforcement {
             index,
             index_entries,
             sets,
+            set_state,
             names: policy.counter_names.clone(),
         };
         let mut old = std::mem::replace(&mut self.current, new);
@@ -678,6 +687,15 @@ impl Enforcement {
         }
         drop(old);
         Ok(())
+    }
+
+    /// Replaces the contents of a set read from a file in the running version: writes
+    /// the new keys into the buffers that are not live, then makes them live in one map
+    /// update. No program is loaded and no socket is touched; a message is judged by the
+    /// old contents or the new, never by a half-written set. Returns the keys now live.
+    pub fn replace_set(&mut self, r: &crate::sets::SetReplacement) -> Result<usize> {
+        let v = &mut self.current;
+        v.set_state.replace(&v.sets, r)
     }
 
     /// Pins the programs and maps under `dir` (created if missing) so bpftool and

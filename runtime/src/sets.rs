@@ -165,3 +165,189 @@ pub(crate) fn fill_one(map: &MapData, name: &str, keys: &[u8]) -> Result<usize> 
     )?;
     Ok(count)
 }
+
+/// New contents for a set read from a file (`set NAME = file "..."`), as a new build of
+/// the same policy lists them: the slot of `skp_sets` that says which buffer is live,
+/// and for each of the set's maps the names of its two buffers and the new keys (the
+/// map's key size each).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetReplacement {
+    pub slot: u32,
+    pub maps: Vec<SetBuffers>,
+}
+
+/// One map of a set read from a file: its buffers and its new keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetBuffers {
+    /// `skp_set_<k>` and `skp_set_<k>_b`.
+    pub names: [String; 2],
+    pub keys: Vec<u8>,
+}
+
+/// How long a buffer stays untouched after it stopped being live before it is written
+/// again. A program that read the old slot value finishes its run within microseconds
+/// (sk_msg programs run under RCU and cannot sleep); this leaves a wide margin, so that
+/// no message is ever judged by a buffer being rewritten.
+pub const SET_BUFFER_QUIET: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// What the runtime knows about the buffers of the sets read from files: the sorted keys
+/// each buffer map holds, and when each slot last flipped.
+#[derive(Debug, Default)]
+pub(crate) struct SetState {
+    held: std::collections::HashMap<String, Vec<u8>>,
+    flipped: std::collections::HashMap<u32, std::time::Instant>,
+}
+
+impl SetState {
+    /// The state after `fill_sets`: buffer 0 of every map (of `maps`, taken from the
+    /// loaded object) holds its section's keys.
+    pub(crate) fn filled(maps: &[(String, Map)], object: &[u8]) -> Result<SetState> {
+        let mut state = SetState::default();
+        for s in set_sections(object)? {
+            let Some((_, Map::LpmTrie(d) | Map::HashMap(d) | Map::Array(d))) =
+                maps.iter().find(|(n, _)| *n == s.map)
+            else {
+                continue;
+            };
+            let size = d
+                .info()
+                .map_err(|e| Error::from_aya(&format!("reading the definition of {}", s.map), e))?
+                .key_size() as usize;
+            state.held.insert(s.map, sorted_keys(&s.keys, size));
+        }
+        Ok(state)
+    }
+
+    /// Writes `r` into the buffers that are not live, then flips the slot: from the flip
+    /// on, every message sees the new contents whole. Only keys that differ from what
+    /// the buffer held are written. Returns the number of keys now live.
+    pub(crate) fn replace(&mut self, maps: &[(String, Map)], r: &SetReplacement) -> Result<usize> {
+        let find = |name: &str| -> Result<&MapData> {
+            match maps.iter().find(|(n, _)| n == name).map(|(_, m)| m) {
+                Some(Map::LpmTrie(d) | Map::HashMap(d) | Map::Array(d)) => Ok(d),
+                _ => Err(Error::new(
+                    ErrorKind::BadObject,
+                    format!("the running policy has no set map {name}; the set's declaration changed, so reload the whole policy"),
+                )),
+            }
+        };
+        let ready = find(SETS_NAME)?;
+        let slot_key = r.slot.to_ne_bytes();
+        let live = sys::map_lookup_u32(ready.fd().as_fd(), &slot_key)
+            .map_err(|e| Error::io(format_args!("reading slot {} of {SETS_NAME}", r.slot), e))?;
+        let target = usize::from(live == 0);
+        if let Some(at) = self.flipped.get(&r.slot) {
+            let quiet = at.elapsed();
+            if quiet < SET_BUFFER_QUIET {
+                std::thread::sleep(SET_BUFFER_QUIET - quiet);
+            }
+        }
+        let mut total = 0;
+        for m in &r.maps {
+            let name = &m.names[target];
+            let map = find(name)?;
+            let info = map
+                .info()
+                .map_err(|e| Error::from_aya(&format!("reading the definition of {name}"), e))?;
+            let size = info.key_size() as usize;
+            if size == 0 || !m.keys.len().is_multiple_of(size) {
+                return Err(Error::new(
+                    ErrorKind::BadObject,
+                    format!("the new keys of {name} are not whole {size}-byte keys; rebuild with the skpc of this runtime"),
+                ));
+            }
+            let new = sorted_keys(&m.keys, size);
+            let old = self.held.remove(name).unwrap_or_default();
+            let (gone, added) = diff(&old, &new, size);
+            let is_array = matches!(info.map_type(), Ok(aya::maps::MapType::Array));
+            for key in gone.chunks_exact(size) {
+                let result = if is_array {
+                    sys::map_update(map.fd().as_fd(), key, &[0], sys::BPF_ANY)
+                } else {
+                    sys::map_delete(map.fd().as_fd(), key)
+                };
+                result.map_err(|e| {
+                    Error::io(format_args!("removing a key from the set map {name}"), e)
+                })?;
+            }
+            let values = vec![SET_MEMBER; added.len() / size];
+            insert_all(
+                map.fd().as_fd(),
+                &format!("the set map {name}"),
+                &added,
+                size,
+                &values,
+                1,
+            )?;
+            total += new.len() / size;
+            self.held.insert(name.clone(), new);
+        }
+        sys::map_update(
+            ready.fd().as_fd(),
+            &slot_key,
+            &(target as u32).to_ne_bytes(),
+            sys::BPF_ANY,
+        )
+        .map_err(|e| Error::io(format_args!("making the new set live in {SETS_NAME}"), e))?;
+        self.flipped.insert(r.slot, std::time::Instant::now());
+        Ok(total)
+    }
+}
+
+/// `keys` (back to back, `size` bytes each) sorted and without repeats.
+fn sorted_keys(keys: &[u8], size: usize) -> Vec<u8> {
+    let mut chunks: Vec<&[u8]> = keys.chunks_exact(size.max(1)).collect();
+    chunks.sort_unstable();
+    chunks.dedup();
+    chunks.concat()
+}
+
+/// The keys of `old` not in `new`, and those of `new` not in `old` (both sorted).
+fn diff(old: &[u8], new: &[u8], size: usize) -> (Vec<u8>, Vec<u8>) {
+    let (mut gone, mut added) = (Vec::new(), Vec::new());
+    let (mut a, mut b) = (
+        old.chunks_exact(size).peekable(),
+        new.chunks_exact(size).peekable(),
+    );
+    loop {
+        match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x == y => {
+                a.next();
+                b.next();
+            }
+            (Some(x), Some(y)) if x < y => {
+                gone.extend_from_slice(x);
+                a.next();
+            }
+            (Some(_), Some(y)) => {
+                added.extend_from_slice(y);
+                b.next();
+            }
+            (Some(x), None) => {
+                gone.extend_from_slice(x);
+                a.next();
+            }
+            (None, Some(y)) => {
+                added.extend_from_slice(y);
+                b.next();
+            }
+            (None, None) => return (gone, added),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_diff_writes_only_what_changed() {
+        let old = sorted_keys(&[3, 0, 1, 0, 2, 0], 2);
+        assert_eq!(old, vec![1, 0, 2, 0, 3, 0]);
+        let new = sorted_keys(&[2, 0, 4, 0, 1, 0, 4, 0], 2);
+        let (gone, added) = diff(&old, &new, 2);
+        assert_eq!(gone, vec![3, 0]);
+        assert_eq!(added, vec![4, 0]);
+        assert_eq!(diff(&[], &new, 2), (Vec::new(), new.clone()));
+    }
+}

@@ -139,6 +139,16 @@ pub(crate) fn map_count(map: BorrowedFd<'_>, key_size: usize) -> usize {
     }
 }
 
+/// The u32 value of `key` in `map` (an ARRAY of u32, such as `skp_sets`).
+pub(crate) fn map_lookup_u32(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<u32> {
+    let mut value = [0u32; 1];
+    let mut attr = [0u64; 16];
+    attr[0] = map.as_raw_fd() as u32 as u64;
+    attr[1] = key.as_ptr() as u64;
+    attr[2] = value.as_mut_ptr() as u64;
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(|_| value[0])
+}
+
 /// Whether `key` is in `map` (a socket map's user-space value is the 8-byte cookie).
 pub(crate) fn map_has(map: BorrowedFd<'_>, key: &[u8]) -> bool {
     let mut value = [0u64; 1];
