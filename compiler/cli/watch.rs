@@ -9,10 +9,12 @@
 //!   symlink is swapped to a new timestamped directory (the path resolves to a new inode);
 //! - a file that is briefly missing (kept; the running policy stays in force).
 //!
-//! A change is acted on once the file has looked the same for two polls in a row, so
-//! that a half-written file (an in-place `>` redirect caught mid-write) is not compiled;
-//! and only when its bytes differ from the version last loaded (a `touch` reloads
-//! nothing).
+//! A change in place is acted on once the file has looked the same for two polls in a
+//! row, so that a half-written file (an in-place `>` redirect caught mid-write) is not
+//! compiled. A path that resolves to another file (a rename over it, a ConfigMap swap) is
+//! acted on at the first poll: a rename is atomic, the new file was complete before it.
+//! Either way, only when its bytes differ from the version last loaded (a `touch`
+//! reloads nothing).
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
@@ -97,12 +99,18 @@ impl Watch {
             self.missing = true;
             return Change::Missing;
         };
-        self.missing = false;
+        let was_missing = std::mem::replace(&mut self.missing, false);
         if Some(now) == self.seen {
             self.pending = None;
             return Change::None;
         }
-        if self.pending != Some(now) {
+        // Another file at the path (not one created after the path was seen missing,
+        // which may still be being written).
+        let replaced = !was_missing
+            && self
+                .seen
+                .is_some_and(|s| (s.dev, s.ino) != (now.dev, now.ino));
+        if self.pending != Some(now) && !replaced {
             self.pending = Some(now);
             return Change::None;
         }
@@ -188,6 +196,20 @@ mod tests {
         fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
         assert_eq!(settle(&mut w), Change::Changed);
         assert_eq!(settle(&mut w), Change::None);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_file_renamed_over_the_path_is_acted_on_at_the_first_poll() {
+        let d = dir("renamed");
+        let file = d.join("feed.txt");
+        fs::write(&file, "10.0.0.0/8\n").unwrap();
+        let mut w = Watch::new(file.clone());
+        let tmp = d.join(".feed.txt.new");
+        fs::write(&tmp, "10.0.0.0/8\n192.0.2.0/24\n").unwrap();
+        fs::rename(&tmp, &file).unwrap();
+        assert_eq!(w.poll(), Change::Changed, "complete before the rename");
+        assert_eq!(w.poll(), Change::None);
         let _ = fs::remove_dir_all(&d);
     }
 
