@@ -38,8 +38,9 @@ use super::lir::Label;
 use super::maps::MapId;
 use super::{Gen, STACK_COUNTER_KEY, STACK_SET_KEY};
 
-/// A test with more elements than this is a map lookup.
-pub(super) const MAP_ABOVE: usize = 256;
+/// A test with more elements than this is a map lookup (the default of
+/// `Options::set_maps_above`).
+pub const MAP_ABOVE: usize = 256;
 /// The longest payload slice a set map keys (the hash key is the slice itself).
 const MAX_SLICE: u32 = 64;
 
@@ -64,10 +65,10 @@ pub(super) enum Shape {
     Payload { offset: u32, len: u32 },
 }
 
-/// How `test` is looked up, if it is large enough to be a map.
-pub(super) fn shape(test: &Test) -> Option<Shape> {
+/// How `test` is looked up, if it has more than `above` elements (a map).
+pub(super) fn shape(test: &Test, above: usize) -> Option<Shape> {
     match test {
-        Test::Addr { end, nets, mapped } if nets.len() > MAP_ABOVE => {
+        Test::Addr { end, nets, mapped } if nets.len() > above => {
             let v4 = nets.iter().any(|n| matches!(n, Net::V4 { .. }));
             let v6 = nets.iter().any(|n| matches!(n, Net::V6 { .. }));
             Some(Shape::Addr {
@@ -77,7 +78,7 @@ pub(super) fn shape(test: &Test) -> Option<Shape> {
                 mapped: *mapped && v4,
             })
         }
-        Test::Int { field, ranges } if ranges.len() > MAP_ABOVE => match field {
+        Test::Int { field, ranges } if ranges.len() > above => match field {
             IntField::LocalPort | IntField::RemotePort => Some(Shape::Port(*field)),
             // A byte or the family never has that many ranges.
             IntField::PayloadByte(_) | IntField::Family => None,
@@ -95,7 +96,7 @@ pub(super) fn shape(test: &Test) -> Option<Shape> {
                 })
             }
         },
-        Test::Payload { offset, alts } if alts.len() > MAP_ABOVE => {
+        Test::Payload { offset, alts } if alts.len() > above => {
             let len = alts.first().map_or(0, |a| a.len() as u32);
             (len > 0 && len <= MAX_SLICE).then_some(Shape::Payload {
                 offset: *offset,
@@ -128,11 +129,13 @@ pub(super) struct PlannedSet {
 
 /// The large tests of a policy, each once (a test that several rules share, such as a
 /// declared set, is one set).
-pub(super) fn plan(policy: &hir::Policy) -> Vec<PlannedSet> {
+pub(super) fn plan(policy: &hir::Policy, above: usize) -> Vec<PlannedSet> {
     let mut sets: Vec<PlannedSet> = Vec::new();
     for rule in &policy.rules {
         for test in rule.cond.tests() {
-            let Some(shape) = shape(test) else { continue };
+            let Some(shape) = shape(test, above) else {
+                continue;
+            };
             if sets.iter().any(|s| s.shape == shape && &s.test == test) {
                 continue;
             }
@@ -344,7 +347,7 @@ impl Gen {
 
     /// The set map planned for `test`, if it is one.
     pub(super) fn set_of(&self, test: &Test) -> Option<usize> {
-        let shape = shape(test)?;
+        let shape = shape(test, self.options.set_maps_above)?;
         self.sets
             .iter()
             .position(|(s, _)| s.shape == shape && &s.test == test)
@@ -543,9 +546,9 @@ mod tests {
             nets: nets(n),
             mapped: true,
         };
-        assert_eq!(shape(&addr(MAP_ABOVE)), None);
+        assert_eq!(shape(&addr(MAP_ABOVE), MAP_ABOVE), None);
         assert_eq!(
-            shape(&addr(MAP_ABOVE + 1)),
+            shape(&addr(MAP_ABOVE + 1), MAP_ABOVE),
             Some(Shape::Addr {
                 end: End::Remote,
                 v4: true,
@@ -560,18 +563,18 @@ mod tests {
                 .collect(),
         };
         assert_eq!(
-            shape(&ints(IntField::RemotePort, 3, 0)),
+            shape(&ints(IntField::RemotePort, 3, 0), MAP_ABOVE),
             Some(Shape::Port(IntField::RemotePort))
         );
         assert_eq!(
-            shape(&ints(IntField::Uid, 3, 0)),
+            shape(&ints(IntField::Uid, 3, 0), MAP_ABOVE),
             Some(Shape::Points {
                 field: IntField::Uid,
                 width: 4
             })
         );
         assert_eq!(
-            shape(&ints(IntField::Cgroup, 3, 1)),
+            shape(&ints(IntField::Cgroup, 3, 1), MAP_ABOVE),
             Some(Shape::Ranges {
                 field: IntField::Cgroup,
                 width: 8
@@ -595,7 +598,7 @@ mod tests {
                 .collect(),
             mapped: false,
         };
-        let s = shape(&test).expect("large");
+        let s = shape(&test, MAP_ABOVE).expect("large");
         let [Some(v4), Some(v6)] = maps_of(&test, s) else {
             panic!("two tries")
         };
