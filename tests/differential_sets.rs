@@ -5,8 +5,8 @@
 //! them: a listed value, an address inside a listed prefix, the IPv4-mapped IPv6 form of
 //! a listed IPv4 address, the value or address just outside, a payload one byte off or
 //! too short, anything. Each policy is compiled three times: with the default threshold,
-//! with every set as a map (`set_maps_above: 0`) and with every set as code
-//! (`set_maps_above: usize::MAX`); the VM runs each program's bytes (filling the set maps
+//! with every set as a map (`set_maps_above: Some(0)`) and with every set as code
+//! (`set_maps_above: Some(usize::MAX)`); the VM runs each program's bytes (filling the set maps
 //! as the runtime does) and must agree with the reference evaluator, whose decision
 //! must agree with the test's own membership model of the source.
 //!
@@ -603,14 +603,14 @@ fn compilations(src: &str) -> Vec<(&'static str, Compiled)> {
         (
             "maps",
             Options {
-                set_maps_above: 0,
+                set_maps_above: Some(0),
                 ..Options::default()
             },
         ),
         (
             "code",
             Options {
-                set_maps_above: usize::MAX,
+                set_maps_above: Some(usize::MAX),
                 ..Options::default()
             },
         ),
@@ -827,7 +827,7 @@ fn kernel_agrees_with_the_evaluator_on_large_sets() {
             Options::default()
         } else {
             Options {
-                set_maps_above: 0,
+                set_maps_above: Some(0),
                 ..Options::default()
             }
         };

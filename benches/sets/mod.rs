@@ -3,8 +3,8 @@
 //! s1. Crossover: for each kind of set (IPv4 /24 prefixes, IPv6 /64 prefixes,
 //!     `remote.port` values, `uid` values, `len` ranges, 8-byte `payload starts with`
 //!     strings) and size (16 .. 4096 elements), one policy `drop if FIELD in SET;`
-//!     compiled twice: as code (`set_maps_above: usize::MAX`) and as a map lookup
-//!     (`set_maps_above: 0`). Each attached directly to a sockmap, counters off; 64-byte
+//!     compiled twice: as code (`set_maps_above: Some(usize::MAX)`) and as a map lookup
+//!     (`set_maps_above: Some(0)`). Each attached directly to a sockmap, counters off; 64-byte
 //!     messages that miss the set (the common case of a blocklist) over loopback TCP
 //!     (IPv6 for the IPv6 kind), interleaved (round, then policy); the program's run time
 //!     per message from the kernel's BPF stats, median of the rounds.
@@ -268,11 +268,11 @@ fn crossover() -> String {
     let sizes = env_list("SKPC_BENCH_SET_SIZES", &[16, 64, 256, 1024, 4096]);
     let as_code = Options {
         counters: false,
-        set_maps_above: usize::MAX,
+        set_maps_above: Some(usize::MAX),
     };
     let as_map = Options {
         counters: false,
-        set_maps_above: 0,
+        set_maps_above: Some(0),
     };
     // (kind, size) -> index of the code case; the map case follows it.
     let mut cells = Vec::new();
@@ -285,7 +285,7 @@ fn crossover() -> String {
                 eprintln!(
                     "s. loading {} x {n} as {}",
                     kind.label(),
-                    if options.set_maps_above == 0 {
+                    if options.set_maps_above == Some(0) {
                         "map"
                     } else {
                         "code"
@@ -314,8 +314,8 @@ fn crossover() -> String {
     let mut s = format!(
         "### s1. Large sets: code or map (run time per message, BPF stats)\n\n\
          One policy `drop if FIELD in SET;` per kind and size, compiled as code \
-         (`set_maps_above: usize::MAX`: a binary search over ranges, compares of payload \
-         words) and as a map lookup (`set_maps_above: 0`, compiler/lower/sets.rs), counters \
+         (`set_maps_above: Some(usize::MAX)`: a binary search over ranges, compares of payload \
+         words) and as a map lookup (`set_maps_above: Some(0)`, compiler/lower/sets.rs), counters \
          off, attached directly to a sockmap. 64-byte messages that miss the set (the \
          common case for a blocklist), {secs} s per case and round, {rounds} rounds \
          interleaved; run_time_ns / run_cnt of prog info, median. Cells: ns per message \

@@ -26,7 +26,7 @@ const POOL: [Reg; 6] = [Reg::R0, Reg::R1, Reg::R2, Reg::R3, Reg::R4, Reg::R5];
 const MAX_ALTS: usize = 8;
 
 /// Whether `c` can be evaluated branch-free within the register pool.
-pub(super) fn flat_ok(c: &Cond, set_maps_above: usize) -> bool {
+pub(super) fn flat_ok(c: &Cond, set_maps_above: Option<usize>) -> bool {
     /// Whether `and`/`or` nest at most two deep in `c` (a `not` adds no level).
     fn shallow(c: &Cond, depth: usize) -> bool {
         if depth > 2 {

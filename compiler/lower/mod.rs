@@ -126,8 +126,9 @@ pub struct Options {
     /// Per-rule counters (messages and bytes). Off gives the smallest program, for
     /// comparing with hand-written C that counts nothing.
     pub counters: bool,
-    /// A set test with more elements than this is a map lookup (`sets`), else code.
-    pub set_maps_above: usize,
+    /// A set test with more elements than this is a map lookup (`sets`), else code;
+    /// `None`: the threshold measured for its kind (`sets::MAP_ABOVE_*`).
+    pub set_maps_above: Option<usize>,
 }
 
 /// Lowers a checked policy with the default options.
@@ -194,7 +195,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             counters: true,
-            set_maps_above: sets::MAP_ABOVE,
+            set_maps_above: None,
         }
     }
 }

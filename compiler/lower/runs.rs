@@ -62,7 +62,7 @@ pub(super) const MAX_KEYS: usize = 8;
 pub(super) fn plan(
     policy: &hir::Policy,
     blocks: &[super::index::Block],
-    set_maps_above: usize,
+    set_maps_above: Option<usize>,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut i = 0;
@@ -107,7 +107,7 @@ pub(super) fn plan(
 
 /// A terminal rule whose condition is an `or` of integer and address tests: its decision
 /// and those tests.
-fn value_rule(r: &hir::Rule, set_maps_above: usize) -> Option<(&Decision, Vec<Test>)> {
+fn value_rule(r: &hir::Rule, set_maps_above: Option<usize>) -> Option<(&Decision, Vec<Test>)> {
     let Action::Decide(d) = &r.action else {
         return None;
     };
@@ -131,7 +131,7 @@ fn value_rule(r: &hir::Rule, set_maps_above: usize) -> Option<(&Decision, Vec<Te
 
 /// The keyed searches of a run (rules `rules`, the first of which has index `base`), if
 /// every test reads a context word or an IPv4 address and there are few keys.
-fn keyed(rules: &[hir::Rule], base: usize, set_maps_above: usize) -> Option<Vec<Keyed>> {
+fn keyed(rules: &[hir::Rule], base: usize, set_maps_above: Option<usize>) -> Option<Vec<Keyed>> {
     let mut keys: Vec<(Key, Labeled)> = Vec::new();
     for (k, r) in rules.iter().enumerate() {
         let (_, tests) = value_rule(r, set_maps_above)?;
@@ -267,7 +267,7 @@ mod tests {
             .map(|p| format!("drop if port == {};\n", p * 100))
             .collect();
         let p = check(&src).0.expect("checks");
-        let steps = plan(&p, &[], crate::lower::sets::MAP_ABOVE);
+        let steps = plan(&p, &[], None);
         assert_eq!(steps.len(), 1);
         let Step::Run {
             first: 0,
@@ -320,7 +320,7 @@ mod tests {
             "drop if port == 1;\ndrop if port == 2;\ndrop if port == 3;\ndrop if port == 4;\n\
                    pass if port == 5;\ndrop if port == 6 and len > 3;\n";
         let p = check(src).0.expect("checks");
-        let steps = plan(&p, &[], crate::lower::sets::MAP_ABOVE);
+        let steps = plan(&p, &[], None);
         assert!(matches!(
             steps[0],
             Step::Run {
