@@ -1,7 +1,7 @@
 //! Part s of the kernel bench: large sets (compiler/lower/sets.rs).
 //!
 //! s1. Crossover: for each kind of set (IPv4 /24 prefixes, IPv6 /64 prefixes,
-//!     `remote.port` values, `uid` values, `len` ranges, 8-byte `payload starts with`
+//!     `remote.port` values, `uid` values, `len` values, `len` ranges, 8-byte `payload starts with`
 //!     strings) and size (16 .. 4096 elements), one policy `drop if FIELD in SET;`
 //!     compiled twice: as code (`set_maps_above: Some(usize::MAX)`) and as a map lookup
 //!     (`set_maps_above: Some(0)`). Each attached directly to a sockmap, counters off; 64-byte
@@ -46,15 +46,17 @@ enum Kind {
     V6,
     Port,
     Uid,
+    LenPoints,
     Len,
     Payload,
 }
 
-const KINDS: [Kind; 6] = [
+const KINDS: [Kind; 7] = [
     Kind::V4,
     Kind::V6,
     Kind::Port,
     Kind::Uid,
+    Kind::LenPoints,
     Kind::Len,
     Kind::Payload,
 ];
@@ -66,6 +68,7 @@ impl Kind {
             Kind::V6 => "remote.ip, IPv6 /64",
             Kind::Port => "remote.port values",
             Kind::Uid => "uid values",
+            Kind::LenPoints => "len values",
             Kind::Len => "len ranges",
             Kind::Payload => "payload starts with, 8 B",
         }
@@ -145,6 +148,13 @@ fn crossover_policy(kind: Kind, n: usize) -> String {
             "uid",
             distinct(n, &mut rng, |x| {
                 Some((1000 + (x >> 33) % 4_000_000_000).to_string())
+            }),
+        ),
+        // A HASH lookup of a context field (no helper call, unlike uid).
+        Kind::LenPoints => (
+            "len",
+            distinct(n, &mut rng, |x| {
+                Some((20_000 + (x >> 33) % 4_000_000_000).to_string())
             }),
         ),
         // Disjoint ranges of 1..=64 values above 16 KiB, one per 16 Ki slot.
