@@ -20,16 +20,22 @@
 //!    pass-only program, on real HTTP, Redis, PostgreSQL and TLS messages; code size and
 //!    verifier cost, with one policy reading all twelve fields. Written to
 //!    target/skpc-bench/kernel-protocols.md and its own section of docs/performance.md.
+//! s. Large sets (benches/sets): code against map per kind and size (the crossover), and
+//!    blocklists of 10k to 1M prefixes (build, load, fill, run time against 10 rules).
+//!    Written to target/skpc-bench/kernel-sets.md and its own section of
+//!    docs/performance.md.
 //!
 //! Settings (environment): SKPC_BENCH_ROUNDS (5), SKPC_BENCH_SECS (1 s per case and
 //! round), SKPC_BENCH_SIZES (64,1024,16384), SKPC_BENCH_RULES (10,1000,10000,100000),
 //! SKPC_ANCHOR_DIR (../shared/anchors/sk_msg_c), SKPC_BENCH_NO_DOCS=1 (leave
 //! docs/performance.md alone), SKPC_BENCH_PROTO_SECS (0.15 s per case and round in part
-//! p), SKPC_BENCH_ONLY=protocols (part p alone, about a minute).
+//! p), SKPC_BENCH_ONLY=protocols (part p alone, about a minute), SKPC_BENCH_ONLY=sets (part s
+//! alone, see benches/sets for its settings).
 
 mod gen;
 mod protocols;
 mod report;
+mod sets;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -215,7 +221,15 @@ struct Skp {
 }
 
 fn compile(p: &Skp, counters: bool) -> Result<skpc::compile::Compiled, String> {
-    skpc::compile::compile_with(&p.name, &p.src, Options { counters }).map_err(|d| {
+    skpc::compile::compile_with(
+        &p.name,
+        &p.src,
+        Options {
+            counters,
+            ..Options::default()
+        },
+    )
+    .map_err(|d| {
         format!(
             "does not compile: {}",
             d.first().map(|d| format!("{d:?}")).unwrap_or_default()
@@ -541,7 +555,15 @@ fn interleaved<C, A, K: Copy + Ord, R>(
 fn connected(
     attach: &mut Attach,
 ) -> Result<(TcpStream, std::thread::JoinHandle<(u64, Instant)>), String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    connected_at(attach, "127.0.0.1:0")
+}
+
+/// [`connected`] over a listener bound to `bind` (`[::1]:0` for IPv6).
+fn connected_at(
+    attach: &mut Attach,
+    bind: &str,
+) -> Result<(TcpStream, std::thread::JoinHandle<(u64, Instant)>), String> {
+    let l = TcpListener::bind(bind).map_err(|e| e.to_string())?;
     let client = TcpStream::connect(l.local_addr().map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
     let (mut server, _) = l.accept().map_err(|e| e.to_string())?;
@@ -563,7 +585,12 @@ fn connected(
 }
 
 fn run_case(attach: &mut Attach, size: usize, secs: f64) -> Result<Run, String> {
-    let (client, rx) = connected(attach)?;
+    run_case_at(attach, size, secs, "127.0.0.1:0")
+}
+
+/// [`run_case`] over a listener bound to `bind`.
+fn run_case_at(attach: &mut Attach, size: usize, secs: f64, bind: &str) -> Result<Run, String> {
+    let (client, rx) = connected_at(attach, bind)?;
     let (t0, c0) = attach.stats();
     let msg = vec![b'x'; size];
     let fd = client.as_raw_fd();
@@ -902,8 +929,14 @@ fn main() {
             report::publish("kernel-protocols", &protocols::part_p(), to_docs);
             return;
         }
+        "sets" => {
+            report::publish("kernel-sets", &sets::part_s(), to_docs);
+            return;
+        }
         other => {
-            eprintln!("SKPC_BENCH_ONLY={other}: the one part that runs alone is `protocols`");
+            eprintln!(
+                "SKPC_BENCH_ONLY={other}: the parts that run alone are `protocols` and `sets`"
+            );
             std::process::exit(1);
         }
     }
@@ -968,6 +1001,7 @@ fn main() {
     ));
     report::publish("kernel", &body, to_docs);
     report::publish("kernel-protocols", &protocols::part_p(), to_docs);
+    report::publish("kernel-sets", &sets::part_s(), to_docs);
 }
 
 /// The settings given in the environment, as they would be typed.

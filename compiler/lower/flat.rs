@@ -26,7 +26,7 @@ const POOL: [Reg; 6] = [Reg::R0, Reg::R1, Reg::R2, Reg::R3, Reg::R4, Reg::R5];
 const MAX_ALTS: usize = 8;
 
 /// Whether `c` can be evaluated branch-free within the register pool.
-pub(super) fn flat_ok(c: &Cond) -> bool {
+pub(super) fn flat_ok(c: &Cond, set_maps_above: Option<usize>) -> bool {
     /// Whether `and`/`or` nest at most two deep in `c` (a `not` adds no level).
     fn shallow(c: &Cond, depth: usize) -> bool {
         if depth > 2 {
@@ -39,7 +39,7 @@ pub(super) fn flat_ok(c: &Cond) -> bool {
         }
     }
     let test_ok = |t: &Test| {
-        super::sets::shape(t).is_none()
+        super::sets::shape(t, set_maps_above).is_none()
             && match t {
                 Test::Int { field, ranges } => {
                     field.ctx_word().is_some() && ranges.len() <= MAX_ALTS

@@ -129,6 +129,9 @@ pub struct Options {
     /// Per-rule counters (messages and bytes). Off gives the smallest program, for
     /// comparing with hand-written C that counts nothing.
     pub counters: bool,
+    /// A set test with more elements than this is a map lookup (`sets`), else code;
+    /// `None`: the threshold measured for its kind (`sets::MAP_ABOVE_*`).
+    pub set_maps_above: Option<usize>,
 }
 
 /// Lowers a checked policy with the default options.
@@ -139,7 +142,7 @@ pub fn lower(policy: &hir::Policy) -> Lowered {
 /// Lowers a checked policy.
 pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
     let index = index::plan(policy);
-    let planned = sets::plan(policy);
+    let planned = sets::plan(policy, options.set_maps_above);
     let (specs, maps, set_ids) = maps::define(policy, &index, &planned);
     let set_keys = sets::keys(&planned, &set_ids, &specs);
     let mut g = Gen::new(options, maps);
@@ -193,7 +196,10 @@ struct Gen {
 
 impl Default for Options {
     fn default() -> Options {
-        Options { counters: true }
+        Options {
+            counters: true,
+            set_maps_above: None,
+        }
     }
 }
 

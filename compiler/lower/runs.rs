@@ -59,7 +59,11 @@ type Labeled = Vec<(u64, u64, usize)>;
 pub(super) const MAX_KEYS: usize = 8;
 
 /// Splits the rules into steps; the rules of indexed `blocks` are one step per block.
-pub(super) fn plan(policy: &hir::Policy, blocks: &[super::index::Block]) -> Vec<Step> {
+pub(super) fn plan(
+    policy: &hir::Policy,
+    blocks: &[super::index::Block],
+    set_maps_above: Option<usize>,
+) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut i = 0;
     let rules = &policy.rules;
@@ -71,22 +75,22 @@ pub(super) fn plan(policy: &hir::Policy, blocks: &[super::index::Block]) -> Vec<
             continue;
         }
         let end = blocks.peek().map_or(rules.len(), |(_, b)| b.first);
-        let Some((decision, _)) = value_rule(&rules[i]) else {
+        let Some((decision, _)) = value_rule(&rules[i], set_maps_above) else {
             steps.push(Step::Rule(i));
             i += 1;
             continue;
         };
         let mut j = i + 1;
-        while j < end && value_rule(&rules[j]).is_some_and(|(d, _)| d == decision) {
+        while j < end && value_rule(&rules[j], set_maps_above).is_some_and(|(d, _)| d == decision) {
             j += 1;
         }
         if j - i >= MIN_RUN {
             let tests: Vec<Test> = rules[i..j]
                 .iter()
-                .filter_map(value_rule)
+                .filter_map(|r| value_rule(r, set_maps_above))
                 .flat_map(|(_, t)| t)
                 .collect();
-            let keyed = keyed(&rules[i..j], i);
+            let keyed = keyed(&rules[i..j], i, set_maps_above);
             steps.push(Step::Run {
                 first: i,
                 last: j - 1,
@@ -103,7 +107,7 @@ pub(super) fn plan(policy: &hir::Policy, blocks: &[super::index::Block]) -> Vec<
 
 /// A terminal rule whose condition is an `or` of integer and address tests: its decision
 /// and those tests.
-fn value_rule(r: &hir::Rule) -> Option<(&Decision, Vec<Test>)> {
+fn value_rule(r: &hir::Rule, set_maps_above: Option<usize>) -> Option<(&Decision, Vec<Test>)> {
     let Action::Decide(d) = &r.action else {
         return None;
     };
@@ -112,7 +116,7 @@ fn value_rule(r: &hir::Rule) -> Option<(&Decision, Vec<Test>)> {
         .disjuncts()
         .map(|c| match c {
             // A large set is a map lookup of its own (see `sets`), not part of a search.
-            Cond::Test(t) if super::sets::shape(t).is_some() => None,
+            Cond::Test(t) if super::sets::shape(t, set_maps_above).is_some() => None,
             Cond::Test(t @ Test::Int { field, .. })
                 if !matches!(field, IntField::PayloadByte(_)) =>
             {
@@ -127,10 +131,10 @@ fn value_rule(r: &hir::Rule) -> Option<(&Decision, Vec<Test>)> {
 
 /// The keyed searches of a run (rules `rules`, the first of which has index `base`), if
 /// every test reads a context word or an IPv4 address and there are few keys.
-fn keyed(rules: &[hir::Rule], base: usize) -> Option<Vec<Keyed>> {
+fn keyed(rules: &[hir::Rule], base: usize, set_maps_above: Option<usize>) -> Option<Vec<Keyed>> {
     let mut keys: Vec<(Key, Labeled)> = Vec::new();
     for (k, r) in rules.iter().enumerate() {
-        let (_, tests) = value_rule(r)?;
+        let (_, tests) = value_rule(r, set_maps_above)?;
         for t in tests {
             let (key, ranges): (Key, Vec<(u64, u64)>) = match t {
                 Test::Int { field, ranges } if field.ctx_word().is_some() => {
@@ -263,7 +267,7 @@ mod tests {
             .map(|p| format!("drop if port == {};\n", p * 100))
             .collect();
         let p = check(&src).0.expect("checks");
-        let steps = plan(&p, &[]);
+        let steps = plan(&p, &[], None);
         assert_eq!(steps.len(), 1);
         let Step::Run {
             first: 0,
@@ -316,7 +320,7 @@ mod tests {
             "drop if port == 1;\ndrop if port == 2;\ndrop if port == 3;\ndrop if port == 4;\n\
                    pass if port == 5;\ndrop if port == 6 and len > 3;\n";
         let p = check(src).0.expect("checks");
-        let steps = plan(&p, &[]);
+        let steps = plan(&p, &[], None);
         assert!(matches!(
             steps[0],
             Step::Run {

@@ -1,4 +1,4 @@
-//! Large sets as maps. A membership test with more than [`MAP_ABOVE`] elements (address
+//! Large sets as maps. A membership test with more than `MAP_ABOVE_*` elements (address
 //! prefixes, integer ranges, payload strings) is one map lookup instead of a search in
 //! code, so that the program has the same size whatever the size of the set: a
 //! 1,000,000-prefix blocklist is a few dozen instructions for the verifier, and its
@@ -21,11 +21,13 @@
 //! by a tool that does not fill the sets drops every message (fails closed), as with the
 //! rule index.
 //!
-//! Why 256: below it the code (a binary search over ranges, `cond::ranges_to`, or
-//! compares of payload words) is as fast as a lookup and needs no map; above it the
-//! code grows with the set (about 3.5 instructions per element) and so do the load time
-//! and the JIT image, while a lookup stays 20–50 ns. docs/performance.md has the
-//! measurement.
+//! When a test is a map (`MAP_ABOVE_*`, measured by the kernel bench, part s1 in
+//! docs/performance.md: run time per message of the same test as code and as a map, 16
+//! to 4096 elements): a map where the lookup is as fast as the code, else where the code
+//! would cost the verifier more than about 10,000 instructions (it visits every leaf of
+//! a search, about 2 to 10 per element), so that a policy with a few such sets stays well
+//! inside the verifier budget. `Options::set_maps_above` overrides them all (the bench
+//! and the differential tests compile one policy both ways).
 
 use skpc_abi::{SETS_READY, SET_MEMBER};
 
@@ -38,8 +40,27 @@ use super::lir::Label;
 use super::maps::MapId;
 use super::{Gen, STACK_COUNTER_KEY, STACK_SET_KEY};
 
-/// A test with more elements than this is a map lookup.
-pub(super) const MAP_ABOVE: usize = 256;
+// A test with more elements than these is a map lookup (unless `Options::set_maps_above`
+// says otherwise). Measured (s1: ns per 64-byte message that misses, code / map):
+/// IPv4 prefixes: a binary search beats the LPM trie at every size (85-104 ns against
+/// 150-175 ns at 16-4096 prefixes), but it costs the verifier ~10 instructions a prefix
+/// (8,474 at 1024, 42,918 at 4096).
+pub const MAP_ABOVE_V4: usize = 1024;
+/// IPv6 prefixes (of a set with IPv4 ones, or alone): compared one by one, about 1.3 ns
+/// a prefix (93 / 114 ns at 16, 153 / 126 at 64, 504 / 136 at 256, 14,298 / 133 at 4096).
+pub const MAP_ABOVE_V6: usize = 32;
+/// Ports: the ARRAY lookup is inlined and as fast as the search (87-107 against 90-94 ns
+/// at 16-4096); the map keeps the program small.
+pub const MAP_ABOVE_PORTS: usize = 256;
+/// Other integers, values only: the search beats the HASH by 50-90 ns at every size;
+/// ~2.2 verifier instructions a value (8,966 at 4096).
+pub const MAP_ABOVE_POINTS: usize = 4096;
+/// Other integers with ranges: the search beats the LPM trie by 95-140 ns at every size;
+/// ~4.3 verifier instructions a range (8,474 at 2048 by extrapolation, 17,664 at 4096).
+pub const MAP_ABOVE_RANGES: usize = 2048;
+/// Payload strings of one length: compared one by one (116 / 136 ns at 64 strings of 8
+/// bytes, 200 / 133 at 256).
+pub const MAP_ABOVE_PAYLOAD: usize = 128;
 /// The longest payload slice a set map keys (the hash key is the slice itself).
 const MAX_SLICE: u32 = 64;
 
@@ -68,14 +89,20 @@ pub(super) enum Shape {
 /// the program runs, and tries and hashes allocate per key (`BPF_F_NO_PREALLOC`).
 pub const FILE_SET_MAX_KEYS: u32 = 1 << 24;
 
-/// How `test` is looked up, if it is large enough to be a map (a set read from a file
-/// always is).
-pub(super) fn shape(test: &Test) -> Option<Shape> {
+/// How `test` is looked up, if it is large enough to be a map: more elements than
+/// `above`, or when that is `None`, than the `MAP_ABOVE_*` of its kind. A set read from
+/// a file always is.
+pub(super) fn shape(test: &Test, above: Option<usize>) -> Option<Shape> {
+    let over = |n: usize, kind_default: usize| n > above.unwrap_or(kind_default);
     match test {
         Test::InFile { of, .. } => file_shape(of),
-        Test::Addr { end, nets, mapped } if nets.len() > MAP_ABOVE => {
-            let v4 = nets.iter().any(|n| matches!(n, Net::V4 { .. }));
-            let v6 = nets.iter().any(|n| matches!(n, Net::V6 { .. }));
+        Test::Addr { end, nets, mapped } => {
+            let v6_count = nets.iter().filter(|n| matches!(n, Net::V6 { .. })).count();
+            if !over(nets.len(), MAP_ABOVE_V4) && !over(v6_count, MAP_ABOVE_V6) {
+                return None;
+            }
+            let v4 = v6_count < nets.len();
+            let v6 = v6_count > 0;
             Some(Shape::Addr {
                 end: *end,
                 v4,
@@ -83,8 +110,10 @@ pub(super) fn shape(test: &Test) -> Option<Shape> {
                 mapped: *mapped && v4,
             })
         }
-        Test::Int { field, ranges } if ranges.len() > MAP_ABOVE => match field {
-            IntField::LocalPort | IntField::RemotePort => Some(Shape::Port(*field)),
+        Test::Int { field, ranges } => match field {
+            IntField::LocalPort | IntField::RemotePort => {
+                over(ranges.len(), MAP_ABOVE_PORTS).then_some(Shape::Port(*field))
+            }
             // A byte or the family never has that many ranges.
             IntField::PayloadByte(_) | IntField::Family => None,
             _ => {
@@ -94,14 +123,14 @@ pub(super) fn shape(test: &Test) -> Option<Shape> {
                     4
                 };
                 let field = *field;
-                Some(if ranges.iter().all(|(lo, hi)| lo == hi) {
-                    Shape::Points { field, width }
+                if ranges.iter().all(|(lo, hi)| lo == hi) {
+                    over(ranges.len(), MAP_ABOVE_POINTS).then_some(Shape::Points { field, width })
                 } else {
-                    Shape::Ranges { field, width }
-                })
+                    over(ranges.len(), MAP_ABOVE_RANGES).then_some(Shape::Ranges { field, width })
+                }
             }
         },
-        Test::Payload { offset, alts } if alts.len() > MAP_ABOVE => {
+        Test::Payload { offset, alts } if over(alts.len(), MAP_ABOVE_PAYLOAD) => {
             let len = alts.first().map_or(0, |a| a.len() as u32);
             (len > 0 && len <= MAX_SLICE).then_some(Shape::Payload {
                 offset: *offset,
@@ -163,11 +192,13 @@ pub(super) struct PlannedSet {
 
 /// The large tests of a policy, each once (a test that several rules share, such as a
 /// declared set, is one set).
-pub(super) fn plan(policy: &hir::Policy) -> Vec<PlannedSet> {
+pub(super) fn plan(policy: &hir::Policy, above: Option<usize>) -> Vec<PlannedSet> {
     let mut sets: Vec<PlannedSet> = Vec::new();
     for rule in &policy.rules {
         for test in rule.cond.tests() {
-            let Some(shape) = shape(test) else { continue };
+            let Some(shape) = shape(test, above) else {
+                continue;
+            };
             if sets.iter().any(|s| s.shape == shape && &s.test == test) {
                 continue;
             }
@@ -408,7 +439,7 @@ impl Gen {
 
     /// The set map planned for `test`, if it is one.
     pub(super) fn set_of(&self, test: &Test) -> Option<usize> {
-        let shape = shape(test)?;
+        let shape = shape(test, self.options.set_maps_above)?;
         self.sets
             .iter()
             .position(|(s, _)| s.shape == shape && &s.test == test)
@@ -611,8 +642,8 @@ mod tests {
     }
 
     #[test]
-    fn only_tests_past_the_threshold_are_maps() {
-        let nets = |n: usize| -> Vec<Net> {
+    fn only_tests_past_the_threshold_of_their_kind_are_maps() {
+        let v4 = |n: usize| -> Vec<Net> {
             (0..n)
                 .map(|i| Net::V4 {
                     addr: 0x0a00_0000 | ((i as u32) << 8),
@@ -620,14 +651,23 @@ mod tests {
                 })
                 .collect()
         };
-        let addr = |n| Test::Addr {
+        let v6 = |n: usize| -> Vec<Net> {
+            (0..n)
+                .map(|i| Net::V6 {
+                    addr: (0xfd00u128 << 112) | ((i as u128) << 64),
+                    prefix: 64,
+                })
+                .collect()
+        };
+        let addr = |nets: Vec<Net>| Test::Addr {
             end: End::Remote,
-            nets: nets(n),
+            nets,
             mapped: true,
         };
-        assert_eq!(shape(&addr(MAP_ABOVE)), None);
+        let is_map = |t: &Test| shape(t, None).is_some();
+        assert!(!is_map(&addr(v4(MAP_ABOVE_V4))));
         assert_eq!(
-            shape(&addr(MAP_ABOVE + 1)),
+            shape(&addr(v4(MAP_ABOVE_V4 + 1)), None),
             Some(Shape::Addr {
                 end: End::Remote,
                 v4: true,
@@ -635,30 +675,58 @@ mod tests {
                 mapped: true
             })
         );
-        let ints = |field, step: u64, width: u64| Test::Int {
-            field,
-            ranges: (0..=MAP_ABOVE as u64)
-                .map(|i| (i * step, i * step + width))
-                .collect(),
-        };
+        // The IPv6 prefixes of a set count on their own: a few IPv4 ones do not matter.
+        assert!(!is_map(&addr(v6(MAP_ABOVE_V6))));
+        let mixed = [v4(3), v6(MAP_ABOVE_V6 + 1)].concat();
         assert_eq!(
-            shape(&ints(IntField::RemotePort, 3, 0)),
-            Some(Shape::Port(IntField::RemotePort))
+            shape(&addr(mixed), None),
+            Some(Shape::Addr {
+                end: End::Remote,
+                v4: true,
+                v6: true,
+                mapped: true
+            })
         );
+        // `n` elements: values 3 apart, or ranges of two values.
+        let ints = |field, n: usize, width: u64| Test::Int {
+            field,
+            ranges: (0..n as u64).map(|i| (i * 3, i * 3 + width)).collect(),
+        };
+        let port = IntField::RemotePort;
+        assert!(!is_map(&ints(port, MAP_ABOVE_PORTS, 0)));
         assert_eq!(
-            shape(&ints(IntField::Uid, 3, 0)),
+            shape(&ints(port, MAP_ABOVE_PORTS + 1, 0), None),
+            Some(Shape::Port(port))
+        );
+        assert!(!is_map(&ints(IntField::Uid, MAP_ABOVE_POINTS, 0)));
+        assert_eq!(
+            shape(&ints(IntField::Uid, MAP_ABOVE_POINTS + 1, 0), None),
             Some(Shape::Points {
                 field: IntField::Uid,
                 width: 4
             })
         );
+        assert!(!is_map(&ints(IntField::Cgroup, MAP_ABOVE_RANGES, 1)));
         assert_eq!(
-            shape(&ints(IntField::Cgroup, 3, 1)),
+            shape(&ints(IntField::Cgroup, MAP_ABOVE_RANGES + 1, 1), None),
             Some(Shape::Ranges {
                 field: IntField::Cgroup,
                 width: 8
             })
         );
+        let payload = |n: usize| Test::Payload {
+            offset: 2,
+            alts: (0..n as u32).map(|i| i.to_be_bytes().to_vec()).collect(),
+        };
+        assert!(!is_map(&payload(MAP_ABOVE_PAYLOAD)));
+        assert_eq!(
+            shape(&payload(MAP_ABOVE_PAYLOAD + 1), None),
+            Some(Shape::Payload { offset: 2, len: 4 })
+        );
+        // An explicit threshold holds for every kind.
+        assert!(!is_map(&ints(IntField::Uid, 2, 0)));
+        assert!(shape(&ints(IntField::Uid, 2, 0), Some(1)).is_some());
+        assert!(shape(&addr(v4(5000)), Some(usize::MAX)).is_none());
     }
 
     #[test]
@@ -677,7 +745,7 @@ mod tests {
                 .collect(),
             mapped: false,
         };
-        let s = shape(&test).expect("large");
+        let s = shape(&test, Some(0)).expect("a map");
         let [Some(v4), Some(v6)] = maps_of(&test, s) else {
             panic!("two tries")
         };

@@ -27,7 +27,7 @@ impl Gen {
         self.sets_ready_check();
         self.parse_protocols(&proto::used(policy));
         self.cache_fields(policy, blocks);
-        for step in runs::plan(policy, blocks) {
+        for step in runs::plan(policy, blocks, self.options.set_maps_above) {
             let (i, run) = match step {
                 runs::Step::Indexed(k) => {
                     if self.indexed_block(policy, &blocks[k]) {
@@ -98,7 +98,7 @@ impl Gen {
 
     /// The test of one rule (or merged run): branch-free in large policies where it can be.
     pub(super) fn rule_test(&mut self, cond: &Cond, t: Label, f: Label) {
-        if self.flat && flat::flat_ok(cond) {
+        if self.flat && flat::flat_ok(cond, self.options.set_maps_above) {
             self.flat_cond(cond, f);
         } else {
             self.cond(cond, t, f);
@@ -208,7 +208,7 @@ impl Gen {
 /// context afterwards; if not, the context stays in r1 and no copy is made.
 pub(super) fn needs_helper_before_verdict(policy: &hir::Policy, options: Options) -> bool {
     let test_calls = |t: &Test| {
-        sets::shape(t).is_some()
+        sets::shape(t, options.set_maps_above).is_some()
             || match t {
                 Test::Int { field, .. } => field.ctx_word().is_none(),
                 Test::Addr { .. } => false,

@@ -199,6 +199,7 @@ impl Vm {
         let sets = Arc::new(set_model(maps, index.sets)?);
         let index = Arc::new(index_model(maps, index, calls)?);
         let mut code = encode_all(insns);
+        let total: usize = insns.iter().map(|i| i.slots()).sum();
         let mut slot = 0usize;
         for insn in insns {
             match *insn {
@@ -254,7 +255,6 @@ impl Vm {
                     return Err(VmError::BackwardJump { slot });
                 }
                 let target = slot as i64 + insn.slots() as i64 + off as i64;
-                let total: usize = insns.iter().map(|i| i.slots()).sum();
                 if target < 0 || target > total as i64 {
                     return Err(VmError::JumpOutOfProgram { slot });
                 }

@@ -1,0 +1,894 @@
+//! Differential testing of large sets (compiler/lower/sets.rs): random policies whose
+//! `in` tests hold hundreds of elements of every kind a set map takes (IPv4 and IPv6
+//! prefixes of either end, ports, uid/gid/pid/cgroup values, `len` ranges, payload
+//! slices, `payload starts with` strings of one or two lengths), and messages aimed at
+//! them: a listed value, an address inside a listed prefix, the IPv4-mapped IPv6 form of
+//! a listed IPv4 address, the value or address just outside, a payload one byte off or
+//! too short, anything. Each policy is compiled three times: with the default threshold,
+//! with every set as a map (`set_maps_above: Some(0)`) and with every set as code
+//! (`set_maps_above: Some(usize::MAX)`); the VM runs each program's bytes (filling the set maps
+//! as the runtime does) and must agree with the reference evaluator, whose decision
+//! must agree with the test's own membership model of the source.
+//!
+//! The kernel leg runs a sample of such policies through the runtime (it fills the set
+//! maps) on real loopback connections, with elements the loopback can reach (127/8
+//! prefixes, ::1, the listener's port, the test's uid, payloads), and compares each
+//! send's result with the evaluator. Root only (skipped otherwise; SKP_REQUIRE_KERNEL=1
+//! makes that a failure).
+//!
+//! `SKP_SEED` changes the seed; `SKP_SET_POLICIES` the number of policies (VM leg).
+
+mod common;
+mod e2e_support;
+mod policygen;
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use e2e_support::{recv_up_to, send, EACCES, SHORT};
+use policygen::{quote, Rng};
+use skpc::compile::{compile_with, Compiled};
+use skpc::eval::eval;
+use skpc::hir::{Message, Verdict};
+use skpc::lower::Options;
+use skpc::vm::{RunConfig, Vm};
+
+const DEFAULT_SEED: u64 = 0x5e75_0001;
+const MESSAGES_PER_POLICY: usize = 40;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum IntF {
+    RemotePort,
+    LocalPort,
+    Uid,
+    Gid,
+    Pid,
+    Cgroup,
+    Len,
+}
+
+impl IntF {
+    fn name(self) -> &'static str {
+        match self {
+            IntF::RemotePort => "remote.port",
+            IntF::LocalPort => "local.port",
+            IntF::Uid => "uid",
+            IntF::Gid => "gid",
+            IntF::Pid => "pid",
+            IntF::Cgroup => "cgroup",
+            IntF::Len => "len",
+        }
+    }
+
+    fn top(self) -> u64 {
+        match self {
+            IntF::RemotePort | IntF::LocalPort => u16::MAX as u64,
+            IntF::Cgroup => u64::MAX,
+            _ => u32::MAX as u64,
+        }
+    }
+
+    fn get(self, m: &Message) -> u64 {
+        match self {
+            IntF::RemotePort => m.remote_port as u64,
+            IntF::LocalPort => m.local_port as u64,
+            IntF::Uid => m.uid as u64,
+            IntF::Gid => m.gid as u64,
+            IntF::Pid => m.pid as u64,
+            IntF::Cgroup => m.cgroup,
+            IntF::Len => m.len as u64,
+        }
+    }
+
+    fn set(self, m: &mut Message, v: u64) {
+        match self {
+            IntF::RemotePort => m.remote_port = v as u16,
+            IntF::LocalPort => m.local_port = v as u16,
+            IntF::Uid => m.uid = v as u32,
+            IntF::Gid => m.gid = v as u32,
+            IntF::Pid => m.pid = v as u32,
+            IntF::Cgroup => m.cgroup = v,
+            IntF::Len => {
+                m.len = v as u32;
+                m.payload.truncate(v as usize);
+            }
+        }
+    }
+}
+
+/// One large test of a generated policy.
+#[derive(Clone, Debug)]
+enum GSet {
+    /// `remote.ip` (or `local.ip`) in IPv4 and/or IPv6 prefixes (host bits zero).
+    Addr {
+        remote: bool,
+        v4: Vec<(u32, u8)>,
+        v6: Vec<(u128, u8)>,
+    },
+    /// An integer field in values and ranges (sorted, disjoint).
+    Int {
+        field: IntF,
+        ranges: Vec<(u64, u64)>,
+    },
+    /// `payload[offset..offset + len] in {...}`.
+    Slice {
+        offset: usize,
+        strings: Vec<Vec<u8>>,
+    },
+    /// `payload starts with {...}`.
+    Starts { strings: Vec<Vec<u8>> },
+}
+
+impl GSet {
+    fn kind(&self) -> &'static str {
+        match self {
+            GSet::Addr { v6, .. } if v6.is_empty() => "IPv4 prefixes",
+            GSet::Addr { v4, .. } if v4.is_empty() => "IPv6 prefixes",
+            GSet::Addr { .. } => "IPv4 and IPv6 prefixes",
+            GSet::Int { field, ranges } => match field {
+                IntF::RemotePort | IntF::LocalPort => "ports",
+                _ if ranges.iter().all(|(lo, hi)| lo == hi) => "integer values",
+                _ => "integer ranges",
+            },
+            GSet::Slice { .. } => "payload slices",
+            GSet::Starts { .. } => "payload starts with",
+        }
+    }
+
+    /// The test as source text; the set in `decl` when it can be declared.
+    fn source(&self, name: &str, decl: &mut String) -> String {
+        let list = |items: Vec<String>| format!("{{ {} }}", items.join(", "));
+        match self {
+            GSet::Addr { remote, v4, v6 } => {
+                let mut items: Vec<String> = v4
+                    .iter()
+                    .map(|&(a, p)| format!("{}/{p}", Ipv4Addr::from(a)))
+                    .collect();
+                items.extend(
+                    v6.iter()
+                        .map(|&(a, p)| format!("{}/{p}", Ipv6Addr::from(a))),
+                );
+                let _ = writeln!(decl, "set {name} = {};", list(items));
+                let end = if *remote { "remote" } else { "local" };
+                format!("{end}.ip in {name}")
+            }
+            GSet::Int { field, ranges } => {
+                let items = ranges
+                    .iter()
+                    .map(|&(lo, hi)| {
+                        if lo == hi {
+                            lo.to_string()
+                        } else {
+                            format!("{lo}..{hi}")
+                        }
+                    })
+                    .collect();
+                let _ = writeln!(decl, "set {name} = {};", list(items));
+                format!("{} in {name}", field.name())
+            }
+            GSet::Slice { offset, strings } => {
+                let n = strings[0].len();
+                format!(
+                    "payload[{offset}..{}] in {}",
+                    offset + n,
+                    list(strings.iter().map(|s| quote(s)).collect())
+                )
+            }
+            GSet::Starts { strings } => format!(
+                "payload starts with {}",
+                list(strings.iter().map(|s| quote(s)).collect())
+            ),
+        }
+    }
+
+    /// The test's meaning on `m`, from the source alone.
+    fn holds(&self, m: &Message) -> bool {
+        match self {
+            GSet::Addr { remote, v4, v6 } => {
+                let ip = if *remote { m.remote_ip } else { m.local_ip };
+                let in4 = |a: Ipv4Addr| {
+                    let a = u32::from(a);
+                    v4.iter().any(|&(n, p)| a & mask4(p) == n)
+                };
+                match ip {
+                    IpAddr::V4(a) => m.family == skpc_abi::AF_INET && in4(a),
+                    IpAddr::V6(a) if m.family == skpc_abi::AF_INET6 => {
+                        let x = u128::from(a);
+                        v6.iter().any(|&(n, p)| x & mask6(p) == n)
+                            || a.to_ipv4_mapped().is_some_and(in4)
+                    }
+                    IpAddr::V6(_) => false,
+                }
+            }
+            GSet::Int { field, ranges } => {
+                let v = field.get(m);
+                ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&v))
+            }
+            GSet::Slice { offset, strings } => {
+                let n = strings[0].len();
+                m.payload.len() >= offset + n
+                    && strings
+                        .iter()
+                        .any(|s| s[..] == m.payload[*offset..offset + n])
+            }
+            GSet::Starts { strings } => strings.iter().any(|s| m.payload.starts_with(s)),
+        }
+    }
+}
+
+fn mask4(p: u8) -> u32 {
+    if p == 0 {
+        0
+    } else {
+        u32::MAX << (32 - p)
+    }
+}
+
+fn mask6(p: u8) -> u128 {
+    if p == 0 {
+        0
+    } else {
+        u128::MAX << (128 - p)
+    }
+}
+
+/// A rule: `VERDICT if [not] TEST;`.
+#[derive(Clone, Debug)]
+struct GRule {
+    set: GSet,
+    negated: bool,
+    verdict: Verdict,
+}
+
+#[derive(Clone, Debug)]
+struct GPolicy {
+    rules: Vec<GRule>,
+}
+
+impl GPolicy {
+    fn source(&self) -> String {
+        let mut decl = String::new();
+        let mut rules = String::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let test = r.set.source(&format!("s{i}"), &mut decl);
+            let verdict = match r.verdict {
+                Verdict::Drop => "drop",
+                Verdict::Discard => "discard",
+                _ => "pass",
+            };
+            let cond = if r.negated {
+                format!("not ({test})")
+            } else {
+                test
+            };
+            let _ = writeln!(rules, "{verdict} if {cond};");
+        }
+        decl + &rules
+    }
+
+    /// The verdict from the source alone: the first rule that holds, else pass.
+    fn verdict(&self, m: &Message) -> Verdict {
+        self.rules
+            .iter()
+            .find(|r| r.set.holds(m) != r.negated)
+            .map_or(Verdict::Pass, |r| r.verdict.clone())
+    }
+}
+
+/// What the elements of a generated set may be: anything, or (for the kernel) some of
+/// them reachable over loopback.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    Any,
+    Loopback,
+}
+
+fn gen_v4(rng: &mut Rng) -> (u32, u8) {
+    let p = *[8u8, 16, 20, 24, 24, 24, 28, 32, 32]
+        .get(rng.below(9) as usize)
+        .unwrap_or(&24);
+    let a = rng.next() as u32;
+    (a & mask4(p), p)
+}
+
+fn gen_v6(rng: &mut Rng) -> (u128, u8) {
+    let p = *[16u8, 32, 48, 64, 64, 64, 96, 128]
+        .get(rng.below(8) as usize)
+        .unwrap_or(&64);
+    // fd00::/8 and 2001:db8::/32: never the IPv4-mapped range.
+    let a = if rng.pct(50) {
+        (0xfdu128 << 120) | (((rng.next() as u128) << 64 | rng.next() as u128) >> 8)
+    } else {
+        (0x2001_0db8u128 << 96) | ((rng.next() as u128) << 32)
+    };
+    (a & mask6(p), p)
+}
+
+/// `n` sorted, disjoint ranges (or values) below `max`.
+fn gen_ranges(rng: &mut Rng, n: usize, max: u64, points: bool) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = (0..n)
+        .map(|_| {
+            let lo = rng.range(0, max);
+            let hi = if points {
+                lo
+            } else {
+                lo.saturating_add(rng.below(40)).min(max)
+            };
+            (lo, hi)
+        })
+        .collect();
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (lo, hi) in v {
+        match out.last() {
+            // Keep them apart, so that the near misses miss.
+            Some(&(_, h)) if lo <= h.saturating_add(1) => {}
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+fn gen_strings(rng: &mut Rng, n: usize, len: usize) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = (0..n)
+        .map(|_| {
+            (0..len)
+                .map(|_| {
+                    if rng.pct(80) {
+                        b'a' + rng.below(26) as u8
+                    } else {
+                        rng.below(256) as u8
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn gen_set(rng: &mut Rng, reach: Reach) -> GSet {
+    let n = rng.range(20, 700) as usize;
+    match rng.below(7) {
+        0 | 1 => {
+            let which = rng.below(3);
+            let mut v4: Vec<(u32, u8)> = if which != 1 {
+                (0..n).map(|_| gen_v4(rng)).collect()
+            } else {
+                Vec::new()
+            };
+            let mut v6: Vec<(u128, u8)> = if which != 0 {
+                (0..n).map(|_| gen_v6(rng)).collect()
+            } else {
+                Vec::new()
+            };
+            if reach == Reach::Loopback {
+                // Loopback addresses the kernel leg connects from and to.
+                if which != 1 {
+                    for _ in 0..4 {
+                        let p = rng.pick(&[24u8, 30, 32]);
+                        let a = u32::from(Ipv4Addr::new(127, 0, rng.below(4) as u8, 0))
+                            | rng.below(256) as u32;
+                        v4.push((a & mask4(p), p));
+                    }
+                }
+                if which != 0 && rng.pct(50) {
+                    v6.push((1, 128));
+                }
+            }
+            v4.sort_unstable();
+            v4.dedup();
+            v6.sort_unstable();
+            v6.dedup();
+            GSet::Addr {
+                remote: rng.pct(60),
+                v4,
+                v6,
+            }
+        }
+        2 => {
+            let field = rng.pick(&[IntF::RemotePort, IntF::LocalPort]);
+            let points = rng.pct(60);
+            let mut ranges = gen_ranges(rng, n, field.top(), points);
+            if reach == Reach::Loopback {
+                // The kernel leg listens on / connects from ports in 20000..20100.
+                ranges.retain(|&(lo, hi)| hi < 20_000 || lo > 20_100);
+                for p in (20_000..20_100).step_by(7) {
+                    ranges.push((p, p + rng.below(2)));
+                }
+                ranges.sort_unstable();
+            }
+            GSet::Int { field, ranges }
+        }
+        3 | 4 => {
+            let field = rng.pick(&[
+                IntF::Uid,
+                IntF::Gid,
+                IntF::Pid,
+                IntF::Cgroup,
+                IntF::Len,
+                IntF::Len,
+            ]);
+            let field = if reach == Reach::Loopback {
+                rng.pick(&[IntF::Uid, IntF::Len])
+            } else {
+                field
+            };
+            let max = if field == IntF::Len {
+                70_000
+            } else {
+                field.top()
+            };
+            let points = rng.pct(50);
+            let mut ranges = gen_ranges(rng, n, max, points);
+            if reach == Reach::Loopback && field == IntF::Uid && rng.pct(50) {
+                // The test's own uid (the kernel leg runs as root).
+                // SAFETY: no preconditions.
+                let uid = unsafe { libc::getuid() } as u64;
+                ranges.retain(|&(lo, _)| lo > uid + 1);
+                ranges.insert(0, (uid, uid));
+            }
+            GSet::Int { field, ranges }
+        }
+        5 => {
+            let len = rng.range(1, 16) as usize;
+            GSet::Slice {
+                offset: rng.range(0, 40) as usize,
+                strings: gen_strings(rng, n, len),
+            }
+        }
+        _ => {
+            let len = rng.range(2, 12) as usize;
+            let mut strings = gen_strings(rng, n, len);
+            if rng.pct(30) {
+                // A second length: one test per length.
+                strings.extend(gen_strings(rng, n / 2, len + 3));
+            }
+            GSet::Starts { strings }
+        }
+    }
+}
+
+fn gen_policy(rng: &mut Rng, reach: Reach) -> GPolicy {
+    let n = rng.range(1, 3) as usize;
+    GPolicy {
+        rules: (0..n)
+            .map(|_| GRule {
+                set: gen_set(rng, reach),
+                negated: rng.pct(15),
+                verdict: rng.pick(&[Verdict::Drop, Verdict::Discard, Verdict::Pass]),
+            })
+            .collect(),
+    }
+}
+
+fn random_payload(rng: &mut Rng, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            if rng.pct(70) {
+                b'a' + rng.below(26) as u8
+            } else {
+                rng.below(256) as u8
+            }
+        })
+        .collect()
+}
+
+/// A message aimed at `set`: a member, a near miss, or anything.
+fn gen_message(rng: &mut Rng, set: &GSet) -> Message {
+    let mut m = Message::default();
+    let plen = rng.range(0, 80) as usize;
+    m.payload = random_payload(rng, plen);
+    m.len = plen as u32;
+    m.uid = rng.range(0, 5000) as u32;
+    m.remote_port = rng.range(1, 65535) as u16;
+    m.local_port = rng.range(1024, 65535) as u16;
+    match set {
+        GSet::Addr { remote, v4, v6 } => {
+            let aim = rng.below(8);
+            let ip: IpAddr = if (!v4.is_empty() && (v6.is_empty() || rng.pct(50))) || aim == 7 {
+                let (a, p) = if v4.is_empty() {
+                    gen_v4(rng)
+                } else {
+                    rng.pick(v4)
+                };
+                let host = !mask4(p);
+                let x = match aim {
+                    0 => a,
+                    1 | 6 => a | (rng.next() as u32 & host),
+                    2 => a | host,
+                    3 => a.wrapping_sub(1),
+                    4 => (a | host).wrapping_add(1),
+                    _ => rng.next() as u32,
+                };
+                let x = Ipv4Addr::from(x);
+                if aim == 6 || rng.pct(15) {
+                    IpAddr::V6(x.to_ipv6_mapped())
+                } else {
+                    IpAddr::V4(x)
+                }
+            } else {
+                let (a, p) = if v6.is_empty() {
+                    gen_v6(rng)
+                } else {
+                    rng.pick(v6)
+                };
+                let host = !mask6(p);
+                let r = (rng.next() as u128) << 64 | rng.next() as u128;
+                IpAddr::V6(Ipv6Addr::from(match aim {
+                    0 => a,
+                    1 => a | (r & host),
+                    2 => a | host,
+                    3 => a.wrapping_sub(1),
+                    4 => (a | host).wrapping_add(1),
+                    _ => r,
+                }))
+            };
+            let other: IpAddr = match ip {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(rng.next() as u32)),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            };
+            m.family = if ip.is_ipv4() {
+                skpc_abi::AF_INET
+            } else {
+                skpc_abi::AF_INET6
+            };
+            if *remote {
+                (m.remote_ip, m.local_ip) = (ip, other);
+            } else {
+                (m.local_ip, m.remote_ip) = (ip, other);
+            }
+        }
+        GSet::Int { field, ranges } => {
+            let (lo, hi) = rng.pick(ranges);
+            let v = match rng.below(6) {
+                0 => lo,
+                1 => hi,
+                2 => rng.range(lo, hi),
+                3 => lo.saturating_sub(1),
+                4 => hi.saturating_add(1).min(field.top()),
+                _ => rng.range(0, field.top().min(100_000)),
+            };
+            field.set(&mut m, v);
+        }
+        GSet::Slice { offset, strings } => {
+            let s = rng.pick(strings);
+            let mut p = random_payload(rng, *offset);
+            p.extend_from_slice(&s);
+            let tail = rng.below(20) as usize;
+            p.extend(random_payload(rng, tail));
+            match rng.below(5) {
+                // One byte off.
+                0 => {
+                    let i = offset + rng.below(s.len() as u64) as usize;
+                    p[i] ^= 1 << rng.below(8);
+                }
+                // Too short by one byte or more.
+                1 => p.truncate(offset + s.len() - 1 - rng.below(s.len() as u64) as usize),
+                2 => p = random_payload(rng, p.len()),
+                _ => {}
+            }
+            m.len = p.len() as u32;
+            m.payload = p;
+        }
+        GSet::Starts { strings } => {
+            let s = rng.pick(strings);
+            let mut p = s.clone();
+            let tail = rng.below(30) as usize;
+            p.extend(random_payload(rng, tail));
+            match rng.below(5) {
+                0 => {
+                    let i = rng.below(s.len() as u64) as usize;
+                    p[i] ^= 1 << rng.below(8);
+                }
+                1 => p.truncate(s.len() - 1),
+                2 => p = random_payload(rng, p.len()),
+                _ => {}
+            }
+            m.len = p.len() as u32;
+            m.payload = p;
+        }
+    }
+    m
+}
+
+/// The three compilations of a policy: default threshold, all maps, all code.
+fn compilations(src: &str) -> Vec<(&'static str, Compiled)> {
+    [
+        ("default", Options::default()),
+        (
+            "maps",
+            Options {
+                set_maps_above: Some(0),
+                ..Options::default()
+            },
+        ),
+        (
+            "code",
+            Options {
+                set_maps_above: Some(usize::MAX),
+                ..Options::default()
+            },
+        ),
+    ]
+    .into_iter()
+    .map(|(name, o)| {
+        let c = compile_with("sets.skp", src, o)
+            .unwrap_or_else(|d| panic!("does not compile ({name}): {d:?}\n{src}"));
+        (name, c)
+    })
+    .collect()
+}
+
+#[test]
+fn evaluator_and_vm_agree_on_large_sets_as_maps_and_as_code() {
+    let seed = policygen::seed(DEFAULT_SEED);
+    let policies: usize = std::env::var("SKP_SET_POLICIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let mut rng = Rng::new(seed);
+    let start = Instant::now();
+    // Per kind of set: (messages in it, messages not in it).
+    let mut seen: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
+    let mut mapped_hits = 0;
+    for i in 0..policies {
+        let p = gen_policy(&mut rng, Reach::Any);
+        let src = p.source();
+        let compiled = compilations(&src);
+        let maps = &compiled[1].1;
+        assert!(
+            !maps.lowered.sets.is_empty(),
+            "policy {i}: no set map with set_maps_above 0\n{src}"
+        );
+        let vms: Vec<(&str, Vm)> = compiled
+            .iter()
+            .map(|(name, c)| {
+                let vm = Vm::new(&c.lowered)
+                    .unwrap_or_else(|e| panic!("VM cannot load ({name}): {e}\n{src}"));
+                (*name, vm)
+            })
+            .collect();
+        for _ in 0..MESSAGES_PER_POLICY {
+            let r = rng.below(p.rules.len() as u64) as usize;
+            let m = gen_message(&mut rng, &p.rules[r].set);
+            let hit = p.rules[r].set.holds(&m);
+            let e = seen.entry(p.rules[r].set.kind()).or_default();
+            if hit {
+                e.0 += 1;
+            } else {
+                e.1 += 1;
+            }
+            if hit && m.family == skpc_abi::AF_INET6 {
+                let ip = [m.remote_ip, m.local_ip];
+                mapped_hits += usize::from(
+                    ip.iter()
+                        .any(|a| matches!(a, IpAddr::V6(v) if v.to_ipv4_mapped().is_some())),
+                );
+            }
+            let ev = eval(&compiled[0].1.policy, &m);
+            assert_eq!(
+                ev.decision.verdict,
+                p.verdict(&m),
+                "seed {seed:#x} policy {i}: evaluator vs the source's meaning\n{src}\n{m:?}"
+            );
+            let window = rng.pick(&[RunConfig::default().window, 0, 8]);
+            for (name, vm) in &vms {
+                let out = vm
+                    .run(&m, &RunConfig { window })
+                    .unwrap_or_else(|e| panic!("VM error ({name}): {e}\n{src}\n{m:?}"));
+                assert_eq!(
+                    (&out.decision, &out.counters),
+                    (&ev.decision, &ev.counters),
+                    "seed {seed:#x} policy {i}: VM ({name}, window {window}) vs evaluator \
+                     (decision, counters)\n{src}\n{m:?}"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "large sets (seed {seed:#x}): {policies} policies x {MESSAGES_PER_POLICY} messages in \
+         {:.1?}; (in, not in) per kind: {seen:?}; {mapped_hits} IPv4-mapped hits",
+        start.elapsed()
+    );
+    if policies >= 30 {
+        for (kind, (hits, misses)) in &seen {
+            assert!(
+                *hits > 0 && *misses > 0,
+                "{kind}: {hits} messages in the set, {misses} not"
+            );
+        }
+        assert!(seen.len() >= 7, "kinds covered: {:?}", seen.keys());
+        assert!(mapped_hits > 0, "no IPv4-mapped address hit an IPv4 prefix");
+    }
+}
+
+/// An IPv4 loopback address for a set test: inside a listed 127/8 prefix, next to one,
+/// or 127.0.0.1; never a network or broadcast address of 127/8.
+fn loopback_v4_for(rng: &mut Rng, set: &GSet, this_end: bool) -> Ipv4Addr {
+    let listed: Vec<(u32, u8)> = match set {
+        GSet::Addr { v4, .. } if this_end => v4
+            .iter()
+            .copied()
+            .filter(|&(a, _)| a >> 24 == 127)
+            .collect(),
+        _ => Vec::new(),
+    };
+    if listed.is_empty() || rng.pct(20) {
+        return Ipv4Addr::new(127, 0, 0, 1);
+    }
+    let (a, p) = rng.pick(&listed);
+    let host = !mask4(p);
+    let x = match rng.below(4) {
+        0 => a | (rng.next() as u32 & host),
+        1 => a.wrapping_sub(1),
+        2 => (a | host).wrapping_add(1),
+        _ => a | host.min(1),
+    };
+    let last = x & 255;
+    if last == 0 || last == 255 {
+        Ipv4Addr::new(127, 0, 0, 1)
+    } else {
+        Ipv4Addr::from(x)
+    }
+}
+
+/// A loopback connection and a payload for one send aimed at `set`: addresses in or
+/// next to its 127/8 prefixes (over IPv4, IPv6 ::1 or IPv4-mapped IPv6), ports in
+/// 20000..20100 where free, payloads and lengths from the VM leg's messages.
+fn loopback_send(rng: &mut Rng, set: &GSet) -> (TcpStream, TcpStream, Vec<u8>) {
+    let (remote, v4_only, v6_only) = match set {
+        GSet::Addr { remote, v4, v6 } => (Some(*remote), v6.is_empty(), v4.is_empty()),
+        _ => (None, false, false),
+    };
+    // 0: IPv4, 1: IPv6 ::1, 2: IPv4-mapped IPv6.
+    let kind = if v6_only {
+        1
+    } else if v4_only {
+        rng.pick(&[0, 0, 2])
+    } else {
+        rng.below(3)
+    };
+    let server_v4 = loopback_v4_for(rng, set, remote == Some(true));
+    let client_v4 = loopback_v4_for(rng, set, remote == Some(false));
+    let (server_ip, client_ip): (IpAddr, IpAddr) = match kind {
+        0 => (server_v4.into(), client_v4.into()),
+        1 => (Ipv6Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()),
+        _ => (
+            server_v4.to_ipv6_mapped().into(),
+            client_v4.to_ipv6_mapped().into(),
+        ),
+    };
+    let port = |rng: &mut Rng| {
+        if rng.pct(70) {
+            rng.range(20_000, 20_100) as u16
+        } else {
+            0
+        }
+    };
+    let l = TcpListener::bind(SocketAddr::new(server_ip, port(rng)))
+        .or_else(|_| TcpListener::bind(SocketAddr::new(server_ip, 0)))
+        .expect("listen on loopback");
+    let server_addr = l.local_addr().expect("listener address");
+    let client =
+        skpc_runtime::net::connect_from(SocketAddr::new(client_ip, port(rng)), server_addr)
+            .or_else(|_| {
+                skpc_runtime::net::connect_from(SocketAddr::new(client_ip, 0), server_addr)
+            })
+            .expect("connect on loopback");
+    let (server, _) = l.accept().expect("accept");
+    for s in [&client, &server] {
+        s.set_nodelay(true).expect("nodelay");
+    }
+    let g = gen_message(rng, set);
+    // One program run per send: 1 byte to 16 KiB.
+    let mut payload = g.payload;
+    if let GSet::Int {
+        field: IntF::Len, ..
+    } = set
+    {
+        payload.resize((g.len as usize).clamp(1, 16 * 1024), b'x');
+    }
+    if payload.is_empty() {
+        payload.push(b'x');
+    }
+    (client, server, payload)
+}
+
+#[test]
+fn kernel_agrees_with_the_evaluator_on_large_sets() {
+    let name = "kernel_agrees_with_the_evaluator_on_large_sets";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let seed = policygen::seed(DEFAULT_SEED) ^ 0x6b;
+    let policies: usize = std::env::var("SKP_KERNEL_SET_POLICIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let mut rng = Rng::new(seed);
+    let start = Instant::now();
+    let (mut sent, mut hits, mut maps) = (0usize, 0usize, 0usize);
+    for i in 0..policies {
+        let mut p = gen_policy(&mut rng, Reach::Loopback);
+        // A drop or a pass: what a send shows at once (a discard needs a wait).
+        for r in &mut p.rules {
+            if r.verdict == Verdict::Discard {
+                r.verdict = Verdict::Drop;
+            }
+        }
+        let src = p.source();
+        // Most of them with every set a map; every third with the default threshold.
+        let options = if i % 3 == 2 {
+            Options::default()
+        } else {
+            Options {
+                set_maps_above: Some(0),
+                ..Options::default()
+            }
+        };
+        let c = compile_with("sets.skp", &src, options)
+            .unwrap_or_else(|d| panic!("does not compile: {d:?}\n{src}"));
+        maps += c.lowered.sets.len();
+        let object = skpc::compile::runtime_object(&c, "sets.skp", &src);
+        let names = c.policy.counters.iter().map(|c| c.name.clone()).collect();
+        let mut enf = skpc_runtime::Enforcement::new(&skpc_runtime::Policy::new(object, names))
+            .unwrap_or_else(|e| panic!("seed {seed:#x} policy {i} does not load: {e}\n{src}"));
+        for _ in 0..10 {
+            let r = rng.below(p.rules.len() as u64) as usize;
+            let (client, mut server, payload) = loopback_send(&mut rng, &p.rules[r].set);
+            let mut m = e2e_support::loopback_message(&client, &payload);
+            // SAFETY: no preconditions.
+            unsafe {
+                m.uid = libc::getuid();
+                m.gid = libc::getgid();
+                m.pid = libc::getpid() as u32;
+            }
+            hits += usize::from(p.rules.iter().any(|r| r.set.holds(&m)));
+            let want = eval(&c.policy, &m).decision.verdict;
+            assert_eq!(
+                want,
+                p.verdict(&m),
+                "seed {seed:#x} policy {i}: evaluator vs the source's meaning\n{src}\n{m:?}"
+            );
+            enf.insert_sock(0, client.as_fd())
+                .unwrap_or_else(|e| panic!("insert the socket: {e}"));
+            let got = send(&client, &payload);
+            let arrived = if got.is_ok() {
+                recv_up_to(&mut server, payload.len(), SHORT)
+            } else {
+                Vec::new()
+            };
+            let _ = enf.remove_sock(0);
+            let what = format!(
+                "seed {seed:#x} policy {i}: {} B from {:?} to {:?}, evaluator {want:?}\n{src}",
+                payload.len(),
+                client.local_addr().ok(),
+                client.peer_addr().ok()
+            );
+            match want {
+                Verdict::Drop => assert_eq!(got, Err(EACCES), "{what}"),
+                _ => {
+                    assert_eq!(got, Ok(payload.len()), "{what}");
+                    assert!(arrived == payload, "{what}: {} B arrived", arrived.len());
+                }
+            }
+            sent += 1;
+        }
+        // Dropping the enforcement unloads its programs and maps.
+        drop(enf);
+    }
+    eprintln!(
+        "large sets on the kernel (seed {seed:#x}): {policies} policies ({maps} set maps), \
+         {sent} sends, {hits} in a set, in {:.1?}",
+        start.elapsed()
+    );
+    if policies >= 6 {
+        assert!(maps > 0, "no set map loaded");
+        assert!(hits > 0 && hits < sent, "{hits} of {sent} sends in a set");
+    }
+}
