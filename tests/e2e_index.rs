@@ -160,7 +160,11 @@ fn run_cases(g: &mut Guard, policy: &skpc::hir::Policy, cases: &mut [Case]) {
 
 /// The rule indices of the policy that are in the index (entries name them).
 fn indexed_rules(c: &skpc::compile::Compiled) -> std::collections::BTreeSet<usize> {
-    let hashed = c.lowered.index.iter().map(|e| e.rule as usize);
+    let hashed = c
+        .lowered
+        .index
+        .iter()
+        .flat_map(|e| e.used().map(|s| s.rule as usize));
     let ports = c.lowered.port_index.iter().map(|e| e.value as usize - 1);
     hashed.chain(ports).collect()
 }

@@ -17,12 +17,24 @@
 //! their order; the smallest matching index over both decides and counts.
 //!
 //! Key words are the context words as a 32-bit load sees them (addresses network order,
-//! `remote_port` in the upper half), masked to the prefix: the program only loads, masks
-//! and stores, and the entries are computed here, once.
+//! `remote_port` in the upper half), masked to the prefix, and payload slices
+//! (`payload[o..o+n] == "..."`, `payload starts with`) as little-endian words of their
+//! bytes, zero-padded: the program only loads, masks and stores, and the entries are
+//! computed here, once. A message too short for a slice skips that tuple's lookup.
+//!
+//! A rule is indexed on its keyable conjuncts; its `len` tests are its *residual*, one
+//! range checked after the lookup against the entry's slot for the rule (the slot holds
+//! the rule and its range, `skpc_abi::IndexSlot`). An entry has `IndexEntry::SLOTS`
+//! slots in rule order, so rules with one key and different residuals are tried in
+//! order and the first whose range holds is the key's first match. A rule that would
+//! need a slot more than a key has stays code (in `rest`): a handful of rules sharing
+//! one key is rare, and a fixed value size keeps the lookup's code fixed. A rule
+//! without a residual ends a key's slots (the rules after it with that key are dead).
+//! Conjuncts shared by many rules (`remote.ip in lan`) are keyed as a cross product.
 
 use std::collections::BTreeMap;
 
-use skpc_abi::{IndexEntry, PortEntry, PORTS_PER_TUPLE};
+use skpc_abi::{IndexEntry, IndexSlot, PortEntry, PORTS_PER_TUPLE};
 
 use crate::hir::{self, Action, Cond, Decision, End, IntField, Net, Test};
 
@@ -48,6 +60,9 @@ pub(super) enum Component {
     Ip4 { end: End, mapped: bool, prefix: u8 },
     /// The IPv6 address of `end` (IPv6 sockets only), four words, first `prefix` bits.
     Ip6 { end: End, prefix: u8 },
+    /// Payload bytes `offset..offset + len`, as little-endian words (the last one
+    /// zero-padded). Messages shorter than `offset + len` skip the lookup.
+    Payload { offset: u32, len: u8 },
 }
 
 impl Component {
@@ -65,16 +80,29 @@ impl Component {
                 prefix,
             } => format!("{}.{}/{prefix}", end(e), if mapped { "ip" } else { "ip4" }),
             Component::Ip6 { end: e, prefix } => format!("{}.ip6/{prefix}", end(e)),
+            Component::Payload { offset, len } => {
+                format!("payload[{offset}..{}]", offset + len as u32)
+            }
         }
     }
 
     /// The order of components in a key (prefix lengths do not matter for it).
-    fn slot(self) -> (u8, End) {
+    fn slot(self) -> (u8, End, u32) {
         match self {
-            Component::LocalPort => (0, End::Local),
-            Component::RemotePort => (1, End::Remote),
-            Component::Ip4 { end, .. } => (2, end),
-            Component::Ip6 { end, .. } => (3, end),
+            Component::LocalPort => (0, End::Local, 0),
+            Component::RemotePort => (1, End::Remote, 0),
+            Component::Ip4 { end, .. } => (2, end, 0),
+            Component::Ip6 { end, .. } => (3, end, 0),
+            Component::Payload { offset, .. } => (4, End::Local, offset),
+        }
+    }
+
+    /// Key words the component fills.
+    pub(super) fn words(self) -> usize {
+        match self {
+            Component::LocalPort | Component::RemotePort | Component::Ip4 { .. } => 1,
+            Component::Ip6 { .. } => 4,
+            Component::Payload { len, .. } => (len as usize).div_ceil(4),
         }
     }
 }
@@ -87,6 +115,10 @@ pub(super) struct Tuple {
     /// A tuple of one port is looked up in the port array (`skpc_abi::INDEX_PORTS_NAME`)
     /// at `slot * PORTS_PER_TUPLE + port`, not in the hash map.
     pub port_slot: Option<u32>,
+    /// The most slots an entry of the tuple uses (the lookup checks this many).
+    pub slots: usize,
+    /// Whether some slot of the tuple has a `len` range to check.
+    pub residual: bool,
 }
 
 /// A segment whose indexable rules are looked up.
@@ -113,9 +145,13 @@ impl Block {
             .map(|t| {
                 let parts: Vec<String> = t.components.iter().map(|c| c.describe()).collect();
                 let place = if t.port_slot.is_some() {
-                    " (array)"
+                    " (array)".to_string()
+                } else if t.slots > 1 {
+                    format!(" (len checked, {} rules per key)", t.slots)
+                } else if t.residual {
+                    " (len checked)".to_string()
                 } else {
-                    ""
+                    String::new()
                 };
                 format!("#{} {}{place}", t.id, parts.join("+"))
             })
@@ -143,8 +179,13 @@ pub(super) struct Index {
     pub port_tuples: u32,
 }
 
-/// One key of a rule: its tuple (components in key order) and value words.
-type RuleKey = (Vec<Component>, Vec<u32>);
+/// One key of a rule: its tuple (components in key order), value words, and the `len`
+/// range (inclusive) the rule needs besides the key.
+type RuleKey = (Vec<Component>, Vec<u32>, (u32, u32));
+/// The whole `len` range: no residual.
+const ANY_LEN: (u32, u32) = (0, u32::MAX);
+/// Key words of a key without its tuple id.
+type KeyWords = [u32; IndexEntry::KEY_WORDS];
 
 /// Finds the indexed blocks of a policy. Segments are maximal runs of terminal rules with
 /// one decision; those with at least `MIN_INDEXED_RULES` indexable rules become blocks.
@@ -152,7 +193,7 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
     let rules = &policy.rules;
     let mut index = Index::default();
     // Entries of all blocks, keyed by the key words: the smallest rule wins.
-    let mut entries: BTreeMap<[u32; IndexEntry::KEY_WORDS], u32> = BTreeMap::new();
+    let mut entries: BTreeMap<KeyWords, Vec<IndexSlot>> = BTreeMap::new();
     let mut ports: BTreeMap<u32, u32> = BTreeMap::new();
     let mut ids = Ids {
         next_tuple: 1,
@@ -178,7 +219,11 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
     }
     index.entries = entries
         .into_iter()
-        .map(|(key, rule)| IndexEntry { key, rule })
+        .map(|(key, used)| {
+            let mut slots = [IndexSlot::EMPTY; IndexEntry::SLOTS];
+            slots[..used.len()].copy_from_slice(&used);
+            IndexEntry { key, slots }
+        })
         .collect();
     index.port_entries = ports
         .into_iter()
@@ -204,7 +249,7 @@ fn block(
     end: usize,
     d: &Decision,
     ids: &mut Ids,
-    entries: &mut BTreeMap<[u32; IndexEntry::KEY_WORDS], u32>,
+    entries: &mut BTreeMap<KeyWords, Vec<IndexSlot>>,
     ports: &mut BTreeMap<u32, u32>,
 ) -> Option<Block> {
     let mut keyed: Vec<(usize, Vec<RuleKey>)> = Vec::new();
@@ -213,15 +258,12 @@ fn block(
     for r in first..end {
         match rule_keys(&policy.rules[r].cond) {
             Some(keys) => {
-                let new: Vec<&Vec<Component>> = {
-                    let mut new: Vec<&Vec<Component>> = Vec::new();
-                    for (t, _) in &keys {
-                        if !tuples.contains(t) && !new.contains(&t) {
-                            new.push(t);
-                        }
+                let mut new: Vec<&Vec<Component>> = Vec::new();
+                for (t, _, _) in &keys {
+                    if !tuples.contains(t) && !new.contains(&t) {
+                        new.push(t);
                     }
-                    new
-                };
+                }
                 if tuples.len() + new.len() > MAX_TUPLES {
                     rest.push(r);
                     continue;
@@ -235,15 +277,24 @@ fn block(
     if keyed.len() < MIN_INDEXED_RULES {
         return None;
     }
-    let tuples: Vec<Tuple> = tuples
+    let has_residual = |components: &Vec<Component>| {
+        keyed
+            .iter()
+            .flat_map(|(_, keys)| keys)
+            .any(|(c, _, len)| c == components && *len != ANY_LEN)
+    };
+    let mut tuples: Vec<Tuple> = tuples
         .into_iter()
         .map(|components| {
             let id = ids.next_tuple;
             ids.next_tuple += 1;
-            let port_slot = matches!(
-                components.as_slice(),
-                [Component::LocalPort] | [Component::RemotePort]
-            )
+            let residual = has_residual(&components);
+            // The port array holds a rule per port, no residual.
+            let port_slot = (!residual
+                && matches!(
+                    components.as_slice(),
+                    [Component::LocalPort] | [Component::RemotePort]
+                ))
             .then(|| {
                 ids.next_port_slot += 1;
                 ids.next_port_slot - 1
@@ -252,15 +303,19 @@ fn block(
                 id,
                 components,
                 port_slot,
+                slots: 1,
+                residual,
             }
         })
         .collect();
+    let mut overflow = Vec::new();
     for (r, keys) in &keyed {
-        for (components, words) in keys {
-            let Some(tuple) = tuples.iter().find(|t| &t.components == components) else {
+        let rule = policy.rules[*r].counter as u32;
+        let mut fits = true;
+        for (components, words, len) in keys {
+            let Some(tuple) = tuples.iter_mut().find(|t| &t.components == components) else {
                 continue; // every key's tuple was added above
             };
-            let rule = policy.rules[*r].counter as u32;
             if let Some(slot) = tuple.port_slot {
                 let port = match components.as_slice() {
                     [Component::RemotePort] => ((words[0] >> 16) as u16).swap_bytes() as u32,
@@ -275,37 +330,73 @@ fn block(
             let mut key = [0u32; IndexEntry::KEY_WORDS];
             key[0] = tuple.id;
             key[1..1 + words.len()].copy_from_slice(words);
-            entries
-                .entry(key)
-                .and_modify(|e| *e = (*e).min(rule))
-                .or_insert(rule);
+            let slots = entries.entry(key).or_default();
+            if slots
+                .iter()
+                .any(|s| s.len_min <= len.0 && len.1 <= s.len_max)
+            {
+                continue; // an earlier slot matches whenever this one would
+            }
+            if slots.len() == IndexEntry::SLOTS {
+                fits = false; // the rule stays code; its other keys are still true
+                continue;
+            }
+            slots.push(IndexSlot {
+                rule,
+                len_min: len.0,
+                len_max: len.1,
+            });
+            tuple.slots = tuple.slots.max(slots.len());
+        }
+        if !fits {
+            overflow.push(*r);
         }
     }
+    let indexed = keyed.len() - overflow.len();
+    rest.extend(overflow);
+    rest.sort_unstable();
     Some(Block {
         first,
         last: end - 1,
         decision: d.clone(),
         tuples,
         rest,
-        indexed: keyed.len(),
+        indexed,
     })
 }
 
-/// The keys of a rule's condition, if it is an `or` of `and`s of port and address tests
-/// that gives a bounded number of keys. Terms that can never hold give no key.
+/// The keys of a rule's condition, if it is an `or` of `and`s of port, address and
+/// payload-slice tests (and `len` tests, the residual) that gives a bounded number of
+/// keys. Terms that can never hold give no key.
 fn rule_keys(cond: &Cond) -> Option<Vec<RuleKey>> {
     let terms = dnf(cond)?;
     let mut keys = Vec::new();
     for term in terms {
         // Per test: the alternatives, each a (component, words) pair.
         let mut per_test: Vec<Vec<(Component, Vec<u32>)>> = Vec::new();
+        // The `len` range all of the term's `len` tests allow; None: none.
+        let mut len = Some(ANY_LEN);
         for t in &term {
-            per_test.push(alternatives(t)?);
+            match t {
+                Test::Int {
+                    field: IntField::Len,
+                    ranges,
+                } => {
+                    if ranges.len() != 1 {
+                        return None; // a set of ranges: code
+                    }
+                    len = len.and_then(|l| narrow_len(l, ranges));
+                }
+                _ => per_test.push(alternatives(t)?),
+            }
         }
         if per_test.is_empty() {
-            // `true`: an unconditional rule is code (everything after it is dead).
+            // `true` or only `len`: code (an unconditional rule ends the block).
             return None;
         }
+        let Some(len) = len else {
+            continue; // the term's `len` tests exclude each other: it never holds
+        };
         let mut combos: Vec<Vec<(Component, Vec<u32>)>> = vec![Vec::new()];
         for alts in per_test {
             let mut next = Vec::with_capacity(combos.len() * alts.len());
@@ -340,10 +431,21 @@ fn rule_keys(cond: &Cond) -> Option<Vec<RuleKey>> {
             if words.len() > IndexEntry::KEY_WORDS - 1 {
                 return None;
             }
-            keys.push((combo.into_iter().map(|(c, _)| c).collect(), words));
+            keys.push((combo.into_iter().map(|(c, _)| c).collect(), words, len));
         }
     }
     Some(keys)
+}
+
+/// `len` narrowed by one range test of it (`ranges` of one range); `None` if nothing
+/// is left or the test is not one range. A length is a u32 (`sk_msg_md.size`).
+fn narrow_len(len: (u32, u32), ranges: &[(u64, u64)]) -> Option<(u32, u32)> {
+    let [(lo, hi)] = ranges else {
+        return None;
+    };
+    let lo = (*lo).max(len.0 as u64);
+    let hi = (*hi).min(len.1 as u64);
+    (lo <= hi).then_some((lo as u32, hi as u32))
 }
 
 /// `c` as an `or` of `and`s of tests, if it has no `not` and few terms.
@@ -429,14 +531,46 @@ fn alternatives(t: &Test) -> Option<Vec<(Component, Vec<u32>)>> {
                 })
                 .collect(),
         ),
-        Test::Payload { .. } | Test::Comm { .. } | Test::Proto(_) | Test::Text { .. } => None,
+        Test::Payload { offset, alts } => {
+            let len = alts.first()?.len();
+            // The program loads the bytes at 16-bit offsets from the data pointer.
+            let fits = len > 0
+                && len <= 4 * (IndexEntry::KEY_WORDS - 1)
+                && (*offset as usize + len) < i16::MAX as usize;
+            if !fits || alts.iter().any(|a| a.len() != len) || alts.len() > MAX_RULE_ENTRIES {
+                return None;
+            }
+            let component = Component::Payload {
+                offset: *offset,
+                len: len as u8,
+            };
+            Some(
+                alts.iter()
+                    .map(|a| (component, payload_words(a)))
+                    .collect(),
+            )
+        }
+        Test::Comm { .. } | Test::Proto(_) | Test::Text { .. } => None,
     }
+}
+
+/// Payload bytes as the key words the program stores: little-endian words of four
+/// bytes, the last zero-padded (what 4-, 2- and 1-byte loads give).
+pub(super) fn payload_words(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks(4)
+        .map(|c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            u32::from_le_bytes(w)
+        })
+        .collect()
 }
 
 /// The 32-bit mask of word `w` of a component's key words.
 pub(super) fn mask_word(c: Component, w: usize) -> u32 {
     match c {
-        Component::LocalPort | Component::RemotePort => u32::MAX,
+        Component::LocalPort | Component::RemotePort | Component::Payload { .. } => u32::MAX,
         Component::Ip4 { prefix, .. } => {
             super::addr::wire_word(hir::mask32(prefix).to_be_bytes()) as u32
         }
@@ -514,9 +648,16 @@ mod tests {
             u32::from_le_bytes([192, 168, 0, 96]),
             0,
             0,
+            0,
+            0,
+            0,
+            0,
         ];
         assert!(
-            index.entries.iter().any(|e| e.key == want && e.rule == 6),
+            index
+                .entries
+                .iter()
+                .any(|e| e.key == want && e.slots[0] == IndexSlot::any_len(6)),
             "{want:?}"
         );
     }
@@ -525,7 +666,7 @@ mod tests {
     fn the_first_rule_of_a_key_wins_and_other_rules_stay_code() {
         let mut src = port_addr(100);
         src.push_str("drop if port == 1000;\n"); // the same key as rule 0
-        src.push_str("drop if payload starts with \"X\";\n");
+        src.push_str("drop if uid == 0;\n");
         let p = check(&src).0.expect("checks");
         let index = plan(&p);
         let b = &index.blocks[0];

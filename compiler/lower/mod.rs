@@ -82,7 +82,7 @@ const STACK_COMM: i16 = -80; // 16 bytes
 const STACK_LOG: i16 = -168; // 80 bytes
 const STACK_SNAPSHOT: i16 = -232; // 56 bytes: sk_msg_md words family..size
 const STACK_KEYED: i16 = -304; // runs::MAX_KEYS x (index u32, flag u32)
-const STACK_INDEX_KEY: i16 = -328; // IndexEntry::KEY_SIZE (20) bytes
+const STACK_INDEX_KEY: i16 = -480; // IndexEntry::KEY_SIZE (36) bytes, below STACK_PROTO
 const STACK_INDEX_BEST: i16 = -336; // u32: the smallest indexed rule found
 const STACK_PROTO: i16 = -440; // proto::PROTO_STACK_BYTES (96) and 8 spare: parser results, scratch
 /// "No rule" in STACK_INDEX_BEST and the keyed searches' index words.
