@@ -544,11 +544,7 @@ fn alternatives(t: &Test) -> Option<Vec<(Component, Vec<u32>)>> {
                 offset: *offset,
                 len: len as u8,
             };
-            Some(
-                alts.iter()
-                    .map(|a| (component, payload_words(a)))
-                    .collect(),
-            )
+            Some(alts.iter().map(|a| (component, payload_words(a))).collect())
         }
         Test::Comm { .. } | Test::Proto(_) | Test::Text { .. } => None,
     }
@@ -690,6 +686,153 @@ mod tests {
         let index = plan(&p);
         assert_eq!(index.blocks.len(), 1);
         assert_eq!(index.blocks[0].last, 99);
+    }
+
+    /// 64 rules that the messages of these tests never match (local ports 2000..).
+    fn filler() -> String {
+        (0..MIN_INDEXED_RULES)
+            .map(|i| format!("drop if local.port == {};\n", 2000 + i))
+            .collect()
+    }
+
+    fn key(words: &[u32]) -> [u32; IndexEntry::KEY_WORDS] {
+        let mut key = [0; IndexEntry::KEY_WORDS];
+        key[..words.len()].copy_from_slice(words);
+        key
+    }
+
+    #[test]
+    fn payload_slices_are_key_words_and_len_tests_residuals() {
+        let src = format!(
+            "{}drop if payload starts with \"K0000004\";\n\
+             drop if remote.port == 80 and payload[2..5] == \"abc\" and len > 100;\n",
+            filler()
+        );
+        let index = plan(&check(&src).0.expect("checks"));
+        let b = &index.blocks[0];
+        assert_eq!((b.indexed, b.rest.len()), (66, 0));
+        let tuple = |c: &[Component]| b.tuples.iter().find(|t| t.components == c).cloned();
+        let prefix = tuple(&[Component::Payload { offset: 0, len: 8 }]).expect("a tuple");
+        let want = key(&[
+            prefix.id,
+            u32::from_le_bytes(*b"K000"),
+            u32::from_le_bytes(*b"0004"),
+        ]);
+        let entry = index
+            .entries
+            .iter()
+            .find(|e| e.key == want)
+            .expect("K0000004");
+        assert_eq!(entry.slots[0], IndexSlot::any_len(64));
+        assert!(!prefix.residual);
+        let slice = [
+            Component::RemotePort,
+            Component::Payload { offset: 2, len: 3 },
+        ];
+        let slice = tuple(&slice).expect("a tuple");
+        assert!(slice.residual && slice.port_slot.is_none());
+        let port = super::super::cond::raw_remote_port(80) as u32;
+        let want = key(&[slice.id, port, u32::from_le_bytes(*b"abc\0")]);
+        let entry = index
+            .entries
+            .iter()
+            .find(|e| e.key == want)
+            .expect("80, abc");
+        let residual = IndexSlot {
+            rule: 65,
+            len_min: 101,
+            len_max: u32::MAX,
+        };
+        assert_eq!(
+            entry.slots,
+            [
+                residual,
+                IndexSlot::EMPTY,
+                IndexSlot::EMPTY,
+                IndexSlot::EMPTY
+            ]
+        );
+    }
+
+    /// Rules 64.. of a policy after `filler`: one key with different residuals, a
+    /// residual on another key, and payload slices.
+    const SHARED_KEY: &str = "drop if local.port == 5 and len > 100;\n\
+        drop if local.port == 5 and len >= 10 and len <= 20;\n\
+        drop if local.port == 5 and len > 200;\n\
+        drop if local.port == 5 and len < 3;\n\
+        drop if local.port == 5 and len == 50;\n\
+        drop if local.port == 5 and len == 60;\n\
+        drop if local.port == 5;\n\
+        drop if remote.port == 7 and len > 1000;\n\
+        drop if payload[2..6] == \"cdef\";\n\
+        drop if payload starts with \"ab\";\n";
+
+    #[test]
+    fn rules_of_one_key_fill_its_slots_in_order_and_the_overflow_stays_code() {
+        let p = check(&format!("{}{SHARED_KEY}", filler()))
+            .0
+            .expect("checks");
+        let index = plan(&p);
+        let b = &index.blocks[0];
+        // Four slots: 64, 65, 67 and 68 (66 is covered by 64); 69 and 70 are code.
+        assert_eq!(b.rest, vec![69, 70]);
+        let t = b
+            .tuples
+            .iter()
+            .find(|t| t.components == [Component::LocalPort]);
+        let t = t.expect("a local.port tuple");
+        assert_eq!((t.slots, t.residual, t.port_slot), (4, true, None));
+        let e = index.entries.iter().find(|e| e.key == key(&[t.id, 5]));
+        let rules: Vec<u32> = e.expect("port 5").used().map(|s| s.rule).collect();
+        assert_eq!(rules, [64, 65, 67, 68]);
+    }
+
+    #[test]
+    fn the_vm_finds_the_first_rule_whose_residual_holds() {
+        use crate::hir::Message;
+        let src = format!("{}{SHARED_KEY}default pass;\n", filler());
+        for counters in [true, false] {
+            let c = crate::compile::compile_with("t.skp", &src, crate::lower::Options { counters })
+                .expect("compiles");
+            let vm = crate::vm::Vm::new(&c.lowered).expect("loads");
+            let m = |local_port: u16, remote_port: u16, payload: &[u8]| Message {
+                family: skpc_abi::AF_INET,
+                local_port,
+                remote_port,
+                len: payload.len() as u32,
+                payload: payload.to_vec(),
+                ..Message::default()
+            };
+            let x = |n: usize| vec![b'x'; n];
+            for (msg, rule) in [
+                (m(5, 1, &x(150)), Some(64)),
+                // 64's residual fails, 65's holds.
+                (m(5, 1, &x(15)), Some(65)),
+                (m(5, 1, &x(2)), Some(67)),
+                (m(5, 1, &x(50)), Some(68)),
+                // Past the key's slots: code.
+                (m(5, 1, &x(60)), Some(69)),
+                (m(5, 1, &x(70)), Some(70)),
+                // A residual fails, a later rule of another tuple matches.
+                (m(1, 7, b"abcdef"), Some(72)),
+                (m(1, 7, &[b"ab".as_slice(), &x(1000)].concat()), Some(71)),
+                // Too short for payload[2..6]: that lookup is skipped.
+                (m(1, 1, b"abcde"), Some(73)),
+                (m(1, 1, b"a"), None),
+            ] {
+                let out = vm
+                    .run(&msg, &crate::vm::RunConfig::default())
+                    .expect("runs");
+                let want = crate::eval::eval(&c.policy, &msg);
+                assert_eq!(out.decision, want.decision, "{msg:?}");
+                if counters {
+                    let slot = rule.unwrap_or(c.policy.default.counter);
+                    let mut expect = vec![(0, 0); c.policy.counters.len()];
+                    expect[slot] = (1, msg.len as u64);
+                    assert_eq!(out.counters, expect, "len {}", msg.len);
+                }
+            }
+        }
     }
 
     #[test]

@@ -305,13 +305,9 @@ fn h_map_lookup_elem(map: u64, key: u64, _: u64, _: u64, _: u64) -> u64 {
                 if !st.index_filled {
                     return Ok(0);
                 }
-                Ok(st
-                    .index
-                    .slots
-                    .get(&k)
-                    .map_or(0, |&at| {
-                        st.index_values + (IndexEntry::VALUE_SIZE * at) as u64
-                    }))
+                Ok(st.index.slots.get(&k).map_or(0, |&at| {
+                    st.index_values + (IndexEntry::VALUE_SIZE * at) as u64
+                }))
             }
             other => Err(HelperError::LookupNotModelled { map: other.name() }),
         }

@@ -176,7 +176,9 @@ pub(super) fn index_model(
     } else if index.is_some() || ports.is_some() {
         return Err(MapModelError::NoReadyFlag);
     }
-    model.values.reserve(entries.len() * IndexEntry::VALUE_SIZE / 4);
+    model
+        .values
+        .reserve(entries.len() * IndexEntry::VALUE_SIZE / 4);
     for (at, e) in entries.iter().enumerate() {
         if model.slots.insert(e.key_bytes(), at).is_some() {
             return Err(MapModelError::KeyTwice { key: e.key });

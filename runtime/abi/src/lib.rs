@@ -400,7 +400,10 @@ mod tests {
         );
         assert_eq!(size_of::<Counter>(), Counter::SIZE);
         assert_eq!(size_of::<IndexSlot>(), IndexSlot::SIZE);
-        assert_eq!(offset_of!(IndexSlot, len_max) as i16, IndexSlot::OFF_LEN_MAX);
+        assert_eq!(
+            offset_of!(IndexSlot, len_max) as i16,
+            IndexSlot::OFF_LEN_MAX
+        );
         assert_eq!(
             size_of::<[IndexSlot; IndexEntry::SLOTS]>(),
             IndexEntry::VALUE_SIZE
