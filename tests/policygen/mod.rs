@@ -1826,13 +1826,18 @@ struct Shape {
 
 /// A few payload slices, (offset, length).
 fn ix_payloads(rng: &mut Rng) -> Vec<(u32, usize)> {
-    let mut one = || {
+    let one = |rng: &mut Rng| {
         (
             rng.pick(&[0u32, 0, 0, 1, 2, 4, 9]),
             rng.pick(&[1usize, 2, 3, 4, 4, 5, 7, 8, 8, 12, 16]),
         )
     };
-    vec![one(), one()]
+    // One slice per segment mostly: each (offset, length) is a tuple of its own.
+    if rng.pct(25) {
+        vec![one(rng), one(rng)]
+    } else {
+        vec![one(rng)]
+    }
 }
 
 const IX_ADDR_FIELDS: &[&str] = &[
