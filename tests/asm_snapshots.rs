@@ -97,6 +97,9 @@ fn indexed_block_listing() {
         "{text}"
     );
     assert!(text.contains("payload[0..4]"), "{text}");
-    assert!(text.contains("remote.port (len checked)"), "{text}");
+    assert!(
+        text.contains("remote.port (remote.port gate, len checked)"),
+        "{text}"
+    );
     insta::assert_snapshot!("asm_indexed_block", text);
 }

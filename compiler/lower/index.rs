@@ -31,6 +31,11 @@
 //! one key is rare, and a fixed value size keeps the lookup's code fixed. A rule
 //! without a residual ends a key's slots (the rules after it with that key are dead).
 //! Conjuncts shared by many rules (`remote.ip in lan`) are keyed as a cross product.
+//!
+//! A hash tuple with a port has a *gate*: a port-array slot per port that holds the
+//! first rule with that port in the tuple (plus one), so that a message whose port no
+//! key of the tuple has skips the hash lookup for an inlined array load. Most messages
+//! match no rule, and a port is the most selective field most rules have.
 
 use std::collections::BTreeMap;
 
@@ -119,6 +124,9 @@ pub(super) struct Tuple {
     pub slots: usize,
     /// Whether some slot of the tuple has a `len` range to check.
     pub residual: bool,
+    /// A hash tuple with a port: that port's component and its port-array slot range,
+    /// non-zero for the ports some key of the tuple has.
+    pub gate: Option<(Component, u32)>,
 }
 
 /// A segment whose indexable rules are looked up.
@@ -144,14 +152,23 @@ impl Block {
             .iter()
             .map(|t| {
                 let parts: Vec<String> = t.components.iter().map(|c| c.describe()).collect();
-                let place = if t.port_slot.is_some() {
-                    " (array)".to_string()
-                } else if t.slots > 1 {
-                    format!(" (len checked, {} rules per key)", t.slots)
-                } else if t.residual {
-                    " (len checked)".to_string()
-                } else {
+                let mut notes = Vec::new();
+                if t.port_slot.is_some() {
+                    notes.push("array".to_string());
+                }
+                if let Some((c, _)) = t.gate {
+                    notes.push(format!("{} gate", c.describe()));
+                }
+                if t.residual {
+                    notes.push("len checked".to_string());
+                }
+                if t.slots > 1 {
+                    notes.push(format!("{} rules per key", t.slots));
+                }
+                let place = if notes.is_empty() {
                     String::new()
+                } else {
+                    format!(" ({})", notes.join(", "))
                 };
                 format!("#{} {}{place}", t.id, parts.join("+"))
             })
@@ -299,12 +316,23 @@ fn block(
                 ids.next_port_slot += 1;
                 ids.next_port_slot - 1
             });
+            let port = components
+                .iter()
+                .find(|c| matches!(c, Component::LocalPort | Component::RemotePort));
+            let gate = match (port_slot, port) {
+                (None, Some(&c)) => {
+                    ids.next_port_slot += 1;
+                    Some((c, ids.next_port_slot - 1))
+                }
+                _ => None,
+            };
             Tuple {
                 id,
                 components,
                 port_slot,
                 slots: 1,
                 residual,
+                gate,
             }
         })
         .collect();
@@ -316,16 +344,29 @@ fn block(
             let Some(tuple) = tuples.iter_mut().find(|t| &t.components == components) else {
                 continue; // every key's tuple was added above
             };
-            if let Some(slot) = tuple.port_slot {
-                let port = match components.as_slice() {
-                    [Component::RemotePort] => ((words[0] >> 16) as u16).swap_bytes() as u32,
-                    _ => words[0],
-                };
+            let port_of = |c: Component| {
+                let at: usize = components
+                    .iter()
+                    .take_while(|&&x| x != c)
+                    .map(|x| x.words())
+                    .sum();
+                match c {
+                    Component::RemotePort => ((words[at] >> 16) as u16).swap_bytes() as u32,
+                    _ => words[at],
+                }
+            };
+            let mut first_in_slot = |slot: u32, port: u32| {
                 ports
                     .entry(slot * PORTS_PER_TUPLE + port)
                     .and_modify(|e| *e = (*e).min(rule))
                     .or_insert(rule);
+            };
+            if let Some(slot) = tuple.port_slot {
+                first_in_slot(slot, port_of(components[0]));
                 continue;
+            }
+            if let Some((c, slot)) = tuple.gate {
+                first_in_slot(slot, port_of(c));
             }
             let mut key = [0u32; IndexEntry::KEY_WORDS];
             key[0] = tuple.id;
@@ -608,9 +649,10 @@ mod tests {
         // local.port, remote.port, remote ip /32, and local.port with a remote /28.
         assert_eq!(b.tuples.len(), 4);
         // The two single-port tuples are in the port array: `port ==` is a slot in
-        // each (either end), `remote.port ==` one; the 200 address rules are hashed.
-        assert_eq!(index.port_tuples, 2);
-        assert_eq!(index.port_entries.len(), 300);
+        // each (either end), `remote.port ==` one; the 200 address rules are hashed,
+        // and the 100 with a local port open that port's slot of their tuple's gate.
+        assert_eq!(index.port_tuples, 3);
+        assert_eq!(index.port_entries.len(), 400);
         assert_eq!(index.entries.len(), 200);
         let local = b
             .tuples

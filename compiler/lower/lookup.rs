@@ -11,7 +11,7 @@ use crate::hir::{self, Cond, Decision};
 
 use super::addr::{addr_words, MAPPED_WORD2};
 use super::index;
-use super::lir::{Lir, Mark};
+use super::lir::{Label, Lir, Mark};
 use super::maps::IndexMaps;
 use super::{
     Gen, NO_RULE, SLOT, STACK_COUNTER_KEY, STACK_INDEX_BEST, STACK_INDEX_KEY, STACK_PROTO,
@@ -164,28 +164,7 @@ impl Gen {
         let skip = self.label();
         if let Some(slot) = t.port_slot {
             // One port: the array slot `slot * 65536 + port` holds the rule plus one.
-            let remote = t.components.first() == Some(&Component::RemotePort);
-            let (off, swap) = if remote {
-                (SK_MSG_MD_REMOTE_PORT, true)
-            } else {
-                (SK_MSG_MD_LOCAL_PORT, false)
-            };
-            self.load_ctx_field(off, swap, Reg::R2);
-            if slot > 0 {
-                self.alu32(
-                    AluOp::Add,
-                    Reg::R2,
-                    Src::Imm((slot * PORTS_PER_TUPLE) as i32),
-                );
-            }
-            // Word 0 is the tuple id of hash keys, which every hash lookup writes anew.
-            self.stx(Size::W, Reg::R10, STACK_INDEX_KEY, Reg::R2);
-            let ports = maps
-                .ports
-                .expect("maps::define defines the port array when a block has a port tuple");
-            self.map_lookup(ports, STACK_INDEX_KEY);
-            self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
-            self.ldx(Size::W, Reg::R1, Reg::R0, 0);
+            self.port_slot_value(maps, t.components[0], slot, skip);
             if self.options.counters {
                 // 0 (no rule) becomes NO_RULE.
                 self.alu32(AluOp::Sub, Reg::R1, Src::Imm(1));
@@ -197,6 +176,11 @@ impl Gen {
             }
             self.place(skip);
             return;
+        }
+        if let Some((c, slot)) = t.gate {
+            // No key of the tuple has the message's port: no lookup.
+            self.port_slot_value(maps, c, slot, skip);
+            self.jmp32(JmpOp::Jeq, Reg::R1, 0, skip);
         }
         // Payload bytes first, while r2 is the data pointer: a message too short for a
         // slice skips the lookup before anything is stored.
@@ -267,6 +251,7 @@ impl Gen {
         // On an IPv6 socket, an address that is not IPv4-mapped skips an IPv4 component's
         // lookup before the stores above: the words an earlier key left stay there.
         let skips_early = need.is_some()
+            || t.gate.is_some()
             || v6
                 && t.components
                     .iter()
@@ -325,6 +310,33 @@ impl Gen {
             }
             self.stx(Size::W, Reg::R10, at + 4 * w, Reg::R4);
         }
+    }
+
+    /// r1 = the port array's value at `slot * 65536 + port` (the port of component
+    /// `c`, a port). Jumps to `skip` if the lookup fails (it does not: the slot is in
+    /// the array, but the verifier must see the check).
+    fn port_slot_value(&mut self, maps: IndexMaps, c: index::Component, slot: u32, skip: Label) {
+        let (off, swap) = if c == index::Component::RemotePort {
+            (SK_MSG_MD_REMOTE_PORT, true)
+        } else {
+            (SK_MSG_MD_LOCAL_PORT, false)
+        };
+        self.load_ctx_field(off, swap, Reg::R2);
+        if slot > 0 {
+            self.alu32(
+                AluOp::Add,
+                Reg::R2,
+                Src::Imm((slot * PORTS_PER_TUPLE) as i32),
+            );
+        }
+        // Word 0 is the tuple id of hash keys, which every hash lookup writes anew.
+        self.stx(Size::W, Reg::R10, STACK_INDEX_KEY, Reg::R2);
+        let ports = maps
+            .ports
+            .expect("maps::define defines the port array when a block has a port tuple or gate");
+        self.map_lookup(ports, STACK_INDEX_KEY);
+        self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
+        self.ldx(Size::W, Reg::R1, Reg::R0, 0);
     }
 
     /// STACK_INDEX_BEST = min(STACK_INDEX_BEST, w1), without a branch:
