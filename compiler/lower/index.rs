@@ -32,10 +32,11 @@
 //! without a residual ends a key's slots (the rules after it with that key are dead).
 //! Conjuncts shared by many rules (`remote.ip in lan`) are keyed as a cross product.
 //!
-//! A hash tuple with a port has a *gate*: a port-array slot per port that holds the
-//! first rule with that port in the tuple (plus one), so that a message whose port no
-//! key of the tuple has skips the hash lookup for an inlined array load. Most messages
-//! match no rule, and a port is the most selective field most rules have.
+//! A hash tuple has a *gate*: 65536 slots of the port array, one per value of 16 bits of
+//! one of its components (the port; else the first two bytes of a payload slice; else
+//! the first 16 bits of an address, masked to its prefix), each holding the first rule
+//! whose key has that value (plus one). A message whose value no key of the tuple has
+//! skips the hash lookup for an inlined array load: most messages match no rule.
 
 use std::collections::BTreeMap;
 
@@ -124,8 +125,8 @@ pub(super) struct Tuple {
     pub slots: usize,
     /// Whether some slot of the tuple has a `len` range to check.
     pub residual: bool,
-    /// A hash tuple with a port: that port's component and its port-array slot range,
-    /// non-zero for the ports some key of the tuple has.
+    /// A hash tuple's gate: the component whose `gate_value` selects the slot, and
+    /// the tuple's port-array slot range (non-zero where some key has that value).
     pub gate: Option<(Component, u32)>,
 }
 
@@ -316,11 +317,13 @@ fn block(
                 ids.next_port_slot += 1;
                 ids.next_port_slot - 1
             });
-            let port = components
+            let gated = components
                 .iter()
-                .find(|c| matches!(c, Component::LocalPort | Component::RemotePort));
-            let gate = match (port_slot, port) {
-                (None, Some(&c)) => {
+                .copied()
+                .filter(|&c| gate_rank(c) > 0)
+                .max_by_key(|&c| gate_rank(c));
+            let gate = match (port_slot, gated) {
+                (None, Some(c)) => {
                     ids.next_port_slot += 1;
                     Some((c, ids.next_port_slot - 1))
                 }
@@ -350,10 +353,7 @@ fn block(
                     .take_while(|&&x| x != c)
                     .map(|x| x.words())
                     .sum();
-                match c {
-                    Component::RemotePort => ((words[at] >> 16) as u16).swap_bytes() as u32,
-                    _ => words[at],
-                }
+                gate_value(c, words[at])
             };
             let mut first_in_slot = |slot: u32, port: u32| {
                 ports
@@ -604,6 +604,35 @@ pub(super) fn payload_words(bytes: &[u8]) -> Vec<u32> {
         .collect()
 }
 
+/// How good a gate component `c` is: a port (one value per rule), a payload slice,
+/// an address by its prefix; 0 for none (fewer than 8 bits to tell keys apart).
+fn gate_rank(c: Component) -> u32 {
+    match c {
+        Component::LocalPort | Component::RemotePort => 300,
+        Component::Payload { .. } => 200,
+        Component::Ip4 { prefix, .. } | Component::Ip6 { prefix, .. } if prefix >= 8 => {
+            100 + prefix.min(16) as u32
+        }
+        _ => 0,
+    }
+}
+
+/// The gate slot of a key whose first word of component `c` is `word`: a port (host
+/// order), or the word's first 16 bits (little-endian: its first two bytes) masked to
+/// the component's prefix. The program computes the same from the message.
+pub(super) fn gate_value(c: Component, word: u32) -> u32 {
+    match c {
+        Component::LocalPort => word,
+        Component::RemotePort => ((word >> 16) as u16).swap_bytes() as u32,
+        _ => word & gate_mask(c),
+    }
+}
+
+/// The mask the program applies to a non-port gate component's first word.
+pub(super) fn gate_mask(c: Component) -> u32 {
+    mask_word(c, 0) & 0xffff
+}
+
 /// The 32-bit mask of word `w` of a component's key words.
 pub(super) fn mask_word(c: Component, w: usize) -> u32 {
     match c {
@@ -649,10 +678,11 @@ mod tests {
         // local.port, remote.port, remote ip /32, and local.port with a remote /28.
         assert_eq!(b.tuples.len(), 4);
         // The two single-port tuples are in the port array: `port ==` is a slot in
-        // each (either end), `remote.port ==` one; the 200 address rules are hashed,
-        // and the 100 with a local port open that port's slot of their tuple's gate.
-        assert_eq!(index.port_tuples, 3);
-        assert_eq!(index.port_entries.len(), 400);
+        // each (either end), `remote.port ==` one; the 200 address rules are hashed.
+        // Gates: the 100 with a local port open that port's slot of their tuple's gate,
+        // the 100 addresses in 10.0/16 one slot (10.0) of theirs.
+        assert_eq!(index.port_tuples, 4);
+        assert_eq!(index.port_entries.len(), 300 + 100 + 1);
         assert_eq!(index.entries.len(), 200);
         let local = b
             .tuples

@@ -177,11 +177,6 @@ impl Gen {
             self.place(skip);
             return;
         }
-        if let Some((c, slot)) = t.gate {
-            // No key of the tuple has the message's port: no lookup.
-            self.port_slot_value(maps, c, slot, skip);
-            self.jmp32(JmpOp::Jeq, Reg::R1, 0, skip);
-        }
         // Payload bytes first, while r2 is the data pointer: a message too short for a
         // slice skips the lookup before anything is stored.
         let need = t
@@ -201,6 +196,18 @@ impl Gen {
                 }
                 at += 4 * c.words() as i16;
             }
+        }
+        if let Some((c, slot)) = t.gate {
+            // No key of the tuple has the message's gate value: no hash lookup.
+            let at: usize = t
+                .components
+                .iter()
+                .take_while(|&&x| x != c)
+                .map(|x| x.words())
+                .sum();
+            self.gate_value(c, v6, STACK_INDEX_KEY + 4 + 4 * at as i16);
+            self.port_slot_lookup(maps, slot, skip);
+            self.jmp32(JmpOp::Jeq, Reg::R1, 0, skip);
         }
         self.st(Size::W, Reg::R10, STACK_INDEX_KEY, t.id as i32);
         let mut at = STACK_INDEX_KEY + 4;
@@ -316,12 +323,34 @@ impl Gen {
     /// `c`, a port). Jumps to `skip` if the lookup fails (it does not: the slot is in
     /// the array, but the verifier must see the check).
     fn port_slot_value(&mut self, maps: IndexMaps, c: index::Component, slot: u32, skip: Label) {
-        let (off, swap) = if c == index::Component::RemotePort {
-            (SK_MSG_MD_REMOTE_PORT, true)
-        } else {
-            (SK_MSG_MD_LOCAL_PORT, false)
-        };
-        self.load_ctx_field(off, swap, Reg::R2);
+        self.gate_value(c, false, 0);
+        self.port_slot_lookup(maps, slot, skip);
+    }
+
+    /// r2 = the gate value of component `c` (`index::gate_value`) from the message: a
+    /// port in host order, else 16 bits of the first word of an address (on an IPv6
+    /// socket, `v6`, an IPv4 component's mapped address) or of the payload slice's
+    /// key word already stored at `payload_at`.
+    fn gate_value(&mut self, c: index::Component, v6: bool, payload_at: i16) {
+        use index::Component;
+        match c {
+            Component::LocalPort => self.load_ctx_field(SK_MSG_MD_LOCAL_PORT, false, Reg::R2),
+            Component::RemotePort => self.load_ctx_field(SK_MSG_MD_REMOTE_PORT, true, Reg::R2),
+            Component::Payload { .. } => self.ldx(Size::W, Reg::R2, Reg::R10, payload_at),
+            Component::Ip4 { end, .. } => {
+                let (ip4, ip6) = addr_words(end);
+                self.ctx_ld(Reg::R2, if v6 { ip6 + 12 } else { ip4 });
+            }
+            Component::Ip6 { end, .. } => self.ctx_ld(Reg::R2, addr_words(end).1),
+        }
+        if !matches!(c, Component::LocalPort | Component::RemotePort) {
+            self.alu32(AluOp::And, Reg::R2, Src::Imm(index::gate_mask(c) as i32));
+        }
+    }
+
+    /// r1 = the port array's value at `slot * 65536 + r2`; jumps to `skip` if the
+    /// lookup fails.
+    fn port_slot_lookup(&mut self, maps: IndexMaps, slot: u32, skip: Label) {
         if slot > 0 {
             self.alu32(
                 AluOp::Add,

@@ -78,8 +78,9 @@ fn map_at(c: &Compiled, kind: MapKind) -> u32 {
 #[test]
 fn the_policy_is_indexed() {
     let c = compiled(&mixed_policy(), true);
-    // `port == P` is a local.port and a remote.port slot; each address one hash key.
-    assert_eq!(c.lowered.port_index.len(), 100);
+    // `port == P` is a local.port and a remote.port slot; each address one hash key,
+    // and all of them (10.0.1.x) one slot of the address tuple's gate.
+    assert_eq!(c.lowered.port_index.len(), 100 + 1);
     assert_eq!(c.lowered.index.len(), 50);
     for kind in [MapKind::Index, MapKind::IndexPorts, MapKind::IndexReady] {
         map_at(&c, kind);
