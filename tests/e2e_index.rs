@@ -879,6 +879,9 @@ fn a_hundred_thousand_entries_fill_in_one_batch() {
     src.push_str("drop if remote.ip == 127.0.0.123;\n");
     let c = skpc::compile::compile("big.skp", &src).expect("compiles");
     assert_eq!(c.lowered.index.len(), 100_001);
+    // The address tuple's gate: one slot per first 16 bits (10.0, 10.1, 127.0).
+    let gates = c.lowered.port_index.len();
+    assert_eq!(gates, 3);
 
     let ebpf = aya::EbpfLoader::new()
         .verifier_log_level(aya::VerifierLogLevel::STATS)
@@ -887,7 +890,7 @@ fn a_hundred_thousand_entries_fill_in_one_batch() {
     let start = Instant::now();
     let n = skpc_runtime::fill_index(&ebpf, &c.object).expect("fills");
     let took = start.elapsed();
-    assert_eq!(n, 100_001);
+    assert_eq!(n, 100_001 + gates);
     let h: HashMap<&MapData, [u8; IndexEntry::KEY_SIZE], [u8; IndexEntry::VALUE_SIZE]> =
         HashMap::try_from(ebpf.map(INDEX_NAME).unwrap()).unwrap();
     assert_eq!(h.keys().count(), 100_001, "every entry is in the kernel");
@@ -895,7 +898,7 @@ fn a_hundred_thousand_entries_fill_in_one_batch() {
     drop(ebpf);
 
     let mut g = Guard::new(&src);
-    assert_eq!(g.enf().index_entries(), 100_001);
+    assert_eq!(g.enf().index_entries(), 100_001 + gates);
     let (hit, _hit_srv) = connect(&l);
     let (miss, mut miss_srv) = connect(&l_pass);
     g.enf().insert_sock(0, fd(&hit)).unwrap();
