@@ -972,6 +972,12 @@ fn main() {
             src: gen::port_addr_grouped(n),
         });
     }
+    for &n in &rule_counts {
+        generated.push(Skp {
+            name: format!("mixed_{n}"),
+            src: gen::mixed(n),
+        });
+    }
 
     let a = part_a(anchor_obj.as_deref(), &examples, &anchors, &generated);
     println!("\n{a}");
@@ -988,7 +994,10 @@ fn main() {
          `drop if remote.ip == 10.a.b.c;`, `drop if remote.ip in 192.168.x.y/28 and local.port == P;`, \
          `drop if remote.port == P;` (benches/gen/mod.rs; P from the anchor's permutation, \
          below the ephemeral ports). `grouped_N`: the same N rules grouped by kind (all \
-         `port ==` rules first, then all `remote.ip ==`, ...).\n\n\
+         `port ==` rules first, then all `remote.ip ==`, ...). `mixed_N`: N rules of the \
+         eight kinds of `gen::mixed` in turn (ports, addresses, prefixes with ports, port \
+         sets, payload prefixes, `remote.port in web and payload[0..4] == ...`, \
+         `remote.ip in lan and remote.port == P and len > N`, IPv6 addresses).\n\n\
          Command: `{}cargo bench --bench kernel` ({:.0} s). {} Anchor object: {}.\n",
         settings(),
         started.elapsed().as_secs_f64(),

@@ -70,10 +70,11 @@ fn listing_puts_source_lines_above_their_code() {
 }
 
 /// An indexed block: 64 same-decision port and address rules (four tuples, one of them
-/// a port and a prefix together, one IPv6), a payload rule in the same segment that stays
-/// code, and a rule with another decision before it. The listing shows the index summary,
-/// the ready check, one lookup per tuple and the payload rule's compare against the best
-/// indexed rule.
+/// a port and a prefix together, one IPv6), a payload-prefix key, a port key with a `len`
+/// residual, a rule in the same segment that stays code (a `not`), and a rule with another
+/// decision before it. The listing shows the index summary, the ready check, one lookup
+/// per tuple (the payload bytes copied into the key, the length checked against the
+/// entry's slot) and the code rule's compare against the best indexed rule.
 #[test]
 fn indexed_block_listing() {
     let mut src = String::from("pass if local.port == 22;\n");
@@ -86,10 +87,18 @@ fn indexed_block_listing() {
         ));
         src.push_str(&format!("drop if remote.ip6 == fd00::{i:x};\n"));
     }
+    // A payload key, a key with a `len` residual, and a rule that stays code.
     src.push_str("drop if payload starts with \"EVIL\";\n");
+    src.push_str("drop if remote.port == 443 and len > 1000;\n");
+    src.push_str("drop if not port == 1 and payload starts with \"ZAP\";\n");
     let text = listing("indexed.skp", &src);
     assert!(
-        text.contains("lines 2-66: 64 rules in the index, 1 as code"),
+        text.contains("lines 2-68: 66 rules in the index, 1 as code"),
+        "{text}"
+    );
+    assert!(text.contains("payload[0..4]"), "{text}");
+    assert!(
+        text.contains("remote.port (remote.port gate, len checked)"),
         "{text}"
     );
     insta::assert_snapshot!("asm_indexed_block", text);

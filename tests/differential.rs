@@ -555,7 +555,7 @@ fn evaluator_and_vm_agree_on_indexed_blocks() {
         let in_index: std::collections::BTreeSet<usize> = lowered
             .index
             .iter()
-            .map(|e| e.rule as usize)
+            .flat_map(|e| e.used().map(|s| s.rule as usize))
             .chain(lowered.port_index.iter().map(|e| e.value as usize - 1))
             .collect();
         indexed_policies += usize::from(!in_index.is_empty());

@@ -102,7 +102,10 @@ fn generated_policies_pass_the_verifier() {
 
 /// The rules in the policy's index (the hash map's entries and the port array's slots).
 fn in_index(l: &skpc::lower::Lowered) -> std::collections::BTreeSet<usize> {
-    let hashed = l.index.iter().map(|e| e.rule as usize);
+    let hashed = l
+        .index
+        .iter()
+        .flat_map(|e| e.used().map(|s| s.rule as usize));
     hashed
         .chain(l.port_index.iter().map(|e| e.value as usize - 1))
         .collect()

@@ -160,7 +160,11 @@ fn run_cases(g: &mut Guard, policy: &skpc::hir::Policy, cases: &mut [Case]) {
 
 /// The rule indices of the policy that are in the index (entries name them).
 fn indexed_rules(c: &skpc::compile::Compiled) -> std::collections::BTreeSet<usize> {
-    let hashed = c.lowered.index.iter().map(|e| e.rule as usize);
+    let hashed = c
+        .lowered
+        .index
+        .iter()
+        .flat_map(|e| e.used().map(|s| s.rule as usize));
     let ports = c.lowered.port_index.iter().map(|e| e.value as usize - 1);
     hashed.chain(ports).collect()
 }
@@ -197,8 +201,11 @@ fn indexed_rules_drop_on_loopback_and_the_first_matching_rule_counts() {
     let r_ip55 = at(&mut rules, "drop if remote.ip == 127.0.0.55;".into());
     let r_h3 = at(&mut rules, format!("drop if remote.port == {h3};"));
     fillers(&mut rules, 20);
-    // Stays code, inside the block.
-    let r_payload = at(&mut rules, "drop if payload starts with \"ZAP\";".into());
+    // Stays code (a `not` is no key), inside the block.
+    let r_payload = at(
+        &mut rules,
+        "drop if not port == 1 and payload starts with \"ZAP\";".into(),
+    );
     fillers(&mut rules, 20);
     let r_local_g = at(&mut rules, format!("drop if local.port == {g_port};"));
     let r_h2 = at(&mut rules, format!("drop if remote.port == {h2};"));
@@ -211,7 +218,7 @@ fn indexed_rules_drop_on_loopback_and_the_first_matching_rule_counts() {
     );
     let r_d = at(&mut rules, format!("drop if remote.port == {d_port};"));
     let r_v6_remote = at(&mut rules, format!("drop if remote.port == {e_port};"));
-    // An IPv6 address and a port are more key words than an entry has: code.
+    // An IPv6 address and a port: one key of five words.
     let r_v6_local = at(
         &mut rules,
         format!("drop if local.ip == ::1 and local.port == {f_port};"),
@@ -236,6 +243,7 @@ fn indexed_rules_drop_on_loopback_and_the_first_matching_rule_counts() {
         r_v6_remote,
         r_v6_literal,
         r_mapped,
+        r_v6_local,
     ] {
         assert!(
             indexed.contains(&r),
@@ -246,10 +254,6 @@ fn indexed_rules_drop_on_loopback_and_the_first_matching_rule_counts() {
     // `local.port == g` has the same key as `port == g` before it: only that one is listed.
     assert!(!indexed.contains(&r_local_g));
     assert!(!indexed.contains(&r_payload), "the payload rule stays code");
-    assert!(
-        !indexed.contains(&r_v6_local),
-        "an IPv6 address and a port stay code"
-    );
     let policy = &compiled.policy;
     let default = policy.default.counter;
 
@@ -325,7 +329,7 @@ fn indexed_rules_drop_on_loopback_and_the_first_matching_rule_counts() {
             dropped: true,
         },
         Case {
-            name: "IPv6 local.ip == ::1 and local.port == (code)",
+            name: "IPv6 local.ip == ::1 and local.port ==",
             conn: connect_from(&l6, from("::1", f_port)),
             payload: b"six",
             slot: r_v6_local,
@@ -394,6 +398,161 @@ fn indexed_rules_drop_on_loopback_and_the_first_matching_rule_counts() {
             slot: default,
             dropped: false,
         },
+    ];
+    run_cases(&mut g, policy, &mut cases);
+    drop(cases);
+    g.finish();
+}
+
+/// 200 bytes: longer than the `len` bounds of the mixed test's rules.
+const LONG_X: &[u8] = &[b'x'; 200];
+/// "K0000004" and more: the payload key of the mixed test.
+const K_LONG: &[u8] = b"K0000004 and more";
+
+#[test]
+fn payload_keys_and_len_residuals_drop_on_loopback_in_first_match_order() {
+    if !common::kernel_or_skip(
+        "payload_keys_and_len_residuals_drop_on_loopback_in_first_match_order",
+    ) {
+        return;
+    }
+    let (la, pa) = listen("127.0.0.1:0"); // remote.port == pa and len > 100 / len <= 10
+    let (lb, pb) = listen("127.0.0.1:0"); // remote.port == pb and payload[0..4] == "Q004"
+    let (lc, pc) = listen("127.0.0.1:0"); // remote.ip in lan and remote.port == pc and len > 50
+    let (ld, pd) = listen("[::1]:0"); // remote.ip6 == ::1 and remote.port == pd
+    let (l4, _) = listen("127.0.0.1:0"); // payload keys only
+    let mut rules: Vec<String> = Vec::new();
+    let at = |rules: &mut Vec<String>, r: String| {
+        rules.push(r);
+        rules.len() - 1
+    };
+    fillers(&mut rules, 30);
+    let r_k = at(
+        &mut rules,
+        "drop if payload starts with \"K0000004\";".into(),
+    );
+    let r_big = at(
+        &mut rules,
+        format!("drop if remote.port == {pa} and len > 100;"),
+    );
+    let r_small = at(
+        &mut rules,
+        format!("drop if remote.port == {pa} and len <= 10;"),
+    );
+    let r_q = at(
+        &mut rules,
+        format!("drop if remote.port in {{{pb}, 80}} and payload[0..4] == \"Q004\";"),
+    );
+    let r_lan = at(
+        &mut rules,
+        format!("drop if remote.ip in lan and remote.port == {pc} and len > 50;"),
+    );
+    let r_v6 = at(
+        &mut rules,
+        format!("drop if remote.ip6 == ::1 and remote.port == {pd};"),
+    );
+    fillers(&mut rules, 40);
+    let src = format!(
+        "set lan = {{127.0.0.0/8, fd00::/8}};\n{}\ndefault pass;\n",
+        rules.join("\n")
+    );
+    let compiled = skpc::compile::compile("mixed.skp", &src).expect("compiles");
+    let indexed = indexed_rules(&compiled);
+    for r in [r_k, r_big, r_small, r_q, r_lan, r_v6] {
+        assert!(
+            indexed.contains(&r),
+            "rule {r} `{}` is not in the index",
+            rules[r]
+        );
+    }
+    let [block] = compiled.lowered.index_summary.as_slice() else {
+        panic!("one indexed block: {:?}", compiled.lowered.index_summary);
+    };
+    assert!(block.contains("0 as code"), "{block}");
+    let policy = &compiled.policy;
+    let default = policy.default.counter;
+    let mut g = Guard::new(&src);
+    let case = |name, conn, payload, slot, dropped| Case {
+        name,
+        conn,
+        payload,
+        slot,
+        dropped,
+    };
+    let mut cases = vec![
+        case("payload key", connect(&l4), K_LONG, r_k, true),
+        case(
+            "too short for the payload key",
+            connect(&l4),
+            b"K000000",
+            default,
+            false,
+        ),
+        case(
+            "len residual, first slot",
+            connect(&la),
+            LONG_X,
+            r_big,
+            true,
+        ),
+        case(
+            "len residual, second slot",
+            connect(&la),
+            b"tiny",
+            r_small,
+            true,
+        ),
+        case(
+            "both residuals fail",
+            connect(&la),
+            &LONG_X[..50],
+            default,
+            false,
+        ),
+        // Two tuples match; the payload rule comes first.
+        case(
+            "payload rule before a residual rule",
+            connect(&la),
+            K_LONG,
+            r_k,
+            true,
+        ),
+        case(
+            "port and payload slice",
+            connect(&lb),
+            b"Q004 go",
+            r_q,
+            true,
+        ),
+        case(
+            "port, another slice",
+            connect(&lb),
+            b"Q005 go",
+            default,
+            false,
+        ),
+        case(
+            "lan, port and len",
+            connect(&lc),
+            &LONG_X[..60],
+            r_lan,
+            true,
+        ),
+        case(
+            "lan and port, too short",
+            connect(&lc),
+            &LONG_X[..20],
+            default,
+            false,
+        ),
+        case("IPv6 address and port", connect(&ld), b"six", r_v6, true),
+        case(
+            "nothing matches",
+            connect(&l4),
+            b"let me through",
+            default,
+            false,
+        ),
     ];
     run_cases(&mut g, policy, &mut cases);
     drop(cases);
@@ -622,7 +781,7 @@ fn an_unfilled_index_drops_everything_until_it_is_filled_and_marked_ready() {
         a.get(&0, 0).unwrap()
     };
     let index_len = |ebpf: &aya::Ebpf| -> usize {
-        let h: HashMap<&MapData, [u8; IndexEntry::KEY_SIZE], u32> =
+        let h: HashMap<&MapData, [u8; IndexEntry::KEY_SIZE], [u8; IndexEntry::VALUE_SIZE]> =
             HashMap::try_from(ebpf.map(INDEX_NAME).unwrap()).unwrap();
         h.keys().count()
     };
@@ -720,6 +879,9 @@ fn a_hundred_thousand_entries_fill_in_one_batch() {
     src.push_str("drop if remote.ip == 127.0.0.123;\n");
     let c = skpc::compile::compile("big.skp", &src).expect("compiles");
     assert_eq!(c.lowered.index.len(), 100_001);
+    // The address tuple's gate: one slot per first 16 bits (10.0, 10.1, 127.0).
+    let gates = c.lowered.port_index.len();
+    assert_eq!(gates, 3);
 
     let ebpf = aya::EbpfLoader::new()
         .verifier_log_level(aya::VerifierLogLevel::STATS)
@@ -728,15 +890,15 @@ fn a_hundred_thousand_entries_fill_in_one_batch() {
     let start = Instant::now();
     let n = skpc_runtime::fill_index(&ebpf, &c.object).expect("fills");
     let took = start.elapsed();
-    assert_eq!(n, 100_001);
-    let h: HashMap<&MapData, [u8; IndexEntry::KEY_SIZE], u32> =
+    assert_eq!(n, 100_001 + gates);
+    let h: HashMap<&MapData, [u8; IndexEntry::KEY_SIZE], [u8; IndexEntry::VALUE_SIZE]> =
         HashMap::try_from(ebpf.map(INDEX_NAME).unwrap()).unwrap();
     assert_eq!(h.keys().count(), 100_001, "every entry is in the kernel");
     eprintln!("filled {n} index entries in {took:.1?}");
     drop(ebpf);
 
     let mut g = Guard::new(&src);
-    assert_eq!(g.enf().index_entries(), 100_001);
+    assert_eq!(g.enf().index_entries(), 100_001 + gates);
     let (hit, _hit_srv) = connect(&l);
     let (miss, mut miss_srv) = connect(&l_pass);
     g.enf().insert_sock(0, fd(&hit)).unwrap();
@@ -799,12 +961,12 @@ fn a_broken_index_section_is_a_clear_error() {
         s.as_mut().expect("indexed").pop();
     });
     let e = skpc_runtime::index_entries(&truncated).unwrap_err();
-    assert!(
-        e.message()
-            .contains("not a whole number of 24-byte index entries"),
-        "{e}"
+    let says = format!(
+        "not a whole number of {}-byte index entries",
+        IndexEntry::SIZE
     );
-    refused(truncated, "not a whole number of 24-byte index entries");
+    assert!(e.message().contains(&says), "{e}");
+    refused(truncated, &says);
     // Gone (stripped), while the maps are there.
     refused(
         edited_object(&src, |s| *s = None),
@@ -834,7 +996,8 @@ fn a_broken_index_section_is_a_clear_error() {
     refused(
         edited_object(&src, |s| {
             let b = s.as_mut().expect("indexed");
-            b[IndexEntry::KEY_SIZE..IndexEntry::SIZE].copy_from_slice(&999_999u32.to_le_bytes());
+            b[IndexEntry::KEY_SIZE..IndexEntry::KEY_SIZE + 4]
+                .copy_from_slice(&999_999u32.to_le_bytes());
         }),
         "names rule 999999",
     );

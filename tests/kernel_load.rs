@@ -148,17 +148,31 @@ fn ten_thousand_rules_build_and_load() {
         "10k indexed rules: {processed} processed"
     );
 
-    // The same rules with a test the index cannot hold (`len`): 10k rules of code,
-    // branch-free above 1000. One load (with counters): the kernel takes ~30 s for a
-    // program this size, most of it in its stack-liveness analysis.
-    let src: String = src
-        .lines()
-        .map(|l| match l.strip_suffix(';') {
-            Some(rule) if rule.starts_with("drop") => format!("{rule} and len > 7;\n"),
-            _ => format!("{l}\n"),
-        })
-        .collect();
-    let c = skpc::compile::compile("rules_10k_code.skp", &src).expect("compiles");
+    // The same rules with a test of the message: `len > 7` is one range, checked after
+    // the lookup (a residual), so they stay in the index; `len != 7` is two ranges,
+    // which the index cannot hold: 10k rules of code, branch-free above 1000. One load
+    // of that (with counters): the kernel takes ~30 s for a program this size, most of
+    // it in its stack-liveness analysis.
+    let with = |test: &str| -> String {
+        src.lines()
+            .map(|l| match l.strip_suffix(';') {
+                Some(rule) if rule.starts_with("drop") => format!("{rule} and {test};\n"),
+                _ => format!("{l}\n"),
+            })
+            .collect()
+    };
+    let c = skpc::compile::compile("rules_10k_len.skp", &with("len > 7")).expect("compiles");
+    assert!(
+        c.lowered.verdict.insns.len() < 1_000,
+        "10k indexed rules with a len residual: {} instructions",
+        c.lowered.verdict.insns.len()
+    );
+    let processed = load_with_aya("rules_10k_len", &c.object);
+    assert!(
+        processed < 10_000,
+        "10k indexed rules with a len residual: {processed} processed"
+    );
+    let c = skpc::compile::compile("rules_10k_code.skp", &with("len != 7")).expect("compiles");
     assert!(c.lowered.index.is_empty() && c.lowered.port_index.is_empty());
     assert!(c.lowered.verdict.insns.len() > 10_000);
     let processed = load_with_aya("rules_10k_code", &c.object);

@@ -17,12 +17,30 @@
 //! their order; the smallest matching index over both decides and counts.
 //!
 //! Key words are the context words as a 32-bit load sees them (addresses network order,
-//! `remote_port` in the upper half), masked to the prefix: the program only loads, masks
-//! and stores, and the entries are computed here, once.
+//! `remote_port` in the upper half), masked to the prefix, and payload slices
+//! (`payload[o..o+n] == "..."`, `payload starts with`) as little-endian words of their
+//! bytes, zero-padded: the program only loads, masks and stores, and the entries are
+//! computed here, once. A message too short for a slice skips that tuple's lookup.
+//!
+//! A rule is indexed on its keyable conjuncts; its `len` tests are its *residual*, one
+//! range checked after the lookup against the entry's slot for the rule (the slot holds
+//! the rule and its range, `skpc_abi::IndexSlot`). An entry has `IndexEntry::SLOTS`
+//! slots in rule order, so rules with one key and different residuals are tried in
+//! order and the first whose range holds is the key's first match. A rule that would
+//! need a slot more than a key has stays code (in `rest`): a handful of rules sharing
+//! one key is rare, and a fixed value size keeps the lookup's code fixed. A rule
+//! without a residual ends a key's slots (the rules after it with that key are dead).
+//! Conjuncts shared by many rules (`remote.ip in lan`) are keyed as a cross product.
+//!
+//! A hash tuple has a *gate*: 65536 slots of the port array, one per value of 16 bits of
+//! one of its components (the port; else the first two bytes of a payload slice; else
+//! the first 16 bits of an address, masked to its prefix), each holding the first rule
+//! whose key has that value (plus one). A message whose value no key of the tuple has
+//! skips the hash lookup for an inlined array load: most messages match no rule.
 
 use std::collections::BTreeMap;
 
-use skpc_abi::{IndexEntry, PortEntry, PORTS_PER_TUPLE};
+use skpc_abi::{IndexEntry, IndexSlot, PortEntry, PORTS_PER_TUPLE};
 
 use crate::hir::{self, Action, Cond, Decision, End, IntField, Net, Test};
 
@@ -48,6 +66,9 @@ pub(super) enum Component {
     Ip4 { end: End, mapped: bool, prefix: u8 },
     /// The IPv6 address of `end` (IPv6 sockets only), four words, first `prefix` bits.
     Ip6 { end: End, prefix: u8 },
+    /// Payload bytes `offset..offset + len`, as little-endian words (the last one
+    /// zero-padded). Messages shorter than `offset + len` skip the lookup.
+    Payload { offset: u32, len: u8 },
 }
 
 impl Component {
@@ -65,16 +86,29 @@ impl Component {
                 prefix,
             } => format!("{}.{}/{prefix}", end(e), if mapped { "ip" } else { "ip4" }),
             Component::Ip6 { end: e, prefix } => format!("{}.ip6/{prefix}", end(e)),
+            Component::Payload { offset, len } => {
+                format!("payload[{offset}..{}]", offset + len as u32)
+            }
         }
     }
 
     /// The order of components in a key (prefix lengths do not matter for it).
-    fn slot(self) -> (u8, End) {
+    fn slot(self) -> (u8, End, u32) {
         match self {
-            Component::LocalPort => (0, End::Local),
-            Component::RemotePort => (1, End::Remote),
-            Component::Ip4 { end, .. } => (2, end),
-            Component::Ip6 { end, .. } => (3, end),
+            Component::LocalPort => (0, End::Local, 0),
+            Component::RemotePort => (1, End::Remote, 0),
+            Component::Ip4 { end, .. } => (2, end, 0),
+            Component::Ip6 { end, .. } => (3, end, 0),
+            Component::Payload { offset, .. } => (4, End::Local, offset),
+        }
+    }
+
+    /// Key words the component fills.
+    pub(super) fn words(self) -> usize {
+        match self {
+            Component::LocalPort | Component::RemotePort | Component::Ip4 { .. } => 1,
+            Component::Ip6 { .. } => 4,
+            Component::Payload { len, .. } => (len as usize).div_ceil(4),
         }
     }
 }
@@ -87,6 +121,13 @@ pub(super) struct Tuple {
     /// A tuple of one port is looked up in the port array (`skpc_abi::INDEX_PORTS_NAME`)
     /// at `slot * PORTS_PER_TUPLE + port`, not in the hash map.
     pub port_slot: Option<u32>,
+    /// The most slots an entry of the tuple uses (the lookup checks this many).
+    pub slots: usize,
+    /// Whether some slot of the tuple has a `len` range to check.
+    pub residual: bool,
+    /// A hash tuple's gate: the component whose `gate_value` selects the slot, and
+    /// the tuple's port-array slot range (non-zero where some key has that value).
+    pub gate: Option<(Component, u32)>,
 }
 
 /// A segment whose indexable rules are looked up.
@@ -112,10 +153,23 @@ impl Block {
             .iter()
             .map(|t| {
                 let parts: Vec<String> = t.components.iter().map(|c| c.describe()).collect();
-                let place = if t.port_slot.is_some() {
-                    " (array)"
+                let mut notes = Vec::new();
+                if t.port_slot.is_some() {
+                    notes.push("array".to_string());
+                }
+                if let Some((c, _)) = t.gate {
+                    notes.push(format!("{} gate", c.describe()));
+                }
+                if t.residual {
+                    notes.push("len checked".to_string());
+                }
+                if t.slots > 1 {
+                    notes.push(format!("{} rules per key", t.slots));
+                }
+                let place = if notes.is_empty() {
+                    String::new()
                 } else {
-                    ""
+                    format!(" ({})", notes.join(", "))
                 };
                 format!("#{} {}{place}", t.id, parts.join("+"))
             })
@@ -143,8 +197,13 @@ pub(super) struct Index {
     pub port_tuples: u32,
 }
 
-/// One key of a rule: its tuple (components in key order) and value words.
-type RuleKey = (Vec<Component>, Vec<u32>);
+/// One key of a rule: its tuple (components in key order), value words, and the `len`
+/// range (inclusive) the rule needs besides the key.
+type RuleKey = (Vec<Component>, Vec<u32>, (u32, u32));
+/// The whole `len` range: no residual.
+const ANY_LEN: (u32, u32) = (0, u32::MAX);
+/// Key words of a key without its tuple id.
+type KeyWords = [u32; IndexEntry::KEY_WORDS];
 
 /// Finds the indexed blocks of a policy. Segments are maximal runs of terminal rules with
 /// one decision; those with at least `MIN_INDEXED_RULES` indexable rules become blocks.
@@ -152,7 +211,7 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
     let rules = &policy.rules;
     let mut index = Index::default();
     // Entries of all blocks, keyed by the key words: the smallest rule wins.
-    let mut entries: BTreeMap<[u32; IndexEntry::KEY_WORDS], u32> = BTreeMap::new();
+    let mut entries: BTreeMap<KeyWords, Vec<IndexSlot>> = BTreeMap::new();
     let mut ports: BTreeMap<u32, u32> = BTreeMap::new();
     let mut ids = Ids {
         next_tuple: 1,
@@ -178,7 +237,11 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
     }
     index.entries = entries
         .into_iter()
-        .map(|(key, rule)| IndexEntry { key, rule })
+        .map(|(key, used)| {
+            let mut slots = [IndexSlot::EMPTY; IndexEntry::SLOTS];
+            slots[..used.len()].copy_from_slice(&used);
+            IndexEntry { key, slots }
+        })
         .collect();
     index.port_entries = ports
         .into_iter()
@@ -204,7 +267,7 @@ fn block(
     end: usize,
     d: &Decision,
     ids: &mut Ids,
-    entries: &mut BTreeMap<[u32; IndexEntry::KEY_WORDS], u32>,
+    entries: &mut BTreeMap<KeyWords, Vec<IndexSlot>>,
     ports: &mut BTreeMap<u32, u32>,
 ) -> Option<Block> {
     let mut keyed: Vec<(usize, Vec<RuleKey>)> = Vec::new();
@@ -213,15 +276,12 @@ fn block(
     for r in first..end {
         match rule_keys(&policy.rules[r].cond) {
             Some(keys) => {
-                let new: Vec<&Vec<Component>> = {
-                    let mut new: Vec<&Vec<Component>> = Vec::new();
-                    for (t, _) in &keys {
-                        if !tuples.contains(t) && !new.contains(&t) {
-                            new.push(t);
-                        }
+                let mut new: Vec<&Vec<Component>> = Vec::new();
+                for (t, _, _) in &keys {
+                    if !tuples.contains(t) && !new.contains(&t) {
+                        new.push(t);
                     }
-                    new
-                };
+                }
                 if tuples.len() + new.len() > MAX_TUPLES {
                     rest.push(r);
                     continue;
@@ -235,77 +295,149 @@ fn block(
     if keyed.len() < MIN_INDEXED_RULES {
         return None;
     }
-    let tuples: Vec<Tuple> = tuples
+    let has_residual = |components: &Vec<Component>| {
+        keyed
+            .iter()
+            .flat_map(|(_, keys)| keys)
+            .any(|(c, _, len)| c == components && *len != ANY_LEN)
+    };
+    let mut tuples: Vec<Tuple> = tuples
         .into_iter()
         .map(|components| {
             let id = ids.next_tuple;
             ids.next_tuple += 1;
-            let port_slot = matches!(
-                components.as_slice(),
-                [Component::LocalPort] | [Component::RemotePort]
-            )
+            let residual = has_residual(&components);
+            // The port array holds a rule per port, no residual.
+            let port_slot = (!residual
+                && matches!(
+                    components.as_slice(),
+                    [Component::LocalPort] | [Component::RemotePort]
+                ))
             .then(|| {
                 ids.next_port_slot += 1;
                 ids.next_port_slot - 1
             });
+            let gated = components
+                .iter()
+                .copied()
+                .filter(|&c| gate_rank(c) > 0)
+                .max_by_key(|&c| gate_rank(c));
+            let gate = match (port_slot, gated) {
+                (None, Some(c)) => {
+                    ids.next_port_slot += 1;
+                    Some((c, ids.next_port_slot - 1))
+                }
+                _ => None,
+            };
             Tuple {
                 id,
                 components,
                 port_slot,
+                slots: 1,
+                residual,
+                gate,
             }
         })
         .collect();
+    let mut overflow = Vec::new();
     for (r, keys) in &keyed {
-        for (components, words) in keys {
-            let Some(tuple) = tuples.iter().find(|t| &t.components == components) else {
+        let rule = policy.rules[*r].counter as u32;
+        let mut fits = true;
+        for (components, words, len) in keys {
+            let Some(tuple) = tuples.iter_mut().find(|t| &t.components == components) else {
                 continue; // every key's tuple was added above
             };
-            let rule = policy.rules[*r].counter as u32;
-            if let Some(slot) = tuple.port_slot {
-                let port = match components.as_slice() {
-                    [Component::RemotePort] => ((words[0] >> 16) as u16).swap_bytes() as u32,
-                    _ => words[0],
-                };
+            let port_of = |c: Component| {
+                let at: usize = components
+                    .iter()
+                    .take_while(|&&x| x != c)
+                    .map(|x| x.words())
+                    .sum();
+                gate_value(c, words[at])
+            };
+            let mut first_in_slot = |slot: u32, port: u32| {
                 ports
                     .entry(slot * PORTS_PER_TUPLE + port)
                     .and_modify(|e| *e = (*e).min(rule))
                     .or_insert(rule);
+            };
+            if let Some(slot) = tuple.port_slot {
+                first_in_slot(slot, port_of(components[0]));
                 continue;
+            }
+            if let Some((c, slot)) = tuple.gate {
+                first_in_slot(slot, port_of(c));
             }
             let mut key = [0u32; IndexEntry::KEY_WORDS];
             key[0] = tuple.id;
             key[1..1 + words.len()].copy_from_slice(words);
-            entries
-                .entry(key)
-                .and_modify(|e| *e = (*e).min(rule))
-                .or_insert(rule);
+            let slots = entries.entry(key).or_default();
+            if slots
+                .iter()
+                .any(|s| s.len_min <= len.0 && len.1 <= s.len_max)
+            {
+                continue; // an earlier slot matches whenever this one would
+            }
+            if slots.len() == IndexEntry::SLOTS {
+                fits = false; // the rule stays code; its other keys are still true
+                continue;
+            }
+            slots.push(IndexSlot {
+                rule,
+                len_min: len.0,
+                len_max: len.1,
+            });
+            tuple.slots = tuple.slots.max(slots.len());
+        }
+        if !fits {
+            overflow.push(*r);
         }
     }
+    let indexed = keyed.len() - overflow.len();
+    rest.extend(overflow);
+    rest.sort_unstable();
     Some(Block {
         first,
         last: end - 1,
         decision: d.clone(),
         tuples,
         rest,
-        indexed: keyed.len(),
+        indexed,
     })
 }
 
-/// The keys of a rule's condition, if it is an `or` of `and`s of port and address tests
-/// that gives a bounded number of keys. Terms that can never hold give no key.
+/// The keys of a rule's condition, if it is an `or` of `and`s of port, address and
+/// payload-slice tests (and `len` tests, the residual) that gives a bounded number of
+/// keys. Terms that can never hold give no key.
 fn rule_keys(cond: &Cond) -> Option<Vec<RuleKey>> {
     let terms = dnf(cond)?;
     let mut keys = Vec::new();
     for term in terms {
         // Per test: the alternatives, each a (component, words) pair.
         let mut per_test: Vec<Vec<(Component, Vec<u32>)>> = Vec::new();
+        // The `len` range all of the term's `len` tests allow; None: none.
+        let mut len = Some(ANY_LEN);
         for t in &term {
-            per_test.push(alternatives(t)?);
+            match t {
+                Test::Int {
+                    field: IntField::Len,
+                    ranges,
+                } => {
+                    if ranges.len() != 1 {
+                        return None; // a set of ranges: code
+                    }
+                    len = len.and_then(|l| narrow_len(l, ranges));
+                }
+                _ => per_test.push(alternatives(t)?),
+            }
         }
         if per_test.is_empty() {
-            // `true`: an unconditional rule is code (everything after it is dead).
+            // `true` or only `len`: code (an unconditional rule ends the block).
             return None;
         }
+        let Some(len) = len else {
+            continue; // the term's `len` tests exclude each other: it never holds
+        };
         let mut combos: Vec<Vec<(Component, Vec<u32>)>> = vec![Vec::new()];
         for alts in per_test {
             let mut next = Vec::with_capacity(combos.len() * alts.len());
@@ -340,10 +472,21 @@ fn rule_keys(cond: &Cond) -> Option<Vec<RuleKey>> {
             if words.len() > IndexEntry::KEY_WORDS - 1 {
                 return None;
             }
-            keys.push((combo.into_iter().map(|(c, _)| c).collect(), words));
+            keys.push((combo.into_iter().map(|(c, _)| c).collect(), words, len));
         }
     }
     Some(keys)
+}
+
+/// `len` narrowed by one range test of it (`ranges` of one range); `None` if nothing
+/// is left or the test is not one range. A length is a u32 (`sk_msg_md.size`).
+fn narrow_len(len: (u32, u32), ranges: &[(u64, u64)]) -> Option<(u32, u32)> {
+    let [(lo, hi)] = ranges else {
+        return None;
+    };
+    let lo = (*lo).max(len.0 as u64);
+    let hi = (*hi).min(len.1 as u64);
+    (lo <= hi).then_some((lo as u32, hi as u32))
 }
 
 /// `c` as an `or` of `and`s of tests, if it has no `not` and few terms.
@@ -429,18 +572,71 @@ fn alternatives(t: &Test) -> Option<Vec<(Component, Vec<u32>)>> {
                 })
                 .collect(),
         ),
-        Test::Payload { .. }
-        | Test::Comm { .. }
-        | Test::Proto(_)
-        | Test::Text { .. }
-        | Test::InFile { .. } => None,
+        Test::Payload { offset, alts } => {
+            let len = alts.first()?.len();
+            // The program loads the bytes at 16-bit offsets from the data pointer.
+            let fits = len > 0
+                && len <= 4 * (IndexEntry::KEY_WORDS - 1)
+                && (*offset as usize + len) < i16::MAX as usize;
+            if !fits || alts.iter().any(|a| a.len() != len) || alts.len() > MAX_RULE_ENTRIES {
+                return None;
+            }
+            let component = Component::Payload {
+                offset: *offset,
+                len: len as u8,
+            };
+            Some(alts.iter().map(|a| (component, payload_words(a))).collect())
+        }
+        Test::Comm { .. } | Test::Proto(_) | Test::Text { .. } | Test::InFile { .. } => None,
     }
+}
+
+/// Payload bytes as the key words the program stores: little-endian words of four
+/// bytes, the last zero-padded (what 4-, 2- and 1-byte loads give).
+pub(super) fn payload_words(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks(4)
+        .map(|c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            u32::from_le_bytes(w)
+        })
+        .collect()
+}
+
+/// How good a gate component `c` is: a port (one value per rule), a payload slice,
+/// an address by its prefix; 0 for none (fewer than 8 bits to tell keys apart).
+fn gate_rank(c: Component) -> u32 {
+    match c {
+        Component::LocalPort | Component::RemotePort => 300,
+        Component::Payload { .. } => 200,
+        Component::Ip4 { prefix, .. } | Component::Ip6 { prefix, .. } if prefix >= 8 => {
+            100 + prefix.min(16) as u32
+        }
+        _ => 0,
+    }
+}
+
+/// The gate slot of a key whose first word of component `c` is `word`: a port (host
+/// order), or the word's first 16 bits (little-endian: its first two bytes) masked to
+/// the component's prefix. The program computes the same from the message.
+pub(super) fn gate_value(c: Component, word: u32) -> u32 {
+    match c {
+        Component::LocalPort => word,
+        Component::RemotePort => ((word >> 16) as u16).swap_bytes() as u32,
+        _ => word & gate_mask(c),
+    }
+}
+
+/// The mask the program applies to a non-port gate component's first word.
+pub(super) fn gate_mask(c: Component) -> u32 {
+    mask_word(c, 0) & 0xffff
 }
 
 /// The 32-bit mask of word `w` of a component's key words.
 pub(super) fn mask_word(c: Component, w: usize) -> u32 {
     match c {
-        Component::LocalPort | Component::RemotePort => u32::MAX,
+        Component::LocalPort | Component::RemotePort | Component::Payload { .. } => u32::MAX,
         Component::Ip4 { prefix, .. } => {
             super::addr::wire_word(hir::mask32(prefix).to_be_bytes()) as u32
         }
@@ -483,8 +679,10 @@ mod tests {
         assert_eq!(b.tuples.len(), 4);
         // The two single-port tuples are in the port array: `port ==` is a slot in
         // each (either end), `remote.port ==` one; the 200 address rules are hashed.
-        assert_eq!(index.port_tuples, 2);
-        assert_eq!(index.port_entries.len(), 300);
+        // Gates: the 100 with a local port open that port's slot of their tuple's gate,
+        // the 100 addresses in 10.0/16 one slot (10.0) of theirs.
+        assert_eq!(index.port_tuples, 4);
+        assert_eq!(index.port_entries.len(), 300 + 100 + 1);
         assert_eq!(index.entries.len(), 200);
         let local = b
             .tuples
@@ -518,9 +716,16 @@ mod tests {
             u32::from_le_bytes([192, 168, 0, 96]),
             0,
             0,
+            0,
+            0,
+            0,
+            0,
         ];
         assert!(
-            index.entries.iter().any(|e| e.key == want && e.rule == 6),
+            index
+                .entries
+                .iter()
+                .any(|e| e.key == want && e.slots[0] == IndexSlot::any_len(6)),
             "{want:?}"
         );
     }
@@ -529,7 +734,7 @@ mod tests {
     fn the_first_rule_of_a_key_wins_and_other_rules_stay_code() {
         let mut src = port_addr(100);
         src.push_str("drop if port == 1000;\n"); // the same key as rule 0
-        src.push_str("drop if payload starts with \"X\";\n");
+        src.push_str("drop if uid == 0;\n");
         let p = check(&src).0.expect("checks");
         let index = plan(&p);
         let b = &index.blocks[0];
@@ -553,6 +758,160 @@ mod tests {
         let index = plan(&p);
         assert_eq!(index.blocks.len(), 1);
         assert_eq!(index.blocks[0].last, 99);
+    }
+
+    /// 64 rules that the messages of these tests never match (local ports 2000..).
+    fn filler() -> String {
+        (0..MIN_INDEXED_RULES)
+            .map(|i| format!("drop if local.port == {};\n", 2000 + i))
+            .collect()
+    }
+
+    fn key(words: &[u32]) -> [u32; IndexEntry::KEY_WORDS] {
+        let mut key = [0; IndexEntry::KEY_WORDS];
+        key[..words.len()].copy_from_slice(words);
+        key
+    }
+
+    #[test]
+    fn payload_slices_are_key_words_and_len_tests_residuals() {
+        let src = format!(
+            "{}drop if payload starts with \"K0000004\";\n\
+             drop if remote.port == 80 and payload[2..5] == \"abc\" and len > 100;\n",
+            filler()
+        );
+        let index = plan(&check(&src).0.expect("checks"));
+        let b = &index.blocks[0];
+        assert_eq!((b.indexed, b.rest.len()), (66, 0));
+        let tuple = |c: &[Component]| b.tuples.iter().find(|t| t.components == c).cloned();
+        let prefix = tuple(&[Component::Payload { offset: 0, len: 8 }]).expect("a tuple");
+        let want = key(&[
+            prefix.id,
+            u32::from_le_bytes(*b"K000"),
+            u32::from_le_bytes(*b"0004"),
+        ]);
+        let entry = index
+            .entries
+            .iter()
+            .find(|e| e.key == want)
+            .expect("K0000004");
+        assert_eq!(entry.slots[0], IndexSlot::any_len(64));
+        assert!(!prefix.residual);
+        let slice = [
+            Component::RemotePort,
+            Component::Payload { offset: 2, len: 3 },
+        ];
+        let slice = tuple(&slice).expect("a tuple");
+        assert!(slice.residual && slice.port_slot.is_none());
+        let port = super::super::cond::raw_remote_port(80) as u32;
+        let want = key(&[slice.id, port, u32::from_le_bytes(*b"abc\0")]);
+        let entry = index
+            .entries
+            .iter()
+            .find(|e| e.key == want)
+            .expect("80, abc");
+        let residual = IndexSlot {
+            rule: 65,
+            len_min: 101,
+            len_max: u32::MAX,
+        };
+        assert_eq!(
+            entry.slots,
+            [
+                residual,
+                IndexSlot::EMPTY,
+                IndexSlot::EMPTY,
+                IndexSlot::EMPTY
+            ]
+        );
+    }
+
+    /// Rules 64.. of a policy after `filler`: one key with different residuals, a
+    /// residual on another key, and payload slices.
+    const SHARED_KEY: &str = "drop if local.port == 5 and len > 100;\n\
+        drop if local.port == 5 and len >= 10 and len <= 20;\n\
+        drop if local.port == 5 and len > 200;\n\
+        drop if local.port == 5 and len < 3;\n\
+        drop if local.port == 5 and len == 50;\n\
+        drop if local.port == 5 and len == 60;\n\
+        drop if local.port == 5;\n\
+        drop if remote.port == 7 and len > 1000;\n\
+        drop if payload[2..6] == \"cdef\";\n\
+        drop if payload starts with \"ab\";\n";
+
+    #[test]
+    fn rules_of_one_key_fill_its_slots_in_order_and_the_overflow_stays_code() {
+        let p = check(&format!("{}{SHARED_KEY}", filler()))
+            .0
+            .expect("checks");
+        let index = plan(&p);
+        let b = &index.blocks[0];
+        // Four slots: 64, 65, 67 and 68 (66 is covered by 64); 69 and 70 are code.
+        assert_eq!(b.rest, vec![69, 70]);
+        let t = b
+            .tuples
+            .iter()
+            .find(|t| t.components == [Component::LocalPort]);
+        let t = t.expect("a local.port tuple");
+        assert_eq!((t.slots, t.residual, t.port_slot), (4, true, None));
+        let e = index.entries.iter().find(|e| e.key == key(&[t.id, 5]));
+        let rules: Vec<u32> = e.expect("port 5").used().map(|s| s.rule).collect();
+        assert_eq!(rules, [64, 65, 67, 68]);
+    }
+
+    #[test]
+    fn the_vm_finds_the_first_rule_whose_residual_holds() {
+        use crate::hir::Message;
+        let src = format!("{}{SHARED_KEY}default pass;\n", filler());
+        for counters in [true, false] {
+            let c = crate::compile::compile_with(
+                "t.skp",
+                &src,
+                crate::lower::Options {
+                    counters,
+                    ..crate::lower::Options::default()
+                },
+            )
+            .expect("compiles");
+            let vm = crate::vm::Vm::new(&c.lowered).expect("loads");
+            let m = |local_port: u16, remote_port: u16, payload: &[u8]| Message {
+                family: skpc_abi::AF_INET,
+                local_port,
+                remote_port,
+                len: payload.len() as u32,
+                payload: payload.to_vec(),
+                ..Message::default()
+            };
+            let x = |n: usize| vec![b'x'; n];
+            for (msg, rule) in [
+                (m(5, 1, &x(150)), Some(64)),
+                // 64's residual fails, 65's holds.
+                (m(5, 1, &x(15)), Some(65)),
+                (m(5, 1, &x(2)), Some(67)),
+                (m(5, 1, &x(50)), Some(68)),
+                // Past the key's slots: code.
+                (m(5, 1, &x(60)), Some(69)),
+                (m(5, 1, &x(70)), Some(70)),
+                // A residual fails, a later rule of another tuple matches.
+                (m(1, 7, b"abcdef"), Some(72)),
+                (m(1, 7, &[b"ab".as_slice(), &x(1000)].concat()), Some(71)),
+                // Too short for payload[2..6]: that lookup is skipped.
+                (m(1, 1, b"abcde"), Some(73)),
+                (m(1, 1, b"a"), None),
+            ] {
+                let out = vm
+                    .run(&msg, &crate::vm::RunConfig::default())
+                    .expect("runs");
+                let want = crate::eval::eval(&c.policy, &msg);
+                assert_eq!(out.decision, want.decision, "{msg:?}");
+                if counters {
+                    let slot = rule.unwrap_or(c.policy.default.counter);
+                    let mut expect = vec![(0, 0); c.policy.counters.len()];
+                    expect[slot] = (1, msg.len as u64);
+                    assert_eq!(out.counters, expect, "len {}", msg.len);
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The code of an indexed block (planned in `index`): the ready check, one map lookup per
-//! tuple (hash keys built from the context, or a port-array slot), the block's other
-//! rules as code, and the smallest matching rule index deciding.
+//! tuple (hash keys built from the context and payload bytes, or a port-array slot), the
+//! entry's slots checked in order against the message length (the residual), the
+//! block's other rules as code, and the smallest matching rule index deciding.
 
-use skpc_abi::{IndexEntry, PORTS_PER_TUPLE};
+use skpc_abi::{IndexEntry, IndexSlot, PORTS_PER_TUPLE};
 
 use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, JmpOp, Reg, Size, Src};
@@ -10,9 +11,16 @@ use crate::hir::{self, Cond, Decision};
 
 use super::addr::{addr_words, MAPPED_WORD2};
 use super::index;
-use super::lir::{Lir, Mark};
+use super::lir::{Label, Lir, Mark};
 use super::maps::IndexMaps;
-use super::{Gen, NO_RULE, SLOT, STACK_COUNTER_KEY, STACK_INDEX_BEST, STACK_INDEX_KEY};
+use super::{
+    Gen, NO_RULE, SLOT, STACK_COUNTER_KEY, STACK_INDEX_BEST, STACK_INDEX_KEY, STACK_PROTO,
+};
+
+// The key fits below the parser's region.
+const _: () = assert!(
+    STACK_INDEX_KEY >= -512 && STACK_INDEX_KEY + IndexEntry::KEY_SIZE as i16 <= STACK_PROTO
+);
 
 impl Gen {
     /// An indexed block (see `index`): one map lookup per tuple, then the block's other
@@ -156,28 +164,7 @@ impl Gen {
         let skip = self.label();
         if let Some(slot) = t.port_slot {
             // One port: the array slot `slot * 65536 + port` holds the rule plus one.
-            let remote = t.components.first() == Some(&Component::RemotePort);
-            let (off, swap) = if remote {
-                (SK_MSG_MD_REMOTE_PORT, true)
-            } else {
-                (SK_MSG_MD_LOCAL_PORT, false)
-            };
-            self.load_ctx_field(off, swap, Reg::R2);
-            if slot > 0 {
-                self.alu32(
-                    AluOp::Add,
-                    Reg::R2,
-                    Src::Imm((slot * PORTS_PER_TUPLE) as i32),
-                );
-            }
-            // Word 0 is the tuple id of hash keys, which every hash lookup writes anew.
-            self.stx(Size::W, Reg::R10, STACK_INDEX_KEY, Reg::R2);
-            let ports = maps
-                .ports
-                .expect("maps::define defines the port array when a block has a port tuple");
-            self.map_lookup(ports, STACK_INDEX_KEY);
-            self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
-            self.ldx(Size::W, Reg::R1, Reg::R0, 0);
+            self.port_slot_value(maps, t.components[0], slot, skip);
             if self.options.counters {
                 // 0 (no rule) becomes NO_RULE.
                 self.alu32(AluOp::Sub, Reg::R1, Src::Imm(1));
@@ -190,10 +177,46 @@ impl Gen {
             self.place(skip);
             return;
         }
+        // Payload bytes first, while r2 is the data pointer: a message too short for a
+        // slice skips the lookup before anything is stored.
+        let need = t
+            .components
+            .iter()
+            .filter_map(|c| match *c {
+                Component::Payload { offset, len } => Some(offset + len as u32),
+                _ => None,
+            })
+            .max();
+        if let Some(need) = need {
+            self.ensure_payload(need, skip);
+            let mut at = STACK_INDEX_KEY + 4;
+            for &c in &t.components {
+                if let Component::Payload { offset, len } = c {
+                    self.store_payload_words(offset, len, at);
+                }
+                at += 4 * c.words() as i16;
+            }
+        }
+        if let Some((c, slot)) = t.gate {
+            // No key of the tuple has the message's gate value: no hash lookup.
+            let at: usize = t
+                .components
+                .iter()
+                .take_while(|&&x| x != c)
+                .map(|x| x.words())
+                .sum();
+            self.gate_value(c, v6, STACK_INDEX_KEY + 4 + 4 * at as i16);
+            self.port_slot_lookup(maps, slot, skip);
+            self.jmp32(JmpOp::Jeq, Reg::R1, 0, skip);
+        }
         self.st(Size::W, Reg::R10, STACK_INDEX_KEY, t.id as i32);
         let mut at = STACK_INDEX_KEY + 4;
         for &c in &t.components {
             let words: Vec<i16> = match c {
+                Component::Payload { .. } => {
+                    at += 4 * c.words() as i16;
+                    continue;
+                }
                 Component::LocalPort => vec![SK_MSG_MD_LOCAL_PORT],
                 Component::RemotePort => vec![SK_MSG_MD_REMOTE_PORT],
                 Component::Ip4 { end, .. } => {
@@ -234,10 +257,12 @@ impl Gen {
         }
         // On an IPv6 socket, an address that is not IPv4-mapped skips an IPv4 component's
         // lookup before the stores above: the words an earlier key left stay there.
-        let skips_early = v6
-            && t.components
-                .iter()
-                .any(|c| matches!(c, Component::Ip4 { .. }));
+        let skips_early = need.is_some()
+            || t.gate.is_some()
+            || v6
+                && t.components
+                    .iter()
+                    .any(|c| matches!(c, Component::Ip4 { .. }));
         *dirty = if skips_early {
             (*dirty).max(used)
         } else {
@@ -245,14 +270,102 @@ impl Gen {
         };
         self.map_lookup(maps.hash, STACK_INDEX_KEY);
         self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
-        if self.options.counters {
-            self.ldx(Size::W, Reg::R1, Reg::R0, 0);
-            self.keep_smaller_rule();
-        } else {
-            let tail = self.tail(d);
-            self.goto(tail);
+        if t.residual {
+            // The slots in rule order: the first whose length range holds decides.
+            self.ctx_ld(Reg::R4, SK_MSG_MD_SIZE);
+        }
+        for s in 0..t.slots {
+            let base = (s * IndexSlot::SIZE) as i16;
+            let next = self.label();
+            if t.residual {
+                self.ldx(Size::W, Reg::R2, Reg::R0, base + IndexSlot::OFF_LEN_MIN);
+                self.jmp64(JmpOp::Jlt, Reg::R4, Src::Reg(Reg::R2), next);
+                self.ldx(Size::W, Reg::R2, Reg::R0, base + IndexSlot::OFF_LEN_MAX);
+                self.jmp64(JmpOp::Jgt, Reg::R4, Src::Reg(Reg::R2), next);
+            }
+            if self.options.counters {
+                self.ldx(Size::W, Reg::R1, Reg::R0, base + IndexSlot::OFF_RULE);
+                self.keep_smaller_rule();
+                self.goto(skip);
+            } else {
+                let tail = self.tail(d);
+                self.goto(tail);
+            }
+            self.place(next);
         }
         self.place(skip);
+    }
+
+    /// Stores payload bytes `offset..offset + len` (readable at r2, see
+    /// `ensure_payload`) at `at` as the little-endian words `index::payload_words`
+    /// gives: 4-byte loads, and a 2- and 1-byte load for a last partial word. Uses r4
+    /// and r5.
+    fn store_payload_words(&mut self, offset: u32, len: u8, at: i16) {
+        let (offset, len) = (offset as i16, len as i16);
+        for w in 0..(len + 3) / 4 {
+            let from = offset + 4 * w;
+            match len - 4 * w {
+                4.. => self.ldx(Size::W, Reg::R4, Reg::R2, from),
+                3 => {
+                    self.ldx(Size::H, Reg::R4, Reg::R2, from);
+                    self.ldx(Size::B, Reg::R5, Reg::R2, from + 2);
+                    self.alu64(AluOp::Lsh, Reg::R5, Src::Imm(16));
+                    self.alu64(AluOp::Or, Reg::R4, Src::Reg(Reg::R5));
+                }
+                2 => self.ldx(Size::H, Reg::R4, Reg::R2, from),
+                _ => self.ldx(Size::B, Reg::R4, Reg::R2, from),
+            }
+            self.stx(Size::W, Reg::R10, at + 4 * w, Reg::R4);
+        }
+    }
+
+    /// r1 = the port array's value at `slot * 65536 + port` (the port of component
+    /// `c`, a port). Jumps to `skip` if the lookup fails (it does not: the slot is in
+    /// the array, but the verifier must see the check).
+    fn port_slot_value(&mut self, maps: IndexMaps, c: index::Component, slot: u32, skip: Label) {
+        self.gate_value(c, false, 0);
+        self.port_slot_lookup(maps, slot, skip);
+    }
+
+    /// r2 = the gate value of component `c` (`index::gate_value`) from the message: a
+    /// port in host order, else 16 bits of the first word of an address (on an IPv6
+    /// socket, `v6`, an IPv4 component's mapped address) or of the payload slice's
+    /// key word already stored at `payload_at`.
+    fn gate_value(&mut self, c: index::Component, v6: bool, payload_at: i16) {
+        use index::Component;
+        match c {
+            Component::LocalPort => self.load_ctx_field(SK_MSG_MD_LOCAL_PORT, false, Reg::R2),
+            Component::RemotePort => self.load_ctx_field(SK_MSG_MD_REMOTE_PORT, true, Reg::R2),
+            Component::Payload { .. } => self.ldx(Size::W, Reg::R2, Reg::R10, payload_at),
+            Component::Ip4 { end, .. } => {
+                let (ip4, ip6) = addr_words(end);
+                self.ctx_ld(Reg::R2, if v6 { ip6 + 12 } else { ip4 });
+            }
+            Component::Ip6 { end, .. } => self.ctx_ld(Reg::R2, addr_words(end).1),
+        }
+        if !matches!(c, Component::LocalPort | Component::RemotePort) {
+            self.alu32(AluOp::And, Reg::R2, Src::Imm(index::gate_mask(c) as i32));
+        }
+    }
+
+    /// r1 = the port array's value at `slot * 65536 + r2`; jumps to `skip` if the
+    /// lookup fails.
+    fn port_slot_lookup(&mut self, maps: IndexMaps, slot: u32, skip: Label) {
+        if slot > 0 {
+            self.alu32(
+                AluOp::Add,
+                Reg::R2,
+                Src::Imm((slot * PORTS_PER_TUPLE) as i32),
+            );
+        }
+        // Word 0 is the tuple id of hash keys, which every hash lookup writes anew.
+        self.stx(Size::W, Reg::R10, STACK_INDEX_KEY, Reg::R2);
+        let ports = maps
+            .ports
+            .expect("maps::define defines the port array when a block has a port tuple or gate");
+        self.map_lookup(ports, STACK_INDEX_KEY);
+        self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
+        self.ldx(Size::W, Reg::R1, Reg::R0, 0);
     }
 
     /// STACK_INDEX_BEST = min(STACK_INDEX_BEST, w1), without a branch:

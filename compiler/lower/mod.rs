@@ -99,10 +99,18 @@ const STACK_COMM: i16 = -80; // 16 bytes
 const STACK_LOG: i16 = -168; // 80 bytes
 const STACK_SNAPSHOT: i16 = -232; // 56 bytes: sk_msg_md words family..size
 const STACK_KEYED: i16 = -304; // runs::MAX_KEYS x (index u32, flag u32)
-const STACK_INDEX_KEY: i16 = -328; // IndexEntry::KEY_SIZE (20) bytes
+const STACK_INDEX_KEY: i16 = -480; // IndexEntry::KEY_SIZE (36) bytes, below STACK_PROTO
 const STACK_INDEX_BEST: i16 = -336; // u32: the smallest indexed rule found
 const STACK_PROTO: i16 = -440; // proto::PROTO_STACK_BYTES (96) and 8 spare: parser results, scratch
-const STACK_SET_KEY: i16 = -464; // 20 bytes: the key of a set map lookup (sets)
+const STACK_SET_KEY: i16 = -328; // 20 bytes: the key of a set map lookup (sets)
+                                 // The set key lies between the index's best rule and the keyed searches, apart from the
+                                 // index key (which keeps zeroed padding words from one lookup to the next).
+const _: () = assert!(
+    STACK_SET_KEY >= STACK_INDEX_BEST + 4
+        && STACK_SET_KEY + 20 <= STACK_KEYED
+        && (STACK_SET_KEY + 20 <= STACK_INDEX_KEY || STACK_SET_KEY >= STACK_INDEX_KEY + 36)
+        && STACK_SET_KEY % 8 == 0
+);
 /// "No rule" in STACK_INDEX_BEST and the keyed searches' index words.
 const NO_RULE: u32 = u32::MAX;
 /// The context words a snapshot holds: `family` (16) up to and including `size` (68).

@@ -112,7 +112,8 @@ pub(super) struct RunState {
     pub(super) counters: u64,
     pub(super) counter_slots: usize,
     pub(super) index: Arc<IndexModel>,
-    /// Where the index values of this run start (one u32 per entry).
+    /// Where the index values of this run start (`IndexEntry::VALUE_SIZE` bytes per
+    /// entry).
     pub(super) index_values: u64,
     pub(super) index_filled: bool,
     /// The ready flag ARRAY of this run.
@@ -311,11 +312,9 @@ fn h_map_lookup_elem(map: u64, key: u64, _: u64, _: u64, _: u64) -> u64 {
                 if !st.index_filled {
                     return Ok(0);
                 }
-                Ok(st
-                    .index
-                    .slots
-                    .get(&k)
-                    .map_or(0, |&at| st.index_values + 4 * at as u64))
+                Ok(st.index.slots.get(&k).map_or(0, |&at| {
+                    st.index_values + (IndexEntry::VALUE_SIZE * at) as u64
+                }))
             }
             MapKind::SetsReady => {
                 Ok(slot(key, st.sets_ready_slots)?.map_or(0, |k| st.sets_ready + 4 * k as u64))

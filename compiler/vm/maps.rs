@@ -81,7 +81,8 @@ pub struct IndexData<'a> {
 pub(super) struct IndexModel {
     /// HASH key bytes to the position of the entry's value in `values`.
     pub(super) slots: HashMap<[u8; IndexEntry::KEY_SIZE], usize>,
-    /// The u32 value (rule index) of every HASH entry.
+    /// The value of every HASH entry (its `IndexEntry::SLOTS` slots, three u32 each),
+    /// one after the other: entry `i` starts at word `i * VALUE_SIZE / 4`.
     pub(super) values: Vec<u32>,
     /// Port array slot to the position of its value in `port_values`.
     pub(super) port_slots: HashMap<u32, usize>,
@@ -184,13 +185,15 @@ pub(super) fn index_model(
     } else if index.is_some() || ports.is_some() {
         return Err(MapModelError::NoReadyFlag);
     }
-    model.values.reserve(entries.len());
-    for e in entries {
-        let at = model.values.len();
+    model
+        .values
+        .reserve(entries.len() * IndexEntry::VALUE_SIZE / 4);
+    for (at, e) in entries.iter().enumerate() {
         if model.slots.insert(e.key_bytes(), at).is_some() {
             return Err(MapModelError::KeyTwice { key: e.key });
         }
-        model.values.push(e.rule);
+        let value = e.slots.iter().flat_map(|s| [s.rule, s.len_min, s.len_max]);
+        model.values.extend(value);
     }
     Ok(model)
 }

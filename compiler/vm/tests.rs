@@ -24,7 +24,8 @@ fn mixed_policy() -> String {
     for i in 0..50 {
         src.push_str(&format!("drop if remote.ip == 10.0.1.{i};\n"));
     }
-    src.push_str("drop if payload starts with \"X\";\ndefault pass;\n");
+    // Not a key (a `not`): code after the lookups.
+    src.push_str("drop if not port == 7 and payload starts with \"X\";\ndefault pass;\n");
     src
 }
 
@@ -85,8 +86,9 @@ fn map_at(c: &Compiled, kind: MapKind) -> u32 {
 #[test]
 fn the_policy_is_indexed() {
     let c = compiled(&mixed_policy(), true);
-    // `port == P` is a local.port and a remote.port slot; each address one hash key.
-    assert_eq!(c.lowered.port_index.len(), 100);
+    // `port == P` is a local.port and a remote.port slot; each address one hash key,
+    // and all of them (10.0.1.x) one slot of the address tuple's gate.
+    assert_eq!(c.lowered.port_index.len(), 100 + 1);
     assert_eq!(c.lowered.index.len(), 50);
     for kind in [MapKind::Index, MapKind::IndexPorts, MapKind::IndexReady] {
         map_at(&c, kind);
@@ -193,13 +195,16 @@ fn mov(dst: Reg, imm: i32) -> Insn {
 
 /// Looks `key` (words) up in map `map` and runs `then` with r0 the value pointer; a
 /// NULL result returns 0.
+/// Where `lookup` builds its key on the stack (room for the longest).
+const KEY_AT: i16 = -48;
+
 fn lookup(map: u32, key: &[u32], then: Vec<Insn>) -> Vec<Insn> {
     let mut code = vec![];
     for (w, v) in key.iter().enumerate() {
         code.push(Insn::St {
             size: Size::W,
             dst: Reg::R10,
-            off: -24 + 4 * w as i16,
+            off: KEY_AT + 4 * w as i16,
             imm: *v as i32,
         });
     }
@@ -213,7 +218,7 @@ fn lookup(map: u32, key: &[u32], then: Vec<Insn>) -> Vec<Insn> {
         Insn::Alu64 {
             op: AluOp::Add,
             dst: Reg::R2,
-            src: Src::Imm(-24),
+            src: Src::Imm(KEY_AT as i32),
         },
         Insn::Call {
             helper: BPF_FUNC_map_lookup_elem,
@@ -286,7 +291,7 @@ fn a_hash_hit_points_at_the_entrys_value_and_a_store_there_is_refused() {
     let c = compiled(&mixed_policy(), true);
     let index = map_at(&c, MapKind::Index);
     let e = c.lowered.index[0];
-    assert_eq!(e.rule, 50);
+    assert_eq!(e.slots[0].rule, 50);
     let code = lookup(index, &e.key, value_is(50));
     assert_eq!(ret(&c, &code, IndexState::Filled), Ok(1), "found, value 50");
     assert_eq!(ret(&c, &code, IndexState::Empty), Ok(0), "not found");
@@ -405,10 +410,7 @@ fn index_maps_the_model_does_not_implement_are_refused() {
     assert!(load(&no_flag, entries, ports).is_err());
 
     let mut twice = entries.to_vec();
-    twice[1] = IndexEntry {
-        rule: 5,
-        ..twice[0]
-    };
+    twice[1] = IndexEntry::single(twice[0].key, 5);
     let e = load(maps, &twice, ports).unwrap_err();
     assert!(e.to_string().contains("two entries"), "{e}");
     let mut twice = ports.to_vec();

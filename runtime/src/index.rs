@@ -135,7 +135,7 @@ pub fn fill_index(ebpf: &Ebpf, object: &[u8]) -> Result<usize> {
     let mut values = Vec::with_capacity(entries.len() * IndexEntry::VALUE_SIZE);
     for e in &entries {
         keys.extend_from_slice(&e.key_bytes());
-        values.extend_from_slice(&e.rule.to_ne_bytes());
+        values.extend_from_slice(&e.value_bytes());
     }
     insert_all(
         index.fd().as_fd(),
@@ -313,12 +313,15 @@ fn check_shape(index: &MapData, entries: &[IndexEntry], slots: u32) -> Result<()
             ),
         ));
     }
-    if let Some((i, e)) = entries.iter().enumerate().find(|(_, e)| e.rule >= slots) {
+    let bad_rule = entries
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| e.used().find(|s| s.rule >= slots).map(|s| (i, s.rule)));
+    if let Some((i, rule)) = bad_rule {
         return Err(Error::new(
             ErrorKind::BadObject,
             format!(
-                "entry {i} of the section {INDEX_SECTION} names rule {}, but the policy has {slots} counter slots; rebuild the object with skpc",
-                e.rule
+                "entry {i} of the section {INDEX_SECTION} names rule {rule}, but the policy has {slots} counter slots; rebuild the object with skpc"
             ),
         ));
     }

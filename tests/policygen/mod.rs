@@ -1773,6 +1773,10 @@ pub struct Hit {
     pub local_port: Option<u16>,
     pub remote_port: Option<u16>,
     pub addrs: Vec<Aim>,
+    /// Payload bytes at an offset (a payload-slice key).
+    pub payload: Option<(u32, Vec<u8>)>,
+    /// A `len` range (inclusive) the rule checks after the lookup.
+    pub len: Option<(u64, u64)>,
 }
 
 impl Hit {
@@ -1791,12 +1795,19 @@ impl Hit {
         {
             return None;
         }
+        if (self.payload.is_some() && o.payload.is_some())
+            || (self.len.is_some() && o.len.is_some())
+        {
+            return None;
+        }
         let mut addrs = self.addrs.clone();
         addrs.extend(o.addrs.iter().cloned());
         Some(Hit {
             local_port,
             remote_port,
             addrs,
+            payload: self.payload.clone().or_else(|| o.payload.clone()),
+            len: self.len.or(o.len),
         })
     }
 }
@@ -1809,6 +1820,24 @@ struct Shape {
     port_fields: Vec<&'static str>,
     v4_prefixes: Vec<u8>,
     v6_prefixes: Vec<u8>,
+    /// (offset, length) of payload-slice keys.
+    payloads: Vec<(u32, usize)>,
+}
+
+/// A few payload slices, (offset, length).
+fn ix_payloads(rng: &mut Rng) -> Vec<(u32, usize)> {
+    let one = |rng: &mut Rng| {
+        (
+            rng.pick(&[0u32, 0, 0, 1, 2, 4, 9]),
+            rng.pick(&[1usize, 2, 3, 4, 4, 5, 7, 8, 8, 12, 16]),
+        )
+    };
+    // One slice per segment mostly: each (offset, length) is a tuple of its own.
+    if rng.pct(25) {
+        vec![one(rng), one(rng)]
+    } else {
+        vec![one(rng)]
+    }
 }
 
 const IX_ADDR_FIELDS: &[&str] = &[
@@ -1883,6 +1912,7 @@ impl Shape {
             port_fields: IX_PORT_FIELDS.to_vec(),
             v4_prefixes: vec![32, rng.pick(&[0u8, 1, 8, 16, 24, 28, 31])],
             v6_prefixes: vec![128, rng.pick(&[0u8, 1, 48, 64, 96, 120, 127])],
+            payloads: ix_payloads(rng),
         }
     }
 
@@ -1894,6 +1924,7 @@ impl Shape {
                 port_fields: IX_PORT_FIELDS.to_vec(),
                 v4_prefixes: vec![32, 31, 28, 24, 16, 8, 1, 0],
                 v6_prefixes: vec![128, 127, 120, 96, 64, 48, 1],
+                payloads: ix_payloads(rng),
             };
         }
         let mut pick_some = |from: &[&'static str], n: u64| -> Vec<&'static str> {
@@ -1923,6 +1954,7 @@ impl Shape {
             port_fields,
             v4_prefixes,
             v6_prefixes,
+            payloads: ix_payloads(rng),
         }
     }
 
@@ -1944,6 +1976,7 @@ impl Shape {
             } else {
                 self.v6_prefixes.clone()
             },
+            payloads: self.payloads.clone(),
         }
     }
 }
@@ -2049,7 +2082,31 @@ impl Gen<'_> {
     /// A condition the index can hold: a port or address test, an `and` of a port test
     /// and an address test (or of both ports), an `or` of two such.
     fn ix_cond(&mut self, shape: &Shape) -> (GCond, Vec<Hit>) {
-        match self.rng.below(20) {
+        match self.rng.below(26) {
+            20..=22 => {
+                // A payload slice (a key of its own), sometimes with a port.
+                let (a, ta) = self.ix_payload(shape);
+                if self.rng.pct(50) {
+                    return (a, ta);
+                }
+                let (b, tb) = self.ix_port(&shape.and_shape(true));
+                let ts = ta.iter().flat_map(|x| tb.iter().filter_map(|y| x.and(y)));
+                (GCond::And(vec![b, a]), ts.collect())
+            }
+            23..=25 => {
+                // A key and a `len` test: the residual checked after the lookup.
+                let (a, ta) = match self.rng.below(3) {
+                    0 => self.ix_port(shape),
+                    1 => self.ix_addr(shape),
+                    _ => self.ix_payload(shape),
+                };
+                let (b, range) = self.ix_len();
+                let ts = ta.into_iter().map(|t| Hit {
+                    len: Some(range),
+                    ..t
+                });
+                (GCond::And(vec![a, b]), ts.collect())
+            }
             0..=6 => self.ix_port(shape),
             7..=13 => self.ix_addr(shape),
             14..=17 => {
@@ -2090,6 +2147,63 @@ impl Gen<'_> {
                 ta.extend(tb);
                 (GCond::Or(vec![a, b]), ta)
             }
+        }
+    }
+
+    /// `payload[o..o+n] == "..."` or `payload starts with "..."`: few strings, so that
+    /// rules share keys.
+    fn ix_payload(&mut self, shape: &Shape) -> (GCond, Vec<Hit>) {
+        let (offset, len) = self.rng.pick(&shape.payloads);
+        let pick = self.rng.below(4) as u8;
+        let bytes: Vec<u8> = (0..len).map(|i| b'a' + (pick + i as u8) % 3).collect();
+        self.pool.strings.push((offset, bytes.clone()));
+        let text = if offset == 0 && self.rng.pct(50) {
+            format!("payload starts with {}", quote(&bytes))
+        } else {
+            format!(
+                "payload[{offset}..{}] == {}",
+                offset as usize + len,
+                quote(&bytes)
+            )
+        };
+        let sem = Sem::Payload {
+            offset,
+            alts: vec![bytes.clone()],
+            negate: false,
+        };
+        let hit = Hit {
+            payload: Some((offset, bytes)),
+            ..Hit::default()
+        };
+        (GCond::Atom(text, sem), vec![hit])
+    }
+
+    /// A `len` test of one range (or two tests that make one).
+    fn ix_len(&mut self) -> (GCond, (u64, u64)) {
+        let n = self.rng.pick(&[0u64, 3, 8, 10, 20, 64, 100, 1000]);
+        self.pool.lens.push(n);
+        let atom = |text: String, lo: u64, hi: u64| {
+            let sem = Sem::Int {
+                field: F::Len,
+                ranges: vec![(lo, hi)],
+                negate: false,
+            };
+            GCond::Atom(text, sem)
+        };
+        let max = u32::MAX as u64;
+        match self.rng.below(4) {
+            0 => (atom(format!("len > {n}"), n + 1, max), (n + 1, max)),
+            1 => (atom(format!("len >= {n}"), n, max), (n, max)),
+            2 => {
+                let hi = n + 30;
+                let both = GCond::And(vec![
+                    atom(format!("len >= {n}"), n, max),
+                    atom(format!("len <= {hi}"), 0, hi),
+                ]);
+                (both, (n, hi))
+            }
+            _ if n > 0 => (atom(format!("len < {n}"), 0, n - 1), (0, n - 1)),
+            _ => (atom("len == 0".into(), 0, 0), (0, 0)),
         }
     }
 
@@ -2385,6 +2499,20 @@ fn aim(rng: &mut Rng, pool: &Pool, m: &mut Message, targets: &[Hit]) {
         }
         if let Some(p) = t.remote_port {
             m.remote_port = p;
+        }
+        if let Some((lo, hi)) = t.len {
+            // A length in the range, the bytes up to it seen (when it is small).
+            let l = rng.range(lo, hi.min(lo + 40)).min(u32::MAX as u64) as u32;
+            m.len = l;
+            m.payload.resize((l as usize).min(4096), b'x');
+        }
+        if let Some((offset, bytes)) = &t.payload {
+            let end = *offset as usize + bytes.len();
+            if m.payload.len() < end {
+                m.payload.resize(end, b'x');
+            }
+            m.payload[*offset as usize..end].copy_from_slice(bytes);
+            m.len = m.len.max(m.payload.len() as u32);
         }
         for a in &t.addrs {
             let ip = host_in(rng, a.net);

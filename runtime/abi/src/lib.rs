@@ -124,35 +124,90 @@ impl PortEntry {
     }
 }
 
+/// One rule of an [`IndexEntry`]: it matches a message with the entry's key when the
+/// message's length (`sk_msg_md.size`) lies in `len_min..=len_max` (its *residual*: the
+/// part of the rule's condition that is checked after the lookup, not keyed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IndexSlot {
+    /// Index of the rule (its counter slot); [`IndexSlot::EMPTY`]'s for none.
+    pub rule: u32,
+    pub len_min: u32,
+    pub len_max: u32,
+}
+
+impl IndexSlot {
+    /// An unused slot: no length lies in its range, and its rule is "none".
+    pub const EMPTY: IndexSlot = IndexSlot {
+        rule: u32::MAX,
+        len_min: 1,
+        len_max: 0,
+    };
+    /// A rule without a residual: every length.
+    pub const fn any_len(rule: u32) -> IndexSlot {
+        IndexSlot {
+            rule,
+            len_min: 0,
+            len_max: u32::MAX,
+        }
+    }
+    /// Byte offsets of the fields inside a slot, and a slot's size.
+    pub const OFF_RULE: i16 = 0;
+    pub const OFF_LEN_MIN: i16 = 4;
+    pub const OFF_LEN_MAX: i16 = 8;
+    pub const SIZE: usize = 12;
+}
+
+impl Default for IndexSlot {
+    fn default() -> IndexSlot {
+        IndexSlot::EMPTY
+    }
+}
+
 /// One entry of the rule index: a key the program builds from the message (a tuple id,
-/// then the tuple's field values, unused words zero) and the first rule it selects.
+/// then the tuple's field values, unused words zero) and the rules that have the key,
+/// in rule order: the first slot whose residual holds is the first matching rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IndexEntry {
     pub key: [u32; IndexEntry::KEY_WORDS],
-    /// Index of the first rule (its counter slot) that matches messages with this key.
-    pub rule: u32,
+    /// The rules with this key, smallest first; unused slots are [`IndexSlot::EMPTY`].
+    pub slots: [IndexSlot; IndexEntry::SLOTS],
 }
 
 impl IndexEntry {
-    /// 32-bit words in a key: the tuple id and up to four value words.
-    pub const KEY_WORDS: usize = 5;
+    /// 32-bit words in a key: the tuple id and up to eight value words (an IPv6
+    /// address and a port, or payload bytes with ports and addresses).
+    pub const KEY_WORDS: usize = 9;
+    /// Rules (with their residuals) one key holds; more rules with one key stay code.
+    pub const SLOTS: usize = 4;
     /// Key size of the index map in bytes.
     pub const KEY_SIZE: usize = 4 * Self::KEY_WORDS;
-    /// Value size of the index map in bytes (the rule index, u32).
-    pub const VALUE_SIZE: usize = 4;
+    /// Value size of the index map in bytes (the slots).
+    pub const VALUE_SIZE: usize = IndexSlot::SIZE * Self::SLOTS;
     /// One record of [`INDEX_SECTION`]: the key, then the value.
     pub const SIZE: usize = Self::KEY_SIZE + Self::VALUE_SIZE;
+
+    /// An entry of one rule without a residual.
+    pub fn single(key: [u32; IndexEntry::KEY_WORDS], rule: u32) -> IndexEntry {
+        let mut slots = [IndexSlot::EMPTY; IndexEntry::SLOTS];
+        slots[0] = IndexSlot::any_len(rule);
+        IndexEntry { key, slots }
+    }
+
+    /// The slots in use.
+    pub fn used(&self) -> impl Iterator<Item = &IndexSlot> {
+        self.slots.iter().filter(|s| **s != IndexSlot::EMPTY)
+    }
 
     /// The record as stored in [`INDEX_SECTION`]: every word little-endian.
     pub fn to_bytes(&self) -> [u8; Self::SIZE] {
         let mut out = [0u8; Self::SIZE];
-        for (i, w) in self
-            .key
+        let value = self
+            .slots
             .iter()
-            .chain(core::iter::once(&self.rule))
-            .enumerate()
-        {
+            .flat_map(|s| [s.rule, s.len_min, s.len_max]);
+        for (i, w) in self.key.iter().copied().chain(value).enumerate() {
             out[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
         }
         out
@@ -166,16 +221,34 @@ impl IndexEntry {
         for (i, k) in key.iter_mut().enumerate() {
             *k = word(i);
         }
-        IndexEntry {
-            key,
-            rule: word(Self::KEY_WORDS),
+        let mut slots = [IndexSlot::EMPTY; Self::SLOTS];
+        for (i, s) in slots.iter_mut().enumerate() {
+            let at = Self::KEY_WORDS + 3 * i;
+            *s = IndexSlot {
+                rule: word(at),
+                len_min: word(at + 1),
+                len_max: word(at + 2),
+            };
         }
+        IndexEntry { key, slots }
     }
 
     /// The map key bytes (what the program hands to `bpf_map_lookup_elem`).
     pub fn key_bytes(&self) -> [u8; Self::KEY_SIZE] {
         let mut out = [0u8; Self::KEY_SIZE];
         out.copy_from_slice(&self.to_bytes()[..Self::KEY_SIZE]);
+        out
+    }
+
+    /// The map value bytes, in the machine's byte order (what the runtime inserts).
+    pub fn value_bytes(&self) -> [u8; Self::VALUE_SIZE] {
+        let mut out = [0u8; Self::VALUE_SIZE];
+        for (i, s) in self.slots.iter().enumerate() {
+            for (j, w) in [s.rule, s.len_min, s.len_max].into_iter().enumerate() {
+                let at = i * IndexSlot::SIZE + j * 4;
+                out[at..at + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+        }
         out
     }
 }
@@ -361,10 +434,32 @@ mod tests {
             SockKey::OFF_REMOTE_PORT
         );
         assert_eq!(size_of::<Counter>(), Counter::SIZE);
+        assert_eq!(size_of::<IndexSlot>(), IndexSlot::SIZE);
+        assert_eq!(
+            offset_of!(IndexSlot, len_max) as i16,
+            IndexSlot::OFF_LEN_MAX
+        );
+        assert_eq!(
+            size_of::<[IndexSlot; IndexEntry::SLOTS]>(),
+            IndexEntry::VALUE_SIZE
+        );
         assert_eq!(size_of::<LogRecord>(), LogRecord::SIZE);
         assert_eq!(offset_of!(LogRecord, size) as i16, LogRecord::OFF_SIZE);
         assert_eq!(offset_of!(LogRecord, comm) as i16, LogRecord::OFF_COMM);
         assert_eq!(offset_of!(LogRecord, gid) as i16, LogRecord::OFF_GID);
+    }
+
+    #[test]
+    fn index_entries_round_trip_through_bytes() {
+        let mut e = IndexEntry::single([7, 1, 2, 3, 4, 5, 6, 7, 8], 3);
+        e.slots[1] = IndexSlot {
+            rule: 9,
+            len_min: 100,
+            len_max: 200,
+        };
+        assert_eq!(IndexEntry::from_bytes(&e.to_bytes()), e);
+        assert_eq!(e.used().count(), 2);
+        assert_eq!(&e.value_bytes()[12..16], &9u32.to_ne_bytes());
     }
 
     #[test]
