@@ -1,0 +1,231 @@
+//! The verifier's budget: an upper bound of the instructions the kernel's verifier
+//! processes (`verified_insns`) for a lowered policy program, per rule, and the kernel's
+//! hard limits it is held to. `compile` refuses a policy over the budget (E0401) so that
+//! skpc never writes an object the kernel rejects.
+//!
+//! How the verifier counts. It walks every path of the program, depth first, the
+//! fall-through of a conditional jump first and the taken side later from a stack of
+//! pending states, and counts every instruction it steps through, the same instruction
+//! once per visit. At jump targets (prune points) it stops a walk whose state is covered
+//! by one it already explored there. skpc's rule code jumps forward only and keeps only
+//! the context, the counter slot and a few cached fields live, so most walks stop within
+//! a few instructions of their jump; what costs more than its size:
+//! - a taken branch walks until it meets a state it covers: at least its target, and for
+//!   a jump into the shared verdict tails (each rule arrives with its own counter slot,
+//!   a precise constant) the whole tail it enters;
+//! - the protocol parsers' bounded loops are walked once per round, with every branch
+//!   of a round: their cost is a measured constant per parser (calibrated below against
+//!   the kernel, see tests/kernel_budget.rs and the bench's `budget` part), not their size;
+//! - a register narrowed by a compare and live afterwards (a field cached in r8/r9)
+//!   splits the states at every later join: each rule's code after a compare on a cached
+//!   register is counted once more per compare that narrowed it.
+//!
+//! The estimate is linear in the program's size (one pass over the slots, one over the
+//! jumps), so a policy of a million elements costs milliseconds here. Each cost is
+//! charged to the mark of the instruction that causes it, so the refusal can name the
+//! rules that cost most.
+
+use crate::bpf::{Insn, Src};
+
+use super::lir::{Assembled, Mark};
+
+/// The kernel's limit of processed instructions (`BPF_COMPLEXITY_LIMIT_INSNS`,
+/// kernel/bpf/verifier.c): a program whose walk processes more is rejected ("BPF
+/// program is too large").
+pub const BPF_COMPLEXITY_LIMIT_INSNS: u64 = 1_000_000;
+/// The kernel's limit of pending branches (`BPF_COMPLEXITY_LIMIT_JMP_SEQ`): more
+/// conditional jumps on one walk before it ends are rejected ("The sequence of N jumps
+/// is too complex").
+pub const BPF_COMPLEXITY_LIMIT_JMP_SEQ: u64 = 8192;
+/// The largest program a privileged loader may load (`BPF_COMPLEXITY_LIMIT_INSNS` again,
+/// as the size limit of `bpf_prog_load`), in 8-byte slots.
+pub const BPF_MAX_PROGRAM_SLOTS: u64 = 1_000_000;
+
+/// skpc refuses a policy whose estimate is over this share of the kernel's limit
+/// (percent): the estimate is calibrated on one kernel, and other versions prune
+/// differently.
+pub const MARGIN_PERCENT: u64 = 80;
+
+/// Extra visits of a conditional jump's taken side: its target (a prune point, where
+/// the walk usually stops) and the instruction after.
+const BRANCH_VISITS: u64 = 2;
+/// Visits of every instruction on the first walk.
+const VISIT_COST: u64 = 1;
+/// The parsers' code costs more than its rounds: a round's ways out (a value found at
+/// this round) walk on until their state merges. Measured over every parser field alone
+/// and together (tests/kernel_budget.rs): at most 7.4 times the rounds' slots.
+const PARSER_FACTOR: u64 = 8;
+/// Rule code costs more than one visit per instruction and branch where states do not
+/// merge at once (helper calls, log records, cached fields narrowed by compares):
+/// measured at most 1.41 times (the `log` construct; 1.37 for 1000 mixed rules).
+const CODE_FACTOR: u64 = 2;
+/// Rounds assumed of a loop whose bound is in a register (skpc emits none).
+const UNKNOWN_LOOP_ROUNDS: u64 = 4096;
+
+/// What a lowered program costs the verifier, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// The estimate of the processed instructions (an upper bound of verified_insns).
+    pub estimate: u64,
+    /// The program's size in slots.
+    pub slots: u64,
+    /// The most conditional jumps whose fall-through one forward path follows: the
+    /// branches the verifier keeps pending at once on that path.
+    pub jump_chain: u64,
+    /// The estimate, per mark, costliest first.
+    pub costs: Vec<(Mark, u64)>,
+}
+
+/// Why a program would not load: which limit the budget exceeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Over {
+    /// The estimated processed instructions are over the margin of the 1M limit.
+    Processed { estimate: u64, refused_above: u64 },
+    /// The program has more slots than the kernel loads.
+    Size { slots: u64, limit: u64 },
+    /// A forward path holds more conditional jumps than the verifier keeps pending.
+    JumpChain { jumps: u64, limit: u64 },
+}
+
+impl Budget {
+    /// The limit this budget exceeds, if any (the size first, then the jumps, then the
+    /// processed instructions).
+    pub fn over(&self) -> Option<Over> {
+        let refused_above = BPF_COMPLEXITY_LIMIT_INSNS / 100 * MARGIN_PERCENT;
+        if self.slots > BPF_MAX_PROGRAM_SLOTS {
+            Some(Over::Size {
+                slots: self.slots,
+                limit: BPF_MAX_PROGRAM_SLOTS,
+            })
+        } else if self.jump_chain > BPF_COMPLEXITY_LIMIT_JMP_SEQ {
+            Some(Over::JumpChain {
+                jumps: self.jump_chain,
+                limit: BPF_COMPLEXITY_LIMIT_JMP_SEQ,
+            })
+        } else if self.estimate > refused_above {
+            Some(Over::Processed {
+                estimate: self.estimate,
+                refused_above,
+            })
+        } else {
+            None
+        }
+    }
+}
+
+/// The budget of the verdict program `code`.
+pub fn estimate(code: &Assembled) -> Budget {
+    let n = code.marks.len();
+    // Per slot: its instruction (by index) or None for the second half of an lddw.
+    let mut at: Vec<Option<&Insn>> = Vec::with_capacity(n);
+    for insn in &code.insns {
+        at.push(Some(insn));
+        for _ in 1..insn.slots() {
+            at.push(None);
+        }
+    }
+    let mark_at = |slot: usize| code.marks.get(slot).copied().flatten();
+    let mut cost: Vec<(Mark, u64)> = Vec::new();
+    let mut charge = |mark: Option<Mark>, c: u64| {
+        let mark = mark.unwrap_or(Mark::Tails);
+        match cost.iter_mut().find(|(m, _)| *m == mark) {
+            Some((_, total)) => *total += c,
+            None => cost.push((mark, c)),
+        }
+    };
+
+    // The shared tails: the slots from each tail entry to its exit, so a jump into the
+    // tails is charged the walk to the end of the tail it enters.
+    let mut to_exit = vec![0u64; n + 1];
+    for slot in (0..n).rev() {
+        let len = match at[slot] {
+            Some(Insn::Exit) => 1,
+            Some(i) if i.jump_off().is_some() && !is_conditional(i) => {
+                let t = target(slot, i);
+                1 + t.filter(|&t| t > slot).map_or(0, |t| to_exit[t])
+            }
+            _ => 1 + to_exit[slot + 1],
+        };
+        to_exit[slot] = len;
+    }
+
+    // Bounded loops (the parsers' `counted_loop`: a backward `if K < count goto top`):
+    // the verifier walks the body once per round, so every slot of a loop counts once
+    // per round of every loop around it.
+    let mut rounds = vec![1u64; n];
+    for slot in 0..n {
+        if let Some(insn @ (Insn::Jmp { src, .. } | Insn::Jmp32 { src, .. })) = at[slot] {
+            if let Some(top) = target(slot, insn).filter(|&t| t <= slot) {
+                let count = match src {
+                    Src::Imm(c) => u64::try_from(*c).unwrap_or(0).max(1),
+                    Src::Reg(_) => UNKNOWN_LOOP_ROUNDS,
+                };
+                for r in &mut rounds[top..=slot] {
+                    *r = r.saturating_mul(count);
+                }
+            }
+        }
+    }
+
+    for slot in 0..n {
+        let mark = mark_at(slot);
+        let Some(insn) = at[slot] else { continue };
+        let mut c = VISIT_COST;
+        if is_conditional(insn) {
+            c += BRANCH_VISITS;
+        }
+        c *= rounds[slot];
+        c *= match mark {
+            Some(Mark::Parser { .. }) => PARSER_FACTOR,
+            _ => CODE_FACTOR,
+        };
+        if let Some(t) = target(slot, insn).filter(|&t| t > slot && t < n) {
+            let from_rule = !matches!(mark, Some(Mark::Tails) | None);
+            if from_rule && mark_at(t) == Some(Mark::Tails) {
+                c += to_exit[t];
+            }
+        }
+        charge(mark, c);
+    }
+
+    // The most pending branches on a forward path (a loop's rounds each end their
+    // pending branches before the next: its body counts once).
+    let mut chain = vec![0u64; n + 1];
+    for slot in (0..n).rev() {
+        let Some(insn) = at[slot] else {
+            chain[slot] = chain[slot + 1];
+            continue;
+        };
+        let next = if matches!(insn, Insn::Exit) {
+            0
+        } else {
+            chain[slot + 1]
+        };
+        chain[slot] = match target(slot, insn).filter(|&t| t > slot && t <= n) {
+            // The verifier walks the fall-through first, with the target pending; the
+            // target's own walk starts after that entry is taken off the stack.
+            Some(t) if is_conditional(insn) => (1 + next).max(chain[t]),
+            Some(t) => chain[t],
+            None => next,
+        };
+    }
+
+    let mut costs = cost;
+    costs.sort_by(|a, b| b.1.cmp(&a.1));
+    Budget {
+        estimate: costs.iter().map(|(_, c)| c).sum(),
+        slots: n as u64,
+        jump_chain: chain.first().copied().unwrap_or(0),
+        costs,
+    }
+}
+
+fn is_conditional(i: &Insn) -> bool {
+    matches!(i, Insn::Jmp { .. } | Insn::Jmp32 { .. })
+}
+
+/// The slot a jump at `slot` goes to.
+fn target(slot: usize, i: &Insn) -> Option<usize> {
+    let off = i.jump_off()?;
+    usize::try_from(slot as i64 + 1 + off as i64).ok()
+}
