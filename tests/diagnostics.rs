@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use skpc::check::check;
+use skpc::compile::check;
 use skpc::diag::{render_plain, Code};
 
 fn snapshot(name: &str, src: &str) {
@@ -191,9 +191,55 @@ cases! {
         "const REDIS = 6379;\ndrop if prot == REDIS;\ndrop if len > 5000 and len < 10;\nredirect to sock 99;\n";
 }
 
+/// E0401: policies too large to write inline. The blocklist (60,000 random /24
+/// prefixes in one set, searched in code), and 3000 rules of code whose branches would
+/// all be pending at once.
+fn over_budget_cases() -> Vec<(&'static str, String)> {
+    let mut prefixes = BTreeSet::new();
+    let mut x: u32 = 24;
+    while prefixes.len() < 60_000 {
+        // A full-period LCG over 2^24: distinct, spread /24 prefixes.
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345) & 0xff_ffff;
+        prefixes.insert(x);
+    }
+    let set: Vec<String> = prefixes
+        .iter()
+        .map(|p| format!("{}.{}.{}.0/24", p >> 16, (p >> 8) & 0xff, p & 0xff))
+        .collect();
+    let blocklist = format!(
+        "set blocklist = {{ {} }};\ndrop if remote.ip in blocklist;\n",
+        set.join(", ")
+    );
+    let chain: String = (0..3000)
+        .map(|i| format!("drop if uid == {} and payload[3] == {};\n", 1000 + i, i % 256))
+        .collect();
+    vec![
+        ("over_budget_blocklist_in_code", blocklist),
+        ("over_budget_pending_branches", chain),
+    ]
+}
+
+#[test]
+fn over_the_verifiers_budget() {
+    for (name, src) in over_budget_cases() {
+        let (policy, diags) = check(&src);
+        assert!(policy.is_none(), "{name}: refused");
+        assert!(diags.iter().any(|d| d.code == Code::VerifierBudget), "{name}");
+        // `skpc build` refuses it the same way.
+        let built = skpc::compile::compile("policy.skp", &src).map(|_| ());
+        assert_eq!(built.unwrap_err(), diags, "{name}: build and check agree");
+        snapshot(name, &src);
+    }
+}
+
 #[test]
 fn every_code_is_covered() {
     let mut seen = BTreeSet::new();
+    for (_, src) in over_budget_cases() {
+        for d in check(&src).1 {
+            seen.insert(d.code);
+        }
+    }
     for (_, src) in CASES {
         for d in check(src).1 {
             seen.insert(d.code);

@@ -168,7 +168,7 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
         Command::Check { input, json } => {
             let src = input.read()?;
             let policy = if json {
-                let (policy, diags) = skpc::check::check(&src.text);
+                let (policy, diags) = skpc::compile::check(&src.text);
                 let doc = json::check_doc(&src.name, &src.text, &diags);
                 write_stdout(&(json::line(&doc) + "\n"))?;
                 policy

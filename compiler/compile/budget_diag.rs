@@ -7,6 +7,8 @@ use crate::lower::budget::{Budget, Over, BPF_COMPLEXITY_LIMIT_INSNS, MARGIN_PERC
 use crate::lower::lir::Mark;
 use crate::syntax::Span;
 
+/// What the estimate is, under every refusal.
+const NOTE: &str = "the estimate is an upper bound of the verifier's work, calibrated against Linux (docs/language.md, \"The verifier's budget\")";
 /// How many of the costliest rules the diagnostic names.
 const NAMED_RULES: usize = 3;
 /// An inline set with more elements than this is worth naming in the help.
@@ -26,7 +28,7 @@ pub(super) fn refusal(policy: &hir::Policy, budget: &Budget) -> Option<Diag> {
             "the kernel would reject this policy: its program has {slots} instructions, over the kernel's limit of {limit}"
         ),
         Over::JumpChain { jumps, limit } => format!(
-            "the kernel's verifier would reject this policy: {jumps} conditional jumps follow each other on one path, over the verifier's limit of {limit} pending branches"
+            "the kernel's verifier would reject this policy: a path through its program leaves {jumps} conditional jumps pending at once, over the verifier's limit of {limit}"
         ),
     };
     // The costliest marks that stand for a rule (a parser stands for the first rule
@@ -50,22 +52,49 @@ pub(super) fn refusal(policy: &hir::Policy, budget: &Budget) -> Option<Diag> {
                 .help("split the policy into smaller ones"),
         );
     };
-    let mut d = Diag::new(Code::VerifierBudget, message, policy.rules[first].span).label(format!(
-        "{} an estimated {first_cost} ({}% of the estimate)",
-        what_costs(first_mark),
-        share(first_cost)
-    ));
+    let rules_of_code: Vec<usize> = budget
+        .costs
+        .iter()
+        .filter_map(|(m, _)| match m {
+            Mark::Rule(i) => Some(*i),
+            _ => None,
+        })
+        .filter(|i| *i < policy.rules.len())
+        .collect();
+    let many_rules_help = format!(
+        "{} rules are compiled to code: rules that test only ports and addresses are looked up in the rule index instead; move other tests (uid, len, payload) into fewer rules, or split the policy into smaller ones (one per cgroup)",
+        rules_of_code.len()
+    );
+    if let (Over::JumpChain { jumps, .. }, Some(&lo), Some(&hi)) = (
+        over,
+        rules_of_code.iter().min(),
+        rules_of_code.iter().max(),
+    ) {
+        let d = Diag::new(Code::VerifierBudget, message, policy.rules[lo].span)
+            .label(format!(
+                "from here, {} rules of code leave up to {jumps} branches pending at once",
+                rules_of_code.len()
+            ))
+            .secondary(policy.rules[hi].span, "to here");
+        return Some(d.help(many_rules_help).note(NOTE));
+    }
+    let mut d = Diag::new(Code::VerifierBudget, message, policy.rules[first].span).label(
+        format!(
+            "{} an estimated {first_cost} ({}% of the estimate)",
+            what_costs(first_mark),
+            share(first_cost)
+        ),
+    );
     for &(i, m, c) in &rules[1..] {
         d = d.secondary(
             policy.rules[i].span,
             format!("{} an estimated {c} ({}%)", what_costs(m), share(c)),
         );
     }
-    let rules_of_code = budget
-        .costs
-        .iter()
-        .filter(|(m, _)| matches!(m, Mark::Rule(_)))
-        .count();
+    let limit = match over {
+        Over::Processed { refused_above, .. } => refused_above,
+        _ => BPF_COMPLEXITY_LIMIT_INSNS / 100 * MARGIN_PERCENT,
+    };
     let help = match first_mark {
         Mark::Parser { proto, .. } => format!(
             "the {} parser's bounded loops cost {first_cost} to verify: drop the tests of `{}` fields, or keep them in a policy of their own",
@@ -74,18 +103,14 @@ pub(super) fn refusal(policy: &hir::Policy, budget: &Budget) -> Option<Diag> {
         ),
         _ if share(first_cost) >= 50 => match largest_set(&policy.rules[first].cond) {
             Some(n) => format!(
-                "this rule's {n} values are searched in code: split the set across rules of fewer than {} values each in separate policies, or aggregate its prefixes",
-                n / 2
+                "this rule's {n} values are searched in code: about {} of them fit in one policy; shrink the set (aggregate its prefixes) or split it across policies",
+                (n as u64).saturating_mul(limit) / first_cost.max(1)
             ),
             None => "simplify this rule, or split the policy".to_string(),
         },
-        _ => format!(
-            "{rules_of_code} rules are compiled to code: rules that test only ports and addresses are looked up in the rule index instead; move other tests (uid, len, payload) into fewer rules, or split the policy into smaller ones (one per cgroup)"
-        ),
+        _ => many_rules_help,
     };
-    Some(d.help(help).note(
-        "the estimate is an upper bound of the verifier's work, calibrated against Linux (docs/language.md, \"The verifier's budget\")",
-    ))
+    Some(d.help(help).note(NOTE))
 }
 
 fn what_costs(m: Mark) -> String {
