@@ -211,7 +211,13 @@ fn over_budget_cases() -> Vec<(&'static str, String)> {
         set.join(", ")
     );
     let chain: String = (0..3000)
-        .map(|i| format!("drop if uid == {} and payload[3] == {};\n", 1000 + i, i % 256))
+        .map(|i| {
+            format!(
+                "drop if uid == {} and payload[3] == {};\n",
+                1000 + i,
+                i % 256
+            )
+        })
         .collect();
     vec![
         ("over_budget_blocklist_in_code", blocklist),
@@ -224,7 +230,10 @@ fn over_the_verifiers_budget() {
     for (name, src) in over_budget_cases() {
         let (policy, diags) = check(&src);
         assert!(policy.is_none(), "{name}: refused");
-        assert!(diags.iter().any(|d| d.code == Code::VerifierBudget), "{name}");
+        assert!(
+            diags.iter().any(|d| d.code == Code::VerifierBudget),
+            "{name}"
+        );
         // `skpc build` refuses it the same way.
         let built = skpc::compile::compile("policy.skp", &src).map(|_| ());
         assert_eq!(built.unwrap_err(), diags, "{name}: build and check agree");

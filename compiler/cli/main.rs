@@ -234,7 +234,7 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
                     }
                     if json {
                         // The object is in the file; stdout says how it went.
-                        let doc = json::check_doc(&src.name, &src.text, &compiled.warnings);
+                        let doc = json::build_doc(&src.name, &src.text, &compiled);
                         write_stdout(&(json::line(&doc) + "\n"))?;
                     }
                 }

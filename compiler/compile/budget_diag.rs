@@ -3,7 +3,7 @@
 
 use crate::diag::{Code, Diag};
 use crate::hir::{self, Test};
-use crate::lower::budget::{Budget, Over, BPF_COMPLEXITY_LIMIT_INSNS, MARGIN_PERCENT};
+use crate::lower::budget::{self, Budget, Over, BPF_COMPLEXITY_LIMIT_INSNS, MARGIN_PERCENT};
 use crate::lower::lir::Mark;
 use crate::syntax::Span;
 
@@ -65,11 +65,9 @@ pub(super) fn refusal(policy: &hir::Policy, budget: &Budget) -> Option<Diag> {
         "{} rules are compiled to code: rules that test only ports and addresses are looked up in the rule index instead; move other tests (uid, len, payload) into fewer rules, or split the policy into smaller ones (one per cgroup)",
         rules_of_code.len()
     );
-    if let (Over::JumpChain { jumps, .. }, Some(&lo), Some(&hi)) = (
-        over,
-        rules_of_code.iter().min(),
-        rules_of_code.iter().max(),
-    ) {
+    if let (Over::JumpChain { jumps, .. }, Some(&lo), Some(&hi)) =
+        (over, rules_of_code.iter().min(), rules_of_code.iter().max())
+    {
         let d = Diag::new(Code::VerifierBudget, message, policy.rules[lo].span)
             .label(format!(
                 "from here, {} rules of code leave up to {jumps} branches pending at once",
@@ -78,13 +76,11 @@ pub(super) fn refusal(policy: &hir::Policy, budget: &Budget) -> Option<Diag> {
             .secondary(policy.rules[hi].span, "to here");
         return Some(d.help(many_rules_help).note(NOTE));
     }
-    let mut d = Diag::new(Code::VerifierBudget, message, policy.rules[first].span).label(
-        format!(
-            "{} an estimated {first_cost} ({}% of the estimate)",
-            what_costs(first_mark),
-            share(first_cost)
-        ),
-    );
+    let mut d = Diag::new(Code::VerifierBudget, message, policy.rules[first].span).label(format!(
+        "{} an estimated {first_cost} ({}% of the estimate)",
+        what_costs(first_mark),
+        share(first_cost)
+    ));
     for &(i, m, c) in &rules[1..] {
         d = d.secondary(
             policy.rules[i].span,
@@ -93,7 +89,7 @@ pub(super) fn refusal(policy: &hir::Policy, budget: &Budget) -> Option<Diag> {
     }
     let limit = match over {
         Over::Processed { refused_above, .. } => refused_above,
-        _ => BPF_COMPLEXITY_LIMIT_INSNS / 100 * MARGIN_PERCENT,
+        _ => budget::refused_above(),
     };
     let help = match first_mark {
         Mark::Parser { proto, .. } => format!(

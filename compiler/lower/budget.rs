@@ -87,11 +87,16 @@ pub enum Over {
     JumpChain { jumps: u64, limit: u64 },
 }
 
+/// The estimate skpc refuses above: `MARGIN_PERCENT` of the kernel's limit.
+pub fn refused_above() -> u64 {
+    BPF_COMPLEXITY_LIMIT_INSNS / 100 * MARGIN_PERCENT
+}
+
 impl Budget {
     /// The limit this budget exceeds, if any (the size first, then the jumps, then the
     /// processed instructions).
     pub fn over(&self) -> Option<Over> {
-        let refused_above = BPF_COMPLEXITY_LIMIT_INSNS / 100 * MARGIN_PERCENT;
+        let refused_above = refused_above();
         if self.slots > BPF_MAX_PROGRAM_SLOTS {
             Some(Over::Size {
                 slots: self.slots,
