@@ -5,13 +5,14 @@
 //! (shape, size, estimate, verified_insns) for calibration; the sizes up to 1M are the
 //! bench's `budget` part. Runs as root (SKP_REQUIRE_KERNEL=1 in CI makes a missing
 //! capability a failure). SKPC_BUDGET_SIZES (1,10,100,1000) overrides the sizes,
-//! SKPC_BUDGET_SHAPES (all) names the shapes to run.
+//! SKPC_BUDGET_SHAPES (all) names the shapes to run, SKPC_BUDGET_LOAD_REFUSED=1 loads the
+//! objects skpc refuses anyway and says what the kernel makes of them.
 
 mod budget_shapes;
 mod common;
 mod constructs;
 
-use budget_shapes::{load_verified, SHAPES};
+use budget_shapes::{load_verified, tail, unchecked_object, SHAPES};
 use skpc::lower::Options;
 
 /// Sizes up to which every shape's policy must build (an ordinary policy is never
@@ -42,8 +43,19 @@ fn holds(name: &str, size: usize, src: &str, counters: bool) -> String {
                 "{name} ({size}): an ordinary policy refused: {}",
                 refusal.message
             );
+            // Calibration: what the kernel says of the refused object.
+            let kernel = match std::env::var("SKPC_BUDGET_LOAD_REFUSED").as_deref() {
+                Ok("1") => match unchecked_object(src) {
+                    Some((object, _)) => match load_verified(&object) {
+                        Ok(n) => format!("the kernel loads it: {n} processed"),
+                        Err(e) => format!("the kernel rejects it: {}", tail(&e, 120)),
+                    },
+                    None => "no object".to_string(),
+                },
+                _ => "-".to_string(),
+            };
             return format!(
-                "| {name} | {size} | {counters} | refused | - | {} |",
+                "| {name} | {size} | {counters} | refused | {kernel} | {} |",
                 refusal.message
             );
         }
@@ -51,8 +63,10 @@ fn holds(name: &str, size: usize, src: &str, counters: bool) -> String {
     let build = started.elapsed();
     let estimate = c.budget.estimate;
     let actual = load_verified(&c.object).unwrap_or_else(|e| {
-        let tail: String = e.chars().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
-        panic!("{name} ({size}): skpc built it (estimate {estimate}) but the kernel rejects it: {tail}")
+        panic!(
+            "{name} ({size}): skpc built it (estimate {estimate}) but the kernel rejects it: {}",
+            tail(&e, 400)
+        )
     });
     let over = if u64::from(actual) > estimate {
         "OVER THE ESTIMATE"

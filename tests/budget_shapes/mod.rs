@@ -201,3 +201,19 @@ pub fn load_verified(object: &[u8]) -> Result<u32, String> {
         .verified_instruction_count()
         .ok_or_else(|| "the kernel reports no verified_insns".to_string())
 }
+
+/// The object skpc would write for `src` without holding it to the budget (for
+/// calibration: does the kernel really reject what skpc refuses?), with its estimate.
+pub fn unchecked_object(src: &str) -> Option<(Vec<u8>, u64)> {
+    let policy = skpc::check::check(src).0?;
+    let lowered = skpc::lower::lower(&policy);
+    let estimate = skpc::lower::budget::estimate(&lowered.verdict).estimate;
+    let spec = skpc::compile::object_spec(&lowered, "policy.skp", src);
+    Some((skpc::object::write_object_owned(spec), estimate))
+}
+
+/// The last `n` characters of a long error (the verifier's log ends with the reason).
+pub fn tail(e: &str, n: usize) -> String {
+    let chars: Vec<char> = e.chars().collect();
+    chars[chars.len().saturating_sub(n)..].iter().collect()
+}
