@@ -7,18 +7,26 @@
 //! fall-through of a conditional jump first and the taken side later from a stack of
 //! pending states, and counts every instruction it steps through, the same instruction
 //! once per visit. At jump targets (prune points) it stops a walk whose state is covered
-//! by one it already explored there. skpc's rule code jumps forward only and keeps only
-//! the context, the counter slot and a few cached fields live, so most walks stop within
-//! a few instructions of their jump; what costs more than its size:
-//! - a taken branch walks until it meets a state it covers: at least its target, and for
-//!   a jump into the shared verdict tails (each rule arrives with its own counter slot,
-//!   a precise constant) the whole tail it enters;
-//! - the protocol parsers' bounded loops are walked once per round, with every branch
-//!   of a round: their cost is a measured constant per parser (calibrated below against
-//!   the kernel, see tests/kernel_budget.rs and the bench's `budget` part), not their size;
-//! - a register narrowed by a compare and live afterwards (a field cached in r8/r9)
-//!   splits the states at every later join: each rule's code after a compare on a cached
-//!   register is counted once more per compare that narrowed it.
+//! by one it saved there, but it saves a state only every few jumps and instructions.
+//! skpc's rule code jumps forward only, with dead scratch registers at its joins, so
+//! most walks stop a few instructions after their jump. The model, per slot:
+//! - every instruction once, and a conditional jump's taken side `BRANCH_VISITS` more;
+//!   rule code `CODE_FACTOR` times over (helper calls, log records and cached fields
+//!   narrowed by compares keep states apart: measured at most 2.9 times the slots, 1.4
+//!   times this sum without the factor);
+//! - a jump from a rule into the shared verdict tails walks the tail to its exit;
+//! - a bounded loop (the protocol parsers' `counted_loop`, a backward `if K < N goto`)
+//!   once per round, nested loops multiplied, and the parsers `PARSER_FACTOR` times over
+//!   (their ways out per round walk on until their states merge).
+//!
+//! It is an upper bound by calibration, not by proof: tests/kernel_budget.rs holds
+//! every shape of policy and every construct to it against the kernel (actual at most
+//! 0.95 of the estimate), and the bench's `budget` part records it up to a million
+//! elements. It is loose where it must cover the worst of its class (binary searches
+//! over sets cost about a third of it), so skpc may refuse a policy that would load.
+//!
+//! Hard limits besides: the program's size, and the pending branches (the conditional
+//! jumps whose fall-through one path follows, each leaving its target on the stack).
 //!
 //! The estimate is linear in the program's size (one pass over the slots, one over the
 //! jumps), so a policy of a million elements costs milliseconds here. Each cost is
@@ -52,9 +60,12 @@ const BRANCH_VISITS: u64 = 2;
 /// Visits of every instruction on the first walk.
 const VISIT_COST: u64 = 1;
 /// The parsers' code costs more than its rounds: a round's ways out (a value found at
-/// this round) walk on until their state merges. Measured over every parser field alone
-/// and together (tests/kernel_budget.rs): at most 7.4 times the rounds' slots.
-const PARSER_FACTOR: u64 = 8;
+/// this round) walk on until their state merges, and the verifier keeps a state to
+/// prune against only every few jumps. Measured over every parser field alone and
+/// together (tests/kernel_budget.rs): up to 7.7 times the rounds' slots, and the rule
+/// code reading a parsed field (the HTTP host compared with a set) up to 3.4 times its
+/// slots, which this factor's slack covers.
+const PARSER_FACTOR: u64 = 10;
 /// Rule code costs more than one visit per instruction and branch where states do not
 /// merge at once (helper calls, log records, cached fields narrowed by compares):
 /// measured at most 1.41 times (the `log` construct; 1.37 for 1000 mixed rules).
