@@ -25,8 +25,11 @@
 //! round), SKPC_BENCH_SIZES (64,1024,16384), SKPC_BENCH_RULES (10,1000,10000,100000),
 //! SKPC_ANCHOR_DIR (../shared/anchors/sk_msg_c), SKPC_BENCH_NO_DOCS=1 (leave
 //! docs/performance.md alone), SKPC_BENCH_PROTO_SECS (0.15 s per case and round in part
-//! p), SKPC_BENCH_ONLY=protocols (part p alone, about a minute).
+//! p), SKPC_BENCH_ONLY=protocols (part p alone, about a minute), SKPC_BENCH_ONLY=budget
+//! (the verifier budget against the kernel up to a million elements, benches/budget;
+//! only run alone).
 
+mod budget;
 mod gen;
 mod protocols;
 mod report;
@@ -901,8 +904,14 @@ fn main() {
             report::publish("kernel-protocols", &protocols::part_p(), to_docs);
             return;
         }
+        "budget" => {
+            report::publish("kernel-budget", &budget::part_budget(), to_docs);
+            return;
+        }
         other => {
-            eprintln!("SKPC_BENCH_ONLY={other}: the one part that runs alone is `protocols`");
+            eprintln!(
+                "SKPC_BENCH_ONLY={other}: the parts that run alone are `protocols` and `budget`"
+            );
             std::process::exit(1);
         }
     }
