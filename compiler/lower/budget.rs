@@ -132,72 +132,79 @@ impl Budget {
     }
 }
 
-/// The budget of the verdict program `code`.
+/// The budget of the verdict program `code`. Linear in its slots, with two `u32` and
+/// (only for a program with loops) one `u64` per slot: a million-element policy has
+/// millions of slots.
 pub fn estimate(code: &Assembled) -> Budget {
     let n = code.marks.len();
-    // Per slot: its instruction (by index) or None for the second half of an lddw.
-    let mut at: Vec<Option<&Insn>> = Vec::with_capacity(n);
-    for insn in &code.insns {
-        at.push(Some(insn));
-        for _ in 1..insn.slots() {
-            at.push(None);
-        }
-    }
     let mark_at = |slot: usize| code.marks.get(slot).copied().flatten();
-    // The cost per mark, in order of first appearance (a hash from mark to its row:
-    // a policy of a million rules has a million marks).
-    let mut cost: Vec<(Mark, u64)> = Vec::new();
-    let mut row_of: HashMap<Mark, usize> = HashMap::new();
-    let mut charge = |mark: Option<Mark>, c: u64| {
-        let mark = mark.unwrap_or(Mark::Tails);
-        let row = *row_of.entry(mark).or_insert_with(|| {
-            cost.push((mark, 0));
-            cost.len() - 1
-        });
-        cost[row].1 += c;
+    // Every instruction with its slot, from the last (the backward passes).
+    let backward = || {
+        let mut slot = n;
+        code.insns.iter().rev().map(move |insn| {
+            slot -= insn.slots();
+            (slot, insn)
+        })
     };
 
-    // The shared tails: the slots from each tail entry to its exit, so a jump into the
-    // tails is charged the walk to the end of the tail it enters.
-    let mut to_exit = vec![0u64; n + 1];
-    for slot in (0..n).rev() {
-        let len = match at[slot] {
-            Some(Insn::Exit) => 1,
-            Some(i) if i.jump_off().is_some() && !is_conditional(i) => {
-                let t = target(slot, i);
-                1 + t.filter(|&t| t > slot).map_or(0, |t| to_exit[t])
+    // From each slot, the slots a walk steps through to its exit, following
+    // fall-throughs and forward gotos: a jump into the shared tails walks to the end of
+    // the tail it enters.
+    let mut to_exit = vec![0u32; n + 1];
+    // The most pending branches on a forward path from each slot (a loop's rounds each
+    // end their pending branches before the next: its body counts once).
+    let mut chain = vec![0u32; n + 1];
+    for (slot, insn) in backward() {
+        let after = slot + insn.slots();
+        let forward = target(slot, insn).filter(|&t| t > slot && t <= n);
+        let (walk, pending) = match (insn, forward) {
+            (Insn::Exit, _) => (1, 0),
+            // The verifier walks the fall-through first, with the target pending; the
+            // target's own walk starts after that entry is taken off the stack.
+            (i, Some(t)) if is_conditional(i) => {
+                (1 + to_exit[after], (1 + chain[after]).max(chain[t]))
             }
-            _ => 1 + to_exit[slot + 1],
+            (_, Some(t)) => (1 + to_exit[t], chain[t]),
+            (i, None) if i.jump_off().is_some() && !is_conditional(i) => (1, 0),
+            _ => (1 + to_exit[after], chain[after]),
         };
-        to_exit[slot] = len;
+        to_exit[slot] = walk.min(u32::MAX - 1);
+        chain[slot] = pending;
     }
 
     // Bounded loops (the parsers' `counted_loop`: a backward `if K < count goto top`):
     // the verifier walks the body once per round, so every slot of a loop counts once
     // per round of every loop around it.
-    let mut rounds = vec![1u64; n];
-    for slot in 0..n {
-        if let Some(insn @ (Insn::Jmp { src, .. } | Insn::Jmp32 { src, .. })) = at[slot] {
-            if let Some(top) = target(slot, insn).filter(|&t| t <= slot) {
-                let count = match src {
-                    Src::Imm(c) => u64::try_from(*c).unwrap_or(0).max(1),
-                    Src::Reg(_) => UNKNOWN_LOOP_ROUNDS,
-                };
-                for r in &mut rounds[top..=slot] {
-                    *r = r.saturating_mul(count);
-                }
+    let mut rounds: Option<Vec<u64>> = None;
+    for (slot, insn) in backward() {
+        let (Insn::Jmp { src, .. } | Insn::Jmp32 { src, .. }) = insn else {
+            continue;
+        };
+        if let Some(top) = target(slot, insn).filter(|&t| t <= slot) {
+            let count = match src {
+                Src::Imm(c) => u64::try_from(*c).unwrap_or(0).max(1),
+                Src::Reg(_) => UNKNOWN_LOOP_ROUNDS,
+            };
+            let rounds = rounds.get_or_insert_with(|| vec![1; n]);
+            for r in &mut rounds[top..=slot] {
+                *r = r.saturating_mul(count);
             }
         }
     }
 
-    for slot in 0..n {
+    // The cost per mark, in order of first appearance (a hash from mark to its row: a
+    // policy of a million rules has a million marks; consecutive slots share one).
+    let mut costs: Vec<(Mark, u64)> = Vec::new();
+    let mut row_of: HashMap<Mark, usize> = HashMap::new();
+    let mut last: Option<(Mark, usize)> = None;
+    let mut slot = 0;
+    for insn in &code.insns {
         let mark = mark_at(slot);
-        let Some(insn) = at[slot] else { continue };
         let mut c = VISIT_COST;
         if is_conditional(insn) {
             c += BRANCH_VISITS;
         }
-        c *= rounds[slot];
+        c = c.saturating_mul(rounds.as_ref().map_or(1, |r| r[slot]));
         c *= match mark {
             Some(Mark::Parser { .. }) => PARSER_FACTOR,
             _ => CODE_FACTOR,
@@ -205,40 +212,27 @@ pub fn estimate(code: &Assembled) -> Budget {
         if let Some(t) = target(slot, insn).filter(|&t| t > slot && t < n) {
             let from_rule = !matches!(mark, Some(Mark::Tails) | None);
             if from_rule && mark_at(t) == Some(Mark::Tails) {
-                c += to_exit[t];
+                c += u64::from(to_exit[t]);
             }
         }
-        charge(mark, c);
+        let mark = mark.unwrap_or(Mark::Tails);
+        let row = match last {
+            Some((m, row)) if m == mark => row,
+            _ => *row_of.entry(mark).or_insert_with(|| {
+                costs.push((mark, 0));
+                costs.len() - 1
+            }),
+        };
+        last = Some((mark, row));
+        costs[row].1 = costs[row].1.saturating_add(c);
+        slot += insn.slots();
     }
 
-    // The most pending branches on a forward path (a loop's rounds each end their
-    // pending branches before the next: its body counts once).
-    let mut chain = vec![0u64; n + 1];
-    for slot in (0..n).rev() {
-        let Some(insn) = at[slot] else {
-            chain[slot] = chain[slot + 1];
-            continue;
-        };
-        let next = if matches!(insn, Insn::Exit) {
-            0
-        } else {
-            chain[slot + 1]
-        };
-        chain[slot] = match target(slot, insn).filter(|&t| t > slot && t <= n) {
-            // The verifier walks the fall-through first, with the target pending; the
-            // target's own walk starts after that entry is taken off the stack.
-            Some(t) if is_conditional(insn) => (1 + next).max(chain[t]),
-            Some(t) => chain[t],
-            None => next,
-        };
-    }
-
-    let mut costs = cost;
     costs.sort_by_key(|&(_, c)| std::cmp::Reverse(c));
     Budget {
         estimate: costs.iter().map(|(_, c)| c).sum(),
         slots: n as u64,
-        jump_chain: chain.first().copied().unwrap_or(0),
+        jump_chain: chain.first().copied().map_or(0, u64::from),
         costs,
     }
 }
