@@ -120,6 +120,7 @@ pub struct VerifierJson {
     pub refused_above: u64,
     pub kernel_limit: u64,
     pub pending_branches: u64,
+    pub stack_bytes: u64,
     pub costliest: Vec<RuleCostJson>,
 }
 
@@ -140,6 +141,7 @@ pub fn verifier(compiled: &Compiled) -> VerifierJson {
         refused_above: budget::refused_above(),
         kernel_limit: budget::BPF_COMPLEXITY_LIMIT_INSNS,
         pending_branches: b.jump_chain,
+        stack_bytes: b.stack_bytes,
         costliest: b
             .costs
             .iter()

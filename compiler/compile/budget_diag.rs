@@ -27,6 +27,9 @@ pub(super) fn refusal(policy: &hir::Policy, budget: &Budget) -> Option<Diag> {
         Over::Size { slots, limit } => format!(
             "the kernel would reject this policy: its program has {slots} instructions, over the kernel's limit of {limit}"
         ),
+        Over::Stack { bytes, limit } => format!(
+            "skpc generated a program using {bytes} bytes of stack, over the kernel's {limit}: this is a bug in skpc, please report it with this policy"
+        ),
         Over::JumpChain { jumps, limit } => format!(
             "the kernel's verifier would reject this policy: a path through its program leaves {jumps} conditional jumps pending at once, over the verifier's limit of {limit}"
         ),

@@ -25,8 +25,9 @@
 //! elements. It is loose where it must cover the worst of its class (binary searches
 //! over sets cost about a third of it), so skpc may refuse a policy that would load.
 //!
-//! Hard limits besides: the program's size, and the pending branches (the conditional
-//! jumps whose fall-through one path follows, each leaving its target on the stack).
+//! Hard limits besides: the program's size, the stack (512 bytes), and the pending
+//! branches (the conditional jumps whose fall-through one path follows, each leaving
+//! its target on the stack).
 //!
 //! The estimate is linear in the program's size (one pass over the slots, one over the
 //! jumps), so a policy of a million elements costs milliseconds here. Each cost is
@@ -35,7 +36,7 @@
 
 use std::collections::HashMap;
 
-use crate::bpf::{Insn, Src};
+use crate::bpf::{Insn, Reg, Src};
 
 use super::lir::{Assembled, Mark};
 
@@ -50,6 +51,9 @@ pub const BPF_COMPLEXITY_LIMIT_JMP_SEQ: u64 = 8192;
 /// The largest program a privileged loader may load (`BPF_COMPLEXITY_LIMIT_INSNS` again,
 /// as the size limit of `bpf_prog_load`), in 8-byte slots.
 pub const BPF_MAX_PROGRAM_SLOTS: u64 = 1_000_000;
+
+/// The stack a program may use (`MAX_BPF_STACK`, include/linux/filter.h), in bytes.
+pub const MAX_BPF_STACK: u64 = 512;
 
 /// skpc refuses a policy whose estimate is over this share of the kernel's limit
 /// (percent): the estimate is calibrated on one kernel, and other versions prune
@@ -88,6 +92,8 @@ pub struct Budget {
     pub jump_chain: u64,
     /// The estimate, per mark, costliest first.
     pub costs: Vec<(Mark, u64)>,
+    /// The deepest stack access through r10, in bytes below the frame pointer.
+    pub stack_bytes: u64,
 }
 
 /// Why a program would not load: which limit the budget exceeds.
@@ -99,6 +105,8 @@ pub enum Over {
     Size { slots: u64, limit: u64 },
     /// A forward path holds more conditional jumps than the verifier keeps pending.
     JumpChain { jumps: u64, limit: u64 },
+    /// The program reaches deeper into its stack than the kernel gives it.
+    Stack { bytes: u64, limit: u64 },
 }
 
 /// The estimate skpc refuses above: `MARGIN_PERCENT` of the kernel's limit.
@@ -107,11 +115,16 @@ pub fn refused_above() -> u64 {
 }
 
 impl Budget {
-    /// The limit this budget exceeds, if any (the size first, then the jumps, then the
-    /// processed instructions).
+    /// The limit this budget exceeds, if any (the stack first, then the size, then the
+    /// jumps, then the processed instructions).
     pub fn over(&self) -> Option<Over> {
         let refused_above = refused_above();
-        if self.slots > BPF_MAX_PROGRAM_SLOTS {
+        if self.stack_bytes > MAX_BPF_STACK {
+            Some(Over::Stack {
+                bytes: self.stack_bytes,
+                limit: MAX_BPF_STACK,
+            })
+        } else if self.slots > BPF_MAX_PROGRAM_SLOTS {
             Some(Over::Size {
                 slots: self.slots,
                 limit: BPF_MAX_PROGRAM_SLOTS,
@@ -229,7 +242,27 @@ pub fn estimate(code: &Assembled) -> Budget {
     }
 
     costs.sort_by_key(|&(_, c)| std::cmp::Reverse(c));
+    // The stack: every access through r10 (the helpers' pointers into the stack are
+    // made from the same layout constants, and the verifier checks them the same way).
+    let stack_bytes = code
+        .insns
+        .iter()
+        .filter_map(|i| match *i {
+            Insn::Ldx {
+                src: Reg::R10, off, ..
+            }
+            | Insn::Stx {
+                dst: Reg::R10, off, ..
+            }
+            | Insn::St {
+                dst: Reg::R10, off, ..
+            } => Some(u64::from(off.unsigned_abs())),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
     Budget {
+        stack_bytes,
         estimate: costs.iter().map(|(_, c)| c).sum(),
         slots: n as u64,
         jump_chain: chain.first().copied().map_or(0, u64::from),
@@ -360,6 +393,7 @@ mod tests {
             slots,
             jump_chain,
             costs: Vec::new(),
+            stack_bytes: 8,
         };
         assert_eq!(b(refused_above(), 10, 10).over(), None);
         assert!(matches!(
@@ -374,5 +408,10 @@ mod tests {
             b(1, BPF_MAX_PROGRAM_SLOTS + 1, 1).over(),
             Some(Over::Size { .. })
         ));
+        let deep = Budget {
+            stack_bytes: MAX_BPF_STACK + 8,
+            ..b(1, 1, 1)
+        };
+        assert!(matches!(deep.over(), Some(Over::Stack { .. })));
     }
 }
