@@ -13,7 +13,7 @@ mod budget_shapes;
 mod common;
 mod constructs;
 
-use budget_shapes::{load_verified, tail, unchecked_object, SHAPES};
+use budget_shapes::{kernel_reason, load_verified, tail, unchecked_object, SHAPES};
 use skpc::lower::Options;
 
 /// Sizes up to which every shape's policy must build (an ordinary policy is never
@@ -49,7 +49,7 @@ fn holds(name: &str, size: usize, src: &str, counters: bool) -> String {
                 Ok("1") => match unchecked_object(src) {
                     Some((object, _)) => match load_verified(&object) {
                         Ok(n) => format!("the kernel loads it: {n} processed"),
-                        Err(e) => format!("the kernel rejects it: {}", tail(&e, 120)),
+                        Err(e) => format!("the kernel rejects it: {}", kernel_reason(&e)),
                     },
                     None => "no object".to_string(),
                 },

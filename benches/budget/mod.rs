@@ -17,7 +17,7 @@ mod shapes;
 use std::time::Instant;
 
 use super::{env_list, env_or, report};
-use shapes::{load_verified, tail, unchecked_object, SHAPES};
+use shapes::{kernel_reason, load_verified, unchecked_object, SHAPES};
 
 /// The largest size of each shape the bench builds: a million rules of code would take
 /// gigabytes to lower; the sets go to a million elements.
@@ -61,7 +61,7 @@ pub fn part_budget() -> String {
                             format!("{:.2}", v as f64 / c.budget.estimate.max(1) as f64),
                         ),
                         Err(e) => (
-                            format!("**rejects** ({}): {}", load, tail(&e, 100)),
+                            format!("**rejects** ({}): {}", load, kernel_reason(&e)),
                             "-".to_string(),
                         ),
                     };
@@ -87,7 +87,7 @@ pub fn part_budget() -> String {
                                 let load = report::dur(t.elapsed().as_nanos() as f64);
                                 match r {
                                     Ok(v) => format!("loads anyway: {v} processed in {load}"),
-                                    Err(e) => format!("rejects ({load}): {}", tail(&e, 100)),
+                                    Err(e) => format!("rejects ({load}): {}", kernel_reason(&e)),
                                 }
                             } else {
                                 "not loaded (too large to try)".to_string()

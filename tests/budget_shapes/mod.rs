@@ -251,6 +251,24 @@ pub fn unchecked_object(src: &str) -> Option<(Vec<u8>, u64)> {
     Some((skpc::object::write_object_owned(spec), estimate))
 }
 
+/// The verifier's reason in a rejected load's log (its sentence on too many jumps or
+/// instructions), else the log's end.
+pub fn kernel_reason(e: &str) -> String {
+    for known in [
+        "The sequence of",
+        "BPF program is too large",
+        "too many states",
+    ] {
+        if let Some(at) = e.find(known) {
+            let sentence: String = e[at..].chars().take_while(|&c| c != '\n').collect();
+            return sentence
+                .trim_end_matches(['\\', 'n', ',', ' ', '"'])
+                .to_string();
+        }
+    }
+    tail(e, 100)
+}
+
 /// The last `n` characters of a long error (the verifier's log ends with the reason).
 pub fn tail(e: &str, n: usize) -> String {
     let chars: Vec<char> = e.chars().collect();
