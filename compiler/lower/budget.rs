@@ -11,10 +11,16 @@
 //! skpc's rule code jumps forward only, with dead scratch registers at its joins, so
 //! most walks stop a few instructions after their jump. The model, per slot:
 //! - every instruction once, and a conditional jump's taken side `BRANCH_VISITS` more;
-//!   rule code `CODE_FACTOR` times over (helper calls, log records and cached fields
+//!   the code of a rule that calls a helper, compares a cached field or branches more
+//!   than once, and of every rule after it, `CODE_FACTOR` times over, the others' (the
+//!   `flat` rules of large policies, one compare each) once (helper calls, log records
+//!   and cached fields
 //!   narrowed by compares keep states apart: measured up to 2.9 times the slots, 2.1
 //!   times this sum without the factor);
-//! - a jump from a rule into the shared verdict tails walks the tail to its exit;
+//! - a compare on a field cached in r8/r9 `NARROWED_VISITS` more (the narrowed value
+//!   stays live and keeps later states apart);
+//! - the first jump into each entry of the shared verdict tails walks the tail to its
+//!   exit (later ones are pruned there: the counter slot in r7 is not precise);
 //! - a bounded loop (the protocol parsers' `counted_loop`, a backward `if K < N goto`)
 //!   once per round, nested loops multiplied, and the parsers `PARSER_FACTOR` times over
 //!   (their ways out per round walk on until their states merge).
@@ -34,7 +40,7 @@
 //! charged to the mark of the instruction that causes it, so the refusal can name the
 //! rules that cost most.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::bpf::{Insn, Reg, Src};
 
@@ -77,6 +83,11 @@ const PARSER_FACTOR: u64 = 10;
 /// measured up to 2.1 times (1000 mixed rules; 1.0 for rules of one kind, 1.4 for the
 /// `log` construct).
 const CODE_FACTOR: u64 = 2;
+/// Extra visits of a compare on a field cached in a callee-saved register (r8, r9)
+/// outside the parsers: the narrowed value stays live and keeps the states after the
+/// compare apart until its last use (1000 mixed rules needed about 5 more per compare
+/// than `CODE_FACTOR` gives).
+const NARROWED_VISITS: u64 = 16;
 /// Rounds assumed of a loop whose bound is in a register (skpc emits none).
 const UNKNOWN_LOOP_ROUNDS: u64 = 4096;
 
@@ -205,11 +216,46 @@ pub fn estimate(code: &Assembled) -> Budget {
         }
     }
 
+    // The marks whose walks stay apart after their branches: code that calls a helper
+    // (its results, the log record and the comm on the stack differ per path), compares
+    // a cached field (the narrowed register stays live), or branches more than once.
+    // A rule with a single compare of a scratch register (the branch-free `flat` rules
+    // of large policies end in one) has its two walks merge at the target.
+    let mut jumps_of: HashMap<Mark, u32> = HashMap::new();
+    let mut branching: HashSet<Mark> = HashSet::new();
+    let mut split_rule_seen = false;
+    let mut slot = 0;
+    for insn in &code.insns {
+        let mark = mark_at(slot).unwrap_or(Mark::Tails);
+        let splits = match insn {
+            Insn::Call { .. } => true,
+            Insn::Jmp { dst, .. } | Insn::Jmp32 { dst, .. } => {
+                let jumps = jumps_of.entry(mark).or_insert(0);
+                *jumps += 1;
+                *jumps > 1 || matches!(dst, Reg::R8 | Reg::R9)
+            }
+            _ => false,
+        };
+        // After a rule whose walks stay apart, every later rule is walked once per
+        // walk that reaches it (1000-4000 mixed rules: the `flat` rules after the
+        // others cost 2.2 times their size).
+        if splits || (split_rule_seen && matches!(mark, Mark::Rule(_) | Mark::Default)) {
+            branching.insert(mark);
+        }
+        if splits && matches!(mark, Mark::Rule(_)) {
+            split_rule_seen = true;
+        }
+        slot += insn.slots();
+    }
+
     // The cost per mark, in order of first appearance (a hash from mark to its row: a
     // policy of a million rules has a million marks; consecutive slots share one).
     let mut costs: Vec<(Mark, u64)> = Vec::new();
     let mut row_of: HashMap<Mark, usize> = HashMap::new();
     let mut last: Option<(Mark, usize)> = None;
+    // The tail entries walked so far: the first rule to jump there walks the tail; a
+    // later arrival is pruned at its entry (the counter slot in r7 is not precise).
+    let mut tails_walked: HashSet<usize> = HashSet::new();
     let mut slot = 0;
     for insn in &code.insns {
         let mark = mark_at(slot);
@@ -220,11 +266,20 @@ pub fn estimate(code: &Assembled) -> Budget {
         c = c.saturating_mul(rounds.as_ref().map_or(1, |r| r[slot]));
         c *= match mark {
             Some(Mark::Parser { .. }) => PARSER_FACTOR,
-            _ => CODE_FACTOR,
+            m if branching.contains(&m.unwrap_or(Mark::Tails)) => CODE_FACTOR,
+            // One compare of a scratch register: the walks merge at its target.
+            _ => 1,
         };
+        if let (Insn::Jmp { dst, .. } | Insn::Jmp32 { dst, .. }, false) =
+            (insn, matches!(mark, Some(Mark::Parser { .. })))
+        {
+            if matches!(dst, Reg::R8 | Reg::R9) {
+                c += NARROWED_VISITS;
+            }
+        }
         if let Some(t) = target(slot, insn).filter(|&t| t > slot && t < n) {
             let from_rule = !matches!(mark, Some(Mark::Tails) | None);
-            if from_rule && mark_at(t) == Some(Mark::Tails) {
+            if from_rule && mark_at(t) == Some(Mark::Tails) && tails_walked.insert(t) {
                 c += u64::from(to_exit[t]);
             }
         }

@@ -25,6 +25,7 @@ pub const SHAPES: &[Shape] = &[
     ("count_rules", count_rules, 300),
     ("discard_rules", discard_rules, 300),
     ("mixed_rules", mixed_rules, 1000),
+    ("port_addr_len_rules", port_addr_len_rules, 1000),
 ];
 
 /// A deterministic pseudo-random sequence (splitmix64): the same policy every run.
@@ -202,6 +203,33 @@ pub fn mixed_rules(n: usize) -> String {
                     r % 1000
                 ),
             }
+        })
+        .collect()
+}
+
+/// Port and address rules of four kinds (ports, addresses, prefixes with ports, port
+/// pairs), each with `and len > 7`, which the rule index cannot hold: rules of code,
+/// branch-free above 1000 (the 10k policy of tests/kernel_load.rs).
+pub fn port_addr_len_rules(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let port = 1024 + (i * 7) % 60000;
+            let test = match i % 4 {
+                0 => format!("port == {port}"),
+                1 => format!(
+                    "remote.ip == 10.{}.{}.{}",
+                    (i >> 16) & 255,
+                    (i >> 8) & 255,
+                    i & 255
+                ),
+                2 => format!(
+                    "remote.ip in 172.{}.{}.0/24 and local.port == {port}",
+                    16 + (i >> 16) % 16,
+                    (i >> 8) & 255
+                ),
+                _ => format!("remote.port in {{{port}, {}}}", port + 1),
+            };
+            format!("drop if {test} and len > 7;\n")
         })
         .collect()
 }
