@@ -59,20 +59,36 @@ fn measured(id: &str, n: usize) -> Option<f64> {
 
 /// What an skpc compile produces, for the table.
 struct Output {
-    object_bytes: usize,
+    /// None: skpc refuses the policy over the verifier's budget (E0401), so the timed
+    /// compile ends after the estimate, without writing an object.
+    object_bytes: Option<usize>,
     slots: usize,
 }
 
+impl Output {
+    fn object_cell(&self) -> String {
+        self.object_bytes
+            .map_or("refused (E0401)".to_string(), |b| b.to_string())
+    }
+}
+
 fn compile(name: &str, src: &str) -> Output {
-    let c = skpc::compile::compile(name, src).unwrap_or_else(|d| {
-        panic!(
+    match skpc::compile::compile(name, src) {
+        Ok(c) => Output {
+            object_bytes: Some(c.object.len()),
+            slots: c.lowered.verdict.insns.iter().map(|i| i.slots()).sum(),
+        },
+        Err(d) if d.iter().any(|d| d.code == skpc::diag::Code::VerifierBudget) => {
+            let policy = skpc::check::check(src).0.expect("checked");
+            Output {
+                object_bytes: None,
+                slots: skpc::lower::lower(&policy).verdict.marks.len(),
+            }
+        }
+        Err(d) => panic!(
             "{name} does not compile: {:?}",
             d.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>()
-        )
-    });
-    Output {
-        object_bytes: c.object.len(),
-        slots: c.lowered.verdict.insns.iter().map(|i| i.slots()).sum(),
+        ),
     }
 }
 
@@ -232,7 +248,7 @@ fn table(outputs: &BTreeMap<String, Output>, clang: Option<&str>) -> String {
             "| mixed | {n} | {} | {} | {growth} | {} | {} |\n",
             report::dur(t),
             report::dur(per),
-            o.object_bytes,
+            o.object_cell(),
             o.slots
         ));
     }
@@ -265,7 +281,7 @@ fn table(outputs: &BTreeMap<String, Output>, clang: Option<&str>) -> String {
             "| rules_{n} | {n} | {} | {} | {ct} | {ratio} | {} | {} |\n",
             report::dur(t),
             report::dur(t / n as f64),
-            o.object_bytes,
+            o.object_cell(),
             o.slots
         ));
     }

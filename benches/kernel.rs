@@ -30,8 +30,10 @@
 //! SKPC_ANCHOR_DIR (../shared/anchors/sk_msg_c), SKPC_BENCH_NO_DOCS=1 (leave
 //! docs/performance.md alone), SKPC_BENCH_PROTO_SECS (0.15 s per case and round in part
 //! p), SKPC_BENCH_ONLY=protocols (part p alone, about a minute), SKPC_BENCH_ONLY=sets (part s
-//! alone, see benches/sets for its settings).
+//! alone, see benches/sets for its settings), SKPC_BENCH_ONLY=budget (the verifier budget
+//! against the kernel up to a million elements, benches/budget; only run alone).
 
+mod budget;
 mod gen;
 mod protocols;
 mod report;
@@ -933,9 +935,13 @@ fn main() {
             report::publish("kernel-sets", &sets::part_s(), to_docs);
             return;
         }
+        "budget" => {
+            report::publish("kernel-budget", &budget::part_budget(), to_docs);
+            return;
+        }
         other => {
             eprintln!(
-                "SKPC_BENCH_ONLY={other}: the parts that run alone are `protocols` and `sets`"
+                "SKPC_BENCH_ONLY={other}: the parts that run alone are `protocols`, `sets` and `budget`"
             );
             std::process::exit(1);
         }

@@ -12,7 +12,10 @@ use crate::bpf::{disassemble_at, encode_all, Insn};
 use crate::check;
 use crate::diag::Diag;
 use crate::hir;
+use crate::lower::budget::{self, Budget};
 use crate::lower::{self, lir::Mark, Lowered};
+mod budget_diag;
+
 use crate::object::{self, LineInfo, MapDef, MapRef, ObjectSpec, ProgramSpec};
 
 /// A compiled policy: the checked policy, the generated code and the object bytes.
@@ -21,6 +24,8 @@ pub struct Compiled {
     pub policy: hir::Policy,
     pub lowered: Lowered,
     pub object: Vec<u8>,
+    /// What the policy program costs the kernel's verifier (within its limits).
+    pub budget: Budget,
     /// Warnings (there are no errors in a compiled policy).
     pub warnings: Vec<Diag>,
 }
@@ -42,11 +47,18 @@ pub fn compile_with(
         return Err(diags);
     };
     let lowered = lower::lower_with(&policy, options);
+    let budget = budget::estimate(&lowered.verdict);
+    if let Some(refusal) = budget_diag::refusal(&policy, &budget) {
+        let mut diags = diags;
+        diags.push(refusal);
+        return Err(diags);
+    }
     let object = object::write_object_owned(object_spec(&lowered, file_name, source));
     Ok(Compiled {
         policy,
         lowered,
         object,
+        budget,
         warnings: diags,
     })
 }
@@ -58,6 +70,25 @@ pub fn base_dir(file_name: &str) -> Option<&std::path::Path> {
         return None;
     }
     std::path::Path::new(file_name).parent()
+}
+
+/// `skpc check`: the checker's diagnostics and, for a policy without errors, the
+/// verifier's budget of its program with the default options (E0401 when over it).
+/// The policy is None when there is an error. Set files are read relative to
+/// `file_name`'s directory (`base_dir`).
+pub fn check(file_name: &str, source: &str) -> (Option<hir::Policy>, Vec<Diag>) {
+    let (policy, mut diags) = check::check_in(source, base_dir(file_name));
+    let Some(policy) = policy else {
+        return (None, diags);
+    };
+    let lowered = lower::lower_with(&policy, lower::Options::default());
+    match budget_diag::refusal(&policy, &budget::estimate(&lowered.verdict)) {
+        Some(refusal) => {
+            diags.push(refusal);
+            (None, diags)
+        }
+        None => (Some(policy), diags),
+    }
 }
 
 /// The ELF contents of a lowered policy.
@@ -234,6 +265,11 @@ pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
     out.push_str(&format!(
         "; {file_name}: section {SK_MSG_SECTION}, program {SK_MSG_PROGRAM}, {} instructions\n",
         c.lowered.verdict.marks.len()
+    ));
+    out.push_str(&format!(
+        "; verifier budget: at most {} processed instructions (estimate; the kernel's limit is {})\n",
+        c.budget.estimate,
+        budget::BPF_COMPLEXITY_LIMIT_INSNS
     ));
     if !c.lowered.index_summary.is_empty() {
         out.push_str(&format!(

@@ -362,6 +362,69 @@ fn docs_json_lists_exactly_the_fields_of_check_and_listing_documents() {
         documented_fields("Instruction")
     );
     assert_eq!(keys(&listing["maps"][0]), documented_fields("Map"));
+    assert_eq!(
+        keys(&listing["verifier"]),
+        documented_fields("Verifier budget")
+    );
+    assert_eq!(
+        keys(&listing["verifier"]["costliest"][0]),
+        documented_fields("Rule cost")
+    );
+}
+
+#[test]
+fn check_and_build_refuse_a_policy_over_the_verifiers_budget() {
+    // 3000 rules of code: a path through them leaves 12,002 branches pending, over the
+    // verifier's 8192.
+    let policy: String = (0..3000)
+        .map(|i| {
+            format!(
+                "drop if uid == {} and payload[3] == {};\n",
+                1000 + i,
+                i % 256
+            )
+        })
+        .collect();
+    let (dir, file) = policy_file("budget", &policy);
+    let obj = format!("{}/p.o", dir.display());
+    let check = skpc(&["check", &file]);
+    let build = skpc(&["build", "-j", "-o", &obj, &file]);
+    let built = std::path::Path::new(&obj).exists();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(check.status.code(), Some(1));
+    let stderr = text(&check.stderr);
+    assert!(stderr.contains("error[E0401]"), "{stderr}");
+    assert!(stderr.contains("8192"), "{stderr}");
+    assert_eq!(build.status.code(), Some(1));
+    assert!(!built, "no object for a refused policy");
+    let doc = json_doc(&build.stdout);
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["diagnostics"][0]["code"], "E0401");
+    assert_eq!(doc["diagnostics"][0]["line"], 1, "the first rule of code");
+}
+
+#[test]
+fn build_reports_the_verifier_estimate_in_json_and_the_listing_header() {
+    let (dir, file) = policy_file("budget-ok", "drop if port == 6379 and len > 4096;\n");
+    let obj = format!("{}/p.o", dir.display());
+    let build = skpc(&["build", "-j", "-o", &obj, &file]);
+    let listing = skpc(&["build", "--emit", "asm", &file]);
+    std::fs::remove_dir_all(&dir).ok();
+    let doc = json_doc(&build.stdout);
+    let estimate = doc["verifier"]["estimate"].as_u64().expect("an estimate");
+    assert!(estimate > 0 && estimate < doc["verifier"]["refused_above"].as_u64().unwrap());
+    assert_eq!(doc["verifier"]["kernel_limit"], 1_000_000);
+    let costliest = doc["verifier"]["costliest"].as_array().expect("costliest");
+    assert!(
+        costliest.iter().any(|r| r["rule_line"] == 1),
+        "the rule on line 1 is among the costs: {costliest:?}"
+    );
+    let header = format!("; verifier budget: at most {estimate} processed instructions");
+    assert!(
+        text(&listing.stdout).contains(&header),
+        "{}",
+        text(&listing.stdout)
+    );
 }
 
 #[test]

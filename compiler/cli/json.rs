@@ -101,6 +101,64 @@ pub struct ListingDoc<'a> {
     pub check: CheckDoc<'a>,
     pub programs: Vec<ProgramJson>,
     pub maps: Vec<MapJson>,
+    pub verifier: VerifierJson,
+}
+
+/// `skpc build -j` writing an object: the check document of the compiled policy and
+/// its verifier budget.
+#[derive(Serialize)]
+pub struct BuildDoc<'a> {
+    #[serde(flatten)]
+    pub check: CheckDoc<'a>,
+    pub verifier: VerifierJson,
+}
+
+/// The policy program's verifier budget (`lower::budget`).
+#[derive(Serialize)]
+pub struct VerifierJson {
+    pub estimate: u64,
+    pub refused_above: u64,
+    pub kernel_limit: u64,
+    pub pending_branches: u64,
+    pub stack_bytes: u64,
+    pub costliest: Vec<RuleCostJson>,
+}
+
+#[derive(Serialize)]
+pub struct RuleCostJson {
+    pub rule_line: Option<u32>,
+    pub estimate: u64,
+}
+
+/// How many of the costliest rules `verifier.costliest` lists.
+const COSTLIEST_RULES: usize = 5;
+
+pub fn verifier(compiled: &Compiled) -> VerifierJson {
+    use skpc::lower::budget;
+    let b = &compiled.budget;
+    VerifierJson {
+        estimate: b.estimate,
+        refused_above: budget::refused_above(),
+        kernel_limit: budget::BPF_COMPLEXITY_LIMIT_INSNS,
+        pending_branches: b.jump_chain,
+        stack_bytes: b.stack_bytes,
+        costliest: b
+            .costs
+            .iter()
+            .take(COSTLIEST_RULES)
+            .map(|&(mark, estimate)| RuleCostJson {
+                rule_line: Some(compiled.lowered.line_of(mark)).filter(|&l| l > 0),
+                estimate,
+            })
+            .collect(),
+    }
+}
+
+pub fn build_doc<'a>(file: &'a str, source: &str, compiled: &'a Compiled) -> BuildDoc<'a> {
+    BuildDoc {
+        check: check_doc(file, source, &compiled.warnings),
+        verifier: verifier(compiled),
+    }
 }
 
 #[derive(Serialize)]
@@ -166,6 +224,7 @@ pub fn listing_doc<'a>(file: &'a str, source: &str, compiled: &'a Compiled) -> L
         check: check_doc(file, source, &compiled.warnings),
         programs,
         maps,
+        verifier: verifier(compiled),
     }
 }
 

@@ -169,8 +169,7 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
         Command::Check { input, json } => {
             let src = input.read()?;
             let policy = if json {
-                let (policy, diags) =
-                    skpc::check::check_in(&src.text, skpc::compile::base_dir(&src.name));
+                let (policy, diags) = skpc::compile::check(&src.name, &src.text);
                 let doc = json::check_doc(&src.name, &src.text, &diags);
                 write_stdout(&(json::line(&doc) + "\n"))?;
                 policy
@@ -237,7 +236,7 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
                     }
                     if json {
                         // The object is in the file; stdout says how it went.
-                        let doc = json::check_doc(&src.name, &src.text, &compiled.warnings);
+                        let doc = json::build_doc(&src.name, &src.text, &compiled);
                         write_stdout(&(json::line(&doc) + "\n"))?;
                     }
                 }

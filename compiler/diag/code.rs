@@ -96,6 +96,7 @@ codes! {
     TestCommTooLong = "E0312", Error, "a test case `comm` over 15 bytes or with a NUL";
     TestLenBelowPayload = "E0313", Error, "a test case `len` below the payload's length";
     TestIpv6InInet = "E0314", Error, "an IPv6 address in a test case with `family = inet`";
+    VerifierBudget = "E0401", Error, "a policy the kernel's verifier would reject: its estimated processed instructions, program size or run of pending branches over the kernel's limits (names the rules that cost most)";
     NeverMatches = "W0001", Warning, "a rule that can never match: its condition is always false (constant, out of the field's range, an empty set, or integer tests of one field that exclude each other)";
     NeverReached = "W0002", Warning, "a rule (or the `default`) that is never reached: an earlier terminal rule matches every message";
     DefaultNotLast = "W0003", Warning, "`default` not the last rule (rules after it still come first)";

@@ -17,6 +17,7 @@
 //! holds the generator's state and its instruction emitters.
 
 mod addr;
+pub mod budget;
 mod cond;
 mod flat;
 mod index;
