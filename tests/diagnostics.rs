@@ -204,7 +204,9 @@ cases! {
 /// field's set is compared in code; a blocklist of prefixes is a map and loads), and
 /// 3000 rules of code whose branches would all be pending at once.
 fn over_budget_cases() -> Vec<(&'static str, String)> {
-    let hosts: Vec<String> = (0..20_000).map(|i| format!("\"h{i}.example.com\"")).collect();
+    let hosts: Vec<String> = (0..20_000)
+        .map(|i| format!("\"h{i}.example.com\""))
+        .collect();
     let blocklist = format!(
         "set blocked_hosts = {{ {} }};\ndrop if http.host in blocked_hosts;\n",
         hosts.join(", ")
