@@ -161,6 +161,9 @@ struct Gen {
     flat: bool,
     /// The context words are copied to the stack (`take_snapshot`).
     snapshot: bool,
+    /// Hide the counter slot's value from the verifier before the count block (see
+    /// `count_reg`): only in policies with enough rules for it to matter.
+    blur_slot: bool,
     /// Where the program goes when the index is not filled (set by the first block).
     index_not_ready: Option<Label>,
 }
@@ -184,6 +187,7 @@ impl Gen {
             ctx_in_r1: false,
             flat: false,
             snapshot: false,
+            blur_slot: true,
             index_not_ready: None,
         }
     }

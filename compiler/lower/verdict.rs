@@ -10,10 +10,16 @@ use super::lir::{Label, Lir, Mark};
 use super::{flat, index, proto, runs};
 use super::{Gen, Options, CACHE_REGS, CTX, FLAT_ABOVE_RULES};
 
+/// Policies with more rules than this hide the counter slot from the verifier (see
+/// `count_reg`); in smaller ones it walks the count block once per rule, a few hundred
+/// instructions at most, and the program is three instructions shorter.
+const BLUR_SLOT_ABOVE_RULES: usize = 16;
+
 impl Gen {
     pub(super) fn verdict_program(&mut self, policy: &hir::Policy, blocks: &[index::Block]) {
         let indexed: usize = blocks.iter().map(|b| b.indexed).sum();
         self.flat = policy.rules.len() - indexed > FLAT_ABOVE_RULES;
+        self.blur_slot = policy.rules.len() > BLUR_SLOT_ABOVE_RULES;
         // Branch-free rules use r0-r5 as scratch, and index lookups call a helper: the
         // context must live in r6.
         self.ctx_in_r1 =
