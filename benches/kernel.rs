@@ -215,7 +215,15 @@ struct Skp {
 }
 
 fn compile(p: &Skp, counters: bool) -> Result<skpc::compile::Compiled, String> {
-    skpc::compile::compile_with(&p.name, &p.src, Options { counters }).map_err(|d| {
+    skpc::compile::compile_with(
+        &p.name,
+        &p.src,
+        Options {
+            counters,
+            ..Options::default()
+        },
+    )
+    .map_err(|d| {
         format!(
             "does not compile: {}",
             d.first().map(|d| format!("{d:?}")).unwrap_or_default()

@@ -112,7 +112,7 @@ pub fn object_spec(lowered: &Lowered, file_name: &str, source: &str) -> ObjectSp
                 map_refs: map_refs(&lowered.sockops.insns),
                 // libbpf drops all line info of an object when one program has none.
                 lines: vec![generated_line(
-                    "sockops: insert every established TCP socket into skp_peers",
+                    "sockops: insert the established TCP sockets the policy takes into skp_peers",
                 )],
             },
         ],
@@ -272,6 +272,10 @@ pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
     out.push_str(&format!(
         "\n; section {SOCK_OPS_SECTION}, program {SOCK_OPS_PROGRAM}, {} instructions\n",
         c.lowered.sockops.marks.len()
+    ));
+    out.push_str(&format!(
+        "; connections the policy takes (the rest never enter the sockmaps): {}\n",
+        hir::conn::describe(&c.lowered.connections)
     ));
     let mut slot = 0usize;
     for insn in &c.lowered.sockops.insns {

@@ -144,7 +144,15 @@ fn check(p: &GenPolicy, c: &Compiled, vm: &Vm, s: &Sent, counters: bool) -> Resu
 /// Compiles `p` (with or without counters) and checks `s`; `None` if it does not compile.
 fn disagreement(p: &GenPolicy, s: &Sent, counters: bool) -> Option<String> {
     let src = p.source();
-    let c = compile_with("gen.skp", &src, Options { counters }).ok()?;
+    let c = compile_with(
+        "gen.skp",
+        &src,
+        Options {
+            counters,
+            ..Options::default()
+        },
+    )
+    .ok()?;
     let vm = match Vm::new(&c.lowered) {
         Ok(vm) => vm,
         Err(e) => return Some(format!("VM cannot load the program: {e}")),
@@ -219,8 +227,15 @@ fn evaluator_and_vm_agree_on_random_policies() {
         compiled += 1;
         // Every fourth policy also without counters (a different program shape).
         let no_counters = (index % 4 == 3).then(|| {
-            compile_with("gen.skp", &src, Options { counters: false })
-                .expect("compiles with counters")
+            compile_with(
+                "gen.skp",
+                &src,
+                Options {
+                    counters: false,
+                    ..Options::default()
+                },
+            )
+            .expect("compiles with counters")
         });
         let vm = Vm::new(&c.lowered)
             .unwrap_or_else(|e| panic!("VM cannot load the program of\n{src}\n{e}"));
@@ -517,7 +532,15 @@ fn evaluator_and_vm_agree_on_indexed_blocks() {
         generated += 1;
         let src = p.source();
         let compiled = [true, false].map(|counters| {
-            let c = compile_with("gen.skp", &src, Options { counters }).unwrap_or_else(|d| {
+            let c = compile_with(
+                "gen.skp",
+                &src,
+                Options {
+                    counters,
+                    ..Options::default()
+                },
+            )
+            .unwrap_or_else(|d| {
                 panic!(
                     "the checker rejected a generated policy:\n{src}\n{}",
                     skpc::diag::render_plain("gen.skp", &src, &d)
@@ -611,7 +634,7 @@ fn a_skipped_ipv4_lookup_leaves_no_stale_words_in_the_next_key() {
             ..Default::default()
         };
         for counters in [true, false] {
-            let c = compile_with("mapped.skp", &src, Options { counters }).expect("compiles");
+            let c = compile_with("mapped.skp", &src, Options { counters, ..Options::default() }).expect("compiles");
             assert!(!c.lowered.index.is_empty(), "the rules are indexed");
             let out = Vm::new(&c.lowered)
                 .expect("loads")

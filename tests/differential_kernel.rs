@@ -56,8 +56,15 @@ fn generated_policies_pass_the_verifier() {
         };
         let src = p.source();
         let counters = i % 5 != 4;
-        let c = skpc::compile::compile_with("gen.skp", &src, Options { counters })
-            .unwrap_or_else(|d| panic!("does not compile: {d:?}\n{src}"));
+        let c = skpc::compile::compile_with(
+            "gen.skp",
+            &src,
+            Options {
+                counters,
+                ..Options::default()
+            },
+        )
+        .unwrap_or_else(|d| panic!("does not compile: {d:?}\n{src}"));
         max_insns = max_insns.max(c.lowered.verdict.marks.len());
         indexed += usize::from(!in_index(&c.lowered).is_empty());
         let mut ebpf = aya::EbpfLoader::new()

@@ -96,8 +96,15 @@ fn message(rng: &mut Rng) -> Message {
 
 fn check_policy(src: &str, rng: &mut Rng, messages: usize) {
     for counters in [true, false] {
-        let c = skpc::compile::compile_with("runs.skp", src, Options { counters })
-            .unwrap_or_else(|d| panic!("does not compile: {d:?}\n{src}"));
+        let c = skpc::compile::compile_with(
+            "runs.skp",
+            src,
+            Options {
+                counters,
+                ..Options::default()
+            },
+        )
+        .unwrap_or_else(|d| panic!("does not compile: {d:?}\n{src}"));
         let vm = Vm::new(&c.lowered).expect("the VM takes the program");
         for _ in 0..messages {
             let msg = message(rng);

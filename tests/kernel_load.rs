@@ -101,8 +101,15 @@ fn every_example_and_construct_loads_with_aya() {
     }
     for (name, src) in all_policies() {
         for counters in [true, false] {
-            let c =
-                skpc::compile::compile_with(&name, &src, Options { counters }).expect("compiles");
+            let c = skpc::compile::compile_with(
+                &name,
+                &src,
+                Options {
+                    counters,
+                    ..Options::default()
+                },
+            )
+            .expect("compiles");
             let processed = load_with_aya(&name, &c.object);
             assert!(processed > 0, "{name}: no verifier statistics");
         }
@@ -169,8 +176,15 @@ fn runs_followed_by_rules_on_the_same_fields_load() {
     // 1000 rules in four runs: once over the verifier's 1M limit.
     let src = constructs::grouped_policy(1000);
     for counters in [true, false] {
-        let c = skpc::compile::compile_with("grouped.skp", &src, Options { counters })
-            .expect("compiles");
+        let c = skpc::compile::compile_with(
+            "grouped.skp",
+            &src,
+            Options {
+                counters,
+                ..Options::default()
+            },
+        )
+        .expect("compiles");
         let processed = load_with_aya("grouped_1000", &c.object);
         assert!(
             processed < 100_000,

@@ -193,6 +193,7 @@ fn run(command: Command, color: ColorChoice) -> anyhow::Result<ExitCode> {
             let src = input.read()?;
             let options = skpc::lower::Options {
                 counters: !no_counters,
+                ..skpc::lower::Options::default()
             };
             let compiled = if json {
                 match skpc::compile::compile_with(&src.name, &src.text, options) {

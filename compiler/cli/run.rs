@@ -55,7 +55,9 @@ fn resolve_cgroup(p: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
-    let Some(mut loaded) = load(&args.input, color, args.json)? else {
+    // Every connection: a reloaded version may act on one the first version would have
+    // left out, and the SOCK_OPS program stays the first version's.
+    let Some(mut loaded) = load(&args.input, color, args.json, false)? else {
         return Ok(ExitCode::from(1));
     };
     let cgroup = resolve_cgroup(&args.cgroup)?;
@@ -215,7 +217,7 @@ fn count(reloads: &mut json::ReloadsJson, ok: bool) {
 /// Re-reads and recompiles the input and swaps it in (the new version is loaded and
 /// verified beside the old one first); keeps the old one on failure. True if swapped.
 fn reload(args: &RunArgs, color: ColorChoice, enf: &mut Enforcement, loaded: &mut Loaded) -> bool {
-    let new = match load(&args.input, color, args.json) {
+    let new = match load(&args.input, color, args.json, false) {
         Ok(Some(l)) => l,
         Ok(None) => {
             eprintln!("skpc: reload failed: the policy does not compile (see above); still enforcing version {}", enf.version());

@@ -51,6 +51,9 @@ pub struct Lowered {
     /// The stable entry program: tail-calls `verdict` through the PROG_ARRAY.
     pub entry: Assembled,
     pub sockops: Assembled,
+    /// The connections `sockops` puts into the sockhash (`hir::conn::taken`, or every
+    /// one without `Options::select_connections`).
+    pub connections: hir::Cond,
     /// The source line of each rule, by rule index, and of the default (0 when implicit):
     /// what the marks of `verdict` stand for (`line_of`).
     rule_lines: Vec<u32>,
@@ -111,6 +114,11 @@ pub struct Options {
     /// Per-rule counters (messages and bytes). Off gives the smallest program, for
     /// comparing with hand-written C that counts nothing.
     pub counters: bool,
+    /// The SOCK_OPS program inserts only the connections some rule can act on
+    /// (`hir::conn::taken`); off, it inserts every TCP connection. Off suits a loader
+    /// that hot-reloads policies behind one SOCK_OPS program (`skpc run`): a later
+    /// version may act on connections the first one left out.
+    pub select_connections: bool,
 }
 
 /// Lowers a checked policy with the default options.
@@ -125,11 +133,17 @@ pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
     let mut g = Gen::new(options, maps);
     g.verdict_program(policy, &index.blocks);
     let verdict = lir::assemble(&lir::cleanup(g.code));
+    let connections = if options.select_connections {
+        hir::conn::taken(policy)
+    } else {
+        hir::Cond::Const(true)
+    };
     Lowered {
         maps: specs,
         verdict,
         entry: entry_program(maps),
-        sockops: sockops_program(maps),
+        sockops: sockops_program(maps, &connections),
+        connections,
         rule_lines: policy.rules.iter().map(|r| r.line).collect(),
         default_line: policy
             .counters
@@ -161,6 +175,9 @@ struct Gen {
     flat: bool,
     /// The context words are copied to the stack (`take_snapshot`).
     snapshot: bool,
+    /// The program reads a `bpf_sock_ops` context: `ctx_ld` maps each `sk_msg_md`
+    /// offset to the same field there (`programs::sock_ops_offset`).
+    sock_ops_ctx: bool,
     /// Hide the counter slot's value from the verifier before the count block (see
     /// `count_reg`): only in policies with enough rules for it to matter.
     blur_slot: bool,
@@ -170,7 +187,10 @@ struct Gen {
 
 impl Default for Options {
     fn default() -> Options {
-        Options { counters: true }
+        Options {
+            counters: true,
+            select_connections: true,
+        }
     }
 }
 
@@ -188,6 +208,7 @@ impl Gen {
             flat: false,
             snapshot: false,
             blur_slot: true,
+            sock_ops_ctx: false,
             index_not_ready: None,
         }
     }
@@ -196,6 +217,11 @@ impl Gen {
     /// prologue took one (stack loads are not rewritten by the kernel, context loads
     /// are, each rewrite costing time linear in the program size), else from the context.
     fn ctx_ld(&mut self, dst: Reg, off: i16) {
+        if self.sock_ops_ctx {
+            let off = programs::sock_ops_offset(off);
+            self.ldx(Size::W, dst, self.ctx(), off);
+            return;
+        }
         match self.snapshot_slot(off) {
             Some(slot) => self.ldx(Size::W, dst, Reg::R10, slot),
             None => self.ldx(Size::W, dst, self.ctx(), off),

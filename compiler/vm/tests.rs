@@ -29,7 +29,15 @@ fn mixed_policy() -> String {
 }
 
 fn compiled(src: &str, counters: bool) -> Compiled {
-    compile_with("index.skp", src, Options { counters }).expect("compiles")
+    compile_with(
+        "index.skp",
+        src,
+        Options {
+            counters,
+            ..Options::default()
+        },
+    )
+    .expect("compiles")
 }
 
 fn msg(local_port: u16, remote_port: u16, payload: &[u8]) -> Message {
