@@ -377,7 +377,9 @@ fn part_counters(anchors: &[Skp]) -> String {
          |---|---:|---:|---:|---:|---:|---:|\n"
     );
     let mut cases: Vec<(String, bool, Result<Attach, String>)> = Vec::new();
-    let mut sizes: Vec<(String, Result<(Sizes, Sizes), String>)> = Vec::new();
+    // Per anchor: (counters on, counters off), or why it did not load.
+    type OnOff = Result<(Sizes, Sizes), String>;
+    let mut sizes: Vec<(String, OnOff)> = Vec::new();
     for name in ANCHORS {
         let Some(p) = anchors.iter().find(|p| p.name == format!("{name}.skp")) else {
             continue;

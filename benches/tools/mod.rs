@@ -160,11 +160,11 @@ fn iperf3_run(
 }
 
 fn number_after(text: &str, key: &str) -> Option<f64> {
-    let rest = &text[text.find(key)? + key.len()..];
+    let rest = text[text.find(key)? + key.len()..].trim_start();
     let end = rest
-        .find(|c: char| !(c.is_ascii_digit() || ".eE+-".contains(c) || c == ' '))
+        .find(|c: char| !(c.is_ascii_digit() || ".eE+-".contains(c)))
         .unwrap_or(rest.len());
-    rest[..end].trim().parse().ok()
+    rest[..end].parse().ok()
 }
 
 /// redis-benchmark's numbers for one test: requests/s, p50 and p99 in ms.
