@@ -181,6 +181,12 @@ struct Gen {
     /// Hide the counter slot's value from the verifier before the count block (see
     /// `count_reg`): only in policies with enough rules for it to matter.
     blur_slot: bool,
+    /// Where a rule with a constant counter slot jumps once it has stored the slot as
+    /// the counter key (policies that do not blur the slot; see `tails`).
+    count_block: Option<Label>,
+    /// The counter slots that lead to each decision (the rules deciding it, and the
+    /// default): after the shared count block, the key says which decision to take.
+    decision_slots: Vec<(Decision, Vec<u32>)>,
     /// Where the program goes when the index is not filled (set by the first block).
     index_not_ready: Option<Label>,
 }
@@ -208,6 +214,8 @@ impl Gen {
             flat: false,
             snapshot: false,
             blur_slot: true,
+            count_block: None,
+            decision_slots: Vec::new(),
             sock_ops_ctx: false,
             index_not_ready: None,
         }

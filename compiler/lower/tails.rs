@@ -13,6 +13,20 @@ use super::programs::SK_MSG_LAYOUT;
 use super::Gen;
 use super::{SLOT, STACK_COUNTER_KEY, STACK_LOG, STACK_SOCK_KEY};
 
+/// Sorted, merged runs of consecutive slots.
+fn slot_ranges(mut slots: Vec<u32>) -> Vec<(u32, u32)> {
+    slots.sort_unstable();
+    slots.dedup();
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for s in slots {
+        match out.last_mut() {
+            Some(last) if last.1 + 1 == s => last.1 = s,
+            _ => out.push((s, s)),
+        }
+    }
+    out
+}
+
 /// Which decision the shared count block dispatches to: set by each decision's label.
 /// r8 is a cached field's register, which nothing reads once a rule has decided.
 const DECISION: Reg = Reg::R8;
@@ -20,8 +34,20 @@ const DECISION: Reg = Reg::R8;
 const SIZE: Reg = Reg::R9;
 
 impl Gen {
-    /// Jumps to the shared tail of decision `d`, with the rule's counter slot in SLOT.
+    /// Jumps to the shared tail of decision `d`, counting slot `slot`: with the slot
+    /// stored as the counter key straight away where the verifier may see it (small
+    /// policies), else with it in SLOT.
     pub(super) fn decide_via_tail(&mut self, d: &Decision, slot: u32) {
+        if self.options.counters && !self.blur_slot {
+            self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, slot as i32);
+            self.tail(d);
+            let count = *self.count_block.get_or_insert_with(|| {
+                self.labels += 1;
+                Label(self.labels)
+            });
+            self.goto(count);
+            return;
+        }
         if self.options.counters {
             self.mov32(SLOT, slot);
         }
@@ -50,7 +76,9 @@ impl Gen {
     pub(super) fn emit_tails(&mut self) {
         let tails = std::mem::take(&mut self.tails);
         self.code.push(Lir::Mark(Mark::Tails));
-        if self.options.counters && tails.len() > 1 {
+        if self.options.counters && !self.blur_slot {
+            self.count_then_dispatch_on_key(&tails);
+        } else if self.options.counters && tails.len() > 1 {
             let count = self.label();
             let last = tails.len() - 1;
             for (k, (_, l)) in tails.iter().enumerate() {
@@ -84,6 +112,59 @@ impl Gen {
         }
     }
 
+    /// The tails of a policy whose slots the verifier may see: every decision's label
+    /// (reached with the slot in SLOT, from keyed runs and index lookups) stores SLOT as
+    /// the counter key; rules with a constant slot stored it themselves and join at the
+    /// count block. One count block, then the key, a constant on every path, says which
+    /// decision follows: a compare per slot range of every decision but the one with the
+    /// most ranges, which is the fall-through.
+    fn count_then_dispatch_on_key(&mut self, tails: &[(Decision, Label)]) {
+        for (_, l) in tails {
+            self.place(*l);
+        }
+        self.stx(Size::W, Reg::R10, STACK_COUNTER_KEY, SLOT);
+        if let Some(count) = self.count_block {
+            self.place(count);
+        }
+        self.count_key(None);
+        let ranges: Vec<Vec<(u32, u32)>> = tails
+            .iter()
+            .map(|(d, _)| {
+                let slots = self
+                    .decision_slots
+                    .iter()
+                    .find(|(x, _)| x == d)
+                    .map(|(_, s)| s.clone())
+                    .unwrap_or_default();
+                slot_ranges(slots)
+            })
+            .collect();
+        let fall = (0..tails.len())
+            .max_by_key(|&k| (ranges[k].len(), std::cmp::Reverse(k)))
+            .unwrap_or(0);
+        let decide: Vec<Label> = tails.iter().map(|_| self.label()).collect();
+        if tails.len() > 1 {
+            self.ldx(Size::W, Reg::R1, Reg::R10, STACK_COUNTER_KEY);
+            for (k, rs) in ranges.iter().enumerate().filter(|(k, _)| *k != fall) {
+                for &(lo, hi) in rs {
+                    if lo == hi {
+                        self.jmp32(JmpOp::Jeq, Reg::R1, lo as i32, decide[k]);
+                    } else {
+                        let next = self.label();
+                        self.jmp32(JmpOp::Jlt, Reg::R1, lo as i32, next);
+                        self.jmp32(JmpOp::Jle, Reg::R1, hi as i32, decide[k]);
+                        self.place(next);
+                    }
+                }
+            }
+        }
+        let order = std::iter::once(fall).chain((0..tails.len()).filter(|&k| k != fall));
+        for k in order {
+            self.place(decide[k]);
+            self.decision(&tails[k].0);
+        }
+    }
+
     /// Bumps counter `slot` by one message and `sk_msg_md.size` bytes.
     pub(super) fn count_const(&mut self, slot: u32) {
         if self.options.counters {
@@ -92,22 +173,30 @@ impl Gen {
         }
     }
 
-    /// Bumps the counter whose slot is in SLOT: one lookup, two adds. The message size
-    /// is read once, into SIZE (callee-saved, so it outlives the lookup).
+    /// Bumps the counter whose slot is in SLOT: one lookup, two adds.
     pub(super) fn count_reg(&mut self) {
-        if !self.options.counters {
-            return;
+        if self.options.counters {
+            self.count_key(Some(SLOT));
         }
+    }
+
+    /// Bumps the counter whose key is at STACK_COUNTER_KEY, or (`slot`) first stores the
+    /// slot in that register there. The message size is read once, into SIZE
+    /// (callee-saved, so it outlives the lookup), before the call: nothing after it
+    /// reads the context.
+    fn count_key(&mut self, slot: Option<Reg>) {
         self.ctx_ld(SIZE, SK_MSG_MD_SIZE);
-        if self.blur_slot {
-            // SLOT holds a constant on every path, a different one per rule. Stored as a
-            // map key, the verifier would track it exactly and walk this block once per
-            // rule. `+ size - size` leaves the value alone but makes it unknown to the
-            // verifier, so the block is verified once per decision.
-            self.alu64(AluOp::Add, SLOT, Src::Reg(SIZE));
-            self.alu64(AluOp::Sub, SLOT, Src::Reg(SIZE));
+        if let Some(slot) = slot {
+            if self.blur_slot {
+                // SLOT holds a constant on every path, a different one per rule. Stored
+                // as a map key, the verifier would track it exactly and walk this block
+                // once per rule. `+ size - size` leaves the value alone but makes it
+                // unknown to the verifier, so the block is verified once per decision.
+                self.alu64(AluOp::Add, slot, Src::Reg(SIZE));
+                self.alu64(AluOp::Sub, slot, Src::Reg(SIZE));
+            }
+            self.stx(Size::W, Reg::R10, STACK_COUNTER_KEY, slot);
         }
-        self.stx(Size::W, Reg::R10, STACK_COUNTER_KEY, SLOT);
         let skip = self.label();
         self.map_lookup(self.maps.counters, STACK_COUNTER_KEY);
         self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);

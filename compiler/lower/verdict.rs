@@ -20,10 +20,17 @@ impl Gen {
         let indexed: usize = blocks.iter().map(|b| b.indexed).sum();
         self.flat = policy.rules.len() - indexed > FLAT_ABOVE_RULES;
         self.blur_slot = policy.rules.len() > BLUR_SLOT_ABOVE_RULES;
+        self.decision_slots = decision_slots(policy);
         // Branch-free rules use r0-r5 as scratch, and index lookups call a helper: the
         // context must live in r6.
-        self.ctx_in_r1 =
-            !self.flat && blocks.is_empty() && !needs_helper_before_verdict(policy, self.options);
+        let plan = runs::plan(policy, blocks);
+        // Runs searched for their counter slot use r1 as scratch.
+        let runs_with_counters =
+            self.options.counters && plan.iter().any(|s| !matches!(s, runs::Step::Rule(_)));
+        self.ctx_in_r1 = !self.flat
+            && blocks.is_empty()
+            && !runs_with_counters
+            && !needs_helper_before_verdict(policy, self.options);
         if !self.ctx_in_r1 {
             self.mov64(CTX, Src::Reg(Reg::R1));
         }
@@ -32,7 +39,7 @@ impl Gen {
         }
         self.parse_protocols(&proto::used(policy));
         self.cache_fields(policy, blocks);
-        for step in runs::plan(policy, blocks) {
+        for step in plan {
             let (i, run) = match step {
                 runs::Step::Indexed(k) => {
                     if self.indexed_block(policy, &blocks[k]) {
@@ -231,12 +238,39 @@ pub(super) fn needs_helper_before_verdict(policy: &hir::Policy, options: Options
                 }
             )
     };
-    options.counters
+    // The count block reads the size before its lookup and nothing of the context after
+    // it; a decision other than a plain pass or drop reads the context after that call.
+    let plain = |d: &Decision| {
+        d.apply_bytes.is_none() && matches!(d.verdict, Verdict::Pass | Verdict::Drop)
+    };
+    let counted_decision_needs_ctx = !plain(&policy.default.decision)
+        || policy.rules.iter().any(|r| match &r.action {
+            Action::Decide(d) => !plain(d),
+            Action::Count { .. } | Action::Log => true,
+        });
+    (options.counters && counted_decision_needs_ctx)
         || decision_calls(&policy.default.decision)
         || policy.rules.iter().any(|r| match &r.action {
             Action::Decide(d) => decision_calls(d) || r.cond.any_test(test_calls),
             Action::Count { .. } | Action::Log => true,
         })
+}
+
+/// The counter slots that reach each decision: its rules' and, for the default's
+/// decision, the default's.
+fn decision_slots(policy: &hir::Policy) -> Vec<(Decision, Vec<u32>)> {
+    let mut out: Vec<(Decision, Vec<u32>)> = Vec::new();
+    let deciding = policy.rules.iter().filter_map(|r| match &r.action {
+        Action::Decide(d) => Some((d, r.counter)),
+        Action::Count { .. } | Action::Log => None,
+    });
+    for (d, slot) in deciding.chain([(&policy.default.decision, policy.default.counter)]) {
+        match out.iter_mut().find(|(x, _)| x == d) {
+            Some((_, slots)) => slots.push(slot as u32),
+            None => out.push((d.clone(), vec![slot as u32])),
+        }
+    }
+    out
 }
 
 /// The field an integer test reads.
