@@ -23,7 +23,7 @@ impl Gen {
         self.decision_slots = decision_slots(policy);
         // Branch-free rules use r0-r5 as scratch, and index lookups call a helper: the
         // context must live in r6.
-        let plan = runs::plan(policy, blocks);
+        let plan = split_small_runs(runs::plan(policy, blocks), self.options);
         // Runs searched for their counter slot use r1 as scratch.
         let runs_with_counters =
             self.options.counters && plan.iter().any(|s| !matches!(s, runs::Step::Rule(_)));
@@ -254,6 +254,24 @@ pub(super) fn needs_helper_before_verdict(policy: &hir::Policy, options: Options
             Action::Decide(d) => decision_calls(d) || r.cond.any_test(test_calls),
             Action::Count { .. } | Action::Log => true,
         })
+}
+
+/// With counters, a run of at most BLUR_SLOT_ABOVE_RULES rules is compiled rule by
+/// rule: a compare per value and a constant counter key per rule is shorter than the
+/// keyed search that finds which rule of the run matched (rules_10: 96 instructions
+/// over `--no-counters` with the search, 35 without).
+fn split_small_runs(plan: Vec<runs::Step>, options: Options) -> Vec<runs::Step> {
+    if !options.counters {
+        return plan;
+    }
+    plan.into_iter()
+        .flat_map(|step| match step {
+            runs::Step::Run { first, last, .. } if last - first < BLUR_SLOT_ABOVE_RULES => {
+                (first..=last).map(runs::Step::Rule).collect()
+            }
+            other => vec![other],
+        })
+        .collect()
 }
 
 /// The counter slots that reach each decision: its rules' and, for the default's
