@@ -38,6 +38,7 @@ mod gen;
 mod protocols;
 mod report;
 mod sets;
+mod tools;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -361,6 +362,98 @@ fn part_a(
     s
 }
 
+// ---------------------------------------------------------------- part c
+
+/// c. What counters cost: for every anchor policy, skp_verdict with counters and
+/// without, attached directly (no entry program): slots and xlated instructions, and
+/// the run time per message from BPF stats, interleaved rounds (SKPC_BENCH_ONLY=counters
+/// runs this part alone).
+fn part_counters(anchors: &[Skp]) -> String {
+    let rounds: usize = env_or("SKPC_BENCH_ROUNDS", 5);
+    let secs: f64 = env_or("SKPC_BENCH_SECS", 1.0);
+    let size = 64usize;
+    let mut s = format!(
+        "### c. What counters cost\n\n\
+         Each anchor policy's skp_verdict with counters (the default) and with \
+         `--no-counters`, both attached directly to a sockmap: emitted slots (an \
+         `ld_imm64` is 2), xlated instructions, and (for the policies whose traffic passes) \
+         the program's run time per {size} B message from BPF stats (run_time_ns / \
+         run_cnt, about 45 ns of it accounting; median of {rounds} interleaved rounds of \
+         {secs} s). The target (issue 13): at most 8 instructions and 10 ns over \
+         `--no-counters`.\n\n\
+         | policy | slots on / off | over | xlated on / off | over | ns/msg on / off | over |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n"
+    );
+    let mut cases: Vec<(String, bool, Result<Attach, String>)> = Vec::new();
+    // Per anchor: (counters on, counters off), or why it did not load.
+    type OnOff = Result<(Sizes, Sizes), String>;
+    let mut sizes: Vec<(String, OnOff)> = Vec::new();
+    for name in ANCHORS {
+        let Some(p) = anchors.iter().find(|p| p.name == format!("{name}.skp")) else {
+            continue;
+        };
+        eprintln!("c. loading {name}");
+        sizes.push((
+            name.to_string(),
+            skpc_sizes(p, true).and_then(|on| skpc_sizes(p, false).map(|off| (on, off))),
+        ));
+        if SEND_ANCHORS.contains(&name) {
+            for counters in [true, false] {
+                cases.push((name.to_string(), counters, direct_attach_with(p, counters)));
+            }
+        }
+    }
+    let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime);
+    let results = interleaved(
+        "c",
+        rounds,
+        &[size],
+        &mut cases,
+        |c| &mut c.2,
+        |a, size| run_case(a, size, secs),
+    );
+    drop(stats_fd);
+    let ns = |name: &str, counters: bool| -> Option<f64> {
+        let i = cases
+            .iter()
+            .position(|(n, c, _)| n == name && *c == counters)?;
+        match results.get(&(i, size))? {
+            Ok(r) if !r.is_empty() && r.iter().all(|x| x.runs > 0) => {
+                let mut v: Vec<f64> = r.iter().map(|x| x.run_ns as f64 / x.runs as f64).collect();
+                Some(report::median(&mut v))
+            }
+            _ => None,
+        }
+    };
+    for (name, sz) in &sizes {
+        let (size_cells, over_slots, over_x) = match sz {
+            Ok((on, off)) => (
+                (
+                    format!("{} / {}", on.slots, off.slots),
+                    format!("{} / {}", on.xlated, off.xlated),
+                ),
+                format!("{:+}", on.slots as i64 - off.slots as i64),
+                format!("{:+}", on.xlated as i64 - off.xlated as i64),
+            ),
+            Err(e) => ((e.clone(), "-".into()), "-".into(), "-".into()),
+        };
+        let (time, over_t) = match (ns(name, true), ns(name, false)) {
+            (Some(a), Some(b)) => (format!("{a:.0} / {b:.0}"), format!("{:+.0}", a - b)),
+            _ => ("-".into(), "-".into()),
+        };
+        s.push_str(&format!(
+            "| {name} | {} | {over_slots} | {} | {over_x} | {time} | {over_t} |\n",
+            size_cells.0, size_cells.1
+        ));
+    }
+    s.push_str(&format!(
+        "\nCommand: `{}SKPC_BENCH_ONLY=counters cargo bench --bench kernel`. {}\n",
+        settings(),
+        report::machine()
+    ));
+    s
+}
+
 // ---------------------------------------------------------------- part b
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -481,7 +574,12 @@ fn runtime_attach(p: &Skp) -> Result<Attach, String> {
 }
 
 fn direct_attach(p: &Skp) -> Result<Attach, String> {
-    let c = compile(p, false)?;
+    direct_attach_with(p, false)
+}
+
+/// skp_verdict attached directly to its sockmap, with or without counters.
+fn direct_attach_with(p: &Skp, counters: bool) -> Result<Attach, String> {
+    let c = compile(p, counters)?;
     let loaded =
         load_program(&c.object, "skp_verdict", slots(&c)).map_err(|e| load_failure(&c, &e))?;
     // An indexed policy drops everything until its index is filled (as the runtime does).
@@ -939,9 +1037,18 @@ fn main() {
             report::publish("kernel-budget", &budget::part_budget(), to_docs);
             return;
         }
+        "counters" => {
+            let anchors = read_skp(&report::repo().join("benches/anchors"), "");
+            report::publish("kernel-counters", &part_counters(&anchors), to_docs);
+            return;
+        }
+        "tools" => {
+            report::publish("kernel-tools", &tools::part_r(), to_docs);
+            return;
+        }
         other => {
             eprintln!(
-                "SKPC_BENCH_ONLY={other}: the parts that run alone are `protocols`, `sets` and `budget`"
+                "SKPC_BENCH_ONLY={other}: the parts that run alone are `protocols`, `sets`, `budget`, `counters` and `tools`"
             );
             std::process::exit(1);
         }
@@ -1015,8 +1122,10 @@ fn main() {
         }
     ));
     report::publish("kernel", &body, to_docs);
+    report::publish("kernel-counters", &part_counters(&anchors), to_docs);
     report::publish("kernel-protocols", &protocols::part_p(), to_docs);
     report::publish("kernel-sets", &sets::part_s(), to_docs);
+    report::publish("kernel-tools", &tools::part_r(), to_docs);
 }
 
 /// The settings given in the environment, as they would be typed.

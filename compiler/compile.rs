@@ -161,7 +161,7 @@ pub fn object_spec(lowered: &Lowered, file_name: &str, source: &str) -> ObjectSp
                 map_refs: map_refs(&lowered.sockops.insns),
                 // libbpf drops all line info of an object when one program has none.
                 lines: vec![generated_line(
-                    "sockops: insert every established TCP socket into skp_peers",
+                    "sockops: insert the established TCP sockets the policy takes into skp_peers",
                 )],
             },
         ],
@@ -316,7 +316,7 @@ pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
                     describe_default(&c.policy)
                 )),
                 _ => {
-                    out.push_str("; verdicts: count the deciding rule (slot in r7), then decide\n")
+                    out.push_str("; verdicts: count the deciding rule once (its counter slot is the key at r10 -8), then decide\n")
                 }
             }
         }
@@ -334,6 +334,10 @@ pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
     out.push_str(&format!(
         "\n; section {SOCK_OPS_SECTION}, program {SOCK_OPS_PROGRAM}, {} instructions\n",
         c.lowered.sockops.marks.len()
+    ));
+    out.push_str(&format!(
+        "; connections the policy takes (the rest never enter the sockmaps): {}\n",
+        hir::conn::describe(&c.lowered.connections)
     ));
     let mut slot = 0usize;
     for insn in &c.lowered.sockops.insns {

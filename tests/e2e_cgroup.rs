@@ -1,6 +1,7 @@
 //! End-to-end: cgroup-wide enforcement. The SOCK_OPS program on a temporary cgroup v2
 //! puts every TCP socket its processes establish (connect and accept, IPv4 and IPv6)
-//! into skp_peers, so `redirect to peer` works between them and rules on the sending
+//! that the policy takes (`hir::conn`: some rule can act on it) into skp_peers, and no
+//! other (a real redis-cli on an unnamed port stays out), so `redirect to peer` works between them and rules on the sending
 //! process (uid) apply. The clients are python3 (Debian package python3) children
 //! started inside the cgroup, one of them with another uid (setuid in pre_exec).
 
@@ -198,6 +199,102 @@ fn uid_rules_see_the_sending_process_and_peer_must_be_in_the_map() {
         (c[0].messages, c[1].messages, c[2].messages),
         (1, 1, 1),
         "{c:?}"
+    );
+    drop(cg);
+    g.finish();
+}
+
+/// A redis-cli session inside `cg`, its commands written one at a time (stdin piped) and
+/// its replies read line by line, so that a test can look at the maps while it is open.
+struct CliSession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    out: Lines,
+}
+
+impl CliSession {
+    fn open(redis: &Redis, cg: &TempCgroup) -> CliSession {
+        let mut cmd = Command::new(&redis.cli);
+        cmd.args(["-p", &redis.port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        skpc_runtime::process::join_cgroup_on_exec(&mut cmd, cg.path()).unwrap();
+        let mut child = dies_with_the_test(&mut cmd)
+            .spawn()
+            .expect("redis-cli runs");
+        let stdin = child.stdin.take().expect("piped");
+        let out = Lines::of(child.stdout.take().expect("piped"));
+        CliSession { child, stdin, out }
+    }
+
+    /// Sends one command line and returns the next reply line containing `expect`.
+    fn say(&mut self, command: &str, expect: &str) -> String {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+        self.out.expect(expect)
+    }
+
+    fn close(mut self) {
+        drop(self.stdin);
+        let _ = self.child.wait();
+    }
+}
+
+/// Selective insertion (hir::conn, docs/runtime.md): under a policy that guards one
+/// redis port, a real redis-cli session to another port never enters skp_peers and its
+/// commands go through, while a session to the guarded port is in it and gets the
+/// policy's reply. Both sessions are open at once, in one cgroup, under one policy.
+#[test]
+fn a_connection_no_rule_can_touch_stays_out_of_the_sockmap() {
+    let name = "a_connection_no_rule_can_touch_stays_out_of_the_sockmap";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let (Some(guarded), Some(other)) = (Redis::start_or_skip(name), Redis::start_or_skip(name))
+    else {
+        return;
+    };
+    let mut g = Guard::new(&format!(
+        "reply \"-ERR guarded by skpc\\r\\n\" if port == {} and payload[0..2] == \"*3\";",
+        guarded.port
+    ));
+    let cg = TempCgroup::create().unwrap();
+    g.enf().attach_cgroup(cg.path()).unwrap();
+    assert_eq!(g.enf().sockets(), 0);
+
+    // The unnamed port: established, used, and not in the sockhash.
+    let mut plain = CliSession::open(&other, &cg);
+    assert_eq!(plain.say("PING", "PONG"), "PONG");
+    assert_eq!(plain.say("SET plain yes", "OK"), "OK");
+    assert_eq!(
+        g.enf().sockets(),
+        0,
+        "the connection to the unnamed port is not taken"
+    );
+
+    // The guarded port, while the other session is still open: taken, and enforced.
+    let mut held = CliSession::open(&guarded, &cg);
+    assert_eq!(held.say("PING", "PONG"), "PONG");
+    assert_eq!(
+        g.enf().sockets(),
+        1,
+        "the connection to the guarded port is taken"
+    );
+    assert_eq!(held.say("SET held yes", "guarded"), "ERR guarded by skpc");
+    // Both sessions go on.
+    assert_eq!(plain.say("GET plain", "yes"), "yes");
+    assert_eq!(held.say("PING", "PONG"), "PONG");
+    let rule = g.enf().counters().unwrap();
+    assert_eq!(counter(&rule, "rule0").0, 1, "{rule:?}");
+    plain.close();
+    held.close();
+
+    assert_eq!(other.cli(&["GET", "plain"]), ("yes".into(), 0));
+    assert_eq!(
+        guarded.cli(&["EXISTS", "held"]),
+        ("0".into(), 0),
+        "the SET never arrived"
     );
     drop(cg);
     g.finish();

@@ -279,10 +279,12 @@ fn crossover() -> String {
     let as_code = Options {
         counters: false,
         set_maps_above: Some(usize::MAX),
+        ..Options::default()
     };
     let as_map = Options {
         counters: false,
         set_maps_above: Some(0),
+        ..Options::default()
     };
     // (kind, size) -> index of the code case; the map case follows it.
     let mut cells = Vec::new();

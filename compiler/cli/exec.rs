@@ -43,6 +43,8 @@ pub(crate) struct Loaded {
     /// The sets read from files: their files, and their contents as the runtime takes
     /// them (`skpc run` swaps them in when a file changes).
     pub set_files: super::set_files::SetFiles,
+    /// The connections the policy takes (`hir::conn::describe`).
+    pub connections: String,
 }
 
 /// Reads and compiles the input; diagnostics go to stderr (as one JSON line when
@@ -51,9 +53,13 @@ pub(crate) fn load(
     input: &Input,
     color: ColorChoice,
     json: bool,
+    select_connections: bool,
 ) -> anyhow::Result<Option<Loaded>> {
     let src = input.read()?;
-    let options = skpc::lower::Options::default();
+    let options = skpc::lower::Options {
+        select_connections,
+        ..skpc::lower::Options::default()
+    };
     let compiled = if json {
         let result = skpc::compile::compile_with(&src.name, &src.text, options);
         let diags = match &result {
@@ -82,6 +88,7 @@ pub(crate) fn load(
         counters,
         policy,
         set_files: super::set_files::SetFiles::of(&compiled),
+        connections: skpc::hir::conn::describe(&compiled.lowered.connections),
     }))
 }
 
@@ -222,7 +229,8 @@ pub(crate) fn log_line(l: &Loaded, r: &LogRecord, json: bool) -> String {
 }
 
 pub fn run(args: ExecArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
-    let Some(loaded) = load(&args.input, color, args.json)? else {
+    // No reload here: the SOCK_OPS program can leave out what this policy cannot touch.
+    let Some(loaded) = load(&args.input, color, args.json, true)? else {
         return Ok(ExitCode::from(1));
     };
     // Catch signals before anything enters the kernel, so every ending cleans up.
@@ -282,6 +290,10 @@ pub fn run(args: ExecArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
             "skpc: counters of {}:\n{}",
             loaded.name,
             counters_table(&loaded, &values)
+        );
+        eprintln!(
+            "skpc: connections the policy took: {}; the others never entered the sockmaps (in no counter)",
+            loaded.connections
         );
     }
     Ok(ExitCode::from(code))

@@ -56,7 +56,9 @@ fn resolve_cgroup(p: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
-    let Some(mut loaded) = load(&args.input, color, args.json)? else {
+    // Every connection: a reloaded version may act on one the first version would have
+    // left out, and the SOCK_OPS program stays the first version's.
+    let Some(mut loaded) = load(&args.input, color, args.json, false)? else {
         return Ok(ExitCode::from(1));
     };
     let cgroup = resolve_cgroup(&args.cgroup)?;
@@ -241,7 +243,7 @@ fn reload(args: &RunArgs, color: ColorChoice, enf: &mut Enforcement, loaded: &mu
 
 /// Re-reads and recompiles the input (and its set files); none if that failed (said).
 fn rebuild(args: &RunArgs, color: ColorChoice, enf: &Enforcement) -> Option<Loaded> {
-    match load(&args.input, color, args.json) {
+    match load(&args.input, color, args.json, false) {
         Ok(Some(l)) => Some(l),
         Ok(None) => {
             eprintln!("skpc: reload failed: the policy does not compile (see above); still enforcing version {}", enf.version());

@@ -9,6 +9,7 @@
 //! `and`/`or`, no nested `and` in an `and`, no double `not`); integer ranges are sorted,
 //! disjoint and not adjacent (`ranges::normalize`); address prefixes have no host bits.
 
+pub mod conn;
 pub mod fold;
 pub mod ranges;
 pub mod visit;

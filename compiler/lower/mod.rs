@@ -53,6 +53,9 @@ pub struct Lowered {
     /// The stable entry program: tail-calls `verdict` through the PROG_ARRAY.
     pub entry: Assembled,
     pub sockops: Assembled,
+    /// The connections `sockops` puts into the sockhash (`hir::conn::taken`, or every
+    /// one without `Options::select_connections`).
+    pub connections: hir::Cond,
     /// The source line of each rule, by rule index, and of the default (0 when implicit):
     /// what the marks of `verdict` stand for (`line_of`).
     rule_lines: Vec<u32>,
@@ -141,6 +144,11 @@ pub struct Options {
     /// A set test with more elements than this is a map lookup (`sets`), else code;
     /// `None`: the threshold measured for its kind (`sets::MAP_ABOVE_*`).
     pub set_maps_above: Option<usize>,
+    /// The SOCK_OPS program inserts only the connections some rule can act on
+    /// (`hir::conn::taken`); off, it inserts every TCP connection. Off suits a loader
+    /// that hot-reloads policies behind one SOCK_OPS program (`skpc run`): a later
+    /// version may act on connections the first one left out.
+    pub select_connections: bool,
 }
 
 /// Lowers a checked policy with the default options.
@@ -158,11 +166,17 @@ pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
     g.sets = planned.into_iter().zip(set_ids).collect();
     g.verdict_program(policy, &index.blocks);
     let verdict = lir::assemble(&lir::cleanup(g.code));
+    let connections = if options.select_connections {
+        hir::conn::taken(policy)
+    } else {
+        hir::Cond::Const(true)
+    };
     Lowered {
         maps: specs,
         verdict,
         entry: entry_program(maps),
-        sockops: sockops_program(maps),
+        sockops: sockops_program(maps, &connections),
+        connections,
         rule_lines: policy.rules.iter().map(|r| r.line).collect(),
         default_line: policy
             .counters
@@ -195,6 +209,18 @@ struct Gen {
     flat: bool,
     /// The context words are copied to the stack (`take_snapshot`).
     snapshot: bool,
+    /// The program reads a `bpf_sock_ops` context: `ctx_ld` maps each `sk_msg_md`
+    /// offset to the same field there (`programs::sock_ops_offset`).
+    sock_ops_ctx: bool,
+    /// Hide the counter slot's value from the verifier before the count block (see
+    /// `count_reg`): only in policies with enough rules for it to matter.
+    blur_slot: bool,
+    /// Where a rule with a constant counter slot jumps once it has stored the slot as
+    /// the counter key (policies that do not blur the slot; see `tails`).
+    count_block: Option<Label>,
+    /// The counter slots that lead to each decision (the rules deciding it, and the
+    /// default): after the shared count block, the key says which decision to take.
+    decision_slots: Vec<(Decision, Vec<u32>)>,
     /// Where the program goes when the index is not filled (set by the first block).
     index_not_ready: Option<Label>,
     /// The large sets (see `sets`) and their maps.
@@ -208,6 +234,7 @@ impl Default for Options {
         Options {
             counters: true,
             set_maps_above: None,
+            select_connections: true,
         }
     }
 }
@@ -225,6 +252,10 @@ impl Gen {
             ctx_in_r1: false,
             flat: false,
             snapshot: false,
+            blur_slot: true,
+            count_block: None,
+            decision_slots: Vec::new(),
+            sock_ops_ctx: false,
             index_not_ready: None,
             sets: Vec::new(),
             sets_not_ready: None,
@@ -235,6 +266,11 @@ impl Gen {
     /// prologue took one (stack loads are not rewritten by the kernel, context loads
     /// are, each rewrite costing time linear in the program size), else from the context.
     fn ctx_ld(&mut self, dst: Reg, off: i16) {
+        if self.sock_ops_ctx {
+            let off = programs::sock_ops_offset(off);
+            self.ldx(Size::W, dst, self.ctx(), off);
+            return;
+        }
         match self.snapshot_slot(off) {
             Some(slot) => self.ldx(Size::W, dst, Reg::R10, slot),
             None => self.ldx(Size::W, dst, self.ctx(), off),

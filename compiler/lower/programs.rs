@@ -6,6 +6,7 @@ use skpc_abi::SockKey;
 
 use crate::bpf::uapi::*;
 use crate::bpf::{Endian, Insn, JmpOp, Reg, Size, Src};
+use crate::hir::Cond;
 
 use super::addr::MAPPED_WORD2;
 use super::lir::{self, Assembled};
@@ -127,9 +128,12 @@ pub(super) fn entry_program(maps: Maps) -> Assembled {
     lir::assemble(&g.code)
 }
 
-/// The SOCK_OPS program: on every established TCP connection (active and passive),
-/// put the socket in the sockhash under its own `SockKey`.
-pub(super) fn sockops_program(maps: Maps) -> Assembled {
+/// The SOCK_OPS program: on every established TCP connection (active and passive) that
+/// `connections` takes (`hir::conn::taken`: some rule of the policy can act on it), put
+/// the socket in the sockhash under its own `SockKey`. Every other connection stays out
+/// of the sockmaps, so its sends never run the verdict program. `connections` reads only
+/// connection fields, which `bpf_sock_ops` has as `sk_msg_md` has them.
+pub(super) fn sockops_program(maps: Maps, connections: &Cond) -> Assembled {
     let mut g = Gen::new(Options::default(), maps);
     let insert = g.label();
     let done = g.label();
@@ -150,11 +154,15 @@ pub(super) fn sockops_program(maps: Maps) -> Assembled {
     g.goto(done);
     g.place(insert);
     g.ldx(Size::W, Reg::R2, g.ctx(), BPF_SOCK_OPS_FAMILY);
-    let known = g.label();
+    let (known, taken) = (g.label(), g.label());
     g.jmp32(JmpOp::Jeq, Reg::R2, AF_INET, known);
     g.jmp32(JmpOp::Jeq, Reg::R2, AF_INET6, known);
     g.goto(done);
     g.place(known);
+    g.sock_ops_ctx = true;
+    g.cond(connections, taken, done);
+    g.sock_ops_ctx = false;
+    g.place(taken);
     g.sock_key(SOCK_OPS_LAYOUT, false);
     g.mov64(Reg::R1, Src::Reg(g.ctx()));
     g.ld_map(Reg::R2, maps.sockhash);
@@ -164,4 +172,23 @@ pub(super) fn sockops_program(maps: Maps) -> Assembled {
     g.place(done);
     g.ret(SOCK_OPS_DONE);
     lir::assemble(&lir::cleanup(g.code))
+}
+
+/// The `bpf_sock_ops` offset of the connection field at `sk_msg_md` offset `off`: the
+/// same word, in the same byte order, at another place.
+pub(super) fn sock_ops_offset(off: i16) -> i16 {
+    let words = [
+        (SK_MSG_LAYOUT.family, SOCK_OPS_LAYOUT.family, 1),
+        (SK_MSG_LAYOUT.local_ip4, SOCK_OPS_LAYOUT.local_ip4, 1),
+        (SK_MSG_LAYOUT.remote_ip4, SOCK_OPS_LAYOUT.remote_ip4, 1),
+        (SK_MSG_LAYOUT.local_ip6, SOCK_OPS_LAYOUT.local_ip6, 4),
+        (SK_MSG_LAYOUT.remote_ip6, SOCK_OPS_LAYOUT.remote_ip6, 4),
+        (SK_MSG_LAYOUT.local_port, SOCK_OPS_LAYOUT.local_port, 1),
+        (SK_MSG_LAYOUT.remote_port, SOCK_OPS_LAYOUT.remote_port, 1),
+    ];
+    words
+        .into_iter()
+        .find(|(msg, _, n)| (*msg..*msg + 4 * n).contains(&off))
+        .map(|(msg, ops, _)| ops + (off - msg))
+        .expect("hir::conn::taken tests connection fields only")
 }

@@ -13,9 +13,41 @@ use super::programs::SK_MSG_LAYOUT;
 use super::Gen;
 use super::{SLOT, STACK_COUNTER_KEY, STACK_LOG, STACK_SOCK_KEY};
 
+/// Sorted, merged runs of consecutive slots.
+fn slot_ranges(mut slots: Vec<u32>) -> Vec<(u32, u32)> {
+    slots.sort_unstable();
+    slots.dedup();
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for s in slots {
+        match out.last_mut() {
+            Some(last) if last.1 + 1 == s => last.1 = s,
+            _ => out.push((s, s)),
+        }
+    }
+    out
+}
+
+/// Which decision the shared count block dispatches to: set by each decision's label.
+/// r8 is a cached field's register, which nothing reads once a rule has decided.
+const DECISION: Reg = Reg::R8;
+/// The message size in the count block; r9 is the other cached field's register.
+const SIZE: Reg = Reg::R9;
+
 impl Gen {
-    /// Jumps to the shared tail of decision `d`, with the rule's counter slot in SLOT.
+    /// Jumps to the shared tail of decision `d`, counting slot `slot`: with the slot
+    /// stored as the counter key straight away where the verifier may see it (small
+    /// policies), else with it in SLOT.
     pub(super) fn decide_via_tail(&mut self, d: &Decision, slot: u32) {
+        if self.options.counters && !self.blur_slot {
+            self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, slot as i32);
+            self.tail(d);
+            let count = *self.count_block.get_or_insert_with(|| {
+                self.labels += 1;
+                Label(self.labels)
+            });
+            self.goto(count);
+            return;
+        }
         if self.options.counters {
             self.mov32(SLOT, slot);
         }
@@ -35,13 +67,43 @@ impl Gen {
         }
     }
 
+    /// The shared tails. Without counters, one decision per label. With counters, every
+    /// decision's label sets DECISION to the decision's number and joins one count block
+    /// (the counter in SLOT: one lookup, two adds), which then dispatches on DECISION to
+    /// the decision itself: the update is emitted once, however many decisions there are.
+    /// DECISION is a constant per decision, so the verifier walks the count block once per
+    /// decision (SLOT is blurred, see `count_reg`), as it walked each decision's own copy.
     pub(super) fn emit_tails(&mut self) {
         let tails = std::mem::take(&mut self.tails);
         self.code.push(Lir::Mark(Mark::Tails));
-        for (d, l) in tails {
-            self.place(l);
+        if self.options.counters && !self.blur_slot {
+            self.count_then_dispatch_on_key(&tails);
+        } else if self.options.counters && tails.len() > 1 {
+            let count = self.label();
+            let last = tails.len() - 1;
+            for (k, (_, l)) in tails.iter().enumerate() {
+                self.place(*l);
+                self.mov32(DECISION, k as u32);
+                if k != last {
+                    self.goto(count);
+                }
+            }
+            self.place(count);
             self.count_reg();
-            self.decision(&d);
+            let decide: Vec<Label> = tails.iter().map(|_| self.label()).collect();
+            for (k, l) in decide.iter().enumerate().skip(1) {
+                self.jmp32(JmpOp::Jeq, DECISION, k as i32, *l);
+            }
+            for ((d, _), l) in tails.iter().zip(decide) {
+                self.place(l);
+                self.decision(d);
+            }
+        } else {
+            for (d, l) in tails {
+                self.place(l);
+                self.count_reg();
+                self.decision(&d);
+            }
         }
         if let Some(not_ready) = self.sets_not_ready {
             // Fail closed: the sets are empty, so the rules that read them cannot be
@@ -56,6 +118,59 @@ impl Gen {
         }
     }
 
+    /// The tails of a policy whose slots the verifier may see: every decision's label
+    /// (reached with the slot in SLOT, from keyed runs and index lookups) stores SLOT as
+    /// the counter key; rules with a constant slot stored it themselves and join at the
+    /// count block. One count block, then the key, a constant on every path, says which
+    /// decision follows: a compare per slot range of every decision but the one with the
+    /// most ranges, which is the fall-through.
+    fn count_then_dispatch_on_key(&mut self, tails: &[(Decision, Label)]) {
+        for (_, l) in tails {
+            self.place(*l);
+        }
+        self.stx(Size::W, Reg::R10, STACK_COUNTER_KEY, SLOT);
+        if let Some(count) = self.count_block {
+            self.place(count);
+        }
+        self.count_key(None);
+        let ranges: Vec<Vec<(u32, u32)>> = tails
+            .iter()
+            .map(|(d, _)| {
+                let slots = self
+                    .decision_slots
+                    .iter()
+                    .find(|(x, _)| x == d)
+                    .map(|(_, s)| s.clone())
+                    .unwrap_or_default();
+                slot_ranges(slots)
+            })
+            .collect();
+        let fall = (0..tails.len())
+            .max_by_key(|&k| (ranges[k].len(), std::cmp::Reverse(k)))
+            .unwrap_or(0);
+        let decide: Vec<Label> = tails.iter().map(|_| self.label()).collect();
+        if tails.len() > 1 {
+            self.ldx(Size::W, Reg::R1, Reg::R10, STACK_COUNTER_KEY);
+            for (k, rs) in ranges.iter().enumerate().filter(|(k, _)| *k != fall) {
+                for &(lo, hi) in rs {
+                    if lo == hi {
+                        self.jmp32(JmpOp::Jeq, Reg::R1, lo as i32, decide[k]);
+                    } else {
+                        let next = self.label();
+                        self.jmp32(JmpOp::Jlt, Reg::R1, lo as i32, next);
+                        self.jmp32(JmpOp::Jle, Reg::R1, hi as i32, decide[k]);
+                        self.place(next);
+                    }
+                }
+            }
+        }
+        let order = std::iter::once(fall).chain((0..tails.len()).filter(|&k| k != fall));
+        for k in order {
+            self.place(decide[k]);
+            self.decision(&tails[k].0);
+        }
+    }
+
     /// Bumps counter `slot` by one message and `sk_msg_md.size` bytes.
     pub(super) fn count_const(&mut self, slot: u32) {
         if self.options.counters {
@@ -64,33 +179,55 @@ impl Gen {
         }
     }
 
-    /// Bumps the counter whose slot is in SLOT.
+    /// Bumps the counter whose slot is in SLOT: one lookup, two adds.
     pub(super) fn count_reg(&mut self) {
         if self.options.counters {
-            // SLOT holds a constant on every path, a different one per rule. Stored as a
-            // map key, the verifier would track it exactly and walk this tail once per
-            // rule. `+ size - size` leaves the value alone but makes it unknown to the
-            // verifier, so the tail is verified once.
-            self.ctx_ld(Reg::R2, SK_MSG_MD_SIZE);
-            self.alu64(AluOp::Add, SLOT, Src::Reg(Reg::R2));
-            self.alu64(AluOp::Sub, SLOT, Src::Reg(Reg::R2));
-            self.stx(Size::W, Reg::R10, STACK_COUNTER_KEY, SLOT);
-            self.count_key_on_stack();
+            self.count_key(Some(SLOT));
         }
     }
 
+    /// Bumps the counter whose key is at STACK_COUNTER_KEY, or (`slot`) first stores the
+    /// slot in that register there. The message size is read once, into SIZE
+    /// (callee-saved, so it outlives the lookup), before the call: nothing after it
+    /// reads the context.
+    fn count_key(&mut self, slot: Option<Reg>) {
+        self.ctx_ld(SIZE, SK_MSG_MD_SIZE);
+        if let Some(slot) = slot {
+            if self.blur_slot {
+                // SLOT holds a constant on every path, a different one per rule. Stored
+                // as a map key, the verifier would track it exactly and walk this block
+                // once per rule. `+ size - size` leaves the value alone but makes it
+                // unknown to the verifier, so the block is verified once per decision.
+                self.alu64(AluOp::Add, slot, Src::Reg(SIZE));
+                self.alu64(AluOp::Sub, slot, Src::Reg(SIZE));
+            }
+            self.stx(Size::W, Reg::R10, STACK_COUNTER_KEY, slot);
+        }
+        let skip = self.label();
+        self.map_lookup(self.maps.counters, STACK_COUNTER_KEY);
+        self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
+        self.add_to_counter(Counter::OFF_MESSAGES, Src::Imm(1));
+        self.add_to_counter(Counter::OFF_BYTES, Src::Reg(SIZE));
+        self.place(skip);
+    }
+
+    /// Bumps the counter whose key is at STACK_COUNTER_KEY.
     pub(super) fn count_key_on_stack(&mut self) {
         let skip = self.label();
         self.map_lookup(self.maps.counters, STACK_COUNTER_KEY);
         self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
-        self.ldx(Size::DW, Reg::R1, Reg::R0, Counter::OFF_MESSAGES);
-        self.alu64(AluOp::Add, Reg::R1, Src::Imm(1));
-        self.stx(Size::DW, Reg::R0, Counter::OFF_MESSAGES, Reg::R1);
+        self.add_to_counter(Counter::OFF_MESSAGES, Src::Imm(1));
         self.ctx_ld(Reg::R1, SK_MSG_MD_SIZE);
-        self.ldx(Size::DW, Reg::R2, Reg::R0, Counter::OFF_BYTES);
-        self.alu64(AluOp::Add, Reg::R2, Src::Reg(Reg::R1));
-        self.stx(Size::DW, Reg::R0, Counter::OFF_BYTES, Reg::R2);
+        self.add_to_counter(Counter::OFF_BYTES, Src::Reg(Reg::R1));
         self.place(skip);
+    }
+
+    /// `*(u64 *)(r0 + off) += value` on the counter the lookup returned in r0. A plain
+    /// load, add and store: the slot is this CPU's own, so no atomic is needed.
+    fn add_to_counter(&mut self, off: i16, value: Src) {
+        self.ldx(Size::DW, Reg::R2, Reg::R0, off);
+        self.alu64(AluOp::Add, Reg::R2, value);
+        self.stx(Size::DW, Reg::R0, off, Reg::R2);
     }
 
     pub(super) fn decision(&mut self, d: &Decision) {
