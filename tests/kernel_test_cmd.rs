@@ -64,22 +64,23 @@ fn an_indexed_policy_runs_its_cases_on_the_kernel() {
         return;
     }
     // 121 port and address rules with one decision: the compiler puts them into the
-    // skp_index maps, which the runtime fills before the cases run. Ports 47400..47499.
+    // skp_index maps, which the runtime fills before the cases run. Ports 27400..27499: below the
+    // ephemeral range (32768-60999), so no other test's connection holds one of them.
     let mut policy = String::new();
     for i in 0..120u16 {
         policy.push_str(&match i % 3 {
-            0 => format!("drop if remote.port == {};\n", 47400 + i / 3),
-            1 => format!("drop if local.port == {};\n", 47440 + i / 3),
+            0 => format!("drop if remote.port == {};\n", 27400 + i / 3),
+            1 => format!("drop if local.port == {};\n", 27440 + i / 3),
             _ => format!("drop if remote.ip == 10.0.0.{};\n", i),
         });
     }
     policy.push_str("drop if remote.ip == ::1;\n");
     policy.push_str(
         r#"
-test "indexed remote.port" { local.port = 47480; remote.port = 47405; payload = "x"; expect drop; }
-test "indexed local.port" { local.port = 47450; remote.port = 47481; payload = "x"; expect drop; }
-test "indexed IPv6 address" { family = inet6; local.port = 47482; remote.port = 47483; payload = "x"; expect drop; }
-test "nothing indexed matches" { local.port = 47484; remote.port = 47485; payload = "hello"; expect pass; }
+test "indexed remote.port" { local.port = 27480; remote.port = 27405; payload = "x"; expect drop; }
+test "indexed local.port" { local.port = 27450; remote.port = 27481; payload = "x"; expect drop; }
+test "indexed IPv6 address" { family = inet6; local.port = 27482; remote.port = 27483; payload = "x"; expect drop; }
+test "nothing indexed matches" { local.port = 27484; remote.port = 27485; payload = "hello"; expect pass; }
 "#,
     );
     let c = skpc::compile::compile("indexed.skp", &policy).expect("compiles");
