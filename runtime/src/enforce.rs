@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aya::maps::{Map, MapData, PerCpuArray, ProgramArray, RingBuf};
+use aya::maps::{Map, MapData, ProgramArray, RingBuf};
 use aya::programs::links::CgroupAttachMode;
 use aya::programs::sock_ops::SockOpsLinkId;
 use aya::programs::{SkMsg, SockOps};
@@ -767,28 +767,7 @@ impl Drop for Enforcement {
 }
 
 fn read_counters(v: &Version) -> Result<Vec<CounterValue>> {
-    let arr: PerCpuArray<&MapData, [u64; 2]> = PerCpuArray::try_from(&v.counters)
-        .map_err(|e| Error::from_aya("opening skp_counters", e))?;
-    let mut out = Vec::with_capacity(arr.len() as usize);
-    for i in 0..arr.len() {
-        let per_cpu = arr
-            .get(&i, 0)
-            .map_err(|e| Error::from_aya("reading skp_counters", e))?;
-        let (m, b) = per_cpu
-            .iter()
-            .fold((0u64, 0u64), |(m, b), c| (m + c[0], b + c[1]));
-        let name = v
-            .names
-            .get(i as usize)
-            .cloned()
-            .unwrap_or_else(|| format!("#{i}"));
-        out.push(CounterValue {
-            name,
-            messages: m,
-            bytes: b,
-        });
-    }
-    Ok(out)
+    crate::counters::read(&v.counters, &v.names)
 }
 
 fn drain_ring(rb: &mut RingBuf<MapData>, out: &mut Vec<LogRecord>) {

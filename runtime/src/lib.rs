@@ -21,6 +21,7 @@
 //!
 //! How it works, and what the kernel does with each verdict: docs/runtime.md.
 
+mod counters;
 mod enforce;
 mod error;
 mod fs;

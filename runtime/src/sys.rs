@@ -139,6 +139,20 @@ pub(crate) fn map_count(map: BorrowedFd<'_>, key_size: usize) -> usize {
     }
 }
 
+/// The value of `key` in `map`, into `value` (which must hold the kernel's whole value:
+/// for a per-CPU map, the value size rounded up to 8 bytes, once per possible CPU).
+pub(crate) fn map_lookup_into(
+    map: BorrowedFd<'_>,
+    key: &[u8],
+    value: &mut [u64],
+) -> io::Result<()> {
+    let mut attr = [0u64; 16];
+    attr[0] = map.as_raw_fd() as u32 as u64;
+    attr[1] = key.as_ptr() as u64;
+    attr[2] = value.as_mut_ptr() as u64;
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(|_| ())
+}
+
 /// The u32 value of `key` in `map` (an ARRAY of u32, such as `skp_sets`).
 pub(crate) fn map_lookup_u32(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<u32> {
     let mut value = [0u32; 1];
