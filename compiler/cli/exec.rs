@@ -105,7 +105,9 @@ pub(crate) fn cleanup_stale() {
 
 /// What a counter row describes: the rule's source text, the named counter, or the
 /// default.
-pub(crate) fn describe(info: Option<&CounterInfo>, name: &str, source: &str) -> (String, String) {
+/// A counter's line and rule text; `lines` are the source's lines (split once by the
+/// caller: a policy of 100,000 rules has as many counters).
+pub(crate) fn describe(info: Option<&CounterInfo>, name: &str, lines: &[&str]) -> (String, String) {
     let Some(info) = info else {
         return ("-".into(), name.to_string());
     };
@@ -117,9 +119,8 @@ pub(crate) fn describe(info: Option<&CounterInfo>, name: &str, source: &str) -> 
     let text = match info.kind {
         CounterKind::Named => format!("count {}", info.name),
         CounterKind::Default if info.line == 0 => "default pass (implicit)".to_string(),
-        _ => source
-            .lines()
-            .nth(info.line.saturating_sub(1) as usize)
+        _ => lines
+            .get(info.line.saturating_sub(1) as usize)
             .map(|l| strip_comment(l).trim().to_string())
             .unwrap_or_else(|| name.to_string()),
     };
@@ -155,11 +156,12 @@ fn human_bytes(n: u64) -> String {
 
 /// The counters as a table, one row per rule/count/default.
 pub(crate) fn counters_table(l: &Loaded, values: &[CounterValue]) -> String {
+    let lines: Vec<&str> = l.source.lines().collect();
     let rows: Vec<(String, String, String, String)> = values
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let (line, text) = describe(l.counters.get(i), &v.name, &l.source);
+            let (line, text) = describe(l.counters.get(i), &v.name, &lines);
             (line, text, v.messages.to_string(), human_bytes(v.bytes))
         })
         .collect();

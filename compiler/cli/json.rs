@@ -266,6 +266,7 @@ pub struct CounterJson<'a> {
 }
 
 pub fn counters_doc<'a>(l: &'a Loaded, values: &'a [CounterValue]) -> CountersDoc<'a> {
+    let lines: Vec<&str> = l.source.lines().collect();
     let counters = values
         .iter()
         .enumerate()
@@ -277,7 +278,7 @@ pub fn counters_doc<'a>(l: &'a Loaded, values: &'a [CounterValue]) -> CountersDo
                 Some(CounterKind::Default) => "default",
                 None => "unknown",
             };
-            let (_, rule) = describe(info, &v.name, &l.source);
+            let (_, rule) = describe(info, &v.name, &lines);
             CounterJson {
                 name: &v.name,
                 kind,
