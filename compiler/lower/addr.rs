@@ -28,6 +28,15 @@ pub(super) fn wire_word(bytes: [u8; 4]) -> i32 {
 }
 
 impl Gen {
+    /// Jumps to `f` unless the IPv6 address at context word `ip6` is IPv4-mapped
+    /// (`::ffff:a.b.c.d`, whose last word is then the IPv4 address). Clobbers r2.
+    pub(super) fn unless_mapped(&mut self, ip6: i16, f: Label) {
+        for (w, want) in [(0i16, 0u32), (4, 0), (8, MAPPED_WORD2)] {
+            self.ctx_ld(Reg::R2, ip6 + w);
+            self.jmp32(JmpOp::Jne, Reg::R2, want as i32, f);
+        }
+    }
+
     pub(super) fn addr(&mut self, end: End, nets: &[Net], mapped: bool, t: Label, f: Label) {
         let (v4, v6) = split_nets(nets);
         let (ip4, ip6) = addr_words(end);
@@ -68,12 +77,7 @@ impl Gen {
                 self.place(next);
             }
             if v4_mapped {
-                self.ctx_ld(Reg::R2, ip6);
-                self.jmp32(JmpOp::Jne, Reg::R2, 0, f);
-                self.ctx_ld(Reg::R2, ip6 + 4);
-                self.jmp32(JmpOp::Jne, Reg::R2, 0, f);
-                self.ctx_ld(Reg::R2, ip6 + 8);
-                self.jmp32(JmpOp::Jne, Reg::R2, MAPPED_WORD2 as i32, f);
+                self.unless_mapped(ip6, f);
                 self.ctx_ld(Reg::R2, ip6 + 12);
                 self.v4_nets(&v4, t, f);
             } else {

@@ -5,7 +5,7 @@ use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, Endian, Insn, JmpOp, Reg, Size, Src};
 use crate::hir::Decision;
 
-use super::addr::{addr_words, MAPPED_WORD2};
+use super::addr::addr_words;
 use super::lir::Label;
 use super::runs;
 use super::{Gen, NO_RULE, SLOT, STACK_KEYED};
@@ -74,10 +74,7 @@ impl Gen {
                     self.ranges_to(Reg::R2, &items, u32::MAX as u64, false, done);
                     if mapped {
                         self.place(v6);
-                        for (w, want) in [(0i16, 0u32), (4, 0), (8, MAPPED_WORD2)] {
-                            self.ctx_ld(Reg::R2, ip6 + w);
-                            self.jmp32(JmpOp::Jne, Reg::R2, want as i32, done);
-                        }
+                        self.unless_mapped(ip6, done);
                         self.ctx_ld(Reg::R2, ip6 + 12);
                         self.emit(Insn::End {
                             dst: Reg::R2,

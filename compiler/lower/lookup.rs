@@ -9,7 +9,7 @@ use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, JmpOp, Reg, Size, Src};
 use crate::hir::{self, Cond, Decision};
 
-use super::addr::{addr_words, MAPPED_WORD2};
+use super::addr::addr_words;
 use super::index;
 use super::lir::{Label, Lir, Mark};
 use super::maps::IndexMaps;
@@ -222,10 +222,7 @@ impl Gen {
                 Component::Ip4 { end, .. } => {
                     let (ip4, ip6) = addr_words(end);
                     if v6 {
-                        for (w, want) in [(0i16, 0u32), (4, 0), (8, MAPPED_WORD2)] {
-                            self.ctx_ld(Reg::R2, ip6 + w);
-                            self.jmp32(JmpOp::Jne, Reg::R2, want as i32, skip);
-                        }
+                        self.unless_mapped(ip6, skip);
                         vec![ip6 + 12]
                     } else {
                         vec![ip4]

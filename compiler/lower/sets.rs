@@ -35,7 +35,7 @@ use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, Endian, Insn, JmpOp, Reg, Size, Src};
 use crate::hir::{self, End, IntField, Net, Test};
 
-use super::addr::{addr_words, wire_word, MAPPED_WORD2};
+use super::addr::{addr_words, wire_word};
 use super::lir::Label;
 use super::maps::MapId;
 use super::{Gen, STACK_COUNTER_KEY, STACK_SET_KEY};
@@ -661,12 +661,7 @@ impl Gen {
         }
         if mapped && has_v4 {
             // `::ffff:a.b.c.d`: the IPv4 maps, with the last word.
-            self.ctx_ld(Reg::R2, ip6);
-            self.jmp32(JmpOp::Jne, Reg::R2, 0, f);
-            self.ctx_ld(Reg::R2, ip6 + 4);
-            self.jmp32(JmpOp::Jne, Reg::R2, 0, f);
-            self.ctx_ld(Reg::R2, ip6 + 8);
-            self.jmp32(JmpOp::Jne, Reg::R2, MAPPED_WORD2 as i32, f);
+            self.unless_mapped(ip6, f);
             self.v4_lookup(layout, v4, ip6 + 12, t, f);
         } else {
             self.goto(f);
