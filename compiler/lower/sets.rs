@@ -4,9 +4,11 @@
 //! 1,000,000-prefix blocklist is a few dozen instructions for the verifier, and its
 //! elements are data the runtime writes into the map. The structure follows the kind of
 //! element:
-//! - address prefixes: an LPM_TRIE per family (key: prefix length, then the 4 or 16
-//!   address bytes), the kernel's longest-prefix match; an IPv4-mapped IPv6 address
-//!   (when the test takes them) looks up the IPv4 trie with its last word;
+//! - IPv4 prefixes of one or two lengths (a feed of /24s, or /24s and /32s): a HASH per
+//!   length, keyed by the address masked to it (`V4Layout::Hashed`, an inlined lookup
+//!   each); of more lengths, and IPv6 prefixes: an LPM_TRIE (key: prefix length, then
+//!   the 4 or 16 address bytes), the kernel's longest-prefix match; an IPv4-mapped IPv6
+//!   address (when the test takes them) looks up the IPv4 maps with its last word;
 //! - ports: an ARRAY of 65,536 one-byte flags, which the verifier inlines to a load;
 //! - other integers: a HASH of the values when every element is one value (also
 //!   inlined), else an LPM_TRIE over the big-endian value, each range cut into at most
@@ -20,6 +22,12 @@
 //! slot 0 of `skp_sets`, which the program checks before anything else: an object loaded
 //! by a tool that does not fill the sets drops every message (fails closed), as with the
 //! rule index.
+//!
+//! A set read from a file (`hir::Test::InFile`) is always a map, of a shape that does
+//! not depend on its contents (IPv4 and IPv6 tries, the port array, a trie of integer
+//! ranges), with a second buffer: slot `1 + file` of `skp_sets` says which buffer is
+//! live, the program reads it once per test, and the runtime writes new contents into
+//! the other one before flipping the slot (`skpc run`, docs/operations.md).
 //!
 //! When a test is a map (`MAP_ABOVE_*`, measured by the kernel bench, part s1 in
 //! docs/performance.md: run time per message of the same test as code and as a map, 16
