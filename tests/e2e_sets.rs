@@ -47,10 +47,10 @@ for addr in sys.argv[2:]:
     s.close()
 "#;
 
-/// `n` distinct /24 prefixes outside 127/8, from a fixed seed (a threat feed's shape).
-fn random_prefixes(n: usize) -> Vec<String> {
+/// `n` distinct /24 prefixes outside 127/8, from `seed` (a threat feed's shape).
+fn random_prefixes(n: usize, seed: u64) -> Vec<String> {
     let mut seen = std::collections::BTreeSet::new();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut x: u64 = seed;
     while seen.len() < n {
         // xorshift64*
         x ^= x >> 12;
@@ -76,7 +76,7 @@ fn a_100k_prefix_blocklist_is_enforced_under_exec_over_ipv4_and_ipv6() {
         return;
     };
     let dir = common::TempDir::new("skpc-sets");
-    let mut elements = random_prefixes(100_000);
+    let mut elements = random_prefixes(100_000, 0x9e37_79b9_7f4a_7c15);
     // The addresses the test can reach over loopback: one IPv4, one IPv6.
     elements.push("127.0.0.2/32".into());
     elements.push("::1/128".into());
@@ -188,24 +188,13 @@ fn probe(python: &Path, cgroup: &Path, addr: &str, port: u16) -> String {
         .to_string()
 }
 
-/// A feed file: `n` random /24 prefixes (seeded by `seed`) and the `extra` lines.
+/// A feed file: `n` random /24 prefixes (from `seed`, with a Spamhaus-style `;`
+/// comment) and the `extra` lines.
 fn feed(n: usize, seed: u64, extra: &[&str]) -> String {
     let mut out = String::from("# generated feed\n");
-    let mut x = seed;
-    for _ in 0..n {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        let a = (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as u32;
-        if a >> 16 == 127 {
-            continue;
-        }
-        out.push_str(&format!(
-            "{}.{}.{}.0/24 ; feed\n",
-            a >> 16,
-            (a >> 8) & 255,
-            a & 255
-        ));
+    for p in random_prefixes(n, seed) {
+        out.push_str(&p);
+        out.push_str(" ; feed\n");
     }
     for e in extra {
         out.push_str(e);

@@ -112,19 +112,28 @@ pub fn fill_sets(ebpf: &Ebpf, object: &[u8]) -> Result<usize> {
     Ok(total)
 }
 
+/// The map behind a set map: an LPM_TRIE, HASH or ARRAY.
+fn set_data(map: &Map) -> Option<&MapData> {
+    match map {
+        Map::LpmTrie(d) | Map::HashMap(d) | Map::Array(d) => Some(d),
+        _ => None,
+    }
+}
+
 /// The set map `name` of the object.
 fn set_map<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a MapData> {
-    match ebpf.map(name) {
-        Some(Map::LpmTrie(d) | Map::HashMap(d) | Map::Array(d)) => Ok(d),
-        Some(_) => Err(Error::new(
-            ErrorKind::BadObject,
-            format!("the set map {name} is not an LPM_TRIE, HASH or ARRAY map; rebuild the object with skpc"),
-        )),
-        None => Err(Error::new(
+    let Some(map) = ebpf.map(name) else {
+        return Err(Error::new(
             ErrorKind::BadObject,
             format!("the policy object has a {SET_SECTION_PREFIX}{name} section but no map {name}; rebuild it with skpc"),
-        )),
-    }
+        ));
+    };
+    set_data(map).ok_or_else(|| {
+        Error::new(
+            ErrorKind::BadObject,
+            format!("the set map {name} is not an LPM_TRIE, HASH or ARRAY map; rebuild the object with skpc"),
+        )
+    })
 }
 
 /// Inserts `keys` (back to back, the map's key size each) into a set map; returns how
@@ -204,8 +213,10 @@ impl SetState {
     pub(crate) fn filled(maps: &[(String, Map)], object: &[u8]) -> Result<SetState> {
         let mut state = SetState::default();
         for s in set_sections(object)? {
-            let Some((_, Map::LpmTrie(d) | Map::HashMap(d) | Map::Array(d))) =
-                maps.iter().find(|(n, _)| *n == s.map)
+            let Some(d) = maps
+                .iter()
+                .find(|(n, _)| *n == s.map)
+                .and_then(|(_, m)| set_data(m))
             else {
                 continue;
             };
@@ -223,13 +234,15 @@ impl SetState {
     /// the buffer held are written. Returns the number of keys now live.
     pub(crate) fn replace(&mut self, maps: &[(String, Map)], r: &SetReplacement) -> Result<usize> {
         let find = |name: &str| -> Result<&MapData> {
-            match maps.iter().find(|(n, _)| n == name).map(|(_, m)| m) {
-                Some(Map::LpmTrie(d) | Map::HashMap(d) | Map::Array(d)) => Ok(d),
-                _ => Err(Error::new(
-                    ErrorKind::BadObject,
-                    format!("the running policy has no set map {name}; the set's declaration changed, so reload the whole policy"),
-                )),
-            }
+            maps.iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, m)| set_data(m))
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::BadObject,
+                        format!("the running policy has no set map {name}; the set's declaration changed, so reload the whole policy"),
+                    )
+                })
         };
         let ready = find(SETS_NAME)?;
         let slot_key = r.slot.to_ne_bytes();
