@@ -207,24 +207,28 @@ fn junction(cs: Vec<Cond>, is_and: bool) -> Cond {
             Cond::Test(Test::Int { field, ranges: r }) => {
                 match ints.iter_mut().find(|(f, _)| *f == field) {
                     Some((_, have)) if is_and => *have = ranges::intersect(have, &r),
-                    Some((_, have)) => {
-                        have.extend(r);
-                        *have = ranges::normalize(std::mem::take(have));
-                    }
+                    // The union is normalized once, below: an `or` over every rule of a
+                    // 100k-rule policy would otherwise sort a growing list each time.
+                    Some((_, have)) => have.extend(r),
                     None => ints.push((field, r)),
                 }
             }
             Cond::Test(Test::Addr { end, nets, mapped }) if !is_and => {
                 match addrs.iter_mut().find(|(e, m, _)| *e == end && *m == mapped) {
-                    Some((_, _, have)) => {
-                        have.extend(nets);
-                        have.sort();
-                        have.dedup();
-                    }
+                    Some((_, _, have)) => have.extend(nets),
                     None => addrs.push((end, mapped, nets)),
                 }
             }
             other => rest.push(other),
+        }
+    }
+    if !is_and {
+        for (_, have) in &mut ints {
+            *have = ranges::normalize(std::mem::take(have));
+        }
+        for (_, _, have) in &mut addrs {
+            have.sort();
+            have.dedup();
         }
     }
     let mut out: Vec<Cond> = ints
