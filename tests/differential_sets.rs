@@ -287,9 +287,23 @@ enum Reach {
 }
 
 fn gen_v4(rng: &mut Rng) -> (u32, u8) {
-    let p = *[8u8, 16, 20, 24, 24, 24, 28, 32, 32]
-        .get(rng.below(9) as usize)
-        .unwrap_or(&24);
+    gen_v4_of(rng, &[8, 16, 20, 24, 24, 24, 28, 32, 32])
+}
+
+/// The prefix lengths of a set's IPv4 prefixes, so that each layout of the set maps
+/// occurs: many lengths (a trie), one byte-wide band (a feed of /24s and /32s: one
+/// block hash of bitmaps), two bands (two block hashes), one or two lengths a band
+/// apart (a hash per length).
+const V4_PALETTES: [&[u8]; 5] = [
+    &[8, 16, 20, 24, 24, 24, 28, 32, 32],
+    &[24, 24, 24, 32],
+    &[16, 20, 24, 26, 28, 32],
+    &[24],
+    &[16, 32],
+];
+
+fn gen_v4_of(rng: &mut Rng, lengths: &[u8]) -> (u32, u8) {
+    let p = rng.pick(lengths);
     let a = rng.next() as u32;
     (a & mask4(p), p)
 }
@@ -356,8 +370,9 @@ fn gen_set(rng: &mut Rng, reach: Reach) -> GSet {
     match rng.below(7) {
         0 | 1 => {
             let which = rng.below(3);
+            let palette = rng.pick(&V4_PALETTES);
             let mut v4: Vec<(u32, u8)> = if which != 1 {
-                (0..n).map(|_| gen_v4(rng)).collect()
+                (0..n).map(|_| gen_v4_of(rng, palette)).collect()
             } else {
                 Vec::new()
             };
@@ -636,6 +651,8 @@ fn evaluator_and_vm_agree_on_large_sets_as_maps_and_as_code() {
     // Per kind of set: (messages in it, messages not in it).
     let mut seen: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
     let mut mapped_hits = 0;
+    // Set maps per layout, over the policies compiled with every set a map.
+    let mut layouts: BTreeMap<&'static str, usize> = BTreeMap::new();
     for i in 0..policies {
         let p = gen_policy(&mut rng, Reach::Any);
         let src = p.source();
@@ -645,6 +662,17 @@ fn evaluator_and_vm_agree_on_large_sets_as_maps_and_as_code() {
             !maps.lowered.sets.is_empty(),
             "policy {i}: no set map with set_maps_above 0\n{src}"
         );
+        for set in &maps.lowered.sets {
+            *layouts
+                .entry(if set.describe.contains("bitmaps") {
+                    "IPv4 block hash"
+                } else if set.describe.contains("LPM_TRIE") {
+                    "trie"
+                } else {
+                    "hash or array"
+                })
+                .or_default() += 1;
+        }
         let vms: Vec<(&str, Vm)> = compiled
             .iter()
             .map(|(name, c)| {
@@ -692,7 +720,8 @@ fn evaluator_and_vm_agree_on_large_sets_as_maps_and_as_code() {
     }
     eprintln!(
         "large sets (seed {seed:#x}): {policies} policies x {MESSAGES_PER_POLICY} messages in \
-         {:.1?}; (in, not in) per kind: {seen:?}; {mapped_hits} IPv4-mapped hits",
+         {:.1?}; (in, not in) per kind: {seen:?}; {mapped_hits} IPv4-mapped hits; set maps per \
+         layout: {layouts:?}",
         start.elapsed()
     );
     if policies >= 30 {
@@ -704,6 +733,7 @@ fn evaluator_and_vm_agree_on_large_sets_as_maps_and_as_code() {
         }
         assert!(seen.len() >= 7, "kinds covered: {:?}", seen.keys());
         assert!(mapped_hits > 0, "no IPv4-mapped address hit an IPv4 prefix");
+        assert_eq!(layouts.len(), 3, "set map layouts covered: {layouts:?}");
     }
 }
 
@@ -812,7 +842,7 @@ fn kernel_agrees_with_the_evaluator_on_large_sets() {
         .unwrap_or(12);
     let mut rng = Rng::new(seed);
     let start = Instant::now();
-    let (mut sent, mut hits, mut maps) = (0usize, 0usize, 0usize);
+    let (mut sent, mut hits, mut maps, mut blocks) = (0usize, 0usize, 0usize, 0usize);
     for i in 0..policies {
         let mut p = gen_policy(&mut rng, Reach::Loopback);
         // A drop or a pass: what a send shows at once (a discard needs a wait).
@@ -834,6 +864,12 @@ fn kernel_agrees_with_the_evaluator_on_large_sets() {
         let c = compile_with("sets.skp", &src, options)
             .unwrap_or_else(|d| panic!("does not compile: {d:?}\n{src}"));
         maps += c.lowered.sets.len();
+        blocks += c
+            .lowered
+            .sets
+            .iter()
+            .filter(|s| s.describe.contains("bitmaps"))
+            .count();
         let object = skpc::compile::runtime_object(&c, "sets.skp", &src);
         let names = c.policy.counters.iter().map(|c| c.name.clone()).collect();
         let mut enf = skpc_runtime::Enforcement::new(&skpc_runtime::Policy::new(object, names))
@@ -883,12 +919,13 @@ fn kernel_agrees_with_the_evaluator_on_large_sets() {
         drop(enf);
     }
     eprintln!(
-        "large sets on the kernel (seed {seed:#x}): {policies} policies ({maps} set maps), \
-         {sent} sends, {hits} in a set, in {:.1?}",
+        "large sets on the kernel (seed {seed:#x}): {policies} policies ({maps} set maps, \
+         {blocks} of them IPv4 block hashes), {sent} sends, {hits} in a set, in {:.1?}",
         start.elapsed()
     );
     if policies >= 6 {
         assert!(maps > 0, "no set map loaded");
+        assert!(blocks > 0, "no IPv4 block hash loaded");
         assert!(hits > 0 && hits < sent, "{hits} of {sent} sends in a set");
     }
 }

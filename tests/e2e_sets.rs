@@ -87,8 +87,8 @@ fn a_100k_prefix_blocklist_is_enforced_under_exec_over_ipv4_and_ipv6() {
     let file = dir.path.join("blocklist.skp");
     std::fs::write(&file, &policy).expect("writes the policy");
 
-    // The listing says the set is a hash per IPv4 prefix length (/32 first) and an IPv6
-    // trie, and the program stays small.
+    // The listing says the IPv4 prefixes (/24s and one /32) are one block hash of
+    // bitmaps keyed by /24 and the IPv6 ones a trie, and the program stays small.
     let out = skpc(&[
         "build",
         "--emit",
@@ -100,13 +100,12 @@ fn a_100k_prefix_blocklist_is_enforced_under_exec_over_ipv4_and_ipv6() {
     let listing = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        listing.contains("skp_set_0: 1 HASH keys of 4 bytes")
-            && listing.contains("skp_set_1: 100000 HASH keys of 4 bytes"),
+        listing.contains("skp_set_0: 100001 HASH keys of 4 bytes to 32-byte bitmaps"),
         "{}",
         &listing[..listing.len().min(600)]
     );
     assert!(
-        listing.contains("skp_set_2: 1 LPM_TRIE keys of 20 bytes"),
+        listing.contains("skp_set_1: 1 LPM_TRIE keys of 20 bytes"),
         "{}",
         &listing[..listing.len().min(600)]
     );

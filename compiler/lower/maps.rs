@@ -219,7 +219,7 @@ pub(super) fn define(
                     map: set_maps,
                     buffer,
                 };
-                let id = list.define(kind, m.map_type, m.key_size, 1, m.max_entries);
+                let id = list.define(kind, m.map_type, m.key_size, m.value_size, m.max_entries);
                 if let Some(spec) = list.specs.last_mut() {
                     spec.flags = m.flags;
                 }

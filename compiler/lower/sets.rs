@@ -4,10 +4,13 @@
 //! 1,000,000-prefix blocklist is a few dozen instructions for the verifier, and its
 //! elements are data the runtime writes into the map. The structure follows the kind of
 //! element:
-//! - IPv4 prefixes of one or two lengths (a feed of /24s, or /24s and /32s): a HASH per
-//!   length, keyed by the address masked to it (`V4Layout::Hashed`, an inlined lookup
-//!   each); of more lengths, and IPv6 prefixes: an LPM_TRIE (key: prefix length, then
-//!   the 4 or 16 address bytes), the kernel's longest-prefix match; an IPv4-mapped IPv6
+//! - IPv4 prefixes, whichever takes the fewest lookups, at most two: a HASH per length,
+//!   keyed by the address masked to it (`V4Layout::Hashed`: one length, or two a byte
+//!   band apart); a *block hash* per byte band (`V4Layout::Blocks`: keyed by the address
+//!   masked to 0, 8, 16 or 24 bits, its value a 256-bit bitmap over the next byte, so one
+//!   lookup and a bit test hold every length from /24 to /32, say a feed of /24s with
+//!   single /32s); else an LPM_TRIE (key: prefix length, then the address bytes), the
+//!   kernel's longest-prefix match. IPv6 prefixes: an LPM_TRIE. An IPv4-mapped IPv6
 //!   address (when the test takes them) looks up the IPv4 maps with its last word;
 //! - ports: an ARRAY of 65,536 one-byte flags, which the verifier inlines to a load;
 //! - other integers: a HASH of the values when every element is one value (also
@@ -17,7 +20,8 @@
 //!   strings of one length): a HASH keyed by the `n` bytes, looked up with a pointer
 //!   into the message itself (no copy).
 //!
-//! Every value is the one byte `skpc_abi::SET_MEMBER`. The keys travel in the object's
+//! Every value is the one byte `skpc_abi::SET_MEMBER`, but a block hash's bitmap. The
+//! keys (and a block hash's values, each after its key) travel in the object's
 //! `.skp.set.<map>` sections; the runtime fills the maps, then writes `SETS_READY` into
 //! slot 0 of `skp_sets`, which the program checks before anything else: an object loaded
 //! by a tool that does not fill the sets drops every message (fails closed), as with the
@@ -72,10 +76,10 @@ pub const MAP_ABOVE_PAYLOAD: usize = 128;
 /// The longest payload slice a set map keys (the hash key is the slice itself).
 const MAX_SLICE: u32 = 64;
 
-/// IPv4 prefixes of one or two lengths (a feed of /24s, or of /24s and /32s) are a HASH
-/// per length, looked up with the address masked to it: an inlined hash lookup (about
-/// 50 ns) against an LPM trie walk (85-125 ns at 10k-1M prefixes, the kernel bench's
-/// part s); with three lengths or more, the trie's one walk is cheaper.
+/// IPv4 prefixes are looked up in at most this many hashes (a hash per length or a block
+/// hash per byte band): an inlined hash lookup (about 50 ns) against an LPM trie walk
+/// (85-125 ns at 10k-1M prefixes, the kernel bench's part s); with more, the trie's one
+/// walk is cheaper.
 pub(super) const MAX_HASHED_LENGTHS: usize = 2;
 
 /// How the IPv4 prefixes of an address set are looked up.
@@ -87,6 +91,28 @@ pub(super) enum V4Layout {
     Trie,
     /// A HASH per prefix length (the masked address as the key), in this order.
     Hashed([Option<u8>; MAX_HASHED_LENGTHS]),
+    /// Block hashes, in this order: the hash of width `k` (0, 8, 16 or 24) is keyed by
+    /// the address masked to `k` bits, and its value is a 256-bit bitmap over the next
+    /// byte, so that it holds the prefixes of every length from `k` to `k + 8` (a feed
+    /// of /24s and /32s is one lookup and one bit test).
+    Blocks([Option<u8>; MAX_HASHED_LENGTHS]),
+}
+
+/// The bytes of a block hash's value: one bit for each value of the byte after the key.
+pub(super) const BLOCK_BYTES: u32 = 32;
+
+/// The widths of the fewest block hashes (`V4Layout::Blocks`) that hold prefixes of
+/// `lengths` (ascending): each covers the lengths `k..=k + 8`, so the smallest length
+/// not yet covered starts a block as wide as it can (at most 24).
+fn block_cover(lengths: &[u8]) -> Vec<u8> {
+    let mut out: Vec<u8> = Vec::new();
+    for &l in lengths {
+        if out.last().is_some_and(|&k| l <= k + 8) {
+            continue;
+        }
+        out.push((l / 8 * 8).min(24));
+    }
+    out
 }
 
 /// How a large test is looked up.
@@ -136,18 +162,27 @@ pub(super) fn shape(test: &Test, above: Option<usize>) -> Option<Shape> {
                 .collect();
             lengths.sort_unstable();
             lengths.dedup();
+            let mut blocks = block_cover(&lengths);
             // The longest first: the common /32 of a feed decides in one lookup.
             lengths.reverse();
-            let v4 = match lengths.len() {
-                0 => V4Layout::Absent,
-                n if n <= MAX_HASHED_LENGTHS => {
-                    let mut l = [None; MAX_HASHED_LENGTHS];
-                    for (slot, len) in l.iter_mut().zip(&lengths) {
-                        *slot = Some(*len);
-                    }
-                    V4Layout::Hashed(l)
+            blocks.reverse();
+            let first_two = |v: &[u8]| {
+                let mut l = [None; MAX_HASHED_LENGTHS];
+                for (slot, len) in l.iter_mut().zip(v) {
+                    *slot = Some(*len);
                 }
-                _ => V4Layout::Trie,
+                l
+            };
+            // The fewest lookups; a hash per length on a tie (a one-byte value, no bit
+            // test); the trie's one walk when both would take more than two.
+            let v4 = if lengths.is_empty() {
+                V4Layout::Absent
+            } else if lengths.len() <= MAX_HASHED_LENGTHS && lengths.len() <= blocks.len() {
+                V4Layout::Hashed(first_two(&lengths))
+            } else if blocks.len() <= MAX_HASHED_LENGTHS {
+                V4Layout::Blocks(first_two(&blocks))
+            } else {
+                V4Layout::Trie
             };
             Some(Shape::Addr {
                 end: *end,
@@ -218,9 +253,13 @@ fn file_shape(of: &Test) -> Option<Shape> {
 pub(super) struct SetMap {
     pub map_type: u32,
     pub key_size: u32,
+    /// 1 (every value `SET_MEMBER`), or `BLOCK_BYTES` for a block hash, whose entries
+    /// carry their values.
+    pub value_size: u32,
     pub max_entries: u32,
     pub flags: u32,
-    /// The keys, `key_size` bytes each, sorted and distinct.
+    /// The keys, `key_size` bytes each, sorted and distinct; when `value_size` is not 1,
+    /// each followed by its value.
     pub keys: Vec<u8>,
 }
 
@@ -319,6 +358,17 @@ fn maps_of(test: &Test, shape: Shape) -> Parts<SetMap> {
                     b.and_then(|l| hash(v4_of_len(l), 4)),
                     v6,
                 ],
+                V4Layout::Blocks(widths) => {
+                    let v4: Vec<(u32, u8)> = nets
+                        .iter()
+                        .filter_map(|n| match *n {
+                            Net::V4 { addr, prefix } => Some((addr, prefix)),
+                            Net::V6 { .. } => None,
+                        })
+                        .collect();
+                    let [a, b] = block_hashes(&v4, widths);
+                    [a, b, v6]
+                }
             }
         }
         (Test::Int { ranges, .. }, Shape::Port(_)) => {
@@ -332,6 +382,7 @@ fn maps_of(test: &Test, shape: Shape) -> Parts<SetMap> {
                 Some(SetMap {
                     map_type: BPF_MAP_TYPE_ARRAY,
                     key_size: 4,
+                    value_size: 1,
                     max_entries: u16::MAX as u32 + 1,
                     flags: 0,
                     keys: keys.concat(),
@@ -384,6 +435,7 @@ fn trie(mut keys: Vec<Vec<u8>>, data_len: u32, always: bool) -> Option<SetMap> {
     Some(SetMap {
         map_type: BPF_MAP_TYPE_LPM_TRIE,
         key_size: 4 + data_len,
+        value_size: 1,
         max_entries: keys.len().max(1) as u32,
         // The kernel refuses a trie that is not allocated on demand.
         flags: BPF_F_NO_PREALLOC,
@@ -397,9 +449,52 @@ fn hash(mut keys: Vec<Vec<u8>>, key_size: u32) -> Option<SetMap> {
     Some(SetMap {
         map_type: BPF_MAP_TYPE_HASH,
         key_size,
+        value_size: 1,
         max_entries: keys.len().max(1) as u32,
         flags: 0,
         keys: keys.concat(),
+    })
+}
+
+/// The block hashes of `V4Layout::Blocks` for the IPv4 prefixes `(address, length)`:
+/// each prefix goes into the widest block `k` with `k <= length <= k + 8` and sets the
+/// `2^(k + 8 - length)` bits of the byte values it covers in the bitmap of its key.
+fn block_hashes(
+    prefixes: &[(u32, u8)],
+    widths: [Option<u8>; MAX_HASHED_LENGTHS],
+) -> [Option<SetMap>; 2] {
+    let mut blocks: [std::collections::BTreeMap<u32, [u8; BLOCK_BYTES as usize]>; 2] =
+        Default::default();
+    for &(addr, len) in prefixes {
+        let Some((slot, k)) = widths
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| w.map(|k| (i, k)))
+            .filter(|&(_, k)| k <= len && len <= k + 8)
+            .max_by_key(|&(_, k)| k)
+        else {
+            continue;
+        };
+        let key = addr & hir::mask32(k);
+        let byte = (addr >> (24 - k as u32)) & 0xff;
+        let span = 1u32 << (k as u32 + 8 - len as u32);
+        let bits = blocks[slot].entry(key).or_insert([0; BLOCK_BYTES as usize]);
+        for b in (byte & !(span - 1))..(byte & !(span - 1)) + span {
+            bits[(b >> 3) as usize] |= 1 << (b & 7);
+        }
+    }
+    blocks.map(|entries| {
+        (!entries.is_empty()).then(|| SetMap {
+            map_type: BPF_MAP_TYPE_HASH,
+            key_size: 4,
+            value_size: BLOCK_BYTES,
+            max_entries: entries.len() as u32,
+            flags: 0,
+            keys: entries
+                .iter()
+                .flat_map(|(key, bits)| key.to_be_bytes().into_iter().chain(*bits))
+                .collect(),
+        })
     })
 }
 
@@ -446,16 +541,32 @@ pub(super) fn keys(
                 file: ids.slot.zip(ids.buffers[1][part]),
                 keys: map.keys.clone(),
                 describe: format!(
-                    "{name}: {} {} keys of {} bytes for `{}`",
-                    map.keys.len() / map.key_size.max(1) as usize,
+                    "{name}: {} {} keys of {} bytes{} for `{}`",
+                    map.keys.len() / entry_size(map),
                     map_type_name(map.map_type),
                     map.key_size,
+                    if map.value_size == 1 {
+                        String::new()
+                    } else {
+                        format!(" to {}-byte bitmaps", map.value_size)
+                    },
                     describe(&set.test)
                 ),
             });
         }
     }
     out
+}
+
+/// The bytes of one entry in `SetMap::keys`: the key, and the value unless it is the
+/// one byte `SET_MEMBER`.
+fn entry_size(map: &SetMap) -> usize {
+    let value = if map.value_size == 1 {
+        0
+    } else {
+        map.value_size
+    };
+    (map.key_size + value).max(1) as usize
 }
 
 fn map_type_name(t: u32) -> &'static str {
@@ -703,6 +814,42 @@ impl Gen {
                 }
                 self.goto(f);
             }
+            V4Layout::Blocks(widths) => {
+                for (width, map) in widths.into_iter().zip(maps) {
+                    let (Some(k), Some(map)) = (width, map) else {
+                        continue;
+                    };
+                    let next = self.label();
+                    if k == 0 {
+                        self.mov32(Reg::R2, 0);
+                    } else {
+                        self.ctx_ld(Reg::R2, word);
+                        let mask = wire_word(hir::mask32(k).to_be_bytes());
+                        self.alu32(AluOp::And, Reg::R2, Src::Imm(mask));
+                    }
+                    self.stx(Size::W, Reg::R10, STACK_SET_KEY, Reg::R2);
+                    self.map_lookup(map, STACK_SET_KEY);
+                    self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), next);
+                    // The bit of the address's next byte: the word holds the address in
+                    // network order, so byte k / 8 is bits k..k + 8 of the register.
+                    self.ctx_ld(Reg::R1, word);
+                    if k > 0 {
+                        self.alu32(AluOp::Rsh, Reg::R1, Src::Imm(k as i32));
+                    }
+                    if k < 24 {
+                        self.alu32(AluOp::And, Reg::R1, Src::Imm(0xff));
+                    }
+                    self.mov64(Reg::R2, Src::Reg(Reg::R1));
+                    self.alu64(AluOp::Rsh, Reg::R2, Src::Imm(3));
+                    self.alu64(AluOp::Add, Reg::R0, Src::Reg(Reg::R2));
+                    self.ldx(Size::B, Reg::R0, Reg::R0, 0);
+                    self.alu32(AluOp::And, Reg::R1, Src::Imm(7));
+                    self.alu32(AluOp::Rsh, Reg::R0, Src::Reg(Reg::R1));
+                    self.jmp32(JmpOp::Jset, Reg::R0, 1, t);
+                    self.place(next);
+                }
+                self.goto(f);
+            }
             V4Layout::Trie | V4Layout::Absent => {
                 let Some(map) = maps[0] else {
                     return self.goto(f);
@@ -840,11 +987,13 @@ mod tests {
     }
 
     #[test]
-    fn ipv4_prefixes_of_one_or_two_lengths_are_a_hash_per_length_longest_first() {
+    fn ipv4_prefixes_of_two_lengths_bands_apart_are_a_hash_per_length_longest_first() {
+        // /32s and /16s: two bands of the block hashes too, so a hash per length (a
+        // one-byte value, no bit test).
         let nets: Vec<Net> = (0..300u32)
             .map(|i| Net::V4 {
-                addr: 0x0a00_0000 | (i << 8),
-                prefix: if i % 3 == 0 { 32 } else { 24 },
+                addr: 0x0a00_0000 | (i << 16),
+                prefix: if i % 3 == 0 { 32 } else { 16 },
             })
             .collect();
         let test = Test::Addr {
@@ -856,21 +1005,108 @@ mod tests {
         let Shape::Addr { v4, .. } = s else {
             panic!("{s:?}")
         };
-        assert_eq!(v4, V4Layout::Hashed([Some(32), Some(24)]));
-        let [Some(l32), Some(l24), None] = maps_of(&test, s) else {
+        assert_eq!(v4, V4Layout::Hashed([Some(32), Some(16)]));
+        let [Some(l32), Some(l16), None] = maps_of(&test, s) else {
             panic!("two hashes")
         };
         assert_eq!(
-            (l32.map_type, l32.key_size, l32.max_entries),
-            (BPF_MAP_TYPE_HASH, 4, 100)
+            (l32.map_type, l32.key_size, l32.value_size, l32.max_entries),
+            (BPF_MAP_TYPE_HASH, 4, 1, 100)
         );
-        assert_eq!(l24.max_entries, 200);
-        // 10.0.1.0/24: the address in network order, the key of the /24 hash.
-        assert!(l24.keys.chunks(4).any(|k| k == [10, 0, 1, 0]));
+        assert_eq!(l16.max_entries, 200);
+        // 10.1.0.0/16: the address in network order, the key of the /16 hash.
+        assert!(l16.keys.chunks(4).any(|k| k == [10, 1, 0, 0]));
+        // /24s and /32s (a feed and its single addresses) share one band: one lookup.
+        let feed = Test::Addr {
+            end: End::Local,
+            nets: (0..300u32)
+                .map(|i| Net::V4 {
+                    addr: 0x0a00_0000 | (i << 8),
+                    prefix: if i % 3 == 0 { 32 } else { 24 },
+                })
+                .collect(),
+            mapped: false,
+        };
+        assert!(matches!(
+            shape(&feed, Some(0)),
+            Some(Shape::Addr {
+                v4: V4Layout::Blocks([Some(24), None]),
+                ..
+            })
+        ));
     }
 
     #[test]
-    fn an_address_set_of_three_lengths_is_one_trie_key_per_prefix() {
+    fn blocks_cover_lengths_with_the_fewest_byte_wide_bands() {
+        assert_eq!(block_cover(&[24, 32]), vec![24]);
+        assert_eq!(block_cover(&[16, 24, 32]), vec![16, 24]);
+        assert_eq!(block_cover(&[11, 13, 16, 19, 24]), vec![8, 16]);
+        assert_eq!(block_cover(&[0, 8]), vec![0]);
+        assert_eq!(block_cover(&[4, 12, 20, 28]), vec![0, 8, 16, 24]);
+    }
+
+    #[test]
+    fn ipv4_prefixes_of_three_lengths_in_two_bands_are_block_hashes_of_bitmaps() {
+        // /24s and /32s of 10.0.x, /26s of 10.1.x (one band: /24 keys), /16s (another).
+        let mut nets: Vec<Net> = (0..100u32)
+            .map(|i| Net::V4 {
+                addr: 0x0a00_0000 | (i << 8),
+                prefix: 24,
+            })
+            .collect();
+        nets.push(Net::V4 {
+            addr: 0x0a00_6405, // 10.0.100.5/32
+            prefix: 32,
+        });
+        nets.push(Net::V4 {
+            addr: 0x0a01_0240, // 10.1.2.64/26
+            prefix: 26,
+        });
+        nets.push(Net::V4 {
+            addr: 0x0b05_0000, // 11.5.0.0/16
+            prefix: 16,
+        });
+        let test = Test::Addr {
+            end: End::Remote,
+            nets,
+            mapped: false,
+        };
+        let s = shape(&test, Some(0)).expect("a map");
+        let Shape::Addr { v4, .. } = s else {
+            panic!("{s:?}")
+        };
+        assert_eq!(v4, V4Layout::Blocks([Some(24), Some(16)]));
+        let [Some(b24), Some(b16), None] = maps_of(&test, s) else {
+            panic!("two block hashes")
+        };
+        assert_eq!((b24.key_size, b24.value_size), (4, BLOCK_BYTES));
+        let entries = |m: &SetMap| -> Vec<(Vec<u8>, Vec<u8>)> {
+            m.keys
+                .chunks(4 + BLOCK_BYTES as usize)
+                .map(|e| (e[..4].to_vec(), e[4..].to_vec()))
+                .collect()
+        };
+        let b24 = entries(&b24);
+        // 100 /24s, 10.0.100.0 (the /32), 10.1.2.0 (the /26).
+        assert_eq!(b24.len(), 102);
+        let of = |k: [u8; 4]| {
+            b24.iter()
+                .find(|(key, _)| key == &k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(of([10, 0, 7, 0]), Some(vec![0xff; 32]));
+        let mut bits = vec![0u8; 32];
+        bits[0] = 1 << 5; // 10.0.100.5: byte 5
+        assert_eq!(of([10, 0, 100, 0]), Some(bits));
+        let mut bits = vec![0u8; 32];
+        bits[8..16].copy_from_slice(&[0xff; 8]); // 10.1.2.64/26: byte values 64..128
+        assert_eq!(of([10, 1, 2, 0]), Some(bits));
+        // 11.5.0.0/16 in the /16 band: the key 11.5.0.0, every third byte.
+        assert_eq!(entries(&b16), vec![(vec![11, 5, 0, 0], vec![0xff; 32])]);
+    }
+
+    #[test]
+    fn an_address_set_of_lengths_three_blocks_apart_is_one_trie_key_per_prefix() {
         let test = Test::Addr {
             end: End::Remote,
             nets: (0..300u32)
@@ -881,11 +1117,11 @@ mod tests {
                 .chain([
                     Net::V4 {
                         addr: 0x0b00_0000,
-                        prefix: 8,
+                        prefix: 4,
                     },
                     Net::V4 {
                         addr: 0x0c00_0000,
-                        prefix: 16,
+                        prefix: 12,
                     },
                 ])
                 .chain([Net::V6 {

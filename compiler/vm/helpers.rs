@@ -123,6 +123,8 @@ pub(super) struct RunState {
     /// `SET_MEMBER`) and the ready flag ARRAY of this run.
     pub(super) sets: Arc<SetModel>,
     pub(super) set_cells: u64,
+    /// This run's copy of `SetModel::values`.
+    pub(super) set_values: u64,
     pub(super) sets_ready: u64,
     pub(super) sets_ready_slots: usize,
     /// The port array of this run: its entries (none unless filled), then zero cells.
@@ -331,6 +333,7 @@ fn h_map_lookup_elem(map: u64, key: u64, _: u64, _: u64, _: u64) -> u64 {
                     SetHit::Miss => 0,
                     SetHit::Zero => st.set_cells,
                     SetHit::Member => st.set_cells + 1,
+                    SetHit::Value(at) => st.set_values + at as u64,
                 })
             }
             other => Err(HelperError::LookupNotModelled { map: other.name() }),

@@ -139,6 +139,8 @@ impl Vm {
         // their ready flag, filled with the index or not at all.
         let mut set_cells = vec![0u8, SET_MEMBER];
         let set_cells_range = region8(&mut set_cells);
+        let mut set_values = self.sets.values.clone();
+        let set_values_range = region8(&mut set_values);
         let mut sets_ready = vec![0u32; self.sets.ready_slots as usize];
         if filled {
             if let Some(slot) = sets_ready.first_mut() {
@@ -172,6 +174,7 @@ impl Vm {
             port_entries,
             sets: Arc::clone(&self.sets),
             set_cells: set_cells_range.start,
+            set_values: set_values_range.start,
             sets_ready: sets_ready_range.start,
             sets_ready_slots: sets_ready.len(),
             zero_cells: HashMap::new(),
@@ -213,6 +216,7 @@ impl Vm {
             ready_range,
             ports_range,
             set_cells_range,
+            set_values_range,
             sets_ready_range,
             scratch_range.clone(),
         ] {
@@ -244,7 +248,9 @@ impl Vm {
         // (Unfilled, `port_entries` is 0.)
         let ports_kept = port_values[..port_entries] == self.index.port_values[..port_entries]
             && port_values[port_entries..].iter().all(|&v| v == 0);
-        let sets_kept = set_cells == [0, SET_MEMBER] && sets_ready == sets_ready_before;
+        let sets_kept = set_cells == [0, SET_MEMBER]
+            && set_values == self.sets.values
+            && sets_ready == sets_ready_before;
         if (filled && index_values != self.index.values)
             || ready != ready_before
             || !ports_kept

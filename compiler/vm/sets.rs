@@ -1,7 +1,8 @@
 //! The set maps' model (`skp_set_<k>` and their flag `skp_sets`, see `lower::sets`), as
 //! the runtime fills them: an LPM_TRIE answers the longest prefix that holds the key, a
 //! HASH its keys, an ARRAY every slot below `max_entries` (members hold
-//! `SET_MEMBER`, the others 0). A hit is a pointer to a one-byte value.
+//! `SET_MEMBER`, the others 0). A hit is a pointer to a one-byte value, or for a HASH
+//! with larger values (the IPv4 block hashes' bitmaps) to its value.
 
 use std::collections::{HashMap, HashSet};
 
@@ -21,11 +22,16 @@ pub(super) enum SetHit {
     Zero,
     /// A value that is `SET_MEMBER`.
     Member,
+    /// A larger value (a block hash's bitmap): at this offset of `SetModel::values`.
+    Value(usize),
 }
 
 #[derive(Debug)]
 enum Contents {
     Hash(HashSet<Vec<u8>>),
+    /// A HASH with values larger than a byte: each key's value at an offset of
+    /// `SetModel::values`.
+    Valued(HashMap<Vec<u8>, usize>),
     /// Per prefix length, the data bytes (masked) of the keys of that length.
     Trie {
         data_len: usize,
@@ -44,6 +50,9 @@ pub(super) struct SetModel {
     maps: HashMap<u32, (usize, Contents)>,
     /// `max_entries` of `skp_sets` (0: the object has none).
     pub(super) ready_slots: u32,
+    /// The values of every `Contents::Valued` map, back to back (a run gets a copy the
+    /// program may read, and must not write).
+    pub(super) values: Vec<u8>,
 }
 
 /// The set maps of an object and their keys.
@@ -68,7 +77,9 @@ pub(super) fn set_model(maps: &[MapSpec], sets: &[SetKeys]) -> Result<SetModel, 
                     .find(|s| s.map.number() as usize == n)
                     .map_or(&[][..], |s| &s.keys[..]);
                 let key_size = m.key_size as usize;
-                if key_size == 0 || keys.len() % key_size != 0 || m.value_size != 1 {
+                let value_size = m.value_size as usize;
+                let entry = key_size + if value_size == 1 { 0 } else { value_size };
+                if key_size == 0 || value_size == 0 || keys.len() % entry != 0 {
                     return Err(MapModelError::NotASet {
                         map: m.name(),
                         map_type: m.map_type,
@@ -77,6 +88,22 @@ pub(super) fn set_model(maps: &[MapSpec], sets: &[SetKeys]) -> Result<SetModel, 
                     });
                 }
                 let contents = match m.map_type {
+                    BPF_MAP_TYPE_HASH if value_size > 1 => {
+                        let mut at = HashMap::new();
+                        for e in keys.chunks_exact(entry) {
+                            at.insert(e[..key_size].to_vec(), model.values.len());
+                            model.values.extend_from_slice(&e[key_size..]);
+                        }
+                        Contents::Valued(at)
+                    }
+                    _ if value_size != 1 => {
+                        return Err(MapModelError::NotASet {
+                            map: m.name(),
+                            map_type: m.map_type,
+                            key_size: m.key_size,
+                            value_size: m.value_size,
+                        })
+                    }
                     BPF_MAP_TYPE_HASH => {
                         Contents::Hash(keys.chunks_exact(key_size).map(<[u8]>::to_vec).collect())
                     }
@@ -155,6 +182,7 @@ impl SetModel {
                 }
             }
             _ if !filled => SetHit::Miss,
+            Contents::Valued(at) => at.get(key).map_or(SetHit::Miss, |&o| SetHit::Value(o)),
             Contents::Hash(keys) => {
                 if keys.contains(key) {
                     SetHit::Member

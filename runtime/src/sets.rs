@@ -136,24 +136,28 @@ fn set_map<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a MapData> {
     })
 }
 
-/// Inserts `keys` (back to back, the map's key size each) into a set map; returns how
-/// many.
-pub(crate) fn fill_one(map: &MapData, name: &str, keys: &[u8]) -> Result<usize> {
+/// Inserts the entries of a set map's section into it; returns how many. A map with
+/// one-byte values lists its keys back to back (every value [`SET_MEMBER`]); a map with
+/// larger values (the IPv4 block hashes, whose values are bitmaps) lists each key
+/// followed by its value.
+pub(crate) fn fill_one(map: &MapData, name: &str, entries: &[u8]) -> Result<usize> {
     let info = map
         .info()
         .map_err(|e| Error::from_aya(&format!("reading the definition of {name}"), e))?;
     let key_size = info.key_size() as usize;
-    if info.value_size() != 1 || key_size == 0 || !keys.len().is_multiple_of(key_size) {
+    let value_size = info.value_size() as usize;
+    let listed_value = if value_size == 1 { 0 } else { value_size };
+    let entry = key_size + listed_value;
+    if value_size == 0 || key_size == 0 || !entries.len().is_multiple_of(entry) {
         return Err(Error::new(
             ErrorKind::BadObject,
             format!(
-                "the set map {name} has {key_size}-byte keys and {}-byte values, and its section {} bytes; this runtime writes one-byte values and whole keys; build the object with the skpc of this runtime",
-                info.value_size(),
-                keys.len()
+                "the set map {name} has {key_size}-byte keys and {value_size}-byte values, and its section {} bytes, not a whole number of entries; build the object with the skpc of this runtime",
+                entries.len()
             ),
         ));
     }
-    let count = keys.len() / key_size;
+    let count = entries.len() / entry;
     if count > info.max_entries() as usize {
         return Err(Error::new(
             ErrorKind::BadObject,
@@ -163,14 +167,24 @@ pub(crate) fn fill_one(map: &MapData, name: &str, keys: &[u8]) -> Result<usize> 
             ),
         ));
     }
-    let values = vec![SET_MEMBER; count];
+    let (keys, values) = if listed_value == 0 {
+        (std::borrow::Cow::Borrowed(entries), vec![SET_MEMBER; count])
+    } else {
+        let (mut keys, mut values) = (Vec::with_capacity(count * key_size), Vec::new());
+        values.reserve(count * value_size);
+        for e in entries.chunks_exact(entry) {
+            keys.extend_from_slice(&e[..key_size]);
+            values.extend_from_slice(&e[key_size..]);
+        }
+        (std::borrow::Cow::Owned(keys), values)
+    };
     insert_all(
         map.fd().as_fd(),
         &format!("the set map {name}"),
-        keys,
+        &keys,
         key_size,
         &values,
-        1,
+        value_size,
     )?;
     Ok(count)
 }
@@ -263,7 +277,9 @@ impl SetState {
                 .info()
                 .map_err(|e| Error::from_aya(&format!("reading the definition of {name}"), e))?;
             let size = info.key_size() as usize;
-            if size == 0 || !m.keys.len().is_multiple_of(size) {
+            // A set read from a file is a trie or the port array (one-byte values): its
+            // shape never depends on its contents.
+            if size == 0 || info.value_size() != 1 || !m.keys.len().is_multiple_of(size) {
                 return Err(Error::new(
                     ErrorKind::BadObject,
                     format!("the new keys of {name} are not whole {size}-byte keys; rebuild with the skpc of this runtime"),
