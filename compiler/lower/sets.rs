@@ -259,7 +259,7 @@ pub(super) struct SetMap {
     pub max_entries: u32,
     pub flags: u32,
     /// The keys, `key_size` bytes each, sorted and distinct; when `value_size` is not 1,
-    /// each followed by its value.
+    /// each followed by its value (`skpc_abi::push_set_value`).
     pub keys: Vec<u8>,
 }
 
@@ -490,10 +490,14 @@ fn block_hashes(
             value_size: BLOCK_BYTES,
             max_entries: entries.len() as u32,
             flags: 0,
-            keys: entries
-                .iter()
-                .flat_map(|(key, bits)| key.to_be_bytes().into_iter().chain(*bits))
-                .collect(),
+            keys: {
+                let mut section = Vec::with_capacity(entries.len() * 5);
+                for (key, bits) in &entries {
+                    section.extend_from_slice(&key.to_be_bytes());
+                    skpc_abi::push_set_value(&mut section, bits);
+                }
+                section
+            },
         })
     })
 }
@@ -542,7 +546,7 @@ pub(super) fn keys(
                 keys: map.keys.clone(),
                 describe: format!(
                     "{name}: {} {} keys of {} bytes{} for `{}`",
-                    map.keys.len() / entry_size(map),
+                    entry_count(map),
                     map_type_name(map.map_type),
                     map.key_size,
                     if map.value_size == 1 {
@@ -558,15 +562,14 @@ pub(super) fn keys(
     out
 }
 
-/// The bytes of one entry in `SetMap::keys`: the key, and the value unless it is the
-/// one byte `SET_MEMBER`.
-fn entry_size(map: &SetMap) -> usize {
-    let value = if map.value_size == 1 {
-        0
+/// The entries of a set map as built: its keys (a block hash, whose entries carry their
+/// values, is never empty and holds exactly them).
+fn entry_count(map: &SetMap) -> usize {
+    if map.value_size == 1 {
+        map.keys.len() / map.key_size.max(1) as usize
     } else {
-        map.value_size
-    };
-    (map.key_size + value).max(1) as usize
+        map.max_entries as usize
+    }
 }
 
 fn map_type_name(t: u32) -> &'static str {
@@ -1081,9 +1084,11 @@ mod tests {
         };
         assert_eq!((b24.key_size, b24.value_size), (4, BLOCK_BYTES));
         let entries = |m: &SetMap| -> Vec<(Vec<u8>, Vec<u8>)> {
-            m.keys
-                .chunks(4 + BLOCK_BYTES as usize)
-                .map(|e| (e[..4].to_vec(), e[4..].to_vec()))
+            let (keys, values) =
+                skpc_abi::set_entries(&m.keys, 4, BLOCK_BYTES as usize).expect("whole entries");
+            keys.chunks(4)
+                .zip(values.chunks(BLOCK_BYTES as usize))
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .collect()
         };
         let b24 = entries(&b24);

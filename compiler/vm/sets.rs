@@ -78,8 +78,17 @@ pub(super) fn set_model(maps: &[MapSpec], sets: &[SetKeys]) -> Result<SetModel, 
                     .map_or(&[][..], |s| &s.keys[..]);
                 let key_size = m.key_size as usize;
                 let value_size = m.value_size as usize;
-                let entry = key_size + if value_size == 1 { 0 } else { value_size };
-                if key_size == 0 || value_size == 0 || keys.len() % entry != 0 {
+                // A map with larger values: its keys and values apart.
+                let valued = if value_size > 1 {
+                    skpc_abi::set_entries(keys, key_size, value_size)
+                } else {
+                    None
+                };
+                if key_size == 0
+                    || value_size == 0
+                    || (value_size > 1 && valued.is_none())
+                    || (value_size == 1 && keys.len() % key_size != 0)
+                {
                     return Err(MapModelError::NotASet {
                         map: m.name(),
                         map_type: m.map_type,
@@ -89,10 +98,12 @@ pub(super) fn set_model(maps: &[MapSpec], sets: &[SetKeys]) -> Result<SetModel, 
                 }
                 let contents = match m.map_type {
                     BPF_MAP_TYPE_HASH if value_size > 1 => {
+                        let (k, v) = valued.unwrap_or_default();
                         let mut at = HashMap::new();
-                        for e in keys.chunks_exact(entry) {
-                            at.insert(e[..key_size].to_vec(), model.values.len());
-                            model.values.extend_from_slice(&e[key_size..]);
+                        for (key, value) in k.chunks_exact(key_size).zip(v.chunks_exact(value_size))
+                        {
+                            at.insert(key.to_vec(), model.values.len());
+                            model.values.extend_from_slice(value);
                         }
                         Contents::Valued(at)
                     }

@@ -146,18 +146,30 @@ pub(crate) fn fill_one(map: &MapData, name: &str, entries: &[u8]) -> Result<usiz
         .map_err(|e| Error::from_aya(&format!("reading the definition of {name}"), e))?;
     let key_size = info.key_size() as usize;
     let value_size = info.value_size() as usize;
-    let listed_value = if value_size == 1 { 0 } else { value_size };
-    let entry = key_size + listed_value;
-    if value_size == 0 || key_size == 0 || !entries.len().is_multiple_of(entry) {
-        return Err(Error::new(
+    let bad = || {
+        Error::new(
             ErrorKind::BadObject,
             format!(
                 "the set map {name} has {key_size}-byte keys and {value_size}-byte values, and its section {} bytes, not a whole number of entries; build the object with the skpc of this runtime",
                 entries.len()
             ),
-        ));
+        )
+    };
+    if value_size == 0 || key_size == 0 {
+        return Err(bad());
     }
-    let count = entries.len() / entry;
+    let (keys, values) = if value_size == 1 {
+        if !entries.len().is_multiple_of(key_size) {
+            return Err(bad());
+        }
+        let count = entries.len() / key_size;
+        (std::borrow::Cow::Borrowed(entries), vec![SET_MEMBER; count])
+    } else {
+        let (keys, values) =
+            skpc_abi::set_entries(entries, key_size, value_size).ok_or_else(bad)?;
+        (std::borrow::Cow::Owned(keys), values)
+    };
+    let count = keys.len() / key_size;
     if count > info.max_entries() as usize {
         return Err(Error::new(
             ErrorKind::BadObject,
@@ -167,17 +179,6 @@ pub(crate) fn fill_one(map: &MapData, name: &str, entries: &[u8]) -> Result<usiz
             ),
         ));
     }
-    let (keys, values) = if listed_value == 0 {
-        (std::borrow::Cow::Borrowed(entries), vec![SET_MEMBER; count])
-    } else {
-        let (mut keys, mut values) = (Vec::with_capacity(count * key_size), Vec::new());
-        values.reserve(count * value_size);
-        for e in entries.chunks_exact(entry) {
-            keys.extend_from_slice(&e[..key_size]);
-            values.extend_from_slice(&e[key_size..]);
-        }
-        (std::borrow::Cow::Owned(keys), values)
-    };
     insert_all(
         map.fd().as_fd(),
         &format!("the set map {name}"),

@@ -81,10 +81,58 @@ pub const SETS_NAME: &str = "skp_sets";
 pub const SETS_READY: u32 = 1;
 /// Prefix of the non-allocated ELF sections that hold a set map's keys as built:
 /// `.skp.set.<map name>`, consecutive keys of the map's key size (every value is the one
-/// byte [`SET_MEMBER`]).
+/// byte [`SET_MEMBER`]); a map with larger values (the IPv4 block hashes' bitmaps)
+/// lists each key followed by its value as [`push_set_value`] writes it.
 pub const SET_SECTION_PREFIX: &str = ".skp.set.";
-/// The value of every key of a set map (array slots of non-members stay 0).
+/// The value of every key of a set map with one-byte values (array slots of
+/// non-members stay 0).
 pub const SET_MEMBER: u8 = 1;
+/// In a set section, after a key: the value has every bit set, and no bytes follow (a
+/// block hash of a /24 feed is mostly such keys: a 32-byte value each would make the
+/// object nine times its size).
+pub const SET_VALUE_ALL_ONES: u8 = 0xff;
+/// In a set section, after a key: the value's bytes follow.
+pub const SET_VALUE_LISTED: u8 = 0;
+
+/// Appends `value` to a set section, after its key.
+pub fn push_set_value(section: &mut alloc::vec::Vec<u8>, value: &[u8]) {
+    if value.iter().all(|&b| b == 0xff) {
+        section.push(SET_VALUE_ALL_ONES);
+    } else {
+        section.push(SET_VALUE_LISTED);
+        section.extend_from_slice(value);
+    }
+}
+
+/// The keys and values (back to back, `key_size` and `value_size` bytes each) of a set
+/// section whose map has values larger than a byte, or `None` when the section is not
+/// whole entries.
+pub fn set_entries(
+    section: &[u8],
+    key_size: usize,
+    value_size: usize,
+) -> Option<(alloc::vec::Vec<u8>, alloc::vec::Vec<u8>)> {
+    let (mut keys, mut values) = (alloc::vec::Vec::new(), alloc::vec::Vec::new());
+    let mut rest = section;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_at_checked(key_size)?;
+        let (&tag, after) = after.split_first()?;
+        keys.extend_from_slice(key);
+        rest = match tag {
+            SET_VALUE_ALL_ONES => {
+                values.resize(values.len() + value_size, 0xff);
+                after
+            }
+            SET_VALUE_LISTED => {
+                let (value, after) = after.split_at_checked(value_size)?;
+                values.extend_from_slice(value);
+                after
+            }
+            _ => return None,
+        };
+    }
+    Some((keys, values))
+}
 
 /// The name of buffer `buffer` (0 or 1) of the `map`-th set map.
 pub fn set_map_name(map: u32, buffer: u8) -> String {
@@ -414,6 +462,24 @@ impl LogRecord {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn set_values_round_trip_with_all_ones_as_one_byte() {
+        let mut section = alloc::vec::Vec::new();
+        section.extend_from_slice(&[10, 0, 1, 0]);
+        push_set_value(&mut section, &[0xff; 32]);
+        section.extend_from_slice(&[10, 0, 2, 0]);
+        let mut bits = [0u8; 32];
+        bits[3] = 0x10;
+        push_set_value(&mut section, &bits);
+        assert_eq!(section.len(), 4 + 1 + 4 + 1 + 32);
+        let (keys, values) = set_entries(&section, 4, 32).expect("whole entries");
+        assert_eq!(keys, [10, 0, 1, 0, 10, 0, 2, 0]);
+        assert_eq!(&values[..32], &[0xff; 32]);
+        assert_eq!(&values[32..], &bits);
+        assert_eq!(set_entries(&section[..section.len() - 1], 4, 32), None);
+        assert_eq!(set_entries(&[1, 2, 3, 4, 7], 4, 32), None);
+    }
+
     use super::*;
     use core::mem::{offset_of, size_of};
 
