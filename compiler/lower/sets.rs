@@ -15,7 +15,14 @@
 //!   two prefixes per bit of width;
 //! - payload slices (`payload[o..o+n] in {...}`, `payload starts with {...}` with
 //!   strings of one length): a HASH keyed by the `n` bytes, looked up with a pointer
-//!   into the message itself (no copy).
+//!   into the message itself (no copy);
+//! - a protocol field equal to one of its strings (`http.host in {...}`): a HASH keyed
+//!   by the value's length (u32) and its first `L` bytes, zero-padded and in the field's
+//!   case, `L` the longest string rounded up to 8; the program copies the value onto
+//!   the stack (`Gen::text_in_map`). Strings longer than `TEXT_KEY_MAX` (the stack the
+//!   key may take) stay code, compared after the lookup for a value that long;
+//! - `comm in {...}`: a HASH keyed by the 16-byte NUL-padded name, the buffer
+//!   `bpf_get_current_comm` fills.
 //!
 //! Every value is the one byte `skpc_abi::SET_MEMBER`. The keys travel in the object's
 //! `.skp.set.<map>` sections; the runtime fills the maps, then writes `SETS_READY` into
@@ -41,12 +48,13 @@ use skpc_abi::{SETS_READY, SET_MEMBER};
 
 use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, Endian, Insn, JmpOp, Reg, Size, Src};
-use crate::hir::{self, End, IntField, Net, Test};
+use crate::fields::{Case, Text};
+use crate::hir::{self, End, IntField, Net, Test, TextOp};
 
 use super::addr::{addr_words, wire_word};
 use super::lir::Label;
 use super::maps::MapId;
-use super::{Gen, STACK_COUNTER_KEY, STACK_SET_KEY};
+use super::{Gen, STACK_COMM, STACK_COUNTER_KEY, STACK_SET_KEY};
 
 // A test with more elements than these is a map lookup (unless `Options::set_maps_above`
 // says otherwise). Measured (s1: ns per 64-byte message that misses, code / map):
@@ -71,6 +79,17 @@ pub const MAP_ABOVE_RANGES: usize = 2048;
 pub const MAP_ABOVE_PAYLOAD: usize = 128;
 /// The longest payload slice a set map keys (the hash key is the slice itself).
 const MAX_SLICE: u32 = 64;
+/// Protocol field strings (`http.host in {...}`, equality): compared in code, a value
+/// costs a compare of its length per string; as a map, the copy of the value onto the
+/// stack (about 20 instructions per 8-byte... byte of the key) and a hash lookup.
+pub const MAP_ABOVE_TEXT: usize = 64;
+/// Process names (`comm in {...}`): compared in code 8 bytes at a time.
+pub const MAP_ABOVE_COMM: usize = 64;
+/// The longest protocol field value a set map keys: the key is copied onto the stack
+/// (`STACK_TEXT_KEY`, 4 + this many bytes); longer strings of the set stay code.
+pub(super) const TEXT_KEY_MAX: u32 = 152;
+/// The size of the buffer `bpf_get_current_comm` fills (`TASK_COMM_LEN`).
+const COMM_KEY: u32 = 16;
 
 /// IPv4 prefixes of one or two lengths (a feed of /24s, or of /24s and /32s) are a HASH
 /// per length, looked up with the address masked to it: an inlined hash lookup (about
@@ -109,6 +128,11 @@ pub(super) enum Shape {
     Ranges { field: IntField, width: u8 },
     /// `payload[offset..offset + len]`: a HASH keyed by the bytes.
     Payload { offset: u32, len: u32 },
+    /// A protocol field equal to a string: a HASH keyed by the value's length (u32) and
+    /// its first `key_len` bytes (a multiple of 8), zero-padded, in the field's case.
+    Text { field: Text, key_len: u32 },
+    /// `comm` equal to a name: a HASH keyed by the NUL-padded 16-byte name.
+    Comm,
 }
 
 /// The most keys a map of a set read from a file holds: its contents may grow while
@@ -183,8 +207,54 @@ pub(super) fn shape(test: &Test, above: Option<usize>) -> Option<Shape> {
                 len,
             })
         }
+        Test::Text {
+            field,
+            op: TextOp::Eq,
+            alts,
+        } => {
+            let keyed = alts.iter().filter(|a| a.len() as u32 <= TEXT_KEY_MAX);
+            if !over(keyed.clone().count(), MAP_ABOVE_TEXT) {
+                return None;
+            }
+            let longest = keyed.map(|a| a.len() as u32).max()?;
+            Some(Shape::Text {
+                field: *field,
+                key_len: longest.div_ceil(8) * 8,
+            })
+        }
+        Test::Comm {
+            alts,
+            prefix: false,
+        } if over(alts.len(), MAP_ABOVE_COMM) => Some(Shape::Comm),
         _ => None,
     }
+}
+
+/// The strings of a protocol field's set that its map does not key (longer than
+/// `TEXT_KEY_MAX`): compared in code.
+pub(super) fn long_strings(test: &Test, shape: Shape) -> Vec<Vec<u8>> {
+    match (test, shape) {
+        (Test::Text { alts, .. }, Shape::Text { key_len, .. }) => alts
+            .iter()
+            .filter(|a| a.len() as u32 > key_len)
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The key of string `s` in the set map of protocol field `field`: its length, then
+/// its bytes in the field's case (as the program folds the message's), zero-padded to
+/// `key_len`.
+fn text_key(field: Text, s: &[u8], key_len: u32) -> Vec<u8> {
+    let mut k = (s.len() as u32).to_ne_bytes().to_vec();
+    k.extend(match field.case() {
+        Case::Exact => s.to_vec(),
+        Case::Upper => s.to_ascii_uppercase(),
+        Case::Lower => s.to_ascii_lowercase(),
+    });
+    k.resize(4 + key_len as usize, 0);
+    k
 }
 
 /// The shape of a set read from a file: never from its current elements, which the
@@ -361,6 +431,25 @@ fn maps_of(test: &Test, shape: Shape) -> Parts<SetMap> {
         (Test::Payload { alts, .. }, Shape::Payload { len, .. }) => {
             [hash(alts.clone(), len), None, None]
         }
+        (Test::Text { field, alts, .. }, Shape::Text { key_len, .. }) => {
+            let keys = alts
+                .iter()
+                .filter(|a| a.len() as u32 <= key_len)
+                .map(|a| text_key(*field, a, key_len))
+                .collect();
+            [hash(keys, 4 + key_len), None, None]
+        }
+        (Test::Comm { alts, .. }, Shape::Comm) => {
+            let keys = alts
+                .iter()
+                .map(|a| {
+                    let mut k = a.clone();
+                    k.resize(COMM_KEY as usize, 0);
+                    k
+                })
+                .collect();
+            [hash(keys, COMM_KEY), None, None]
+        }
         _ => [None, None, None],
     }
 }
@@ -487,6 +576,8 @@ fn describe(test: &Test) -> String {
                 alts.len()
             )
         }
+        Test::Text { field, alts, .. } => format!("{} in {} strings", field.name(), alts.len()),
+        Test::Comm { alts, .. } => format!("comm in {} names", alts.len()),
         _ => String::new(),
     }
 }
@@ -527,6 +618,10 @@ impl Gen {
     /// one and then flips the slot, so a message sees one whole version of the set.
     pub(super) fn set_test(&mut self, k: usize, t: Label, f: Label) {
         let (shape, ids) = (self.sets[k].0.shape, self.sets[k].1);
+        if let (Shape::Text { field, key_len }, [Some(map), ..]) = (shape, ids.buffers[0]) {
+            let long = long_strings(&self.sets[k].0.test, shape);
+            return self.text_in_map(field, key_len, map, &long, t, f);
+        }
         let (Some(slot), Some(ready)) = (ids.slot, self.maps.sets) else {
             return self.set_lookup(shape, ids.buffers[0], t, f);
         };
@@ -601,6 +696,20 @@ impl Gen {
                 }
                 self.ld_map(Reg::R1, map);
                 self.call(BPF_FUNC_map_lookup_elem);
+                self.jmp64(JmpOp::Jne, Reg::R0, Src::Imm(0), t);
+                self.goto(f);
+            }
+            // `set_test` looks these up with the strings its map does not key.
+            Shape::Text { .. } => self.goto(f),
+            Shape::Comm => {
+                let Some(map) = first else {
+                    return self.goto(f);
+                };
+                // The buffer the helper fills is the key: the name, NUL-padded.
+                self.stack_ptr(Reg::R1, STACK_COMM);
+                self.mov64(Reg::R2, Src::Imm(COMM_KEY as i32));
+                self.call(BPF_FUNC_get_current_comm);
+                self.map_lookup(map, STACK_COMM);
                 self.jmp64(JmpOp::Jne, Reg::R0, Src::Imm(0), t);
                 self.goto(f);
             }
