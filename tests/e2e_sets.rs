@@ -168,6 +168,121 @@ fn a_100k_prefix_blocklist_is_enforced_under_exec_over_ipv4_and_ipv6() {
     assert_eq!(rule["messages"], 2, "{doc}");
 }
 
+/// A loopback HTTP server on `127.0.0.1:0` answering every request `200 ok` and closing;
+/// sends the Host header of each request it gets. Returns the port.
+fn http_server() -> (u16, std::sync::mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binds 127.0.0.1");
+    let port = listener.local_addr().expect("its address").port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                let mut reader = BufReader::new(&conn);
+                let mut line = String::new();
+                while matches!(reader.read_line(&mut line), Ok(n) if n > 2) {
+                    if let Some(h) = line.strip_prefix("Host: ") {
+                        let _ = tx.send(h.trim().to_string());
+                    }
+                    line.clear();
+                }
+                let _ = std::io::Write::write_all(
+                    &mut &conn,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn a_10k_host_set_is_one_hash_lookup_and_curl_to_a_listed_host_is_dropped() {
+    let name = "a_10k_host_set_is_one_hash_lookup_and_curl_to_a_listed_host_is_dropped";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let Some(curl) = common::tool_or_skip(name, "curl", "curl") else {
+        return;
+    };
+    let dir = common::TempDir::new("skpc-hosts");
+    let hosts: Vec<String> = (0..10_000)
+        .map(|i| format!("\"h{i}.example.com\""))
+        .collect();
+    let policy = format!(
+        "set hosts = {{\n{}\n}};\ndrop if http.host in hosts;\n",
+        hosts.join(",\n")
+    );
+    let file = dir.path.join("hosts.skp");
+    std::fs::write(&file, &policy).expect("writes the policy");
+
+    // The listing: one HASH of the 10,000 hosts (length word and 24 bytes: the longest
+    // host, 17 bytes, rounded up to 8), and a program of the parser's size.
+    let out = skpc(&[
+        "build",
+        "--emit",
+        "asm",
+        path(&file),
+        "-o",
+        path(&dir.path.join("h.o")),
+    ]);
+    let listing = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        listing.contains("skp_set_0: 10000 HASH keys of 28 bytes for `http.host in 10000 strings`"),
+        "{}",
+        &listing[..listing.len().min(600)]
+    );
+    let instructions: usize = listing
+        .lines()
+        .next()
+        .and_then(|l| l.split(", ").last())
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX);
+    assert!(instructions < 500, "{instructions} instructions");
+
+    let (port, seen) = http_server();
+    let url = format!("http://127.0.0.1:{port}/");
+    // A listed host in another case, an unlisted one, the listed one last.
+    for (host, want) in [
+        ("H42.Example.COM", None),
+        ("h42.example.org", Some("ok")),
+        ("h9999.example.com", None),
+        ("h10000.example.com", Some("ok")),
+    ] {
+        let out = skpc(&[
+            "exec",
+            path(&file),
+            "--",
+            path(&curl),
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            &format!("Host: {host}"),
+            &url,
+        ]);
+        let stdout = text(&out.stdout);
+        match want {
+            Some(body) => {
+                assert_eq!(out.status.code(), Some(0), "{host}: {}", text(&out.stderr));
+                assert_eq!(stdout, body, "{host}");
+                assert_eq!(
+                    seen.recv_timeout(Duration::from_secs(5)).as_deref(),
+                    Ok(host),
+                    "the server got {host}"
+                );
+            }
+            // curl cannot send the request (EACCES): "Failed sending HTTP request".
+            None => {
+                assert_eq!(out.status.code(), Some(55), "{host}: {stdout}\n{}", text(&out.stderr));
+            }
+        }
+    }
+    assert!(seen.try_recv().is_err(), "the server saw a listed host");
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
