@@ -276,7 +276,12 @@ fn a_10k_host_set_is_one_hash_lookup_and_curl_to_a_listed_host_is_dropped() {
             }
             // curl cannot send the request (EACCES): "Failed sending HTTP request".
             None => {
-                assert_eq!(out.status.code(), Some(55), "{host}: {stdout}\n{}", text(&out.stderr));
+                assert_eq!(
+                    out.status.code(),
+                    Some(55),
+                    "{host}: {stdout}\n{}",
+                    text(&out.stderr)
+                );
             }
         }
     }

@@ -884,7 +884,8 @@ impl Gen {
         const K: Reg = Reg::R5;
         let slot = text_slot(field);
         let key = STACK_TEXT_KEY;
-        let (too_long, top, have, beyond) = (self.label(), self.label(), self.label(), self.label());
+        let (too_long, top, have, beyond) =
+            (self.label(), self.label(), self.label(), self.label());
         self.ldx(Size::W, Reg::R0, Reg::R10, slot + 4);
         self.alu64(AluOp::And, Reg::R0, Src::Imm(LEN_MASK));
         self.jmp32(JmpOp::Jeq, Reg::R0, 0, f);

@@ -965,8 +965,8 @@ mod tests {
         assert!(shape(&hosts(MAP_ABOVE_TEXT, &[]), None).is_none());
         // A string longer than a key holds does not count, and stays code.
         let long = vec![b'x'; TEXT_KEY_MAX as usize + 1];
-        assert!(shape(&hosts(MAP_ABOVE_TEXT, &[long.clone()]), None).is_none());
-        let test = hosts(MAP_ABOVE_TEXT + 1, &[long.clone()]);
+        assert!(shape(&hosts(MAP_ABOVE_TEXT, std::slice::from_ref(&long)), None).is_none());
+        let test = hosts(MAP_ABOVE_TEXT + 1, std::slice::from_ref(&long));
         let s = shape(&test, None).expect("a map");
         // The longest keyed host, `h128.example.com`, is 16 bytes.
         assert_eq!(
@@ -989,7 +989,10 @@ mod tests {
         assert!(m.keys.chunks(20).any(|k| k == want.as_slice()));
         // Keys are in the field's case, as the program folds the message's bytes.
         assert_eq!(&text_key(Text::HttpHost, b"Ab.C", 8)[4..], b"ab.c\0\0\0\0");
-        assert_eq!(&text_key(Text::RedisCommand, b"get", 8)[4..], b"GET\0\0\0\0\0");
+        assert_eq!(
+            &text_key(Text::RedisCommand, b"get", 8)[4..],
+            b"GET\0\0\0\0\0"
+        );
         assert_eq!(&text_key(Text::RedisKey, b"Ab", 8)[..6], b"\x02\0\0\0Ab");
         // `starts with` stays code.
         let starts = Test::Text {
@@ -1014,7 +1017,10 @@ mod tests {
             panic!("one hash")
         };
         assert_eq!((m.map_type, m.key_size), (BPF_MAP_TYPE_HASH, 16));
-        assert!(m.keys.chunks(16).any(|k| k == b"proc7\0\0\0\0\0\0\0\0\0\0\0"));
+        assert!(m
+            .keys
+            .chunks(16)
+            .any(|k| k == b"proc7\0\0\0\0\0\0\0\0\0\0\0"));
     }
 
     #[test]
