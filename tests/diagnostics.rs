@@ -208,10 +208,7 @@ fn over_budget_cases() -> Vec<(&'static str, String)> {
     let hosts: Vec<String> = (0..20_000)
         .map(|i| format!("\".h{i}.example.com\""))
         .collect();
-    let blocklist = format!(
-        "drop if http.host ends with {{ {} }};\n",
-        hosts.join(", ")
-    );
+    let blocklist = format!("drop if http.host ends with {{ {} }};\n", hosts.join(", "));
     let chain: String = (0..3000)
         .map(|i| {
             format!(

@@ -263,8 +263,27 @@ fn model_host(p: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The key of a generated Redis message: `$N\r\n`, N bytes, CR LF, N 1 to 255, inside
-/// the parser's 512-byte window.
+/// the parser's 512-byte window. A message that starts with a letter (the HTTP ones) is
+/// an inline command: its key is the word after the command and up to 8 spaces.
 fn model_redis_key(p: &[u8]) -> Option<Vec<u8>> {
+    let w = &p[..p.len().min(512)];
+    if w.first().is_some_and(u8::is_ascii_alphabetic) {
+        let word_end = |from: usize| {
+            w[from..]
+                .iter()
+                .position(|b| b" \r\n".contains(b))
+                .map(|n| from + n)
+        };
+        let e = word_end(0)?;
+        if e > 32 || w[e] != b' ' {
+            return None;
+        }
+        let spaces = w[e..].iter().take_while(|&&b| b == b' ').count();
+        let start = e + spaces;
+        let end = word_end(start)?;
+        let ok = spaces <= 8 && (1..=255).contains(&(end - start));
+        return ok.then(|| w[start..end].to_vec());
+    }
     let rest = p.strip_prefix(REDIS_HEAD)?;
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 || digits > 3 {
@@ -511,7 +530,11 @@ fn gen_set(rng: &mut Rng, reach: Reach) -> GSet {
                 strings: gen_strings(rng, n, len),
             }
         }
+        // Strings compared in code take about 5 instructions a word: up to 300 of them
+        // (the threshold is 128) keeps a policy of three such sets as code inside the
+        // VM's 32K slots.
         7 => {
+            let n = n.min(300);
             let mut strings: Vec<Vec<u8>> = (0..n)
                 .map(|_| {
                     let len = rng.range(1, 40) as usize;
@@ -529,6 +552,7 @@ fn gen_set(rng: &mut Rng, reach: Reach) -> GSet {
             GSet::Host { strings }
         }
         8 => {
+            let n = n.min(300);
             let mut strings: Vec<Vec<u8>> = (0..n)
                 .map(|_| {
                     let len = rng.range(1, 24) as usize;

@@ -904,17 +904,25 @@ impl Gen {
         self.ldx(Size::DW, Reg::R3, self.ctx(), SK_MSG_MD_DATA_END);
         self.jmp64(JmpOp::Jgt, Reg::R2, Src::Reg(Reg::R3), beyond);
         self.ldx(Size::B, Reg::R0, Reg::R1, 0);
-        // Fold an ASCII letter of the other case: the keys are in the field's case.
+        // Fold an ASCII letter of the other case (the keys are in the field's case):
+        // flip bit 5 when `first <= byte <= first + 25`, that is when neither
+        // `byte - first` nor `first + 25 - byte` is negative. Branch-free, so that the
+        // round has one way through for the verifier.
         let letters = match field.case() {
             Case::Exact => None,
-            Case::Lower => Some((b'A', AluOp::Or, 0x20)),
-            Case::Upper => Some((b'a', AluOp::And, 0xdf)),
+            Case::Lower => Some(b'A'),
+            Case::Upper => Some(b'a'),
         };
-        if let Some((first, op, bit)) = letters {
+        if let Some(first) = letters {
             self.mov64(Reg::R1, Src::Reg(Reg::R0));
             self.alu64(AluOp::Sub, Reg::R1, Src::Imm(first as i32));
-            self.jmp64(JmpOp::Jgt, Reg::R1, Src::Imm(25), have);
-            self.alu64(op, Reg::R0, Src::Imm(bit));
+            self.mov64(Reg::R2, Src::Imm(first as i32 + 25));
+            self.alu64(AluOp::Sub, Reg::R2, Src::Reg(Reg::R0));
+            self.alu64(AluOp::Or, Reg::R1, Src::Reg(Reg::R2));
+            self.alu64(AluOp::Arsh, Reg::R1, Src::Imm(63));
+            self.alu64(AluOp::Xor, Reg::R1, Src::Imm(-1));
+            self.alu64(AluOp::And, Reg::R1, Src::Imm(0x20));
+            self.alu64(AluOp::Xor, Reg::R0, Src::Reg(Reg::R1));
         }
         self.goto(have);
         // Past data_end: a miss inside the value; past it, any byte (masked below) that
