@@ -865,8 +865,9 @@ impl Gen {
     /// set's strings the map does not key), without a lookup.
     ///
     /// Verifier. The copy is a bounded loop of `key_len` rounds whose counter (r5) is a
-    /// constant on every path, so each round is walked once; every round takes the same
-    /// steps whatever the length (a byte past the value is read, or not, and masked to
+    /// constant on every path, so each round is walked once per way through it (about 80
+    /// processed instructions a round: 12k for the longest key, tests/kernel_budget.rs
+    /// `sni_long_set`); every round takes the same steps whatever the length (a byte past the value is read, or not, and masked to
     /// 0 by an arithmetic mask of `K - len`), so its ways meet with the same stack at the
     /// next round and after the loop: the rules after it are walked once, not once per
     /// length. Every read checks its byte against `data_end` (the parser checked the

@@ -81,13 +81,13 @@ pub const MAP_ABOVE_PAYLOAD: usize = 128;
 const MAX_SLICE: u32 = 64;
 /// Protocol field strings (`http.host in {...}`, equality): compared in code, each costs
 /// a compare of its length and, when that matches, of its words; as a map, the copy of
-/// the value onto the stack (about 20 instructions a byte of the key) and a HASH lookup
-/// (`http.host` of 6-28 bytes, 64-byte requests: 138 / 163 ns at 64 strings, 211 / 172
-/// at 256, 621 / 174 at 1024). Code also costs the verifier ~120 instructions a string
-/// on top of the HTTP parser's ~224k (255k at 256, 302k at 1024; refused at 4096).
+/// the value onto the stack (about 30 instructions a byte of the key) and a HASH lookup
+/// (`http.host` of 6-28 bytes, 64-byte requests: 143 / 170 ns at 64 strings, 218 / 177
+/// at 256, 643 / 186 at 1024). Code also costs the verifier ~120 instructions a string
+/// on top of the HTTP parser's ~223k (255k at 256, 302k at 1024; refused at 4096).
 pub const MAP_ABOVE_TEXT: usize = 128;
-/// Process names (`comm in {...}`): compared in code 8 bytes at a time (112 / 117 ns
-/// at 64 names, 204 / 118 at 256; 14 verifier instructions a name).
+/// Process names (`comm in {...}`): compared in code 8 bytes at a time (111 / 117 ns
+/// at 64 names, 199 / 117 at 256; 14 verifier instructions a name).
 pub const MAP_ABOVE_COMM: usize = 64;
 /// The longest protocol field value a set map keys: the key is copied onto the stack
 /// (`STACK_TEXT_KEY`, 4 + this many bytes); longer strings of the set stay code.
