@@ -690,9 +690,14 @@ fn run_case(attach: &mut Attach, size: usize, secs: f64) -> Result<Run, String> 
 
 /// [`run_case`] over a listener bound to `bind`.
 fn run_case_at(attach: &mut Attach, size: usize, secs: f64, bind: &str) -> Result<Run, String> {
+    run_case_msg(attach, &vec![b'x'; size], secs, bind)
+}
+
+/// [`run_case_at`] with messages of the bytes `msg` (a request a protocol parser reads).
+fn run_case_msg(attach: &mut Attach, msg: &[u8], secs: f64, bind: &str) -> Result<Run, String> {
     let (client, rx) = connected_at(attach, bind)?;
     let (t0, c0) = attach.stats();
-    let msg = vec![b'x'; size];
+    let size = msg.len();
     let fd = client.as_raw_fd();
     let limit = Duration::from_secs_f64(secs);
     let start = Instant::now();

@@ -43,6 +43,28 @@ fn example_listings() {
     }
 }
 
+/// Sets of strings as maps (compiler/lower/sets.rs): a protocol field (the copy of the
+/// value onto the stack, folded to upper case for `redis.command`, then one HASH lookup)
+/// and `comm` (the helper's buffer is the key), each one past its threshold.
+#[test]
+fn string_set_map_listing() {
+    let list = |prefix: &str, n: usize| {
+        (0..n)
+            .map(|i| format!("\"{prefix}{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let src = format!(
+        "set commands = {{ {} }};\nset names = {{ {} }};\ndrop if redis.command in commands;\ndrop if comm in names;\n",
+        list("C", 129), // past MAP_ABOVE_TEXT (128)
+        list("n", 65) // past MAP_ABOVE_COMM (64)
+    );
+    let text = listing("string_sets.skp", &src);
+    assert!(text.contains("HASH keys of 12 bytes for `redis.command in 129 strings`"));
+    assert!(text.contains("HASH keys of 16 bytes for `comm in 65 names`"));
+    insta::assert_snapshot!("asm_string_set_maps", text);
+}
+
 #[test]
 fn same_source_gives_the_same_object() {
     for (name, src) in constructs::CONSTRUCTS {

@@ -1,8 +1,9 @@
 //! Differential testing of large sets (compiler/lower/sets.rs): random policies whose
 //! `in` tests hold hundreds of elements of every kind a set map takes (IPv4 and IPv6
 //! prefixes of either end, ports, uid/gid/pid/cgroup values, `len` ranges, payload
-//! slices, `payload starts with` strings of one or two lengths), and messages aimed at
-//! them: a listed value, an address inside a listed prefix, the IPv4-mapped IPv6 form of
+//! slices, `payload starts with` strings of one or two lengths, `http.host` and
+//! `redis.key` strings, `comm` names), and messages aimed at them: a listed value (a
+//! host in another case), an address inside a listed prefix, the IPv4-mapped IPv6 form of
 //! a listed IPv4 address, the value or address just outside, a payload one byte off or
 //! too short, anything. Each policy is compiled three times: with the default threshold,
 //! with every set as a map (`set_maps_above: Some(0)`) and with every set as code
@@ -120,6 +121,12 @@ enum GSet {
     },
     /// `payload starts with {...}`.
     Starts { strings: Vec<Vec<u8>> },
+    /// `http.host in {...}`: lower-cased hosts, compared in any case.
+    Host { strings: Vec<Vec<u8>> },
+    /// `redis.key in {...}`: any bytes, some longer than a set map keys.
+    RedisKey { strings: Vec<Vec<u8>> },
+    /// `comm in {...}`.
+    Comm { strings: Vec<Vec<u8>> },
 }
 
 impl GSet {
@@ -135,6 +142,9 @@ impl GSet {
             },
             GSet::Slice { .. } => "payload slices",
             GSet::Starts { .. } => "payload starts with",
+            GSet::Host { .. } => "http.host strings",
+            GSet::RedisKey { .. } => "redis.key strings",
+            GSet::Comm { .. } => "comm names",
         }
     }
 
@@ -181,6 +191,19 @@ impl GSet {
                 "payload starts with {}",
                 list(strings.iter().map(|s| quote(s)).collect())
             ),
+            GSet::Host { strings } | GSet::RedisKey { strings } | GSet::Comm { strings } => {
+                let field = match self {
+                    GSet::Host { .. } => "http.host",
+                    GSet::RedisKey { .. } => "redis.key",
+                    _ => "comm",
+                };
+                let _ = writeln!(
+                    decl,
+                    "set {name} = {};",
+                    list(strings.iter().map(|s| quote(s)).collect())
+                );
+                format!("{field} in {name}")
+            }
         }
     }
 
@@ -215,8 +238,74 @@ impl GSet {
                         .any(|s| s[..] == m.payload[*offset..offset + n])
             }
             GSet::Starts { strings } => strings.iter().any(|s| m.payload.starts_with(s)),
+            GSet::Host { strings } => model_host(&m.payload).is_some_and(|h| strings.contains(&h)),
+            GSet::RedisKey { strings } => {
+                model_redis_key(&m.payload).is_some_and(|k| strings.contains(&k))
+            }
+            GSet::Comm { strings } => strings.contains(&m.comm),
         }
     }
+}
+
+/// The request line every generated HTTP message starts with, and its Host header.
+const HTTP_HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: ";
+/// The command every generated Redis message holds, before its key's length.
+const REDIS_HEAD: &[u8] = b"*2\r\n$3\r\nGET\r\n$";
+
+/// The host of a generated HTTP message (docs/language.md, Protocols): up to the first
+/// `:`, space, tab, CR or LF, 1 to 128 bytes inside the parser's 256-byte window,
+/// lower-cased.
+fn model_host(p: &[u8]) -> Option<Vec<u8>> {
+    let rest = p.strip_prefix(HTTP_HEAD)?;
+    let end = rest.iter().position(|b| b": \t\r\n".contains(b))?;
+    let fits = (1..=128).contains(&end) && HTTP_HEAD.len() + end <= 256;
+    fits.then(|| rest[..end].to_ascii_lowercase())
+}
+
+/// The key of a generated Redis message: `$N\r\n`, N bytes, CR LF, N 1 to 255, inside
+/// the parser's 512-byte window. A message that starts with a letter (the HTTP ones) is
+/// an inline command: its key is the word after the command and up to 8 spaces.
+fn model_redis_key(p: &[u8]) -> Option<Vec<u8>> {
+    let w = &p[..p.len().min(512)];
+    if w.first().is_some_and(u8::is_ascii_alphabetic) {
+        let word_end = |from: usize| {
+            w[from..]
+                .iter()
+                .position(|b| b" \r\n".contains(b))
+                .map(|n| from + n)
+        };
+        let e = word_end(0)?;
+        if e > 32 || w[e] != b' ' {
+            return None;
+        }
+        let spaces = w[e..].iter().take_while(|&&b| b == b' ').count();
+        let start = e + spaces;
+        let end = word_end(start)?;
+        let ok = spaces <= 8 && (1..=255).contains(&(end - start));
+        return ok.then(|| w[start..end].to_vec());
+    }
+    let rest = p.strip_prefix(REDIS_HEAD)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 3 {
+        return None;
+    }
+    let n: usize = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let key = rest.get(digits + 2..digits + 2 + n)?;
+    let ok = rest.get(digits..digits + 2) == Some(b"\r\n")
+        && rest.get(digits + 2 + n..digits + 4 + n) == Some(b"\r\n")
+        && (1..=255).contains(&n)
+        && REDIS_HEAD.len() + digits + 4 + n <= 512;
+    ok.then(|| key.to_vec())
+}
+
+/// The name the kernel gives this thread's messages (`comm`): the test harness names
+/// its threads.
+fn own_comm() -> Vec<u8> {
+    let mut c = std::fs::read("/proc/thread-self/comm").unwrap_or_default();
+    while c.last() == Some(&b'\n') {
+        c.pop();
+    }
+    c
 }
 
 fn mask4(p: u8) -> u32 {
@@ -367,7 +456,7 @@ fn gen_strings(rng: &mut Rng, n: usize, len: usize) -> Vec<Vec<u8>> {
 
 fn gen_set(rng: &mut Rng, reach: Reach) -> GSet {
     let n = rng.range(20, 700) as usize;
-    match rng.below(7) {
+    match rng.below(10) {
         0 | 1 => {
             let which = rng.below(3);
             let palette = rng.pick(&V4_PALETTES);
@@ -455,6 +544,60 @@ fn gen_set(rng: &mut Rng, reach: Reach) -> GSet {
                 offset: rng.range(0, 40) as usize,
                 strings: gen_strings(rng, n, len),
             }
+        }
+        // Strings compared in code take about 5 instructions a word: up to 300 of them
+        // (the threshold is 128) keeps a policy of three such sets as code inside the
+        // VM's 32K slots.
+        7 => {
+            let n = n.min(300);
+            let mut strings: Vec<Vec<u8>> = (0..n)
+                .map(|_| {
+                    let len = rng.range(1, 40) as usize;
+                    (0..len)
+                        .map(|_| rng.pick(b"abcdefghijklmnopqrstuvwxyz0123456789.-"))
+                        .collect()
+                })
+                .collect();
+            if rng.pct(20) {
+                // Up to the field's bound (128) and the map's key (152).
+                strings.push(vec![b'x'; rng.range(100, 128) as usize]);
+            }
+            strings.sort();
+            strings.dedup();
+            GSet::Host { strings }
+        }
+        8 => {
+            let n = n.min(300);
+            let mut strings: Vec<Vec<u8>> = (0..n)
+                .map(|_| {
+                    let len = rng.range(1, 24) as usize;
+                    gen_strings(rng, 1, len).remove(0)
+                })
+                .collect();
+            // Longer than a set map keys (152): compared in code after the lookup.
+            for _ in 0..rng.below(3) {
+                let len = rng.range(150, 220) as usize;
+                strings.push(gen_strings(rng, 1, len).remove(0));
+            }
+            strings.sort();
+            strings.dedup();
+            GSet::RedisKey { strings }
+        }
+        9 => {
+            let mut strings: Vec<Vec<u8>> = (0..n)
+                .map(|_| {
+                    let len = rng.range(1, 15) as usize;
+                    (0..len)
+                        .map(|_| rng.pick(b"abcdefghijklmnopqrstuvwxyz0123456789-_:/"))
+                        .collect()
+                })
+                .collect();
+            if reach == Reach::Loopback && rng.pct(50) {
+                strings.push(own_comm());
+            }
+            strings.sort();
+            strings.dedup();
+            GSet::Comm { strings }
         }
         _ => {
             let len = rng.range(2, 12) as usize;
@@ -590,6 +733,48 @@ fn gen_message(rng: &mut Rng, set: &GSet) -> Message {
             m.len = p.len() as u32;
             m.payload = p;
         }
+        GSet::Host { strings } => {
+            let alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-";
+            let listed = rng.pick(strings);
+            let mut h = near(rng, &listed, alphabet);
+            if rng.pct(50) {
+                // The same host in another case.
+                for b in &mut h {
+                    if rng.pct(50) {
+                        *b = b.to_ascii_uppercase();
+                    }
+                }
+            }
+            let mut p = HTTP_HEAD.to_vec();
+            p.extend_from_slice(&h);
+            p.extend_from_slice(rng.pick(&[&b"\r\n\r\n"[..], b":8080\r\n\r\n", b"\r\n"]));
+            if rng.pct(10) {
+                // Cut inside the host: no value.
+                p.truncate(HTTP_HEAD.len() + h.len() - 1 - rng.below(h.len() as u64) as usize);
+            }
+            m.len = p.len() as u32;
+            m.payload = p;
+        }
+        GSet::RedisKey { strings } => {
+            let k = rng.pick(strings);
+            let k = if rng.pct(30) {
+                k
+            } else {
+                let alphabet: Vec<u8> = (0..=255).collect();
+                near(rng, &k, &alphabet)
+            };
+            let mut p = REDIS_HEAD.to_vec();
+            p.extend_from_slice(format!("{}\r\n", k.len()).as_bytes());
+            p.extend_from_slice(&k);
+            p.extend_from_slice(b"\r\n");
+            m.len = p.len() as u32;
+            m.payload = p;
+        }
+        GSet::Comm { strings } => {
+            let listed = rng.pick(strings);
+            let c = near(rng, &listed, b"abcdefghijklmnopqrstuvwxyz0123456789");
+            m.comm = c[..c.len().min(15)].to_vec();
+        }
         GSet::Starts { strings } => {
             let s = rng.pick(strings);
             let mut p = s.clone();
@@ -609,6 +794,27 @@ fn gen_message(rng: &mut Rng, set: &GSet) -> Message {
         }
     }
     m
+}
+
+/// `s` (a listed string) one byte off, one byte short, one byte longer, or random.
+fn near(rng: &mut Rng, s: &[u8], alphabet: &[u8]) -> Vec<u8> {
+    let mut v = s.to_vec();
+    match rng.below(6) {
+        0 => {
+            let i = rng.below(v.len() as u64) as usize;
+            v[i] = rng.pick(alphabet);
+        }
+        1 if v.len() > 1 => {
+            v.pop();
+        }
+        2 => v.push(rng.pick(alphabet)),
+        3 => {
+            let len = rng.range(1, 30) as usize;
+            v = (0..len).map(|_| rng.pick(alphabet)).collect();
+        }
+        _ => {}
+    }
+    v
 }
 
 /// The three compilations of a policy: default threshold, all maps, all code.
@@ -731,7 +937,7 @@ fn evaluator_and_vm_agree_on_large_sets_as_maps_and_as_code() {
                 "{kind}: {hits} messages in the set, {misses} not"
             );
         }
-        assert!(seen.len() >= 7, "kinds covered: {:?}", seen.keys());
+        assert!(seen.len() >= 10, "kinds covered: {:?}", seen.keys());
         assert!(mapped_hits > 0, "no IPv4-mapped address hit an IPv4 prefix");
         assert_eq!(layouts.len(), 3, "set map layouts covered: {layouts:?}");
     }
@@ -884,6 +1090,7 @@ fn kernel_agrees_with_the_evaluator_on_large_sets() {
                 m.gid = libc::getgid();
                 m.pid = libc::getpid() as u32;
             }
+            m.comm = own_comm();
             hits += usize::from(p.rules.iter().any(|r| r.set.holds(&m)));
             let want = eval(&c.policy, &m).decision.verdict;
             assert_eq!(

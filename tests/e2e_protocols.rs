@@ -587,3 +587,56 @@ fn tls_client_hello_with_an_outside_sni_is_refused() {
         all(&out)
     );
 }
+
+/// A set of 10,000 server names is one HASH lookup of the ClientHello's SNI: a listed
+/// name (in any case) is refused, another completes the handshake.
+#[test]
+fn tls_sni_in_a_10k_name_set_is_refused_and_other_names_connect() {
+    let name = "tls_sni_in_a_10k_name_set_is_refused_and_other_names_connect";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let Some(openssl) = tool_or_skip(name, "openssl", "openssl") else {
+        return;
+    };
+    let dir = TempDir::new("sni-set");
+    let names: Vec<String> = (0..10_000)
+        .map(|i| format!("\"s{i}.blocked.example\""))
+        .collect();
+    let policy = dir.join("sni.skp");
+    std::fs::write(
+        &policy,
+        format!(
+            "set blocked = {{ {} }};\ndrop if tls.sni in blocked;\n",
+            names.join(", ")
+        ),
+    )
+    .unwrap();
+    let server = TlsServer::start(&openssl);
+    let s_client = |sni: &str| {
+        skpc(&[
+            "exec",
+            policy.to_str().unwrap(),
+            "--",
+            openssl.to_str().unwrap(),
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{}", server.port),
+            "-servername",
+            sni,
+        ])
+    };
+    let out = s_client("api.internal.example");
+    assert_eq!(out.status.code(), Some(0), "{}", all(&out));
+    assert!(handshake_finished(&out), "{}", all(&out));
+    for listed in ["s42.blocked.example", "S9999.Blocked.EXAMPLE"] {
+        let out = s_client(listed);
+        assert_ne!(out.status.code(), Some(0), "{listed}: {}", all(&out));
+        assert!(!handshake_finished(&out), "{listed}: {}", all(&out));
+        assert!(
+            all(&out).contains("errno=13"),
+            "{listed}: the write failed with EACCES: {}",
+            all(&out)
+        );
+    }
+}

@@ -2,7 +2,10 @@
 //! built, loaded and enforced by `skpc exec` (a listed address is dropped, an unlisted
 //! one passes, over IPv4 and IPv6); and a set read from a file of 100,000 lines is
 //! swapped under `skpc run` when the file changes, with no program loaded, no socket
-//! touched and no message judged by a half-written set.
+//! touched and no message judged by a half-written set. Sets of strings too: 10,000
+//! HTTP hosts are one HASH lookup of the request's host (curl to a listed host, in any
+//! case, cannot send; to an unlisted one it gets the server's answer), and 1001 process
+//! names one of `comm` (curl is dropped, python3 passes).
 
 mod common;
 mod e2e_support;
@@ -165,6 +168,199 @@ fn a_100k_prefix_blocklist_is_enforced_under_exec_over_ipv4_and_ipv6() {
         .and_then(|c| c.iter().find(|c| c["kind"] == "rule"))
         .unwrap_or_else(|| panic!("a rule row: {doc}"));
     assert_eq!(rule["messages"], 2, "{doc}");
+}
+
+/// A loopback HTTP server on `127.0.0.1:0` answering every request `200 ok` and closing;
+/// sends the Host header of each request it gets. Returns the port.
+fn http_server() -> (u16, std::sync::mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binds 127.0.0.1");
+    let port = listener.local_addr().expect("its address").port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                let mut reader = BufReader::new(&conn);
+                let mut line = String::new();
+                while matches!(reader.read_line(&mut line), Ok(n) if n > 2) {
+                    if let Some(h) = line.strip_prefix("Host: ") {
+                        let _ = tx.send(h.trim().to_string());
+                    }
+                    line.clear();
+                }
+                let _ = std::io::Write::write_all(
+                    &mut &conn,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn a_10k_host_set_is_one_hash_lookup_and_curl_to_a_listed_host_is_dropped() {
+    let name = "a_10k_host_set_is_one_hash_lookup_and_curl_to_a_listed_host_is_dropped";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let Some(curl) = common::tool_or_skip(name, "curl", "curl") else {
+        return;
+    };
+    let dir = common::TempDir::new("skpc-hosts");
+    let hosts: Vec<String> = (0..10_000)
+        .map(|i| format!("\"h{i}.example.com\""))
+        .collect();
+    let policy = format!(
+        "set hosts = {{\n{}\n}};\ndrop if http.host in hosts;\n",
+        hosts.join(",\n")
+    );
+    let file = dir.path.join("hosts.skp");
+    std::fs::write(&file, &policy).expect("writes the policy");
+
+    // The listing: one HASH of the 10,000 hosts (length word and 24 bytes: the longest
+    // host, 17 bytes, rounded up to 8), and a program of the parser's size.
+    let out = skpc(&[
+        "build",
+        "--emit",
+        "asm",
+        path(&file),
+        "-o",
+        path(&dir.path.join("h.o")),
+    ]);
+    let listing = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        listing.contains("skp_set_0: 10000 HASH keys of 28 bytes for `http.host in 10000 strings`"),
+        "{}",
+        &listing[..listing.len().min(600)]
+    );
+    let instructions: usize = listing
+        .lines()
+        .next()
+        .and_then(|l| l.split(", ").last())
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX);
+    assert!(instructions < 500, "{instructions} instructions");
+
+    let (port, seen) = http_server();
+    let url = format!("http://127.0.0.1:{port}/");
+    // A listed host in another case, an unlisted one, the listed one last.
+    for (host, want) in [
+        ("H42.Example.COM", None),
+        ("h42.example.org", Some("ok")),
+        ("h9999.example.com", None),
+        ("h10000.example.com", Some("ok")),
+    ] {
+        let out = skpc(&[
+            "exec",
+            path(&file),
+            "--",
+            path(&curl),
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            &format!("Host: {host}"),
+            &url,
+        ]);
+        let stdout = text(&out.stdout);
+        match want {
+            Some(body) => {
+                assert_eq!(out.status.code(), Some(0), "{host}: {}", text(&out.stderr));
+                assert_eq!(stdout, body, "{host}");
+                assert_eq!(
+                    seen.recv_timeout(Duration::from_secs(5)).as_deref(),
+                    Ok(host),
+                    "the server got {host}"
+                );
+            }
+            // curl cannot send the request (EACCES): "Failed sending HTTP request".
+            None => {
+                assert_eq!(
+                    out.status.code(),
+                    Some(55),
+                    "{host}: {stdout}\n{}",
+                    text(&out.stderr)
+                );
+            }
+        }
+    }
+    assert!(seen.try_recv().is_err(), "the server saw a listed host");
+}
+
+#[test]
+fn a_comm_set_is_one_hash_lookup_and_drops_the_listed_program_only() {
+    let name = "a_comm_set_is_one_hash_lookup_and_drops_the_listed_program_only";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let (Some(curl), Some(python)) = (
+        common::tool_or_skip(name, "curl", "curl"),
+        common::tool_or_skip(name, "python3", "python3"),
+    ) else {
+        return;
+    };
+    let dir = common::TempDir::new("skpc-comms");
+    // 1000 names and `curl`: a HASH of 16-byte names.
+    let mut names: Vec<String> = (0..1000).map(|i| format!("\"tool{i}\"")).collect();
+    names.push("\"curl\"".into());
+    let policy = format!(
+        "set tools = {{ {} }};\ndrop if comm in tools;\n",
+        names.join(", ")
+    );
+    let file = dir.path.join("comms.skp");
+    std::fs::write(&file, &policy).expect("writes the policy");
+    let out = skpc(&[
+        "build",
+        "--emit",
+        "asm",
+        path(&file),
+        "-o",
+        path(&dir.path.join("c.o")),
+    ]);
+    let listing = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        listing.contains("skp_set_0: 1001 HASH keys of 16 bytes for `comm in 1001 names`"),
+        "{}",
+        &listing[..listing.len().min(600)]
+    );
+
+    let (port, seen) = http_server();
+    let url = format!("http://127.0.0.1:{port}/");
+    // curl is listed: it cannot send its request.
+    let out = skpc(&[
+        "exec",
+        path(&file),
+        "--",
+        path(&curl),
+        "-sS",
+        "--max-time",
+        "10",
+        &url,
+    ]);
+    assert_eq!(out.status.code(), Some(55), "curl: {}", text(&out.stderr));
+    // python3 is not: its request goes through.
+    let script = "import socket,sys\nc=socket.create_connection(('127.0.0.1',int(sys.argv[1])))\nc.sendall(b'GET / HTTP/1.1\\r\\nHost: py\\r\\n\\r\\n')\nprint(c.recv(100).split(b'\\r\\n')[0].decode())";
+    let port_s = port.to_string();
+    let out = skpc(&[
+        "exec",
+        path(&file),
+        "--",
+        path(&python),
+        "-c",
+        script,
+        &port_s,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "python3: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "HTTP/1.1 200 OK");
+    assert_eq!(
+        seen.recv_timeout(Duration::from_secs(5)).as_deref(),
+        Ok("py")
+    );
+    assert!(seen.try_recv().is_err(), "the server saw curl's request");
 }
 
 fn path(p: &Path) -> &str {

@@ -13,7 +13,9 @@ mod budget_shapes;
 mod common;
 mod constructs;
 
-use budget_shapes::{kernel_reason, load_verified, tail, unchecked_object, SHAPES};
+use budget_shapes::{
+    comm_set, http_host_set, kernel_reason, load_verified, tail, unchecked_object, SHAPES,
+};
 use skpc::lower::Options;
 
 /// Sizes up to which every shape's policy must build (an ordinary policy is never
@@ -128,6 +130,23 @@ fn table_holds(rows: &[String]) {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// Sets of strings are maps (issue 11): `http.host in {N hosts}` and `comm in {N names}`
+/// at 100k and 1M elements build (no E0401) and load within the estimate.
+#[test]
+fn string_sets_of_a_million_build_and_load_within_the_estimate() {
+    if !common::kernel_or_skip("string_sets_of_a_million_build_and_load_within_the_estimate") {
+        return;
+    }
+    let mut rows = Vec::new();
+    for n in [100_000, 1_000_000] {
+        rows.push(holds("http_host_set", n, &http_host_set(n), false));
+        rows.push(holds("comm_set", n, &comm_set(n), false));
+    }
+    let refused: Vec<&String> = rows.iter().filter(|r| r.contains("| refused |")).collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    table_holds(&rows);
 }
 
 #[test]

@@ -2,11 +2,11 @@
 //!
 //! s1. Crossover: for each kind of set (IPv4 /24 prefixes, IPv6 /64 prefixes,
 //!     `remote.port` values, `uid` values, `len` values, `len` ranges, 8-byte `payload starts with`
-//!     strings) and size (16 .. 4096 elements), one policy `drop if FIELD in SET;`
+//!     strings, `http.host` strings of 6 to 28 bytes, `comm` names) and size (16 .. 4096 elements), one policy `drop if FIELD in SET;`
 //!     compiled twice: as code (`set_maps_above: Some(usize::MAX)`) and as a map lookup
 //!     (`set_maps_above: Some(0)`). Each attached directly to a sockmap, counters off; 64-byte
 //!     messages that miss the set (the common case of a blocklist) over loopback TCP
-//!     (IPv6 for the IPv6 kind), interleaved (round, then policy); the program's run time
+//!     (IPv6 for the IPv6 kind; an HTTP request whose host is not listed for `http.host`), interleaved (round, then policy); the program's run time
 //!     per message from the kernel's BPF stats, median of the rounds.
 //! s2. Scale: blocklists of 10k, 100k and 1M random /24 prefixes (IPv4) and 100k random
 //!     /64 prefixes (IPv6), next to the 10-rule policy `port_addr_10` (benches/gen):
@@ -29,7 +29,7 @@ use skpc::lower::Options;
 
 use super::{
     attach_direct, bpf_stats_sysctl, env_list, env_or, gen, load_failure, load_program, report,
-    run_case_at, slots, Attach, Run,
+    run_case_at, run_case_msg, slots, Attach, Run,
 };
 
 /// The addresses the messages travel over (a listener is bound to each).
@@ -49,9 +49,11 @@ enum Kind {
     LenPoints,
     Len,
     Payload,
+    Host,
+    Comm,
 }
 
-const KINDS: [Kind; 7] = [
+const KINDS: [Kind; 9] = [
     Kind::V4,
     Kind::V6,
     Kind::Port,
@@ -59,7 +61,18 @@ const KINDS: [Kind; 7] = [
     Kind::LenPoints,
     Kind::Len,
     Kind::Payload,
+    Kind::Host,
+    Kind::Comm,
 ];
+
+/// The message of the `http.host` kind: 64 bytes, a request whose host (21 bytes) no set
+/// lists.
+fn http_message() -> Vec<u8> {
+    let mut m = b"GET / HTTP/1.1\r\nHost: www.unlisted-site.com\r\nX: ".to_vec();
+    m.resize(60, b'x');
+    m.extend_from_slice(b"\r\n\r\n");
+    m
+}
 
 impl Kind {
     fn label(self) -> &'static str {
@@ -71,7 +84,14 @@ impl Kind {
             Kind::LenPoints => "len values",
             Kind::Len => "len ranges",
             Kind::Payload => "payload starts with, 8 B",
+            Kind::Host => "http.host, 6-28 B",
+            Kind::Comm => "comm names",
         }
+    }
+
+    /// The bytes of every message, when not `x`s.
+    fn message(self) -> Option<Vec<u8>> {
+        (self == Kind::Host).then(http_message)
     }
 
     fn bind(self) -> &'static str {
@@ -176,6 +196,28 @@ fn crossover_policy(kind: Kind, n: usize) -> String {
                 Some(format!("\"{s}\""))
             }),
         ),
+        // Lower-case host names (the message's is not one of them).
+        Kind::Host => (
+            "http.host",
+            distinct(n, &mut rng, |x| {
+                let len = 2 + (x % 21) as usize;
+                let s: String = (0..len)
+                    .map(|k| (b'a' + ((x >> (k * 2 + 8)) % 26) as u8) as char)
+                    .collect();
+                Some(format!("\"{s}.com\""))
+            }),
+        ),
+        // Names the bench's threads never have (upper-case letters).
+        Kind::Comm => (
+            "comm",
+            distinct(n, &mut rng, |x| {
+                let len = 3 + (x % 12) as usize;
+                let s: String = (0..len)
+                    .map(|k| (b'A' + ((x >> (k * 4 + 8)) % 26) as u8) as char)
+                    .collect();
+                Some(format!("\"{s}\""))
+            }),
+        ),
     };
     let op = if kind == Kind::Payload { "" } else { " in" };
     format!(
@@ -196,13 +238,17 @@ struct Case {
 struct Bound {
     attach: Attach,
     bind: &'static str,
+    /// The bytes of every message (`Kind::message`), else `x`s of the run's size.
+    msg: Option<Vec<u8>>,
 }
 
 fn compile_as(name: &str, src: &str, options: Options) -> Result<skpc::compile::Compiled, String> {
     skpc::compile::compile_with(name, src, options).map_err(|d| {
         format!(
             "does not compile: {}",
-            d.first().map(|d| format!("{d:?}")).unwrap_or_default()
+            d.first()
+                .map(|d| format!("{:?}: {}", d.code, d.message))
+                .unwrap_or_default()
         )
     })
 }
@@ -231,7 +277,11 @@ fn prepare(c: &skpc::compile::Compiled, bind: &'static str) -> Case {
         verified,
         load_ms,
         fill_ms,
-        attach: attach_direct(loaded, "skp_socks").map(|attach| Bound { attach, bind }),
+        attach: attach_direct(loaded, "skp_socks").map(|attach| Bound {
+            attach,
+            bind,
+            msg: None,
+        }),
     }
 }
 
@@ -304,7 +354,13 @@ fn crossover() -> String {
                     }
                 );
                 cases.push(match compile_as("set.skp", &src, options) {
-                    Ok(c) => prepare(&c, kind.bind()),
+                    Ok(c) => {
+                        let mut case = prepare(&c, kind.bind());
+                        if let Ok(b) = &mut case.attach {
+                            b.msg = kind.message();
+                        }
+                        case
+                    }
                     Err(e) => Case {
                         verified: 0,
                         load_ms: f64::NAN,
@@ -321,7 +377,10 @@ fn crossover() -> String {
         &[64usize],
         &mut cases,
         |c| &mut c.attach,
-        |b, size| run_case_at(&mut b.attach, size, secs, b.bind),
+        |b, size| match &b.msg {
+            Some(m) => run_case_msg(&mut b.attach, m, secs, b.bind),
+            None => run_case_at(&mut b.attach, size, secs, b.bind),
+        },
     );
     let mut s = format!(
         "### s1. Large sets: code or map (run time per message, BPF stats)\n\n\

@@ -115,6 +115,19 @@ const _: () = assert!(
         && (STACK_SET_KEY + 20 <= STACK_INDEX_KEY || STACK_SET_KEY >= STACK_INDEX_KEY + 36)
         && STACK_SET_KEY % 8 == 0
 );
+/// The key of a protocol field's set map (`sets`, `Gen::text_in_map`): the value's length
+/// (u32), then up to `sets::TEXT_KEY_MAX` bytes. It reuses the log record, the comm
+/// buffer and the sockhash key, which are dead while a rule's tests run: each is written
+/// whole right before its one use (the ring buffer output, a comm compare, a redirect)
+/// and never read across a test.
+const STACK_TEXT_KEY: i16 = STACK_LOG;
+const _: () = assert!(
+    STACK_TEXT_KEY > STACK_SNAPSHOT + 56
+        && STACK_LOG + 80 <= STACK_COMM
+        && STACK_COMM + 16 <= STACK_SOCK_KEY
+        && STACK_TEXT_KEY + 4 + sets::TEXT_KEY_MAX as i16 <= STACK_COUNTER_KEY
+        && STACK_TEXT_KEY % 8 == 0
+);
 /// "No rule" in STACK_INDEX_BEST and the keyed searches' index words.
 const NO_RULE: u32 = u32::MAX;
 /// The context words a snapshot holds: `family` (16) up to and including `size` (68).

@@ -18,7 +18,14 @@
 //!   two prefixes per bit of width;
 //! - payload slices (`payload[o..o+n] in {...}`, `payload starts with {...}` with
 //!   strings of one length): a HASH keyed by the `n` bytes, looked up with a pointer
-//!   into the message itself (no copy).
+//!   into the message itself (no copy);
+//! - a protocol field equal to one of its strings (`http.host in {...}`): a HASH keyed
+//!   by the value's length (u32) and its first `L` bytes, zero-padded and in the field's
+//!   case, `L` the longest string rounded up to 8; the program copies the value onto
+//!   the stack (`Gen::text_in_map`). Strings longer than `TEXT_KEY_MAX` (the stack the
+//!   key may take) stay code, compared after the lookup for a value that long;
+//! - `comm in {...}`: a HASH keyed by the 16-byte NUL-padded name, the buffer
+//!   `bpf_get_current_comm` fills.
 //!
 //! Every value is the one byte `skpc_abi::SET_MEMBER`, but a block hash's bitmap. The
 //! keys (and a block hash's values, each after its key) travel in the object's
@@ -45,12 +52,13 @@ use skpc_abi::{SETS_READY, SET_MEMBER};
 
 use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, Endian, Insn, JmpOp, Reg, Size, Src};
-use crate::hir::{self, End, IntField, Net, Test};
+use crate::fields::{Case, Text};
+use crate::hir::{self, End, IntField, Net, Test, TextOp};
 
 use super::addr::{addr_words, wire_word};
 use super::lir::Label;
 use super::maps::MapId;
-use super::{Gen, STACK_COUNTER_KEY, STACK_SET_KEY};
+use super::{Gen, STACK_COMM, STACK_COUNTER_KEY, STACK_SET_KEY};
 
 // A test with more elements than these is a map lookup (unless `Options::set_maps_above`
 // says otherwise). Measured (s1: ns per 64-byte message that misses, code / map):
@@ -75,6 +83,21 @@ pub const MAP_ABOVE_RANGES: usize = 2048;
 pub const MAP_ABOVE_PAYLOAD: usize = 128;
 /// The longest payload slice a set map keys (the hash key is the slice itself).
 const MAX_SLICE: u32 = 64;
+/// Protocol field strings (`http.host in {...}`, equality): compared in code, each costs
+/// a compare of its length and, when that matches, of its words; as a map, the copy of
+/// the value onto the stack (about 30 instructions a byte of the key) and a HASH lookup
+/// (`http.host` of 6-28 bytes, 64-byte requests: 143 / 170 ns at 64 strings, 218 / 177
+/// at 256, 643 / 186 at 1024). Code also costs the verifier ~120 instructions a string
+/// on top of the HTTP parser's ~223k (255k at 256, 302k at 1024; refused at 4096).
+pub const MAP_ABOVE_TEXT: usize = 128;
+/// Process names (`comm in {...}`): compared in code 8 bytes at a time (111 / 117 ns
+/// at 64 names, 199 / 117 at 256; 14 verifier instructions a name).
+pub const MAP_ABOVE_COMM: usize = 64;
+/// The longest protocol field value a set map keys: the key is copied onto the stack
+/// (`STACK_TEXT_KEY`, 4 + this many bytes); longer strings of the set stay code.
+pub(super) const TEXT_KEY_MAX: u32 = 152;
+/// The size of the buffer `bpf_get_current_comm` fills (`TASK_COMM_LEN`).
+const COMM_KEY: u32 = 16;
 
 /// IPv4 prefixes are looked up in at most this many hashes (a hash per length or a block
 /// hash per byte band): an inlined hash lookup (about 50 ns) against an LPM trie walk
@@ -135,6 +158,11 @@ pub(super) enum Shape {
     Ranges { field: IntField, width: u8 },
     /// `payload[offset..offset + len]`: a HASH keyed by the bytes.
     Payload { offset: u32, len: u32 },
+    /// A protocol field equal to a string: a HASH keyed by the value's length (u32) and
+    /// its first `key_len` bytes (a multiple of 8), zero-padded, in the field's case.
+    Text { field: Text, key_len: u32 },
+    /// `comm` equal to a name: a HASH keyed by the NUL-padded 16-byte name.
+    Comm,
 }
 
 /// The most keys a map of a set read from a file holds: its contents may grow while
@@ -218,8 +246,54 @@ pub(super) fn shape(test: &Test, above: Option<usize>) -> Option<Shape> {
                 len,
             })
         }
+        Test::Text {
+            field,
+            op: TextOp::Eq,
+            alts,
+        } => {
+            let keyed = alts.iter().filter(|a| a.len() as u32 <= TEXT_KEY_MAX);
+            if !over(keyed.clone().count(), MAP_ABOVE_TEXT) {
+                return None;
+            }
+            let longest = keyed.map(|a| a.len() as u32).max()?;
+            Some(Shape::Text {
+                field: *field,
+                key_len: longest.div_ceil(8) * 8,
+            })
+        }
+        Test::Comm {
+            alts,
+            prefix: false,
+        } if over(alts.len(), MAP_ABOVE_COMM) => Some(Shape::Comm),
         _ => None,
     }
+}
+
+/// The strings of a protocol field's set that its map does not key (longer than
+/// `TEXT_KEY_MAX`): compared in code.
+pub(super) fn long_strings(test: &Test, shape: Shape) -> Vec<Vec<u8>> {
+    match (test, shape) {
+        (Test::Text { alts, .. }, Shape::Text { key_len, .. }) => alts
+            .iter()
+            .filter(|a| a.len() as u32 > key_len)
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The key of string `s` in the set map of protocol field `field`: its length, then
+/// its bytes in the field's case (as the program folds the message's), zero-padded to
+/// `key_len`.
+fn text_key(field: Text, s: &[u8], key_len: u32) -> Vec<u8> {
+    let mut k = (s.len() as u32).to_ne_bytes().to_vec();
+    k.extend(match field.case() {
+        Case::Exact => s.to_vec(),
+        Case::Upper => s.to_ascii_uppercase(),
+        Case::Lower => s.to_ascii_lowercase(),
+    });
+    k.resize(4 + key_len as usize, 0);
+    k
 }
 
 /// The shape of a set read from a file: never from its current elements, which the
@@ -412,6 +486,25 @@ fn maps_of(test: &Test, shape: Shape) -> Parts<SetMap> {
         (Test::Payload { alts, .. }, Shape::Payload { len, .. }) => {
             [hash(alts.clone(), len), None, None]
         }
+        (Test::Text { field, alts, .. }, Shape::Text { key_len, .. }) => {
+            let keys = alts
+                .iter()
+                .filter(|a| a.len() as u32 <= key_len)
+                .map(|a| text_key(*field, a, key_len))
+                .collect();
+            [hash(keys, 4 + key_len), None, None]
+        }
+        (Test::Comm { alts, .. }, Shape::Comm) => {
+            let keys = alts
+                .iter()
+                .map(|a| {
+                    let mut k = a.clone();
+                    k.resize(COMM_KEY as usize, 0);
+                    k
+                })
+                .collect();
+            [hash(keys, COMM_KEY), None, None]
+        }
         _ => [None, None, None],
     }
 }
@@ -601,6 +694,8 @@ fn describe(test: &Test) -> String {
                 alts.len()
             )
         }
+        Test::Text { field, alts, .. } => format!("{} in {} strings", field.name(), alts.len()),
+        Test::Comm { alts, .. } => format!("comm in {} names", alts.len()),
         _ => String::new(),
     }
 }
@@ -641,6 +736,10 @@ impl Gen {
     /// one and then flips the slot, so a message sees one whole version of the set.
     pub(super) fn set_test(&mut self, k: usize, t: Label, f: Label) {
         let (shape, ids) = (self.sets[k].0.shape, self.sets[k].1);
+        if let (Shape::Text { field, key_len }, [Some(map), ..]) = (shape, ids.buffers[0]) {
+            let long = long_strings(&self.sets[k].0.test, shape);
+            return self.text_in_map(field, key_len, map, &long, t, f);
+        }
         let (Some(slot), Some(ready)) = (ids.slot, self.maps.sets) else {
             return self.set_lookup(shape, ids.buffers[0], t, f);
         };
@@ -715,6 +814,20 @@ impl Gen {
                 }
                 self.ld_map(Reg::R1, map);
                 self.call(BPF_FUNC_map_lookup_elem);
+                self.jmp64(JmpOp::Jne, Reg::R0, Src::Imm(0), t);
+                self.goto(f);
+            }
+            // `set_test` looks these up with the strings its map does not key.
+            Shape::Text { .. } => self.goto(f),
+            Shape::Comm => {
+                let Some(map) = first else {
+                    return self.goto(f);
+                };
+                // The buffer the helper fills is the key: the name, NUL-padded.
+                self.stack_ptr(Reg::R1, STACK_COMM);
+                self.mov64(Reg::R2, Src::Imm(COMM_KEY as i32));
+                self.call(BPF_FUNC_get_current_comm);
+                self.map_lookup(map, STACK_COMM);
                 self.jmp64(JmpOp::Jne, Reg::R0, Src::Imm(0), t);
                 self.goto(f);
             }
@@ -987,6 +1100,77 @@ mod tests {
         assert!(!is_map(&ints(IntField::Uid, 2, 0)));
         assert!(shape(&ints(IntField::Uid, 2, 0), Some(1)).is_some());
         assert!(shape(&addr(v4(5000)), Some(usize::MAX)).is_none());
+    }
+
+    #[test]
+    fn protocol_field_strings_are_a_hash_of_length_and_bytes_in_the_fields_case() {
+        let hosts = |n: usize, extra: &[Vec<u8>]| Test::Text {
+            field: Text::HttpHost,
+            op: TextOp::Eq,
+            alts: (0..n)
+                .map(|i| format!("h{i}.example.com").into_bytes())
+                .chain(extra.iter().cloned())
+                .collect(),
+        };
+        assert!(shape(&hosts(MAP_ABOVE_TEXT, &[]), None).is_none());
+        // A string longer than a key holds does not count, and stays code.
+        let long = vec![b'x'; TEXT_KEY_MAX as usize + 1];
+        assert!(shape(&hosts(MAP_ABOVE_TEXT, std::slice::from_ref(&long)), None).is_none());
+        let test = hosts(MAP_ABOVE_TEXT + 1, std::slice::from_ref(&long));
+        let s = shape(&test, None).expect("a map");
+        // The longest keyed host, `h128.example.com`, is 16 bytes.
+        assert_eq!(
+            s,
+            Shape::Text {
+                field: Text::HttpHost,
+                key_len: 16
+            }
+        );
+        assert_eq!(long_strings(&test, s), vec![long]);
+        let [Some(m), None, None] = maps_of(&test, s) else {
+            panic!("one hash")
+        };
+        assert_eq!(
+            (m.map_type, m.key_size, m.max_entries),
+            (BPF_MAP_TYPE_HASH, 20, MAP_ABOVE_TEXT as u32 + 1)
+        );
+        let mut want = 14u32.to_ne_bytes().to_vec();
+        want.extend(b"h0.example.com\0\0");
+        assert!(m.keys.chunks(20).any(|k| k == want.as_slice()));
+        // Keys are in the field's case, as the program folds the message's bytes.
+        assert_eq!(&text_key(Text::HttpHost, b"Ab.C", 8)[4..], b"ab.c\0\0\0\0");
+        assert_eq!(
+            &text_key(Text::RedisCommand, b"get", 8)[4..],
+            b"GET\0\0\0\0\0"
+        );
+        assert_eq!(&text_key(Text::RedisKey, b"Ab", 8)[..6], b"\x02\0\0\0Ab");
+        // `starts with` stays code.
+        let starts = Test::Text {
+            field: Text::HttpHost,
+            op: TextOp::StartsWith,
+            alts: vec![b"a".to_vec(), b"b".to_vec()],
+        };
+        assert!(shape(&starts, Some(0)).is_none());
+    }
+
+    #[test]
+    fn comm_names_are_a_hash_of_the_nul_padded_16_bytes() {
+        let comm = |n: usize, prefix: bool| Test::Comm {
+            alts: (0..n).map(|i| format!("proc{i}").into_bytes()).collect(),
+            prefix,
+        };
+        assert!(shape(&comm(MAP_ABOVE_COMM, false), None).is_none());
+        assert!(shape(&comm(MAP_ABOVE_COMM + 1, true), None).is_none());
+        let test = comm(MAP_ABOVE_COMM + 1, false);
+        assert_eq!(shape(&test, None), Some(Shape::Comm));
+        let [Some(m), None, None] = maps_of(&test, Shape::Comm) else {
+            panic!("one hash")
+        };
+        assert_eq!((m.map_type, m.key_size), (BPF_MAP_TYPE_HASH, 16));
+        assert!(m
+            .keys
+            .chunks(16)
+            .any(|k| k == b"proc7\0\0\0\0\0\0\0\0\0\0\0"));
     }
 
     #[test]

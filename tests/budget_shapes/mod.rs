@@ -19,7 +19,9 @@ pub const SHAPES: &[Shape] = &[
     ("port_set", port_set, 1000),
     ("uid_set", uid_set, 1000),
     ("payload_string_set", payload_string_set, 1000),
-    ("http_host_set", http_host_set, 100),
+    ("http_host_set", http_host_set, 3000),
+    ("comm_set", comm_set, 3000),
+    ("sni_long_set", sni_long_set, 3000),
     ("proto_field_rules", proto_field_rules, 100),
     ("log_rules", log_rules, 300),
     ("count_rules", count_rules, 300),
@@ -119,10 +121,29 @@ pub fn payload_string_set(n: usize) -> String {
     set_rule("keys", values, "payload[0..8]")
 }
 
-/// One rule over a set of `n` HTTP hosts (the HTTP parser and a string search).
+/// One rule over a set of `n` HTTP hosts (the HTTP parser and a string search, or a
+/// HASH lookup of the host past `MAP_ABOVE_TEXT`).
 pub fn http_host_set(n: usize) -> String {
     let values = (0..n).map(|i| format!("\"h{i}.example.com\"")).collect();
     set_rule("hosts", values, "http.host")
+}
+
+/// One rule over a set of `n` process names (compares, or a HASH lookup past
+/// `MAP_ABOVE_COMM`).
+pub fn comm_set(n: usize) -> String {
+    let values = (0..n).map(|i| format!("\"p{i}\"")).collect();
+    set_rule("names", values, "comm")
+}
+
+/// One rule over a set of `n` TLS server names of 146-152 bytes: the longest key a
+/// string set map copies (152 bytes, the most rounds of its loop), and one name longer
+/// than that, compared in code.
+pub fn sni_long_set(n: usize) -> String {
+    let mut values: Vec<String> = (0..n)
+        .map(|i| format!("\"{}{i:07}.example\"", "a".repeat(131 + i % 7)))
+        .collect();
+    values.push(format!("\"{}.example\"", "b".repeat(200)));
+    set_rule("names", values, "tls.sni")
 }
 
 /// `n` rules over the protocols' fields, all four parsers.
