@@ -7,14 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::maps::{Map, MapData, ProgramArray, RingBuf};
-use aya::programs::links::CgroupAttachMode;
-use aya::programs::sock_ops::SockOpsLinkId;
-use aya::programs::{SkMsg, SockOps};
+use aya::programs::{ProgramFd, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use skpc_abi::{
     LogRecord, SockKey, COUNTERS_NAME, EVENTS_NAME, INDEX_NAME, INDEX_PORTS_NAME, INDEX_READY_NAME,
     PROGS_NAME, PROGS_POLICY_SLOT, SETS_NAME, SET_MAP_PREFIX, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM,
-    SOCKHASH_NAME, SOCKMAP_NAME, SOCKMAP_SLOTS, SOCK_OPS_PROGRAM,
+    SOCKHASH_NAME, SOCKMAP_NAME, SOCKMAP_SLOTS, SOCK_OPS_PROGRAM, UNTOUCHED_NAME,
 };
 
 use crate::error::{Error, ErrorKind, Result};
@@ -28,6 +26,11 @@ use crate::sys;
 pub struct Policy {
     pub object: Vec<u8>,
     pub counter_names: Vec<String>,
+    /// Which connections the object's SOCK_OPS program inserts, as an exact key (the
+    /// compiler's `Lowered::connections`, e.g. its `Debug` text): a reload keeps the
+    /// SOCK_OPS program in force when old and new keys are equal, and replaces it
+    /// otherwise. `None` (unknown) always replaces it.
+    pub connections: Option<String>,
 }
 
 impl Policy {
@@ -35,8 +38,23 @@ impl Policy {
         Policy {
             object,
             counter_names,
+            connections: None,
         }
     }
+
+    /// The policy with its connection key (see [`Policy::connections`]).
+    pub fn with_connections(mut self, key: impl Into<String>) -> Policy {
+        self.connections = Some(key.into());
+        self
+    }
+}
+
+/// What a successful [`Enforcement::reload`] did besides swapping the verdict program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The new version's SOCK_OPS program replaced the old one on every cgroup (its
+    /// connection condition differs): new connections follow the new condition.
+    pub sock_ops_replaced: bool,
 }
 
 /// One counter: a rule's, a named `count`'s, or the default's.
@@ -89,9 +107,9 @@ impl KernelIds {
 }
 
 /// The parts that live as long as the enforcement: the shared maps (pinned in the
-/// private pin directory, so a reloaded object reuses them), the attached entry
-/// program and the SOCK_OPS program. The first version's verdict program lives here
-/// too until a reload unloads it.
+/// private pin directory, so a reloaded object reuses them) and the attached entry
+/// program. The first version's verdict program lives here too until a reload unloads
+/// it. (The SOCK_OPS program in force is held by [`Inserter`].)
 struct Base {
     /// Detached first (fields drop in order); held for its Drop.
     #[allow(dead_code)]
@@ -123,6 +141,77 @@ struct Version {
     names: Vec<String>,
 }
 
+/// The SOCK_OPS program in force, and its links to the cgroups: one program for every
+/// cgroup, each through its own bpf_link, so that a reload replaces it with
+/// BPF_LINK_UPDATE: at no moment does a cgroup run no SOCK_OPS program or two of them.
+struct Inserter {
+    /// The only user-space reference to the program (aya's copy is unloaded at once):
+    /// replacing it here and in the links frees the old program.
+    prog: ProgramFd,
+    id: u32,
+    /// Which connections it inserts ([`Policy::connections`]).
+    connections: Option<String>,
+    links: Vec<(PathBuf, sys::CgroupLink)>,
+}
+
+impl Inserter {
+    /// Makes every link run `new` instead of the program in force. All or nothing: on
+    /// an error the links already switched go back to the old program.
+    fn switch_links(&self, new: BorrowedFd<'_>) -> Result<()> {
+        for (i, (cgroup, link)) in self.links.iter().enumerate() {
+            if let Err(e) = link.replace(self.prog.as_fd(), new) {
+                for (_, done) in &self.links[..i] {
+                    let _ = done.replace(new, self.prog.as_fd());
+                }
+                return Err(link_error(
+                    &format!(
+                        "replacing the sockops program on the cgroup {} (BPF_LINK_UPDATE)",
+                        cgroup.display()
+                    ),
+                    e,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every link run the program in force again, after [`Inserter::switch_links`]
+    /// to `new` (best effort: a link that refuses keeps `new`).
+    fn restore_links(&self, new: BorrowedFd<'_>) {
+        for (_, link) in &self.links {
+            let _ = link.replace(new, self.prog.as_fd());
+        }
+    }
+}
+
+fn link_error(what: &str, e: std::io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => Error::permission(what, e),
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => Error::caused(
+            ErrorKind::Io,
+            format!("{what} failed: the kernel needs cgroup bpf links (Linux 5.7 or later)"),
+            e,
+        ),
+        _ => Error::io(format_args!("{what}"), e),
+    }
+}
+
+/// Loads (verifies) the SOCK_OPS program of a loaded object and hands over its only
+/// descriptor and its id; aya's copy is unloaded, so that the program lives exactly
+/// as long as that descriptor and the links running it.
+fn load_sock_ops(ebpf: &mut Ebpf) -> Result<(ProgramFd, u32)> {
+    let ops = sock_ops(ebpf, SOCK_OPS_PROGRAM)?;
+    ops.load()
+        .map_err(|e| Error::from_aya("loading the sockops program skp_sockops", e))?;
+    let id = ops.info().map(|i| i.id()).unwrap_or(0);
+    let fd = ops
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::IOError))
+        .map_err(|e| Error::from_aya("reading the sockops program", e))?;
+    let _ = ops.unload();
+    Ok((fd, id))
+}
+
 /// What [`load_version`] hands over.
 struct Loaded {
     counters: Map,
@@ -143,7 +232,10 @@ pub struct Enforcement {
     current: Version,
     retired: Vec<VersionCounters>,
     pending_events: VecDeque<LogRecord>,
-    cgroups: Vec<(PathBuf, SockOpsLinkId)>,
+    inserter: Inserter,
+    /// `skp_untouched` and its id, once an object defined it (pinned: every later
+    /// object that defines it shares it, so the count spans reloads).
+    untouched: Option<(Map, u32)>,
     user_pins: Option<PathBuf>,
     all_ids: KernelIds,
     base: Base,
@@ -329,10 +421,16 @@ impl Enforcement {
             .load()
             .map_err(|e| Error::from_aya("loading the entry program skp_entry", e))?;
         ids.programs.push(prog_id_sk_msg(entry));
-        let ops = sock_ops(&mut ebpf, SOCK_OPS_PROGRAM)?;
-        ops.load()
-            .map_err(|e| Error::from_aya("loading the sockops program skp_sockops", e))?;
-        ids.programs.push(ops.info().map(|i| i.id()).unwrap_or(0));
+        let (ops_fd, ops_id) = load_sock_ops(&mut ebpf)?;
+        ids.programs.push(ops_id);
+        let untouched = match ebpf.map(UNTOUCHED_NAME) {
+            Some(_) => {
+                let id = map_id(&ebpf, UNTOUCHED_NAME)?;
+                ids.maps.push(id);
+                ebpf.take_map(UNTOUCHED_NAME).map(|m| (m, id))
+            }
+            None => None,
+        };
 
         // The policy into skp_progs[0].
         let verdict_fd = sk_msg(&mut ebpf, SK_MSG_PROGRAM)?
@@ -379,7 +477,13 @@ impl Enforcement {
             },
             retired: Vec::new(),
             pending_events: VecDeque::new(),
-            cgroups: Vec::new(),
+            inserter: Inserter {
+                prog: ops_fd,
+                id: ops_id,
+                connections: policy.connections.clone(),
+                links: Vec::new(),
+            },
+            untouched,
             user_pins: None,
             all_ids,
             base: Base {
@@ -508,7 +612,10 @@ impl Enforcement {
     /// Attaches the SOCK_OPS program to the cgroup v2 directory `cgroup` (a bpf_link,
     /// which coexists with other programs attached there): from now on every TCP
     /// socket of its processes that becomes established (connect or accept, IPv4 or
-    /// IPv6) enters `skp_peers` and is filtered. Sockets established before are not.
+    /// IPv6) and that the policy takes (some rule can act on it; every socket for a
+    /// policy built without selective insertion) enters `skp_peers` and is filtered;
+    /// the others are counted in `skp_untouched` ([`Enforcement::untouched_sockets`]).
+    /// Sockets established before are not.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
         let dir = File::open(cgroup).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -527,35 +634,54 @@ impl Enforcement {
                 ),
             ));
         }
-        let ops = sock_ops(&mut self.base.ebpf, SOCK_OPS_PROGRAM)?;
-        let id = ops.attach(&dir, CgroupAttachMode::Single).map_err(|e| {
-            Error::from_aya(
-                &format!(
-                    "attaching the sockops program to the cgroup {}",
-                    cgroup.display()
-                ),
-                e,
-            )
-        })?;
-        self.cgroups.push((cgroup.to_path_buf(), id));
+        let link =
+            sys::CgroupLink::sock_ops(self.inserter.prog.as_fd(), dir.as_fd()).map_err(|e| {
+                link_error(
+                    &format!(
+                        "attaching the sockops program to the cgroup {}",
+                        cgroup.display()
+                    ),
+                    e,
+                )
+            })?;
+        self.inserter.links.push((cgroup.to_path_buf(), link));
         Ok(())
     }
 
     /// Detaches the SOCK_OPS program from `cgroup` (sockets already in `skp_peers`
     /// stay there and stay filtered).
     pub fn detach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
-        let Some(i) = self.cgroups.iter().position(|(p, _)| p == cgroup) else {
-            return Ok(());
+        // Closing the link's descriptor detaches it.
+        self.inserter.links.retain(|(p, _)| p != cgroup);
+        Ok(())
+    }
+
+    /// Established sockets the SOCK_OPS program left out of the sockmaps since the
+    /// enforcement started, over every version (no rule could act on them, so they are
+    /// in no counter): per socket, so a connection between two processes of the cgroup
+    /// counts twice. 0 while every version took every connection.
+    pub fn untouched_sockets(&self) -> Result<u64> {
+        let Some((Map::PerCpuArray(data), _)) = &self.untouched else {
+            return Ok(0);
         };
-        let (_, id) = self.cgroups.remove(i);
-        sock_ops(&mut self.base.ebpf, SOCK_OPS_PROGRAM)?
-            .detach(id)
-            .map_err(|e| {
-                Error::from_aya(
-                    &format!("detaching the sockops program from {}", cgroup.display()),
-                    e,
-                )
-            })
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| {
+            Error::io(format_args!("reading the possible CPUs ({what})"), e)
+        })?;
+        let mut per_cpu = vec![0u64; cpus];
+        sys::map_lookup_into(data.fd().as_fd(), &0u32.to_ne_bytes(), &mut per_cpu)
+            .map_err(|e| Error::io(format_args!("reading {UNTOUCHED_NAME}"), e))?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    /// The kernel id of the SOCK_OPS program in force (a reload that replaces it frees
+    /// the old one).
+    pub fn sock_ops_id(&self) -> u32 {
+        self.inserter.id
+    }
+
+    /// Which connections the SOCK_OPS program in force inserts ([`Policy::connections`]).
+    pub fn connections(&self) -> Option<&str> {
+        self.inserter.connections.as_deref()
     }
 
     /// The current version's counters, summed over CPUs, named by the policy's
@@ -609,9 +735,14 @@ impl Enforcement {
 
     /// Hot reload: loads `policy` against the same shared maps and swaps its verdict
     /// into `skp_progs[0]` in one map update. Sockets already in the maps get the new
-    /// policy on their next message, without being re-inserted; sockops and cgroups
-    /// stay as they are. On any error the old policy stays in force.
-    pub fn reload(&mut self, policy: &Policy) -> Result<()> {
+    /// policy on their next message, without being re-inserted. When the new policy
+    /// takes other connections ([`Policy::connections`] differs), its SOCK_OPS program
+    /// replaces the one in force on every cgroup first (BPF_LINK_UPDATE), so new
+    /// connections follow the new condition; sockets already in the maps stay in, and
+    /// sockets established before that the old program left out stay out (only their
+    /// owner has their descriptors). On any error the old policy and the old SOCK_OPS
+    /// program stay in force.
+    pub fn reload(&mut self, policy: &Policy) -> Result<Reloaded> {
         if !self.base.shared_pinned {
             return Err(Error::new(
                 ErrorKind::BadObject,
@@ -646,17 +777,67 @@ impl Enforcement {
             .fd()
             .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::IOError))
             .map_err(|e| Error::from_aya("reading the new policy program", e))?;
+        let same_connections =
+            policy.connections.is_some() && policy.connections == self.inserter.connections;
+        let mut new_ops = None;
+        let mut new_untouched = None;
+        if !same_connections {
+            // Loaded against the same pinned maps as the verdict program (skp_peers'
+            // id is checked above); skp_untouched, if both define it, must be shared
+            // too, or the count would restart.
+            let (ops_fd, ops_id) = load_sock_ops(&mut ebpf)?;
+            if ebpf.map(UNTOUCHED_NAME).is_some() {
+                let got = map_id(&ebpf, UNTOUCHED_NAME)?;
+                match &self.untouched {
+                    Some((_, want)) if *want != got => {
+                        return Err(Error::new(
+                            ErrorKind::BadObject,
+                            format!("the new object did not reuse the live map {UNTOUCHED_NAME} (its definition differs or it is not pinned by name); rebuild it with this skpc"),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => new_untouched = ebpf.take_map(UNTOUCHED_NAME).map(|m| (m, got)),
+                }
+            }
+            // The SOCK_OPS program first, then the verdict: in between, the old verdict
+            // judges sockets the new condition inserts (as it would have judged them
+            // anyway, had the old condition taken them). The other order would let a
+            // connection that only the new policy acts on be established, and left out
+            // for good, after the new verdict is in force.
+            self.inserter.switch_links(ops_fd.as_fd())?;
+            new_ops = Some((ops_fd, ops_id));
+        }
         {
             let map = self.base.ebpf.map_mut(PROGS_NAME).expect("shared");
-            let mut progs: ProgramArray<&mut MapData> =
-                ProgramArray::try_from(map).map_err(|e| Error::from_aya("opening skp_progs", e))?;
-            // The swap: one BPF_MAP_UPDATE_ELEM, atomic for every socket.
-            progs
-                .set(PROGS_POLICY_SLOT, &fd, 0)
-                .map_err(|e| Error::from_aya("swapping the policy in skp_progs", e))?;
+            let swapped = ProgramArray::try_from(map)
+                .map_err(|e| Error::from_aya("opening skp_progs", e))
+                .and_then(|mut progs: ProgramArray<&mut MapData>| {
+                    // The swap: one BPF_MAP_UPDATE_ELEM, atomic for every socket.
+                    progs
+                        .set(PROGS_POLICY_SLOT, &fd, 0)
+                        .map_err(|e| Error::from_aya("swapping the policy in skp_progs", e))
+                });
+            if let Err(e) = swapped {
+                if let Some((ops_fd, _)) = &new_ops {
+                    self.inserter.restore_links(ops_fd.as_fd());
+                }
+                return Err(e);
+            }
         }
         self.all_ids.programs.extend(&ids.programs);
         self.all_ids.maps.extend(&ids.maps);
+        let sock_ops_replaced = new_ops.is_some();
+        if let Some((ops_fd, ops_id)) = new_ops {
+            self.all_ids.programs.push(ops_id);
+            // Dropping the old descriptor frees the old program: no link runs it now.
+            self.inserter.prog = ops_fd;
+            self.inserter.id = ops_id;
+            self.inserter.connections = policy.connections.clone();
+        }
+        if let Some((m, id)) = new_untouched {
+            self.all_ids.maps.push(id);
+            self.untouched = Some((m, id));
+        }
         let new = Version {
             number,
             ebpf: Some(ebpf),
@@ -686,7 +867,7 @@ impl Enforcement {
             let _ = sk_msg(&mut self.base.ebpf, SK_MSG_PROGRAM).map(|p| p.unload());
         }
         drop(old);
-        Ok(())
+        Ok(Reloaded { sock_ops_replaced })
     }
 
     /// Replaces the contents of a set read from a file in the running version: writes
@@ -717,9 +898,13 @@ impl Enforcement {
                 .pin(dir.join(name))
                 .map_err(|e| pin_err(name, e))?;
         }
-        sock_ops(&mut self.base.ebpf, SOCK_OPS_PROGRAM)?
-            .pin(dir.join(SOCK_OPS_PROGRAM))
-            .map_err(|e| pin_err(SOCK_OPS_PROGRAM, e))?;
+        let ops = dir.join(SOCK_OPS_PROGRAM);
+        sys::obj_pin(self.inserter.prog.as_fd(), &ops)
+            .map_err(|e| Error::io(format_args!("pinning {}", ops.display()), e))?;
+        if let Some((m, _)) = &self.untouched {
+            m.pin(dir.join(UNTOUCHED_NAME))
+                .map_err(|e| pin_err(UNTOUCHED_NAME, e))?;
+        }
         for name in [SOCKMAP_NAME, SOCKHASH_NAME, PROGS_NAME] {
             self.base
                 .ebpf
@@ -750,11 +935,8 @@ impl Enforcement {
 
 impl Drop for Enforcement {
     fn drop(&mut self) {
-        // No new sockets: detach from the cgroups first.
-        let cgroups: Vec<PathBuf> = self.cgroups.iter().map(|(p, _)| p.clone()).collect();
-        for cg in cgroups {
-            let _ = self.detach_cgroup(&cg);
-        }
+        // No new sockets: detach from the cgroups first (closing the links).
+        self.inserter.links.clear();
         // Remove the pins; the fields' own drops then close every descriptor, which
         // frees the maps (taking the sockets out) and the programs. skp_progs is not
         // cleared here: the kernel empties a PROG_ARRAY itself when its last user

@@ -31,7 +31,9 @@ pub mod process;
 mod sets;
 mod sys;
 
-pub use enforce::{sock_key, CounterValue, Enforcement, KernelIds, Policy, VersionCounters};
+pub use enforce::{
+    sock_key, CounterValue, Enforcement, KernelIds, Policy, Reloaded, VersionCounters,
+};
 pub use error::{Cause, Error, ErrorKind, Result};
 pub use fs::{bpffs_mount, cgroup2_mount, cleanup_stale, Stale, TempCgroup, NAME_PREFIX};
 pub use index::{fill_index, index_entries, port_entries};
