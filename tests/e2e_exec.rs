@@ -7,7 +7,10 @@ mod common;
 use common::tool_or_skip;
 
 mod e2e_support;
-use e2e_support::{leftovers, send_from_cgroup, skpc, skpc_bin, text, Lines, Redis};
+use e2e_support::{
+    guard_ports, leftovers, send_from_cgroup, skpc, skpc_bin, text, wait_until, CliSession, Lines,
+    Redis,
+};
 
 mod json_contract;
 use json_contract::{documented_fields, keys};
@@ -558,4 +561,113 @@ fn run_json_prints_a_counters_document_per_interval_and_at_the_end() {
         !stderr.contains("warning["),
         "no human diagnostics: {stderr}"
     );
+}
+
+/// The value of the unlabelled metric `name` that `skpc run --metrics` serves at `addr`.
+fn metric(addr: &str, name: &str) -> Option<u64> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut all = String::new();
+    s.read_to_string(&mut all).ok()?;
+    all.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `skpc run` inserts selectively, and a reload follows the policy: with a policy on one
+/// redis port, a real redis-cli session to another port stays out of skp_peers (the
+/// `skpc_sockets` metric) and is counted untouched, while the guarded port is enforced;
+/// after the policy file is edited to guard the other port too, a new session to it is
+/// inserted and enforced, and the session opened before goes on untouched, as the
+/// reload line says.
+#[test]
+fn run_inserts_only_what_the_policy_takes_and_a_reload_takes_the_new_port() {
+    let name = "run_inserts_only_what_the_policy_takes_and_a_reload_takes_the_new_port";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let (Some(guarded), Some(other)) = (Redis::start_or_skip(name), Redis::start_or_skip(name))
+    else {
+        return;
+    };
+    let file = common::TempFile::with_contents(
+        "skpc_runops",
+        "skp",
+        guard_ports(&[guarded.port]).as_bytes(),
+    );
+    let cg = skpc_runtime::TempCgroup::create().unwrap();
+    let mut run = Command::new(skpc_bin())
+        .arg("run")
+        .arg(&file.path)
+        .arg("--cgroup")
+        .arg(cg.path())
+        .args(["--metrics", "127.0.0.1:0", "--interval", "0.2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("skpc run starts");
+    let pid = run.id();
+    let stderr = Lines::of(run.stderr.take().unwrap());
+    let line = stderr.expect("metrics on http://");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.strip_suffix("/metrics"))
+        .expect("an address")
+        .to_string();
+    let start = stderr.expect("enforcing");
+    assert!(
+        start.contains(&format!(
+            "connections taken: local.port == {0} or remote.port == {0}",
+            guarded.port
+        )),
+        "{start}"
+    );
+    let metrics_say = |what: &str, want: u64| {
+        wait_until(&format!("{what} {want}"), 10, || {
+            metric(&addr, what) == Some(want)
+        })
+    };
+
+    let mut plain = CliSession::open(&other, &cg);
+    assert_eq!(plain.say("PING", "PONG"), "PONG");
+    metrics_say("skpc_untouched_sockets_total", 1);
+    metrics_say("skpc_sockets", 0);
+    let mut held = CliSession::open(&guarded, &cg);
+    assert_eq!(held.say("PING", "PONG"), "PONG");
+    assert_eq!(held.say("SET held yes", "guarded"), "ERR guarded by skpc");
+    metrics_say("skpc_sockets", 1);
+
+    // Guard the other port too; the file is watched.
+    std::fs::write(&file.path, guard_ports(&[guarded.port, other.port])).unwrap();
+    let reloaded = stderr.expect("reloaded");
+    for want in [
+        "version 2 now enforced",
+        "connections taken now",
+        &other.port.to_string(),
+        "those left out stay out until they reconnect",
+    ] {
+        assert!(reloaded.contains(want), "{want:?} in {reloaded}");
+    }
+    // Opened before the reload: still out.
+    assert_eq!(plain.say("SET plain yes", "OK"), "OK");
+    // A new session to the newly guarded port: taken and enforced.
+    let mut fresh = CliSession::open(&other, &cg);
+    assert_eq!(fresh.say("PING", "PONG"), "PONG");
+    assert_eq!(fresh.say("SET fresh yes", "guarded"), "ERR guarded by skpc");
+    metrics_say("skpc_sockets", 2);
+    metrics_say("skpc_untouched_sockets_total", 1);
+    plain.close();
+    held.close();
+    fresh.close();
+
+    skpc_runtime::process::send_signal(pid, skpc_runtime::process::sig::SIGTERM);
+    let status = run.wait().unwrap();
+    let all = stderr.all();
+    assert_eq!(status.code(), Some(0), "{all}");
+    assert!(all.contains("1 untouched socket "), "{all}");
+    assert_eq!(leftovers(pid), Vec::<std::path::PathBuf>::new());
+    assert_eq!(other.cli(&["GET", "plain"]), ("yes".into(), 0));
+    assert_eq!(other.cli(&["EXISTS", "fresh"]), ("0".into(), 0));
+    assert_eq!(guarded.cli(&["EXISTS", "held"]), ("0".into(), 0));
 }
