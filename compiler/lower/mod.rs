@@ -146,8 +146,9 @@ pub struct Options {
     pub set_maps_above: Option<usize>,
     /// The SOCK_OPS program inserts only the connections some rule can act on
     /// (`hir::conn::taken`); off, it inserts every TCP connection. Off suits a loader
-    /// that hot-reloads policies behind one SOCK_OPS program (`skpc run`): a later
-    /// version may act on connections the first one left out.
+    /// that hot-reloads policies behind one SOCK_OPS program and cannot replace it (a
+    /// later version may act on connections the first one left out); `skpc run`
+    /// replaces it (`skpc_runtime::Enforcement::reload`).
     pub select_connections: bool,
 }
 
