@@ -313,6 +313,14 @@ fn a_reload_that_takes_other_connections_replaces_the_sock_ops_program() {
     assert!(!r.sock_ops_replaced);
     assert_eq!(g.enf().sock_ops_id(), second);
     assert_eq!(g.enf().version(), 3);
+    // The program in force and the shared count can be pinned for bpftool.
+    let pins = common::PinDir::new("runops");
+    g.enf().pin(&pins.path).unwrap();
+    for pinned in ["skp_sockops", "skp_untouched"] {
+        assert!(pins.join(pinned).exists(), "{pinned} pinned");
+    }
+    g.enf().unpin();
+    assert!(!pins.path.exists());
     assert_eq!(
         g.enf().untouched_sockets().unwrap(),
         1,
@@ -322,6 +330,54 @@ fn a_reload_that_takes_other_connections_replaces_the_sock_ops_program() {
     fresh.close();
     assert_eq!(other.cli(&["GET", "plain"]), ("yes".into(), 0));
     assert_eq!(other.cli(&["EXISTS", "fresh"]), ("0".into(), 0));
+    drop(cg);
+    g.finish();
+}
+
+/// A reload whose SOCK_OPS program the kernel refuses keeps the old version and the old
+/// SOCK_OPS program in force, and says which program failed. The refused program is the
+/// new policy's own, with its last instruction (`exit`) overwritten in the object bytes,
+/// so that the verifier rejects it after the new verdict program loaded fine.
+#[test]
+fn a_reload_whose_sock_ops_program_fails_keeps_the_old_one() {
+    let name = "a_reload_whose_sock_ops_program_fails_keeps_the_old_one";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let mut g = Guard::new(&guard_ports(&[28210]));
+    let cg = TempCgroup::create().unwrap();
+    g.enf().attach_cgroup(cg.path()).unwrap();
+    let first = g.enf().sock_ops_id();
+
+    let src = guard_ports(&[28210, 28211]);
+    let c = skpc::compile::compile("test.skp", &src).unwrap();
+    let mut broken = policy(&src);
+    // The program's tail after its last map load (the count of a left-out socket, then
+    // `r0 = 1; exit`) is unique in the object.
+    let insns = &c.lowered.sockops.insns;
+    let last_map = insns
+        .iter()
+        .rposition(|i| matches!(i, skpc::bpf::Insn::LdMap { .. }))
+        .expect("the sockops program loads skp_untouched");
+    let tail = skpc::bpf::encode_all(&insns[last_map + 1..]);
+    let at = broken
+        .object
+        .windows(tail.len())
+        .position(|w| w == tail.as_slice())
+        .expect("the sockops program's tail in the object");
+    let exit = at + tail.len() - 8;
+    assert_eq!(broken.object[exit], 0x95, "BPF_JMP | BPF_EXIT");
+    broken.object[exit] = 0xb7; // `r0 = 0` (BPF_ALU64 | BPF_MOV | BPF_K): falls off the end
+    let e = g.enf().reload(&broken).unwrap_err().to_string();
+    assert!(e.contains("skp_sockops"), "{e}");
+    assert_eq!(g.enf().version(), 1);
+    assert_eq!(g.enf().sock_ops_id(), first);
+    assert!(skpc_runtime::prog_exists(first));
+
+    // The same source, not broken: goes in.
+    assert!(g.enf().reload(&policy(&src)).unwrap().sock_ops_replaced);
+    assert_eq!(g.enf().version(), 2);
+    assert_ne!(g.enf().sock_ops_id(), first);
     drop(cg);
     g.finish();
 }

@@ -165,6 +165,49 @@ fn exec_redis_cli_gets_permission_denied_for_big_writes() {
     assert_eq!(keys(&record), documented_fields("Log record"));
 }
 
+/// The untouched figure of `skpc exec`: a redis-cli session to a port the policy does
+/// not name is left out of the sockmaps and counted (summary line and JSON), one to the
+/// port it names is taken and not counted.
+#[test]
+fn exec_counts_the_sockets_it_left_out_as_untouched() {
+    let name = "exec_counts_the_sockets_it_left_out_as_untouched";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let Some(redis) = Redis::start_or_skip(name) else {
+        return;
+    };
+    let cli = redis.cli.to_str().unwrap().to_string();
+    let port = redis.port.to_string();
+    // 28201: a port of this test's own range, never the redis-server's.
+    let elsewhere = if redis.port == 28201 {
+        "28202"
+    } else {
+        "28201"
+    };
+    for (guarded, untouched) in [(elsewhere, 1), (port.as_str(), 0)] {
+        let policy = format!("drop if port == {guarded} and len > 4096;");
+        let out = skpc(&["exec", "-e", &policy, "--", &cli, "-p", &port, "PING"]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        let plural = if untouched == 1 { "" } else { "s" };
+        assert!(
+            err.contains(&format!(
+                "never entered the sockmaps: {untouched} untouched socket{plural} (in no counter)"
+            )),
+            "{policy}: {err}"
+        );
+        let out = skpc(&["exec", "-j", "-e", &policy, "--", &cli, "-p", &port, "PING"]);
+        let last = text(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        let doc: serde_json::Value = serde_json::from_str(&last).unwrap();
+        assert_eq!(doc["untouched_sockets"], untouched, "{policy}: {doc}");
+    }
+}
+
 /// `reply` with a real client and server: in ONE redis-cli session (commands fed on
 /// stdin, one connection), FLUSHALL is answered with an error by the policy while the
 /// server never runs it, and the session goes on.
