@@ -1,13 +1,12 @@
 //! [`Policy`] (what to enforce) and [`Enforcement`] (a policy live in the kernel).
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::maps::{Map, MapData, ProgramArray, RingBuf};
-use aya::programs::{ProgramFd, SkMsg, SockOps};
+use aya::programs::{SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use skpc_abi::{
     LogRecord, SockKey, COUNTERS_NAME, EVENTS_NAME, INDEX_NAME, INDEX_PORTS_NAME, INDEX_READY_NAME,
@@ -17,6 +16,7 @@ use skpc_abi::{
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fs::PinDir;
+use crate::sockops::{load_sock_ops, Inserter, Reloaded};
 use crate::sys;
 
 /// A compiled policy as the runtime needs it: the object bytes (`skpc build` output)
@@ -47,14 +47,6 @@ impl Policy {
         self.connections = Some(key.into());
         self
     }
-}
-
-/// What a successful [`Enforcement::reload`] did besides swapping the verdict program.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Reloaded {
-    /// The new version's SOCK_OPS program replaced the old one on every cgroup (its
-    /// connection condition differs): new connections follow the new condition.
-    pub sock_ops_replaced: bool,
 }
 
 /// One counter: a rule's, a named `count`'s, or the default's.
@@ -141,77 +133,6 @@ struct Version {
     names: Vec<String>,
 }
 
-/// The SOCK_OPS program in force, and its links to the cgroups: one program for every
-/// cgroup, each through its own bpf_link, so that a reload replaces it with
-/// BPF_LINK_UPDATE: at no moment does a cgroup run no SOCK_OPS program or two of them.
-struct Inserter {
-    /// The only user-space reference to the program (aya's copy is unloaded at once):
-    /// replacing it here and in the links frees the old program.
-    prog: ProgramFd,
-    id: u32,
-    /// Which connections it inserts ([`Policy::connections`]).
-    connections: Option<String>,
-    links: Vec<(PathBuf, sys::CgroupLink)>,
-}
-
-impl Inserter {
-    /// Makes every link run `new` instead of the program in force. All or nothing: on
-    /// an error the links already switched go back to the old program.
-    fn switch_links(&self, new: BorrowedFd<'_>) -> Result<()> {
-        for (i, (cgroup, link)) in self.links.iter().enumerate() {
-            if let Err(e) = link.replace(self.prog.as_fd(), new) {
-                for (_, done) in &self.links[..i] {
-                    let _ = done.replace(new, self.prog.as_fd());
-                }
-                return Err(link_error(
-                    &format!(
-                        "replacing the sockops program on the cgroup {} (BPF_LINK_UPDATE)",
-                        cgroup.display()
-                    ),
-                    e,
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes every link run the program in force again, after [`Inserter::switch_links`]
-    /// to `new` (best effort: a link that refuses keeps `new`).
-    fn restore_links(&self, new: BorrowedFd<'_>) {
-        for (_, link) in &self.links {
-            let _ = link.replace(new, self.prog.as_fd());
-        }
-    }
-}
-
-fn link_error(what: &str, e: std::io::Error) -> Error {
-    match e.raw_os_error() {
-        Some(libc::EPERM) => Error::permission(what, e),
-        Some(libc::EINVAL) | Some(libc::ENOSYS) => Error::caused(
-            ErrorKind::Io,
-            format!("{what} failed: the kernel needs cgroup bpf links (Linux 5.7 or later)"),
-            e,
-        ),
-        _ => Error::io(format_args!("{what}"), e),
-    }
-}
-
-/// Loads (verifies) the SOCK_OPS program of a loaded object and hands over its only
-/// descriptor and its id; aya's copy is unloaded, so that the program lives exactly
-/// as long as that descriptor and the links running it.
-fn load_sock_ops(ebpf: &mut Ebpf) -> Result<(ProgramFd, u32)> {
-    let ops = sock_ops(ebpf, SOCK_OPS_PROGRAM)?;
-    ops.load()
-        .map_err(|e| Error::from_aya("loading the sockops program skp_sockops", e))?;
-    let id = ops.info().map(|i| i.id()).unwrap_or(0);
-    let fd = ops
-        .fd()
-        .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::IOError))
-        .map_err(|e| Error::from_aya("reading the sockops program", e))?;
-    let _ = ops.unload();
-    Ok((fd, id))
-}
-
 /// What [`load_version`] hands over.
 struct Loaded {
     counters: Map,
@@ -256,7 +177,7 @@ fn map_data(map: &Map) -> Option<&MapData> {
     }
 }
 
-fn map_id(ebpf: &Ebpf, name: &str) -> Result<u32> {
+pub(crate) fn map_id(ebpf: &Ebpf, name: &str) -> Result<u32> {
     let map = ebpf.map(name).ok_or_else(|| {
         Error::new(
             ErrorKind::BadObject,
@@ -292,7 +213,7 @@ fn sk_msg<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SkMsg> {
         })
 }
 
-fn sock_ops<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SockOps> {
+pub(crate) fn sock_ops<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SockOps> {
     ebpf.program_mut(name)
         .ok_or_else(|| {
             Error::new(
@@ -423,14 +344,8 @@ impl Enforcement {
         ids.programs.push(prog_id_sk_msg(entry));
         let (ops_fd, ops_id) = load_sock_ops(&mut ebpf)?;
         ids.programs.push(ops_id);
-        let untouched = match ebpf.map(UNTOUCHED_NAME) {
-            Some(_) => {
-                let id = map_id(&ebpf, UNTOUCHED_NAME)?;
-                ids.maps.push(id);
-                ebpf.take_map(UNTOUCHED_NAME).map(|m| (m, id))
-            }
-            None => None,
-        };
+        let untouched = crate::sockops::take_untouched(&mut ebpf)?;
+        ids.maps.extend(untouched.as_ref().map(|(_, id)| *id));
 
         // The policy into skp_progs[0].
         let verdict_fd = sk_msg(&mut ebpf, SK_MSG_PROGRAM)?
@@ -617,35 +532,7 @@ impl Enforcement {
     /// the others are counted in `skp_untouched` ([`Enforcement::untouched_sockets`]).
     /// Sockets established before are not.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
-        let dir = File::open(cgroup).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::caused(ErrorKind::Io, format!("the cgroup {} does not exist; create it with mkdir under the cgroup2 mount", cgroup.display()), e)
-            } else {
-                Error::io(format_args!("opening the cgroup {}", cgroup.display()), e)
-            }
-        })?;
-        if !is_cgroup2(&dir) {
-            return Err(Error::new(
-                ErrorKind::NoCgroup2,
-                format!(
-                    "{} is not a cgroup v2 directory; pass a directory under the cgroup2 mount ({})",
-                    cgroup.display(),
-                    crate::fs::cgroup2_mount().map(|p| p.display().to_string()).unwrap_or_else(|_| "none mounted".into())
-                ),
-            ));
-        }
-        let link =
-            sys::CgroupLink::sock_ops(self.inserter.prog.as_fd(), dir.as_fd()).map_err(|e| {
-                link_error(
-                    &format!(
-                        "attaching the sockops program to the cgroup {}",
-                        cgroup.display()
-                    ),
-                    e,
-                )
-            })?;
-        self.inserter.links.push((cgroup.to_path_buf(), link));
-        Ok(())
+        self.inserter.attach(cgroup)
     }
 
     /// Detaches the SOCK_OPS program from `cgroup` (sockets already in `skp_peers`
@@ -661,16 +548,10 @@ impl Enforcement {
     /// in no counter): per socket, so a connection between two processes of the cgroup
     /// counts twice. 0 while every version took every connection.
     pub fn untouched_sockets(&self) -> Result<u64> {
-        let Some((Map::PerCpuArray(data), _)) = &self.untouched else {
-            return Ok(0);
-        };
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| {
-            Error::io(format_args!("reading the possible CPUs ({what})"), e)
-        })?;
-        let mut per_cpu = vec![0u64; cpus];
-        sys::map_lookup_into(data.fd().as_fd(), &0u32.to_ne_bytes(), &mut per_cpu)
-            .map_err(|e| Error::io(format_args!("reading {UNTOUCHED_NAME}"), e))?;
-        Ok(per_cpu.iter().sum())
+        match &self.untouched {
+            Some((map, _)) => crate::sockops::read_untouched(map),
+            None => Ok(0),
+        }
     }
 
     /// The kernel id of the SOCK_OPS program in force (a reload that replaces it frees
@@ -777,36 +658,15 @@ impl Enforcement {
             .fd()
             .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::IOError))
             .map_err(|e| Error::from_aya("reading the new policy program", e))?;
-        let same_connections =
-            policy.connections.is_some() && policy.connections == self.inserter.connections;
-        let mut new_ops = None;
-        let mut new_untouched = None;
-        if !same_connections {
-            // Loaded against the same pinned maps as the verdict program (skp_peers'
-            // id is checked above); skp_untouched, if both define it, must be shared
-            // too, or the count would restart.
-            let (ops_fd, ops_id) = load_sock_ops(&mut ebpf)?;
-            if ebpf.map(UNTOUCHED_NAME).is_some() {
-                let got = map_id(&ebpf, UNTOUCHED_NAME)?;
-                match &self.untouched {
-                    Some((_, want)) if *want != got => {
-                        return Err(Error::new(
-                            ErrorKind::BadObject,
-                            format!("the new object did not reuse the live map {UNTOUCHED_NAME} (its definition differs or it is not pinned by name); rebuild it with this skpc"),
-                        ));
-                    }
-                    Some(_) => {}
-                    None => new_untouched = ebpf.take_map(UNTOUCHED_NAME).map(|m| (m, got)),
-                }
-            }
-            // The SOCK_OPS program first, then the verdict: in between, the old verdict
-            // judges sockets the new condition inserts (as it would have judged them
-            // anyway, had the old condition taken them). The other order would let a
-            // connection that only the new policy acts on be established, and left out
-            // for good, after the new verdict is in force.
-            self.inserter.switch_links(ops_fd.as_fd())?;
-            new_ops = Some((ops_fd, ops_id));
-        }
+        // The SOCK_OPS program first (when the connections differ), then the verdict:
+        // in between, the old verdict judges sockets the new condition inserts (as it
+        // would have, had the old condition taken them). The other order would let a
+        // connection that only the new policy acts on be established, and left out for
+        // good, after the new verdict is in force.
+        let untouched_id = self.untouched.as_ref().map(|(_, id)| *id);
+        let staged = self
+            .inserter
+            .stage(&mut ebpf, &policy.connections, untouched_id)?;
         {
             let map = self.base.ebpf.map_mut(PROGS_NAME).expect("shared");
             let swapped = ProgramArray::try_from(map)
@@ -818,25 +678,22 @@ impl Enforcement {
                         .map_err(|e| Error::from_aya("swapping the policy in skp_progs", e))
                 });
             if let Err(e) = swapped {
-                if let Some((ops_fd, _)) = &new_ops {
-                    self.inserter.restore_links(ops_fd.as_fd());
+                if let Some(st) = &staged {
+                    self.inserter.unstage(st);
                 }
                 return Err(e);
             }
         }
         self.all_ids.programs.extend(&ids.programs);
         self.all_ids.maps.extend(&ids.maps);
-        let sock_ops_replaced = new_ops.is_some();
-        if let Some((ops_fd, ops_id)) = new_ops {
+        let sock_ops_replaced = staged.is_some();
+        if let Some(st) = staged {
+            let (ops_id, untouched) = self.inserter.commit(st);
             self.all_ids.programs.push(ops_id);
-            // Dropping the old descriptor frees the old program: no link runs it now.
-            self.inserter.prog = ops_fd;
-            self.inserter.id = ops_id;
-            self.inserter.connections = policy.connections.clone();
-        }
-        if let Some((m, id)) = new_untouched {
-            self.all_ids.maps.push(id);
-            self.untouched = Some((m, id));
+            if let Some((m, id)) = untouched {
+                self.all_ids.maps.push(id);
+                self.untouched = Some((m, id));
+            }
         }
         let new = Version {
             number,
@@ -977,15 +834,6 @@ fn sock_error(what: &str, e: std::io::Error) -> Error {
         format!("{what} failed: {hint}")
     };
     Error::caused(ErrorKind::Socket, message, e)
-}
-
-/// Whether `dir` is on a cgroup2 file system.
-fn is_cgroup2(dir: &File) -> bool {
-    // SAFETY: fstatfs writes into the struct we pass.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: dir is an open descriptor; st is valid for writes.
-    let r = unsafe { libc::fstatfs(dir.as_raw_fd(), &mut st) };
-    r == 0 && st.f_type == libc::CGROUP2_SUPER_MAGIC
 }
 
 /// The [`SockKey`] of a connected TCP socket, as the SOCK_OPS program would build it

@@ -29,14 +29,14 @@ mod index;
 pub mod net;
 pub mod process;
 mod sets;
+mod sockops;
 mod sys;
 
-pub use enforce::{
-    sock_key, CounterValue, Enforcement, KernelIds, Policy, Reloaded, VersionCounters,
-};
+pub use enforce::{sock_key, CounterValue, Enforcement, KernelIds, Policy, VersionCounters};
 pub use error::{Cause, Error, ErrorKind, Result};
 pub use fs::{bpffs_mount, cgroup2_mount, cleanup_stale, Stale, TempCgroup, NAME_PREFIX};
 pub use index::{fill_index, index_entries, port_entries};
 pub use sets::{fill_sets, set_sections, SetBuffers, SetReplacement, SetSection, SET_BUFFER_QUIET};
 pub use skpc_abi::{IndexEntry, LogRecord, SockKey};
+pub use sockops::Reloaded;
 pub use sys::{link_exists, map_exists, prog_exists};
