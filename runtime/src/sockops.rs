@@ -16,7 +16,7 @@ use crate::enforce::{map_id, sock_ops};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
 
-/// What a successful [`Enforcement::reload`] did besides swapping the verdict program.
+/// What a successful [`crate::Enforcement::reload`] did besides swapping the verdict program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reloaded {
     /// The new version's SOCK_OPS program replaced the old one on every cgroup (its
@@ -32,7 +32,7 @@ pub(crate) struct Inserter {
     /// replacing it here and in the links frees the old program.
     pub(crate) prog: ProgramFd,
     pub(crate) id: u32,
-    /// Which connections it inserts ([`Policy::connections`]).
+    /// Which connections it inserts ([`crate::Policy::connections`]).
     pub(crate) connections: Option<String>,
     pub(crate) links: Vec<(PathBuf, sys::CgroupLink)>,
 }
@@ -169,7 +169,7 @@ fn link_error(what: &str, e: std::io::Error) -> Error {
         Some(libc::EPERM) => Error::permission(what, e),
         Some(libc::EINVAL) | Some(libc::ENOSYS) => Error::caused(
             ErrorKind::Io,
-            format!("{what} failed: the kernel needs cgroup bpf links (Linux 5.7 or later)"),
+            format!("{what} failed: the kernel refused the cgroup bpf link (they need Linux 5.7 or later)"),
             e,
         ),
         _ => Error::io(format_args!("{what}"), e),
