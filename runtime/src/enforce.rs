@@ -16,6 +16,7 @@ use skpc_abi::{
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fs::PinDir;
+use crate::ids::KernelIds;
 use crate::sockops::{load_sock_ops, Inserter, Reloaded};
 use crate::sys;
 
@@ -64,38 +65,6 @@ pub struct CounterValue {
 pub struct VersionCounters {
     pub version: u32,
     pub counters: Vec<CounterValue>,
-}
-
-/// Kernel ids of everything an [`Enforcement`] created, to prove after the drop that
-/// nothing is left.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KernelIds {
-    pub programs: Vec<u32>,
-    pub maps: Vec<u32>,
-}
-
-impl KernelIds {
-    /// The ids that still exist in the kernel.
-    pub fn still_alive(&self) -> KernelIds {
-        KernelIds {
-            programs: self
-                .programs
-                .iter()
-                .copied()
-                .filter(|&id| sys::prog_exists(id))
-                .collect(),
-            maps: self
-                .maps
-                .iter()
-                .copied()
-                .filter(|&id| sys::map_exists(id))
-                .collect(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.programs.is_empty() && self.maps.is_empty()
-    }
 }
 
 /// The parts that live as long as the enforcement: the shared maps (pinned in the
