@@ -5,6 +5,7 @@ use skpc_abi::{
     IndexEntry, PortEntry, INDEX_NAME, INDEX_PORTS_NAME, INDEX_PORTS_SECTION, INDEX_SECTION,
     PROGS_NAME, SETS_NAME, SET_SECTION_PREFIX, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM,
     SK_MSG_SECTION, SOCKHASH_NAME, SOCKMAP_NAME, SOCK_OPS_PROGRAM, SOCK_OPS_SECTION,
+    UNTOUCHED_NAME,
 };
 
 use crate::bpf::uapi::LIBBPF_PIN_BY_NAME;
@@ -170,14 +171,16 @@ pub fn object_spec(lowered: &Lowered, file_name: &str, source: &str) -> ObjectSp
 
 /// The object for the runtime (`skpc exec`/`run`, skpc_runtime::Policy): the same as
 /// [`Compiled::object`] except that the maps every policy version must share,
-/// skp_socks, skp_peers and skp_progs, carry `pinning = LIBBPF_PIN_BY_NAME`, so that a
-/// hot-reloaded object reuses the live ones from the runtime's private pin directory.
+/// skp_socks, skp_peers and skp_progs (and skp_untouched, the SOCK_OPS program's count of
+/// the sockets it left out, which goes on across versions), carry `pinning =
+/// LIBBPF_PIN_BY_NAME`, so that a hot-reloaded object reuses the live ones from the
+/// runtime's private pin directory.
 /// `skpc build` keeps them unpinned: libbpf pins BY_NAME maps under /sys/fs/bpf by
 /// itself (`bpftool prog loadall` would leave /sys/fs/bpf/skp_* behind).
 pub fn runtime_object(c: &Compiled, file_name: &str, source: &str) -> Vec<u8> {
     let mut spec = object_spec(&c.lowered, file_name, source);
     for m in &mut spec.maps {
-        if [SOCKMAP_NAME, SOCKHASH_NAME, PROGS_NAME].contains(&m.name.as_str()) {
+        if [SOCKMAP_NAME, SOCKHASH_NAME, PROGS_NAME, UNTOUCHED_NAME].contains(&m.name.as_str()) {
             m.pinning = LIBBPF_PIN_BY_NAME;
         }
     }

@@ -204,43 +204,6 @@ fn uid_rules_see_the_sending_process_and_peer_must_be_in_the_map() {
     g.finish();
 }
 
-/// A redis-cli session inside `cg`, its commands written one at a time (stdin piped) and
-/// its replies read line by line, so that a test can look at the maps while it is open.
-struct CliSession {
-    child: std::process::Child,
-    stdin: std::process::ChildStdin,
-    out: Lines,
-}
-
-impl CliSession {
-    fn open(redis: &Redis, cg: &TempCgroup) -> CliSession {
-        let mut cmd = Command::new(&redis.cli);
-        cmd.args(["-p", &redis.port.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        skpc_runtime::process::join_cgroup_on_exec(&mut cmd, cg.path()).unwrap();
-        let mut child = dies_with_the_test(&mut cmd)
-            .spawn()
-            .expect("redis-cli runs");
-        let stdin = child.stdin.take().expect("piped");
-        let out = Lines::of(child.stdout.take().expect("piped"));
-        CliSession { child, stdin, out }
-    }
-
-    /// Sends one command line and returns the next reply line containing `expect`.
-    fn say(&mut self, command: &str, expect: &str) -> String {
-        writeln!(self.stdin, "{command}").unwrap();
-        self.stdin.flush().unwrap();
-        self.out.expect(expect)
-    }
-
-    fn close(mut self) {
-        drop(self.stdin);
-        let _ = self.child.wait();
-    }
-}
-
 /// Selective insertion (hir::conn, docs/runtime.md): under a policy that guards one
 /// redis port, a real redis-cli session to another port never enters skp_peers and its
 /// commands go through, while a session to the guarded port is in it and gets the
@@ -296,6 +259,125 @@ fn a_connection_no_rule_can_touch_stays_out_of_the_sockmap() {
         ("0".into(), 0),
         "the SET never arrived"
     );
+    drop(cg);
+    g.finish();
+}
+
+/// Selective insertion across a reload (Enforcement::reload, docs/runtime.md): a policy
+/// that takes other connections replaces the SOCK_OPS program on the cgroup (the old
+/// program is freed), a new connection to the newly guarded port is inserted and
+/// enforced, the session opened before the reload stays out (its owner has its fd, we
+/// do not), and a reload that takes the same connections keeps the program in force.
+/// The left-out session is counted as one untouched socket, across the reloads.
+#[test]
+fn a_reload_that_takes_other_connections_replaces_the_sock_ops_program() {
+    let name = "a_reload_that_takes_other_connections_replaces_the_sock_ops_program";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let (Some(guarded), Some(other)) = (Redis::start_or_skip(name), Redis::start_or_skip(name))
+    else {
+        return;
+    };
+    let mut g = Guard::new(&guard_ports(&[guarded.port]));
+    let cg = TempCgroup::create().unwrap();
+    g.enf().attach_cgroup(cg.path()).unwrap();
+    let first = g.enf().sock_ops_id();
+
+    let mut plain = CliSession::open(&other, &cg);
+    assert_eq!(plain.say("PING", "PONG"), "PONG");
+    assert_eq!(g.enf().sockets(), 0, "the unnamed port is not taken");
+    assert_eq!(g.enf().untouched_sockets().unwrap(), 1);
+
+    let both = policy(&guard_ports(&[guarded.port, other.port]));
+    let r = g.enf().reload(&both).unwrap();
+    assert!(r.sock_ops_replaced, "the condition changed");
+    let second = g.enf().sock_ops_id();
+    assert_ne!(second, first);
+    wait_until("the replaced sockops program to be freed", 5, || {
+        !skpc_runtime::prog_exists(first)
+    });
+    assert!(skpc_runtime::prog_exists(second));
+
+    // Open before the reload: still out, still untouched by the policy.
+    assert_eq!(plain.say("SET plain yes", "OK"), "OK");
+    assert_eq!(g.enf().sockets(), 0);
+    // Established after it: taken and enforced.
+    let mut fresh = CliSession::open(&other, &cg);
+    assert_eq!(fresh.say("PING", "PONG"), "PONG");
+    assert_eq!(g.enf().sockets(), 1, "the new connection is taken");
+    assert_eq!(fresh.say("SET fresh yes", "guarded"), "ERR guarded by skpc");
+
+    // The same connections again: the SOCK_OPS program stays.
+    let r = g.enf().reload(&both).unwrap();
+    assert!(!r.sock_ops_replaced);
+    assert_eq!(g.enf().sock_ops_id(), second);
+    assert_eq!(g.enf().version(), 3);
+    // The program in force and the shared count can be pinned for bpftool.
+    let pins = common::PinDir::new("runops");
+    g.enf().pin(&pins.path).unwrap();
+    for pinned in ["skp_sockops", "skp_untouched"] {
+        assert!(pins.join(pinned).exists(), "{pinned} pinned");
+    }
+    g.enf().unpin();
+    assert!(!pins.path.exists());
+    assert_eq!(
+        g.enf().untouched_sockets().unwrap(),
+        1,
+        "counted once, kept across reloads"
+    );
+    plain.close();
+    fresh.close();
+    assert_eq!(other.cli(&["GET", "plain"]), ("yes".into(), 0));
+    assert_eq!(other.cli(&["EXISTS", "fresh"]), ("0".into(), 0));
+    drop(cg);
+    g.finish();
+}
+
+/// A reload whose SOCK_OPS program the kernel refuses keeps the old version and the old
+/// SOCK_OPS program in force, and says which program failed. The refused program is the
+/// new policy's own, with its last instruction (`exit`) overwritten in the object bytes,
+/// so that the verifier rejects it after the new verdict program loaded fine.
+#[test]
+fn a_reload_whose_sock_ops_program_fails_keeps_the_old_one() {
+    let name = "a_reload_whose_sock_ops_program_fails_keeps_the_old_one";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let mut g = Guard::new(&guard_ports(&[28210]));
+    let cg = TempCgroup::create().unwrap();
+    g.enf().attach_cgroup(cg.path()).unwrap();
+    let first = g.enf().sock_ops_id();
+
+    let src = guard_ports(&[28210, 28211]);
+    let c = skpc::compile::compile("test.skp", &src).unwrap();
+    let mut broken = policy(&src);
+    // The program's tail after its last map load (the count of a left-out socket, then
+    // `r0 = 1; exit`) is unique in the object.
+    let insns = &c.lowered.sockops.insns;
+    let last_map = insns
+        .iter()
+        .rposition(|i| matches!(i, skpc::bpf::Insn::LdMap { .. }))
+        .expect("the sockops program loads skp_untouched");
+    let tail = skpc::bpf::encode_all(&insns[last_map + 1..]);
+    let at = broken
+        .object
+        .windows(tail.len())
+        .position(|w| w == tail.as_slice())
+        .expect("the sockops program's tail in the object");
+    let exit = at + tail.len() - 8;
+    assert_eq!(broken.object[exit], 0x95, "BPF_JMP | BPF_EXIT");
+    broken.object[exit] = 0xb7; // `r0 = 0` (BPF_ALU64 | BPF_MOV | BPF_K): falls off the end
+    let e = g.enf().reload(&broken).unwrap_err().to_string();
+    assert!(e.contains("skp_sockops"), "{e}");
+    assert_eq!(g.enf().version(), 1);
+    assert_eq!(g.enf().sock_ops_id(), first);
+    assert!(skpc_runtime::prog_exists(first));
+
+    // The same source, not broken: goes in.
+    assert!(g.enf().reload(&policy(&src)).unwrap().sock_ops_replaced);
+    assert_eq!(g.enf().version(), 2);
+    assert_ne!(g.enf().sock_ops_id(), first);
     drop(cg);
     g.finish();
 }

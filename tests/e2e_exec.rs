@@ -7,7 +7,10 @@ mod common;
 use common::tool_or_skip;
 
 mod e2e_support;
-use e2e_support::{leftovers, send_from_cgroup, skpc, skpc_bin, text, Lines, Redis};
+use e2e_support::{
+    guard_ports, leftovers, send_from_cgroup, skpc, skpc_bin, text, wait_until, CliSession, Lines,
+    Redis,
+};
 
 mod json_contract;
 use json_contract::{documented_fields, keys};
@@ -160,6 +163,49 @@ fn exec_redis_cli_gets_permission_denied_for_big_writes() {
     assert!(record["local_port"].is_u64());
     assert!(!err.contains("skpc: log line"), "no text records: {err}");
     assert_eq!(keys(&record), documented_fields("Log record"));
+}
+
+/// The untouched figure of `skpc exec`: a redis-cli session to a port the policy does
+/// not name is left out of the sockmaps and counted (summary line and JSON), one to the
+/// port it names is taken and not counted.
+#[test]
+fn exec_counts_the_sockets_it_left_out_as_untouched() {
+    let name = "exec_counts_the_sockets_it_left_out_as_untouched";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let Some(redis) = Redis::start_or_skip(name) else {
+        return;
+    };
+    let cli = redis.cli.to_str().unwrap().to_string();
+    let port = redis.port.to_string();
+    // 28201: a port of this test's own range, never the redis-server's.
+    let elsewhere = if redis.port == 28201 {
+        "28202"
+    } else {
+        "28201"
+    };
+    for (guarded, untouched) in [(elsewhere, 1), (port.as_str(), 0)] {
+        let policy = format!("drop if port == {guarded} and len > 4096;");
+        let out = skpc(&["exec", "-e", &policy, "--", &cli, "-p", &port, "PING"]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        let plural = if untouched == 1 { "" } else { "s" };
+        assert!(
+            err.contains(&format!(
+                "never entered the sockmaps: {untouched} untouched socket{plural} (in no counter)"
+            )),
+            "{policy}: {err}"
+        );
+        let out = skpc(&["exec", "-j", "-e", &policy, "--", &cli, "-p", &port, "PING"]);
+        let last = text(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        let doc: serde_json::Value = serde_json::from_str(&last).unwrap();
+        assert_eq!(doc["untouched_sockets"], untouched, "{policy}: {doc}");
+    }
 }
 
 /// `reply` with a real client and server: in ONE redis-cli session (commands fed on
@@ -558,4 +604,113 @@ fn run_json_prints_a_counters_document_per_interval_and_at_the_end() {
         !stderr.contains("warning["),
         "no human diagnostics: {stderr}"
     );
+}
+
+/// The value of the unlabelled metric `name` that `skpc run --metrics` serves at `addr`.
+fn metric(addr: &str, name: &str) -> Option<u64> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut all = String::new();
+    s.read_to_string(&mut all).ok()?;
+    all.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `skpc run` inserts selectively, and a reload follows the policy: with a policy on one
+/// redis port, a real redis-cli session to another port stays out of skp_peers (the
+/// `skpc_sockets` metric) and is counted untouched, while the guarded port is enforced;
+/// after the policy file is edited to guard the other port too, a new session to it is
+/// inserted and enforced, and the session opened before goes on untouched, as the
+/// reload line says.
+#[test]
+fn run_inserts_only_what_the_policy_takes_and_a_reload_takes_the_new_port() {
+    let name = "run_inserts_only_what_the_policy_takes_and_a_reload_takes_the_new_port";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let (Some(guarded), Some(other)) = (Redis::start_or_skip(name), Redis::start_or_skip(name))
+    else {
+        return;
+    };
+    let file = common::TempFile::with_contents(
+        "skpc_runops",
+        "skp",
+        guard_ports(&[guarded.port]).as_bytes(),
+    );
+    let cg = skpc_runtime::TempCgroup::create().unwrap();
+    let mut run = Command::new(skpc_bin())
+        .arg("run")
+        .arg(&file.path)
+        .arg("--cgroup")
+        .arg(cg.path())
+        .args(["--metrics", "127.0.0.1:0", "--interval", "0.2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("skpc run starts");
+    let pid = run.id();
+    let stderr = Lines::of(run.stderr.take().unwrap());
+    let line = stderr.expect("metrics on http://");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.strip_suffix("/metrics"))
+        .expect("an address")
+        .to_string();
+    let start = stderr.expect("enforcing");
+    assert!(
+        start.contains(&format!(
+            "connections taken: local.port == {0} or remote.port == {0}",
+            guarded.port
+        )),
+        "{start}"
+    );
+    let metrics_say = |what: &str, want: u64| {
+        wait_until(&format!("{what} {want}"), 10, || {
+            metric(&addr, what) == Some(want)
+        })
+    };
+
+    let mut plain = CliSession::open(&other, &cg);
+    assert_eq!(plain.say("PING", "PONG"), "PONG");
+    metrics_say("skpc_untouched_sockets_total", 1);
+    metrics_say("skpc_sockets", 0);
+    let mut held = CliSession::open(&guarded, &cg);
+    assert_eq!(held.say("PING", "PONG"), "PONG");
+    assert_eq!(held.say("SET held yes", "guarded"), "ERR guarded by skpc");
+    metrics_say("skpc_sockets", 1);
+
+    // Guard the other port too; the file is watched.
+    std::fs::write(&file.path, guard_ports(&[guarded.port, other.port])).unwrap();
+    let reloaded = stderr.expect("reloaded");
+    for want in [
+        "version 2 now enforced",
+        "connections taken now",
+        &other.port.to_string(),
+        "those left out stay out until they reconnect",
+    ] {
+        assert!(reloaded.contains(want), "{want:?} in {reloaded}");
+    }
+    // Opened before the reload: still out.
+    assert_eq!(plain.say("SET plain yes", "OK"), "OK");
+    // A new session to the newly guarded port: taken and enforced.
+    let mut fresh = CliSession::open(&other, &cg);
+    assert_eq!(fresh.say("PING", "PONG"), "PONG");
+    assert_eq!(fresh.say("SET fresh yes", "guarded"), "ERR guarded by skpc");
+    metrics_say("skpc_sockets", 2);
+    metrics_say("skpc_untouched_sockets_total", 1);
+    plain.close();
+    held.close();
+    fresh.close();
+
+    skpc_runtime::process::send_signal(pid, skpc_runtime::process::sig::SIGTERM);
+    let status = run.wait().unwrap();
+    let all = stderr.all();
+    assert_eq!(status.code(), Some(0), "{all}");
+    assert!(all.contains("1 untouched socket "), "{all}");
+    assert_eq!(leftovers(pid), Vec::<std::path::PathBuf>::new());
+    assert_eq!(other.cli(&["GET", "plain"]), ("yes".into(), 0));
+    assert_eq!(other.cli(&["EXISTS", "fresh"]), ("0".into(), 0));
+    assert_eq!(guarded.cli(&["EXISTS", "held"]), ("0".into(), 0));
 }

@@ -677,12 +677,18 @@ fn hot_reload_swaps_one_filled_index_for_another() {
     assert_eq!(send(&a2, b"v3"), Ok(2), "v3 no longer drops port {pa}");
     assert_eq!(recv_up_to(&mut a2_srv, 2, LONG), b"v3");
 
-    // v2's index maps went with v2 (each version has its own, unpinned).
+    // v2's index maps went with v2 (each version has its own, unpinned). v2 brought
+    // skp_untouched too (v1 takes every connection, v2 does not), which is shared
+    // (pinned) and stays: the count of left-out sockets spans versions.
+    let untouched = aya::maps::MapData::from_pin(g.enf().pin_dir().join("skp_untouched"))
+        .and_then(|m| m.info())
+        .map(|i| i.id())
+        .expect("v2's skp_untouched, pinned");
     let v2_only: Vec<u32> = v2_ids
         .maps
         .iter()
         .copied()
-        .filter(|id| !v1_ids.maps.contains(id))
+        .filter(|id| !v1_ids.maps.contains(id) && *id != untouched)
         .collect();
     let gone = skpc_runtime::KernelIds {
         programs: Vec::new(),

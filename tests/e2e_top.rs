@@ -24,7 +24,9 @@ fn exposition(version: u32, drop_messages: u64, drop_bytes: u64, default_message
          skpc_rule_messages_total{{action=\"drop\",line=\"2\",policy=\"guard.skp\",rule=\"drop if payload starts with \\\"x\\\";\"}} {drop_messages}\n\
          skpc_rule_messages_total{{action=\"pass\",line=\"0\",policy=\"guard.skp\",rule=\"default pass (implicit)\"}} {default_messages}\n\
          # TYPE skpc_sockets gauge\n\
-         skpc_sockets 4\n",
+         skpc_sockets 4\n\
+         # TYPE skpc_untouched_sockets_total counter\n\
+         skpc_untouched_sockets_total 2\n",
         ok = version - 1,
         db = default_messages * 10,
     )
@@ -83,6 +85,7 @@ fn top_once_prints_the_rates_and_totals_as_json() {
     assert_eq!(doc["policy"], "guard.skp");
     assert_eq!(doc["version"], 1);
     assert_eq!(doc["sockets"], 4);
+    assert_eq!(doc["untouched_sockets"], 2);
     assert_eq!(doc["reset"], false);
     assert_eq!(doc["reloads"]["error"], 1);
     let secs = doc["interval_seconds"].as_f64().unwrap();
@@ -142,8 +145,9 @@ fn top_prints_a_text_table_when_stdout_is_not_a_terminal() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 4, "{stdout}");
     assert!(
-        lines[0]
-            .starts_with("policy guard.skp  version 1 (abcd1)  sockets 4  reloads 0 ok, 1 error"),
+        lines[0].starts_with(
+            "policy guard.skp  version 1 (abcd1)  sockets 4 (2 untouched)  reloads 0 ok, 1 error"
+        ),
         "{stdout}"
     );
     let header: Vec<&str> = lines[1].split_whitespace().collect();

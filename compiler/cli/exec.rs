@@ -81,7 +81,10 @@ pub(crate) fn load(
     };
     let object = skpc::compile::runtime_object(&compiled, &src.name, &src.text);
     let counters = compiled.policy.counters.clone();
-    let policy = Policy::new(object, counters.iter().map(|c| c.name.clone()).collect());
+    // The exact condition (not `describe`, which shortens long sets) tells `skpc run`'s
+    // reloads whether the SOCK_OPS program must change.
+    let policy = Policy::new(object, counters.iter().map(|c| c.name.clone()).collect())
+        .with_connections(format!("{:?}", compiled.lowered.connections));
     Ok(Some(Loaded {
         name: src.name,
         source: src.text,
@@ -277,12 +280,14 @@ pub fn run(args: ExecArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
         }
     }
     let values = enf.counters()?;
+    let untouched = enf.untouched_sockets()?;
     drop(enf);
     drop(cgroup);
     drop(signals);
     if args.json {
         let doc = json::CountersDoc {
             exit_status: Some(code),
+            untouched_sockets: Some(untouched),
             ..json::counters_doc(&loaded, &values)
         };
         // Through write_stdout: a closed pipe (`| head`) is no panic.
@@ -294,8 +299,9 @@ pub fn run(args: ExecArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
             counters_table(&loaded, &values)
         );
         eprintln!(
-            "skpc: connections the policy took: {}; the others never entered the sockmaps (in no counter)",
-            loaded.connections
+            "skpc: connections the policy took: {}; the others never entered the sockmaps: {untouched} untouched socket{} (in no counter)",
+            loaded.connections,
+            if untouched == 1 { "" } else { "s" }
         );
     }
     Ok(ExitCode::from(code))

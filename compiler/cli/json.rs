@@ -244,6 +244,10 @@ pub struct CountersDoc<'a> {
     /// run: reloads so far (by a change of the file or SIGHUP), by result.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reloads: Option<ReloadsJson>,
+    /// Established sockets the SOCK_OPS program left out of the sockmaps (no rule could
+    /// act on them, so they are in no counter); always set by exec and run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub untouched_sockets: Option<u64>,
     pub counters: Vec<CounterJson<'a>>,
 }
 
@@ -295,6 +299,7 @@ pub fn counters_doc<'a>(l: &'a Loaded, values: &'a [CounterValue]) -> CountersDo
         version: None,
         elapsed_seconds: None,
         reloads: None,
+        untouched_sockets: None,
         counters,
     }
 }
@@ -350,6 +355,7 @@ pub struct TopDoc<'a> {
     pub version: u32,
     pub hash: &'a str,
     pub sockets: u64,
+    pub untouched_sockets: u64,
     pub reloads: ReloadsJson,
     pub interval_seconds: f64,
     pub reset: bool,

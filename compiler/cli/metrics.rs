@@ -9,6 +9,8 @@
 //! - `skpc_policy_reloads_total` {result="ok"|"error"};
 //! - `skpc_policy_info` {policy, version, hash} = 1;
 //! - `skpc_sockets`: sockets under the policy (in `skp_peers`);
+//! - `skpc_untouched_sockets_total`: sockets the SOCK_OPS program left out of the
+//!   sockmaps (no rule could act on them; in no rule counter);
 //! - `skpc_program_run_seconds_total`, `skpc_program_runs_total`: the verdict program's
 //!   run time and runs from the kernel's BPF stats (0 unless they are enabled).
 
@@ -32,6 +34,8 @@ pub(crate) struct Snapshot {
     pub hash: String,
     pub reloads: ReloadsJson,
     pub sockets: usize,
+    /// Sockets the SOCK_OPS program left out (`Enforcement::untouched_sockets`).
+    pub untouched_sockets: u64,
     /// The verdict program's run time (seconds) and runs, from the kernel's BPF stats.
     pub run_seconds: f64,
     pub runs: u64,
@@ -185,6 +189,10 @@ pub(crate) fn encode(s: &Snapshot) -> Result<Vec<u8>, prometheus::Error> {
         "skpc_sockets",
         "Sockets under the policy (in the skp_peers sockhash).",
     )?;
+    let untouched = IntCounter::new(
+        "skpc_untouched_sockets_total",
+        "Established TCP sockets of the cgroup left out of the sockmaps because no rule of the policy in force could act on them (in no rule counter).",
+    )?;
     let run_seconds = FloatCounter::new(
         "skpc_program_run_seconds_total",
         "Time the verdict program in force ran, from the kernel's BPF stats (0 unless sysctl kernel.bpf_stats_enabled=1).",
@@ -202,6 +210,8 @@ pub(crate) fn encode(s: &Snapshot) -> Result<Vec<u8>, prometheus::Error> {
     registry.register(Box::new(reloads.clone()))?;
     registry.register(Box::new(info.clone()))?;
     registry.register(Box::new(sockets.clone()))?;
+    registry.register(Box::new(untouched.clone()))?;
+    untouched.inc_by(s.untouched_sockets);
     for c in &s.counters {
         let line = c.line.to_string();
         let values = [s.policy.as_str(), &line, &c.rule, &c.action];
@@ -232,6 +242,7 @@ mod tests {
             hash: "0123abcd".into(),
             reloads: ReloadsJson { ok: 1, error: 3 },
             sockets: 5,
+            untouched_sockets: 4,
             run_seconds: 0.5,
             runs: 9,
             counters: vec![Counter {
@@ -251,6 +262,7 @@ mod tests {
             "skpc_policy_reloads_total{result=\"ok\"} 1",
             "skpc_policy_info{hash=\"0123abcd\",policy=\"guard.skp\",version=\"2\"} 1",
             "skpc_sockets 5",
+            "skpc_untouched_sockets_total 4",
             "skpc_program_run_seconds_total 0.5",
             "skpc_program_runs_total 9",
         ] {

@@ -3,6 +3,11 @@
 //! terminal (periodic plain lines otherwise). A change of FILE (seen by `watch`) or
 //! SIGHUP re-reads it and swaps the new policy in for the live sockets; a policy that
 //! fails keeps the old one in force and counts as a failed reload.
+//!
+//! Selective insertion (`hir::conn`) as in `skpc exec`: only the connections some rule
+//! can act on enter the sockmaps. A reload whose policy takes other connections also
+//! replaces the SOCK_OPS program on the cgroup (`Enforcement::reload`); the reload line
+//! says what that means for the connections open at that moment.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -56,9 +61,9 @@ fn resolve_cgroup(p: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
-    // Every connection: a reloaded version may act on one the first version would have
-    // left out, and the SOCK_OPS program stays the first version's.
-    let Some(mut loaded) = load(&args.input, color, args.json, false)? else {
+    // Selective: a reload whose policy takes other connections replaces the SOCK_OPS
+    // program too.
+    let Some(mut loaded) = load(&args.input, color, args.json, true)? else {
         return Ok(ExitCode::from(1));
     };
     let cgroup = resolve_cgroup(&args.cgroup)?;
@@ -90,9 +95,10 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let mut next = start + interval;
     eprintln!(
-        "skpc: enforcing {} on {} (sockets established from now on); Ctrl-C or SIGTERM to stop, {} to reload",
+        "skpc: enforcing {} on {} (sockets established from now on; connections taken: {}); Ctrl-C or SIGTERM to stop, {} to reload",
         loaded.name,
         cgroup.display(),
+        loaded.connections,
         if watch.is_some() {
             "a change of the file or SIGHUP"
         } else {
@@ -179,6 +185,7 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
     }
     let values = enf.counters()?;
     let version = enf.version();
+    let untouched = enf.untouched_sockets()?;
     drop(metrics);
     drop(enf);
     drop(signals);
@@ -187,15 +194,17 @@ pub fn run(args: RunArgs, color: ColorChoice) -> anyhow::Result<ExitCode> {
             version: Some(version),
             elapsed_seconds: Some(start.elapsed().as_secs_f64()),
             reloads: Some(reloads),
+            untouched_sockets: Some(untouched),
             ..json::counters_doc(&loaded, &values)
         };
         // Through write_stdout: a closed pipe (`| head`) is no panic.
         crate::write_stdout(&(json::line(&doc) + "\n"))?;
     } else {
         eprint!(
-            "skpc: stopped; counters of {}:\n{}",
+            "skpc: stopped; counters of {}:\n{}skpc: {untouched} untouched socket{} (left out of the sockmaps: no rule could act on them; in no counter)\n",
             loaded.name,
-            counters_table(&loaded, &values)
+            counters_table(&loaded, &values),
+            if untouched == 1 { "" } else { "s" }
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -214,6 +223,7 @@ fn snapshot(enf: &Enforcement, loaded: &Loaded, reloads: json::ReloadsJson) -> m
         hash: format!("{:016x}", std::hash::Hasher::finish(&hasher)),
         reloads,
         sockets: enf.sockets(),
+        untouched_sockets: enf.untouched_sockets().unwrap_or(0),
         run_seconds: stats.0.as_secs_f64(),
         runs: stats.1,
         counters: doc
@@ -243,7 +253,7 @@ fn reload(args: &RunArgs, color: ColorChoice, enf: &mut Enforcement, loaded: &mu
 
 /// Re-reads and recompiles the input (and its set files); none if that failed (said).
 fn rebuild(args: &RunArgs, color: ColorChoice, enf: &Enforcement) -> Option<Loaded> {
-    match load(&args.input, color, args.json, false) {
+    match load(&args.input, color, args.json, true) {
         Ok(Some(l)) => Some(l),
         Ok(None) => {
             eprintln!("skpc: reload failed: the policy does not compile (see above); still enforcing version {}", enf.version());
@@ -303,9 +313,19 @@ fn refresh_sets(
 /// Swaps a new build in as a new version of the program.
 fn swap_version(enf: &mut Enforcement, loaded: &mut Loaded, new: Loaded) -> bool {
     match enf.reload(&new.policy) {
-        Ok(()) => {
+        Ok(r) => {
+            let connections = if r.sock_ops_replaced {
+                format!(
+                    "connections taken now: {} (before: {}); new connections follow the new condition, connections open before this reload stay as they were: those in the sockmaps stay in (judged by version {v}), those left out stay out until they reconnect",
+                    new.connections,
+                    loaded.connections,
+                    v = enf.version()
+                )
+            } else {
+                format!("connections taken: {} (unchanged)", new.connections)
+            };
             eprintln!(
-                "skpc: reloaded {}: version {} now enforced on every socket",
+                "skpc: reloaded {}: version {} now enforced on every socket in the sockmaps; {connections}",
                 new.name,
                 enf.version()
             );
@@ -343,12 +363,14 @@ fn show(enf: &Enforcement, loaded: &Loaded, view: View) {
         reloads,
     } = view;
     let Ok(values) = enf.counters() else { return };
+    let untouched = enf.untouched_sockets().unwrap_or(0);
     let mut out = std::io::stdout().lock();
     if json {
         let doc = json::CountersDoc {
             version: Some(enf.version()),
             elapsed_seconds: Some(elapsed.as_secs_f64()),
             reloads: Some(reloads),
+            untouched_sockets: Some(untouched),
             ..json::counters_doc(loaded, &values)
         };
         let _ = writeln!(out, "{}", json::line(&doc));
@@ -356,11 +378,12 @@ fn show(enf: &Enforcement, loaded: &Loaded, view: View) {
         // Redraw in place: home, clear screen.
         let _ = write!(
             out,
-            "\x1b[H\x1b[2J skpc run: {} on {} — version {}, {}s\n\n{}",
+            "\x1b[H\x1b[2J skpc run: {} on {} — version {}, {}s, {} untouched sockets\n\n{}",
             loaded.name,
             cgroup.display(),
             enf.version(),
             elapsed.as_secs(),
+            untouched,
             counters_table(loaded, &values)
         );
     } else {
@@ -370,7 +393,7 @@ fn show(enf: &Enforcement, loaded: &Loaded, view: View) {
             .collect();
         let _ = writeln!(
             out,
-            "{:.0}s v{} {}",
+            "{:.0}s v{} {} untouched={untouched}",
             elapsed.as_secs_f64(),
             enf.version(),
             parts.join(" ")

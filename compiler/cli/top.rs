@@ -41,6 +41,7 @@ pub(crate) struct Scrape {
     pub version: u32,
     pub hash: String,
     pub sockets: u64,
+    pub untouched_sockets: u64,
     pub reloads: (u64, u64),
     pub rules: Vec<RuleSample>,
 }
@@ -121,6 +122,7 @@ pub(crate) fn parse(text: &str) -> Result<Scrape, String> {
                 s.hash = label("hash");
             }
             "skpc_sockets" => s.sockets = count()?,
+            "skpc_untouched_sockets_total" => s.untouched_sockets = count()?,
             "skpc_policy_reloads_total" => match label("result").as_str() {
                 "ok" => s.reloads.0 = count()?,
                 "error" => s.reloads.1 = count()?,
@@ -336,6 +338,7 @@ fn doc<'a>(
         version: cur.version,
         hash: &cur.hash,
         sockets: cur.sockets,
+        untouched_sockets: cur.untouched_sockets,
         reloads: ReloadsJson {
             ok: cur.reloads.0,
             error: cur.reloads.1,
@@ -359,8 +362,8 @@ fn doc<'a>(
 
 fn header(addr: &str, s: &Scrape) -> String {
     format!(
-        "policy {}  version {} ({})  sockets {}  reloads {} ok, {} error  [http://{addr}/metrics]",
-        s.policy, s.version, s.hash, s.sockets, s.reloads.0, s.reloads.1
+        "policy {}  version {} ({})  sockets {} ({} untouched)  reloads {} ok, {} error  [http://{addr}/metrics]",
+        s.policy, s.version, s.hash, s.sockets, s.untouched_sockets, s.reloads.0, s.reloads.1
     )
 }
 
@@ -538,6 +541,7 @@ mod tests {
                 error: 2,
             },
             sockets: 3,
+            untouched_sockets: 6,
             run_seconds: 0.0,
             runs: 0,
             counters: vec![
@@ -575,7 +579,7 @@ mod tests {
         let s = scrape_of(&snapshot(2, 7, 700));
         assert_eq!(s.policy, "guard.skp");
         assert_eq!((s.version, s.hash.as_str()), (2, "hash2"));
-        assert_eq!((s.sockets, s.reloads), (3, (1, 2)));
+        assert_eq!((s.sockets, s.untouched_sockets, s.reloads), (3, 6, (1, 2)));
         let lines: Vec<u32> = s.rules.iter().map(|r| r.line).collect();
         assert_eq!(lines, [3, 12, 0], "file order, the default last");
         assert_eq!(
@@ -641,8 +645,9 @@ mod tests {
         let b = scrape_of(&snapshot(1, 30, 5000));
         let out = text("127.0.0.1:9464", &b, 0.5, &rates(Some(&a), &b, 0.5));
         let lines: Vec<&str> = out.lines().collect();
-        assert!(lines[0]
-            .starts_with("policy guard.skp  version 1 (hash1)  sockets 3  reloads 0 ok, 2 error"));
+        assert!(lines[0].starts_with(
+            "policy guard.skp  version 1 (hash1)  sockets 3 (6 untouched)  reloads 0 ok, 2 error"
+        ));
         assert!(lines[1].starts_with("LINE  ACTION"), "{out}");
         assert!(
             lines[3].contains("   40.0 ")

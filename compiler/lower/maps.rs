@@ -30,6 +30,8 @@ pub enum MapKind {
     },
     /// Whether the runtime filled the set maps (see `sets`).
     SetsReady,
+    /// The SOCK_OPS program's count of the sockets it left out (see [`define_untouched`]).
+    Untouched,
 }
 
 impl MapKind {
@@ -45,6 +47,7 @@ impl MapKind {
             MapKind::IndexPorts => skpc_abi::INDEX_PORTS_NAME,
             MapKind::Set { .. } => skpc_abi::SET_MAP_PREFIX,
             MapKind::SetsReady => skpc_abi::SETS_NAME,
+            MapKind::Untouched => skpc_abi::UNTOUCHED_NAME,
         }
     }
 }
@@ -244,4 +247,17 @@ pub(super) fn define(
         sets: sets_ready,
     };
     (list.specs, maps, set_ids)
+}
+
+/// Appends `skp_untouched`, the one-slot per-CPU array (u64) in which the SOCK_OPS
+/// program counts the sockets it leaves out, after every map the verdict program uses:
+/// only a policy that leaves some connection out has it, and the maps of the others
+/// (and their numbers in the listings) stay as they were.
+pub(super) fn define_untouched(specs: &mut Vec<MapSpec>) -> MapId {
+    let mut list = MapList {
+        specs: std::mem::take(specs),
+    };
+    let id = list.define(MapKind::Untouched, BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1);
+    *specs = list.specs;
+    id
 }

@@ -159,8 +159,9 @@ pub struct Options {
     pub set_maps_above: Option<usize>,
     /// The SOCK_OPS program inserts only the connections some rule can act on
     /// (`hir::conn::taken`); off, it inserts every TCP connection. Off suits a loader
-    /// that hot-reloads policies behind one SOCK_OPS program (`skpc run`): a later
-    /// version may act on connections the first one left out.
+    /// that hot-reloads policies behind one SOCK_OPS program and cannot replace it (a
+    /// later version may act on connections the first one left out); `skpc run`
+    /// replaces it (`skpc_runtime::Enforcement::reload`).
     pub select_connections: bool,
 }
 
@@ -173,7 +174,7 @@ pub fn lower(policy: &hir::Policy) -> Lowered {
 pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
     let index = index::plan(policy);
     let planned = sets::plan(policy, options.set_maps_above);
-    let (specs, maps, set_ids) = maps::define(policy, &index, &planned);
+    let (mut specs, maps, set_ids) = maps::define(policy, &index, &planned);
     let set_keys = sets::keys(&planned, &set_ids, &specs);
     let mut g = Gen::new(options, maps);
     g.sets = planned.into_iter().zip(set_ids).collect();
@@ -184,11 +185,15 @@ pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
     } else {
         hir::Cond::Const(true)
     };
+    // Counting the left-out sockets needs a map; a program that takes every connection
+    // leaves none out, and its object stays as it was.
+    let untouched =
+        (connections != hir::Cond::Const(true)).then(|| maps::define_untouched(&mut specs));
     Lowered {
         maps: specs,
         verdict,
         entry: entry_program(maps),
-        sockops: sockops_program(maps, &connections),
+        sockops: sockops_program(maps, &connections, untouched),
         connections,
         rule_lines: policy.rules.iter().map(|r| r.line).collect(),
         default_line: policy

@@ -5,13 +5,13 @@
 use skpc_abi::SockKey;
 
 use crate::bpf::uapi::*;
-use crate::bpf::{Endian, Insn, JmpOp, Reg, Size, Src};
+use crate::bpf::{AluOp, Endian, Insn, JmpOp, Reg, Size, Src};
 use crate::hir::Cond;
 
 use super::addr::MAPPED_WORD2;
 use super::lir::{self, Assembled};
-use super::maps::Maps;
-use super::{Gen, Options, STACK_SOCK_KEY};
+use super::maps::{MapId, Maps};
+use super::{Gen, Options, STACK_COUNTER_KEY, STACK_SOCK_KEY};
 
 /// What the SOCK_OPS program returns: 1 is "allow" for every cgroup program (0 makes
 /// the cgroup hook report -EPERM); the established callbacks do not act on it.
@@ -133,7 +133,16 @@ pub(super) fn entry_program(maps: Maps) -> Assembled {
 /// the socket in the sockhash under its own `SockKey`. Every other connection stays out
 /// of the sockmaps, so its sends never run the verdict program. `connections` reads only
 /// connection fields, which `bpf_sock_ops` has as `sk_msg_md` has them.
-pub(super) fn sockops_program(maps: Maps, connections: &Cond) -> Assembled {
+///
+/// With `untouched` (the map `skp_untouched`, defined when `connections` can be false),
+/// every established socket left out adds 1 to its per-CPU slot: one lookup and one add
+/// per connection establishment, never per message, so that `skpc exec` and `skpc run`
+/// can say how many sockets no counter saw.
+pub(super) fn sockops_program(
+    maps: Maps,
+    connections: &Cond,
+    untouched: Option<MapId>,
+) -> Assembled {
     let mut g = Gen::new(Options::default(), maps);
     let insert = g.label();
     let done = g.label();
@@ -159,8 +168,9 @@ pub(super) fn sockops_program(maps: Maps, connections: &Cond) -> Assembled {
     g.jmp32(JmpOp::Jeq, Reg::R2, AF_INET6, known);
     g.goto(done);
     g.place(known);
+    let left_out = if untouched.is_some() { g.label() } else { done };
     g.sock_ops_ctx = true;
-    g.cond(connections, taken, done);
+    g.cond(connections, taken, left_out);
     g.sock_ops_ctx = false;
     g.place(taken);
     g.sock_key(SOCK_OPS_LAYOUT, false);
@@ -169,6 +179,18 @@ pub(super) fn sockops_program(maps: Maps, connections: &Cond) -> Assembled {
     g.stack_ptr(Reg::R3, STACK_SOCK_KEY);
     g.mov64(Reg::R4, Src::Imm(BPF_ANY as i32));
     g.call(BPF_FUNC_sock_hash_update);
+    if let Some(map) = untouched {
+        g.goto(done);
+        g.place(left_out);
+        g.st(Size::W, Reg::R10, STACK_COUNTER_KEY, 0);
+        g.map_lookup(map, STACK_COUNTER_KEY);
+        g.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), done);
+        // Not atomic, as the rule counters: a per-CPU slot, and a lost count of two
+        // establishments interleaved on one CPU is no reason for a locked add.
+        g.ldx(Size::DW, Reg::R1, Reg::R0, 0);
+        g.alu64(AluOp::Add, Reg::R1, Src::Imm(1));
+        g.stx(Size::DW, Reg::R0, 0, Reg::R1);
+    }
     g.place(done);
     g.ret(SOCK_OPS_DONE);
     lir::assemble(&lir::cleanup(g.code))

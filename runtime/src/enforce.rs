@@ -1,24 +1,23 @@
 //! [`Policy`] (what to enforce) and [`Enforcement`] (a policy live in the kernel).
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::maps::{Map, MapData, ProgramArray, RingBuf};
-use aya::programs::links::CgroupAttachMode;
-use aya::programs::sock_ops::SockOpsLinkId;
 use aya::programs::{SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use skpc_abi::{
     LogRecord, SockKey, COUNTERS_NAME, EVENTS_NAME, INDEX_NAME, INDEX_PORTS_NAME, INDEX_READY_NAME,
     PROGS_NAME, PROGS_POLICY_SLOT, SETS_NAME, SET_MAP_PREFIX, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM,
-    SOCKHASH_NAME, SOCKMAP_NAME, SOCKMAP_SLOTS, SOCK_OPS_PROGRAM,
+    SOCKHASH_NAME, SOCKMAP_NAME, SOCKMAP_SLOTS, SOCK_OPS_PROGRAM, UNTOUCHED_NAME,
 };
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fs::PinDir;
+use crate::ids::KernelIds;
+use crate::sockops::{load_sock_ops, Inserter, Reloaded};
 use crate::sys;
 
 /// A compiled policy as the runtime needs it: the object bytes (`skpc build` output)
@@ -28,6 +27,11 @@ use crate::sys;
 pub struct Policy {
     pub object: Vec<u8>,
     pub counter_names: Vec<String>,
+    /// Which connections the object's SOCK_OPS program inserts, as an exact key (the
+    /// compiler's `Lowered::connections`, e.g. its `Debug` text): a reload keeps the
+    /// SOCK_OPS program in force when old and new keys are equal, and replaces it
+    /// otherwise. `None` (unknown) always replaces it.
+    pub connections: Option<String>,
 }
 
 impl Policy {
@@ -35,7 +39,14 @@ impl Policy {
         Policy {
             object,
             counter_names,
+            connections: None,
         }
+    }
+
+    /// The policy with its connection key (see [`Policy::connections`]).
+    pub fn with_connections(mut self, key: impl Into<String>) -> Policy {
+        self.connections = Some(key.into());
+        self
     }
 }
 
@@ -56,42 +67,10 @@ pub struct VersionCounters {
     pub counters: Vec<CounterValue>,
 }
 
-/// Kernel ids of everything an [`Enforcement`] created, to prove after the drop that
-/// nothing is left.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KernelIds {
-    pub programs: Vec<u32>,
-    pub maps: Vec<u32>,
-}
-
-impl KernelIds {
-    /// The ids that still exist in the kernel.
-    pub fn still_alive(&self) -> KernelIds {
-        KernelIds {
-            programs: self
-                .programs
-                .iter()
-                .copied()
-                .filter(|&id| sys::prog_exists(id))
-                .collect(),
-            maps: self
-                .maps
-                .iter()
-                .copied()
-                .filter(|&id| sys::map_exists(id))
-                .collect(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.programs.is_empty() && self.maps.is_empty()
-    }
-}
-
 /// The parts that live as long as the enforcement: the shared maps (pinned in the
-/// private pin directory, so a reloaded object reuses them), the attached entry
-/// program and the SOCK_OPS program. The first version's verdict program lives here
-/// too until a reload unloads it.
+/// private pin directory, so a reloaded object reuses them) and the attached entry
+/// program. The first version's verdict program lives here too until a reload unloads
+/// it. (The SOCK_OPS program in force is held by [`Inserter`].)
 struct Base {
     /// Detached first (fields drop in order); held for its Drop.
     #[allow(dead_code)]
@@ -143,7 +122,10 @@ pub struct Enforcement {
     current: Version,
     retired: Vec<VersionCounters>,
     pending_events: VecDeque<LogRecord>,
-    cgroups: Vec<(PathBuf, SockOpsLinkId)>,
+    inserter: Inserter,
+    /// `skp_untouched` and its id, once an object defined it (pinned: every later
+    /// object that defines it shares it, so the count spans reloads).
+    untouched: Option<(Map, u32)>,
     user_pins: Option<PathBuf>,
     all_ids: KernelIds,
     base: Base,
@@ -164,7 +146,7 @@ fn map_data(map: &Map) -> Option<&MapData> {
     }
 }
 
-fn map_id(ebpf: &Ebpf, name: &str) -> Result<u32> {
+pub(crate) fn map_id(ebpf: &Ebpf, name: &str) -> Result<u32> {
     let map = ebpf.map(name).ok_or_else(|| {
         Error::new(
             ErrorKind::BadObject,
@@ -200,7 +182,7 @@ fn sk_msg<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SkMsg> {
         })
 }
 
-fn sock_ops<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SockOps> {
+pub(crate) fn sock_ops<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SockOps> {
     ebpf.program_mut(name)
         .ok_or_else(|| {
             Error::new(
@@ -329,10 +311,10 @@ impl Enforcement {
             .load()
             .map_err(|e| Error::from_aya("loading the entry program skp_entry", e))?;
         ids.programs.push(prog_id_sk_msg(entry));
-        let ops = sock_ops(&mut ebpf, SOCK_OPS_PROGRAM)?;
-        ops.load()
-            .map_err(|e| Error::from_aya("loading the sockops program skp_sockops", e))?;
-        ids.programs.push(ops.info().map(|i| i.id()).unwrap_or(0));
+        let (ops_fd, ops_id) = load_sock_ops(&mut ebpf)?;
+        ids.programs.push(ops_id);
+        let untouched = crate::sockops::take_untouched(&mut ebpf)?;
+        ids.maps.extend(untouched.as_ref().map(|(_, id)| *id));
 
         // The policy into skp_progs[0].
         let verdict_fd = sk_msg(&mut ebpf, SK_MSG_PROGRAM)?
@@ -379,7 +361,13 @@ impl Enforcement {
             },
             retired: Vec::new(),
             pending_events: VecDeque::new(),
-            cgroups: Vec::new(),
+            inserter: Inserter {
+                prog: ops_fd,
+                id: ops_id,
+                connections: policy.connections.clone(),
+                links: Vec::new(),
+            },
+            untouched,
             user_pins: None,
             all_ids,
             base: Base {
@@ -508,54 +496,42 @@ impl Enforcement {
     /// Attaches the SOCK_OPS program to the cgroup v2 directory `cgroup` (a bpf_link,
     /// which coexists with other programs attached there): from now on every TCP
     /// socket of its processes that becomes established (connect or accept, IPv4 or
-    /// IPv6) enters `skp_peers` and is filtered. Sockets established before are not.
+    /// IPv6) and that the policy takes (some rule can act on it; every socket for a
+    /// policy built without selective insertion) enters `skp_peers` and is filtered;
+    /// the others are counted in `skp_untouched` ([`Enforcement::untouched_sockets`]).
+    /// Sockets established before are not.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
-        let dir = File::open(cgroup).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::caused(ErrorKind::Io, format!("the cgroup {} does not exist; create it with mkdir under the cgroup2 mount", cgroup.display()), e)
-            } else {
-                Error::io(format_args!("opening the cgroup {}", cgroup.display()), e)
-            }
-        })?;
-        if !is_cgroup2(&dir) {
-            return Err(Error::new(
-                ErrorKind::NoCgroup2,
-                format!(
-                    "{} is not a cgroup v2 directory; pass a directory under the cgroup2 mount ({})",
-                    cgroup.display(),
-                    crate::fs::cgroup2_mount().map(|p| p.display().to_string()).unwrap_or_else(|_| "none mounted".into())
-                ),
-            ));
-        }
-        let ops = sock_ops(&mut self.base.ebpf, SOCK_OPS_PROGRAM)?;
-        let id = ops.attach(&dir, CgroupAttachMode::Single).map_err(|e| {
-            Error::from_aya(
-                &format!(
-                    "attaching the sockops program to the cgroup {}",
-                    cgroup.display()
-                ),
-                e,
-            )
-        })?;
-        self.cgroups.push((cgroup.to_path_buf(), id));
-        Ok(())
+        self.inserter.attach(cgroup)
     }
 
     /// Detaches the SOCK_OPS program from `cgroup` (sockets already in `skp_peers`
     /// stay there and stay filtered).
     pub fn detach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
-        let Some(i) = self.cgroups.iter().position(|(p, _)| p == cgroup) else {
-            return Ok(());
-        };
-        let (_, id) = self.cgroups.remove(i);
-        sock_ops(&mut self.base.ebpf, SOCK_OPS_PROGRAM)?
-            .detach(id)
-            .map_err(|e| {
-                Error::from_aya(
-                    &format!("detaching the sockops program from {}", cgroup.display()),
-                    e,
-                )
-            })
+        // Closing the link's descriptor detaches it.
+        self.inserter.links.retain(|(p, _)| p != cgroup);
+        Ok(())
+    }
+
+    /// Established sockets the SOCK_OPS program left out of the sockmaps since the
+    /// enforcement started, over every version (no rule could act on them, so they are
+    /// in no counter): per socket, so a connection between two processes of the cgroup
+    /// counts twice. 0 while every version took every connection.
+    pub fn untouched_sockets(&self) -> Result<u64> {
+        match &self.untouched {
+            Some((map, _)) => crate::sockops::read_untouched(map),
+            None => Ok(0),
+        }
+    }
+
+    /// The kernel id of the SOCK_OPS program in force (a reload that replaces it frees
+    /// the old one).
+    pub fn sock_ops_id(&self) -> u32 {
+        self.inserter.id
+    }
+
+    /// Which connections the SOCK_OPS program in force inserts ([`Policy::connections`]).
+    pub fn connections(&self) -> Option<&str> {
+        self.inserter.connections.as_deref()
     }
 
     /// The current version's counters, summed over CPUs, named by the policy's
@@ -609,9 +585,14 @@ impl Enforcement {
 
     /// Hot reload: loads `policy` against the same shared maps and swaps its verdict
     /// into `skp_progs[0]` in one map update. Sockets already in the maps get the new
-    /// policy on their next message, without being re-inserted; sockops and cgroups
-    /// stay as they are. On any error the old policy stays in force.
-    pub fn reload(&mut self, policy: &Policy) -> Result<()> {
+    /// policy on their next message, without being re-inserted. When the new policy
+    /// takes other connections ([`Policy::connections`] differs), its SOCK_OPS program
+    /// replaces the one in force on every cgroup first (BPF_LINK_UPDATE), so new
+    /// connections follow the new condition; sockets already in the maps stay in, and
+    /// sockets established before that the old program left out stay out (only their
+    /// owner has their descriptors). On any error the old policy and the old SOCK_OPS
+    /// program stay in force.
+    pub fn reload(&mut self, policy: &Policy) -> Result<Reloaded> {
         if !self.base.shared_pinned {
             return Err(Error::new(
                 ErrorKind::BadObject,
@@ -646,17 +627,43 @@ impl Enforcement {
             .fd()
             .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::IOError))
             .map_err(|e| Error::from_aya("reading the new policy program", e))?;
+        // The SOCK_OPS program first (when the connections differ), then the verdict:
+        // in between, the old verdict judges sockets the new condition inserts (as it
+        // would have, had the old condition taken them). The other order would let a
+        // connection that only the new policy acts on be established, and left out for
+        // good, after the new verdict is in force.
+        let untouched_id = self.untouched.as_ref().map(|(_, id)| *id);
+        let staged = self
+            .inserter
+            .stage(&mut ebpf, &policy.connections, untouched_id)?;
         {
             let map = self.base.ebpf.map_mut(PROGS_NAME).expect("shared");
-            let mut progs: ProgramArray<&mut MapData> =
-                ProgramArray::try_from(map).map_err(|e| Error::from_aya("opening skp_progs", e))?;
-            // The swap: one BPF_MAP_UPDATE_ELEM, atomic for every socket.
-            progs
-                .set(PROGS_POLICY_SLOT, &fd, 0)
-                .map_err(|e| Error::from_aya("swapping the policy in skp_progs", e))?;
+            let swapped = ProgramArray::try_from(map)
+                .map_err(|e| Error::from_aya("opening skp_progs", e))
+                .and_then(|mut progs: ProgramArray<&mut MapData>| {
+                    // The swap: one BPF_MAP_UPDATE_ELEM, atomic for every socket.
+                    progs
+                        .set(PROGS_POLICY_SLOT, &fd, 0)
+                        .map_err(|e| Error::from_aya("swapping the policy in skp_progs", e))
+                });
+            if let Err(e) = swapped {
+                if let Some(st) = &staged {
+                    self.inserter.unstage(st);
+                }
+                return Err(e);
+            }
         }
         self.all_ids.programs.extend(&ids.programs);
         self.all_ids.maps.extend(&ids.maps);
+        let sock_ops_replaced = staged.is_some();
+        if let Some(st) = staged {
+            let (ops_id, untouched) = self.inserter.commit(st);
+            self.all_ids.programs.push(ops_id);
+            if let Some((m, id)) = untouched {
+                self.all_ids.maps.push(id);
+                self.untouched = Some((m, id));
+            }
+        }
         let new = Version {
             number,
             ebpf: Some(ebpf),
@@ -686,7 +693,7 @@ impl Enforcement {
             let _ = sk_msg(&mut self.base.ebpf, SK_MSG_PROGRAM).map(|p| p.unload());
         }
         drop(old);
-        Ok(())
+        Ok(Reloaded { sock_ops_replaced })
     }
 
     /// Replaces the contents of a set read from a file in the running version: writes
@@ -717,9 +724,13 @@ impl Enforcement {
                 .pin(dir.join(name))
                 .map_err(|e| pin_err(name, e))?;
         }
-        sock_ops(&mut self.base.ebpf, SOCK_OPS_PROGRAM)?
-            .pin(dir.join(SOCK_OPS_PROGRAM))
-            .map_err(|e| pin_err(SOCK_OPS_PROGRAM, e))?;
+        let ops = dir.join(SOCK_OPS_PROGRAM);
+        sys::obj_pin(self.inserter.prog.as_fd(), &ops)
+            .map_err(|e| Error::io(format_args!("pinning {}", ops.display()), e))?;
+        if let Some((m, _)) = &self.untouched {
+            m.pin(dir.join(UNTOUCHED_NAME))
+                .map_err(|e| pin_err(UNTOUCHED_NAME, e))?;
+        }
         for name in [SOCKMAP_NAME, SOCKHASH_NAME, PROGS_NAME] {
             self.base
                 .ebpf
@@ -750,11 +761,8 @@ impl Enforcement {
 
 impl Drop for Enforcement {
     fn drop(&mut self) {
-        // No new sockets: detach from the cgroups first.
-        let cgroups: Vec<PathBuf> = self.cgroups.iter().map(|(p, _)| p.clone()).collect();
-        for cg in cgroups {
-            let _ = self.detach_cgroup(&cg);
-        }
+        // No new sockets: detach from the cgroups first (closing the links).
+        self.inserter.links.clear();
         // Remove the pins; the fields' own drops then close every descriptor, which
         // frees the maps (taking the sockets out) and the programs. skp_progs is not
         // cleared here: the kernel empties a PROG_ARRAY itself when its last user
@@ -795,15 +803,6 @@ fn sock_error(what: &str, e: std::io::Error) -> Error {
         format!("{what} failed: {hint}")
     };
     Error::caused(ErrorKind::Socket, message, e)
-}
-
-/// Whether `dir` is on a cgroup2 file system.
-fn is_cgroup2(dir: &File) -> bool {
-    // SAFETY: fstatfs writes into the struct we pass.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: dir is an open descriptor; st is valid for writes.
-    let r = unsafe { libc::fstatfs(dir.as_raw_fd(), &mut st) };
-    r == 0 && st.f_type == libc::CGROUP2_SUPER_MAGIC
 }
 
 /// The [`SockKey`] of a connected TCP socket, as the SOCK_OPS program would build it

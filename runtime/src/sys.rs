@@ -1,16 +1,20 @@
 //! The few raw bpf(2) commands the runtime issues itself: socket map updates with a
 //! 64-bit value (aya passes a 4-byte fd, but the kernel reads `value_size` bytes, and
 //! skp_peers has 8), batch updates that fill the rule index (aya 0.13 has no batch
-//! operations), and the `*_GET_NEXT_ID` walks that tests use to prove that nothing is
-//! left in the kernel.
+//! operations), the cgroup links of the SOCK_OPS program (aya 0.13 cannot update a
+//! link's program), and the `*_GET_NEXT_ID` walks that tests use to prove that nothing
+//! is left in the kernel.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 const BPF_MAP_LOOKUP_ELEM: i64 = 1;
 const BPF_MAP_UPDATE_ELEM: i64 = 2;
 const BPF_MAP_DELETE_ELEM: i64 = 3;
 const BPF_MAP_GET_NEXT_KEY: i64 = 4;
+const BPF_OBJ_PIN: i64 = 6;
 const BPF_PROG_ATTACH: i64 = 8;
 const BPF_PROG_DETACH: i64 = 9;
 const BPF_PROG_GET_NEXT_ID: i64 = 11;
@@ -18,7 +22,13 @@ const BPF_MAP_GET_NEXT_ID: i64 = 12;
 /// `BPF_SK_MSG_VERDICT`.
 const BPF_SK_MSG_VERDICT: u64 = 7;
 const BPF_MAP_UPDATE_BATCH: i64 = 26;
+const BPF_LINK_CREATE: i64 = 28;
+const BPF_LINK_UPDATE: i64 = 29;
 const BPF_LINK_GET_NEXT_ID: i64 = 31;
+/// `BPF_CGROUP_SOCK_OPS`.
+const BPF_CGROUP_SOCK_OPS: u64 = 3;
+/// `BPF_F_REPLACE`: BPF_LINK_UPDATE only if the link still runs the program it names.
+const BPF_F_REPLACE: u64 = 1 << 2;
 
 pub(crate) use skpc_abi::BPF_ANY;
 /// The kernel's internal `ENOTSUPP` (524), which leaks to user space from map
@@ -201,6 +211,50 @@ impl Drop for SkMsgAttachment {
         attr[1] = BPF_SK_MSG_VERDICT;
         let _ = bpf(BPF_PROG_DETACH, &mut attr);
     }
+}
+
+/// A SOCK_OPS program attached to a cgroup through a bpf_link (BPF_LINK_CREATE, Linux
+/// 5.7+; it coexists with other programs on the cgroup). aya's `SockOps::attach` makes
+/// the same link but hands out no way to change its program; this one can
+/// ([`CgroupLink::replace`]). Closing the link's descriptor (the drop) detaches it.
+pub(crate) struct CgroupLink {
+    link: OwnedFd,
+}
+
+impl CgroupLink {
+    pub(crate) fn sock_ops(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>) -> io::Result<CgroupLink> {
+        // union bpf_attr, link_create: prog_fd, target_fd, attach_type, flags (u32 each).
+        let mut attr = [0u64; 16];
+        attr[0] = (prog.as_raw_fd() as u32 as u64) | ((cgroup.as_raw_fd() as u32 as u64) << 32);
+        attr[1] = BPF_CGROUP_SOCK_OPS;
+        let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+        // SAFETY: the kernel returned a new descriptor (O_CLOEXEC) that nothing else owns.
+        Ok(CgroupLink {
+            link: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+        })
+    }
+
+    /// BPF_LINK_UPDATE: the link runs `new` instead of `old`, in one step for every
+    /// socket of the cgroup (the kernel swaps the program in the cgroup's effective
+    /// array). Fails, changing nothing, if the link does not run `old`.
+    pub(crate) fn replace(&self, old: BorrowedFd<'_>, new: BorrowedFd<'_>) -> io::Result<()> {
+        // union bpf_attr, link_update: link_fd, new_prog_fd, flags, old_prog_fd.
+        let mut attr = [0u64; 16];
+        attr[0] = (self.link.as_raw_fd() as u32 as u64) | ((new.as_raw_fd() as u32 as u64) << 32);
+        attr[1] = BPF_F_REPLACE | ((old.as_raw_fd() as u32 as u64) << 32);
+        bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+    }
+}
+
+/// Pins the BPF object `fd` (a program or a map) at `path` on a bpffs.
+pub(crate) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // union bpf_attr, obj: pathname (u64), bpf_fd, file_flags.
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    attr[1] = fd.as_raw_fd() as u32 as u64;
+    bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
 }
 
 /// Whether a BPF object with this id still exists: walks the kernel's id list with

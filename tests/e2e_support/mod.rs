@@ -21,10 +21,13 @@ pub fn policy(src: &str) -> Policy {
     let c = skpc::compile::compile("test.skp", src)
         .unwrap_or_else(|d| panic!("policy does not compile: {d:?}\n{src}"));
     let object = skpc::compile::runtime_object(&c, "test.skp", src);
+    // The connection key as `skpc run` passes it: a reload to a policy that takes the
+    // same connections keeps the SOCK_OPS program in force.
     Policy::new(
         object,
         c.policy.counters.iter().map(|c| c.name.clone()).collect(),
     )
+    .with_connections(format!("{:?}", c.lowered.connections))
 }
 
 /// An enforcement plus what is needed to prove its cleanup: call
@@ -436,4 +439,51 @@ pub fn counter(counters: &[skpc_runtime::CounterValue], name: &str) -> (u64, u64
         .find(|x| x.name == name)
         .map(|x| (x.messages, x.bytes))
         .unwrap_or_else(|| panic!("no counter {name}: {counters:?}"))
+}
+
+/// A redis-cli session inside `cg`, its commands written one at a time (stdin piped) and
+/// its replies read line by line, so that a test can look at the maps while it is open.
+pub struct CliSession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    out: Lines,
+}
+
+impl CliSession {
+    pub fn open(redis: &Redis, cg: &skpc_runtime::TempCgroup) -> CliSession {
+        let mut cmd = Command::new(&redis.cli);
+        cmd.args(["-p", &redis.port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        skpc_runtime::process::join_cgroup_on_exec(&mut cmd, cg.path()).unwrap();
+        let mut child = dies_with_the_test(&mut cmd)
+            .spawn()
+            .expect("redis-cli runs");
+        let stdin = child.stdin.take().expect("piped");
+        let out = Lines::of(child.stdout.take().expect("piped"));
+        CliSession { child, stdin, out }
+    }
+
+    /// Sends one command line and returns the next reply line containing `expect`.
+    pub fn say(&mut self, command: &str, expect: &str) -> String {
+        io::Write::write_all(&mut self.stdin, format!("{command}\n").as_bytes()).unwrap();
+        io::Write::flush(&mut self.stdin).unwrap();
+        self.out.expect(expect)
+    }
+
+    pub fn close(mut self) {
+        drop(self.stdin);
+        let _ = self.child.wait();
+    }
+}
+
+/// `reply` to a redis `*3` command (SET) on the given ports: the policy of the reload
+/// tests below.
+pub fn guard_ports(ports: &[u16]) -> String {
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!(
+        "reply \"-ERR guarded by skpc\\r\\n\" if port in {{{}}} and payload[0..2] == \"*3\";",
+        ports.join(", ")
+    )
 }

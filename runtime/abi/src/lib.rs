@@ -27,6 +27,13 @@ pub const SOCKHASH_VALUE_SIZE: u32 = 8;
 /// Name of the per-CPU array of [`Counter`]s, one per rule and per named `count`.
 pub const COUNTERS_NAME: &str = "skp_counters";
 
+/// Name of the one-slot per-CPU array (u64) in which the SOCK_OPS program counts the
+/// established TCP sockets it left out of the sockmaps (no rule of the policy can act
+/// on them): the "untouched" figure, in no rule's counter. Only objects whose SOCK_OPS
+/// program leaves some connection out define it; the runtime pins it by name, so that
+/// the count goes on across hot reloads.
+pub const UNTOUCHED_NAME: &str = "skp_untouched";
+
 /// Name of the ring buffer that carries [`LogRecord`]s for `log` rules.
 pub const EVENTS_NAME: &str = "skp_events";
 /// Ring buffer size in bytes (a power of two and a multiple of the page size).
