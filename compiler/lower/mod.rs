@@ -13,8 +13,9 @@
 //! policies), `addr` (address tests), `payload` (payload and comm bytes), `runs` and
 //! `keyed` (rule runs planned and searched), `index` and `lookup` (the rule index planned
 //! and looked up), `tails` (shared verdict tails, counters, decisions, log), `programs`
-//! (the entry and SOCK_OPS programs), `lir` (labels, cleanup, assembly). This module
-//! holds the generator's state and its instruction emitters.
+//! (the entry and SOCK_OPS programs), `lir` (labels, cleanup, assembly), `sets` and
+//! `text_set` (large sets as map lookups; a protocol field's value as a set map's key).
+//! This module holds the generator's state and its instruction emitters.
 
 mod addr;
 pub mod budget;
@@ -31,6 +32,7 @@ mod proto;
 mod runs;
 mod sets;
 mod tails;
+mod text_set;
 mod verdict;
 
 use maps::Maps;
