@@ -30,6 +30,7 @@ mod payload;
 mod programs;
 mod proto;
 mod runs;
+mod set_lookup;
 mod sets;
 mod tails;
 mod text_set;
