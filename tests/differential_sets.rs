@@ -121,12 +121,49 @@ enum GSet {
     },
     /// `payload starts with {...}`.
     Starts { strings: Vec<Vec<u8>> },
-    /// `http.host in {...}`: lower-cased hosts, compared in any case.
-    Host { strings: Vec<Vec<u8>> },
-    /// `redis.key in {...}`: any bytes, some longer than a set map keys.
-    RedisKey { strings: Vec<Vec<u8>> },
-    /// `comm in {...}`.
-    Comm { strings: Vec<Vec<u8>> },
+    /// `http.host in` (`starts with`, `ends with`) `{...}`: lower-cased hosts, compared
+    /// in any case.
+    Host { strings: Vec<Vec<u8>>, op: SOp },
+    /// `redis.key in` (`starts with`, `ends with`) `{...}`: any bytes, some longer than
+    /// a set map keys.
+    RedisKey { strings: Vec<Vec<u8>>, op: SOp },
+    /// `comm in` (`starts with`) `{...}`.
+    Comm { strings: Vec<Vec<u8>>, op: SOp },
+}
+
+/// How a string field meets a set of strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SOp {
+    In,
+    Starts,
+    Ends,
+}
+
+impl SOp {
+    fn holds(self, value: &[u8], strings: &[Vec<u8>]) -> bool {
+        match self {
+            SOp::In => strings.iter().any(|s| s[..] == *value),
+            SOp::Starts => strings.iter().any(|s| value.starts_with(s)),
+            SOp::Ends => strings.iter().any(|s| value.ends_with(s)),
+        }
+    }
+
+    fn pick(rng: &mut Rng, ends: bool) -> SOp {
+        *[SOp::In, SOp::Starts, SOp::Ends]
+            .get(rng.below(if ends { 3 } else { 2 }) as usize)
+            .unwrap_or(&SOp::In)
+    }
+
+    /// The message's value from a listed string: itself (nearly), or for a prefix
+    /// (suffix) with more bytes after (before) it.
+    fn value(self, rng: &mut Rng, near_listed: Vec<u8>, alphabet: &[u8]) -> Vec<u8> {
+        let more: Vec<u8> = (0..rng.below(6)).map(|_| rng.pick(alphabet)).collect();
+        match self {
+            SOp::Starts if rng.pct(60) => [near_listed, more].concat(),
+            SOp::Ends if rng.pct(60) => [more, near_listed].concat(),
+            _ => near_listed,
+        }
+    }
 }
 
 impl GSet {
@@ -142,9 +179,12 @@ impl GSet {
             },
             GSet::Slice { .. } => "payload slices",
             GSet::Starts { .. } => "payload starts with",
-            GSet::Host { .. } => "http.host strings",
-            GSet::RedisKey { .. } => "redis.key strings",
-            GSet::Comm { .. } => "comm names",
+            GSet::Host { op: SOp::In, .. } => "http.host strings",
+            GSet::Host { .. } => "http.host prefixes or suffixes",
+            GSet::RedisKey { op: SOp::In, .. } => "redis.key strings",
+            GSet::RedisKey { .. } => "redis.key prefixes or suffixes",
+            GSet::Comm { op: SOp::In, .. } => "comm names",
+            GSet::Comm { .. } => "comm prefixes",
         }
     }
 
@@ -191,7 +231,29 @@ impl GSet {
                 "payload starts with {}",
                 list(strings.iter().map(|s| quote(s)).collect())
             ),
-            GSet::Host { strings } | GSet::RedisKey { strings } | GSet::Comm { strings } => {
+            GSet::Host { strings, op }
+            | GSet::RedisKey { strings, op }
+            | GSet::Comm { strings, op }
+                if *op != SOp::In =>
+            {
+                let field = match self {
+                    GSet::Host { .. } => "http.host",
+                    GSet::RedisKey { .. } => "redis.key",
+                    _ => "comm",
+                };
+                let op = if *op == SOp::Starts {
+                    "starts with"
+                } else {
+                    "ends with"
+                };
+                format!(
+                    "{field} {op} {}",
+                    list(strings.iter().map(|s| quote(s)).collect())
+                )
+            }
+            GSet::Host { strings, .. }
+            | GSet::RedisKey { strings, .. }
+            | GSet::Comm { strings, .. } => {
                 let field = match self {
                     GSet::Host { .. } => "http.host",
                     GSet::RedisKey { .. } => "redis.key",
@@ -238,11 +300,13 @@ impl GSet {
                         .any(|s| s[..] == m.payload[*offset..offset + n])
             }
             GSet::Starts { strings } => strings.iter().any(|s| m.payload.starts_with(s)),
-            GSet::Host { strings } => model_host(&m.payload).is_some_and(|h| strings.contains(&h)),
-            GSet::RedisKey { strings } => {
-                model_redis_key(&m.payload).is_some_and(|k| strings.contains(&k))
+            GSet::Host { strings, op } => {
+                model_host(&m.payload).is_some_and(|h| op.holds(&h, strings))
             }
-            GSet::Comm { strings } => strings.contains(&m.comm),
+            GSet::RedisKey { strings, op } => {
+                model_redis_key(&m.payload).is_some_and(|k| op.holds(&k, strings))
+            }
+            GSet::Comm { strings, op } => op.holds(&m.comm, strings),
         }
     }
 }
@@ -564,7 +628,8 @@ fn gen_set(rng: &mut Rng, reach: Reach) -> GSet {
             }
             strings.sort();
             strings.dedup();
-            GSet::Host { strings }
+            let op = SOp::pick(rng, true);
+            GSet::Host { strings, op }
         }
         8 => {
             let n = n.min(300);
@@ -581,7 +646,8 @@ fn gen_set(rng: &mut Rng, reach: Reach) -> GSet {
             }
             strings.sort();
             strings.dedup();
-            GSet::RedisKey { strings }
+            let op = SOp::pick(rng, true);
+            GSet::RedisKey { strings, op }
         }
         9 => {
             let mut strings: Vec<Vec<u8>> = (0..n)
@@ -597,7 +663,8 @@ fn gen_set(rng: &mut Rng, reach: Reach) -> GSet {
             }
             strings.sort();
             strings.dedup();
-            GSet::Comm { strings }
+            let op = SOp::pick(rng, false);
+            GSet::Comm { strings, op }
         }
         _ => {
             let len = rng.range(2, 12) as usize;
@@ -733,10 +800,11 @@ fn gen_message(rng: &mut Rng, set: &GSet) -> Message {
             m.len = p.len() as u32;
             m.payload = p;
         }
-        GSet::Host { strings } => {
+        GSet::Host { strings, op } => {
             let alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-";
             let listed = rng.pick(strings);
-            let mut h = near(rng, &listed, alphabet);
+            let near_listed = near(rng, &listed, alphabet);
+            let mut h = op.value(rng, near_listed, alphabet);
             if rng.pct(50) {
                 // The same host in another case.
                 for b in &mut h {
@@ -755,14 +823,15 @@ fn gen_message(rng: &mut Rng, set: &GSet) -> Message {
             m.len = p.len() as u32;
             m.payload = p;
         }
-        GSet::RedisKey { strings } => {
+        GSet::RedisKey { strings, op } => {
             let k = rng.pick(strings);
+            let alphabet: Vec<u8> = (0..=255).collect();
             let k = if rng.pct(30) {
                 k
             } else {
-                let alphabet: Vec<u8> = (0..=255).collect();
                 near(rng, &k, &alphabet)
             };
+            let k = op.value(rng, k, &alphabet);
             let mut p = REDIS_HEAD.to_vec();
             p.extend_from_slice(format!("{}\r\n", k.len()).as_bytes());
             p.extend_from_slice(&k);
@@ -770,9 +839,11 @@ fn gen_message(rng: &mut Rng, set: &GSet) -> Message {
             m.len = p.len() as u32;
             m.payload = p;
         }
-        GSet::Comm { strings } => {
+        GSet::Comm { strings, op } => {
             let listed = rng.pick(strings);
-            let c = near(rng, &listed, b"abcdefghijklmnopqrstuvwxyz0123456789");
+            let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+            let near_listed = near(rng, &listed, alphabet);
+            let c = op.value(rng, near_listed, alphabet);
             m.comm = c[..c.len().min(15)].to_vec();
         }
         GSet::Starts { strings } => {
@@ -1051,6 +1122,28 @@ fn kernel_agrees_with_the_evaluator_on_large_sets() {
     let (mut sent, mut hits, mut maps, mut blocks) = (0usize, 0usize, 0usize, 0usize);
     for i in 0..policies {
         let mut p = gen_policy(&mut rng, Reach::Loopback);
+        if i == 0 {
+            // A feed of /24s and /32s in 127.0.0.0/22: one IPv4 block hash of bitmaps.
+            let v4 = (0..30)
+                .map(|_| {
+                    let p = rng.pick(&[24u8, 32]);
+                    let a = Ipv4Addr::new(127, 0, rng.below(4) as u8, rng.below(256) as u8);
+                    (u32::from(a) & mask4(p), p)
+                })
+                .collect();
+            p.rules.insert(
+                0,
+                GRule {
+                    set: GSet::Addr {
+                        remote: true,
+                        v4,
+                        v6: Vec::new(),
+                    },
+                    negated: false,
+                    verdict: Verdict::Drop,
+                },
+            );
+        }
         // A drop or a pass: what a send shows at once (a discard needs a wait).
         for r in &mut p.rules {
             if r.verdict == Verdict::Discard {

@@ -244,20 +244,32 @@ fn a_10k_host_set_is_one_hash_lookup_and_curl_to_a_listed_host_is_dropped() {
         .unwrap_or(usize::MAX);
     assert!(instructions < 500, "{instructions} instructions");
 
+    // A listed host in another case, an unlisted one, the listed one last.
+    curl_hosts(
+        &curl,
+        &file,
+        &[
+            ("H42.Example.COM", false),
+            ("h42.example.org", true),
+            ("h9999.example.com", false),
+            ("h10000.example.com", true),
+        ],
+    );
+}
+
+/// Runs curl under `skpc exec FILE` once per `(host, passes)` with that Host header
+/// against a local HTTP server: a host that passes gets the server's `ok` (and the
+/// server saw it), another fails to send its request (curl's exit 55, EACCES).
+fn curl_hosts(curl: &Path, file: &Path, cases: &[(&str, bool)]) {
     let (port, seen) = http_server();
     let url = format!("http://127.0.0.1:{port}/");
-    // A listed host in another case, an unlisted one, the listed one last.
-    for (host, want) in [
-        ("H42.Example.COM", None),
-        ("h42.example.org", Some("ok")),
-        ("h9999.example.com", None),
-        ("h10000.example.com", Some("ok")),
-    ] {
+    for &(host, passes) in cases {
+        let want = passes.then_some("ok");
         let out = skpc(&[
             "exec",
-            path(&file),
+            path(file),
             "--",
-            path(&curl),
+            path(curl),
             "-sS",
             "--max-time",
             "10",
@@ -290,9 +302,91 @@ fn a_10k_host_set_is_one_hash_lookup_and_curl_to_a_listed_host_is_dropped() {
     assert!(seen.try_recv().is_err(), "the server saw a listed host");
 }
 
+/// `http.host ends with {...}` over 10,000 domains: one LPM trie of the reversed
+/// suffixes, looked up with the host's last bytes reversed (a domain blocklist).
+#[test]
+fn a_10k_domain_suffix_list_is_one_trie_lookup_and_curl_to_a_listed_domain_is_dropped() {
+    let name = "a_10k_domain_suffix_list_is_one_trie_lookup_and_curl_to_a_listed_domain_is_dropped";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let Some(curl) = common::tool_or_skip(name, "curl", "curl") else {
+        return;
+    };
+    let dir = common::TempDir::new("skpc-suffixes");
+    let domains: Vec<String> = (0..10_000).map(|i| format!("\".d{i}.example\"")).collect();
+    let policy = format!(
+        "drop if http.host ends with {{\n{}\n}};\n",
+        domains.join(",\n")
+    );
+    let file = dir.path.join("suffixes.skp");
+    std::fs::write(&file, &policy).expect("writes the policy");
+    let out = skpc(&[
+        "build",
+        "--emit",
+        "asm",
+        path(&file),
+        "-o",
+        path(&dir.path.join("s.o")),
+    ]);
+    let listing = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The longest suffix, `.d9999.example`, is 14 bytes: keys of 4 + 16.
+    assert!(
+        listing.contains(
+            "skp_set_0: 10000 LPM_TRIE keys of 20 bytes for `http.host ends with 10000 strings`"
+        ),
+        "{}",
+        &listing[..listing.len().min(600)]
+    );
+    curl_hosts(
+        &curl,
+        &file,
+        &[
+            ("www.d42.example", false),
+            ("WWW.D42.Example", false),
+            // The suffix is `.d42.example`: the domain itself does not end with it.
+            ("d42.example", true),
+            ("www.d42.example.org", true),
+            ("a.b.d9999.example", false),
+            ("www.d10000.example", true),
+        ],
+    );
+}
+
 #[test]
 fn a_comm_set_is_one_hash_lookup_and_drops_the_listed_program_only() {
-    let name = "a_comm_set_is_one_hash_lookup_and_drops_the_listed_program_only";
+    // 1000 names and `curl`: a HASH of 16-byte names.
+    let mut names: Vec<String> = (0..1000).map(|i| format!("\"tool{i}\"")).collect();
+    names.push("\"curl\"".into());
+    let policy = format!(
+        "set tools = {{ {} }};\ndrop if comm in tools;\n",
+        names.join(", ")
+    );
+    only_curl_is_dropped(
+        "a_comm_set_is_one_hash_lookup_and_drops_the_listed_program_only",
+        &policy,
+        "skp_set_0: 1001 HASH keys of 16 bytes for `comm in 1001 names`",
+    );
+}
+
+/// `comm starts with {...}`: one LPM trie of the names' bits, looked up with the whole
+/// 16-byte name (`cu` holds `curl`, not `python3`).
+#[test]
+fn comm_prefixes_are_one_trie_lookup_and_drop_the_programs_they_start() {
+    let mut names: Vec<String> = (0..1000).map(|i| format!("\"tool{i}\"")).collect();
+    names.push("\"cu\"".into());
+    let policy = format!("drop if comm starts with {{ {} }};\n", names.join(", "));
+    only_curl_is_dropped(
+        "comm_prefixes_are_one_trie_lookup_and_drop_the_programs_they_start",
+        &policy,
+        "skp_set_0: 1001 LPM_TRIE keys of 20 bytes for `comm starts with 1001 names`",
+    );
+}
+
+/// Under `skpc exec` of `policy` (whose listing has `listed`), curl cannot send its
+/// request and python3's goes through.
+fn only_curl_is_dropped(name: &str, policy: &str, listed: &str) {
     if !common::kernel_or_skip(name) {
         return;
     }
@@ -303,15 +397,8 @@ fn a_comm_set_is_one_hash_lookup_and_drops_the_listed_program_only() {
         return;
     };
     let dir = common::TempDir::new("skpc-comms");
-    // 1000 names and `curl`: a HASH of 16-byte names.
-    let mut names: Vec<String> = (0..1000).map(|i| format!("\"tool{i}\"")).collect();
-    names.push("\"curl\"".into());
-    let policy = format!(
-        "set tools = {{ {} }};\ndrop if comm in tools;\n",
-        names.join(", ")
-    );
     let file = dir.path.join("comms.skp");
-    std::fs::write(&file, &policy).expect("writes the policy");
+    std::fs::write(&file, policy).expect("writes the policy");
     let out = skpc(&[
         "build",
         "--emit",
@@ -323,7 +410,7 @@ fn a_comm_set_is_one_hash_lookup_and_drops_the_listed_program_only() {
     let listing = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        listing.contains("skp_set_0: 1001 HASH keys of 16 bytes for `comm in 1001 names`"),
+        listing.contains(listed),
         "{}",
         &listing[..listing.len().min(600)]
     );

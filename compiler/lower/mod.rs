@@ -131,6 +131,11 @@ const _: () = assert!(
         && STACK_TEXT_KEY + 4 + sets::TEXT_KEY_MAX as i16 <= STACK_COUNTER_KEY
         && STACK_TEXT_KEY % 8 == 0
 );
+/// The key of a `comm starts with` trie (`sets::Shape::Comm`): the prefix length word in
+/// the 4 bytes of the (dead, see above) log record right below the comm buffer, then the
+/// comm buffer itself.
+const STACK_COMM_TRIE_KEY: i16 = STACK_COMM - 4;
+const _: () = assert!(STACK_COMM_TRIE_KEY >= STACK_LOG + 80 - 4 && STACK_COMM_TRIE_KEY % 4 == 0);
 /// "No rule" in STACK_INDEX_BEST and the keyed searches' index words.
 const NO_RULE: u32 = u32::MAX;
 /// The context words a snapshot holds: `family` (16) up to and including `size` (68).

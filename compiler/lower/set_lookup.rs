@@ -13,7 +13,7 @@ use super::addr::{addr_words, wire_word};
 use super::lir::Label;
 use super::maps::MapId;
 use super::sets::{long_strings, shape, Parts, Shape, V4Layout, COMM_KEY};
-use super::{Gen, STACK_COMM, STACK_COUNTER_KEY, STACK_SET_KEY};
+use super::{Gen, STACK_COMM, STACK_COMM_TRIE_KEY, STACK_COUNTER_KEY, STACK_SET_KEY};
 
 impl Gen {
     /// The ready check of the set maps: unless the runtime has filled them (slot 0 of
@@ -42,9 +42,9 @@ impl Gen {
     /// one and then flips the slot, so a message sees one whole version of the set.
     pub(super) fn set_test(&mut self, k: usize, t: Label, f: Label) {
         let (shape, ids) = (self.sets[k].0.shape, self.sets[k].1);
-        if let (Shape::Text { field, key_len }, [Some(map), ..]) = (shape, ids.buffers[0]) {
+        if let (Shape::Text { field, key_len, op }, [Some(map), ..]) = (shape, ids.buffers[0]) {
             let long = long_strings(&self.sets[k].0.test, shape);
-            return self.text_in_map(field, key_len, map, &long, t, f);
+            return self.text_in_map(field, op, key_len, map, &long, t, f);
         }
         let (Some(slot), Some(ready)) = (ids.slot, self.maps.sets) else {
             return self.set_lookup(shape, ids.buffers[0], t, f);
@@ -125,15 +125,22 @@ impl Gen {
             }
             // `set_test` looks these up with the strings its map does not key.
             Shape::Text { .. } => self.goto(f),
-            Shape::Comm => {
+            Shape::Comm { prefix } => {
                 let Some(map) = first else {
                     return self.goto(f);
                 };
-                // The buffer the helper fills is the key: the name, NUL-padded.
+                // The buffer the helper fills is the key: the name, NUL-padded; for the
+                // trie after a prefix length of all its bits.
                 self.stack_ptr(Reg::R1, STACK_COMM);
                 self.mov64(Reg::R2, Src::Imm(COMM_KEY as i32));
                 self.call(BPF_FUNC_get_current_comm);
-                self.map_lookup(map, STACK_COMM);
+                let key = if prefix {
+                    self.st(Size::W, Reg::R10, STACK_COMM_TRIE_KEY, 8 * COMM_KEY as i32);
+                    STACK_COMM_TRIE_KEY
+                } else {
+                    STACK_COMM
+                };
+                self.map_lookup(map, key);
                 self.jmp64(JmpOp::Jne, Reg::R0, Src::Imm(0), t);
                 self.goto(f);
             }

@@ -1,7 +1,8 @@
 //! A protocol field's value looked up in a set map (`sets::Shape::Text`,
-//! `http.host in {...}` past `sets::MAP_ABOVE_TEXT`): the key is built on the stack from
-//! the parser's (offset, length) slot (`proto::text_slot`) and the message's bytes, then
-//! one HASH lookup. Strings the map does not key are compared by `proto`'s `text_test`.
+//! `http.host in {...}`, `tls.sni ends with {...}` past `sets::MAP_ABOVE_TEXT`): the key
+//! is built on the stack from the parser's (offset, length) slot (`proto::text_slot`)
+//! and the message's bytes (reversed for `ends with`), then one HASH (LPM trie) lookup.
+//! Strings the map does not key are compared by `proto`'s `text_test`.
 
 use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, JmpOp, Reg, Size, Src};
@@ -29,9 +30,11 @@ impl Gen {
     /// length. Every read checks its byte against `data_end` (the parser checked the
     /// value against it, but a later pull may have moved the data window: a byte of the
     /// value that is no longer there is a miss, as in `text_test`).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn text_in_map(
         &mut self,
         field: Text,
+        op: TextOp,
         key_len: u32,
         map: MapId,
         long: &[Vec<u8>],
@@ -46,14 +49,32 @@ impl Gen {
         self.ldx(Size::W, Reg::R0, Reg::R10, slot + 4);
         self.alu64(AluOp::And, Reg::R0, Src::Imm(LEN_MASK));
         self.jmp32(JmpOp::Jeq, Reg::R0, 0, f);
-        self.jmp64(JmpOp::Jgt, Reg::R0, Src::Imm(key_len as i32), too_long);
-        self.stx(Size::W, Reg::R10, key, Reg::R0);
+        if op == TextOp::Eq {
+            self.jmp64(JmpOp::Jgt, Reg::R0, Src::Imm(key_len as i32), too_long);
+            self.stx(Size::W, Reg::R10, key, Reg::R0);
+        } else {
+            // The trie's key: all its bits, the value's first (last) `key_len` bytes; a
+            // longer value is looked up by them too.
+            self.st(Size::W, Reg::R10, key, 8 * key_len as i32);
+        }
         self.mov64(K, Src::Imm(0));
         self.place(top);
-        // r1 = data + offset + K, checked against data_end.
-        self.ldx(Size::W, Reg::R0, Reg::R10, slot);
-        self.alu64(AluOp::And, Reg::R0, Src::Imm(OFF_MASK));
-        self.alu64(AluOp::Add, Reg::R0, Src::Reg(K));
+        // r1 = data + offset + i, checked against data_end: i = K, or for `ends with`
+        // len - 1 - K, masked to the field's bound (past the value's start, K >= len,
+        // the byte read is any of the window's, and masked to 0 below).
+        if op == TextOp::EndsWith {
+            self.ldx(Size::W, Reg::R0, Reg::R10, slot + 4);
+            self.alu64(AluOp::Sub, Reg::R0, Src::Imm(1));
+            self.alu64(AluOp::Sub, Reg::R0, Src::Reg(K));
+            self.alu64(AluOp::And, Reg::R0, Src::Imm(LEN_MASK));
+            self.ldx(Size::W, Reg::R1, Reg::R10, slot);
+            self.alu64(AluOp::And, Reg::R1, Src::Imm(OFF_MASK));
+            self.alu64(AluOp::Add, Reg::R0, Src::Reg(Reg::R1));
+        } else {
+            self.ldx(Size::W, Reg::R0, Reg::R10, slot);
+            self.alu64(AluOp::And, Reg::R0, Src::Imm(OFF_MASK));
+            self.alu64(AluOp::Add, Reg::R0, Src::Reg(K));
+        }
         self.ldx(Size::DW, Reg::R1, self.ctx(), SK_MSG_MD_DATA);
         self.alu64(AluOp::Add, Reg::R1, Src::Reg(Reg::R0));
         self.mov64(Reg::R2, Src::Reg(Reg::R1));
@@ -105,12 +126,17 @@ impl Gen {
         self.jmp64(JmpOp::Jlt, K, Src::Imm(key_len as i32), top);
         self.map_lookup(map, key);
         self.jmp64(JmpOp::Jne, Reg::R0, Src::Imm(0), t);
-        self.goto(f);
+        if op != TextOp::Eq {
+            // A string the trie does not key may still start (end) the value.
+            self.goto(too_long);
+        } else {
+            self.goto(f);
+        }
         self.place(too_long);
         if long.is_empty() {
             self.goto(f);
         } else {
-            self.text_test(field, TextOp::Eq, long, t, f);
+            self.text_test(field, op, long, t, f);
         }
     }
 }
