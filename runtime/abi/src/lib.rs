@@ -235,7 +235,7 @@ impl IndexEntry {
     /// address and a port, or payload bytes with ports and addresses).
     pub const KEY_WORDS: usize = 9;
     /// Rules (with their residuals) one key holds; more rules with one key stay code.
-    pub const SLOTS: usize = 8;
+    pub const SLOTS: usize = 4;
     /// Key size of the index map in bytes.
     pub const KEY_SIZE: usize = 4 * Self::KEY_WORDS;
     /// Value size of the index map in bytes (the slots).
