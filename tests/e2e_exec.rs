@@ -639,25 +639,8 @@ fn run_inserts_only_what_the_policy_takes_and_a_reload_takes_the_new_port() {
         guard_ports(&[guarded.port]).as_bytes(),
     );
     let cg = skpc_runtime::TempCgroup::create().unwrap();
-    let mut run = Command::new(skpc_bin())
-        .arg("run")
-        .arg(&file.path)
-        .arg("--cgroup")
-        .arg(cg.path())
-        .args(["--metrics", "127.0.0.1:0", "--interval", "0.2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("skpc run starts");
+    let (mut run, stderr, addr) = e2e_support::run_with_metrics(&file.path, cg.path());
     let pid = run.id();
-    let stderr = Lines::of(run.stderr.take().unwrap());
-    let line = stderr.expect("metrics on http://");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.strip_suffix("/metrics"))
-        .expect("an address")
-        .to_string();
     let start = stderr.expect("enforcing");
     assert!(
         start.contains(&format!(

@@ -8,7 +8,7 @@ use common::tool_or_skip;
 
 mod e2e_support;
 use e2e_support::{
-    dies_with_the_test, free_port, leftovers, send_from_cgroup, skpc_bin, text, wait_until, Lines,
+    dies_with_the_test, free_port, leftovers, send_from_cgroup, skpc_bin, text, wait_until,
 };
 
 use std::io::{Read, Write};
@@ -113,26 +113,9 @@ fn prometheus_scrapes_the_counters_of_skpc_run_and_promtool_finds_them_clean() {
         .as_bytes(),
     );
     let cg = skpc_runtime::TempCgroup::create().unwrap();
-    let mut run = Command::new(skpc_bin())
-        .arg("run")
-        .arg(&file.path)
-        .arg("--cgroup")
-        .arg(cg.path())
-        .args(["--metrics", "127.0.0.1:0", "--interval", "0.2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("skpc run starts");
+    let (mut run, stderr, target) = e2e_support::run_with_metrics(&file.path, cg.path());
     let pid = run.id();
-    let stderr = Lines::of(run.stderr.take().unwrap());
     let expect = |what: &str| stderr.expect(what);
-    let line = expect("metrics on http://");
-    let target = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.strip_suffix("/metrics"))
-        .expect("an address")
-        .to_string();
     expect("enforcing");
     let acceptor = std::thread::spawn(move || {
         for _ in 0..3 {

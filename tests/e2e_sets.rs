@@ -87,21 +87,10 @@ fn a_100k_prefix_blocklist_is_enforced_under_exec_over_ipv4_and_ipv6() {
         "set blocklist = {{\n{}\n}};\ndrop if remote.ip in blocklist;\n",
         elements.join(",\n")
     );
-    let file = dir.path.join("blocklist.skp");
-    std::fs::write(&file, &policy).expect("writes the policy");
 
     // The listing says the IPv4 prefixes (/24s and one /32) are one block hash of
     // bitmaps keyed by /24 and the IPv6 ones a trie, and the program stays small.
-    let out = skpc(&[
-        "build",
-        "--emit",
-        "asm",
-        path(&file),
-        "-o",
-        path(&dir.path.join("b.o")),
-    ]);
-    let listing = text(&out.stdout);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (file, listing) = listing_of(&dir, "blocklist", &policy);
     assert!(
         listing.contains("skp_set_0: 100001 HASH keys of 4 bytes to 32-byte bitmaps"),
         "{}",
@@ -112,13 +101,7 @@ fn a_100k_prefix_blocklist_is_enforced_under_exec_over_ipv4_and_ipv6() {
         "{}",
         &listing[..listing.len().min(600)]
     );
-    let instructions: usize = listing
-        .lines()
-        .next()
-        .and_then(|l| l.split(", ").last())
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(usize::MAX);
+    let instructions = instructions(&listing);
     assert!(instructions < 200, "{instructions} instructions");
 
     let port = free_port();
@@ -215,33 +198,16 @@ fn a_10k_host_set_is_one_hash_lookup_and_curl_to_a_listed_host_is_dropped() {
         "set hosts = {{\n{}\n}};\ndrop if http.host in hosts;\n",
         hosts.join(",\n")
     );
-    let file = dir.path.join("hosts.skp");
-    std::fs::write(&file, &policy).expect("writes the policy");
 
     // The listing: one HASH of the 10,000 hosts (length word and 24 bytes: the longest
     // host, 17 bytes, rounded up to 8), and a program of the parser's size.
-    let out = skpc(&[
-        "build",
-        "--emit",
-        "asm",
-        path(&file),
-        "-o",
-        path(&dir.path.join("h.o")),
-    ]);
-    let listing = text(&out.stdout);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (file, listing) = listing_of(&dir, "hosts", &policy);
     assert!(
         listing.contains("skp_set_0: 10000 HASH keys of 28 bytes for `http.host in 10000 strings`"),
         "{}",
         &listing[..listing.len().min(600)]
     );
-    let instructions: usize = listing
-        .lines()
-        .next()
-        .and_then(|l| l.split(", ").last())
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(usize::MAX);
+    let instructions = instructions(&listing);
     assert!(instructions < 500, "{instructions} instructions");
 
     // A listed host in another case, an unlisted one, the listed one last.
@@ -319,18 +285,7 @@ fn a_10k_domain_suffix_list_is_one_trie_lookup_and_curl_to_a_listed_domain_is_dr
         "drop if http.host ends with {{\n{}\n}};\n",
         domains.join(",\n")
     );
-    let file = dir.path.join("suffixes.skp");
-    std::fs::write(&file, &policy).expect("writes the policy");
-    let out = skpc(&[
-        "build",
-        "--emit",
-        "asm",
-        path(&file),
-        "-o",
-        path(&dir.path.join("s.o")),
-    ]);
-    let listing = text(&out.stdout);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (file, listing) = listing_of(&dir, "suffixes", &policy);
     // The longest suffix, `.d9999.example`, is 14 bytes: keys of 4 + 16.
     assert!(
         listing.contains(
@@ -397,18 +352,7 @@ fn only_curl_is_dropped(name: &str, policy: &str, listed: &str) {
         return;
     };
     let dir = common::TempDir::new("skpc-comms");
-    let file = dir.path.join("comms.skp");
-    std::fs::write(&file, policy).expect("writes the policy");
-    let out = skpc(&[
-        "build",
-        "--emit",
-        "asm",
-        path(&file),
-        "-o",
-        path(&dir.path.join("c.o")),
-    ]);
-    let listing = text(&out.stdout);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (file, listing) = listing_of(&dir, "comms", policy);
     assert!(
         listing.contains(listed),
         "{}",
@@ -448,6 +392,34 @@ fn only_curl_is_dropped(name: &str, policy: &str, listed: &str) {
         Ok("py")
     );
     assert!(seen.try_recv().is_err(), "the server saw curl's request");
+}
+
+/// Writes `policy` as `NAME.skp` in `dir` and returns its path and the listing of
+/// `skpc build --emit asm` (which must succeed).
+fn listing_of(dir: &common::TempDir, name: &str, policy: &str) -> (std::path::PathBuf, String) {
+    let file = dir.path.join(format!("{name}.skp"));
+    std::fs::write(&file, policy).expect("writes the policy");
+    let out = skpc(&[
+        "build",
+        "--emit",
+        "asm",
+        path(&file),
+        "-o",
+        path(&dir.path.join(format!("{name}.o"))),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    (file, text(&out.stdout))
+}
+
+/// The program's instruction count from a listing's first line.
+fn instructions(listing: &str) -> usize {
+    listing
+        .lines()
+        .next()
+        .and_then(|l| l.split(", ").last())
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX)
 }
 
 fn path(p: &Path) -> &str {

@@ -416,6 +416,30 @@ impl Lines {
     }
 }
 
+/// `skpc run FILE --cgroup CGROUP` with metrics on an ephemeral port (interval 0.2 s):
+/// the child, its stderr, and the metrics address it printed (`host:port`).
+pub fn run_with_metrics(file: &Path, cgroup: &Path) -> (std::process::Child, Lines, String) {
+    let mut run = std::process::Command::new(skpc_bin())
+        .arg("run")
+        .arg(file)
+        .arg("--cgroup")
+        .arg(cgroup)
+        .args(["--metrics", "127.0.0.1:0", "--interval", "0.2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("skpc run starts");
+    let stderr = Lines::of(run.stderr.take().expect("piped stderr"));
+    let line = stderr.expect("metrics on http://");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.strip_suffix("/metrics"))
+        .expect("an address")
+        .to_string();
+    (run, stderr, addr)
+}
+
 /// Sends `msg` on a new connection to 127.0.0.1:`port` from a python3 process in
 /// `cgroup`: "ok", or "EACCES" when the send was refused (the policy dropped it).
 pub fn send_from_cgroup(python: &Path, port: u16, cgroup: &Path, msg: &str) -> String {
