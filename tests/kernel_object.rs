@@ -137,6 +137,7 @@ fn maps() -> Vec<MapDef> {
         max_entries,
         map_flags: 0,
         pinning: 0,
+        data_var: None,
     };
     vec![
         m("skp_socks", BPF_MAP_TYPE_SOCKMAP, 4, 4, 64),

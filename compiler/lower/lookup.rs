@@ -13,9 +13,7 @@ use super::addr::addr_words;
 use super::index;
 use super::lir::{Label, Lir, Mark};
 use super::maps::IndexMaps;
-use super::{
-    Gen, NO_RULE, SLOT, STACK_COUNTER_KEY, STACK_INDEX_BEST, STACK_INDEX_KEY, STACK_PROTO,
-};
+use super::{Gen, NO_RULE, SLOT, STACK_INDEX_BEST, STACK_INDEX_KEY, STACK_PROTO, STACK_READY_KEY};
 
 // The key fits below the parser's region.
 const _: () = assert!(
@@ -37,8 +35,8 @@ impl Gen {
             // Every path to a later block passes this one: one check is enough.
             let not_ready = self.label();
             self.index_not_ready = Some(not_ready);
-            self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, 0);
-            self.map_lookup(maps.ready, STACK_COUNTER_KEY);
+            self.st(Size::W, Reg::R10, STACK_READY_KEY, 0);
+            self.map_lookup(maps.ready, STACK_READY_KEY);
             self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), not_ready);
             self.ldx(Size::W, Reg::R1, Reg::R0, 0);
             self.jmp32(JmpOp::Jne, Reg::R1, skpc_abi::INDEX_READY as i32, not_ready);

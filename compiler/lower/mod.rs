@@ -97,7 +97,8 @@ const SLOT: Reg = Reg::R7;
 const CACHE_REGS: [Reg; 2] = [Reg::R8, Reg::R9];
 
 // Stack layout (offsets from r10).
-const STACK_COUNTER_KEY: i16 = -8;
+/// The key (0 or a small slot) of a lookup in a ready-flag array (the index, the sets).
+const STACK_READY_KEY: i16 = -8;
 const STACK_SOCK_KEY: i16 = -56; // 44 bytes, 8-aligned
 const STACK_COMM: i16 = -80; // 16 bytes
 const STACK_LOG: i16 = -168; // 80 bytes
@@ -163,6 +164,7 @@ pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
     let (specs, maps, set_ids) = maps::define(policy, &index, &planned);
     let set_keys = sets::keys(&planned, &set_ids, &specs);
     let mut g = Gen::new(options, maps);
+    g.counter_slots = policy.counters.len() as u32;
     g.sets = planned.into_iter().zip(set_ids).collect();
     g.verdict_program(policy, &index.blocks);
     let verdict = lir::assemble(&lir::cleanup(g.code));
@@ -218,6 +220,11 @@ struct Gen {
     /// Where a rule with a constant counter slot jumps once it has stored the slot as
     /// the counter key (policies that do not blur the slot; see `tails`).
     count_block: Option<Label>,
+    /// The `mov32 SLOT` of each rule that joins the count block (its position in `code`)
+    /// and its counter slot: dropped when all are the same slot.
+    count_sites: Vec<(usize, u32)>,
+    /// The number of counters (`Counter`s in the counters map's value).
+    counter_slots: u32,
     /// The counter slots that lead to each decision (the rules deciding it, and the
     /// default): after the shared count block, the key says which decision to take.
     decision_slots: Vec<(Decision, Vec<u32>)>,
@@ -254,6 +261,8 @@ impl Gen {
             snapshot: false,
             blur_slot: true,
             count_block: None,
+            count_sites: Vec::new(),
+            counter_slots: 0,
             decision_slots: Vec::new(),
             sock_ops_ctx: false,
             index_not_ready: None,

@@ -1,5 +1,6 @@
 //! What happens once a rule decides: the shared verdict tails (one per distinct decision,
-//! reached with the rule's counter slot in `SLOT`), the counters, the decisions
+//! reached with the rule's counter slot in `SLOT`), the counters (atomic adds into one
+//! map value, see `maps`), the decisions
 //! themselves (verdicts, `discard`, `reply`, redirects, `for N`, `cork N`) and `log` records.
 
 use skpc_abi::{Counter, LogRecord};
@@ -11,7 +12,7 @@ use crate::hir::{Decision, SockSlot, Target, Verdict};
 use super::lir::{Label, Lir, Mark};
 use super::programs::SK_MSG_LAYOUT;
 use super::Gen;
-use super::{SLOT, STACK_COUNTER_KEY, STACK_LOG, STACK_SOCK_KEY};
+use super::{SLOT, STACK_LOG, STACK_SOCK_KEY};
 
 /// Sorted, merged runs of consecutive slots.
 fn slot_ranges(mut slots: Vec<u32>) -> Vec<(u32, u32)> {
@@ -30,16 +31,20 @@ fn slot_ranges(mut slots: Vec<u32>) -> Vec<(u32, u32)> {
 /// Which decision the shared count block dispatches to: set by each decision's label.
 /// r8 is a cached field's register, which nothing reads once a rule has decided.
 const DECISION: Reg = Reg::R8;
-/// The message size in the count block; r9 is the other cached field's register.
-const SIZE: Reg = Reg::R9;
+/// The count's scratch registers: the message size, the counter's address and the 1
+/// added to its messages. Not r1, which may hold the context the decision reads.
+const SIZE: Reg = Reg::R2;
+const COUNTER: Reg = Reg::R3;
+const ONE: Reg = Reg::R4;
 
 impl Gen {
-    /// Jumps to the shared tail of decision `d`, counting slot `slot`: with the slot
-    /// stored as the counter key straight away where the verifier may see it (small
-    /// policies), else with it in SLOT.
+    /// Jumps to the shared tail of decision `d`, counting slot `slot`: with the slot's
+    /// byte offset in SLOT straight away where the verifier may see it (small
+    /// policies), else with the slot in SLOT.
     pub(super) fn decide_via_tail(&mut self, d: &Decision, slot: u32) {
         if self.options.counters && !self.blur_slot {
-            self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, slot as i32);
+            self.count_sites.push((self.code.len(), slot));
+            self.mov32(SLOT, slot * Counter::SIZE as u32);
             self.tail(d);
             let count = *self.count_block.get_or_insert_with(|| {
                 self.labels += 1;
@@ -69,15 +74,16 @@ impl Gen {
 
     /// The shared tails. Without counters, one decision per label. With counters, every
     /// decision's label sets DECISION to the decision's number and joins one count block
-    /// (the counter in SLOT: one lookup, two adds), which then dispatches on DECISION to
-    /// the decision itself: the update is emitted once, however many decisions there are.
-    /// DECISION is a constant per decision, so the verifier walks the count block once per
-    /// decision (SLOT is blurred, see `count_reg`), as it walked each decision's own copy.
+    /// (the counter in SLOT: a bounds check and two atomic adds), which then dispatches
+    /// on DECISION to the decision itself: the update is emitted once, however many
+    /// decisions there are. DECISION is a constant per decision, so the verifier walks
+    /// the count block once per decision (SLOT is blurred, see `count_reg`), as it
+    /// walked each decision's own copy.
     pub(super) fn emit_tails(&mut self) {
         let tails = std::mem::take(&mut self.tails);
         self.code.push(Lir::Mark(Mark::Tails));
         if self.options.counters && !self.blur_slot {
-            self.count_then_dispatch_on_key(&tails);
+            self.count_then_dispatch_on_offset(&tails);
         } else if self.options.counters && tails.len() > 1 {
             let count = self.label();
             let last = tails.len() - 1;
@@ -118,116 +124,142 @@ impl Gen {
         }
     }
 
-    /// The tails of a policy whose slots the verifier may see: every decision's label
-    /// (reached with the slot in SLOT, from keyed runs and index lookups) stores SLOT as
-    /// the counter key; rules with a constant slot stored it themselves and join at the
-    /// count block. One count block, then the key, a constant on every path, says which
-    /// decision follows: a compare per slot range of every decision but the one with the
-    /// most ranges, which is the fall-through.
-    fn count_then_dispatch_on_key(&mut self, tails: &[(Decision, Label)]) {
+    /// The tails of a policy whose slots the verifier may see: every rule set SLOT to
+    /// its counter's byte offset (a constant on every path: no bounds check) and joins
+    /// at the count block. One count block, then SLOT says which decision follows: a
+    /// compare per slot range of every decision but the one with the most ranges, which
+    /// is the fall-through. Where every rule that decides counts the same slot (`pass;`,
+    /// `redirect to sock 1;`), the offset is the address's constant and SLOT is not set.
+    fn count_then_dispatch_on_offset(&mut self, tails: &[(Decision, Label)]) {
         for (_, l) in tails {
             self.place(*l);
         }
-        self.stx(Size::W, Reg::R10, STACK_COUNTER_KEY, SLOT);
         if let Some(count) = self.count_block {
             self.place(count);
         }
-        self.count_key(None);
-        let ranges: Vec<Vec<(u32, u32)>> = tails
-            .iter()
-            .map(|(d, _)| {
-                let slots = self
-                    .decision_slots
-                    .iter()
-                    .find(|(x, _)| x == d)
-                    .map(|(_, s)| s.clone())
-                    .unwrap_or_default();
-                slot_ranges(slots)
-            })
-            .collect();
-        let fall = (0..tails.len())
-            .max_by_key(|&k| (ranges[k].len(), std::cmp::Reverse(k)))
-            .unwrap_or(0);
-        let decide: Vec<Label> = tails.iter().map(|_| self.label()).collect();
-        if tails.len() > 1 {
-            self.ldx(Size::W, Reg::R1, Reg::R10, STACK_COUNTER_KEY);
+        let sites = std::mem::take(&mut self.count_sites);
+        let one_slot = match sites.split_first() {
+            Some((&(_, first), rest)) if rest.iter().all(|&(_, s)| s == first) => Some(first),
+            _ => None,
+        };
+        if let Some(slot) = one_slot {
+            // The sites' `mov32 SLOT` are dead: drop them (from the last, so that the
+            // positions of the others stay valid).
+            for &(at, _) in sites.iter().rev() {
+                self.code.remove(at);
+            }
+            self.count_at(slot * Counter::SIZE as u32, None);
+        } else {
+            self.count_at(0, Some(SLOT));
+        }
+        if tails.len() > 1 && one_slot.is_none() {
+            let ranges: Vec<Vec<(u32, u32)>> = tails
+                .iter()
+                .map(|(d, _)| {
+                    let slots = self
+                        .decision_slots
+                        .iter()
+                        .find(|(x, _)| x == d)
+                        .map(|(_, s)| s.clone())
+                        .unwrap_or_default();
+                    slot_ranges(slots)
+                })
+                .collect();
+            let fall = (0..tails.len())
+                .max_by_key(|&k| (ranges[k].len(), std::cmp::Reverse(k)))
+                .unwrap_or(0);
+            let decide: Vec<Label> = tails.iter().map(|_| self.label()).collect();
+            let at = |slot: u32| (slot * Counter::SIZE as u32) as i32;
             for (k, rs) in ranges.iter().enumerate().filter(|(k, _)| *k != fall) {
                 for &(lo, hi) in rs {
                     if lo == hi {
-                        self.jmp32(JmpOp::Jeq, Reg::R1, lo as i32, decide[k]);
+                        self.jmp32(JmpOp::Jeq, SLOT, at(lo), decide[k]);
                     } else {
                         let next = self.label();
-                        self.jmp32(JmpOp::Jlt, Reg::R1, lo as i32, next);
-                        self.jmp32(JmpOp::Jle, Reg::R1, hi as i32, decide[k]);
+                        self.jmp32(JmpOp::Jlt, SLOT, at(lo), next);
+                        self.jmp32(JmpOp::Jle, SLOT, at(hi), decide[k]);
                         self.place(next);
                     }
                 }
             }
-        }
-        let order = std::iter::once(fall).chain((0..tails.len()).filter(|&k| k != fall));
-        for k in order {
-            self.place(decide[k]);
-            self.decision(&tails[k].0);
+            let order = std::iter::once(fall).chain((0..tails.len()).filter(|&k| k != fall));
+            for k in order {
+                self.place(decide[k]);
+                self.decision(&tails[k].0);
+            }
+        } else if let Some((d, _)) = tails.first() {
+            self.decision(d);
         }
     }
 
     /// Bumps counter `slot` by one message and `sk_msg_md.size` bytes.
     pub(super) fn count_const(&mut self, slot: u32) {
         if self.options.counters {
-            self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, slot as i32);
-            self.count_key_on_stack();
+            self.count_at(slot * Counter::SIZE as u32, None);
         }
     }
 
-    /// Bumps the counter whose slot is in SLOT: one lookup, two adds.
+    /// Bumps the counter whose slot is in SLOT (see `emit_tails`). SLOT holds a
+    /// constant on every path, a different one per rule: the verifier would track it
+    /// exactly and walk this block once per rule. `+ size - size` leaves the value alone
+    /// but makes it unknown to the verifier, so the block is verified once per decision;
+    /// the bounds check then keeps the counter inside the map's value for the verifier
+    /// (a slot from the rule index is unknown to it anyway). Clobbers SLOT.
     pub(super) fn count_reg(&mut self) {
-        if self.options.counters {
-            self.count_key(Some(SLOT));
+        if !self.options.counters {
+            return;
         }
-    }
-
-    /// Bumps the counter whose key is at STACK_COUNTER_KEY, or (`slot`) first stores the
-    /// slot in that register there. The message size is read once, into SIZE
-    /// (callee-saved, so it outlives the lookup), before the call: nothing after it
-    /// reads the context.
-    fn count_key(&mut self, slot: Option<Reg>) {
+        let skip = self.label();
         self.ctx_ld(SIZE, SK_MSG_MD_SIZE);
+        self.alu64(AluOp::Add, SLOT, Src::Reg(SIZE));
+        self.alu64(AluOp::Sub, SLOT, Src::Reg(SIZE));
+        self.jmp64(
+            JmpOp::Jgt,
+            SLOT,
+            Src::Imm(self.counter_slots as i32 - 1),
+            skip,
+        );
+        self.alu64(
+            AluOp::Lsh,
+            SLOT,
+            Src::Imm(Counter::SIZE.trailing_zeros() as i32),
+        );
+        self.add_to_counter(0, Some(SLOT));
+        self.place(skip);
+    }
+
+    /// Bumps the counter at byte `off` of the counters (plus `slot`, a register holding
+    /// a byte offset the verifier knows to be in bounds): `lock` adds of 1 and the
+    /// message size, straight into the map's value (no lookup: the map is an ARRAY of
+    /// one entry, see `maps`). Atomic, as CPUs share the counters.
+    fn count_at(&mut self, off: u32, slot: Option<Reg>) {
+        self.ctx_ld(SIZE, SK_MSG_MD_SIZE);
+        self.add_to_counter(off, slot);
+    }
+
+    /// The adds of `count_at`, with the size already in SIZE.
+    fn add_to_counter(&mut self, off: u32, slot: Option<Reg>) {
+        self.emit(Insn::LdMapValue {
+            dst: COUNTER,
+            map: self.maps.counters.number(),
+            off,
+        });
         if let Some(slot) = slot {
-            if self.blur_slot {
-                // SLOT holds a constant on every path, a different one per rule. Stored
-                // as a map key, the verifier would track it exactly and walk this block
-                // once per rule. `+ size - size` leaves the value alone but makes it
-                // unknown to the verifier, so the block is verified once per decision.
-                self.alu64(AluOp::Add, slot, Src::Reg(SIZE));
-                self.alu64(AluOp::Sub, slot, Src::Reg(SIZE));
-            }
-            self.stx(Size::W, Reg::R10, STACK_COUNTER_KEY, slot);
+            self.alu64(AluOp::Add, COUNTER, Src::Reg(slot));
         }
-        let skip = self.label();
-        self.map_lookup(self.maps.counters, STACK_COUNTER_KEY);
-        self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
-        self.add_to_counter(Counter::OFF_MESSAGES, Src::Imm(1));
-        self.add_to_counter(Counter::OFF_BYTES, Src::Reg(SIZE));
-        self.place(skip);
-    }
-
-    /// Bumps the counter whose key is at STACK_COUNTER_KEY.
-    pub(super) fn count_key_on_stack(&mut self) {
-        let skip = self.label();
-        self.map_lookup(self.maps.counters, STACK_COUNTER_KEY);
-        self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
-        self.add_to_counter(Counter::OFF_MESSAGES, Src::Imm(1));
-        self.ctx_ld(Reg::R1, SK_MSG_MD_SIZE);
-        self.add_to_counter(Counter::OFF_BYTES, Src::Reg(Reg::R1));
-        self.place(skip);
-    }
-
-    /// `*(u64 *)(r0 + off) += value` on the counter the lookup returned in r0. A plain
-    /// load, add and store: the slot is this CPU's own, so no atomic is needed.
-    fn add_to_counter(&mut self, off: i16, value: Src) {
-        self.ldx(Size::DW, Reg::R2, Reg::R0, off);
-        self.alu64(AluOp::Add, Reg::R2, value);
-        self.stx(Size::DW, Reg::R0, off, Reg::R2);
+        self.mov32(ONE, 1);
+        self.emit(Insn::AtomicAdd {
+            size: Size::DW,
+            dst: COUNTER,
+            src: ONE,
+            off: Counter::OFF_MESSAGES,
+        });
+        self.emit(Insn::AtomicAdd {
+            size: Size::DW,
+            dst: COUNTER,
+            src: SIZE,
+            off: Counter::OFF_BYTES,
+        });
     }
 
     pub(super) fn decision(&mut self, d: &Decision) {

@@ -249,18 +249,7 @@ pub(super) fn needs_helper_before_verdict(policy: &hir::Policy, options: Options
                 }
             )
     };
-    // The count block reads the size before its lookup and nothing of the context after
-    // it; a decision other than a plain pass or drop reads the context after that call.
-    let plain = |d: &Decision| {
-        d.apply_bytes.is_none() && matches!(d.verdict, Verdict::Pass | Verdict::Drop)
-    };
-    let counted_decision_needs_ctx = !plain(&policy.default.decision)
-        || policy.rules.iter().any(|r| match &r.action {
-            Action::Decide(d) => !plain(d),
-            Action::Count { .. } | Action::Log => true,
-        });
-    (options.counters && counted_decision_needs_ctx)
-        || decision_calls(&policy.default.decision)
+    decision_calls(&policy.default.decision)
         || policy.rules.iter().any(|r| match &r.action {
             Action::Decide(d) => decision_calls(d) || r.cond.any_test(test_calls),
             Action::Count { .. } | Action::Log => true,
