@@ -317,7 +317,7 @@ pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
                     describe_default(&c.policy)
                 )),
                 _ => {
-                    out.push_str("; verdicts: count the deciding rule once (its counter slot is the key at r10 -8), then decide\n")
+                    out.push_str("; verdicts: count the deciding rule once (atomic adds to its counter in .data.counters), then decide\n")
                 }
             }
         }

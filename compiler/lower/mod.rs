@@ -220,9 +220,13 @@ struct Gen {
     /// Where a rule with a constant counter slot jumps once it has stored the slot as
     /// the counter key (policies that do not blur the slot; see `tails`).
     count_block: Option<Label>,
-    /// The `mov32 SLOT` of each rule that joins the count block (its position in `code`)
-    /// and its counter slot: dropped when all are the same slot.
-    count_sites: Vec<(usize, u32)>,
+    /// Each rule that joins the count block: the position in `code` of its jump there,
+    /// its counter slot and its decision (policies that do not blur the slot).
+    count_sites: Vec<(usize, u32, Decision)>,
+    /// The positions in `code` of the instructions that set SLOT (see `set_slot`).
+    slot_writes: Vec<usize>,
+    /// The slot whose offset SLOT holds here, on every path (see `set_slot`).
+    slot_in_reg: Option<u32>,
     /// The number of counters (`Counter`s in the counters map's value).
     counter_slots: u32,
     /// The counter slots that lead to each decision (the rules deciding it, and the
@@ -262,6 +266,8 @@ impl Gen {
             blur_slot: true,
             count_block: None,
             count_sites: Vec::new(),
+            slot_writes: Vec::new(),
+            slot_in_reg: None,
             counter_slots: 0,
             decision_slots: Vec::new(),
             sock_ops_ctx: false,

@@ -36,6 +36,9 @@ const DECISION: Reg = Reg::R8;
 const SIZE: Reg = Reg::R2;
 const COUNTER: Reg = Reg::R3;
 const ONE: Reg = Reg::R4;
+/// Up to this many rules that decide (plain verdicts only), each sets the verdict and
+/// its counter's address itself (see `count_then_dispatch_on_offset`).
+const FEW_SITES: usize = 3;
 
 impl Gen {
     /// Jumps to the shared tail of decision `d`, counting slot `slot`: with the slot's
@@ -43,8 +46,8 @@ impl Gen {
     /// policies), else with the slot in SLOT.
     pub(super) fn decide_via_tail(&mut self, d: &Decision, slot: u32) {
         if self.options.counters && !self.blur_slot {
-            self.count_sites.push((self.code.len(), slot));
-            self.mov32(SLOT, slot * Counter::SIZE as u32);
+            self.set_slot(slot);
+            self.count_sites.push((self.code.len(), slot, d.clone()));
             self.tail(d);
             let count = *self.count_block.get_or_insert_with(|| {
                 self.labels += 1;
@@ -58,6 +61,26 @@ impl Gen {
         }
         let tail = self.tail(d);
         self.goto(tail);
+    }
+
+    /// Makes SLOT hold the byte offset of counter `slot` (policies that do not blur
+    /// the slot): nothing if it does already, else an add when it holds a smaller slot's
+    /// (the rules' slots rise one by one: one add per rule, on the path that goes on to
+    /// the next rule, instead of a move and a jump per rule that decides), else a move.
+    pub(super) fn set_slot(&mut self, slot: u32) {
+        let at = |s: u32| (s * Counter::SIZE as u32) as i32;
+        match self.slot_in_reg {
+            Some(s) if s == slot => return,
+            Some(s) if s < slot => {
+                self.slot_writes.push(self.code.len());
+                self.alu64(AluOp::Add, SLOT, Src::Imm(at(slot) - at(s)));
+            }
+            _ => {
+                self.slot_writes.push(self.code.len());
+                self.mov32(SLOT, slot * Counter::SIZE as u32);
+            }
+        }
+        self.slot_in_reg = Some(slot);
     }
 
     /// The label of the shared tail of decision `d`.
@@ -138,14 +161,63 @@ impl Gen {
             self.place(count);
         }
         let sites = std::mem::take(&mut self.count_sites);
+        let writes = std::mem::take(&mut self.slot_writes);
         let one_slot = match sites.split_first() {
-            Some((&(_, first), rest)) if rest.iter().all(|&(_, s)| s == first) => Some(first),
+            Some((&(_, first, _), rest)) if rest.iter().all(|&(_, s, _)| s == first) => Some(first),
             _ => None,
         };
+        let plain = |d: &Decision| {
+            d.apply_bytes.is_none() && matches!(d.verdict, Verdict::Pass | Verdict::Drop)
+        };
+        let few_plain = sites.len() <= FEW_SITES && sites.iter().all(|(_, _, d)| plain(d));
+        if one_slot.is_none() && few_plain {
+            // Each site sets the verdict and the counter's address itself: with one to
+            // three rules that decide, two instructions per site are fewer than the
+            // offset's add and the dispatch on it, and the count block ends the program.
+            let mut edits: Vec<(usize, Option<(u32, i32)>)> = writes
+                .iter()
+                .map(|&at| (at, None))
+                .chain(sites.iter().map(|(at, slot, d)| {
+                    let v = if d.verdict == Verdict::Pass {
+                        SK_PASS
+                    } else {
+                        SK_DROP
+                    };
+                    (*at, Some((*slot, v)))
+                }))
+                .collect();
+            edits.sort_by(|a, b| b.0.cmp(&a.0));
+            for (at, edit) in edits {
+                match edit {
+                    None => {
+                        self.code.remove(at);
+                    }
+                    Some((slot, v)) => {
+                        let ld = Insn::LdMapValue {
+                            dst: COUNTER,
+                            map: self.maps.counters.number(),
+                            off: slot * Counter::SIZE as u32,
+                        };
+                        let r0 = Insn::Alu64 {
+                            op: AluOp::Mov,
+                            dst: Reg::R0,
+                            src: Src::Imm(v),
+                        };
+                        self.code.insert(at, Lir::Insn(ld));
+                        self.code.insert(at, Lir::Insn(r0));
+                    }
+                }
+            }
+            self.ctx_ld(SIZE, SK_MSG_MD_SIZE);
+            self.mov32(ONE, 1);
+            self.atomic_adds();
+            self.emit(Insn::Exit);
+            return;
+        }
         if let Some(slot) = one_slot {
-            // The sites' `mov32 SLOT` are dead: drop them (from the last, so that the
+            // The writes of SLOT are dead: drop them (from the last, so that the
             // positions of the others stay valid).
-            for &(at, _) in sites.iter().rev() {
+            for &at in writes.iter().rev() {
                 self.code.remove(at);
             }
             self.count_at(slot * Counter::SIZE as u32, None);
@@ -248,6 +320,11 @@ impl Gen {
             self.alu64(AluOp::Add, COUNTER, Src::Reg(slot));
         }
         self.mov32(ONE, 1);
+        self.atomic_adds();
+    }
+
+    /// `lock` adds of ONE and SIZE to the counter at COUNTER.
+    fn atomic_adds(&mut self) {
         self.emit(Insn::AtomicAdd {
             size: Size::DW,
             dst: COUNTER,

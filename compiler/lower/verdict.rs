@@ -82,6 +82,10 @@ impl Gen {
             }
             self.code.push(Lir::Mark(Mark::Rule(i)));
             let last = run.as_ref().map_or(i, |(last, _)| *last);
+            if self.options.counters && !self.blur_slot && run.is_none() {
+                // Before the test: on every path on to the next rule, SLOT is this one's.
+                self.set_slot(rule.counter as u32);
+            }
             let (act, next) = (self.label(), self.label());
             self.rule_test(&cond, act, next);
             self.place(act);

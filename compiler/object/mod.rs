@@ -10,10 +10,11 @@
 //! - `.rel<section>` with one `R_BPF_64_64` per map-loading `ld_imm64`;
 //! - `license` with a NUL-terminated string and the global object `LICENSE`;
 //! - `.maps` with one zeroed slot and one global `STT_OBJECT` per map;
-//! - one `SHT_NOBITS` section per global-data map ([`MapDef::data_var`]), named after
-//!   the map (`.bss.<name>`), holding one global `STT_OBJECT`: the loaders make it an
+//! - one zeroed data section per global-data map ([`MapDef::data_var`]), named after
+//!   the map (`.data.<name>`), holding one global `STT_OBJECT`: the loaders make it an
 //!   ARRAY of one value that programs address directly (`ld_imm64` of
-//!   `BPF_PSEUDO_MAP_VALUE`, as clang emits for a C global in `.bss`);
+//!   `BPF_PSEUDO_MAP_VALUE`, as clang emits for a C global in `.data`). Not `.bss.*`:
+//!   libbpf takes custom `.data.*` sections but only the one `.bss`;
 //! - `.BTF` with the libbpf BTF-defined map convention, a VAR per map, the
 //!   `.maps` and `license` DATASECs, and FUNC_PROTO + FUNC per program;
 //! - `.BTF.ext` with func_info (one per program) and line_info;
@@ -74,7 +75,7 @@ pub struct MapDef {
     /// socket maps). Emitted only when non-zero.
     pub pinning: u32,
     /// A global-data map instead of a BTF-defined one: `name` is then its section
-    /// (`.bss.` and at most 10 more bytes, which the kernel's 15-byte map names keep
+    /// (`.data.` and at most 9 more bytes, which the kernel's 15-byte map names keep
     /// whole), holding `value_size` zero bytes and the global object `data_var` (a C
     /// identifier) that [`ValueRef`]s relocate against. The loaders create an ARRAY of
     /// one entry of `value_size` bytes; the other fields are ignored.
@@ -337,12 +338,9 @@ fn write<'a>(spec: &'a ObjectSpec, mut code: Vec<Cow<'a, [u8]>>) -> Vec<u8> {
     let mut off = 0u32;
     for m in &spec.maps {
         if let Some(var) = &m.data_var {
-            let sec = obj.add_section(
-                Vec::new(),
-                m.name.as_bytes().to_vec(),
-                SectionKind::UninitializedData,
-            );
-            obj.append_section_bss(sec, m.value_size as u64, 8);
+            let sec = obj.add_section(Vec::new(), m.name.as_bytes().to_vec(), SectionKind::Data);
+            obj.section_mut(sec).flags = elf_flags(object::elf::SHF_ALLOC | object::elf::SHF_WRITE);
+            obj.append_section_data(sec, &vec![0u8; m.value_size as usize], 8);
             map_syms.push(obj.add_symbol(Symbol {
                 name: var.as_bytes().to_vec(),
                 value: 0,

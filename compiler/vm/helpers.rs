@@ -110,7 +110,6 @@ pub(super) struct RunState {
     pub(super) size: u32,
     pub(super) maps: Vec<MapKind>,
     pub(super) counters: u64,
-    pub(super) counter_slots: usize,
     pub(super) index: Arc<IndexModel>,
     /// Where the index values of this run start (`IndexEntry::VALUE_SIZE` bytes per
     /// entry).

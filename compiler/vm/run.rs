@@ -162,7 +162,6 @@ impl Vm {
             size: msg.len,
             maps: self.maps.iter().map(|m| m.kind).collect(),
             counters: counters.as_mut_ptr() as u64,
-            counter_slots: counters.len(),
             index: Arc::clone(&self.index),
             index_values: index_range.start,
             index_filled: filled,

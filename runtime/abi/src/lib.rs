@@ -28,9 +28,9 @@ pub const SOCKHASH_VALUE_SIZE: u32 = 8;
 /// per rule and per named `count`, one after the other (`Counter::SIZE` bytes each,
 /// slot `i` at byte `i * Counter::SIZE`). Programs add to them in place with atomic
 /// adds through a direct pointer to the value, so the map is a global-data section
-/// (`.bss.*`, how clang places a C global): its section name is its map name (aya's
-/// key, and the kernel's name: at most 15 bytes).
-pub const COUNTERS_NAME: &str = ".bss.skp_counts";
+/// (`.data.*`, how clang places a C global): its section name is its map name (aya's
+/// key, libbpf's and the kernel's name: at most 15 bytes).
+pub const COUNTERS_NAME: &str = ".data.counters";
 /// The global object in [`COUNTERS_NAME`]'s section: the array of counters.
 pub const COUNTERS_VAR: &str = "skp_counters";
 
