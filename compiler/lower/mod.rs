@@ -227,6 +227,8 @@ struct Gen {
     slot_writes: Vec<usize>,
     /// The slot whose offset SLOT holds here, on every path (see `set_slot`).
     slot_in_reg: Option<u32>,
+    /// How many rules jump to a tail with a constant slot in SLOT (see `count_reg`).
+    const_slot_sites: usize,
     /// The number of counters (`Counter`s in the counters map's value).
     counter_slots: u32,
     /// The counter slots that lead to each decision (the rules deciding it, and the
@@ -268,6 +270,7 @@ impl Gen {
             count_sites: Vec::new(),
             slot_writes: Vec::new(),
             slot_in_reg: None,
+            const_slot_sites: 0,
             counter_slots: 0,
             decision_slots: Vec::new(),
             sock_ops_ctx: false,

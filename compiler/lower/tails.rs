@@ -14,6 +14,11 @@ use super::programs::SK_MSG_LAYOUT;
 use super::Gen;
 use super::{SLOT, STACK_LOG, STACK_SOCK_KEY};
 
+/// A plain verdict: pass or drop, without `for N`.
+fn plain(d: &Decision) -> bool {
+    d.apply_bytes.is_none() && matches!(d.verdict, Verdict::Pass | Verdict::Drop)
+}
+
 /// Sorted, merged runs of consecutive slots.
 fn slot_ranges(mut slots: Vec<u32>) -> Vec<(u32, u32)> {
     slots.sort_unstable();
@@ -39,6 +44,10 @@ const ONE: Reg = Reg::R4;
 /// Up to this many rules that decide (plain verdicts only), each sets the verdict and
 /// its counter's address itself (see `count_then_dispatch_on_offset`).
 const FEW_SITES: usize = 3;
+/// Up to this many rules with a constant counter slot, the verifier walks the count
+/// block once for each (a dozen instructions each) rather than the block hiding the
+/// slot's value (two instructions).
+const BLUR_ABOVE_SITES: usize = 16;
 
 impl Gen {
     /// Jumps to the shared tail of decision `d`, counting slot `slot`: with the slot's
@@ -57,6 +66,7 @@ impl Gen {
             return;
         }
         if self.options.counters {
+            self.const_slot_sites += 1;
             self.mov32(SLOT, slot);
         }
         let tail = self.tail(d);
@@ -107,6 +117,26 @@ impl Gen {
         self.code.push(Lir::Mark(Mark::Tails));
         if self.options.counters && !self.blur_slot {
             self.count_then_dispatch_on_offset(&tails);
+        } else if self.options.counters && tails.len() > 1 && tails.iter().all(|(d, _)| plain(d)) {
+            // Pass and drop only: each decision's label sets the verdict, which the
+            // count block leaves alone, and the count block ends the program.
+            let count = self.label();
+            let last = tails.len() - 1;
+            for (k, (d, l)) in tails.iter().enumerate() {
+                self.place(*l);
+                let v = if d.verdict == Verdict::Pass {
+                    SK_PASS
+                } else {
+                    SK_DROP
+                };
+                self.mov64(Reg::R0, Src::Imm(v));
+                if k != last {
+                    self.goto(count);
+                }
+            }
+            self.place(count);
+            self.count_reg();
+            self.emit(Insn::Exit);
         } else if self.options.counters && tails.len() > 1 {
             let count = self.label();
             let last = tails.len() - 1;
@@ -165,9 +195,6 @@ impl Gen {
         let one_slot = match sites.split_first() {
             Some((&(_, first, _), rest)) if rest.iter().all(|&(_, s, _)| s == first) => Some(first),
             _ => None,
-        };
-        let plain = |d: &Decision| {
-            d.apply_bytes.is_none() && matches!(d.verdict, Verdict::Pass | Verdict::Drop)
         };
         let few_plain = sites.len() <= FEW_SITES && sites.iter().all(|(_, _, d)| plain(d));
         if one_slot.is_none() && few_plain {
@@ -272,19 +299,22 @@ impl Gen {
     }
 
     /// Bumps the counter whose slot is in SLOT (see `emit_tails`). SLOT holds a
-    /// constant on every path, a different one per rule: the verifier would track it
-    /// exactly and walk this block once per rule. `+ size - size` leaves the value alone
-    /// but makes it unknown to the verifier, so the block is verified once per decision;
-    /// the bounds check then keeps the counter inside the map's value for the verifier
-    /// (a slot from the rule index is unknown to it anyway). Clobbers SLOT.
+    /// constant on the paths from rules compiled as code, a different one per rule: the
+    /// verifier would track it exactly and walk this block once per rule. With more
+    /// than BLUR_ABOVE_SITES of them, `+ size - size` leaves the value alone but makes
+    /// it unknown to the verifier, so the block is verified once per decision. The
+    /// bounds check then keeps the counter inside the map's value for the verifier (a
+    /// slot from the rule index is unknown to it anyway). Clobbers SLOT.
     pub(super) fn count_reg(&mut self) {
         if !self.options.counters {
             return;
         }
         let skip = self.label();
         self.ctx_ld(SIZE, SK_MSG_MD_SIZE);
-        self.alu64(AluOp::Add, SLOT, Src::Reg(SIZE));
-        self.alu64(AluOp::Sub, SLOT, Src::Reg(SIZE));
+        if self.const_slot_sites > BLUR_ABOVE_SITES {
+            self.alu64(AluOp::Add, SLOT, Src::Reg(SIZE));
+            self.alu64(AluOp::Sub, SLOT, Src::Reg(SIZE));
+        }
         self.jmp64(
             JmpOp::Jgt,
             SLOT,
