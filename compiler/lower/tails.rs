@@ -182,7 +182,9 @@ impl Gen {
     /// at the count block. One count block, then SLOT says which decision follows: a
     /// compare per slot range of every decision but the one with the most ranges, which
     /// is the fall-through. Where every rule that decides counts the same slot (`pass;`,
-    /// `redirect to sock 1;`), the offset is the address's constant and SLOT is not set.
+    /// `redirect to sock 1;`), the offset is the address's constant and SLOT is not set;
+    /// where at most FEW_SITES rules decide, all with a plain verdict, each sets r0 and
+    /// its counter's address instead, and the count block ends the program.
     fn count_then_dispatch_on_offset(&mut self, tails: &[(Decision, Label)]) {
         for (_, l) in tails {
             self.place(*l);
@@ -213,7 +215,7 @@ impl Gen {
                     (*at, Some((*slot, v)))
                 }))
                 .collect();
-            edits.sort_by(|a, b| b.0.cmp(&a.0));
+            edits.sort_by_key(|e| std::cmp::Reverse(e.0));
             for (at, edit) in edits {
                 match edit {
                     None => {

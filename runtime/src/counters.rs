@@ -34,7 +34,7 @@ pub(crate) fn read(counters: &Map, names: &[String]) -> Result<Vec<CounterValue>
         .info()
         .map_err(|e| Error::from_aya(&format!("reading the definition of {COUNTERS_NAME}"), e))?;
     let size = info.value_size() as usize;
-    if info.max_entries() != 1 || size % Counter::SIZE != 0 {
+    if info.max_entries() != 1 || !size.is_multiple_of(Counter::SIZE) {
         return Err(Error::new(
             ErrorKind::BadObject,
             format!(
