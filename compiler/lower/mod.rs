@@ -105,18 +105,18 @@ const STACK_LOG: i16 = -168; // 80 bytes
 const STACK_SNAPSHOT: i16 = -232; // 56 bytes: sk_msg_md words family..size
 const STACK_KEYED: i16 = -304; // runs::MAX_KEYS x (index u32, flag u32)
 const STACK_INDEX_KEY: i16 = -480; // IndexEntry::KEY_SIZE (36) bytes, below STACK_PROTO
-const STACK_INDEX_BEST: i16 = -336; // u32: the smallest indexed rule found
 const STACK_PROTO: i16 = -440; // proto::PROTO_STACK_BYTES (96) and 8 spare: parser results, scratch
 const STACK_SET_KEY: i16 = -328; // 20 bytes: the key of a set map lookup (sets)
-                                 // The set key lies between the index's best rule and the keyed searches, apart from the
-                                 // index key (which keeps zeroed padding words from one lookup to the next).
+                                 // The set key lies between the parsers' region (with its 8 spare bytes) and the keyed
+                                 // searches, apart from the index key (which keeps zeroed padding words from one lookup
+                                 // to the next).
 const _: () = assert!(
-    STACK_SET_KEY >= STACK_INDEX_BEST + 4
+    STACK_SET_KEY >= STACK_PROTO + 104
         && STACK_SET_KEY + 20 <= STACK_KEYED
         && (STACK_SET_KEY + 20 <= STACK_INDEX_KEY || STACK_SET_KEY >= STACK_INDEX_KEY + 36)
         && STACK_SET_KEY % 8 == 0
 );
-/// "No rule" in STACK_INDEX_BEST and the keyed searches' index words.
+/// "No rule" in the index's best rule (SLOT) and the keyed searches' index words.
 const NO_RULE: u32 = u32::MAX;
 /// The context words a snapshot holds: `family` (16) up to and including `size` (68).
 const SNAPSHOT_FIRST: i16 = SK_MSG_MD_FAMILY;
@@ -229,6 +229,9 @@ struct Gen {
     slot_in_reg: Option<u32>,
     /// How many rules jump to a tail with a constant slot in SLOT (see `count_reg`).
     const_slot_sites: usize,
+    /// Some path reaches a tail with a slot the verifier knows no bound of (see
+    /// `count_reg`).
+    slot_unbounded: bool,
     /// The number of counters (`Counter`s in the counters map's value).
     counter_slots: u32,
     /// The counter slots that lead to each decision (the rules deciding it, and the
@@ -271,6 +274,7 @@ impl Gen {
             slot_writes: Vec::new(),
             slot_in_reg: None,
             const_slot_sites: 0,
+            slot_unbounded: false,
             counter_slots: 0,
             decision_slots: Vec::new(),
             sock_ops_ctx: false,

@@ -304,25 +304,25 @@ impl Gen {
     /// constant on the paths from rules compiled as code, a different one per rule: the
     /// verifier would track it exactly and walk this block once per rule. With more
     /// than BLUR_ABOVE_SITES of them, `+ size - size` leaves the value alone but makes
-    /// it unknown to the verifier, so the block is verified once per decision. The
-    /// bounds check then keeps the counter inside the map's value for the verifier (a
-    /// slot from the rule index is unknown to it anyway). Clobbers SLOT.
+    /// it unknown to the verifier, so the block is verified once per decision. A bounds
+    /// check then keeps the counter inside the map's value for the verifier, as for a
+    /// slot from a keyed run (a slot from the rule index comes bounded, see `lookup`).
+    /// Clobbers SLOT.
     pub(super) fn count_reg(&mut self) {
         if !self.options.counters {
             return;
         }
         let skip = self.label();
         self.ctx_ld(SIZE, SK_MSG_MD_SIZE);
-        if self.const_slot_sites > BLUR_ABOVE_SITES {
+        let blur = self.const_slot_sites > BLUR_ABOVE_SITES;
+        if blur {
             self.alu64(AluOp::Add, SLOT, Src::Reg(SIZE));
             self.alu64(AluOp::Sub, SLOT, Src::Reg(SIZE));
         }
-        self.jmp64(
-            JmpOp::Jgt,
-            SLOT,
-            Src::Imm(self.counter_slots as i32 - 1),
-            skip,
-        );
+        if blur || self.slot_unbounded {
+            let last_slot = self.counter_slots as i32 - 1;
+            self.jmp64(JmpOp::Jgt, SLOT, Src::Imm(last_slot), skip);
+        }
         self.alu64(
             AluOp::Lsh,
             SLOT,
