@@ -214,11 +214,12 @@ struct Gen {
     /// The program reads a `bpf_sock_ops` context: `ctx_ld` maps each `sk_msg_md`
     /// offset to the same field there (`programs::sock_ops_offset`).
     sock_ops_ctx: bool,
-    /// Hide the counter slot's value from the verifier before the count block (see
-    /// `count_reg`): only in policies with enough rules for it to matter.
+    /// A large policy (see `verdict::BLUR_SLOT_ABOVE_RULES`): rules carry their counter
+    /// slot's number in SLOT to the decisions' tails and one count block (`count_reg`,
+    /// which hides the value from the verifier when many rules set it).
     blur_slot: bool,
-    /// Where a rule with a constant counter slot jumps once it has stored the slot as
-    /// the counter key (policies that do not blur the slot; see `tails`).
+    /// Where a rule jumps with its counter's offset in SLOT (policies that do not blur
+    /// the slot; see `tails`).
     count_block: Option<Label>,
     /// Each rule that joins the count block: the position in `code` of its jump there,
     /// its counter slot and its decision (policies that do not blur the slot).

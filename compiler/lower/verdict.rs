@@ -10,9 +10,11 @@ use super::lir::{Label, Lir, Mark};
 use super::{flat, index, proto, runs, sets};
 use super::{Gen, Options, CACHE_REGS, CTX, FLAT_ABOVE_RULES};
 
-/// Policies with more rules than this hide the counter slot from the verifier (see
-/// `count_reg`); in smaller ones it walks the count block once per rule, a few hundred
-/// instructions at most, and the program is three instructions shorter.
+/// Policies with more rules than this carry the counter slot's number in SLOT to a count
+/// block shared by the decisions (see `count_reg`, which hides it from the verifier
+/// when many rules set it); in smaller ones SLOT holds the counter's byte offset, one add
+/// per rule (see `set_slot`), and the verifier walks the count block once per rule, a few
+/// hundred instructions at most.
 const BLUR_SLOT_ABOVE_RULES: usize = 16;
 
 impl Gen {
@@ -261,9 +263,9 @@ pub(super) fn needs_helper_before_verdict(policy: &hir::Policy, options: Options
 }
 
 /// With counters, a run of at most BLUR_SLOT_ABOVE_RULES rules is compiled rule by
-/// rule: a compare per value and a constant counter key per rule is shorter than the
-/// keyed search that finds which rule of the run matched (rules_10: 96 instructions
-/// over `--no-counters` with the search, 35 without).
+/// rule: a compare per value and an add to SLOT per rule is shorter than the keyed
+/// search that finds which rule of the run matched (rules_10: 96 instructions over
+/// `--no-counters` with the search before issue 13, 35 without; 18 now).
 fn split_small_runs(plan: Vec<runs::Step>, options: Options) -> Vec<runs::Step> {
     if !options.counters {
         return plan;
