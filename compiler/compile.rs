@@ -2,8 +2,8 @@
 //! Also the assembly listing (`skpc build --emit asm`), as text and as data.
 
 use skpc_abi::{
-    IndexEntry, PortEntry, INDEX_NAME, INDEX_PORTS_NAME, INDEX_PORTS_SECTION, INDEX_SECTION,
-    PROGS_NAME, SETS_NAME, SET_SECTION_PREFIX, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM,
+    IndexEntry, PortEntry, COUNTERS_VAR, INDEX_NAME, INDEX_PORTS_NAME, INDEX_PORTS_SECTION,
+    INDEX_SECTION, PROGS_NAME, SETS_NAME, SET_SECTION_PREFIX, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM,
     SK_MSG_SECTION, SOCKHASH_NAME, SOCKMAP_NAME, SOCK_OPS_PROGRAM, SOCK_OPS_SECTION,
     UNTOUCHED_NAME,
 };
@@ -14,7 +14,7 @@ use crate::check;
 use crate::diag::Diag;
 use crate::hir;
 use crate::lower::budget::{self, Budget};
-use crate::lower::{self, lir::Mark, Lowered};
+use crate::lower::{self, lir::Mark, Lowered, MapKind};
 mod budget_diag;
 
 use crate::object::{self, LineInfo, MapDef, MapRef, ObjectSpec, ProgramSpec};
@@ -105,6 +105,7 @@ pub fn object_spec(lowered: &Lowered, file_name: &str, source: &str) -> ObjectSp
             max_entries: m.max_entries,
             map_flags: m.flags,
             pinning: 0,
+            data_var: (m.kind == MapKind::Counters).then(|| COUNTERS_VAR.to_string()),
         })
         .collect();
     let lines: Vec<&str> = source.lines().collect();
@@ -203,7 +204,7 @@ fn map_refs(insns: &[Insn]) -> Vec<MapRef> {
     let mut refs = Vec::new();
     let mut slot = 0;
     for insn in insns {
-        if let Insn::LdMap { map, .. } = insn {
+        if let Insn::LdMap { map, .. } | Insn::LdMapValue { map, .. } = insn {
             refs.push(MapRef {
                 slot,
                 map: *map as usize,
@@ -319,7 +320,7 @@ pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
                     describe_default(&c.policy)
                 )),
                 _ => {
-                    out.push_str("; verdicts: count the deciding rule once (its counter slot is the key at r10 -8), then decide\n")
+                    out.push_str("; verdicts: count the deciding rule once (atomic adds to its counter in .data.counters), then decide\n")
                 }
             }
         }

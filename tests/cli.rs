@@ -287,7 +287,7 @@ fn build_asm_json_points_each_instruction_at_its_rule() {
     assert_eq!(programs[2]["section"], "sockops");
     let maps = doc["maps"].as_array().expect("maps");
     assert!(
-        maps.iter().any(|m| m["name"] == "skp_counters"
+        maps.iter().any(|m| m["name"] == ".data.counters"
             && m["type"].is_u64()
             && m["key_size"].is_u64()
             && m["value_size"].is_u64()

@@ -76,6 +76,73 @@ fn counters_equal_the_traffic_sent() {
     g.finish();
 }
 
+/// The counters are one value shared by every CPU, bumped with atomic adds: senders on
+/// every CPU at once, each on its own connection, lose no message and no byte.
+#[test]
+fn counters_are_exact_with_senders_on_every_cpu() {
+    if !common::kernel_or_skip("counters_are_exact_with_senders_on_every_cpu") {
+        return;
+    }
+    const SENDERS: usize = 4;
+    const MESSAGES: usize = 200_000;
+    let l = listener(false);
+    let port = l.local_addr().unwrap().port();
+    let mut g = Guard::new(&format!(
+        "pass if remote.port == {port} and len < 8;\npass if remote.port == {port};"
+    ));
+    let pairs: Vec<(std::net::TcpStream, std::net::TcpStream)> =
+        (0..SENDERS).map(|_| connect(&l)).collect();
+    for (i, (c, _)) in pairs.iter().enumerate() {
+        g.enf().insert_sock(i as u32, fd(c)).unwrap();
+    }
+    // Sender k sends messages of 1 + k bytes (rule 0) and 8 + k bytes (rule 1) in turn,
+    // all senders at once.
+    let start = std::sync::Arc::new(std::sync::Barrier::new(SENDERS));
+    let threads: Vec<_> = pairs
+        .into_iter()
+        .enumerate()
+        .map(|(k, (c, mut s))| {
+            let receiver = std::thread::spawn(move || {
+                let want = MESSAGES / 2 * (1 + k + 8 + k);
+                recv_up_to(&mut s, want, LONG).len()
+            });
+            let start = std::sync::Arc::clone(&start);
+            let sender = std::thread::spawn(move || {
+                let (small, big) = (vec![b's'; 1 + k], vec![b'b'; 8 + k]);
+                start.wait();
+                for m in 0..MESSAGES {
+                    let msg = if m % 2 == 0 { &small } else { &big };
+                    assert_eq!(send(&c, msg), Ok(msg.len()));
+                }
+                c
+            });
+            (sender, receiver)
+        })
+        .collect();
+    let mut received = 0;
+    let mut clients = Vec::new();
+    for (sender, receiver) in threads {
+        clients.push(sender.join().expect("sender"));
+        received += receiver.join().expect("receiver");
+    }
+    let half = (MESSAGES / 2) as u64;
+    let bytes = |base: usize| (0..SENDERS).map(|k| half * (base + k) as u64).sum::<u64>();
+    assert_eq!(received as u64, bytes(1) + bytes(8), "every byte arrived");
+    let c = g.enf().counters().unwrap();
+    assert_eq!(
+        (c[0].messages, c[0].bytes),
+        (half * SENDERS as u64, bytes(1)),
+        "{c:?}"
+    );
+    assert_eq!(
+        (c[1].messages, c[1].bytes),
+        (half * SENDERS as u64, bytes(8)),
+        "{c:?}"
+    );
+    drop(clients);
+    g.finish();
+}
+
 #[test]
 fn redirect_to_sock_egress_and_ingress() {
     if !common::kernel_or_skip("redirect_to_sock_egress_and_ingress") {

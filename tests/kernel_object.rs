@@ -1,5 +1,6 @@
 //! Kernel tests of the ELF object writer: objects from `skpc::object::write_object`
-//! load through aya and through libbpf (`bpftool prog loadall`), and the kernel
+//! load through aya and through libbpf (`bpftool prog loadall`), both relocate a
+//! global-data map's value address to the offset the code asks for, and the kernel
 //! keeps the `.BTF.ext` line info.
 
 mod common;
@@ -9,7 +10,7 @@ use std::process::Command;
 use aya::programs::{SkMsg, SockOps};
 use skpc::bpf::uapi::{
     BPF_FUNC_map_lookup_elem, BPF_FUNC_msg_redirect_hash, BPF_FUNC_msg_redirect_map,
-    BPF_FUNC_ringbuf_output, BPF_FUNC_tail_call, BPF_MAP_TYPE_PERCPU_ARRAY,
+    BPF_FUNC_ringbuf_output, BPF_FUNC_tail_call, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY,
     BPF_MAP_TYPE_PROG_ARRAY, BPF_MAP_TYPE_RINGBUF, BPF_MAP_TYPE_SOCKHASH, BPF_MAP_TYPE_SOCKMAP,
 };
 use skpc::object::{write_object, LineInfo, MapDef, MapRef, ObjectSpec, ProgramSpec};
@@ -98,6 +99,27 @@ impl Prog {
         self.code.extend_from_slice(&[0u8; 8]);
         self
     }
+    /// dst = &value(map)[off] (ld_imm64, src_reg = BPF_PSEUDO_MAP_VALUE, as clang
+    /// leaves a global's address: the offset in the first imm).
+    fn ld_value(&mut self, dst: u8, map: usize, off: i32) -> &mut Self {
+        self.map_refs.push(MapRef {
+            slot: self.slot(),
+            map,
+        });
+        self.emit(
+            insn(0x18, dst, 2, 0, off),
+            &format!("r{dst} = &counts + {off}"),
+        );
+        self.code.extend_from_slice(&[0u8; 8]);
+        self
+    }
+    /// lock *(u64 *)(dst + off) += src
+    fn atomic_add(&mut self, dst: u8, src: u8, off: i16) -> &mut Self {
+        self.emit(
+            insn(0xdb, dst, src, off, 0),
+            &format!("lock *(u64 *)(r{dst} {off}) += r{src}"),
+        )
+    }
     fn call(&mut self, helper: i32) -> &mut Self {
         self.emit(
             insn(0x85, 0, 0, 0, helper),
@@ -127,6 +149,7 @@ const HASH: usize = 1;
 const COUNTERS: usize = 2;
 const EVENTS: usize = 3;
 const PROGS: usize = 4;
+const COUNTS: usize = 5;
 
 fn maps() -> Vec<MapDef> {
     let m = |name: &str, map_type, key_size, value_size, max_entries| MapDef {
@@ -137,6 +160,7 @@ fn maps() -> Vec<MapDef> {
         max_entries,
         map_flags: 0,
         pinning: 0,
+        data_var: None,
     };
     vec![
         m("skp_socks", BPF_MAP_TYPE_SOCKMAP, 4, 4, 64),
@@ -144,7 +168,40 @@ fn maps() -> Vec<MapDef> {
         m("skp_counters", BPF_MAP_TYPE_PERCPU_ARRAY, 4, 16, 8),
         m("skp_events", BPF_MAP_TYPE_RINGBUF, 0, 0, 262144),
         m("skp_progs", BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 4),
+        MapDef {
+            data_var: Some("counts".into()),
+            ..m(".data.counts", BPF_MAP_TYPE_ARRAY, 4, 32, 1)
+        },
     ]
+}
+
+/// counts[1].messages += 1; counts[1].bytes += 1; return 1; (through the value's
+/// address, no lookup)
+fn count(lines: bool) -> ProgramSpec {
+    Prog::new()
+        .ld_value(R1, COUNTS, 16)
+        .mov_imm(R2, 1)
+        .atomic_add(R1, R2, 0)
+        .atomic_add(R1, R2, 8)
+        .mov_imm(R0, 1)
+        .exit()
+        .build("sk_msg", "skp_count", lines)
+}
+
+/// The value address `bpftool prog dump xlated` shows for the program `selector`
+/// (`id N` or `pinned PATH`): `map[id:M][0]+OFF` of the first ld_imm64.
+fn value_address(bpftool: &std::path::Path, selector: &[&str]) -> String {
+    let dump = common::run_ok(
+        Command::new(bpftool)
+            .args(["prog", "dump", "xlated"])
+            .args(selector),
+    );
+    let at = dump
+        .find("map[id:")
+        .unwrap_or_else(|| panic!("no map address in {dump}"));
+    let rest = &dump[at..];
+    let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+    rest[..end].to_string()
 }
 
 /// return bpf_msg_redirect_map(msg, &skp_socks, 0, 0);
@@ -216,12 +273,13 @@ fn spec(lines: bool) -> ObjectSpec {
             verdict(lines),
             lookup(lines),
             all_maps(lines),
+            count(lines),
             sockops(lines),
         ],
     }
 }
 
-const SK_MSG_PROGS: [&str; 3] = ["skp_verdict", "skp_lookup", "skp_all"];
+const SK_MSG_PROGS: [&str; 4] = ["skp_verdict", "skp_lookup", "skp_all", "skp_count"];
 
 fn load_with_aya(bytes: &[u8]) -> aya::Ebpf {
     let mut ebpf = aya::EbpfLoader::new()
@@ -298,7 +356,36 @@ fn bpftool_loads_objects() {
                 .arg(pins.join("skp_sockops")),
         );
         assert!(show.contains("sock_ops"), "{show}");
+        // libbpf made `.data.counts` the value's map and kept the offset.
+        let counts =
+            common::run_ok(Command::new(&bpftool).args(["map", "show", "name", ".data.counts"]));
+        assert!(
+            counts.contains("value 32B") && counts.contains("max_entries 1"),
+            "{counts}"
+        );
+        let count = pins.join("skp_count");
+        let addr = value_address(&bpftool, &["pinned", &count.to_string_lossy()]);
+        assert!(addr.ends_with("][0]+16"), "{addr}");
     }
+}
+
+#[test]
+fn aya_relocates_a_global_data_value_address() {
+    let Some(bpftool) = common::bpftool_or_skip("aya_relocates_a_global_data_value_address") else {
+        return;
+    };
+    let mut ebpf = load_with_aya(&write_object(&spec(false)));
+    let map = ebpf.map(".data.counts").expect("aya created .data.counts");
+    let aya::maps::Map::Array(data) = map else {
+        panic!("`.data.counts` is not an ARRAY: {map:?}");
+    };
+    let info = data.info().expect("map info");
+    assert_eq!((info.value_size(), info.max_entries()), (32, 1));
+    let map_id = info.id();
+    let p: &mut SkMsg = ebpf.program_mut("skp_count").unwrap().try_into().unwrap();
+    let id = p.info().expect("program info").id();
+    let addr = value_address(&bpftool, &["id", &id.to_string()]);
+    assert_eq!(addr, format!("map[id:{map_id}][0]+16"));
 }
 
 /// Every source line of `prog` shows up in `dump` (bpftool's `linum` dump,

@@ -705,7 +705,9 @@ fn counters_are_memory_the_program_can_bump() {
         payload: vec![0; 10],
         ..Message::default()
     };
-    // Returns 0 after storing through the pointer, 1 if the lookup gave NULL.
+    // The counters map is an ARRAY of one value: key 0 gives all the counters, one
+    // (messages, bytes) pair after the other. Returns 0 after storing through the
+    // pointer, 1 if the lookup gave NULL.
     let code = |key: i32| {
         vec![
             Insn::LdMap { dst: R1, map: 2 },
@@ -731,7 +733,7 @@ fn counters_are_memory_the_program_can_bump() {
             Insn::St {
                 size: Size::DW,
                 dst: R0,
-                off: 8,
+                off: 16 + 8,
                 imm: 99,
             },
             mov(R0, 0),
@@ -740,11 +742,90 @@ fn counters_are_memory_the_program_can_bump() {
             Insn::Exit,
         ]
     };
-    let out = run(&code(1), &m).unwrap();
+    let out = run(&code(0), &m).unwrap();
     assert_eq!(out.ret, 0);
     assert_eq!(out.counters[1], (0, 99));
     // A key past the end gives NULL.
-    assert_eq!(run(&code(1000), &m).unwrap().ret, 1);
+    assert_eq!(run(&code(1), &m).unwrap().ret, 1);
+}
+
+#[test]
+fn counters_are_bumped_in_place_with_atomic_adds() {
+    let m = Message {
+        len: 10,
+        payload: vec![0; 10],
+        ..Message::default()
+    };
+    let add = |off: i16, src: Reg| Insn::AtomicAdd {
+        size: Size::DW,
+        dst: R3,
+        src,
+        off,
+    };
+    // r3 = &counters[1]; a jump over the first add (the VM runs each as several
+    // instructions: the jumps around them must still land where they did), then the
+    // message and its 10 bytes, twice; r0, r1 and r2 (the VM's scratch candidates) and
+    // r10 keep their values.
+    let code = vec![
+        ldx(Size::W, R5, R1, 68),
+        mov(R0, 7),
+        mov(R1, 5),
+        movr(R2, R10),
+        Insn::LdMapValue {
+            dst: R3,
+            map: 2,
+            off: 16,
+        },
+        mov(R4, 1),
+        Insn::Jmp {
+            op: JmpOp::Jeq,
+            dst: R4,
+            src: Src::Imm(1),
+            off: 1,
+        },
+        add(0, R0),
+        add(0, R4),
+        add(8, R5),
+        add(0, R4),
+        add(8, R5),
+        Insn::Jmp {
+            op: JmpOp::Jne,
+            dst: R2,
+            src: Src::Reg(R10),
+            off: 3,
+        },
+        Insn::Jmp {
+            op: JmpOp::Jne,
+            dst: R1,
+            src: Src::Imm(5),
+            off: 2,
+        },
+        Insn::Alu64 {
+            op: AluOp::Add,
+            dst: R0,
+            src: Src::Imm(-6),
+        },
+        Insn::Exit,
+        mov(R0, 9),
+        Insn::Exit,
+    ];
+    let out = run(&code, &m).unwrap();
+    assert_eq!(out.ret, 1, "r0, r1 and r10 as they were");
+    assert_eq!(out.counters[0], (0, 0));
+    assert_eq!(out.counters[1], (2, 20));
+    // A counter outside the value is a fault, as the verifier would refuse it.
+    let past = vec![
+        Insn::LdMapValue {
+            dst: R3,
+            map: 2,
+            off: 16 * 100,
+        },
+        mov(R4, 1),
+        add(0, R4),
+        mov(R0, 1),
+        Insn::Exit,
+    ];
+    assert!(run(&past, &m).is_err());
 }
 
 #[test]

@@ -77,6 +77,20 @@ impl fmt::Display for Insn {
             }
             Insn::LdImm64 { dst, imm } => write!(f, "{dst} = {imm:#x} ll"),
             Insn::LdMap { dst, map } => write!(f, "{dst} = map[{map}] ll"),
+            Insn::LdMapValue { dst, map, off } => {
+                write!(f, "{dst} = map_value[{map}] {} ll", Signed(off as i64))
+            }
+            Insn::AtomicAdd {
+                size,
+                dst,
+                src,
+                off,
+            } => write!(
+                f,
+                "lock *({} *)({dst} {}) += {src}",
+                size.c_type(),
+                Signed(off as i64)
+            ),
             Insn::Ldx {
                 size,
                 dst,

@@ -119,6 +119,19 @@ pub enum Insn {
         dst: Reg,
         map: u32,
     },
+    /// 16-byte ld_imm64 with src_reg = BPF_PSEUDO_MAP_VALUE: `dst` = the address of byte
+    /// `off` of the value of the map `map` (an ARRAY of one entry held in a `.bss`
+    /// section, see `object`), with no helper call. The ELF writer emits an R_BPF_64_64
+    /// relocation against the section's symbol; the wire form carries `off` in the first
+    /// imm and 0 in the second, as clang emits it: the loader (aya, libbpf) moves `off`
+    /// to the second imm and puts the map fd in the first.
+    ///
+    /// `map` is not part of the wire form: [`Insn::decode`] returns 0 for it.
+    LdMapValue {
+        dst: Reg,
+        map: u32,
+        off: u32,
+    },
     /// dst = *(size *)(src + off)
     Ldx {
         size: Size,
@@ -135,6 +148,14 @@ pub enum Insn {
     },
     /// *(size *)(dst + off) = src
     Stx {
+        size: Size,
+        dst: Reg,
+        src: Reg,
+        off: i16,
+    },
+    /// lock *(size *)(dst + off) += src (BPF_STX | BPF_ATOMIC, imm = BPF_ADD): an atomic
+    /// add whose old value is not fetched. `size` is W or DW.
+    AtomicAdd {
         size: Size,
         dst: Reg,
         src: Reg,

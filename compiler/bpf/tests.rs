@@ -57,6 +57,12 @@ fn known() -> Vec<(&'static str, Insn, &'static str)> {
         ("63 1a fc ff 00 00 00 00", Insn::Stx { size: W, dst: R10, src: R1, off: -4 }, "*(u32 *)(r10 -4) = r1"),
         ("63 07 14 00 00 00 00 00", Insn::Stx { size: W, dst: R7, src: R0, off: 20 }, "*(u32 *)(r7 +20) = r0"),
         ("dc 02 00 00 20 00 00 00", Insn::End { dst: R2, endian: Endian::ToBe, bits: 32 }, "r2 = be32 r2"),
+        // LLVM 14's assembler (`llvm-mc -triple bpfel -mcpu=v3 -show-encoding`)
+        ("db 21 00 00 00 00 00 00", Insn::AtomicAdd { size: DW, dst: R1, src: R2, off: 0 }, "lock *(u64 *)(r1 +0) += r2"),
+        ("c3 43 08 00 00 00 00 00", Insn::AtomicAdd { size: W, dst: R3, src: R4, off: 8 }, "lock *(u32 *)(r3 +8) += r4"),
+        // a `.data` global's address as clang leaves it for the loader (offset in the first
+        // imm), with src_reg = BPF_PSEUDO_MAP_VALUE as the loaders set it
+        ("18 23 00 00 10 00 00 00 00 00 00 00 00 00 00 00", Insn::LdMapValue { dst: R3, map: 0, off: 16 }, "r3 = map_value[0] +16 ll"),
         ("05 00 10 00 00 00 00 00", Insn::Ja { off: 16 }, "goto +16"),
         ("15 03 10 00 00 00 29 7b", Insn::Jmp { op: Jeq, dst: R3, src: imm(0x7b29_0000), off: 16 }, "if r3 == 0x7b290000 goto +16"),
         ("55 01 0f 00 00 00 00 00", Insn::Jmp { op: Jne, dst: R1, src: imm(0), off: 15 }, "if r1 != 0x0 goto +15"),
@@ -305,11 +311,25 @@ fn map_load() {
         Insn::LdMap { dst: R1, map: 3 }.to_string(),
         "r1 = map[3] ll"
     );
-    // BPF_PSEUDO_MAP_VALUE is recognised but not supported
+    // BPF_PSEUDO_MAP_VALUE: the offset in the first imm, the map in the relocation
     patched[1] = 0x21;
+    patched[4] = 32;
+    assert_eq!(
+        Insn::decode(&patched),
+        Ok((
+            Insn::LdMapValue {
+                dst: R1,
+                map: 0,
+                off: 32
+            },
+            16
+        ))
+    );
+    // ... and nothing in the second (where the loader moves it)
+    patched[12] = 1;
     assert!(matches!(
         Insn::decode(&patched),
-        Err(DecodeError::Unsupported { .. })
+        Err(DecodeError::NonZeroField { .. })
     ));
 }
 
@@ -592,11 +612,18 @@ fn decode_errors() {
         Insn::decode(&hex("95 00 00 00 01 00 00 00")),
         Err(NonZeroField { .. })
     ));
-    // atomic add from sockops_insert (`lock *(u64 *)(r0 + 0) += r1`)
-    assert!(matches!(
-        Insn::decode(&hex("db 10 00 00 00 00 00 00")),
-        Err(Unsupported { .. })
-    ));
+    // atomic fetch-add (`r1 = atomic_fetch_add((u64 *)(r0 + 0), r1)`), atomic or,
+    // and an atomic add of one byte
+    for bytes in [
+        "db 10 00 00 01 00 00 00",
+        "db 10 00 00 40 00 00 00",
+        "d3 10 00 00 00 00 00 00",
+    ] {
+        assert!(
+            matches!(Insn::decode(&hex(bytes)), Err(Unsupported { .. })),
+            "{bytes}"
+        );
+    }
     // bpf-to-bpf call
     assert!(matches!(
         Insn::decode(&hex("85 10 00 00 05 00 00 00")),

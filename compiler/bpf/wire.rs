@@ -7,7 +7,7 @@
 //!
 //! The decoder is the exact inverse of the encoder: it accepts only the canonical
 //! encoding of some [`Insn`] (unused fields zero) and returns a [`DecodeError`] for
-//! everything else, including valid-but-unsupported kernel instructions (atomics,
+//! everything else, including valid-but-unsupported kernel instructions (atomics other than add,
 //! cpu-v4 sign-extending loads, bpf-to-bpf calls, legacy packet loads).
 
 use super::insn::*;
@@ -36,7 +36,7 @@ impl Insn {
     /// Number of 8-byte slots (2 for LdImm64/LdMap, else 1).
     pub fn slots(&self) -> usize {
         match self {
-            Insn::LdImm64 { .. } | Insn::LdMap { .. } => 2,
+            Insn::LdImm64 { .. } | Insn::LdMap { .. } | Insn::LdMapValue { .. } => 2,
             _ => 1,
         }
     }
@@ -55,10 +55,13 @@ impl Insn {
                         Endian::ToBe => BPF_TO_BE,
                     }
             }
-            Insn::LdImm64 { .. } | Insn::LdMap { .. } => BPF_LD | BPF_IMM | BPF_DW,
+            Insn::LdImm64 { .. } | Insn::LdMap { .. } | Insn::LdMapValue { .. } => {
+                BPF_LD | BPF_IMM | BPF_DW
+            }
             Insn::Ldx { size, .. } => BPF_LDX | BPF_MEM | size.code(),
             Insn::St { size, .. } => BPF_ST | BPF_MEM | size.code(),
             Insn::Stx { size, .. } => BPF_STX | BPF_MEM | size.code(),
+            Insn::AtomicAdd { size, .. } => BPF_STX | BPF_ATOMIC | size.code(),
             Insn::Ja { .. } => BPF_JMP | BPF_JA,
             Insn::Gotol { .. } => BPF_JMP32 | BPF_JA,
             Insn::Jmp { op, src, .. } => BPF_JMP | op.code() | src_fields(src).0,
@@ -89,8 +92,15 @@ impl Insn {
                 put(out, code, dst.num(), BPF_PSEUDO_MAP_FD, 0, 0);
                 put(out, 0, 0, 0, 0, 0);
             }
+            Insn::LdMapValue { dst, off, .. } => {
+                put(out, code, dst.num(), BPF_PSEUDO_MAP_VALUE, 0, off as i32);
+                put(out, 0, 0, 0, 0, 0);
+            }
             Insn::Ldx { dst, src, off, .. } | Insn::Stx { dst, src, off, .. } => {
                 put(out, code, dst.num(), src.num(), off, 0)
+            }
+            Insn::AtomicAdd { dst, src, off, .. } => {
+                put(out, code, dst.num(), src.num(), off, BPF_ADD as i32)
             }
             Insn::St { dst, off, imm, .. } => put(out, code, dst.num(), 0, off, imm),
             Insn::Ja { off } => put(out, code, 0, 0, off, 0),
@@ -315,7 +325,12 @@ impl Insn {
                         }
                     }
                     BPF_PSEUDO_MAP_VALUE => {
-                        return Err(r.unsupported("ld_imm64 BPF_PSEUDO_MAP_VALUE"))
+                        tail("ld_imm64 second slot imm", hi.imm)?;
+                        Insn::LdMapValue {
+                            dst,
+                            map: 0,
+                            off: r.imm as u32,
+                        }
                     }
                     _ => return Err(r.unsupported("ld_imm64 pseudo source")),
                 };
@@ -323,10 +338,27 @@ impl Insn {
             }
             BPF_LDX | BPF_ST | BPF_STX => {
                 let mode = r.code & 0xe0;
+                if (class, mode) == (BPF_STX, BPF_ATOMIC) {
+                    let size = Size::from_code(r.code);
+                    if !matches!(size, Size::W | Size::DW) {
+                        return Err(r.unsupported("atomic operation on 1 or 2 bytes"));
+                    }
+                    if r.imm != BPF_ADD as i32 {
+                        return Err(r.unsupported("atomic operation other than add"));
+                    }
+                    return Ok((
+                        Insn::AtomicAdd {
+                            size,
+                            dst: r.dst_reg()?,
+                            src: r.src_reg()?,
+                            off: r.off,
+                        },
+                        8,
+                    ));
+                }
                 if mode != BPF_MEM {
                     return Err(match (class, mode) {
                         (BPF_LDX, 0x80) => r.unsupported("sign-extending load (BPF_MEMSX)"),
-                        (BPF_STX, BPF_ATOMIC) => r.unsupported("atomic operation"),
                         _ => r.unknown(),
                     });
                 }

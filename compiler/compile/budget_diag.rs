@@ -7,6 +7,35 @@ use crate::lower::budget::{self, Budget, Over, BPF_COMPLEXITY_LIMIT_INSNS, MARGI
 use crate::lower::lir::Mark;
 use crate::syntax::Span;
 
+/// The refusal of a policy whose counters take more than `limit` bytes.
+fn counters_refusal(policy: &hir::Policy, limit: u64) -> Option<Diag> {
+    let size = skpc_abi::Counter::SIZE as u64;
+    let bytes = policy.counters.len() as u64 * size;
+    if bytes <= limit {
+        return None;
+    }
+    // The first rule whose counter does not fit (the named counters and the default
+    // come after the rules).
+    let span = policy
+        .rules
+        .get((limit / size) as usize)
+        .map(|r| r.span)
+        .or(policy.default.span)
+        .unwrap_or(Span { start: 0, end: 0 });
+    Some(
+        Diag::new(
+            Code::VerifierBudget,
+            format!(
+                "the kernel would reject this policy: its {} counters (one per rule, per `count NAME` and the default) take {bytes} bytes, over the largest map value the kernel creates ({limit} bytes)",
+                policy.counters.len()
+            ),
+            span,
+        )
+        .label("the counters from here on do not fit")
+        .help("split the policy into smaller ones (one per cgroup)"),
+    )
+}
+
 /// What the estimate is, under every refusal.
 const NOTE: &str = "the estimate is an upper bound of the verifier's work, calibrated against Linux (docs/language.md, \"The verifier's budget\")";
 /// How many of the costliest rules the diagnostic names.
@@ -14,8 +43,16 @@ const NAMED_RULES: usize = 3;
 /// An inline set with more elements than this is worth naming in the help.
 const LARGE_SET: usize = 64;
 
+/// The largest map value the kernel creates (`KMALLOC_MAX_SIZE` with 4 KiB pages,
+/// which `array_map_alloc_check` holds an ARRAY's value to), in bytes: the counters of
+/// every rule are one value (`skpc_abi::COUNTERS_NAME`).
+pub const MAX_MAP_VALUE_BYTES: u64 = 4 << 20;
+
 /// The E0401 error for `budget`, or None when the program fits.
 pub(super) fn refusal(policy: &hir::Policy, budget: &Budget) -> Option<Diag> {
+    if let Some(d) = counters_refusal(policy, MAX_MAP_VALUE_BYTES) {
+        return Some(d);
+    }
     let over = budget.over()?;
     let message = match over {
         Over::Processed {
@@ -133,4 +170,22 @@ fn largest_set(cond: &hir::Cond) -> Option<usize> {
         })
         .max()
         .filter(|&n| n > LARGE_SET)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_over_the_largest_map_value_are_refused_at_the_first_rule_over() {
+        let src = "drop if port == 1;\ndrop if port == 2;\ndrop if port == 3;";
+        let (policy, _) = crate::check::check_in(src, None);
+        let policy = policy.expect("checks");
+        // Four counters (three rules and the default): 64 bytes.
+        assert!(counters_refusal(&policy, 64).is_none());
+        let d = counters_refusal(&policy, 32).expect("refused");
+        assert!(d.message.contains("its 4 counters"), "{}", d.message);
+        assert!(d.message.contains("64 bytes"), "{}", d.message);
+        assert_eq!(&src[d.span.start..d.span.end], "drop if port == 3;");
+    }
 }

@@ -13,9 +13,7 @@ use super::addr::addr_words;
 use super::index;
 use super::lir::{Label, Lir, Mark};
 use super::maps::IndexMaps;
-use super::{
-    Gen, NO_RULE, SLOT, STACK_COUNTER_KEY, STACK_INDEX_BEST, STACK_INDEX_KEY, STACK_PROTO,
-};
+use super::{Gen, NO_RULE, SLOT, STACK_INDEX_KEY, STACK_PROTO, STACK_READY_KEY};
 
 // The key fits below the parser's region.
 const _: () = assert!(
@@ -37,8 +35,8 @@ impl Gen {
             // Every path to a later block passes this one: one check is enough.
             let not_ready = self.label();
             self.index_not_ready = Some(not_ready);
-            self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, 0);
-            self.map_lookup(maps.ready, STACK_COUNTER_KEY);
+            self.st(Size::W, Reg::R10, STACK_READY_KEY, 0);
+            self.map_lookup(maps.ready, STACK_READY_KEY);
             self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), not_ready);
             self.ldx(Size::W, Reg::R1, Reg::R0, 0);
             self.jmp32(JmpOp::Jne, Reg::R1, skpc_abi::INDEX_READY as i32, not_ready);
@@ -49,11 +47,12 @@ impl Gen {
             // a known constant would make the compares below decided on the paths that
             // found nothing, marking the word precise, and the verifier would walk the
             // rest of the program once for "nothing found" and once for "found".
+            // The best rule so far lives in SLOT, which nothing else touches before a
+            // rule decides (helpers keep it).
             self.ctx_ld(Reg::R1, SK_MSG_MD_SIZE);
-            self.mov32(Reg::R2, NO_RULE);
-            self.alu64(AluOp::Add, Reg::R2, Src::Reg(Reg::R1));
-            self.alu64(AluOp::Sub, Reg::R2, Src::Reg(Reg::R1));
-            self.stx(Size::W, Reg::R10, STACK_INDEX_BEST, Reg::R2);
+            self.mov32(SLOT, NO_RULE);
+            self.alu64(AluOp::Add, SLOT, Src::Reg(Reg::R1));
+            self.alu64(AluOp::Sub, SLOT, Src::Reg(Reg::R1));
         }
         let has = |t: &index::Tuple, f: fn(&Component) -> bool| t.components.iter().any(f);
         let is_ip4 = |c: &Component| matches!(c, Component::Ip4 { .. });
@@ -122,8 +121,9 @@ impl Gen {
             self.rule_test(cond, act, next);
             self.place(act);
             if counters {
-                self.ldx(Size::W, Reg::R1, Reg::R10, STACK_INDEX_BEST);
-                self.jmp32(JmpOp::Jlt, Reg::R1, r as i32, found_best);
+                // 64-bit: SLOT holds a u32 (see `keep_smaller_rule`), and the bound
+                // holds for the count block's offset.
+                self.jmp64(JmpOp::Jlt, SLOT, Src::Imm(r as i32), found_best);
             }
             self.decide_via_tail(&block.decision, rule.counter as u32);
             self.place(next);
@@ -136,10 +136,12 @@ impl Gen {
         if counters {
             let miss = self.label();
             self.code.push(Lir::Mark(Mark::Rule(block.first)));
-            self.ldx(Size::W, Reg::R1, Reg::R10, STACK_INDEX_BEST);
-            self.jmp32(JmpOp::Jeq, Reg::R1, NO_RULE as i32, miss);
+            // NO_RULE, or (never) a rule past the counters: nothing found. Above the
+            // last slot rather than `== NO_RULE`, so that the verifier knows the
+            // counter is in the map's value (the count block checks no bound).
+            let last_slot = self.counter_slots as i32 - 1;
+            self.jmp64(JmpOp::Jgt, SLOT, Src::Imm(last_slot), miss);
             self.place(found_best);
-            self.alu32(AluOp::Mov, SLOT, Src::Reg(Reg::R1));
             let tail = self.tail(&block.decision);
             self.goto(tail);
             self.place(miss);
@@ -150,7 +152,7 @@ impl Gen {
     /// Looks tuple `t` up in the index `maps`: builds the key at STACK_INDEX_KEY from the
     /// context (on an IPv6 socket, `v6`: IPv4 components from the IPv4-mapped address,
     /// skipping the lookup if it is not one) and keeps the smaller rule index in
-    /// STACK_INDEX_BEST; without counters a hit decides at once. `dirty`: how many key
+    /// SLOT; without counters a hit decides at once. `dirty`: how many key
     /// words after the tuple id may hold something other than zero.
     pub(super) fn index_lookup(
         &mut self,
@@ -365,17 +367,16 @@ impl Gen {
         self.ldx(Size::W, Reg::R1, Reg::R0, 0);
     }
 
-    /// STACK_INDEX_BEST = min(STACK_INDEX_BEST, w1), without a branch:
-    /// r2 += (r1 - r2) & ((r1 - r2) >> 63). A compare would narrow the best rule on each
-    /// side, the final `== NO_RULE` test would then be decided on some paths, and the
+    /// SLOT = min(SLOT, w1), without a branch: SLOT += (r1 - SLOT) & ((r1 - SLOT) >> 63).
+    /// Both are u32s (zero-extended), so the 64-bit difference has the sign of the
+    /// comparison and SLOT stays a u32. A compare would narrow the best rule on each
+    /// side, the final `NO_RULE` test would then be decided on some paths, and the
     /// verifier would have to keep apart states that differ only in which rule was found.
     pub(super) fn keep_smaller_rule(&mut self) {
-        self.ldx(Size::W, Reg::R2, Reg::R10, STACK_INDEX_BEST);
-        self.alu64(AluOp::Sub, Reg::R1, Src::Reg(Reg::R2));
+        self.alu64(AluOp::Sub, Reg::R1, Src::Reg(SLOT));
         self.mov64(Reg::R3, Src::Reg(Reg::R1));
         self.alu64(AluOp::Arsh, Reg::R3, Src::Imm(63));
         self.alu64(AluOp::And, Reg::R1, Src::Reg(Reg::R3));
-        self.alu64(AluOp::Add, Reg::R2, Src::Reg(Reg::R1));
-        self.stx(Size::W, Reg::R10, STACK_INDEX_BEST, Reg::R2);
+        self.alu64(AluOp::Add, SLOT, Src::Reg(Reg::R1));
     }
 }

@@ -167,12 +167,15 @@ pub(super) fn define(
         skpc_abi::SOCKHASH_VALUE_SIZE,
         skpc_abi::SOCKHASH_ENTRIES,
     );
+    // One value holding every counter, addressed directly by the program (see
+    // `tails`): the kernel gives a pointer to a map value without a lookup only for an
+    // ARRAY of one entry.
     let counters = list.define(
         MapKind::Counters,
-        BPF_MAP_TYPE_PERCPU_ARRAY,
+        BPF_MAP_TYPE_ARRAY,
         4,
-        Counter::SIZE as u32,
-        policy.counters.len() as u32,
+        (policy.counters.len().max(1) * Counter::SIZE) as u32,
+        1,
     );
     let progs = list.define(MapKind::Progs, BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 1);
     let events = policy

@@ -100,20 +100,21 @@ const SLOT: Reg = Reg::R7;
 const CACHE_REGS: [Reg; 2] = [Reg::R8, Reg::R9];
 
 // Stack layout (offsets from r10).
-const STACK_COUNTER_KEY: i16 = -8;
+/// The key (0 or a small slot) of a lookup in a ready-flag array (the index, the sets).
+const STACK_READY_KEY: i16 = -8;
 const STACK_SOCK_KEY: i16 = -56; // 44 bytes, 8-aligned
 const STACK_COMM: i16 = -80; // 16 bytes
 const STACK_LOG: i16 = -168; // 80 bytes
 const STACK_SNAPSHOT: i16 = -232; // 56 bytes: sk_msg_md words family..size
 const STACK_KEYED: i16 = -304; // runs::MAX_KEYS x (index u32, flag u32)
 const STACK_INDEX_KEY: i16 = -480; // IndexEntry::KEY_SIZE (36) bytes, below STACK_PROTO
-const STACK_INDEX_BEST: i16 = -336; // u32: the smallest indexed rule found
 const STACK_PROTO: i16 = -440; // proto::PROTO_STACK_BYTES (96) and 8 spare: parser results, scratch
 const STACK_SET_KEY: i16 = -328; // 20 bytes: the key of a set map lookup (sets)
-                                 // The set key lies between the index's best rule and the keyed searches, apart from the
-                                 // index key (which keeps zeroed padding words from one lookup to the next).
+                                 // The set key lies between the parsers' region (with its 8 spare bytes) and the keyed
+                                 // searches, apart from the index key (which keeps zeroed padding words from one lookup
+                                 // to the next).
 const _: () = assert!(
-    STACK_SET_KEY >= STACK_INDEX_BEST + 4
+    STACK_SET_KEY >= STACK_PROTO + 104
         && STACK_SET_KEY + 20 <= STACK_KEYED
         && (STACK_SET_KEY + 20 <= STACK_INDEX_KEY || STACK_SET_KEY >= STACK_INDEX_KEY + 36)
         && STACK_SET_KEY % 8 == 0
@@ -128,7 +129,7 @@ const _: () = assert!(
     STACK_TEXT_KEY > STACK_SNAPSHOT + 56
         && STACK_LOG + 80 <= STACK_COMM
         && STACK_COMM + 16 <= STACK_SOCK_KEY
-        && STACK_TEXT_KEY + 4 + sets::TEXT_KEY_MAX as i16 <= STACK_COUNTER_KEY
+        && STACK_TEXT_KEY + 4 + sets::TEXT_KEY_MAX as i16 <= STACK_READY_KEY
         && STACK_TEXT_KEY % 8 == 0
 );
 /// The key of a `comm starts with` trie (`sets::Shape::Comm`): the prefix length word in
@@ -136,7 +137,7 @@ const _: () = assert!(
 /// comm buffer itself.
 const STACK_COMM_TRIE_KEY: i16 = STACK_COMM - 4;
 const _: () = assert!(STACK_COMM_TRIE_KEY >= STACK_LOG + 80 - 4 && STACK_COMM_TRIE_KEY % 4 == 0);
-/// "No rule" in STACK_INDEX_BEST and the keyed searches' index words.
+/// "No rule" in the index's best rule (SLOT) and the keyed searches' index words.
 const NO_RULE: u32 = u32::MAX;
 /// The context words a snapshot holds: `family` (16) up to and including `size` (68).
 const SNAPSHOT_FIRST: i16 = SK_MSG_MD_FAMILY;
@@ -185,6 +186,7 @@ pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
     let (mut specs, maps, set_ids) = maps::define(policy, &index, &planned);
     let set_keys = sets::keys(&planned, &set_ids, &specs);
     let mut g = Gen::new(options, maps);
+    g.counter_slots = policy.counters.len() as u32;
     g.sets = planned.into_iter().zip(set_ids).collect();
     g.verdict_program(policy, &index.blocks);
     let verdict = lir::assemble(&lir::cleanup(g.code));
@@ -238,12 +240,27 @@ struct Gen {
     /// The program reads a `bpf_sock_ops` context: `ctx_ld` maps each `sk_msg_md`
     /// offset to the same field there (`programs::sock_ops_offset`).
     sock_ops_ctx: bool,
-    /// Hide the counter slot's value from the verifier before the count block (see
-    /// `count_reg`): only in policies with enough rules for it to matter.
+    /// A large policy (see `verdict::BLUR_SLOT_ABOVE_RULES`): rules carry their counter
+    /// slot's number in SLOT to the decisions' tails and one count block (`count_reg`,
+    /// which hides the value from the verifier when many rules set it).
     blur_slot: bool,
-    /// Where a rule with a constant counter slot jumps once it has stored the slot as
-    /// the counter key (policies that do not blur the slot; see `tails`).
+    /// Where a rule jumps with its counter's offset in SLOT (policies that do not blur
+    /// the slot; see `tails`).
     count_block: Option<Label>,
+    /// Each rule that joins the count block: the position in `code` of its jump there,
+    /// its counter slot and its decision (policies that do not blur the slot).
+    count_sites: Vec<(usize, u32, Decision)>,
+    /// The positions in `code` of the instructions that set SLOT (see `set_slot`).
+    slot_writes: Vec<usize>,
+    /// The slot whose offset SLOT holds here, on every path (see `set_slot`).
+    slot_in_reg: Option<u32>,
+    /// How many rules jump to a tail with a constant slot in SLOT (see `count_reg`).
+    const_slot_sites: usize,
+    /// Some path reaches a tail with a slot the verifier knows no bound of (see
+    /// `count_reg`).
+    slot_unbounded: bool,
+    /// The number of counters (`Counter`s in the counters map's value).
+    counter_slots: u32,
     /// The counter slots that lead to each decision (the rules deciding it, and the
     /// default): after the shared count block, the key says which decision to take.
     decision_slots: Vec<(Decision, Vec<u32>)>,
@@ -280,6 +297,12 @@ impl Gen {
             snapshot: false,
             blur_slot: true,
             count_block: None,
+            count_sites: Vec::new(),
+            slot_writes: Vec::new(),
+            slot_in_reg: None,
+            const_slot_sites: 0,
+            slot_unbounded: false,
+            counter_slots: 0,
             decision_slots: Vec::new(),
             sock_ops_ctx: false,
             index_not_ready: None,

@@ -11,7 +11,7 @@ use crate::hir::Cond;
 use super::addr::MAPPED_WORD2;
 use super::lir::{self, Assembled};
 use super::maps::{MapId, Maps};
-use super::{Gen, Options, STACK_COUNTER_KEY, STACK_SOCK_KEY};
+use super::{Gen, Options, STACK_READY_KEY, STACK_SOCK_KEY};
 
 /// What the SOCK_OPS program returns: 1 is "allow" for every cgroup program (0 makes
 /// the cgroup hook report -EPERM); the established callbacks do not act on it.
@@ -182,10 +182,11 @@ pub(super) fn sockops_program(
     if let Some(map) = untouched {
         g.goto(done);
         g.place(left_out);
-        g.st(Size::W, Reg::R10, STACK_COUNTER_KEY, 0);
-        g.map_lookup(map, STACK_COUNTER_KEY);
+        // Slot 0's key in the word the verdict program keeps its ready-flag keys in.
+        g.st(Size::W, Reg::R10, STACK_READY_KEY, 0);
+        g.map_lookup(map, STACK_READY_KEY);
         g.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), done);
-        // Not atomic, as the rule counters: a per-CPU slot, and a lost count of two
+        // Not atomic, unlike the rule counters: a per-CPU slot, and a lost count of two
         // establishments interleaved on one CPU is no reason for a locked add.
         g.ldx(Size::DW, Reg::R1, Reg::R0, 0);
         g.alu64(AluOp::Add, Reg::R1, Src::Imm(1));

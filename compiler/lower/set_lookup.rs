@@ -13,7 +13,7 @@ use super::addr::{addr_words, wire_word};
 use super::lir::Label;
 use super::maps::MapId;
 use super::sets::{long_strings, shape, Parts, Shape, V4Layout, COMM_KEY};
-use super::{Gen, STACK_COMM, STACK_COMM_TRIE_KEY, STACK_COUNTER_KEY, STACK_SET_KEY};
+use super::{Gen, STACK_COMM, STACK_COMM_TRIE_KEY, STACK_READY_KEY, STACK_SET_KEY};
 
 impl Gen {
     /// The ready check of the set maps: unless the runtime has filled them (slot 0 of
@@ -22,8 +22,8 @@ impl Gen {
         let Some(ready) = self.maps.sets else { return };
         let not_ready = self.label();
         self.sets_not_ready = Some(not_ready);
-        self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, 0);
-        self.map_lookup(ready, STACK_COUNTER_KEY);
+        self.st(Size::W, Reg::R10, STACK_READY_KEY, 0);
+        self.map_lookup(ready, STACK_READY_KEY);
         self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), not_ready);
         self.ldx(Size::W, Reg::R1, Reg::R0, 0);
         self.jmp32(JmpOp::Jne, Reg::R1, SETS_READY as i32, not_ready);
@@ -50,8 +50,8 @@ impl Gen {
             return self.set_lookup(shape, ids.buffers[0], t, f);
         };
         let second = self.label();
-        self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, slot as i32);
-        self.map_lookup(ready, STACK_COUNTER_KEY);
+        self.st(Size::W, Reg::R10, STACK_READY_KEY, slot as i32);
+        self.map_lookup(ready, STACK_READY_KEY);
         self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), f);
         self.ldx(Size::W, Reg::R1, Reg::R0, 0);
         self.jmp32(JmpOp::Jne, Reg::R1, 0, second);

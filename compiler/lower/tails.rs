@@ -1,5 +1,6 @@
 //! What happens once a rule decides: the shared verdict tails (one per distinct decision,
-//! reached with the rule's counter slot in `SLOT`), the counters, the decisions
+//! reached with the rule's counter slot in `SLOT`), the counters (atomic adds into one
+//! map value, see `maps`), the decisions
 //! themselves (verdicts, `discard`, `reply`, redirects, `for N`, `cork N`) and `log` records.
 
 use skpc_abi::{Counter, LogRecord};
@@ -11,7 +12,12 @@ use crate::hir::{Decision, SockSlot, Target, Verdict};
 use super::lir::{Label, Lir, Mark};
 use super::programs::SK_MSG_LAYOUT;
 use super::Gen;
-use super::{SLOT, STACK_COUNTER_KEY, STACK_LOG, STACK_SOCK_KEY};
+use super::{SLOT, STACK_LOG, STACK_SOCK_KEY};
+
+/// A plain verdict: pass or drop, without `for N`.
+fn plain(d: &Decision) -> bool {
+    d.apply_bytes.is_none() && matches!(d.verdict, Verdict::Pass | Verdict::Drop)
+}
 
 /// Sorted, merged runs of consecutive slots.
 fn slot_ranges(mut slots: Vec<u32>) -> Vec<(u32, u32)> {
@@ -30,16 +36,27 @@ fn slot_ranges(mut slots: Vec<u32>) -> Vec<(u32, u32)> {
 /// Which decision the shared count block dispatches to: set by each decision's label.
 /// r8 is a cached field's register, which nothing reads once a rule has decided.
 const DECISION: Reg = Reg::R8;
-/// The message size in the count block; r9 is the other cached field's register.
-const SIZE: Reg = Reg::R9;
+/// The count's scratch registers: the message size, the counter's address and the 1
+/// added to its messages. Not r1, which may hold the context the decision reads.
+const SIZE: Reg = Reg::R2;
+const COUNTER: Reg = Reg::R3;
+const ONE: Reg = Reg::R4;
+/// Up to this many rules that decide (plain verdicts only), each sets the verdict and
+/// its counter's address itself (see `count_then_dispatch_on_offset`).
+const FEW_SITES: usize = 3;
+/// Up to this many rules with a constant counter slot, the verifier walks the count
+/// block once for each (a dozen instructions each) rather than the block hiding the
+/// slot's value (two instructions).
+const BLUR_ABOVE_SITES: usize = 16;
 
 impl Gen {
-    /// Jumps to the shared tail of decision `d`, counting slot `slot`: with the slot
-    /// stored as the counter key straight away where the verifier may see it (small
-    /// policies), else with it in SLOT.
+    /// Jumps to the shared tail of decision `d`, counting slot `slot`: with the slot's
+    /// byte offset in SLOT straight away where the verifier may see it (small
+    /// policies), else with the slot in SLOT.
     pub(super) fn decide_via_tail(&mut self, d: &Decision, slot: u32) {
         if self.options.counters && !self.blur_slot {
-            self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, slot as i32);
+            self.set_slot(slot);
+            self.count_sites.push((self.code.len(), slot, d.clone()));
             self.tail(d);
             let count = *self.count_block.get_or_insert_with(|| {
                 self.labels += 1;
@@ -49,10 +66,31 @@ impl Gen {
             return;
         }
         if self.options.counters {
+            self.const_slot_sites += 1;
             self.mov32(SLOT, slot);
         }
         let tail = self.tail(d);
         self.goto(tail);
+    }
+
+    /// Makes SLOT hold the byte offset of counter `slot` (policies that do not blur
+    /// the slot): nothing if it does already, else an add when it holds a smaller slot's
+    /// (the rules' slots rise one by one: one add per rule, on the path that goes on to
+    /// the next rule, instead of a move and a jump per rule that decides), else a move.
+    pub(super) fn set_slot(&mut self, slot: u32) {
+        let at = |s: u32| (s * Counter::SIZE as u32) as i32;
+        match self.slot_in_reg {
+            Some(s) if s == slot => return,
+            Some(s) if s < slot => {
+                self.slot_writes.push(self.code.len());
+                self.alu64(AluOp::Add, SLOT, Src::Imm(at(slot) - at(s)));
+            }
+            _ => {
+                self.slot_writes.push(self.code.len());
+                self.mov32(SLOT, slot * Counter::SIZE as u32);
+            }
+        }
+        self.slot_in_reg = Some(slot);
     }
 
     /// The label of the shared tail of decision `d`.
@@ -69,15 +107,36 @@ impl Gen {
 
     /// The shared tails. Without counters, one decision per label. With counters, every
     /// decision's label sets DECISION to the decision's number and joins one count block
-    /// (the counter in SLOT: one lookup, two adds), which then dispatches on DECISION to
-    /// the decision itself: the update is emitted once, however many decisions there are.
-    /// DECISION is a constant per decision, so the verifier walks the count block once per
-    /// decision (SLOT is blurred, see `count_reg`), as it walked each decision's own copy.
+    /// (the counter in SLOT: a bounds check and two atomic adds), which then dispatches
+    /// on DECISION to the decision itself: the update is emitted once, however many
+    /// decisions there are. DECISION is a constant per decision, so the verifier walks
+    /// the count block once per decision (SLOT is blurred, see `count_reg`), as it
+    /// walked each decision's own copy.
     pub(super) fn emit_tails(&mut self) {
         let tails = std::mem::take(&mut self.tails);
         self.code.push(Lir::Mark(Mark::Tails));
         if self.options.counters && !self.blur_slot {
-            self.count_then_dispatch_on_key(&tails);
+            self.count_then_dispatch_on_offset(&tails);
+        } else if self.options.counters && tails.len() > 1 && tails.iter().all(|(d, _)| plain(d)) {
+            // Pass and drop only: each decision's label sets the verdict, which the
+            // count block leaves alone, and the count block ends the program.
+            let count = self.label();
+            let last = tails.len() - 1;
+            for (k, (d, l)) in tails.iter().enumerate() {
+                self.place(*l);
+                let v = if d.verdict == Verdict::Pass {
+                    SK_PASS
+                } else {
+                    SK_DROP
+                };
+                self.mov64(Reg::R0, Src::Imm(v));
+                if k != last {
+                    self.goto(count);
+                }
+            }
+            self.place(count);
+            self.count_reg();
+            self.emit(Insn::Exit);
         } else if self.options.counters && tails.len() > 1 {
             let count = self.label();
             let last = tails.len() - 1;
@@ -118,116 +177,198 @@ impl Gen {
         }
     }
 
-    /// The tails of a policy whose slots the verifier may see: every decision's label
-    /// (reached with the slot in SLOT, from keyed runs and index lookups) stores SLOT as
-    /// the counter key; rules with a constant slot stored it themselves and join at the
-    /// count block. One count block, then the key, a constant on every path, says which
-    /// decision follows: a compare per slot range of every decision but the one with the
-    /// most ranges, which is the fall-through.
-    fn count_then_dispatch_on_key(&mut self, tails: &[(Decision, Label)]) {
+    /// The tails of a policy whose slots the verifier may see: every rule set SLOT to
+    /// its counter's byte offset (a constant on every path: no bounds check) and joins
+    /// at the count block. One count block, then SLOT says which decision follows: a
+    /// compare per slot range of every decision but the one with the most ranges, which
+    /// is the fall-through. Where every rule that decides counts the same slot (`pass;`,
+    /// `redirect to sock 1;`), the offset is the address's constant and SLOT is not set;
+    /// where at most FEW_SITES rules decide, all with a plain verdict, each sets r0 and
+    /// its counter's address instead, and the count block ends the program.
+    fn count_then_dispatch_on_offset(&mut self, tails: &[(Decision, Label)]) {
         for (_, l) in tails {
             self.place(*l);
         }
-        self.stx(Size::W, Reg::R10, STACK_COUNTER_KEY, SLOT);
         if let Some(count) = self.count_block {
             self.place(count);
         }
-        self.count_key(None);
-        let ranges: Vec<Vec<(u32, u32)>> = tails
-            .iter()
-            .map(|(d, _)| {
-                let slots = self
-                    .decision_slots
-                    .iter()
-                    .find(|(x, _)| x == d)
-                    .map(|(_, s)| s.clone())
-                    .unwrap_or_default();
-                slot_ranges(slots)
-            })
-            .collect();
-        let fall = (0..tails.len())
-            .max_by_key(|&k| (ranges[k].len(), std::cmp::Reverse(k)))
-            .unwrap_or(0);
-        let decide: Vec<Label> = tails.iter().map(|_| self.label()).collect();
-        if tails.len() > 1 {
-            self.ldx(Size::W, Reg::R1, Reg::R10, STACK_COUNTER_KEY);
+        let sites = std::mem::take(&mut self.count_sites);
+        let writes = std::mem::take(&mut self.slot_writes);
+        let one_slot = match sites.split_first() {
+            Some((&(_, first, _), rest)) if rest.iter().all(|&(_, s, _)| s == first) => Some(first),
+            _ => None,
+        };
+        let few_plain = sites.len() <= FEW_SITES && sites.iter().all(|(_, _, d)| plain(d));
+        if one_slot.is_none() && few_plain {
+            // Each site sets the verdict and the counter's address itself: with one to
+            // three rules that decide, two instructions per site are fewer than the
+            // offset's add and the dispatch on it, and the count block ends the program.
+            let mut edits: Vec<(usize, Option<(u32, i32)>)> = writes
+                .iter()
+                .map(|&at| (at, None))
+                .chain(sites.iter().map(|(at, slot, d)| {
+                    let v = if d.verdict == Verdict::Pass {
+                        SK_PASS
+                    } else {
+                        SK_DROP
+                    };
+                    (*at, Some((*slot, v)))
+                }))
+                .collect();
+            edits.sort_by_key(|e| std::cmp::Reverse(e.0));
+            for (at, edit) in edits {
+                match edit {
+                    None => {
+                        self.code.remove(at);
+                    }
+                    Some((slot, v)) => {
+                        let ld = Insn::LdMapValue {
+                            dst: COUNTER,
+                            map: self.maps.counters.number(),
+                            off: slot * Counter::SIZE as u32,
+                        };
+                        let r0 = Insn::Alu64 {
+                            op: AluOp::Mov,
+                            dst: Reg::R0,
+                            src: Src::Imm(v),
+                        };
+                        self.code.insert(at, Lir::Insn(ld));
+                        self.code.insert(at, Lir::Insn(r0));
+                    }
+                }
+            }
+            self.ctx_ld(SIZE, SK_MSG_MD_SIZE);
+            self.mov32(ONE, 1);
+            self.atomic_adds();
+            self.emit(Insn::Exit);
+            return;
+        }
+        if let Some(slot) = one_slot {
+            // The writes of SLOT are dead: drop them (from the last, so that the
+            // positions of the others stay valid).
+            for &at in writes.iter().rev() {
+                self.code.remove(at);
+            }
+            self.count_at(slot * Counter::SIZE as u32, None);
+        } else {
+            self.count_at(0, Some(SLOT));
+        }
+        if tails.len() > 1 && one_slot.is_none() {
+            let ranges: Vec<Vec<(u32, u32)>> = tails
+                .iter()
+                .map(|(d, _)| {
+                    let slots = self
+                        .decision_slots
+                        .iter()
+                        .find(|(x, _)| x == d)
+                        .map(|(_, s)| s.clone())
+                        .unwrap_or_default();
+                    slot_ranges(slots)
+                })
+                .collect();
+            let fall = (0..tails.len())
+                .max_by_key(|&k| (ranges[k].len(), std::cmp::Reverse(k)))
+                .unwrap_or(0);
+            let decide: Vec<Label> = tails.iter().map(|_| self.label()).collect();
+            let at = |slot: u32| (slot * Counter::SIZE as u32) as i32;
             for (k, rs) in ranges.iter().enumerate().filter(|(k, _)| *k != fall) {
                 for &(lo, hi) in rs {
                     if lo == hi {
-                        self.jmp32(JmpOp::Jeq, Reg::R1, lo as i32, decide[k]);
+                        self.jmp32(JmpOp::Jeq, SLOT, at(lo), decide[k]);
                     } else {
                         let next = self.label();
-                        self.jmp32(JmpOp::Jlt, Reg::R1, lo as i32, next);
-                        self.jmp32(JmpOp::Jle, Reg::R1, hi as i32, decide[k]);
+                        self.jmp32(JmpOp::Jlt, SLOT, at(lo), next);
+                        self.jmp32(JmpOp::Jle, SLOT, at(hi), decide[k]);
                         self.place(next);
                     }
                 }
             }
-        }
-        let order = std::iter::once(fall).chain((0..tails.len()).filter(|&k| k != fall));
-        for k in order {
-            self.place(decide[k]);
-            self.decision(&tails[k].0);
+            let order = std::iter::once(fall).chain((0..tails.len()).filter(|&k| k != fall));
+            for k in order {
+                self.place(decide[k]);
+                self.decision(&tails[k].0);
+            }
+        } else if let Some((d, _)) = tails.first() {
+            self.decision(d);
         }
     }
 
     /// Bumps counter `slot` by one message and `sk_msg_md.size` bytes.
     pub(super) fn count_const(&mut self, slot: u32) {
         if self.options.counters {
-            self.st(Size::W, Reg::R10, STACK_COUNTER_KEY, slot as i32);
-            self.count_key_on_stack();
+            self.count_at(slot * Counter::SIZE as u32, None);
         }
     }
 
-    /// Bumps the counter whose slot is in SLOT: one lookup, two adds.
+    /// Bumps the counter whose slot is in SLOT (see `emit_tails`). SLOT holds a
+    /// constant on the paths from rules compiled as code, a different one per rule: the
+    /// verifier would track it exactly and walk this block once per rule. With more
+    /// than BLUR_ABOVE_SITES of them, `+ size - size` leaves the value alone but makes
+    /// it unknown to the verifier, so the block is verified once per decision. A bounds
+    /// check then keeps the counter inside the map's value for the verifier, as for a
+    /// slot from a keyed run (a slot from the rule index comes bounded, see `lookup`).
+    /// Clobbers SLOT.
     pub(super) fn count_reg(&mut self) {
-        if self.options.counters {
-            self.count_key(Some(SLOT));
+        if !self.options.counters {
+            return;
         }
-    }
-
-    /// Bumps the counter whose key is at STACK_COUNTER_KEY, or (`slot`) first stores the
-    /// slot in that register there. The message size is read once, into SIZE
-    /// (callee-saved, so it outlives the lookup), before the call: nothing after it
-    /// reads the context.
-    fn count_key(&mut self, slot: Option<Reg>) {
+        let skip = self.label();
         self.ctx_ld(SIZE, SK_MSG_MD_SIZE);
-        if let Some(slot) = slot {
-            if self.blur_slot {
-                // SLOT holds a constant on every path, a different one per rule. Stored
-                // as a map key, the verifier would track it exactly and walk this block
-                // once per rule. `+ size - size` leaves the value alone but makes it
-                // unknown to the verifier, so the block is verified once per decision.
-                self.alu64(AluOp::Add, slot, Src::Reg(SIZE));
-                self.alu64(AluOp::Sub, slot, Src::Reg(SIZE));
-            }
-            self.stx(Size::W, Reg::R10, STACK_COUNTER_KEY, slot);
+        let blur = self.const_slot_sites > BLUR_ABOVE_SITES;
+        if blur {
+            self.alu64(AluOp::Add, SLOT, Src::Reg(SIZE));
+            self.alu64(AluOp::Sub, SLOT, Src::Reg(SIZE));
         }
-        let skip = self.label();
-        self.map_lookup(self.maps.counters, STACK_COUNTER_KEY);
-        self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
-        self.add_to_counter(Counter::OFF_MESSAGES, Src::Imm(1));
-        self.add_to_counter(Counter::OFF_BYTES, Src::Reg(SIZE));
+        if blur || self.slot_unbounded {
+            let last_slot = self.counter_slots as i32 - 1;
+            self.jmp64(JmpOp::Jgt, SLOT, Src::Imm(last_slot), skip);
+        }
+        self.alu64(
+            AluOp::Lsh,
+            SLOT,
+            Src::Imm(Counter::SIZE.trailing_zeros() as i32),
+        );
+        self.add_to_counter(0, Some(SLOT));
         self.place(skip);
     }
 
-    /// Bumps the counter whose key is at STACK_COUNTER_KEY.
-    pub(super) fn count_key_on_stack(&mut self) {
-        let skip = self.label();
-        self.map_lookup(self.maps.counters, STACK_COUNTER_KEY);
-        self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
-        self.add_to_counter(Counter::OFF_MESSAGES, Src::Imm(1));
-        self.ctx_ld(Reg::R1, SK_MSG_MD_SIZE);
-        self.add_to_counter(Counter::OFF_BYTES, Src::Reg(Reg::R1));
-        self.place(skip);
+    /// Bumps the counter at byte `off` of the counters (plus `slot`, a register holding
+    /// a byte offset the verifier knows to be in bounds): `lock` adds of 1 and the
+    /// message size, straight into the map's value (no lookup: the map is an ARRAY of
+    /// one entry, see `maps`). Atomic, as CPUs share the counters.
+    fn count_at(&mut self, off: u32, slot: Option<Reg>) {
+        self.ctx_ld(SIZE, SK_MSG_MD_SIZE);
+        self.add_to_counter(off, slot);
     }
 
-    /// `*(u64 *)(r0 + off) += value` on the counter the lookup returned in r0. A plain
-    /// load, add and store: the slot is this CPU's own, so no atomic is needed.
-    fn add_to_counter(&mut self, off: i16, value: Src) {
-        self.ldx(Size::DW, Reg::R2, Reg::R0, off);
-        self.alu64(AluOp::Add, Reg::R2, value);
-        self.stx(Size::DW, Reg::R0, off, Reg::R2);
+    /// The adds of `count_at`, with the size already in SIZE.
+    fn add_to_counter(&mut self, off: u32, slot: Option<Reg>) {
+        self.emit(Insn::LdMapValue {
+            dst: COUNTER,
+            map: self.maps.counters.number(),
+            off,
+        });
+        if let Some(slot) = slot {
+            self.alu64(AluOp::Add, COUNTER, Src::Reg(slot));
+        }
+        self.mov32(ONE, 1);
+        self.atomic_adds();
+    }
+
+    /// `lock` adds of ONE and SIZE to the counter at COUNTER.
+    fn atomic_adds(&mut self) {
+        self.emit(Insn::AtomicAdd {
+            size: Size::DW,
+            dst: COUNTER,
+            src: ONE,
+            off: Counter::OFF_MESSAGES,
+        });
+        self.emit(Insn::AtomicAdd {
+            size: Size::DW,
+            dst: COUNTER,
+            src: SIZE,
+            off: Counter::OFF_BYTES,
+        });
     }
 
     pub(super) fn decision(&mut self, d: &Decision) {

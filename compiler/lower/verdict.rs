@@ -10,9 +10,11 @@ use super::lir::{Label, Lir, Mark};
 use super::{flat, index, proto, runs, sets};
 use super::{Gen, Options, CACHE_REGS, CTX, FLAT_ABOVE_RULES};
 
-/// Policies with more rules than this hide the counter slot from the verifier (see
-/// `count_reg`); in smaller ones it walks the count block once per rule, a few hundred
-/// instructions at most, and the program is three instructions shorter.
+/// Policies with more rules than this carry the counter slot's number in SLOT to a count
+/// block shared by the decisions (see `count_reg`, which hides it from the verifier
+/// when many rules set it); in smaller ones SLOT holds the counter's byte offset, one add
+/// per rule (see `set_slot`), and the verifier walks the count block once per rule, a few
+/// hundred instructions at most.
 const BLUR_SLOT_ABOVE_RULES: usize = 16;
 
 impl Gen {
@@ -82,6 +84,10 @@ impl Gen {
             }
             self.code.push(Lir::Mark(Mark::Rule(i)));
             let last = run.as_ref().map_or(i, |(last, _)| *last);
+            if self.options.counters && !self.blur_slot && run.is_none() {
+                // Before the test: on every path on to the next rule, SLOT is this one's.
+                self.set_slot(rule.counter as u32);
+            }
             let (act, next) = (self.label(), self.label());
             self.rule_test(&cond, act, next);
             self.place(act);
@@ -249,18 +255,7 @@ pub(super) fn needs_helper_before_verdict(policy: &hir::Policy, options: Options
                 }
             )
     };
-    // The count block reads the size before its lookup and nothing of the context after
-    // it; a decision other than a plain pass or drop reads the context after that call.
-    let plain = |d: &Decision| {
-        d.apply_bytes.is_none() && matches!(d.verdict, Verdict::Pass | Verdict::Drop)
-    };
-    let counted_decision_needs_ctx = !plain(&policy.default.decision)
-        || policy.rules.iter().any(|r| match &r.action {
-            Action::Decide(d) => !plain(d),
-            Action::Count { .. } | Action::Log => true,
-        });
-    (options.counters && counted_decision_needs_ctx)
-        || decision_calls(&policy.default.decision)
+    decision_calls(&policy.default.decision)
         || policy.rules.iter().any(|r| match &r.action {
             Action::Decide(d) => decision_calls(d) || r.cond.any_test(test_calls),
             Action::Count { .. } | Action::Log => true,
@@ -268,9 +263,9 @@ pub(super) fn needs_helper_before_verdict(policy: &hir::Policy, options: Options
 }
 
 /// With counters, a run of at most BLUR_SLOT_ABOVE_RULES rules is compiled rule by
-/// rule: a compare per value and a constant counter key per rule is shorter than the
-/// keyed search that finds which rule of the run matched (rules_10: 96 instructions
-/// over `--no-counters` with the search, 35 without).
+/// rule: a compare per value and an add to SLOT per rule is shorter than the keyed
+/// search that finds which rule of the run matched (rules_10: 96 instructions over
+/// `--no-counters` with the search before issue 13, 35 without; 18 now).
 fn split_small_runs(plan: Vec<runs::Step>, options: Options) -> Vec<runs::Step> {
     if !options.counters {
         return plan;

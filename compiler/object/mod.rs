@@ -10,6 +10,11 @@
 //! - `.rel<section>` with one `R_BPF_64_64` per map-loading `ld_imm64`;
 //! - `license` with a NUL-terminated string and the global object `LICENSE`;
 //! - `.maps` with one zeroed slot and one global `STT_OBJECT` per map;
+//! - one zeroed data section per global-data map ([`MapDef::data_var`]), named after
+//!   the map (`.data.<name>`), holding one global `STT_OBJECT`: the loaders make it an
+//!   ARRAY of one value that programs address directly (`ld_imm64` of
+//!   `BPF_PSEUDO_MAP_VALUE`, as clang emits for a C global in `.data`). Not `.bss.*`:
+//!   libbpf takes custom `.data.*` sections but only the one `.bss`;
 //! - `.BTF` with the libbpf BTF-defined map convention, a VAR per map, the
 //!   `.maps` and `license` DATASECs, and FUNC_PROTO + FUNC per program;
 //! - `.BTF.ext` with func_info (one per program) and line_info;
@@ -69,6 +74,12 @@ pub struct MapDef {
     /// reuses a map pinned under its name: how a reloaded policy shares the live
     /// socket maps). Emitted only when non-zero.
     pub pinning: u32,
+    /// A global-data map instead of a BTF-defined one: `name` is then its section
+    /// (`.data.` and at most 9 more bytes, which the kernel's 15-byte map names keep
+    /// whole), holding `value_size` zero bytes and the global object `data_var` (a C
+    /// identifier) that [`ValueRef`]s relocate against. The loaders create an ARRAY of
+    /// one entry of `value_size` bytes; the other fields are ignored.
+    pub data_var: Option<String>,
 }
 
 /// One program.
@@ -80,7 +91,10 @@ pub struct ProgramSpec {
     pub name: String,
     /// Encoded instructions, 8 bytes per slot (ld_imm64 = 2 slots).
     pub code: Vec<u8>,
-    /// `ld_imm64` slots that load a map: `R_BPF_64_64` against the map's symbol.
+    /// `ld_imm64` slots that load a map: `R_BPF_64_64` against the map's symbol. A
+    /// reference to a global-data map ([`MapDef::data_var`]) is to its value: the
+    /// relocation is against its object, and the offset into the value is in the first
+    /// imm (`Insn::LdMapValue`).
     pub map_refs: Vec<MapRef>,
     /// Optional `.BTF.ext` line info.
     pub lines: Vec<LineInfo>,
@@ -297,8 +311,9 @@ fn write<'a>(spec: &'a ObjectSpec, mut code: Vec<Cow<'a, [u8]>>) -> Vec<u8> {
     // ---- .maps
     let mut map_syms: Vec<SymbolId> = Vec::with_capacity(spec.maps.len());
     let mut map_offsets: Vec<u32> = Vec::with_capacity(spec.maps.len());
-    let maps_size: u32 = spec.maps.iter().map(map_slot_size).sum();
-    let maps_sec = if spec.maps.is_empty() {
+    let btf_maps = || spec.maps.iter().filter(|m| m.data_var.is_none());
+    let maps_size: u32 = btf_maps().map(map_slot_size).sum();
+    let maps_sec = if btf_maps().next().is_none() {
         None
     } else {
         let id = obj.add_section(Vec::new(), b".maps".to_vec(), SectionKind::Data);
@@ -322,6 +337,23 @@ fn write<'a>(spec: &'a ObjectSpec, mut code: Vec<Cow<'a, [u8]>>) -> Vec<u8> {
     }
     let mut off = 0u32;
     for m in &spec.maps {
+        if let Some(var) = &m.data_var {
+            let sec = obj.add_section(Vec::new(), m.name.as_bytes().to_vec(), SectionKind::Data);
+            obj.section_mut(sec).flags = elf_flags(object::elf::SHF_ALLOC | object::elf::SHF_WRITE);
+            obj.append_section_data(sec, &vec![0u8; m.value_size as usize], 8);
+            map_syms.push(obj.add_symbol(Symbol {
+                name: var.as_bytes().to_vec(),
+                value: 0,
+                size: m.value_size as u64,
+                kind: SymbolKind::Data,
+                scope: SymbolScope::Dynamic,
+                weak: false,
+                section: SymbolSection::Section(sec),
+                flags: SymbolFlags::None,
+            }));
+            map_offsets.push(0);
+            continue;
+        }
         let size = map_slot_size(m);
         map_syms.push(obj.add_symbol(Symbol {
             name: m.name.as_bytes().to_vec(),
@@ -373,7 +405,16 @@ fn write<'a>(spec: &'a ObjectSpec, mut code: Vec<Cow<'a, [u8]>>) -> Vec<u8> {
     let index_id = btf.add_int("__ARRAY_SIZE_TYPE__", 4, 32, 0);
     let mut uint_ptrs: HashMap<u32, u32> = HashMap::new();
     let mut map_vars: Vec<(u32, u32, u32)> = Vec::new();
+    let mut data_vars: Vec<(&str, u32, u32)> = Vec::new();
     for (m, &moff) in spec.maps.iter().zip(&map_offsets) {
+        if let Some(var) = &m.data_var {
+            // The value as u64 words: `bpftool map dump` and skeletons show numbers.
+            let u64_id = btf.add_int("unsigned long long", 8, 64, 0);
+            let arr = btf.add_array(u64_id, index_id, m.value_size / 8);
+            let v = btf.add_var(var, arr, VAR_GLOBAL_ALLOCATED);
+            data_vars.push((&m.name, v, m.value_size));
+            continue;
+        }
         let fields = map_fields(m);
         let mut members = Vec::with_capacity(fields.len());
         for (i, &(fname, value)) in fields.iter().enumerate() {
@@ -416,6 +457,9 @@ fn write<'a>(spec: &'a ObjectSpec, mut code: Vec<Cow<'a, [u8]>>) -> Vec<u8> {
     let lic_var = btf.add_var("LICENSE", lic_arr, VAR_GLOBAL_ALLOCATED);
     if maps_sec.is_some() {
         btf.add_datasec(".maps", maps_size, &map_vars);
+    }
+    for (name, var, size) in data_vars {
+        btf.add_datasec(name, size, &[(var, 0, size)]);
     }
     btf.add_datasec(
         "license",

@@ -46,6 +46,7 @@ fn maps() -> Vec<MapDef> {
             max_entries: 64,
             map_flags: 0,
             pinning: 0,
+            data_var: None,
         },
         MapDef {
             name: "skp_events".into(),
@@ -55,6 +56,7 @@ fn maps() -> Vec<MapDef> {
             max_entries: 262144,
             map_flags: 0,
             pinning: 0,
+            data_var: None,
         },
         MapDef {
             name: "skp_hash".into(),
@@ -64,6 +66,7 @@ fn maps() -> Vec<MapDef> {
             max_entries: 64,
             map_flags: 1,
             pinning: 0,
+            data_var: None,
         },
     ]
 }

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use skpc_abi::{Counter, IndexEntry, LogRecord, SockKey};
+use skpc_abi::{IndexEntry, LogRecord, SockKey};
 
 use crate::bpf::uapi::*;
 use crate::lower::MapKind;
@@ -110,7 +110,6 @@ pub(super) struct RunState {
     pub(super) size: u32,
     pub(super) maps: Vec<MapKind>,
     pub(super) counters: u64,
-    pub(super) counter_slots: usize,
     pub(super) index: Arc<IndexModel>,
     /// Where the index values of this run start (`IndexEntry::VALUE_SIZE` bytes per
     /// entry).
@@ -274,8 +273,8 @@ fn h_map_lookup_elem(map: u64, key: u64, _: u64, _: u64, _: u64) -> u64 {
             Ok((k < slots).then_some(k))
         };
         match st.map_kind(map)? {
-            MapKind::Counters => Ok(slot(key, st.counter_slots)?
-                .map_or(0, |k| st.counters + (k * Counter::SIZE) as u64)),
+            // An ARRAY of one entry: the whole value of every counter.
+            MapKind::Counters => Ok(slot(key, 1)?.map_or(0, |_| st.counters)),
             MapKind::IndexReady => {
                 Ok(slot(key, st.ready_slots)?.map_or(0, |k| st.ready + 4 * k as u64))
             }

@@ -33,8 +33,14 @@
 //!   that passes is a `discard`; one redirected with BPF_F_INGRESS to the sender's own
 //!   sockhash key is a `reply` of the bytes it holds then. The sockhash holds the sender
 //!   and its peer: a redirect to any other key finds no socket (SK_DROP).
-//! - Maps: `bpf_map_lookup_elem` is modelled for the counters (a zeroed PERCPU_ARRAY per
-//!   run, the deltas of one run) and the rule index as the runtime fills it: `skp_index`
+//! - The counters are one zeroed value per run (the deltas of one run), which the
+//!   program addresses directly (`Insn::LdMapValue`, relocated to its address for each
+//!   run) and adds to with `Insn::AtomicAdd`. rbpf 0.4 has no atomics: each becomes a
+//!   load, add and store of a scratch register that is spilled to the stack's lowest
+//!   word around them ([`VM_SPILL`], which the program must not touch), with every jump
+//!   over it lengthened. One run is one thread: the add needs no lock here.
+//! - Maps: `bpf_map_lookup_elem` is modelled for the counters (key 0: the value) and
+//!   the rule index as the runtime fills it: `skp_index`
 //!   (a HASH holding exactly the entries of `Lowered::index`: a hit returns a pointer to
 //!   the entry's u32 value, a miss NULL), `skp_index_ports` (an ARRAY of u32: the slots
 //!   of `Lowered::port_index` hold their values, every other slot below `max_entries`
@@ -65,10 +71,10 @@ mod sets;
 
 use std::sync::Arc;
 
-use skpc_abi::{LogRecord, SockKey};
+use skpc_abi::{Counter, LogRecord, SockKey};
 
 use crate::bpf::uapi::{BPF_JA, BPF_JMP};
-use crate::bpf::{encode_all, Insn, JmpOp, Src};
+use crate::bpf::{encode_all, AluOp, Insn, JmpOp, Reg, Size, Src};
 use crate::hir::{Decision, Message};
 use crate::lower::{Lowered, MapKind, MapSpec};
 
@@ -158,12 +164,18 @@ pub enum IndexState {
     Empty,
 }
 
+/// The stack word (from r10) where the VM spills the scratch register of an atomic add.
+pub const VM_SPILL: i16 = -512;
+
 /// A verdict program ready to run: the encoded bytes with map loads relocated.
 #[derive(Clone, Debug)]
 pub struct Vm {
     code: Vec<u8>,
     maps: Vec<MapSpec>,
     counters: usize,
+    /// The `ld_imm64` of a counter's address: the byte in `code` where it starts and the
+    /// offset into the counters, relocated for each run (the counters are fresh).
+    counter_refs: Vec<(usize, u32)>,
     index: Arc<IndexModel>,
     index_state: IndexState,
     sets: Arc<SetModel>,
@@ -198,7 +210,10 @@ impl Vm {
             .count();
         let sets = Arc::new(set_model(maps, index.sets)?);
         let index = Arc::new(index_model(maps, index, calls)?);
+        let expanded = expand_atomics(insns)?;
+        let insns = &expanded[..];
         let mut code = encode_all(insns);
+        let mut counter_refs = Vec::new();
         let total: usize = insns.iter().map(|i| i.slots()).sum();
         let mut slot = 0usize;
         for insn in insns {
@@ -216,6 +231,16 @@ impl Vm {
                     let at = slot * 8;
                     code[at + 4..at + 8].copy_from_slice(&(handle as u32).to_le_bytes());
                     code[at + 12..at + 16].copy_from_slice(&((handle >> 32) as u32).to_le_bytes());
+                }
+                Insn::LdMapValue { map, off, .. } => {
+                    if maps.get(map as usize).map(|m| m.kind) != Some(MapKind::Counters) {
+                        return Err(VmError::Unmodelled(
+                            "a direct pointer into a map other than the counters",
+                        ));
+                    }
+                    // rbpf loads the imm as it is: the address goes there for each run.
+                    code[slot * 8 + 1] &= 0x0f;
+                    counter_refs.push((slot * 8, off));
                 }
                 Insn::Gotol { imm } => {
                     // rbpf 0.4 has no `gotol` (BPF_JMP32 | BPF_JA, 32-bit offset). One whose
@@ -264,12 +289,13 @@ impl Vm {
         let counters = maps
             .iter()
             .find(|m| m.kind == MapKind::Counters)
-            .map(|m| m.max_entries as usize)
+            .map(|m| m.value_size as usize / Counter::SIZE)
             .unwrap_or(0);
         Ok(Vm {
             code,
             maps: maps.to_vec(),
             counters,
+            counter_refs,
             index,
             index_state: IndexState::Filled,
             sets,
@@ -291,6 +317,133 @@ impl Vm {
     pub fn code(&self) -> &[u8] {
         &self.code
     }
+}
+
+/// `insns` with each `Insn::AtomicAdd` (which rbpf 0.4 refuses) replaced by a plain
+/// load, add and store through a scratch register spilled to [`VM_SPILL`] and back, and
+/// every jump's offset adjusted to the longer code. A run is single-threaded: the same
+/// sum.
+fn expand_atomics(insns: &[Insn]) -> Result<Vec<Insn>, VmError> {
+    const EXPANSION: usize = 5;
+    let mut slot = 0usize;
+    // The new slot of each old slot (and of the end).
+    let total: usize = insns.iter().map(|i| i.slots()).sum();
+    let mut new_slot = vec![0usize; total + 1];
+    let mut moved = 0usize;
+    for insn in insns {
+        let touches_spill = |base: Reg, off: i16, size: usize| {
+            base == Reg::R10 && off < VM_SPILL + 8 && off as i32 + size as i32 > VM_SPILL as i32
+        };
+        let spill_hit = match *insn {
+            Insn::Ldx { size, src, off, .. } => touches_spill(src, off, size.bytes()),
+            Insn::St { size, dst, off, .. }
+            | Insn::Stx { size, dst, off, .. }
+            | Insn::AtomicAdd { size, dst, off, .. } => touches_spill(dst, off, size.bytes()),
+            _ => false,
+        };
+        if spill_hit {
+            return Err(VmError::Unmodelled(
+                "the stack's lowest word, where the VM spills a register for an atomic add",
+            ));
+        }
+        for k in 0..insn.slots() {
+            new_slot[slot + k] = slot + k + moved;
+        }
+        slot += insn.slots();
+        if matches!(insn, Insn::AtomicAdd { .. }) {
+            moved += EXPANSION - 1;
+        }
+    }
+    new_slot[total] = total + moved;
+    if moved == 0 {
+        return Ok(insns.to_vec());
+    }
+    let mut out = Vec::with_capacity(insns.len() + moved);
+    let mut slot = 0usize;
+    for insn in insns {
+        let retarget = |off: i32| -> Result<i32, VmError> {
+            let target =
+                (slot as i64 + insn.slots() as i64 + off as i64).clamp(0, total as i64) as usize;
+            Ok(new_slot[target] as i32 - (new_slot[slot] + insn.slots()) as i32)
+        };
+        let short =
+            |off: i32| i16::try_from(off).map_err(|_| VmError::LongJump { slot, offset: off });
+        let last = match *insn {
+            Insn::Ja { off } => Insn::Ja {
+                off: short(retarget(off as i32)?)?,
+            },
+            Insn::Gotol { imm } => Insn::Gotol {
+                imm: retarget(imm)?,
+            },
+            Insn::Jmp { op, dst, src, off } => Insn::Jmp {
+                op,
+                dst,
+                src,
+                off: short(retarget(off as i32)?)?,
+            },
+            Insn::Jmp32 { op, dst, src, off } => Insn::Jmp32 {
+                op,
+                dst,
+                src,
+                off: short(retarget(off as i32)?)?,
+            },
+            Insn::AtomicAdd {
+                size,
+                dst,
+                src,
+                off,
+            } => {
+                let tmp = [Reg::R0, Reg::R1, Reg::R2]
+                    .into_iter()
+                    .find(|r| *r != dst && *r != src)
+                    .unwrap_or(Reg::R3);
+                let add = if size == Size::DW {
+                    Insn::Alu64 {
+                        op: AluOp::Add,
+                        dst: tmp,
+                        src: Src::Reg(src),
+                    }
+                } else {
+                    Insn::Alu32 {
+                        op: AluOp::Add,
+                        dst: tmp,
+                        src: Src::Reg(src),
+                    }
+                };
+                out.extend([
+                    Insn::Stx {
+                        size: Size::DW,
+                        dst: Reg::R10,
+                        src: tmp,
+                        off: VM_SPILL,
+                    },
+                    Insn::Ldx {
+                        size,
+                        dst: tmp,
+                        src: dst,
+                        off,
+                    },
+                    add,
+                    Insn::Stx {
+                        size,
+                        dst,
+                        src: tmp,
+                        off,
+                    },
+                ]);
+                Insn::Ldx {
+                    size: Size::DW,
+                    dst: tmp,
+                    src: Reg::R10,
+                    off: VM_SPILL,
+                }
+            }
+            other => other,
+        };
+        out.push(last);
+        slot += insn.slots();
+    }
+    Ok(out)
 }
 
 /// Compiles nothing: runs an already lowered policy on one message (convenience).

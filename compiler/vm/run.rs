@@ -164,7 +164,6 @@ impl Vm {
             size: msg.len,
             maps: self.maps.iter().map(|m| m.kind).collect(),
             counters: counters.as_mut_ptr() as u64,
-            counter_slots: counters.len(),
             index: Arc::clone(&self.index),
             index_values: index_range.start,
             index_filled: filled,
@@ -205,7 +204,19 @@ impl Vm {
         }
         let _clear = Clear;
 
-        let mut vm = rbpf::EbpfVmMbuff::new(Some(&self.code)).map_err(VmError::Rejected)?;
+        // The counters' address, in a copy of the code when the program takes it.
+        let code: std::borrow::Cow<'_, [u8]> = if self.counter_refs.is_empty() {
+            std::borrow::Cow::Borrowed(&self.code)
+        } else {
+            let mut code = self.code.clone();
+            for &(at, off) in &self.counter_refs {
+                let addr = counters_range.start + off as u64;
+                code[at + 4..at + 8].copy_from_slice(&(addr as u32).to_le_bytes());
+                code[at + 12..at + 16].copy_from_slice(&((addr >> 32) as u32).to_le_bytes());
+            }
+            std::borrow::Cow::Owned(code)
+        };
+        let mut vm = rbpf::EbpfVmMbuff::new(Some(&code)).map_err(VmError::Rejected)?;
         for (id, f) in HELPERS {
             vm.register_helper(*id as u32, *f)
                 .map_err(VmError::HelperRegistration)?;

@@ -1,56 +1,59 @@
-//! Reading `skp_counters`, the per-CPU array of (messages, bytes) per rule: one raw
-//! lookup per slot into a buffer sized once for the possible CPUs. (aya's
-//! `PerCpuArray::get` reads the possible-CPU list from sysfs and the map's info on every
-//! call: about 3 ms a slot, five minutes for a policy of 100,000 rules.)
+//! Reading the counters: one ARRAY map of one entry whose value holds every
+//! (messages, bytes) pair, one per rule slot (`skpc_abi::COUNTERS_NAME`). One lookup of
+//! key 0 reads them all, however many rules the policy has.
 
 use std::os::fd::AsFd;
 
 use aya::maps::Map;
+use skpc_abi::{Counter, COUNTERS_NAME};
 
 use crate::enforce::CounterValue;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
 
-/// The counters of every slot, summed over the CPUs, named by `names` (`#i` past them).
+/// The map in which objects built before issue 13 kept their counters (a PERCPU_ARRAY
+/// of one `Counter` per slot).
+pub(crate) const OLD_COUNTERS_NAME: &str = "skp_counters";
+
+/// The error for an object whose counters are not the map this runtime reads.
+pub(crate) fn old_layout() -> Error {
+    Error::new(
+        ErrorKind::BadObject,
+        format!(
+            "the object keeps its counters in the per-CPU map {OLD_COUNTERS_NAME} of an older skpc; this runtime reads them from the ARRAY {COUNTERS_NAME}: rebuild the object with the skpc of this runtime"
+        ),
+    )
+}
+
+/// The counters of every slot, named by `names` (`#i` past them).
 pub(crate) fn read(counters: &Map, names: &[String]) -> Result<Vec<CounterValue>> {
-    let Map::PerCpuArray(data) = counters else {
-        return Err(Error::new(
-            ErrorKind::BadObject,
-            "skp_counters is not a PERCPU_ARRAY map; rebuild the object with skpc",
-        ));
+    let Map::Array(data) = counters else {
+        return Err(old_layout());
     };
     let info = data
         .info()
-        .map_err(|e| Error::from_aya("reading the definition of skp_counters", e))?;
-    if info.value_size() != 16 {
+        .map_err(|e| Error::from_aya(&format!("reading the definition of {COUNTERS_NAME}"), e))?;
+    let size = info.value_size() as usize;
+    if info.max_entries() != 1 || !size.is_multiple_of(Counter::SIZE) {
         return Err(Error::new(
             ErrorKind::BadObject,
             format!(
-                "skp_counters has {}-byte values, this runtime reads 16 (messages, bytes); build the object with the skpc of this runtime",
-                info.value_size()
+                "{COUNTERS_NAME} has {} entries of {size} bytes, this runtime reads one entry of 16-byte (messages, bytes) pairs; build the object with the skpc of this runtime",
+                info.max_entries()
             ),
         ));
     }
-    let cpus = aya::util::nr_cpus()
-        .map_err(|(what, e)| Error::io(format_args!("reading the possible CPUs ({what})"), e))?;
-    // The kernel writes value_size (16, already 8-aligned) bytes per possible CPU.
-    let mut per_cpu = vec![0u64; 2 * cpus];
-    let fd = data.fd().as_fd();
-    let mut out = Vec::with_capacity(info.max_entries() as usize);
-    for i in 0..info.max_entries() {
-        sys::map_lookup_into(fd, &i.to_ne_bytes(), &mut per_cpu)
-            .map_err(|e| Error::io(format_args!("reading slot {i} of skp_counters"), e))?;
-        let (messages, bytes) = per_cpu
-            .chunks_exact(2)
-            .fold((0u64, 0u64), |(m, b), c| (m + c[0], b + c[1]));
-        out.push(CounterValue {
-            name: names
-                .get(i as usize)
-                .cloned()
-                .unwrap_or_else(|| format!("#{i}")),
-            messages,
-            bytes,
-        });
-    }
-    Ok(out)
+    // u64 words, so that the pairs are read in place (the value is 8-aligned).
+    let mut words = vec![0u64; size / 8];
+    sys::map_lookup_into(data.fd().as_fd(), &0u32.to_ne_bytes(), &mut words)
+        .map_err(|e| Error::io(format_args!("reading {COUNTERS_NAME}"), e))?;
+    Ok(words
+        .chunks_exact(2)
+        .enumerate()
+        .map(|(i, c)| CounterValue {
+            name: names.get(i).cloned().unwrap_or_else(|| format!("#{i}")),
+            messages: c[0],
+            bytes: c[1],
+        })
+        .collect())
 }

@@ -9,9 +9,10 @@ use aya::maps::{Map, MapData, ProgramArray, RingBuf};
 use aya::programs::{SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use skpc_abi::{
-    LogRecord, SockKey, COUNTERS_NAME, EVENTS_NAME, INDEX_NAME, INDEX_PORTS_NAME, INDEX_READY_NAME,
-    PROGS_NAME, PROGS_POLICY_SLOT, SETS_NAME, SET_MAP_PREFIX, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM,
-    SOCKHASH_NAME, SOCKMAP_NAME, SOCKMAP_SLOTS, SOCK_OPS_PROGRAM, UNTOUCHED_NAME,
+    LogRecord, SockKey, COUNTERS_NAME, COUNTERS_VAR, EVENTS_NAME, INDEX_NAME, INDEX_PORTS_NAME,
+    INDEX_READY_NAME, PROGS_NAME, PROGS_POLICY_SLOT, SETS_NAME, SET_MAP_PREFIX,
+    SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SOCKHASH_NAME, SOCKMAP_NAME, SOCKMAP_SLOTS,
+    SOCK_OPS_PROGRAM, UNTOUCHED_NAME,
 };
 
 use crate::error::{Error, ErrorKind, Result};
@@ -235,6 +236,9 @@ fn load_version(ebpf: &mut Ebpf, object: &[u8]) -> Result<Loaded> {
         programs: vec![prog_id_sk_msg(verdict)],
         maps: Vec::new(),
     };
+    if ebpf.map(COUNTERS_NAME).is_none() && ebpf.map(crate::counters::OLD_COUNTERS_NAME).is_some() {
+        return Err(crate::counters::old_layout());
+    }
     ids.maps.push(map_id(ebpf, COUNTERS_NAME)?);
     if ebpf.map(EVENTS_NAME).is_some() {
         ids.maps.push(map_id(ebpf, EVENTS_NAME)?);
@@ -741,8 +745,9 @@ impl Enforcement {
         }
         self.current
             .counters
-            .pin(dir.join(COUNTERS_NAME))
-            .map_err(|e| pin_err(COUNTERS_NAME, e))?;
+            // bpffs refuses names with a dot: the map's variable names the pin.
+            .pin(dir.join(COUNTERS_VAR))
+            .map_err(|e| pin_err(COUNTERS_VAR, e))?;
         let index = self.current.index.iter().map(|(n, m)| (*n, m));
         let sets = self.current.sets.iter().map(|(n, m)| (n.as_str(), m));
         for (name, map) in index.chain(sets) {

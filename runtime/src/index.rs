@@ -254,9 +254,9 @@ fn checked_ports<'a>(
 /// The number of counter slots (every rule has one); no limit without the map.
 fn counter_slots(counters: Option<&Map>) -> Result<u32> {
     match counters {
-        Some(Map::PerCpuArray(d)) => d
+        Some(Map::Array(d)) => d
             .info()
-            .map(|i| i.max_entries())
+            .map(|i| i.value_size() / skpc_abi::Counter::SIZE as u32)
             .map_err(|e| Error::from_aya(&format!("reading the definition of {COUNTERS_NAME}"), e)),
         _ => Ok(u32::MAX),
     }

@@ -24,8 +24,15 @@ pub const SOCKHASH_ENTRIES: u32 = 65_536;
 /// Value size of the sockhash: 8 so that user space can read entries (it gets the cookie).
 pub const SOCKHASH_VALUE_SIZE: u32 = 8;
 
-/// Name of the per-CPU array of [`Counter`]s, one per rule and per named `count`.
-pub const COUNTERS_NAME: &str = "skp_counters";
+/// Name of the counters map: an ARRAY of one entry whose value is the [`Counter`]s, one
+/// per rule and per named `count`, one after the other (`Counter::SIZE` bytes each,
+/// slot `i` at byte `i * Counter::SIZE`). Programs add to them in place with atomic
+/// adds through a direct pointer to the value, so the map is a global-data section
+/// (`.data.*`, how clang places a C global): its section name is its map name (aya's
+/// key, libbpf's and the kernel's name: at most 15 bytes).
+pub const COUNTERS_NAME: &str = ".data.counters";
+/// The global object in [`COUNTERS_NAME`]'s section: the array of counters.
+pub const COUNTERS_VAR: &str = "skp_counters";
 
 /// Name of the one-slot per-CPU array (u64) in which the SOCK_OPS program counts the
 /// established TCP sockets it left out of the sockmaps (no rule of the policy can act
