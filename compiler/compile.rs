@@ -264,6 +264,13 @@ fn line_info(lowered: &Lowered, file: &str, lines: &[&str]) -> Vec<LineInfo> {
 /// The assembly listing: both programs, numbered by slot, each rule's source line
 /// above its code.
 pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
+    // Built without counters (`--no-counters`), the verdicts only decide.
+    let counted = c
+        .lowered
+        .verdict
+        .insns
+        .iter()
+        .any(|i| matches!(i, crate::bpf::Insn::AtomicAdd { .. }));
     let lines: Vec<&str> = source.lines().collect();
     let mut out = String::new();
     out.push_str(&format!(
@@ -319,9 +326,10 @@ pub fn listing(c: &Compiled, file_name: &str, source: &str) -> String {
                     "; (implicit) default {}\n",
                     describe_default(&c.policy)
                 )),
-                _ => {
+                _ if counted => {
                     out.push_str("; verdicts: count the deciding rule once (atomic adds to its counter in .data.counters), then decide\n")
                 }
+                _ => out.push_str("; verdicts\n"),
             }
         }
         out.push_str(&format!("{slot:5}: {}\n", disassemble_at(insn, slot)));
