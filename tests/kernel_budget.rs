@@ -14,7 +14,8 @@ mod common;
 mod constructs;
 
 use budget_shapes::{
-    comm_set, http_host_set, kernel_reason, load_verified, tail, unchecked_object, SHAPES,
+    comm_prefix_set, comm_set, http_host_set, kernel_reason, load_verified, sni_suffix_set, tail,
+    unchecked_object, SHAPES,
 };
 use skpc::lower::Options;
 
@@ -132,8 +133,9 @@ fn table_holds(rows: &[String]) {
     );
 }
 
-/// Sets of strings are maps (issue 11): `http.host in {N hosts}` and `comm in {N names}`
-/// at 100k and 1M elements build (no E0401) and load within the estimate.
+/// Sets of strings are maps (issue 11): `http.host in {N hosts}`, `comm in {N names}`,
+/// `tls.sni ends with {N suffixes}` and `comm starts with {N prefixes}` at 100k and 1M
+/// elements build (no E0401) and load within the estimate.
 #[test]
 fn string_sets_of_a_million_build_and_load_within_the_estimate() {
     if !common::kernel_or_skip("string_sets_of_a_million_build_and_load_within_the_estimate") {
@@ -143,6 +145,8 @@ fn string_sets_of_a_million_build_and_load_within_the_estimate() {
     for n in [100_000, 1_000_000] {
         rows.push(holds("http_host_set", n, &http_host_set(n), false));
         rows.push(holds("comm_set", n, &comm_set(n), false));
+        rows.push(holds("sni_suffix_set", n, &sni_suffix_set(n), false));
+        rows.push(holds("comm_prefix_set", n, &comm_prefix_set(n), false));
     }
     let refused: Vec<&String> = rows.iter().filter(|r| r.contains("| refused |")).collect();
     assert!(refused.is_empty(), "refused: {refused:?}");

@@ -22,6 +22,8 @@ pub const SHAPES: &[Shape] = &[
     ("http_host_set", http_host_set, 3000),
     ("comm_set", comm_set, 3000),
     ("sni_long_set", sni_long_set, 3000),
+    ("sni_suffix_set", sni_suffix_set, 3000),
+    ("comm_prefix_set", comm_prefix_set, 3000),
     ("proto_field_rules", proto_field_rules, 100),
     ("log_rules", log_rules, 300),
     ("count_rules", count_rules, 300),
@@ -144,6 +146,20 @@ pub fn sni_long_set(n: usize) -> String {
         .collect();
     values.push(format!("\"{}.example\"", "b".repeat(200)));
     set_rule("names", values, "tls.sni")
+}
+
+/// One rule over `n` domain suffixes of TLS server names (compares, or an LPM trie of
+/// the reversed suffixes past `MAP_ABOVE_TEXT`): a domain blocklist.
+pub fn sni_suffix_set(n: usize) -> String {
+    let values: Vec<String> = (0..n).map(|i| format!("\".d{i}.example\"")).collect();
+    format!("drop if tls.sni ends with {{ {} }};\n", values.join(", "))
+}
+
+/// One rule over `n` process name prefixes (compares, or an LPM trie past
+/// `MAP_ABOVE_COMM`).
+pub fn comm_prefix_set(n: usize) -> String {
+    let values: Vec<String> = (0..n).map(|i| format!("\"p{i}-\"")).collect();
+    format!("drop if comm starts with {{ {} }};\n", values.join(", "))
 }
 
 /// `n` rules over the protocols' fields, all four parsers.
