@@ -1,4 +1,4 @@
-//! Indexed rule blocks: many port and address rules with one decision become entries of
+//! Indexed rule blocks: many rules of exact tests with one decision become entries of
 //! a kernel HASH map (`skpc_abi::INDEX_NAME`), looked up once per *tuple*, so that a
 //! message costs the same whether the block has 100 rules or 100,000.
 //!
@@ -17,10 +17,13 @@
 //! their order; the smallest matching index over both decides and counts.
 //!
 //! Key words are the context words as a 32-bit load sees them (addresses network order,
-//! `remote_port` in the upper half), masked to the prefix, and payload slices
-//! (`payload[o..o+n] == "..."`, `payload starts with`) as little-endian words of their
-//! bytes, zero-padded: the program only loads, masks and stores, and the entries are
-//! computed here, once. A message too short for a slice skips that tuple's lookup.
+//! `remote_port` in the upper half), masked to the prefix; payload slices
+//! (`payload[o..o+n] == "..."`, `payload starts with`, `payload[i] == b`) as little-endian
+//! words of their bytes, zero-padded; and the sender's `uid`, `gid`, `pid` (a word each),
+//! `cgroup` (two) and exact `comm` (four: the 16 bytes `bpf_get_current_comm` writes),
+//! which the program fetches once per block before the lookups (the helpers clobber
+//! r1-r5). The program only loads, masks and stores, and the entries are computed here,
+//! once. A message too short for a slice skips that tuple's lookup.
 //!
 //! A rule is indexed on its keyable conjuncts; its `len` tests are its *residual*, one
 //! range checked after the lookup against the entry's slot for the rule (the slot holds
@@ -33,8 +36,9 @@
 //! Conjuncts shared by many rules (`remote.ip in lan`) are keyed as a cross product.
 //!
 //! A hash tuple has a *gate*: 65536 slots of the port array, one per value of 16 bits of
-//! one of its components (the port; else the first two bytes of a payload slice; else
-//! the first 16 bits of an address, masked to its prefix), each holding the first rule
+//! one of its components (the port; else the low 16 bits of a uid, gid, pid or cgroup;
+//! else the first two bytes of a payload slice; else of a comm; else the first 16 bits
+//! of an address, masked to its prefix), each holding the first rule
 //! whose key has that value (plus one). A message whose value no key of the tuple has
 //! skips the hash lookup for an inlined array load: most messages match no rule.
 
@@ -63,12 +67,31 @@ pub(super) enum Component {
     RemotePort,
     /// The IPv4 address of `end`, one word, its first `prefix` bits. With `mapped`, IPv6
     /// sockets whose address is IPv4-mapped take part with the mapped address.
-    Ip4 { end: End, mapped: bool, prefix: u8 },
+    Ip4 {
+        end: End,
+        mapped: bool,
+        prefix: u8,
+    },
     /// The IPv6 address of `end` (IPv6 sockets only), four words, first `prefix` bits.
-    Ip6 { end: End, prefix: u8 },
+    Ip6 {
+        end: End,
+        prefix: u8,
+    },
     /// Payload bytes `offset..offset + len`, as little-endian words (the last one
     /// zero-padded). Messages shorter than `offset + len` skip the lookup.
-    Payload { offset: u32, len: u8 },
+    Payload {
+        offset: u32,
+        len: u8,
+    },
+    /// The sender's `uid`, `gid` or `pid`, one word; `cgroup`, two (low word first): what
+    /// the helpers return, fetched once per block (`Gen::load_index_fields`).
+    Uid,
+    Gid,
+    Pid,
+    Cgroup,
+    /// The sender's comm as `bpf_get_current_comm` writes it (the name, NUL-padded to
+    /// 16 bytes), four little-endian words: `comm == "..."` only.
+    Comm,
 }
 
 impl Component {
@@ -89,6 +112,11 @@ impl Component {
             Component::Payload { offset, len } => {
                 format!("payload[{offset}..{}]", offset + len as u32)
             }
+            Component::Uid => "uid".into(),
+            Component::Gid => "gid".into(),
+            Component::Pid => "pid".into(),
+            Component::Cgroup => "cgroup".into(),
+            Component::Comm => "comm".into(),
         }
     }
 
@@ -100,14 +128,25 @@ impl Component {
             Component::Ip4 { end, .. } => (2, end, 0),
             Component::Ip6 { end, .. } => (3, end, 0),
             Component::Payload { offset, .. } => (4, End::Local, offset),
+            Component::Uid => (5, End::Local, 0),
+            Component::Gid => (6, End::Local, 0),
+            Component::Pid => (7, End::Local, 0),
+            Component::Cgroup => (8, End::Local, 0),
+            Component::Comm => (9, End::Local, 0),
         }
     }
 
     /// Key words the component fills.
     pub(super) fn words(self) -> usize {
         match self {
-            Component::LocalPort | Component::RemotePort | Component::Ip4 { .. } => 1,
-            Component::Ip6 { .. } => 4,
+            Component::LocalPort
+            | Component::RemotePort
+            | Component::Ip4 { .. }
+            | Component::Uid
+            | Component::Gid
+            | Component::Pid => 1,
+            Component::Cgroup => 2,
+            Component::Ip6 { .. } | Component::Comm => 4,
             Component::Payload { len, .. } => (len as usize).div_ceil(4),
         }
     }
@@ -406,9 +445,10 @@ fn block(
     })
 }
 
-/// The keys of a rule's condition, if it is an `or` of `and`s of port, address and
-/// payload-slice tests (and `len` tests, the residual) that gives a bounded number of
-/// keys. Terms that can never hold give no key.
+/// The keys of a rule's condition, if it is an `or` of `and`s of port, address,
+/// payload-slice and byte, `uid`/`gid`/`pid`/`cgroup` and `comm ==` tests (and `len`
+/// tests, the residual) that gives a bounded number of keys. Terms that can never hold
+/// give no key.
 fn rule_keys(cond: &Cond) -> Option<Vec<RuleKey>> {
     let terms = dnf(cond)?;
     let mut keys = Vec::new();
@@ -529,6 +569,41 @@ fn dnf(c: &Cond) -> Option<Vec<Vec<&Test>>> {
 /// The ways one test can hold, as key components and words.
 fn alternatives(t: &Test) -> Option<Vec<(Component, Vec<u32>)>> {
     match t {
+        Test::Int { field, ranges }
+            if !matches!(field, IntField::LocalPort | IntField::RemotePort) =>
+        {
+            let component = match field {
+                IntField::Uid => Component::Uid,
+                IntField::Gid => Component::Gid,
+                IntField::Pid => Component::Pid,
+                IntField::Cgroup => Component::Cgroup,
+                // `payload[i] == b`: the one-byte slice `payload[i..i+1]`.
+                IntField::PayloadByte(offset) if (*offset as usize) + 1 < i16::MAX as usize => {
+                    Component::Payload {
+                        offset: *offset,
+                        len: 1,
+                    }
+                }
+                _ => return None,
+            };
+            let count = ranges
+                .iter()
+                .try_fold(0u64, |n, (lo, hi)| n.checked_add((hi - lo).checked_add(1)?))?;
+            if count > MAX_RULE_ENTRIES as u64 {
+                return None;
+            }
+            let words = |v: u64| match component {
+                Component::Cgroup => vec![v as u32, (v >> 32) as u32],
+                _ => vec![v as u32],
+            };
+            Some(
+                ranges
+                    .iter()
+                    .flat_map(|&(lo, hi)| lo..=hi)
+                    .map(|v| (component, words(v)))
+                    .collect(),
+            )
+        }
         Test::Int { field, ranges } => {
             let (component, word): (Component, fn(u16) -> u32) = match field {
                 IntField::LocalPort => (Component::LocalPort, |p| p as u32),
@@ -587,7 +662,26 @@ fn alternatives(t: &Test) -> Option<Vec<(Component, Vec<u32>)>> {
             };
             Some(alts.iter().map(|a| (component, payload_words(a))).collect())
         }
-        Test::Comm { .. } | Test::Proto(_) | Test::Text { .. } | Test::InFile { .. } => None,
+        Test::Comm {
+            alts,
+            prefix: false,
+        } => {
+            // The checker refuses names of 16 bytes or with a NUL; were there one, code
+            // would compare it as before.
+            let odd = |a: &Vec<u8>| a.len() >= COMM_BYTES || a.contains(&0);
+            if alts.iter().any(odd) || alts.len() > MAX_RULE_ENTRIES {
+                return None;
+            }
+            Some(
+                alts.iter()
+                    .map(|a| (Component::Comm, comm_words(a)))
+                    .collect(),
+            )
+        }
+        Test::Comm { prefix: true, .. }
+        | Test::Proto(_)
+        | Test::Text { .. }
+        | Test::InFile { .. } => None,
     }
 }
 
@@ -604,12 +698,26 @@ pub(super) fn payload_words(bytes: &[u8]) -> Vec<u32> {
         .collect()
 }
 
+/// Bytes `bpf_get_current_comm` writes: the name (at most 15 bytes), NUL-padded.
+const COMM_BYTES: usize = 16;
+
+/// A comm as the four key words the helper's 16 bytes are (`name` shorter than 16).
+fn comm_words(name: &[u8]) -> Vec<u32> {
+    let mut bytes = [0u8; COMM_BYTES];
+    bytes[..name.len()].copy_from_slice(name);
+    payload_words(&bytes)
+}
+
 /// How good a gate component `c` is: a port (one value per rule), a payload slice,
 /// an address by its prefix; 0 for none (fewer than 8 bits to tell keys apart).
 fn gate_rank(c: Component) -> u32 {
     match c {
         Component::LocalPort | Component::RemotePort => 300,
+        // The low 16 bits of an id: ids of one policy mostly differ there.
+        Component::Uid | Component::Gid | Component::Pid | Component::Cgroup => 250,
         Component::Payload { .. } => 200,
+        // The first two bytes of a name.
+        Component::Comm => 150,
         Component::Ip4 { prefix, .. } | Component::Ip6 { prefix, .. } if prefix >= 8 => {
             100 + prefix.min(16) as u32
         }
@@ -636,7 +744,14 @@ pub(super) fn gate_mask(c: Component) -> u32 {
 /// The 32-bit mask of word `w` of a component's key words.
 pub(super) fn mask_word(c: Component, w: usize) -> u32 {
     match c {
-        Component::LocalPort | Component::RemotePort | Component::Payload { .. } => u32::MAX,
+        Component::LocalPort
+        | Component::RemotePort
+        | Component::Payload { .. }
+        | Component::Uid
+        | Component::Gid
+        | Component::Pid
+        | Component::Cgroup
+        | Component::Comm => u32::MAX,
         Component::Ip4 { prefix, .. } => {
             super::addr::wire_word(hir::mask32(prefix).to_be_bytes()) as u32
         }
@@ -734,7 +849,7 @@ mod tests {
     fn the_first_rule_of_a_key_wins_and_other_rules_stay_code() {
         let mut src = port_addr(100);
         src.push_str("drop if port == 1000;\n"); // the same key as rule 0
-        src.push_str("drop if uid == 0;\n");
+        src.push_str("drop if uid > 0;\n");
         let p = check(&src).0.expect("checks");
         let index = plan(&p);
         let b = &index.blocks[0];
@@ -914,12 +1029,218 @@ mod tests {
         }
     }
 
+    /// Rules 64.. of a policy after `filler`: the sender's fields as keys, alone and with
+    /// ports, payload bytes and `len`.
+    const SENDER: &str = "drop if uid == 1001 and payload[3] == 7;\n\
+        drop if uid == 1002 and remote.port == 80;\n\
+        drop if gid in {5, 6} and len > 10;\n\
+        drop if pid == 77;\n\
+        drop if cgroup == 0x100000002;\n\
+        drop if comm == \"nginx\" and local.port == 9;\n\
+        drop if comm == \"a-name-of-16-by\";\n\
+        drop if comm == \"other\" or uid == 4;\n\
+        drop if comm starts with \"ng\";\n\
+        drop if uid > 60000;\n";
+
     #[test]
-    fn negations_and_payload_tests_are_not_keys() {
-        let p = check("drop if not port == 1;\ndrop if port == 2 and payload[0] == 1;\n")
-            .0
-            .expect("checks");
+    fn the_senders_fields_are_key_words() {
+        let p = check(&format!("{}{SENDER}", filler())).0.expect("checks");
+        let index = plan(&p);
+        let b = &index.blocks[0];
+        // The prefix test and the range stay code.
+        assert_eq!((b.indexed, b.rest.clone()), (72, vec![72, 73]));
+        let tuple = |c: &[Component]| {
+            b.tuples
+                .iter()
+                .find(|t| t.components == c)
+                .cloned()
+                .unwrap_or_else(|| panic!("no tuple {c:?} in {:?}", b.tuples))
+        };
+        let has = |words: &[u32], slot: IndexSlot| {
+            index
+                .entries
+                .iter()
+                .any(|e| e.key == key(words) && e.slots[0] == slot)
+        };
+        // Components in key order: the payload byte before the uid; the gate is the
+        // uid's low 16 bits (a byte has 256 values).
+        let t = tuple(&[Component::Payload { offset: 3, len: 1 }, Component::Uid]);
+        assert_eq!(t.gate.map(|g| g.0), Some(Component::Uid));
+        assert!(has(&[t.id, 7, 1001], IndexSlot::any_len(64)));
+        let t = tuple(&[Component::RemotePort, Component::Uid]);
+        assert_eq!(t.gate.map(|g| g.0), Some(Component::RemotePort));
+        let port = super::super::cond::raw_remote_port(80) as u32;
+        assert!(has(&[t.id, port, 1002], IndexSlot::any_len(65)));
+        let t = tuple(&[Component::Gid]);
+        assert!(t.residual);
+        let gid = IndexSlot {
+            rule: 66,
+            len_min: 11,
+            len_max: u32::MAX,
+        };
+        assert!(has(&[t.id, 5], gid) && has(&[t.id, 6], gid));
+        assert!(has(
+            &[tuple(&[Component::Pid]).id, 77],
+            IndexSlot::any_len(67)
+        ));
+        // A cgroup id is two words, the low one first.
+        let t = tuple(&[Component::Cgroup]);
+        assert!(has(&[t.id, 2, 1], IndexSlot::any_len(68)));
+        // A comm is the helper's 16 bytes: the name, NUL-padded.
+        let t = tuple(&[Component::LocalPort, Component::Comm]);
+        let nginx = comm_words(b"nginx");
+        assert_eq!(nginx, [u32::from_le_bytes(*b"ngin"), u32::from(b'x'), 0, 0]);
+        assert!(has(
+            &[t.id, 9, nginx[0], nginx[1], 0, 0],
+            IndexSlot::any_len(69)
+        ));
+        let t = tuple(&[Component::Comm]);
+        let long = comm_words(b"a-name-of-16-by");
+        assert!(has(
+            &[t.id, long[0], long[1], long[2], long[3]],
+            IndexSlot::any_len(70)
+        ));
+        // An `or` of two fields: a key in each tuple.
+        let other = comm_words(b"other");
+        assert!(has(
+            &[t.id, other[0], other[1], 0, 0],
+            IndexSlot::any_len(71)
+        ));
+        assert!(has(
+            &[tuple(&[Component::Uid]).id, 4],
+            IndexSlot::any_len(71)
+        ));
+    }
+
+    #[test]
+    fn the_vm_and_the_evaluator_agree_on_the_senders_fields() {
+        use crate::hir::Message;
+        let src = format!("{}{SENDER}default pass;\n", filler());
+        for counters in [true, false] {
+            let c = crate::compile::compile_with(
+                "t.skp",
+                &src,
+                crate::lower::Options {
+                    counters,
+                    ..crate::lower::Options::default()
+                },
+            )
+            .expect("compiles");
+            assert!(
+                c.lowered.index_summary.len() == 1,
+                "{:?}",
+                c.lowered.index_summary
+            );
+            let vm = crate::vm::Vm::new(&c.lowered).expect("loads");
+            let base = Message {
+                uid: 1,
+                gid: 1,
+                pid: 1,
+                cgroup: 1,
+                comm: b"x".to_vec(),
+                payload: b"abc\x07".to_vec(),
+                len: 4,
+                ..Message::default()
+            };
+            let with = |f: &dyn Fn(&mut Message)| {
+                let mut m = base.clone();
+                f(&mut m);
+                m
+            };
+            for (msg, rule) in [
+                (base.clone(), None),
+                (with(&|m| m.uid = 1001), Some(64)),
+                (with(&|m| m.payload[3] = 8), None),
+                (
+                    with(&|m| {
+                        m.uid = 1001;
+                        m.payload[3] = 8
+                    }),
+                    None,
+                ),
+                (
+                    with(&|m| {
+                        m.uid = 1001;
+                        m.payload.truncate(3);
+                        m.len = 3
+                    }),
+                    None,
+                ),
+                (
+                    with(&|m| {
+                        m.uid = 1002;
+                        m.remote_port = 80
+                    }),
+                    Some(65),
+                ),
+                (with(&|m| m.uid = 1002), None),
+                (
+                    with(&|m| {
+                        m.gid = 6;
+                        m.len = 11
+                    }),
+                    Some(66),
+                ),
+                (with(&|m| m.gid = 6), None),
+                (with(&|m| m.pid = 77), Some(67)),
+                (with(&|m| m.cgroup = 0x1_0000_0002), Some(68)),
+                (with(&|m| m.cgroup = 2), None),
+                (
+                    with(&|m| {
+                        m.comm = b"nginx".to_vec();
+                        m.local_port = 9
+                    }),
+                    Some(69),
+                ),
+                (with(&|m| m.comm = b"nginx".to_vec()), Some(72)),
+                (with(&|m| m.comm = b"ngin".to_vec()), Some(72)),
+                (with(&|m| m.comm = b"a-name-of-16-by".to_vec()), Some(70)),
+                (with(&|m| m.uid = 4), Some(71)),
+                (with(&|m| m.comm = b"other".to_vec()), Some(71)),
+                (with(&|m| m.comm = b"othe".to_vec()), None),
+                (with(&|m| m.uid = 60001), Some(73)),
+                // The first matching rule counts: 64 before 73's code.
+                (
+                    with(&|m| {
+                        m.uid = 1001;
+                        m.pid = 77
+                    }),
+                    Some(64),
+                ),
+            ] {
+                let out = vm
+                    .run(&msg, &crate::vm::RunConfig::default())
+                    .expect("runs");
+                let want = crate::eval::eval(&c.policy, &msg);
+                assert_eq!(out.decision, want.decision, "{msg:?}");
+                if counters {
+                    let slot = rule.unwrap_or(c.policy.default.counter);
+                    let mut expect = vec![(0, 0); c.policy.counters.len()];
+                    expect[slot] = (1, msg.len as u64);
+                    assert_eq!(out.counters, expect, "{msg:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn negations_and_ranges_are_not_keys_and_payload_bytes_are() {
+        let p = check(
+            "drop if not port == 1;\ndrop if uid > 1000;\ndrop if port == 2 and payload[0] == 1;\n",
+        )
+        .0
+        .expect("checks");
         assert!(rule_keys(&p.rules[0].cond).is_none());
         assert!(rule_keys(&p.rules[1].cond).is_none());
+        // `port` is either end: two keys, each with the byte.
+        let keys = rule_keys(&p.rules[2].cond).expect("keys");
+        let byte = Component::Payload { offset: 0, len: 1 };
+        assert_eq!(
+            keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>(),
+            [
+                vec![Component::LocalPort, byte],
+                vec![Component::RemotePort, byte]
+            ]
+        );
     }
 }

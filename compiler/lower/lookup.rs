@@ -14,13 +14,30 @@ use super::index;
 use super::lir::{Label, Lir, Mark};
 use super::maps::IndexMaps;
 use super::{
-    Gen, NO_RULE, SLOT, STACK_COUNTER_KEY, STACK_INDEX_BEST, STACK_INDEX_KEY, STACK_PROTO,
+    Gen, NO_RULE, SLOT, STACK_COMM, STACK_COUNTER_KEY, STACK_INDEX_BEST, STACK_INDEX_FIELDS,
+    STACK_INDEX_KEY, STACK_PROTO,
 };
 
 // The key fits below the parser's region.
 const _: () = assert!(
     STACK_INDEX_KEY >= -512 && STACK_INDEX_KEY + IndexEntry::KEY_SIZE as i16 <= STACK_PROTO
 );
+
+/// Where word `w` of a helper component's key words is (see `Gen::load_index_fields`):
+/// each helper's u64 as stored, low word first (`uid` low, `gid` high; the tgid, the
+/// pid, high), and the comm at STACK_COMM. None for the other components.
+fn helper_word(c: index::Component, w: usize) -> Option<i16> {
+    use index::Component;
+    let first = match c {
+        Component::Uid => STACK_INDEX_FIELDS,
+        Component::Gid => STACK_INDEX_FIELDS + 4,
+        Component::Pid => STACK_INDEX_FIELDS + 12,
+        Component::Cgroup => STACK_INDEX_FIELDS + 16,
+        Component::Comm => STACK_COMM,
+        _ => return None,
+    };
+    Some(first + 4 * w as i16)
+}
 
 impl Gen {
     /// An indexed block (see `index`): one map lookup per tuple, then the block's other
@@ -55,6 +72,7 @@ impl Gen {
             self.alu64(AluOp::Sub, Reg::R2, Src::Reg(Reg::R1));
             self.stx(Size::W, Reg::R10, STACK_INDEX_BEST, Reg::R2);
         }
+        self.load_index_fields(block);
         let has = |t: &index::Tuple, f: fn(&Component) -> bool| t.components.iter().any(f);
         let is_ip4 = |c: &Component| matches!(c, Component::Ip4 { .. });
         let is_ip6 = |c: &Component| matches!(c, Component::Ip6 { .. });
@@ -147,6 +165,32 @@ impl Gen {
         ends
     }
 
+    /// Calls the helpers whose values some tuple of `block` keys on, once for the block,
+    /// and keeps what they return on the stack (`helper_word`): the lookups copy them
+    /// into their keys, and the helpers clobber r1-r5, which the lookups use.
+    fn load_index_fields(&mut self, block: &index::Block) {
+        use index::Component;
+        let uses =
+            |f: fn(&Component) -> bool| block.tuples.iter().any(|t| t.components.iter().any(f));
+        if uses(|c| matches!(c, Component::Uid | Component::Gid)) {
+            self.call(BPF_FUNC_get_current_uid_gid);
+            self.stx(Size::DW, Reg::R10, STACK_INDEX_FIELDS, Reg::R0);
+        }
+        if uses(|c| matches!(c, Component::Pid)) {
+            self.call(BPF_FUNC_get_current_pid_tgid);
+            self.stx(Size::DW, Reg::R10, STACK_INDEX_FIELDS + 8, Reg::R0);
+        }
+        if uses(|c| matches!(c, Component::Cgroup)) {
+            self.call(BPF_FUNC_get_current_cgroup_id);
+            self.stx(Size::DW, Reg::R10, STACK_INDEX_FIELDS + 16, Reg::R0);
+        }
+        if uses(|c| matches!(c, Component::Comm)) {
+            self.stack_ptr(Reg::R1, STACK_COMM);
+            self.mov64(Reg::R2, Src::Imm(16));
+            self.call(BPF_FUNC_get_current_comm);
+        }
+    }
+
     /// Looks tuple `t` up in the index `maps`: builds the key at STACK_INDEX_KEY from the
     /// context (on an IPv6 socket, `v6`: IPv4 components from the IPv4-mapped address,
     /// skipping the lookup if it is not one) and keeps the smaller rule index in
@@ -212,11 +256,24 @@ impl Gen {
         self.st(Size::W, Reg::R10, STACK_INDEX_KEY, t.id as i32);
         let mut at = STACK_INDEX_KEY + 4;
         for &c in &t.components {
+            if helper_word(c, 0).is_some() {
+                for from in (0..c.words()).filter_map(|w| helper_word(c, w)) {
+                    self.ldx(Size::W, Reg::R2, Reg::R10, from);
+                    self.stx(Size::W, Reg::R10, at, Reg::R2);
+                    at += 4;
+                }
+                continue;
+            }
             let words: Vec<i16> = match c {
                 Component::Payload { .. } => {
                     at += 4 * c.words() as i16;
                     continue;
                 }
+                Component::Uid
+                | Component::Gid
+                | Component::Pid
+                | Component::Cgroup
+                | Component::Comm => continue, // `helper_word` above
                 Component::LocalPort => vec![SK_MSG_MD_LOCAL_PORT],
                 Component::RemotePort => vec![SK_MSG_MD_REMOTE_PORT],
                 Component::Ip4 { end, .. } => {
@@ -330,6 +387,11 @@ impl Gen {
     /// key word already stored at `payload_at`.
     fn gate_value(&mut self, c: index::Component, v6: bool, payload_at: i16) {
         use index::Component;
+        if let Some(from) = helper_word(c, 0) {
+            self.ldx(Size::W, Reg::R2, Reg::R10, from);
+            self.alu32(AluOp::And, Reg::R2, Src::Imm(index::gate_mask(c) as i32));
+            return;
+        }
         match c {
             Component::LocalPort => self.load_ctx_field(SK_MSG_MD_LOCAL_PORT, false, Reg::R2),
             Component::RemotePort => self.load_ctx_field(SK_MSG_MD_REMOTE_PORT, true, Reg::R2),
@@ -339,6 +401,11 @@ impl Gen {
                 self.ctx_ld(Reg::R2, if v6 { ip6 + 12 } else { ip4 });
             }
             Component::Ip6 { end, .. } => self.ctx_ld(Reg::R2, addr_words(end).1),
+            Component::Uid
+            | Component::Gid
+            | Component::Pid
+            | Component::Cgroup
+            | Component::Comm => {} // `helper_word` above
         }
         if !matches!(c, Component::LocalPort | Component::RemotePort) {
             self.alu32(AluOp::And, Reg::R2, Src::Imm(index::gate_mask(c) as i32));
