@@ -509,8 +509,9 @@ fn branch_free_rules_do_not_reuse_live_registers() {
     }
 }
 
-/// Indexed blocks (compiler/lower/index.rs: long runs of same-decision port and address
-/// rules looked up in the `skp_index` HASH map, the runtime having filled it): policies
+/// Indexed blocks (compiler/lower/index.rs: long runs of same-decision port, address,
+/// payload and sender (`uid`, `gid`, `pid`, `cgroup`, `comm`) rules looked up in the
+/// `skp_index` HASH map, the runtime having filled it): policies
 /// with such runs, rules in them that stay code, count/log rules and other decisions
 /// between them, with and without counters, and messages aimed at the indexed keys
 /// (IPv4, IPv6, IPv4-mapped, two matching rules at once). Decisions, every counter and
@@ -525,7 +526,7 @@ fn evaluator_and_vm_agree_on_indexed_blocks() {
     let start = Instant::now();
     let mut rng = Rng::new(seed);
     let (mut pairs, mut indexed_policies, mut by_indexed_rule) = (0usize, 0usize, 0usize);
-    let mut generated = 0usize;
+    let (mut generated, mut sender_keyed) = (0usize, 0usize);
     let mut failures = Vec::new();
     for index in 0..policies {
         let (p, pool) = gen_indexed_policy(&mut rng);
@@ -559,6 +560,14 @@ fn evaluator_and_vm_agree_on_indexed_blocks() {
             .chain(lowered.port_index.iter().map(|e| e.value as usize - 1))
             .collect();
         indexed_policies += usize::from(!in_index.is_empty());
+        // Lookups keyed on the sender (`lookups: #3 uid`, `#5 payload[0..4]+comm`).
+        let on_sender = |l: &String| {
+            let lookups = l.split("lookups:").nth(1).unwrap_or("");
+            ["uid", "gid", "pid", "cgroup", "comm"]
+                .iter()
+                .any(|f| lookups.contains(f))
+        };
+        sender_keyed += usize::from(lowered.index_summary.iter().any(on_sender));
         'messages: for _ in 0..40 {
             let s = gen_indexed_message(&mut rng, &pool);
             pairs += 1;
@@ -577,7 +586,7 @@ fn evaluator_and_vm_agree_on_indexed_blocks() {
         }
     }
     eprintln!(
-        "indexed blocks (seed {seed:#x}): {indexed_policies} of {generated} policies indexed, {pairs} messages, {by_indexed_rule} decided by an indexed rule, in {:.1?}",
+        "indexed blocks (seed {seed:#x}): {indexed_policies} of {generated} policies indexed ({sender_keyed} with lookups keyed on the sender), {pairs} messages, {by_indexed_rule} decided by an indexed rule, in {:.1?}",
         start.elapsed()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -590,6 +599,10 @@ fn evaluator_and_vm_agree_on_indexed_blocks() {
         assert!(
             by_indexed_rule * 3 >= pairs,
             "only {by_indexed_rule} of {pairs} messages decided by an indexed rule"
+        );
+        assert!(
+            sender_keyed * 3 >= policies,
+            "only {sender_keyed} of {policies} policies have a lookup keyed on the sender"
         );
     }
 }
