@@ -1186,6 +1186,93 @@ fn ten_thousand_uid_and_payload_byte_rules_drop_on_loopback() {
     g.finish();
 }
 
+/// 10,000 `log if uid == U and remote.port == P;` and 10,000 `count hitsK if
+/// remote.port == P and len > N;` rules (the budget bench's log_rules and count_rules),
+/// and rules for this test's ports that share keys: one block where every matching
+/// rule acts. The kernel verifies it in a few hundred instructions; a message that
+/// matches several rules bumps each one's counter (and `count NAME`'s) once and sends
+/// one log record per matching `log` rule, in rule order, as the evaluator says.
+#[test]
+fn count_and_log_rules_in_the_index_act_once_each_on_loopback() {
+    if !common::kernel_or_skip("count_and_log_rules_in_the_index_act_once_each_on_loopback") {
+        return;
+    }
+    let (la, pa) = listen("127.0.0.1:0");
+    let (lb, pb) = listen("127.0.0.1:0");
+    let mut me = loopback_message(&connect(&la).0, b"");
+    process_fields(&mut me);
+    let uid = me.uid;
+    let src = format!(
+        "{}{}log if uid == {uid} and remote.port == {pa};\n\
+         count a if remote.port == {pa} and len > 3;\n\
+         log if remote.port == {pa} and uid == {uid};\n\
+         count b if remote.port == {pa};\n\
+         count a if remote.port in {{{pa}, {pb}}};\n\
+         default pass;\n",
+        budget_shapes::log_rules(10_000),
+        budget_shapes::count_rules(10_000),
+    );
+    let compiled = skpc::compile::compile("effects.skp", &src).expect("compiles");
+    let [block] = compiled.lowered.index_summary.as_slice() else {
+        panic!("one indexed block: {:?}", compiled.lowered.index_summary);
+    };
+    assert!(
+        block.contains("20005 rules in the index, 0 as code"),
+        "{block}"
+    );
+    let verified = budget_shapes::load_verified(&compiled.object).expect("the kernel loads it");
+    eprintln!(
+        "20,005 count and log rules: {} instructions, {verified} verified",
+        compiled.lowered.verdict.insns.len()
+    );
+    assert!(
+        verified <= 100_000,
+        "{verified} instructions verified (the bar: 100,000)"
+    );
+
+    let policy = &compiled.policy;
+    let mut g = Guard::new(&src);
+    for (i, (l, payload, logs)) in [(&la, &b"hello"[..], 2), (&la, b"hi", 2), (&lb, b"hello", 0)]
+        .into_iter()
+        .enumerate()
+    {
+        let (c, mut s) = connect(l);
+        let mut m = loopback_message(&c, payload);
+        process_fields(&mut m);
+        let want = skpc::eval::eval(policy, &m);
+        assert_eq!(want.events.len(), logs, "the evaluator's records");
+        let before = g.enf().counters().unwrap();
+        g.enf().insert_sock(i as u32, fd(&c)).unwrap();
+        assert_eq!(send(&c, payload), Ok(payload.len()));
+        assert_eq!(recv_up_to(&mut s, payload.len(), LONG), payload);
+        let after = g.enf().counters().unwrap();
+        let delta: Vec<(u64, u64)> = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| (a.messages - b.messages, a.bytes - b.bytes))
+            .collect();
+        assert_eq!(
+            delta, want.counters,
+            "message {i}: every counter as the evaluator's"
+        );
+        let mut got = Vec::new();
+        let deadline = Instant::now() + LONG;
+        while got.len() < logs && Instant::now() < deadline {
+            got.extend(g.enf().wait_events(Duration::from_millis(100)));
+        }
+        got.extend(g.enf().wait_events(Duration::from_millis(100)));
+        let rules = |rs: &[skpc_abi::LogRecord]| rs.iter().map(|r| r.rule).collect::<Vec<_>>();
+        assert_eq!(
+            rules(&got),
+            rules(&want.events),
+            "message {i}: the log records in order"
+        );
+        g.enf().remove_sock(i as u32).unwrap();
+    }
+    drop((la, lb));
+    g.finish();
+}
+
 /// The object of `src` with its `.skp.index` section changed by `edit` (`None`: no
 /// such section).
 fn edited_object(src: &str, edit: impl FnOnce(&mut Option<Vec<u8>>)) -> Vec<u8> {

@@ -174,7 +174,9 @@ pub(super) struct Tuple {
 pub(super) struct Block {
     pub first: usize,
     pub last: usize,
-    pub decision: Decision,
+    /// The segment's decision; None for a run of `count`/`log` rules, where every
+    /// matching rule acts (see `effects_fit`).
+    pub decision: Option<Decision>,
     pub tuples: Vec<Tuple>,
     /// The rules of `first..=last` that are not in the index, in order.
     pub rest: Vec<usize>,
@@ -214,11 +216,16 @@ impl Block {
             })
             .collect();
         format!(
-            "lines {}-{}: {} rules in the index, {} as code; lookups: {}",
+            "lines {}-{}: {} rules in the index, {} as code{}; lookups: {}",
             line(self.first),
             line(self.last),
             self.indexed,
             self.rest.len(),
+            if self.decision.is_none() {
+                " (count/log: every matching rule acts)"
+            } else {
+                ""
+            },
             tuples.join(" | ")
         )
     }
@@ -245,7 +252,8 @@ const ANY_LEN: (u32, u32) = (0, u32::MAX);
 type KeyWords = [u32; IndexEntry::KEY_WORDS];
 
 /// Finds the indexed blocks of a policy. Segments are maximal runs of terminal rules with
-/// one decision; those with at least `MIN_INDEXED_RULES` indexable rules become blocks.
+/// one decision, or of non-terminal (`count`, `log`) rules; those with at least
+/// `MIN_INDEXED_RULES` indexable rules become blocks.
 pub(super) fn plan(policy: &hir::Policy) -> Index {
     let rules = &policy.rules;
     let mut index = Index::default();
@@ -258,12 +266,17 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
     };
     let mut i = 0;
     while i < rules.len() {
-        let Action::Decide(d) = &rules[i].action else {
-            i += 1;
-            continue;
+        let d = match &rules[i].action {
+            Action::Decide(d) => Some(d),
+            Action::Count { .. } | Action::Log => None,
         };
         let mut j = i + 1;
-        while j < rules.len() && rules[j].action == rules[i].action {
+        while j < rules.len()
+            && match d {
+                Some(_) => rules[j].action == rules[i].action,
+                None => !rules[j].action.is_terminal(),
+            }
+        {
             j += 1;
         }
         // A cheap count first: most segments of most policies are short.
@@ -299,37 +312,21 @@ struct Ids {
     next_port_slot: u32,
 }
 
-/// The block of segment `first..end`, if enough of its rules can be indexed.
+/// The block of segment `first..end`, if enough of its rules can be indexed. `d`: the
+/// segment's decision; None for a run of `count`/`log` rules.
 fn block(
     policy: &hir::Policy,
     first: usize,
     end: usize,
-    d: &Decision,
+    d: Option<&Decision>,
     ids: &mut Ids,
     entries: &mut BTreeMap<KeyWords, Vec<IndexSlot>>,
     ports: &mut BTreeMap<u32, u32>,
 ) -> Option<Block> {
-    let mut keyed: Vec<(usize, Vec<RuleKey>)> = Vec::new();
-    let mut rest = Vec::new();
-    let mut tuples: Vec<Vec<Component>> = Vec::new();
-    for r in first..end {
-        match rule_keys(&policy.rules[r].cond) {
-            Some(keys) => {
-                let mut new: Vec<&Vec<Component>> = Vec::new();
-                for (t, _, _) in &keys {
-                    if !tuples.contains(t) && !new.contains(&t) {
-                        new.push(t);
-                    }
-                }
-                if tuples.len() + new.len() > MAX_TUPLES {
-                    rest.push(r);
-                    continue;
-                }
-                tuples.extend(new.into_iter().cloned());
-                keyed.push((r, keys));
-            }
-            None => rest.push(r),
-        }
+    let (mut keyed, mut rest, mut tuples) = keyed_rules(policy, first, end, d, false);
+    if d.is_none() && !logs_in_order(policy, &keyed, &rest) {
+        // The `log` rules as code, in rule order, after the lookups.
+        (keyed, rest, tuples) = keyed_rules(policy, first, end, d, true);
     }
     if keyed.len() < MIN_INDEXED_RULES {
         return None;
@@ -346,8 +343,10 @@ fn block(
             let id = ids.next_tuple;
             ids.next_tuple += 1;
             let residual = has_residual(&components);
-            // The port array holds a rule per port, no residual.
-            let port_slot = (!residual
+            // The port array holds a rule per port, no residual; in a run of `count`
+            // and `log` rules a key may have several.
+            let port_slot = (d.is_some()
+                && !residual
                 && matches!(
                     components.as_slice(),
                     [Component::LocalPort] | [Component::RemotePort]
@@ -381,6 +380,27 @@ fn block(
     let mut overflow = Vec::new();
     for (r, keys) in &keyed {
         let rule = policy.rules[*r].counter as u32;
+        let then = match policy.rules[*r].action {
+            Action::Decide(_) => IndexSlot::NOTHING,
+            Action::Count { counter } => counter as u32,
+            Action::Log => IndexSlot::LOG,
+        };
+        if d.is_none() {
+            // Every matching rule acts: all of its keys get a slot, or none does (it
+            // stays code); no slot covers another.
+            let full = |words: &Vec<u32>, components: &Vec<Component>| {
+                let Some(t) = tuples.iter().find(|t| &t.components == components) else {
+                    return true;
+                };
+                entries
+                    .get(&key_of(t.id, words))
+                    .is_some_and(|slots| slots.len() == IndexEntry::SLOTS)
+            };
+            if keys.iter().any(|(c, words, _)| full(words, c)) {
+                overflow.push(*r);
+                continue;
+            }
+        }
         let mut fits = true;
         for (components, words, len) in keys {
             let Some(tuple) = tuples.iter_mut().find(|t| &t.components == components) else {
@@ -407,13 +427,11 @@ fn block(
             if let Some((c, slot)) = tuple.gate {
                 first_in_slot(slot, port_of(c));
             }
-            let mut key = [0u32; IndexEntry::KEY_WORDS];
-            key[0] = tuple.id;
-            key[1..1 + words.len()].copy_from_slice(words);
-            let slots = entries.entry(key).or_default();
-            if slots
-                .iter()
-                .any(|s| s.len_min <= len.0 && len.1 <= s.len_max)
+            let slots = entries.entry(key_of(tuple.id, words)).or_default();
+            if d.is_some()
+                && slots
+                    .iter()
+                    .any(|s| s.len_min <= len.0 && len.1 <= s.len_max)
             {
                 continue; // an earlier slot matches whenever this one would
             }
@@ -425,6 +443,7 @@ fn block(
                 rule,
                 len_min: len.0,
                 len_max: len.1,
+                then,
             });
             tuple.slots = tuple.slots.max(slots.len());
         }
@@ -438,11 +457,84 @@ fn block(
     Some(Block {
         first,
         last: end - 1,
-        decision: d.clone(),
+        decision: d.cloned(),
         tuples,
         rest,
         indexed,
     })
+}
+
+/// The rules of segment `first..end` that can be keyed, with their keys, the others
+/// (`rest`, in order), and the tuples of the keys (at most MAX_TUPLES, in order of first
+/// use). In a run of `count`/`log` rules (`d` None) only rules that act once through the
+/// lookups are keyed (`acts_once`), and with `logs_as_code` no `log` rule is.
+type Keyed = (Vec<(usize, Vec<RuleKey>)>, Vec<usize>, Vec<Vec<Component>>);
+fn keyed_rules(
+    policy: &hir::Policy,
+    first: usize,
+    end: usize,
+    d: Option<&Decision>,
+    logs_as_code: bool,
+) -> Keyed {
+    let mut keyed: Vec<(usize, Vec<RuleKey>)> = Vec::new();
+    let mut rest = Vec::new();
+    let mut tuples: Vec<Vec<Component>> = Vec::new();
+    for r in first..end {
+        let rule = &policy.rules[r];
+        let keys = rule_keys(&rule.cond).filter(|keys| {
+            d.is_some() || (acts_once(keys) && !(logs_as_code && rule.action == Action::Log))
+        });
+        let Some(keys) = keys else {
+            rest.push(r);
+            continue;
+        };
+        let mut new: Vec<&Vec<Component>> = Vec::new();
+        for (t, _, _) in &keys {
+            if !tuples.contains(t) && !new.contains(&t) {
+                new.push(t);
+            }
+        }
+        if tuples.len() + new.len() > MAX_TUPLES {
+            rest.push(r);
+            continue;
+        }
+        tuples.extend(new.into_iter().cloned());
+        keyed.push((r, keys));
+    }
+    (keyed, rest, tuples)
+}
+
+/// The key of tuple `id` with value words `words`.
+fn key_of(id: u32, words: &[u32]) -> KeyWords {
+    let mut key = [0u32; IndexEntry::KEY_WORDS];
+    key[0] = id;
+    key[1..1 + words.len()].copy_from_slice(words);
+    key
+}
+
+/// Whether a message can match a `count`/`log` rule with `keys` through one slot at
+/// most, so that the rule acts once: all keys in one tuple (a message gives one key per
+/// tuple) and no key twice (two terms with one key and different `len` ranges).
+fn acts_once(keys: &[RuleKey]) -> bool {
+    let mut seen = std::collections::BTreeSet::new();
+    keys.iter().all(|(c, _, _)| *c == keys[0].0) && keys.iter().all(|(_, w, _)| seen.insert(w))
+}
+
+/// Whether the log records of a run of `count`/`log` rules keep rule order when `keyed`
+/// are looked up and `rest` are code after the lookups: the lookups go tuple by tuple,
+/// the slots of one entry in rule order, so with two or more `log` rules all of them
+/// are keyed in one tuple, or all are code. (A `log` rule that finds its key's slots
+/// full is code too, but it comes after the rules in them, and a message has one key
+/// per tuple: no other keyed `log` rule matches with it.) Counters add up in any order.
+fn logs_in_order(policy: &hir::Policy, keyed: &[(usize, Vec<RuleKey>)], rest: &[usize]) -> bool {
+    let is_log = |r: &usize| policy.rules[*r].action == Action::Log;
+    let logs: Vec<&Vec<Component>> = keyed
+        .iter()
+        .filter(|(r, _)| is_log(r))
+        .filter_map(|(_, keys)| keys.first().map(|k| &k.0))
+        .collect();
+    let coded = rest.iter().filter(|r| is_log(r)).count();
+    logs.len() + coded < 2 || logs.is_empty() || (coded == 0 && logs.iter().all(|t| *t == logs[0]))
 }
 
 /// The keys of a rule's condition, if it is an `or` of `and`s of port, address,
@@ -929,6 +1021,7 @@ mod tests {
             rule: 65,
             len_min: 101,
             len_max: u32::MAX,
+            then: IndexSlot::NOTHING,
         };
         assert_eq!(
             entry.slots,
@@ -1077,6 +1170,7 @@ mod tests {
             rule: 66,
             len_min: 11,
             len_max: u32::MAX,
+            then: IndexSlot::NOTHING,
         };
         assert!(has(&[t.id, 5], gid) && has(&[t.id, 6], gid));
         assert!(has(
@@ -1218,6 +1312,163 @@ mod tests {
                     let mut expect = vec![(0, 0); c.policy.counters.len()];
                     expect[slot] = (1, msg.len as u64);
                     assert_eq!(out.counters, expect, "{msg:?}");
+                }
+            }
+        }
+    }
+
+    /// 64 `count`/`log` rules the messages of these tests never match, then rules 64..:
+    /// keys shared by several rules, residuals, a rule in two tuples, a key twice.
+    fn effects(filler_action: &str) -> String {
+        let fill: String = (0..MIN_INDEXED_RULES)
+            .map(|i| format!("{filler_action} if local.port == {};\n", 2000 + i))
+            .collect();
+        format!(
+            "{fill}count a if uid == 5;\n\
+             log if uid == 5 and len > 10;\n\
+             count b if uid == 5 and len < 100;\n\
+             count a if uid == 5 or uid == 6;\n\
+             count b if uid == 5;\n\
+             count a if port == 7;\n\
+             count b if (uid == 8 and len > 10) or (uid == 8 and len > 20);\n\
+             count b if uid in {{5, 9}};\n\
+             count b if remote.port == 80 and comm == \"nginx\";\n\
+             drop if uid == 6;\n\
+             count a if uid == 6;\n"
+        )
+    }
+
+    #[test]
+    fn count_and_log_rules_are_a_block_where_every_rule_of_a_key_has_a_slot() {
+        let p = check(&effects("count a")).0.expect("checks");
+        let index = plan(&p);
+        let [b] = index.blocks.as_slice() else {
+            panic!("{:?}", index.blocks)
+        };
+        assert_eq!((b.first, b.last, b.decision.clone()), (0, 72, None));
+        // 68 (fifth with uid 5), 69 (two tuples: local and remote port), 70 (uid 8
+        // twice) and 71 (uid 9's key has room, 5's not: all or nothing) stay code.
+        assert_eq!(b.rest, vec![68, 69, 70, 71]);
+        assert!(b.tuples.iter().all(|t| t.port_slot.is_none()));
+        let uid = b.tuples.iter().find(|t| t.components == [Component::Uid]);
+        let uid = uid.expect("a uid tuple");
+        assert_eq!((uid.slots, uid.residual), (4, true));
+        // `then`: the counter of `count NAME`, or LOG.
+        let named = |r: usize| match p.rules[r].action {
+            Action::Count { counter } => counter as u32,
+            _ => IndexSlot::LOG,
+        };
+        assert_ne!(named(64), named(66));
+        let e = index.entries.iter().find(|e| e.key == key(&[uid.id, 5]));
+        let slots: Vec<(u32, u32, u32, u32)> = e
+            .expect("uid 5")
+            .used()
+            .map(|s| (s.rule, s.len_min, s.len_max, s.then))
+            .collect();
+        let rule = |r: usize| p.rules[r].counter as u32;
+        assert_eq!(
+            slots,
+            [
+                (rule(64), 0, u32::MAX, named(64)),
+                (rule(65), 11, u32::MAX, IndexSlot::LOG),
+                (rule(66), 0, 99, named(66)),
+                (rule(67), 0, u32::MAX, named(67)),
+            ]
+        );
+        let e = index.entries.iter().find(|e| e.key == key(&[uid.id, 6]));
+        let rules: Vec<u32> = e.expect("uid 6").used().map(|s| s.rule).collect();
+        assert_eq!(rules, [rule(67)]);
+        assert!(!index.entries.iter().any(|e| e.key == key(&[uid.id, 9])));
+        // `drop` ends the run: rule 74 is alone.
+        assert!(!index
+            .entries
+            .iter()
+            .flat_map(|e| e.used())
+            .any(|s| s.rule == rule(74)));
+    }
+
+    /// `effects("log")` with its only other `log` rule a `count`: every `log` rule is in
+    /// the local.port tuple.
+    fn logs_in_one_tuple() -> String {
+        effects("log").replace(
+            "log if uid == 5 and len > 10;",
+            "count a if uid == 5 and len > 10;",
+        )
+    }
+
+    /// `effects("count a")` with a second `log` rule, in another tuple than rule 65's.
+    fn logs_in_two_tuples() -> String {
+        effects("count a").replace(
+            "drop if uid == 6;",
+            "log if local.port == 2001;\ndrop if uid == 6;",
+        )
+    }
+
+    #[test]
+    fn logs_in_two_tuples_are_code() {
+        // Rule 65 (uid) and rule 73 (local.port) would send their records tuple by
+        // tuple: both are code, after the lookups, in rule order (and 68 has a slot).
+        let p = check(&logs_in_two_tuples()).0.expect("checks");
+        let index = plan(&p);
+        assert_eq!(index.blocks[0].rest, vec![65, 69, 70, 71, 73]);
+        // Logs all in one tuple (the 64 filler rules) are keyed.
+        let p = check(&logs_in_one_tuple()).0.expect("checks");
+        assert_eq!(plan(&p).blocks[0].rest, vec![68, 69, 70, 71]);
+        // And when the logs are too many to be code, the run stays code.
+        let p = check(&effects("log")).0.expect("checks");
+        assert!(plan(&p).blocks.is_empty());
+    }
+
+    #[test]
+    fn the_vm_and_the_evaluator_agree_on_count_and_log_blocks() {
+        use crate::hir::Message;
+        for (src, counters) in [
+            (effects("count a"), true),
+            (effects("count a"), false),
+            (logs_in_one_tuple(), true),
+            (logs_in_one_tuple(), false),
+            (logs_in_two_tuples(), true),
+        ] {
+            let src = format!("{src}default pass;\n");
+            let c = crate::compile::compile_with(
+                "t.skp",
+                &src,
+                crate::lower::Options {
+                    counters,
+                    ..crate::lower::Options::default()
+                },
+            )
+            .expect("compiles");
+            assert_eq!(c.lowered.index_summary.len(), 1);
+            let vm = crate::vm::Vm::new(&c.lowered).expect("loads");
+            let m = |uid: u32, remote_port: u16, comm: &[u8], len: usize| Message {
+                uid,
+                remote_port,
+                local_port: if len == 30 { 2001 } else { 7 },
+                comm: comm.to_vec(),
+                len: len as u32,
+                payload: vec![b'x'; len],
+                ..Message::default()
+            };
+            for msg in [
+                m(5, 1, b"x", 50),
+                m(5, 1, b"x", 5),
+                m(5, 7, b"x", 500),
+                m(6, 80, b"nginx", 20),
+                m(8, 1, b"x", 30),
+                m(8, 1, b"x", 15),
+                m(9, 1, b"x", 1),
+                m(1, 80, b"nginx", 1),
+                m(1, 1, b"x", 1),
+            ] {
+                let out = vm
+                    .run(&msg, &crate::vm::RunConfig::default())
+                    .expect("runs");
+                let want = crate::eval::eval(&c.policy, &msg);
+                assert_eq!(out.decision, want.decision, "{msg:?}");
+                assert_eq!(out.events, want.events, "{msg:?}");
+                if counters {
+                    assert_eq!(out.counters, want.counters, "{msg:?}");
                 }
             }
         }

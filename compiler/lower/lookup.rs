@@ -14,8 +14,8 @@ use super::index;
 use super::lir::{Label, Lir, Mark};
 use super::maps::IndexMaps;
 use super::{
-    Gen, NO_RULE, SLOT, STACK_COMM, STACK_COUNTER_KEY, STACK_INDEX_BEST, STACK_INDEX_FIELDS,
-    STACK_INDEX_KEY, STACK_PROTO,
+    Gen, NO_RULE, SLOT, STACK_COMM, STACK_COUNTER_KEY, STACK_INDEX_BEST, STACK_INDEX_ENTRY,
+    STACK_INDEX_FIELDS, STACK_INDEX_KEY, STACK_PROTO,
 };
 
 // The key fits below the parser's region.
@@ -39,12 +39,21 @@ fn helper_word(c: index::Component, w: usize) -> Option<i16> {
     Some(first + 4 * w as i16)
 }
 
+/// What a lookup does with a slot whose rule matches.
+#[derive(Clone, Copy)]
+enum OnHit<'a> {
+    /// The block decides: keep the smallest rule (with counters), or decide at once.
+    Decide(&'a Decision),
+    /// A block of `count`/`log` rules: the rule acts (`act_on_slot`); `logs`: some rule
+    /// of the block logs.
+    Act { logs: bool },
+}
+
 impl Gen {
     /// An indexed block (see `index`): one map lookup per tuple, then the block's other
     /// rules as code; the smallest matching rule index decides (and is counted). Returns
     /// whether an unconditional rule of the block makes everything after it dead.
     pub(super) fn indexed_block(&mut self, policy: &hir::Policy, block: &index::Block) -> bool {
-        use index::Component;
         self.code.push(Lir::Mark(Mark::Rule(block.first)));
         let maps = self
             .maps
@@ -61,6 +70,10 @@ impl Gen {
             self.jmp32(JmpOp::Jne, Reg::R1, skpc_abi::INDEX_READY as i32, not_ready);
         }
         let counters = self.options.counters;
+        let Some(decision) = &block.decision else {
+            self.effects_block(policy, block, maps);
+            return false;
+        };
         if counters {
             // NO_RULE, but unknown to the verifier (`+ size - size`, as in `count_reg`):
             // a known constant would make the compares below decided on the paths that
@@ -72,6 +85,82 @@ impl Gen {
             self.alu64(AluOp::Sub, Reg::R2, Src::Reg(Reg::R1));
             self.stx(Size::W, Reg::R10, STACK_INDEX_BEST, Reg::R2);
         }
+        self.index_lookups(block, maps, OnHit::Decide(decision));
+        // The block's other rules, in order: a match decides with the smaller of its
+        // index and the best indexed one.
+        let found_best = self.label();
+        let mut ends = false;
+        for &r in &block.rest {
+            let rule = &policy.rules[r];
+            let cond = &rule.cond;
+            if *cond == Cond::Const(false) {
+                continue;
+            }
+            self.code.push(Lir::Mark(Mark::Rule(r)));
+            let (act, next) = (self.label(), self.label());
+            self.rule_test(cond, act, next);
+            self.place(act);
+            if counters {
+                self.ldx(Size::W, Reg::R1, Reg::R10, STACK_INDEX_BEST);
+                self.jmp32(JmpOp::Jlt, Reg::R1, r as i32, found_best);
+            }
+            self.decide_via_tail(decision, rule.counter as u32);
+            self.place(next);
+            self.forget_search_bounds(cond, block.last);
+            if *cond == Cond::Const(true) {
+                ends = true;
+                break;
+            }
+        }
+        if counters {
+            let miss = self.label();
+            self.code.push(Lir::Mark(Mark::Rule(block.first)));
+            self.ldx(Size::W, Reg::R1, Reg::R10, STACK_INDEX_BEST);
+            self.jmp32(JmpOp::Jeq, Reg::R1, NO_RULE as i32, miss);
+            self.place(found_best);
+            self.alu32(AluOp::Mov, SLOT, Src::Reg(Reg::R1));
+            let tail = self.tail(decision);
+            self.goto(tail);
+            self.place(miss);
+        }
+        ends
+    }
+
+    /// A block of `count`/`log` rules: every lookup acts on each slot that matches (see
+    /// `act_on_slots`), then the block's other rules are code, each acting if it holds.
+    fn effects_block(&mut self, policy: &hir::Policy, block: &index::Block, maps: IndexMaps) {
+        let logs = policy.rules[block.first..=block.last]
+            .iter()
+            .any(|r| r.action == hir::Action::Log);
+        // Without counters a `count` rule does nothing: no lookup is needed for it.
+        if self.options.counters || logs {
+            self.index_lookups(block, maps, OnHit::Act { logs });
+        }
+        for &r in &block.rest {
+            let rule = &policy.rules[r];
+            if rule.cond == Cond::Const(false) {
+                continue;
+            }
+            self.code.push(Lir::Mark(Mark::Rule(r)));
+            let (act, next) = (self.label(), self.label());
+            self.rule_test(&rule.cond, act, next);
+            self.place(act);
+            self.count_const(rule.counter as u32);
+            match rule.action {
+                hir::Action::Count { counter } => self.count_const(counter as u32),
+                hir::Action::Log => self.log(Src::Imm(rule.counter as i32)),
+                hir::Action::Decide(_) => {} // `index::plan` puts none in this block
+            }
+            self.place(next);
+            self.forget_search_bounds(&rule.cond, block.last);
+        }
+    }
+
+    /// The lookups of every tuple of `block`, by family: the sender's fields first, then
+    /// the tuples of ports (and payload and sender fields) on any socket, then those with
+    /// IPv4 or IPv6 addresses.
+    fn index_lookups(&mut self, block: &index::Block, maps: IndexMaps, d: OnHit) {
+        use index::Component;
         self.load_index_fields(block);
         let has = |t: &index::Tuple, f: fn(&Component) -> bool| t.components.iter().any(f);
         let is_ip4 = |c: &Component| matches!(c, Component::Ip4 { .. });
@@ -85,7 +174,7 @@ impl Gen {
             .iter()
             .filter(|t| !has(t, is_ip4) && !has(t, is_ip6))
         {
-            self.index_lookup(maps, t, false, &block.decision, &mut dirty);
+            self.index_lookup(maps, t, false, d, &mut dirty);
         }
         let v4: Vec<&index::Tuple> = block
             .tuples
@@ -112,7 +201,7 @@ impl Gen {
             if !v4.is_empty() {
                 self.place(l4);
                 for t in v4 {
-                    self.index_lookup(maps, t, false, &block.decision, &mut dirty);
+                    self.index_lookup(maps, t, false, d, &mut dirty);
                 }
                 self.goto(done);
             }
@@ -120,49 +209,11 @@ impl Gen {
                 self.place(l6);
                 dirty = after_ports;
                 for t in v6 {
-                    self.index_lookup(maps, t, true, &block.decision, &mut dirty);
+                    self.index_lookup(maps, t, true, d, &mut dirty);
                 }
             }
             self.place(done);
         }
-        // The block's other rules, in order: a match decides with the smaller of its
-        // index and the best indexed one.
-        let found_best = self.label();
-        let mut ends = false;
-        for &r in &block.rest {
-            let rule = &policy.rules[r];
-            let cond = &rule.cond;
-            if *cond == Cond::Const(false) {
-                continue;
-            }
-            self.code.push(Lir::Mark(Mark::Rule(r)));
-            let (act, next) = (self.label(), self.label());
-            self.rule_test(cond, act, next);
-            self.place(act);
-            if counters {
-                self.ldx(Size::W, Reg::R1, Reg::R10, STACK_INDEX_BEST);
-                self.jmp32(JmpOp::Jlt, Reg::R1, r as i32, found_best);
-            }
-            self.decide_via_tail(&block.decision, rule.counter as u32);
-            self.place(next);
-            self.forget_search_bounds(cond, block.last);
-            if *cond == Cond::Const(true) {
-                ends = true;
-                break;
-            }
-        }
-        if counters {
-            let miss = self.label();
-            self.code.push(Lir::Mark(Mark::Rule(block.first)));
-            self.ldx(Size::W, Reg::R1, Reg::R10, STACK_INDEX_BEST);
-            self.jmp32(JmpOp::Jeq, Reg::R1, NO_RULE as i32, miss);
-            self.place(found_best);
-            self.alu32(AluOp::Mov, SLOT, Src::Reg(Reg::R1));
-            let tail = self.tail(&block.decision);
-            self.goto(tail);
-            self.place(miss);
-        }
-        ends
     }
 
     /// Calls the helpers whose values some tuple of `block` keys on, once for the block,
@@ -194,19 +245,21 @@ impl Gen {
     /// Looks tuple `t` up in the index `maps`: builds the key at STACK_INDEX_KEY from the
     /// context (on an IPv6 socket, `v6`: IPv4 components from the IPv4-mapped address,
     /// skipping the lookup if it is not one) and keeps the smaller rule index in
-    /// STACK_INDEX_BEST; without counters a hit decides at once. `dirty`: how many key
-    /// words after the tuple id may hold something other than zero.
-    pub(super) fn index_lookup(
+    /// STACK_INDEX_BEST; without counters a hit decides at once; in a block of
+    /// `count`/`log` rules, every matching slot acts. `dirty`: how many key words after
+    /// the tuple id may hold something other than zero.
+    fn index_lookup(
         &mut self,
         maps: IndexMaps,
         t: &index::Tuple,
         v6: bool,
-        d: &Decision,
+        on_hit: OnHit,
         dirty: &mut usize,
     ) {
         use index::Component;
         let skip = self.label();
-        if let Some(slot) = t.port_slot {
+        // `index::plan` gives the tuples of `count`/`log` blocks no port slot.
+        if let (Some(slot), OnHit::Decide(d)) = (t.port_slot, on_hit) {
             // One port: the array slot `slot * 65536 + port` holds the rule plus one.
             self.port_slot_value(maps, t.components[0], slot, skip);
             if self.options.counters {
@@ -324,6 +377,17 @@ impl Gen {
         };
         self.map_lookup(maps.hash, STACK_INDEX_KEY);
         self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
+        let d = match on_hit {
+            OnHit::Decide(d) => d,
+            OnHit::Act { logs } => {
+                self.stx(Size::DW, Reg::R10, STACK_INDEX_ENTRY, Reg::R0);
+                for s in 0..t.slots {
+                    self.act_on_slot(s, t.residual, logs);
+                }
+                self.place(skip);
+                return;
+            }
+        };
         if t.residual {
             // The slots in rule order: the first whose length range holds decides.
             self.ctx_ld(Reg::R4, SK_MSG_MD_SIZE);
@@ -348,6 +412,48 @@ impl Gen {
             self.place(next);
         }
         self.place(skip);
+    }
+
+    /// Slot `s` of the entry whose address is at STACK_INDEX_ENTRY, in a block of
+    /// `count`/`log` rules: if it holds a rule whose `len` range (`residual`) holds, the
+    /// rule's counter is bumped, and its `then` (`skpc_abi::IndexSlot`) done: a second
+    /// counter, or (`logs`) a log record. The rule and `then` are map data, unknown to
+    /// the verifier: one walk for every slot of every entry.
+    fn act_on_slot(&mut self, s: usize, residual: bool, logs: bool) {
+        let base = (s * IndexSlot::SIZE) as i16;
+        let next = self.label();
+        let entry = |g: &mut Gen| g.ldx(Size::DW, Reg::R0, Reg::R10, STACK_INDEX_ENTRY);
+        entry(self);
+        self.ldx(Size::W, Reg::R1, Reg::R0, base + IndexSlot::OFF_RULE);
+        // An unused slot (its range is empty too, but a slot without one is not checked).
+        self.jmp32(JmpOp::Jeq, Reg::R1, IndexSlot::EMPTY.rule as i32, next);
+        if residual {
+            self.ctx_ld(Reg::R4, SK_MSG_MD_SIZE);
+            self.ldx(Size::W, Reg::R2, Reg::R0, base + IndexSlot::OFF_LEN_MIN);
+            self.jmp64(JmpOp::Jlt, Reg::R4, Src::Reg(Reg::R2), next);
+            self.ldx(Size::W, Reg::R2, Reg::R0, base + IndexSlot::OFF_LEN_MAX);
+            self.jmp64(JmpOp::Jgt, Reg::R4, Src::Reg(Reg::R2), next);
+        }
+        if self.options.counters {
+            self.stx(Size::W, Reg::R10, STACK_COUNTER_KEY, Reg::R1);
+            self.count_key_on_stack();
+            // `count NAME`: `then` is NAME's counter slot, below IndexSlot::LOG.
+            let not_count = self.label();
+            entry(self);
+            self.ldx(Size::W, Reg::R1, Reg::R0, base + IndexSlot::OFF_THEN);
+            self.jmp32(JmpOp::Jge, Reg::R1, IndexSlot::LOG as i32, not_count);
+            self.stx(Size::W, Reg::R10, STACK_COUNTER_KEY, Reg::R1);
+            self.count_key_on_stack();
+            self.place(not_count);
+        }
+        if logs {
+            entry(self);
+            self.ldx(Size::W, Reg::R1, Reg::R0, base + IndexSlot::OFF_THEN);
+            self.jmp32(JmpOp::Jne, Reg::R1, IndexSlot::LOG as i32, next);
+            self.ldx(Size::W, Reg::R1, Reg::R0, base + IndexSlot::OFF_RULE);
+            self.log(Src::Reg(Reg::R1));
+        }
+        self.place(next);
     }
 
     /// Stores payload bytes `offset..offset + len` (readable at r2, see

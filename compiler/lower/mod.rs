@@ -108,8 +108,12 @@ const STACK_INDEX_KEY: i16 = -480; // IndexEntry::KEY_SIZE (36) bytes, below STA
 /// `get_current_cgroup_id` returned, for the index's keys (`lookup`; the comm goes to
 /// STACK_COMM).
 const STACK_INDEX_FIELDS: i16 = -504;
+/// 8 bytes below them: the address of the entry a lookup of a `count`/`log` block found,
+/// while its slots act (each action calls helpers).
+const STACK_INDEX_ENTRY: i16 = -512;
 const _: () = assert!(
-    STACK_INDEX_FIELDS >= -512
+    STACK_INDEX_ENTRY + 8 <= STACK_INDEX_FIELDS
+        && STACK_INDEX_FIELDS >= -512
         && STACK_INDEX_FIELDS + 24 <= STACK_INDEX_KEY
         && STACK_INDEX_FIELDS % 8 == 0
 );

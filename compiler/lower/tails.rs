@@ -386,13 +386,17 @@ impl Gen {
         }
     }
 
-    /// Sends a `LogRecord` for rule `rule` to the ring buffer.
-    pub(super) fn log(&mut self, rule: u32) {
+    /// Sends a `LogRecord` for rule `rule` (a constant, or a register other than r10)
+    /// to the ring buffer.
+    pub(super) fn log(&mut self, rule: Src) {
         let b = STACK_LOG;
         for i in 0..(LogRecord::SIZE as i16 / 8) {
             self.st(Size::DW, Reg::R10, b + i * 8, 0);
         }
-        self.st(Size::W, Reg::R10, b + LogRecord::OFF_RULE, rule as i32);
+        match rule {
+            Src::Imm(rule) => self.st(Size::W, Reg::R10, b + LogRecord::OFF_RULE, rule),
+            Src::Reg(r) => self.stx(Size::W, Reg::R10, b + LogRecord::OFF_RULE, r),
+        }
         let (v6, done) = (self.label(), self.label());
         self.ctx_ld(Reg::R2, SK_MSG_MD_FAMILY);
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_FAMILY, Reg::R2);

@@ -2014,6 +2014,18 @@ impl Gen<'_> {
     fn segment(&mut self, rules: &mut Vec<GRule>) {
         let shape = Shape::new(self.rng);
         let (action, d) = self.decision();
+        // Sometimes a run of `count` rules (and a `log` or two) instead: the index's
+        // blocks where every matching rule acts.
+        let effects = self.rng.pct(20);
+        let act = |g: &mut Gen| {
+            if !effects {
+                (action.clone(), ASem::Decide(d.clone()))
+            } else if g.rng.pct(2) {
+                ("log".to_string(), ASem::Log)
+            } else {
+                (g.counter(), ASem::Count)
+            }
+        };
         // Port/address rules: just under the threshold sometimes, at it, or well over.
         let n = match self.rng.below(12) {
             0 => 63,
@@ -2021,15 +2033,19 @@ impl Gen<'_> {
             2 => self.rng.range(100, 160),
             _ => self.rng.range(65, 100),
         };
+        // A rule of `count`s keyed in two tuples (`port == N`, an `or` of two fields)
+        // could match twice: code. More rules, so that 64 are keyed often enough.
+        let n = if effects { n + n / 2 } else { n };
         let mut seg: Vec<GRule> = Vec::new();
         let mut keyed: Vec<(GCond, Vec<Hit>)> = Vec::new();
         while keyed.len() < n as usize {
             if self.rng.pct(12) {
                 // A rule the index cannot hold: it stays code, in its place.
                 let c = self.code_cond(&shape);
+                let (action, sem) = act(self);
                 seg.push(GRule {
-                    action: action.clone(),
-                    sem: ASem::Decide(d.clone()),
+                    action,
+                    sem,
                     cond: Some(c),
                 });
                 continue;
@@ -2042,20 +2058,22 @@ impl Gen<'_> {
             };
             self.pool.targets.push(t.clone());
             keyed.push((c.clone(), t));
+            let (action, sem) = act(self);
             seg.push(GRule {
-                action: action.clone(),
-                sem: ASem::Decide(d.clone()),
+                action,
+                sem,
                 cond: Some(c),
             });
         }
         if self.rng.pct(4) {
             // An unconditional rule inside the block: the rest of the policy is dead.
             let at = self.rng.below(seg.len() as u64 + 1) as usize;
+            let (action, sem) = act(self);
             seg.insert(
                 at,
                 GRule {
-                    action: action.clone(),
-                    sem: ASem::Decide(d.clone()),
+                    action,
+                    sem,
                     cond: None,
                 },
             );
