@@ -29,9 +29,11 @@
 //! range checked after the lookup against the entry's slot for the rule (the slot holds
 //! the rule and its range, `skpc_abi::IndexSlot`). An entry has `IndexEntry::SLOTS`
 //! slots in rule order, so rules with one key and different residuals are tried in
-//! order and the first whose range holds is the key's first match. A rule that would
-//! need a slot more than a key has stays code (in `rest`): a handful of rules sharing
-//! one key is rare, and a fixed value size keeps the lookup's code fixed. A rule
+//! order and the first whose range holds is the key's first match. A key with more
+//! rules has more entries, *pages*: page `p` has the tuple id `id | p << PAGE_SHIFT`,
+//! and the program looks the next page up only when the key has it (a fixed value size
+//! keeps the lookup's code fixed; a tuple's code has as many pages as its fullest key).
+//! A rule that would need a slot past `MAX_PAGES` pages stays code (in `rest`). A rule
 //! without a residual ends a key's slots (the rules after it with that key are dead).
 //! Conjuncts shared by many rules (`remote.ip in lan`) are keyed as a cross product.
 //!
@@ -57,6 +59,13 @@ pub(super) const MAX_TUPLES: usize = 16;
 const MAX_RULE_ENTRIES: usize = 256;
 /// DNF terms one rule may have.
 const MAX_TERMS: usize = 32;
+/// Entries (pages of `IndexEntry::SLOTS` rules) one key may have: a message looks up
+/// one more per page its key has.
+pub(super) const MAX_PAGES: usize = 16;
+/// Where the page number goes in a key's first word (the tuple ids stay below it).
+pub(super) const PAGE_SHIFT: u32 = 24;
+/// Rules one key may have.
+const MAX_KEY_RULES: usize = IndexEntry::SLOTS * MAX_PAGES;
 
 /// One field of a tuple, and how much of it the key keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -160,7 +169,8 @@ pub(super) struct Tuple {
     /// A tuple of one port is looked up in the port array (`skpc_abi::INDEX_PORTS_NAME`)
     /// at `slot * PORTS_PER_TUPLE + port`, not in the hash map.
     pub port_slot: Option<u32>,
-    /// The most slots an entry of the tuple uses (the lookup checks this many).
+    /// The most rules a key of the tuple has (the lookup checks this many slots, in
+    /// pages of `IndexEntry::SLOTS`).
     pub slots: usize,
     /// Whether some slot of the tuple has a `len` range to check.
     pub residual: bool,
@@ -289,12 +299,19 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
     }
     index.entries = entries
         .into_iter()
-        .map(|(key, used)| {
-            let mut slots = [IndexSlot::EMPTY; IndexEntry::SLOTS];
-            slots[..used.len()].copy_from_slice(&used);
-            IndexEntry { key, slots }
+        .flat_map(|(key, used)| {
+            let pages: Vec<Vec<IndexSlot>> =
+                used.chunks(IndexEntry::SLOTS).map(<[_]>::to_vec).collect();
+            pages.into_iter().enumerate().map(move |(p, page)| {
+                let mut slots = [IndexSlot::EMPTY; IndexEntry::SLOTS];
+                slots[..page.len()].copy_from_slice(&page);
+                let mut key = key;
+                key[0] |= (p as u32) << PAGE_SHIFT;
+                IndexEntry { key, slots }
+            })
         })
         .collect();
+    index.entries.sort_unstable_by_key(|e| e.key);
     index.port_entries = ports
         .into_iter()
         .map(|(slot, rule)| PortEntry {
@@ -328,7 +345,8 @@ fn block(
         // The `log` rules as code, in rule order, after the lookups.
         (keyed, rest, tuples) = keyed_rules(policy, first, end, d, true);
     }
-    if keyed.len() < MIN_INDEXED_RULES {
+    // The tuple ids must stay below the page bits (16 per 64 rules: never, in practice).
+    if keyed.len() < MIN_INDEXED_RULES || ids.next_tuple + (MAX_TUPLES as u32) >= 1 << PAGE_SHIFT {
         return None;
     }
     let has_residual = |components: &Vec<Component>| {
@@ -394,7 +412,7 @@ fn block(
                 };
                 entries
                     .get(&key_of(t.id, words))
-                    .is_some_and(|slots| slots.len() == IndexEntry::SLOTS)
+                    .is_some_and(|slots| slots.len() == MAX_KEY_RULES)
             };
             if keys.iter().any(|(c, words, _)| full(words, c)) {
                 overflow.push(*r);
@@ -435,7 +453,7 @@ fn block(
             {
                 continue; // an earlier slot matches whenever this one would
             }
-            if slots.len() == IndexEntry::SLOTS {
+            if slots.len() == MAX_KEY_RULES {
                 fits = false; // the rule stays code; its other keys are still true
                 continue;
             }
@@ -1048,23 +1066,51 @@ mod tests {
         drop if payload starts with \"ab\";\n";
 
     #[test]
-    fn rules_of_one_key_fill_its_slots_in_order_and_the_overflow_stays_code() {
+    fn rules_of_one_key_fill_its_slots_in_order_over_pages() {
         let p = check(&format!("{}{SHARED_KEY}", filler()))
             .0
             .expect("checks");
         let index = plan(&p);
         let b = &index.blocks[0];
-        // Four slots: 64, 65, 67 and 68 (66 is covered by 64); 69 and 70 are code.
-        assert_eq!(b.rest, vec![69, 70]);
+        // Six slots: 64, 65, 67, 68 (66 is covered by 64), then a second page: 69, 70.
+        assert!(b.rest.is_empty());
         let t = b
             .tuples
             .iter()
             .find(|t| t.components == [Component::LocalPort]);
         let t = t.expect("a local.port tuple");
-        assert_eq!((t.slots, t.residual, t.port_slot), (4, true, None));
-        let e = index.entries.iter().find(|e| e.key == key(&[t.id, 5]));
-        let rules: Vec<u32> = e.expect("port 5").used().map(|s| s.rule).collect();
-        assert_eq!(rules, [64, 65, 67, 68]);
+        assert_eq!((t.slots, t.residual, t.port_slot), (6, true, None));
+        let rules = |page: u32| {
+            let e = index
+                .entries
+                .iter()
+                .find(|e| e.key == key(&[t.id | page << PAGE_SHIFT, 5]));
+            let e = e.unwrap_or_else(|| panic!("port 5, page {page}"));
+            e.used().map(|s| s.rule).collect::<Vec<u32>>()
+        };
+        assert_eq!((rules(0), rules(1)), (vec![64, 65, 67, 68], vec![69, 70]));
+    }
+
+    #[test]
+    fn a_rule_past_the_last_page_stays_code() {
+        // 64 rules of one key with ranges that cover none of the others fill its 16
+        // pages; the next one with that key is code, and in a `count` run so is every
+        // key of it (it would act twice: once by its other key, once as code).
+        for action in ["drop", "count a"] {
+            let full: String = (0..MAX_KEY_RULES)
+                .map(|i| format!("{action} if local.port == 5 and len == {i};\n"))
+                .collect();
+            let src = format!(
+                "{full}{action} if local.port in {{5, 6}} and len == 1000;\n{action} if local.port == 7;\n"
+            );
+            let index = plan(&check(&src).0.expect("checks"));
+            let b = &index.blocks[0];
+            assert_eq!(b.rest, vec![MAX_KEY_RULES], "{action}");
+            let t = &b.tuples[0];
+            assert_eq!(t.slots, MAX_KEY_RULES);
+            let six = index.entries.iter().any(|e| e.key == key(&[t.id, 6]));
+            assert_eq!(six, action == "drop", "{action}");
+        }
     }
 
     #[test]
@@ -1097,7 +1143,7 @@ mod tests {
                 (m(5, 1, &x(15)), Some(65)),
                 (m(5, 1, &x(2)), Some(67)),
                 (m(5, 1, &x(50)), Some(68)),
-                // Past the key's slots: code.
+                // The key's second page.
                 (m(5, 1, &x(60)), Some(69)),
                 (m(5, 1, &x(70)), Some(70)),
                 // A residual fails, a later rule of another tuple matches.
@@ -1346,13 +1392,13 @@ mod tests {
             panic!("{:?}", index.blocks)
         };
         assert_eq!((b.first, b.last, b.decision.clone()), (0, 72, None));
-        // 68 (fifth with uid 5), 69 (two tuples: local and remote port), 70 (uid 8
-        // twice) and 71 (uid 9's key has room, 5's not: all or nothing) stay code.
-        assert_eq!(b.rest, vec![68, 69, 70, 71]);
+        // 69 (two tuples: local and remote port) and 70 (uid 8 twice) stay code.
+        assert_eq!(b.rest, vec![69, 70]);
         assert!(b.tuples.iter().all(|t| t.port_slot.is_none()));
         let uid = b.tuples.iter().find(|t| t.components == [Component::Uid]);
         let uid = uid.expect("a uid tuple");
-        assert_eq!((uid.slots, uid.residual), (4, true));
+        // uid 5: 64-68 and 71, a page and a half.
+        assert_eq!((uid.slots, uid.residual), (6, true));
         // `then`: the counter of `count NAME`, or LOG.
         let named = |r: usize| match p.rules[r].action {
             Action::Count { counter } => counter as u32,
@@ -1378,7 +1424,9 @@ mod tests {
         let e = index.entries.iter().find(|e| e.key == key(&[uid.id, 6]));
         let rules: Vec<u32> = e.expect("uid 6").used().map(|s| s.rule).collect();
         assert_eq!(rules, [rule(67)]);
-        assert!(!index.entries.iter().any(|e| e.key == key(&[uid.id, 9])));
+        let e = index.entries.iter().find(|e| e.key == key(&[uid.id, 9]));
+        let rules: Vec<u32> = e.expect("uid 9").used().map(|s| s.rule).collect();
+        assert_eq!(rules, [rule(71)]);
         // `drop` ends the run: rule 74 is alone.
         assert!(!index
             .entries
@@ -1410,10 +1458,10 @@ mod tests {
         // tuple: both are code, after the lookups, in rule order (and 68 has a slot).
         let p = check(&logs_in_two_tuples()).0.expect("checks");
         let index = plan(&p);
-        assert_eq!(index.blocks[0].rest, vec![65, 69, 70, 71, 73]);
+        assert_eq!(index.blocks[0].rest, vec![65, 69, 70, 73]);
         // Logs all in one tuple (the 64 filler rules) are keyed.
         let p = check(&logs_in_one_tuple()).0.expect("checks");
-        assert_eq!(plan(&p).blocks[0].rest, vec![68, 69, 70, 71]);
+        assert_eq!(plan(&p).blocks[0].rest, vec![69, 70]);
         // And when the logs are too many to be code, the run stays code.
         let p = check(&effects("log")).0.expect("checks");
         assert!(plan(&p).blocks.is_empty());

@@ -375,27 +375,43 @@ impl Gen {
         } else {
             used
         };
-        self.map_lookup(maps.hash, STACK_INDEX_KEY);
-        self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
-        let d = match on_hit {
-            OnHit::Decide(d) => d,
-            OnHit::Act { logs } => {
-                self.stx(Size::DW, Reg::R10, STACK_INDEX_ENTRY, Reg::R0);
-                for s in 0..t.slots {
-                    self.act_on_slot(s, t.residual, logs);
-                }
-                self.place(skip);
-                return;
+        // A key with more rules than an entry has slots has more entries (pages, see
+        // `index`): the next is looked up with the page in the tuple id's upper bits,
+        // the rest of the key as it is, until a page is missing.
+        for page in 0..t.slots.div_ceil(IndexEntry::SLOTS) {
+            if page > 0 {
+                let id = t.id | (page as u32) << index::PAGE_SHIFT;
+                self.st(Size::W, Reg::R10, STACK_INDEX_KEY, id as i32);
             }
-        };
-        if t.residual {
+            self.map_lookup(maps.hash, STACK_INDEX_KEY);
+            self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
+            let slots = (t.slots - page * IndexEntry::SLOTS).min(IndexEntry::SLOTS);
+            match on_hit {
+                OnHit::Decide(d) => self.first_matching_slot(slots, t.residual, d, skip),
+                OnHit::Act { logs } => {
+                    self.stx(Size::DW, Reg::R10, STACK_INDEX_ENTRY, Reg::R0);
+                    for s in 0..slots {
+                        self.act_on_slot(s, t.residual, logs);
+                    }
+                }
+            }
+        }
+        self.place(skip);
+    }
+
+    /// The first of `slots` slots of the entry at r0 whose rule matches (its `len` range
+    /// holds, with `residual`) decides: kept in STACK_INDEX_BEST if smaller (with
+    /// counters; then on to `done`), or the decision `d` at once. Falls through when none
+    /// matches.
+    fn first_matching_slot(&mut self, slots: usize, residual: bool, d: &Decision, done: Label) {
+        if residual {
             // The slots in rule order: the first whose length range holds decides.
             self.ctx_ld(Reg::R4, SK_MSG_MD_SIZE);
         }
-        for s in 0..t.slots {
+        for s in 0..slots {
             let base = (s * IndexSlot::SIZE) as i16;
             let next = self.label();
-            if t.residual {
+            if residual {
                 self.ldx(Size::W, Reg::R2, Reg::R0, base + IndexSlot::OFF_LEN_MIN);
                 self.jmp64(JmpOp::Jlt, Reg::R4, Src::Reg(Reg::R2), next);
                 self.ldx(Size::W, Reg::R2, Reg::R0, base + IndexSlot::OFF_LEN_MAX);
@@ -404,14 +420,13 @@ impl Gen {
             if self.options.counters {
                 self.ldx(Size::W, Reg::R1, Reg::R0, base + IndexSlot::OFF_RULE);
                 self.keep_smaller_rule();
-                self.goto(skip);
+                self.goto(done);
             } else {
                 let tail = self.tail(d);
                 self.goto(tail);
             }
             self.place(next);
         }
-        self.place(skip);
     }
 
     /// Slot `s` of the entry whose address is at STACK_INDEX_ENTRY, in a block of
