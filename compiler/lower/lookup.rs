@@ -106,7 +106,7 @@ impl Gen {
             }
             self.decide_via_tail(decision, rule.counter as u32);
             self.place(next);
-            self.forget_search_bounds(cond, block.last);
+            self.forget_search_bounds(cond, r);
             if *cond == Cond::Const(true) {
                 ends = true;
                 break;
@@ -152,7 +152,7 @@ impl Gen {
                 hir::Action::Decide(_) => {} // `index::plan` puts none in this block
             }
             self.place(next);
-            self.forget_search_bounds(&rule.cond, block.last);
+            self.forget_search_bounds(&rule.cond, r);
         }
     }
 
