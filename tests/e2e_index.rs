@@ -1188,8 +1188,9 @@ fn ten_thousand_uid_and_payload_byte_rules_drop_on_loopback() {
 
 /// 10,000 `log if uid == U and remote.port == P;` and 10,000 `count hitsK if
 /// remote.port == P and len > N;` rules (the budget bench's log_rules and count_rules),
-/// and rules for this test's ports that share keys: one block where every matching
-/// rule acts. The kernel verifies it in a few hundred instructions; a message that
+/// and rules for this test's ports that share keys (eight with one key: two pages):
+/// one block where every matching rule acts. The kernel verifies it in about a
+/// thousand instructions; a message that
 /// matches several rules bumps each one's counter (and `count NAME`'s) once and sends
 /// one log record per matching `log` rule, in rule order, as the evaluator says.
 #[test]
@@ -1208,21 +1209,25 @@ fn count_and_log_rules_in_the_index_act_once_each_on_loopback() {
          log if remote.port == {pa} and uid == {uid};\n\
          count b if remote.port == {pa};\n\
          count a if remote.port in {{{pa}, {pb}}};\n\
-         default pass;\n",
+         {}default pass;\n",
         budget_shapes::log_rules(10_000),
         budget_shapes::count_rules(10_000),
+        // Five more rules with `pa`'s key: eight, two entries (pages) of four.
+        [0, 1, 2, 3, 10]
+            .map(|n| format!("count c if remote.port == {pa} and len > {n};\n"))
+            .concat(),
     );
     let compiled = skpc::compile::compile("effects.skp", &src).expect("compiles");
     let [block] = compiled.lowered.index_summary.as_slice() else {
         panic!("one indexed block: {:?}", compiled.lowered.index_summary);
     };
     assert!(
-        block.contains("20005 rules in the index, 0 as code"),
+        block.contains("20010 rules in the index, 0 as code") && block.contains("8 rules per key"),
         "{block}"
     );
     let verified = budget_shapes::load_verified(&compiled.object).expect("the kernel loads it");
     eprintln!(
-        "20,005 count and log rules: {} instructions, {verified} verified",
+        "20,010 count and log rules: {} instructions, {verified} verified",
         compiled.lowered.verdict.insns.len()
     );
     assert!(
