@@ -509,8 +509,9 @@ fn branch_free_rules_do_not_reuse_live_registers() {
     }
 }
 
-/// Indexed blocks (compiler/lower/index.rs: long runs of same-decision port and address
-/// rules looked up in the `skp_index` HASH map, the runtime having filled it): policies
+/// Indexed blocks (compiler/lower/index.rs: long runs of same-decision port, address,
+/// payload and sender (`uid`, `gid`, `pid`, `cgroup`, `comm`) rules looked up in the
+/// `skp_index` HASH map, the runtime having filled it): policies
 /// with such runs, rules in them that stay code, count/log rules and other decisions
 /// between them, with and without counters, and messages aimed at the indexed keys
 /// (IPv4, IPv6, IPv4-mapped, two matching rules at once). Decisions, every counter and
@@ -525,7 +526,7 @@ fn evaluator_and_vm_agree_on_indexed_blocks() {
     let start = Instant::now();
     let mut rng = Rng::new(seed);
     let (mut pairs, mut indexed_policies, mut by_indexed_rule) = (0usize, 0usize, 0usize);
-    let mut generated = 0usize;
+    let (mut generated, mut sender_keyed, mut effect_blocks) = (0usize, 0usize, 0usize);
     let mut failures = Vec::new();
     for index in 0..policies {
         let (p, pool) = gen_indexed_policy(&mut rng);
@@ -559,12 +560,40 @@ fn evaluator_and_vm_agree_on_indexed_blocks() {
             .chain(lowered.port_index.iter().map(|e| e.value as usize - 1))
             .collect();
         indexed_policies += usize::from(!in_index.is_empty());
+        // The `count`/`log` rules in the index (every matching one acts).
+        let acting: Vec<usize> = in_index
+            .iter()
+            .copied()
+            .filter(|&r| {
+                compiled[0]
+                    .0
+                    .policy
+                    .rules
+                    .get(r)
+                    .is_some_and(|r| !r.action.is_terminal())
+            })
+            .collect();
+        // Lookups keyed on the sender (`lookups: #3 uid`, `#5 payload[0..4]+comm`).
+        let on_sender = |l: &String| {
+            let lookups = l.split("lookups:").nth(1).unwrap_or("");
+            ["uid", "gid", "pid", "cgroup", "comm"]
+                .iter()
+                .any(|f| lookups.contains(f))
+        };
+        sender_keyed += usize::from(lowered.index_summary.iter().any(on_sender));
+        effect_blocks += usize::from(
+            lowered
+                .index_summary
+                .iter()
+                .any(|l| l.contains("count/log")),
+        );
         'messages: for _ in 0..40 {
             let s = gen_indexed_message(&mut rng, &pool);
             pairs += 1;
-            if let Fired::Rule(r) = eval(&compiled[0].0.policy, &s.msg).fired {
-                by_indexed_rule += usize::from(in_index.contains(&r));
-            }
+            let out = eval(&compiled[0].0.policy, &s.msg);
+            let decided = matches!(out.fired, Fired::Rule(r) if in_index.contains(&r));
+            let acted = acting.iter().any(|&r| out.counters[r].0 > 0);
+            by_indexed_rule += usize::from(decided || acted);
             for (c, vm, counters) in &compiled {
                 if let Err(what) = check(&p, c, vm, &s, *counters) {
                     failures.push(report(&p, &s, &what, *counters, seed, index));
@@ -577,7 +606,7 @@ fn evaluator_and_vm_agree_on_indexed_blocks() {
         }
     }
     eprintln!(
-        "indexed blocks (seed {seed:#x}): {indexed_policies} of {generated} policies indexed, {pairs} messages, {by_indexed_rule} decided by an indexed rule, in {:.1?}",
+        "indexed blocks (seed {seed:#x}): {indexed_policies} of {generated} policies indexed ({sender_keyed} with lookups keyed on the sender, {effect_blocks} with a block of count/log rules), {pairs} messages, {by_indexed_rule} decided or counted by an indexed rule, in {:.1?}",
         start.elapsed()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -589,7 +618,15 @@ fn evaluator_and_vm_agree_on_indexed_blocks() {
         );
         assert!(
             by_indexed_rule * 3 >= pairs,
-            "only {by_indexed_rule} of {pairs} messages decided by an indexed rule"
+            "only {by_indexed_rule} of {pairs} messages decided or counted by an indexed rule"
+        );
+        assert!(
+            sender_keyed * 3 >= policies,
+            "only {sender_keyed} of {policies} policies have a lookup keyed on the sender"
+        );
+        assert!(
+            effect_blocks * 10 >= policies,
+            "only {effect_blocks} of {policies} policies have a block of count/log rules"
         );
     }
 }

@@ -16,11 +16,12 @@ mod policygen;
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::MetadataExt;
 use std::time::Instant;
 
 use aya::programs::{SkMsg, SockOps};
-use e2e_support::{connect, fd, loopback_message, recv_up_to, send, sendfile, EACCES, SHORT};
+use e2e_support::{
+    connect, fd, loopback_message, process_fields, recv_up_to, send, sendfile, EACCES, SHORT,
+};
 use policygen::{
     gen_indexed_message, gen_indexed_policy, gen_message, gen_policy, source_eval, Rng,
 };
@@ -109,28 +110,6 @@ fn in_index(l: &skpc::lower::Lowered) -> std::collections::BTreeSet<usize> {
     hashed
         .chain(l.port_index.iter().map(|e| e.value as usize - 1))
         .collect()
-}
-
-/// What the process helpers return for this thread (the sender).
-fn process_fields(m: &mut Message) {
-    // SAFETY: no preconditions.
-    unsafe {
-        m.uid = libc::getuid();
-        m.gid = libc::getgid();
-        m.pid = libc::getpid() as u32;
-    }
-    let comm = std::fs::read_to_string("/proc/thread-self/comm").expect("comm");
-    m.comm = comm.trim_end_matches('\n').as_bytes().to_vec();
-    let path = std::fs::read_to_string("/proc/self/cgroup")
-        .expect("/proc/self/cgroup")
-        .lines()
-        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
-        .expect("a cgroup v2 line");
-    let root = skpc_runtime::cgroup2_mount().expect("cgroup2 mounted");
-    let dir = root.join(path.trim_start_matches('/'));
-    m.cgroup = std::fs::metadata(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .ino();
 }
 
 /// The IPv4 loopback address `ip` stands for (itself or its IPv4-mapped form), if any.

@@ -11,6 +11,7 @@
 //! the filler rules use ports below 1024 and addresses off the loopback, which no test
 //! socket has.
 
+mod budget_shapes;
 mod common;
 mod e2e_support;
 
@@ -919,6 +920,367 @@ fn a_hundred_thousand_entries_fill_in_one_batch() {
     );
     assert_eq!(counters.iter().map(|c| c.messages).sum::<u64>(), 2);
     drop((hit, miss));
+    g.finish();
+}
+
+/// A case of `ten_thousand_uid_and_payload_byte_rules_drop_on_loopback`: its name, the
+/// sender's uid (None: the test's) and thread name, the listener it connects to, the
+/// payload, and the counter slot the message must bump.
+type SenderCase<'a> = (
+    &'a str,
+    Option<u32>,
+    &'a str,
+    &'a TcpListener,
+    &'a [u8],
+    usize,
+);
+
+/// One send of `payload` on `c` from a thread named `name` whose real uid is `uid`
+/// (what `bpf_get_current_uid_gid` reads; the effective uid stays root), and the
+/// message as the evaluator takes it (the thread's uid, gid, pid, comm and cgroup).
+fn send_as(
+    name: &str,
+    uid: Option<u32>,
+    c: &TcpStream,
+    payload: &[u8],
+) -> (Result<usize, i32>, skpc::hir::Message) {
+    std::thread::scope(|s| {
+        let sender = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn_scoped(s, || {
+                if let Some(uid) = uid {
+                    // The raw syscall changes this thread's credentials only (glibc's
+                    // setresuid would change every thread's); the thread ends after.
+                    // SAFETY: no pointers; -1 leaves the effective and saved uids.
+                    let r = unsafe { libc::syscall(libc::SYS_setresuid, uid, -1i32, -1i32) };
+                    assert_eq!(r, 0, "setresuid({uid})");
+                }
+                let mut m = loopback_message(c, payload);
+                process_fields(&mut m);
+                (send(c, payload), m)
+            })
+            .expect("a sender thread");
+        sender.join().expect("the sender thread")
+    })
+}
+
+/// 10,000 rules `drop if uid == U and payload[3] == B;` (the budget bench's
+/// uid_payload_rules, none of which the index could hold before) and rules keyed on
+/// this test's own uid, comm, cgroup and ports: the kernel verifies the program in a
+/// few hundred instructions, a listed uid with its byte is dropped and counted on its
+/// rule, the same uid with another byte, another uid with the byte and a message too
+/// short for the byte pass; the first matching rule counts.
+#[test]
+fn ten_thousand_uid_and_payload_byte_rules_drop_on_loopback() {
+    if !common::kernel_or_skip("ten_thousand_uid_and_payload_byte_rules_drop_on_loopback") {
+        return;
+    }
+    let (la, pa) = listen("127.0.0.1:0"); // uid and payload byte; uid and port
+    let (lb, pb) = listen("127.0.0.1:0"); // comm and port
+    let (lc, pc) = listen("[::1]:0"); // cgroup, gid and the IPv6 port
+    let mut me = loopback_message(&connect(&la).0, b"");
+    process_fields(&mut me);
+    let mut rules: Vec<String> = budget_shapes::uid_payload_rules(10_000)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let at = |rules: &mut Vec<String>, r: String| {
+        rules.push(r);
+        rules.len() - 1
+    };
+    // uid_payload_rules: rule i is `uid == 1000 + i and payload[3] == i % 256`.
+    let r_listed = 5;
+    assert_eq!(rules[r_listed], "drop if uid == 1005 and payload[3] == 5;");
+    let r_me = at(
+        &mut rules,
+        format!("drop if uid == {} and payload[3] == 66;", me.uid),
+    );
+    // The same key as r_me, later: never counted.
+    let r_me_again = at(
+        &mut rules,
+        format!("drop if payload[3] == 66 and uid == {};", me.uid),
+    );
+    let r_port = at(
+        &mut rules,
+        format!("drop if uid == 1007 and remote.port == {pa};"),
+    );
+    let r_comm = at(
+        &mut rules,
+        format!("drop if comm == \"skpc-ix-comm\" and remote.port == {pb};"),
+    );
+    let r_cgroup = at(
+        &mut rules,
+        format!(
+            "drop if cgroup == {} and gid == {} and remote.port == {pc} and len > 4;",
+            me.cgroup, me.gid
+        ),
+    );
+    let src = format!("{}\ndefault pass;\n", rules.join("\n"));
+
+    let start = Instant::now();
+    let compiled = skpc::compile::compile("senders.skp", &src).expect("compiles");
+    let built = start.elapsed();
+    let [block] = compiled.lowered.index_summary.as_slice() else {
+        panic!("one indexed block: {:?}", compiled.lowered.index_summary);
+    };
+    assert!(
+        block.contains("10005 rules in the index, 0 as code"),
+        "{block}"
+    );
+    for lookup in [
+        "payload[3..4]+uid (uid gate)",
+        "remote.port+uid",
+        "remote.port+comm",
+    ] {
+        assert!(block.contains(lookup), "{lookup}: {block}");
+    }
+    let verified = budget_shapes::load_verified(&compiled.object).expect("the kernel loads it");
+    eprintln!(
+        "10,005 sender rules: built in {built:.1?}, {} instructions, {verified} verified",
+        compiled.lowered.verdict.insns.len()
+    );
+    assert!(
+        verified <= 100_000,
+        "{verified} instructions verified (the bar: 100,000)"
+    );
+
+    let policy = &compiled.policy;
+    let default = policy.default.counter;
+    let mut g = Guard::new(&src);
+    let cases: Vec<SenderCase> = vec![
+        (
+            "this uid, its byte",
+            None,
+            "skpc-ix-a",
+            &la,
+            b"abcB and more",
+            r_me,
+        ),
+        (
+            "this uid, another byte",
+            None,
+            "skpc-ix-a",
+            &la,
+            b"abcC",
+            default,
+        ),
+        (
+            "this uid, too short for the byte",
+            None,
+            "skpc-ix-a",
+            &la,
+            b"abc",
+            default,
+        ),
+        (
+            "a listed uid, its byte",
+            Some(1005),
+            "skpc-ix-a",
+            &la,
+            b"abc\x05",
+            r_listed,
+        ),
+        (
+            "a listed uid, another rule's byte",
+            Some(1005),
+            "skpc-ix-a",
+            &la,
+            b"abc\x06",
+            default,
+        ),
+        (
+            "an unlisted uid, the byte",
+            Some(65534),
+            "skpc-ix-a",
+            &la,
+            b"abc\x05",
+            default,
+        ),
+        (
+            "uid and port",
+            Some(1007),
+            "skpc-ix-a",
+            &la,
+            b"abcd",
+            r_port,
+        ),
+        // 1006's byte is 6, 1007's 7: the port rule matches, and rule 7 comes first.
+        (
+            "uid, port and byte: the first rule",
+            Some(1007),
+            "skpc-ix-a",
+            &la,
+            b"abc\x07",
+            7,
+        ),
+        (
+            "uid, another port",
+            Some(1007),
+            "skpc-ix-a",
+            &lb,
+            b"abcd",
+            default,
+        ),
+        ("comm and port", None, "skpc-ix-comm", &lb, b"hello", r_comm),
+        (
+            "another comm",
+            None,
+            "skpc-ix-commx",
+            &lb,
+            b"hello",
+            default,
+        ),
+        (
+            "cgroup, gid, port and len",
+            None,
+            "skpc-ix-a",
+            &lc,
+            b"hello",
+            r_cgroup,
+        ),
+        (
+            "cgroup, gid and port, too short",
+            None,
+            "skpc-ix-a",
+            &lc,
+            b"hey",
+            default,
+        ),
+        (
+            "cgroup and gid, another uid",
+            Some(1234),
+            "skpc-ix-a",
+            &lc,
+            b"hello",
+            r_cgroup,
+        ),
+    ];
+    for (i, &(name, uid, comm, l, payload, slot)) in cases.iter().enumerate() {
+        let (c, mut s) = connect(l);
+        let before = g.enf().counters().unwrap();
+        g.enf().insert_sock(i as u32, fd(&c)).unwrap();
+        let (sent, m) = send_as(comm, uid, &c, payload);
+        let eval = skpc::eval::eval(policy, &m);
+        let mut want = vec![(0u64, 0u64); policy.counters.len()];
+        want[slot] = (1, payload.len() as u64);
+        assert_eq!(
+            eval.counters, want,
+            "{name}: the evaluator disagrees with the test"
+        );
+        if slot == default {
+            assert_eq!(sent, Ok(payload.len()), "{name}: passes");
+            assert_eq!(recv_up_to(&mut s, payload.len(), LONG), payload, "{name}");
+        } else {
+            assert_eq!(sent, Err(EACCES), "{name}: dropped by rule {slot}");
+        }
+        let after = g.enf().counters().unwrap();
+        let delta: Vec<(u64, u64)> = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| (a.messages - b.messages, a.bytes - b.bytes))
+            .collect();
+        assert_eq!(delta[slot], want[slot], "{name}: counted on rule {slot}");
+        assert_eq!(
+            delta.iter().filter(|d| d.0 > 0).count(),
+            1,
+            "{name}: one counter moved"
+        );
+        g.enf().remove_sock(i as u32).unwrap();
+    }
+    assert_eq!(g.enf().counters().unwrap()[r_me_again].messages, 0);
+    drop((la, lb, lc));
+    g.finish();
+}
+
+/// 10,000 `log if uid == U and remote.port == P;` and 10,000 `count hitsK if
+/// remote.port == P and len > N;` rules (the budget bench's log_rules and count_rules),
+/// and rules for this test's ports that share keys (eight with one key: two pages):
+/// one block where every matching rule acts. The kernel verifies it in about a
+/// thousand instructions; a message that
+/// matches several rules bumps each one's counter (and `count NAME`'s) once and sends
+/// one log record per matching `log` rule, in rule order, as the evaluator says.
+#[test]
+fn count_and_log_rules_in_the_index_act_once_each_on_loopback() {
+    if !common::kernel_or_skip("count_and_log_rules_in_the_index_act_once_each_on_loopback") {
+        return;
+    }
+    let (la, pa) = listen("127.0.0.1:0");
+    let (lb, pb) = listen("127.0.0.1:0");
+    let mut me = loopback_message(&connect(&la).0, b"");
+    process_fields(&mut me);
+    let uid = me.uid;
+    let src = format!(
+        "{}{}log if uid == {uid} and remote.port == {pa};\n\
+         count a if remote.port == {pa} and len > 3;\n\
+         log if remote.port == {pa} and uid == {uid};\n\
+         count b if remote.port == {pa};\n\
+         count a if remote.port in {{{pa}, {pb}}};\n\
+         {}default pass;\n",
+        budget_shapes::log_rules(10_000),
+        budget_shapes::count_rules(10_000),
+        // Five more rules with `pa`'s key: eight, two entries (pages) of four.
+        [0, 1, 2, 3, 10]
+            .map(|n| format!("count c if remote.port == {pa} and len > {n};\n"))
+            .concat(),
+    );
+    let compiled = skpc::compile::compile("effects.skp", &src).expect("compiles");
+    let [block] = compiled.lowered.index_summary.as_slice() else {
+        panic!("one indexed block: {:?}", compiled.lowered.index_summary);
+    };
+    assert!(
+        block.contains("20010 rules in the index, 0 as code") && block.contains("8 rules per key"),
+        "{block}"
+    );
+    let verified = budget_shapes::load_verified(&compiled.object).expect("the kernel loads it");
+    eprintln!(
+        "20,010 count and log rules: {} instructions, {verified} verified",
+        compiled.lowered.verdict.insns.len()
+    );
+    assert!(
+        verified <= 100_000,
+        "{verified} instructions verified (the bar: 100,000)"
+    );
+
+    let policy = &compiled.policy;
+    let mut g = Guard::new(&src);
+    for (i, (l, payload, logs)) in [(&la, &b"hello"[..], 2), (&la, b"hi", 2), (&lb, b"hello", 0)]
+        .into_iter()
+        .enumerate()
+    {
+        let (c, mut s) = connect(l);
+        let mut m = loopback_message(&c, payload);
+        process_fields(&mut m);
+        let want = skpc::eval::eval(policy, &m);
+        assert_eq!(want.events.len(), logs, "the evaluator's records");
+        let before = g.enf().counters().unwrap();
+        g.enf().insert_sock(i as u32, fd(&c)).unwrap();
+        assert_eq!(send(&c, payload), Ok(payload.len()));
+        assert_eq!(recv_up_to(&mut s, payload.len(), LONG), payload);
+        let after = g.enf().counters().unwrap();
+        let delta: Vec<(u64, u64)> = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| (a.messages - b.messages, a.bytes - b.bytes))
+            .collect();
+        assert_eq!(
+            delta, want.counters,
+            "message {i}: every counter as the evaluator's"
+        );
+        let mut got = Vec::new();
+        let deadline = Instant::now() + LONG;
+        while got.len() < logs && Instant::now() < deadline {
+            got.extend(g.enf().wait_events(Duration::from_millis(100)));
+        }
+        got.extend(g.enf().wait_events(Duration::from_millis(100)));
+        let rules = |rs: &[skpc_abi::LogRecord]| rs.iter().map(|r| r.rule).collect::<Vec<_>>();
+        assert_eq!(
+            rules(&got),
+            rules(&want.events),
+            "message {i}: the log records in order"
+        );
+        g.enf().remove_sock(i as u32).unwrap();
+    }
+    drop((la, lb));
     g.finish();
 }
 

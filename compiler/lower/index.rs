@@ -1,4 +1,4 @@
-//! Indexed rule blocks: many port and address rules with one decision become entries of
+//! Indexed rule blocks: many rules of exact tests with one decision become entries of
 //! a kernel HASH map (`skpc_abi::INDEX_NAME`), looked up once per *tuple*, so that a
 //! message costs the same whether the block has 100 rules or 100,000.
 //!
@@ -17,24 +17,30 @@
 //! their order; the smallest matching index over both decides and counts.
 //!
 //! Key words are the context words as a 32-bit load sees them (addresses network order,
-//! `remote_port` in the upper half), masked to the prefix, and payload slices
-//! (`payload[o..o+n] == "..."`, `payload starts with`) as little-endian words of their
-//! bytes, zero-padded: the program only loads, masks and stores, and the entries are
-//! computed here, once. A message too short for a slice skips that tuple's lookup.
+//! `remote_port` in the upper half), masked to the prefix; payload slices
+//! (`payload[o..o+n] == "..."`, `payload starts with`, `payload[i] == b`) as little-endian
+//! words of their bytes, zero-padded; and the sender's `uid`, `gid`, `pid` (a word each),
+//! `cgroup` (two) and exact `comm` (four: the 16 bytes `bpf_get_current_comm` writes),
+//! which the program fetches once per block before the lookups (the helpers clobber
+//! r1-r5). The program only loads, masks and stores, and the entries are computed here,
+//! once. A message too short for a slice skips that tuple's lookup.
 //!
 //! A rule is indexed on its keyable conjuncts; its `len` tests are its *residual*, one
 //! range checked after the lookup against the entry's slot for the rule (the slot holds
 //! the rule and its range, `skpc_abi::IndexSlot`). An entry has `IndexEntry::SLOTS`
 //! slots in rule order, so rules with one key and different residuals are tried in
-//! order and the first whose range holds is the key's first match. A rule that would
-//! need a slot more than a key has stays code (in `rest`): a handful of rules sharing
-//! one key is rare, and a fixed value size keeps the lookup's code fixed. A rule
+//! order and the first whose range holds is the key's first match. A key with more
+//! rules has more entries, *pages*: page `p` has the tuple id `id | p << PAGE_SHIFT`,
+//! and the program looks the next page up only when the key has it (a fixed value size
+//! keeps the lookup's code fixed; a tuple's code has as many pages as its fullest key).
+//! A rule that would need a slot past `MAX_PAGES` pages stays code (in `rest`). A rule
 //! without a residual ends a key's slots (the rules after it with that key are dead).
 //! Conjuncts shared by many rules (`remote.ip in lan`) are keyed as a cross product.
 //!
 //! A hash tuple has a *gate*: 65536 slots of the port array, one per value of 16 bits of
-//! one of its components (the port; else the first two bytes of a payload slice; else
-//! the first 16 bits of an address, masked to its prefix), each holding the first rule
+//! one of its components (the port; else the low 16 bits of a uid, gid, pid or cgroup;
+//! else the first two bytes of a payload slice; else of a comm; else the first 16 bits
+//! of an address, masked to its prefix), each holding the first rule
 //! whose key has that value (plus one). A message whose value no key of the tuple has
 //! skips the hash lookup for an inlined array load: most messages match no rule.
 
@@ -53,6 +59,13 @@ pub(super) const MAX_TUPLES: usize = 16;
 const MAX_RULE_ENTRIES: usize = 256;
 /// DNF terms one rule may have.
 const MAX_TERMS: usize = 32;
+/// Entries (pages of `IndexEntry::SLOTS` rules) one key may have: a message looks up
+/// one more per page its key has.
+pub(super) const MAX_PAGES: usize = 16;
+/// Where the page number goes in a key's first word (the tuple ids stay below it).
+pub(super) const PAGE_SHIFT: u32 = 24;
+/// Rules one key may have.
+const MAX_KEY_RULES: usize = IndexEntry::SLOTS * MAX_PAGES;
 
 /// One field of a tuple, and how much of it the key keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,12 +76,31 @@ pub(super) enum Component {
     RemotePort,
     /// The IPv4 address of `end`, one word, its first `prefix` bits. With `mapped`, IPv6
     /// sockets whose address is IPv4-mapped take part with the mapped address.
-    Ip4 { end: End, mapped: bool, prefix: u8 },
+    Ip4 {
+        end: End,
+        mapped: bool,
+        prefix: u8,
+    },
     /// The IPv6 address of `end` (IPv6 sockets only), four words, first `prefix` bits.
-    Ip6 { end: End, prefix: u8 },
+    Ip6 {
+        end: End,
+        prefix: u8,
+    },
     /// Payload bytes `offset..offset + len`, as little-endian words (the last one
     /// zero-padded). Messages shorter than `offset + len` skip the lookup.
-    Payload { offset: u32, len: u8 },
+    Payload {
+        offset: u32,
+        len: u8,
+    },
+    /// The sender's `uid`, `gid` or `pid`, one word; `cgroup`, two (low word first): what
+    /// the helpers return, fetched once per block (`Gen::load_index_fields`).
+    Uid,
+    Gid,
+    Pid,
+    Cgroup,
+    /// The sender's comm as `bpf_get_current_comm` writes it (the name, NUL-padded to
+    /// 16 bytes), four little-endian words: `comm == "..."` only.
+    Comm,
 }
 
 impl Component {
@@ -89,6 +121,11 @@ impl Component {
             Component::Payload { offset, len } => {
                 format!("payload[{offset}..{}]", offset + len as u32)
             }
+            Component::Uid => "uid".into(),
+            Component::Gid => "gid".into(),
+            Component::Pid => "pid".into(),
+            Component::Cgroup => "cgroup".into(),
+            Component::Comm => "comm".into(),
         }
     }
 
@@ -100,14 +137,25 @@ impl Component {
             Component::Ip4 { end, .. } => (2, end, 0),
             Component::Ip6 { end, .. } => (3, end, 0),
             Component::Payload { offset, .. } => (4, End::Local, offset),
+            Component::Uid => (5, End::Local, 0),
+            Component::Gid => (6, End::Local, 0),
+            Component::Pid => (7, End::Local, 0),
+            Component::Cgroup => (8, End::Local, 0),
+            Component::Comm => (9, End::Local, 0),
         }
     }
 
     /// Key words the component fills.
     pub(super) fn words(self) -> usize {
         match self {
-            Component::LocalPort | Component::RemotePort | Component::Ip4 { .. } => 1,
-            Component::Ip6 { .. } => 4,
+            Component::LocalPort
+            | Component::RemotePort
+            | Component::Ip4 { .. }
+            | Component::Uid
+            | Component::Gid
+            | Component::Pid => 1,
+            Component::Cgroup => 2,
+            Component::Ip6 { .. } | Component::Comm => 4,
             Component::Payload { len, .. } => (len as usize).div_ceil(4),
         }
     }
@@ -121,7 +169,8 @@ pub(super) struct Tuple {
     /// A tuple of one port is looked up in the port array (`skpc_abi::INDEX_PORTS_NAME`)
     /// at `slot * PORTS_PER_TUPLE + port`, not in the hash map.
     pub port_slot: Option<u32>,
-    /// The most slots an entry of the tuple uses (the lookup checks this many).
+    /// The most rules a key of the tuple has (the lookup checks this many slots, in
+    /// pages of `IndexEntry::SLOTS`).
     pub slots: usize,
     /// Whether some slot of the tuple has a `len` range to check.
     pub residual: bool,
@@ -135,7 +184,9 @@ pub(super) struct Tuple {
 pub(super) struct Block {
     pub first: usize,
     pub last: usize,
-    pub decision: Decision,
+    /// The segment's decision; None for a run of `count`/`log` rules, where every
+    /// matching rule acts (see `effects_fit`).
+    pub decision: Option<Decision>,
     pub tuples: Vec<Tuple>,
     /// The rules of `first..=last` that are not in the index, in order.
     pub rest: Vec<usize>,
@@ -175,11 +226,16 @@ impl Block {
             })
             .collect();
         format!(
-            "lines {}-{}: {} rules in the index, {} as code; lookups: {}",
+            "lines {}-{}: {} rules in the index, {} as code{}; lookups: {}",
             line(self.first),
             line(self.last),
             self.indexed,
             self.rest.len(),
+            if self.decision.is_none() {
+                " (count/log: every matching rule acts)"
+            } else {
+                ""
+            },
             tuples.join(" | ")
         )
     }
@@ -206,7 +262,8 @@ const ANY_LEN: (u32, u32) = (0, u32::MAX);
 type KeyWords = [u32; IndexEntry::KEY_WORDS];
 
 /// Finds the indexed blocks of a policy. Segments are maximal runs of terminal rules with
-/// one decision; those with at least `MIN_INDEXED_RULES` indexable rules become blocks.
+/// one decision, or of non-terminal (`count`, `log`) rules; those with at least
+/// `MIN_INDEXED_RULES` indexable rules become blocks.
 pub(super) fn plan(policy: &hir::Policy) -> Index {
     let rules = &policy.rules;
     let mut index = Index::default();
@@ -219,12 +276,17 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
     };
     let mut i = 0;
     while i < rules.len() {
-        let Action::Decide(d) = &rules[i].action else {
-            i += 1;
-            continue;
+        let d = match &rules[i].action {
+            Action::Decide(d) => Some(d),
+            Action::Count { .. } | Action::Log => None,
         };
         let mut j = i + 1;
-        while j < rules.len() && rules[j].action == rules[i].action {
+        while j < rules.len()
+            && match d {
+                Some(_) => rules[j].action == rules[i].action,
+                None => !rules[j].action.is_terminal(),
+            }
+        {
             j += 1;
         }
         // A cheap count first: most segments of most policies are short.
@@ -237,12 +299,19 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
     }
     index.entries = entries
         .into_iter()
-        .map(|(key, used)| {
-            let mut slots = [IndexSlot::EMPTY; IndexEntry::SLOTS];
-            slots[..used.len()].copy_from_slice(&used);
-            IndexEntry { key, slots }
+        .flat_map(|(key, used)| {
+            let pages: Vec<Vec<IndexSlot>> =
+                used.chunks(IndexEntry::SLOTS).map(<[_]>::to_vec).collect();
+            pages.into_iter().enumerate().map(move |(p, page)| {
+                let mut slots = [IndexSlot::EMPTY; IndexEntry::SLOTS];
+                slots[..page.len()].copy_from_slice(&page);
+                let mut key = key;
+                key[0] |= (p as u32) << PAGE_SHIFT;
+                IndexEntry { key, slots }
+            })
         })
         .collect();
+    index.entries.sort_unstable_by_key(|e| e.key);
     index.port_entries = ports
         .into_iter()
         .map(|(slot, rule)| PortEntry {
@@ -260,39 +329,24 @@ struct Ids {
     next_port_slot: u32,
 }
 
-/// The block of segment `first..end`, if enough of its rules can be indexed.
+/// The block of segment `first..end`, if enough of its rules can be indexed. `d`: the
+/// segment's decision; None for a run of `count`/`log` rules.
 fn block(
     policy: &hir::Policy,
     first: usize,
     end: usize,
-    d: &Decision,
+    d: Option<&Decision>,
     ids: &mut Ids,
     entries: &mut BTreeMap<KeyWords, Vec<IndexSlot>>,
     ports: &mut BTreeMap<u32, u32>,
 ) -> Option<Block> {
-    let mut keyed: Vec<(usize, Vec<RuleKey>)> = Vec::new();
-    let mut rest = Vec::new();
-    let mut tuples: Vec<Vec<Component>> = Vec::new();
-    for r in first..end {
-        match rule_keys(&policy.rules[r].cond) {
-            Some(keys) => {
-                let mut new: Vec<&Vec<Component>> = Vec::new();
-                for (t, _, _) in &keys {
-                    if !tuples.contains(t) && !new.contains(&t) {
-                        new.push(t);
-                    }
-                }
-                if tuples.len() + new.len() > MAX_TUPLES {
-                    rest.push(r);
-                    continue;
-                }
-                tuples.extend(new.into_iter().cloned());
-                keyed.push((r, keys));
-            }
-            None => rest.push(r),
-        }
+    let (mut keyed, mut rest, mut tuples) = keyed_rules(policy, first, end, d, false);
+    if d.is_none() && !logs_in_order(policy, &keyed, &rest) {
+        // The `log` rules as code, in rule order, after the lookups.
+        (keyed, rest, tuples) = keyed_rules(policy, first, end, d, true);
     }
-    if keyed.len() < MIN_INDEXED_RULES {
+    // The tuple ids must stay below the page bits (16 per 64 rules: never, in practice).
+    if keyed.len() < MIN_INDEXED_RULES || ids.next_tuple + (MAX_TUPLES as u32) >= 1 << PAGE_SHIFT {
         return None;
     }
     let has_residual = |components: &Vec<Component>| {
@@ -307,8 +361,10 @@ fn block(
             let id = ids.next_tuple;
             ids.next_tuple += 1;
             let residual = has_residual(&components);
-            // The port array holds a rule per port, no residual.
-            let port_slot = (!residual
+            // The port array holds a rule per port, no residual; in a run of `count`
+            // and `log` rules a key may have several.
+            let port_slot = (d.is_some()
+                && !residual
                 && matches!(
                     components.as_slice(),
                     [Component::LocalPort] | [Component::RemotePort]
@@ -342,6 +398,27 @@ fn block(
     let mut overflow = Vec::new();
     for (r, keys) in &keyed {
         let rule = policy.rules[*r].counter as u32;
+        let then = match policy.rules[*r].action {
+            Action::Decide(_) => IndexSlot::NOTHING,
+            Action::Count { counter } => counter as u32,
+            Action::Log => IndexSlot::LOG,
+        };
+        if d.is_none() {
+            // Every matching rule acts: all of its keys get a slot, or none does (it
+            // stays code); no slot covers another.
+            let full = |words: &Vec<u32>, components: &Vec<Component>| {
+                let Some(t) = tuples.iter().find(|t| &t.components == components) else {
+                    return true;
+                };
+                entries
+                    .get(&key_of(t.id, words))
+                    .is_some_and(|slots| slots.len() == MAX_KEY_RULES)
+            };
+            if keys.iter().any(|(c, words, _)| full(words, c)) {
+                overflow.push(*r);
+                continue;
+            }
+        }
         let mut fits = true;
         for (components, words, len) in keys {
             let Some(tuple) = tuples.iter_mut().find(|t| &t.components == components) else {
@@ -368,17 +445,15 @@ fn block(
             if let Some((c, slot)) = tuple.gate {
                 first_in_slot(slot, port_of(c));
             }
-            let mut key = [0u32; IndexEntry::KEY_WORDS];
-            key[0] = tuple.id;
-            key[1..1 + words.len()].copy_from_slice(words);
-            let slots = entries.entry(key).or_default();
-            if slots
-                .iter()
-                .any(|s| s.len_min <= len.0 && len.1 <= s.len_max)
+            let slots = entries.entry(key_of(tuple.id, words)).or_default();
+            if d.is_some()
+                && slots
+                    .iter()
+                    .any(|s| s.len_min <= len.0 && len.1 <= s.len_max)
             {
                 continue; // an earlier slot matches whenever this one would
             }
-            if slots.len() == IndexEntry::SLOTS {
+            if slots.len() == MAX_KEY_RULES {
                 fits = false; // the rule stays code; its other keys are still true
                 continue;
             }
@@ -386,6 +461,7 @@ fn block(
                 rule,
                 len_min: len.0,
                 len_max: len.1,
+                then,
             });
             tuple.slots = tuple.slots.max(slots.len());
         }
@@ -399,16 +475,90 @@ fn block(
     Some(Block {
         first,
         last: end - 1,
-        decision: d.clone(),
+        decision: d.cloned(),
         tuples,
         rest,
         indexed,
     })
 }
 
-/// The keys of a rule's condition, if it is an `or` of `and`s of port, address and
-/// payload-slice tests (and `len` tests, the residual) that gives a bounded number of
-/// keys. Terms that can never hold give no key.
+/// The rules of segment `first..end` that can be keyed, with their keys, the others
+/// (`rest`, in order), and the tuples of the keys (at most MAX_TUPLES, in order of first
+/// use). In a run of `count`/`log` rules (`d` None) only rules that act once through the
+/// lookups are keyed (`acts_once`), and with `logs_as_code` no `log` rule is.
+type Keyed = (Vec<(usize, Vec<RuleKey>)>, Vec<usize>, Vec<Vec<Component>>);
+fn keyed_rules(
+    policy: &hir::Policy,
+    first: usize,
+    end: usize,
+    d: Option<&Decision>,
+    logs_as_code: bool,
+) -> Keyed {
+    let mut keyed: Vec<(usize, Vec<RuleKey>)> = Vec::new();
+    let mut rest = Vec::new();
+    let mut tuples: Vec<Vec<Component>> = Vec::new();
+    for r in first..end {
+        let rule = &policy.rules[r];
+        let keys = rule_keys(&rule.cond).filter(|keys| {
+            d.is_some() || (acts_once(keys) && !(logs_as_code && rule.action == Action::Log))
+        });
+        let Some(keys) = keys else {
+            rest.push(r);
+            continue;
+        };
+        let mut new: Vec<&Vec<Component>> = Vec::new();
+        for (t, _, _) in &keys {
+            if !tuples.contains(t) && !new.contains(&t) {
+                new.push(t);
+            }
+        }
+        if tuples.len() + new.len() > MAX_TUPLES {
+            rest.push(r);
+            continue;
+        }
+        tuples.extend(new.into_iter().cloned());
+        keyed.push((r, keys));
+    }
+    (keyed, rest, tuples)
+}
+
+/// The key of tuple `id` with value words `words`.
+fn key_of(id: u32, words: &[u32]) -> KeyWords {
+    let mut key = [0u32; IndexEntry::KEY_WORDS];
+    key[0] = id;
+    key[1..1 + words.len()].copy_from_slice(words);
+    key
+}
+
+/// Whether a message can match a `count`/`log` rule with `keys` through one slot at
+/// most, so that the rule acts once: all keys in one tuple (a message gives one key per
+/// tuple) and no key twice (two terms with one key and different `len` ranges).
+fn acts_once(keys: &[RuleKey]) -> bool {
+    let mut seen = std::collections::BTreeSet::new();
+    keys.iter().all(|(c, _, _)| *c == keys[0].0) && keys.iter().all(|(_, w, _)| seen.insert(w))
+}
+
+/// Whether the log records of a run of `count`/`log` rules keep rule order when `keyed`
+/// are looked up and `rest` are code after the lookups: the lookups go tuple by tuple,
+/// the slots of one entry in rule order, so with two or more `log` rules all of them
+/// are keyed in one tuple, or all are code. (A `log` rule that finds its key's slots
+/// full is code too, but it comes after the rules in them, and a message has one key
+/// per tuple: no other keyed `log` rule matches with it.) Counters add up in any order.
+fn logs_in_order(policy: &hir::Policy, keyed: &[(usize, Vec<RuleKey>)], rest: &[usize]) -> bool {
+    let is_log = |r: &usize| policy.rules[*r].action == Action::Log;
+    let logs: Vec<&Vec<Component>> = keyed
+        .iter()
+        .filter(|(r, _)| is_log(r))
+        .filter_map(|(_, keys)| keys.first().map(|k| &k.0))
+        .collect();
+    let coded = rest.iter().filter(|r| is_log(r)).count();
+    logs.len() + coded < 2 || logs.is_empty() || (coded == 0 && logs.iter().all(|t| *t == logs[0]))
+}
+
+/// The keys of a rule's condition, if it is an `or` of `and`s of port, address,
+/// payload-slice and byte, `uid`/`gid`/`pid`/`cgroup` and `comm ==` tests (and `len`
+/// tests, the residual) that gives a bounded number of keys. Terms that can never hold
+/// give no key.
 fn rule_keys(cond: &Cond) -> Option<Vec<RuleKey>> {
     let terms = dnf(cond)?;
     let mut keys = Vec::new();
@@ -529,6 +679,41 @@ fn dnf(c: &Cond) -> Option<Vec<Vec<&Test>>> {
 /// The ways one test can hold, as key components and words.
 fn alternatives(t: &Test) -> Option<Vec<(Component, Vec<u32>)>> {
     match t {
+        Test::Int { field, ranges }
+            if !matches!(field, IntField::LocalPort | IntField::RemotePort) =>
+        {
+            let component = match field {
+                IntField::Uid => Component::Uid,
+                IntField::Gid => Component::Gid,
+                IntField::Pid => Component::Pid,
+                IntField::Cgroup => Component::Cgroup,
+                // `payload[i] == b`: the one-byte slice `payload[i..i+1]`.
+                IntField::PayloadByte(offset) if (*offset as usize) + 1 < i16::MAX as usize => {
+                    Component::Payload {
+                        offset: *offset,
+                        len: 1,
+                    }
+                }
+                _ => return None,
+            };
+            let count = ranges
+                .iter()
+                .try_fold(0u64, |n, (lo, hi)| n.checked_add((hi - lo).checked_add(1)?))?;
+            if count > MAX_RULE_ENTRIES as u64 {
+                return None;
+            }
+            let words = |v: u64| match component {
+                Component::Cgroup => vec![v as u32, (v >> 32) as u32],
+                _ => vec![v as u32],
+            };
+            Some(
+                ranges
+                    .iter()
+                    .flat_map(|&(lo, hi)| lo..=hi)
+                    .map(|v| (component, words(v)))
+                    .collect(),
+            )
+        }
         Test::Int { field, ranges } => {
             let (component, word): (Component, fn(u16) -> u32) = match field {
                 IntField::LocalPort => (Component::LocalPort, |p| p as u32),
@@ -587,7 +772,26 @@ fn alternatives(t: &Test) -> Option<Vec<(Component, Vec<u32>)>> {
             };
             Some(alts.iter().map(|a| (component, payload_words(a))).collect())
         }
-        Test::Comm { .. } | Test::Proto(_) | Test::Text { .. } | Test::InFile { .. } => None,
+        Test::Comm {
+            alts,
+            prefix: false,
+        } => {
+            // The checker refuses names of 16 bytes or with a NUL; were there one, code
+            // would compare it as before.
+            let odd = |a: &Vec<u8>| a.len() >= COMM_BYTES || a.contains(&0);
+            if alts.iter().any(odd) || alts.len() > MAX_RULE_ENTRIES {
+                return None;
+            }
+            Some(
+                alts.iter()
+                    .map(|a| (Component::Comm, comm_words(a)))
+                    .collect(),
+            )
+        }
+        Test::Comm { prefix: true, .. }
+        | Test::Proto(_)
+        | Test::Text { .. }
+        | Test::InFile { .. } => None,
     }
 }
 
@@ -604,12 +808,26 @@ pub(super) fn payload_words(bytes: &[u8]) -> Vec<u32> {
         .collect()
 }
 
+/// Bytes `bpf_get_current_comm` writes: the name (at most 15 bytes), NUL-padded.
+const COMM_BYTES: usize = 16;
+
+/// A comm as the four key words the helper's 16 bytes are (`name` shorter than 16).
+fn comm_words(name: &[u8]) -> Vec<u32> {
+    let mut bytes = [0u8; COMM_BYTES];
+    bytes[..name.len()].copy_from_slice(name);
+    payload_words(&bytes)
+}
+
 /// How good a gate component `c` is: a port (one value per rule), a payload slice,
 /// an address by its prefix; 0 for none (fewer than 8 bits to tell keys apart).
 fn gate_rank(c: Component) -> u32 {
     match c {
         Component::LocalPort | Component::RemotePort => 300,
+        // The low 16 bits of an id: ids of one policy mostly differ there.
+        Component::Uid | Component::Gid | Component::Pid | Component::Cgroup => 250,
         Component::Payload { .. } => 200,
+        // The first two bytes of a name.
+        Component::Comm => 150,
         Component::Ip4 { prefix, .. } | Component::Ip6 { prefix, .. } if prefix >= 8 => {
             100 + prefix.min(16) as u32
         }
@@ -636,7 +854,14 @@ pub(super) fn gate_mask(c: Component) -> u32 {
 /// The 32-bit mask of word `w` of a component's key words.
 pub(super) fn mask_word(c: Component, w: usize) -> u32 {
     match c {
-        Component::LocalPort | Component::RemotePort | Component::Payload { .. } => u32::MAX,
+        Component::LocalPort
+        | Component::RemotePort
+        | Component::Payload { .. }
+        | Component::Uid
+        | Component::Gid
+        | Component::Pid
+        | Component::Cgroup
+        | Component::Comm => u32::MAX,
         Component::Ip4 { prefix, .. } => {
             super::addr::wire_word(hir::mask32(prefix).to_be_bytes()) as u32
         }
@@ -734,7 +959,7 @@ mod tests {
     fn the_first_rule_of_a_key_wins_and_other_rules_stay_code() {
         let mut src = port_addr(100);
         src.push_str("drop if port == 1000;\n"); // the same key as rule 0
-        src.push_str("drop if uid == 0;\n");
+        src.push_str("drop if uid > 0;\n");
         let p = check(&src).0.expect("checks");
         let index = plan(&p);
         let b = &index.blocks[0];
@@ -814,6 +1039,7 @@ mod tests {
             rule: 65,
             len_min: 101,
             len_max: u32::MAX,
+            then: IndexSlot::NOTHING,
         };
         assert_eq!(
             entry.slots,
@@ -840,23 +1066,51 @@ mod tests {
         drop if payload starts with \"ab\";\n";
 
     #[test]
-    fn rules_of_one_key_fill_its_slots_in_order_and_the_overflow_stays_code() {
+    fn rules_of_one_key_fill_its_slots_in_order_over_pages() {
         let p = check(&format!("{}{SHARED_KEY}", filler()))
             .0
             .expect("checks");
         let index = plan(&p);
         let b = &index.blocks[0];
-        // Four slots: 64, 65, 67 and 68 (66 is covered by 64); 69 and 70 are code.
-        assert_eq!(b.rest, vec![69, 70]);
+        // Six slots: 64, 65, 67, 68 (66 is covered by 64), then a second page: 69, 70.
+        assert!(b.rest.is_empty());
         let t = b
             .tuples
             .iter()
             .find(|t| t.components == [Component::LocalPort]);
         let t = t.expect("a local.port tuple");
-        assert_eq!((t.slots, t.residual, t.port_slot), (4, true, None));
-        let e = index.entries.iter().find(|e| e.key == key(&[t.id, 5]));
-        let rules: Vec<u32> = e.expect("port 5").used().map(|s| s.rule).collect();
-        assert_eq!(rules, [64, 65, 67, 68]);
+        assert_eq!((t.slots, t.residual, t.port_slot), (6, true, None));
+        let rules = |page: u32| {
+            let e = index
+                .entries
+                .iter()
+                .find(|e| e.key == key(&[t.id | page << PAGE_SHIFT, 5]));
+            let e = e.unwrap_or_else(|| panic!("port 5, page {page}"));
+            e.used().map(|s| s.rule).collect::<Vec<u32>>()
+        };
+        assert_eq!((rules(0), rules(1)), (vec![64, 65, 67, 68], vec![69, 70]));
+    }
+
+    #[test]
+    fn a_rule_past_the_last_page_stays_code() {
+        // 64 rules of one key with ranges that cover none of the others fill its 16
+        // pages; the next one with that key is code, and in a `count` run so is every
+        // key of it (it would act twice: once by its other key, once as code).
+        for action in ["drop", "count a"] {
+            let full: String = (0..MAX_KEY_RULES)
+                .map(|i| format!("{action} if local.port == 5 and len == {i};\n"))
+                .collect();
+            let src = format!(
+                "{full}{action} if local.port in {{5, 6}} and len == 1000;\n{action} if local.port == 7;\n"
+            );
+            let index = plan(&check(&src).0.expect("checks"));
+            let b = &index.blocks[0];
+            assert_eq!(b.rest, vec![MAX_KEY_RULES], "{action}");
+            let t = &b.tuples[0];
+            assert_eq!(t.slots, MAX_KEY_RULES);
+            let six = index.entries.iter().any(|e| e.key == key(&[t.id, 6]));
+            assert_eq!(six, action == "drop", "{action}");
+        }
     }
 
     #[test]
@@ -889,7 +1143,7 @@ mod tests {
                 (m(5, 1, &x(15)), Some(65)),
                 (m(5, 1, &x(2)), Some(67)),
                 (m(5, 1, &x(50)), Some(68)),
-                // Past the key's slots: code.
+                // The key's second page.
                 (m(5, 1, &x(60)), Some(69)),
                 (m(5, 1, &x(70)), Some(70)),
                 // A residual fails, a later rule of another tuple matches.
@@ -914,12 +1168,378 @@ mod tests {
         }
     }
 
+    /// Rules 64.. of a policy after `filler`: the sender's fields as keys, alone and with
+    /// ports, payload bytes and `len`.
+    const SENDER: &str = "drop if uid == 1001 and payload[3] == 7;\n\
+        drop if uid == 1002 and remote.port == 80;\n\
+        drop if gid in {5, 6} and len > 10;\n\
+        drop if pid == 77;\n\
+        drop if cgroup == 0x100000002;\n\
+        drop if comm == \"nginx\" and local.port == 9;\n\
+        drop if comm == \"a-name-of-16-by\";\n\
+        drop if comm == \"other\" or uid == 4;\n\
+        drop if comm starts with \"ng\";\n\
+        drop if uid > 60000;\n";
+
     #[test]
-    fn negations_and_payload_tests_are_not_keys() {
-        let p = check("drop if not port == 1;\ndrop if port == 2 and payload[0] == 1;\n")
-            .0
-            .expect("checks");
+    fn the_senders_fields_are_key_words() {
+        let p = check(&format!("{}{SENDER}", filler())).0.expect("checks");
+        let index = plan(&p);
+        let b = &index.blocks[0];
+        // The prefix test and the range stay code.
+        assert_eq!((b.indexed, b.rest.clone()), (72, vec![72, 73]));
+        let tuple = |c: &[Component]| {
+            b.tuples
+                .iter()
+                .find(|t| t.components == c)
+                .cloned()
+                .unwrap_or_else(|| panic!("no tuple {c:?} in {:?}", b.tuples))
+        };
+        let has = |words: &[u32], slot: IndexSlot| {
+            index
+                .entries
+                .iter()
+                .any(|e| e.key == key(words) && e.slots[0] == slot)
+        };
+        // Components in key order: the payload byte before the uid; the gate is the
+        // uid's low 16 bits (a byte has 256 values).
+        let t = tuple(&[Component::Payload { offset: 3, len: 1 }, Component::Uid]);
+        assert_eq!(t.gate.map(|g| g.0), Some(Component::Uid));
+        assert!(has(&[t.id, 7, 1001], IndexSlot::any_len(64)));
+        let t = tuple(&[Component::RemotePort, Component::Uid]);
+        assert_eq!(t.gate.map(|g| g.0), Some(Component::RemotePort));
+        let port = super::super::cond::raw_remote_port(80) as u32;
+        assert!(has(&[t.id, port, 1002], IndexSlot::any_len(65)));
+        let t = tuple(&[Component::Gid]);
+        assert!(t.residual);
+        let gid = IndexSlot {
+            rule: 66,
+            len_min: 11,
+            len_max: u32::MAX,
+            then: IndexSlot::NOTHING,
+        };
+        assert!(has(&[t.id, 5], gid) && has(&[t.id, 6], gid));
+        assert!(has(
+            &[tuple(&[Component::Pid]).id, 77],
+            IndexSlot::any_len(67)
+        ));
+        // A cgroup id is two words, the low one first.
+        let t = tuple(&[Component::Cgroup]);
+        assert!(has(&[t.id, 2, 1], IndexSlot::any_len(68)));
+        // A comm is the helper's 16 bytes: the name, NUL-padded.
+        let t = tuple(&[Component::LocalPort, Component::Comm]);
+        let nginx = comm_words(b"nginx");
+        assert_eq!(nginx, [u32::from_le_bytes(*b"ngin"), u32::from(b'x'), 0, 0]);
+        assert!(has(
+            &[t.id, 9, nginx[0], nginx[1], 0, 0],
+            IndexSlot::any_len(69)
+        ));
+        let t = tuple(&[Component::Comm]);
+        let long = comm_words(b"a-name-of-16-by");
+        assert!(has(
+            &[t.id, long[0], long[1], long[2], long[3]],
+            IndexSlot::any_len(70)
+        ));
+        // An `or` of two fields: a key in each tuple.
+        let other = comm_words(b"other");
+        assert!(has(
+            &[t.id, other[0], other[1], 0, 0],
+            IndexSlot::any_len(71)
+        ));
+        assert!(has(
+            &[tuple(&[Component::Uid]).id, 4],
+            IndexSlot::any_len(71)
+        ));
+    }
+
+    #[test]
+    fn the_vm_and_the_evaluator_agree_on_the_senders_fields() {
+        use crate::hir::Message;
+        let src = format!("{}{SENDER}default pass;\n", filler());
+        for counters in [true, false] {
+            let c = crate::compile::compile_with(
+                "t.skp",
+                &src,
+                crate::lower::Options {
+                    counters,
+                    ..crate::lower::Options::default()
+                },
+            )
+            .expect("compiles");
+            assert!(
+                c.lowered.index_summary.len() == 1,
+                "{:?}",
+                c.lowered.index_summary
+            );
+            let vm = crate::vm::Vm::new(&c.lowered).expect("loads");
+            let base = Message {
+                uid: 1,
+                gid: 1,
+                pid: 1,
+                cgroup: 1,
+                comm: b"x".to_vec(),
+                payload: b"abc\x07".to_vec(),
+                len: 4,
+                ..Message::default()
+            };
+            let with = |f: &dyn Fn(&mut Message)| {
+                let mut m = base.clone();
+                f(&mut m);
+                m
+            };
+            for (msg, rule) in [
+                (base.clone(), None),
+                (with(&|m| m.uid = 1001), Some(64)),
+                (with(&|m| m.payload[3] = 8), None),
+                (
+                    with(&|m| {
+                        m.uid = 1001;
+                        m.payload[3] = 8
+                    }),
+                    None,
+                ),
+                (
+                    with(&|m| {
+                        m.uid = 1001;
+                        m.payload.truncate(3);
+                        m.len = 3
+                    }),
+                    None,
+                ),
+                (
+                    with(&|m| {
+                        m.uid = 1002;
+                        m.remote_port = 80
+                    }),
+                    Some(65),
+                ),
+                (with(&|m| m.uid = 1002), None),
+                (
+                    with(&|m| {
+                        m.gid = 6;
+                        m.len = 11
+                    }),
+                    Some(66),
+                ),
+                (with(&|m| m.gid = 6), None),
+                (with(&|m| m.pid = 77), Some(67)),
+                (with(&|m| m.cgroup = 0x1_0000_0002), Some(68)),
+                (with(&|m| m.cgroup = 2), None),
+                (
+                    with(&|m| {
+                        m.comm = b"nginx".to_vec();
+                        m.local_port = 9
+                    }),
+                    Some(69),
+                ),
+                (with(&|m| m.comm = b"nginx".to_vec()), Some(72)),
+                (with(&|m| m.comm = b"ngin".to_vec()), Some(72)),
+                (with(&|m| m.comm = b"a-name-of-16-by".to_vec()), Some(70)),
+                (with(&|m| m.uid = 4), Some(71)),
+                (with(&|m| m.comm = b"other".to_vec()), Some(71)),
+                (with(&|m| m.comm = b"othe".to_vec()), None),
+                (with(&|m| m.uid = 60001), Some(73)),
+                // The first matching rule counts: 64 before 73's code.
+                (
+                    with(&|m| {
+                        m.uid = 1001;
+                        m.pid = 77
+                    }),
+                    Some(64),
+                ),
+            ] {
+                let out = vm
+                    .run(&msg, &crate::vm::RunConfig::default())
+                    .expect("runs");
+                let want = crate::eval::eval(&c.policy, &msg);
+                assert_eq!(out.decision, want.decision, "{msg:?}");
+                if counters {
+                    let slot = rule.unwrap_or(c.policy.default.counter);
+                    let mut expect = vec![(0, 0); c.policy.counters.len()];
+                    expect[slot] = (1, msg.len as u64);
+                    assert_eq!(out.counters, expect, "{msg:?}");
+                }
+            }
+        }
+    }
+
+    /// 64 `count`/`log` rules the messages of these tests never match, then rules 64..:
+    /// keys shared by several rules, residuals, a rule in two tuples, a key twice.
+    fn effects(filler_action: &str) -> String {
+        let fill: String = (0..MIN_INDEXED_RULES)
+            .map(|i| format!("{filler_action} if local.port == {};\n", 2000 + i))
+            .collect();
+        format!(
+            "{fill}count a if uid == 5;\n\
+             log if uid == 5 and len > 10;\n\
+             count b if uid == 5 and len < 100;\n\
+             count a if uid == 5 or uid == 6;\n\
+             count b if uid == 5;\n\
+             count a if port == 7;\n\
+             count b if (uid == 8 and len > 10) or (uid == 8 and len > 20);\n\
+             count b if uid in {{5, 9}};\n\
+             count b if remote.port == 80 and comm == \"nginx\";\n\
+             drop if uid == 6;\n\
+             count a if uid == 6;\n"
+        )
+    }
+
+    #[test]
+    fn count_and_log_rules_are_a_block_where_every_rule_of_a_key_has_a_slot() {
+        let p = check(&effects("count a")).0.expect("checks");
+        let index = plan(&p);
+        let [b] = index.blocks.as_slice() else {
+            panic!("{:?}", index.blocks)
+        };
+        assert_eq!((b.first, b.last, b.decision.clone()), (0, 72, None));
+        // 69 (two tuples: local and remote port) and 70 (uid 8 twice) stay code.
+        assert_eq!(b.rest, vec![69, 70]);
+        assert!(b.tuples.iter().all(|t| t.port_slot.is_none()));
+        let uid = b.tuples.iter().find(|t| t.components == [Component::Uid]);
+        let uid = uid.expect("a uid tuple");
+        // uid 5: 64-68 and 71, a page and a half.
+        assert_eq!((uid.slots, uid.residual), (6, true));
+        // `then`: the counter of `count NAME`, or LOG.
+        let named = |r: usize| match p.rules[r].action {
+            Action::Count { counter } => counter as u32,
+            _ => IndexSlot::LOG,
+        };
+        assert_ne!(named(64), named(66));
+        let e = index.entries.iter().find(|e| e.key == key(&[uid.id, 5]));
+        let slots: Vec<(u32, u32, u32, u32)> = e
+            .expect("uid 5")
+            .used()
+            .map(|s| (s.rule, s.len_min, s.len_max, s.then))
+            .collect();
+        let rule = |r: usize| p.rules[r].counter as u32;
+        assert_eq!(
+            slots,
+            [
+                (rule(64), 0, u32::MAX, named(64)),
+                (rule(65), 11, u32::MAX, IndexSlot::LOG),
+                (rule(66), 0, 99, named(66)),
+                (rule(67), 0, u32::MAX, named(67)),
+            ]
+        );
+        let e = index.entries.iter().find(|e| e.key == key(&[uid.id, 6]));
+        let rules: Vec<u32> = e.expect("uid 6").used().map(|s| s.rule).collect();
+        assert_eq!(rules, [rule(67)]);
+        let e = index.entries.iter().find(|e| e.key == key(&[uid.id, 9]));
+        let rules: Vec<u32> = e.expect("uid 9").used().map(|s| s.rule).collect();
+        assert_eq!(rules, [rule(71)]);
+        // `drop` ends the run: rule 74 is alone.
+        assert!(!index
+            .entries
+            .iter()
+            .flat_map(|e| e.used())
+            .any(|s| s.rule == rule(74)));
+    }
+
+    /// `effects("log")` with its only other `log` rule a `count`: every `log` rule is in
+    /// the local.port tuple.
+    fn logs_in_one_tuple() -> String {
+        effects("log").replace(
+            "log if uid == 5 and len > 10;",
+            "count a if uid == 5 and len > 10;",
+        )
+    }
+
+    /// `effects("count a")` with a second `log` rule, in another tuple than rule 65's.
+    fn logs_in_two_tuples() -> String {
+        effects("count a").replace(
+            "drop if uid == 6;",
+            "log if local.port == 2001;\ndrop if uid == 6;",
+        )
+    }
+
+    #[test]
+    fn logs_in_two_tuples_are_code() {
+        // Rule 65 (uid) and rule 73 (local.port) would send their records tuple by
+        // tuple: both are code, after the lookups, in rule order (and 68 has a slot).
+        let p = check(&logs_in_two_tuples()).0.expect("checks");
+        let index = plan(&p);
+        assert_eq!(index.blocks[0].rest, vec![65, 69, 70, 73]);
+        // Logs all in one tuple (the 64 filler rules) are keyed.
+        let p = check(&logs_in_one_tuple()).0.expect("checks");
+        assert_eq!(plan(&p).blocks[0].rest, vec![69, 70]);
+        // And when the logs are too many to be code, the run stays code.
+        let p = check(&effects("log")).0.expect("checks");
+        assert!(plan(&p).blocks.is_empty());
+    }
+
+    #[test]
+    fn the_vm_and_the_evaluator_agree_on_count_and_log_blocks() {
+        use crate::hir::Message;
+        for (src, counters) in [
+            (effects("count a"), true),
+            (effects("count a"), false),
+            (logs_in_one_tuple(), true),
+            (logs_in_one_tuple(), false),
+            (logs_in_two_tuples(), true),
+        ] {
+            let src = format!("{src}default pass;\n");
+            let c = crate::compile::compile_with(
+                "t.skp",
+                &src,
+                crate::lower::Options {
+                    counters,
+                    ..crate::lower::Options::default()
+                },
+            )
+            .expect("compiles");
+            assert_eq!(c.lowered.index_summary.len(), 1);
+            let vm = crate::vm::Vm::new(&c.lowered).expect("loads");
+            let m = |uid: u32, remote_port: u16, comm: &[u8], len: usize| Message {
+                uid,
+                remote_port,
+                local_port: if len == 30 { 2001 } else { 7 },
+                comm: comm.to_vec(),
+                len: len as u32,
+                payload: vec![b'x'; len],
+                ..Message::default()
+            };
+            for msg in [
+                m(5, 1, b"x", 50),
+                m(5, 1, b"x", 5),
+                m(5, 7, b"x", 500),
+                m(6, 80, b"nginx", 20),
+                m(8, 1, b"x", 30),
+                m(8, 1, b"x", 15),
+                m(9, 1, b"x", 1),
+                m(1, 80, b"nginx", 1),
+                m(1, 1, b"x", 1),
+            ] {
+                let out = vm
+                    .run(&msg, &crate::vm::RunConfig::default())
+                    .expect("runs");
+                let want = crate::eval::eval(&c.policy, &msg);
+                assert_eq!(out.decision, want.decision, "{msg:?}");
+                assert_eq!(out.events, want.events, "{msg:?}");
+                if counters {
+                    assert_eq!(out.counters, want.counters, "{msg:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn negations_and_ranges_are_not_keys_and_payload_bytes_are() {
+        let p = check(
+            "drop if not port == 1;\ndrop if uid > 1000;\ndrop if port == 2 and payload[0] == 1;\n",
+        )
+        .0
+        .expect("checks");
         assert!(rule_keys(&p.rules[0].cond).is_none());
         assert!(rule_keys(&p.rules[1].cond).is_none());
+        // `port` is either end: two keys, each with the byte.
+        let keys = rule_keys(&p.rules[2].cond).expect("keys");
+        let byte = Component::Payload { offset: 0, len: 1 };
+        assert_eq!(
+            keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>(),
+            [
+                vec![Component::LocalPort, byte],
+                vec![Component::RemotePort, byte]
+            ]
+        );
     }
 }

@@ -13,19 +13,47 @@ use super::addr::addr_words;
 use super::index;
 use super::lir::{Label, Lir, Mark};
 use super::maps::IndexMaps;
-use super::{Gen, NO_RULE, SLOT, STACK_INDEX_KEY, STACK_PROTO, STACK_READY_KEY};
+use super::{
+    Gen, NO_RULE, SLOT, STACK_COMM, STACK_INDEX_ENTRY, STACK_INDEX_FIELDS, STACK_INDEX_KEY,
+    STACK_PROTO, STACK_READY_KEY,
+};
 
 // The key fits below the parser's region.
 const _: () = assert!(
     STACK_INDEX_KEY >= -512 && STACK_INDEX_KEY + IndexEntry::KEY_SIZE as i16 <= STACK_PROTO
 );
 
+/// Where word `w` of a helper component's key words is (see `Gen::load_index_fields`):
+/// each helper's u64 as stored, low word first (`uid` low, `gid` high; the tgid, the
+/// pid, high), and the comm at STACK_COMM. None for the other components.
+fn helper_word(c: index::Component, w: usize) -> Option<i16> {
+    use index::Component;
+    let first = match c {
+        Component::Uid => STACK_INDEX_FIELDS,
+        Component::Gid => STACK_INDEX_FIELDS + 4,
+        Component::Pid => STACK_INDEX_FIELDS + 12,
+        Component::Cgroup => STACK_INDEX_FIELDS + 16,
+        Component::Comm => STACK_COMM,
+        _ => return None,
+    };
+    Some(first + 4 * w as i16)
+}
+
+/// What a lookup does with a slot whose rule matches.
+#[derive(Clone, Copy)]
+enum OnHit<'a> {
+    /// The block decides: keep the smallest rule (with counters), or decide at once.
+    Decide(&'a Decision),
+    /// A block of `count`/`log` rules: the rule acts (`act_on_slot`); `logs`: some rule
+    /// of the block logs.
+    Act { logs: bool },
+}
+
 impl Gen {
     /// An indexed block (see `index`): one map lookup per tuple, then the block's other
     /// rules as code; the smallest matching rule index decides (and is counted). Returns
     /// whether an unconditional rule of the block makes everything after it dead.
     pub(super) fn indexed_block(&mut self, policy: &hir::Policy, block: &index::Block) -> bool {
-        use index::Component;
         self.code.push(Lir::Mark(Mark::Rule(block.first)));
         let maps = self
             .maps
@@ -42,6 +70,10 @@ impl Gen {
             self.jmp32(JmpOp::Jne, Reg::R1, skpc_abi::INDEX_READY as i32, not_ready);
         }
         let counters = self.options.counters;
+        let Some(decision) = &block.decision else {
+            self.effects_block(policy, block, maps);
+            return false;
+        };
         if counters {
             // NO_RULE, but unknown to the verifier (`+ size - size`, as in `count_reg`):
             // a known constant would make the compares below decided on the paths that
@@ -54,6 +86,86 @@ impl Gen {
             self.alu64(AluOp::Add, SLOT, Src::Reg(Reg::R1));
             self.alu64(AluOp::Sub, SLOT, Src::Reg(Reg::R1));
         }
+        self.index_lookups(block, maps, OnHit::Decide(decision));
+        // The block's other rules, in order: a match decides with the smaller of its
+        // index and the best indexed one.
+        let found_best = self.label();
+        let mut ends = false;
+        for &r in &block.rest {
+            let rule = &policy.rules[r];
+            let cond = &rule.cond;
+            if *cond == Cond::Const(false) {
+                continue;
+            }
+            self.code.push(Lir::Mark(Mark::Rule(r)));
+            let (act, next) = (self.label(), self.label());
+            self.rule_test(cond, act, next);
+            self.place(act);
+            if counters {
+                // 64-bit: SLOT holds a u32 (see `keep_smaller_rule`), and the bound
+                // holds for the count block's offset.
+                self.jmp64(JmpOp::Jlt, SLOT, Src::Imm(r as i32), found_best);
+            }
+            self.decide_via_tail(decision, rule.counter as u32);
+            self.place(next);
+            self.forget_search_bounds(cond, r);
+            if *cond == Cond::Const(true) {
+                ends = true;
+                break;
+            }
+        }
+        if counters {
+            let miss = self.label();
+            self.code.push(Lir::Mark(Mark::Rule(block.first)));
+            // NO_RULE, or (never) a rule past the counters: nothing found. Above the
+            // last slot rather than `== NO_RULE`, so that the verifier knows the
+            // counter is in the map's value (the count block checks no bound).
+            let last_slot = self.counter_slots as i32 - 1;
+            self.jmp64(JmpOp::Jgt, SLOT, Src::Imm(last_slot), miss);
+            self.place(found_best);
+            let tail = self.tail(decision);
+            self.goto(tail);
+            self.place(miss);
+        }
+        ends
+    }
+
+    /// A block of `count`/`log` rules: every lookup acts on each slot that matches (see
+    /// `act_on_slots`), then the block's other rules are code, each acting if it holds.
+    fn effects_block(&mut self, policy: &hir::Policy, block: &index::Block, maps: IndexMaps) {
+        let logs = policy.rules[block.first..=block.last]
+            .iter()
+            .any(|r| r.action == hir::Action::Log);
+        // Without counters a `count` rule does nothing: no lookup is needed for it.
+        if self.options.counters || logs {
+            self.index_lookups(block, maps, OnHit::Act { logs });
+        }
+        for &r in &block.rest {
+            let rule = &policy.rules[r];
+            if rule.cond == Cond::Const(false) {
+                continue;
+            }
+            self.code.push(Lir::Mark(Mark::Rule(r)));
+            let (act, next) = (self.label(), self.label());
+            self.rule_test(&rule.cond, act, next);
+            self.place(act);
+            self.count_const(rule.counter as u32);
+            match rule.action {
+                hir::Action::Count { counter } => self.count_const(counter as u32),
+                hir::Action::Log => self.log(Src::Imm(rule.counter as i32)),
+                hir::Action::Decide(_) => {} // `index::plan` puts none in this block
+            }
+            self.place(next);
+            self.forget_search_bounds(&rule.cond, r);
+        }
+    }
+
+    /// The lookups of every tuple of `block`, by family: the sender's fields first, then
+    /// the tuples of ports (and payload and sender fields) on any socket, then those with
+    /// IPv4 or IPv6 addresses.
+    fn index_lookups(&mut self, block: &index::Block, maps: IndexMaps, d: OnHit) {
+        use index::Component;
+        self.load_index_fields(block);
         let has = |t: &index::Tuple, f: fn(&Component) -> bool| t.components.iter().any(f);
         let is_ip4 = |c: &Component| matches!(c, Component::Ip4 { .. });
         let is_ip6 = |c: &Component| matches!(c, Component::Ip6 { .. });
@@ -66,7 +178,7 @@ impl Gen {
             .iter()
             .filter(|t| !has(t, is_ip4) && !has(t, is_ip6))
         {
-            self.index_lookup(maps, t, false, &block.decision, &mut dirty);
+            self.index_lookup(maps, t, false, d, &mut dirty);
         }
         let v4: Vec<&index::Tuple> = block
             .tuples
@@ -93,7 +205,7 @@ impl Gen {
             if !v4.is_empty() {
                 self.place(l4);
                 for t in v4 {
-                    self.index_lookup(maps, t, false, &block.decision, &mut dirty);
+                    self.index_lookup(maps, t, false, d, &mut dirty);
                 }
                 self.goto(done);
             }
@@ -101,70 +213,57 @@ impl Gen {
                 self.place(l6);
                 dirty = after_ports;
                 for t in v6 {
-                    self.index_lookup(maps, t, true, &block.decision, &mut dirty);
+                    self.index_lookup(maps, t, true, d, &mut dirty);
                 }
             }
             self.place(done);
         }
-        // The block's other rules, in order: a match decides with the smaller of its
-        // index and the best indexed one.
-        let found_best = self.label();
-        let mut ends = false;
-        for &r in &block.rest {
-            let rule = &policy.rules[r];
-            let cond = &rule.cond;
-            if *cond == Cond::Const(false) {
-                continue;
-            }
-            self.code.push(Lir::Mark(Mark::Rule(r)));
-            let (act, next) = (self.label(), self.label());
-            self.rule_test(cond, act, next);
-            self.place(act);
-            if counters {
-                // 64-bit: SLOT holds a u32 (see `keep_smaller_rule`), and the bound
-                // holds for the count block's offset.
-                self.jmp64(JmpOp::Jlt, SLOT, Src::Imm(r as i32), found_best);
-            }
-            self.decide_via_tail(&block.decision, rule.counter as u32);
-            self.place(next);
-            self.forget_search_bounds(cond, block.last);
-            if *cond == Cond::Const(true) {
-                ends = true;
-                break;
-            }
+    }
+
+    /// Calls the helpers whose values some tuple of `block` keys on, once for the block,
+    /// and keeps what they return on the stack (`helper_word`): the lookups copy them
+    /// into their keys, and the helpers clobber r1-r5, which the lookups use.
+    fn load_index_fields(&mut self, block: &index::Block) {
+        use index::Component;
+        let uses =
+            |f: fn(&Component) -> bool| block.tuples.iter().any(|t| t.components.iter().any(f));
+        if uses(|c| matches!(c, Component::Uid | Component::Gid)) {
+            self.call(BPF_FUNC_get_current_uid_gid);
+            self.stx(Size::DW, Reg::R10, STACK_INDEX_FIELDS, Reg::R0);
         }
-        if counters {
-            let miss = self.label();
-            self.code.push(Lir::Mark(Mark::Rule(block.first)));
-            // NO_RULE, or (never) a rule past the counters: nothing found. Above the
-            // last slot rather than `== NO_RULE`, so that the verifier knows the
-            // counter is in the map's value (the count block checks no bound).
-            let last_slot = self.counter_slots as i32 - 1;
-            self.jmp64(JmpOp::Jgt, SLOT, Src::Imm(last_slot), miss);
-            self.place(found_best);
-            let tail = self.tail(&block.decision);
-            self.goto(tail);
-            self.place(miss);
+        if uses(|c| matches!(c, Component::Pid)) {
+            self.call(BPF_FUNC_get_current_pid_tgid);
+            self.stx(Size::DW, Reg::R10, STACK_INDEX_FIELDS + 8, Reg::R0);
         }
-        ends
+        if uses(|c| matches!(c, Component::Cgroup)) {
+            self.call(BPF_FUNC_get_current_cgroup_id);
+            self.stx(Size::DW, Reg::R10, STACK_INDEX_FIELDS + 16, Reg::R0);
+        }
+        if uses(|c| matches!(c, Component::Comm)) {
+            self.stack_ptr(Reg::R1, STACK_COMM);
+            self.mov64(Reg::R2, Src::Imm(16));
+            self.call(BPF_FUNC_get_current_comm);
+        }
     }
 
     /// Looks tuple `t` up in the index `maps`: builds the key at STACK_INDEX_KEY from the
     /// context (on an IPv6 socket, `v6`: IPv4 components from the IPv4-mapped address,
     /// skipping the lookup if it is not one) and keeps the smaller rule index in
-    /// SLOT; without counters a hit decides at once. `dirty`: how many key
-    /// words after the tuple id may hold something other than zero.
-    pub(super) fn index_lookup(
+    /// SLOT; without counters a hit decides at once; in a block of
+    /// `count`/`log` rules, every matching slot acts. `dirty`: how many key words after
+    /// the tuple id may hold something other than zero.
+    fn index_lookup(
         &mut self,
         maps: IndexMaps,
         t: &index::Tuple,
         v6: bool,
-        d: &Decision,
+        on_hit: OnHit,
         dirty: &mut usize,
     ) {
         use index::Component;
         let skip = self.label();
-        if let Some(slot) = t.port_slot {
+        // `index::plan` gives the tuples of `count`/`log` blocks no port slot.
+        if let (Some(slot), OnHit::Decide(d)) = (t.port_slot, on_hit) {
             // One port: the array slot `slot * 65536 + port` holds the rule plus one.
             self.port_slot_value(maps, t.components[0], slot, skip);
             if self.options.counters {
@@ -214,11 +313,24 @@ impl Gen {
         self.st(Size::W, Reg::R10, STACK_INDEX_KEY, t.id as i32);
         let mut at = STACK_INDEX_KEY + 4;
         for &c in &t.components {
+            if helper_word(c, 0).is_some() {
+                for from in (0..c.words()).filter_map(|w| helper_word(c, w)) {
+                    self.ldx(Size::W, Reg::R2, Reg::R10, from);
+                    self.stx(Size::W, Reg::R10, at, Reg::R2);
+                    at += 4;
+                }
+                continue;
+            }
             let words: Vec<i16> = match c {
                 Component::Payload { .. } => {
                     at += 4 * c.words() as i16;
                     continue;
                 }
+                Component::Uid
+                | Component::Gid
+                | Component::Pid
+                | Component::Cgroup
+                | Component::Comm => continue, // `helper_word` above
                 Component::LocalPort => vec![SK_MSG_MD_LOCAL_PORT],
                 Component::RemotePort => vec![SK_MSG_MD_REMOTE_PORT],
                 Component::Ip4 { end, .. } => {
@@ -267,16 +379,43 @@ impl Gen {
         } else {
             used
         };
-        self.map_lookup(maps.hash, STACK_INDEX_KEY);
-        self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
-        if t.residual {
+        // A key with more rules than an entry has slots has more entries (pages, see
+        // `index`): the next is looked up with the page in the tuple id's upper bits,
+        // the rest of the key as it is, until a page is missing.
+        for page in 0..t.slots.div_ceil(IndexEntry::SLOTS) {
+            if page > 0 {
+                let id = t.id | (page as u32) << index::PAGE_SHIFT;
+                self.st(Size::W, Reg::R10, STACK_INDEX_KEY, id as i32);
+            }
+            self.map_lookup(maps.hash, STACK_INDEX_KEY);
+            self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
+            let slots = (t.slots - page * IndexEntry::SLOTS).min(IndexEntry::SLOTS);
+            match on_hit {
+                OnHit::Decide(d) => self.first_matching_slot(slots, t.residual, d, skip),
+                OnHit::Act { logs } => {
+                    self.stx(Size::DW, Reg::R10, STACK_INDEX_ENTRY, Reg::R0);
+                    for s in 0..slots {
+                        self.act_on_slot(s, t.residual, logs);
+                    }
+                }
+            }
+        }
+        self.place(skip);
+    }
+
+    /// The first of `slots` slots of the entry at r0 whose rule matches (its `len` range
+    /// holds, with `residual`) decides: kept in SLOT if smaller (with
+    /// counters; then on to `done`), or the decision `d` at once. Falls through when none
+    /// matches.
+    fn first_matching_slot(&mut self, slots: usize, residual: bool, d: &Decision, done: Label) {
+        if residual {
             // The slots in rule order: the first whose length range holds decides.
             self.ctx_ld(Reg::R4, SK_MSG_MD_SIZE);
         }
-        for s in 0..t.slots {
+        for s in 0..slots {
             let base = (s * IndexSlot::SIZE) as i16;
             let next = self.label();
-            if t.residual {
+            if residual {
                 self.ldx(Size::W, Reg::R2, Reg::R0, base + IndexSlot::OFF_LEN_MIN);
                 self.jmp64(JmpOp::Jlt, Reg::R4, Src::Reg(Reg::R2), next);
                 self.ldx(Size::W, Reg::R2, Reg::R0, base + IndexSlot::OFF_LEN_MAX);
@@ -285,14 +424,53 @@ impl Gen {
             if self.options.counters {
                 self.ldx(Size::W, Reg::R1, Reg::R0, base + IndexSlot::OFF_RULE);
                 self.keep_smaller_rule();
-                self.goto(skip);
+                self.goto(done);
             } else {
                 let tail = self.tail(d);
                 self.goto(tail);
             }
             self.place(next);
         }
-        self.place(skip);
+    }
+
+    /// Slot `s` of the entry whose address is at STACK_INDEX_ENTRY, in a block of
+    /// `count`/`log` rules: if it holds a rule whose `len` range (`residual`) holds, the
+    /// rule's counter is bumped, and its `then` (`skpc_abi::IndexSlot`) done: a second
+    /// counter, or (`logs`) a log record. The rule and `then` are map data, unknown to
+    /// the verifier: one walk for every slot of every entry.
+    fn act_on_slot(&mut self, s: usize, residual: bool, logs: bool) {
+        let base = (s * IndexSlot::SIZE) as i16;
+        let next = self.label();
+        let entry = |g: &mut Gen| g.ldx(Size::DW, Reg::R0, Reg::R10, STACK_INDEX_ENTRY);
+        entry(self);
+        self.ldx(Size::W, Reg::R1, Reg::R0, base + IndexSlot::OFF_RULE);
+        // An unused slot (its range is empty too, but a slot without one is not checked).
+        self.jmp32(JmpOp::Jeq, Reg::R1, IndexSlot::EMPTY.rule as i32, next);
+        if residual {
+            self.ctx_ld(Reg::R4, SK_MSG_MD_SIZE);
+            self.ldx(Size::W, Reg::R2, Reg::R0, base + IndexSlot::OFF_LEN_MIN);
+            self.jmp64(JmpOp::Jlt, Reg::R4, Src::Reg(Reg::R2), next);
+            self.ldx(Size::W, Reg::R2, Reg::R0, base + IndexSlot::OFF_LEN_MAX);
+            self.jmp64(JmpOp::Jgt, Reg::R4, Src::Reg(Reg::R2), next);
+        }
+        if self.options.counters {
+            self.count_slot_in(Reg::R1);
+            // `count NAME`: `then` is NAME's counter slot, below IndexSlot::LOG.
+            let not_count = self.label();
+            entry(self);
+            self.ldx(Size::W, Reg::R1, Reg::R0, base + IndexSlot::OFF_THEN);
+            self.jmp32(JmpOp::Jge, Reg::R1, IndexSlot::LOG as i32, not_count);
+            self.count_slot_in(Reg::R1);
+            self.place(not_count);
+        }
+        if logs {
+            entry(self);
+            self.ldx(Size::W, Reg::R1, Reg::R0, base + IndexSlot::OFF_THEN);
+            self.jmp32(JmpOp::Jne, Reg::R1, IndexSlot::LOG as i32, next);
+            self.ldx(Size::W, Reg::R1, Reg::R0, base + IndexSlot::OFF_RULE);
+            self.log(Src::Reg(Reg::R1));
+        }
+        self.place(next);
     }
 
     /// Stores payload bytes `offset..offset + len` (readable at r2, see
@@ -332,6 +510,11 @@ impl Gen {
     /// key word already stored at `payload_at`.
     fn gate_value(&mut self, c: index::Component, v6: bool, payload_at: i16) {
         use index::Component;
+        if let Some(from) = helper_word(c, 0) {
+            self.ldx(Size::W, Reg::R2, Reg::R10, from);
+            self.alu32(AluOp::And, Reg::R2, Src::Imm(index::gate_mask(c) as i32));
+            return;
+        }
         match c {
             Component::LocalPort => self.load_ctx_field(SK_MSG_MD_LOCAL_PORT, false, Reg::R2),
             Component::RemotePort => self.load_ctx_field(SK_MSG_MD_REMOTE_PORT, true, Reg::R2),
@@ -341,6 +524,11 @@ impl Gen {
                 self.ctx_ld(Reg::R2, if v6 { ip6 + 12 } else { ip4 });
             }
             Component::Ip6 { end, .. } => self.ctx_ld(Reg::R2, addr_words(end).1),
+            Component::Uid
+            | Component::Gid
+            | Component::Pid
+            | Component::Cgroup
+            | Component::Comm => {} // `helper_word` above
         }
         if !matches!(c, Component::LocalPort | Component::RemotePort) {
             self.alu32(AluOp::And, Reg::R2, Src::Imm(index::gate_mask(c) as i32));

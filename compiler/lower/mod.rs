@@ -108,6 +108,24 @@ const STACK_LOG: i16 = -168; // 80 bytes
 const STACK_SNAPSHOT: i16 = -232; // 56 bytes: sk_msg_md words family..size
 const STACK_KEYED: i16 = -304; // runs::MAX_KEYS x (index u32, flag u32)
 const STACK_INDEX_KEY: i16 = -480; // IndexEntry::KEY_SIZE (36) bytes, below STACK_PROTO
+/// 24 bytes below the index key: what `get_current_uid_gid`, `get_current_pid_tgid` and
+/// `get_current_cgroup_id` returned, for the index's keys (`lookup`; the comm goes to
+/// STACK_COMM).
+const STACK_INDEX_FIELDS: i16 = -504;
+/// The address of the entry a lookup of a `count`/`log` block found, while its slots act
+/// (each action calls helpers): the 8 bytes between the parsers' region and the set key.
+const STACK_INDEX_ENTRY: i16 = -336;
+/// The lowest stack word, which no program uses: the user-space VM spills a register
+/// there to run atomic adds (`vm::VM_SPILL`).
+pub const STACK_UNUSED: i16 = -512;
+const _: () = assert!(
+    STACK_INDEX_FIELDS - 8 >= STACK_UNUSED
+        && STACK_INDEX_FIELDS + 24 <= STACK_INDEX_KEY
+        && STACK_INDEX_FIELDS % 8 == 0
+        && STACK_INDEX_ENTRY >= STACK_PROTO + 104
+        && STACK_INDEX_ENTRY + 8 <= STACK_SET_KEY
+        && STACK_INDEX_ENTRY % 8 == 0
+);
 const STACK_PROTO: i16 = -440; // proto::PROTO_STACK_BYTES (96) and 8 spare: parser results, scratch
 const STACK_SET_KEY: i16 = -328; // 20 bytes: the key of a set map lookup (sets)
                                  // The set key lies between the parsers' region (with its 8 spare bytes) and the keyed

@@ -332,6 +332,25 @@ impl Gen {
         self.place(skip);
     }
 
+    /// Bumps the counter whose slot is in `reg` (not r2-r4), a value the verifier cannot
+    /// bound (read from the rule index's entries): checked against the last slot first.
+    /// Clobbers `reg`.
+    pub(super) fn count_slot_in(&mut self, reg: Reg) {
+        if !self.options.counters {
+            return;
+        }
+        let skip = self.label();
+        let last_slot = self.counter_slots as i32 - 1;
+        self.jmp64(JmpOp::Jgt, reg, Src::Imm(last_slot), skip);
+        self.alu64(
+            AluOp::Lsh,
+            reg,
+            Src::Imm(Counter::SIZE.trailing_zeros() as i32),
+        );
+        self.count_at(0, Some(reg));
+        self.place(skip);
+    }
+
     /// Bumps the counter at byte `off` of the counters (plus `slot`, a register holding
     /// a byte offset the verifier knows to be in bounds): `lock` adds of 1 and the
     /// message size, straight into the map's value (no lookup: the map is an ARRAY of
@@ -527,13 +546,17 @@ impl Gen {
         }
     }
 
-    /// Sends a `LogRecord` for rule `rule` to the ring buffer.
-    pub(super) fn log(&mut self, rule: u32) {
+    /// Sends a `LogRecord` for rule `rule` (a constant, or a register other than r10)
+    /// to the ring buffer.
+    pub(super) fn log(&mut self, rule: Src) {
         let b = STACK_LOG;
         for i in 0..(LogRecord::SIZE as i16 / 8) {
             self.st(Size::DW, Reg::R10, b + i * 8, 0);
         }
-        self.st(Size::W, Reg::R10, b + LogRecord::OFF_RULE, rule as i32);
+        match rule {
+            Src::Imm(rule) => self.st(Size::W, Reg::R10, b + LogRecord::OFF_RULE, rule),
+            Src::Reg(r) => self.stx(Size::W, Reg::R10, b + LogRecord::OFF_RULE, r),
+        }
         let (v6, done) = (self.label(), self.label());
         self.ctx_ld(Reg::R2, SK_MSG_MD_FAMILY);
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_FAMILY, Reg::R2);

@@ -101,7 +101,7 @@ impl Gen {
                 }
                 (Action::Log, _) => {
                     self.count_const(rule.counter as u32);
-                    self.log(rule.counter as u32);
+                    self.log(Src::Imm(rule.counter as i32));
                     self.goto(next);
                 }
             }

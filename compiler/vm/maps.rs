@@ -192,7 +192,7 @@ pub(super) fn index_model(
         if model.slots.insert(e.key_bytes(), at).is_some() {
             return Err(MapModelError::KeyTwice { key: e.key });
         }
-        let value = e.slots.iter().flat_map(|s| [s.rule, s.len_min, s.len_max]);
+        let value = e.slots.iter().flat_map(skpc_abi::IndexSlot::words);
         model.values.extend(value);
     }
     Ok(model)

@@ -165,7 +165,7 @@ pub enum IndexState {
 }
 
 /// The stack word (from r10) where the VM spills the scratch register of an atomic add.
-pub const VM_SPILL: i16 = -512;
+pub const VM_SPILL: i16 = crate::lower::STACK_UNUSED;
 
 /// A verdict program ready to run: the encoded bytes with map loads relocated.
 #[derive(Clone, Debug)]

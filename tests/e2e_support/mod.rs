@@ -226,6 +226,30 @@ pub fn loopback_message(c: &TcpStream, payload: &[u8]) -> skpc::hir::Message {
     }
 }
 
+/// What the process helpers return for the calling thread (the sender): its uid, gid,
+/// pid (the thread group), comm and cgroup (the inode of its cgroup v2 directory).
+pub fn process_fields(m: &mut skpc::hir::Message) {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: no preconditions.
+    unsafe {
+        m.uid = libc::getuid();
+        m.gid = libc::getgid();
+        m.pid = libc::getpid() as u32;
+    }
+    let comm = std::fs::read_to_string("/proc/thread-self/comm").expect("comm");
+    m.comm = comm.trim_end_matches('\n').as_bytes().to_vec();
+    let path = std::fs::read_to_string("/proc/self/cgroup")
+        .expect("/proc/self/cgroup")
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .expect("a cgroup v2 line");
+    let root = skpc_runtime::cgroup2_mount().expect("cgroup2 mounted");
+    let dir = root.join(path.trim_start_matches('/'));
+    m.cgroup = std::fs::metadata(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .ino();
+}
+
 /// The `skpc` binary. Cargo names it only to the tests of the package that builds it
 /// (compiler/cli), so the other tests that share this module never call this.
 pub fn skpc_bin() -> &'static str {

@@ -1777,6 +1777,12 @@ pub struct Hit {
     pub payload: Option<(u32, Vec<u8>)>,
     /// A `len` range (inclusive) the rule checks after the lookup.
     pub len: Option<(u64, u64)>,
+    /// The sender's fields (keys of their own).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub pid: Option<u32>,
+    pub cgroup: Option<u64>,
+    pub comm: Option<Vec<u8>>,
 }
 
 impl Hit {
@@ -1797,6 +1803,11 @@ impl Hit {
         }
         if (self.payload.is_some() && o.payload.is_some())
             || (self.len.is_some() && o.len.is_some())
+            || (self.uid.is_some() && o.uid.is_some())
+            || (self.gid.is_some() && o.gid.is_some())
+            || (self.pid.is_some() && o.pid.is_some())
+            || (self.cgroup.is_some() && o.cgroup.is_some())
+            || (self.comm.is_some() && o.comm.is_some())
         {
             return None;
         }
@@ -1808,6 +1819,11 @@ impl Hit {
             addrs,
             payload: self.payload.clone().or_else(|| o.payload.clone()),
             len: self.len.or(o.len),
+            uid: self.uid.or(o.uid),
+            gid: self.gid.or(o.gid),
+            pid: self.pid.or(o.pid),
+            cgroup: self.cgroup.or(o.cgroup),
+            comm: self.comm.clone().or_else(|| o.comm.clone()),
         })
     }
 }
@@ -1822,6 +1838,8 @@ struct Shape {
     v6_prefixes: Vec<u8>,
     /// (offset, length) of payload-slice keys.
     payloads: Vec<(u32, usize)>,
+    /// The sender's fields (and payload bytes) keyed: `IX_SENDER_FIELDS`.
+    senders: Vec<&'static str>,
 }
 
 /// A few payload slices, (offset, length).
@@ -1850,10 +1868,13 @@ const IX_ADDR_FIELDS: &[&str] = &[
     "remote.ip6",
 ];
 const IX_PORT_FIELDS: &[&str] = &["port", "local.port", "remote.port"];
+/// Exact tests of the sender and of payload bytes (`byte`: `payload[i] == b`).
+const IX_SENDER_FIELDS: &[&str] = &["uid", "gid", "pid", "cgroup", "comm", "byte"];
 
-/// A random policy with long runs of same-decision port and address rules (segments of
-/// 63 to 160 rules, most of them indexable, some that stay code: payload, `len`, `not`,
-/// `uid`, ...), count/log rules and other decisions between them, for the indexed blocks
+/// A random policy with long runs of same-decision port, address, payload and sender
+/// (`uid == N`, `comm == "..."`, ...) rules (segments of 63 to 160 rules, most of them
+/// indexable, some that stay code: ranges, `not`, `comm starts with`, ...), count/log
+/// rules and other decisions between them, for the indexed blocks
 /// of the backend (compiler/lower/index.rs). `Pool::targets` says how to match each
 /// port/address rule.
 pub fn gen_indexed_policy(rng: &mut Rng) -> (GenPolicy, Pool) {
@@ -1913,6 +1934,7 @@ impl Shape {
             v4_prefixes: vec![32, rng.pick(&[0u8, 1, 8, 16, 24, 28, 31])],
             v6_prefixes: vec![128, rng.pick(&[0u8, 1, 48, 64, 96, 120, 127])],
             payloads: ix_payloads(rng),
+            senders: IX_SENDER_FIELDS.to_vec(),
         }
     }
 
@@ -1925,6 +1947,7 @@ impl Shape {
                 v4_prefixes: vec![32, 31, 28, 24, 16, 8, 1, 0],
                 v6_prefixes: vec![128, 127, 120, 96, 64, 48, 1],
                 payloads: ix_payloads(rng),
+                senders: IX_SENDER_FIELDS.to_vec(),
             };
         }
         let mut pick_some = |from: &[&'static str], n: u64| -> Vec<&'static str> {
@@ -1939,6 +1962,9 @@ impl Shape {
         };
         let addr_fields = pick_some(IX_ADDR_FIELDS, 2);
         let port_fields = pick_some(IX_PORT_FIELDS, 2);
+        // One field of the sender: each adds tuples of its own (alone, with a port, with
+        // a slice), and a segment has at most 16.
+        let senders = pick_some(IX_SENDER_FIELDS, 1);
         let mut prefixes = |full: u8, other: &[u8]| {
             let p = rng.pick(other);
             match rng.below(10) {
@@ -1955,6 +1981,7 @@ impl Shape {
             v4_prefixes,
             v6_prefixes,
             payloads: ix_payloads(rng),
+            senders,
         }
     }
 
@@ -1977,6 +2004,7 @@ impl Shape {
                 self.v6_prefixes.clone()
             },
             payloads: self.payloads.clone(),
+            senders: self.senders.clone(),
         }
     }
 }
@@ -1986,6 +2014,18 @@ impl Gen<'_> {
     fn segment(&mut self, rules: &mut Vec<GRule>) {
         let shape = Shape::new(self.rng);
         let (action, d) = self.decision();
+        // Sometimes a run of `count` rules (and a `log` or two) instead: the index's
+        // blocks where every matching rule acts.
+        let effects = self.rng.pct(20);
+        let act = |g: &mut Gen| {
+            if !effects {
+                (action.clone(), ASem::Decide(d.clone()))
+            } else if g.rng.pct(2) {
+                ("log".to_string(), ASem::Log)
+            } else {
+                (g.counter(), ASem::Count)
+            }
+        };
         // Port/address rules: just under the threshold sometimes, at it, or well over.
         let n = match self.rng.below(12) {
             0 => 63,
@@ -1993,15 +2033,19 @@ impl Gen<'_> {
             2 => self.rng.range(100, 160),
             _ => self.rng.range(65, 100),
         };
+        // A rule of `count`s keyed in two tuples (`port == N`, an `or` of two fields)
+        // could match twice: code. More rules, so that 64 are keyed often enough.
+        let n = if effects { n + n / 2 } else { n };
         let mut seg: Vec<GRule> = Vec::new();
         let mut keyed: Vec<(GCond, Vec<Hit>)> = Vec::new();
         while keyed.len() < n as usize {
             if self.rng.pct(12) {
                 // A rule the index cannot hold: it stays code, in its place.
                 let c = self.code_cond(&shape);
+                let (action, sem) = act(self);
                 seg.push(GRule {
-                    action: action.clone(),
-                    sem: ASem::Decide(d.clone()),
+                    action,
+                    sem,
                     cond: Some(c),
                 });
                 continue;
@@ -2014,20 +2058,22 @@ impl Gen<'_> {
             };
             self.pool.targets.push(t.clone());
             keyed.push((c.clone(), t));
+            let (action, sem) = act(self);
             seg.push(GRule {
-                action: action.clone(),
-                sem: ASem::Decide(d.clone()),
+                action,
+                sem,
                 cond: Some(c),
             });
         }
         if self.rng.pct(4) {
             // An unconditional rule inside the block: the rest of the policy is dead.
             let at = self.rng.below(seg.len() as u64 + 1) as usize;
+            let (action, sem) = act(self);
             seg.insert(
                 at,
                 GRule {
-                    action: action.clone(),
-                    sem: ASem::Decide(d.clone()),
+                    action,
+                    sem,
                     cond: None,
                 },
             );
@@ -2079,10 +2125,38 @@ impl Gen<'_> {
         }
     }
 
-    /// A condition the index can hold: a port or address test, an `and` of a port test
-    /// and an address test (or of both ports), an `or` of two such.
+    /// A condition the index can hold: a port, address, payload or sender test, an `and`
+    /// of a port test and an address test (or of both ports, or of the sender and a port),
+    /// an `or` of two such.
     fn ix_cond(&mut self, shape: &Shape) -> (GCond, Vec<Hit>) {
-        match self.rng.below(26) {
+        match self.rng.below(30) {
+            26 | 27 => self.ix_sender(shape),
+            28 => {
+                // The sender and a port, or a payload slice (one key of both).
+                let (a, ta) = self.ix_sender(shape);
+                let (b, tb) = if self.rng.pct(90) {
+                    self.ix_port(&shape.and_shape(true))
+                } else {
+                    self.ix_payload(shape)
+                };
+                let ts = ta.iter().flat_map(|x| tb.iter().filter_map(|y| x.and(y)));
+                let both = if self.rng.pct(50) {
+                    vec![a, b]
+                } else {
+                    vec![b, a]
+                };
+                (GCond::And(both), ts.collect())
+            }
+            29 => {
+                // The sender and a `len` test: the residual.
+                let (a, ta) = self.ix_sender(shape);
+                let (b, range) = self.ix_len();
+                let ts = ta.into_iter().map(|t| Hit {
+                    len: Some(range),
+                    ..t
+                });
+                (GCond::And(vec![a, b]), ts.collect())
+            }
             20..=22 => {
                 // A payload slice (a key of its own), sometimes with a port.
                 let (a, ta) = self.ix_payload(shape);
@@ -2176,6 +2250,100 @@ impl Gen<'_> {
             ..Hit::default()
         };
         (GCond::Atom(text, sem), vec![hit])
+    }
+
+    /// An exact test of a field of the sender (`uid == 1003`, `gid in {5, 1001}`,
+    /// `cgroup == 4294967298`, `comm == "nginx"`) or of a payload byte, with values
+    /// few enough that rules share keys.
+    fn ix_sender(&mut self, shape: &Shape) -> (GCond, Vec<Hit>) {
+        let field = self.rng.pick(&shape.senders);
+        let n = if self.rng.pct(20) { 2 } else { 1 };
+        let set = |vs: Vec<String>| {
+            if vs.len() == 1 {
+                format!("== {}", vs[0])
+            } else {
+                format!("in {{{}}}", vs.join(", "))
+            }
+        };
+        match field {
+            "comm" => {
+                let cs: Vec<Vec<u8>> = (0..n).map(|_| self.comm()).collect();
+                let text = format!("comm {}", set(cs.iter().map(|c| quote(c)).collect()));
+                let hits = cs
+                    .iter()
+                    .map(|c| Hit {
+                        comm: Some(c.clone()),
+                        ..Hit::default()
+                    })
+                    .collect();
+                let sem = Sem::Comm {
+                    alts: cs,
+                    prefix: false,
+                    negate: false,
+                };
+                (GCond::Atom(text, sem), hits)
+            }
+            "byte" => {
+                let i = self.rng.pick(&[0u32, 1, 3, 7]);
+                let vs: Vec<u8> = (0..n).map(|_| self.rng.pick(b"abc\x00\xff")).collect();
+                for &v in &vs {
+                    self.pool.strings.push((i, vec![v]));
+                }
+                let text = format!(
+                    "payload[{i}] {}",
+                    set(vs.iter().map(|v| v.to_string()).collect())
+                );
+                let hits = vs
+                    .iter()
+                    .map(|&v| Hit {
+                        payload: Some((i, vec![v])),
+                        ..Hit::default()
+                    })
+                    .collect();
+                let sem = Sem::Int {
+                    field: F::Byte(i),
+                    ranges: sorted_points(vs.iter().map(|&v| v as u64)),
+                    negate: false,
+                };
+                (GCond::Atom(text, sem), hits)
+            }
+            _ => {
+                let cgroup = field == "cgroup";
+                let vs: Vec<u64> = (0..n)
+                    .map(|_| match (self.rng.below(10), cgroup) {
+                        (0, false) => self.rng.pick(ID_EDGES),
+                        (0, true) => self.rng.pick(&[1u64, 0x1_0000_0002, u64::MAX]),
+                        _ => 1000 + self.rng.below(40),
+                    })
+                    .collect();
+                for &v in &vs {
+                    self.remember(if cgroup { Kind::Cgroup } else { Kind::Id }, v);
+                }
+                let text = format!(
+                    "{field} {}",
+                    set(vs.iter().map(|&v| int_text(self.rng, v)).collect())
+                );
+                let hits = vs
+                    .iter()
+                    .map(|&v| {
+                        let mut h = Hit::default();
+                        match field {
+                            "uid" => h.uid = Some(v as u32),
+                            "gid" => h.gid = Some(v as u32),
+                            "pid" => h.pid = Some(v as u32),
+                            _ => h.cgroup = Some(v),
+                        }
+                        h
+                    })
+                    .collect();
+                let sem = Sem::Int {
+                    field: F::parse(field),
+                    ranges: sorted_points(vs.iter().copied()),
+                    negate: false,
+                };
+                (GCond::Atom(text, sem), hits)
+            }
+        }
     }
 
     /// A `len` test of one range (or two tests that make one).
@@ -2506,6 +2674,13 @@ fn aim(rng: &mut Rng, pool: &Pool, m: &mut Message, targets: &[Hit]) {
             m.len = l;
             m.payload.resize((l as usize).min(4096), b'x');
         }
+        m.uid = t.uid.unwrap_or(m.uid);
+        m.gid = t.gid.unwrap_or(m.gid);
+        m.pid = t.pid.unwrap_or(m.pid);
+        m.cgroup = t.cgroup.unwrap_or(m.cgroup);
+        if let Some(c) = &t.comm {
+            m.comm = c.clone();
+        }
         if let Some((offset, bytes)) = &t.payload {
             let end = *offset as usize + bytes.len();
             if m.payload.len() < end {
@@ -2545,6 +2720,12 @@ fn aim(rng: &mut Rng, pool: &Pool, m: &mut Message, targets: &[Hit]) {
             (ip, _) => ip,
         };
     }
+}
+
+/// Values as the sorted, distinct point ranges of `Sem::Int`.
+fn sorted_points(vs: impl Iterator<Item = u64>) -> Vec<(u64, u64)> {
+    let set: std::collections::BTreeSet<u64> = vs.collect();
+    set.into_iter().map(|v| (v, v)).collect()
 }
 
 /// An address inside `net`: its first, its last, or a random one.

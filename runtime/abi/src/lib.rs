@@ -196,6 +196,10 @@ pub struct IndexSlot {
     pub rule: u32,
     pub len_min: u32,
     pub len_max: u32,
+    /// What else the rule does when it matches, in a block of `count`/`log` rules
+    /// (where every matching rule acts): the counter slot of `count NAME`, or
+    /// [`IndexSlot::LOG`]; [`IndexSlot::NOTHING`] for a rule that decides.
+    pub then: u32,
 }
 
 impl IndexSlot {
@@ -204,20 +208,31 @@ impl IndexSlot {
         rule: u32::MAX,
         len_min: 1,
         len_max: 0,
+        then: IndexSlot::NOTHING,
     };
-    /// A rule without a residual: every length.
+    /// `then` of a rule that does nothing more (a rule that decides).
+    pub const NOTHING: u32 = u32::MAX;
+    /// `then` of a `log` rule: it sends a log record.
+    pub const LOG: u32 = u32::MAX - 1;
+    /// A deciding rule without a residual: every length.
     pub const fn any_len(rule: u32) -> IndexSlot {
         IndexSlot {
             rule,
             len_min: 0,
             len_max: u32::MAX,
+            then: IndexSlot::NOTHING,
         }
     }
     /// Byte offsets of the fields inside a slot, and a slot's size.
     pub const OFF_RULE: i16 = 0;
     pub const OFF_LEN_MIN: i16 = 4;
     pub const OFF_LEN_MAX: i16 = 8;
-    pub const SIZE: usize = 12;
+    pub const OFF_THEN: i16 = 12;
+    pub const SIZE: usize = 16;
+    /// The slot's words, in their order in the map value.
+    pub fn words(&self) -> [u32; 4] {
+        [self.rule, self.len_min, self.len_max, self.then]
+    }
 }
 
 impl Default for IndexSlot {
@@ -265,10 +280,7 @@ impl IndexEntry {
     /// The record as stored in [`INDEX_SECTION`]: every word little-endian.
     pub fn to_bytes(&self) -> [u8; Self::SIZE] {
         let mut out = [0u8; Self::SIZE];
-        let value = self
-            .slots
-            .iter()
-            .flat_map(|s| [s.rule, s.len_min, s.len_max]);
+        let value = self.slots.iter().flat_map(IndexSlot::words);
         for (i, w) in self.key.iter().copied().chain(value).enumerate() {
             out[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
         }
@@ -285,11 +297,12 @@ impl IndexEntry {
         }
         let mut slots = [IndexSlot::EMPTY; Self::SLOTS];
         for (i, s) in slots.iter_mut().enumerate() {
-            let at = Self::KEY_WORDS + 3 * i;
+            let at = Self::KEY_WORDS + 4 * i;
             *s = IndexSlot {
                 rule: word(at),
                 len_min: word(at + 1),
                 len_max: word(at + 2),
+                then: word(at + 3),
             };
         }
         IndexEntry { key, slots }
@@ -306,7 +319,7 @@ impl IndexEntry {
     pub fn value_bytes(&self) -> [u8; Self::VALUE_SIZE] {
         let mut out = [0u8; Self::VALUE_SIZE];
         for (i, s) in self.slots.iter().enumerate() {
-            for (j, w) in [s.rule, s.len_min, s.len_max].into_iter().enumerate() {
+            for (j, w) in s.words().into_iter().enumerate() {
                 let at = i * IndexSlot::SIZE + j * 4;
                 out[at..at + 4].copy_from_slice(&w.to_ne_bytes());
             }
@@ -519,6 +532,7 @@ mod tests {
             offset_of!(IndexSlot, len_max) as i16,
             IndexSlot::OFF_LEN_MAX
         );
+        assert_eq!(offset_of!(IndexSlot, then) as i16, IndexSlot::OFF_THEN);
         assert_eq!(
             size_of::<[IndexSlot; IndexEntry::SLOTS]>(),
             IndexEntry::VALUE_SIZE
@@ -536,10 +550,12 @@ mod tests {
             rule: 9,
             len_min: 100,
             len_max: 200,
+            then: IndexSlot::LOG,
         };
         assert_eq!(IndexEntry::from_bytes(&e.to_bytes()), e);
         assert_eq!(e.used().count(), 2);
-        assert_eq!(&e.value_bytes()[12..16], &9u32.to_ne_bytes());
+        assert_eq!(&e.value_bytes()[16..20], &9u32.to_ne_bytes());
+        assert_eq!(&e.value_bytes()[28..32], &IndexSlot::LOG.to_ne_bytes());
     }
 
     #[test]
