@@ -876,6 +876,19 @@ mod tests {
     use super::*;
     use crate::check::check;
 
+    /// `src` compiled with or without counters.
+    fn compiled(src: &str, counters: bool) -> crate::compile::Compiled {
+        crate::compile::compile_with(
+            "t.skp",
+            src,
+            crate::lower::Options {
+                counters,
+                ..crate::lower::Options::default()
+            },
+        )
+        .expect("compiles")
+    }
+
     fn port_addr(n: usize) -> String {
         (0..n)
             .map(|i| match i % 4 {
@@ -1118,15 +1131,7 @@ mod tests {
         use crate::hir::Message;
         let src = format!("{}{SHARED_KEY}default pass;\n", filler());
         for counters in [true, false] {
-            let c = crate::compile::compile_with(
-                "t.skp",
-                &src,
-                crate::lower::Options {
-                    counters,
-                    ..crate::lower::Options::default()
-                },
-            )
-            .expect("compiles");
+            let c = compiled(&src, counters);
             let vm = crate::vm::Vm::new(&c.lowered).expect("loads");
             let m = |local_port: u16, remote_port: u16, payload: &[u8]| Message {
                 family: skpc_abi::AF_INET,
@@ -1257,15 +1262,7 @@ mod tests {
         use crate::hir::Message;
         let src = format!("{}{SENDER}default pass;\n", filler());
         for counters in [true, false] {
-            let c = crate::compile::compile_with(
-                "t.skp",
-                &src,
-                crate::lower::Options {
-                    counters,
-                    ..crate::lower::Options::default()
-                },
-            )
-            .expect("compiles");
+            let c = compiled(&src, counters);
             assert!(
                 c.lowered.index_summary.len() == 1,
                 "{:?}",
@@ -1478,15 +1475,7 @@ mod tests {
             (logs_in_two_tuples(), true),
         ] {
             let src = format!("{src}default pass;\n");
-            let c = crate::compile::compile_with(
-                "t.skp",
-                &src,
-                crate::lower::Options {
-                    counters,
-                    ..crate::lower::Options::default()
-                },
-            )
-            .expect("compiles");
+            let c = compiled(&src, counters);
             assert_eq!(c.lowered.index_summary.len(), 1);
             let vm = crate::vm::Vm::new(&c.lowered).expect("loads");
             let m = |uid: u32, remote_port: u16, comm: &[u8], len: usize| Message {
