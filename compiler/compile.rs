@@ -2,8 +2,8 @@
 //! Also the assembly listing (`skpc build --emit asm`), as text and as data.
 
 use skpc_abi::{
-    IndexEntry, PortEntry, COUNTERS_VAR, INDEX_NAME, INDEX_PORTS_NAME, INDEX_PORTS_SECTION,
-    INDEX_SECTION, PROGS_NAME, SETS_NAME, SET_SECTION_PREFIX, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM,
+    IndexEntry, PortEntry, INDEX_NAME, INDEX_PORTS_NAME, INDEX_PORTS_SECTION, INDEX_SECTION,
+    PROGS_NAME, SETS_NAME, SET_SECTION_PREFIX, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM,
     SK_MSG_SECTION, SOCKHASH_NAME, SOCKMAP_NAME, SOCK_OPS_PROGRAM, SOCK_OPS_SECTION,
     UNTOUCHED_NAME,
 };
@@ -105,7 +105,10 @@ pub fn object_spec(lowered: &Lowered, file_name: &str, source: &str) -> ObjectSp
             max_entries: m.max_entries,
             map_flags: m.flags,
             pinning: 0,
-            data_var: (m.kind == MapKind::Counters).then(|| COUNTERS_VAR.to_string()),
+            data_var: match m.kind {
+                MapKind::Counters { chunk } => Some(skpc_abi::counters_var(chunk)),
+                _ => None,
+            },
         })
         .collect();
     let lines: Vec<&str> = source.lines().collect();

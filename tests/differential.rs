@@ -144,11 +144,18 @@ fn check(p: &GenPolicy, c: &Compiled, vm: &Vm, s: &Sent, counters: bool) -> Resu
 /// Compiles `p` (with or without counters) and checks `s`; `None` if it does not compile.
 fn disagreement(p: &GenPolicy, s: &Sent, counters: bool) -> Option<String> {
     let src = p.source();
+    // Half the policies with counters keep them in several maps (one to five slots a
+    // map), as a policy of more than 262,144 counters does.
+    let counter_chunk_slots = match src.len() % 10 {
+        n @ 1..=5 => n as u32,
+        _ => skpc_abi::COUNTER_CHUNK_SLOTS,
+    };
     let c = compile_with(
         "gen.skp",
         &src,
         Options {
             counters,
+            counter_chunk_slots,
             ..Options::default()
         },
     )

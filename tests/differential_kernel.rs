@@ -241,7 +241,7 @@ fn kernel_agrees_with_the_evaluator_on_loopback_messages() {
     let file_dir = common::unique_name("/tmp/skp_diffk");
     std::fs::create_dir_all(&file_dir).unwrap();
     let (mut sent, mut policies, mut sendfiles, mut resent) = (0usize, 0usize, 0usize, 0usize);
-    let mut replied = 0usize;
+    let (mut replied, mut chunked) = (0usize, 0usize);
     // Policies with an index, messages sent under them, those an indexed rule decided.
     let (mut indexed, mut indexed_sent, mut indexed_hits) = (0usize, 0usize, 0usize);
     let mut failures: Vec<String> = Vec::new();
@@ -253,8 +253,19 @@ fn kernel_agrees_with_the_evaluator_on_loopback_messages() {
             gen_policy(&mut rng)
         };
         let src = p.source();
-        let compiled =
+        let mut compiled =
             skpc::compile::compile("gen.skp", &src).unwrap_or_else(|d| panic!("{d:?}\n{src}"));
+        if policies % 4 == 1 {
+            // Counters in three or four maps, as a policy of more than 262,144 counters
+            // has them (`Options::counter_chunk_slots`).
+            let options = Options {
+                counter_chunk_slots: (compiled.policy.counters.len() as u32 / 3).max(1),
+                ..Options::default()
+            };
+            compiled = skpc::compile::compile_with("gen.skp", &src, options)
+                .unwrap_or_else(|d| panic!("{d:?}\n{src}"));
+            chunked += 1;
+        }
         let in_index = in_index(&compiled.lowered);
         indexed += usize::from(!in_index.is_empty());
         let object = skpc::compile::runtime_object(&compiled, "gen.skp", &src);
@@ -463,10 +474,11 @@ fn kernel_agrees_with_the_evaluator_on_loopback_messages() {
     }
     let _ = std::fs::remove_dir_all(&file_dir);
     eprintln!(
-        "kernel differential (seed {seed:#x}): {sent} messages ({sendfiles} by sendfile, {replied} replied to, {resent} not compared: re-run after a short `for N`) on {policies} policies in {:.1?}; {indexed} policies with an index, {indexed_sent} messages under them, {indexed_hits} decided by an indexed rule",
+        "kernel differential (seed {seed:#x}): {sent} messages ({sendfiles} by sendfile, {replied} replied to, {resent} not compared: re-run after a short `for N`) on {policies} policies in {:.1?}; {indexed} policies with an index, {indexed_sent} messages under them, {indexed_hits} decided by an indexed rule; {chunked} policies with their counters in several maps",
         start.elapsed()
     );
     if total >= 500 && failures.is_empty() {
+        assert!(chunked > 0, "no policy had its counters in several maps");
         assert!(
             indexed_hits > 0,
             "no message was decided by an indexed rule ({indexed} indexed policies)"

@@ -26,13 +26,14 @@ fn counters_refusal(policy: &hir::Policy, limit: u64) -> Option<Diag> {
         Diag::new(
             Code::VerifierBudget,
             format!(
-                "the kernel would reject this policy: its {} counters (one per rule, per `count NAME` and the default) take {bytes} bytes, over the largest map value the kernel creates ({limit} bytes)",
-                policy.counters.len()
+                "skpc cannot count this policy: its {} counters (one per rule, per `count NAME` and the default) take {bytes} bytes, over the {limit} bytes of its {} counters maps (the kernel creates no larger map value than 4 MiB)",
+                policy.counters.len(),
+                skpc_abi::COUNTER_CHUNKS_MAX
             ),
             span,
         )
         .label("the counters from here on do not fit")
-        .help("split the policy into smaller ones (one per cgroup)"),
+        .help("split the policy into smaller ones (one per cgroup), or build it with `skpc build --no-counters`"),
     )
 }
 
@@ -43,10 +44,12 @@ const NAMED_RULES: usize = 3;
 /// An inline set with more elements than this is worth naming in the help.
 const LARGE_SET: usize = 64;
 
-/// The largest map value the kernel creates (`KMALLOC_MAX_SIZE` with 4 KiB pages,
-/// which `array_map_alloc_check` holds an ARRAY's value to), in bytes: the counters of
-/// every rule are one value (`skpc_abi::COUNTERS_NAME`).
-pub const MAX_MAP_VALUE_BYTES: u64 = 4 << 20;
+/// The most bytes of counters a policy may have: `skpc_abi::COUNTER_CHUNKS_MAX` maps of
+/// the largest value the kernel creates (`KMALLOC_MAX_SIZE` with 4 KiB pages, which
+/// `array_map_alloc_check` holds an ARRAY's value to).
+pub const MAX_MAP_VALUE_BYTES: u64 = skpc_abi::COUNTER_CHUNKS_MAX as u64
+    * skpc_abi::COUNTER_CHUNK_SLOTS as u64
+    * skpc_abi::Counter::SIZE as u64;
 
 /// The E0401 error for `budget`, or None when the program fits.
 pub(super) fn refusal(policy: &hir::Policy, budget: &Budget) -> Option<Diag> {

@@ -13,7 +13,10 @@ use super::sets::{PlannedSet, SetIds};
 pub enum MapKind {
     Sockmap,
     Sockhash,
-    Counters,
+    /// Counters map `chunk` (`skpc_abi::COUNTER_CHUNK_SLOTS` slots each).
+    Counters {
+        chunk: u32,
+    },
     Events,
     Progs,
     /// The rule index (see `index`).
@@ -39,7 +42,7 @@ impl MapKind {
         match self {
             MapKind::Sockmap => skpc_abi::SOCKMAP_NAME,
             MapKind::Sockhash => skpc_abi::SOCKHASH_NAME,
-            MapKind::Counters => skpc_abi::COUNTERS_NAME,
+            MapKind::Counters { .. } => skpc_abi::COUNTERS_NAME,
             MapKind::Events => skpc_abi::EVENTS_NAME,
             MapKind::Progs => skpc_abi::PROGS_NAME,
             MapKind::Index => skpc_abi::INDEX_NAME,
@@ -69,8 +72,16 @@ impl MapSpec {
     pub fn name(&self) -> String {
         match self.kind {
             MapKind::Set { map, buffer } => skpc_abi::set_map_name(map, buffer),
+            MapKind::Counters { chunk } => skpc_abi::counters_name(chunk),
             kind => kind.name().to_string(),
         }
+    }
+}
+
+impl Maps {
+    /// Counters map `chunk` (defined one after the other, from `counters`).
+    pub(super) fn counters_chunk(&self, chunk: u32) -> MapId {
+        MapId(self.counters.0 + chunk.min(self.counter_maps.saturating_sub(1)))
     }
 }
 
@@ -121,7 +132,9 @@ impl MapList {
 pub(super) struct Maps {
     pub sockmap: MapId,
     pub sockhash: MapId,
+    /// The first counters map; `counter_maps` of them follow one another.
     pub counters: MapId,
+    pub counter_maps: u32,
     pub progs: MapId,
     /// The ring buffer of `log` records (when a rule logs).
     pub events: Option<MapId>,
@@ -149,6 +162,7 @@ pub(super) fn define(
     policy: &hir::Policy,
     index: &Index,
     sets: &[PlannedSet],
+    chunk_slots: u32,
 ) -> (Vec<MapSpec>, Maps, Vec<SetIds>) {
     let mut list = MapList::default();
     let sockmap = list.define(
@@ -170,13 +184,25 @@ pub(super) fn define(
     // One value holding every counter, addressed directly by the program (see
     // `tails`): the kernel gives a pointer to a map value without a lookup only for an
     // ARRAY of one entry.
-    let counters = list.define(
-        MapKind::Counters,
-        BPF_MAP_TYPE_ARRAY,
-        4,
-        (policy.counters.len().max(1) * Counter::SIZE) as u32,
-        1,
-    );
+    // More counters than one value holds (`chunk_slots`) take more maps, each its
+    // share of the slots.
+    let slots = policy.counters.len().max(1);
+    let chunk_slots = chunk_slots.max(1) as usize;
+    let counter_maps = slots.div_ceil(chunk_slots) as u32;
+    let counters: Vec<MapId> = (0..counter_maps as usize)
+        .map(|chunk| {
+            let held = (slots - chunk * chunk_slots).min(chunk_slots);
+            list.define(
+                MapKind::Counters {
+                    chunk: chunk as u32,
+                },
+                BPF_MAP_TYPE_ARRAY,
+                4,
+                (held * Counter::SIZE) as u32,
+                1,
+            )
+        })
+        .collect();
     let progs = list.define(MapKind::Progs, BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 1);
     let events = policy
         .rules
@@ -243,7 +269,8 @@ pub(super) fn define(
     let maps = Maps {
         sockmap,
         sockhash,
-        counters,
+        counters: counters[0],
+        counter_maps,
         progs,
         events,
         index,
@@ -263,4 +290,48 @@ pub(super) fn define_untouched(specs: &mut Vec<MapSpec>) -> MapId {
     let id = list.define(MapKind::Untouched, BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1);
     *specs = list.specs;
     id
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::lower::{lower_with, MapKind, Options};
+
+    #[test]
+    fn counters_past_one_value_take_more_maps_each_its_share() {
+        let p = crate::check::check(
+            "drop if port == 1;\ndrop if port == 2;\ndrop if port == 3;\ncount a if port == 4;\n",
+        )
+        .0
+        .expect("checks");
+        // Four rules, `count a` and the default: six counters, four a map.
+        let l = lower_with(
+            &p,
+            Options {
+                counter_chunk_slots: 4,
+                ..Options::default()
+            },
+        );
+        let counters: Vec<(String, u32, u32)> = l
+            .maps
+            .iter()
+            .filter(|m| matches!(m.kind, MapKind::Counters { .. }))
+            .map(|m| (m.name(), m.value_size, m.max_entries))
+            .collect();
+        assert_eq!(p.counters.len(), 6);
+        assert_eq!(
+            counters,
+            [
+                (".data.counters".to_string(), 64, 1),
+                (".data.counters1".to_string(), 32, 1)
+            ]
+        );
+        // One value when they fit.
+        let l = lower_with(&p, Options::default());
+        let one = l
+            .maps
+            .iter()
+            .filter(|m| matches!(m.kind, MapKind::Counters { .. }))
+            .count();
+        assert_eq!(one, 1);
+    }
 }

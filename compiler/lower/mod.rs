@@ -190,6 +190,9 @@ pub struct Options {
     /// later version may act on connections the first one left out); `skpc run`
     /// replaces it (`skpc_runtime::Enforcement::reload`).
     pub select_connections: bool,
+    /// Counter slots per counters map: `skpc_abi::COUNTER_CHUNK_SLOTS` (the most one map
+    /// value holds); smaller in tests, so that a policy of a few rules spans several maps.
+    pub counter_chunk_slots: u32,
 }
 
 /// Lowers a checked policy with the default options.
@@ -201,7 +204,8 @@ pub fn lower(policy: &hir::Policy) -> Lowered {
 pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
     let index = index::plan(policy);
     let planned = sets::plan(policy, options.set_maps_above);
-    let (mut specs, maps, set_ids) = maps::define(policy, &index, &planned);
+    let (mut specs, maps, set_ids) =
+        maps::define(policy, &index, &planned, options.counter_chunk_slots);
     let set_keys = sets::keys(&planned, &set_ids, &specs);
     let mut g = Gen::new(options, maps);
     g.counter_slots = policy.counters.len() as u32;
@@ -296,6 +300,7 @@ impl Default for Options {
             counters: true,
             set_maps_above: None,
             select_connections: true,
+            counter_chunk_slots: skpc_abi::COUNTER_CHUNK_SLOTS,
         }
     }
 }

@@ -41,6 +41,9 @@ const DECISION: Reg = Reg::R8;
 const SIZE: Reg = Reg::R2;
 const COUNTER: Reg = Reg::R3;
 const ONE: Reg = Reg::R4;
+/// The slot's number, then its offset in its counters map, where the counters take more
+/// than one map (`add_to_counter`).
+const CHUNK_SLOT: Reg = Reg::R5;
 /// Up to this many rules that decide (plain verdicts only), each sets the verdict and
 /// its counter's address itself (see `count_then_dispatch_on_offset`).
 const FEW_SITES: usize = 3;
@@ -222,10 +225,11 @@ impl Gen {
                         self.code.remove(at);
                     }
                     Some((slot, v)) => {
+                        let (map, off) = self.counter_address(slot * Counter::SIZE as u32);
                         let ld = Insn::LdMapValue {
                             dst: COUNTER,
-                            map: self.maps.counters.number(),
-                            off: slot * Counter::SIZE as u32,
+                            map: map.number(),
+                            off,
                         };
                         let r0 = Insn::Alu64 {
                             op: AluOp::Mov,
@@ -360,18 +364,71 @@ impl Gen {
         self.add_to_counter(off, slot);
     }
 
-    /// The adds of `count_at`, with the size already in SIZE.
+    /// The counters map and the offset in its value of the counter at byte `off` of all
+    /// the counters (`maps::Maps::counters_chunk`: a value holds at most
+    /// `Options::counter_chunk_slots` of them).
+    fn counter_address(&self, off: u32) -> (super::maps::MapId, u32) {
+        let chunk_bytes = self.options.counter_chunk_slots.max(1) * Counter::SIZE as u32;
+        (
+            self.maps.counters_chunk(off / chunk_bytes),
+            off % chunk_bytes,
+        )
+    }
+
+    /// The adds of `count_at`, with the size already in SIZE. With `slot` (a byte offset
+    /// the verifier knows to be below the counters' end, left as it is) and more than one
+    /// counters map, a compare per map boundary on the slot's number picks the map, and
+    /// the offset in it is computed in CHUNK_SLOT: on slot numbers the verifier's bounds
+    /// are exact, so the offset stays inside the map's value (a byte offset compared
+    /// with a boundary would leave it a byte short of a whole counter).
     fn add_to_counter(&mut self, off: u32, slot: Option<Reg>) {
-        self.emit(Insn::LdMapValue {
-            dst: COUNTER,
-            map: self.maps.counters.number(),
-            off,
-        });
-        if let Some(slot) = slot {
-            self.alu64(AluOp::Add, COUNTER, Src::Reg(slot));
+        let maps = self.maps.counter_maps;
+        let Some(slot) = slot.filter(|_| maps > 1) else {
+            let (map, off) = self.counter_address(off);
+            self.emit(Insn::LdMapValue {
+                dst: COUNTER,
+                map: map.number(),
+                off,
+            });
+            if let Some(slot) = slot {
+                self.alu64(AluOp::Add, COUNTER, Src::Reg(slot));
+            }
+            self.mov32(ONE, 1);
+            self.atomic_adds();
+            return;
+        };
+        debug_assert_eq!(off, 0, "a slot in a register counts from the first counter");
+        let chunk_slots = self.options.counter_chunk_slots.max(1) as i32;
+        let shift = Counter::SIZE.trailing_zeros() as i32;
+        let done = self.label();
+        self.mov64(CHUNK_SLOT, Src::Reg(slot));
+        self.alu64(AluOp::Rsh, CHUNK_SLOT, Src::Imm(shift));
+        for chunk in 0..maps {
+            let next = self.label();
+            if chunk + 1 < maps {
+                self.jmp64(
+                    JmpOp::Jge,
+                    CHUNK_SLOT,
+                    Src::Imm(chunk_slots * (chunk as i32 + 1)),
+                    next,
+                );
+            }
+            if chunk > 0 {
+                self.alu64(AluOp::Sub, CHUNK_SLOT, Src::Imm(chunk_slots * chunk as i32));
+            }
+            self.alu64(AluOp::Lsh, CHUNK_SLOT, Src::Imm(shift));
+            self.emit(Insn::LdMapValue {
+                dst: COUNTER,
+                map: self.maps.counters_chunk(chunk).number(),
+                off: 0,
+            });
+            self.alu64(AluOp::Add, COUNTER, Src::Reg(CHUNK_SLOT));
+            self.mov32(ONE, 1);
+            self.atomic_adds();
+            self.goto(done);
+            self.place(next);
         }
-        self.mov32(ONE, 1);
-        self.atomic_adds();
+        self.place(done);
     }
 
     /// `lock` adds of ONE and SIZE to the counter at COUNTER.

@@ -274,7 +274,7 @@ fn h_map_lookup_elem(map: u64, key: u64, _: u64, _: u64, _: u64) -> u64 {
         };
         match st.map_kind(map)? {
             // An ARRAY of one entry: the whole value of every counter.
-            MapKind::Counters => Ok(slot(key, 1)?.map_or(0, |_| st.counters)),
+            MapKind::Counters { chunk: 0 } => Ok(slot(key, 1)?.map_or(0, |_| st.counters)),
             MapKind::IndexReady => {
                 Ok(slot(key, st.ready_slots)?.map_or(0, |k| st.ready + 4 * k as u64))
             }

@@ -214,6 +214,11 @@ impl Vm {
         let insns = &expanded[..];
         let mut code = encode_all(insns);
         let mut counter_refs = Vec::new();
+        // Every counters map but the last holds as many slots as the first.
+        let chunk_bytes = maps
+            .iter()
+            .find(|m| m.kind == MapKind::Counters { chunk: 0 })
+            .map_or(0, |m| m.value_size);
         let total: usize = insns.iter().map(|i| i.slots()).sum();
         let mut slot = 0usize;
         for insn in insns {
@@ -233,14 +238,16 @@ impl Vm {
                     code[at + 12..at + 16].copy_from_slice(&((handle >> 32) as u32).to_le_bytes());
                 }
                 Insn::LdMapValue { map, off, .. } => {
-                    if maps.get(map as usize).map(|m| m.kind) != Some(MapKind::Counters) {
+                    let Some(MapKind::Counters { chunk }) = maps.get(map as usize).map(|m| m.kind)
+                    else {
                         return Err(VmError::Unmodelled(
                             "a direct pointer into a map other than the counters",
                         ));
-                    }
+                    };
                     // rbpf loads the imm as it is: the address goes there for each run.
+                    // The counters maps lie one after the other in one buffer.
                     code[slot * 8 + 1] &= 0x0f;
-                    counter_refs.push((slot * 8, off));
+                    counter_refs.push((slot * 8, chunk * chunk_bytes + off));
                 }
                 Insn::Gotol { imm } => {
                     // rbpf 0.4 has no `gotol` (BPF_JMP32 | BPF_JA, 32-bit offset). One whose
@@ -288,9 +295,9 @@ impl Vm {
         }
         let counters = maps
             .iter()
-            .find(|m| m.kind == MapKind::Counters)
+            .filter(|m| matches!(m.kind, MapKind::Counters { .. }))
             .map(|m| m.value_size as usize / Counter::SIZE)
-            .unwrap_or(0);
+            .sum();
         Ok(Vm {
             code,
             maps: maps.to_vec(),

@@ -25,8 +25,25 @@ pub(crate) fn old_layout() -> Error {
     )
 }
 
-/// The counters of every slot, named by `names` (`#i` past them).
-pub(crate) fn read(counters: &Map, names: &[String]) -> Result<Vec<CounterValue>> {
+/// The counters of every slot, named by `names` (`#i` past them): the counters maps in
+/// chunk order (`skpc_abi::COUNTER_CHUNK_SLOTS`), one lookup each.
+pub(crate) fn read(counters: &[Map], names: &[String]) -> Result<Vec<CounterValue>> {
+    let mut out = Vec::with_capacity(names.len());
+    for map in counters {
+        for (messages, bytes) in read_one(map)? {
+            let i = out.len();
+            out.push(CounterValue {
+                name: names.get(i).cloned().unwrap_or_else(|| format!("#{i}")),
+                messages,
+                bytes,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The (messages, bytes) pairs of one counters map.
+fn read_one(counters: &Map) -> Result<Vec<(u64, u64)>> {
     let Map::Array(data) = counters else {
         return Err(old_layout());
     };
@@ -47,13 +64,5 @@ pub(crate) fn read(counters: &Map, names: &[String]) -> Result<Vec<CounterValue>
     let mut words = vec![0u64; size / 8];
     sys::map_lookup_into(data.fd().as_fd(), &0u32.to_ne_bytes(), &mut words)
         .map_err(|e| Error::io(format_args!("reading {COUNTERS_NAME}"), e))?;
-    Ok(words
-        .chunks_exact(2)
-        .enumerate()
-        .map(|(i, c)| CounterValue {
-            name: names.get(i).cloned().unwrap_or_else(|| format!("#{i}")),
-            messages: c[0],
-            bytes: c[1],
-        })
-        .collect())
+    Ok(words.chunks_exact(2).map(|c| (c[0], c[1])).collect())
 }

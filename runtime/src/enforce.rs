@@ -9,10 +9,9 @@ use aya::maps::{Map, MapData, ProgramArray, RingBuf};
 use aya::programs::{SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use skpc_abi::{
-    LogRecord, SockKey, COUNTERS_NAME, COUNTERS_VAR, EVENTS_NAME, INDEX_NAME, INDEX_PORTS_NAME,
-    INDEX_READY_NAME, PROGS_NAME, PROGS_POLICY_SLOT, SETS_NAME, SET_MAP_PREFIX,
-    SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM, SOCKHASH_NAME, SOCKMAP_NAME, SOCKMAP_SLOTS,
-    SOCK_OPS_PROGRAM, UNTOUCHED_NAME,
+    LogRecord, SockKey, COUNTERS_NAME, EVENTS_NAME, INDEX_NAME, INDEX_PORTS_NAME, INDEX_READY_NAME,
+    PROGS_NAME, PROGS_POLICY_SLOT, SETS_NAME, SET_MAP_PREFIX, SK_MSG_ENTRY_PROGRAM, SK_MSG_PROGRAM,
+    SOCKHASH_NAME, SOCKMAP_NAME, SOCKMAP_SLOTS, SOCK_OPS_PROGRAM, UNTOUCHED_NAME,
 };
 
 use crate::error::{Error, ErrorKind, Result};
@@ -89,7 +88,8 @@ struct Version {
     number: u32,
     /// `None` for version 1, whose programs live in [`Base`].
     ebpf: Option<Ebpf>,
-    counters: Map,
+    /// The counters maps, in chunk order (`skpc_abi::counters_name`).
+    counters: Vec<Map>,
     events: Option<RingBuf<MapData>>,
     /// `skp_index`, `skp_index_ready` and `skp_index_ports`, filled (none without an
     /// index); held so that they go when the version goes, also version 1's.
@@ -105,7 +105,7 @@ struct Version {
 
 /// What [`load_version`] hands over.
 struct Loaded {
-    counters: Map,
+    counters: Vec<Map>,
     events: Option<RingBuf<MapData>>,
     index: Vec<(&'static str, Map)>,
     index_entries: usize,
@@ -239,7 +239,19 @@ fn load_version(ebpf: &mut Ebpf, object: &[u8]) -> Result<Loaded> {
     if ebpf.map(COUNTERS_NAME).is_none() && ebpf.map(crate::counters::OLD_COUNTERS_NAME).is_some() {
         return Err(crate::counters::old_layout());
     }
-    ids.maps.push(map_id(ebpf, COUNTERS_NAME)?);
+    let chunks: Vec<String> = (0..skpc_abi::COUNTER_CHUNKS_MAX)
+        .map(skpc_abi::counters_name)
+        .take_while(|name| ebpf.map(name).is_some())
+        .collect();
+    if chunks.is_empty() {
+        return Err(Error::new(
+            ErrorKind::BadObject,
+            format!("the object has no map {COUNTERS_NAME}; build it with skpc"),
+        ));
+    }
+    for name in &chunks {
+        ids.maps.push(map_id(ebpf, name)?);
+    }
     if ebpf.map(EVENTS_NAME).is_some() {
         ids.maps.push(map_id(ebpf, EVENTS_NAME)?);
     }
@@ -266,7 +278,7 @@ fn load_version(ebpf: &mut Ebpf, object: &[u8]) -> Result<Loaded> {
         }
     }
     let set_state = crate::sets::SetState::filled(&sets, object)?;
-    let counters = ebpf.take_map(COUNTERS_NAME).expect("checked above");
+    let counters = chunks.iter().filter_map(|n| ebpf.take_map(n)).collect();
     let events = match ebpf.take_map(EVENTS_NAME) {
         Some(m) => Some(
             RingBuf::try_from(m)
@@ -743,11 +755,11 @@ impl Enforcement {
                 .pin(dir.join(name))
                 .map_err(|e| pin_err(name, e))?;
         }
-        self.current
-            .counters
+        for (chunk, map) in self.current.counters.iter().enumerate() {
             // bpffs refuses names with a dot: the map's variable names the pin.
-            .pin(dir.join(COUNTERS_VAR))
-            .map_err(|e| pin_err(COUNTERS_VAR, e))?;
+            let var = skpc_abi::counters_var(chunk as u32);
+            map.pin(dir.join(&var)).map_err(|e| pin_err(&var, e))?;
+        }
         let index = self.current.index.iter().map(|(n, m)| (*n, m));
         let sets = self.current.sets.iter().map(|(n, m)| (n.as_str(), m));
         for (name, map) in index.chain(sets) {

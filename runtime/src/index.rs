@@ -10,8 +10,8 @@ use aya::maps::{Map, MapData};
 use aya::Ebpf;
 use object::{Object, ObjectSection};
 use skpc_abi::{
-    IndexEntry, PortEntry, COUNTERS_NAME, INDEX_NAME, INDEX_PORTS_NAME, INDEX_PORTS_SECTION,
-    INDEX_READY, INDEX_READY_NAME, INDEX_SECTION,
+    IndexEntry, PortEntry, INDEX_NAME, INDEX_PORTS_NAME, INDEX_PORTS_SECTION, INDEX_READY,
+    INDEX_READY_NAME, INDEX_SECTION,
 };
 
 use crate::error::{Error, ErrorKind, Result};
@@ -127,7 +127,7 @@ pub fn fill_index(ebpf: &Ebpf, object: &[u8]) -> Result<usize> {
     };
     let index = hash_map(index)?;
     let ready = array_map(ready, INDEX_READY_NAME)?;
-    let slots = counter_slots(ebpf.map(COUNTERS_NAME))?;
+    let slots = counter_slots(ebpf)?;
     check_shape(index, &entries, slots)?;
     // Both checked before anything is written.
     let ports = checked_ports(ebpf, object, slots)?;
@@ -252,14 +252,23 @@ fn checked_ports<'a>(
 }
 
 /// The number of counter slots (every rule has one); no limit without the map.
-fn counter_slots(counters: Option<&Map>) -> Result<u32> {
-    match counters {
-        Some(Map::Array(d)) => d
+/// The counter slots of the object's counters maps (`u32::MAX` without any: the object
+/// does not count, so no index slot can be out of its range).
+fn counter_slots(ebpf: &aya::Ebpf) -> Result<u32> {
+    let mut slots = 0u32;
+    let mut any = false;
+    for chunk in 0..skpc_abi::COUNTER_CHUNKS_MAX {
+        let name = skpc_abi::counters_name(chunk);
+        let Some(Map::Array(d)) = ebpf.map(&name) else {
+            break;
+        };
+        any = true;
+        slots += d
             .info()
             .map(|i| i.value_size() / skpc_abi::Counter::SIZE as u32)
-            .map_err(|e| Error::from_aya(&format!("reading the definition of {COUNTERS_NAME}"), e)),
-        _ => Ok(u32::MAX),
+            .map_err(|e| Error::from_aya(&format!("reading the definition of {name}"), e))?;
     }
+    Ok(if any { slots } else { u32::MAX })
 }
 
 fn hash_map(map: &Map) -> Result<&MapData> {

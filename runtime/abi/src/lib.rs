@@ -33,6 +33,32 @@ pub const SOCKHASH_VALUE_SIZE: u32 = 8;
 pub const COUNTERS_NAME: &str = ".data.counters";
 /// The global object in [`COUNTERS_NAME`]'s section: the array of counters.
 pub const COUNTERS_VAR: &str = "skp_counters";
+/// Counter slots one counters map holds: the kernel creates an ARRAY's value of at most
+/// `KMALLOC_MAX_SIZE` (4 MiB with 4 KiB pages) bytes. A policy with more counters keeps
+/// slot `i` in map `i / COUNTER_CHUNK_SLOTS` ([`counters_name`]), at slot
+/// `i % COUNTER_CHUNK_SLOTS` of its value.
+pub const COUNTER_CHUNK_SLOTS: u32 = (4 << 20) / Counter::SIZE as u32;
+/// Counters maps at most: a map's name has at most 15 bytes (`.data.counters9`).
+pub const COUNTER_CHUNKS_MAX: u32 = 10;
+
+/// The name of counters map `chunk` (see [`COUNTER_CHUNK_SLOTS`]): [`COUNTERS_NAME`],
+/// then `.data.counters1` and on.
+pub fn counters_name(chunk: u32) -> String {
+    if chunk == 0 {
+        COUNTERS_NAME.into()
+    } else {
+        format!("{COUNTERS_NAME}{chunk}")
+    }
+}
+
+/// The global object in counters map `chunk`'s section (its pin name too).
+pub fn counters_var(chunk: u32) -> String {
+    if chunk == 0 {
+        COUNTERS_VAR.into()
+    } else {
+        format!("{COUNTERS_VAR}{chunk}")
+    }
+}
 
 /// Name of the one-slot per-CPU array (u64) in which the SOCK_OPS program counts the
 /// established TCP sockets it left out of the sockmaps (no rule of the policy can act
