@@ -876,6 +876,26 @@ mod tests {
     use super::*;
     use crate::check::check;
 
+    /// The VM decides `msg` as the evaluator does, and (with counters) counts it on
+    /// `rule`'s counter (`None`: the default's) and nowhere else.
+    fn decides_and_counts(
+        c: &crate::compile::Compiled,
+        vm: &crate::vm::Vm,
+        msg: &crate::hir::Message,
+        rule: Option<usize>,
+        counters: bool,
+    ) {
+        let out = vm.run(msg, &crate::vm::RunConfig::default()).expect("runs");
+        let want = crate::eval::eval(&c.policy, msg);
+        assert_eq!(out.decision, want.decision, "{msg:?}");
+        if counters {
+            let slot = rule.unwrap_or(c.policy.default.counter);
+            let mut expect = vec![(0, 0); c.policy.counters.len()];
+            expect[slot] = (1, msg.len as u64);
+            assert_eq!(out.counters, expect, "{msg:?}");
+        }
+    }
+
     /// `src` compiled with or without counters.
     fn compiled(src: &str, counters: bool) -> crate::compile::Compiled {
         crate::compile::compile_with(
@@ -1158,17 +1178,7 @@ mod tests {
                 (m(1, 1, b"abcde"), Some(73)),
                 (m(1, 1, b"a"), None),
             ] {
-                let out = vm
-                    .run(&msg, &crate::vm::RunConfig::default())
-                    .expect("runs");
-                let want = crate::eval::eval(&c.policy, &msg);
-                assert_eq!(out.decision, want.decision, "{msg:?}");
-                if counters {
-                    let slot = rule.unwrap_or(c.policy.default.counter);
-                    let mut expect = vec![(0, 0); c.policy.counters.len()];
-                    expect[slot] = (1, msg.len as u64);
-                    assert_eq!(out.counters, expect, "len {}", msg.len);
-                }
+                decides_and_counts(&c, &vm, &msg, rule, counters);
             }
         }
     }
@@ -1345,17 +1355,7 @@ mod tests {
                     Some(64),
                 ),
             ] {
-                let out = vm
-                    .run(&msg, &crate::vm::RunConfig::default())
-                    .expect("runs");
-                let want = crate::eval::eval(&c.policy, &msg);
-                assert_eq!(out.decision, want.decision, "{msg:?}");
-                if counters {
-                    let slot = rule.unwrap_or(c.policy.default.counter);
-                    let mut expect = vec![(0, 0); c.policy.counters.len()];
-                    expect[slot] = (1, msg.len as u64);
-                    assert_eq!(out.counters, expect, "{msg:?}");
-                }
+                decides_and_counts(&c, &vm, &msg, rule, counters);
             }
         }
     }
