@@ -96,9 +96,7 @@ impl Gen {
             Test::InFile { of, .. } => self.test(of, t, f),
             Test::Text { field, op, alts } => self.text_test(*field, *op, alts, t, f),
             Test::Comm { alts, prefix } => {
-                self.stack_ptr(Reg::R1, STACK_COMM);
-                self.mov64(Reg::R2, Src::Imm(16));
-                self.call(BPF_FUNC_get_current_comm);
+                self.current_comm(STACK_COMM);
                 for alt in alts {
                     let next = self.label();
                     // Exact names also compare the NUL after them.

@@ -240,9 +240,7 @@ impl Gen {
             self.stx(Size::DW, Reg::R10, STACK_INDEX_FIELDS + 16, Reg::R0);
         }
         if uses(|c| matches!(c, Component::Comm)) {
-            self.stack_ptr(Reg::R1, STACK_COMM);
-            self.mov64(Reg::R2, Src::Imm(16));
-            self.call(BPF_FUNC_get_current_comm);
+            self.current_comm(STACK_COMM);
         }
     }
 

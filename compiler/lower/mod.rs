@@ -103,7 +103,9 @@ const CACHE_REGS: [Reg; 2] = [Reg::R8, Reg::R9];
 /// The key (0 or a small slot) of a lookup in a ready-flag array (the index, the sets).
 const STACK_READY_KEY: i16 = -8;
 const STACK_SOCK_KEY: i16 = -56; // 44 bytes, 8-aligned
-const STACK_COMM: i16 = -80; // 16 bytes
+const STACK_COMM: i16 = -80; // COMM_BYTES
+/// The bytes of a comm as `bpf_get_current_comm` writes it (TASK_COMM_LEN).
+const COMM_BYTES: i32 = 16;
 const STACK_LOG: i16 = -168; // 80 bytes
 const STACK_SNAPSHOT: i16 = -232; // 56 bytes: sk_msg_md words family..size
 const STACK_KEYED: i16 = -304; // runs::MAX_KEYS x (index u32, flag u32)
@@ -499,6 +501,14 @@ impl Gen {
     fn stack_ptr(&mut self, dst: Reg, off: i16) {
         self.mov64(dst, Src::Reg(Reg::R10));
         self.alu64(AluOp::Add, dst, Src::Imm(off as i32));
+    }
+
+    /// The sender's comm (the name, NUL-padded to 16 bytes) at stack offset `at`:
+    /// `bpf_get_current_comm`, which clobbers r0-r5.
+    fn current_comm(&mut self, at: i16) {
+        self.stack_ptr(Reg::R1, at);
+        self.mov64(Reg::R2, Src::Imm(COMM_BYTES));
+        self.call(BPF_FUNC_get_current_comm);
     }
 
     /// Loads a field that is a context word (`IntField::ctx_word`, from the field

@@ -131,9 +131,7 @@ impl Gen {
                 };
                 // The buffer the helper fills is the key: the name, NUL-padded; for the
                 // trie after a prefix length of all its bits.
-                self.stack_ptr(Reg::R1, STACK_COMM);
-                self.mov64(Reg::R2, Src::Imm(COMM_KEY as i32));
-                self.call(BPF_FUNC_get_current_comm);
+                self.current_comm(STACK_COMM);
                 let key = if prefix {
                     self.st(Size::W, Reg::R10, STACK_COMM_TRIE_KEY, 8 * COMM_KEY as i32);
                     STACK_COMM_TRIE_KEY

@@ -19,6 +19,15 @@ fn plain(d: &Decision) -> bool {
     d.apply_bytes.is_none() && matches!(d.verdict, Verdict::Pass | Verdict::Drop)
 }
 
+/// The program's return value for a plain verdict (`plain`).
+fn plain_return(d: &Decision) -> i32 {
+    if d.verdict == Verdict::Pass {
+        SK_PASS
+    } else {
+        SK_DROP
+    }
+}
+
 /// Sorted, merged runs of consecutive slots.
 fn slot_ranges(mut slots: Vec<u32>) -> Vec<(u32, u32)> {
     slots.sort_unstable();
@@ -127,12 +136,7 @@ impl Gen {
             let last = tails.len() - 1;
             for (k, (d, l)) in tails.iter().enumerate() {
                 self.place(*l);
-                let v = if d.verdict == Verdict::Pass {
-                    SK_PASS
-                } else {
-                    SK_DROP
-                };
-                self.mov64(Reg::R0, Src::Imm(v));
+                self.mov64(Reg::R0, Src::Imm(plain_return(d)));
                 if k != last {
                     self.goto(count);
                 }
@@ -209,14 +213,11 @@ impl Gen {
             let mut edits: Vec<(usize, Option<(u32, i32)>)> = writes
                 .iter()
                 .map(|&at| (at, None))
-                .chain(sites.iter().map(|(at, slot, d)| {
-                    let v = if d.verdict == Verdict::Pass {
-                        SK_PASS
-                    } else {
-                        SK_DROP
-                    };
-                    (*at, Some((*slot, v)))
-                }))
+                .chain(
+                    sites
+                        .iter()
+                        .map(|(at, slot, d)| (*at, Some((*slot, plain_return(d))))),
+                )
                 .collect();
             edits.sort_by_key(|e| std::cmp::Reverse(e.0));
             for (at, edit) in edits {
@@ -316,24 +317,13 @@ impl Gen {
         if !self.options.counters {
             return;
         }
-        let skip = self.label();
         self.ctx_ld(SIZE, SK_MSG_MD_SIZE);
         let blur = self.const_slot_sites > BLUR_ABOVE_SITES;
         if blur {
             self.alu64(AluOp::Add, SLOT, Src::Reg(SIZE));
             self.alu64(AluOp::Sub, SLOT, Src::Reg(SIZE));
         }
-        if blur || self.slot_unbounded {
-            let last_slot = self.counter_slots as i32 - 1;
-            self.jmp64(JmpOp::Jgt, SLOT, Src::Imm(last_slot), skip);
-        }
-        self.alu64(
-            AluOp::Lsh,
-            SLOT,
-            Src::Imm(Counter::SIZE.trailing_zeros() as i32),
-        );
-        self.add_to_counter(0, Some(SLOT));
-        self.place(skip);
+        self.count_slot_number(SLOT, blur || self.slot_unbounded);
     }
 
     /// Bumps the counter whose slot is in `reg` (not r2-r4), a value the verifier cannot
@@ -343,15 +333,25 @@ impl Gen {
         if !self.options.counters {
             return;
         }
+        self.ctx_ld(SIZE, SK_MSG_MD_SIZE);
+        self.count_slot_number(reg, true);
+    }
+
+    /// Bumps the counter whose slot number is in `reg` (the size already in SIZE): with
+    /// `check`, only if it is a slot (the verifier cannot bound it otherwise). Clobbers
+    /// `reg`.
+    fn count_slot_number(&mut self, reg: Reg, check: bool) {
         let skip = self.label();
-        let last_slot = self.counter_slots as i32 - 1;
-        self.jmp64(JmpOp::Jgt, reg, Src::Imm(last_slot), skip);
+        if check {
+            let last_slot = self.counter_slots as i32 - 1;
+            self.jmp64(JmpOp::Jgt, reg, Src::Imm(last_slot), skip);
+        }
         self.alu64(
             AluOp::Lsh,
             reg,
             Src::Imm(Counter::SIZE.trailing_zeros() as i32),
         );
-        self.count_at(0, Some(reg));
+        self.add_to_counter(0, Some(reg));
         self.place(skip);
     }
 
@@ -385,17 +385,7 @@ impl Gen {
         let maps = self.maps.counter_maps;
         let Some(slot) = slot.filter(|_| maps > 1) else {
             let (map, off) = self.counter_address(off);
-            self.emit(Insn::LdMapValue {
-                dst: COUNTER,
-                map: map.number(),
-                off,
-            });
-            if let Some(slot) = slot {
-                self.alu64(AluOp::Add, COUNTER, Src::Reg(slot));
-            }
-            self.mov32(ONE, 1);
-            self.atomic_adds();
-            return;
+            return self.bump(map, off, slot);
         };
         debug_assert_eq!(off, 0, "a slot in a register counts from the first counter");
         let chunk_slots = self.options.counter_chunk_slots.max(1) as i32;
@@ -417,18 +407,26 @@ impl Gen {
                 self.alu64(AluOp::Sub, CHUNK_SLOT, Src::Imm(chunk_slots * chunk as i32));
             }
             self.alu64(AluOp::Lsh, CHUNK_SLOT, Src::Imm(shift));
-            self.emit(Insn::LdMapValue {
-                dst: COUNTER,
-                map: self.maps.counters_chunk(chunk).number(),
-                off: 0,
-            });
-            self.alu64(AluOp::Add, COUNTER, Src::Reg(CHUNK_SLOT));
-            self.mov32(ONE, 1);
-            self.atomic_adds();
+            self.bump(self.maps.counters_chunk(chunk), 0, Some(CHUNK_SLOT));
             self.goto(done);
             self.place(next);
         }
         self.place(done);
+    }
+
+    /// Adds 1 and SIZE to the counter at byte `off` (plus `plus`) of the value of
+    /// counters map `map`.
+    fn bump(&mut self, map: super::maps::MapId, off: u32, plus: Option<Reg>) {
+        self.emit(Insn::LdMapValue {
+            dst: COUNTER,
+            map: map.number(),
+            off,
+        });
+        if let Some(plus) = plus {
+            self.alu64(AluOp::Add, COUNTER, Src::Reg(plus));
+        }
+        self.mov32(ONE, 1);
+        self.atomic_adds();
     }
 
     /// `lock` adds of ONE and SIZE to the counter at COUNTER.
@@ -659,9 +657,7 @@ impl Gen {
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_UID, Reg::R0);
         self.alu64(AluOp::Rsh, Reg::R0, Src::Imm(32));
         self.stx(Size::W, Reg::R10, b + LogRecord::OFF_GID, Reg::R0);
-        self.stack_ptr(Reg::R1, b + LogRecord::OFF_COMM);
-        self.mov64(Reg::R2, Src::Imm(16));
-        self.call(BPF_FUNC_get_current_comm);
+        self.current_comm(b + LogRecord::OFF_COMM);
         let events = self
             .maps
             .events
