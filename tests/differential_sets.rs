@@ -499,6 +499,16 @@ fn gen_ranges(rng: &mut Rng, n: usize, max: u64, points: bool) -> Vec<(u64, u64)
     out
 }
 
+/// `n` words of 1 to `longest` bytes of `alphabet` (host names, process names).
+fn gen_words(rng: &mut Rng, n: usize, longest: u64, alphabet: &[u8]) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|_| {
+            let len = rng.range(1, longest) as usize;
+            (0..len).map(|_| rng.pick(alphabet)).collect()
+        })
+        .collect()
+}
+
 fn gen_strings(rng: &mut Rng, n: usize, len: usize) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = (0..n)
         .map(|_| {
@@ -614,14 +624,7 @@ fn gen_set(rng: &mut Rng, reach: Reach) -> GSet {
         // VM's 32K slots.
         7 => {
             let n = n.min(300);
-            let mut strings: Vec<Vec<u8>> = (0..n)
-                .map(|_| {
-                    let len = rng.range(1, 40) as usize;
-                    (0..len)
-                        .map(|_| rng.pick(b"abcdefghijklmnopqrstuvwxyz0123456789.-"))
-                        .collect()
-                })
-                .collect();
+            let mut strings = gen_words(rng, n, 40, b"abcdefghijklmnopqrstuvwxyz0123456789.-");
             if rng.pct(20) {
                 // Up to the field's bound (128) and the map's key (152).
                 strings.push(vec![b'x'; rng.range(100, 128) as usize]);
@@ -650,14 +653,7 @@ fn gen_set(rng: &mut Rng, reach: Reach) -> GSet {
             GSet::RedisKey { strings, op }
         }
         9 => {
-            let mut strings: Vec<Vec<u8>> = (0..n)
-                .map(|_| {
-                    let len = rng.range(1, 15) as usize;
-                    (0..len)
-                        .map(|_| rng.pick(b"abcdefghijklmnopqrstuvwxyz0123456789-_:/"))
-                        .collect()
-                })
-                .collect();
+            let mut strings = gen_words(rng, n, 15, b"abcdefghijklmnopqrstuvwxyz0123456789-_:/");
             if reach == Reach::Loopback && rng.pct(50) {
                 strings.push(own_comm());
             }
