@@ -534,6 +534,7 @@ fn evaluator_and_vm_agree_on_indexed_blocks() {
     let mut rng = Rng::new(seed);
     let (mut pairs, mut indexed_policies, mut by_indexed_rule) = (0usize, 0usize, 0usize);
     let (mut generated, mut sender_keyed, mut effect_blocks) = (0usize, 0usize, 0usize);
+    let mut mixed_blocks = 0usize;
     let mut failures = Vec::new();
     for index in 0..policies {
         let (p, pool) = gen_indexed_policy(&mut rng);
@@ -592,7 +593,14 @@ fn evaluator_and_vm_agree_on_indexed_blocks() {
             lowered
                 .index_summary
                 .iter()
-                .any(|l| l.contains("count/log")),
+                .any(|l| l.contains("(count/log: every matching rule acts)")),
+        );
+        // Blocks of several decisions (`index::mixed_block`).
+        mixed_blocks += usize::from(
+            lowered
+                .index_summary
+                .iter()
+                .any(|l| l.contains("decisions and count/log")),
         );
         'messages: for _ in 0..40 {
             let s = gen_indexed_message(&mut rng, &pool);
@@ -613,7 +621,7 @@ fn evaluator_and_vm_agree_on_indexed_blocks() {
         }
     }
     eprintln!(
-        "indexed blocks (seed {seed:#x}): {indexed_policies} of {generated} policies indexed ({sender_keyed} with lookups keyed on the sender, {effect_blocks} with a block of count/log rules), {pairs} messages, {by_indexed_rule} decided or counted by an indexed rule, in {:.1?}",
+        "indexed blocks (seed {seed:#x}): {indexed_policies} of {generated} policies indexed ({sender_keyed} with lookups keyed on the sender, {effect_blocks} with a block of count/log rules, {mixed_blocks} with a block of several decisions), {pairs} messages, {by_indexed_rule} decided or counted by an indexed rule, in {:.1?}",
         start.elapsed()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -634,6 +642,10 @@ fn evaluator_and_vm_agree_on_indexed_blocks() {
         assert!(
             effect_blocks * 10 >= policies,
             "only {effect_blocks} of {policies} policies have a block of count/log rules"
+        );
+        assert!(
+            mixed_blocks * 10 >= policies,
+            "only {mixed_blocks} of {policies} policies have a block of several decisions"
         );
     }
 }

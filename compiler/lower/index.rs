@@ -54,7 +54,7 @@ use crate::hir::{self, Action, Cond, Decision, End, IntField, Net, Test};
 /// (a binary search, see `runs`) is as fast as the lookups and needs no map.
 pub(super) const MIN_INDEXED_RULES: usize = 64;
 /// Tuples per block at most: each costs one map lookup per message.
-pub(super) const MAX_TUPLES: usize = 16;
+pub(super) const MAX_TUPLES: usize = 48;
 /// Entries one rule may add (a port set is one entry per port): more and it stays code.
 const MAX_RULE_ENTRIES: usize = 256;
 /// DNF terms one rule may have.
@@ -66,6 +66,11 @@ pub(super) const MAX_PAGES: usize = 16;
 pub(super) const PAGE_SHIFT: u32 = 24;
 /// Rules one key may have.
 const MAX_KEY_RULES: usize = IndexEntry::SLOTS * MAX_PAGES;
+/// In a block of several decisions the best rule is kept as `rule << DECISION_BITS |
+/// decision` (`lookup`): one branch-free minimum gives both.
+pub(super) const DECISION_BITS: u32 = 3;
+/// Decisions one such block may have; rules with others stay code.
+const MAX_BLOCK_DECISIONS: usize = 1 << DECISION_BITS;
 
 /// One field of a tuple, and how much of it the key keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -177,6 +182,10 @@ pub(super) struct Tuple {
     /// A hash tuple's gate: the component whose `gate_value` selects the slot, and
     /// the tuple's port-array slot range (non-zero where some key has that value).
     pub gate: Option<(Component, u32)>,
+    /// In a block of several decisions (`Mixed`): the number of the decision every rule
+    /// of the tuple takes, if they share one (the lookup adds it to the rule without
+    /// reading the slot's `then`, and a port tuple can be an array slot).
+    pub decision: Option<u32>,
 }
 
 /// A segment whose indexable rules are looked up.
@@ -192,6 +201,20 @@ pub(super) struct Block {
     pub rest: Vec<usize>,
     /// How many rules of the segment are in the index.
     pub indexed: usize,
+    /// A block of rules of several decisions and `count`/`log` rules (`decision` is
+    /// None, `tuples` are those of the terminal rules).
+    pub mixed: Option<Mixed>,
+}
+
+/// What a block of several decisions adds (see `mixed_block`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Mixed {
+    /// The decisions of its indexed terminal rules: a terminal slot's `then` is the
+    /// number of its rule's decision here (below `1 << DECISION_BITS`).
+    pub decisions: Vec<Decision>,
+    /// The tuples of its `count`/`log` rules, looked up after the terminal ones: a
+    /// rule acts if it is before the best terminal rule found.
+    pub effects: Vec<Tuple>,
 }
 
 impl Block {
@@ -199,9 +222,11 @@ impl Block {
     /// lookups: local.port | remote.ip/32 | local.port+remote.ip/28`.
     pub(super) fn describe(&self, policy: &hir::Policy) -> String {
         let line = |r: usize| policy.rules.get(r).map_or(0, |r| r.line);
+        let effects = self.mixed.iter().flat_map(|m| &m.effects);
         let tuples: Vec<String> = self
             .tuples
             .iter()
+            .chain(effects)
             .map(|t| {
                 let parts: Vec<String> = t.components.iter().map(|c| c.describe()).collect();
                 let mut notes = Vec::new();
@@ -231,10 +256,14 @@ impl Block {
             line(self.last),
             self.indexed,
             self.rest.len(),
-            if self.decision.is_none() {
-                " (count/log: every matching rule acts)"
-            } else {
-                ""
+            match (&self.decision, &self.mixed) {
+                (_, Some(m)) => format!(
+                    " ({} decisions and count/log: the first matching terminal rule decides, \
+                     the count/log rules before it act)",
+                    m.decisions.len()
+                ),
+                (None, None) => " (count/log: every matching rule acts)".to_string(),
+                (Some(_), None) => String::new(),
             },
             tuples.join(" | ")
         )
@@ -277,6 +306,8 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
         next_port_slot: 0,
     };
     let mut i = 0;
+    // Where the rules that no block of one kind holds start.
+    let mut stretch = 0;
     while i < rules.len() {
         let d = match &rules[i].action {
             Action::Decide(d) => Some(d),
@@ -294,11 +325,16 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
         // A cheap count first: most segments of most policies are short.
         if j - i >= MIN_INDEXED_RULES {
             if let Some(block) = block(policy, i, j, d, &mut ids, &mut entries, &mut ports) {
+                let mut places = (&mut ids, &mut entries, &mut ports);
+                mixed_blocks(policy, stretch, i, &mut places, &mut index.blocks);
                 index.blocks.push(block);
+                stretch = j;
             }
         }
         i = j;
     }
+    let mut places = (&mut ids, &mut entries, &mut ports);
+    mixed_blocks(policy, stretch, rules.len(), &mut places, &mut index.blocks);
     index.entries = entries
         .into_iter()
         .flat_map(|(key, used)| {
@@ -351,22 +387,202 @@ fn block(
     if keyed.len() < MIN_INDEXED_RULES || ids.next_tuple + (MAX_TUPLES as u32) >= 1 << PAGE_SHIFT {
         return None;
     }
+    let terminal = d.is_some();
+    let mut tuples = new_tuples(tuples, &keyed, terminal, None, ids);
+    let then = |r: usize| match policy.rules[r].action {
+        Action::Decide(_) => IndexSlot::NOTHING,
+        Action::Count { counter } => counter as u32,
+        Action::Log => IndexSlot::LOG,
+    };
+    let overflow = fill(policy, &keyed, &mut tuples, terminal, &then, entries, ports);
+    let indexed = keyed.len() - overflow.len();
+    rest.extend(overflow);
+    rest.sort_unstable();
+    Some(Block {
+        first,
+        last: end - 1,
+        decision: d.cloned(),
+        tuples,
+        rest,
+        indexed,
+        mixed: None,
+    })
+}
+
+/// Where the blocks being planned put what they add: the ids, the entries, the ports.
+type Places<'a> = (
+    &'a mut Ids,
+    &'a mut HashMap<KeyWords, Vec<IndexSlot>>,
+    &'a mut BTreeMap<u32, u32>,
+);
+
+/// The blocks of several decisions (`mixed_block`) in rules `first..end`, which no
+/// block of one kind holds: pieces between unconditional rules (which end every block)
+/// with at most `MAX_BLOCK_DECISIONS` decisions each.
+fn mixed_blocks(
+    policy: &hir::Policy,
+    first: usize,
+    end: usize,
+    places: &mut Places,
+    blocks: &mut Vec<Block>,
+) {
+    let mut start = first;
+    let mut decisions: Vec<&Decision> = Vec::new();
+    for r in first..=end {
+        let rule = policy.rules.get(r).filter(|_| r < end);
+        let cut = match rule {
+            None => true,
+            Some(rule) if rule.cond == Cond::Const(true) => true,
+            Some(rule) => match &rule.action {
+                Action::Decide(d) if !decisions.contains(&d) => {
+                    if decisions.len() == MAX_BLOCK_DECISIONS {
+                        true
+                    } else {
+                        decisions.push(d);
+                        false
+                    }
+                }
+                _ => false,
+            },
+        };
+        if !cut {
+            continue;
+        }
+        if r - start >= MIN_INDEXED_RULES {
+            if let Some(b) = mixed_block(policy, start, r, places) {
+                blocks.push(b);
+            }
+        }
+        // An unconditional rule is code; a rule of one decision too many starts a block.
+        decisions.clear();
+        start = r;
+        if let Some(rule) = rule {
+            if rule.cond == Cond::Const(true) {
+                start = r + 1;
+            } else if let Action::Decide(d) = &rule.action {
+                decisions.push(d);
+            }
+        }
+    }
+}
+
+/// The block of rules `first..end` of several decisions and `count`/`log` rules (none
+/// unconditional, at most `MAX_BLOCK_DECISIONS` decisions), if most of them can be
+/// indexed. Its terminal rules are looked up in tuples of their own, each slot's `then`
+/// the number of the rule's decision; its `count`/`log` rules in others, as in a block
+/// of them alone (`Mixed`).
+fn mixed_block(
+    policy: &hir::Policy,
+    first: usize,
+    end: usize,
+    (ids, entries, ports): &mut Places,
+) -> Option<Block> {
+    if ids.next_tuple + (MAX_TUPLES as u32) >= 1 << PAGE_SHIFT {
+        return None;
+    }
+    let mut decisions: Vec<Decision> = Vec::new();
+    for r in first..end {
+        if let Action::Decide(d) = &policy.rules[r].action {
+            if !decisions.contains(d) {
+                decisions.push(d.clone());
+            }
+        }
+    }
+    let terminal = (first..end).filter(|&r| policy.rules[r].action.is_terminal());
+    let (tk, mut rest, tt) = keyed_among(policy, terminal, true, false, MAX_TUPLES);
+    let effects: Vec<usize> = (first..end)
+        .filter(|&r| !policy.rules[r].action.is_terminal())
+        .collect();
+    let left = MAX_TUPLES - tt.len();
+    let (mut ek, mut erest, mut et) =
+        keyed_among(policy, effects.iter().copied(), false, false, left);
+    if !logs_in_order(policy, &ek, &erest) {
+        (ek, erest, et) = keyed_among(policy, effects.iter().copied(), false, true, left);
+    }
+    rest.extend(erest);
+    let keyed = tk.len() + ek.len();
+    // Rules of code in a block cost what they cost outside it, and a little more.
+    if keyed < MIN_INDEXED_RULES || rest.len() > keyed {
+        return None;
+    }
+    let decision_of = |r: usize| match &policy.rules[r].action {
+        Action::Decide(d) => decisions.iter().position(|x| x == d).unwrap_or(0) as u32,
+        _ => IndexSlot::NOTHING,
+    };
+    let mut tuples = new_tuples(tt, &tk, true, Some(&decision_of), ids);
+    let mut etuples = new_tuples(et, &ek, false, None, ids);
+    let mut overflow = fill(policy, &tk, &mut tuples, true, &decision_of, entries, ports);
+    let then = |r: usize| match policy.rules[r].action {
+        Action::Count { counter } => counter as u32,
+        _ => IndexSlot::LOG,
+    };
+    overflow.extend(fill(
+        policy,
+        &ek,
+        &mut etuples,
+        false,
+        &then,
+        entries,
+        ports,
+    ));
+    let indexed = keyed - overflow.len();
+    rest.extend(overflow);
+    rest.sort_unstable();
+    Some(Block {
+        first,
+        last: end - 1,
+        decision: None,
+        tuples,
+        rest,
+        indexed,
+        mixed: Some(Mixed {
+            decisions,
+            effects: etuples,
+        }),
+    })
+}
+
+/// The tuples of `components` (new ids, ports slots and gates) for the `keyed` rules
+/// that use them: `terminal` rules (one of a key's rules acts) or `count`/`log` rules
+/// (all of them do). `decision_of`: in a block of several decisions (`Mixed`), a
+/// terminal rule's decision; a tuple of one port is an array slot only if its rules
+/// share one, which the lookup then knows without reading a slot.
+fn new_tuples(
+    components: Vec<Vec<Component>>,
+    keyed: &[(usize, Vec<RuleKey>)],
+    terminal: bool,
+    decision_of: Option<&dyn Fn(usize) -> u32>,
+    ids: &mut Ids,
+) -> Vec<Tuple> {
     let has_residual = |components: &Vec<Component>| {
         keyed
             .iter()
             .flat_map(|(_, keys)| keys)
             .any(|(c, _, len)| c == components && *len != ANY_LEN)
     };
-    let mut tuples: Vec<Tuple> = tuples
+    // The decision of every rule of each tuple, if they share one.
+    let shared = |components: &Vec<Component>| {
+        let decision_of = decision_of?;
+        let mut of = keyed
+            .iter()
+            .filter(|(_, keys)| keys.iter().any(|(c, _, _)| c == components))
+            .map(|(r, _)| decision_of(*r));
+        let first = of.next()?;
+        of.all(|d| d == first).then_some(first)
+    };
+    components
         .into_iter()
         .map(|components| {
             let id = ids.next_tuple;
             ids.next_tuple += 1;
             let residual = has_residual(&components);
+            let decision = if terminal { shared(&components) } else { None };
+            let several = decision_of.is_some();
             // The port array holds a rule per port, no residual; in a run of `count`
             // and `log` rules a key may have several.
-            let port_slot = (d.is_some()
+            let port_slot = (terminal
                 && !residual
+                && (!several || decision.is_some())
                 && matches!(
                     components.as_slice(),
                     [Component::LocalPort] | [Component::RemotePort]
@@ -394,18 +610,29 @@ fn block(
                 slots: 1,
                 residual,
                 gate,
+                decision,
             }
         })
-        .collect();
+        .collect()
+}
+
+/// Adds the keys of the `keyed` rules to `entries` (and `ports`) in the slots of
+/// `tuples`, with `then` of each rule in its slots. Returns the rules that stay code:
+/// a key of theirs has no slot left.
+fn fill(
+    policy: &hir::Policy,
+    keyed: &[(usize, Vec<RuleKey>)],
+    tuples: &mut [Tuple],
+    terminal: bool,
+    then: &dyn Fn(usize) -> u32,
+    entries: &mut HashMap<KeyWords, Vec<IndexSlot>>,
+    ports: &mut BTreeMap<u32, u32>,
+) -> Vec<usize> {
     let mut overflow = Vec::new();
-    for (r, keys) in &keyed {
+    for (r, keys) in keyed {
         let rule = policy.rules[*r].counter as u32;
-        let then = match policy.rules[*r].action {
-            Action::Decide(_) => IndexSlot::NOTHING,
-            Action::Count { counter } => counter as u32,
-            Action::Log => IndexSlot::LOG,
-        };
-        if d.is_none() {
+        let then = then(*r);
+        if !terminal {
             // Every matching rule acts: all of its keys get a slot, or none does (it
             // stays code); no slot covers another.
             let full = |words: &Vec<u32>, components: &Vec<Component>| {
@@ -448,7 +675,7 @@ fn block(
                 first_in_slot(slot, port_of(c));
             }
             let slots = entries.entry(key_of(tuple.id, words)).or_default();
-            if d.is_some()
+            if terminal
                 && slots
                     .iter()
                     .any(|s| s.len_min <= len.0 && len.1 <= s.len_max)
@@ -471,17 +698,7 @@ fn block(
             overflow.push(*r);
         }
     }
-    let indexed = keyed.len() - overflow.len();
-    rest.extend(overflow);
-    rest.sort_unstable();
-    Some(Block {
-        first,
-        last: end - 1,
-        decision: d.cloned(),
-        tuples,
-        rest,
-        indexed,
-    })
+    overflow
 }
 
 /// The rules of segment `first..end` that can be keyed, with their keys, the others
@@ -496,13 +713,25 @@ fn keyed_rules(
     d: Option<&Decision>,
     logs_as_code: bool,
 ) -> Keyed {
+    keyed_among(policy, first..end, d.is_some(), logs_as_code, MAX_TUPLES)
+}
+
+/// `keyed_rules` of the rules `rules` (in order), all `terminal` or all `count`/`log`,
+/// with at most `max_tuples` tuples.
+fn keyed_among(
+    policy: &hir::Policy,
+    rules: impl Iterator<Item = usize>,
+    terminal: bool,
+    logs_as_code: bool,
+    max_tuples: usize,
+) -> Keyed {
     let mut keyed: Vec<(usize, Vec<RuleKey>)> = Vec::new();
     let mut rest = Vec::new();
     let mut tuples: Vec<Vec<Component>> = Vec::new();
-    for r in first..end {
+    for r in rules {
         let rule = &policy.rules[r];
         let keys = rule_keys(&rule.cond).filter(|keys| {
-            d.is_some() || (acts_once(keys) && !(logs_as_code && rule.action == Action::Log))
+            terminal || (acts_once(keys) && !(logs_as_code && rule.action == Action::Log))
         });
         let Some(keys) = keys else {
             rest.push(r);
@@ -514,7 +743,7 @@ fn keyed_rules(
                 new.push(t);
             }
         }
-        if tuples.len() + new.len() > MAX_TUPLES {
+        if tuples.len() + new.len() > max_tuples {
             rest.push(r);
             continue;
         }

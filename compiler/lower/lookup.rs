@@ -41,12 +41,16 @@ fn helper_word(c: index::Component, w: usize) -> Option<i16> {
 
 /// What a lookup does with a slot whose rule matches.
 #[derive(Clone, Copy)]
-enum OnHit<'a> {
+pub(super) enum OnHit<'a> {
     /// The block decides: keep the smallest rule (with counters), or decide at once.
     Decide(&'a Decision),
     /// A block of `count`/`log` rules: the rule acts (`act_on_slot`); `logs`: some rule
-    /// of the block logs.
-    Act { logs: bool },
+    /// of the block logs; `below`: only if it is before the best terminal rule found
+    /// (in SLOT, see `Best`).
+    Act { logs: bool, below: bool },
+    /// A block of several decisions: keep the smallest `rule << DECISION_BITS |
+    /// decision` in SLOT (see `mixed`).
+    Best,
 }
 
 impl Gen {
@@ -69,6 +73,10 @@ impl Gen {
             self.ldx(Size::W, Reg::R1, Reg::R0, 0);
             self.jmp32(JmpOp::Jne, Reg::R1, skpc_abi::INDEX_READY as i32, not_ready);
         }
+        if let Some(mixed) = &block.mixed {
+            self.mixed_block(policy, block, mixed, maps);
+            return false;
+        }
         let counters = self.options.counters;
         let Some(decision) = &block.decision else {
             self.effects_block(policy, block, maps);
@@ -86,7 +94,8 @@ impl Gen {
             self.alu64(AluOp::Add, SLOT, Src::Reg(Reg::R1));
             self.alu64(AluOp::Sub, SLOT, Src::Reg(Reg::R1));
         }
-        self.index_lookups(block, maps, OnHit::Decide(decision));
+        self.load_index_fields(&block.tuples);
+        self.index_lookups(&block.tuples, maps, OnHit::Decide(decision));
         // The block's other rules, in order: a match decides with the smaller of its
         // index and the best indexed one.
         let found_best = self.label();
@@ -138,7 +147,9 @@ impl Gen {
             .any(|r| r.action == hir::Action::Log);
         // Without counters a `count` rule does nothing: no lookup is needed for it.
         if self.options.counters || logs {
-            self.index_lookups(block, maps, OnHit::Act { logs });
+            self.load_index_fields(&block.tuples);
+            let act = OnHit::Act { logs, below: false };
+            self.index_lookups(&block.tuples, maps, act);
         }
         for &r in &block.rest {
             let rule = &policy.rules[r];
@@ -163,30 +174,32 @@ impl Gen {
     /// The lookups of every tuple of `block`, by family: the sender's fields first, then
     /// the tuples of ports (and payload and sender fields) on any socket, then those with
     /// IPv4 or IPv6 addresses.
-    fn index_lookups(&mut self, block: &index::Block, maps: IndexMaps, d: OnHit) {
+    pub(super) fn index_lookups(&mut self, tuples: &[index::Tuple], maps: IndexMaps, d: OnHit) {
+        self.index_lookups_from(tuples, maps, d, IndexEntry::KEY_WORDS - 1);
+    }
+
+    /// `index_lookups`, where the key words after the tuple id from `dirty` on are zero.
+    pub(super) fn index_lookups_from(
+        &mut self,
+        tuples: &[index::Tuple],
+        maps: IndexMaps,
+        d: OnHit,
+        mut dirty: usize,
+    ) {
         use index::Component;
-        self.load_index_fields(block);
         let has = |t: &index::Tuple, f: fn(&Component) -> bool| t.components.iter().any(f);
         let is_ip4 = |c: &Component| matches!(c, Component::Ip4 { .. });
         let is_ip6 = |c: &Component| matches!(c, Component::Ip6 { .. });
         let unmapped = |c: &Component| matches!(c, Component::Ip4 { mapped: false, .. });
-        // Key words past the tuple's own that may not be zero (all, at first).
-        let mut dirty = IndexEntry::KEY_WORDS - 1;
         // Ports only: any socket.
-        for t in block
-            .tuples
-            .iter()
-            .filter(|t| !has(t, is_ip4) && !has(t, is_ip6))
-        {
+        for t in tuples.iter().filter(|t| !has(t, is_ip4) && !has(t, is_ip6)) {
             self.index_lookup(maps, t, false, d, &mut dirty);
         }
-        let v4: Vec<&index::Tuple> = block
-            .tuples
+        let v4: Vec<&index::Tuple> = tuples
             .iter()
             .filter(|t| has(t, is_ip4) && !has(t, is_ip6))
             .collect();
-        let v6: Vec<&index::Tuple> = block
-            .tuples
+        let v6: Vec<&index::Tuple> = tuples
             .iter()
             .filter(|t| (has(t, is_ip4) || has(t, is_ip6)) && !has(t, unmapped))
             .collect();
@@ -220,13 +233,12 @@ impl Gen {
         }
     }
 
-    /// Calls the helpers whose values some tuple of `block` keys on, once for the block,
-    /// and keeps what they return on the stack (`helper_word`): the lookups copy them
-    /// into their keys, and the helpers clobber r1-r5, which the lookups use.
-    fn load_index_fields(&mut self, block: &index::Block) {
+    /// Calls the helpers whose values some of a block's `tuples` key on, once for the
+    /// block, and keeps what they return on the stack (`helper_word`): the lookups copy
+    /// them into their keys, and the helpers clobber r1-r5, which the lookups use.
+    pub(super) fn load_index_fields(&mut self, tuples: &[index::Tuple]) {
         use index::Component;
-        let uses =
-            |f: fn(&Component) -> bool| block.tuples.iter().any(|t| t.components.iter().any(f));
+        let uses = |f: fn(&Component) -> bool| tuples.iter().any(|t| t.components.iter().any(f));
         if uses(|c| matches!(c, Component::Uid | Component::Gid)) {
             self.call(BPF_FUNC_get_current_uid_gid);
             self.stx(Size::DW, Reg::R10, STACK_INDEX_FIELDS, Reg::R0);
@@ -260,18 +272,36 @@ impl Gen {
     ) {
         use index::Component;
         let skip = self.label();
-        // `index::plan` gives the tuples of `count`/`log` blocks no port slot.
-        if let (Some(slot), OnHit::Decide(d)) = (t.port_slot, on_hit) {
+        // `index::plan` gives the tuples of `count`/`log` blocks no port slot, nor those
+        // of blocks of several decisions whose rules do not share one.
+        let port_slot = match on_hit {
+            OnHit::Decide(d) => t.port_slot.map(|slot| (slot, Ok(d))),
+            OnHit::Best => t.port_slot.zip(t.decision).map(|(slot, n)| (slot, Err(n))),
+            OnHit::Act { .. } => None,
+        };
+        if let Some((slot, decision)) = port_slot {
             // One port: the array slot `slot * 65536 + port` holds the rule plus one.
             self.port_slot_value(maps, t.components[0], slot, skip);
-            if self.options.counters {
-                // 0 (no rule) becomes NO_RULE.
-                self.alu32(AluOp::Sub, Reg::R1, Src::Imm(1));
-                self.keep_smaller_rule();
-            } else {
-                self.jmp32(JmpOp::Jeq, Reg::R1, 0, skip);
-                let tail = self.tail(d);
-                self.goto(tail);
+            match decision {
+                Err(number) => {
+                    // 0 (no rule) becomes NO_RULE << DECISION_BITS | number, above every
+                    // rule as NO_RULE is (a u32: 32-bit operations).
+                    self.alu32(AluOp::Sub, Reg::R1, Src::Imm(1));
+                    let bits = index::DECISION_BITS as i32;
+                    self.alu32(AluOp::Lsh, Reg::R1, Src::Imm(bits));
+                    self.alu32(AluOp::Or, Reg::R1, Src::Imm(number as i32));
+                    self.keep_smaller_rule();
+                }
+                Ok(_) if self.options.counters => {
+                    // 0 (no rule) becomes NO_RULE.
+                    self.alu32(AluOp::Sub, Reg::R1, Src::Imm(1));
+                    self.keep_smaller_rule();
+                }
+                Ok(d) => {
+                    self.jmp32(JmpOp::Jeq, Reg::R1, 0, skip);
+                    let tail = self.tail(d);
+                    self.goto(tail);
+                }
             }
             self.place(skip);
             return;
@@ -389,11 +419,12 @@ impl Gen {
             self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), skip);
             let slots = (t.slots - page * IndexEntry::SLOTS).min(IndexEntry::SLOTS);
             match on_hit {
-                OnHit::Decide(d) => self.first_matching_slot(slots, t.residual, d, skip),
-                OnHit::Act { logs } => {
+                OnHit::Decide(d) => self.first_matching_slot(slots, t.residual, Some(d), t, skip),
+                OnHit::Best => self.first_matching_slot(slots, t.residual, None, t, skip),
+                OnHit::Act { logs, below } => {
                     self.stx(Size::DW, Reg::R10, STACK_INDEX_ENTRY, Reg::R0);
                     for s in 0..slots {
-                        self.act_on_slot(s, t.residual, logs);
+                        self.act_on_slot(s, t.residual, logs, below);
                     }
                 }
             }
@@ -404,8 +435,16 @@ impl Gen {
     /// The first of `slots` slots of the entry at r0 whose rule matches (its `len` range
     /// holds, with `residual`) decides: kept in SLOT if smaller (with
     /// counters; then on to `done`), or the decision `d` at once. Falls through when none
-    /// matches.
-    fn first_matching_slot(&mut self, slots: usize, residual: bool, d: &Decision, done: Label) {
+    /// matches. `d` None: a block of several decisions (tuple `t`), where SLOT keeps the
+    /// smallest `rule << DECISION_BITS | decision`.
+    fn first_matching_slot(
+        &mut self,
+        slots: usize,
+        residual: bool,
+        d: Option<&Decision>,
+        t: &index::Tuple,
+        done: Label,
+    ) {
         if residual {
             // The slots in rule order: the first whose length range holds decides.
             self.ctx_ld(Reg::R4, SK_MSG_MD_SIZE);
@@ -419,13 +458,29 @@ impl Gen {
                 self.ldx(Size::W, Reg::R2, Reg::R0, base + IndexSlot::OFF_LEN_MAX);
                 self.jmp64(JmpOp::Jgt, Reg::R4, Src::Reg(Reg::R2), next);
             }
-            if self.options.counters {
-                self.ldx(Size::W, Reg::R1, Reg::R0, base + IndexSlot::OFF_RULE);
-                self.keep_smaller_rule();
-                self.goto(done);
-            } else {
-                let tail = self.tail(d);
-                self.goto(tail);
+            match d {
+                None => {
+                    self.ldx(Size::W, Reg::R1, Reg::R0, base + IndexSlot::OFF_RULE);
+                    let bits = index::DECISION_BITS as i32;
+                    self.alu32(AluOp::Lsh, Reg::R1, Src::Imm(bits));
+                    if let Some(decision) = t.decision {
+                        self.alu32(AluOp::Or, Reg::R1, Src::Imm(decision as i32));
+                    } else {
+                        self.ldx(Size::W, Reg::R2, Reg::R0, base + IndexSlot::OFF_THEN);
+                        self.alu32(AluOp::Or, Reg::R1, Src::Reg(Reg::R2));
+                    }
+                    self.keep_smaller_rule();
+                    self.goto(done);
+                }
+                Some(_) if self.options.counters => {
+                    self.ldx(Size::W, Reg::R1, Reg::R0, base + IndexSlot::OFF_RULE);
+                    self.keep_smaller_rule();
+                    self.goto(done);
+                }
+                Some(d) => {
+                    let tail = self.tail(d);
+                    self.goto(tail);
+                }
             }
             self.place(next);
         }
@@ -436,7 +491,9 @@ impl Gen {
     /// rule's counter is bumped, and its `then` (`skpc_abi::IndexSlot`) done: a second
     /// counter, or (`logs`) a log record. The rule and `then` are map data, unknown to
     /// the verifier: one walk for every slot of every entry.
-    fn act_on_slot(&mut self, s: usize, residual: bool, logs: bool) {
+    /// With `below`, only a rule before the best terminal rule in SLOT acts (a block of
+    /// several decisions).
+    fn act_on_slot(&mut self, s: usize, residual: bool, logs: bool, below: bool) {
         let base = (s * IndexSlot::SIZE) as i16;
         let next = self.label();
         let entry = |g: &mut Gen| g.ldx(Size::DW, Reg::R0, Reg::R10, STACK_INDEX_ENTRY);
@@ -450,6 +507,10 @@ impl Gen {
             self.jmp64(JmpOp::Jlt, Reg::R4, Src::Reg(Reg::R2), next);
             self.ldx(Size::W, Reg::R2, Reg::R0, base + IndexSlot::OFF_LEN_MAX);
             self.jmp64(JmpOp::Jgt, Reg::R4, Src::Reg(Reg::R2), next);
+        }
+        if below {
+            self.mov64(Reg::R2, Src::Reg(Reg::R1));
+            self.skip_unless_before_best(Reg::R2, next);
         }
         if self.options.counters {
             self.count_slot_in(Reg::R1);

@@ -26,6 +26,7 @@ mod keyed;
 pub mod lir;
 mod lookup;
 mod maps;
+mod mixed;
 mod payload;
 mod programs;
 mod proto;

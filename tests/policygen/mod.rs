@@ -2017,8 +2017,26 @@ impl Gen<'_> {
         // Sometimes a run of `count` rules (and a `log` or two) instead: the index's
         // blocks where every matching rule acts.
         let effects = self.rng.pct(20);
+        // Sometimes rules of two or three decisions, `count`s and a `log` or two in
+        // turn: one block of several decisions (`index::mixed_block`).
+        let mixed = !effects && self.rng.pct(35);
+        let others: Vec<(String, Decision)> = if mixed {
+            (0..self.rng.range(1, 3)).map(|_| self.decision()).collect()
+        } else {
+            Vec::new()
+        };
         let act = |g: &mut Gen| {
-            if !effects {
+            if mixed {
+                match g.rng.below(100) {
+                    0..=34 => (action.clone(), ASem::Decide(d.clone())),
+                    35..=69 => {
+                        let (a, d) = g.rng.pick(&others);
+                        (a, ASem::Decide(d))
+                    }
+                    70..=97 => (g.counter(), ASem::Count),
+                    _ => ("log".to_string(), ASem::Log),
+                }
+            } else if !effects {
                 (action.clone(), ASem::Decide(d.clone()))
             } else if g.rng.pct(2) {
                 ("log".to_string(), ASem::Log)
@@ -2035,7 +2053,7 @@ impl Gen<'_> {
         };
         // A rule of `count`s keyed in two tuples (`port == N`, an `or` of two fields)
         // could match twice: code. More rules, so that 64 are keyed often enough.
-        let n = if effects { n + n / 2 } else { n };
+        let n = if effects || mixed { n + n / 2 } else { n };
         let mut seg: Vec<GRule> = Vec::new();
         let mut keyed: Vec<(GCond, Vec<Hit>)> = Vec::new();
         while keyed.len() < n as usize {
