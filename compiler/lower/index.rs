@@ -578,14 +578,17 @@ fn new_tuples(
             let residual = has_residual(&components);
             let decision = if terminal { shared(&components) } else { None };
             let several = decision_of.is_some();
-            // The port array holds a rule per port, no residual; in a run of `count`
-            // and `log` rules a key may have several.
+            // The port array holds a rule per port (or per value of one or two payload
+            // bytes), no residual; in a run of `count` and `log` rules a key may have
+            // several.
             let port_slot = (terminal
                 && !residual
                 && (!several || decision.is_some())
                 && matches!(
                     components.as_slice(),
-                    [Component::LocalPort] | [Component::RemotePort]
+                    [Component::LocalPort]
+                        | [Component::RemotePort]
+                        | [Component::Payload { len: 1 | 2, .. }]
                 ))
             .then(|| {
                 ids.next_port_slot += 1;
@@ -1761,5 +1764,250 @@ mod tests {
                 vec![Component::RemotePort, byte]
             ]
         );
+    }
+
+    /// Rules 0..128 of drop, pass, discard, `count` and `log` in turn (no run of one
+    /// kind has 64 rules), then rules 128..: one key of two decisions, a `count` after
+    /// the rule that decides its key, rules of code of each kind.
+    fn several() -> String {
+        let mut src: String = (0..128)
+            .map(|i| match i % 6 {
+                0 => format!("drop if remote.port == {};\n", 1000 + i),
+                1 => format!("pass if local.port == {};\n", 1000 + i),
+                2 => format!("count a if uid == {};\n", 1000 + i),
+                3 => format!("discard if payload[0..4] == \"K{i:03}\";\n"),
+                // The port of the `drop` two rules on.
+                4 => format!(
+                    "log if remote.port == {} and comm == \"p\";\n",
+                    1000 + i + 2
+                ),
+                _ => format!("drop if remote.ip == 10.0.0.{i};\n"),
+            })
+            .collect();
+        src.push_str(
+            "drop if remote.port == 7 and len > 100;\n\
+             pass if remote.port == 7;\n\
+             count b if remote.port == 7;\n\
+             pass if uid > 60000;\n\
+             count b if gid > 100;\n\
+             drop if uid == 60001;\n\
+             drop if gid == 200;\n",
+        );
+        src
+    }
+
+    #[test]
+    fn rules_of_several_decisions_and_counts_are_one_block() {
+        let p = check(&several()).0.expect("checks");
+        let index = plan(&p);
+        let [b] = index.blocks.as_slice() else {
+            panic!("{:?}", index.blocks)
+        };
+        assert_eq!((b.first, b.last, b.decision.clone()), (0, 134, None));
+        // The two rules of code; every other rule is in the index.
+        assert_eq!((b.rest.clone(), b.indexed), (vec![131, 132], 133));
+        let m = b.mixed.as_ref().expect("a block of several decisions");
+        let verdicts: Vec<hir::Verdict> = m.decisions.iter().map(|d| d.verdict.clone()).collect();
+        assert_eq!(
+            verdicts,
+            [
+                hir::Verdict::Drop,
+                hir::Verdict::Pass,
+                hir::Verdict::Discard
+            ]
+        );
+        let tuple = |ts: &[Tuple], c: &[Component]| {
+            ts.iter()
+                .find(|t| t.components == c)
+                .cloned()
+                .unwrap_or_else(|| panic!("no tuple {c:?} in {ts:?}"))
+        };
+        // local.port: pass only, an array slot whose decision the lookup knows.
+        let local = tuple(&b.tuples, &[Component::LocalPort]);
+        assert_eq!((local.decision, local.port_slot.is_some()), (Some(1), true));
+        // remote.port: drop and pass (rules 128, 129): hashed, the decision in `then`.
+        let remote = tuple(&b.tuples, &[Component::RemotePort]);
+        assert_eq!((remote.decision, remote.port_slot), (None, None));
+        let port = super::super::cond::raw_remote_port(7) as u32;
+        let e = index
+            .entries
+            .iter()
+            .find(|e| e.key == key(&[remote.id, port]))
+            .expect("remote.port 7");
+        let slots: Vec<(u32, u32, u32)> = e.used().map(|s| (s.rule, s.len_min, s.then)).collect();
+        assert_eq!(slots, [(128, 101, 0), (129, 0, 1)]);
+        // The `count` and `log` rules have tuples of their own, looked up after.
+        let uid = tuple(&m.effects, &[Component::Uid]);
+        let e = index.entries.iter().find(|e| e.key == key(&[uid.id, 1002]));
+        let e = e.expect("uid 1002");
+        let counter_a = match p.rules[2].action {
+            Action::Count { counter } => counter as u32,
+            _ => unreachable!("rule 2 counts"),
+        };
+        assert_eq!(e.slots[0], {
+            let mut s = IndexSlot::any_len(2);
+            s.then = counter_a;
+            s
+        });
+        let uid_60001 = index
+            .entries
+            .iter()
+            .find(|e| e.key == key(&[tuple(&b.tuples, &[Component::Uid]).id, 60001]));
+        assert_eq!(uid_60001.map(|e| e.slots[0].then), Some(0));
+        let t = tuple(&m.effects, &[Component::RemotePort]);
+        assert!(index
+            .entries
+            .iter()
+            .any(|e| e.key == key(&[t.id, port]) && e.slots[0].rule == 130));
+        assert!(
+            b.describe(&p).contains("3 decisions and count/log"),
+            "{}",
+            b.describe(&p)
+        );
+    }
+
+    #[test]
+    fn in_a_block_of_several_decisions_the_first_matching_rule_decides_and_earlier_counts_act() {
+        use crate::eval::Fired;
+        use crate::hir::Message;
+        let src = format!("{}default pass;\n", several());
+        let base = Message {
+            remote_ip: "192.168.1.1".parse().expect("an address"),
+            comm: b"x".to_vec(),
+            payload: b"xxxx".to_vec(),
+            len: 4,
+            gid: 50,
+            ..Message::default()
+        };
+        let with = |f: &dyn Fn(&mut Message)| {
+            let mut m = base.clone();
+            f(&mut m);
+            m
+        };
+        // Each message with the rule the evaluator must find (None: the default), and
+        // the `count`/`log` rules that must act.
+        let cases: Vec<(Message, Option<usize>, Vec<usize>)> = vec![
+            (base.clone(), None, vec![]),
+            (with(&|m| m.remote_port = 1006), Some(6), vec![]),
+            (with(&|m| m.local_port = 1007), Some(7), vec![]),
+            (with(&|m| m.payload = b"K009".to_vec()), Some(9), vec![]),
+            (
+                with(&|m| m.remote_ip = "10.0.0.11".parse().expect("an address")),
+                Some(11),
+                vec![],
+            ),
+            // Two rules of different decisions: the first decides.
+            (
+                with(&|m| {
+                    m.remote_port = 1012;
+                    m.local_port = 1013
+                }),
+                Some(12),
+                vec![],
+            ),
+            (
+                with(&|m| {
+                    m.local_port = 1013;
+                    m.payload = b"K015".to_vec()
+                }),
+                Some(13),
+                vec![],
+            ),
+            (
+                with(&|m| {
+                    m.payload = b"K015".to_vec();
+                    m.remote_ip = "10.0.0.11".parse().expect("an address")
+                }),
+                Some(11),
+                vec![],
+            ),
+            // `count a if uid == 1014` before the drop of port 1018: it counts.
+            (
+                with(&|m| {
+                    m.uid = 1014;
+                    m.remote_port = 1018
+                }),
+                Some(18),
+                vec![14],
+            ),
+            // ... and after the drop of port 1012, it does not.
+            (
+                with(&|m| {
+                    m.uid = 1014;
+                    m.remote_port = 1012
+                }),
+                Some(12),
+                vec![],
+            ),
+            (with(&|m| m.uid = 1014), None, vec![14]),
+            // `log if remote.port == 1018 and comm == "p"` (rule 16) before the drop.
+            (
+                with(&|m| {
+                    m.comm = b"p".to_vec();
+                    m.remote_port = 1018
+                }),
+                Some(18),
+                vec![16],
+            ),
+            // One key of two decisions and a residual.
+            (
+                with(&|m| {
+                    m.remote_port = 7;
+                    m.len = 200;
+                    m.payload = vec![b'x'; 200]
+                }),
+                Some(128),
+                vec![],
+            ),
+            (with(&|m| m.remote_port = 7), Some(129), vec![]),
+            // Rules of code: a terminal one before an indexed one decides ...
+            (with(&|m| m.uid = 60001), Some(131), vec![]),
+            // ... and after one, does not; a `count` of code acts before the rule.
+            (
+                with(&|m| {
+                    m.uid = 60001;
+                    m.remote_port = 1000
+                }),
+                Some(0),
+                vec![],
+            ),
+            (with(&|m| m.gid = 200), Some(134), vec![132]),
+            (
+                with(&|m| {
+                    m.gid = 200;
+                    m.remote_port = 7
+                }),
+                Some(129),
+                vec![],
+            ),
+        ];
+        for counters in [true, false] {
+            let c = compiled(&src, counters);
+            assert_eq!(
+                c.lowered.index_summary.len(),
+                1,
+                "{:?}",
+                c.lowered.index_summary
+            );
+            let vm = crate::vm::Vm::new(&c.lowered).expect("loads");
+            for (msg, rule, acting) in &cases {
+                let want = crate::eval::eval(&c.policy, msg);
+                let fired = match want.fired {
+                    Fired::Rule(r) => Some(r),
+                    Fired::Default => None,
+                };
+                assert_eq!(fired, *rule, "{msg:?}");
+                let acted: Vec<usize> = (0..c.policy.rules.len())
+                    .filter(|&r| !c.policy.rules[r].action.is_terminal() && want.counters[r].0 > 0)
+                    .collect();
+                assert_eq!(&acted, acting, "{msg:?}");
+                let out = vm.run(msg, &crate::vm::RunConfig::default()).expect("runs");
+                assert_eq!(out.decision, want.decision, "{msg:?}");
+                assert_eq!(out.events, want.events, "{msg:?}");
+                if counters {
+                    assert_eq!(out.counters, want.counters, "{msg:?}");
+                }
+            }
+        }
     }
 }

@@ -187,6 +187,10 @@ impl Gen {
         mut dirty: usize,
     ) {
         use index::Component;
+        let mut needs: Vec<u32> = tuples.iter().filter_map(payload_need).collect();
+        needs.sort_unstable_by(|a, b| b.cmp(a));
+        needs.dedup();
+        self.pull_payload(&needs);
         let has = |t: &index::Tuple, f: fn(&Component) -> bool| t.components.iter().any(f);
         let is_ip4 = |c: &Component| matches!(c, Component::Ip4 { .. });
         let is_ip6 = |c: &Component| matches!(c, Component::Ip6 { .. });
@@ -281,7 +285,16 @@ impl Gen {
         };
         if let Some((slot, decision)) = port_slot {
             // One port: the array slot `slot * 65536 + port` holds the rule plus one.
-            self.port_slot_value(maps, t.components[0], slot, skip);
+            match t.components[0] {
+                Component::Payload { offset, len } => {
+                    // One or two payload bytes: their value is the port.
+                    self.payload_in_window(offset + len as u32, skip);
+                    let size = if len == 1 { Size::B } else { Size::H };
+                    self.ldx(size, Reg::R2, Reg::R2, offset as i16);
+                    self.port_slot_lookup(maps, slot, skip);
+                }
+                c => self.port_slot_value(maps, c, slot, skip),
+            }
             match decision {
                 Err(number) => {
                     // 0 (no rule) becomes NO_RULE << DECISION_BITS | number, above every
@@ -308,16 +321,9 @@ impl Gen {
         }
         // Payload bytes first, while r2 is the data pointer: a message too short for a
         // slice skips the lookup before anything is stored.
-        let need = t
-            .components
-            .iter()
-            .filter_map(|c| match *c {
-                Component::Payload { offset, len } => Some(offset + len as u32),
-                _ => None,
-            })
-            .max();
+        let need = payload_need(t);
         if let Some(need) = need {
-            self.ensure_payload(need, skip);
+            self.payload_in_window(need, skip);
             let mut at = STACK_INDEX_KEY + 4;
             for &c in &t.components {
                 if let Component::Payload { offset, len } = c {
@@ -555,6 +561,43 @@ impl Gen {
         }
     }
 
+    /// Pulls the first `needs[0]` payload bytes of the message (fewer if it is shorter)
+    /// into the data window unless they are there; if the pull fails, the next of
+    /// `needs` (longest first), and so on: the window then holds every slice that a pull
+    /// of its own would have made readable, and the block's lookups only check it
+    /// (`payload_in_window`). A pull per lookup (`ensure_payload`) gave the verifier
+    /// four ways through each lookup, and walks that met only much later.
+    fn pull_payload(&mut self, needs: &[u32]) {
+        if needs.is_empty() {
+            return;
+        }
+        let done = self.label();
+        for &need in needs {
+            self.window_check(need);
+            self.jmp64(JmpOp::Jle, Reg::R4, Src::Reg(Reg::R3), done);
+            // `bpf_msg_pull_data` fails past the message's end: min(need, size).
+            let fits = self.label();
+            self.ctx_ld(Reg::R3, SK_MSG_MD_SIZE);
+            self.jmp64(JmpOp::Jle, Reg::R3, Src::Imm(need as i32), fits);
+            self.mov32(Reg::R3, need);
+            self.place(fits);
+            self.mov64(Reg::R1, Src::Reg(self.ctx()));
+            self.mov64(Reg::R2, Src::Imm(0));
+            self.mov64(Reg::R4, Src::Imm(0));
+            self.call(BPF_FUNC_msg_pull_data);
+            // A failed pull leaves the window as it was: try a shorter one.
+            self.jmp64(JmpOp::Jeq, Reg::R0, Src::Imm(0), done);
+        }
+        self.place(done);
+    }
+
+    /// r2 = data with at least `need` bytes before data_end (`pull_payload` pulled them
+    /// if the message has them), or a jump to `short`.
+    fn payload_in_window(&mut self, need: u32, short: Label) {
+        self.window_check(need);
+        self.jmp64(JmpOp::Jgt, Reg::R4, Src::Reg(Reg::R3), short);
+    }
+
     /// r1 = the port array's value at `slot * 65536 + port` (the port of component
     /// `c`, a port). Jumps to `skip` if the lookup fails (it does not: the slot is in
     /// the array, but the verifier must see the check).
@@ -626,4 +669,15 @@ impl Gen {
         self.alu64(AluOp::And, Reg::R1, Src::Reg(Reg::R3));
         self.alu64(AluOp::Add, SLOT, Src::Reg(Reg::R1));
     }
+}
+
+/// The payload bytes tuple `t`'s key reads (the end of its last slice), if any.
+fn payload_need(t: &index::Tuple) -> Option<u32> {
+    t.components
+        .iter()
+        .filter_map(|c| match *c {
+            index::Component::Payload { offset, len } => Some(offset + len as u32),
+            _ => None,
+        })
+        .max()
 }
