@@ -1284,6 +1284,165 @@ fn count_and_log_rules_in_the_index_act_once_each_on_loopback() {
     g.finish();
 }
 
+/// The budget shape `mixed_rules` (drop, `discard` and `log` rules in turn: one block of
+/// several decisions) and rules of the test's ports after it: the kernel decides, counts
+/// and logs each message as the evaluator does (first match over decisions, `count` and
+/// `log` rules only before the deciding rule), within the budget.
+#[test]
+fn a_block_of_several_decisions_decides_counts_and_logs_in_rule_order_on_loopback() {
+    if !common::kernel_or_skip(
+        "a_block_of_several_decisions_decides_counts_and_logs_in_rule_order_on_loopback",
+    ) {
+        return;
+    }
+    // 2,000 rules: a quarter of them keyed on remote ports, 250 on payload bytes. The
+    // listeners take ports of 47100-47199 that no rule of the shape names, and the
+    // payloads a filler byte that no payload rule of the shape matches, so that the
+    // rules after the shape decide.
+    let shape = budget_shapes::mixed_rules(2_000);
+    let named = |p: u16| shape.contains(&format!("== {p};")) || shape.contains(&format!("== {p} "));
+    let mut listeners = (47100..47200)
+        .filter(|&p| !named(p))
+        .filter_map(|p| TcpListener::bind(("127.0.0.1", p)).ok().map(|l| (l, p)));
+    let ((la, pa), (lb, pb)) = match (listeners.next(), listeners.next()) {
+        (Some(a), Some(b)) => (a, b),
+        _ => panic!("no two free ports in 47100-47199 that the shape does not name"),
+    };
+    let mut me = loopback_message(&connect(&la).0, b"");
+    process_fields(&mut me);
+    // The `log` rules in the shape's tuple (comm and remote port): the `log` rules of a
+    // block are keyed in one tuple or are all code.
+    let comm = String::from_utf8_lossy(&me.comm).into_owned();
+    let src = format!(
+        "{shape}log if comm == \"{comm}\" and remote.port == {pa};\n\
+         count a if remote.port == {pa} and len > 3;\n\
+         discard if remote.port == {pa} and payload[0] == 100;\n\
+         pass if remote.port == {pa} and len > 100;\n\
+         drop if remote.port == {pa};\n\
+         count b if remote.port == {pa};\n\
+         log if comm == \"{comm}\" and remote.port == {pb};\n\
+         drop if remote.port == {pb} and len < 3;\n\
+         count b if remote.port == {pb};\n\
+         discard if payload starts with \"zz\";\n\
+         default pass;\n",
+    );
+    let compiled = skpc::compile::compile("mixed.skp", &src).expect("compiles");
+    let [block] = compiled.lowered.index_summary.as_slice() else {
+        panic!("one indexed block: {:?}", compiled.lowered.index_summary);
+    };
+    assert!(
+        block.contains("2010 rules in the index, 0 as code")
+            && block.contains("3 decisions and count/log"),
+        "{block}"
+    );
+    let verified = budget_shapes::load_verified(&compiled.object).expect("the kernel loads it");
+    eprintln!(
+        "2,010 rules of three decisions, count and log: {} instructions, {verified} verified",
+        compiled.lowered.verdict.insns.len()
+    );
+    assert!(
+        verified <= 100_000,
+        "{verified} instructions verified (the bar: 100,000)"
+    );
+    let policy = &compiled.policy;
+    // Each case: its listener, payload (filler bytes `f` after a prefix), the rule that
+    // decides (None: the default) and the `count`/`log` rules that act.
+    type Case = (usize, &'static [u8], usize, Option<usize>, Vec<usize>);
+    let cases: Vec<Case> = vec![
+        (0, b"", 2, Some(2004), vec![2000]),
+        (0, b"", 5, Some(2004), vec![2000, 2001]),
+        (0, b"d", 4, Some(2002), vec![2000, 2001]),
+        (0, b"", 200, Some(2003), vec![2000, 2001]),
+        (1, b"", 2, Some(2007), vec![2006]),
+        (1, b"", 5, None, vec![2006, 2008]),
+        (1, b"zz", 6, Some(2009), vec![2006, 2008]),
+    ];
+    let payload = |prefix: &[u8], len: usize, f: u8| {
+        let mut p = prefix.to_vec();
+        p.resize(len, f);
+        p
+    };
+    let shape_only = skpc::compile::compile("shape.skp", &format!("{shape}default pass;\n"))
+        .expect("compiles")
+        .policy;
+    let quiet = |f: u8| {
+        cases.iter().all(|(_, prefix, len, _, _)| {
+            let mut m = me.clone();
+            m.payload = payload(prefix, *len, f);
+            m.len = *len as u32;
+            skpc::eval::eval(&shape_only, &m).fired == skpc::eval::Fired::Default
+        })
+    };
+    let f = (b'a'..=b'z')
+        .chain(b'0'..=b'9')
+        // Not the bytes the rules after the shape look for.
+        .find(|&f| f != b'd' && f != b'z' && quiet(f))
+        .expect("a filler byte that no payload rule of the shape matches");
+    let mut g = Guard::new(&src);
+    for (i, (l, prefix, len, rule, acting)) in cases.iter().enumerate() {
+        let payload = payload(prefix, *len, f);
+        let (c, mut s) = connect([&la, &lb][*l]);
+        let mut m = loopback_message(&c, &payload);
+        process_fields(&mut m);
+        let want = skpc::eval::eval(policy, &m);
+        let fired = match want.fired {
+            skpc::eval::Fired::Rule(r) => Some(r),
+            skpc::eval::Fired::Default => None,
+        };
+        assert_eq!(fired, *rule, "message {i}: the evaluator's rule");
+        let acted: Vec<usize> = (0..policy.rules.len())
+            .filter(|&r| !policy.rules[r].action.is_terminal() && want.counters[r].0 > 0)
+            .collect();
+        assert_eq!(
+            &acted, acting,
+            "message {i}: the evaluator's count and log rules"
+        );
+        let before = g.enf().counters().unwrap();
+        g.enf().insert_sock(i as u32, fd(&c)).unwrap();
+        let r = send(&c, &payload);
+        match want.decision.verdict {
+            skpc::hir::Verdict::Drop => {
+                assert_eq!(r, Err(EACCES), "message {i}: dropped");
+                assert!(recv_any(&mut s, SHORT).is_empty(), "message {i}");
+            }
+            skpc::hir::Verdict::Discard => {
+                assert_eq!(r, Ok(payload.len()), "message {i}: discarded");
+                assert!(recv_any(&mut s, SHORT).is_empty(), "message {i}");
+            }
+            skpc::hir::Verdict::Pass => {
+                assert_eq!(r, Ok(payload.len()), "message {i}: passes");
+                assert_eq!(recv_up_to(&mut s, payload.len(), LONG), payload);
+            }
+            ref v => panic!("message {i}: the evaluator says {v:?}"),
+        }
+        let after = g.enf().counters().unwrap();
+        let delta: Vec<(u64, u64)> = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| (a.messages - b.messages, a.bytes - b.bytes))
+            .collect();
+        assert_eq!(
+            delta, want.counters,
+            "message {i}: every counter as the evaluator's"
+        );
+        let mut got = Vec::new();
+        let deadline = Instant::now() + LONG;
+        while got.len() < want.events.len() && Instant::now() < deadline {
+            got.extend(g.enf().wait_events(Duration::from_millis(100)));
+        }
+        got.extend(g.enf().wait_events(Duration::from_millis(100)));
+        let rules = |rs: &[skpc_abi::LogRecord]| rs.iter().map(|r| r.rule).collect::<Vec<_>>();
+        assert_eq!(
+            rules(&got),
+            rules(&want.events),
+            "message {i}: the log records in order"
+        );
+        g.enf().remove_sock(i as u32).unwrap();
+    }
+    drop((la, lb));
+    g.finish();
+}
+
 /// The object of `src` with its `.skp.index` section changed by `edit` (`None`: no
 /// such section).
 fn edited_object(src: &str, edit: impl FnOnce(&mut Option<Vec<u8>>)) -> Vec<u8> {
