@@ -6,6 +6,11 @@
 //! written as the anchor's C (gen_rules.sh) and compiled with `clang -O2 -g -target bpf`,
 //! the anchor's Makefile flags, in the same run.
 //!
+//! Then `skpc build` itself (the release binary, built by the bench) on the mixed
+//! policy of 100k and 1M rules: wall and CPU time and peak memory of the whole command,
+//! reading the source and writing the object, three runs each (issue 11's bar: under 1 s
+//! per 100k rules).
+//!
 //! `cargo bench --bench compile`. The table (medians of criterion's samples, and
 //! ratios) is printed, written to target/skpc-bench/compile.md and, for a run without a
 //! filter, into docs/performance.md.
@@ -21,8 +26,16 @@ use std::time::{Duration, Instant};
 
 use criterion::{black_box, BenchmarkId, Criterion, SamplingMode, Throughput};
 
+// What the `skpc` binary allocates with (see compiler/cli/Cargo.toml).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sizes of the mixed policies.
 const MIXED: [usize; 5] = [10, 100, 1_000, 10_000, 100_000];
+/// Sizes of the mixed policies `skpc build` compiles from the command line.
+const COMMAND_LINE: [usize; 2] = [100_000, 1_000_000];
+/// Runs of each.
+const COMMAND_LINE_RUNS: usize = 3;
 /// The anchor's port chains (rules_10, rules_100, rules_1000).
 const CHAINS: [usize; 3] = [10, 100, 1_000];
 
@@ -210,6 +223,7 @@ fn main() {
     }
     group.finish();
     c.final_summary();
+    let command_line = command_line_builds(&tmp);
     let _ = std::fs::remove_dir_all(&tmp);
 
     if !report::bench_mode() {
@@ -218,11 +232,106 @@ fn main() {
     let filtered = std::env::args()
         .skip(1)
         .any(|a| !a.starts_with('-') && !a.is_empty());
-    let body = table(&outputs, clang.as_deref());
+    let body = table(&outputs, clang.as_deref(), &command_line);
     report::publish("compile", &body, !filtered);
 }
 
-fn table(outputs: &BTreeMap<String, Output>, clang: Option<&str>) -> String {
+/// One run of `skpc build` from the command line.
+struct CommandRun {
+    wall: Duration,
+    /// User plus system CPU time of the child.
+    cpu: Duration,
+    /// Peak resident memory of the child, in KiB.
+    max_rss_kib: i64,
+}
+
+/// `skpc build` of the mixed policies of COMMAND_LINE sizes, COMMAND_LINE_RUNS times
+/// each (release binary, built here first): what a user waits for. Skipped (empty)
+/// when a filter excludes `mixed`.
+fn command_line_builds(tmp: &Path) -> Vec<(usize, Vec<CommandRun>)> {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-') && !a.is_empty())
+        .collect();
+    if !filter.is_empty()
+        && !filter
+            .iter()
+            .any(|f| "mixed/skpc_build".contains(f.as_str()))
+    {
+        return Vec::new();
+    }
+    let built = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "skpc-cli",
+            "--bin",
+            "skpc",
+        ])
+        .current_dir(report::repo())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    let skpc = report::repo().join("target/release/skpc");
+    if !built || !skpc.exists() {
+        eprintln!("compile bench: could not build target/release/skpc; skipping `skpc build`");
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for n in COMMAND_LINE {
+        let src = tmp.join(format!("mixed_{n}.skp"));
+        std::fs::write(&src, gen::mixed(n)).expect("writing the policy");
+        let obj = tmp.join(format!("mixed_{n}.o"));
+        let runs = (0..COMMAND_LINE_RUNS)
+            .map(|_| {
+                timed_child(
+                    Command::new(&skpc)
+                        .arg("build")
+                        .arg(&src)
+                        .arg("-o")
+                        .arg(&obj),
+                )
+            })
+            .collect();
+        let _ = std::fs::remove_file(&src);
+        let _ = std::fs::remove_file(&obj);
+        out.push((n, runs));
+    }
+    out
+}
+
+/// Runs `cmd` to completion; its wall time and, from wait4's rusage, its CPU time and
+/// peak memory.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives the rusage
+fn timed_child(cmd: &mut Command) -> CommandRun {
+    let t = Instant::now();
+    let child = cmd.spawn().expect("starting skpc build");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data the kernel fills; pid is our own child, reaped once
+    // here (the Child handle is dropped without waiting).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = t.elapsed();
+    assert!(
+        reaped == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "skpc build failed (status {status})"
+    );
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    CommandRun {
+        wall,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        max_rss_kib: usage.ru_maxrss,
+    }
+}
+
+fn table(
+    outputs: &BTreeMap<String, Output>,
+    clang: Option<&str>,
+    command_line: &[(usize, Vec<CommandRun>)],
+) -> String {
     let mut s = String::new();
     s.push_str(
         "### Compile time, source text to object bytes\n\n\
@@ -251,6 +360,31 @@ fn table(outputs: &BTreeMap<String, Output>, clang: Option<&str>) -> String {
             o.object_cell(),
             o.slots
         ));
+    }
+    if !command_line.is_empty() {
+        s.push_str(&format!(
+            "\n`skpc build` from the command line (release binary, reading the source and \
+             writing the object; {COMMAND_LINE_RUNS} runs: median, and the range): \n\n\
+             | policy | rules | wall | wall per 100k rules | CPU (user + system) | peak memory |\n\
+             |---|---:|---:|---:|---:|---:|\n"
+        ));
+        for (n, runs) in command_line {
+            let secs = |f: fn(&CommandRun) -> Duration| {
+                let mut v: Vec<f64> = runs.iter().map(|r| f(r).as_secs_f64()).collect();
+                let (lo, hi) = v
+                    .iter()
+                    .fold((f64::MAX, 0f64), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+                (report::median(&mut v), lo, hi)
+            };
+            let (wall, lo, hi) = secs(|r| r.wall);
+            let (cpu, clo, chi) = secs(|r| r.cpu);
+            let rss = runs.iter().map(|r| r.max_rss_kib).max().unwrap_or(0);
+            s.push_str(&format!(
+                "| mixed | {n} | {wall:.2} s ({lo:.2}-{hi:.2}) | {:.2} s | {cpu:.2} s ({clo:.2}-{chi:.2}) | {} MB |\n",
+                wall * 100_000.0 / *n as f64,
+                rss / 1024
+            ));
+        }
     }
     s.push_str(
         "\nThe anchor's port chains (`rules_N`: `drop if port == P;` N times, the ports of \

@@ -19,6 +19,10 @@ mod test_kernel;
 mod top;
 mod watch;
 
+// See Cargo.toml: large policies are allocation-bound.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "skpc",

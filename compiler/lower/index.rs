@@ -477,7 +477,11 @@ fn mixed_block(
     end: usize,
     (ids, entries, ports): &mut Places,
 ) -> Option<Block> {
-    if ids.next_tuple + (MAX_TUPLES as u32) >= 1 << PAGE_SHIFT {
+    // The tuple ids stay below the page bits; `rule << DECISION_BITS | decision` stays
+    // below 2^31, the lookup's "no rule" (never, in practice: a program of 2^28 rules).
+    if ids.next_tuple + (MAX_TUPLES as u32) >= 1 << PAGE_SHIFT
+        || policy.counters.len() >= 1 << (31 - DECISION_BITS)
+    {
         return None;
     }
     let mut decisions: Vec<Decision> = Vec::new();

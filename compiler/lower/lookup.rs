@@ -14,9 +14,13 @@ use super::index;
 use super::lir::{Label, Lir, Mark};
 use super::maps::IndexMaps;
 use super::{
-    Gen, NO_RULE, SLOT, STACK_COMM, STACK_INDEX_ENTRY, STACK_INDEX_FIELDS, STACK_INDEX_KEY,
-    STACK_PROTO, STACK_READY_KEY,
+    Gen, SLOT, STACK_COMM, STACK_INDEX_ENTRY, STACK_INDEX_FIELDS, STACK_INDEX_KEY, STACK_PROTO,
+    STACK_READY_KEY,
 };
+
+/// SLOT's "no rule found" at the start of a block: the message size with this bit set
+/// (see `indexed_block`).
+pub(super) const NO_RULE_BIT: i32 = i32::MIN;
 
 // The key fits below the parser's region.
 const _: () = assert!(
@@ -83,16 +87,16 @@ impl Gen {
             return false;
         };
         if counters {
-            // NO_RULE, but unknown to the verifier (`+ size - size`, as in `count_reg`):
-            // a known constant would make the compares below decided on the paths that
-            // found nothing, marking the word precise, and the verifier would walk the
-            // rest of the program once for "nothing found" and once for "found".
+            // "No rule": any value above the last counter slot will do, so the size
+            // with its top bit set (at least 2^31, more than any policy has slots),
+            // which the verifier cannot tell apart from a rule found: a known constant
+            // would make the compares below decided on the paths that found nothing,
+            // marking the word precise, and the verifier would walk the rest of the
+            // program once for "nothing found" and once for "found".
             // The best rule so far lives in SLOT, which nothing else touches before a
             // rule decides (helpers keep it).
-            self.ctx_ld(Reg::R1, SK_MSG_MD_SIZE);
-            self.mov32(SLOT, NO_RULE);
-            self.alu64(AluOp::Add, SLOT, Src::Reg(Reg::R1));
-            self.alu64(AluOp::Sub, SLOT, Src::Reg(Reg::R1));
+            self.ctx_ld(SLOT, SK_MSG_MD_SIZE);
+            self.alu32(AluOp::Or, SLOT, Src::Imm(NO_RULE_BIT));
         }
         self.load_index_fields(&block.tuples);
         self.index_lookups(&block.tuples, maps, OnHit::Decide(decision));
@@ -285,6 +289,10 @@ impl Gen {
         };
         if let Some((slot, decision)) = port_slot {
             // One port: the array slot `slot * 65536 + port` holds the rule plus one.
+            let port = matches!(
+                t.components[0],
+                Component::LocalPort | Component::RemotePort
+            );
             match t.components[0] {
                 Component::Payload { offset, len } => {
                     // One or two payload bytes: their value is the port.
@@ -297,16 +305,27 @@ impl Gen {
             }
             match decision {
                 Err(number) => {
-                    // 0 (no rule) becomes NO_RULE << DECISION_BITS | number, above every
-                    // rule as NO_RULE is (a u32: 32-bit operations).
+                    // 0 (no rule) becomes u32::MAX << DECISION_BITS | number, above
+                    // every rule found (a u32: 32-bit operations), and the smaller
+                    // kept without a branch: a block of several decisions may have
+                    // many array tuples (see `mixed`).
                     self.alu32(AluOp::Sub, Reg::R1, Src::Imm(1));
                     let bits = index::DECISION_BITS as i32;
                     self.alu32(AluOp::Lsh, Reg::R1, Src::Imm(bits));
                     self.alu32(AluOp::Or, Reg::R1, Src::Imm(number as i32));
                     self.keep_smaller_rule();
                 }
+                Ok(_) if self.options.counters && port => {
+                    // 0 (no rule) becomes u32::MAX, never smaller than SLOT. A compare,
+                    // not `keep_smaller_rule`: neither side narrows SLOT to a constant
+                    // (the array's values are unknown to the verifier), and a block has
+                    // at most two port tuples, so its states at most double.
+                    self.alu32(AluOp::Sub, Reg::R1, Src::Imm(1));
+                    self.jmp64(JmpOp::Jge, Reg::R1, Src::Reg(SLOT), skip);
+                    self.mov64(SLOT, Src::Reg(Reg::R1));
+                }
                 Ok(_) if self.options.counters => {
-                    // 0 (no rule) becomes NO_RULE.
+                    // A payload tuple (a block may have dozens): without a branch.
                     self.alu32(AluOp::Sub, Reg::R1, Src::Imm(1));
                     self.keep_smaller_rule();
                 }

@@ -17,7 +17,7 @@ use skpc_abi::IndexEntry;
 use super::index::{self, DECISION_BITS};
 use super::lir::{Label, Lir, Mark};
 use super::maps::IndexMaps;
-use super::{Gen, NO_RULE, SLOT, STACK_INDEX_KEY};
+use super::{Gen, SLOT, STACK_INDEX_KEY};
 
 impl Gen {
     /// Block `block` of several decisions, `mixed` what it adds (see the module doc).
@@ -29,11 +29,10 @@ impl Gen {
         maps: IndexMaps,
     ) {
         let counters = self.options.counters;
-        // NO_RULE, unknown to the verifier (see `indexed_block`).
-        self.ctx_ld(Reg::R1, SK_MSG_MD_SIZE);
-        self.mov32(SLOT, NO_RULE);
-        self.alu64(AluOp::Add, SLOT, Src::Reg(Reg::R1));
-        self.alu64(AluOp::Sub, SLOT, Src::Reg(Reg::R1));
+        // "No rule": the size with its top bit set, above every `rule << DECISION_BITS
+        // | decision` and unknown to the verifier (see `indexed_block`).
+        self.ctx_ld(SLOT, SK_MSG_MD_SIZE);
+        self.alu32(AluOp::Or, SLOT, Src::Imm(super::lookup::NO_RULE_BIT));
         let all: Vec<index::Tuple> = block.tuples.iter().chain(&mixed.effects).cloned().collect();
         self.load_index_fields(&all);
         // Every word of the key initialized on every path: a path that skipped every
@@ -116,8 +115,9 @@ impl Gen {
     }
 
     /// Sends the best rule in SLOT to its decision's tail (SLOT the rule's counter slot,
-    /// as the tails want it), or falls through when no rule matched: NO_RULE, or a port
-    /// array's "none" (`NO_RULE << DECISION_BITS | decision`), both above the last rule.
+    /// as the tails want it), or falls through when no rule matched: the start's "no
+    /// rule" (at least 2^31), or a port array's "none" (`u32::MAX << DECISION_BITS |
+    /// decision`), both above the last rule.
     fn dispatch_best(&mut self, decisions: &[hir::Decision]) {
         let miss = self.label();
         let last = (self.counter_slots.max(1) - 1) << DECISION_BITS | ((1 << DECISION_BITS) - 1);
