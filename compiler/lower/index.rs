@@ -2014,4 +2014,53 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_slice_past_the_readable_bytes_leaves_the_shorter_slices_looked_up() {
+        // One pull for the block's lookups, the longest slice first: a message whose
+        // readable bytes end before it (a test case's `len` past its payload, or a pull
+        // the kernel refuses) must still have its shorter slices looked up, each as a
+        // pull of its own would have made it readable.
+        use crate::hir::Message;
+        let long = "a".repeat(30);
+        let src = format!(
+            "{}drop if payload[0..2] == \"ab\";\n\
+             drop if payload[0..30] == \"{long}\";\n\
+             drop if payload[3] == 100;\n\
+             default pass;\n",
+            filler()
+        );
+        for counters in [true, false] {
+            let c = compiled(&src, counters);
+            assert_eq!(c.lowered.index_summary.len(), 1);
+            let vm = crate::vm::Vm::new(&c.lowered).expect("loads");
+            for (payload, rule) in [
+                (&b"abcd"[..], Some(64)),
+                (b"xxxd", Some(66)),
+                (long.as_bytes(), Some(65)),
+                (b"x", None),
+            ] {
+                let msg = Message {
+                    payload: payload.to_vec(),
+                    len: 999,
+                    ..Message::default()
+                };
+                for window in [0, 2, 4096] {
+                    let out = vm
+                        .run(&msg, &crate::vm::RunConfig { window })
+                        .expect("runs");
+                    let want = crate::eval::eval(&c.policy, &msg);
+                    let fired = match want.fired {
+                        crate::eval::Fired::Rule(r) => Some(r),
+                        crate::eval::Fired::Default => None,
+                    };
+                    assert_eq!(fired, rule, "{msg:?}");
+                    assert_eq!(out.decision, want.decision, "{msg:?}, window {window}");
+                    if counters {
+                        assert_eq!(out.counters, want.counters, "{msg:?}, window {window}");
+                    }
+                }
+            }
+        }
+    }
 }
