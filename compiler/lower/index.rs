@@ -16,6 +16,22 @@
 //! rules that can be indexed are indexed, and the others (`rest`) are compiled to code in
 //! their order; the smallest matching index over both decides and counts.
 //!
+//! Blocks of several decisions (`mixed_block`). Where rules of different decisions and
+//! `count`/`log` rules alternate, so that no segment has `MIN_INDEXED_RULES` rules, the
+//! rules between the blocks of one kind form *mixed* blocks: pieces without an
+//! unconditional rule, of at most `MAX_BLOCK_DECISIONS` decisions, taken when most of
+//! their rules can be keyed. Their terminal rules are looked up in tuples of their own,
+//! each slot's `then` the number of its rule's decision in the block (`Mixed`); a tuple
+//! whose rules share a decision knows it without reading the slot, and a port tuple of
+//! one decision stays an array slot. The program keeps the smallest
+//! `rule << DECISION_BITS | decision` found in one register, without a branch, so that
+//! one minimum gives both the rule that decides and its decision; the terminal rules of
+//! code lower it when they match. Their `count`/`log` rules have tuples of their own,
+//! looked up next, as in a block of them alone, except that a rule acts only if it comes
+//! before the best terminal rule (a branch-free compare with the register); then a few
+//! compares on the decision bits send the rule to its decision's tail, which counts it
+//! (`lower::mixed`). First-match order and every counter stay exact.
+//!
 //! Key words are the context words as a 32-bit load sees them (addresses network order,
 //! `remote_port` in the upper half), masked to the prefix; payload slices
 //! (`payload[o..o+n] == "..."`, `payload starts with`, `payload[i] == b`) as little-endian
@@ -37,6 +53,10 @@
 //! without a residual ends a key's slots (the rules after it with that key are dead).
 //! Conjuncts shared by many rules (`remote.ip in lan`) are keyed as a cross product.
 //!
+//! A tuple of one port, or of one or two payload bytes, without residuals, is not hashed:
+//! its key is a slot of the port array (`skpc_abi::INDEX_PORTS_NAME`) holding the first
+//! rule with that value (plus one).
+//!
 //! A hash tuple has a *gate*: 65536 slots of the port array, one per value of 16 bits of
 //! one of its components (the port; else the low 16 bits of a uid, gid, pid or cgroup;
 //! else the first two bytes of a payload slice; else of a comm; else the first 16 bits
@@ -53,7 +73,10 @@ use crate::hir::{self, Action, Cond, Decision, End, IntField, Net, Test};
 /// A segment is indexed when it has at least this many indexable rules. Below it, code
 /// (a binary search, see `runs`) is as fast as the lookups and needs no map.
 pub(super) const MIN_INDEXED_RULES: usize = 64;
-/// Tuples per block at most: each costs one map lookup per message.
+/// Tuples per block at most: each costs one map lookup per message (an array's, inlined,
+/// for most of them when a gate or a port decides). 48: the 32 offsets of `payload[i] ==
+/// b` rules, with the ports, addresses and slices of a mixed policy (the budget shape
+/// `mixed_rules` has 40).
 pub(super) const MAX_TUPLES: usize = 48;
 /// Entries one rule may add (a port set is one entry per port): more and it stays code.
 const MAX_RULE_ENTRIES: usize = 256;

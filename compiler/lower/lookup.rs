@@ -1,7 +1,9 @@
-//! The code of an indexed block (planned in `index`): the ready check, one map lookup per
-//! tuple (hash keys built from the context and payload bytes, or a port-array slot), the
-//! entry's slots checked in order against the message length (the residual), the
-//! block's other rules as code, and the smallest matching rule index deciding.
+//! The code of an indexed block (planned in `index`): the ready check, one pull of the
+//! payload bytes the block's keys read (`pull_payload`), one map lookup per tuple (hash
+//! keys built from the context and payload bytes, or a port-array slot), the entry's
+//! slots checked in order against the message length (the residual), the block's other
+//! rules as code, and the smallest matching rule index deciding. Blocks of several
+//! decisions reuse the lookups (`OnHit::Best`, `OnHit::Act` with `below`; see `mixed`).
 
 use skpc_abi::{IndexEntry, IndexSlot, PORTS_PER_TUPLE};
 

@@ -224,7 +224,9 @@ pub struct IndexSlot {
     pub len_max: u32,
     /// What else the rule does when it matches, in a block of `count`/`log` rules
     /// (where every matching rule acts): the counter slot of `count NAME`, or
-    /// [`IndexSlot::LOG`]; [`IndexSlot::NOTHING`] for a rule that decides.
+    /// [`IndexSlot::LOG`]; [`IndexSlot::NOTHING`] for a rule that decides, except in a
+    /// block of rules of several decisions, where it is the number of the rule's
+    /// decision in the block (below 8; the program keeps `rule << 3 | then`).
     pub then: u32,
 }
 
