@@ -28,7 +28,7 @@ pub const SHAPES: &[Shape] = &[
     ("log_rules", log_rules, 300),
     ("count_rules", count_rules, 300),
     ("discard_rules", discard_rules, 300),
-    ("mixed_rules", mixed_rules, 1000),
+    ("mixed_rules", mixed_rules, 3000),
     ("port_addr_len_rules", port_addr_len_rules, 1000),
 ];
 
@@ -209,7 +209,8 @@ pub fn discard_rules(n: usize) -> String {
 }
 
 /// `n` rules of eight kinds in turn: ports, addresses, prefixes with ports, uid, len,
-/// payload bytes, payload prefixes, comm.
+/// payload bytes, payload prefixes, comm; `drop`, `discard` and `log` rules, one block
+/// of several decisions in the rule index.
 pub fn mixed_rules(n: usize) -> String {
     let mut seq = Seq::new(8);
     (0..n)
