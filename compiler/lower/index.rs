@@ -515,6 +515,10 @@ fn mixed_block(
             }
         }
     }
+    // `mixed_blocks` cuts the pieces so: every terminal rule's decision has a number.
+    if decisions.len() > MAX_BLOCK_DECISIONS {
+        return None;
+    }
     let terminal = (first..end).filter(|&r| policy.rules[r].action.is_terminal());
     let (tk, mut rest, tt) = keyed_among(policy, terminal, true, false, MAX_TUPLES);
     let effects: Vec<usize> = (first..end)

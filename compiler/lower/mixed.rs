@@ -46,7 +46,8 @@ impl Gen {
         // that can be smaller than the best indexed rule.
         let effects = self.label();
         let packed = |r: usize, d: &hir::Decision| {
-            let number = mixed.decisions.iter().position(|x| x == d).unwrap_or(0);
+            let number = mixed.decisions.iter().position(|x| x == d);
+            let number = number.expect("index::mixed_block numbers every terminal rule's decision");
             (policy.rules[r].counter as u32) << DECISION_BITS | number as u32
         };
         for &r in &block.rest {
