@@ -17,6 +17,10 @@
 //!   and cached fields
 //!   narrowed by compares keep states apart: measured up to 2.9 times the slots, 2.1
 //!   times this sum without the factor);
+//! - the code under one mark with many helper calls or branches (an indexed block, a
+//!   rule that is an `or` of searches) once more per `CALLS_PER_VISIT` calls and per
+//!   `JUMPS_PER_VISIT` branches, up to `MAX_MARK_FACTOR` (random policies of
+//!   tests/differential_kernel.rs, which holds every one it loads to the estimate);
 //! - a compare on a field cached in r8/r9 `NARROWED_VISITS` more (the narrowed value
 //!   stays live and keeps later states apart);
 //! - the first jump into each entry of the shared verdict tails walks the tail to its
@@ -87,6 +91,20 @@ const PARSER_FACTOR: u64 = 4;
 /// for the `log` construct), and more than 2 for the rule index's gated lookups (300
 /// `discard` rules: 603 processed against 563 estimated at 2): 3 covers both.
 const CODE_FACTOR: u64 = 3;
+/// Code with many helper calls under one mark (an indexed block: a lookup, a gate and
+/// a pull per tuple) is walked once more per this many calls: every call's outcomes
+/// (found or not, pulled or not) leave the key words, the packet range and the best
+/// rule in different states, which later tuples keep apart. Random indexed blocks of
+/// 15 tuples and 45 calls (tests/differential_kernel.rs) were walked 5.7 times per slot
+/// on average, 17 at most, against 3.8 estimated with `CODE_FACTOR` alone.
+const CALLS_PER_VISIT: u64 = 4;
+/// Likewise a rule with many branches (an `or` of searches over sets and ranges): its
+/// tests narrow registers that stay live to its end, so the walks that leave one test
+/// through different branches meet the next apart (a random 107-slot rule of 50
+/// branches: 10.8 visits per slot).
+const JUMPS_PER_VISIT: u64 = 16;
+/// The most visits per instruction that calls and branches add up to.
+const MAX_MARK_FACTOR: u64 = 16;
 /// Extra visits of a compare on a field cached in a callee-saved register (r8, r9)
 /// outside the parsers: the narrowed value stays live and keeps the states after the
 /// compare apart until its last use (1000 mixed rules needed about 5 more per compare
@@ -226,13 +244,17 @@ pub fn estimate(code: &Assembled) -> Budget {
     // A rule with a single compare of a scratch register (the branch-free `flat` rules
     // of large policies end in one) has its two walks merge at the target.
     let mut jumps_of: HashMap<Mark, u32> = HashMap::new();
+    let mut calls_of: HashMap<Mark, u64> = HashMap::new();
     let mut branching: HashSet<Mark> = HashSet::new();
     let mut split_rule_seen = false;
     let mut slot = 0;
     for insn in &code.insns {
         let mark = mark_at(slot).unwrap_or(Mark::Tails);
         let splits = match insn {
-            Insn::Call { .. } => true,
+            Insn::Call { .. } => {
+                *calls_of.entry(mark).or_insert(0) += 1;
+                true
+            }
             Insn::Jmp { dst, .. } | Insn::Jmp32 { dst, .. } => {
                 let jumps = jumps_of.entry(mark).or_insert(0);
                 *jumps += 1;
@@ -270,7 +292,13 @@ pub fn estimate(code: &Assembled) -> Budget {
         c = c.saturating_mul(rounds.as_ref().map_or(1, |r| r[slot]));
         c *= match mark {
             Some(Mark::Parser { .. }) => PARSER_FACTOR,
-            m if branching.contains(&m.unwrap_or(Mark::Tails)) => CODE_FACTOR,
+            m if branching.contains(&m.unwrap_or(Mark::Tails)) => {
+                let m = m.unwrap_or(Mark::Tails);
+                let calls = calls_of.get(&m).copied().unwrap_or(0);
+                let jumps = u64::from(jumps_of.get(&m).copied().unwrap_or(0));
+                (CODE_FACTOR + calls / CALLS_PER_VISIT + jumps / JUMPS_PER_VISIT)
+                    .min(MAX_MARK_FACTOR)
+            }
             // One compare of a scratch register: the walks merge at its target.
             _ => 1,
         };
