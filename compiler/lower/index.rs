@@ -50,6 +50,8 @@ use skpc_abi::{IndexEntry, IndexSlot, PortEntry, PORTS_PER_TUPLE};
 
 use crate::hir::{self, Action, Cond, Decision, End, IntField, Net, Test};
 
+use super::text_index::{self, TextGroup, TextIndex};
+
 /// A segment is indexed when it has at least this many indexable rules. Below it, code
 /// (a binary search, see `runs`) is as fast as the lookups and needs no map.
 pub(super) const MIN_INDEXED_RULES: usize = 64;
@@ -192,6 +194,8 @@ pub(super) struct Block {
     pub rest: Vec<usize>,
     /// How many rules of the segment are in the index.
     pub indexed: usize,
+    /// The groups of protocol-field rules, looked up after the tuples (`text_index`).
+    pub text: Vec<TextGroup>,
 }
 
 impl Block {
@@ -199,7 +203,7 @@ impl Block {
     /// lookups: local.port | remote.ip/32 | local.port+remote.ip/28`.
     pub(super) fn describe(&self, policy: &hir::Policy) -> String {
         let line = |r: usize| policy.rules.get(r).map_or(0, |r| r.line);
-        let tuples: Vec<String> = self
+        let mut tuples: Vec<String> = self
             .tuples
             .iter()
             .map(|t| {
@@ -225,6 +229,7 @@ impl Block {
                 format!("#{} {}{place}", t.id, parts.join("+"))
             })
             .collect();
+        tuples.extend(self.text.iter().map(TextGroup::describe));
         format!(
             "lines {}-{}: {} rules in the index, {} as code{}; lookups: {}",
             line(self.first),
@@ -251,6 +256,8 @@ pub(super) struct Index {
     pub port_entries: Vec<PortEntry>,
     /// Port tuples over all blocks (the port array has this many times 65536 slots).
     pub port_tuples: u32,
+    /// The blocks' protocol-field rules (`text_index`).
+    pub text: TextIndex,
 }
 
 /// One key of a rule: its tuple (components in key order), value words, and the `len`
@@ -293,7 +300,16 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
         }
         // A cheap count first: most segments of most policies are short.
         if j - i >= MIN_INDEXED_RULES {
-            if let Some(block) = block(policy, i, j, d, &mut ids, &mut entries, &mut ports) {
+            if let Some(block) = block(
+                policy,
+                i,
+                j,
+                d,
+                &mut ids,
+                &mut entries,
+                &mut ports,
+                &mut index.text,
+            ) {
                 index.blocks.push(block);
             }
         }
@@ -332,7 +348,9 @@ struct Ids {
 }
 
 /// The block of segment `first..end`, if enough of its rules can be indexed. `d`: the
-/// segment's decision; None for a run of `count`/`log` rules.
+/// segment's decision; None for a run of `count`/`log` rules. `text`: the text groups
+/// so far, which the block's join.
+#[allow(clippy::too_many_arguments)]
 fn block(
     policy: &hir::Policy,
     first: usize,
@@ -341,16 +359,25 @@ fn block(
     ids: &mut Ids,
     entries: &mut HashMap<KeyWords, Vec<IndexSlot>>,
     ports: &mut BTreeMap<u32, u32>,
+    text: &mut TextIndex,
 ) -> Option<Block> {
     let (mut keyed, mut rest, mut tuples) = keyed_rules(policy, first, end, d, false);
     if d.is_none() && !logs_in_order(policy, &keyed, &rest) {
         // The `log` rules as code, in rule order, after the lookups.
         (keyed, rest, tuples) = keyed_rules(policy, first, end, d, true);
     }
+    // Rules of protocol fields, in a block of one decision (`text_index`).
+    let taken = match d {
+        Some(_) => text_index::take(policy, &rest, text.sets.len() as u32),
+        None => text_index::Taken::default(),
+    };
     // The tuple ids must stay below the page bits (16 per 64 rules: never, in practice).
-    if keyed.len() < MIN_INDEXED_RULES || ids.next_tuple + (MAX_TUPLES as u32) >= 1 << PAGE_SHIFT {
+    if keyed.len() + taken.rules.len() < MIN_INDEXED_RULES
+        || ids.next_tuple + (MAX_TUPLES as u32) >= 1 << PAGE_SHIFT
+    {
         return None;
     }
+    rest.retain(|r| taken.rules.binary_search(r).is_err());
     let has_residual = |components: &Vec<Component>| {
         keyed
             .iter()
@@ -471,9 +498,11 @@ fn block(
             overflow.push(*r);
         }
     }
-    let indexed = keyed.len() - overflow.len();
+    let indexed = keyed.len() - overflow.len() + taken.rules.len();
     rest.extend(overflow);
     rest.sort_unstable();
+    text.rules.extend(&taken.rules);
+    text.sets.extend(taken.sets);
     Some(Block {
         first,
         last: end - 1,
@@ -481,6 +510,7 @@ fn block(
         tuples,
         rest,
         indexed,
+        text: taken.groups,
     })
 }
 
