@@ -282,6 +282,7 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
     let mut ids = Ids {
         next_tuple: 1,
         next_port_slot: 0,
+        text: TextIndex::default(),
     };
     let mut i = 0;
     while i < rules.len() {
@@ -300,16 +301,7 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
         }
         // A cheap count first: most segments of most policies are short.
         if j - i >= MIN_INDEXED_RULES {
-            if let Some(block) = block(
-                policy,
-                i,
-                j,
-                d,
-                &mut ids,
-                &mut entries,
-                &mut ports,
-                &mut index.text,
-            ) {
+            if let Some(block) = block(policy, i, j, d, &mut ids, &mut entries, &mut ports) {
                 index.blocks.push(block);
             }
         }
@@ -338,19 +330,19 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
         })
         .collect();
     index.port_tuples = ids.next_port_slot;
+    index.text = ids.text;
     index
 }
 
-/// Tuple ids and port-array slots handed out so far (both unique over the policy).
+/// Tuple ids, port-array slots and text groups handed out so far (unique over the policy).
 struct Ids {
     next_tuple: u32,
     next_port_slot: u32,
+    text: TextIndex,
 }
 
 /// The block of segment `first..end`, if enough of its rules can be indexed. `d`: the
-/// segment's decision; None for a run of `count`/`log` rules. `text`: the text groups
-/// so far, which the block's join.
-#[allow(clippy::too_many_arguments)]
+/// segment's decision; None for a run of `count`/`log` rules.
 fn block(
     policy: &hir::Policy,
     first: usize,
@@ -359,25 +351,19 @@ fn block(
     ids: &mut Ids,
     entries: &mut HashMap<KeyWords, Vec<IndexSlot>>,
     ports: &mut BTreeMap<u32, u32>,
-    text: &mut TextIndex,
 ) -> Option<Block> {
     let (mut keyed, mut rest, mut tuples) = keyed_rules(policy, first, end, d, false);
     if d.is_none() && !logs_in_order(policy, &keyed, &rest) {
         // The `log` rules as code, in rule order, after the lookups.
         (keyed, rest, tuples) = keyed_rules(policy, first, end, d, true);
     }
-    // Rules of protocol fields, in a block of one decision (`text_index`).
-    let taken = match d {
-        Some(_) => text_index::take(policy, &rest, text.sets.len() as u32),
-        None => text_index::Taken::default(),
-    };
+    // Rules of protocol fields, out of `rest` (`text_index`).
+    let taken = text_index::take(policy, &mut rest, d, &ids.text);
+    let indexable = keyed.len() + taken.rules.len();
     // The tuple ids must stay below the page bits (16 per 64 rules: never, in practice).
-    if keyed.len() + taken.rules.len() < MIN_INDEXED_RULES
-        || ids.next_tuple + (MAX_TUPLES as u32) >= 1 << PAGE_SHIFT
-    {
+    if indexable < MIN_INDEXED_RULES || ids.next_tuple + (MAX_TUPLES as u32) >= 1 << PAGE_SHIFT {
         return None;
     }
-    rest.retain(|r| taken.rules.binary_search(r).is_err());
     let has_residual = |components: &Vec<Component>| {
         keyed
             .iter()
@@ -501,8 +487,6 @@ fn block(
     let indexed = keyed.len() - overflow.len() + taken.rules.len();
     rest.extend(overflow);
     rest.sort_unstable();
-    text.rules.extend(&taken.rules);
-    text.sets.extend(taken.sets);
     Some(Block {
         first,
         last: end - 1,
@@ -510,7 +494,7 @@ fn block(
         tuples,
         rest,
         indexed,
-        text: taken.groups,
+        text: taken.join(&mut ids.text),
     })
 }
 

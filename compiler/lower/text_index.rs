@@ -100,13 +100,33 @@ pub(super) struct Taken {
     pub rules: Vec<usize>,
 }
 
+impl Taken {
+    /// Adds the groups' maps and rules to the policy's (`text`, its blocks' so far, in
+    /// rule order); returns the block's groups.
+    pub(super) fn join(self, text: &mut TextIndex) -> Vec<TextGroup> {
+        text.rules.extend(self.rules);
+        text.sets.extend(self.sets);
+        self.groups
+    }
+}
+
 /// One string of a rule: field, operator, string.
 type TextKey<'a> = (Text, TextOp, &'a [u8]);
 
-/// The text groups of the rules `candidates` (in order; a segment's rules that the
-/// index does not key otherwise), numbered from `first_group`.
-pub(super) fn take(policy: &hir::Policy, candidates: &[usize], first_group: u32) -> Taken {
-    let mut rules: Vec<(usize, Vec<TextKey>)> = candidates
+/// The text groups of the rules `rest` (in order: a segment's rules that the index does
+/// not key otherwise), which loses the rules they hold; `so_far`: the policy's groups
+/// before. None in a block of `count`/`log` rules (`d` None).
+pub(super) fn take(
+    policy: &hir::Policy,
+    rest: &mut Vec<usize>,
+    d: Option<&Decision>,
+    so_far: &TextIndex,
+) -> Taken {
+    if d.is_none() {
+        return Taken::default();
+    }
+    let first_group = so_far.sets.len() as u32;
+    let mut rules: Vec<(usize, Vec<TextKey>)> = rest
         .iter()
         .filter_map(|&r| Some((r, text_keys(&policy.rules.get(r)?.cond)?)))
         .collect();
@@ -136,6 +156,7 @@ pub(super) fn take(policy: &hir::Policy, candidates: &[usize], first_group: u32)
         rules: rules.iter().map(|(r, _)| *r).collect(),
         ..Taken::default()
     };
+    rest.retain(|r| taken.rules.binary_search(r).is_err());
     for (k, &(field, op)) in chosen.iter().enumerate() {
         // Each string with its rule's counter slot, in rule order.
         let strings: Vec<(&[u8], u32)> = rules
