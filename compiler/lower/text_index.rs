@@ -38,6 +38,9 @@ pub(super) const MIN_GROUP_KEYS: usize = super::index::MIN_INDEXED_RULES;
 /// Groups per block at most: each costs a copy of the field's value (about 30
 /// instructions a byte of the key) and a lookup per message.
 pub(super) const MAX_GROUPS: usize = 8;
+/// Groups per policy at most: each is a map, and the kernel refuses a program that uses
+/// more than 64 (`MAX_USED_MAPS`, kernel/bpf/verifier.c), the others included.
+pub(super) const MAX_POLICY_GROUPS: usize = 32;
 
 /// One group of a block: rules of one field and operator, in one map.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,7 +147,7 @@ pub(super) fn take(
         }
         counts.retain(|&(_, n)| n >= MIN_GROUP_KEYS);
         counts.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
-        counts.truncate(MAX_GROUPS);
+        counts.truncate(MAX_GROUPS.min(MAX_POLICY_GROUPS.saturating_sub(so_far.sets.len())));
         let chosen: Vec<(Text, TextOp)> = counts.into_iter().map(|(g, _)| g).collect();
         let before = rules.len();
         rules.retain(|(_, keys)| keys.iter().all(|&(f, o, _)| chosen.contains(&(f, o))));
@@ -470,6 +473,27 @@ mod tests {
             .collect();
         let p = check(&counts).0.expect("checks");
         assert!(plan(&p).blocks.is_empty());
+    }
+
+    #[test]
+    fn a_policy_has_at_most_max_policy_groups_maps() {
+        // Segments of 64 host rules, `drop` and `pass` in turn: a group each, until the
+        // policy has MAX_POLICY_GROUPS of them; the later segments are code.
+        let src: String = (0..MAX_POLICY_GROUPS + 3)
+            .flat_map(|k| {
+                let action = if k % 2 == 0 { "drop" } else { "pass" };
+                (0..64).map(move |i| format!("{action} if http.host == \"h{i}.s{k}\";\n"))
+            })
+            .collect();
+        let p = check(&src).0.expect("checks");
+        let index = plan(&p);
+        assert_eq!(index.blocks.len(), MAX_POLICY_GROUPS);
+        assert_eq!(index.text.sets.len(), MAX_POLICY_GROUPS);
+        assert_eq!(index.text.rules.len(), 64 * MAX_POLICY_GROUPS);
+        let c = crate::compile::compile("t.skp", &src).expect("compiles");
+        let sets = c.lowered.maps.iter();
+        let sets = sets.filter(|m| matches!(m.kind, crate::lower::MapKind::Set { .. }));
+        assert_eq!(sets.count(), MAX_POLICY_GROUPS);
     }
 
     fn http(host: &str) -> Message {
