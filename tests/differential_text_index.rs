@@ -10,16 +10,29 @@
 //! each program and must agree with the reference evaluator on the decision and on every
 //! counter (the first matching rule counts, and only it).
 //!
-//! `SKP_SEED` changes the seed; `SKP_TEXT_POLICIES` the number of policies.
+//! The kernel leg loads a sample of such policies with the runtime (it fills the
+//! groups' maps) and sends the messages over loopback TCP (port 47201): each send's
+//! result, the bytes that arrive and the counters that move must be the evaluator's.
+//! Root only (skipped otherwise; SKP_REQUIRE_KERNEL=1 makes that a failure).
+//!
+//! `SKP_SEED` changes the seed; `SKP_TEXT_POLICIES` (VM) and `SKP_KERNEL_TEXT_POLICIES`
+//! the numbers of policies.
 
+mod common;
+mod e2e_support;
 mod policygen;
+
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
+
+use e2e_support::{recv_up_to, send, EACCES, SHORT};
 
 use policygen::proto::{message, payload};
 use policygen::{quote, Rng};
 use skpc::compile::compile_with;
 use skpc::eval::{eval, proto::parse_message};
 use skpc::fields::{Case, Proto, Text};
-use skpc::hir::{Message, TextOp};
+use skpc::hir::{Message, TextOp, Verdict};
 use skpc::lower::Options;
 use skpc::vm::{RunConfig, Vm};
 
@@ -253,4 +266,94 @@ fn the_vm_and_the_evaluator_agree_on_indexed_protocol_field_rules() {
     );
     assert!(refused * 10 <= policies, "{refused} refused");
     assert!(by_rule * 5 >= policies * MESSAGES_PER_POLICY, "{by_rule}");
+}
+
+/// The loopback port of the kernel leg's listener.
+const KERNEL_PORT: u16 = 47201;
+
+#[test]
+fn the_kernel_agrees_with_the_evaluator_on_indexed_protocol_field_rules() {
+    let name = "the_kernel_agrees_with_the_evaluator_on_indexed_protocol_field_rules";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let seed = policygen::seed(DEFAULT_SEED) ^ 0x6b;
+    let policies: usize = std::env::var("SKP_KERNEL_TEXT_POLICIES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    let listener = TcpListener::bind(("127.0.0.1", KERNEL_PORT))
+        .unwrap_or_else(|e| panic!("listen on 127.0.0.1:{KERNEL_PORT}: {e}"));
+    let mut rng = Rng::new(seed);
+    let (mut sent, mut dropped, mut groups, mut by_rule) = (0, 0, 0, 0);
+    for k in 0..policies {
+        let (src, pool) = gen_policy(&mut rng);
+        let c = match compile_with("text.skp", &src, Options::default()) {
+            Ok(c) => c,
+            Err(d) if d.iter().all(|d| d.code == "E0401") => continue,
+            Err(d) => panic!("policy {k} (seed {seed:#x}): {d:?}\n{src}"),
+        };
+        groups += c
+            .lowered
+            .sets
+            .iter()
+            .filter(|s| s.describe.contains("to the first rule of each"))
+            .count();
+        let object = skpc::compile::runtime_object(&c, "text.skp", &src);
+        let names = c.policy.counters.iter().map(|c| c.name.clone()).collect();
+        let mut enf = skpc_runtime::Enforcement::new(&skpc_runtime::Policy::new(object, names))
+            .unwrap_or_else(|e| panic!("policy {k} (seed {seed:#x}) does not load: {e}\n{src}"));
+        for _ in 0..40 {
+            let mut payload = payload(&mut rng, &pool);
+            if payload.is_empty() {
+                payload.push(b'x');
+            }
+            let client = TcpStream::connect(("127.0.0.1", KERNEL_PORT)).expect("connect");
+            let (mut server, _) = listener.accept().expect("accept");
+            client.set_nodelay(true).expect("nodelay");
+            let m = e2e_support::loopback_message(&client, &payload);
+            let want = eval(&c.policy, &m);
+            let before = enf.counters().expect("counters");
+            enf.insert_sock(0, client.as_fd())
+                .unwrap_or_else(|e| panic!("insert the socket: {e}"));
+            let got = send(&client, &payload);
+            let arrived = if got.is_ok() {
+                recv_up_to(&mut server, payload.len(), SHORT)
+            } else {
+                Vec::new()
+            };
+            let _ = enf.remove_sock(0);
+            let after = enf.counters().expect("counters");
+            let moved: Vec<(u64, u64)> = after
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| (a.messages - b.messages, a.bytes - b.bytes))
+                .collect();
+            let what = format!(
+                "policy {k} (seed {seed:#x}), {m:?}, evaluator {:?}\n{}\n{src}",
+                want.decision,
+                c.lowered.index_summary.join("\n")
+            );
+            match want.decision.verdict {
+                Verdict::Drop => {
+                    assert_eq!(got, Err(EACCES), "{what}");
+                    dropped += 1;
+                }
+                _ => {
+                    assert_eq!(got, Ok(payload.len()), "{what}");
+                    assert!(arrived == payload, "{what}: {} B arrived", arrived.len());
+                }
+            }
+            assert_eq!(moved, want.counters, "{what}");
+            sent += 1;
+            by_rule += usize::from(want.counters[c.policy.default.counter].0 == 0);
+        }
+        drop(enf);
+    }
+    eprintln!(
+        "{policies} policies on the kernel, {groups} text groups, {sent} sends, {dropped} dropped, {by_rule} decided by a rule"
+    );
+    assert!(groups >= policies, "{groups} text groups");
+    assert!(by_rule * 5 >= sent, "{by_rule} of {sent} decided by a rule");
+    assert!(dropped > 0 && dropped < sent, "{dropped} of {sent} dropped");
 }
