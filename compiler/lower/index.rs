@@ -14,7 +14,8 @@
 //! The rules of a block need not be consecutive: within a run of terminal rules with one
 //! decision (a *segment*) the verdict is the same whichever rule matches first, so the
 //! rules that can be indexed are indexed, and the others (`rest`) are compiled to code in
-//! their order; the smallest matching index over both decides and counts.
+//! their order; the smallest matching index over both decides and counts. Rules of one
+//! protocol field and strings are looked up in set maps of their own (`text_index`).
 //!
 //! Key words are the context words as a 32-bit load sees them (addresses network order,
 //! `remote_port` in the upper half), masked to the prefix; payload slices

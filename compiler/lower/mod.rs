@@ -12,7 +12,7 @@
 //! code, integer ranges, binary search), `flat` (branch-free conditions of large
 //! policies), `addr` (address tests), `payload` (payload and comm bytes), `runs` and
 //! `keyed` (rule runs planned and searched), `index` and `lookup` (the rule index planned
-//! and looked up), `tails` (shared verdict tails, counters, decisions, log), `programs`
+//! and looked up; `text_index`, its protocol-field rules as set maps), `tails` (shared verdict tails, counters, decisions, log), `programs`
 //! (the entry and SOCK_OPS programs), `lir` (labels, cleanup, assembly), `sets` and
 //! `text_set` (large sets as map lookups; a protocol field's value as a set map's key).
 //! This module holds the generator's state and its instruction emitters.
