@@ -14,7 +14,8 @@
 //! The rules of a block need not be consecutive: within a run of terminal rules with one
 //! decision (a *segment*) the verdict is the same whichever rule matches first, so the
 //! rules that can be indexed are indexed, and the others (`rest`) are compiled to code in
-//! their order; the smallest matching index over both decides and counts.
+//! their order; the smallest matching index over both decides and counts. Rules of one
+//! protocol field and strings are looked up in set maps of their own (`text_index`).
 //!
 //! Key words are the context words as a 32-bit load sees them (addresses network order,
 //! `remote_port` in the upper half), masked to the prefix; payload slices
@@ -49,6 +50,8 @@ use std::collections::{BTreeMap, HashMap};
 use skpc_abi::{IndexEntry, IndexSlot, PortEntry, PORTS_PER_TUPLE};
 
 use crate::hir::{self, Action, Cond, Decision, End, IntField, Net, Test};
+
+use super::text_index::{self, TextGroup, TextIndex};
 
 /// A segment is indexed when it has at least this many indexable rules. Below it, code
 /// (a binary search, see `runs`) is as fast as the lookups and needs no map.
@@ -192,6 +195,8 @@ pub(super) struct Block {
     pub rest: Vec<usize>,
     /// How many rules of the segment are in the index.
     pub indexed: usize,
+    /// The groups of protocol-field rules, looked up after the tuples (`text_index`).
+    pub text: Vec<TextGroup>,
 }
 
 impl Block {
@@ -199,7 +204,7 @@ impl Block {
     /// lookups: local.port | remote.ip/32 | local.port+remote.ip/28`.
     pub(super) fn describe(&self, policy: &hir::Policy) -> String {
         let line = |r: usize| policy.rules.get(r).map_or(0, |r| r.line);
-        let tuples: Vec<String> = self
+        let mut tuples: Vec<String> = self
             .tuples
             .iter()
             .map(|t| {
@@ -225,6 +230,7 @@ impl Block {
                 format!("#{} {}{place}", t.id, parts.join("+"))
             })
             .collect();
+        tuples.extend(self.text.iter().map(TextGroup::describe));
         format!(
             "lines {}-{}: {} rules in the index, {} as code{}; lookups: {}",
             line(self.first),
@@ -251,6 +257,8 @@ pub(super) struct Index {
     pub port_entries: Vec<PortEntry>,
     /// Port tuples over all blocks (the port array has this many times 65536 slots).
     pub port_tuples: u32,
+    /// The blocks' protocol-field rules (`text_index`).
+    pub text: TextIndex,
 }
 
 /// One key of a rule: its tuple (components in key order), value words, and the `len`
@@ -275,6 +283,7 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
     let mut ids = Ids {
         next_tuple: 1,
         next_port_slot: 0,
+        text: TextIndex::default(),
     };
     let mut i = 0;
     while i < rules.len() {
@@ -322,13 +331,15 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
         })
         .collect();
     index.port_tuples = ids.next_port_slot;
+    index.text = ids.text;
     index
 }
 
-/// Tuple ids and port-array slots handed out so far (both unique over the policy).
+/// Tuple ids, port-array slots and text groups handed out so far (unique over the policy).
 struct Ids {
     next_tuple: u32,
     next_port_slot: u32,
+    text: TextIndex,
 }
 
 /// The block of segment `first..end`, if enough of its rules can be indexed. `d`: the
@@ -347,8 +358,11 @@ fn block(
         // The `log` rules as code, in rule order, after the lookups.
         (keyed, rest, tuples) = keyed_rules(policy, first, end, d, true);
     }
+    // Rules of protocol fields, out of `rest` (`text_index`).
+    let taken = text_index::take(policy, &mut rest, d, &ids.text);
+    let indexable = keyed.len() + taken.rules.len();
     // The tuple ids must stay below the page bits (16 per 64 rules: never, in practice).
-    if keyed.len() < MIN_INDEXED_RULES || ids.next_tuple + (MAX_TUPLES as u32) >= 1 << PAGE_SHIFT {
+    if indexable < MIN_INDEXED_RULES || ids.next_tuple + (MAX_TUPLES as u32) >= 1 << PAGE_SHIFT {
         return None;
     }
     let has_residual = |components: &Vec<Component>| {
@@ -471,7 +485,7 @@ fn block(
             overflow.push(*r);
         }
     }
-    let indexed = keyed.len() - overflow.len();
+    let indexed = keyed.len() - overflow.len() + taken.rules.len();
     rest.extend(overflow);
     rest.sort_unstable();
     Some(Block {
@@ -481,6 +495,7 @@ fn block(
         tuples,
         rest,
         indexed,
+        text: taken.join(&mut ids.text),
     })
 }
 

@@ -91,6 +91,7 @@ impl Gen {
             self.alu32(AluOp::Or, SLOT, Src::Imm(NO_RULE_BIT));
         }
         self.index_lookups(block, maps, OnHit::Decide(decision));
+        self.text_index_lookups(&block.text, decision);
         // The block's other rules, in order: a match decides with the smaller of its
         // index and the best indexed one.
         let found_best = self.label();
