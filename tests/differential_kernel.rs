@@ -32,20 +32,13 @@ use skpc_runtime::Enforcement;
 
 const DEFAULT_SEED: u64 = 0x5eed_0002;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[test]
 fn generated_policies_pass_the_verifier() {
     if !common::kernel_or_skip("generated_policies_pass_the_verifier") {
         return;
     }
     let seed = policygen::seed(DEFAULT_SEED);
-    let n = env_usize("SKP_KERNEL_POLICIES", 500);
+    let n = policygen::env_usize("SKP_KERNEL_POLICIES", 500);
     let mut rng = Rng::new(seed);
     let start = Instant::now();
     let (mut max_insns, mut indexed) = (0, 0);
@@ -254,7 +247,7 @@ fn kernel_agrees_with_the_evaluator_on_loopback_messages() {
         return;
     }
     let seed = policygen::seed(DEFAULT_SEED);
-    let total = env_usize("SKP_KERNEL_MESSAGES", 2000);
+    let total = policygen::env_usize("SKP_KERNEL_MESSAGES", 2000);
     let per_policy = 20;
     let mut rng = Rng::new(seed ^ 0xdead);
     let start = Instant::now();

@@ -184,10 +184,7 @@ fn gen_policy(rng: &mut Rng) -> (String, Vec<Vec<u8>>) {
 #[test]
 fn the_vm_and_the_evaluator_agree_on_indexed_protocol_field_rules() {
     let seed = policygen::seed(DEFAULT_SEED);
-    let policies: usize = std::env::var("SKP_TEXT_POLICIES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(24);
+    let policies = policygen::env_usize("SKP_TEXT_POLICIES", 24);
     let mut rng = Rng::new(seed);
     let (mut with_groups, mut by_rule, mut refused) = (0, 0, 0);
     for k in 0..policies {
@@ -278,10 +275,7 @@ fn the_kernel_agrees_with_the_evaluator_on_indexed_protocol_field_rules() {
         return;
     }
     let seed = policygen::seed(DEFAULT_SEED) ^ 0x6b;
-    let policies: usize = std::env::var("SKP_KERNEL_TEXT_POLICIES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(6);
+    let policies = policygen::env_usize("SKP_KERNEL_TEXT_POLICIES", 6);
     let listener = TcpListener::bind(("127.0.0.1", KERNEL_PORT))
         .unwrap_or_else(|e| panic!("listen on 127.0.0.1:{KERNEL_PORT}: {e}"));
     let mut rng = Rng::new(seed);
