@@ -14,8 +14,8 @@ mod common;
 mod constructs;
 
 use budget_shapes::{
-    comm_prefix_set, comm_set, http_host_set, kernel_reason, load_verified, sni_suffix_set, tail,
-    unchecked_object, SHAPES,
+    comm_prefix_set, comm_set, comm_sets, http_host_set, kernel_reason, load_verified,
+    sni_suffix_set, tail, unchecked_object, SHAPES,
 };
 use skpc::lower::Options;
 
@@ -177,6 +177,50 @@ fn protocol_field_rules_of_a_million_load_under_100k_verified_instructions() {
         rows.push(row);
     }
     table_holds(&rows);
+}
+
+/// The kernel's 64 maps per program (`MAX_USED_MAPS`; issue 11: never an object the
+/// kernel rejects): a policy of sets that are each a map builds and loads with 64 maps,
+/// one more set is refused (E0401), and its object, written anyway, is one the kernel
+/// rejects for that reason.
+#[test]
+fn a_policy_over_the_kernels_64_maps_is_refused_and_one_at_64_loads() {
+    let name = "a_policy_over_the_kernels_64_maps_is_refused_and_one_at_64_loads";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let mut sets = 56;
+    let last_built = loop {
+        match skpc::compile::compile("sets.skp", &comm_sets(sets + 1)) {
+            Ok(c) => {
+                assert!(c.budget.maps <= 64, "{} maps built", c.budget.maps);
+                sets += 1;
+            }
+            Err(d) => {
+                let refusal = d.iter().find(|d| d.code == "E0401").expect("E0401");
+                assert!(
+                    refusal
+                        .message
+                        .contains("over the kernel's limit of 64 per program"),
+                    "{}",
+                    refusal.message
+                );
+                break skpc::compile::compile("sets.skp", &comm_sets(sets)).expect("builds");
+            }
+        }
+        assert!(sets < 70, "more than 64 maps never refused");
+    };
+    assert_eq!(
+        last_built.budget.maps, 64,
+        "the last policy built is at the limit"
+    );
+    load_verified(&last_built.object).unwrap_or_else(|e| panic!("{sets} sets: {e}"));
+    let (over, _) = unchecked_object(&comm_sets(sets + 1)).expect("checks");
+    let rejected = load_verified(&over).expect_err("the kernel loads 65 maps");
+    assert_eq!(
+        kernel_reason(&rejected),
+        "The total number of maps per program has reached the limit of 64"
+    );
 }
 
 #[test]

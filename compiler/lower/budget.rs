@@ -64,6 +64,11 @@ pub const BPF_COMPLEXITY_LIMIT_JMP_SEQ: u64 = 8192;
 /// as the size limit of `bpf_prog_load`), in 8-byte slots.
 pub const BPF_MAX_PROGRAM_SLOTS: u64 = 1_000_000;
 
+/// The most maps one program may use (`MAX_USED_MAPS`, include/linux/bpf_verifier.h):
+/// the verifier rejects a program that loads more ("The total number of maps per
+/// program has reached the limit of 64").
+pub const MAX_USED_MAPS: u64 = 64;
+
 /// The stack a program may use (`MAX_BPF_STACK`, include/linux/filter.h), in bytes.
 pub const MAX_BPF_STACK: u64 = 512;
 
@@ -127,6 +132,10 @@ pub struct Budget {
     pub costs: Vec<(Mark, u64)>,
     /// The deepest stack access through r10, in bytes below the frame pointer.
     pub stack_bytes: u64,
+    /// The distinct maps the program loads (`ld_imm64` of a map or of a map's value),
+    /// and the mark of the instruction that loads the `MAX_USED_MAPS + 1`-th, if any.
+    pub maps: u64,
+    pub first_map_over: Option<Mark>,
 }
 
 /// Why a program would not load: which limit the budget exceeds.
@@ -140,6 +149,8 @@ pub enum Over {
     JumpChain { jumps: u64, limit: u64 },
     /// The program reaches deeper into its stack than the kernel gives it.
     Stack { bytes: u64, limit: u64 },
+    /// The program uses more maps than the kernel lets one program use.
+    Maps { maps: u64, limit: u64 },
 }
 
 /// The estimate skpc refuses above: `MARGIN_PERCENT` of the kernel's limit.
@@ -148,14 +159,19 @@ pub fn refused_above() -> u64 {
 }
 
 impl Budget {
-    /// The limit this budget exceeds, if any (the stack first, then the size, then the
-    /// jumps, then the processed instructions).
+    /// The limit this budget exceeds, if any (the stack first, then the maps, then the
+    /// size, then the jumps, then the processed instructions).
     pub fn over(&self) -> Option<Over> {
         let refused_above = refused_above();
         if self.stack_bytes > MAX_BPF_STACK {
             Some(Over::Stack {
                 bytes: self.stack_bytes,
                 limit: MAX_BPF_STACK,
+            })
+        } else if self.maps > MAX_USED_MAPS {
+            Some(Over::Maps {
+                maps: self.maps,
+                limit: MAX_USED_MAPS,
             })
         } else if self.slots > BPF_MAX_PROGRAM_SLOTS {
             Some(Over::Size {
@@ -348,8 +364,22 @@ pub fn estimate(code: &Assembled) -> Budget {
         })
         .max()
         .unwrap_or(0);
+    // The maps, in program order.
+    let mut maps: HashSet<u32> = HashSet::new();
+    let mut first_map_over = None;
+    let mut slot = 0;
+    for insn in &code.insns {
+        if let Insn::LdMap { map, .. } | Insn::LdMapValue { map, .. } = *insn {
+            if maps.insert(map) && maps.len() as u64 == MAX_USED_MAPS + 1 {
+                first_map_over = Some(mark_at(slot).unwrap_or(Mark::Tails));
+            }
+        }
+        slot += insn.slots();
+    }
     Budget {
         stack_bytes,
+        maps: maps.len() as u64,
+        first_map_over,
         estimate: costs.iter().map(|(_, c)| c).sum(),
         slots: n as u64,
         jump_chain: chain.first().copied().map_or(0, u64::from),
@@ -481,6 +511,8 @@ mod tests {
             jump_chain,
             costs: Vec::new(),
             stack_bytes: 8,
+            maps: MAX_USED_MAPS,
+            first_map_over: None,
         };
         assert_eq!(b(refused_above(), 10, 10).over(), None);
         assert!(matches!(
@@ -500,5 +532,27 @@ mod tests {
             ..b(1, 1, 1)
         };
         assert!(matches!(deep.over(), Some(Over::Stack { .. })));
+        let many = Budget {
+            maps: MAX_USED_MAPS + 1,
+            ..b(1, 1, 1)
+        };
+        assert!(matches!(many.over(), Some(Over::Maps { maps: 65, .. })));
+    }
+
+    #[test]
+    fn maps_are_counted_once_each_and_the_first_over_the_limit_is_marked() {
+        use crate::bpf::Insn;
+        let mut p = Assembled::default();
+        for map in (0..=MAX_USED_MAPS as u32).chain([0, 3]) {
+            let rule = map as usize;
+            p.insns.push(Insn::LdMap { dst: Reg::R1, map });
+            p.marks
+                .extend([Some(Mark::Rule(rule)), Some(Mark::Rule(rule))]);
+        }
+        p.insns.push(Insn::Exit);
+        p.marks.push(Some(Mark::Tails));
+        let b = estimate(&p);
+        assert_eq!(b.maps, MAX_USED_MAPS + 1);
+        assert_eq!(b.first_map_over, Some(Mark::Rule(MAX_USED_MAPS as usize)));
     }
 }
