@@ -200,13 +200,14 @@ cases! {
         "const REDIS = 6379;\ndrop if prot == REDIS;\ndrop if len > 5000 and len < 10;\nredirect to sock 99;\n";
 }
 
-/// E0401: policies too large to write inline. 5000 rules of one domain suffix each
-/// (rules of code; one `ends with {...}` set of them is a trie and loads), and 3000 rules
-/// of code (a `uid` range is no index key) whose branches would all be pending at once.
+/// E0401: policies too large to write inline. 5000 rules of one domain suffix and a
+/// length each (rules of code: a suffix alone is rule-index data, `text_index`, but not
+/// with another test), and 3000 rules of code (a `uid` range is no index key) whose
+/// branches would all be pending at once; 66 sets that are a map each (the kernel lets
+/// a program use 64 maps).
 fn over_budget_cases() -> Vec<(&'static str, String)> {
-    // A suffix each: rules of code (one `ends with {...}` of them all is one trie).
     let suffix_rules: String = (0..5000)
-        .map(|i| format!("drop if http.host ends with \".h{i}.example.com\";\n"))
+        .map(|i| format!("drop if http.host ends with \".h{i}.example.com\" and len > 9;\n"))
         .collect();
     let chain: String = (0..3000)
         .map(|i| {
@@ -217,9 +218,19 @@ fn over_budget_cases() -> Vec<(&'static str, String)> {
             )
         })
         .collect();
+    // 66 sets of 65 process names, each a map of its own: over the kernel's 64 maps.
+    let mut sets = String::new();
+    for k in 0..66 {
+        let names: Vec<String> = (0..65).map(|i| format!("\"c{k}x{i}\"")).collect();
+        sets.push_str(&format!("set names{k} = {{ {} }};\n", names.join(", ")));
+    }
+    for k in 0..66 {
+        sets.push_str(&format!("drop if comm in names{k} and uid > {k};\n"));
+    }
     vec![
         ("over_budget_host_suffix_rules", suffix_rules),
         ("over_budget_pending_branches", chain),
+        ("over_budget_too_many_maps", sets),
     ]
 }
 

@@ -203,10 +203,7 @@ fn report(p: &GenPolicy, s: &Sent, what: &str, counters: bool, seed: u64, index:
 #[test]
 fn evaluator_and_vm_agree_on_random_policies() {
     let seed = policygen::seed(DEFAULT_SEED);
-    let policies: usize = std::env::var("SKP_DIFF_POLICIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
+    let policies = policygen::env_usize("SKP_DIFF_POLICIES", 500);
     let start = Instant::now();
     let mut rng = Rng::new(seed);
     let (mut pairs, mut compiled, mut rejected) = (0usize, 0usize, Vec::new());
@@ -526,10 +523,7 @@ fn branch_free_rules_do_not_reuse_live_registers() {
 #[test]
 fn evaluator_and_vm_agree_on_indexed_blocks() {
     let seed = policygen::seed(DEFAULT_SEED) ^ 0x1de7;
-    let policies: usize = std::env::var("SKP_DIFF_INDEXED_POLICIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+    let policies = policygen::env_usize("SKP_DIFF_INDEXED_POLICIES", 30);
     let start = Instant::now();
     let mut rng = Rng::new(seed);
     let (mut pairs, mut indexed_policies, mut by_indexed_rule) = (0usize, 0usize, 0usize);

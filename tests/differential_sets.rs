@@ -915,10 +915,7 @@ fn compilations(src: &str) -> Vec<(&'static str, Compiled)> {
 #[test]
 fn evaluator_and_vm_agree_on_large_sets_as_maps_and_as_code() {
     let seed = policygen::seed(DEFAULT_SEED);
-    let policies: usize = std::env::var("SKP_SET_POLICIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+    let policies = policygen::env_usize("SKP_SET_POLICIES", 60);
     let mut rng = Rng::new(seed);
     let start = Instant::now();
     // Per kind of set: (messages in it, messages not in it).
@@ -1109,10 +1106,7 @@ fn kernel_agrees_with_the_evaluator_on_large_sets() {
         return;
     }
     let seed = policygen::seed(DEFAULT_SEED) ^ 0x6b;
-    let policies: usize = std::env::var("SKP_KERNEL_SET_POLICIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
+    let policies = policygen::env_usize("SKP_KERNEL_SET_POLICIES", 12);
     let mut rng = Rng::new(seed);
     let start = Instant::now();
     let (mut sent, mut hits, mut maps, mut blocks) = (0usize, 0usize, 0usize, 0usize);

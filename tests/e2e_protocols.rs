@@ -127,10 +127,16 @@ struct HttpServer {
 
 impl HttpServer {
     fn start(python: &Path) -> HttpServer {
+        HttpServer::start_on(python, 0)
+    }
+
+    /// On loopback port `port` (0: one the kernel picks).
+    fn start_on(python: &Path, port: u16) -> HttpServer {
         let log = TempFile::with_contents("http_requests", "log", b"");
         let mut child = dies_with_the_test(&mut Command::new(python))
             .args(["-c", include_str!("fixtures/http_keepalive.py")])
             .arg(&log.path)
+            .arg(port.to_string())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -233,6 +239,94 @@ fn http_delete_on_admin_gets_the_policy_403_and_the_connection_goes_on() {
         server.requests(),
         ["DELETE /other/x", "GET /admin/x", "GET /ok"],
         "the server saw no DELETE /admin/x"
+    );
+}
+
+/// Issue 11: rules of protocol fields are rule-index data (compiler/lower/text_index.rs).
+/// 300 `http.host ==` rules and 100 `http.host ends with` rules are two lookups; curl
+/// asking for a listed host (in another case) is dropped and counted on that host's
+/// first rule, a host that ends with a listed suffix on the suffix's rule, and another
+/// host reaches the server, counted on the default.
+#[test]
+fn http_host_rules_in_the_index_drop_listed_hosts_and_count_the_first_rule() {
+    let name = "http_host_rules_in_the_index_drop_listed_hosts_and_count_the_first_rule";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let (Some(python), Some(curl)) = (
+        tool_or_skip(name, "python3", "python3"),
+        tool_or_skip(name, "curl", "curl"),
+    ) else {
+        return;
+    };
+    let mut src: String = (0..300)
+        .map(|i| format!("drop if http.host == \"h{i}.example.com\";\n"))
+        .collect();
+    src.extend((0..100).map(|i| format!("drop if http.host ends with \".d{i}.example\";\n")));
+    // A second rule for a host: the first one counts.
+    src.push_str("drop if http.host == \"h7.example.com\";\n");
+    let compiled = skpc::compile::compile("hosts.skp", &src).expect("compiles");
+    assert_eq!(
+        compiled.lowered.index_summary,
+        ["lines 1-401: 401 rules in the index, 0 as code; lookups: \
+          http.host == (301 rules, 16-byte keys) | http.host ends with (100 rules, 16-byte keys)"]
+    );
+    let dir = TempDir::new("text-index");
+    let policy = dir.join("hosts.skp");
+    std::fs::write(&policy, &src).unwrap();
+    let server = HttpServer::start_on(&python, 47200);
+    // curl under `skpc exec -j`: its output, then the counters document.
+    let curl_host = |host: &str| {
+        let out = skpc(&[
+            "exec",
+            "-j",
+            policy.to_str().unwrap(),
+            "--",
+            curl.to_str().unwrap(),
+            "-sS",
+            "-H",
+            &format!("Host: {host}"),
+            &server.url("/x"),
+        ]);
+        let stdout = text(&out.stdout);
+        let doc: serde_json::Value = stdout
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("no counters document: {}", all(&out)));
+        let moved: Vec<(String, u64)> = doc["counters"]
+            .as_array()
+            .expect("counters")
+            .iter()
+            .filter(|c| c["messages"].as_u64() != Some(0))
+            .map(|c| {
+                let name = c["name"].as_str().unwrap_or("").to_string();
+                (name, c["messages"].as_u64().unwrap_or(0))
+            })
+            .collect();
+        (out, moved)
+    };
+    let (out, moved) = curl_host("other.example.com");
+    assert_eq!(out.status.code(), Some(0), "{}", all(&out));
+    assert!(
+        text(&out.stdout).starts_with("server answered GET /x"),
+        "{}",
+        all(&out)
+    );
+    assert_eq!(moved, [("default".to_string(), 1)]);
+    for (host, rule) in [
+        ("h7.example.com", "rule7"),
+        ("H299.Example.COM", "rule299"),
+        ("www.d42.example", "rule342"),
+    ] {
+        let (out, moved) = curl_host(host);
+        assert_ne!(out.status.code(), Some(0), "{host}: {}", all(&out));
+        assert_eq!(moved, [(rule.to_string(), 1)], "{host}: {}", all(&out));
+    }
+    assert_eq!(
+        server.requests(),
+        ["GET /x"],
+        "the server saw no listed host"
     );
 }
 

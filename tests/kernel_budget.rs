@@ -14,8 +14,8 @@ mod common;
 mod constructs;
 
 use budget_shapes::{
-    comm_prefix_set, comm_set, http_host_set, kernel_reason, load_verified, sni_suffix_set, tail,
-    unchecked_object, SHAPES,
+    comm_prefix_set, comm_set, comm_sets, http_host_set, kernel_reason, load_verified,
+    sni_suffix_set, tail, unchecked_object, SHAPES,
 };
 use skpc::lower::Options;
 
@@ -151,6 +151,76 @@ fn string_sets_of_a_million_build_and_load_within_the_estimate() {
     let refused: Vec<&String> = rows.iter().filter(|r| r.contains("| refused |")).collect();
     assert!(refused.is_empty(), "refused: {refused:?}");
     table_holds(&rows);
+}
+
+/// Rules of protocol fields are rule-index data (issue 11, compiler/lower/text_index.rs):
+/// `proto_field_rules` (`http.host ==`, `redis.key starts with`, `pg.user ==`,
+/// `tls.sni ends with`, in turn) at 100k and 1M rules build, load within the estimate,
+/// and cost the verifier at most the issue's 100,000 instructions (the four parsers are
+/// about 89,500 of them).
+#[test]
+fn protocol_field_rules_of_a_million_load_under_100k_verified_instructions() {
+    let name = "protocol_field_rules_of_a_million_load_under_100k_verified_instructions";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let mut rows = Vec::new();
+    for (n, counters) in [(100_000, false), (1_000_000, true)] {
+        let src = budget_shapes::proto_field_rules(n);
+        let row = holds("proto_field_rules", n, &src, counters);
+        let verified: u64 = row
+            .split('|')
+            .nth(5)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("not loaded: {row}"));
+        assert!(verified <= 100_000, "{row}");
+        rows.push(row);
+    }
+    table_holds(&rows);
+}
+
+/// The kernel's 64 maps per program (`MAX_USED_MAPS`; issue 11: never an object the
+/// kernel rejects): a policy of sets that are each a map builds and loads with 64 maps,
+/// one more set is refused (E0401), and its object, written anyway, is one the kernel
+/// rejects for that reason.
+#[test]
+fn a_policy_over_the_kernels_64_maps_is_refused_and_one_at_64_loads() {
+    let name = "a_policy_over_the_kernels_64_maps_is_refused_and_one_at_64_loads";
+    if !common::kernel_or_skip(name) {
+        return;
+    }
+    let mut sets = 56;
+    let last_built = loop {
+        match skpc::compile::compile("sets.skp", &comm_sets(sets + 1)) {
+            Ok(c) => {
+                assert!(c.budget.maps <= 64, "{} maps built", c.budget.maps);
+                sets += 1;
+            }
+            Err(d) => {
+                let refusal = d.iter().find(|d| d.code == "E0401").expect("E0401");
+                assert!(
+                    refusal
+                        .message
+                        .contains("over the kernel's limit of 64 per program"),
+                    "{}",
+                    refusal.message
+                );
+                break skpc::compile::compile("sets.skp", &comm_sets(sets)).expect("builds");
+            }
+        }
+        assert!(sets < 70, "more than 64 maps never refused");
+    };
+    assert_eq!(
+        last_built.budget.maps, 64,
+        "the last policy built is at the limit"
+    );
+    load_verified(&last_built.object).unwrap_or_else(|e| panic!("{sets} sets: {e}"));
+    let (over, _) = unchecked_object(&comm_sets(sets + 1)).expect("checks");
+    let rejected = load_verified(&over).expect_err("the kernel loads 65 maps");
+    assert_eq!(
+        kernel_reason(&rejected),
+        "The total number of maps per program has reached the limit of 64"
+    );
 }
 
 #[test]

@@ -70,10 +70,16 @@ pub(super) fn refusal(policy: &hir::Policy, budget: &Budget) -> Option<Diag> {
         Over::Stack { bytes, limit } => format!(
             "skpc generated a program using {bytes} bytes of stack, over the kernel's {limit}: this is a bug in skpc, please report it with this policy"
         ),
+        Over::Maps { maps, limit } => format!(
+            "the kernel would reject this policy: its program uses {maps} maps, over the kernel's limit of {limit} per program"
+        ),
         Over::JumpChain { jumps, limit } => format!(
             "the kernel's verifier would reject this policy: a path through its program leaves {jumps} conditional jumps pending at once, over the verifier's limit of {limit}"
         ),
     };
+    if let Over::Maps { limit, .. } = over {
+        return Some(maps_refusal(policy, budget, message, limit));
+    }
     // The costliest marks that stand for a rule (a parser stands for the first rule
     // reading its protocol; the default and the shared tails for no rule).
     let rules: Vec<(usize, Mark, u64)> = budget
@@ -105,7 +111,7 @@ pub(super) fn refusal(policy: &hir::Policy, budget: &Budget) -> Option<Diag> {
         .filter(|i| *i < policy.rules.len())
         .collect();
     let many_rules_help = format!(
-        "{} rules are compiled to code: rules that compare only ports, addresses, payload bytes or slices, uid, gid, pid, cgroup or comm with values (and `len` with one range) are looked up in the rule index instead; rules comparing one field with many values are cheaper as one rule over a set (`drop if uid in {{...}};`); or split the policy into smaller ones (one per cgroup)",
+        "{} rules are compiled to code: rules that compare only ports, addresses, payload bytes or slices, uid, gid, pid, cgroup or comm with values (and `len` with one range), or one protocol field with strings, are looked up in the rule index instead; rules comparing one field with many values are cheaper as one rule over a set (`drop if uid in {{...}};`); or split the policy into smaller ones (one per cgroup)",
         rules_of_code.len()
     );
     if let (Over::JumpChain { jumps, .. }, Some(&lo), Some(&hi)) =
@@ -150,6 +156,23 @@ pub(super) fn refusal(policy: &hir::Policy, budget: &Budget) -> Option<Diag> {
         _ => many_rules_help,
     };
     Some(d.help(help).note(NOTE))
+}
+
+/// The refusal of a program that uses more maps than the kernel allows: each large set
+/// is a map of its own (and each group of protocol-field rules in the index), so it
+/// points at the rule that brings in the first map over the limit.
+fn maps_refusal(policy: &hir::Policy, budget: &Budget, message: String, limit: u64) -> Diag {
+    let rule = match budget.first_map_over {
+        Some(Mark::Rule(i) | Mark::Parser { rule: i, .. }) => policy.rules.get(i),
+        _ => None,
+    };
+    let span = rule
+        .map(|r| r.span)
+        .or(policy.default.span)
+        .unwrap_or(Span { start: 0, end: 0 });
+    Diag::new(Code::VerifierBudget, message, span)
+        .label(format!("the map over the limit of {limit} is this rule's"))
+        .help("every large set is a map of its own: merge the sets one field is tested against into one (`uid in a or uid in b` as `uid in ab`), or split the policy into smaller ones (one per cgroup)")
 }
 
 fn what_costs(m: Mark) -> String {

@@ -17,6 +17,10 @@
 //!   and cached fields
 //!   narrowed by compares keep states apart: measured up to 2.9 times the slots, 2.1
 //!   times this sum without the factor);
+//! - the code under one mark with many helper calls or branches (an indexed block, a
+//!   rule that is an `or` of searches) once more per `CALLS_PER_VISIT` calls and per
+//!   `JUMPS_PER_VISIT` branches, up to `MAX_MARK_FACTOR` (random policies of
+//!   tests/differential_kernel.rs, which holds every one it loads to the estimate);
 //! - a compare on a field cached in r8/r9 `NARROWED_VISITS` more (the narrowed value
 //!   stays live and keeps later states apart);
 //! - the first jump into each entry of the shared verdict tails walks the tail to its
@@ -60,6 +64,11 @@ pub const BPF_COMPLEXITY_LIMIT_JMP_SEQ: u64 = 8192;
 /// as the size limit of `bpf_prog_load`), in 8-byte slots.
 pub const BPF_MAX_PROGRAM_SLOTS: u64 = 1_000_000;
 
+/// The most maps one program may use (`MAX_USED_MAPS`, include/linux/bpf_verifier.h):
+/// the verifier rejects a program that loads more ("The total number of maps per
+/// program has reached the limit of 64").
+pub const MAX_USED_MAPS: u64 = 64;
+
 /// The stack a program may use (`MAX_BPF_STACK`, include/linux/filter.h), in bytes.
 pub const MAX_BPF_STACK: u64 = 512;
 
@@ -87,6 +96,20 @@ const PARSER_FACTOR: u64 = 4;
 /// for the `log` construct), and more than 2 for the rule index's gated lookups (300
 /// `discard` rules: 603 processed against 563 estimated at 2): 3 covers both.
 const CODE_FACTOR: u64 = 3;
+/// Code with many helper calls under one mark (an indexed block: a lookup, a gate and
+/// a pull per tuple) is walked once more per this many calls: every call's outcomes
+/// (found or not, pulled or not) leave the key words, the packet range and the best
+/// rule in different states, which later tuples keep apart. Random indexed blocks of
+/// 15 tuples and 45 calls (tests/differential_kernel.rs) were walked 5.7 times per slot
+/// on average, 17 at most, against 3.8 estimated with `CODE_FACTOR` alone.
+const CALLS_PER_VISIT: u64 = 4;
+/// Likewise a rule with many branches (an `or` of searches over sets and ranges): its
+/// tests narrow registers that stay live to its end, so the walks that leave one test
+/// through different branches meet the next apart (a random 107-slot rule of 50
+/// branches: 10.8 visits per slot).
+const JUMPS_PER_VISIT: u64 = 16;
+/// The most visits per instruction that calls and branches add up to.
+const MAX_MARK_FACTOR: u64 = 16;
 /// Extra visits of a compare on a field cached in a callee-saved register (r8, r9)
 /// outside the parsers: the narrowed value stays live and keeps the states after the
 /// compare apart until its last use (1000 mixed rules needed about 5 more per compare
@@ -109,6 +132,10 @@ pub struct Budget {
     pub costs: Vec<(Mark, u64)>,
     /// The deepest stack access through r10, in bytes below the frame pointer.
     pub stack_bytes: u64,
+    /// The distinct maps the program loads (`ld_imm64` of a map or of a map's value),
+    /// and the mark of the instruction that loads the `MAX_USED_MAPS + 1`-th, if any.
+    pub maps: u64,
+    pub first_map_over: Option<Mark>,
 }
 
 /// Why a program would not load: which limit the budget exceeds.
@@ -122,6 +149,8 @@ pub enum Over {
     JumpChain { jumps: u64, limit: u64 },
     /// The program reaches deeper into its stack than the kernel gives it.
     Stack { bytes: u64, limit: u64 },
+    /// The program uses more maps than the kernel lets one program use.
+    Maps { maps: u64, limit: u64 },
 }
 
 /// The estimate skpc refuses above: `MARGIN_PERCENT` of the kernel's limit.
@@ -130,14 +159,19 @@ pub fn refused_above() -> u64 {
 }
 
 impl Budget {
-    /// The limit this budget exceeds, if any (the stack first, then the size, then the
-    /// jumps, then the processed instructions).
+    /// The limit this budget exceeds, if any (the stack first, then the maps, then the
+    /// size, then the jumps, then the processed instructions).
     pub fn over(&self) -> Option<Over> {
         let refused_above = refused_above();
         if self.stack_bytes > MAX_BPF_STACK {
             Some(Over::Stack {
                 bytes: self.stack_bytes,
                 limit: MAX_BPF_STACK,
+            })
+        } else if self.maps > MAX_USED_MAPS {
+            Some(Over::Maps {
+                maps: self.maps,
+                limit: MAX_USED_MAPS,
             })
         } else if self.slots > BPF_MAX_PROGRAM_SLOTS {
             Some(Over::Size {
@@ -226,13 +260,17 @@ pub fn estimate(code: &Assembled) -> Budget {
     // A rule with a single compare of a scratch register (the branch-free `flat` rules
     // of large policies end in one) has its two walks merge at the target.
     let mut jumps_of: HashMap<Mark, u32> = HashMap::new();
+    let mut calls_of: HashMap<Mark, u64> = HashMap::new();
     let mut branching: HashSet<Mark> = HashSet::new();
     let mut split_rule_seen = false;
     let mut slot = 0;
     for insn in &code.insns {
         let mark = mark_at(slot).unwrap_or(Mark::Tails);
         let splits = match insn {
-            Insn::Call { .. } => true,
+            Insn::Call { .. } => {
+                *calls_of.entry(mark).or_insert(0) += 1;
+                true
+            }
             Insn::Jmp { dst, .. } | Insn::Jmp32 { dst, .. } => {
                 let jumps = jumps_of.entry(mark).or_insert(0);
                 *jumps += 1;
@@ -270,7 +308,13 @@ pub fn estimate(code: &Assembled) -> Budget {
         c = c.saturating_mul(rounds.as_ref().map_or(1, |r| r[slot]));
         c *= match mark {
             Some(Mark::Parser { .. }) => PARSER_FACTOR,
-            m if branching.contains(&m.unwrap_or(Mark::Tails)) => CODE_FACTOR,
+            m if branching.contains(&m.unwrap_or(Mark::Tails)) => {
+                let m = m.unwrap_or(Mark::Tails);
+                let calls = calls_of.get(&m).copied().unwrap_or(0);
+                let jumps = u64::from(jumps_of.get(&m).copied().unwrap_or(0));
+                (CODE_FACTOR + calls / CALLS_PER_VISIT + jumps / JUMPS_PER_VISIT)
+                    .min(MAX_MARK_FACTOR)
+            }
             // One compare of a scratch register: the walks merge at its target.
             _ => 1,
         };
@@ -320,8 +364,22 @@ pub fn estimate(code: &Assembled) -> Budget {
         })
         .max()
         .unwrap_or(0);
+    // The maps, in program order.
+    let mut maps: HashSet<u32> = HashSet::new();
+    let mut first_map_over = None;
+    let mut slot = 0;
+    for insn in &code.insns {
+        if let Insn::LdMap { map, .. } | Insn::LdMapValue { map, .. } = *insn {
+            if maps.insert(map) && maps.len() as u64 == MAX_USED_MAPS + 1 {
+                first_map_over = Some(mark_at(slot).unwrap_or(Mark::Tails));
+            }
+        }
+        slot += insn.slots();
+    }
     Budget {
         stack_bytes,
+        maps: maps.len() as u64,
+        first_map_over,
         estimate: costs.iter().map(|(_, c)| c).sum(),
         slots: n as u64,
         jump_chain: chain.first().copied().map_or(0, u64::from),
@@ -453,6 +511,8 @@ mod tests {
             jump_chain,
             costs: Vec::new(),
             stack_bytes: 8,
+            maps: MAX_USED_MAPS,
+            first_map_over: None,
         };
         assert_eq!(b(refused_above(), 10, 10).over(), None);
         assert!(matches!(
@@ -472,5 +532,27 @@ mod tests {
             ..b(1, 1, 1)
         };
         assert!(matches!(deep.over(), Some(Over::Stack { .. })));
+        let many = Budget {
+            maps: MAX_USED_MAPS + 1,
+            ..b(1, 1, 1)
+        };
+        assert!(matches!(many.over(), Some(Over::Maps { maps: 65, .. })));
+    }
+
+    #[test]
+    fn maps_are_counted_once_each_and_the_first_over_the_limit_is_marked() {
+        use crate::bpf::Insn;
+        let mut p = Assembled::default();
+        for map in (0..=MAX_USED_MAPS as u32).chain([0, 3]) {
+            let rule = map as usize;
+            p.insns.push(Insn::LdMap { dst: Reg::R1, map });
+            p.marks
+                .extend([Some(Mark::Rule(rule)), Some(Mark::Rule(rule))]);
+        }
+        p.insns.push(Insn::Exit);
+        p.marks.push(Some(Mark::Tails));
+        let b = estimate(&p);
+        assert_eq!(b.maps, MAX_USED_MAPS + 1);
+        assert_eq!(b.first_map_over, Some(Mark::Rule(MAX_USED_MAPS as usize)));
     }
 }

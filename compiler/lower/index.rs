@@ -14,7 +14,8 @@
 //! The rules of a block need not be consecutive: within a run of terminal rules with one
 //! decision (a *segment*) the verdict is the same whichever rule matches first, so the
 //! rules that can be indexed are indexed, and the others (`rest`) are compiled to code in
-//! their order; the smallest matching index over both decides and counts.
+//! their order; the smallest matching index over both decides and counts. Rules of one
+//! protocol field and strings are looked up in set maps of their own (`text_index`).
 //!
 //! Blocks of several decisions (`mixed_block`). Where rules of different decisions and
 //! `count`/`log` rules alternate, so that no segment has `MIN_INDEXED_RULES` rules, the
@@ -68,7 +69,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use skpc_abi::{IndexEntry, IndexSlot, PortEntry, PORTS_PER_TUPLE};
 
-use crate::hir::{self, Action, Cond, Decision, End, IntField, Net, Test};
+use crate::hir::{self, Action, Cond, Decision, End};
+
+#[cfg(test)]
+use super::index_keys::comm_words;
+use super::index_keys::{rule_keys, RuleKey, ANY_LEN};
+use super::text_index::{self, TextGroup, TextIndex};
 
 /// A segment is indexed when it has at least this many indexable rules. Below it, code
 /// (a binary search, see `runs`) is as fast as the lookups and needs no map.
@@ -78,10 +84,6 @@ pub(super) const MIN_INDEXED_RULES: usize = 64;
 /// b` rules, with the ports, addresses and slices of a mixed policy (the budget shape
 /// `mixed_rules` has 40).
 pub(super) const MAX_TUPLES: usize = 48;
-/// Entries one rule may add (a port set is one entry per port): more and it stays code.
-const MAX_RULE_ENTRIES: usize = 256;
-/// DNF terms one rule may have.
-const MAX_TERMS: usize = 32;
 /// Entries (pages of `IndexEntry::SLOTS` rules) one key may have: a message looks up
 /// one more per page its key has.
 pub(super) const MAX_PAGES: usize = 16;
@@ -158,7 +160,7 @@ impl Component {
     }
 
     /// The order of components in a key (prefix lengths do not matter for it).
-    fn slot(self) -> (u8, End, u32) {
+    pub(super) fn slot(self) -> (u8, End, u32) {
         match self {
             Component::LocalPort => (0, End::Local, 0),
             Component::RemotePort => (1, End::Remote, 0),
@@ -224,6 +226,8 @@ pub(super) struct Block {
     pub rest: Vec<usize>,
     /// How many rules of the segment are in the index.
     pub indexed: usize,
+    /// The groups of protocol-field rules, looked up after the tuples (`text_index`).
+    pub text: Vec<TextGroup>,
     /// A block of rules of several decisions and `count`/`log` rules (`decision` is
     /// None, `tuples` are those of the terminal rules).
     pub mixed: Option<Mixed>,
@@ -246,7 +250,7 @@ impl Block {
     pub(super) fn describe(&self, policy: &hir::Policy) -> String {
         let line = |r: usize| policy.rules.get(r).map_or(0, |r| r.line);
         let effects = self.mixed.iter().flat_map(|m| &m.effects);
-        let tuples: Vec<String> = self
+        let mut tuples: Vec<String> = self
             .tuples
             .iter()
             .chain(effects)
@@ -273,6 +277,7 @@ impl Block {
                 format!("#{} {}{place}", t.id, parts.join("+"))
             })
             .collect();
+        tuples.extend(self.text.iter().map(TextGroup::describe));
         format!(
             "lines {}-{}: {} rules in the index, {} as code{}; lookups: {}",
             line(self.first),
@@ -303,13 +308,10 @@ pub(super) struct Index {
     pub port_entries: Vec<PortEntry>,
     /// Port tuples over all blocks (the port array has this many times 65536 slots).
     pub port_tuples: u32,
+    /// The blocks' protocol-field rules (`text_index`).
+    pub text: TextIndex,
 }
 
-/// One key of a rule: its tuple (components in key order), value words, and the `len`
-/// range (inclusive) the rule needs besides the key.
-type RuleKey = (Vec<Component>, Vec<u32>, (u32, u32));
-/// The whole `len` range: no residual.
-const ANY_LEN: (u32, u32) = (0, u32::MAX);
 /// Key words of a key without its tuple id.
 type KeyWords = [u32; IndexEntry::KEY_WORDS];
 
@@ -327,6 +329,7 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
     let mut ids = Ids {
         next_tuple: 1,
         next_port_slot: 0,
+        text: TextIndex::default(),
     };
     let mut i = 0;
     // Where the rules that no block of one kind holds start.
@@ -381,13 +384,15 @@ pub(super) fn plan(policy: &hir::Policy) -> Index {
         })
         .collect();
     index.port_tuples = ids.next_port_slot;
+    index.text = ids.text;
     index
 }
 
-/// Tuple ids and port-array slots handed out so far (both unique over the policy).
+/// Tuple ids, port-array slots and text groups handed out so far (unique over the policy).
 struct Ids {
     next_tuple: u32,
     next_port_slot: u32,
+    text: TextIndex,
 }
 
 /// The block of segment `first..end`, if enough of its rules can be indexed. `d`: the
@@ -406,8 +411,11 @@ fn block(
         // The `log` rules as code, in rule order, after the lookups.
         (keyed, rest, tuples) = keyed_rules(policy, first, end, d, true);
     }
+    // Rules of protocol fields, out of `rest` (`text_index`).
+    let taken = text_index::take(policy, &mut rest, d, &ids.text);
+    let indexable = keyed.len() + taken.rules.len();
     // The tuple ids must stay below the page bits (16 per 64 rules: never, in practice).
-    if keyed.len() < MIN_INDEXED_RULES || ids.next_tuple + (MAX_TUPLES as u32) >= 1 << PAGE_SHIFT {
+    if indexable < MIN_INDEXED_RULES || ids.next_tuple + (MAX_TUPLES as u32) >= 1 << PAGE_SHIFT {
         return None;
     }
     let terminal = d.is_some();
@@ -418,7 +426,7 @@ fn block(
         Action::Log => IndexSlot::LOG,
     };
     let overflow = fill(policy, &keyed, &mut tuples, terminal, &then, entries, ports);
-    let indexed = keyed.len() - overflow.len();
+    let indexed = keyed.len() - overflow.len() + taken.rules.len();
     rest.extend(overflow);
     rest.sort_unstable();
     Some(Block {
@@ -428,6 +436,7 @@ fn block(
         tuples,
         rest,
         indexed,
+        text: taken.join(&mut ids.text),
         mixed: None,
     })
 }
@@ -566,6 +575,7 @@ fn mixed_block(
         tuples,
         rest,
         indexed,
+        text: Vec::new(),
         mixed: Some(Mixed {
             decisions,
             effects: etuples,
@@ -818,269 +828,6 @@ fn logs_in_order(policy: &hir::Policy, keyed: &[(usize, Vec<RuleKey>)], rest: &[
         .collect();
     let coded = rest.iter().filter(|r| is_log(r)).count();
     logs.len() + coded < 2 || logs.is_empty() || (coded == 0 && logs.iter().all(|t| *t == logs[0]))
-}
-
-/// The keys of a rule's condition, if it is an `or` of `and`s of port, address,
-/// payload-slice and byte, `uid`/`gid`/`pid`/`cgroup` and `comm ==` tests (and `len`
-/// tests, the residual) that gives a bounded number of keys. Terms that can never hold
-/// give no key.
-fn rule_keys(cond: &Cond) -> Option<Vec<RuleKey>> {
-    let terms = dnf(cond)?;
-    let mut keys = Vec::new();
-    for term in terms {
-        // Per test: the alternatives, each a (component, words) pair.
-        let mut per_test: Vec<Vec<(Component, Vec<u32>)>> = Vec::new();
-        // The `len` range all of the term's `len` tests allow; None: none.
-        let mut len = Some(ANY_LEN);
-        for t in &term {
-            match t {
-                Test::Int {
-                    field: IntField::Len,
-                    ranges,
-                } => {
-                    if ranges.len() != 1 {
-                        return None; // a set of ranges: code
-                    }
-                    len = len.and_then(|l| narrow_len(l, ranges));
-                }
-                _ => per_test.push(alternatives(t)?),
-            }
-        }
-        if per_test.is_empty() {
-            // `true` or only `len`: code (an unconditional rule ends the block).
-            return None;
-        }
-        let Some(len) = len else {
-            continue; // the term's `len` tests exclude each other: it never holds
-        };
-        let mut combos: Vec<Vec<(Component, Vec<u32>)>> = vec![Vec::new()];
-        for alts in per_test {
-            let mut next = Vec::with_capacity(combos.len() * alts.len());
-            for c in &combos {
-                for a in &alts {
-                    let mut c = c.clone();
-                    c.push(a.clone());
-                    next.push(c);
-                }
-            }
-            if next.len() + keys.len() > MAX_RULE_ENTRIES {
-                return None;
-            }
-            combos = next;
-        }
-        for mut combo in combos {
-            combo.sort_by_key(|(c, _)| c.slot());
-            if combo.windows(2).any(|w| w[0].0.slot() == w[1].0.slot()) {
-                // Two tests of one field in one term: rare, and code handles it.
-                return None;
-            }
-            let v6_only = combo
-                .iter()
-                .any(|(c, _)| matches!(c, Component::Ip6 { .. }));
-            let v4_only = combo
-                .iter()
-                .any(|(c, _)| matches!(c, Component::Ip4 { mapped: false, .. }));
-            if v6_only && v4_only {
-                continue; // needs an IPv4 and an IPv6 socket at once: never holds
-            }
-            let words: Vec<u32> = combo.iter().flat_map(|(_, w)| w.clone()).collect();
-            if words.len() > IndexEntry::KEY_WORDS - 1 {
-                return None;
-            }
-            keys.push((combo.into_iter().map(|(c, _)| c).collect(), words, len));
-        }
-    }
-    Some(keys)
-}
-
-/// `len` narrowed by one range test of it (`ranges` of one range); `None` if nothing
-/// is left or the test is not one range. A length is a u32 (`sk_msg_md.size`).
-fn narrow_len(len: (u32, u32), ranges: &[(u64, u64)]) -> Option<(u32, u32)> {
-    let [(lo, hi)] = ranges else {
-        return None;
-    };
-    let lo = (*lo).max(len.0 as u64);
-    let hi = (*hi).min(len.1 as u64);
-    (lo <= hi).then_some((lo as u32, hi as u32))
-}
-
-/// `c` as an `or` of `and`s of tests, if it has no `not` and few terms.
-fn dnf(c: &Cond) -> Option<Vec<Vec<&Test>>> {
-    match c {
-        Cond::Const(false) => Some(Vec::new()),
-        Cond::Const(true) => Some(vec![Vec::new()]),
-        Cond::Test(t) => Some(vec![vec![t]]),
-        Cond::Or(cs) => {
-            let mut out = Vec::new();
-            for c in cs {
-                out.extend(dnf(c)?);
-                if out.len() > MAX_TERMS {
-                    return None;
-                }
-            }
-            Some(out)
-        }
-        Cond::And(cs) => {
-            let mut out: Vec<Vec<&Test>> = vec![Vec::new()];
-            for c in cs {
-                let terms = dnf(c)?;
-                let mut next = Vec::new();
-                for a in &out {
-                    for b in &terms {
-                        next.push(a.iter().chain(b.iter()).copied().collect());
-                    }
-                }
-                if next.len() > MAX_TERMS {
-                    return None;
-                }
-                out = next;
-            }
-            Some(out)
-        }
-        Cond::Not(_) => None,
-    }
-}
-
-/// The ways one test can hold, as key components and words.
-fn alternatives(t: &Test) -> Option<Vec<(Component, Vec<u32>)>> {
-    match t {
-        Test::Int { field, ranges }
-            if !matches!(field, IntField::LocalPort | IntField::RemotePort) =>
-        {
-            let component = match field {
-                IntField::Uid => Component::Uid,
-                IntField::Gid => Component::Gid,
-                IntField::Pid => Component::Pid,
-                IntField::Cgroup => Component::Cgroup,
-                // `payload[i] == b`: the one-byte slice `payload[i..i+1]`.
-                IntField::PayloadByte(offset) if (*offset as usize) + 1 < i16::MAX as usize => {
-                    Component::Payload {
-                        offset: *offset,
-                        len: 1,
-                    }
-                }
-                _ => return None,
-            };
-            let count = ranges
-                .iter()
-                .try_fold(0u64, |n, (lo, hi)| n.checked_add((hi - lo).checked_add(1)?))?;
-            if count > MAX_RULE_ENTRIES as u64 {
-                return None;
-            }
-            let words = |v: u64| match component {
-                Component::Cgroup => vec![v as u32, (v >> 32) as u32],
-                _ => vec![v as u32],
-            };
-            Some(
-                ranges
-                    .iter()
-                    .flat_map(|&(lo, hi)| lo..=hi)
-                    .map(|v| (component, words(v)))
-                    .collect(),
-            )
-        }
-        Test::Int { field, ranges } => {
-            let (component, word): (Component, fn(u16) -> u32) = match field {
-                IntField::LocalPort => (Component::LocalPort, |p| p as u32),
-                IntField::RemotePort => (Component::RemotePort, |p| {
-                    super::cond::raw_remote_port(p) as u32
-                }),
-                _ => return None,
-            };
-            let count: u64 = ranges.iter().map(|(lo, hi)| hi - lo + 1).sum();
-            if count > MAX_RULE_ENTRIES as u64 {
-                return None;
-            }
-            Some(
-                ranges
-                    .iter()
-                    .flat_map(|&(lo, hi)| lo..=hi)
-                    .map(|p| (component, vec![word(p as u16)]))
-                    .collect(),
-            )
-        }
-        Test::Addr { end, nets, mapped } => Some(
-            nets.iter()
-                .map(|n| match *n {
-                    Net::V4 { addr, prefix } => (
-                        Component::Ip4 {
-                            end: *end,
-                            mapped: *mapped,
-                            prefix,
-                        },
-                        vec![super::addr::wire_word(addr.to_be_bytes()) as u32],
-                    ),
-                    Net::V6 { addr, prefix } => {
-                        let bytes = addr.to_be_bytes();
-                        (
-                            Component::Ip6 { end: *end, prefix },
-                            (0..4)
-                                .map(|w| super::addr::word_of(&bytes, w) as u32)
-                                .collect(),
-                        )
-                    }
-                })
-                .collect(),
-        ),
-        Test::Payload { offset, alts } => {
-            let len = alts.first()?.len();
-            // The program loads the bytes at 16-bit offsets from the data pointer.
-            let fits = len > 0
-                && len <= 4 * (IndexEntry::KEY_WORDS - 1)
-                && (*offset as usize + len) < i16::MAX as usize;
-            if !fits || alts.iter().any(|a| a.len() != len) || alts.len() > MAX_RULE_ENTRIES {
-                return None;
-            }
-            let component = Component::Payload {
-                offset: *offset,
-                len: len as u8,
-            };
-            Some(alts.iter().map(|a| (component, payload_words(a))).collect())
-        }
-        Test::Comm {
-            alts,
-            prefix: false,
-        } => {
-            // The checker refuses names of 16 bytes or with a NUL; were there one, code
-            // would compare it as before.
-            let odd = |a: &Vec<u8>| a.len() >= COMM_BYTES || a.contains(&0);
-            if alts.iter().any(odd) || alts.len() > MAX_RULE_ENTRIES {
-                return None;
-            }
-            Some(
-                alts.iter()
-                    .map(|a| (Component::Comm, comm_words(a)))
-                    .collect(),
-            )
-        }
-        Test::Comm { prefix: true, .. }
-        | Test::Proto(_)
-        | Test::Text { .. }
-        | Test::InFile { .. } => None,
-    }
-}
-
-/// Payload bytes as the key words the program stores: little-endian words of four
-/// bytes, the last zero-padded (what 4-, 2- and 1-byte loads give).
-pub(super) fn payload_words(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .chunks(4)
-        .map(|c| {
-            let mut w = [0u8; 4];
-            w[..c.len()].copy_from_slice(c);
-            u32::from_le_bytes(w)
-        })
-        .collect()
-}
-
-/// Bytes `bpf_get_current_comm` writes: the name (at most 15 bytes), NUL-padded.
-const COMM_BYTES: usize = 16;
-
-/// A comm as the four key words the helper's 16 bytes are (`name` shorter than 16).
-fn comm_words(name: &[u8]) -> Vec<u32> {
-    let mut bytes = [0u8; COMM_BYTES];
-    bytes[..name.len()].copy_from_slice(name);
-    payload_words(&bytes)
 }
 
 /// How good a gate component `c` is: a port (one value per rule), a payload slice,

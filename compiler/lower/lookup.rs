@@ -102,6 +102,7 @@ impl Gen {
         }
         self.load_index_fields(&block.tuples);
         self.index_lookups(&block.tuples, maps, OnHit::Decide(decision));
+        self.text_index_lookups(&block.text, decision);
         // The block's other rules, in order: a match decides with the smaller of its
         // index and the best indexed one.
         let found_best = self.label();

@@ -12,7 +12,9 @@
 //! code, integer ranges, binary search), `flat` (branch-free conditions of large
 //! policies), `addr` (address tests), `payload` (payload and comm bytes), `runs` and
 //! `keyed` (rule runs planned and searched), `index` and `lookup` (the rule index planned
-//! and looked up), `tails` (shared verdict tails, counters, decisions, log), `programs`
+//! and looked up; `index_keys`, the keys of a rule's condition; `text_index`, its
+//! protocol-field rules as set maps; `mixed`, the code of its blocks of several
+//! decisions), `tails` (shared verdict tails, counters, decisions, log), `programs`
 //! (the entry and SOCK_OPS programs), `lir` (labels, cleanup, assembly), `sets` and
 //! `text_set` (large sets as map lookups; a protocol field's value as a set map's key).
 //! This module holds the generator's state and its instruction emitters.
@@ -22,6 +24,7 @@ pub mod budget;
 mod cond;
 mod flat;
 mod index;
+mod index_keys;
 mod keyed;
 pub mod lir;
 mod lookup;
@@ -34,6 +37,7 @@ mod runs;
 mod set_lookup;
 mod sets;
 mod tails;
+mod text_index;
 mod text_set;
 mod verdict;
 
@@ -205,8 +209,10 @@ pub fn lower(policy: &hir::Policy) -> Lowered {
 
 /// Lowers a checked policy.
 pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
-    let index = index::plan(policy);
-    let planned = sets::plan(policy, options.set_maps_above);
+    let mut index = index::plan(policy);
+    // The set maps of the tests, then those of the index's text groups.
+    let mut planned = sets::plan(policy, options.set_maps_above, |r| index.text.indexed(r));
+    planned.append(&mut index.text.sets);
     let (mut specs, maps, set_ids) =
         maps::define(policy, &index, &planned, options.counter_chunk_slots);
     let set_keys = sets::keys(&planned, &set_ids, &specs);

@@ -125,6 +125,8 @@ impl Gen {
             }
             // `set_test` looks these up with the strings its map does not key.
             Shape::Text { .. } => self.goto(f),
+            // No test has this shape: `text_index` looks the rules up.
+            Shape::TextRules { .. } => self.goto(f),
             Shape::Comm { prefix } => {
                 let Some(map) = first else {
                     return self.goto(f);

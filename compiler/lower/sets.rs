@@ -163,6 +163,16 @@ pub(super) enum Shape {
         key_len: u32,
         op: TextOp,
     },
+    /// The protocol-field rules of an indexed block (`text_index::TextGroup`): the map
+    /// of `Text`'s shape, whose value is the first rule (a u32 counter slot) that a
+    /// message with the key matches. Never the shape of a test (`shape`); `group` tells
+    /// the groups apart.
+    TextRules {
+        field: Text,
+        key_len: u32,
+        op: TextOp,
+        group: u32,
+    },
     /// `comm` equal to a name: a HASH keyed by the NUL-padded 16-byte name; with
     /// `prefix` (`comm starts with`), an LPM trie of the names with their length in bits
     /// as the prefix, looked up with the whole 16 bytes (a name longer than the
@@ -275,7 +285,7 @@ pub(super) fn shape(test: &Test, above: Option<usize>) -> Option<Shape> {
 /// Whether a protocol field's set map keys string `a`: one of at most `TEXT_KEY_MAX`
 /// bytes, and for a trie (`starts with`, `ends with`) without a NUL byte, which would
 /// match the zero padding past a shorter value.
-fn text_keyed(op: TextOp, a: &[u8]) -> bool {
+pub(super) fn text_keyed(op: TextOp, a: &[u8]) -> bool {
     a.len() as u32 <= TEXT_KEY_MAX && (op == TextOp::Eq || !a.contains(&0))
 }
 
@@ -295,7 +305,7 @@ pub(super) fn long_strings(test: &Test, shape: Shape) -> Vec<Vec<u8>> {
 /// The key of string `s` in the set map of protocol field `field`: its length, then
 /// its bytes in the field's case (as the program folds the message's), zero-padded to
 /// `key_len`.
-fn text_key(field: Text, s: &[u8], key_len: u32) -> Vec<u8> {
+pub(super) fn text_key(field: Text, s: &[u8], key_len: u32) -> Vec<u8> {
     let mut k = (s.len() as u32).to_ne_bytes().to_vec();
     k.extend(match field.case() {
         Case::Exact => s.to_vec(),
@@ -364,9 +374,18 @@ pub(super) struct PlannedSet {
 
 /// The large tests of a policy, each once (a test that several rules share, such as a
 /// declared set, is one set).
-pub(super) fn plan(policy: &hir::Policy, above: Option<usize>) -> Vec<PlannedSet> {
+/// `indexed`: whether a rule is in the rule index as data (`text_index`): its tests need
+/// no map.
+pub(super) fn plan(
+    policy: &hir::Policy,
+    above: Option<usize>,
+    indexed: impl Fn(usize) -> bool,
+) -> Vec<PlannedSet> {
     let mut sets: Vec<PlannedSet> = Vec::new();
-    for rule in &policy.rules {
+    for (r, rule) in policy.rules.iter().enumerate() {
+        if indexed(r) {
+            continue;
+        }
         for test in rule.cond.tests() {
             let Some(shape) = shape(test, above) else {
                 continue;
@@ -677,7 +696,17 @@ pub(super) fn keys(
                 map: id,
                 file: ids.slot.zip(ids.buffers[1][part]),
                 keys: map.keys.clone(),
-                describe: format!(
+                describe: if let Shape::TextRules { field, op, .. } = set.shape {
+                    format!(
+                        "{name}: {} {} keys of {} bytes to the first rule of each, for the indexed `{} {}` rules",
+                        entry_count(map),
+                        map_type_name(map.map_type),
+                        map.key_size,
+                        field.name(),
+                        op_word(op, "==")
+                    )
+                } else {
+                    format!(
                     "{name}: {} {} keys of {} bytes{} for `{}`",
                     entry_count(map),
                     map_type_name(map.map_type),
@@ -688,7 +717,8 @@ pub(super) fn keys(
                         format!(" to {}-byte bitmaps", map.value_size)
                     },
                     describe(&set.test)
-                ),
+                )
+                },
             });
         }
     }
@@ -710,6 +740,15 @@ fn map_type_name(t: u32) -> &'static str {
         BPF_MAP_TYPE_LPM_TRIE => "LPM_TRIE",
         BPF_MAP_TYPE_HASH => "HASH",
         _ => "ARRAY",
+    }
+}
+
+/// How a listing says `op`, with `eq` for `TextOp::Eq`.
+pub(super) fn op_word(op: TextOp, eq: &'static str) -> &'static str {
+    match op {
+        TextOp::Eq => eq,
+        TextOp::StartsWith => "starts with",
+        TextOp::EndsWith => "ends with",
     }
 }
 
@@ -737,11 +776,7 @@ fn describe(test: &Test) -> String {
         Test::Text { field, op, alts } => format!(
             "{} {} {} strings",
             field.name(),
-            match op {
-                TextOp::Eq => "in",
-                TextOp::StartsWith => "starts with",
-                TextOp::EndsWith => "ends with",
-            },
+            op_word(*op, "in"),
             alts.len()
         ),
         Test::Comm { alts, prefix } => format!(

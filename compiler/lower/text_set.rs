@@ -41,11 +41,42 @@ impl Gen {
         t: Label,
         f: Label,
     ) {
+        let too_long = self.label();
+        self.text_map_key(field, op, key_len, too_long, f);
+        self.map_lookup(map, STACK_TEXT_KEY);
+        self.jmp64(JmpOp::Jne, Reg::R0, Src::Imm(0), t);
+        if op != TextOp::Eq {
+            // A string the trie does not key may still start (end) the value.
+            self.goto(too_long);
+        } else {
+            self.goto(f);
+        }
+        self.place(too_long);
+        if long.is_empty() {
+            self.goto(f);
+        } else {
+            self.text_test(field, op, long, t, f);
+        }
+    }
+
+    /// Builds the key of protocol field `field`'s value at `STACK_TEXT_KEY` for a map of
+    /// shape `sets::Shape::Text { field, op, key_len }` (see `text_in_map`, which also
+    /// says what it costs the verifier); jumps to `no_value` when the field has no value
+    /// (or a byte of it is past `data_end`), and for `op` `Eq` to `too_long` when the
+    /// value is longer than `key_len` (no key of the map can match it). Uses r0-r5.
+    pub(super) fn text_map_key(
+        &mut self,
+        field: Text,
+        op: TextOp,
+        key_len: u32,
+        too_long: Label,
+        no_value: Label,
+    ) {
         const K: Reg = Reg::R5;
+        let f = no_value;
         let slot = text_slot(field);
         let key = STACK_TEXT_KEY;
-        let (too_long, top, have, beyond) =
-            (self.label(), self.label(), self.label(), self.label());
+        let (top, have, beyond) = (self.label(), self.label(), self.label());
         self.ldx(Size::W, Reg::R0, Reg::R10, slot + 4);
         self.alu64(AluOp::And, Reg::R0, Src::Imm(LEN_MASK));
         self.jmp32(JmpOp::Jeq, Reg::R0, 0, f);
@@ -124,19 +155,5 @@ impl Gen {
         self.stx(Size::B, Reg::R1, key + 4, Reg::R0);
         self.alu64(AluOp::Add, K, Src::Imm(1));
         self.jmp64(JmpOp::Jlt, K, Src::Imm(key_len as i32), top);
-        self.map_lookup(map, key);
-        self.jmp64(JmpOp::Jne, Reg::R0, Src::Imm(0), t);
-        if op != TextOp::Eq {
-            // A string the trie does not key may still start (end) the value.
-            self.goto(too_long);
-        } else {
-            self.goto(f);
-        }
-        self.place(too_long);
-        if long.is_empty() {
-            self.goto(f);
-        } else {
-            self.text_test(field, op, long, t, f);
-        }
     }
 }

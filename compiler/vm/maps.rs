@@ -53,7 +53,7 @@ pub enum MapModelError {
     NoFlagSlot { map: &'static str },
     #[error("a rule index without {INDEX_READY_NAME}: nothing says when it is filled")]
     NoReadyFlag,
-    #[error("{map} is map type {map_type} with {key_size}-byte keys and {value_size}-byte values; the VM models a set as an LPM_TRIE, HASH or ARRAY (u32 keys) of one-byte values")]
+    #[error("{map} is map type {map_type} with {key_size}-byte keys and {value_size}-byte values; the VM models a set as an LPM_TRIE, HASH or ARRAY (u32 keys) of one-byte values, or an LPM_TRIE or HASH of larger ones")]
     NotASet {
         map: String,
         map_type: u32,

@@ -1,8 +1,9 @@
 //! The set maps' model (`skp_set_<k>` and their flag `skp_sets`, see `lower::sets`), as
 //! the runtime fills them: an LPM_TRIE answers the longest prefix that holds the key, a
 //! HASH its keys, an ARRAY every slot below `max_entries` (members hold
-//! `SET_MEMBER`, the others 0). A hit is a pointer to a one-byte value, or for a HASH
-//! with larger values (the IPv4 block hashes' bitmaps) to its value.
+//! `SET_MEMBER`, the others 0). A hit is a pointer to a one-byte value, or for a map
+//! with larger values (the IPv4 block hashes' bitmaps, the rule numbers of the index's
+//! text groups) to its value: a trie's, the longest prefix's.
 
 use std::collections::{HashMap, HashSet};
 
@@ -36,6 +37,12 @@ enum Contents {
     Trie {
         data_len: usize,
         by_len: HashMap<u32, HashSet<Vec<u8>>>,
+    },
+    /// An LPM_TRIE with values larger than a byte: per prefix length, the data bytes
+    /// (masked) of its keys, each with its value's offset in `SetModel::values`.
+    ValuedTrie {
+        data_len: usize,
+        by_len: HashMap<u32, HashMap<Vec<u8>, usize>>,
     },
     Array {
         slots: u32,
@@ -106,6 +113,23 @@ pub(super) fn set_model(maps: &[MapSpec], sets: &[SetKeys]) -> Result<SetModel, 
                             model.values.extend_from_slice(value);
                         }
                         Contents::Valued(at)
+                    }
+                    BPF_MAP_TYPE_LPM_TRIE if value_size > 1 && key_size > 4 => {
+                        let (k, v) = valued.unwrap_or_default();
+                        let mut by_len: HashMap<u32, HashMap<Vec<u8>, usize>> = HashMap::new();
+                        for (key, value) in k.chunks_exact(key_size).zip(v.chunks_exact(value_size))
+                        {
+                            let len = u32::from_ne_bytes([key[0], key[1], key[2], key[3]]);
+                            by_len
+                                .entry(len)
+                                .or_default()
+                                .insert(masked(&key[4..], len), model.values.len());
+                            model.values.extend_from_slice(value);
+                        }
+                        Contents::ValuedTrie {
+                            data_len: key_size - 4,
+                            by_len,
+                        }
                     }
                     _ if value_size != 1 => {
                         return Err(MapModelError::NotASet {
@@ -194,6 +218,18 @@ impl SetModel {
             }
             _ if !filled => SetHit::Miss,
             Contents::Valued(at) => at.get(key).map_or(SetHit::Miss, |&o| SetHit::Value(o)),
+            Contents::ValuedTrie { data_len, by_len } => {
+                let want =
+                    u32::from_ne_bytes([key[0], key[1], key[2], key[3]]).min(*data_len as u32 * 8);
+                let data = &key[4..];
+                // The longest prefix that holds the key.
+                by_len
+                    .iter()
+                    .filter(|(&len, _)| len <= want)
+                    .filter_map(|(&len, keys)| Some((len, *keys.get(&masked(data, len))?)))
+                    .max_by_key(|&(len, _)| len)
+                    .map_or(SetHit::Miss, |(_, o)| SetHit::Value(o))
+            }
             Contents::Hash(keys) => {
                 if keys.contains(key) {
                     SetHit::Member

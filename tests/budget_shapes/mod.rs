@@ -24,7 +24,7 @@ pub const SHAPES: &[Shape] = &[
     ("sni_long_set", sni_long_set, 3000),
     ("sni_suffix_set", sni_suffix_set, 3000),
     ("comm_prefix_set", comm_prefix_set, 3000),
-    ("proto_field_rules", proto_field_rules, 100),
+    ("proto_field_rules", proto_field_rules, 3000),
     ("log_rules", log_rules, 300),
     ("count_rules", count_rules, 300),
     ("discard_rules", discard_rules, 300),
@@ -162,7 +162,22 @@ pub fn comm_prefix_set(n: usize) -> String {
     format!("drop if comm starts with {{ {} }};\n", values.join(", "))
 }
 
-/// `n` rules over the protocols' fields, all four parsers.
+/// `n` sets of 65 process names (each a map of its own), one rule each; the `uid` test
+/// keeps the rules out of the rule index, so every set is looked up.
+pub fn comm_sets(n: usize) -> String {
+    let mut src = String::new();
+    for k in 0..n {
+        let names: Vec<String> = (0..65).map(|i| format!("\"c{k}x{i}\"")).collect();
+        src.push_str(&format!("set names{k} = {{ {} }};\n", names.join(", ")));
+    }
+    for k in 0..n {
+        src.push_str(&format!("drop if comm in names{k} and uid > {k};\n"));
+    }
+    src
+}
+
+/// `n` rules over the protocols' fields, all four parsers: from 256 on, four text groups
+/// of the rule index (compiler/lower/text_index.rs).
 pub fn proto_field_rules(n: usize) -> String {
     (0..n)
         .map(|i| match i % 4 {
@@ -324,6 +339,7 @@ pub fn kernel_reason(e: &str) -> String {
         "The sequence of",
         "BPF program is too large",
         "too many states",
+        "The total number of maps",
     ] {
         if let Some(at) = e.find(known) {
             let sentence: String = e[at..].chars().take_while(|&c| c != '\n').collect();

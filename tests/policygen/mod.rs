@@ -59,6 +59,14 @@ impl Rng {
     }
 }
 
+/// A test's size from the environment variable `name` (a number), or `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The seed of a test run: `SKP_SEED` (decimal or 0x hex) or `default`.
 pub fn seed(default: u64) -> u64 {
     match std::env::var("SKP_SEED") {

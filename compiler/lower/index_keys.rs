@@ -1,0 +1,284 @@
+//! The keys of a rule's condition for the rule index (`index`): its `or` of `and`s of
+//! port, address, payload, sender and `comm ==` tests as key words per tuple (the
+//! components of each `and`, in key order), and its `len` tests as the range checked
+//! after the lookup.
+
+use skpc_abi::IndexEntry;
+
+use crate::hir::{Cond, IntField, Net, Test};
+
+use super::index::Component;
+
+/// Entries one rule may add (a port set is one entry per port): more and it stays code.
+const MAX_RULE_ENTRIES: usize = 256;
+/// DNF terms one rule may have.
+const MAX_TERMS: usize = 32;
+
+/// One key of a rule: its tuple (components in key order), value words, and the `len`
+/// range (inclusive) the rule needs besides the key.
+pub(super) type RuleKey = (Vec<Component>, Vec<u32>, (u32, u32));
+/// The whole `len` range: no residual.
+pub(super) const ANY_LEN: (u32, u32) = (0, u32::MAX);
+
+/// The keys of a rule's condition, if it is an `or` of `and`s of port, address,
+/// payload-slice and byte, `uid`/`gid`/`pid`/`cgroup` and `comm ==` tests (and `len`
+/// tests, the residual) that gives a bounded number of keys. Terms that can never hold
+/// give no key.
+pub(super) fn rule_keys(cond: &Cond) -> Option<Vec<RuleKey>> {
+    let terms = dnf(cond)?;
+    let mut keys = Vec::new();
+    for term in terms {
+        // Per test: the alternatives, each a (component, words) pair.
+        let mut per_test: Vec<Vec<(Component, Vec<u32>)>> = Vec::new();
+        // The `len` range all of the term's `len` tests allow; None: none.
+        let mut len = Some(ANY_LEN);
+        for t in &term {
+            match t {
+                Test::Int {
+                    field: IntField::Len,
+                    ranges,
+                } => {
+                    if ranges.len() != 1 {
+                        return None; // a set of ranges: code
+                    }
+                    len = len.and_then(|l| narrow_len(l, ranges));
+                }
+                _ => per_test.push(alternatives(t)?),
+            }
+        }
+        if per_test.is_empty() {
+            // `true` or only `len`: code (an unconditional rule ends the block).
+            return None;
+        }
+        let Some(len) = len else {
+            continue; // the term's `len` tests exclude each other: it never holds
+        };
+        let mut combos: Vec<Vec<(Component, Vec<u32>)>> = vec![Vec::new()];
+        for alts in per_test {
+            let mut next = Vec::with_capacity(combos.len() * alts.len());
+            for c in &combos {
+                for a in &alts {
+                    let mut c = c.clone();
+                    c.push(a.clone());
+                    next.push(c);
+                }
+            }
+            if next.len() + keys.len() > MAX_RULE_ENTRIES {
+                return None;
+            }
+            combos = next;
+        }
+        for mut combo in combos {
+            combo.sort_by_key(|(c, _)| c.slot());
+            if combo.windows(2).any(|w| w[0].0.slot() == w[1].0.slot()) {
+                // Two tests of one field in one term: rare, and code handles it.
+                return None;
+            }
+            let v6_only = combo
+                .iter()
+                .any(|(c, _)| matches!(c, Component::Ip6 { .. }));
+            let v4_only = combo
+                .iter()
+                .any(|(c, _)| matches!(c, Component::Ip4 { mapped: false, .. }));
+            if v6_only && v4_only {
+                continue; // needs an IPv4 and an IPv6 socket at once: never holds
+            }
+            let words: Vec<u32> = combo.iter().flat_map(|(_, w)| w.clone()).collect();
+            if words.len() > IndexEntry::KEY_WORDS - 1 {
+                return None;
+            }
+            keys.push((combo.into_iter().map(|(c, _)| c).collect(), words, len));
+        }
+    }
+    Some(keys)
+}
+
+/// `len` narrowed by one range test of it (`ranges` of one range); `None` if nothing
+/// is left or the test is not one range. A length is a u32 (`sk_msg_md.size`).
+fn narrow_len(len: (u32, u32), ranges: &[(u64, u64)]) -> Option<(u32, u32)> {
+    let [(lo, hi)] = ranges else {
+        return None;
+    };
+    let lo = (*lo).max(len.0 as u64);
+    let hi = (*hi).min(len.1 as u64);
+    (lo <= hi).then_some((lo as u32, hi as u32))
+}
+
+/// `c` as an `or` of `and`s of tests, if it has no `not` and few terms.
+fn dnf(c: &Cond) -> Option<Vec<Vec<&Test>>> {
+    match c {
+        Cond::Const(false) => Some(Vec::new()),
+        Cond::Const(true) => Some(vec![Vec::new()]),
+        Cond::Test(t) => Some(vec![vec![t]]),
+        Cond::Or(cs) => {
+            let mut out = Vec::new();
+            for c in cs {
+                out.extend(dnf(c)?);
+                if out.len() > MAX_TERMS {
+                    return None;
+                }
+            }
+            Some(out)
+        }
+        Cond::And(cs) => {
+            let mut out: Vec<Vec<&Test>> = vec![Vec::new()];
+            for c in cs {
+                let terms = dnf(c)?;
+                let mut next = Vec::new();
+                for a in &out {
+                    for b in &terms {
+                        next.push(a.iter().chain(b.iter()).copied().collect());
+                    }
+                }
+                if next.len() > MAX_TERMS {
+                    return None;
+                }
+                out = next;
+            }
+            Some(out)
+        }
+        Cond::Not(_) => None,
+    }
+}
+
+/// The ways one test can hold, as key components and words.
+fn alternatives(t: &Test) -> Option<Vec<(Component, Vec<u32>)>> {
+    match t {
+        Test::Int { field, ranges }
+            if !matches!(field, IntField::LocalPort | IntField::RemotePort) =>
+        {
+            let component = match field {
+                IntField::Uid => Component::Uid,
+                IntField::Gid => Component::Gid,
+                IntField::Pid => Component::Pid,
+                IntField::Cgroup => Component::Cgroup,
+                // `payload[i] == b`: the one-byte slice `payload[i..i+1]`.
+                IntField::PayloadByte(offset) if (*offset as usize) + 1 < i16::MAX as usize => {
+                    Component::Payload {
+                        offset: *offset,
+                        len: 1,
+                    }
+                }
+                _ => return None,
+            };
+            let count = ranges
+                .iter()
+                .try_fold(0u64, |n, (lo, hi)| n.checked_add((hi - lo).checked_add(1)?))?;
+            if count > MAX_RULE_ENTRIES as u64 {
+                return None;
+            }
+            let words = |v: u64| match component {
+                Component::Cgroup => vec![v as u32, (v >> 32) as u32],
+                _ => vec![v as u32],
+            };
+            Some(
+                ranges
+                    .iter()
+                    .flat_map(|&(lo, hi)| lo..=hi)
+                    .map(|v| (component, words(v)))
+                    .collect(),
+            )
+        }
+        Test::Int { field, ranges } => {
+            let (component, word): (Component, fn(u16) -> u32) = match field {
+                IntField::LocalPort => (Component::LocalPort, |p| p as u32),
+                IntField::RemotePort => (Component::RemotePort, |p| {
+                    super::cond::raw_remote_port(p) as u32
+                }),
+                _ => return None,
+            };
+            let count: u64 = ranges.iter().map(|(lo, hi)| hi - lo + 1).sum();
+            if count > MAX_RULE_ENTRIES as u64 {
+                return None;
+            }
+            Some(
+                ranges
+                    .iter()
+                    .flat_map(|&(lo, hi)| lo..=hi)
+                    .map(|p| (component, vec![word(p as u16)]))
+                    .collect(),
+            )
+        }
+        Test::Addr { end, nets, mapped } => Some(
+            nets.iter()
+                .map(|n| match *n {
+                    Net::V4 { addr, prefix } => (
+                        Component::Ip4 {
+                            end: *end,
+                            mapped: *mapped,
+                            prefix,
+                        },
+                        vec![super::addr::wire_word(addr.to_be_bytes()) as u32],
+                    ),
+                    Net::V6 { addr, prefix } => {
+                        let bytes = addr.to_be_bytes();
+                        (
+                            Component::Ip6 { end: *end, prefix },
+                            (0..4)
+                                .map(|w| super::addr::word_of(&bytes, w) as u32)
+                                .collect(),
+                        )
+                    }
+                })
+                .collect(),
+        ),
+        Test::Payload { offset, alts } => {
+            let len = alts.first()?.len();
+            // The program loads the bytes at 16-bit offsets from the data pointer.
+            let fits = len > 0
+                && len <= 4 * (IndexEntry::KEY_WORDS - 1)
+                && (*offset as usize + len) < i16::MAX as usize;
+            if !fits || alts.iter().any(|a| a.len() != len) || alts.len() > MAX_RULE_ENTRIES {
+                return None;
+            }
+            let component = Component::Payload {
+                offset: *offset,
+                len: len as u8,
+            };
+            Some(alts.iter().map(|a| (component, payload_words(a))).collect())
+        }
+        Test::Comm {
+            alts,
+            prefix: false,
+        } => {
+            // The checker refuses names of 16 bytes or with a NUL; were there one, code
+            // would compare it as before.
+            let odd = |a: &Vec<u8>| a.len() >= COMM_BYTES || a.contains(&0);
+            if alts.iter().any(odd) || alts.len() > MAX_RULE_ENTRIES {
+                return None;
+            }
+            Some(
+                alts.iter()
+                    .map(|a| (Component::Comm, comm_words(a)))
+                    .collect(),
+            )
+        }
+        Test::Comm { prefix: true, .. }
+        | Test::Proto(_)
+        | Test::Text { .. }
+        | Test::InFile { .. } => None,
+    }
+}
+
+/// Payload bytes as the key words the program stores: little-endian words of four
+/// bytes, the last zero-padded (what 4-, 2- and 1-byte loads give).
+pub(super) fn payload_words(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks(4)
+        .map(|c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            u32::from_le_bytes(w)
+        })
+        .collect()
+}
+
+/// Bytes `bpf_get_current_comm` writes: the name (at most 15 bytes), NUL-padded.
+const COMM_BYTES: usize = 16;
+
+/// A comm as the four key words the helper's 16 bytes are (`name` shorter than 16).
+pub(super) fn comm_words(name: &[u8]) -> Vec<u32> {
+    let mut bytes = [0u8; COMM_BYTES];
+    bytes[..name.len()].copy_from_slice(name);
+    payload_words(&bytes)
+}
