@@ -79,11 +79,14 @@ use super::text_index::{self, TextGroup, TextIndex};
 /// A segment is indexed when it has at least this many indexable rules. Below it, code
 /// (a binary search, see `runs`) is as fast as the lookups and needs no map.
 pub(super) const MIN_INDEXED_RULES: usize = 64;
-/// Tuples per block at most: each costs one map lookup per message (an array's, inlined,
-/// for most of them when a gate or a port decides). 48: the 32 offsets of `payload[i] ==
-/// b` rules, with the ports, addresses and slices of a mixed policy (the budget shape
-/// `mixed_rules` has 40).
+/// Tuples per block at most: each costs one map lookup per message. 48: the 32 offsets of
+/// `payload[i] == b` rules, with the ports, addresses and slices of a mixed policy (the
+/// budget shape `mixed_rules` has 40).
 pub(super) const MAX_TUPLES: usize = 48;
+/// Hashed tuples per block at most (the others are array slots: a port or one or two
+/// payload bytes, one inlined array load). A hashed lookup's ways through (gate, pages,
+/// residuals) cost the verifier more than `budget` counts past 16 of them in a block.
+const MAX_HASHED_TUPLES: usize = 16;
 /// Entries (pages of `IndexEntry::SLOTS` rules) one key may have: a message looks up
 /// one more per page its key has.
 pub(super) const MAX_PAGES: usize = 16;
@@ -529,15 +532,16 @@ fn mixed_block(
         return None;
     }
     let terminal = (first..end).filter(|&r| policy.rules[r].action.is_terminal());
-    let (tk, mut rest, tt) = keyed_among(policy, terminal, true, false, MAX_TUPLES);
+    let room = (MAX_TUPLES, MAX_HASHED_TUPLES);
+    let ((tk, mut rest, tt), hashed) = keyed_among(policy, terminal, true, false, room);
     let effects: Vec<usize> = (first..end)
         .filter(|&r| !policy.rules[r].action.is_terminal())
         .collect();
-    let left = MAX_TUPLES - tt.len();
-    let (mut ek, mut erest, mut et) =
+    let left = (MAX_TUPLES - tt.len(), MAX_HASHED_TUPLES - hashed);
+    let ((mut ek, mut erest, mut et), _) =
         keyed_among(policy, effects.iter().copied(), false, false, left);
     if !logs_in_order(policy, &ek, &erest) {
-        (ek, erest, et) = keyed_among(policy, effects.iter().copied(), false, true, left);
+        ((ek, erest, et), _) = keyed_among(policy, effects.iter().copied(), false, true, left);
     }
     rest.extend(erest);
     let keyed = tk.len() + ek.len();
@@ -757,21 +761,28 @@ fn keyed_rules(
     d: Option<&Decision>,
     logs_as_code: bool,
 ) -> Keyed {
-    keyed_among(policy, first..end, d.is_some(), logs_as_code, MAX_TUPLES)
+    let room = (MAX_TUPLES, MAX_HASHED_TUPLES);
+    keyed_among(policy, first..end, d.is_some(), logs_as_code, room).0
 }
 
 /// `keyed_rules` of the rules `rules` (in order), all `terminal` or all `count`/`log`,
-/// with at most `max_tuples` tuples.
+/// with at most `room.0` tuples of which at most `room.1` hashed (`MAX_HASHED_TUPLES`);
+/// also how many are hashed. A tuple is an array slot (`new_tuples`) while its rules are
+/// terminal, of one decision, without residual and its key one port or one or two
+/// payload bytes.
 fn keyed_among(
     policy: &hir::Policy,
     rules: impl Iterator<Item = usize>,
     terminal: bool,
     logs_as_code: bool,
-    max_tuples: usize,
-) -> Keyed {
+    room: (usize, usize),
+) -> (Keyed, usize) {
     let mut keyed: Vec<(usize, Vec<RuleKey>)> = Vec::new();
     let mut rest = Vec::new();
     let mut tuples: Vec<Vec<Component>> = Vec::new();
+    // Per tuple: hashed, or the action of its rules (an array slot so far).
+    let mut kinds: Vec<Option<&Action>> = Vec::new();
+    let mut hashed = 0;
     for r in rules {
         let rule = &policy.rules[r];
         let keys = rule_keys(&rule.cond).filter(|keys| {
@@ -781,20 +792,59 @@ fn keyed_among(
             rest.push(r);
             continue;
         };
-        let mut new: Vec<&Vec<Component>> = Vec::new();
-        for (t, _, _) in &keys {
-            if !tuples.contains(t) && !new.contains(&t) {
-                new.push(t);
+        // What the tuples would be with this rule.
+        let mut new: Vec<(&Vec<Component>, Option<&Action>)> = Vec::new();
+        for (t, _, len) in &keys {
+            let array = terminal
+                && *len == ANY_LEN
+                && matches!(
+                    t.as_slice(),
+                    [Component::LocalPort]
+                        | [Component::RemotePort]
+                        | [Component::Payload { len: 1 | 2, .. }]
+                );
+            let kind = array.then_some(&rule.action);
+            match new.iter_mut().find(|(x, _)| *x == t) {
+                Some((_, k)) if *k != kind => *k = None,
+                Some(_) => {}
+                None => {
+                    let was = tuples.iter().position(|x| x == t).map(|i| kinds[i]);
+                    let kind = match was {
+                        Some(k) if k != kind => None,
+                        _ => kind,
+                    };
+                    new.push((t, kind));
+                }
             }
         }
-        if tuples.len() + new.len() > max_tuples {
+        let added = new.iter().filter(|(t, _)| !tuples.contains(t)).count();
+        let newly_hashed = new
+            .iter()
+            .filter(|(t, k)| {
+                k.is_none()
+                    && tuples
+                        .iter()
+                        .position(|x| x == *t)
+                        .map_or(true, |i| kinds[i].is_some())
+            })
+            .count();
+        if tuples.len() + added > room.0 || hashed + newly_hashed > room.1 {
             rest.push(r);
             continue;
         }
-        tuples.extend(new.into_iter().cloned());
+        hashed += newly_hashed;
+        for (t, k) in new {
+            match tuples.iter().position(|x| x == t) {
+                Some(i) => kinds[i] = k,
+                None => {
+                    tuples.push(t.clone());
+                    kinds.push(k);
+                }
+            }
+        }
         keyed.push((r, keys));
     }
-    (keyed, rest, tuples)
+    ((keyed, rest, tuples), hashed)
 }
 
 /// The key of tuple `id` with value words `words`.
