@@ -1887,4 +1887,25 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_block_hashes_at_most_sixteen_tuples_and_more_are_array_slots() {
+        // 20 one-byte payload tuples (array slots) and 20 with a uid (hashed): the
+        // hashed ones past 16 stay code, the array slots do not count against them.
+        let mut src = filler();
+        for i in 0..20 {
+            src.push_str(&format!("drop if payload[{i}] == 7;\n"));
+            src.push_str(&format!("drop if uid == 5 and payload[{i}] == 7;\n"));
+        }
+        let index = plan(&check(&src).0.expect("checks"));
+        let [b] = index.blocks.as_slice() else {
+            panic!("{:?}", index.blocks)
+        };
+        let hashed = b.tuples.iter().filter(|t| t.port_slot.is_none()).count();
+        let arrays = b.tuples.iter().filter(|t| t.port_slot.is_some()).count();
+        assert_eq!((hashed, arrays), (MAX_HASHED_TUPLES, 21));
+        // The uid rules of offsets 16..20: rules 64 + 2 * i + 1.
+        let coded: Vec<usize> = (16..20).map(|i| 64 + 2 * i + 1).collect();
+        assert_eq!(b.rest, coded);
+    }
 }
