@@ -182,11 +182,23 @@ impl Gen {
     /// the tuples of ports (and payload and sender fields) on any socket, then those with
     /// IPv4 or IPv6 addresses.
     pub(super) fn index_lookups(&mut self, tuples: &[index::Tuple], maps: IndexMaps, d: OnHit) {
-        self.index_lookups_from(tuples, maps, d, IndexEntry::KEY_WORDS - 1);
+        self.zero_index_key();
+        self.index_lookups_from(tuples, maps, d, 0);
+    }
+
+    /// Zeroes every word of the index key. Then every path reaches each lookup with
+    /// every word written: a path that skipped the lookups so far would otherwise come
+    /// with words the verifier holds unwritten, a state no other path's covers, and
+    /// walk the rest of the block again (`mixed_rules` at 1,000: 8,936 processed
+    /// instructions without, 6,468 with).
+    pub(super) fn zero_index_key(&mut self) {
+        for w in 0..IndexEntry::KEY_WORDS {
+            self.st(Size::W, Reg::R10, STACK_INDEX_KEY + 4 * w as i16, 0);
+        }
     }
 
     /// `index_lookups`, where the key words after the tuple id from `dirty` on are zero.
-    pub(super) fn index_lookups_from(
+    fn index_lookups_from(
         &mut self,
         tuples: &[index::Tuple],
         maps: IndexMaps,

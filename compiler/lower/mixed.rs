@@ -10,14 +10,13 @@
 //! it holds, and the dispatch once per decision.
 
 use crate::bpf::uapi::*;
-use crate::bpf::{AluOp, JmpOp, Reg, Size, Src};
+use crate::bpf::{AluOp, JmpOp, Reg, Src};
 use crate::hir::{self, Action, Cond};
-use skpc_abi::IndexEntry;
 
 use super::index::{self, DECISION_BITS};
 use super::lir::{Label, Lir, Mark};
 use super::maps::IndexMaps;
-use super::{Gen, SLOT, STACK_INDEX_KEY};
+use super::{Gen, SLOT};
 
 impl Gen {
     /// Block `block` of several decisions, `mixed` what it adds (see the module doc).
@@ -35,13 +34,7 @@ impl Gen {
         self.alu32(AluOp::Or, SLOT, Src::Imm(super::lookup::NO_RULE_BIT));
         let all: Vec<index::Tuple> = block.tuples.iter().chain(&mixed.effects).cloned().collect();
         self.load_index_fields(&all);
-        // Every word of the key initialized on every path: a path that skipped every
-        // lookup so far would otherwise reach the next one with words the verifier
-        // holds unwritten, a state no other path's covers.
-        for w in 0..IndexEntry::KEY_WORDS {
-            self.st(Size::W, Reg::R10, STACK_INDEX_KEY + 4 * w as i16, 0);
-        }
-        self.index_lookups_from(&block.tuples, maps, super::lookup::OnHit::Best, 0);
+        self.index_lookups(&block.tuples, maps, super::lookup::OnHit::Best);
         // The terminal rules of code, in order: the first that matches is the only one
         // that can be smaller than the best indexed rule.
         let effects = self.label();
@@ -64,6 +57,9 @@ impl Gen {
             self.place(act);
             self.mov32(Reg::R1, packed(r, d));
             self.keep_smaller_rule();
+            // The fields the test narrowed, loaded again: the matches of every rule
+            // of code then reach the `count`/`log` rules in one state.
+            self.forget_search_bounds(&rule.cond, r);
             self.goto(effects);
             self.place(next);
             self.forget_search_bounds(&rule.cond, r);
