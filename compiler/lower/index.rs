@@ -100,7 +100,7 @@ pub(super) const DECISION_BITS: u32 = 3;
 /// Decisions one such block may have; rules with others stay code.
 const MAX_BLOCK_DECISIONS: usize = 1 << DECISION_BITS;
 /// Such a block has at most one rule of code per this many indexed rules.
-const MAX_MIXED_CODE_SHARE: usize = 8;
+const MAX_MIXED_CODE_SHARE: usize = 4;
 
 /// One field of a tuple, and how much of it the key keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -551,7 +551,7 @@ fn mixed_block(
     // matches goes on to the `count`/`log` rules, with the state its tests left, and
     // the verifier walks them once more for each (a random policy with 50 rules of code
     // in a block of 136: 57,168 processed instead of 12,882 as code). At most one in
-    // `MAX_MIXED_CODE_SHARE` rules.
+    // `MAX_MIXED_CODE_SHARE` indexed rules.
     if keyed < MIN_INDEXED_RULES || rest.len() * MAX_MIXED_CODE_SHARE > keyed {
         return None;
     }

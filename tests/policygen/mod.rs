@@ -2036,12 +2036,12 @@ impl Gen<'_> {
         let act = |g: &mut Gen| {
             if mixed {
                 match g.rng.below(100) {
-                    0..=34 => (action.clone(), ASem::Decide(d.clone())),
-                    35..=69 => {
+                    0..=39 => (action.clone(), ASem::Decide(d.clone())),
+                    40..=79 => {
                         let (a, d) = g.rng.pick(&others);
                         (a, ASem::Decide(d))
                     }
-                    70..=97 => (g.counter(), ASem::Count),
+                    80..=98 => (g.counter(), ASem::Count),
                     _ => ("log".to_string(), ASem::Log),
                 }
             } else if !effects {
@@ -2065,7 +2065,8 @@ impl Gen<'_> {
         let mut seg: Vec<GRule> = Vec::new();
         let mut keyed: Vec<(GCond, Vec<Hit>)> = Vec::new();
         while keyed.len() < n as usize {
-            if self.rng.pct(12) {
+            // A block of several decisions takes at most one rule of code per 8.
+            if self.rng.pct(if mixed { 3 } else { 12 }) {
                 // A rule the index cannot hold: it stays code, in its place.
                 let c = self.code_cond(&shape);
                 let (action, sem) = act(self);
