@@ -224,7 +224,7 @@ pub(super) struct Block {
     pub first: usize,
     pub last: usize,
     /// The segment's decision; None for a run of `count`/`log` rules, where every
-    /// matching rule acts (see `effects_fit`).
+    /// matching rule acts (see `effects_fit`), and for a block of several (`mixed`).
     pub decision: Option<Decision>,
     pub tuples: Vec<Tuple>,
     /// The rules of `first..=last` that are not in the index, in order.
