@@ -20,8 +20,8 @@
 //! Blocks of several decisions (`mixed_block`). Where rules of different decisions and
 //! `count`/`log` rules alternate, so that no segment has `MIN_INDEXED_RULES` rules, the
 //! rules between the blocks of one kind form *mixed* blocks: pieces without an
-//! unconditional rule, of at most `MAX_BLOCK_DECISIONS` decisions, taken when at most
-//! one of `MAX_MIXED_CODE_SHARE` of their rules stays code. Their terminal rules are looked up in tuples of their own,
+//! unconditional rule, of at most `MAX_BLOCK_DECISIONS` decisions, taken when they have
+//! at most one rule of code per `MAX_MIXED_CODE_SHARE` indexed rules. Their terminal rules are looked up in tuples of their own,
 //! each slot's `then` the number of its rule's decision in the block (`Mixed`); a tuple
 //! whose rules share a decision knows it without reading the slot, and a port tuple of
 //! one decision stays an array slot. The program keeps the smallest
