@@ -217,9 +217,12 @@ fn the_vm_and_the_evaluator_agree_on_indexed_protocol_field_rules() {
                 },
             ) {
                 Ok(c) => c,
-                // Rules of code over four parsers can be over the verifier's budget.
+                // Rules of code over four parsers can be over the verifier's budget, and
+                // with every set a map, over the kernel's 64 maps per program.
                 Err(d) if d.iter().all(|d| d.code == "E0401") => {
-                    refused += 1;
+                    if set_maps_above.is_none() {
+                        refused += 1;
+                    }
                     continue;
                 }
                 Err(d) => panic!("policy {k} (seed {seed:#x}): {d:?}\n{src}"),

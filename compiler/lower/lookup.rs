@@ -182,8 +182,13 @@ impl Gen {
     /// the tuples of ports (and payload and sender fields) on any socket, then those with
     /// IPv4 or IPv6 addresses.
     pub(super) fn index_lookups(&mut self, tuples: &[index::Tuple], maps: IndexMaps, d: OnHit) {
-        self.zero_index_key();
-        self.index_lookups_from(tuples, maps, d, 0);
+        if tuples.iter().any(|t| t.port_slot.is_none()) {
+            self.zero_index_key();
+            self.index_lookups_from(tuples, maps, d, 0);
+        } else {
+            // Array lookups only: their key is the first word, which each one writes.
+            self.index_lookups_from(tuples, maps, d, IndexEntry::KEY_WORDS - 1);
+        }
     }
 
     /// Zeroes every word of the index key. Then every path reaches each lookup with
