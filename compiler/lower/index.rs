@@ -317,6 +317,17 @@ pub(super) struct Index {
     pub text: TextIndex,
 }
 
+impl Index {
+    /// Whether rule `r` is data of the index (keyed in a block, or in a block's text
+    /// group): its tests are never code, so a large set it tests needs no map of its own.
+    pub(super) fn indexed(&self, r: usize) -> bool {
+        let at = self.blocks.partition_point(|b| b.last < r);
+        self.blocks
+            .get(at)
+            .is_some_and(|b| b.first <= r && b.rest.binary_search(&r).is_err())
+    }
+}
+
 /// Key words of a key without its tuple id.
 type KeyWords = [u32; IndexEntry::KEY_WORDS];
 
@@ -975,6 +986,31 @@ mod tests {
             },
         )
         .expect("compiles")
+    }
+
+    #[test]
+    fn sets_that_only_indexed_rules_test_get_no_map() {
+        // 64 rules over sets of 65 names each: every name is a key of the index, so no
+        // set is a map of its own; a rule of code after them keeps its set's map.
+        let mut src = String::new();
+        for k in 0..65 {
+            let names: Vec<String> = (0..65).map(|i| format!("\"c{k}x{i}\"")).collect();
+            src.push_str(&format!("set names{k} = {{ {} }};\n", names.join(", ")));
+        }
+        for k in 0..64 {
+            src.push_str(&format!("drop if comm in names{k};\n"));
+        }
+        src.push_str("pass if comm in names64 and uid > 5;\n");
+        let c = compiled(&src, true);
+        assert_eq!(
+            c.lowered.index_summary.len(),
+            1,
+            "{:?}",
+            c.lowered.index_summary
+        );
+        let index = plan(&c.policy);
+        assert!((0..64).all(|r| index.indexed(r)) && !index.indexed(64));
+        assert_eq!(c.lowered.sets.len(), 1, "{:?}", c.lowered.sets);
     }
 
     fn port_addr(n: usize) -> String {

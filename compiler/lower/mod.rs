@@ -211,7 +211,7 @@ pub fn lower(policy: &hir::Policy) -> Lowered {
 pub fn lower_with(policy: &hir::Policy, options: Options) -> Lowered {
     let mut index = index::plan(policy);
     // The set maps of the tests, then those of the index's text groups.
-    let mut planned = sets::plan(policy, options.set_maps_above, |r| index.text.indexed(r));
+    let mut planned = sets::plan(policy, options.set_maps_above, |r| index.indexed(r));
     planned.append(&mut index.text.sets);
     let (mut specs, maps, set_ids) =
         maps::define(policy, &index, &planned, options.counter_chunk_slots);

@@ -374,8 +374,8 @@ pub(super) struct PlannedSet {
 
 /// The large tests of a policy, each once (a test that several rules share, such as a
 /// declared set, is one set).
-/// `indexed`: whether a rule is in the rule index as data (`text_index`): its tests need
-/// no map.
+/// `indexed`: whether a rule is in the rule index as data (`Index::indexed`): its tests
+/// need no map.
 pub(super) fn plan(
     policy: &hir::Policy,
     above: Option<usize>,

@@ -87,13 +87,6 @@ pub(super) struct TextIndex {
     pub rules: Vec<usize>,
 }
 
-impl TextIndex {
-    /// Whether rule `r` is data in a text group.
-    pub(super) fn indexed(&self, r: usize) -> bool {
-        self.rules.binary_search(&r).is_ok()
-    }
-}
-
 /// What `take` finds in a segment.
 #[derive(Default)]
 pub(super) struct Taken {
@@ -403,7 +396,7 @@ mod tests {
         assert_eq!(rule_of(b"abcd"), Some(64));
         assert_eq!(rule_of(b"ax"), Some(68));
         assert_eq!(e.len(), 64 + 4);
-        assert!(index.text.indexed(66) && !index.text.indexed(69));
+        assert!(index.indexed(66) && !index.indexed(69));
     }
 
     #[test]
