@@ -1256,28 +1256,7 @@ fn count_and_log_rules_in_the_index_act_once_each_on_loopback() {
         g.enf().insert_sock(i as u32, fd(&c)).unwrap();
         assert_eq!(send(&c, payload), Ok(payload.len()));
         assert_eq!(recv_up_to(&mut s, payload.len(), LONG), payload);
-        let after = g.enf().counters().unwrap();
-        let delta: Vec<(u64, u64)> = after
-            .iter()
-            .zip(&before)
-            .map(|(a, b)| (a.messages - b.messages, a.bytes - b.bytes))
-            .collect();
-        assert_eq!(
-            delta, want.counters,
-            "message {i}: every counter as the evaluator's"
-        );
-        let mut got = Vec::new();
-        let deadline = Instant::now() + LONG;
-        while got.len() < logs && Instant::now() < deadline {
-            got.extend(g.enf().wait_events(Duration::from_millis(100)));
-        }
-        got.extend(g.enf().wait_events(Duration::from_millis(100)));
-        let rules = |rs: &[skpc_abi::LogRecord]| rs.iter().map(|r| r.rule).collect::<Vec<_>>();
-        assert_eq!(
-            rules(&got),
-            rules(&want.events),
-            "message {i}: the log records in order"
-        );
+        counters_and_logs_as_evaluated(&mut g, &before, &want, i);
         g.enf().remove_sock(i as u32).unwrap();
     }
     drop((la, lb));
@@ -1415,32 +1394,43 @@ fn a_block_of_several_decisions_decides_counts_and_logs_in_rule_order_on_loopbac
             }
             ref v => panic!("message {i}: the evaluator says {v:?}"),
         }
-        let after = g.enf().counters().unwrap();
-        let delta: Vec<(u64, u64)> = after
-            .iter()
-            .zip(&before)
-            .map(|(a, b)| (a.messages - b.messages, a.bytes - b.bytes))
-            .collect();
-        assert_eq!(
-            delta, want.counters,
-            "message {i}: every counter as the evaluator's"
-        );
-        let mut got = Vec::new();
-        let deadline = Instant::now() + LONG;
-        while got.len() < want.events.len() && Instant::now() < deadline {
-            got.extend(g.enf().wait_events(Duration::from_millis(100)));
-        }
-        got.extend(g.enf().wait_events(Duration::from_millis(100)));
-        let rules = |rs: &[skpc_abi::LogRecord]| rs.iter().map(|r| r.rule).collect::<Vec<_>>();
-        assert_eq!(
-            rules(&got),
-            rules(&want.events),
-            "message {i}: the log records in order"
-        );
+        counters_and_logs_as_evaluated(&mut g, &before, &want, i);
         g.enf().remove_sock(i as u32).unwrap();
     }
     drop((la, lb));
     g.finish();
+}
+
+/// After message `i` (the counters read `before` it): every counter moved as the
+/// evaluator's `want` says, and its log records arrived, in its order.
+fn counters_and_logs_as_evaluated(
+    g: &mut Guard,
+    before: &[skpc_runtime::CounterValue],
+    want: &skpc::eval::EvalOutcome,
+    i: usize,
+) {
+    let after = g.enf().counters().unwrap();
+    let delta: Vec<(u64, u64)> = after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| (a.messages - b.messages, a.bytes - b.bytes))
+        .collect();
+    assert_eq!(
+        delta, want.counters,
+        "message {i}: every counter as the evaluator's"
+    );
+    let mut got = Vec::new();
+    let deadline = Instant::now() + LONG;
+    while got.len() < want.events.len() && Instant::now() < deadline {
+        got.extend(g.enf().wait_events(Duration::from_millis(100)));
+    }
+    got.extend(g.enf().wait_events(Duration::from_millis(100)));
+    let rules = |rs: &[skpc_abi::LogRecord]| rs.iter().map(|r| r.rule).collect::<Vec<_>>();
+    assert_eq!(
+        rules(&got),
+        rules(&want.events),
+        "message {i}: the log records in order"
+    );
 }
 
 /// The object of `src` with its `.skp.index` section changed by `edit` (`None`: no

@@ -951,13 +951,13 @@ pub(super) fn mask_word(c: Component, w: usize) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::check::check;
 
     /// The VM decides `msg` as the evaluator does, and (with counters) counts it on
-    /// `rule`'s counter (`None`: the default's) and nowhere else.
-    fn decides_and_counts(
+    /// `rule`'s counter (`None`: the default's) and nowhere else, as the evaluator does.
+    pub(in crate::lower) fn decides_and_counts(
         c: &crate::compile::Compiled,
         vm: &crate::vm::Vm,
         msg: &crate::hir::Message,
@@ -972,6 +972,7 @@ mod tests {
             let mut expect = vec![(0, 0); c.policy.counters.len()];
             expect[slot] = (1, msg.len as u64);
             assert_eq!(out.counters, expect, "{msg:?}");
+            assert_eq!(out.counters, want.counters, "{msg:?}");
         }
     }
 

@@ -554,18 +554,7 @@ mod tests {
                 (redis("z10:x"), Some(10)),
                 (redis("z1x"), Some(133)),
             ] {
-                let out = vm
-                    .run(&msg, &crate::vm::RunConfig::default())
-                    .expect("runs");
-                let want = crate::eval::eval(&c.policy, &msg);
-                assert_eq!(out.decision, want.decision, "{msg:?}");
-                if counters {
-                    let slot = rule.unwrap_or(c.policy.default.counter);
-                    let mut expect = vec![(0, 0); c.policy.counters.len()];
-                    expect[slot] = (1, msg.len as u64);
-                    assert_eq!(out.counters, expect, "{msg:?}");
-                    assert_eq!(out.counters, want.counters, "{msg:?}");
-                }
+                super::super::index::tests::decides_and_counts(&c, &vm, &msg, rule, counters);
             }
         }
     }
