@@ -30,7 +30,8 @@
 //! SKPC_ANCHOR_DIR (../shared/anchors/sk_msg_c), SKPC_BENCH_NO_DOCS=1 (leave
 //! docs/performance.md alone), SKPC_BENCH_PROTO_SECS (0.15 s per case and round in part
 //! p), SKPC_BENCH_ONLY=protocols (part p alone, about a minute), SKPC_BENCH_ONLY=sets (part s
-//! alone, see benches/sets for its settings), SKPC_BENCH_ONLY=budget (the verifier budget
+//! alone, see benches/sets for its settings), SKPC_BENCH_ONLY=rules (parts a and b for the
+//! generated policies of 10 to 1M rules alone), SKPC_BENCH_ONLY=budget (the verifier budget
 //! against the kernel up to a million elements, benches/budget; only run alone).
 
 mod budget;
@@ -1051,9 +1052,13 @@ fn main() {
             report::publish("kernel-tools", &tools::part_r(), to_docs);
             return;
         }
+        "rules" => {
+            report::publish("kernel-rules", &part_rules(), to_docs);
+            return;
+        }
         other => {
             eprintln!(
-                "SKPC_BENCH_ONLY={other}: the parts that run alone are `protocols`, `sets`, `budget`, `counters` and `tools`"
+                "SKPC_BENCH_ONLY={other}: the parts that run alone are `protocols`, `sets`, `budget`, `counters`, `tools` and `rules`"
             );
             std::process::exit(1);
         }
@@ -1131,6 +1136,44 @@ fn main() {
     report::publish("kernel-protocols", &protocols::part_p(), to_docs);
     report::publish("kernel-sets", &sets::part_s(), to_docs);
     report::publish("kernel-tools", &tools::part_r(), to_docs);
+}
+
+/// Parts a and b for the generated policies alone (issue 11: a policy of up to 1M rules
+/// costs a message at most 2x what a 10-rule one does), beside the anchors and without
+/// the examples: `port_addr_N` and `mixed_N` for SKPC_BENCH_RULES (10, 10k, 100k, 1M).
+fn part_rules() -> String {
+    let started = Instant::now();
+    let anchors = read_skp(&report::repo().join("benches/anchors"), "");
+    let rule_counts = env_list("SKPC_BENCH_RULES", &[10, 10_000, 100_000, 1_000_000]);
+    let mut generated: Vec<Skp> = Vec::new();
+    for &n in &rule_counts {
+        generated.push(Skp {
+            name: format!("port_addr_{n}"),
+            src: gen::port_addr(n),
+        });
+        generated.push(Skp {
+            name: format!("mixed_{n}"),
+            src: gen::mixed(n),
+        });
+    }
+    let anchor_obj = std::fs::read(report::anchor_dir().join("policy.bpf.o")).ok();
+    let a = part_a(anchor_obj.as_deref(), &[], &[], &generated);
+    let b = part_b(anchor_obj.as_deref(), &anchors, &[], &generated);
+    format!(
+        "## Rules: large generated policies alone
+
+{a}
+{}
+{}
+         `port_addr_N` and `mixed_N` as in part a above (benches/gen/mod.rs).
+
+         Command: `{}SKPC_BENCH_ONLY=rules cargo bench --bench kernel` ({:.0} s). {}\n",
+        b.throughput,
+        b.runtime,
+        settings(),
+        started.elapsed().as_secs_f64(),
+        report::machine()
+    )
 }
 
 /// The settings given in the environment, as they would be typed.
