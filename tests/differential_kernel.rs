@@ -281,14 +281,8 @@ fn kernel_agrees_with_the_evaluator_on_loopback_messages() {
         }
         let in_index = in_index(&compiled.lowered);
         indexed += usize::from(!in_index.is_empty());
-        let object = skpc::compile::runtime_object(&compiled, "gen.skp", &src);
-        let names = compiled
-            .policy
-            .counters
-            .iter()
-            .map(|c| c.name.clone())
-            .collect();
-        let mut enf = Enforcement::new(&skpc_runtime::Policy::new(object, names))
+        let policy = e2e_support::runtime_policy(&compiled, "gen.skp", &src);
+        let mut enf = Enforcement::new(&policy)
             .unwrap_or_else(|e| panic!("loading policy {policies}: {e}\n{src}"));
         policies += 1;
         let mut before: Vec<(u64, u64)> = vec![(0, 0); compiled.policy.counters.len()];

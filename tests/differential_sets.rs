@@ -1159,9 +1159,8 @@ fn kernel_agrees_with_the_evaluator_on_large_sets() {
             .iter()
             .filter(|s| s.describe.contains("bitmaps"))
             .count();
-        let object = skpc::compile::runtime_object(&c, "sets.skp", &src);
-        let names = c.policy.counters.iter().map(|c| c.name.clone()).collect();
-        let mut enf = skpc_runtime::Enforcement::new(&skpc_runtime::Policy::new(object, names))
+        let policy = e2e_support::runtime_policy(&c, "sets.skp", &src);
+        let mut enf = skpc_runtime::Enforcement::new(&policy)
             .unwrap_or_else(|e| panic!("seed {seed:#x} policy {i} does not load: {e}\n{src}"));
         for _ in 0..10 {
             let r = rng.below(p.rules.len() as u64) as usize;

@@ -296,9 +296,8 @@ fn the_kernel_agrees_with_the_evaluator_on_indexed_protocol_field_rules() {
             .iter()
             .filter(|s| s.describe.contains("to the first rule of each"))
             .count();
-        let object = skpc::compile::runtime_object(&c, "text.skp", &src);
-        let names = c.policy.counters.iter().map(|c| c.name.clone()).collect();
-        let mut enf = skpc_runtime::Enforcement::new(&skpc_runtime::Policy::new(object, names))
+        let policy = e2e_support::runtime_policy(&c, "text.skp", &src);
+        let mut enf = skpc_runtime::Enforcement::new(&policy)
             .unwrap_or_else(|e| panic!("policy {k} (seed {seed:#x}) does not load: {e}\n{src}"));
         for _ in 0..40 {
             let mut payload = payload(&mut rng, &pool);

@@ -20,14 +20,19 @@ pub use std::os::fd::BorrowedFd;
 pub fn policy(src: &str) -> Policy {
     let c = skpc::compile::compile("test.skp", src)
         .unwrap_or_else(|d| panic!("policy does not compile: {d:?}\n{src}"));
-    let object = skpc::compile::runtime_object(&c, "test.skp", src);
     // The connection key as `skpc run` passes it: a reload to a policy that takes the
     // same connections keeps the SOCK_OPS program in force.
+    runtime_policy(&c, "test.skp", src).with_connections(format!("{:?}", c.lowered.connections))
+}
+
+/// The runtime's policy of a compiled one (`name` and `src` for the object's line
+/// info): its object and its counters' names.
+pub fn runtime_policy(c: &skpc::compile::Compiled, name: &str, src: &str) -> Policy {
+    let object = skpc::compile::runtime_object(c, name, src);
     Policy::new(
         object,
         c.policy.counters.iter().map(|c| c.name.clone()).collect(),
     )
-    .with_connections(format!("{:?}", c.lowered.connections))
 }
 
 /// An enforcement plus what is needed to prove its cleanup: call
