@@ -1,7 +1,11 @@
 //! The keys of a rule's condition for the rule index (`index`): its `or` of `and`s of
 //! port, address, payload, sender and `comm ==` tests as key words per tuple (the
-//! components of each `and`, in key order), and its `len` tests as the range checked
-//! after the lookup.
+//! components of each `and`, in key order), and the rest of each `and` as its
+//! *residual*: range tests of one integer field that fits a u32 and the program reads
+//! cheaply (`len`, `uid`, `gid`, `pid`, `local.port`, `remote.port`), one range checked
+//! after the lookup. A test that can be keyed is keyed (`uid == 5`, `uid in 1..10`); one
+//! that cannot (`uid > 1000`: too many keys) is the residual. An `and` whose residual
+//! would need two fields (`len > 5 and uid > 3`) leaves the rule code.
 
 use skpc_abi::IndexEntry;
 
@@ -14,44 +18,92 @@ const MAX_RULE_ENTRIES: usize = 256;
 /// DNF terms one rule may have.
 const MAX_TERMS: usize = 32;
 
-/// One key of a rule: its tuple (components in key order), value words, and the `len`
-/// range (inclusive) the rule needs besides the key.
-pub(super) type RuleKey = (Vec<Component>, Vec<u32>, (u32, u32));
-/// The whole `len` range: no residual.
+/// One key of a rule: its tuple (components in key order), value words, and the
+/// residual: the field and its range (inclusive) the rule needs besides the key.
+pub(super) type RuleKey = (Vec<Component>, Vec<u32>, Residual);
+/// A residual field and the range of its values (inclusive) a rule needs.
+pub(super) type Residual = (IntField, (u32, u32));
+/// The whole range of a u32: no residual.
 pub(super) const ANY_LEN: (u32, u32) = (0, u32::MAX);
 
+/// Whether `field` can be a residual: its value fits a u32 and the lookup can load it
+/// (a context word, or a helper's value `Gen::load_index_fields` keeps on the stack).
+pub(super) fn residual_field(field: IntField) -> bool {
+    matches!(
+        field,
+        IntField::Len
+            | IntField::Uid
+            | IntField::Gid
+            | IntField::Pid
+            | IntField::LocalPort
+            | IntField::RemotePort
+    )
+}
+
+/// Gives the keys of a rule without residual a field, so that they join a tuple: that
+/// of the rule's key with a residual and the same components if there is one, else that
+/// of the first existing tuple with their components (`existing`), else `len`. A tuple
+/// (components, field) with a field other than `len` thus always has a key with a
+/// residual on it (`index::Tuple::residual`).
+pub(super) fn settle(keys: &mut [RuleKey], existing: impl Fn(&[Component]) -> Option<IntField>) {
+    for i in 0..keys.len() {
+        if keys[i].2 .1 != ANY_LEN {
+            continue;
+        }
+        let own = keys
+            .iter()
+            .find(|k| k.2 .1 != ANY_LEN && k.0 == keys[i].0)
+            .map(|k| k.2 .0);
+        keys[i].2 .0 = own
+            .or_else(|| existing(&keys[i].0))
+            .unwrap_or(IntField::Len);
+    }
+}
+
 /// The keys of a rule's condition, if it is an `or` of `and`s of port, address,
-/// payload-slice and byte, `uid`/`gid`/`pid`/`cgroup` and `comm ==` tests (and `len`
-/// tests, the residual) that gives a bounded number of keys. Terms that can never hold
-/// give no key.
+/// payload-slice and byte, `uid`/`gid`/`pid`/`cgroup` and `comm ==` tests (and range
+/// tests of one residual field per `and`) that gives a bounded number of keys. Terms that
+/// can never hold give no key. Keys without residual have the field `len` (see `settle`).
 pub(super) fn rule_keys(cond: &Cond) -> Option<Vec<RuleKey>> {
     let terms = dnf(cond)?;
     let mut keys = Vec::new();
     for term in terms {
         // Per test: the alternatives, each a (component, words) pair.
         let mut per_test: Vec<Vec<(Component, Vec<u32>)>> = Vec::new();
-        // The `len` range all of the term's `len` tests allow; None: none.
+        // The residual field (None: none yet) and the range all of the term's tests
+        // of it allow (None: nothing).
+        let mut field: Option<IntField> = None;
         let mut len = Some(ANY_LEN);
         for t in &term {
-            match t {
+            let keys = match t {
                 Test::Int {
                     field: IntField::Len,
-                    ranges,
-                } => {
-                    if ranges.len() != 1 {
-                        return None; // a set of ranges: code
+                    ..
+                } => None,
+                _ => alternatives(t),
+            };
+            match (keys, t) {
+                (Some(keys), _) => per_test.push(keys),
+                (None, Test::Int { field: f, ranges }) if residual_field(*f) => {
+                    if ranges.len() != 1 || field.is_some_and(|x| x != *f) {
+                        return None; // a set of ranges, or a second field: code
                     }
+                    field = Some(*f);
                     len = len.and_then(|l| narrow_len(l, ranges));
                 }
-                _ => per_test.push(alternatives(t)?),
+                (None, _) => return None,
             }
         }
         if per_test.is_empty() {
-            // `true` or only `len`: code (an unconditional rule ends the block).
+            // `true` or only residual tests: code (an unconditional rule ends the block).
             return None;
         }
         let Some(len) = len else {
-            continue; // the term's `len` tests exclude each other: it never holds
+            continue; // the term's residual tests exclude each other: it never holds
+        };
+        let residual = match field {
+            Some(f) if len != ANY_LEN => (f, len),
+            _ => (IntField::Len, ANY_LEN),
         };
         let mut combos: Vec<Vec<(Component, Vec<u32>)>> = vec![Vec::new()];
         for alts in per_test {
@@ -87,14 +139,15 @@ pub(super) fn rule_keys(cond: &Cond) -> Option<Vec<RuleKey>> {
             if words.len() > IndexEntry::KEY_WORDS - 1 {
                 return None;
             }
-            keys.push((combo.into_iter().map(|(c, _)| c).collect(), words, len));
+            keys.push((combo.into_iter().map(|(c, _)| c).collect(), words, residual));
         }
     }
     Some(keys)
 }
 
-/// `len` narrowed by one range test of it (`ranges` of one range); `None` if nothing
-/// is left or the test is not one range. A length is a u32 (`sk_msg_md.size`).
+/// A residual range narrowed by one range test of its field (`ranges` of one range);
+/// `None` if nothing is left or the test is not one range. Every residual field is a
+/// u32 (`sk_msg_md.size`, the ids, the ports).
 fn narrow_len(len: (u32, u32), ranges: &[(u64, u64)]) -> Option<(u32, u32)> {
     let [(lo, hi)] = ranges else {
         return None;
