@@ -42,9 +42,14 @@
 //! r1-r5). The program only loads, masks and stores, and the entries are computed here,
 //! once. A message too short for a slice skips that tuple's lookup.
 //!
-//! A rule is indexed on its keyable conjuncts; its `len` tests are its *residual*, one
-//! range checked after the lookup against the entry's slot for the rule (the slot holds
-//! the rule and its range, `skpc_abi::IndexSlot`). An entry has `IndexEntry::SLOTS`
+//! A rule is indexed on its keyable conjuncts; range tests of one more field that fits a
+//! u32 and the program reads cheaply (`len`, `uid`, `gid`, `pid`, `local.port`,
+//! `remote.port`: `index_keys`) are its *residual*, one range checked after the lookup
+//! against the entry's slot for the rule (the slot holds the rule and its range,
+//! `skpc_abi::IndexSlot`, whose `len_min`/`len_max` hold the range of whichever field).
+//! A tuple is its components and its residual field (`Tuple::residual`): all slots of
+//! its entries compare that one field, so `port == 80 and uid > 1000` and `port == 80
+//! and len > 100` are keyed in two tuples of one port. An entry has `IndexEntry::SLOTS`
 //! slots in rule order, so rules with one key and different residuals are tried in
 //! order and the first whose range holds is the key's first match. A key with more
 //! rules has more entries, *pages*: page `p` has the tuple id `id | p << PAGE_SHIFT`,
