@@ -74,11 +74,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use skpc_abi::{IndexEntry, IndexSlot, PortEntry, PORTS_PER_TUPLE};
 
-use crate::hir::{self, Action, Cond, Decision, End, IntField};
+use crate::hir::{self, Action, Cond, Decision, IntField};
 
 #[cfg(test)]
 use super::index_keys::comm_words;
-use super::index_keys::{rule_keys, settle, RuleKey, ANY_LEN};
+pub(super) use super::index_keys::{gate_mask, gate_value, mask_word, Component};
+use super::index_keys::{gate_rank, rule_keys, settle, RuleKey, ANY_LEN};
 use super::text_index::{self, TextGroup, TextIndex};
 
 /// A segment is indexed when it has at least this many indexable rules. Below it, code
@@ -106,100 +107,6 @@ pub(super) const DECISION_BITS: u32 = 3;
 const MAX_BLOCK_DECISIONS: usize = 1 << DECISION_BITS;
 /// Such a block has at most one rule of code per this many indexed rules.
 const MAX_MIXED_CODE_SHARE: usize = 4;
-
-/// One field of a tuple, and how much of it the key keeps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(super) enum Component {
-    /// `local_port`, one word, exact.
-    LocalPort,
-    /// `remote_port`, one word as loaded (network order, upper half), exact.
-    RemotePort,
-    /// The IPv4 address of `end`, one word, its first `prefix` bits. With `mapped`, IPv6
-    /// sockets whose address is IPv4-mapped take part with the mapped address.
-    Ip4 {
-        end: End,
-        mapped: bool,
-        prefix: u8,
-    },
-    /// The IPv6 address of `end` (IPv6 sockets only), four words, first `prefix` bits.
-    Ip6 {
-        end: End,
-        prefix: u8,
-    },
-    /// Payload bytes `offset..offset + len`, as little-endian words (the last one
-    /// zero-padded). Messages shorter than `offset + len` skip the lookup.
-    Payload {
-        offset: u32,
-        len: u8,
-    },
-    /// The sender's `uid`, `gid` or `pid`, one word; `cgroup`, two (low word first): what
-    /// the helpers return, fetched once per block (`Gen::load_index_fields`).
-    Uid,
-    Gid,
-    Pid,
-    Cgroup,
-    /// The sender's comm as `bpf_get_current_comm` writes it (the name, NUL-padded to
-    /// 16 bytes), four little-endian words: `comm == "..."` only.
-    Comm,
-}
-
-impl Component {
-    fn describe(self) -> String {
-        let end = |e: End| match e {
-            End::Local => "local",
-            End::Remote => "remote",
-        };
-        match self {
-            Component::LocalPort => "local.port".into(),
-            Component::RemotePort => "remote.port".into(),
-            Component::Ip4 {
-                end: e,
-                mapped,
-                prefix,
-            } => format!("{}.{}/{prefix}", end(e), if mapped { "ip" } else { "ip4" }),
-            Component::Ip6 { end: e, prefix } => format!("{}.ip6/{prefix}", end(e)),
-            Component::Payload { offset, len } => {
-                format!("payload[{offset}..{}]", offset + len as u32)
-            }
-            Component::Uid => "uid".into(),
-            Component::Gid => "gid".into(),
-            Component::Pid => "pid".into(),
-            Component::Cgroup => "cgroup".into(),
-            Component::Comm => "comm".into(),
-        }
-    }
-
-    /// The order of components in a key (prefix lengths do not matter for it).
-    pub(super) fn slot(self) -> (u8, End, u32) {
-        match self {
-            Component::LocalPort => (0, End::Local, 0),
-            Component::RemotePort => (1, End::Remote, 0),
-            Component::Ip4 { end, .. } => (2, end, 0),
-            Component::Ip6 { end, .. } => (3, end, 0),
-            Component::Payload { offset, .. } => (4, End::Local, offset),
-            Component::Uid => (5, End::Local, 0),
-            Component::Gid => (6, End::Local, 0),
-            Component::Pid => (7, End::Local, 0),
-            Component::Cgroup => (8, End::Local, 0),
-            Component::Comm => (9, End::Local, 0),
-        }
-    }
-
-    /// Key words the component fills.
-    pub(super) fn words(self) -> usize {
-        match self {
-            Component::LocalPort
-            | Component::RemotePort
-            | Component::Ip4 { .. }
-            | Component::Uid
-            | Component::Gid
-            | Component::Pid => 1,
-            Component::Cgroup => 2,
-            Component::Ip6 { .. } | Component::Comm => 4,
-            Component::Payload { len, .. } => (len as usize).div_ceil(4),
-        }
-    }
-}
 
 /// One lookup: the tuple id (the first key word) and the fields that fill the rest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -928,59 +835,6 @@ fn logs_in_order(policy: &hir::Policy, keyed: &[(usize, Vec<RuleKey>)], rest: &[
         .collect();
     let coded = rest.iter().filter(|r| is_log(r)).count();
     logs.len() + coded < 2 || logs.is_empty() || (coded == 0 && logs.iter().all(|t| *t == logs[0]))
-}
-
-/// How good a gate component `c` is: a port (one value per rule), a payload slice,
-/// an address by its prefix; 0 for none (fewer than 8 bits to tell keys apart).
-fn gate_rank(c: Component) -> u32 {
-    match c {
-        Component::LocalPort | Component::RemotePort => 300,
-        // The low 16 bits of an id: ids of one policy mostly differ there.
-        Component::Uid | Component::Gid | Component::Pid | Component::Cgroup => 250,
-        Component::Payload { .. } => 200,
-        // The first two bytes of a name.
-        Component::Comm => 150,
-        Component::Ip4 { prefix, .. } | Component::Ip6 { prefix, .. } if prefix >= 8 => {
-            100 + prefix.min(16) as u32
-        }
-        _ => 0,
-    }
-}
-
-/// The gate slot of a key whose first word of component `c` is `word`: a port (host
-/// order), or the word's first 16 bits (little-endian: its first two bytes) masked to
-/// the component's prefix. The program computes the same from the message.
-pub(super) fn gate_value(c: Component, word: u32) -> u32 {
-    match c {
-        Component::LocalPort => word,
-        Component::RemotePort => ((word >> 16) as u16).swap_bytes() as u32,
-        _ => word & gate_mask(c),
-    }
-}
-
-/// The mask the program applies to a non-port gate component's first word.
-pub(super) fn gate_mask(c: Component) -> u32 {
-    mask_word(c, 0) & 0xffff
-}
-
-/// The 32-bit mask of word `w` of a component's key words.
-pub(super) fn mask_word(c: Component, w: usize) -> u32 {
-    match c {
-        Component::LocalPort
-        | Component::RemotePort
-        | Component::Payload { .. }
-        | Component::Uid
-        | Component::Gid
-        | Component::Pid
-        | Component::Cgroup
-        | Component::Comm => u32::MAX,
-        Component::Ip4 { prefix, .. } => {
-            super::addr::wire_word(hir::mask32(prefix).to_be_bytes()) as u32
-        }
-        Component::Ip6 { prefix, .. } => {
-            super::addr::word_of(&hir::mask128(prefix).to_be_bytes(), w) as u32
-        }
-    }
 }
 
 #[cfg(test)]
