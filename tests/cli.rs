@@ -374,12 +374,12 @@ fn docs_json_lists_exactly_the_fields_of_check_and_listing_documents() {
 
 #[test]
 fn check_and_build_refuse_a_policy_over_the_verifiers_budget() {
-    // 3000 rules of code (a `uid` range is no index key): a path through them leaves
-    // 12,003 branches pending, over the verifier's 8192.
+    // 3000 rules of code (a `cgroup` range is no index key, nor a residual: a u64): a
+    // path through them leaves 12,003 branches pending, over the verifier's 8192.
     let policy: String = (0..3000)
         .map(|i| {
             format!(
-                "drop if uid >= {} and payload[3] == {};\n",
+                "drop if cgroup >= {} and payload[3] == {};\n",
                 1000 + i,
                 i % 256
             )

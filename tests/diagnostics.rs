@@ -202,7 +202,8 @@ cases! {
 
 /// E0401: policies too large to write inline. 5000 rules of one domain suffix and a
 /// length each (rules of code: a suffix alone is rule-index data, `text_index`, but not
-/// with another test), and 3000 rules of code (a `uid` range is no index key) whose
+/// with another test), and 3000 rules of code (a `cgroup` range is no index key, nor a
+/// residual checked after the lookup: a u64) whose
 /// branches would all be pending at once; 66 sets that are a map each (the kernel lets
 /// a program use 64 maps).
 fn over_budget_cases() -> Vec<(&'static str, String)> {
@@ -212,7 +213,7 @@ fn over_budget_cases() -> Vec<(&'static str, String)> {
     let chain: String = (0..3000)
         .map(|i| {
             format!(
-                "drop if uid >= {} and payload[3] == {};\n",
+                "drop if cgroup >= {} and payload[3] == {};\n",
                 1000 + i,
                 i % 256
             )
@@ -225,7 +226,7 @@ fn over_budget_cases() -> Vec<(&'static str, String)> {
         sets.push_str(&format!("set names{k} = {{ {} }};\n", names.join(", ")));
     }
     for k in 0..66 {
-        sets.push_str(&format!("drop if comm in names{k} and uid > {k};\n"));
+        sets.push_str(&format!("drop if comm in names{k} and cgroup > {k};\n"));
     }
     vec![
         ("over_budget_host_suffix_rules", suffix_rules),

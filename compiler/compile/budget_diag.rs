@@ -111,7 +111,7 @@ pub(super) fn refusal(policy: &hir::Policy, budget: &Budget) -> Option<Diag> {
         .filter(|i| *i < policy.rules.len())
         .collect();
     let many_rules_help = format!(
-        "{} rules are compiled to code: rules that compare only ports, addresses, payload bytes or slices, uid, gid, pid, cgroup or comm with values (and `len` with one range), or one protocol field with strings, are looked up in the rule index instead; rules comparing one field with many values are cheaper as one rule over a set (`drop if uid in {{...}};`); or split the policy into smaller ones (one per cgroup)",
+        "{} rules are compiled to code: rules that compare only ports, addresses, payload bytes or slices, uid, gid, pid, cgroup or comm with values (besides one range of `len`, `uid`, `gid`, `pid` or a port), or one protocol field with strings, are looked up in the rule index instead; rules comparing one field with many values are cheaper as one rule over a set (`drop if uid in {{...}};`); or split the policy into smaller ones (one per cgroup)",
         rules_of_code.len()
     );
     if let (Over::JumpChain { jumps, .. }, Some(&lo), Some(&hi)) =

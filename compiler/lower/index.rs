@@ -42,9 +42,14 @@
 //! r1-r5). The program only loads, masks and stores, and the entries are computed here,
 //! once. A message too short for a slice skips that tuple's lookup.
 //!
-//! A rule is indexed on its keyable conjuncts; its `len` tests are its *residual*, one
-//! range checked after the lookup against the entry's slot for the rule (the slot holds
-//! the rule and its range, `skpc_abi::IndexSlot`). An entry has `IndexEntry::SLOTS`
+//! A rule is indexed on its keyable conjuncts; range tests of one more field that fits a
+//! u32 and the program reads cheaply (`len`, `uid`, `gid`, `pid`, `local.port`,
+//! `remote.port`: `index_keys`) are its *residual*, one range checked after the lookup
+//! against the entry's slot for the rule (the slot holds the rule and its range,
+//! `skpc_abi::IndexSlot`, whose `len_min`/`len_max` hold the range of whichever field).
+//! A tuple is its components and its residual field (`Tuple::residual`): all slots of
+//! its entries compare that one field, so `port == 80 and uid > 1000` and `port == 80
+//! and len > 100` are keyed in two tuples of one port. An entry has `IndexEntry::SLOTS`
 //! slots in rule order, so rules with one key and different residuals are tried in
 //! order and the first whose range holds is the key's first match. A key with more
 //! rules has more entries, *pages*: page `p` has the tuple id `id | p << PAGE_SHIFT`,
@@ -69,11 +74,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use skpc_abi::{IndexEntry, IndexSlot, PortEntry, PORTS_PER_TUPLE};
 
-use crate::hir::{self, Action, Cond, Decision, End};
+use crate::hir::{self, Action, Cond, Decision, IntField};
 
 #[cfg(test)]
 use super::index_keys::comm_words;
-use super::index_keys::{rule_keys, RuleKey, ANY_LEN};
+pub(super) use super::index_keys::{gate_mask, gate_value, mask_word, Component};
+use super::index_keys::{gate_rank, rule_keys, settle, RuleKey, ANY_LEN};
 use super::text_index::{self, TextGroup, TextIndex};
 
 /// A segment is indexed when it has at least this many indexable rules. Below it, code
@@ -102,100 +108,6 @@ const MAX_BLOCK_DECISIONS: usize = 1 << DECISION_BITS;
 /// Such a block has at most one rule of code per this many indexed rules.
 const MAX_MIXED_CODE_SHARE: usize = 4;
 
-/// One field of a tuple, and how much of it the key keeps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(super) enum Component {
-    /// `local_port`, one word, exact.
-    LocalPort,
-    /// `remote_port`, one word as loaded (network order, upper half), exact.
-    RemotePort,
-    /// The IPv4 address of `end`, one word, its first `prefix` bits. With `mapped`, IPv6
-    /// sockets whose address is IPv4-mapped take part with the mapped address.
-    Ip4 {
-        end: End,
-        mapped: bool,
-        prefix: u8,
-    },
-    /// The IPv6 address of `end` (IPv6 sockets only), four words, first `prefix` bits.
-    Ip6 {
-        end: End,
-        prefix: u8,
-    },
-    /// Payload bytes `offset..offset + len`, as little-endian words (the last one
-    /// zero-padded). Messages shorter than `offset + len` skip the lookup.
-    Payload {
-        offset: u32,
-        len: u8,
-    },
-    /// The sender's `uid`, `gid` or `pid`, one word; `cgroup`, two (low word first): what
-    /// the helpers return, fetched once per block (`Gen::load_index_fields`).
-    Uid,
-    Gid,
-    Pid,
-    Cgroup,
-    /// The sender's comm as `bpf_get_current_comm` writes it (the name, NUL-padded to
-    /// 16 bytes), four little-endian words: `comm == "..."` only.
-    Comm,
-}
-
-impl Component {
-    fn describe(self) -> String {
-        let end = |e: End| match e {
-            End::Local => "local",
-            End::Remote => "remote",
-        };
-        match self {
-            Component::LocalPort => "local.port".into(),
-            Component::RemotePort => "remote.port".into(),
-            Component::Ip4 {
-                end: e,
-                mapped,
-                prefix,
-            } => format!("{}.{}/{prefix}", end(e), if mapped { "ip" } else { "ip4" }),
-            Component::Ip6 { end: e, prefix } => format!("{}.ip6/{prefix}", end(e)),
-            Component::Payload { offset, len } => {
-                format!("payload[{offset}..{}]", offset + len as u32)
-            }
-            Component::Uid => "uid".into(),
-            Component::Gid => "gid".into(),
-            Component::Pid => "pid".into(),
-            Component::Cgroup => "cgroup".into(),
-            Component::Comm => "comm".into(),
-        }
-    }
-
-    /// The order of components in a key (prefix lengths do not matter for it).
-    pub(super) fn slot(self) -> (u8, End, u32) {
-        match self {
-            Component::LocalPort => (0, End::Local, 0),
-            Component::RemotePort => (1, End::Remote, 0),
-            Component::Ip4 { end, .. } => (2, end, 0),
-            Component::Ip6 { end, .. } => (3, end, 0),
-            Component::Payload { offset, .. } => (4, End::Local, offset),
-            Component::Uid => (5, End::Local, 0),
-            Component::Gid => (6, End::Local, 0),
-            Component::Pid => (7, End::Local, 0),
-            Component::Cgroup => (8, End::Local, 0),
-            Component::Comm => (9, End::Local, 0),
-        }
-    }
-
-    /// Key words the component fills.
-    pub(super) fn words(self) -> usize {
-        match self {
-            Component::LocalPort
-            | Component::RemotePort
-            | Component::Ip4 { .. }
-            | Component::Uid
-            | Component::Gid
-            | Component::Pid => 1,
-            Component::Cgroup => 2,
-            Component::Ip6 { .. } | Component::Comm => 4,
-            Component::Payload { len, .. } => (len as usize).div_ceil(4),
-        }
-    }
-}
-
 /// One lookup: the tuple id (the first key word) and the fields that fill the rest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Tuple {
@@ -207,8 +119,11 @@ pub(super) struct Tuple {
     /// The most rules a key of the tuple has (the lookup checks this many slots, in
     /// pages of `IndexEntry::SLOTS`).
     pub slots: usize,
-    /// Whether some slot of the tuple has a `len` range to check.
-    pub residual: bool,
+    /// The field whose range some slot of the tuple has to check (the slots'
+    /// `len_min`/`len_max` hold its range), if any. A tuple is its components and this
+    /// field (`len` when None): rules of one key and different residual fields are in
+    /// different tuples.
+    pub residual: Option<IntField>,
     /// A hash tuple's gate: the component whose `gate_value` selects the slot, and
     /// the tuple's port-array slot range (non-zero where some key has that value).
     pub gate: Option<(Component, u32)>,
@@ -216,6 +131,21 @@ pub(super) struct Tuple {
     /// of the tuple takes, if they share one (the lookup adds it to the rule without
     /// reading the slot's `then`, and a port tuple can be an array slot).
     pub decision: Option<u32>,
+}
+
+impl Tuple {
+    /// Whether keys of `components` with residual field `field` go in this tuple.
+    fn holds(&self, components: &[Component], field: IntField) -> bool {
+        self.components == components && self.residual.unwrap_or(IntField::Len) == field
+    }
+}
+
+/// What tells tuples apart: the components and the residual field (`Tuple::residual`).
+pub(super) type Shape = (Vec<Component>, IntField);
+
+/// The shape of a key's tuple.
+fn shape_of(k: &RuleKey) -> (&[Component], IntField) {
+    (&k.0, k.2 .0)
 }
 
 /// A segment whose indexable rules are looked up.
@@ -268,8 +198,8 @@ impl Block {
                 if let Some((c, _)) = t.gate {
                     notes.push(format!("{} gate", c.describe()));
                 }
-                if t.residual {
-                    notes.push("len checked".to_string());
+                if let Some(f) = t.residual {
+                    notes.push(format!("{} checked", f.name()));
                 }
                 if t.slots > 1 {
                     notes.push(format!("{} rules per key", t.slots));
@@ -610,41 +540,44 @@ fn mixed_block(
 /// terminal rule's decision; a tuple of one port is an array slot only if its rules
 /// share one, which the lookup then knows without reading a slot.
 fn new_tuples(
-    components: Vec<Vec<Component>>,
+    shapes: Vec<Shape>,
     keyed: &[(usize, Vec<RuleKey>)],
     terminal: bool,
     decision_of: Option<&dyn Fn(usize) -> u32>,
     ids: &mut Ids,
 ) -> Vec<Tuple> {
-    let has_residual = |components: &Vec<Component>| {
+    let has_residual = |shape: &Shape| {
         keyed
             .iter()
             .flat_map(|(_, keys)| keys)
-            .any(|(c, _, len)| c == components && *len != ANY_LEN)
+            .any(|k| shape_of(k) == (&shape.0[..], shape.1) && k.2 .1 != ANY_LEN)
     };
     // The decision of every rule of each tuple, if they share one.
-    let shared = |components: &Vec<Component>| {
+    let shared = |shape: &Shape| {
         let decision_of = decision_of?;
         let mut of = keyed
             .iter()
-            .filter(|(_, keys)| keys.iter().any(|(c, _, _)| c == components))
+            .filter(|(_, keys)| keys.iter().any(|k| shape_of(k) == (&shape.0[..], shape.1)))
             .map(|(r, _)| decision_of(*r));
         let first = of.next()?;
         of.all(|d| d == first).then_some(first)
     };
-    components
+    shapes
         .into_iter()
-        .map(|components| {
+        .map(|shape| {
             let id = ids.next_tuple;
             ids.next_tuple += 1;
-            let residual = has_residual(&components);
-            let decision = if terminal { shared(&components) } else { None };
+            // `settle` gives a field other than `len` only to keys of a tuple that has
+            // a residual on it.
+            let residual = has_residual(&shape).then_some(shape.1);
+            let decision = if terminal { shared(&shape) } else { None };
+            let components = shape.0;
             let several = decision_of.is_some();
             // The port array holds a rule per port (or per value of one or two payload
             // bytes), no residual; in a run of `count` and `log` rules a key may have
             // several.
             let port_slot = (terminal
-                && !residual
+                && residual.is_none()
                 && (!several || decision.is_some())
                 && matches!(
                     components.as_slice(),
@@ -700,22 +633,22 @@ fn fill(
         if !terminal {
             // Every matching rule acts: all of its keys get a slot, or none does (it
             // stays code); no slot covers another.
-            let full = |words: &Vec<u32>, components: &Vec<Component>| {
-                let Some(t) = tuples.iter().find(|t| &t.components == components) else {
+            let full = |words: &Vec<u32>, (components, field): (&[Component], IntField)| {
+                let Some(t) = tuples.iter().find(|t| t.holds(components, field)) else {
                     return true;
                 };
                 entries
                     .get(&key_of(t.id, words))
                     .is_some_and(|slots| slots.len() == MAX_KEY_RULES)
             };
-            if keys.iter().any(|(c, words, _)| full(words, c)) {
+            if keys.iter().any(|k| full(&k.1, shape_of(k))) {
                 overflow.push(*r);
                 continue;
             }
         }
         let mut fits = true;
-        for (components, words, len) in keys {
-            let Some(tuple) = tuples.iter_mut().find(|t| &t.components == components) else {
+        for (components, words, (field, len)) in keys {
+            let Some(tuple) = tuples.iter_mut().find(|t| t.holds(components, *field)) else {
                 continue; // every key's tuple was added above
             };
             let port_of = |c: Component| {
@@ -770,7 +703,7 @@ fn fill(
 /// (`rest`, in order), and the tuples of the keys (at most MAX_TUPLES, in order of first
 /// use). In a run of `count`/`log` rules (`d` None) only rules that act once through the
 /// lookups are keyed (`acts_once`), and with `logs_as_code` no `log` rule is.
-type Keyed = (Vec<(usize, Vec<RuleKey>)>, Vec<usize>, Vec<Vec<Component>>);
+type Keyed = (Vec<(usize, Vec<RuleKey>)>, Vec<usize>, Vec<Shape>);
 fn keyed_rules(
     policy: &hir::Policy,
     first: usize,
@@ -796,13 +729,18 @@ fn keyed_among(
 ) -> (Keyed, usize) {
     let mut keyed: Vec<(usize, Vec<RuleKey>)> = Vec::new();
     let mut rest = Vec::new();
-    let mut tuples: Vec<Vec<Component>> = Vec::new();
+    let mut tuples: Vec<Shape> = Vec::new();
     // Per tuple: hashed, or the action of its rules (an array slot so far).
     let mut kinds: Vec<Option<&Action>> = Vec::new();
     let mut hashed = 0;
     for r in rules {
         let rule = &policy.rules[r];
-        let keys = rule_keys(&rule.cond).filter(|keys| {
+        let keys = rule_keys(&rule.cond).map(|mut keys| {
+            let existing = |c: &[Component]| tuples.iter().find(|t| t.0 == c).map(|t| t.1);
+            settle(&mut keys, existing);
+            keys
+        });
+        let keys = keys.filter(|keys| {
             terminal || (acts_once(keys) && !(logs_as_code && rule.action == Action::Log))
         });
         let Some(keys) = keys else {
@@ -810,8 +748,9 @@ fn keyed_among(
             continue;
         };
         // What the tuples would be with this rule.
-        let mut new: Vec<(&Vec<Component>, Option<&Action>)> = Vec::new();
-        for (t, _, len) in &keys {
+        let mut new: Vec<(Shape, Option<&Action>)> = Vec::new();
+        for (t, _, (field, len)) in &keys {
+            let shape = (t.clone(), *field);
             let array = terminal
                 && *len == ANY_LEN
                 && matches!(
@@ -821,16 +760,16 @@ fn keyed_among(
                         | [Component::Payload { len: 1 | 2, .. }]
                 );
             let kind = array.then_some(&rule.action);
-            match new.iter_mut().find(|(x, _)| *x == t) {
+            match new.iter_mut().find(|(x, _)| *x == shape) {
                 Some((_, k)) if *k != kind => *k = None,
                 Some(_) => {}
                 None => {
-                    let was = tuples.iter().position(|x| x == t).map(|i| kinds[i]);
+                    let was = tuples.iter().position(|x| *x == shape).map(|i| kinds[i]);
                     let kind = match was {
                         Some(k) if k != kind => None,
                         _ => kind,
                     };
-                    new.push((t, kind));
+                    new.push((shape, kind));
                 }
             }
         }
@@ -841,7 +780,7 @@ fn keyed_among(
                 k.is_none()
                     && tuples
                         .iter()
-                        .position(|x| x == *t)
+                        .position(|x| x == t)
                         .map_or(true, |i| kinds[i].is_some())
             })
             .count();
@@ -851,10 +790,10 @@ fn keyed_among(
         }
         hashed += newly_hashed;
         for (t, k) in new {
-            match tuples.iter().position(|x| x == t) {
+            match tuples.iter().position(|x| *x == t) {
                 Some(i) => kinds[i] = k,
                 None => {
-                    tuples.push(t.clone());
+                    tuples.push(t);
                     kinds.push(k);
                 }
             }
@@ -877,7 +816,8 @@ fn key_of(id: u32, words: &[u32]) -> KeyWords {
 /// tuple) and no key twice (two terms with one key and different `len` ranges).
 fn acts_once(keys: &[RuleKey]) -> bool {
     let mut seen = std::collections::BTreeSet::new();
-    keys.iter().all(|(c, _, _)| *c == keys[0].0) && keys.iter().all(|(_, w, _)| seen.insert(w))
+    keys.iter().all(|k| shape_of(k) == shape_of(&keys[0]))
+        && keys.iter().all(|(_, w, _)| seen.insert(w))
 }
 
 /// Whether the log records of a run of `count`/`log` rules keep rule order when `keyed`
@@ -888,66 +828,13 @@ fn acts_once(keys: &[RuleKey]) -> bool {
 /// per tuple: no other keyed `log` rule matches with it.) Counters add up in any order.
 fn logs_in_order(policy: &hir::Policy, keyed: &[(usize, Vec<RuleKey>)], rest: &[usize]) -> bool {
     let is_log = |r: &usize| policy.rules[*r].action == Action::Log;
-    let logs: Vec<&Vec<Component>> = keyed
+    let logs: Vec<(&[Component], IntField)> = keyed
         .iter()
         .filter(|(r, _)| is_log(r))
-        .filter_map(|(_, keys)| keys.first().map(|k| &k.0))
+        .filter_map(|(_, keys)| keys.first().map(shape_of))
         .collect();
     let coded = rest.iter().filter(|r| is_log(r)).count();
     logs.len() + coded < 2 || logs.is_empty() || (coded == 0 && logs.iter().all(|t| *t == logs[0]))
-}
-
-/// How good a gate component `c` is: a port (one value per rule), a payload slice,
-/// an address by its prefix; 0 for none (fewer than 8 bits to tell keys apart).
-fn gate_rank(c: Component) -> u32 {
-    match c {
-        Component::LocalPort | Component::RemotePort => 300,
-        // The low 16 bits of an id: ids of one policy mostly differ there.
-        Component::Uid | Component::Gid | Component::Pid | Component::Cgroup => 250,
-        Component::Payload { .. } => 200,
-        // The first two bytes of a name.
-        Component::Comm => 150,
-        Component::Ip4 { prefix, .. } | Component::Ip6 { prefix, .. } if prefix >= 8 => {
-            100 + prefix.min(16) as u32
-        }
-        _ => 0,
-    }
-}
-
-/// The gate slot of a key whose first word of component `c` is `word`: a port (host
-/// order), or the word's first 16 bits (little-endian: its first two bytes) masked to
-/// the component's prefix. The program computes the same from the message.
-pub(super) fn gate_value(c: Component, word: u32) -> u32 {
-    match c {
-        Component::LocalPort => word,
-        Component::RemotePort => ((word >> 16) as u16).swap_bytes() as u32,
-        _ => word & gate_mask(c),
-    }
-}
-
-/// The mask the program applies to a non-port gate component's first word.
-pub(super) fn gate_mask(c: Component) -> u32 {
-    mask_word(c, 0) & 0xffff
-}
-
-/// The 32-bit mask of word `w` of a component's key words.
-pub(super) fn mask_word(c: Component, w: usize) -> u32 {
-    match c {
-        Component::LocalPort
-        | Component::RemotePort
-        | Component::Payload { .. }
-        | Component::Uid
-        | Component::Gid
-        | Component::Pid
-        | Component::Cgroup
-        | Component::Comm => u32::MAX,
-        Component::Ip4 { prefix, .. } => {
-            super::addr::wire_word(hir::mask32(prefix).to_be_bytes()) as u32
-        }
-        Component::Ip6 { prefix, .. } => {
-            super::addr::word_of(&hir::mask128(prefix).to_be_bytes(), w) as u32
-        }
-    }
 }
 
 #[cfg(test)]
@@ -1159,13 +1046,13 @@ pub(super) mod tests {
             .find(|e| e.key == want)
             .expect("K0000004");
         assert_eq!(entry.slots[0], IndexSlot::any_len(64));
-        assert!(!prefix.residual);
+        assert_eq!(prefix.residual, None);
         let slice = [
             Component::RemotePort,
             Component::Payload { offset: 2, len: 3 },
         ];
         let slice = tuple(&slice).expect("a tuple");
-        assert!(slice.residual && slice.port_slot.is_none());
+        assert!(slice.residual == Some(IntField::Len) && slice.port_slot.is_none());
         let port = super::super::cond::raw_remote_port(80) as u32;
         let want = key(&[slice.id, port, u32::from_le_bytes(*b"abc\0")]);
         let entry = index
@@ -1217,7 +1104,10 @@ pub(super) mod tests {
             .iter()
             .find(|t| t.components == [Component::LocalPort]);
         let t = t.expect("a local.port tuple");
-        assert_eq!((t.slots, t.residual, t.port_slot), (6, true, None));
+        assert_eq!(
+            (t.slots, t.residual, t.port_slot),
+            (6, Some(IntField::Len), None)
+        );
         let rules = |page: u32| {
             let e = index
                 .entries
@@ -1288,6 +1178,144 @@ pub(super) mod tests {
         }
     }
 
+    /// Rules 64.. of a policy after `filler`: residuals on the sender's fields and on
+    /// ports, several of one key in rule order, and one that needs two fields (code).
+    const RESIDUALS: &str = "drop if remote.port == 80 and uid > 10000;\n\
+        drop if remote.port == 80 and uid < 1000;\n\
+        drop if remote.port == 80 and uid >= 5000 and uid <= 6000;\n\
+        drop if remote.port == 80 and len > 100;\n\
+        drop if remote.port == 81 and gid > 7;\n\
+        drop if local.port == 9 and pid > 100;\n\
+        drop if remote.ip == 10.0.0.1 and local.port in 1000..2000;\n\
+        drop if uid == 5 and remote.port > 1024;\n\
+        drop if len > 5 and uid > 3 and local.port == 1;\n\
+        drop if remote.port == 80;\n";
+
+    #[test]
+    fn a_rule_is_indexed_on_its_keys_and_checks_one_other_field_after_the_lookup() {
+        let p = check(&format!("{}{RESIDUALS}", filler()))
+            .0
+            .expect("checks");
+        let index = plan(&p);
+        let b = &index.blocks[0];
+        // Only the rule with residuals on `len` and `uid` is code.
+        assert_eq!((b.indexed, b.rest.clone()), (73, vec![72]));
+        let tuple = |c: &[Component], f: IntField| {
+            let t = b
+                .tuples
+                .iter()
+                .find(|t| t.components == c && t.residual == Some(f));
+            t.unwrap_or_else(|| panic!("{c:?} with {f:?}"))
+        };
+        // One key, three uid ranges and the rule without residual, in rule order; `len`
+        // is a tuple of its own.
+        let uid = tuple(&[Component::RemotePort], IntField::Uid);
+        let port = super::super::cond::raw_remote_port(80) as u32;
+        let e = index.entries.iter().find(|e| e.key == key(&[uid.id, port]));
+        let ranges: Vec<(u32, u32, u32)> = e
+            .expect("port 80")
+            .used()
+            .map(|s| (s.rule, s.len_min, s.len_max))
+            .collect();
+        let want = [
+            (64, 10001, u32::MAX),
+            (65, 0, 999),
+            (66, 5000, 6000),
+            (73, 0, u32::MAX),
+        ];
+        assert_eq!(ranges, want);
+        tuple(&[Component::RemotePort], IntField::Len);
+        tuple(&[Component::RemotePort], IntField::Gid);
+        tuple(&[Component::LocalPort], IntField::Pid);
+        tuple(&[Component::Uid], IntField::RemotePort);
+        let ip = b
+            .tuples
+            .iter()
+            .find(|t| matches!(t.components[..], [Component::Ip4 { .. }]));
+        assert_eq!(
+            ip.expect("an address tuple").residual,
+            Some(IntField::LocalPort)
+        );
+    }
+
+    #[test]
+    fn the_vm_checks_the_residual_field_of_each_tuple() {
+        use crate::hir::Message;
+        let src = format!("{}{RESIDUALS}default pass;\n", filler());
+        for counters in [true, false] {
+            let c = compiled(&src, counters);
+            let vm = crate::vm::Vm::new(&c.lowered).expect("loads");
+            let m = |remote_port: u16, uid: u32, len: u32| Message {
+                remote_port,
+                uid,
+                len,
+                ..Message::default()
+            };
+            let ip = |local_port: u16| Message {
+                remote_ip: std::net::IpAddr::from([10, 0, 0, 1]),
+                local_port,
+                ..Message::default()
+            };
+            for (msg, rule) in [
+                (m(80, 20000, 0), Some(64)),
+                (m(80, 5, 0), Some(65)),
+                (m(80, 5500, 0), Some(66)),
+                (m(80, 2000, 200), Some(67)),
+                (m(80, 2000, 10), Some(73)),
+                (
+                    Message {
+                        gid: 8,
+                        ..m(81, 700, 0)
+                    },
+                    Some(68),
+                ),
+                (
+                    Message {
+                        gid: 7,
+                        ..m(81, 700, 0)
+                    },
+                    None,
+                ),
+                (
+                    Message {
+                        local_port: 9,
+                        pid: 101,
+                        ..m(1, 700, 0)
+                    },
+                    Some(69),
+                ),
+                (
+                    Message {
+                        local_port: 9,
+                        pid: 100,
+                        ..m(1, 700, 0)
+                    },
+                    None,
+                ),
+                (ip(1500), Some(70)),
+                (ip(999), None),
+                (m(2000, 5, 0), Some(71)),
+                (m(1000, 5, 0), None),
+                (
+                    Message {
+                        local_port: 1,
+                        ..m(1, 4, 6)
+                    },
+                    Some(72),
+                ),
+                (
+                    Message {
+                        local_port: 1,
+                        ..m(1, 3, 6)
+                    },
+                    None,
+                ),
+            ] {
+                decides_and_counts(&c, &vm, &msg, rule, counters);
+            }
+        }
+    }
+
     /// Rules 64.. of a policy after `filler`: the sender's fields as keys, alone and with
     /// ports, payload bytes and `len`.
     const SENDER: &str = "drop if uid == 1001 and payload[3] == 7;\n\
@@ -1331,7 +1359,7 @@ pub(super) mod tests {
         let port = super::super::cond::raw_remote_port(80) as u32;
         assert!(has(&[t.id, port, 1002], IndexSlot::any_len(65)));
         let t = tuple(&[Component::Gid]);
-        assert!(t.residual);
+        assert_eq!(t.residual, Some(IntField::Len));
         let gid = IndexSlot {
             rule: 66,
             len_min: 11,
@@ -1500,7 +1528,7 @@ pub(super) mod tests {
         let uid = b.tuples.iter().find(|t| t.components == [Component::Uid]);
         let uid = uid.expect("a uid tuple");
         // uid 5: 64-68 and 71, a page and a half.
-        assert_eq!((uid.slots, uid.residual), (6, true));
+        assert_eq!((uid.slots, uid.residual), (6, Some(IntField::Len)));
         // `then`: the counter of `count NAME`, or LOG.
         let named = |r: usize| match p.rules[r].action {
             Action::Count { counter } => counter as u32,

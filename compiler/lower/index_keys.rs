@@ -1,57 +1,110 @@
 //! The keys of a rule's condition for the rule index (`index`): its `or` of `and`s of
 //! port, address, payload, sender and `comm ==` tests as key words per tuple (the
-//! components of each `and`, in key order), and its `len` tests as the range checked
-//! after the lookup.
+//! components of each `and`, in key order), and the rest of each `and` as its
+//! *residual*: range tests of one integer field that fits a u32 and the program reads
+//! cheaply (`len`, `uid`, `gid`, `pid`, `local.port`, `remote.port`), one range checked
+//! after the lookup. A test that can be keyed is keyed (`uid == 5`, `uid in 1..10`); one
+//! that cannot (`uid > 1000`: too many keys) is the residual. An `and` whose residual
+//! would need two fields (`len > 5 and uid > 3`) leaves the rule code.
+//!
+//! The fields a key can hold (`Component`), their words and masks, and which of them
+//! gates a hash tuple (`gate_rank`, `gate_value`) are here too: what a key is.
 
 use skpc_abi::IndexEntry;
 
-use crate::hir::{Cond, IntField, Net, Test};
-
-use super::index::Component;
+use crate::hir::{self, Cond, End, IntField, Net, Test};
 
 /// Entries one rule may add (a port set is one entry per port): more and it stays code.
 const MAX_RULE_ENTRIES: usize = 256;
 /// DNF terms one rule may have.
 const MAX_TERMS: usize = 32;
 
-/// One key of a rule: its tuple (components in key order), value words, and the `len`
-/// range (inclusive) the rule needs besides the key.
-pub(super) type RuleKey = (Vec<Component>, Vec<u32>, (u32, u32));
-/// The whole `len` range: no residual.
+/// One key of a rule: its tuple (components in key order), value words, and the
+/// residual: the field and its range (inclusive) the rule needs besides the key.
+pub(super) type RuleKey = (Vec<Component>, Vec<u32>, Residual);
+/// A residual field and the range of its values (inclusive) a rule needs.
+pub(super) type Residual = (IntField, (u32, u32));
+/// The whole range of a u32: no residual.
 pub(super) const ANY_LEN: (u32, u32) = (0, u32::MAX);
 
+/// Whether `field` can be a residual: its value fits a u32 and the lookup can load it
+/// (a context word, or a helper's value `Gen::load_index_fields` keeps on the stack).
+pub(super) fn residual_field(field: IntField) -> bool {
+    matches!(
+        field,
+        IntField::Len
+            | IntField::Uid
+            | IntField::Gid
+            | IntField::Pid
+            | IntField::LocalPort
+            | IntField::RemotePort
+    )
+}
+
+/// Gives the keys of a rule without residual a field, so that they join a tuple: that
+/// of the rule's key with a residual and the same components if there is one, else that
+/// of the first existing tuple with their components (`existing`), else `len`. A tuple
+/// (components, field) with a field other than `len` thus always has a key with a
+/// residual on it (`index::Tuple::residual`).
+pub(super) fn settle(keys: &mut [RuleKey], existing: impl Fn(&[Component]) -> Option<IntField>) {
+    for i in 0..keys.len() {
+        if keys[i].2 .1 != ANY_LEN {
+            continue;
+        }
+        let own = keys
+            .iter()
+            .find(|k| k.2 .1 != ANY_LEN && k.0 == keys[i].0)
+            .map(|k| k.2 .0);
+        keys[i].2 .0 = own
+            .or_else(|| existing(&keys[i].0))
+            .unwrap_or(IntField::Len);
+    }
+}
+
 /// The keys of a rule's condition, if it is an `or` of `and`s of port, address,
-/// payload-slice and byte, `uid`/`gid`/`pid`/`cgroup` and `comm ==` tests (and `len`
-/// tests, the residual) that gives a bounded number of keys. Terms that can never hold
-/// give no key.
+/// payload-slice and byte, `uid`/`gid`/`pid`/`cgroup` and `comm ==` tests (and range
+/// tests of one residual field per `and`) that gives a bounded number of keys. Terms that
+/// can never hold give no key. Keys without residual have the field `len` (see `settle`).
 pub(super) fn rule_keys(cond: &Cond) -> Option<Vec<RuleKey>> {
     let terms = dnf(cond)?;
     let mut keys = Vec::new();
     for term in terms {
         // Per test: the alternatives, each a (component, words) pair.
         let mut per_test: Vec<Vec<(Component, Vec<u32>)>> = Vec::new();
-        // The `len` range all of the term's `len` tests allow; None: none.
+        // The residual field (None: none yet) and the range all of the term's tests
+        // of it allow (None: nothing).
+        let mut field: Option<IntField> = None;
         let mut len = Some(ANY_LEN);
         for t in &term {
-            match t {
+            let keys = match t {
                 Test::Int {
                     field: IntField::Len,
-                    ranges,
-                } => {
-                    if ranges.len() != 1 {
-                        return None; // a set of ranges: code
+                    ..
+                } => None,
+                _ => alternatives(t),
+            };
+            match (keys, t) {
+                (Some(keys), _) => per_test.push(keys),
+                (None, Test::Int { field: f, ranges }) if residual_field(*f) => {
+                    if ranges.len() != 1 || field.is_some_and(|x| x != *f) {
+                        return None; // a set of ranges, or a second field: code
                     }
+                    field = Some(*f);
                     len = len.and_then(|l| narrow_len(l, ranges));
                 }
-                _ => per_test.push(alternatives(t)?),
+                (None, _) => return None,
             }
         }
         if per_test.is_empty() {
-            // `true` or only `len`: code (an unconditional rule ends the block).
+            // `true` or only residual tests: code (an unconditional rule ends the block).
             return None;
         }
         let Some(len) = len else {
-            continue; // the term's `len` tests exclude each other: it never holds
+            continue; // the term's residual tests exclude each other: it never holds
+        };
+        let residual = match field {
+            Some(f) if len != ANY_LEN => (f, len),
+            _ => (IntField::Len, ANY_LEN),
         };
         let mut combos: Vec<Vec<(Component, Vec<u32>)>> = vec![Vec::new()];
         for alts in per_test {
@@ -87,14 +140,15 @@ pub(super) fn rule_keys(cond: &Cond) -> Option<Vec<RuleKey>> {
             if words.len() > IndexEntry::KEY_WORDS - 1 {
                 return None;
             }
-            keys.push((combo.into_iter().map(|(c, _)| c).collect(), words, len));
+            keys.push((combo.into_iter().map(|(c, _)| c).collect(), words, residual));
         }
     }
     Some(keys)
 }
 
-/// `len` narrowed by one range test of it (`ranges` of one range); `None` if nothing
-/// is left or the test is not one range. A length is a u32 (`sk_msg_md.size`).
+/// A residual range narrowed by one range test of its field (`ranges` of one range);
+/// `None` if nothing is left or the test is not one range. Every residual field is a
+/// u32 (`sk_msg_md.size`, the ids, the ports).
 fn narrow_len(len: (u32, u32), ranges: &[(u64, u64)]) -> Option<(u32, u32)> {
     let [(lo, hi)] = ranges else {
         return None;
@@ -281,4 +335,151 @@ pub(super) fn comm_words(name: &[u8]) -> Vec<u32> {
     let mut bytes = [0u8; COMM_BYTES];
     bytes[..name.len()].copy_from_slice(name);
     payload_words(&bytes)
+}
+
+/// One field of a tuple, and how much of it the key keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) enum Component {
+    /// `local_port`, one word, exact.
+    LocalPort,
+    /// `remote_port`, one word as loaded (network order, upper half), exact.
+    RemotePort,
+    /// The IPv4 address of `end`, one word, its first `prefix` bits. With `mapped`, IPv6
+    /// sockets whose address is IPv4-mapped take part with the mapped address.
+    Ip4 {
+        end: End,
+        mapped: bool,
+        prefix: u8,
+    },
+    /// The IPv6 address of `end` (IPv6 sockets only), four words, first `prefix` bits.
+    Ip6 {
+        end: End,
+        prefix: u8,
+    },
+    /// Payload bytes `offset..offset + len`, as little-endian words (the last one
+    /// zero-padded). Messages shorter than `offset + len` skip the lookup.
+    Payload {
+        offset: u32,
+        len: u8,
+    },
+    /// The sender's `uid`, `gid` or `pid`, one word; `cgroup`, two (low word first): what
+    /// the helpers return, fetched once per block (`Gen::load_index_fields`).
+    Uid,
+    Gid,
+    Pid,
+    Cgroup,
+    /// The sender's comm as `bpf_get_current_comm` writes it (the name, NUL-padded to
+    /// 16 bytes), four little-endian words: `comm == "..."` only.
+    Comm,
+}
+
+impl Component {
+    pub(super) fn describe(self) -> String {
+        let end = |e: End| match e {
+            End::Local => "local",
+            End::Remote => "remote",
+        };
+        match self {
+            Component::LocalPort => "local.port".into(),
+            Component::RemotePort => "remote.port".into(),
+            Component::Ip4 {
+                end: e,
+                mapped,
+                prefix,
+            } => format!("{}.{}/{prefix}", end(e), if mapped { "ip" } else { "ip4" }),
+            Component::Ip6 { end: e, prefix } => format!("{}.ip6/{prefix}", end(e)),
+            Component::Payload { offset, len } => {
+                format!("payload[{offset}..{}]", offset + len as u32)
+            }
+            Component::Uid => "uid".into(),
+            Component::Gid => "gid".into(),
+            Component::Pid => "pid".into(),
+            Component::Cgroup => "cgroup".into(),
+            Component::Comm => "comm".into(),
+        }
+    }
+
+    /// The order of components in a key (prefix lengths do not matter for it).
+    pub(super) fn slot(self) -> (u8, End, u32) {
+        match self {
+            Component::LocalPort => (0, End::Local, 0),
+            Component::RemotePort => (1, End::Remote, 0),
+            Component::Ip4 { end, .. } => (2, end, 0),
+            Component::Ip6 { end, .. } => (3, end, 0),
+            Component::Payload { offset, .. } => (4, End::Local, offset),
+            Component::Uid => (5, End::Local, 0),
+            Component::Gid => (6, End::Local, 0),
+            Component::Pid => (7, End::Local, 0),
+            Component::Cgroup => (8, End::Local, 0),
+            Component::Comm => (9, End::Local, 0),
+        }
+    }
+
+    /// Key words the component fills.
+    pub(super) fn words(self) -> usize {
+        match self {
+            Component::LocalPort
+            | Component::RemotePort
+            | Component::Ip4 { .. }
+            | Component::Uid
+            | Component::Gid
+            | Component::Pid => 1,
+            Component::Cgroup => 2,
+            Component::Ip6 { .. } | Component::Comm => 4,
+            Component::Payload { len, .. } => (len as usize).div_ceil(4),
+        }
+    }
+}
+
+/// How good a gate component `c` is: a port (one value per rule), a payload slice,
+/// an address by its prefix; 0 for none (fewer than 8 bits to tell keys apart).
+pub(super) fn gate_rank(c: Component) -> u32 {
+    match c {
+        Component::LocalPort | Component::RemotePort => 300,
+        // The low 16 bits of an id: ids of one policy mostly differ there.
+        Component::Uid | Component::Gid | Component::Pid | Component::Cgroup => 250,
+        Component::Payload { .. } => 200,
+        // The first two bytes of a name.
+        Component::Comm => 150,
+        Component::Ip4 { prefix, .. } | Component::Ip6 { prefix, .. } if prefix >= 8 => {
+            100 + prefix.min(16) as u32
+        }
+        _ => 0,
+    }
+}
+
+/// The gate slot of a key whose first word of component `c` is `word`: a port (host
+/// order), or the word's first 16 bits (little-endian: its first two bytes) masked to
+/// the component's prefix. The program computes the same from the message.
+pub(super) fn gate_value(c: Component, word: u32) -> u32 {
+    match c {
+        Component::LocalPort => word,
+        Component::RemotePort => ((word >> 16) as u16).swap_bytes() as u32,
+        _ => word & gate_mask(c),
+    }
+}
+
+/// The mask the program applies to a non-port gate component's first word.
+pub(super) fn gate_mask(c: Component) -> u32 {
+    mask_word(c, 0) & 0xffff
+}
+
+/// The 32-bit mask of word `w` of a component's key words.
+pub(super) fn mask_word(c: Component, w: usize) -> u32 {
+    match c {
+        Component::LocalPort
+        | Component::RemotePort
+        | Component::Payload { .. }
+        | Component::Uid
+        | Component::Gid
+        | Component::Pid
+        | Component::Cgroup
+        | Component::Comm => u32::MAX,
+        Component::Ip4 { prefix, .. } => {
+            super::addr::wire_word(hir::mask32(prefix).to_be_bytes()) as u32
+        }
+        Component::Ip6 { prefix, .. } => {
+            super::addr::word_of(&hir::mask128(prefix).to_be_bytes(), w) as u32
+        }
+    }
 }

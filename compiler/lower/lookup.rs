@@ -1,7 +1,8 @@
 //! The code of an indexed block (planned in `index`): the ready check, one pull of the
 //! payload bytes the block's keys read (`pull_payload`), one map lookup per tuple (hash
 //! keys built from the context and payload bytes, or a port-array slot), the entry's
-//! slots checked in order against the message length (the residual), the block's other
+//! slots checked in order against the tuple's residual field (`len`, a port, or the
+//! sender's `uid`/`gid`/`pid`), the block's other
 //! rules as code, and the smallest matching rule index deciding. Blocks of several
 //! decisions reuse the lookups (`OnHit::Best`, `OnHit::Act` with `below`; see `mixed`).
 
@@ -9,7 +10,7 @@ use skpc_abi::{IndexEntry, IndexSlot, PORTS_PER_TUPLE};
 
 use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, JmpOp, Reg, Size, Src};
-use crate::hir::{self, Cond, Decision};
+use crate::hir::{self, Cond, Decision, IntField};
 
 use super::addr::addr_words;
 use super::index;
@@ -267,11 +268,15 @@ impl Gen {
     pub(super) fn load_index_fields(&mut self, tuples: &[index::Tuple]) {
         use index::Component;
         let uses = |f: fn(&Component) -> bool| tuples.iter().any(|t| t.components.iter().any(f));
-        if uses(|c| matches!(c, Component::Uid | Component::Gid)) {
+        // A residual on a helper's value reads it where a key component would.
+        let checks = |f: fn(IntField) -> bool| tuples.iter().any(|t| t.residual.is_some_and(f));
+        if uses(|c| matches!(c, Component::Uid | Component::Gid))
+            || checks(|f| matches!(f, IntField::Uid | IntField::Gid))
+        {
             self.call(BPF_FUNC_get_current_uid_gid);
             self.stx(Size::DW, Reg::R10, STACK_INDEX_FIELDS, Reg::R0);
         }
-        if uses(|c| matches!(c, Component::Pid)) {
+        if uses(|c| matches!(c, Component::Pid)) || checks(|f| f == IntField::Pid) {
             self.call(BPF_FUNC_get_current_pid_tgid);
             self.stx(Size::DW, Reg::R10, STACK_INDEX_FIELDS + 8, Reg::R0);
         }
@@ -477,27 +482,27 @@ impl Gen {
         self.place(skip);
     }
 
-    /// The first of `slots` slots of the entry at r0 whose rule matches (its `len` range
-    /// holds, with `residual`) decides: kept in SLOT if smaller (with
+    /// The first of `slots` slots of the entry at r0 whose rule matches (the range of
+    /// the `residual` field holds, if any) decides: kept in SLOT if smaller (with
     /// counters; then on to `done`), or the decision `d` at once. Falls through when none
     /// matches. `d` None: a block of several decisions (tuple `t`), where SLOT keeps the
     /// smallest `rule << DECISION_BITS | decision`.
     fn first_matching_slot(
         &mut self,
         slots: usize,
-        residual: bool,
+        residual: Option<IntField>,
         d: Option<&Decision>,
         t: &index::Tuple,
         done: Label,
     ) {
-        if residual {
-            // The slots in rule order: the first whose length range holds decides.
-            self.ctx_ld(Reg::R4, SK_MSG_MD_SIZE);
+        if let Some(field) = residual {
+            // The slots in rule order: the first whose range holds decides.
+            self.load_residual(field, Reg::R4);
         }
         for s in 0..slots {
             let base = (s * IndexSlot::SIZE) as i16;
             let next = self.label();
-            if residual {
+            if residual.is_some() {
                 self.ldx(Size::W, Reg::R2, Reg::R0, base + IndexSlot::OFF_LEN_MIN);
                 self.jmp64(JmpOp::Jlt, Reg::R4, Src::Reg(Reg::R2), next);
                 self.ldx(Size::W, Reg::R2, Reg::R0, base + IndexSlot::OFF_LEN_MAX);
@@ -532,13 +537,13 @@ impl Gen {
     }
 
     /// Slot `s` of the entry whose address is at STACK_INDEX_ENTRY, in a block of
-    /// `count`/`log` rules: if it holds a rule whose `len` range (`residual`) holds, the
+    /// `count`/`log` rules: if it holds a rule whose range of the `residual` field holds, the
     /// rule's counter is bumped, and its `then` (`skpc_abi::IndexSlot`) done: a second
     /// counter, or (`logs`) a log record. The rule and `then` are map data, unknown to
     /// the verifier: one walk for every slot of every entry.
     /// With `below`, only a rule before the best terminal rule in SLOT acts (a block of
     /// several decisions).
-    fn act_on_slot(&mut self, s: usize, residual: bool, logs: bool, below: bool) {
+    fn act_on_slot(&mut self, s: usize, residual: Option<IntField>, logs: bool, below: bool) {
         let base = (s * IndexSlot::SIZE) as i16;
         let next = self.label();
         let entry = |g: &mut Gen| g.ldx(Size::DW, Reg::R0, Reg::R10, STACK_INDEX_ENTRY);
@@ -546,8 +551,8 @@ impl Gen {
         self.ldx(Size::W, Reg::R1, Reg::R0, base + IndexSlot::OFF_RULE);
         // An unused slot (its range is empty too, but a slot without one is not checked).
         self.jmp32(JmpOp::Jeq, Reg::R1, IndexSlot::EMPTY.rule as i32, next);
-        if residual {
-            self.ctx_ld(Reg::R4, SK_MSG_MD_SIZE);
+        if let Some(field) = residual {
+            self.load_residual(field, Reg::R4);
             self.ldx(Size::W, Reg::R2, Reg::R0, base + IndexSlot::OFF_LEN_MIN);
             self.jmp64(JmpOp::Jlt, Reg::R4, Src::Reg(Reg::R2), next);
             self.ldx(Size::W, Reg::R2, Reg::R0, base + IndexSlot::OFF_LEN_MAX);
@@ -575,6 +580,24 @@ impl Gen {
             self.log(Src::Reg(Reg::R1));
         }
         self.place(next);
+    }
+
+    /// Loads residual field `field` (`index_keys::residual_field`) into `dst`, in host
+    /// order as the slots' ranges are: a context word, or a helper's value that
+    /// `load_index_fields` stored for the block.
+    fn load_residual(&mut self, field: IntField, dst: Reg) {
+        let helper = match field {
+            IntField::Uid => helper_word(index::Component::Uid, 0),
+            IntField::Gid => helper_word(index::Component::Gid, 0),
+            IntField::Pid => helper_word(index::Component::Pid, 0),
+            _ => None,
+        };
+        match (helper, field.ctx_word()) {
+            (Some(at), _) => self.ldx(Size::W, dst, Reg::R10, at),
+            (None, Some((off, swap))) => self.load_ctx_field(off, swap, dst),
+            // `len`: the message size.
+            (None, None) => self.ctx_ld(dst, SK_MSG_MD_SIZE),
+        }
     }
 
     /// Stores payload bytes `offset..offset + len` (readable at r2, see

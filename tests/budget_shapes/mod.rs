@@ -30,6 +30,7 @@ pub const SHAPES: &[Shape] = &[
     ("discard_rules", discard_rules, 300),
     ("mixed_rules", mixed_rules, 3000),
     ("port_addr_len_rules", port_addr_len_rules, 1000),
+    ("port_uid_rules", port_uid_rules, 1000),
 ];
 
 /// A deterministic pseudo-random sequence (splitmix64): the same policy every run.
@@ -69,6 +70,20 @@ pub fn port_len_rules(n: usize) -> String {
                 "drop if remote.port == {} and len > {};\n",
                 1 + i % 65000,
                 8 + i % 900
+            )
+        })
+        .collect()
+}
+
+/// `drop if remote.port == P and uid > N;`: port rules keyed on the port, their `uid`
+/// range checked after the lookup (issue 11; code before, refused at 10,000 rules).
+pub fn port_uid_rules(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "drop if remote.port == {} and uid > {};\n",
+                1 + i % 60000,
+                i % 1000
             )
         })
         .collect()

@@ -2195,12 +2195,19 @@ impl Gen<'_> {
                 (GCond::And(vec![b, a]), ts.collect())
             }
             23..=25 => {
-                // A key and a `len` test: the residual checked after the lookup.
-                let (a, ta) = match self.rng.below(3) {
+                // A key and a `len` test, or a range of the sender's ids or of a port
+                // that is not the key: the residual checked after the lookup.
+                let key = self.rng.below(3);
+                let (a, ta) = match key {
                     0 => self.ix_port(shape),
                     1 => self.ix_addr(shape),
                     _ => self.ix_payload(shape),
                 };
+                if self.rng.pct(25) {
+                    let (b, h) = self.ix_range(key != 0);
+                    let ts = ta.iter().filter_map(|t| t.and(&h));
+                    return (GCond::And(vec![a, b]), ts.collect());
+                }
                 let (b, range) = self.ix_len();
                 let ts = ta.into_iter().map(|t| Hit {
                     len: Some(range),
@@ -2371,6 +2378,58 @@ impl Gen<'_> {
                 (GCond::Atom(text, sem), hits)
             }
         }
+    }
+
+    /// A range test of `uid`, `gid`, `pid` (or, with `ports`, of a port) too wide to be
+    /// keyed (a residual), and a value that makes it hold.
+    fn ix_range(&mut self, ports: bool) -> (GCond, Hit) {
+        // Mostly `uid`: each field is a tuple of its own per key shape, and a block has
+        // room for 16 hashed ones.
+        let fields: &[&'static str] = match (ports, self.rng.pct(70)) {
+            (_, true) => &["uid"],
+            (true, false) => &["gid", "pid", "local.port", "remote.port"],
+            (false, false) => &["gid", "pid"],
+        };
+        let field = self.rng.pick(fields);
+        let port = field.ends_with("port");
+        let n = if port {
+            1024 + self.rng.below(40)
+        } else {
+            1000 + self.rng.below(40)
+        };
+        self.remember(if port { Kind::Port } else { Kind::Id }, n);
+        let max = if port { 65535 } else { u32::MAX as u64 };
+        let near = self.rng.below(5);
+        let atom = |text: String, lo: u64, hi: u64| {
+            let sem = Sem::Int {
+                field: F::parse(field),
+                ranges: vec![(lo, hi)],
+                negate: false,
+            };
+            GCond::Atom(text, sem)
+        };
+        let (cond, v) = match self.rng.below(4) {
+            0 => (atom(format!("{field} > {n}"), n + 1, max), n + 1 + near),
+            1 => (atom(format!("{field} >= {n}"), n, max), n + near),
+            2 => (atom(format!("{field} < {n}"), 0, n - 1), n - 1 - near),
+            _ => {
+                let hi = n + 500;
+                let both = GCond::And(vec![
+                    atom(format!("{field} >= {n}"), n, max),
+                    atom(format!("{field} <= {hi}"), 0, hi),
+                ]);
+                (both, hi - near)
+            }
+        };
+        let mut h = Hit::default();
+        match field {
+            "uid" => h.uid = Some(v as u32),
+            "gid" => h.gid = Some(v as u32),
+            "pid" => h.pid = Some(v as u32),
+            "local.port" => h.local_port = Some(v as u16),
+            _ => h.remote_port = Some(v as u16),
+        }
+        (cond, h)
     }
 
     /// A `len` test of one range (or two tests that make one).

@@ -213,8 +213,11 @@ impl PortEntry {
 }
 
 /// One rule of an [`IndexEntry`]: it matches a message with the entry's key when the
-/// message's length (`sk_msg_md.size`) lies in `len_min..=len_max` (its *residual*: the
-/// part of the rule's condition that is checked after the lookup, not keyed).
+/// value of its tuple's residual field lies in `len_min..=len_max` (its *residual*: the
+/// part of the rule's condition that is checked after the lookup, not keyed). The field
+/// is the message's length (`sk_msg_md.size`, hence the names), a port, or the sender's
+/// uid, gid or pid; every slot of one tuple compares the same field, which the program
+/// knows (the map does not say it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IndexSlot {
