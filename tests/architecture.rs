@@ -66,8 +66,13 @@ fn non_test_code(path: &Path) -> String {
         return String::new();
     }
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    match text.find("\n#[cfg(test)]") {
-        Some(at) => text[..at].to_string(),
+    // The attribute of the test module, not of a test-only `use` or item before it.
+    let module = text.match_indices("\n#[cfg(test)]\n").find(|(at, attr)| {
+        let next = text[at + attr.len()..].lines().next().unwrap_or("");
+        next.starts_with("mod ") || next.contains(" mod tests")
+    });
+    match module {
+        Some((at, _)) => text[..at].to_string(),
         None => text,
     }
 }
