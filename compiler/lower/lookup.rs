@@ -111,13 +111,9 @@ impl Gen {
         for &r in &block.rest {
             let rule = &policy.rules[r];
             let cond = &rule.cond;
-            if *cond == Cond::Const(false) {
+            let Some(next) = self.rule_of_code(rule, r) else {
                 continue;
-            }
-            self.code.push(Lir::Mark(Mark::Rule(r)));
-            let (act, next) = (self.label(), self.label());
-            self.rule_test(cond, act, next);
-            self.place(act);
+            };
             if counters {
                 // 64-bit: SLOT holds a u32 (see `keep_smaller_rule`), and the bound
                 // holds for the count block's offset.
@@ -161,21 +157,38 @@ impl Gen {
         }
         for &r in &block.rest {
             let rule = &policy.rules[r];
-            if rule.cond == Cond::Const(false) {
+            let Some(next) = self.rule_of_code(rule, r) else {
                 continue;
-            }
-            self.code.push(Lir::Mark(Mark::Rule(r)));
-            let (act, next) = (self.label(), self.label());
-            self.rule_test(&rule.cond, act, next);
-            self.place(act);
-            self.count_const(rule.counter as u32);
-            match rule.action {
-                hir::Action::Count { counter } => self.count_const(counter as u32),
-                hir::Action::Log => self.log(Src::Imm(rule.counter as i32)),
-                hir::Action::Decide(_) => {} // `index::plan` puts none in this block
-            }
+            };
+            self.count_or_log(rule);
             self.place(next);
             self.forget_search_bounds(&rule.cond, r);
+        }
+    }
+
+    /// The start of a block's rule of code `r`: its mark and its test, leaving the code
+    /// where the rule holds. Returns the label of the code after the rule, which the
+    /// caller places; None for a rule that never holds (no code at all).
+    pub(super) fn rule_of_code(&mut self, rule: &hir::Rule, r: usize) -> Option<Label> {
+        if rule.cond == Cond::Const(false) {
+            return None;
+        }
+        self.code.push(Lir::Mark(Mark::Rule(r)));
+        let (act, next) = (self.label(), self.label());
+        self.rule_test(&rule.cond, act, next);
+        self.place(act);
+        Some(next)
+    }
+
+    /// What a `count` or `log` rule that holds does: its own counter, and `count NAME`'s
+    /// counter or a log record (nothing more for a deciding rule, which no block of
+    /// `count`/`log` rules holds).
+    pub(super) fn count_or_log(&mut self, rule: &hir::Rule) {
+        self.count_const(rule.counter as u32);
+        match rule.action {
+            hir::Action::Count { counter } => self.count_const(counter as u32),
+            hir::Action::Log => self.log(Src::Imm(rule.counter as i32)),
+            hir::Action::Decide(_) => {}
         }
     }
 

@@ -11,7 +11,7 @@
 
 use crate::bpf::uapi::*;
 use crate::bpf::{AluOp, JmpOp, Reg, Src};
-use crate::hir::{self, Action, Cond};
+use crate::hir::{self, Action};
 
 use super::index::{self, DECISION_BITS};
 use super::lir::{Label, Lir, Mark};
@@ -48,13 +48,9 @@ impl Gen {
             let Action::Decide(d) = &rule.action else {
                 continue;
             };
-            if rule.cond == Cond::Const(false) {
+            let Some(next) = self.rule_of_code(rule, r) else {
                 continue;
-            }
-            self.code.push(Lir::Mark(Mark::Rule(r)));
-            let (act, next) = (self.label(), self.label());
-            self.rule_test(&rule.cond, act, next);
-            self.place(act);
+            };
             self.mov32(Reg::R1, packed(r, d));
             self.keep_smaller_rule();
             // The fields the test narrowed, loaded again: the matches of every rule
@@ -75,24 +71,15 @@ impl Gen {
         }
         for &r in &block.rest {
             let rule = &policy.rules[r];
-            if rule.action.is_terminal() || rule.cond == Cond::Const(false) {
+            if rule.action.is_terminal() || (rule.action != Action::Log && !counters) {
                 continue;
             }
-            if rule.action != Action::Log && !counters {
+            let Some(next) = self.rule_of_code(rule, r) else {
                 continue;
-            }
-            self.code.push(Lir::Mark(Mark::Rule(r)));
-            let (act, next) = (self.label(), self.label());
-            self.rule_test(&rule.cond, act, next);
-            self.place(act);
+            };
             self.mov32(Reg::R2, rule.counter as u32);
             self.skip_unless_before_best(Reg::R2, next);
-            self.count_const(rule.counter as u32);
-            match rule.action {
-                Action::Count { counter } => self.count_const(counter as u32),
-                Action::Log => self.log(Src::Imm(rule.counter as i32)),
-                Action::Decide(_) => {}
-            }
+            self.count_or_log(rule);
             self.place(next);
             self.forget_search_bounds(&rule.cond, r);
         }
