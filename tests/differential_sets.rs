@@ -26,10 +26,9 @@ mod policygen;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::time::Instant;
 
-use e2e_support::{recv_up_to, send, EACCES, SHORT};
+use e2e_support::EACCES;
 use policygen::{quote, Rng};
 use skpc::compile::{compile_with, Compiled};
 use skpc::eval::eval;
@@ -1180,15 +1179,8 @@ fn kernel_agrees_with_the_evaluator_on_large_sets() {
                 p.verdict(&m),
                 "seed {seed:#x} policy {i}: evaluator vs the source's meaning\n{src}\n{m:?}"
             );
-            enf.insert_sock(0, client.as_fd())
-                .unwrap_or_else(|e| panic!("insert the socket: {e}"));
-            let got = send(&client, &payload);
-            let arrived = if got.is_ok() {
-                recv_up_to(&mut server, payload.len(), SHORT)
-            } else {
-                Vec::new()
-            };
-            let _ = enf.remove_sock(0);
+            let (got, arrived) =
+                e2e_support::send_once_enforced(&mut enf, &client, &mut server, &payload);
             let what = format!(
                 "seed {seed:#x} policy {i}: {} B from {:?} to {:?}, evaluator {want:?}\n{src}",
                 payload.len(),

@@ -23,9 +23,8 @@ mod e2e_support;
 mod policygen;
 
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsFd;
 
-use e2e_support::{recv_up_to, send, EACCES, SHORT};
+use e2e_support::EACCES;
 
 use policygen::proto::{message, payload};
 use policygen::{quote, Rng};
@@ -310,21 +309,10 @@ fn the_kernel_agrees_with_the_evaluator_on_indexed_protocol_field_rules() {
             let m = e2e_support::loopback_message(&client, &payload);
             let want = eval(&c.policy, &m);
             let before = enf.counters().expect("counters");
-            enf.insert_sock(0, client.as_fd())
-                .unwrap_or_else(|e| panic!("insert the socket: {e}"));
-            let got = send(&client, &payload);
-            let arrived = if got.is_ok() {
-                recv_up_to(&mut server, payload.len(), SHORT)
-            } else {
-                Vec::new()
-            };
-            let _ = enf.remove_sock(0);
+            let (got, arrived) =
+                e2e_support::send_once_enforced(&mut enf, &client, &mut server, &payload);
             let after = enf.counters().expect("counters");
-            let moved: Vec<(u64, u64)> = after
-                .iter()
-                .zip(&before)
-                .map(|(a, b)| (a.messages - b.messages, a.bytes - b.bytes))
-                .collect();
+            let moved = e2e_support::counter_delta(&after, &before);
             let what = format!(
                 "policy {k} (seed {seed:#x}), {m:?}, evaluator {:?}\n{}\n{src}",
                 want.decision,

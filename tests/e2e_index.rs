@@ -143,11 +143,7 @@ fn run_cases(g: &mut Guard, policy: &skpc::hir::Policy, cases: &mut [Case]) {
             );
         }
         let after = g.enf().counters().unwrap();
-        let delta: Vec<(u64, u64)> = after
-            .iter()
-            .zip(&before)
-            .map(|(a, b)| (a.messages - b.messages, a.bytes - b.bytes))
-            .collect();
+        let delta = counter_delta(&after, &before);
         let moved: Vec<(usize, &str)> = delta
             .iter()
             .enumerate()
@@ -1174,11 +1170,7 @@ fn ten_thousand_uid_and_payload_byte_rules_drop_on_loopback() {
             assert_eq!(sent, Err(EACCES), "{name}: dropped by rule {slot}");
         }
         let after = g.enf().counters().unwrap();
-        let delta: Vec<(u64, u64)> = after
-            .iter()
-            .zip(&before)
-            .map(|(a, b)| (a.messages - b.messages, a.bytes - b.bytes))
-            .collect();
+        let delta = counter_delta(&after, &before);
         assert_eq!(delta[slot], want[slot], "{name}: counted on rule {slot}");
         assert_eq!(
             delta.iter().filter(|d| d.0 > 0).count(),
@@ -1410,11 +1402,7 @@ fn counters_and_logs_as_evaluated(
     i: usize,
 ) {
     let after = g.enf().counters().unwrap();
-    let delta: Vec<(u64, u64)> = after
-        .iter()
-        .zip(before)
-        .map(|(a, b)| (a.messages - b.messages, a.bytes - b.bytes))
-        .collect();
+    let delta = counter_delta(&after, before);
     assert_eq!(
         delta, want.counters,
         "message {i}: every counter as the evaluator's"

@@ -35,6 +35,39 @@ pub fn runtime_policy(c: &skpc::compile::Compiled, name: &str, src: &str) -> Pol
     )
 }
 
+/// Sends `payload` on `client`, inserted into `enf`'s sockmap for that one send (key 0),
+/// and returns the send's result and what reached `server` (nothing for a failed send).
+pub fn send_once_enforced(
+    enf: &mut Enforcement,
+    client: &TcpStream,
+    server: &mut TcpStream,
+    payload: &[u8],
+) -> (Result<usize, i32>, Vec<u8>) {
+    enf.insert_sock(0, client.as_fd())
+        .unwrap_or_else(|e| panic!("insert the socket: {e}"));
+    let got = send(client, payload);
+    let arrived = if got.is_ok() {
+        recv_up_to(server, payload.len(), SHORT)
+    } else {
+        Vec::new()
+    };
+    let _ = enf.remove_sock(0);
+    (got, arrived)
+}
+
+/// What each counter added between two reads (`before`, then `after`): (messages,
+/// bytes) per slot, as the evaluator's and the VM's counters are.
+pub fn counter_delta(
+    after: &[skpc_runtime::CounterValue],
+    before: &[skpc_runtime::CounterValue],
+) -> Vec<(u64, u64)> {
+    after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| (a.messages - b.messages, a.bytes - b.bytes))
+        .collect()
+}
+
 /// An enforcement plus what is needed to prove its cleanup: call
 /// [`Guard::finish`] at the end of the test (a panic drops it anyway).
 pub struct Guard {
